@@ -1,0 +1,3 @@
+"""keygate: an authorization gateway for API keys."""
+
+__version__ = "0.1.0"

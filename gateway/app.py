@@ -1,0 +1,131 @@
+"""Wiring only: settings → components → the two aiohttp applications → listening sites."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+from aiohttp import web
+
+from . import proxy
+from .auth import Gatekeeper, HeaderAuthenticator
+from .context import GATEWAY, HTTP_CLIENT, Gateway
+from .credentials import TokenHasher
+from .management import build_management_app
+from .middleware import request_id_and_errors
+from .policy import Policy
+from .routes import parse_routes
+from .settings import Settings, load_secrets
+from .store import Store
+
+log = logging.getLogger("keygate")
+
+MEMORY_WARNING = (
+    "store_url is memory://: keys live inside this process only and are lost when it "
+    "stops; use redis://… for anything real"
+)
+
+
+def build_gateway(
+    settings: Settings, *, clock: Callable[[], float] = time.time, store: Store | None = None
+) -> Gateway:
+    """Everything that can be wrong with the configuration fails here, before listening."""
+    server_secrets, generated = load_secrets(settings)
+    if generated:
+        log.warning("no server secret configured; using a random one for this process")
+    policy = Policy.load(settings.model_path, settings.policies_dir)
+    routes = parse_routes(settings.routes)
+    if store is None:
+        store = Store.from_url(settings.store_url, settings.store_prefix, clock)
+    fmt = settings.credential_format
+    hasher = TokenHasher(server_secrets)
+    header_auth = HeaderAuthenticator(
+        store, hasher, fmt, settings.key_header, settings.token_header,
+        settings.max_credential_length,
+    )
+    return Gateway(settings, store, Gatekeeper([header_auth], policy), routes, hasher, fmt, clock)
+
+
+async def _http_client(app: web.Application) -> AsyncIterator[None]:
+    settings = app[GATEWAY].settings
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=settings.upstream_max_connections, limit_per_host=0, ttl_dns_cache=60
+        ),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=settings.upstream_connect_timeout,
+            sock_read=settings.upstream_read_timeout,
+        ),
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+    )
+    app[HTTP_CLIENT] = session
+    yield
+    await session.close()
+
+
+def build_proxy_app(gateway: Gateway) -> web.Application:
+    # auto_decompress=False: a gzip body must reach the upstream as the client sent it.
+    app = web.Application(
+        middlewares=[request_id_and_errors], handler_args={"auto_decompress": False}
+    )
+    app[GATEWAY] = gateway
+    credential_headers = (gateway.settings.key_header, gateway.settings.token_header)
+    app[proxy.FORWARDER] = proxy.Forwarder(
+        credential_headers, gateway.settings.identity_header_prefix
+    )
+    app.cleanup_ctx.append(_http_client)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def running(gateway: Gateway) -> AsyncIterator[tuple[str, str]]:
+    """Both ports listening; yields their base URLs. Closes the store last."""
+    settings = gateway.settings
+    access_log = logging.getLogger("keygate.access") if settings.access_log else None
+    runners = [
+        web.AppRunner(build_proxy_app(gateway), access_log=access_log),
+        web.AppRunner(build_management_app(gateway), access_log=access_log),
+    ]
+    urls = []
+    try:
+        for runner, (host, port) in zip(
+            runners, (settings.proxy_listen, settings.management_listen), strict=True
+        ):
+            await runner.setup()
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            bound = runner.addresses[0]
+            urls.append(f"http://{bound[0]}:{bound[1]}")
+        yield urls[0], urls[1]
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        await gateway.store.close()
+
+
+async def serve(settings: Settings, on_ready: Callable[[str, str], None] | None = None) -> None:
+    gateway = build_gateway(settings)
+    if settings.in_memory:
+        log.warning(MEMORY_WARNING)
+    if not await gateway.store.ping():
+        log.warning("the store at %s does not answer yet; requests get 503 until it does",
+                    settings.store_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with running(gateway) as (proxy_url, management_url):
+        log.info("proxy on %s, management API on %s", proxy_url, management_url)
+        if on_ready is not None:
+            on_ready(proxy_url, management_url)
+        await stop.wait()

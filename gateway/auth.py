@@ -1,0 +1,163 @@
+"""Authenticate a request to a Principal, then authorize it in the target account.
+
+The pipeline, as in Ory Oathkeeper: each authenticator either says "not mine" (None:
+the request carries no credentials it understands) or returns a principal, or fails
+with 401 because the credentials it understands are wrong. When every authenticator
+says "not mine" the request had no credentials at all.
+
+What the client learns is deliberately little:
+
+* An unknown key, a wrong token, a malformed key and a token with a bad checksum all get
+  the *same* 401 body, so the gateway is no oracle for which keys exist. The unknown key
+  still pays for an HMAC comparison against a dummy digest.
+* Only after the token is proven does keygate say more (inactive key → 401 saying so,
+  missing/inactive grant or no roles → 403), because then the caller holds the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from .credentials import CredentialFormat, TokenHasher
+from .errors import BadRequest, Forbidden, Unauthorized
+from .policy import Policy
+from .store import ACTIVE, Grant, Store
+
+INVALID_CREDENTIALS = Unauthorized(
+    "invalid API credentials: the key is unknown or the token does not match it",
+    code="invalid_credentials",
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an API key and the account that owns it."""
+
+    app_key: str
+    owner: str
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    principal: Principal
+    account: str
+    grant: Grant | None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A principal authorized in a target account with these roles."""
+
+    principal: Principal
+    account: str
+    roles: tuple[str, ...]
+
+
+class Authenticator(Protocol):
+    async def authenticate(
+        self, headers: Mapping[str, str], account: str
+    ) -> Authenticated | None: ...
+
+
+class HeaderAuthenticator:
+    """``X-API-AppKey`` + ``X-API-AppToken`` (names are settings)."""
+
+    def __init__(
+        self,
+        store: Store,
+        hasher: TokenHasher,
+        fmt: CredentialFormat,
+        key_header: str,
+        token_header: str,
+        max_length: int,
+    ):
+        self.store = store
+        self.hasher = hasher
+        self.fmt = fmt
+        self.key_header = key_header
+        self.token_header = token_header
+        self.max_length = max_length
+
+    @property
+    def credential_headers(self) -> tuple[str, str]:
+        return self.key_header, self.token_header
+
+    def _read(self, headers: Mapping[str, str], name: str) -> str | None:
+        value = headers.get(name)
+        if value is None:
+            return None
+        if len(value) > self.max_length or not value.isascii() or not value.isprintable():
+            raise BadRequest(
+                f"the {name} header is longer than {self.max_length} characters or not "
+                "printable ASCII",
+                code="malformed_credentials",
+            )
+        return value.strip()
+
+    async def authenticate(self, headers: Mapping[str, str], account: str) -> Authenticated | None:
+        app_key = self._read(headers, self.key_header)
+        token = self._read(headers, self.token_header)
+        if app_key is None and token is None:
+            return None
+        if not app_key or not token:
+            raise Unauthorized(
+                f"send both {self.key_header} and {self.token_header}",
+                code="incomplete_credentials",
+            )
+        if self.fmt.key_account(app_key) is None or not self.fmt.token_well_formed(token):
+            raise INVALID_CREDENTIALS
+        found = await self.store.auth_lookup(app_key, account)
+        if not self.hasher.matches(token, found.token_digests) or not found.exists:
+            raise INVALID_CREDENTIALS
+        if found.status != ACTIVE:
+            raise Unauthorized(
+                "this API key is inactive; its owner account can activate it",
+                code="key_inactive",
+            )
+        assert found.owner is not None
+        return Authenticated(Principal(app_key, found.owner), account, found.grant)
+
+
+class Gatekeeper:
+    """authenticate → resolve grant → authorize, shared by the proxy and the management API."""
+
+    def __init__(self, authenticators: Sequence[Authenticator], policy: Policy):
+        self.authenticators = tuple(authenticators)
+        self.policy = policy
+
+    async def check(
+        self, headers: Mapping[str, str], account: str, resource: str, action: str
+    ) -> Identity:
+        authenticated = None
+        for authenticator in self.authenticators:
+            authenticated = await authenticator.authenticate(headers, account)
+            if authenticated is not None:
+                break
+        if authenticated is None:
+            raise Unauthorized(
+                "no API credentials: send the API key and token headers",
+                code="missing_credentials",
+            )
+        return self.authorize(authenticated, resource, action)
+
+    def authorize(self, auth: Authenticated, resource: str, action: str) -> Identity:
+        grant, account = auth.grant, auth.account
+        if grant is None:
+            raise Forbidden(
+                f"this API key has no access to account {account!r}", code="no_grant"
+            )
+        if grant.status != ACTIVE:
+            raise Forbidden(
+                f"this API key's access to account {account!r} is inactive", code="grant_inactive"
+            )
+        if not grant.roles:
+            raise Forbidden(f"this API key holds no roles in account {account!r}", code="no_roles")
+        if not self.policy.decide(grant.roles, account, resource, action):
+            raise Forbidden(
+                f"the roles of this API key do not allow {action!r} on {resource!r} "
+                f"in account {account!r}",
+                code="not_permitted",
+            )
+        return Identity(auth.principal, account, grant.roles)

@@ -1,0 +1,234 @@
+"""``keygate serve | demo | keys … | policy check | settings``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from .errors import ConfigError, GatewayError
+from .settings import Settings, load_settings, reference_markdown
+
+log = logging.getLogger("keygate")
+
+
+def _run(coro: Awaitable[Any]) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:  # pragma: no cover - uvloop is a dependency; Windows lacks it
+        return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def _need_shared_store(settings: Settings) -> None:
+    if settings.in_memory:
+        raise ConfigError(
+            "setting store_url: memory:// lives inside one keygate process, so this command "
+            "cannot reach it; point store_url (or KEYGATE_STORE_URL) at the Redis that "
+            "`keygate serve` uses, or try `keygate demo`"
+        )
+
+
+def _key_row(record: Any, token: str | None = None) -> dict[str, Any]:
+    from .management.keys import key_json
+
+    row = key_json(record)
+    if token is not None:
+        row["appToken"] = token
+    return row
+
+
+async def _with_gateway(settings: Settings, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    from .app import build_gateway
+
+    gateway = build_gateway(settings)
+    try:
+        if not await gateway.store.ping():
+            raise ConfigError(
+                f"setting store_url: the store at {settings.store_url} does not answer"
+            )
+        return await work(gateway)
+    finally:
+        await gateway.store.close()
+
+
+# -- commands ----------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .app import serve
+
+    _run(serve(_settings(args)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DEMO_CONFIG, run_demo
+
+    _run(run_demo(args.config or DEMO_CONFIG, args.upstream_port))
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from .lifecycle import issue_key
+
+    settings = _settings(args)
+    _need_shared_store(settings)
+
+    async def work(gateway: Any) -> tuple[Any, str]:
+        unknown = gateway.policy.unknown_roles(args.role)
+        if unknown:
+            raise ConfigError(f"--role: {unknown[0]!r} is not a role defined in the policies")
+        return await issue_key(
+            gateway.store, gateway.fmt, gateway.hasher, args.account, args.label, args.role
+        )
+
+    record, token = _run(_with_gateway(settings, work))
+    if args.json:
+        print(orjson.dumps(_key_row(record, token)).decode())
+    else:
+        print(f"API key    {record.app_key}")
+        print(f"API token  {token}")
+        print(f"account    {record.account}   roles {', '.join(record.roles) or '(none)'}")
+        print("The token is shown only this once; store it in your secret manager now.")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from .store import KeyQuery
+
+    settings = _settings(args)
+    _need_shared_store(settings)
+
+    async def work(gateway: Any) -> list[Any]:
+        records, _ = await gateway.store.list_keys(
+            args.account, KeyQuery(per_page=1_000_000, descending=False)
+        )
+        return records
+
+    records = _run(_with_gateway(settings, work))
+    rows = [_key_row(r) for r in records]
+    if args.json:
+        print(orjson.dumps(rows).decode())
+        return 0
+    print(f"{'APP KEY':<32} {'STATUS':<9} {'CREATED':<25} {'ROLES':<40} LABEL")
+    for row in rows:
+        print(
+            f"{row['appKey']:<32} {row['status']:<9} {row['creationDate']:<25} "
+            f"{','.join(row['roles']):<40} {row['label']}"
+        )
+    return 0
+
+
+def cmd_keys_change(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _need_shared_store(settings)
+    account = settings.credential_format.key_account(args.app_key)
+    if account is None:
+        raise ConfigError(f"{args.app_key!r} is not an API key of this deployment")
+
+    async def work(gateway: Any) -> bool:
+        if args.action == "delete":
+            return await gateway.store.delete_key(account, args.app_key)
+        status = "active" if args.action == "activate" else "inactive"
+        return await gateway.store.update_key(account, args.app_key, status=status) is not None
+
+    if not _run(_with_gateway(settings, work)):
+        print(f"keygate: no API key {args.app_key} in account {account}", file=sys.stderr)
+        return 1
+    print(f"{args.app_key}: {args.action}d")
+    return 0
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from .policy import Policy
+
+    settings = _settings(args)
+    policy = Policy.load(settings.model_path, settings.policies_dir)
+    print(f"policy OK: {policy.lines} lines, version {policy.version}")
+    print(f"roles: {', '.join(sorted(policy.roles))}")
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    print(reference_markdown())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keygate", description="Authorization gateway for API keys."
+    )
+    parser.add_argument(
+        "--config", default=os.environ.get("KEYGATE_CONFIG"),
+        help="TOML config file (default: $KEYGATE_CONFIG; settings also come from KEYGATE_*)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy and the management API")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="run keygate on memory:// in front of an echo upstream")
+    demo.add_argument("--upstream-port", type=int, default=9000)
+    demo.set_defaults(func=cmd_demo)
+
+    keys = sub.add_parser("keys", help="manage keys directly in the store (bootstrap)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print its token once")
+    create.add_argument("--account", required=True)
+    create.add_argument("--label", required=True)
+    create.add_argument("--role", action="append", default=[], help="repeat for several roles")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(func=cmd_keys_create)
+    listing = keys_sub.add_parser("list", help="list an account's generated keys")
+    listing.add_argument("--account", required=True)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_keys_list)
+    for action in ("activate", "deactivate", "delete"):
+        change = keys_sub.add_parser(action, help=f"{action} a key")
+        change.add_argument("app_key", metavar="KEY")
+        change.set_defaults(func=cmd_keys_change, action=action)
+
+    policy = sub.add_parser("policy", help="policy files")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    check = policy_sub.add_parser("check", help="validate model.conf and policies/")
+    check.set_defaults(func=cmd_policy_check)
+
+    settings = sub.add_parser("settings", help="print the settings reference (Markdown)")
+    settings.set_defaults(func=cmd_settings)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # pycasbin logs the whole model at INFO on every load
+    logging.getLogger("casbin").setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"keygate: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except GatewayError as exc:
+        print(f"keygate: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The management application: health endpoints and the /api/v1 routes."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..context import GATEWAY, Gateway
+from ..errors import StoreUnavailable
+from ..middleware import request_id_and_errors
+from . import keys
+from .common import json_response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Alive: the process answers. Says nothing about the store, on purpose."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready: the store answers, so requests can be authenticated."""
+    if not await request.app[GATEWAY].store.ping():
+        raise StoreUnavailable("not ready: keygate cannot reach its key store")
+    return json_response({"status": "ready", "policyVersion": request.app[GATEWAY].policy.version})
+
+
+def build_management_app(gateway: Gateway) -> web.Application:
+    app = web.Application(
+        middlewares=[request_id_and_errors],
+        client_max_size=gateway.settings.management_max_body,
+    )
+    app[GATEWAY] = gateway
+    for prefix in ("", "/api/v1"):
+        app.router.add_get(prefix + "/healthz", healthz)
+        app.router.add_get(prefix + "/readyz", readyz)
+    app.router.add_routes(keys.routes)
+    return app

@@ -1,0 +1,96 @@
+"""What every management handler needs: the caller's identity, JSON in and out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..auth import Identity
+from ..context import GATEWAY
+from ..credentials import is_valid_account
+from ..errors import BadRequest, UnsupportedMediaType
+
+RESOURCE = "api-keys"
+MAX_LABEL = 200
+
+
+def iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def path_account(request: web.Request) -> str:
+    account = request.match_info["account"]
+    if not is_valid_account(account):
+        raise BadRequest(
+            f"{account!r} is not an account name (lowercase letters, digits and '-')",
+            code="bad_account",
+        )
+    return account
+
+
+async def authorize(request: web.Request, action: str) -> Identity:
+    """Authenticate like the proxy and authorize ``api-keys``/``action`` in the path's account."""
+    return await request.app[GATEWAY].gatekeeper.check(
+        request.headers, path_account(request), RESOURCE, action
+    )
+
+
+async def json_body(
+    request: web.Request, allowed: set[str], required: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    content_type = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise UnsupportedMediaType()
+    raw = await request.read()
+    try:
+        data = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="bad_json") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object", code="bad_json")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise BadRequest(
+            f"unknown field {unknown[0]!r}; allowed fields: {', '.join(sorted(allowed))}",
+            code="unknown_field",
+        )
+    missing = sorted(required - set(data))
+    if missing:
+        raise BadRequest(f"missing required field {missing[0]!r}", code="missing_field")
+    return data
+
+
+def label_field(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_LABEL:
+        raise BadRequest(
+            f"label must be a non-empty string of at most {MAX_LABEL} characters",
+            code="bad_label",
+        )
+    if not value.isprintable():
+        raise BadRequest("label must not contain control characters", code="bad_label")
+    return value.strip()
+
+
+def roles_field(request: web.Request, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+        raise BadRequest("roles must be a list of role names", code="bad_roles")
+    roles = list(dict.fromkeys(value))
+    unknown = request.app[GATEWAY].policy.unknown_roles(roles)
+    if unknown:
+        defined = ", ".join(sorted(request.app[GATEWAY].policy.roles))
+        raise BadRequest(
+            f"unknown role {unknown[0]!r}; roles defined in the policies: {defined}",
+            code="unknown_role",
+        )
+    return roles

@@ -1,0 +1,78 @@
+"""Middlewares shared by both ports: a request id on everything, errors as one JSON shape."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+
+from aiohttp import web
+
+from .errors import (
+    BadRequest,
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+
+log = logging.getLogger("keygate")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+REQUEST_ID = web.RequestKey("request_id", str) if hasattr(web, "RequestKey") else "request_id"
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+
+_FROM_AIOHTTP: dict[int, type[GatewayError]] = {
+    400: BadRequest,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+}
+
+
+def request_id_of(request: web.Request) -> str:
+    return request.get(REQUEST_ID) or new_request_id()  # type: ignore[arg-type]
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(12)
+
+
+def error_response(error: GatewayError, request_id: str) -> web.Response:
+    return web.Response(
+        body=error.body(request_id),
+        status=error.status,
+        content_type="application/json",
+        headers={REQUEST_ID_HEADER: request_id},
+    )
+
+
+@web.middleware
+async def request_id_and_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """Keep a well-formed client request id (for tracing across hops) or make one, and
+    turn every exception into the JSON error shape; a bug is a 500 with no details."""
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = incoming if _CLIENT_REQUEST_ID.match(incoming) else new_request_id()
+    request[REQUEST_ID] = request_id
+    try:
+        response = await handler(request)
+    except GatewayError as exc:
+        return error_response(exc, request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            exc.headers[REQUEST_ID_HEADER] = request_id
+            raise
+        kind = _FROM_AIOHTTP.get(exc.status)
+        error = kind() if kind else GatewayError(exc.reason)
+        if kind is None:
+            error.status = exc.status
+            error.code = exc.reason.lower().replace(" ", "_")
+        return error_response(error, request_id)
+    except Exception:
+        log.exception("unhandled error (request id %s)", request_id)
+        return error_response(GatewayError(), request_id)
+    if not response.prepared:
+        response.headers[REQUEST_ID_HEADER] = request_id
+    return response

@@ -1,0 +1,168 @@
+"""The proxy port: route → authenticate → authorize → forward, streaming both ways.
+
+Header hygiene, because the upstream trusts what keygate sends it:
+
+* never forwarded: the credential headers (the token is a secret the upstream has no
+  business seeing), hop-by-hop headers (RFC 9110 §7.6.1 and whatever ``Connection``
+  names), ``Host`` (the upstream gets its own), and any client-sent header in keygate's
+  identity namespace or ``Forwarded``/``X-Forwarded-*``/``X-Request-Id`` — those are
+  set by keygate alone, so a client cannot claim to be another key or address;
+* added: identity headers (key, owner account, target account, roles),
+  ``X-Forwarded-For/-Proto/-Host`` and the request id.
+
+Bodies are never read whole: the request body is handed to the client session as a
+stream and the response is copied chunk by chunk. Neither side decompresses
+(``auto_decompress=False`` on both), so bytes and ``Content-Encoding`` pass unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
+
+from .auth import Identity
+from .context import GATEWAY, HTTP_CLIENT
+from .errors import BadGateway, GatewayTimeout, NotFound
+from .middleware import REQUEST_ID_HEADER, request_id_of
+from .routes import Route, normalise_path
+
+log = logging.getLogger("keygate.proxy")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
+        "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade",
+    }
+)
+# Set by keygate alone; a client-sent copy would let it spoof what the upstream trusts.
+CLIENT_NEVER_SETS = frozenset(
+    {
+        "host", "forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+        "x-real-ip", REQUEST_ID_HEADER.lower(), "expect",
+    }
+)
+CHUNK = 64 * 1024
+
+
+def host_name(host: str) -> str:
+    """Host header without port or trailing dot, lower-cased."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+def _connection_named(headers: CIMultiDict[str] | aiohttp.typedefs.LooseHeaders) -> set[str]:
+    named: set[str] = set()
+    for value in headers.getall(hdrs.CONNECTION, ()):  # type: ignore[union-attr]
+        named.update(token.strip().lower() for token in value.split(","))
+    return named
+
+
+class Forwarder:
+    def __init__(self, credential_headers: tuple[str, ...], identity_prefix: str):
+        self.identity_prefix = identity_prefix.lower()
+        self.dropped = HOP_BY_HOP | CLIENT_NEVER_SETS | {h.lower() for h in credential_headers}
+        self.identity_names = {
+            "key": identity_prefix + "Key",
+            "owner": identity_prefix + "Owner-Account",
+            "account": identity_prefix + "Account",
+            "roles": identity_prefix + "Roles",
+        }
+
+    def upstream_headers(self, request: web.Request, identity: Identity) -> CIMultiDict[str]:
+        dropped = self.dropped | _connection_named(request.headers)
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in request.headers.items():
+            lower = name.lower()
+            if lower in dropped or lower.startswith(self.identity_prefix):
+                continue
+            headers.add(name, value)
+        names = self.identity_names
+        headers[names["key"]] = identity.principal.app_key
+        headers[names["owner"]] = identity.principal.owner
+        headers[names["account"]] = identity.account
+        headers[names["roles"]] = ",".join(identity.roles)
+        headers["X-Forwarded-For"] = request.remote or ""
+        headers["X-Forwarded-Proto"] = request.scheme
+        headers["X-Forwarded-Host"] = request.host
+        headers[REQUEST_ID_HEADER] = request_id_of(request)
+        return headers
+
+    @staticmethod
+    def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+        dropped = HOP_BY_HOP | _connection_named(upstream.headers)
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in upstream.headers.items():
+            if name.lower() not in dropped:
+                headers.add(name, value)
+        return headers
+
+    async def forward(
+        self, request: web.Request, route: Route, path: str, query: str, identity: Identity
+    ) -> web.StreamResponse:
+        session = request.app[HTTP_CLIENT]
+        url = route.upstream_url(path, query)
+        body = request.content if request.body_exists else None
+        try:
+            upstream = await session.request(
+                request.method,
+                url,
+                headers=self.upstream_headers(request, identity),
+                data=body,
+                allow_redirects=False,
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise GatewayTimeout(
+                f"the upstream of route {route.name!r} did not answer in time"
+            ) from None
+        except aiohttp.ClientError as exc:
+            log.warning("route %s: upstream %s failed: %r", route.name, url.origin(), exc)
+            raise BadGateway(
+                f"the upstream of route {route.name!r} could not be reached; "
+                "this is not the client's fault"
+            ) from None
+        async with upstream:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            response.headers.extend(self.response_headers(upstream))
+            response.headers[REQUEST_ID_HEADER] = request_id_of(request)
+            await response.prepare(request)
+            try:
+                async for chunk in upstream.content.iter_chunked(CHUNK):
+                    await response.write(chunk)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                # Headers are gone already; the only honest signal left is a cut connection.
+                log.warning("route %s: upstream body failed mid-stream: %r", route.name, exc)
+                response.force_close()
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            except ConnectionResetError:
+                return response
+            await response.write_eof()
+        return response
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    raw_path, _, query = request.raw_path.partition("?")
+    path = normalise_path(raw_path)
+    host = host_name(request.host)
+    route = gateway.routes.match(request.method, host, path)
+    if route is None:
+        raise NotFound(
+            f"no route for {request.method} {path} on host {host!r}", code="no_route"
+        )
+    account = route.account_for(host, path)
+    identity = await gateway.gatekeeper.check(
+        request.headers, account, route.resource, route.action_for(request.method)
+    )
+    return await request.app[FORWARDER].forward(request, route, path, query, identity)
+
+
+FORWARDER = web.AppKey("forwarder", Forwarder)

@@ -1,0 +1,265 @@
+"""One table of settings feeds the defaults, the TOML file, the environment and the docs.
+
+Precedence, lowest to highest: the default in :data:`SETTINGS`, the TOML file given to
+``--config``, then ``KEYGATE_<NAME>`` environment variables. ``routes`` is the one
+structured setting; it lives in the TOML file and is validated by :mod:`gateway.routes`.
+Every problem is a :class:`~gateway.errors.ConfigError` naming the setting and where the
+value came from, raised before anything listens.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .credentials import CredentialFormat
+from .errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MIN_SECRET_LENGTH = 32
+
+
+def _listen(value: Any) -> tuple[str, int]:
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080")
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected HOST:PORT with a port from 0 to 65535")
+    return host, int(port)
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _header(value: Any) -> str:
+    value = _str(value)
+    if not value or not all(c.isalnum() or c in "-_" for c in value):
+        raise ValueError("expected an HTTP header name (letters, digits, '-' and '_')")
+    return value
+
+
+def _store_url(value: Any) -> str:
+    value = _str(value)
+    if not value.startswith(("memory://", "redis://", "rediss://", "unix://")):
+        raise ValueError("expected memory://, redis://HOST:PORT/DB, rediss://… or unix://PATH")
+    return value
+
+
+def _positive(kind: type) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        if isinstance(value, str):
+            value = kind(value)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ValueError("expected a positive number")
+        return kind(value)
+
+    return parse
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    words = {"1": True, "true": True, "yes": True, "on": True,
+             "0": False, "false": False, "no": False, "off": False}
+    if isinstance(value, str) and value.lower() in words:
+        return words[value.lower()]
+    raise ValueError("expected true or false")
+
+
+def _path(value: Any) -> Path:
+    return Path(_str(value)).expanduser()
+
+
+def _routes(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        raise ValueError("expected a list of [[routes]] tables")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+    parse: Callable[[Any], Any] = _str
+    env: bool = True
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("proxy_listen", "127.0.0.1:8080", "Address of the proxy port.", _listen),
+    Setting("management_listen", "127.0.0.1:8081",
+            "Address of the management API port (keep it off the public network).", _listen),
+    Setting("store_url", "memory://",
+            "Key store: redis://HOST:PORT/DB, rediss://… or unix://PATH. memory:// is an "
+            "in-process store for trying keygate out; it keeps nothing.", _store_url),
+    Setting("store_prefix", "kg:",
+            "Prefix of every Redis key keygate writes, so deployments can share a Redis."),
+    Setting("secret", "",
+            "Server secret for hashing tokens (≥ 32 characters). Prefer the environment "
+            "(KEYGATE_SECRET) or secret_file to writing it into the config file."),
+    Setting("secret_file", "",
+            "File holding the server secret; more lines are previous secrets still accepted "
+            "during a rotation (first line signs new tokens)."),
+    Setting("key_header", "X-API-AppKey", "Request header carrying the API key.", _header),
+    Setting("token_header", "X-API-AppToken", "Request header carrying the API token.", _header),
+    Setting("identity_header_prefix", "X-Keygate-",
+            "Prefix of the identity headers added upstream; client-sent headers with this "
+            "prefix are always removed.", _header),
+    Setting("key_prefix", "kgk", "First part of every generated API key."),
+    Setting("token_prefix", "kgt", "Prefix of every token (lets secret scanners find leaks)."),
+    Setting("model_path", str(PROJECT_ROOT / "model.conf"), "Casbin model file.", _path),
+    Setting("policies_dir", str(PROJECT_ROOT / "policies"),
+            "Directory whose *.csv files hold the Casbin policy lines.", _path),
+    Setting("upstream_connect_timeout", 5.0,
+            "Seconds to connect to an upstream before answering 504.", _positive(float)),
+    Setting("upstream_read_timeout", 60.0,
+            "Seconds an upstream may stay silent before keygate answers 504.", _positive(float)),
+    Setting("upstream_max_connections", 1000,
+            "Connections keygate keeps open to all upstreams together.", _positive(int)),
+    Setting("max_credential_length", 256,
+            "Longer key or token headers are refused with 400 before any lookup.",
+            _positive(int)),
+    Setting("management_max_body", 65536,
+            "Largest management API request body in bytes.", _positive(int)),
+    Setting("access_log", False, "Write an access log line per request.", _bool),
+    Setting("routes", [], "Route table: [[routes]] tables, see the README.", _routes, env=False),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    values: Mapping[str, Any]
+    source: Mapping[str, str] = field(default_factory=dict)
+    config_dir: Path | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def in_memory(self) -> bool:
+        return self.store_url.startswith("memory://")
+
+    @property
+    def credential_format(self) -> CredentialFormat:
+        return CredentialFormat(self.key_prefix, self.token_prefix)
+
+    def with_values(self, **changes: Any) -> Settings:
+        values = dict(self.values)
+        for name, raw in changes.items():
+            values[name] = _parse(_BY_NAME[name], raw, "code")
+        return Settings(values, self.source, self.config_dir)
+
+
+def _parse(setting: Setting, raw: Any, origin: str) -> Any:
+    try:
+        return setting.parse(raw)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"setting {setting.name} (from {origin}): {exc}; got {raw!r}") from None
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Defaults ← TOML file ← ``KEYGATE_*`` environment; relative paths follow the file."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    config_dir = None
+    if config_file is not None:
+        path = Path(config_file)
+        config_dir = path.resolve().parent
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: not valid TOML ({exc})") from None
+        unknown = sorted(set(raw) - set(_BY_NAME))
+        if unknown:
+            raise ConfigError(
+                f"config file {path}: unknown setting {unknown[0]!r}; "
+                f"known settings: {', '.join(_BY_NAME)}"
+            )
+        source = {name: str(path) for name in raw}
+
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        env_name = "KEYGATE_" + setting.name.upper()
+        if setting.env and env_name in env:
+            values[setting.name] = _parse(setting, env[env_name], f"environment {env_name}")
+            source[setting.name] = f"environment {env_name}"
+        elif setting.name in raw:
+            values[setting.name] = _parse(setting, raw[setting.name], source[setting.name])
+        else:
+            values[setting.name] = setting.parse(setting.default)
+            source[setting.name] = "default"
+        from_file = source[setting.name] != "default"
+        if isinstance(values[setting.name], Path) and config_dir and from_file:
+            values[setting.name] = (config_dir / values[setting.name]).resolve()
+    settings = Settings(values, source, config_dir)
+    try:
+        settings.credential_format  # noqa: B018 - validates the prefixes early
+    except ValueError as exc:
+        raise ConfigError(f"setting key_prefix/token_prefix: {exc}") from None
+    return settings
+
+
+def load_secrets(settings: Settings) -> tuple[list[bytes], bool]:
+    """The server secrets, current first, and whether they were generated for this run.
+
+    A real store refuses to start without a secret: tokens hashed under a throwaway
+    secret would all stop working at the next restart.
+    """
+    found: list[str] = []
+    if settings.secret:
+        found.append(settings.secret)
+    if settings.secret_file:
+        try:
+            text = Path(settings.secret_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"setting secret_file: cannot read {settings.secret_file} ({exc.strerror})"
+            ) from None
+        found.extend(line.strip() for line in text.splitlines() if line.strip())
+    for value in found:
+        if len(value) < MIN_SECRET_LENGTH:
+            raise ConfigError(
+                f"setting secret: a server secret must be at least {MIN_SECRET_LENGTH} "
+                f"characters (generate one with: python -c 'import secrets; "
+                f"print(secrets.token_urlsafe(48))')"
+            )
+    if found:
+        return [v.encode() for v in found], False
+    if settings.in_memory:
+        return [secrets.token_bytes(32)], True
+    raise ConfigError(
+        "setting secret: no server secret, and store_url is a real store; set KEYGATE_SECRET "
+        "or secret_file (tokens are hashed with it, so it must survive restarts)"
+    )
+
+
+def reference_markdown() -> str:
+    """The config reference for the README, generated from the table."""
+    lines = ["| setting | environment | default | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        env_name = f"`KEYGATE_{s.name.upper()}`" if s.env else "(file only)"
+        default = s.default
+        if isinstance(default, str) and default.startswith(str(PROJECT_ROOT)):
+            default = "<install dir>" + default[len(str(PROJECT_ROOT)):]
+        lines.append(f"| `{s.name}` | {env_name} | `{default!r}` | {s.help} |")
+    return "\n".join(lines)

@@ -1,0 +1,245 @@
+"""Shared fixtures: a private redis-server, real aiohttp upstreams, keygate's two apps.
+
+Every test gets its own ``store_prefix`` so tests never see each other's keys, on a
+redis-server started for this test session on a free port (``--save "" --appendonly
+no``), never the machine's shared Redis. Without a redis-server binary the tests fall
+back to the embedded fakeredis, loudly; with ``KEYGATE_TESTS_REQUIRE_REDIS=1`` (set by
+``.ci/run``) that fallback is an error instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from gateway.app import build_gateway, build_proxy_app
+from gateway.context import Gateway
+from gateway.lifecycle import issue_key
+from gateway.management import build_management_app
+from gateway.settings import Settings, load_settings
+
+TEST_SECRET = "test-secret-" + "x" * 40
+FALLBACK_MARKER = Path(__file__).parent / ".fakeredis-fallback"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("KEYGATE_TESTS_REQUIRE_REDIS") == "1":
+            pytest.fail("redis-server is not installed and KEYGATE_TESTS_REQUIRE_REDIS=1")
+        warnings.warn("redis-server not found: tests fall back to fakeredis", stacklevel=1)
+        FALLBACK_MARKER.write_text("tests ran on fakeredis\n")
+        yield "memory://"
+        return
+    FALLBACK_MARKER.unlink(missing_ok=True)
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), "--protected-mode", "yes"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            pytest.fail(f"private redis-server on port {port} did not start")
+        time.sleep(0.05)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+class FakeClock:
+    """An injectable clock: tests move time instead of sleeping."""
+
+    def __init__(self, start: float = 1_790_000_000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@dataclass
+class Upstream:
+    """A real aiohttp server that records what keygate forwarded to it."""
+
+    url: str = ""
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.requests[-1]
+
+
+def _upstream_app(record: Upstream) -> web.Application:
+    async def echo(request: web.Request) -> web.StreamResponse:
+        digest = hashlib.sha256()
+        size = 0
+        async for chunk in request.content.iter_any():
+            digest.update(chunk)
+            size += len(chunk)
+        record.requests.append(
+            {
+                "method": request.method,
+                "raw_path": request.raw_path,
+                "headers": request.headers.copy(),
+                "body_sha256": digest.hexdigest(),
+                "body_size": size,
+            }
+        )
+        return web.json_response(
+            {"method": request.method, "path": request.raw_path, "size": size},
+            headers={"X-Upstream": "echo"},
+        )
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        """GET /stream/{megabytes}: a large body written chunk by chunk."""
+        megabytes = int(request.match_info["mb"])
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = megabytes * 1024 * 1024
+        await response.prepare(request)
+        block = bytes(range(256)) * 4096  # 1 MiB
+        for _ in range(megabytes):
+            await response.write(block)
+        return response
+
+    async def slow(request: web.Request) -> web.Response:
+        import asyncio
+
+        await asyncio.sleep(float(request.query.get("seconds", "5")))
+        return web.Response(text="late")
+
+    app = web.Application(handler_args={"auto_decompress": False})
+    app.router.add_get("/stream/{mb:\\d+}", stream)
+    app.router.add_get("/slow", slow)
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Callable[..., Any]) -> Upstream:
+    record = Upstream()
+    server = await aiohttp_server(_upstream_app(record))
+    record.url = str(server.make_url("")).rstrip("/")
+    return record
+
+
+def default_routes(upstream_url: str) -> list[dict[str, Any]]:
+    return [
+        {"name": "orders", "path_prefix": "/orders", "upstream": upstream_url,
+         "account": "acme", "resource": "orders"},
+        {"name": "beta-orders", "path_prefix": "/beta/orders", "upstream": upstream_url,
+         "account": "beta", "resource": "orders"},
+        {"name": "catalog", "host": "*.api.test", "path_prefix": "/catalog",
+         "upstream": upstream_url, "account_from": "host", "resource": "catalog"},
+        {"name": "per-account", "path_prefix": "/accounts", "upstream": upstream_url,
+         "account_from": "path", "account_segment": 2, "resource": "orders",
+         "actions": {"DELETE": "admin"}},
+        {"name": "stream", "path_prefix": "/stream", "upstream": upstream_url,
+         "account": "acme", "resource": "orders"},
+        {"name": "slow", "path_prefix": "/slow", "upstream": upstream_url,
+         "account": "acme", "resource": "orders"},
+    ]
+
+
+@pytest.fixture
+def make_settings(redis_url: str, upstream: Upstream) -> Callable[..., Settings]:
+    """Settings on the private Redis with a fresh prefix; keyword arguments override."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "store_url": redis_url,
+            "store_prefix": f"test-{uuid.uuid4().hex[:12]}:",
+            "secret": TEST_SECRET,
+            "routes": default_routes(upstream.url),
+        }
+        values.update(overrides)
+        return load_settings(env={}).with_values(**values)
+
+    return make
+
+
+@pytest.fixture
+async def gateway(make_settings: Callable[..., Settings], clock: FakeClock) -> AsyncIterator[Gateway]:
+    gw = build_gateway(make_settings(), clock=clock)
+    yield gw
+    await gw.store.close()
+
+
+@pytest.fixture
+async def proxy(gateway: Gateway, aiohttp_client: Callable[..., Any]) -> Any:
+    return await aiohttp_client(build_proxy_app(gateway))
+
+
+@pytest.fixture
+async def management(gateway: Gateway, aiohttp_client: Callable[..., Any]) -> Any:
+    return await aiohttp_client(build_management_app(gateway))
+
+
+@dataclass(frozen=True)
+class Key:
+    app_key: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-API-AppKey": self.app_key, "X-API-AppToken": self.token}
+
+
+@pytest.fixture
+def make_key(gateway: Gateway) -> Callable[..., Any]:
+    """Create a generated key directly in the store (as `keygate keys create` does)."""
+
+    async def make(account: str = "acme", roles: list[str] | None = None, label: str = "k") -> Key:
+        record, token = await issue_key(
+            gateway.store, gateway.fmt, gateway.hasher, account, label,
+            ["orders-writer"] if roles is None else roles,
+        )
+        return Key(record.app_key, token)
+
+    return make
+
+
+@pytest.fixture
+async def admin_key(make_key: Callable[..., Any]) -> Key:
+    """A key of account acme that may manage acme's keys."""
+    return await make_key("acme", ["user-admin-restricted"], label="admin")
