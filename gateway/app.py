@@ -11,17 +11,20 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from . import proxy
 from .auth import Gatekeeper, HeaderAuthenticator
 from .context import GATEWAY, HTTP_CLIENT, Gateway
 from .credentials import TokenHasher
+from .lifecycle import KeyLifecycle
 from .management import build_management_app
 from .middleware import request_id_and_errors
 from .policy import Policy
 from .routes import parse_routes
 from .settings import Settings, load_secrets
 from .store import Store
+from .usage import Denials, LastUsed, UsageObserver
 
 log = logging.getLogger("keygate")
 
@@ -41,14 +44,32 @@ def build_gateway(
     policy = Policy.load(settings.model_path, settings.policies_dir)
     routes = parse_routes(settings.routes)
     if store is None:
-        store = Store.from_url(settings.store_url, settings.store_prefix, clock)
+        store = Store.from_url(
+            settings.store_url, settings.store_prefix, clock, settings.audit_max_events
+        )
     fmt = settings.credential_format
     hasher = TokenHasher(server_secrets)
     header_auth = HeaderAuthenticator(
         store, hasher, fmt, settings.key_header, settings.token_header,
         settings.max_credential_length,
     )
-    return Gateway(settings, store, Gatekeeper([header_auth], policy), routes, hasher, fmt, clock)
+    registry = CollectorRegistry()
+    last_used = LastUsed(store, settings.last_used_interval, clock)
+    denials = Denials(store, settings.denial_sample_seconds, clock, registry)
+    gatekeeper = Gatekeeper([header_auth], policy, UsageObserver(last_used, denials))
+    return Gateway(
+        settings=settings,
+        store=store,
+        gatekeeper=gatekeeper,
+        routes=routes,
+        hasher=hasher,
+        fmt=fmt,
+        lifecycle=KeyLifecycle(store, fmt, hasher, settings.token_link_ttl, clock),
+        last_used=last_used,
+        denials=denials,
+        registry=registry,
+        clock=clock,
+    )
 
 
 async def _http_client(app: web.Application) -> AsyncIterator[None]:
@@ -96,6 +117,7 @@ async def running(gateway: Gateway) -> AsyncIterator[tuple[str, str]]:
         web.AppRunner(build_management_app(gateway), access_log=access_log),
     ]
     urls = []
+    gateway.last_used.start()
     try:
         for runner, (host, port) in zip(
             runners, (settings.proxy_listen, settings.management_listen), strict=True
@@ -109,7 +131,7 @@ async def running(gateway: Gateway) -> AsyncIterator[tuple[str, str]]:
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
-        await gateway.store.close()
+        await gateway.close()
 
 
 async def serve(settings: Settings, on_ready: Callable[[str, str], None] | None = None) -> None:

@@ -120,15 +120,37 @@ class HeaderAuthenticator:
         return Authenticated(Principal(app_key, found.owner), account, found.grant)
 
 
+class Observer(Protocol):
+    """Told about outcomes; must not block (the request path calls it)."""
+
+    def authenticated(self, principal: Principal) -> None: ...
+
+    def denied(
+        self, principal: Principal, account: str, resource: str, action: str, reason: str,
+        request_id: str,
+    ) -> None: ...
+
+
 class Gatekeeper:
     """authenticate → resolve grant → authorize, shared by the proxy and the management API."""
 
-    def __init__(self, authenticators: Sequence[Authenticator], policy: Policy):
+    def __init__(
+        self,
+        authenticators: Sequence[Authenticator],
+        policy: Policy,
+        observer: Observer | None = None,
+    ):
         self.authenticators = tuple(authenticators)
         self.policy = policy
+        self.observer = observer
 
     async def check(
-        self, headers: Mapping[str, str], account: str, resource: str, action: str
+        self,
+        headers: Mapping[str, str],
+        account: str,
+        resource: str,
+        action: str,
+        request_id: str = "",
     ) -> Identity:
         authenticated = None
         for authenticator in self.authenticators:
@@ -140,7 +162,16 @@ class Gatekeeper:
                 "no API credentials: send the API key and token headers",
                 code="missing_credentials",
             )
-        return self.authorize(authenticated, resource, action)
+        if self.observer is not None:
+            self.observer.authenticated(authenticated.principal)
+        try:
+            return self.authorize(authenticated, resource, action)
+        except Forbidden as refusal:
+            if self.observer is not None:
+                self.observer.denied(
+                    authenticated.principal, account, resource, action, refusal.code, request_id
+                )
+            raise
 
     def authorize(self, auth: Authenticated, resource: str, action: str) -> Identity:
         grant, account = auth.grant, auth.account

@@ -40,10 +40,12 @@ def _need_shared_store(settings: Settings) -> None:
         )
 
 
-def _key_row(record: Any, token: str | None = None) -> dict[str, Any]:
+def _key_row(record: Any, token: str | None = None, period: int = 3) -> dict[str, Any]:
+    import time
+
     from .management.keys import key_json
 
-    row = key_json(record)
+    row = key_json(record, period, int(time.time() * 1000))
     if token is not None:
         row["appToken"] = token
     return row
@@ -60,7 +62,7 @@ async def _with_gateway(settings: Settings, work: Callable[[Any], Awaitable[Any]
             )
         return await work(gateway)
     finally:
-        await gateway.store.close()
+        await gateway.close()
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -79,7 +81,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    from .lifecycle import issue_key
+    from .store import CLI_ACTOR
 
     settings = _settings(args)
     _need_shared_store(settings)
@@ -88,9 +90,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         unknown = gateway.policy.unknown_roles(args.role)
         if unknown:
             raise ConfigError(f"--role: {unknown[0]!r} is not a role defined in the policies")
-        return await issue_key(
-            gateway.store, gateway.fmt, gateway.hasher, args.account, args.label, args.role
-        )
+        issued = await gateway.lifecycle.create(args.account, args.label, args.role, CLI_ACTOR)
+        return issued.record, issued.token
 
     record, token = _run(_with_gateway(settings, work))
     if args.json:
@@ -104,19 +105,21 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
+    from .renewal import DEFAULT_RENEWAL_PERIOD
     from .store import KeyQuery
 
     settings = _settings(args)
     _need_shared_store(settings)
 
-    async def work(gateway: Any) -> list[Any]:
+    async def work(gateway: Any) -> tuple[list[Any], int]:
         records, _ = await gateway.store.list_keys(
             args.account, KeyQuery(per_page=1_000_000, descending=False)
         )
-        return records
+        settings = await gateway.store.get_settings(args.account)
+        return records, int(settings.get("renewalPeriodMonths", DEFAULT_RENEWAL_PERIOD))
 
-    records = _run(_with_gateway(settings, work))
-    rows = [_key_row(r) for r in records]
+    records, period = _run(_with_gateway(settings, work))
+    rows = [_key_row(r, period=period) for r in records]
     if args.json:
         print(orjson.dumps(rows).decode())
         return 0
@@ -130,23 +133,96 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_change(args: argparse.Namespace) -> int:
+    from .store import CLI_ACTOR
+
     settings = _settings(args)
     _need_shared_store(settings)
-    account = settings.credential_format.key_account(args.app_key)
-    if account is None:
-        raise ConfigError(f"{args.app_key!r} is not an API key of this deployment")
+    account = _owner(settings, args.app_key)
 
     async def work(gateway: Any) -> bool:
         if args.action == "delete":
-            return await gateway.store.delete_key(account, args.app_key)
+            return await gateway.store.delete_key(account, args.app_key, actor=CLI_ACTOR)
         status = "active" if args.action == "activate" else "inactive"
-        return await gateway.store.update_key(account, args.app_key, status=status) is not None
+        changed = await gateway.store.update_key(
+            account, args.app_key, actor=CLI_ACTOR, status=status
+        )
+        return changed is not None
 
     if not _run(_with_gateway(settings, work)):
         print(f"keygate: no API key {args.app_key} in account {account}", file=sys.stderr)
         return 1
     print(f"{args.app_key}: {args.action}d")
     return 0
+
+
+def cmd_keys_renew(args: argparse.Namespace) -> int:
+    from .store import CLI_ACTOR, RenewalRefused
+
+    settings = _settings(args)
+    _need_shared_store(settings)
+    account = _owner(settings, args.app_key)
+
+    async def work(gateway: Any) -> Any:
+        if args.command_name == "renew":
+            return await gateway.lifecycle.renew(
+                account, args.app_key, CLI_ACTOR, keep_old=not args.now
+            )
+        return await gateway.store.end_renewal(
+            account, args.app_key, finish=args.command_name == "finish-renewal", actor=CLI_ACTOR
+        )
+
+    try:
+        result = _run(_with_gateway(settings, work))
+    except RenewalRefused as refusal:
+        what = "a renewal is pending: finish or undo it first" if refusal.reason == "pending" \
+            else "the one-time link of the last token is still unopened"
+        print(f"keygate: cannot renew {args.app_key}: {what}", file=sys.stderr)
+        return 1
+    if result is None:
+        print(f"keygate: no API key {args.app_key} in account {account}", file=sys.stderr)
+        return 1
+    if result is False:
+        print(f"keygate: no token renewal is pending for {args.app_key}", file=sys.stderr)
+        return 1
+    if args.command_name == "renew":
+        print(f"API key    {args.app_key}")
+        print(f"API token  {result.token}")
+        if args.now:
+            print("The old token no longer works.")
+        else:
+            print("Both tokens work until `keygate keys finish-renewal KEY`.")
+    else:
+        print(f"{args.app_key}: {args.command_name} done")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .management.audit import event_json
+
+    settings = _settings(args)
+    _need_shared_store(settings)
+
+    async def work(gateway: Any) -> list[Any]:
+        events, _ = await gateway.store.audit_events(
+            args.account, limit=args.limit,
+            accept=lambda e: not args.action or e.action == args.action,
+        )
+        return events
+
+    for event in _run(_with_gateway(settings, work)):
+        row = event_json(event)
+        if args.json:
+            print(orjson.dumps(row).decode())
+        else:
+            print(f"{row['time']}  {row['action']:<22} {row['target']:<28} by {row['actor']}")
+    return 0
+
+
+def _owner(settings: Settings, app_key: str) -> str:
+    account = settings.credential_format.key_account(app_key)
+    if account is None:
+        raise ConfigError(f"{app_key!r} is not an API key of this deployment")
+    return account
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
@@ -198,6 +274,22 @@ def build_parser() -> argparse.ArgumentParser:
         change = keys_sub.add_parser(action, help=f"{action} a key")
         change.add_argument("app_key", metavar="KEY")
         change.set_defaults(func=cmd_keys_change, action=action)
+
+    renew = keys_sub.add_parser("renew", help="issue a new token (old one kept until finish)")
+    renew.add_argument("app_key", metavar="KEY")
+    renew.add_argument("--now", action="store_true", help="the old token stops working at once")
+    renew.set_defaults(func=cmd_keys_renew, command_name="renew")
+    for name in ("finish-renewal", "undo-renewal"):
+        end = keys_sub.add_parser(name, help=f"{name.replace('-', ' ')} of a key's token")
+        end.add_argument("app_key", metavar="KEY")
+        end.set_defaults(func=cmd_keys_renew, command_name=name)
+
+    audit = sub.add_parser("audit", help="an account's audit events, newest first")
+    audit.add_argument("--account", required=True)
+    audit.add_argument("--action", help="only this action, e.g. key.update")
+    audit.add_argument("--limit", type=int, default=50)
+    audit.add_argument("--json", action="store_true")
+    audit.set_defaults(func=cmd_audit)
 
     policy = sub.add_parser("policy", help="policy files")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True)

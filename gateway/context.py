@@ -11,13 +11,16 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from .auth import Gatekeeper
 from .credentials import CredentialFormat, TokenHasher
+from .lifecycle import KeyLifecycle
 from .policy import Policy
 from .routes import RouteTable
 from .settings import Settings
 from .store import Store
+from .usage import Denials, LastUsed
 
 
 @dataclass
@@ -28,11 +31,24 @@ class Gateway:
     routes: RouteTable
     hasher: TokenHasher
     fmt: CredentialFormat
+    lifecycle: KeyLifecycle
+    last_used: LastUsed
+    denials: Denials
+    registry: CollectorRegistry
     clock: Callable[[], float] = field(default=time.time)
 
     @property
     def policy(self) -> Policy:
         return self.gatekeeper.policy
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    async def close(self) -> None:
+        """Write what is still buffered, then let go of the store."""
+        await self.last_used.stop()
+        await self.denials.drain()
+        await self.store.close()
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

@@ -23,6 +23,7 @@ Security reasoning, in one place:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
@@ -135,3 +136,45 @@ class TokenHasher:
             for candidate in candidates:
                 found |= hmac.compare_digest(candidate, digest)
         return found
+
+
+# -- one-time token links ----------------------------------------------------------------
+# A link hands a token to an integrator without pasting it into a chat. The link secret
+# (256 bits) is the credential: the store keeps only sha256(secret) as the link's name and
+# the token sealed with AES-256-GCM under a key derived from the secret, so neither a
+# copy of the store nor anyone without the URL can recover the token.
+LINK_SECRET_BYTES = 32
+
+
+def new_link_secret() -> str:
+    return secrets.token_urlsafe(LINK_SECRET_BYTES)
+
+
+def link_id(link_secret: str) -> str:
+    return hashlib.sha256(link_secret.encode("ascii")).hexdigest()
+
+
+def _link_key(link_secret: str) -> bytes:
+    return hmac.new(link_secret.encode("ascii"), b"keygate token link v1", hashlib.sha256).digest()
+
+
+def seal_token(link_secret: str, token: str, associated: str) -> str:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = secrets.token_bytes(12)
+    sealed = AESGCM(_link_key(link_secret)).encrypt(
+        nonce, token.encode("ascii"), associated.encode()
+    )
+    return base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
+
+
+def unseal_token(link_secret: str, sealed: str, associated: str) -> str | None:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    raw = base64.urlsafe_b64decode(sealed)
+    try:
+        token = AESGCM(_link_key(link_secret)).decrypt(raw[:12], raw[12:], associated.encode())
+    except InvalidTag:
+        return None
+    return token.decode("ascii")

@@ -9,8 +9,8 @@ from pathlib import Path
 from aiohttp import web
 
 from .app import MEMORY_WARNING, build_gateway, running
-from .lifecycle import issue_key
 from .settings import PROJECT_ROOT, load_settings
+from .store import CLI_ACTOR
 
 log = logging.getLogger("keygate")
 
@@ -48,10 +48,10 @@ async def run_demo(config: Path = DEMO_CONFIG, upstream_port: int = 9000) -> Non
     await web.TCPSite(upstream, "127.0.0.1", upstream_port).start()
     try:
         async with running(gateway) as (proxy_url, management_url):
-            record, token = await issue_key(
-                gateway.store, gateway.fmt, gateway.hasher, "acme", "demo key",
-                ["orders-writer", "user-admin-restricted"],
+            issued = await gateway.lifecycle.create(
+                "acme", "demo key", ["orders-writer", "user-admin-restricted"], CLI_ACTOR
             )
+            record, token = issued.record, issued.token
             key_h, token_h = settings.key_header, settings.token_header
             creds = f"-H '{key_h}: {record.app_key}' -H '{token_h}: {token}'"
             print(

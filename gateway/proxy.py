@@ -160,7 +160,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         )
     account = route.account_for(host, path)
     identity = await gateway.gatekeeper.check(
-        request.headers, account, route.resource, route.action_for(request.method)
+        request.headers, account, route.resource, route.action_for(request.method),
+        request_id_of(request),
     )
     return await request.app[FORWARDER].forward(request, route, path, query, identity)
 

@@ -130,6 +130,20 @@ SETTINGS: tuple[Setting, ...] = (
             _positive(int)),
     Setting("management_max_body", 65536,
             "Largest management API request body in bytes.", _positive(int)),
+    Setting("token_link_ttl", 86400.0,
+            "Seconds a one-time token link stays valid if nobody opens it.", _positive(float)),
+    Setting("management_public_url", "",
+            "Base URL of the management port as integrators reach it, for one-time token "
+            "links (default: the scheme and host of the request that made the link)."),
+    Setting("audit_max_events", 100000,
+            "Audit events kept per account (older ones are trimmed).", _positive(int)),
+    Setting("last_used_interval", 60.0,
+            "Seconds between writes of a key's last-used time (batched, off the request "
+            "path).", _positive(float)),
+    Setting("denial_sample_seconds", 60.0,
+            "An access denial of a key on a resource is written to the audit log at most "
+            "once per this many seconds, with the count since the last sample.",
+            _positive(float)),
     Setting("access_log", False, "Write an access log line per request.", _bool),
     Setting("routes", [], "Route table: [[routes]] tables, see the README.", _routes, env=False),
 )

@@ -4,23 +4,34 @@ Layout (every name starts with the ``store_prefix`` setting, ``kg:`` by default)
 
 ``{p}key:{appKey}`` — hash, one per key, holding everything authentication needs::
 
-    acct        owner account
-    label       the owner's label
-    status      active | inactive
-    created     creation time, ms since the epoch
-    tokCreated  when the current token was issued, ms
-    tok         HMAC-SHA256 digest of the token (hex); never the token
-    g:{account} the key's grant in that account, JSON {"roles": [...], ...}; the owner's
-                own grant is ``g:{acct}``
+    acct           owner account
+    label          the owner's label
+    status         active | inactive
+    created        creation time, ms since the epoch
+    tok            HMAC-SHA256 digest of the current token (hex); never the token
+    tokCreated     when the current token was issued, ms
+    newTok         digest of the new token while a renewal is pending (both work)
+    newTokCreated  when it was issued
+    link           name of the unopened one-time token link, if any
+    linkExp        when that link expires, ms (a renewal is refused until then)
+    lastUsed       last successful authentication, ms (written in batches)
+    g:{account}    the key's grant in that account, JSON {"roles": [...], ...}; the owner's
+                   own grant is ``g:{acct}``
 
     After a delete the hash is replaced by a tombstone ``{deleted: ms}`` so that a key
     name is never issued twice.
 
-``{p}acct:{account}:keys`` — sorted set of the account's generated keys by creation time.
+``{p}acct:{account}:keys``     sorted set of the account's generated keys by creation time
+``{p}acct:{account}:settings`` hash of the account's settings
+``{p}acct:{account}:audit``    stream of audit events, capped (``MAXLEN ~``)
+``{p}link:{sha256(link secret)}`` an unopened one-time link: the token, encrypted under a
+                               key derived from the link secret, which is not stored
 
 Because a key's grants live in its own hash, authenticating a key for a target account
-is a single ``HMGET`` (one round trip), and every change to a key is a Lua script over
-that hash and the indexes, so it is atomic. Lua scripts name index keys they derive
+is a single ``HMGET`` (one round trip). Every change is one Lua script that checks its
+precondition, applies the change and appends the audit event, so a change and its
+audit record happen together or not at all and concurrent changes serialise (fifty
+concurrent renewals: one wins, the others see it pending). Scripts derive some key names
 (``acct:*``) themselves, so this layout suits one Redis (or a replica set), not a cluster.
 """
 
@@ -29,7 +40,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
@@ -79,6 +90,10 @@ class Grant:
         return orjson.dumps({"roles": list(self.roles), "status": self.status}).decode()
 
 
+def _int(value: str | None) -> int | None:
+    return int(value) if value else None
+
+
 @dataclass(frozen=True)
 class KeyRecord:
     """A generated key as the owner account sees it. Holds digests, never tokens."""
@@ -90,10 +105,13 @@ class KeyRecord:
     created: int
     token_created: int
     roles: tuple[str, ...]
+    new_token_created: int | None = None
+    last_used: int | None = None
+    link_expires: int | None = None
     token_digests: tuple[str, ...] = field(repr=False, default=())
 
     @classmethod
-    def from_hash(cls, app_key: str, h: dict[str, str]) -> KeyRecord | None:
+    def from_hash(cls, app_key: str, h: Mapping[str, str]) -> KeyRecord | None:
         if "acct" not in h:
             return None
         own = Grant.decode(h.get("g:" + h["acct"]))
@@ -105,7 +123,10 @@ class KeyRecord:
             created=int(h.get("created", 0)),
             token_created=int(h.get("tokCreated", 0)),
             roles=own.roles if own else (),
-            token_digests=tuple(d for d in (h.get("tok"),) if d),
+            new_token_created=_int(h.get("newTokCreated")),
+            last_used=_int(h.get("lastUsed")),
+            link_expires=_int(h.get("linkExp")),
+            token_digests=tuple(d for d in (h.get("tok"), h.get("newTok")) if d),
         )
 
 
@@ -123,39 +144,198 @@ class AuthLookup:
         return self.owner is not None
 
 
-_CREATE = """
+@dataclass(frozen=True)
+class Actor:
+    """Who makes a change and under which request, for the audit log."""
+
+    app_key: str
+    request_id: str = ""
+
+
+CLI_ACTOR = Actor("cli")
+SYSTEM_ACTOR = Actor("system")
+
+
+@dataclass(frozen=True)
+class TokenLink:
+    """A one-time link to store with a change: its store id, sealed token and expiry."""
+
+    link_id: str
+    sealed: str
+    expires: int
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    id: str
+    time: int
+    account: str
+    actor: str
+    action: str
+    target: str
+    request_id: str
+    before: dict[str, Any]
+    after: dict[str, Any]
+
+
+class RenewalRefused(Exception):
+    """A renewal cannot start: ``reason`` is ``pending`` or ``link``."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# -- Lua ---------------------------------------------------------------------------------
+# snap(): the audited view of a key — never a digest. audit(): append the event.
+_PRELUDE = """
+local function snap(key, acct)
+  local v = redis.call('HMGET', key, 'label', 'status', 'tokCreated', 'newTokCreated',
+                       'g:' .. acct)
+  local s = {}
+  if v[1] then s['label'] = v[1] end
+  if v[2] then s['status'] = v[2] end
+  if v[3] then s['creationDateToken'] = tonumber(v[3]) end
+  if v[4] then s['creationDateNewToken'] = tonumber(v[4]) end
+  if v[5] then s['roles'] = cjson.decode(v[5])['roles'] end
+  return s
+end
+local function audit(stream, maxlen, event, before, after)
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', event,
+             'before', cjson.encode(before), 'after', cjson.encode(after))
+end
+local function owned(key, acct)
+  return redis.call('HGET', key, 'acct') == acct
+end
+"""
+
+# KEYS: key, index, stream, [link]  ARGV: acct, maxlen, event, now, appKey, link value,
+# link ttl ms, link expiry, field, value, ...
+_CREATE = _PRELUDE + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+if KEYS[4] then
+  redis.call('SET', KEYS[4], ARGV[6], 'PX', ARGV[7])
+  redis.call('HSET', KEYS[1], 'link', KEYS[4], 'linkExp', ARGV[8])
+end
+audit(KEYS[3], ARGV[2], ARGV[3], {}, snap(KEYS[1], ARGV[1]))
 return 1
 """
 
-_UPDATE = """
-if redis.call('HGET', KEYS[1], 'acct') ~= ARGV[1] then return false end
-if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
+# KEYS: key, stream  ARGV: acct, maxlen, event, field, value, ...
+_UPDATE = _PRELUDE + """
+if not owned(KEYS[1], ARGV[1]) then return false end
+local before = snap(KEYS[1], ARGV[1])
+if #ARGV > 3 then redis.call('HSET', KEYS[1], unpack(ARGV, 4)) end
+audit(KEYS[2], ARGV[2], ARGV[3], before, snap(KEYS[1], ARGV[1]))
 return redis.call('HGETALL', KEYS[1])
 """
 
-_DELETE = """
-if redis.call('HGET', KEYS[1], 'acct') ~= ARGV[1] then return 0 end
+# KEYS: key, index, stream  ARGV: acct, maxlen, event, appKey, acct index prefix, now
+_DELETE = _PRELUDE + """
+if not owned(KEYS[1], ARGV[1]) then return 0 end
+local before = snap(KEYS[1], ARGV[1])
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.sub(f, 1, 2) == 'g:' and string.sub(f, 3) ~= ARGV[1] then
-    redis.call('ZREM', ARGV[3] .. string.sub(f, 3) .. ':ext', ARGV[2])
+    redis.call('ZREM', ARGV[5] .. string.sub(f, 3) .. ':ext', ARGV[4])
   end
 end
+local link = redis.call('HGET', KEYS[1], 'link')
+if link then redis.call('DEL', link) end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'deleted', ARGV[4])
-redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[1], 'deleted', ARGV[6])
+redis.call('ZREM', KEYS[2], ARGV[4])
+audit(KEYS[3], ARGV[2], ARGV[3], before, {})
 return 1
 """
 
-SORT_FIELDS = {
-    "creationDate": lambda r: (r.created, r.app_key),
-    "creationDateToken": lambda r: (r.token_created, r.app_key),
-    "label": lambda r: (r.label.casefold(), r.app_key),
-    "appKey": lambda r: (r.app_key,),
-    "status": lambda r: (r.status, r.app_key),
-}
+# KEYS: key, stream, [link]  ARGV: acct, maxlen, event, now, mode, digest, link value,
+# link ttl ms, link expiry
+_RENEW = _PRELUDE + """
+if not owned(KEYS[1], ARGV[1]) then return {'missing'} end
+if redis.call('HEXISTS', KEYS[1], 'newTok') == 1 then return {'pending'} end
+local link_exp = redis.call('HGET', KEYS[1], 'linkExp')
+if link_exp and tonumber(link_exp) > tonumber(ARGV[4]) then return {'link'} end
+local before = snap(KEYS[1], ARGV[1])
+if ARGV[5] == 'later' then
+  redis.call('HSET', KEYS[1], 'newTok', ARGV[6], 'newTokCreated', ARGV[4])
+else
+  redis.call('HSET', KEYS[1], 'tok', ARGV[6], 'tokCreated', ARGV[4])
+end
+local old_link = redis.call('HGET', KEYS[1], 'link')
+if old_link then redis.call('DEL', old_link) end
+redis.call('HDEL', KEYS[1], 'link', 'linkExp')
+if KEYS[3] then
+  redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[8])
+  redis.call('HSET', KEYS[1], 'link', KEYS[3], 'linkExp', ARGV[9])
+end
+audit(KEYS[2], ARGV[2], ARGV[3], before, snap(KEYS[1], ARGV[1]))
+return {'ok', redis.call('HGETALL', KEYS[1])}
+"""
+
+# KEYS: key, stream  ARGV: acct, maxlen, event, 'finish' | 'undo'
+_END_RENEWAL = _PRELUDE + """
+if not owned(KEYS[1], ARGV[1]) then return {'missing'} end
+local new = redis.call('HMGET', KEYS[1], 'newTok', 'newTokCreated')
+if not new[1] then return {'none'} end
+local before = snap(KEYS[1], ARGV[1])
+if ARGV[4] == 'finish' then
+  redis.call('HSET', KEYS[1], 'tok', new[1], 'tokCreated', new[2])
+else
+  -- the new token is dropped, so is an unopened link that would reveal it
+  local link = redis.call('HGET', KEYS[1], 'link')
+  if link then redis.call('DEL', link) end
+  redis.call('HDEL', KEYS[1], 'link', 'linkExp')
+end
+redis.call('HDEL', KEYS[1], 'newTok', 'newTokCreated')
+audit(KEYS[2], ARGV[2], ARGV[3], before, snap(KEYS[1], ARGV[1]))
+return {'ok', redis.call('HGETALL', KEYS[1])}
+"""
+
+# KEYS: link  ARGV: key prefix, account prefix, maxlen, event (without actor/target)
+_OPEN_LINK = """
+local value = redis.call('GET', KEYS[1])
+if not value then return false end
+redis.call('DEL', KEYS[1])
+local v = cjson.decode(value)
+local key = ARGV[1] .. v['appKey']
+if redis.call('HGET', key, 'link') == KEYS[1] then
+  redis.call('HDEL', key, 'link', 'linkExp')
+end
+local event = cjson.decode(ARGV[4])
+event['account'] = v['account']
+event['target'] = v['appKey']
+redis.call('XADD', ARGV[2] .. v['account'] .. ':audit', 'MAXLEN', '~', ARGV[3], '*',
+           'event', cjson.encode(event), 'before', '{}', 'after', '{}')
+return value
+"""
+
+# KEYS: settings, stream  ARGV: maxlen, event, field, value
+_PUT_SETTING = """
+local before = redis.call('HGET', KEYS[1], ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+local b, a = {}, {}
+if before then b[ARGV[3]] = tonumber(before) or before end
+a[ARGV[3]] = tonumber(ARGV[4]) or ARGV[4]
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[2],
+           'before', cjson.encode(b), 'after', cjson.encode(a))
+return 1
+"""
+
+# KEYS: key hashes  ARGV: times, in the same order. Deleted keys are left alone.
+_TOUCH = """
+for i, key in ipairs(KEYS) do
+  if redis.call('HEXISTS', key, 'acct') == 1 then
+    redis.call('HSET', key, 'lastUsed', ARGV[i])
+  end
+end
+return #KEYS
+"""
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 @dataclass(frozen=True)
@@ -167,10 +347,12 @@ class KeyQuery:
     descending: bool = True
     page: int = 1
     per_page: int = 20
+    # extra predicate on the record (e.g. the renewal alert), applied after the others
+    where: Callable[[KeyRecord], bool] | None = None
 
     @property
     def filtered(self) -> bool:
-        return bool(self.q or self.status or self.role)
+        return bool(self.q or self.status or self.role or self.where)
 
     def accepts(self, record: KeyRecord) -> bool:
         if self.status and record.status != self.status:
@@ -179,22 +361,49 @@ class KeyQuery:
             return False
         if self.q:
             needle = self.q.casefold()
-            return needle in record.label.casefold() or needle in record.app_key.casefold()
-        return True
+            if needle not in record.label.casefold() and needle not in record.app_key.casefold():
+                return False
+        return self.where is None or self.where(record)
+
+
+SORT_FIELDS: dict[str, Callable[[KeyRecord], Any]] = {
+    "creationDate": lambda r: (r.created, r.app_key),
+    "creationDateToken": lambda r: (r.token_created, r.app_key),
+    "label": lambda r: (r.label.casefold(), r.app_key),
+    "appKey": lambda r: (r.app_key,),
+    "status": lambda r: (r.status, r.app_key),
+    "lastUsed": lambda r: (r.last_used or 0, r.app_key),
+}
 
 
 class Store:
-    def __init__(self, client: aioredis.Redis, prefix: str, clock: Callable[[], float]):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        clock: Callable[[], float],
+        audit_max_events: int = 100_000,
+    ):
         self.redis = client
         self.prefix = prefix
         self.clock = clock
+        self.audit_max_events = audit_max_events
         self._create = client.register_script(_CREATE)
         self._update = client.register_script(_UPDATE)
         self._delete = client.register_script(_DELETE)
+        self._renew = client.register_script(_RENEW)
+        self._end_renewal = client.register_script(_END_RENEWAL)
+        self._open_link = client.register_script(_OPEN_LINK)
+        self._put_setting = client.register_script(_PUT_SETTING)
+        self._touch = client.register_script(_TOUCH)
 
     @classmethod
     def from_url(
-        cls, url: str, prefix: str = "kg:", clock: Callable[[], float] = time.time
+        cls,
+        url: str,
+        prefix: str = "kg:",
+        clock: Callable[[], float] = time.time,
+        audit_max_events: int = 100_000,
     ) -> Store:
         if url.startswith("memory://"):
             import fakeredis  # only the embedded store needs it
@@ -204,7 +413,7 @@ class Store:
             client = aioredis.from_url(
                 url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
             )
-        return cls(client, prefix, clock)
+        return cls(client, prefix, clock, audit_max_events)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -216,8 +425,23 @@ class Store:
     def _key(self, app_key: str) -> str:
         return f"{self.prefix}key:{app_key}"
 
-    def _account_keys(self, account: str) -> str:
-        return f"{self.prefix}acct:{account}:keys"
+    def _account(self, account: str, what: str) -> str:
+        return f"{self.prefix}acct:{account}:{what}"
+
+    def _link(self, link_id: str) -> str:
+        return f"{self.prefix}link:{link_id}"
+
+    def _event(self, account: str, actor: Actor, action: str, target: str) -> str:
+        return orjson.dumps(
+            {
+                "time": self.now_ms(),
+                "account": account,
+                "actor": actor.app_key,
+                "action": action,
+                "target": target,
+                "requestId": actor.request_id,
+            }
+        ).decode()
 
     # -- health ----------------------------------------------------------------------
     async def ping(self) -> bool:
@@ -230,24 +454,38 @@ class Store:
     @_unavailable
     async def auth_lookup(self, app_key: str, account: str) -> AuthLookup:
         """Key status, token digests and the grant in ``account``: one HMGET."""
-        owner, status, tok, grant = await self.redis.hmget(
-            self._key(app_key), ["acct", "status", "tok", "g:" + account]
+        owner, status, tok, new_tok, grant = await self.redis.hmget(
+            self._key(app_key), ["acct", "status", "tok", "newTok", "g:" + account]
         )
         return AuthLookup(
             owner=owner,
             status=status,
-            token_digests=tuple(d for d in (tok,) if d),
+            token_digests=tuple(d for d in (tok, new_tok) if d),
             grant=Grant.decode(grant),
         )
+
+    @_unavailable
+    async def record_last_used(self, times: Mapping[str, int]) -> None:
+        """Write a batch of last-used times in one script; deleted keys are skipped."""
+        if times:
+            names = list(times)
+            await self._touch(keys=[self._key(n) for n in names], args=[times[n] for n in names])
 
     # -- generated keys --------------------------------------------------------------
     @_unavailable
     async def create_key(
-        self, app_key: str, account: str, label: str, roles: Sequence[str], token_digest: str
+        self,
+        app_key: str,
+        account: str,
+        label: str,
+        roles: Sequence[str],
+        token_digest: str,
+        actor: Actor = SYSTEM_ACTOR,
+        link: TokenLink | None = None,
     ) -> KeyRecord | None:
         """Store a new key; None when the name was ever used before (caller retries)."""
         now = self.now_ms()
-        fields = {
+        fields: dict[str, Any] = {
             "acct": account,
             "label": label,
             "status": ACTIVE,
@@ -256,14 +494,21 @@ class Store:
             "tok": token_digest,
             "g:" + account: Grant(tuple(roles)).encode(),
         }
-        args: list[Any] = [now, app_key]
+        keys = [self._key(app_key), self._account(account, "keys"), self._account(account, "audit")]
+        args: list[Any] = [
+            account, self.audit_max_events, self._event(account, actor, "key.create", app_key),
+            now, app_key,
+        ]
+        if link is not None:
+            keys.append(self._link(link.link_id))
+            args += [link.sealed, max(1, link.expires - now), link.expires]
+        else:
+            args += ["", 0, 0]
         for name, value in fields.items():
             args += [name, value]
-        keys = [self._key(app_key), self._account_keys(account)]
-        created = await self._create(keys=keys, args=args)
-        if not created:
+        if not await self._create(keys=keys, args=args):
             return None
-        return KeyRecord(app_key, account, label, ACTIVE, now, now, tuple(roles), (token_digest,))
+        return await self.get_key(account, app_key)
 
     @_unavailable
     async def get_key(self, account: str, app_key: str) -> KeyRecord | None:
@@ -279,34 +524,44 @@ class Store:
         account: str,
         app_key: str,
         *,
+        actor: Actor = SYSTEM_ACTOR,
         label: str | None = None,
         roles: Sequence[str] | None = None,
         status: str | None = None,
     ) -> KeyRecord | None:
-        args: list[Any] = [account]
+        args: list[Any] = [
+            account, self.audit_max_events, self._event(account, actor, "key.update", app_key)
+        ]
         if label is not None:
             args += ["label", label]
         if roles is not None:
             args += ["g:" + account, Grant(tuple(roles)).encode()]
         if status is not None:
             args += ["status", status]
-        flat = await self._update(keys=[self._key(app_key)], args=args)
+        flat = await self._update(
+            keys=[self._key(app_key), self._account(account, "audit")], args=args
+        )
         if not flat:
             return None
-        return KeyRecord.from_hash(app_key, dict(zip(flat[::2], flat[1::2], strict=True)))
+        return KeyRecord.from_hash(app_key, _pairs(flat))
 
     @_unavailable
-    async def delete_key(self, account: str, app_key: str) -> bool:
+    async def delete_key(
+        self, account: str, app_key: str, *, actor: Actor = SYSTEM_ACTOR
+    ) -> bool:
         deleted = await self._delete(
-            keys=[self._key(app_key), self._account_keys(account)],
-            args=[account, app_key, f"{self.prefix}acct:", self.now_ms()],
+            keys=[self._key(app_key), self._account(account, "keys"),
+                  self._account(account, "audit")],
+            args=[account, self.audit_max_events,
+                  self._event(account, actor, "key.delete", app_key),
+                  app_key, f"{self.prefix}acct:", self.now_ms()],
         )
         return bool(deleted)
 
     @_unavailable
     async def list_keys(self, account: str, query: KeyQuery) -> tuple[list[KeyRecord], int]:
         """One page of the account's generated keys and the total that match."""
-        index = self._account_keys(account)
+        index = self._account(account, "keys")
         start = (query.page - 1) * query.per_page
         if not query.filtered and query.sort == "creationDate":
             # Fast path: the index is already in creation order; read only the page.
@@ -315,10 +570,21 @@ class Store:
                 index, start, start + query.per_page - 1, desc=query.descending
             )
             return [r for r in await self._load(names) if r is not None], total
-        names = await self.redis.zrange(index, 0, -1)
-        records = [r for r in await self._load(names) if r is not None and query.accepts(r)]
+        records = [r for r in await self.all_keys(account) if query.accepts(r)]
         records.sort(key=SORT_FIELDS[query.sort], reverse=query.descending)
         return records[start : start + query.per_page], len(records)
+
+    @_unavailable
+    async def accounts(self) -> list[str]:
+        """Accounts that own generated keys (SCAN: for metrics, not for requests)."""
+        head, tail = f"{self.prefix}acct:", ":keys"
+        names = [n async for n in self.redis.scan_iter(match=f"{head}*{tail}", count=1000)]
+        return sorted(n[len(head) : -len(tail)] for n in names)
+
+    @_unavailable
+    async def all_keys(self, account: str) -> list[KeyRecord]:
+        names = await self.redis.zrange(self._account(account, "keys"), 0, -1)
+        return [r for r in await self._load(names) if r is not None]
 
     async def _load(self, names: Sequence[str], chunk: int = 500) -> list[KeyRecord | None]:
         records: list[KeyRecord | None] = []
@@ -330,3 +596,159 @@ class Store:
                 hashes = await pipe.execute()
             records += [KeyRecord.from_hash(n, h) for n, h in zip(batch, hashes, strict=True)]
         return records
+
+    # -- token renewal ---------------------------------------------------------------
+    @_unavailable
+    async def renew_token(
+        self,
+        account: str,
+        app_key: str,
+        digest: str,
+        *,
+        keep_old: bool,
+        actor: Actor,
+        link: TokenLink | None = None,
+    ) -> KeyRecord | None:
+        """Issue a new token digest. ``keep_old``: both work until finish/undo.
+
+        None when the key is missing; :class:`RenewalRefused` when one is pending or an
+        unopened link is still valid.
+        """
+        now = self.now_ms()
+        action = "token.renew" if keep_old else "token.renew-now"
+        keys = [self._key(app_key), self._account(account, "audit")]
+        args: list[Any] = [
+            account, self.audit_max_events, self._event(account, actor, action, app_key),
+            now, "later" if keep_old else "now", digest,
+        ]
+        if link is not None:
+            keys.append(self._link(link.link_id))
+            args += [link.sealed, max(1, link.expires - now), link.expires]
+        result = await self._renew(keys=keys, args=args)
+        if result[0] == "missing":
+            return None
+        if result[0] != "ok":
+            raise RenewalRefused(result[0])
+        return KeyRecord.from_hash(app_key, _pairs(result[1]))
+
+    @_unavailable
+    async def end_renewal(
+        self, account: str, app_key: str, *, finish: bool, actor: Actor
+    ) -> KeyRecord | None | bool:
+        """Finish (old token stops) or undo (new token dropped) a pending renewal.
+
+        Returns the record, None when the key is missing, False when nothing is pending.
+        """
+        action = "token.finish-renewal" if finish else "token.undo-renewal"
+        result = await self._end_renewal(
+            keys=[self._key(app_key), self._account(account, "audit")],
+            args=[account, self.audit_max_events, self._event(account, actor, action, app_key),
+                  "finish" if finish else "undo"],
+        )
+        if result[0] == "missing":
+            return None
+        if result[0] == "none":
+            return False
+        return KeyRecord.from_hash(app_key, _pairs(result[1]))
+
+    @_unavailable
+    async def open_link(self, link_id: str) -> dict[str, Any] | None:
+        """Take the sealed token out of a link, exactly once; None if gone or never was."""
+        event = orjson.dumps(
+            {"time": self.now_ms(), "actor": "token-link", "action": "token.link-opened"}
+        ).decode()
+        raw = await self._open_link(
+            keys=[self._link(link_id)],
+            args=[self._key(""), f"{self.prefix}acct:", self.audit_max_events, event],
+        )
+        return orjson.loads(raw) if raw else None
+
+    @_unavailable
+    async def link_exists(self, link_id: str) -> bool:
+        return bool(await self.redis.exists(self._link(link_id)))
+
+    # -- settings --------------------------------------------------------------------
+    @_unavailable
+    async def get_settings(self, account: str) -> dict[str, str]:
+        return await self.redis.hgetall(self._account(account, "settings"))
+
+    @_unavailable
+    async def put_setting(self, account: str, name: str, value: Any, actor: Actor) -> None:
+        await self._put_setting(
+            keys=[self._account(account, "settings"), self._account(account, "audit")],
+            args=[self.audit_max_events,
+                  self._event(account, actor, "settings.update", account), name, value],
+        )
+
+    # -- audit -----------------------------------------------------------------------
+    @_unavailable
+    async def append_audit(
+        self, account: str, actor: Actor, action: str, target: str, after: Mapping[str, Any]
+    ) -> None:
+        """An event that is not part of a change (e.g. a sampled access denial)."""
+        await self.redis.xadd(
+            self._account(account, "audit"),
+            {"event": self._event(account, actor, action, target), "before": "{}",
+             "after": orjson.dumps(after).decode()},
+            maxlen=self.audit_max_events,
+            approximate=True,
+        )
+
+    @_unavailable
+    async def audit_events(
+        self,
+        account: str,
+        *,
+        before_id: str | None = None,
+        limit: int = 50,
+        accept: Callable[[AuditEvent], bool] = lambda e: True,
+        scan_limit: int = 10_000,
+    ) -> tuple[list[AuditEvent], str | None]:
+        """Newest first, from before ``before_id``; returns the page and the next cursor.
+
+        Filtering happens here while paging the stream backwards, bounded by
+        ``scan_limit`` events per call so a rare filter cannot scan a huge stream.
+        """
+        stream = self._account(account, "audit")
+        found: list[AuditEvent] = []
+        end = f"({before_id}" if before_id else "+"
+        scanned = 0
+        last_id: str | None = None
+        while len(found) < limit and scanned < scan_limit:
+            batch = await self.redis.xrevrange(stream, max=end, min="-", count=200)
+            if not batch:
+                return found, None
+            for event_id, fields in batch:
+                scanned += 1
+                last_id = event_id
+                event = _decode_event(event_id, fields)
+                if accept(event):
+                    found.append(event)
+                    if len(found) == limit:
+                        return found, event_id
+            end = f"({last_id}"
+        return found, last_id
+
+
+def _decode_event(event_id: str, fields: Mapping[str, str]) -> AuditEvent:
+    meta = orjson.loads(fields.get("event", "{}"))
+    before = orjson.loads(fields.get("before", "{}")) or {}
+    after = orjson.loads(fields.get("after", "{}")) or {}
+    for side in (before, after):
+        if side.get("roles") == {}:  # Lua's cjson cannot tell an empty list from {}
+            side["roles"] = []
+    if before and after:  # a change: keep only what changed
+        same = [k for k in before if k in after and before[k] == after[k]]
+        for name in same:
+            del before[name], after[name]
+    return AuditEvent(
+        id=event_id,
+        time=meta.get("time", 0),
+        account=meta.get("account", ""),
+        actor=meta.get("actor", ""),
+        action=meta.get("action", ""),
+        target=meta.get("target", ""),
+        request_id=meta.get("requestId", ""),
+        before=before,
+        after=after,
+    )

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from gateway.app import build_gateway, build_proxy_app
 from gateway.context import Gateway
-from gateway.lifecycle import issue_key
+from gateway.store import CLI_ACTOR
 from gateway.management import build_management_app
 from gateway.settings import Settings, load_settings
 
@@ -202,7 +202,7 @@ def make_settings(redis_url: str, upstream: Upstream) -> Callable[..., Settings]
 async def gateway(make_settings: Callable[..., Settings], clock: FakeClock) -> AsyncIterator[Gateway]:
     gw = build_gateway(make_settings(), clock=clock)
     yield gw
-    await gw.store.close()
+    await gw.close()
 
 
 @pytest.fixture
@@ -230,11 +230,11 @@ def make_key(gateway: Gateway) -> Callable[..., Any]:
     """Create a generated key directly in the store (as `keygate keys create` does)."""
 
     async def make(account: str = "acme", roles: list[str] | None = None, label: str = "k") -> Key:
-        record, token = await issue_key(
-            gateway.store, gateway.fmt, gateway.hasher, account, label,
-            ["orders-writer"] if roles is None else roles,
+        issued = await gateway.lifecycle.create(
+            account, label, ["orders-writer"] if roles is None else roles, CLI_ACTOR
         )
-        return Key(record.app_key, token)
+        assert issued.token is not None
+        return Key(issued.record.app_key, issued.token)
 
     return make
 

@@ -1,4 +1,4 @@
-"""The management application: health endpoints and the /api/v1 routes."""
+"""The management application: health, metrics and the /api/v1 routes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from aiohttp import web
 from ..context import GATEWAY, Gateway
 from ..errors import StoreUnavailable
 from ..middleware import request_id_and_errors
-from . import keys
+from . import account_settings, audit, keys, links
 from .common import json_response
+from .metrics import metrics
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -32,5 +33,7 @@ def build_management_app(gateway: Gateway) -> web.Application:
     for prefix in ("", "/api/v1"):
         app.router.add_get(prefix + "/healthz", healthz)
         app.router.add_get(prefix + "/readyz", readyz)
-    app.router.add_routes(keys.routes)
+        app.router.add_get(prefix + "/metrics", metrics)
+    for module in (keys, links, account_settings, audit):
+        app.router.add_routes(module.routes)
     return app

@@ -12,6 +12,10 @@ from ..auth import Identity
 from ..context import GATEWAY
 from ..credentials import is_valid_account
 from ..errors import BadRequest, UnsupportedMediaType
+from ..lifecycle import DELIVERIES, Issued
+from ..middleware import request_id_of
+from ..renewal import DEFAULT_RENEWAL_PERIOD
+from ..store import Actor
 
 RESOURCE = "api-keys"
 MAX_LABEL = 200
@@ -42,13 +46,46 @@ def path_account(request: web.Request) -> str:
 async def authorize(request: web.Request, action: str) -> Identity:
     """Authenticate like the proxy and authorize ``api-keys``/``action`` in the path's account."""
     return await request.app[GATEWAY].gatekeeper.check(
-        request.headers, path_account(request), RESOURCE, action
+        request.headers, path_account(request), RESOURCE, action, request_id_of(request)
     )
 
 
+def actor(request: web.Request, identity: Identity) -> Actor:
+    return Actor(identity.principal.app_key, request_id_of(request))
+
+
+async def renewal_period(request: web.Request, account: str) -> int:
+    settings = await request.app[GATEWAY].store.get_settings(account)
+    return int(settings.get("renewalPeriodMonths", DEFAULT_RENEWAL_PERIOD))
+
+
+def delivery_field(value: Any) -> str:
+    if value not in DELIVERIES:
+        raise BadRequest(f"delivery must be one of: {', '.join(DELIVERIES)}", code="bad_delivery")
+    return value
+
+
+def secret_fields(request: web.Request, issued: Issued) -> dict[str, Any]:
+    """The new token, or the one-time link that reveals it, for a response body."""
+    if issued.token is not None:
+        return {"appToken": issued.token}
+    base = request.app[GATEWAY].settings.management_public_url.rstrip("/")
+    if not base:
+        base = f"{request.scheme}://{request.host}"
+    return {
+        "tokenLink": f"{base}/api/v1/token-links/{issued.link_secret}",
+        "tokenLinkExpires": iso(issued.link_expires),
+    }
+
+
 async def json_body(
-    request: web.Request, allowed: set[str], required: frozenset[str] = frozenset()
+    request: web.Request,
+    allowed: set[str],
+    required: frozenset[str] = frozenset(),
+    empty_ok: bool = False,
 ) -> dict[str, Any]:
+    if empty_ok and not request.body_exists:
+        return {}
     content_type = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise UnsupportedMediaType()

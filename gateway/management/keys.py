@@ -1,4 +1,4 @@
-"""Generated keys: create, list, get, change, delete (DESIGN.md §3)."""
+"""Generated keys: create, list, get, change, delete, and token renewal (DESIGN.md §3)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,28 @@ from typing import Any
 from aiohttp import web
 
 from ..context import GATEWAY
-from ..errors import BadRequest, NotFound
-from ..lifecycle import issue_key
-from ..store import SORT_FIELDS, STATUSES, KeyQuery, KeyRecord
-from .common import authorize, iso, json_body, json_response, label_field, roles_field
+from ..errors import BadRequest, Conflict, NotFound
+from ..renewal import ALERTS, renewal_alert
+from ..store import SORT_FIELDS, STATUSES, KeyQuery, KeyRecord, RenewalRefused
+from .common import (
+    actor,
+    authorize,
+    delivery_field,
+    iso,
+    json_body,
+    json_response,
+    label_field,
+    renewal_period,
+    roles_field,
+    secret_fields,
+)
 
 MAX_PER_PAGE = 100
 
 routes = web.RouteTableDef()
 
 
-def key_json(record: KeyRecord) -> dict[str, Any]:
+def key_json(record: KeyRecord, period_months: int, now_ms: int) -> dict[str, Any]:
     """The public view of a key. Token digests are deliberately not part of it."""
     return {
         "appKey": record.app_key,
@@ -26,6 +37,9 @@ def key_json(record: KeyRecord) -> dict[str, Any]:
         "status": record.status,
         "creationDate": iso(record.created),
         "creationDateToken": iso(record.token_created),
+        "creationDateNewToken": iso(record.new_token_created),
+        "renewalAlert": renewal_alert(record.token_created, period_months, now_ms),
+        "lastUsed": iso(record.last_used),
     }
 
 
@@ -44,28 +58,30 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     return int(raw)
 
 
-def key_query(request: web.Request) -> KeyQuery:
-    q = request.query
-    sort = q.get("sort", "creationDate")
-    if sort not in SORT_FIELDS:
-        raise BadRequest(f"sort must be one of: {', '.join(SORT_FIELDS)}", code="bad_query")
-    order = q.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise BadRequest("order must be asc or desc", code="bad_query")
-    status = q.get("status") or None
-    if status is not None and status not in STATUSES:
-        raise BadRequest(f"status must be one of: {', '.join(STATUSES)}", code="bad_query")
-    search = q.get("q", "")
+def _choice(request: web.Request, name: str, allowed: tuple[str, ...] | Any) -> str | None:
+    value = request.query.get(name) or None
+    if value is not None and value not in allowed:
+        raise BadRequest(f"{name} must be one of: {', '.join(allowed)}", code="bad_query")
+    return value
+
+
+def key_query(request: web.Request, period_months: int, now_ms: int) -> KeyQuery:
+    search = request.query.get("q", "")
     if len(search) > 200:
         raise BadRequest("q must be at most 200 characters", code="bad_query")
+    renewal = _choice(request, "renewal", ALERTS)
     return KeyQuery(
         q=search,
-        status=status,
-        role=q.get("role") or None,
-        sort=sort,
-        descending=order == "desc",
+        status=_choice(request, "status", STATUSES),
+        role=request.query.get("role") or None,
+        sort=_choice(request, "sort", tuple(SORT_FIELDS)) or "creationDate",
+        descending=(_choice(request, "order", ("asc", "desc")) or "desc") == "desc",
         page=_int_param(request, "page", 1, 1, 1_000_000),
         per_page=_int_param(request, "perPage", 20, 1, MAX_PER_PAGE),
+        where=(
+            (lambda r: renewal_alert(r.token_created, period_months, now_ms) == renewal)
+            if renewal else None
+        ),
     )
 
 
@@ -76,24 +92,33 @@ def _missing(app_key: str, account: str) -> NotFound:
 @routes.post("/api/v1/accounts/{account}/keys")
 async def create_key(request: web.Request) -> web.Response:
     identity = await authorize(request, "edit")
-    body = await json_body(request, {"label", "roles"}, required=frozenset({"label", "roles"}))
+    body = await json_body(
+        request, {"label", "roles", "delivery"}, required=frozenset({"label", "roles"})
+    )
     label = label_field(body["label"])
     roles = roles_field(request, body["roles"])
+    delivery = delivery_field(body.get("delivery", "token"))
     gateway = request.app[GATEWAY]
-    record, token = await issue_key(
-        gateway.store, gateway.fmt, gateway.hasher, identity.account, label, roles
+    issued = await gateway.lifecycle.create(
+        identity.account, label, roles, actor(request, identity), delivery
     )
-    return json_response({**key_json(record), "appToken": token}, status=201)
+    period = await renewal_period(request, identity.account)
+    return json_response(
+        {**key_json(issued.record, period, gateway.now_ms()), **secret_fields(request, issued)},
+        status=201,
+    )
 
 
 @routes.get("/api/v1/accounts/{account}/keys")
 async def list_keys(request: web.Request) -> web.Response:
     identity = await authorize(request, "view")
-    query = key_query(request)
-    records, total = await request.app[GATEWAY].store.list_keys(identity.account, query)
+    gateway = request.app[GATEWAY]
+    period, now = await renewal_period(request, identity.account), gateway.now_ms()
+    query = key_query(request, period, now)
+    records, total = await gateway.store.list_keys(identity.account, query)
     return json_response(
         {
-            "items": [key_json(r) for r in records],
+            "items": [key_json(r, period, now) for r in records],
             "total": total,
             "page": query.page,
             "perPage": query.per_page,
@@ -105,10 +130,12 @@ async def list_keys(request: web.Request) -> web.Response:
 async def get_key(request: web.Request) -> web.Response:
     identity = await authorize(request, "view")
     app_key = request.match_info["app_key"]
-    record = await request.app[GATEWAY].store.get_key(identity.account, app_key)
+    gateway = request.app[GATEWAY]
+    record = await gateway.store.get_key(identity.account, app_key)
     if record is None:
         raise _missing(app_key, identity.account)
-    return json_response(key_json(record))
+    period = await renewal_period(request, identity.account)
+    return json_response(key_json(record, period, gateway.now_ms()))
 
 
 @routes.patch("/api/v1/accounts/{account}/keys/{app_key}")
@@ -125,16 +152,90 @@ async def update_key(request: web.Request) -> web.Response:
     if "status" in body:
         changes["status"] = status_field(body["status"])
     app_key = request.match_info["app_key"]
-    record = await request.app[GATEWAY].store.update_key(identity.account, app_key, **changes)
+    gateway = request.app[GATEWAY]
+    record = await gateway.store.update_key(
+        identity.account, app_key, actor=actor(request, identity), **changes
+    )
     if record is None:
         raise _missing(app_key, identity.account)
-    return json_response(key_json(record))
+    period = await renewal_period(request, identity.account)
+    return json_response(key_json(record, period, gateway.now_ms()))
 
 
 @routes.delete("/api/v1/accounts/{account}/keys/{app_key}")
 async def delete_key(request: web.Request) -> web.Response:
     identity = await authorize(request, "edit")
     app_key = request.match_info["app_key"]
-    if not await request.app[GATEWAY].store.delete_key(identity.account, app_key):
+    deleted = await request.app[GATEWAY].store.delete_key(
+        identity.account, app_key, actor=actor(request, identity)
+    )
+    if not deleted:
         raise _missing(app_key, identity.account)
     return web.Response(status=204)
+
+
+# -- token renewal ---------------------------------------------------------------------
+_TOKEN = "/api/v1/accounts/{account}/keys/{app_key}/token"  # noqa: S105 - a path
+
+
+@routes.post(_TOKEN + "/renew")
+async def renew_token(request: web.Request) -> web.Response:
+    identity = await authorize(request, "renew-token")
+    body = await json_body(request, {"deleteOld", "delivery"}, empty_ok=True)
+    delete_old = body.get("deleteOld", "later")
+    if delete_old not in ("later", "now"):
+        raise BadRequest("deleteOld must be later or now", code="bad_delete_old")
+    delivery = delivery_field(body.get("delivery", "token"))
+    app_key = request.match_info["app_key"]
+    gateway = request.app[GATEWAY]
+    try:
+        issued = await gateway.lifecycle.renew(
+            identity.account, app_key, actor(request, identity),
+            keep_old=delete_old == "later", delivery=delivery,
+        )
+    except RenewalRefused as refusal:
+        if refusal.reason == "pending":
+            raise Conflict(
+                "a token renewal is already pending for this key: finish it "
+                "(POST …/token/finish-renewal) or undo it (POST …/token/undo-renewal) first",
+                code="renewal_pending",
+            ) from None
+        raise Conflict(
+            "the one-time link of this key's last token has not been opened yet; open it "
+            "or wait until it expires before renewing again",
+            code="token_link_pending",
+        ) from None
+    if issued is None:
+        raise _missing(app_key, identity.account)
+    period = await renewal_period(request, identity.account)
+    return json_response(
+        {**key_json(issued.record, period, gateway.now_ms()), **secret_fields(request, issued)}
+    )
+
+
+async def _end_renewal(request: web.Request, finish: bool) -> web.Response:
+    identity = await authorize(request, "renew-token")
+    app_key = request.match_info["app_key"]
+    gateway = request.app[GATEWAY]
+    result = await gateway.store.end_renewal(
+        identity.account, app_key, finish=finish, actor=actor(request, identity)
+    )
+    if result is None:
+        raise _missing(app_key, identity.account)
+    if result is False:
+        raise NotFound(
+            f"no token renewal is pending for API key {app_key!r}", code="no_pending_renewal"
+        )
+    assert isinstance(result, KeyRecord)
+    period = await renewal_period(request, identity.account)
+    return json_response(key_json(result, period, gateway.now_ms()))
+
+
+@routes.post(_TOKEN + "/finish-renewal")
+async def finish_renewal(request: web.Request) -> web.Response:
+    return await _end_renewal(request, finish=True)
+
+
+@routes.post(_TOKEN + "/undo-renewal")
+async def undo_renewal(request: web.Request) -> web.Response:
+    return await _end_renewal(request, finish=False)

@@ -1,0 +1,58 @@
+"""``/accounts/{account}/audit``: what changed, who changed it, newest first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from ..context import GATEWAY
+from ..errors import BadRequest
+from ..store import AuditEvent
+from .common import authorize, iso, json_response
+
+routes = web.RouteTableDef()
+
+
+def event_json(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "time": iso(event.time),
+        "account": event.account,
+        "actor": event.actor,
+        "action": event.action,
+        "target": event.target,
+        "requestId": event.request_id,
+        "before": event.before,
+        "after": event.after,
+    }
+
+
+@routes.get("/api/v1/accounts/{account}/audit")
+async def list_audit(request: web.Request) -> web.Response:
+    identity = await authorize(request, "view")
+    q = request.query
+    limit_raw = q.get("limit", "50")
+    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 500:
+        raise BadRequest("limit must be a whole number from 1 to 500", code="bad_query")
+    cursor = q.get("cursor") or None
+    if cursor is not None and not _is_stream_id(cursor):
+        raise BadRequest("cursor must be the 'next' value of a previous page", code="bad_query")
+    action, actor_key, target = q.get("action"), q.get("actor"), q.get("target")
+
+    def accept(event: AuditEvent) -> bool:
+        return (
+            (not action or event.action == action)
+            and (not actor_key or event.actor == actor_key)
+            and (not target or event.target == target)
+        )
+
+    events, next_cursor = await request.app[GATEWAY].store.audit_events(
+        identity.account, before_id=cursor, limit=int(limit_raw), accept=accept
+    )
+    return json_response({"items": [event_json(e) for e in events], "next": next_cursor})
+
+
+def _is_stream_id(value: str) -> bool:
+    millis, _, seq = value.partition("-")
+    return millis.isdigit() and seq.isdigit()

@@ -1,0 +1,84 @@
+"""One-time token links: ``/api/v1/token-links/{secret}``.
+
+The link is the credential, so opening it needs no API key. ``GET`` only shows a page
+with a button and never consumes the link: chat and mail clients fetch URLs to build
+previews, and such a fetch must not burn the one chance to read the token. ``POST``
+(the button, or any API client) reveals the token and consumes the link atomically;
+every later open, and any open after expiry, gets 410.
+"""
+
+from __future__ import annotations
+
+import html
+
+from aiohttp import web
+
+from ..context import GATEWAY
+from ..errors import Gone
+from .common import json_response
+
+routes = web.RouteTableDef()
+
+GONE = Gone(
+    "this token link has already been opened or has expired; ask the key's owner "
+    "account for a new token renewal",
+    code="token_link_gone",
+)
+_NO_STORE = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+}
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>keygate: API token</title>
+<meta name="robots" content="noindex">
+<style>body{{font:16px system-ui;margin:3em auto;max-width:40em}}
+code{{background:#eee;padding:.3em;word-break:break-all}}</style></head>
+<body><h1>API token</h1>{body}</body></html>"""
+
+
+def _wants_html(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "text/html" in accept and "application/json" not in accept
+
+
+@routes.get("/api/v1/token-links/{secret}")
+async def show_link(request: web.Request) -> web.Response:
+    if not await request.app[GATEWAY].store.link_exists(_id(request)):
+        raise GONE
+    if not _wants_html(request):
+        return json_response(
+            {"status": "unopened", "message": "POST to this URL to reveal the token, once"},
+        )
+    body = (
+        "<p>This link shows an API token <strong>once</strong>. Reveal it only when you "
+        "are ready to store it in your secret manager.</p>"
+        '<form method="post"><button type="submit">Reveal the token</button></form>'
+    )
+    return web.Response(text=_PAGE.format(body=body), content_type="text/html",
+                        headers=_NO_STORE)
+
+
+@routes.post("/api/v1/token-links/{secret}")
+async def open_link(request: web.Request) -> web.Response:
+    opened = await request.app[GATEWAY].lifecycle.open_link(request.match_info["secret"])
+    if opened is None:
+        raise GONE
+    if _wants_html(request) or request.content_type == "application/x-www-form-urlencoded":
+        body = (
+            f"<p>API key <code>{html.escape(opened.app_key)}</code></p>"
+            f"<p>API token <code>{html.escape(opened.token)}</code></p>"
+            "<p>This page will not show it again.</p>"
+        )
+        return web.Response(text=_PAGE.format(body=body), content_type="text/html",
+                            headers=_NO_STORE)
+    response = json_response({"appKey": opened.app_key, "appToken": opened.token})
+    response.headers.update(_NO_STORE)
+    return response
+
+
+def _id(request: web.Request) -> str:
+    from ..credentials import link_id
+
+    return link_id(request.match_info["secret"])
