@@ -218,6 +218,28 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .export import csv_chunks, write_xlsx
+
+    settings = _settings(args)
+    _need_shared_store(settings)
+    target = Path(args.output)
+
+    async def work(gateway: Any) -> None:
+        if args.format == "xlsx":
+            await write_xlsx(gateway.store, args.account, target)
+            return
+        with target.open("wb") as out:
+            async for chunk in csv_chunks(gateway.store, args.account, args.sheet):
+                out.write(chunk)
+
+    _run(_with_gateway(settings, work))
+    print(f"wrote {target}")
+    return 0
+
+
 def _owner(settings: Settings, app_key: str) -> str:
     account = settings.credential_format.key_account(app_key)
     if account is None:
@@ -290,6 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, default=50)
     audit.add_argument("--json", action="store_true")
     audit.set_defaults(func=cmd_audit)
+
+    export = sub.add_parser("export", help="export an account's keys to XLSX or CSV")
+    export.add_argument("--account", required=True)
+    export.add_argument("--format", choices=("xlsx", "csv"), default="xlsx")
+    export.add_argument("--sheet", choices=("generated", "external"), default="generated",
+                        help="CSV only: which sheet (XLSX holds both)")
+    export.add_argument("-o", "--output", required=True, help="file to write")
+    export.set_defaults(func=cmd_export)
 
     policy = sub.add_parser("policy", help="policy files")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True)

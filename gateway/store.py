@@ -16,12 +16,15 @@ Layout (every name starts with the ``store_prefix`` setting, ``kg:`` by default)
     linkExp        when that link expires, ms (a renewal is refused until then)
     lastUsed       last successful authentication, ms (written in batches)
     g:{account}    the key's grant in that account, JSON {"roles": [...], ...}; the owner's
-                   own grant is ``g:{acct}``
+                   own grant is ``g:{acct}``; a grant in another account (an external key
+                   there) also holds that account's label, status and the date it was added
 
     After a delete the hash is replaced by a tombstone ``{deleted: ms}`` so that a key
     name is never issued twice.
 
 ``{p}acct:{account}:keys``     sorted set of the account's generated keys by creation time
+``{p}acct:{account}:ext``      sorted set of the external keys granted roles in the account,
+                               by the time the grant was added
 ``{p}acct:{account}:settings`` hash of the account's settings
 ``{p}acct:{account}:audit``    stream of audit events, capped (``MAXLEN ~``)
 ``{p}link:{sha256(link secret)}`` an unopened one-time link: the token, encrypted under a
@@ -40,7 +43,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
@@ -109,12 +112,21 @@ class KeyRecord:
     last_used: int | None = None
     link_expires: int | None = None
     token_digests: tuple[str, ...] = field(repr=False, default=())
+    # accounts that granted this key roles, with the date: all the owner may know of them
+    granted_in: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def from_hash(cls, app_key: str, h: Mapping[str, str]) -> KeyRecord | None:
         if "acct" not in h:
             return None
         own = Grant.decode(h.get("g:" + h["acct"]))
+        granted_in = tuple(
+            sorted(
+                (name[2:], int(orjson.loads(value).get("added", 0)))
+                for name, value in h.items()
+                if name.startswith("g:") and name != "g:" + h["acct"]
+            )
+        )
         return cls(
             app_key=app_key,
             account=h["acct"],
@@ -127,7 +139,28 @@ class KeyRecord:
             last_used=_int(h.get("lastUsed")),
             link_expires=_int(h.get("linkExp")),
             token_digests=tuple(d for d in (h.get("tok"), h.get("newTok")) if d),
+            granted_in=granted_in,
         )
+
+
+@dataclass(frozen=True)
+class ExternalKey:
+    """A key of another account as the granting account sees it: its grant, its owner."""
+
+    app_key: str
+    owner: str
+    label: str
+    roles: tuple[str, ...]
+    status: str
+    added: int
+
+    @classmethod
+    def from_grant(cls, app_key: str, owner: str | None, raw: str | None) -> ExternalKey | None:
+        if not owner or not raw:
+            return None
+        g = orjson.loads(raw)
+        return cls(app_key, owner, g.get("label", ""), tuple(g.get("roles") or ()),
+                   g.get("status", ACTIVE), int(g.get("added", 0)))
 
 
 @dataclass(frozen=True)
@@ -311,6 +344,54 @@ redis.call('XADD', ARGV[2] .. v['account'] .. ':audit', 'MAXLEN', '~', ARGV[3], 
 return value
 """
 
+_GRANT_PRELUDE = """
+local function gsnap(key, acct)
+  local raw = redis.call('HGET', key, 'g:' .. acct)
+  if not raw then return {} end
+  local g = cjson.decode(raw)
+  return {label = g['label'], roles = g['roles'], status = g['status']}
+end
+local function audit(stream, maxlen, event, before, after)
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', event,
+             'before', cjson.encode(before), 'after', cjson.encode(after))
+end
+"""
+
+# KEYS: key, ext index, stream  ARGV: account, maxlen, event, grant JSON, now, appKey
+_ADD_GRANT = _GRANT_PRELUDE + """
+local owner = redis.call('HGET', KEYS[1], 'acct')
+if not owner then return 'missing' end
+if owner == ARGV[1] then return 'own' end
+if redis.call('HEXISTS', KEYS[1], 'g:' .. ARGV[1]) == 1 then return 'exists' end
+redis.call('HSET', KEYS[1], 'g:' .. ARGV[1], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[6])
+audit(KEYS[3], ARGV[2], ARGV[3], {}, gsnap(KEYS[1], ARGV[1]))
+return 'ok'
+"""
+
+# KEYS: key, stream  ARGV: account, maxlen, event, JSON of the fields to change
+_UPDATE_GRANT = _GRANT_PRELUDE + """
+local raw = redis.call('HGET', KEYS[1], 'g:' .. ARGV[1])
+if not raw or redis.call('HGET', KEYS[1], 'acct') == ARGV[1] then return false end
+local before = gsnap(KEYS[1], ARGV[1])
+local grant = cjson.decode(raw)
+for name, value in pairs(cjson.decode(ARGV[4])) do grant[name] = value end
+redis.call('HSET', KEYS[1], 'g:' .. ARGV[1], cjson.encode(grant))
+audit(KEYS[2], ARGV[2], ARGV[3], before, gsnap(KEYS[1], ARGV[1]))
+return {redis.call('HGET', KEYS[1], 'acct'), redis.call('HGET', KEYS[1], 'g:' .. ARGV[1])}
+"""
+
+# KEYS: key, ext index, stream  ARGV: account, maxlen, event, appKey
+_REMOVE_GRANT = _GRANT_PRELUDE + """
+if redis.call('HGET', KEYS[1], 'acct') == ARGV[1] then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'g:' .. ARGV[1]) == 0 then return 0 end
+local before = gsnap(KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[1], 'g:' .. ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[4])
+audit(KEYS[3], ARGV[2], ARGV[3], before, {})
+return 1
+"""
+
 # KEYS: settings, stream  ARGV: maxlen, event, field, value
 _PUT_SETTING = """
 local before = redis.call('HGET', KEYS[1], ARGV[3])
@@ -396,6 +477,9 @@ class Store:
         self._open_link = client.register_script(_OPEN_LINK)
         self._put_setting = client.register_script(_PUT_SETTING)
         self._touch = client.register_script(_TOUCH)
+        self._add_grant = client.register_script(_ADD_GRANT)
+        self._update_grant = client.register_script(_UPDATE_GRANT)
+        self._remove_grant = client.register_script(_REMOVE_GRANT)
 
     @classmethod
     def from_url(
@@ -596,6 +680,91 @@ class Store:
                 hashes = await pipe.execute()
             records += [KeyRecord.from_hash(n, h) for n, h in zip(batch, hashes, strict=True)]
         return records
+
+    async def iter_keys(self, account: str, chunk: int = 500) -> AsyncIterator[list[KeyRecord]]:
+        """All generated keys of an account, a chunk at a time (bounded memory)."""
+        index = self._account(account, "keys")
+        start = 0
+        while True:
+            names = await self.redis.zrange(index, start, start + chunk - 1)
+            if not names:
+                return
+            yield [r for r in await self._load(names, chunk) if r is not None]
+            start += chunk
+
+    # -- external keys (grants in other accounts) ------------------------------------
+    @_unavailable
+    async def add_grant(
+        self, account: str, app_key: str, label: str, roles: Sequence[str], actor: Actor
+    ) -> str:
+        """Grant roles in ``account`` to another account's key.
+
+        Returns ``ok``, or ``missing`` (no such key), ``own`` (the key belongs to
+        ``account``) or ``exists`` (already granted).
+        """
+        now = self.now_ms()
+        grant = orjson.dumps(
+            {"roles": list(roles), "status": ACTIVE, "label": label, "added": now}
+        ).decode()
+        return await self._add_grant(
+            keys=[self._key(app_key), self._account(account, "ext"),
+                  self._account(account, "audit")],
+            args=[account, self.audit_max_events,
+                  self._event(account, actor, "external-key.add", app_key), grant, now, app_key],
+        )
+
+    @_unavailable
+    async def get_grant(self, account: str, app_key: str) -> ExternalKey | None:
+        owner, raw = await self.redis.hmget(self._key(app_key), ["acct", "g:" + account])
+        if owner == account:
+            return None
+        return ExternalKey.from_grant(app_key, owner, raw)
+
+    @_unavailable
+    async def update_grant(
+        self, account: str, app_key: str, changes: Mapping[str, Any], actor: Actor
+    ) -> ExternalKey | None:
+        result = await self._update_grant(
+            keys=[self._key(app_key), self._account(account, "audit")],
+            args=[account, self.audit_max_events,
+                  self._event(account, actor, "external-key.update", app_key),
+                  orjson.dumps(dict(changes)).decode()],
+        )
+        if not result:
+            return None
+        return ExternalKey.from_grant(app_key, result[0], result[1])
+
+    @_unavailable
+    async def remove_grant(self, account: str, app_key: str, actor: Actor) -> bool:
+        removed = await self._remove_grant(
+            keys=[self._key(app_key), self._account(account, "ext"),
+                  self._account(account, "audit")],
+            args=[account, self.audit_max_events,
+                  self._event(account, actor, "external-key.remove", app_key), app_key],
+        )
+        return bool(removed)
+
+    async def iter_grants(
+        self, account: str, chunk: int = 500
+    ) -> AsyncIterator[list[ExternalKey]]:
+        """All external keys granted roles in ``account``, a chunk at a time."""
+        index = self._account(account, "ext")
+        start = 0
+        while True:
+            names = await self.redis.zrange(index, start, start + chunk - 1)
+            if not names:
+                return
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hmget(self._key(name), ["acct", "g:" + account])
+                rows = await pipe.execute()
+            found = [ExternalKey.from_grant(n, o, g) for n, (o, g) in zip(names, rows, strict=True)]
+            yield [x for x in found if x is not None]
+            start += chunk
+
+    @_unavailable
+    async def all_grants(self, account: str) -> list[ExternalKey]:
+        return [x async for batch in self.iter_grants(account) for x in batch]
 
     # -- token renewal ---------------------------------------------------------------
     @_unavailable

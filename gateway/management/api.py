@@ -7,7 +7,7 @@ from aiohttp import web
 from ..context import GATEWAY, Gateway
 from ..errors import StoreUnavailable
 from ..middleware import request_id_and_errors
-from . import account_settings, audit, keys, links
+from . import account_settings, audit, export, external_keys, keys, links
 from .common import json_response
 from .metrics import metrics
 
@@ -34,6 +34,6 @@ def build_management_app(gateway: Gateway) -> web.Application:
         app.router.add_get(prefix + "/healthz", healthz)
         app.router.add_get(prefix + "/readyz", readyz)
         app.router.add_get(prefix + "/metrics", metrics)
-    for module in (keys, links, account_settings, audit):
+    for module in (keys, external_keys, export, links, account_settings, audit):
         app.router.add_routes(module.routes)
     return app

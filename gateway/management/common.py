@@ -15,10 +15,11 @@ from ..errors import BadRequest, UnsupportedMediaType
 from ..lifecycle import DELIVERIES, Issued
 from ..middleware import request_id_of
 from ..renewal import DEFAULT_RENEWAL_PERIOD
-from ..store import Actor
+from ..store import STATUSES, Actor
 
 RESOURCE = "api-keys"
 MAX_LABEL = 200
+MAX_PER_PAGE = 100
 
 
 def iso(ms: int | None) -> str | None:
@@ -131,3 +132,25 @@ def roles_field(request: web.Request, value: Any) -> list[str]:
             code="unknown_role",
         )
     return roles
+
+
+def status_field(value: Any) -> str:
+    if value not in STATUSES:
+        raise BadRequest(f"status must be one of: {', '.join(STATUSES)}", code="bad_status")
+    return value
+
+
+def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise BadRequest(f"{name} must be a whole number from {low} to {high}", code="bad_query")
+    return int(raw)
+
+
+def choice_param(request: web.Request, name: str, allowed: tuple[str, ...] | Any) -> str | None:
+    value = request.query.get(name) or None
+    if value is not None and value not in allowed:
+        raise BadRequest(f"{name} must be one of: {', '.join(allowed)}", code="bad_query")
+    return value

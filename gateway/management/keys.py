@@ -11,9 +11,12 @@ from ..errors import BadRequest, Conflict, NotFound
 from ..renewal import ALERTS, renewal_alert
 from ..store import SORT_FIELDS, STATUSES, KeyQuery, KeyRecord, RenewalRefused
 from .common import (
+    MAX_PER_PAGE,
     actor,
     authorize,
+    choice_param,
     delivery_field,
+    int_param,
     iso,
     json_body,
     json_response,
@@ -21,9 +24,8 @@ from .common import (
     renewal_period,
     roles_field,
     secret_fields,
+    status_field,
 )
-
-MAX_PER_PAGE = 100
 
 routes = web.RouteTableDef()
 
@@ -43,41 +45,19 @@ def key_json(record: KeyRecord, period_months: int, now_ms: int) -> dict[str, An
     }
 
 
-def status_field(value: Any) -> str:
-    if value not in STATUSES:
-        raise BadRequest(f"status must be one of: {', '.join(STATUSES)}", code="bad_status")
-    return value
-
-
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise BadRequest(f"{name} must be a whole number from {low} to {high}", code="bad_query")
-    return int(raw)
-
-
-def _choice(request: web.Request, name: str, allowed: tuple[str, ...] | Any) -> str | None:
-    value = request.query.get(name) or None
-    if value is not None and value not in allowed:
-        raise BadRequest(f"{name} must be one of: {', '.join(allowed)}", code="bad_query")
-    return value
-
-
 def key_query(request: web.Request, period_months: int, now_ms: int) -> KeyQuery:
     search = request.query.get("q", "")
     if len(search) > 200:
         raise BadRequest("q must be at most 200 characters", code="bad_query")
-    renewal = _choice(request, "renewal", ALERTS)
+    renewal = choice_param(request, "renewal", ALERTS)
     return KeyQuery(
         q=search,
-        status=_choice(request, "status", STATUSES),
+        status=choice_param(request, "status", STATUSES),
         role=request.query.get("role") or None,
-        sort=_choice(request, "sort", tuple(SORT_FIELDS)) or "creationDate",
-        descending=(_choice(request, "order", ("asc", "desc")) or "desc") == "desc",
-        page=_int_param(request, "page", 1, 1, 1_000_000),
-        per_page=_int_param(request, "perPage", 20, 1, MAX_PER_PAGE),
+        sort=choice_param(request, "sort", tuple(SORT_FIELDS)) or "creationDate",
+        descending=(choice_param(request, "order", ("asc", "desc")) or "desc") == "desc",
+        page=int_param(request, "page", 1, 1, 1_000_000),
+        per_page=int_param(request, "perPage", 20, 1, MAX_PER_PAGE),
         where=(
             (lambda r: renewal_alert(r.token_created, period_months, now_ms) == renewal)
             if renewal else None
@@ -135,7 +115,11 @@ async def get_key(request: web.Request) -> web.Response:
     if record is None:
         raise _missing(app_key, identity.account)
     period = await renewal_period(request, identity.account)
-    return json_response(key_json(record, period, gateway.now_ms()))
+    detail = key_json(record, period, gateway.now_ms())
+    detail["grantedIn"] = [
+        {"account": account, "addedDate": iso(added)} for account, added in record.granted_in
+    ]
+    return json_response(detail)
 
 
 @routes.patch("/api/v1/accounts/{account}/keys/{app_key}")
