@@ -23,7 +23,7 @@ from .middleware import request_id_and_errors
 from .policy import Policy
 from .routes import parse_routes
 from .settings import Settings, load_secrets
-from .store import Store
+from .store import CacheSettings, Store
 from .usage import Denials, LastUsed, UsageObserver
 
 log = logging.getLogger("keygate")
@@ -45,7 +45,16 @@ def build_gateway(
     routes = parse_routes(settings.routes)
     if store is None:
         store = Store.from_url(
-            settings.store_url, settings.store_prefix, clock, settings.audit_max_events
+            settings.store_url,
+            settings.store_prefix,
+            clock,
+            settings.audit_max_events,
+            CacheSettings(
+                size=settings.credential_cache_size,
+                ttl=settings.credential_cache_ttl,
+                unknown_size=max(1, settings.credential_cache_size // 10),
+                unknown_ttl=settings.unknown_key_cache_ttl,
+            ),
         )
     fmt = settings.credential_format
     hasher = TokenHasher(server_secrets)
@@ -56,7 +65,9 @@ def build_gateway(
     registry = CollectorRegistry()
     last_used = LastUsed(store, settings.last_used_interval, clock)
     denials = Denials(store, settings.denial_sample_seconds, clock, registry)
-    gatekeeper = Gatekeeper([header_auth], policy, UsageObserver(last_used, denials))
+    gatekeeper = Gatekeeper(
+        [header_auth], policy, UsageObserver(last_used, denials), settings.decision_cache_size
+    )
     return Gateway(
         settings=settings,
         store=store,
@@ -117,7 +128,7 @@ async def running(gateway: Gateway) -> AsyncIterator[tuple[str, str]]:
         web.AppRunner(build_management_app(gateway), access_log=access_log),
     ]
     urls = []
-    gateway.last_used.start()
+    gateway.start()
     try:
         for runner, (host, port) in zip(
             runners, (settings.proxy_listen, settings.management_listen), strict=True

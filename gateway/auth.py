@@ -20,15 +20,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from .cache import LRU
 from .credentials import CredentialFormat, TokenHasher
 from .errors import BadRequest, Forbidden, Unauthorized
 from .policy import Policy
 from .store import ACTIVE, Grant, Store
 
-INVALID_CREDENTIALS = Unauthorized(
-    "invalid API credentials: the key is unknown or the token does not match it",
-    code="invalid_credentials",
-)
+
+def invalid_credentials() -> Unauthorized:
+    """One message for every bad key/token: a fresh instance per raise, since a shared
+    exception object would collect every request's traceback (and headers) forever."""
+    return Unauthorized(
+        "invalid API credentials: the key is unknown or the token does not match it",
+        code="invalid_credentials",
+    )
 
 
 @dataclass(frozen=True)
@@ -107,10 +112,10 @@ class HeaderAuthenticator:
                 code="incomplete_credentials",
             )
         if self.fmt.key_account(app_key) is None or not self.fmt.token_well_formed(token):
-            raise INVALID_CREDENTIALS
+            raise invalid_credentials()
         found = await self.store.auth_lookup(app_key, account)
         if not self.hasher.matches(token, found.token_digests) or not found.exists:
-            raise INVALID_CREDENTIALS
+            raise invalid_credentials()
         if found.status != ACTIVE:
             raise Unauthorized(
                 "this API key is inactive; its owner account can activate it",
@@ -139,10 +144,29 @@ class Gatekeeper:
         authenticators: Sequence[Authenticator],
         policy: Policy,
         observer: Observer | None = None,
+        decision_cache_size: int = 100_000,
     ):
         self.authenticators = tuple(authenticators)
         self.policy = policy
         self.observer = observer
+        self._decisions: LRU[tuple[str, tuple[str, ...], str, str, str], bool] = LRU(
+            decision_cache_size
+        )
+
+    def decide(self, roles: Sequence[str], account: str, resource: str, action: str) -> bool:
+        """The policy's decision, cached under everything it depends on.
+
+        The key holds the policy version, so swapping in a reloaded policy makes every
+        cached decision of the old one unreachable (they age out of the LRU); leaving an
+        element out of the key is the Oathkeeper CVE-2021-32701 class of bug.
+        """
+        policy = self.policy
+        key = (policy.version, tuple(sorted(roles)), account, resource, action)
+        allowed = self._decisions.get(key)
+        if allowed is None:
+            allowed = policy.decide(roles, account, resource, action)
+            self._decisions.put(key, allowed)
+        return allowed
 
     async def check(
         self,
@@ -185,7 +209,7 @@ class Gatekeeper:
             )
         if not grant.roles:
             raise Forbidden(f"this API key holds no roles in account {account!r}", code="no_roles")
-        if not self.policy.decide(grant.roles, account, resource, action):
+        if not self.decide(grant.roles, account, resource, action):
             raise Forbidden(
                 f"the roles of this API key do not allow {action!r} on {resource!r} "
                 f"in account {account!r}",

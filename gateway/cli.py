@@ -81,10 +81,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
+    from .credentials import is_valid_account
     from .store import CLI_ACTOR
 
     settings = _settings(args)
     _need_shared_store(settings)
+
+    if not is_valid_account(args.account):
+        raise ConfigError(
+            f"--account: {args.account!r} is not an account name "
+            "(lowercase letters, digits and '-', at most 63)"
+        )
 
     async def work(gateway: Any) -> tuple[Any, str]:
         unknown = gateway.policy.unknown_roles(args.role)

@@ -44,6 +44,11 @@ class Gateway:
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
+    def start(self) -> None:
+        """Background work of a running process: cache invalidation, last-used writes."""
+        self.store.start_invalidation()
+        self.last_used.start()
+
     async def close(self) -> None:
         """Write what is still buffered, then let go of the store."""
         await self.last_used.stop()

@@ -39,6 +39,7 @@ TOKEN_RANDOM_CHARS = 30
 TOKEN_CHECKSUM_CHARS = 6
 KEY_RANDOM_CHARS = 10
 
+# Patterns are used with fullmatch: "$" alone would also accept a trailing newline.
 ACCOUNT_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{1,9}$")
 
@@ -48,7 +49,7 @@ _DUMMY_DIGEST = "0" * 64
 
 def is_valid_account(name: str) -> bool:
     """Accounts are DNS labels, so they can also come from a host name."""
-    return bool(ACCOUNT_RE.match(name))
+    return bool(ACCOUNT_RE.fullmatch(name))
 
 
 def _base62(number: int, width: int) -> str:
@@ -72,7 +73,7 @@ class CredentialFormat:
 
     def __post_init__(self) -> None:
         for name in ("key_prefix", "token_prefix"):
-            if not PREFIX_RE.match(getattr(self, name)):
+            if not PREFIX_RE.fullmatch(getattr(self, name)):
                 raise ValueError(f"{name} must be 2-10 lowercase letters or digits")
         random_part = rf"[{CROCKFORD32}]{{{KEY_RANDOM_CHARS}}}"
         key_re = rf"^{self.key_prefix}-(?P<account>[a-z0-9-]+)-{random_part}$"
@@ -91,7 +92,7 @@ class CredentialFormat:
 
     def key_account(self, app_key: str) -> str | None:
         """The owner account written into a well-formed key, else None."""
-        match = self._key_re.match(app_key)
+        match = self._key_re.fullmatch(app_key)
         if not match or not is_valid_account(match["account"]):
             return None
         return match["account"]
@@ -105,7 +106,7 @@ class CredentialFormat:
 
     def token_well_formed(self, token: str) -> bool:
         """Prefix, alphabet, length and checksum: refuses typos without any lookup."""
-        if not self._token_re.match(token):
+        if not self._token_re.fullmatch(token):
             return False
         body, check = token[:-TOKEN_CHECKSUM_CHARS], token[-TOKEN_CHECKSUM_CHARS:]
         return hmac.compare_digest(_checksum(body), check)
@@ -148,6 +149,13 @@ LINK_SECRET_BYTES = 32
 
 def new_link_secret() -> str:
     return secrets.token_urlsafe(LINK_SECRET_BYTES)
+
+
+LINK_SECRET_RE = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def is_link_secret(value: str) -> bool:
+    return bool(LINK_SECRET_RE.fullmatch(value))
 
 
 def link_id(link_secret: str) -> str:

@@ -16,6 +16,7 @@ import orjson
 from .credentials import (
     CredentialFormat,
     TokenHasher,
+    is_link_secret,
     link_id,
     new_link_secret,
     seal_token,
@@ -61,11 +62,11 @@ class KeyLifecycle:
 
     def _link(self, app_key: str, account: str, token: str) -> tuple[str, TokenLink]:
         secret = new_link_secret()
+        expires = int(self.clock() * 1000) + self.link_ttl_ms
         value = orjson.dumps(
-            {"appKey": app_key, "account": account,
+            {"appKey": app_key, "account": account, "expires": expires,
              "sealed": seal_token(secret, token, app_key)}
         ).decode()
-        expires = int(self.clock() * 1000) + self.link_ttl_ms
         return secret, TokenLink(link_id(secret), value, expires)
 
     async def create(
@@ -119,6 +120,8 @@ class KeyLifecycle:
 
     async def open_link(self, link_secret: str) -> OpenedLink | None:
         """The token behind a link, exactly once; None when used, expired or unknown."""
+        if not is_link_secret(link_secret):
+            return None
         value = await self.store.open_link(link_id(link_secret))
         if value is None:
             return None

@@ -54,7 +54,7 @@ async def request_id_and_errors(request: web.Request, handler):  # type: ignore[
     """Keep a well-formed client request id (for tracing across hops) or make one, and
     turn every exception into the JSON error shape; a bug is a 500 with no details."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if _CLIENT_REQUEST_ID.match(incoming) else new_request_id()
+    request_id = incoming if _CLIENT_REQUEST_ID.fullmatch(incoming) else new_request_id()
     request[REQUEST_ID] = request_id
     try:
         response = await handler(request)

@@ -83,12 +83,12 @@ def _check_p(file: str, line: int, fields: tuple[str, ...]) -> None:
             f"found {len(fields)}",
         )
     role, account, resource, action, effect = fields
-    if not ROLE_RE.match(role):
+    if not ROLE_RE.fullmatch(role):
         raise _problem(file, line, f"invalid role name {role!r}")
     if account != "*" and not is_valid_account(account):
         raise _problem(file, line, f"account must be '*' or an account name, not {account!r}")
     for what, value in (("resource", resource), ("action", action)):
-        if not NAME_RE.match(value):
+        if not NAME_RE.fullmatch(value):
             raise _problem(file, line, f"invalid {what} {value!r}")
     if effect not in EFFECTS:
         raise _problem(file, line, f"effect must be allow or deny, not {effect!r}")
@@ -100,7 +100,7 @@ def _check_g(file: str, line: int, fields: tuple[str, ...]) -> None:
             file, line, f"a g line has 2 values (role, inherited role), found {len(fields)}"
         )
     for role in fields:
-        if not ROLE_RE.match(role):
+        if not ROLE_RE.fullmatch(role):
             raise _problem(file, line, f"invalid role name {role!r}")
     if fields[0] == fields[1]:
         raise _problem(file, line, f"role {fields[0]!r} cannot inherit itself")
@@ -170,9 +170,10 @@ class Policy:
     def explain(
         self, roles: Sequence[str], account: str, resource: str, action: str
     ) -> tuple[bool, list[list[str]]]:
-        """The decision and the policy lines that matched, for operators debugging."""
-        allowed, matched = self._enforcer.enforce_ex(tuple(roles), account, resource, action)
-        return bool(allowed and roles), [list(m) for m in matched]
+        """The decision and the policy line that decided it, for operators debugging."""
+        allowed, rule = self._enforcer.enforce_ex(tuple(roles), account, resource, action)
+        # pycasbin explains with the one rule that decided, or nothing
+        return bool(allowed and roles), [list(rule)] if rule else []
 
     def unknown_roles(self, roles: Iterable[str]) -> list[str]:
         return [r for r in roles if r not in self.roles]

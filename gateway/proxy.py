@@ -57,17 +57,23 @@ def host_name(host: str) -> str:
     return host.rstrip(".")
 
 
+def _canonical(name: str) -> str:
+    """Header name as servers may read it: CGI/WSGI turn '_' and '-' alike into '_',
+    so ``X-Keygate_Roles`` must be treated as ``X-Keygate-Roles``."""
+    return name.lower().replace("_", "-")
+
+
 def _connection_named(headers: CIMultiDict[str] | aiohttp.typedefs.LooseHeaders) -> set[str]:
     named: set[str] = set()
     for value in headers.getall(hdrs.CONNECTION, ()):  # type: ignore[union-attr]
-        named.update(token.strip().lower() for token in value.split(","))
+        named.update(_canonical(token.strip()) for token in value.split(","))
     return named
 
 
 class Forwarder:
     def __init__(self, credential_headers: tuple[str, ...], identity_prefix: str):
-        self.identity_prefix = identity_prefix.lower()
-        self.dropped = HOP_BY_HOP | CLIENT_NEVER_SETS | {h.lower() for h in credential_headers}
+        self.identity_prefix = _canonical(identity_prefix)
+        self.dropped = HOP_BY_HOP | CLIENT_NEVER_SETS | {_canonical(h) for h in credential_headers}
         self.identity_names = {
             "key": identity_prefix + "Key",
             "owner": identity_prefix + "Owner-Account",
@@ -79,8 +85,8 @@ class Forwarder:
         dropped = self.dropped | _connection_named(request.headers)
         headers: CIMultiDict[str] = CIMultiDict()
         for name, value in request.headers.items():
-            lower = name.lower()
-            if lower in dropped or lower.startswith(self.identity_prefix):
+            canonical = _canonical(name)
+            if canonical in dropped or canonical.startswith(self.identity_prefix):
                 continue
             headers.add(name, value)
         names = self.identity_names

@@ -222,7 +222,7 @@ def parse_routes(raw_routes: list[dict[str, Any]]) -> RouteTable:
         prefix = prefix.rstrip("/") or "/"
         host = raw.get("host")
         if host is not None:
-            if not isinstance(host, str) or not re.match(r"^(\*\.)?[a-z0-9.-]+$", host.lower()):
+            if not isinstance(host, str) or not re.fullmatch(r"(\*\.)?[a-z0-9.-]+", host.lower()):
                 raise bad("host", "must be a host name or *.domain")
             host = host.lower()
         methods = raw.get("methods")
@@ -250,14 +250,14 @@ def parse_routes(raw_routes: list[dict[str, Any]]) -> RouteTable:
                 "each route needs account = NAME, or account_from = \"host\" or \"path\"",
             )
         resource = raw.get("resource")
-        if not isinstance(resource, str) or not ACTION_RE.match(resource):
+        if not isinstance(resource, str) or not ACTION_RE.fullmatch(resource):
             raise bad("resource", "required: the resource name used in the policies")
         action = raw.get("action")
-        if action is not None and (not isinstance(action, str) or not ACTION_RE.match(action)):
+        if action is not None and (not isinstance(action, str) or not ACTION_RE.fullmatch(action)):
             raise bad("action", "must be an action name")
         actions = raw.get("actions", {})
         if not isinstance(actions, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and ACTION_RE.match(v)
+            isinstance(k, str) and isinstance(v, str) and ACTION_RE.fullmatch(v)
             for k, v in actions.items()
         ):
             raise bad("actions", "must map HTTP methods to action names, e.g. {DELETE = \"admin\"}")

@@ -65,6 +65,14 @@ def _positive(kind: type) -> Callable[[Any], Any]:
     return parse
 
 
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("expected a whole number, 0 or more")
+    return value
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -77,6 +85,10 @@ def _bool(value: Any) -> bool:
 
 def _path(value: Any) -> Path:
     return Path(_str(value)).expanduser()
+
+
+def _optional_path(value: Any) -> Path | None:
+    return _path(value) if _str(value) else None
 
 
 def _routes(value: Any) -> list[dict[str, Any]]:
@@ -108,7 +120,7 @@ SETTINGS: tuple[Setting, ...] = (
             "(KEYGATE_SECRET) or secret_file to writing it into the config file."),
     Setting("secret_file", "",
             "File holding the server secret; more lines are previous secrets still accepted "
-            "during a rotation (first line signs new tokens)."),
+            "during a rotation (first line signs new tokens).", _optional_path),
     Setting("key_header", "X-API-AppKey", "Request header carrying the API key.", _header),
     Setting("token_header", "X-API-AppToken", "Request header carrying the API token.", _header),
     Setting("identity_header_prefix", "X-Keygate-",
@@ -144,7 +156,20 @@ SETTINGS: tuple[Setting, ...] = (
             "An access denial of a key on a resource is written to the audit log at most "
             "once per this many seconds, with the count since the last sample.",
             _positive(float)),
-    Setting("access_log", False, "Write an access log line per request.", _bool),
+    Setting("credential_cache_size", 100000,
+            "Keys whose record and grants each process caches (0 turns the cache off). "
+            "Changes reach every process at once over Redis pub/sub.", _non_negative_int),
+    Setting("credential_cache_ttl", 60.0,
+            "Seconds a cached key record may be used at most (a safety net; changes "
+            "invalidate it at once).", _positive(float)),
+    Setting("unknown_key_cache_ttl", 2.0,
+            "Seconds an unknown key is remembered as unknown (in a separate small cache).",
+            _positive(float)),
+    Setting("decision_cache_size", 100000,
+            "Authorization decisions each process caches, keyed by roles, account, "
+            "resource, action and policy version.", _positive(int)),
+    Setting("access_log", False,
+            "Write a JSON access log line per request to standard error.", _bool),
     Setting("routes", [], "Route table: [[routes]] tables, see the README.", _routes, env=False),
 )
 
@@ -244,7 +269,7 @@ def load_secrets(settings: Settings) -> tuple[list[bytes], bool]:
         found.append(settings.secret)
     if settings.secret_file:
         try:
-            text = Path(settings.secret_file).read_text(encoding="utf-8")
+            text = settings.secret_file.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(
                 f"setting secret_file: cannot read {settings.secret_file} ({exc.strerror})"

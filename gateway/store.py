@@ -40,6 +40,8 @@ concurrent renewals: one wins, the others see it pending). Scripts derive some k
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -51,6 +53,7 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from .cache import LRU
 from .errors import StoreUnavailable
 
 log = logging.getLogger("keygate.store")
@@ -159,8 +162,14 @@ class ExternalKey:
         if not owner or not raw:
             return None
         g = orjson.loads(raw)
-        return cls(app_key, owner, g.get("label", ""), tuple(g.get("roles") or ()),
-                   g.get("status", ACTIVE), int(g.get("added", 0)))
+        return cls(
+            app_key,
+            owner,
+            g.get("label", ""),
+            tuple(g.get("roles") or ()),
+            g.get("status", ACTIVE),
+            int(g.get("added", 0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -242,78 +251,96 @@ local function owned(key, acct)
 end
 """
 
-# KEYS: key, index, stream, [link]  ARGV: acct, maxlen, event, now, appKey, link value,
+# KEYS: key, index, stream, [link]  ARGV: acct, maxlen, event, channel, now, appKey, link value,
 # link ttl ms, link expiry, field, value, ...
-_CREATE = _PRELUDE + """
+_CREATE = (
+    _PRELUDE
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[6])
 if KEYS[4] then
-  redis.call('SET', KEYS[4], ARGV[6], 'PX', ARGV[7])
-  redis.call('HSET', KEYS[1], 'link', KEYS[4], 'linkExp', ARGV[8])
+  redis.call('SET', KEYS[4], ARGV[7], 'PX', ARGV[8])
+  redis.call('HSET', KEYS[1], 'link', KEYS[4], 'linkExp', ARGV[9])
 end
 audit(KEYS[3], ARGV[2], ARGV[3], {}, snap(KEYS[1], ARGV[1]))
+redis.call('PUBLISH', ARGV[4], KEYS[1])
 return 1
 """
+)
 
-# KEYS: key, stream  ARGV: acct, maxlen, event, field, value, ...
-_UPDATE = _PRELUDE + """
+# KEYS: key, stream  ARGV: acct, maxlen, event, channel, field, value, ...
+_UPDATE = (
+    _PRELUDE
+    + """
 if not owned(KEYS[1], ARGV[1]) then return false end
 local before = snap(KEYS[1], ARGV[1])
-if #ARGV > 3 then redis.call('HSET', KEYS[1], unpack(ARGV, 4)) end
+if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
 audit(KEYS[2], ARGV[2], ARGV[3], before, snap(KEYS[1], ARGV[1]))
+redis.call('PUBLISH', ARGV[4], KEYS[1])
 return redis.call('HGETALL', KEYS[1])
 """
+)
 
-# KEYS: key, index, stream  ARGV: acct, maxlen, event, appKey, acct index prefix, now
-_DELETE = _PRELUDE + """
+# KEYS: key, index, stream  ARGV: acct, maxlen, event, channel, appKey, acct index prefix, now
+_DELETE = (
+    _PRELUDE
+    + """
 if not owned(KEYS[1], ARGV[1]) then return 0 end
 local before = snap(KEYS[1], ARGV[1])
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.sub(f, 1, 2) == 'g:' and string.sub(f, 3) ~= ARGV[1] then
-    redis.call('ZREM', ARGV[5] .. string.sub(f, 3) .. ':ext', ARGV[4])
+    redis.call('ZREM', ARGV[6] .. string.sub(f, 3) .. ':ext', ARGV[5])
   end
 end
 local link = redis.call('HGET', KEYS[1], 'link')
 if link then redis.call('DEL', link) end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'deleted', ARGV[6])
-redis.call('ZREM', KEYS[2], ARGV[4])
+redis.call('HSET', KEYS[1], 'deleted', ARGV[7])
+redis.call('ZREM', KEYS[2], ARGV[5])
 audit(KEYS[3], ARGV[2], ARGV[3], before, {})
+redis.call('PUBLISH', ARGV[4], KEYS[1])
 return 1
 """
+)
 
-# KEYS: key, stream, [link]  ARGV: acct, maxlen, event, now, mode, digest, link value,
+# KEYS: key, stream, [link]  ARGV: acct, maxlen, event, channel, now, mode, digest, link value,
 # link ttl ms, link expiry
-_RENEW = _PRELUDE + """
+_RENEW = (
+    _PRELUDE
+    + """
 if not owned(KEYS[1], ARGV[1]) then return {'missing'} end
 if redis.call('HEXISTS', KEYS[1], 'newTok') == 1 then return {'pending'} end
 local link_exp = redis.call('HGET', KEYS[1], 'linkExp')
-if link_exp and tonumber(link_exp) > tonumber(ARGV[4]) then return {'link'} end
+if link_exp and tonumber(link_exp) > tonumber(ARGV[5]) then return {'link'} end
 local before = snap(KEYS[1], ARGV[1])
-if ARGV[5] == 'later' then
-  redis.call('HSET', KEYS[1], 'newTok', ARGV[6], 'newTokCreated', ARGV[4])
+if ARGV[6] == 'later' then
+  redis.call('HSET', KEYS[1], 'newTok', ARGV[7], 'newTokCreated', ARGV[5])
 else
-  redis.call('HSET', KEYS[1], 'tok', ARGV[6], 'tokCreated', ARGV[4])
+  redis.call('HSET', KEYS[1], 'tok', ARGV[7], 'tokCreated', ARGV[5])
 end
 local old_link = redis.call('HGET', KEYS[1], 'link')
 if old_link then redis.call('DEL', old_link) end
 redis.call('HDEL', KEYS[1], 'link', 'linkExp')
 if KEYS[3] then
-  redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[8])
-  redis.call('HSET', KEYS[1], 'link', KEYS[3], 'linkExp', ARGV[9])
+  redis.call('SET', KEYS[3], ARGV[8], 'PX', ARGV[9])
+  redis.call('HSET', KEYS[1], 'link', KEYS[3], 'linkExp', ARGV[10])
 end
 audit(KEYS[2], ARGV[2], ARGV[3], before, snap(KEYS[1], ARGV[1]))
+redis.call('PUBLISH', ARGV[4], KEYS[1])
 return {'ok', redis.call('HGETALL', KEYS[1])}
 """
+)
 
-# KEYS: key, stream  ARGV: acct, maxlen, event, 'finish' | 'undo'
-_END_RENEWAL = _PRELUDE + """
+# KEYS: key, stream  ARGV: acct, maxlen, event, channel, 'finish' | 'undo'
+_END_RENEWAL = (
+    _PRELUDE
+    + """
 if not owned(KEYS[1], ARGV[1]) then return {'missing'} end
 local new = redis.call('HMGET', KEYS[1], 'newTok', 'newTokCreated')
 if not new[1] then return {'none'} end
 local before = snap(KEYS[1], ARGV[1])
-if ARGV[4] == 'finish' then
+if ARGV[5] == 'finish' then
   redis.call('HSET', KEYS[1], 'tok', new[1], 'tokCreated', new[2])
 else
   -- the new token is dropped, so is an unopened link that would reveal it
@@ -323,15 +350,19 @@ else
 end
 redis.call('HDEL', KEYS[1], 'newTok', 'newTokCreated')
 audit(KEYS[2], ARGV[2], ARGV[3], before, snap(KEYS[1], ARGV[1]))
+redis.call('PUBLISH', ARGV[4], KEYS[1])
 return {'ok', redis.call('HGETALL', KEYS[1])}
 """
+)
 
-# KEYS: link  ARGV: key prefix, account prefix, maxlen, event (without actor/target)
+# KEYS: link  ARGV: key prefix, account prefix, maxlen, event (without actor/target), now
+# Expiry is checked against keygate's clock; Redis's TTL only collects the garbage.
 _OPEN_LINK = """
 local value = redis.call('GET', KEYS[1])
 if not value then return false end
 redis.call('DEL', KEYS[1])
 local v = cjson.decode(value)
+if tonumber(v['expires']) <= tonumber(ARGV[5]) then return false end
 local key = ARGV[1] .. v['appKey']
 if redis.call('HGET', key, 'link') == KEYS[1] then
   redis.call('HDEL', key, 'link', 'linkExp')
@@ -357,40 +388,52 @@ local function audit(stream, maxlen, event, before, after)
 end
 """
 
-# KEYS: key, ext index, stream  ARGV: account, maxlen, event, grant JSON, now, appKey
-_ADD_GRANT = _GRANT_PRELUDE + """
+# KEYS: key, ext index, stream  ARGV: account, maxlen, event, channel, grant JSON, now, appKey
+_ADD_GRANT = (
+    _GRANT_PRELUDE
+    + """
 local owner = redis.call('HGET', KEYS[1], 'acct')
 if not owner then return 'missing' end
 if owner == ARGV[1] then return 'own' end
 if redis.call('HEXISTS', KEYS[1], 'g:' .. ARGV[1]) == 1 then return 'exists' end
-redis.call('HSET', KEYS[1], 'g:' .. ARGV[1], ARGV[4])
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[6])
+redis.call('HSET', KEYS[1], 'g:' .. ARGV[1], ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[7])
 audit(KEYS[3], ARGV[2], ARGV[3], {}, gsnap(KEYS[1], ARGV[1]))
+redis.call('PUBLISH', ARGV[4], KEYS[1])
 return 'ok'
 """
+)
 
-# KEYS: key, stream  ARGV: account, maxlen, event, JSON of the fields to change
-_UPDATE_GRANT = _GRANT_PRELUDE + """
+# KEYS: key, stream  ARGV: account, maxlen, event, channel, JSON of the fields to change
+_UPDATE_GRANT = (
+    _GRANT_PRELUDE
+    + """
 local raw = redis.call('HGET', KEYS[1], 'g:' .. ARGV[1])
 if not raw or redis.call('HGET', KEYS[1], 'acct') == ARGV[1] then return false end
 local before = gsnap(KEYS[1], ARGV[1])
 local grant = cjson.decode(raw)
-for name, value in pairs(cjson.decode(ARGV[4])) do grant[name] = value end
+for name, value in pairs(cjson.decode(ARGV[5])) do grant[name] = value end
 redis.call('HSET', KEYS[1], 'g:' .. ARGV[1], cjson.encode(grant))
 audit(KEYS[2], ARGV[2], ARGV[3], before, gsnap(KEYS[1], ARGV[1]))
+redis.call('PUBLISH', ARGV[4], KEYS[1])
 return {redis.call('HGET', KEYS[1], 'acct'), redis.call('HGET', KEYS[1], 'g:' .. ARGV[1])}
 """
+)
 
-# KEYS: key, ext index, stream  ARGV: account, maxlen, event, appKey
-_REMOVE_GRANT = _GRANT_PRELUDE + """
+# KEYS: key, ext index, stream  ARGV: account, maxlen, event, channel, appKey
+_REMOVE_GRANT = (
+    _GRANT_PRELUDE
+    + """
 if redis.call('HGET', KEYS[1], 'acct') == ARGV[1] then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'g:' .. ARGV[1]) == 0 then return 0 end
 local before = gsnap(KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[1], 'g:' .. ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[4])
+redis.call('ZREM', KEYS[2], ARGV[5])
 audit(KEYS[3], ARGV[2], ARGV[3], before, {})
+redis.call('PUBLISH', ARGV[4], KEYS[1])
 return 1
 """
+)
 
 # KEYS: settings, stream  ARGV: maxlen, event, field, value
 _PUT_SETTING = """
@@ -457,18 +500,66 @@ SORT_FIELDS: dict[str, Callable[[KeyRecord], Any]] = {
 }
 
 
+@dataclass(frozen=True)
+class CacheSettings:
+    """Credential cache sizes; ``size=0`` turns the cache off."""
+
+    size: int = 100_000
+    ttl: float = 60.0
+    unknown_size: int = 10_000
+    unknown_ttl: float = 2.0
+
+
+# The invalidation channel is pinged this often; silence for LIVENESS seconds means the
+# subscription may have missed revocations, so the cache is not trusted until resynced.
+PING_INTERVAL = 1.0
+LIVENESS = 3.0
+
+
 class Store:
+    """Redis access, and the credential cache kept coherent through pub/sub.
+
+    Cache coherence, the part a reviewer should check:
+
+    * every script that changes a key hash PUBLISHes the key's name on ``{p}invalidate``
+      inside the same script, so no change is committed without its notice;
+    * each process drops the key on receipt (and at once for its own changes);
+    * the cache is used only while the subscription is known good: after a subscribe
+      confirmation (which redis-py also gets after a silent reconnect) the cache is
+      flushed and trusted; on an error, or when the channel has been silent (not even a
+      PONG to our pings) for LIVENESS seconds, it is flushed and bypassed;
+    * a lookup that raced an invalidation does not put its (possibly stale) answer in
+      the cache: a generation counter, bumped by every invalidation, must not have moved
+      between the read and the put;
+    * unknown keys go to a separate, small, short-lived cache, so a flood of made-up
+      keys cannot evict real ones;
+    * only digests are cached; the token is still compared on every request.
+    """
+
     def __init__(
         self,
         client: aioredis.Redis,
         prefix: str,
         clock: Callable[[], float],
         audit_max_events: int = 100_000,
+        cache: CacheSettings = CacheSettings(),  # noqa: B008 - frozen, shared safely
     ):
         self.redis = client
         self.prefix = prefix
         self.clock = clock
         self.audit_max_events = audit_max_events
+        self.channel = f"{prefix}invalidate"
+        self._key_prefix = f"{prefix}key:"
+        self._known: LRU[str, dict[str, AuthLookup]] | None = (
+            LRU(cache.size, cache.ttl) if cache.size > 0 else None
+        )
+        self._unknown: LRU[str, AuthLookup] | None = (
+            LRU(cache.unknown_size, cache.unknown_ttl) if cache.size > 0 else None
+        )
+        self._generation = 0
+        self._subscribed = False
+        self._last_heard = float("-inf")
+        self._listener: asyncio.Task[None] | None = None
         self._create = client.register_script(_CREATE)
         self._update = client.register_script(_UPDATE)
         self._delete = client.register_script(_DELETE)
@@ -488,6 +579,7 @@ class Store:
         prefix: str = "kg:",
         clock: Callable[[], float] = time.time,
         audit_max_events: int = 100_000,
+        cache: CacheSettings = CacheSettings(),  # noqa: B008
     ) -> Store:
         if url.startswith("memory://"):
             import fakeredis  # only the embedded store needs it
@@ -497,10 +589,86 @@ class Store:
             client = aioredis.from_url(
                 url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
             )
-        return cls(client, prefix, clock, audit_max_events)
+        return cls(client, prefix, clock, audit_max_events, cache)
 
     async def close(self) -> None:
+        await self.stop_invalidation()
         await self.redis.aclose()
+
+    async def _change(self, script: Any, app_key: str, *, keys: list[str], args: list[Any]) -> Any:
+        """Run a changing script; this process forgets the key at once, others on PUBLISH."""
+        try:
+            return await script(keys=keys, args=args)
+        finally:
+            self.forget(app_key)
+
+    # -- credential cache ------------------------------------------------------------
+    @property
+    def cache_trusted(self) -> bool:
+        return self._subscribed and time.monotonic() - self._last_heard < LIVENESS
+
+    def _flush(self) -> None:
+        self._generation += 1
+        if self._known is not None and self._unknown is not None:
+            self._known.clear()
+            self._unknown.clear()
+
+    def forget(self, app_key: str) -> None:
+        self._generation += 1
+        if self._known is not None and self._unknown is not None:
+            self._known.pop(app_key)
+            self._unknown.pop(app_key)
+
+    def start_invalidation(self) -> None:
+        """Subscribe to the invalidation channel; until then the cache is bypassed."""
+        if self._known is not None and self._listener is None:
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def stop_invalidation(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        self._subscribed = False
+        self._flush()
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                pinged = 0.0
+                while True:
+                    if time.monotonic() - pinged >= PING_INTERVAL:
+                        await pubsub.ping()
+                        pinged = time.monotonic()
+                    message = await pubsub.get_message(timeout=PING_INTERVAL)
+                    if message is None:
+                        continue
+                    self._last_heard = time.monotonic()
+                    if message["type"] == "subscribe":
+                        # (re)connected: changes may have been missed meanwhile
+                        self._flush()
+                        self._subscribed = True
+                        backoff = 0.1
+                    elif message["type"] == "message":
+                        name = message["data"]
+                        if name.startswith(self._key_prefix):
+                            self.forget(name[len(self._key_prefix) :])
+            except asyncio.CancelledError:
+                raise
+            except (redis.exceptions.RedisError, OSError) as exc:
+                if self._subscribed:
+                    log.warning("invalidation channel lost (%s); credential cache off", exc)
+                self._subscribed = False
+                self._flush()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -535,9 +703,31 @@ class Store:
             return False
 
     # -- authentication --------------------------------------------------------------
-    @_unavailable
     async def auth_lookup(self, app_key: str, account: str) -> AuthLookup:
-        """Key status, token digests and the grant in ``account``: one HMGET."""
+        """Key status, token digests and the grant in ``account``: cached, else one HMGET."""
+        trusted = self._known is not None and self.cache_trusted
+        if trusted:
+            per_account = self._known.get(app_key)  # type: ignore[union-attr]
+            if per_account is not None and account in per_account:
+                return per_account[account]
+            unknown = self._unknown.get(app_key)  # type: ignore[union-attr]
+            if unknown is not None:
+                return unknown
+        generation = self._generation
+        found = await self._auth_lookup(app_key, account)
+        if trusted and generation == self._generation and self.cache_trusted:
+            if found.exists:
+                per_account = self._known.get(app_key)  # type: ignore[union-attr]
+                if per_account is None:
+                    per_account = {}
+                    self._known.put(app_key, per_account)  # type: ignore[union-attr]
+                per_account[account] = found
+            else:
+                self._unknown.put(app_key, found)  # type: ignore[union-attr]
+        return found
+
+    @_unavailable
+    async def _auth_lookup(self, app_key: str, account: str) -> AuthLookup:
         owner, status, tok, new_tok, grant = await self.redis.hmget(
             self._key(app_key), ["acct", "status", "tok", "newTok", "g:" + account]
         )
@@ -580,8 +770,12 @@ class Store:
         }
         keys = [self._key(app_key), self._account(account, "keys"), self._account(account, "audit")]
         args: list[Any] = [
-            account, self.audit_max_events, self._event(account, actor, "key.create", app_key),
-            now, app_key,
+            account,
+            self.audit_max_events,
+            self._event(account, actor, "key.create", app_key),
+            self.channel,
+            now,
+            app_key,
         ]
         if link is not None:
             keys.append(self._link(link.link_id))
@@ -590,7 +784,7 @@ class Store:
             args += ["", 0, 0]
         for name, value in fields.items():
             args += [name, value]
-        if not await self._create(keys=keys, args=args):
+        if not await self._change(self._create, app_key, keys=keys, args=args):
             return None
         return await self.get_key(account, app_key)
 
@@ -614,7 +808,10 @@ class Store:
         status: str | None = None,
     ) -> KeyRecord | None:
         args: list[Any] = [
-            account, self.audit_max_events, self._event(account, actor, "key.update", app_key)
+            account,
+            self.audit_max_events,
+            self._event(account, actor, "key.update", app_key),
+            self.channel,
         ]
         if label is not None:
             args += ["label", label]
@@ -622,23 +819,35 @@ class Store:
             args += ["g:" + account, Grant(tuple(roles)).encode()]
         if status is not None:
             args += ["status", status]
-        flat = await self._update(
-            keys=[self._key(app_key), self._account(account, "audit")], args=args
+        flat = await self._change(
+            self._update,
+            app_key,
+            keys=[self._key(app_key), self._account(account, "audit")],
+            args=args,
         )
         if not flat:
             return None
         return KeyRecord.from_hash(app_key, _pairs(flat))
 
     @_unavailable
-    async def delete_key(
-        self, account: str, app_key: str, *, actor: Actor = SYSTEM_ACTOR
-    ) -> bool:
-        deleted = await self._delete(
-            keys=[self._key(app_key), self._account(account, "keys"),
-                  self._account(account, "audit")],
-            args=[account, self.audit_max_events,
-                  self._event(account, actor, "key.delete", app_key),
-                  app_key, f"{self.prefix}acct:", self.now_ms()],
+    async def delete_key(self, account: str, app_key: str, *, actor: Actor = SYSTEM_ACTOR) -> bool:
+        deleted = await self._change(
+            self._delete,
+            app_key,
+            keys=[
+                self._key(app_key),
+                self._account(account, "keys"),
+                self._account(account, "audit"),
+            ],
+            args=[
+                account,
+                self.audit_max_events,
+                self._event(account, actor, "key.delete", app_key),
+                self.channel,
+                app_key,
+                f"{self.prefix}acct:",
+                self.now_ms(),
+            ],
         )
         return bool(deleted)
 
@@ -706,11 +915,23 @@ class Store:
         grant = orjson.dumps(
             {"roles": list(roles), "status": ACTIVE, "label": label, "added": now}
         ).decode()
-        return await self._add_grant(
-            keys=[self._key(app_key), self._account(account, "ext"),
-                  self._account(account, "audit")],
-            args=[account, self.audit_max_events,
-                  self._event(account, actor, "external-key.add", app_key), grant, now, app_key],
+        return await self._change(
+            self._add_grant,
+            app_key,
+            keys=[
+                self._key(app_key),
+                self._account(account, "ext"),
+                self._account(account, "audit"),
+            ],
+            args=[
+                account,
+                self.audit_max_events,
+                self._event(account, actor, "external-key.add", app_key),
+                self.channel,
+                grant,
+                now,
+                app_key,
+            ],
         )
 
     @_unavailable
@@ -724,11 +945,17 @@ class Store:
     async def update_grant(
         self, account: str, app_key: str, changes: Mapping[str, Any], actor: Actor
     ) -> ExternalKey | None:
-        result = await self._update_grant(
+        result = await self._change(
+            self._update_grant,
+            app_key,
             keys=[self._key(app_key), self._account(account, "audit")],
-            args=[account, self.audit_max_events,
-                  self._event(account, actor, "external-key.update", app_key),
-                  orjson.dumps(dict(changes)).decode()],
+            args=[
+                account,
+                self.audit_max_events,
+                self._event(account, actor, "external-key.update", app_key),
+                self.channel,
+                orjson.dumps(dict(changes)).decode(),
+            ],
         )
         if not result:
             return None
@@ -736,17 +963,25 @@ class Store:
 
     @_unavailable
     async def remove_grant(self, account: str, app_key: str, actor: Actor) -> bool:
-        removed = await self._remove_grant(
-            keys=[self._key(app_key), self._account(account, "ext"),
-                  self._account(account, "audit")],
-            args=[account, self.audit_max_events,
-                  self._event(account, actor, "external-key.remove", app_key), app_key],
+        removed = await self._change(
+            self._remove_grant,
+            app_key,
+            keys=[
+                self._key(app_key),
+                self._account(account, "ext"),
+                self._account(account, "audit"),
+            ],
+            args=[
+                account,
+                self.audit_max_events,
+                self._event(account, actor, "external-key.remove", app_key),
+                self.channel,
+                app_key,
+            ],
         )
         return bool(removed)
 
-    async def iter_grants(
-        self, account: str, chunk: int = 500
-    ) -> AsyncIterator[list[ExternalKey]]:
+    async def iter_grants(self, account: str, chunk: int = 500) -> AsyncIterator[list[ExternalKey]]:
         """All external keys granted roles in ``account``, a chunk at a time."""
         index = self._account(account, "ext")
         start = 0
@@ -787,13 +1022,18 @@ class Store:
         action = "token.renew" if keep_old else "token.renew-now"
         keys = [self._key(app_key), self._account(account, "audit")]
         args: list[Any] = [
-            account, self.audit_max_events, self._event(account, actor, action, app_key),
-            now, "later" if keep_old else "now", digest,
+            account,
+            self.audit_max_events,
+            self._event(account, actor, action, app_key),
+            self.channel,
+            now,
+            "later" if keep_old else "now",
+            digest,
         ]
         if link is not None:
             keys.append(self._link(link.link_id))
             args += [link.sealed, max(1, link.expires - now), link.expires]
-        result = await self._renew(keys=keys, args=args)
+        result = await self._change(self._renew, app_key, keys=keys, args=args)
         if result[0] == "missing":
             return None
         if result[0] != "ok":
@@ -809,10 +1049,17 @@ class Store:
         Returns the record, None when the key is missing, False when nothing is pending.
         """
         action = "token.finish-renewal" if finish else "token.undo-renewal"
-        result = await self._end_renewal(
+        result = await self._change(
+            self._end_renewal,
+            app_key,
             keys=[self._key(app_key), self._account(account, "audit")],
-            args=[account, self.audit_max_events, self._event(account, actor, action, app_key),
-                  "finish" if finish else "undo"],
+            args=[
+                account,
+                self.audit_max_events,
+                self._event(account, actor, action, app_key),
+                self.channel,
+                "finish" if finish else "undo",
+            ],
         )
         if result[0] == "missing":
             return None
@@ -828,13 +1075,20 @@ class Store:
         ).decode()
         raw = await self._open_link(
             keys=[self._link(link_id)],
-            args=[self._key(""), f"{self.prefix}acct:", self.audit_max_events, event],
+            args=[
+                self._key(""),
+                f"{self.prefix}acct:",
+                self.audit_max_events,
+                event,
+                self.now_ms(),
+            ],
         )
         return orjson.loads(raw) if raw else None
 
     @_unavailable
-    async def link_exists(self, link_id: str) -> bool:
-        return bool(await self.redis.exists(self._link(link_id)))
+    async def link_valid(self, link_id: str) -> bool:
+        raw = await self.redis.get(self._link(link_id))
+        return raw is not None and orjson.loads(raw)["expires"] > self.now_ms()
 
     # -- settings --------------------------------------------------------------------
     @_unavailable
@@ -845,8 +1099,12 @@ class Store:
     async def put_setting(self, account: str, name: str, value: Any, actor: Actor) -> None:
         await self._put_setting(
             keys=[self._account(account, "settings"), self._account(account, "audit")],
-            args=[self.audit_max_events,
-                  self._event(account, actor, "settings.update", account), name, value],
+            args=[
+                self.audit_max_events,
+                self._event(account, actor, "settings.update", account),
+                name,
+                value,
+            ],
         )
 
     # -- audit -----------------------------------------------------------------------
@@ -857,8 +1115,11 @@ class Store:
         """An event that is not part of a change (e.g. a sampled access denial)."""
         await self.redis.xadd(
             self._account(account, "audit"),
-            {"event": self._event(account, actor, action, target), "before": "{}",
-             "after": orjson.dumps(after).decode()},
+            {
+                "event": self._event(account, actor, action, target),
+                "before": "{}",
+                "after": orjson.dumps(after).decode(),
+            },
             maxlen=self.audit_max_events,
             approximate=True,
         )

@@ -27,9 +27,9 @@ from aiohttp import web
 
 from gateway.app import build_gateway, build_proxy_app
 from gateway.context import Gateway
-from gateway.store import CLI_ACTOR
 from gateway.management import build_management_app
 from gateway.settings import Settings, load_settings
+from gateway.store import CLI_ACTOR
 
 TEST_SECRET = "test-secret-" + "x" * 40
 FALLBACK_MARKER = Path(__file__).parent / ".fakeredis-fallback"
@@ -55,8 +55,21 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--protected-mode", "yes"],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--protected-mode",
+            "yes",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -165,19 +178,51 @@ async def upstream(aiohttp_server: Callable[..., Any]) -> Upstream:
 
 def default_routes(upstream_url: str) -> list[dict[str, Any]]:
     return [
-        {"name": "orders", "path_prefix": "/orders", "upstream": upstream_url,
-         "account": "acme", "resource": "orders"},
-        {"name": "beta-orders", "path_prefix": "/beta/orders", "upstream": upstream_url,
-         "account": "beta", "resource": "orders"},
-        {"name": "catalog", "host": "*.api.test", "path_prefix": "/catalog",
-         "upstream": upstream_url, "account_from": "host", "resource": "catalog"},
-        {"name": "per-account", "path_prefix": "/accounts", "upstream": upstream_url,
-         "account_from": "path", "account_segment": 2, "resource": "orders",
-         "actions": {"DELETE": "admin"}},
-        {"name": "stream", "path_prefix": "/stream", "upstream": upstream_url,
-         "account": "acme", "resource": "orders"},
-        {"name": "slow", "path_prefix": "/slow", "upstream": upstream_url,
-         "account": "acme", "resource": "orders"},
+        {
+            "name": "orders",
+            "path_prefix": "/orders",
+            "upstream": upstream_url,
+            "account": "acme",
+            "resource": "orders",
+        },
+        {
+            "name": "beta-orders",
+            "path_prefix": "/beta/orders",
+            "upstream": upstream_url,
+            "account": "beta",
+            "resource": "orders",
+        },
+        {
+            "name": "catalog",
+            "host": "*.api.test",
+            "path_prefix": "/catalog",
+            "upstream": upstream_url,
+            "account_from": "host",
+            "resource": "catalog",
+        },
+        {
+            "name": "per-account",
+            "path_prefix": "/accounts",
+            "upstream": upstream_url,
+            "account_from": "path",
+            "account_segment": 2,
+            "resource": "orders",
+            "actions": {"DELETE": "admin"},
+        },
+        {
+            "name": "stream",
+            "path_prefix": "/stream",
+            "upstream": upstream_url,
+            "account": "acme",
+            "resource": "orders",
+        },
+        {
+            "name": "slow",
+            "path_prefix": "/slow",
+            "upstream": upstream_url,
+            "account": "acme",
+            "resource": "orders",
+        },
     ]
 
 
@@ -199,8 +244,11 @@ def make_settings(redis_url: str, upstream: Upstream) -> Callable[..., Settings]
 
 
 @pytest.fixture
-async def gateway(make_settings: Callable[..., Settings], clock: FakeClock) -> AsyncIterator[Gateway]:
+async def gateway(
+    make_settings: Callable[..., Settings], clock: FakeClock
+) -> AsyncIterator[Gateway]:
     gw = build_gateway(make_settings(), clock=clock)
+    gw.start()
     yield gw
     await gw.close()
 

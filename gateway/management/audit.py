@@ -33,7 +33,7 @@ async def list_audit(request: web.Request) -> web.Response:
     identity = await authorize(request, "view")
     q = request.query
     limit_raw = q.get("limit", "50")
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 500:
+    if not (limit_raw.isascii() and limit_raw.isdigit()) or not 1 <= int(limit_raw) <= 500:
         raise BadRequest("limit must be a whole number from 1 to 500", code="bad_query")
     cursor = q.get("cursor") or None
     if cursor is not None and not _is_stream_id(cursor):
@@ -55,4 +55,4 @@ async def list_audit(request: web.Request) -> web.Response:
 
 def _is_stream_id(value: str) -> bool:
     millis, _, seq = value.partition("-")
-    return millis.isdigit() and seq.isdigit()
+    return value.isascii() and millis.isdigit() and seq.isdigit()

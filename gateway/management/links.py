@@ -14,6 +14,7 @@ import html
 from aiohttp import web
 
 from ..context import GATEWAY
+from ..credentials import is_link_secret, link_id
 from ..errors import Gone
 from .common import json_response
 
@@ -45,7 +46,10 @@ def _wants_html(request: web.Request) -> bool:
 
 @routes.get("/api/v1/token-links/{secret}")
 async def show_link(request: web.Request) -> web.Response:
-    if not await request.app[GATEWAY].store.link_exists(_id(request)):
+    secret = request.match_info["secret"]
+    if not is_link_secret(secret) or not await request.app[GATEWAY].store.link_valid(
+        link_id(secret)
+    ):
         raise GONE
     if not _wants_html(request):
         return json_response(
@@ -77,8 +81,3 @@ async def open_link(request: web.Request) -> web.Response:
     response.headers.update(_NO_STORE)
     return response
 
-
-def _id(request: web.Request) -> str:
-    from ..credentials import link_id
-
-    return link_id(request.match_info["secret"])
