@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from . import proxy
+from .accesslog import JsonAccessLogger, access_logger
 from .auth import Gatekeeper, HeaderAuthenticator
 from .context import GATEWAY, HTTP_CLIENT, Gateway
 from .credentials import TokenHasher
+from .errors import ConfigError
 from .lifecycle import KeyLifecycle
 from .management import build_management_app
 from .middleware import request_id_and_errors
@@ -119,13 +124,17 @@ def build_proxy_app(gateway: Gateway) -> web.Application:
 
 
 @contextlib.asynccontextmanager
-async def running(gateway: Gateway) -> AsyncIterator[tuple[str, str]]:
+async def running(
+    gateway: Gateway, reuse_port: bool = False
+) -> AsyncIterator[tuple[str, str]]:
     """Both ports listening; yields their base URLs. Closes the store last."""
     settings = gateway.settings
-    access_log = logging.getLogger("keygate.access") if settings.access_log else None
+    log_options: dict[str, Any] = {"access_log": None}
+    if settings.access_log:
+        log_options = {"access_log": access_logger(), "access_log_class": JsonAccessLogger}
     runners = [
-        web.AppRunner(build_proxy_app(gateway), access_log=access_log),
-        web.AppRunner(build_management_app(gateway), access_log=access_log),
+        web.AppRunner(build_proxy_app(gateway), **log_options),
+        web.AppRunner(build_management_app(gateway), **log_options),
     ]
     urls = []
     gateway.start()
@@ -134,7 +143,7 @@ async def running(gateway: Gateway) -> AsyncIterator[tuple[str, str]]:
             runners, (settings.proxy_listen, settings.management_listen), strict=True
         ):
             await runner.setup()
-            site = web.TCPSite(runner, host, port)
+            site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
             await site.start()
             bound = runner.addresses[0]
             urls.append(f"http://{bound[0]}:{bound[1]}")
@@ -145,7 +154,11 @@ async def running(gateway: Gateway) -> AsyncIterator[tuple[str, str]]:
         await gateway.close()
 
 
-async def serve(settings: Settings, on_ready: Callable[[str, str], None] | None = None) -> None:
+async def serve(
+    settings: Settings,
+    on_ready: Callable[[str, str], None] | None = None,
+    reuse_port: bool = False,
+) -> None:
     gateway = build_gateway(settings)
     if settings.in_memory:
         log.warning(MEMORY_WARNING)
@@ -157,8 +170,58 @@ async def serve(settings: Settings, on_ready: Callable[[str, str], None] | None 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    async with running(gateway) as (proxy_url, management_url):
-        log.info("proxy on %s, management API on %s", proxy_url, management_url)
+    async with running(gateway, reuse_port) as (proxy_url, management_url):
+        log.info("proxy on %s, management API on %s (pid %d)", proxy_url, management_url,
+                 os.getpid())
         if on_ready is not None:
             on_ready(proxy_url, management_url)
         await stop.wait()
+
+
+def run_workers(settings: Settings, workers: int, config_file: str | None) -> int:
+    """N processes serving the same ports (SO_REUSEPORT: the kernel spreads connections).
+
+    Each worker loads the settings itself and keeps its own caches; the invalidation
+    channel keeps them coherent. The parent only supervises: a signal stops them all,
+    and a worker that dies takes the others down so the service manager sees it.
+    """
+    if settings.in_memory:
+        raise ConfigError(
+            "setting store_url: --workers needs a shared store; memory:// lives inside one "
+            "process, so each worker would have its own keys"
+        )
+    build_gateway(settings)  # fail on a bad config here, once, not in N workers
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(target=_worker, args=(config_file,), name=f"keygate-worker-{i}")
+        for i in range(workers)
+    ]
+    for child in children:
+        child.start()
+    stopping = False
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    from multiprocessing.connection import wait
+
+    while any(child.is_alive() for child in children):
+        wait([c.sentinel for c in children if c.is_alive()], timeout=1.0)
+        if not stopping and any(c.exitcode not in (None, 0) for c in children):
+            log.error("a worker died; stopping the others")
+            stop(signal.SIGTERM, None)
+    return 0 if stopping or all(c.exitcode == 0 for c in children) else 1
+
+
+def _worker(config_file: str | None) -> None:
+    from .cli import configure_logging, run_event_loop
+    from .settings import load_settings
+
+    configure_logging(verbose=False)
+    run_event_loop(serve(load_settings(config_file), reuse_port=True))

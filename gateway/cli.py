@@ -18,7 +18,8 @@ from .settings import Settings, load_settings, reference_markdown
 log = logging.getLogger("keygate")
 
 
-def _run(coro: Awaitable[Any]) -> Any:
+def run_event_loop(coro: Awaitable[Any]) -> Any:
+    """uvloop when it is installed (it is a dependency), else asyncio's own loop."""
     try:
         import uvloop
 
@@ -67,16 +68,21 @@ async def _with_gateway(settings: Settings, work: Callable[[Any], Awaitable[Any]
 
 # -- commands ----------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .app import serve
+    from .app import run_workers, serve
 
-    _run(serve(_settings(args)))
+    if args.workers < 1:
+        raise ConfigError("--workers: give 1 or more worker processes")
+    settings = _settings(args)
+    if args.workers > 1:
+        return run_workers(settings, args.workers, args.config)
+    run_event_loop(serve(settings))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DEMO_CONFIG, run_demo
 
-    _run(run_demo(args.config or DEMO_CONFIG, args.upstream_port))
+    run_event_loop(run_demo(args.config or DEMO_CONFIG, args.upstream_port))
     return 0
 
 
@@ -100,7 +106,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         issued = await gateway.lifecycle.create(args.account, args.label, args.role, CLI_ACTOR)
         return issued.record, issued.token
 
-    record, token = _run(_with_gateway(settings, work))
+    record, token = run_event_loop(_with_gateway(settings, work))
     if args.json:
         print(orjson.dumps(_key_row(record, token)).decode())
     else:
@@ -125,7 +131,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         settings = await gateway.store.get_settings(args.account)
         return records, int(settings.get("renewalPeriodMonths", DEFAULT_RENEWAL_PERIOD))
 
-    records, period = _run(_with_gateway(settings, work))
+    records, period = run_event_loop(_with_gateway(settings, work))
     rows = [_key_row(r, period=period) for r in records]
     if args.json:
         print(orjson.dumps(rows).decode())
@@ -155,7 +161,7 @@ def cmd_keys_change(args: argparse.Namespace) -> int:
         )
         return changed is not None
 
-    if not _run(_with_gateway(settings, work)):
+    if not run_event_loop(_with_gateway(settings, work)):
         print(f"keygate: no API key {args.app_key} in account {account}", file=sys.stderr)
         return 1
     print(f"{args.app_key}: {args.action}d")
@@ -179,7 +185,7 @@ def cmd_keys_renew(args: argparse.Namespace) -> int:
         )
 
     try:
-        result = _run(_with_gateway(settings, work))
+        result = run_event_loop(_with_gateway(settings, work))
     except RenewalRefused as refusal:
         what = "a renewal is pending: finish or undo it first" if refusal.reason == "pending" \
             else "the one-time link of the last token is still unopened"
@@ -216,7 +222,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         )
         return events
 
-    for event in _run(_with_gateway(settings, work)):
+    for event in run_event_loop(_with_gateway(settings, work)):
         row = event_json(event)
         if args.json:
             print(orjson.dumps(row).decode())
@@ -242,7 +248,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             async for chunk in csv_chunks(gateway.store, args.account, args.sheet):
                 out.write(chunk)
 
-    _run(_with_gateway(settings, work))
+    run_event_loop(_with_gateway(settings, work))
     print(f"wrote {target}")
     return 0
 
@@ -281,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the proxy and the management API")
+    serve.add_argument(
+        "--workers", type=int, default=1,
+        help="processes sharing the ports (SO_REUSEPORT); each keeps its own caches",
+    )
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="run keygate on memory:// in front of an echo upstream")
@@ -338,15 +348,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def configure_logging(verbose: bool) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     # pycasbin logs the whole model at INFO on every load
     logging.getLogger("casbin").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
     try:
         return args.func(args)
     except ConfigError as exc:

@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
+from .accesslog import APP_KEY
 from .auth import Identity
 from .context import GATEWAY, HTTP_CLIENT
 from .errors import BadGateway, GatewayTimeout, NotFound
@@ -169,6 +170,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         request.headers, account, route.resource, route.action_for(request.method),
         request_id_of(request),
     )
+    request[APP_KEY] = identity.principal.app_key
     return await request.app[FORWARDER].forward(request, route, path, query, identity)
 
 

@@ -183,6 +183,8 @@ class Settings:
     config_dir: Path | None = None
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "values":  # copy/pickle probe before init
+            raise AttributeError(name)
         try:
             return self.values[name]
         except KeyError:

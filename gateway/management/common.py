@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ..accesslog import APP_KEY
 from ..auth import Identity
 from ..context import GATEWAY
 from ..credentials import is_valid_account
@@ -46,9 +47,11 @@ def path_account(request: web.Request) -> str:
 
 async def authorize(request: web.Request, action: str) -> Identity:
     """Authenticate like the proxy and authorize ``api-keys``/``action`` in the path's account."""
-    return await request.app[GATEWAY].gatekeeper.check(
+    identity = await request.app[GATEWAY].gatekeeper.check(
         request.headers, path_account(request), RESOURCE, action, request_id_of(request)
     )
+    request[APP_KEY] = identity.principal.app_key
+    return identity
 
 
 def actor(request: web.Request, identity: Identity) -> Actor:
