@@ -21,7 +21,16 @@ async def readyz(request: web.Request) -> web.Response:
     """Ready: the store answers, so requests can be authenticated."""
     if not await request.app[GATEWAY].store.ping():
         raise StoreUnavailable("not ready: keygate cannot reach its key store")
-    return json_response({"status": "ready", "policyVersion": request.app[GATEWAY].policy.version})
+    gateway = request.app[GATEWAY]
+    return json_response(
+        {
+            "status": "ready",
+            "policyVersion": gateway.policy.version,
+            # "bypassed" until the invalidation channel is subscribed: every request then
+            # reads the store, which is correct, only slower
+            "credentialCache": "trusted" if gateway.store.cache_trusted else "bypassed",
+        }
+    )
 
 
 def build_management_app(gateway: Gateway) -> web.Application:

@@ -1,0 +1,193 @@
+"""Several keygate processes on one Redis: revocation reaches the others within 1 s,
+and ``serve --workers N`` runs and stops as one service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from conftest import TEST_SECRET
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _config(tmp_path: Path, name: str, redis_url: str, prefix: str, upstream: str) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        f'proxy_listen = "127.0.0.1:{_free_port()}"\n'
+        f'management_listen = "127.0.0.1:{_free_port()}"\n'
+        f'store_url = "{redis_url}"\n'
+        f'store_prefix = "{prefix}"\n'
+        "[[routes]]\n"
+        'name = "orders"\npath_prefix = "/orders"\n'
+        f'upstream = "{upstream}"\naccount = "acme"\nresource = "orders"\n'
+    )
+    return path
+
+
+def _urls(config: Path) -> tuple[str, str]:
+    text = config.read_text()
+    ports = [line.split(":")[-1].strip('"') for line in text.splitlines() if "_listen" in line]
+    return f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}"
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "KEYGATE_SECRET": TEST_SECRET}
+
+
+def _start(config: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "--config", str(config), "serve", *extra],
+        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+async def _ready(session: aiohttp.ClientSession, management: str, trusted: bool) -> None:
+    """Wait (bounded) until the instance answers, and with trusted=True until its
+    credential cache is in use, so the revocation test exercises invalidation."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            async with session.get(management + "/readyz") as response:
+                body = await response.json()
+                if response.status == 200 and (not trusted or body["credentialCache"] == "trusted"):
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{management} did not become ready")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> int:
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def _create_key(config: Path, role: str) -> dict[str, str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", str(config), "keys", "create",
+         "--account", "acme", "--label", role, "--role", role, "--json"],
+        env=_env(), capture_output=True, check=True, timeout=60,
+    )
+    return json.loads(out.stdout)
+
+
+async def test_deactivation_through_one_instance_is_refused_by_the_other_within_1s(
+    tmp_path, redis_url, upstream, record_property
+):
+    if redis_url.startswith("memory://"):
+        pytest.skip("two processes need a shared Redis")
+    prefix = f"inst-{uuid.uuid4().hex[:8]}:"
+    config_a = _config(tmp_path, "a", redis_url, prefix, upstream.url)
+    config_b = _config(tmp_path, "b", redis_url, prefix, upstream.url)
+    (proxy_a, management_a), (proxy_b, management_b) = _urls(config_a), _urls(config_b)
+    instance_a, instance_b = _start(config_a), _start(config_b)
+    try:
+        admin = _create_key(config_a, "user-admin-restricted")
+        async with aiohttp.ClientSession() as session:
+            await _ready(session, management_a, trusted=False)
+            await _ready(session, management_b, trusted=True)
+            admin_headers = {"X-API-AppKey": admin["appKey"], "X-API-AppToken": admin["appToken"]}
+            async with session.post(
+                management_a + "/api/v1/accounts/acme/keys", headers=admin_headers,
+                json={"label": "client", "roles": ["orders-reader"]},
+            ) as response:
+                assert response.status == 201
+                client = await response.json()
+            client_headers = {"X-API-AppKey": client["appKey"],
+                              "X-API-AppToken": client["appToken"]}
+            for _ in range(3):  # B now holds the key in its cache
+                async with session.get(proxy_b + "/orders/1", headers=client_headers) as r:
+                    assert r.status == 200
+
+            async with session.patch(
+                management_a + f"/api/v1/accounts/acme/keys/{client['appKey']}",
+                headers=admin_headers, json={"status": "inactive"},
+            ) as response:
+                assert response.status == 200
+            changed = time.monotonic()
+            status = 200
+            while time.monotonic() - changed < 1.0:
+                async with session.get(proxy_b + "/orders/1", headers=client_headers) as r:
+                    status = r.status
+                if status == 401:
+                    break
+                await asyncio.sleep(0.005)
+            delay_ms = (time.monotonic() - changed) * 1000
+            record_property("revocation_delay_ms", round(delay_ms, 1))
+            print(f"revocation seen by the other instance after {delay_ms:.1f} ms")
+            assert status == 401, f"instance B still accepted the key after {delay_ms:.0f} ms"
+    finally:
+        assert _stop(instance_a) == 0
+        assert _stop(instance_b) == 0
+
+
+async def test_workers_share_the_ports_and_stop_together(tmp_path, redis_url, upstream):
+    if redis_url.startswith("memory://"):
+        pytest.skip("workers need a shared Redis")
+    prefix = f"workers-{uuid.uuid4().hex[:8]}:"
+    config = _config(tmp_path, "w", redis_url, prefix, upstream.url)
+    proxy_url, management_url = _urls(config)
+    parent = _start(config, "--workers", "2")
+    try:
+        key = _create_key(config, "orders-reader")
+        headers = {"X-API-AppKey": key["appKey"], "X-API-AppToken": key["appToken"]}
+        async with aiohttp.ClientSession() as session:
+            await _ready(session, management_url, trusted=False)
+            # spawn's resource tracker is a child too; workers run multiprocessing.spawn
+            children = subprocess.run(
+                ["pgrep", "-P", str(parent.pid), "-f", "spawn_main"],
+                capture_output=True, text=True,
+            ).stdout.split()
+            workers = [pid for pid in children if b"resource_tracker" not in _cmdline(pid)]
+            assert len(workers) == 2, f"expected 2 worker processes, found {children}"
+            for _ in range(20):  # new connections each time: the kernel spreads them
+                async with aiohttp.ClientSession() as fresh, fresh.get(
+                    proxy_url + "/orders/1", headers=headers
+                ) as response:
+                    assert response.status == 200
+    finally:
+        assert _stop(parent) == 0
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(
+            f"/proc/{pid}/status"
+        ).read_bytes().lower()
+
+
+def test_workers_refuse_the_memory_store(tmp_path):
+    config = tmp_path / "mem.toml"
+    config.write_text('store_url = "memory://"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", str(config), "serve", "--workers", "2"],
+        env=_env(), capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert "store_url" in done.stderr and "--workers" in done.stderr
