@@ -16,6 +16,17 @@ from .middleware import REQUEST_ID
 APP_KEY = web.RequestKey("app_key", str)
 
 
+_SECRET_PATHS = ("/api/v1/token-links/",)
+
+
+def _loggable(path: str) -> str:
+    """A one-time link's path is its secret: whoever reads the log could open it."""
+    for prefix in _SECRET_PATHS:
+        if path.startswith(prefix):
+            return prefix + "…"
+    return path
+
+
 class JsonAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time_: float) -> None:
         self.logger.info(
@@ -24,7 +35,7 @@ class JsonAccessLogger(AbstractAccessLogger):
                     "time": round(time.time(), 3),
                     "remote": request.remote,
                     "method": request.method,
-                    "path": request.path,
+                    "path": _loggable(request.path),
                     "status": response.status,
                     "bytes": response.body_length,
                     "ms": round(time_ * 1000, 3),

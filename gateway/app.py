@@ -60,6 +60,7 @@ def build_gateway(
                 unknown_size=max(1, settings.credential_cache_size // 10),
                 unknown_ttl=settings.unknown_key_cache_ttl,
             ),
+            settings.store_max_connections,
         )
     fmt = settings.credential_format
     hasher = TokenHasher(server_secrets)

@@ -88,11 +88,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     from .credentials import is_valid_account
+    from .lifecycle import checked_label
     from .store import CLI_ACTOR
 
     settings = _settings(args)
     _need_shared_store(settings)
 
+    try:
+        args.label = checked_label(args.label)
+    except ValueError as exc:
+        raise ConfigError(f"--label: {exc}") from None
     if not is_valid_account(args.account):
         raise ConfigError(
             f"--account: {args.account!r} is not an account name "

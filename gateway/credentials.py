@@ -125,12 +125,12 @@ class TokenHasher:
         self._secrets = tuple(server_secrets)
 
     def digest(self, token: str) -> str:
-        return hmac.new(self._secrets[0], token.encode("ascii"), hashlib.sha256).hexdigest()
+        return hmac.digest(self._secrets[0], token.encode("ascii"), "sha256").hex()
 
     def matches(self, token: str, stored: Iterable[str | None]) -> bool:
         """True when ``token`` hashes to one of the ``stored`` digests (None skipped)."""
         raw = token.encode("ascii")
-        candidates = [hmac.new(s, raw, hashlib.sha256).hexdigest() for s in self._secrets]
+        candidates = [hmac.digest(s, raw, "sha256").hex() for s in self._secrets]
         stored = [d for d in stored if d] or [_DUMMY_DIGEST]
         found = False
         for digest in stored:

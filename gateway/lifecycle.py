@@ -26,6 +26,17 @@ from .store import Actor, KeyRecord, Store, TokenLink
 
 _NAME_ATTEMPTS = 8
 DELIVERIES = ("token", "link")
+MAX_LABEL = 200
+
+
+def checked_label(value: object) -> str:
+    """A label as stored: trimmed, non-empty, printable (it ends up in terminals and
+    spreadsheets), at most MAX_LABEL characters. ValueError says what is wrong."""
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_LABEL:
+        raise ValueError(f"label must be a non-empty string of at most {MAX_LABEL} characters")
+    if not value.isprintable():
+        raise ValueError("label must not contain control characters")
+    return value.strip()
 
 
 @dataclass(frozen=True)
@@ -118,11 +129,11 @@ class KeyLifecycle:
             return Issued(record, token=token)
         return Issued(record, link_secret=secret, link_expires=link.expires)
 
-    async def open_link(self, link_secret: str) -> OpenedLink | None:
+    async def open_link(self, link_secret: str, request_id: str = "") -> OpenedLink | None:
         """The token behind a link, exactly once; None when used, expired or unknown."""
         if not is_link_secret(link_secret):
             return None
-        value = await self.store.open_link(link_id(link_secret))
+        value = await self.store.open_link(link_id(link_secret), request_id)
         if value is None:
             return None
         token = unseal_token(link_secret, value["sealed"], value["appKey"])

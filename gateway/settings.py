@@ -9,6 +9,7 @@ value came from, raised before anything listens.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import tomllib
@@ -58,8 +59,12 @@ def _positive(kind: type) -> Callable[[Any], Any]:
     def parse(value: Any) -> Any:
         if isinstance(value, str):
             value = kind(value)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError("expected a positive number")
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError("expected a positive, finite number")
+        if kind is int and value != int(value):
+            raise ValueError("expected a whole number")
         return kind(value)
 
     return parse
@@ -113,6 +118,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("store_url", "memory://",
             "Key store: redis://HOST:PORT/DB, rediss://… or unix://PATH. memory:// is an "
             "in-process store for trying keygate out; it keeps nothing.", _store_url),
+    Setting("store_max_connections", 100,
+            "Redis connections per process; more concurrent store calls wait for one.",
+            _positive(int)),
     Setting("store_prefix", "kg:",
             "Prefix of every Redis key keygate writes, so deployments can share a Redis."),
     Setting("secret", "",

@@ -580,15 +580,24 @@ class Store:
         clock: Callable[[], float] = time.time,
         audit_max_events: int = 100_000,
         cache: CacheSettings = CacheSettings(),  # noqa: B008
+        max_connections: int = 100,
     ) -> Store:
         if url.startswith("memory://"):
             import fakeredis  # only the embedded store needs it
 
             client = fakeredis.FakeAsyncRedis(decode_responses=True)
         else:
-            client = aioredis.from_url(
-                url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
+            # A blocking pool queues requests beyond max_connections instead of failing
+            # them: a burst of cold keys waits a little rather than getting 503s.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=5,
+                decode_responses=True,
+                socket_connect_timeout=2,
+                socket_timeout=5,
             )
+            client = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         return cls(client, prefix, clock, audit_max_events, cache)
 
     async def close(self) -> None:
@@ -1068,10 +1077,15 @@ class Store:
         return KeyRecord.from_hash(app_key, _pairs(result[1]))
 
     @_unavailable
-    async def open_link(self, link_id: str) -> dict[str, Any] | None:
+    async def open_link(self, link_id: str, request_id: str = "") -> dict[str, Any] | None:
         """Take the sealed token out of a link, exactly once; None if gone or never was."""
         event = orjson.dumps(
-            {"time": self.now_ms(), "actor": "token-link", "action": "token.link-opened"}
+            {
+                "time": self.now_ms(),
+                "actor": "token-link",
+                "action": "token.link-opened",
+                "requestId": request_id,
+            }
         ).decode()
         raw = await self._open_link(
             keys=[self._link(link_id)],

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-
 from conftest import TEST_SECRET
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes")
@@ -108,7 +107,7 @@ async def test_deactivation_through_one_instance_is_refused_by_the_other_within_
     prefix = f"inst-{uuid.uuid4().hex[:8]}:"
     config_a = _config(tmp_path, "a", redis_url, prefix, upstream.url)
     config_b = _config(tmp_path, "b", redis_url, prefix, upstream.url)
-    (proxy_a, management_a), (proxy_b, management_b) = _urls(config_a), _urls(config_b)
+    (_proxy_a, management_a), (proxy_b, management_b) = _urls(config_a), _urls(config_b)
     instance_a, instance_b = _start(config_a), _start(config_b)
     try:
         admin = _create_key(config_a, "user-admin-restricted")

@@ -25,7 +25,7 @@ async def put_settings(request: web.Request) -> web.Response:
         request, {"renewalPeriodMonths"}, required=frozenset({"renewalPeriodMonths"})
     )
     months = body["renewalPeriodMonths"]
-    if isinstance(months, bool) or months not in RENEWAL_PERIODS:
+    if type(months) is not int or months not in RENEWAL_PERIODS:  # 6.0 and True are not 6
         allowed = " or ".join(str(m) for m in RENEWAL_PERIODS)
         raise BadRequest(
             f"renewalPeriodMonths must be {allowed}, got {months!r}", code="bad_renewal_period"

@@ -16,6 +16,7 @@ from aiohttp import web
 from ..context import GATEWAY
 from ..credentials import is_link_secret, link_id
 from ..errors import Gone
+from ..middleware import request_id_of
 from .common import json_response
 
 routes = web.RouteTableDef()
@@ -66,7 +67,9 @@ async def show_link(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/token-links/{secret}")
 async def open_link(request: web.Request) -> web.Response:
-    opened = await request.app[GATEWAY].lifecycle.open_link(request.match_info["secret"])
+    opened = await request.app[GATEWAY].lifecycle.open_link(
+        request.match_info["secret"], request_id_of(request)
+    )
     if opened is None:
         raise GONE
     if _wants_html(request) or request.content_type == "application/x-www-form-urlencoded":

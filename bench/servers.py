@@ -1,0 +1,95 @@
+"""The benchmark's comparison servers, each run as its own process under uvloop.
+
+``upstream``: a minimal HTTP/1.1 keep-alive server answering every request with a small
+fixed 200, so the upstream is never the bottleneck.
+``bare-proxy``: an aiohttp pass-through proxy with the same client settings as keygate
+(one ClientSession, TCPConnector, DummyCookieJar, auto_decompress=False, streaming both
+ways, hop-by-hop headers removed) and no authentication: keygate's yardstick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import aiohttp
+import uvloop
+from aiohttp import web
+
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 16\r\n"
+    b"Connection: keep-alive\r\n\r\n{\"status\":\"ok\"}\n"
+)
+
+
+class Upstream(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        # requests in the benchmark carry no body: one response per header block
+        while b"\r\n\r\n" in self.buffer:
+            _, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            self.transport.write(RESPONSE)  # type: ignore[attr-defined]
+
+
+async def run_upstream(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Upstream, "127.0.0.1", port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer",
+       "transfer-encoding", "upgrade", "host"}
+
+
+def bare_proxy_app(upstream: str) -> web.Application:
+    async def client_ctx(app: web.Application):
+        app["session"] = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1000, limit_per_host=0, ttl_dns_cache=60),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60),
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+        )
+        yield
+        await app["session"].close()
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
+        body = request.content if request.body_exists else None
+        async with request.app["session"].request(
+            request.method, upstream + request.raw_path, headers=headers, data=body,
+            allow_redirects=False,
+        ) as up:
+            response = web.StreamResponse(status=up.status, reason=up.reason)
+            for k, v in up.headers.items():
+                if k.lower() not in HOP:
+                    response.headers.add(k, v)
+            await response.prepare(request)
+            async for chunk in up.content.iter_chunked(65536):
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    app = web.Application(handler_args={"auto_decompress": False})
+    app.cleanup_ctx.append(client_ctx)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    return app
+
+
+def main() -> None:
+    mode, port = sys.argv[1], int(sys.argv[2])
+    if mode == "upstream":
+        uvloop.run(run_upstream(port))
+    else:
+        upstream = sys.argv[3]
+        web.run_app(bare_proxy_app(upstream), host="127.0.0.1", port=port, access_log=None,
+                    print=None, loop=uvloop.new_event_loop())
+
+
+if __name__ == "__main__":
+    main()
