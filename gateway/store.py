@@ -558,6 +558,7 @@ class Store:
         )
         self._generation = 0
         self._subscribed = False
+        self.resyncs = 0  # subscriptions confirmed, the first one included
         self._last_heard = float("-inf")
         self._listener: asyncio.Task[None] | None = None
         self._create = client.register_script(_CREATE)
@@ -661,6 +662,7 @@ class Store:
                         # (re)connected: changes may have been missed meanwhile
                         self._flush()
                         self._subscribed = True
+                        self.resyncs += 1
                         backoff = 0.1
                     elif message["type"] == "message":
                         name = message["data"]
