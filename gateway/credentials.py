@@ -122,15 +122,21 @@ class TokenHasher:
     def __init__(self, server_secrets: Sequence[bytes]) -> None:
         if not server_secrets:
             raise ValueError("at least one server secret is required")
-        self._secrets = tuple(server_secrets)
+        # keyed HMAC states, copied per use: saves re-deriving the padded key every time
+        self._keyed = tuple(hmac.new(s, digestmod=hashlib.sha256) for s in server_secrets)
+
+    def _hmac(self, keyed: hmac.HMAC, raw: bytes) -> str:
+        mac = keyed.copy()
+        mac.update(raw)
+        return mac.hexdigest()
 
     def digest(self, token: str) -> str:
-        return hmac.digest(self._secrets[0], token.encode("ascii"), "sha256").hex()
+        return self._hmac(self._keyed[0], token.encode("ascii"))
 
     def matches(self, token: str, stored: Iterable[str | None]) -> bool:
         """True when ``token`` hashes to one of the ``stored`` digests (None skipped)."""
         raw = token.encode("ascii")
-        candidates = [hmac.digest(s, raw, "sha256").hex() for s in self._secrets]
+        candidates = [self._hmac(keyed, raw) for keyed in self._keyed]
         stored = [d for d in stored if d] or [_DUMMY_DIGEST]
         found = False
         for digest in stored:

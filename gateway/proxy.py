@@ -39,12 +39,17 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Set by keygate alone; a client-sent copy would let it spoof what the upstream trusts.
+# (Every X-Forwarded-* header is dropped too, by prefix.)
 CLIENT_NEVER_SETS = frozenset(
     {
-        "host", "forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
-        "x-real-ip", REQUEST_ID_HEADER.lower(), "expect",
+        "host", "forwarded", "x-real-ip", REQUEST_ID_HEADER.lower(), "expect",
+        # keygate authorized the method and path of the request line; an upstream that
+        # honours these would run another method or path than the one authorized
+        "x-http-method-override", "x-http-method", "x-method-override",
+        "x-original-url", "x-rewrite-url", "x-original-method",
     }
 )
+CLIENT_NEVER_SETS_PREFIXES = ("x-forwarded-",)
 CHUNK = 64 * 1024
 
 
@@ -87,7 +92,11 @@ class Forwarder:
         headers: CIMultiDict[str] = CIMultiDict()
         for name, value in request.headers.items():
             canonical = _canonical(name)
-            if canonical in dropped or canonical.startswith(self.identity_prefix):
+            if (
+                canonical in dropped
+                or canonical.startswith(self.identity_prefix)
+                or canonical.startswith(CLIENT_NEVER_SETS_PREFIXES)
+            ):
                 continue
             headers.add(name, value)
         names = self.identity_names
@@ -103,11 +112,10 @@ class Forwarder:
 
     @staticmethod
     def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+        headers = CIMultiDict(upstream.headers)
         dropped = HOP_BY_HOP | _connection_named(upstream.headers)
-        headers: CIMultiDict[str] = CIMultiDict()
-        for name, value in upstream.headers.items():
-            if name.lower() not in dropped:
-                headers.add(name, value)
+        for name in [n for n in headers if _canonical(n) in dropped]:
+            headers.popall(name, None)
         return headers
 
     async def forward(
@@ -135,23 +143,24 @@ class Forwarder:
                 "this is not the client's fault"
             ) from None
         async with upstream:
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            response.headers.extend(self.response_headers(upstream))
+            response = web.StreamResponse(
+                status=upstream.status, reason=upstream.reason,
+                headers=self.response_headers(upstream),
+            )
             response.headers[REQUEST_ID_HEADER] = request_id_of(request)
-            await response.prepare(request)
             try:
+                await response.prepare(request)
                 async for chunk in upstream.content.iter_chunked(CHUNK):
                     await response.write(chunk)
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                # Headers are gone already; the only honest signal left is a cut connection.
-                log.warning("route %s: upstream body failed mid-stream: %r", route.name, exc)
+                await response.write_eof()
+            except (ConnectionResetError, TimeoutError, aiohttp.ClientError) as exc:
+                # Once headers are out, the only honest signal left is a cut connection;
+                # a clean end would pass a truncated body off as complete.
+                if not isinstance(exc, ConnectionResetError):  # else: the client left
+                    log.warning("route %s: upstream body failed mid-stream: %r", route.name, exc)
                 response.force_close()
                 if request.transport is not None:
                     request.transport.close()
-                return response
-            except ConnectionResetError:
-                return response
-            await response.write_eof()
         return response
 
 

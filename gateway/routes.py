@@ -11,8 +11,8 @@ normalised path is both what routing/authorization see and exactly what is forwa
   root is refused. Empty segments (``//``) are merged.
 * Anything whose meaning depends on the upstream's parser is refused with 400 rather
   than guessed: encoded ``/`` or ``\\`` (``%2f``, ``%5c``), a literal backslash, NUL and
-  control characters, non-ASCII bytes, and dot segments carrying parameters (``..;x``,
-  the Tomcat bypass).
+  control characters, non-ASCII bytes, and dot segments carrying parameters (``..;x``
+  or ``..%3Bx``, the Tomcat bypass).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def normalise_path(raw: str) -> str:
                 raise BadRequest("the request path climbs above the root ('..')", code="bad_path")
             segments.pop()
             continue
-        if segment.split(";", 1)[0] in (".", ".."):
+        if segment.split(";", 1)[0].split("%3B", 1)[0] in (".", ".."):
             raise BadRequest(
                 "the request path has a dot segment with parameters (e.g. '..;')", code="bad_path"
             )
