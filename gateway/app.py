@@ -24,7 +24,6 @@ from .credentials import TokenHasher
 from .errors import ConfigError
 from .lifecycle import KeyLifecycle
 from .management import build_management_app
-from .middleware import request_id_and_errors
 from .policy import Policy
 from .routes import parse_routes
 from .settings import Settings, load_secrets
@@ -111,16 +110,14 @@ async def _http_client(app: web.Application) -> AsyncIterator[None]:
 
 def build_proxy_app(gateway: Gateway) -> web.Application:
     # auto_decompress=False: a gzip body must reach the upstream as the client sent it.
-    app = web.Application(
-        middlewares=[request_id_and_errors], handler_args={"auto_decompress": False}
-    )
+    app = web.Application(handler_args={"auto_decompress": False})
     app[GATEWAY] = gateway
     credential_headers = (gateway.settings.key_header, gateway.settings.token_header)
     app[proxy.FORWARDER] = proxy.Forwarder(
         credential_headers, gateway.settings.identity_header_prefix
     )
     app.cleanup_ctx.append(_http_client)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    app.router.add_route("*", "/{tail:.*}", proxy.entry)
     return app
 
 

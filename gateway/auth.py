@@ -17,8 +17,7 @@ What the client learns is deliberately little:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .cache import LRU
 from .credentials import CredentialFormat, TokenHasher
@@ -36,23 +35,22 @@ def invalid_credentials() -> Unauthorized:
     )
 
 
-@dataclass(frozen=True)
-class Principal:
+# NamedTuples rather than frozen dataclasses: built on every request, and a frozen
+# dataclass pays an object.__setattr__ per field.
+class Principal(NamedTuple):
     """Who is calling: an API key and the account that owns it."""
 
     app_key: str
     owner: str
 
 
-@dataclass(frozen=True)
-class Authenticated:
+class Authenticated(NamedTuple):
     principal: Principal
     account: str
     grant: Grant | None
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     """A principal authorized in a target account with these roles."""
 
     principal: Principal

@@ -56,10 +56,12 @@ def error_response(error: GatewayError, request_id: str) -> web.Response:
     )
 
 
-@web.middleware
-async def request_id_and_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
+async def errors_as_json(request: web.Request, handler):  # type: ignore[no-untyped-def]
     """Keep a well-formed client request id (for tracing across hops) or make one, and
-    turn every exception into the JSON error shape; a bug is a 500 with no details."""
+    turn every exception into the JSON error shape; a bug is a 500 with no details.
+
+    The management app uses it as a middleware; the proxy, whose one handler takes
+    every request, calls it directly and so skips aiohttp's middleware chain."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = incoming if _CLIENT_REQUEST_ID.fullmatch(incoming) else new_request_id()
     request[REQUEST_ID] = request_id
@@ -83,3 +85,6 @@ async def request_id_and_errors(request: web.Request, handler):  # type: ignore[
     if not response.prepared:
         response.headers[REQUEST_ID_HEADER] = request_id
     return response
+
+
+request_id_and_errors = web.middleware(errors_as_json)

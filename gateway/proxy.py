@@ -27,7 +27,7 @@ from .accesslog import APP_KEY
 from .auth import Identity
 from .context import GATEWAY, HTTP_CLIENT
 from .errors import BadGateway, GatewayTimeout, NotFound
-from .middleware import REQUEST_ID_HEADER, request_id_of
+from .middleware import REQUEST_ID_HEADER, errors_as_json, request_id_of
 from .routes import Route, normalise_path
 
 log = logging.getLogger("keygate.proxy")
@@ -162,6 +162,11 @@ class Forwarder:
                 if request.transport is not None:
                     request.transport.close()
         return response
+
+
+async def entry(request: web.Request) -> web.StreamResponse:
+    """The proxy app's only handler: every request, errors in the one JSON shape."""
+    return await errors_as_json(request, handle)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:

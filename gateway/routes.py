@@ -17,6 +17,7 @@ normalised path is both what routing/authorization see and exactly what is forwa
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Iterable, Mapping
@@ -152,14 +153,13 @@ class Route:
             path = path[len(self.path_prefix) :] or "/"
             if not path.startswith("/"):
                 path = "/" + path
-        return URL.build(
-            scheme=self.upstream.scheme,
-            host=self.upstream.raw_host or "",
-            port=self.upstream.explicit_port,
-            path=self.upstream.raw_path.rstrip("/") + path,
-            query_string=query,
-            encoded=True,
-        )
+        # path and query are already in their one encoded form: yarl must not touch them
+        return URL(self._upstream_base + path + ("?" + query if query else ""), encoded=True)
+
+    @functools.cached_property
+    def _upstream_base(self) -> str:
+        return str(self.upstream.with_path("").with_query(None)).rstrip("/") + \
+            self.upstream.raw_path.rstrip("/")
 
 
 class RouteTable:

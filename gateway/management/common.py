@@ -154,3 +154,18 @@ def choice_param(request: web.Request, name: str, allowed: tuple[str, ...] | Any
     if value is not None and value not in allowed:
         raise BadRequest(f"{name} must be one of: {', '.join(allowed)}", code="bad_query")
     return value
+
+
+async def grant_changes(request: web.Request) -> dict[str, Any]:
+    """The body of a PATCH of a key or a grant: label, roles, status, at least one."""
+    body = await json_body(request, {"label", "roles", "status"})
+    if not body:
+        raise BadRequest("send at least one of label, roles, status", code="empty_change")
+    changes: dict[str, Any] = {}
+    if "label" in body:
+        changes["label"] = label_field(body["label"])
+    if "roles" in body:
+        changes["roles"] = roles_field(request, body["roles"])
+    if "status" in body:
+        changes["status"] = status_field(body["status"])
+    return changes

@@ -19,13 +19,13 @@ from .common import (
     actor,
     authorize,
     choice_param,
+    grant_changes,
     int_param,
     iso,
     json_body,
     json_response,
     label_field,
     roles_field,
-    status_field,
 )
 
 routes = web.RouteTableDef()
@@ -136,16 +136,7 @@ async def get_external_key(request: web.Request) -> web.Response:
 @routes.patch("/api/v1/accounts/{account}/external-keys/{app_key}")
 async def update_external_key(request: web.Request) -> web.Response:
     identity = await authorize(request, "edit")
-    body = await json_body(request, {"label", "roles", "status"})
-    if not body:
-        raise BadRequest("send at least one of label, roles, status", code="empty_change")
-    changes: dict[str, Any] = {}
-    if "label" in body:
-        changes["label"] = label_field(body["label"])
-    if "roles" in body:
-        changes["roles"] = roles_field(request, body["roles"])
-    if "status" in body:
-        changes["status"] = status_field(body["status"])
+    changes = await grant_changes(request)
     app_key = request.match_info["app_key"]
     updated = await request.app[GATEWAY].store.update_grant(
         identity.account, app_key, changes, actor(request, identity)

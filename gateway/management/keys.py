@@ -16,6 +16,7 @@ from .common import (
     authorize,
     choice_param,
     delivery_field,
+    grant_changes,
     int_param,
     iso,
     json_body,
@@ -24,7 +25,6 @@ from .common import (
     renewal_period,
     roles_field,
     secret_fields,
-    status_field,
 )
 
 routes = web.RouteTableDef()
@@ -125,16 +125,7 @@ async def get_key(request: web.Request) -> web.Response:
 @routes.patch("/api/v1/accounts/{account}/keys/{app_key}")
 async def update_key(request: web.Request) -> web.Response:
     identity = await authorize(request, "edit")
-    body = await json_body(request, {"label", "roles", "status"})
-    if not body:
-        raise BadRequest("send at least one of label, roles, status", code="empty_change")
-    changes: dict[str, Any] = {}
-    if "label" in body:
-        changes["label"] = label_field(body["label"])
-    if "roles" in body:
-        changes["roles"] = roles_field(request, body["roles"])
-    if "status" in body:
-        changes["status"] = status_field(body["status"])
+    changes = await grant_changes(request)
     app_key = request.match_info["app_key"]
     gateway = request.app[GATEWAY]
     record = await gateway.store.update_key(
