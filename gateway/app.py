@@ -152,6 +152,25 @@ async def running(
         await gateway.close()
 
 
+async def reload_policy(gateway: Gateway) -> bool:
+    """Load model.conf and policies/ again and swap them in (SIGHUP).
+
+    The new policy is built off the event loop and replaces the old one in a single
+    reference assignment, so requests see either the old policy or the new one, never
+    a mix; its new version makes every cached decision of the old one unreachable. A
+    broken file keeps the old policy and says why.
+    """
+    settings = gateway.settings
+    try:
+        policy = await asyncio.to_thread(Policy.load, settings.model_path, settings.policies_dir)
+    except ConfigError as exc:
+        log.error("policy reload refused, keeping version %s: %s", gateway.policy.version, exc)
+        return False
+    old, gateway.gatekeeper.policy = gateway.policy.version, policy
+    log.info("policy reloaded: version %s -> %s (%d lines)", old, policy.version, policy.lines)
+    return True
+
+
 async def serve(
     settings: Settings,
     on_ready: Callable[[str, str], None] | None = None,
@@ -168,6 +187,15 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hangup() -> None:
+        task = loop.create_task(reload_policy(gateway))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    with contextlib.suppress(NotImplementedError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
     async with running(gateway, reuse_port) as (proxy_url, management_url):
         log.info("proxy on %s, management API on %s (pid %d)", proxy_url, management_url,
                  os.getpid())
@@ -205,8 +233,14 @@ def run_workers(settings: Settings, workers: int, config_file: str | None) -> in
             if child.is_alive():
                 child.terminate()
 
+    def hangup(signum: int, _frame: Any) -> None:
+        for child in children:
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, hangup)
     from multiprocessing.connection import wait
 
     while any(child.is_alive() for child in children):

@@ -196,3 +196,41 @@ async def test_after_losing_the_subscription_the_cache_is_flushed_before_it_is_t
         assert time.monotonic() < deadline, "the subscription did not come back"
         await asyncio.sleep(0.01)
     assert (await proxy.get("/orders/1", headers=key.headers)).status == 401
+
+
+async def test_reload_swaps_the_policy_and_refuses_a_broken_one(
+    tmp_path, make_settings, clock, aiohttp_client, make_key
+):
+    """SIGHUP's work: the new policy answers at once (no cached decision of the old one
+    survives); a broken file keeps the old policy."""
+    import shutil
+
+    from gateway.app import build_proxy_app, reload_policy
+    from gateway.settings import PROJECT_ROOT
+
+    policies = tmp_path / "policies"
+    shutil.copytree(PROJECT_ROOT / "policies", policies)
+    gw = build_gateway(make_settings(policies_dir=str(policies)), clock=clock)
+    gw.start()
+    try:
+        proxy = await aiohttp_client(build_proxy_app(gw))
+        issued = await gw.lifecycle.create("acme", "k", ["orders-reader"], CLI_ACTOR)
+        headers = {"X-API-AppKey": issued.record.app_key, "X-API-AppToken": issued.token}
+        assert (await proxy.get("/orders/1", headers=headers)).status == 200
+
+        examples = policies / "examples.csv"
+        examples.write_text(examples.read_text().replace(
+            "p, orders-reader, *, orders, read, allow", "p, orders-reader, *, orders, read, deny"
+        ))
+        old_version = gw.policy.version
+        assert await reload_policy(gw) is True
+        assert gw.policy.version != old_version
+        assert (await proxy.get("/orders/1", headers=headers)).status == 403
+
+        examples.write_text(examples.read_text() + "p, broken\n")
+        version = gw.policy.version
+        assert await reload_policy(gw) is False
+        assert gw.policy.version == version
+        assert (await proxy.get("/orders/1", headers=headers)).status == 403
+    finally:
+        await gw.close()

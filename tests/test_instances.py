@@ -190,3 +190,39 @@ def test_workers_refuse_the_memory_store(tmp_path):
     )
     assert done.returncode == 2
     assert "store_url" in done.stderr and "--workers" in done.stderr
+
+
+async def test_sighup_reloads_the_policy_of_a_running_gateway(tmp_path, redis_url, upstream):
+    if redis_url.startswith("memory://"):
+        pytest.skip("the CLI and the server need a shared Redis")
+    import shutil
+
+    from gateway.settings import PROJECT_ROOT
+
+    policies = tmp_path / "policies"
+    shutil.copytree(PROJECT_ROOT / "policies", policies)
+    config = _config(tmp_path, "hup", redis_url, f"hup-{uuid.uuid4().hex[:8]}:", upstream.url)
+    config.write_text(f'policies_dir = "{policies}"\n' + config.read_text())
+    proxy_url, management_url = _urls(config)
+    process = _start(config)
+    try:
+        key = _create_key(config, "orders-reader")
+        headers = {"X-API-AppKey": key["appKey"], "X-API-AppToken": key["appToken"]}
+        async with aiohttp.ClientSession() as session:
+            await _ready(session, management_url, trusted=False)
+            async with session.get(proxy_url + "/orders/1", headers=headers) as response:
+                assert response.status == 200
+            examples = policies / "examples.csv"
+            examples.write_text(examples.read_text().replace(
+                "p, orders-reader, *, orders, read, allow",
+                "p, orders-reader, *, orders, read, deny",
+            ))
+            process.send_signal(signal.SIGHUP)
+            deadline, status = time.monotonic() + 10, 200
+            while status != 403 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                async with session.get(proxy_url + "/orders/1", headers=headers) as response:
+                    status = response.status
+            assert status == 403
+    finally:
+        assert _stop(process) == 0
