@@ -887,7 +887,8 @@ class Store:
                     pipe.hmget(self._key(name), fields)
                 rows = await pipe.execute()
             for name, row in zip(batch, rows, strict=True):
-                record = KeyRecord.from_hash(name, {f: v for f, v in zip(fields, row, strict=True) if v})
+                present = {f: v for f, v in zip(fields, row, strict=True) if v}
+                record = KeyRecord.from_hash(name, present)
                 if record is not None and query.accepts(record):
                     light.append(record)
         light.sort(key=SORT_FIELDS[query.sort], reverse=query.descending)
