@@ -137,12 +137,16 @@ async def running(
     urls = []
     gateway.start()
     try:
-        for runner, (host, port) in zip(
-            runners, (settings.proxy_listen, settings.management_listen), strict=True
-        ):
+        for runner, name in zip(runners, ("proxy_listen", "management_listen"), strict=True):
+            host, port = getattr(settings, name)
             await runner.setup()
             site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"setting {name}: cannot listen on {host}:{port} ({exc.strerror})"
+                ) from None
             bound = runner.addresses[0]
             urls.append(f"http://{bound[0]}:{bound[1]}")
         yield urls[0], urls[1]

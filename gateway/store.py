@@ -637,8 +637,9 @@ class Store:
     async def stop_invalidation(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            # bounded: fakeredis's pub/sub read can sit out a cancellation, and shutting
+            # down must not wait on it
+            await asyncio.wait({self._listener}, timeout=2.0)
             self._listener = None
         self._subscribed = False
         self._flush()
