@@ -226,3 +226,19 @@ async def test_sighup_reloads_the_policy_of_a_running_gateway(tmp_path, redis_ur
             assert status == 403
     finally:
         assert _stop(process) == 0
+
+
+def test_a_port_in_use_is_a_configuration_error_naming_the_setting(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "busy.toml"
+        config.write_text(f'proxy_listen = "127.0.0.1:{port}"\nmanagement_listen = "127.0.0.1:0"\n')
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "--config", str(config), "serve"],
+            env=_env(), capture_output=True, text=True, timeout=60,
+        )
+    assert done.returncode == 2
+    assert "proxy_listen" in done.stderr and str(port) in done.stderr
+    assert "Traceback" not in done.stderr
