@@ -510,6 +510,8 @@ class CacheSettings:
     unknown_ttl: float = 2.0
 
 
+_MEMORY_SERVERS: dict[str, Any] = {}
+
 # The invalidation channel is pinged this often; silence for LIVENESS seconds means the
 # subscription may have missed revocations, so the cache is not trusted until resynced.
 PING_INTERVAL = 1.0
@@ -561,6 +563,7 @@ class Store:
         self.resyncs = 0  # subscriptions confirmed, the first one included
         self._last_heard = float("-inf")
         self._listener: asyncio.Task[None] | None = None
+        self._stopping = False
         self._create = client.register_script(_CREATE)
         self._update = client.register_script(_UPDATE)
         self._delete = client.register_script(_DELETE)
@@ -586,7 +589,15 @@ class Store:
         if url.startswith("memory://"):
             import fakeredis  # only the embedded store needs it
 
-            client = fakeredis.FakeAsyncRedis(decode_responses=True)
+            # one in-process server per URL, so every Store of this process on
+            # memory://X sees the same keys and hears the same invalidations
+            server = _MEMORY_SERVERS.setdefault(url, fakeredis.FakeServer())
+            client = fakeredis.FakeAsyncRedis(
+                server=server,
+                decode_responses=True,
+                connection_pool_class=aioredis.BlockingConnectionPool,
+                max_connections=max_connections,
+            )
         else:
             # A blocking pool queues requests beyond max_connections instead of failing
             # them: a burst of cold keys waits a little rather than getting 503s.
@@ -632,10 +643,12 @@ class Store:
     def start_invalidation(self) -> None:
         """Subscribe to the invalidation channel; until then the cache is bypassed."""
         if self._known is not None and self._listener is None:
+            self._stopping = False
             self._listener = asyncio.get_running_loop().create_task(self._listen())
 
     async def stop_invalidation(self) -> None:
         if self._listener is not None:
+            self._stopping = True
             self._listener.cancel()
             # bounded: fakeredis's pub/sub read can sit out a cancellation, and shutting
             # down must not wait on it
@@ -646,12 +659,12 @@ class Store:
 
     async def _listen(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._stopping:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
                 pinged = 0.0
-                while True:
+                while not self._stopping:
                     if time.monotonic() - pinged >= PING_INTERVAL:
                         await pubsub.ping()
                         pinged = time.monotonic()
@@ -672,6 +685,8 @@ class Store:
             except asyncio.CancelledError:
                 raise
             except (redis.exceptions.RedisError, OSError) as exc:
+                if self._stopping:  # a cancellation that the client turned into an error
+                    return
                 if self._subscribed:
                     log.warning("invalidation channel lost (%s); credential cache off", exc)
                 self._subscribed = False

@@ -134,7 +134,7 @@ async def test_a_wrong_token_is_refused_on_a_cache_hit(proxy, make_key, gateway)
 
 
 async def test_a_change_by_another_process_reaches_this_cache(
-    proxy, make_key, gateway, make_settings
+    proxy, make_key, gateway, make_settings, real_redis
 ):
     """Another Store on the same Redis (as another keygate process would be) deactivates
     the key; this process must refuse it without waiting for the cache's TTL."""
