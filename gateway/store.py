@@ -730,16 +730,21 @@ class Store:
             return False
 
     # -- authentication --------------------------------------------------------------
+    def cached_lookup(self, app_key: str, account: str) -> AuthLookup | None:
+        """What :meth:`auth_lookup` would answer from memory, or None: no I/O."""
+        if self._known is None or not self.cache_trusted:
+            return None
+        per_account = self._known.get(app_key)
+        if per_account is not None and account in per_account:
+            return per_account[account]
+        return self._unknown.get(app_key)  # type: ignore[union-attr]
+
     async def auth_lookup(self, app_key: str, account: str) -> AuthLookup:
         """Key status, token digests and the grant in ``account``: cached, else one HMGET."""
+        found = self.cached_lookup(app_key, account)
+        if found is not None:
+            return found
         trusted = self._known is not None and self.cache_trusted
-        if trusted:
-            per_account = self._known.get(app_key)  # type: ignore[union-attr]
-            if per_account is not None and account in per_account:
-                return per_account[account]
-            unknown = self._unknown.get(app_key)  # type: ignore[union-attr]
-            if unknown is not None:
-                return unknown
         generation = self._generation
         found = await self._auth_lookup(app_key, account)
         if trusted and generation == self._generation and self.cache_trusted:
