@@ -83,10 +83,6 @@ class HeaderAuthenticator:
         self.token_header = token_header
         self.max_length = max_length
 
-    @property
-    def credential_headers(self) -> tuple[str, str]:
-        return self.key_header, self.token_header
-
     def _read(self, headers: Mapping[str, str], name: str) -> str | None:
         value = headers.get(name)
         if value is None:

@@ -57,6 +57,3 @@ class LRU(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._data)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._data

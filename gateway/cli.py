@@ -32,13 +32,16 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config)
 
 
-def _need_shared_store(settings: Settings) -> None:
+def _shared_store_settings(args: argparse.Namespace) -> Settings:
+    """Settings for a command that works on the store directly, beside a server."""
+    settings = _settings(args)
     if settings.in_memory:
         raise ConfigError(
             "setting store_url: memory:// lives inside one keygate process, so this command "
             "cannot reach it; point store_url (or KEYGATE_STORE_URL) at the Redis that "
             "`keygate serve` uses, or try `keygate demo`"
         )
+    return settings
 
 
 def _key_row(record: Any, token: str | None = None, period: int = 3) -> dict[str, Any]:
@@ -91,8 +94,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     from .lifecycle import checked_label
     from .store import CLI_ACTOR
 
-    settings = _settings(args)
-    _need_shared_store(settings)
+    settings = _shared_store_settings(args)
 
     try:
         args.label = checked_label(args.label)
@@ -126,8 +128,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     from .renewal import DEFAULT_RENEWAL_PERIOD
     from .store import KeyQuery
 
-    settings = _settings(args)
-    _need_shared_store(settings)
+    settings = _shared_store_settings(args)
 
     async def work(gateway: Any) -> tuple[list[Any], int]:
         records, _ = await gateway.store.list_keys(
@@ -153,8 +154,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 def cmd_keys_change(args: argparse.Namespace) -> int:
     from .store import CLI_ACTOR
 
-    settings = _settings(args)
-    _need_shared_store(settings)
+    settings = _shared_store_settings(args)
     account = _owner(settings, args.app_key)
 
     async def work(gateway: Any) -> bool:
@@ -176,8 +176,7 @@ def cmd_keys_change(args: argparse.Namespace) -> int:
 def cmd_keys_renew(args: argparse.Namespace) -> int:
     from .store import CLI_ACTOR, RenewalRefused
 
-    settings = _settings(args)
-    _need_shared_store(settings)
+    settings = _shared_store_settings(args)
     account = _owner(settings, args.app_key)
 
     async def work(gateway: Any) -> Any:
@@ -217,8 +216,7 @@ def cmd_keys_renew(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from .management.audit import event_json
 
-    settings = _settings(args)
-    _need_shared_store(settings)
+    settings = _shared_store_settings(args)
 
     async def work(gateway: Any) -> list[Any]:
         events, _ = await gateway.store.audit_events(
@@ -241,8 +239,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from .export import csv_chunks, write_xlsx
 
-    settings = _settings(args)
-    _need_shared_store(settings)
+    settings = _shared_store_settings(args)
     target = Path(args.output)
 
     async def work(gateway: Any) -> None:

@@ -113,7 +113,6 @@ class KeyRecord:
     roles: tuple[str, ...]
     new_token_created: int | None = None
     last_used: int | None = None
-    link_expires: int | None = None
     token_digests: tuple[str, ...] = field(repr=False, default=())
     # accounts that granted this key roles, with the date: all the owner may know of them
     granted_in: tuple[tuple[str, int], ...] = ()
@@ -140,7 +139,6 @@ class KeyRecord:
             roles=own.roles if own else (),
             new_token_created=_int(h.get("newTokCreated")),
             last_used=_int(h.get("lastUsed")),
-            link_expires=_int(h.get("linkExp")),
             token_digests=tuple(d for d in (h.get("tok"), h.get("newTok")) if d),
             granted_in=granted_in,
         )
@@ -616,10 +614,26 @@ class Store:
         await self.stop_invalidation()
         await self.redis.aclose()
 
-    async def _change(self, script: Any, app_key: str, *, keys: list[str], args: list[Any]) -> Any:
-        """Run a changing script; this process forgets the key at once, others on PUBLISH."""
+    async def _change(
+        self,
+        script: Any,
+        account: str,
+        app_key: str,
+        action: str,
+        actor: Actor,
+        *,
+        keys: list[str],
+        args: Sequence[Any] = (),
+    ) -> Any:
+        """Run a changing script; this process forgets the key at once, others on PUBLISH.
+
+        Every changing script takes the same first four ARGV — account, audit cap, audit
+        event, invalidation channel — followed by its own ``args``.
+        """
+        header = [account, self.audit_max_events,
+                  self._event(account, actor, action, app_key), self.channel]
         try:
-            return await script(keys=keys, args=args)
+            return await script(keys=keys, args=[*header, *args])
         finally:
             self.forget(app_key)
 
@@ -801,14 +815,7 @@ class Store:
             "g:" + account: Grant(tuple(roles)).encode(),
         }
         keys = [self._key(app_key), self._account(account, "keys"), self._account(account, "audit")]
-        args: list[Any] = [
-            account,
-            self.audit_max_events,
-            self._event(account, actor, "key.create", app_key),
-            self.channel,
-            now,
-            app_key,
-        ]
+        args: list[Any] = [now, app_key]
         if link is not None:
             keys.append(self._link(link.link_id))
             args += [link.sealed, max(1, link.expires - now), link.expires]
@@ -816,7 +823,10 @@ class Store:
             args += ["", 0, 0]
         for name, value in fields.items():
             args += [name, value]
-        if not await self._change(self._create, app_key, keys=keys, args=args):
+        created = await self._change(
+            self._create, account, app_key, "key.create", actor, keys=keys, args=args
+        )
+        if not created:
             return None
         return await self.get_key(account, app_key)
 
@@ -839,12 +849,7 @@ class Store:
         roles: Sequence[str] | None = None,
         status: str | None = None,
     ) -> KeyRecord | None:
-        args: list[Any] = [
-            account,
-            self.audit_max_events,
-            self._event(account, actor, "key.update", app_key),
-            self.channel,
-        ]
+        args: list[Any] = []
         if label is not None:
             args += ["label", label]
         if roles is not None:
@@ -852,8 +857,7 @@ class Store:
         if status is not None:
             args += ["status", status]
         flat = await self._change(
-            self._update,
-            app_key,
+            self._update, account, app_key, "key.update", actor,
             keys=[self._key(app_key), self._account(account, "audit")],
             args=args,
         )
@@ -864,22 +868,10 @@ class Store:
     @_unavailable
     async def delete_key(self, account: str, app_key: str, *, actor: Actor = SYSTEM_ACTOR) -> bool:
         deleted = await self._change(
-            self._delete,
-            app_key,
-            keys=[
-                self._key(app_key),
-                self._account(account, "keys"),
-                self._account(account, "audit"),
-            ],
-            args=[
-                account,
-                self.audit_max_events,
-                self._event(account, actor, "key.delete", app_key),
-                self.channel,
-                app_key,
-                f"{self.prefix}acct:",
-                self.now_ms(),
-            ],
+            self._delete, account, app_key, "key.delete", actor,
+            keys=[self._key(app_key), self._account(account, "keys"),
+                  self._account(account, "audit")],
+            args=[app_key, f"{self.prefix}acct:", self.now_ms()],
         )
         return bool(deleted)
 
@@ -965,22 +957,10 @@ class Store:
             {"roles": list(roles), "status": ACTIVE, "label": label, "added": now}
         ).decode()
         return await self._change(
-            self._add_grant,
-            app_key,
-            keys=[
-                self._key(app_key),
-                self._account(account, "ext"),
-                self._account(account, "audit"),
-            ],
-            args=[
-                account,
-                self.audit_max_events,
-                self._event(account, actor, "external-key.add", app_key),
-                self.channel,
-                grant,
-                now,
-                app_key,
-            ],
+            self._add_grant, account, app_key, "external-key.add", actor,
+            keys=[self._key(app_key), self._account(account, "ext"),
+                  self._account(account, "audit")],
+            args=[grant, now, app_key],
         )
 
     @_unavailable
@@ -995,16 +975,9 @@ class Store:
         self, account: str, app_key: str, changes: Mapping[str, Any], actor: Actor
     ) -> ExternalKey | None:
         result = await self._change(
-            self._update_grant,
-            app_key,
+            self._update_grant, account, app_key, "external-key.update", actor,
             keys=[self._key(app_key), self._account(account, "audit")],
-            args=[
-                account,
-                self.audit_max_events,
-                self._event(account, actor, "external-key.update", app_key),
-                self.channel,
-                orjson.dumps(dict(changes)).decode(),
-            ],
+            args=[orjson.dumps(dict(changes)).decode()],
         )
         if not result:
             return None
@@ -1013,20 +986,10 @@ class Store:
     @_unavailable
     async def remove_grant(self, account: str, app_key: str, actor: Actor) -> bool:
         removed = await self._change(
-            self._remove_grant,
-            app_key,
-            keys=[
-                self._key(app_key),
-                self._account(account, "ext"),
-                self._account(account, "audit"),
-            ],
-            args=[
-                account,
-                self.audit_max_events,
-                self._event(account, actor, "external-key.remove", app_key),
-                self.channel,
-                app_key,
-            ],
+            self._remove_grant, account, app_key, "external-key.remove", actor,
+            keys=[self._key(app_key), self._account(account, "ext"),
+                  self._account(account, "audit")],
+            args=[app_key],
         )
         return bool(removed)
 
@@ -1070,19 +1033,13 @@ class Store:
         now = self.now_ms()
         action = "token.renew" if keep_old else "token.renew-now"
         keys = [self._key(app_key), self._account(account, "audit")]
-        args: list[Any] = [
-            account,
-            self.audit_max_events,
-            self._event(account, actor, action, app_key),
-            self.channel,
-            now,
-            "later" if keep_old else "now",
-            digest,
-        ]
+        args: list[Any] = [now, "later" if keep_old else "now", digest]
         if link is not None:
             keys.append(self._link(link.link_id))
             args += [link.sealed, max(1, link.expires - now), link.expires]
-        result = await self._change(self._renew, app_key, keys=keys, args=args)
+        result = await self._change(
+            self._renew, account, app_key, action, actor, keys=keys, args=args
+        )
         if result[0] == "missing":
             return None
         if result[0] != "ok":
@@ -1099,16 +1056,9 @@ class Store:
         """
         action = "token.finish-renewal" if finish else "token.undo-renewal"
         result = await self._change(
-            self._end_renewal,
-            app_key,
+            self._end_renewal, account, app_key, action, actor,
             keys=[self._key(app_key), self._account(account, "audit")],
-            args=[
-                account,
-                self.audit_max_events,
-                self._event(account, actor, action, app_key),
-                self.channel,
-                "finish" if finish else "undo",
-            ],
+            args=["finish" if finish else "undo"],
         )
         if result[0] == "missing":
             return None

@@ -9,7 +9,7 @@ from aiohttp import web
 from ..context import GATEWAY
 from ..errors import BadRequest
 from ..store import AuditEvent
-from .common import authorize, iso, json_response
+from .common import authorize, int_param, iso, json_response
 
 routes = web.RouteTableDef()
 
@@ -32,9 +32,7 @@ def event_json(event: AuditEvent) -> dict[str, Any]:
 async def list_audit(request: web.Request) -> web.Response:
     identity = await authorize(request, "view")
     q = request.query
-    limit_raw = q.get("limit", "50")
-    if not (limit_raw.isascii() and limit_raw.isdigit()) or not 1 <= int(limit_raw) <= 500:
-        raise BadRequest("limit must be a whole number from 1 to 500", code="bad_query")
+    limit = int_param(request, "limit", 50, 1, 500)
     cursor = q.get("cursor") or None
     if cursor is not None and not _is_stream_id(cursor):
         raise BadRequest("cursor must be the 'next' value of a previous page", code="bad_query")
@@ -48,7 +46,7 @@ async def list_audit(request: web.Request) -> web.Response:
         )
 
     events, next_cursor = await request.app[GATEWAY].store.audit_events(
-        identity.account, before_id=cursor, limit=int(limit_raw), accept=accept
+        identity.account, before_id=cursor, limit=limit, accept=accept
     )
     return json_response({"items": [event_json(e) for e in events], "next": next_cursor})
 
