@@ -242,3 +242,38 @@ def test_a_port_in_use_is_a_configuration_error_naming_the_setting(tmp_path):
     assert done.returncode == 2
     assert "proxy_listen" in done.stderr and str(port) in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_access_log_is_one_json_line_per_request_without_secrets(
+    tmp_path, redis_url, upstream
+):
+    if redis_url.startswith("memory://"):
+        pytest.skip("the CLI and the server need a shared Redis")
+    config = _config(tmp_path, "log", redis_url, f"log-{uuid.uuid4().hex[:8]}:", upstream.url)
+    config.write_text("access_log = true\n" + config.read_text())
+    proxy_url, management_url = _urls(config)
+    process = _start(config)
+    link_secret = "A" * 43  # well-formed, never issued: 410, and it must not be logged
+    try:
+        key = _create_key(config, "orders-reader")
+        headers = {"X-API-AppKey": key["appKey"], "X-API-AppToken": key["appToken"]}
+        async with aiohttp.ClientSession() as session:
+            await _ready(session, management_url, trusted=False)
+            async with session.get(proxy_url + "/orders/1?q=secret", headers=headers) as r:
+                assert r.status == 200
+                request_id = r.headers["X-Request-Id"]
+            async with session.post(f"{management_url}/api/v1/token-links/{link_secret}") as r:
+                assert r.status == 410
+    finally:
+        assert _stop(process) == 0
+    stderr = process.stderr.read().decode()
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    proxied = [e for e in lines if e["requestId"] == request_id]
+    assert len(proxied) == 1
+    assert proxied[0] | {"time": 0, "ms": 0, "bytes": 0} == {
+        "time": 0, "ms": 0, "bytes": 0, "remote": "127.0.0.1", "method": "GET",
+        "path": "/orders/1", "status": 200, "requestId": request_id, "appKey": key["appKey"],
+    }
+    assert any(e["path"] == "/api/v1/token-links/…" and e["status"] == 410 for e in lines)
+    for secret in (link_secret, key["appToken"], "q=secret"):
+        assert secret not in stderr
