@@ -1,4 +1,5 @@
-"""Wiring only: settings → components → the two aiohttp applications → listening sites."""
+"""Wiring only: settings → components → the proxy port's server and the management
+application → listening sites."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from . import proxy
 from .accesslog import JsonAccessLogger, access_logger
 from .auth import Gatekeeper, HeaderAuthenticator
-from .context import GATEWAY, HTTP_CLIENT, Gateway
+from .context import Gateway
 from .credentials import TokenHasher
 from .errors import ConfigError
 from .lifecycle import KeyLifecycle
@@ -88,9 +89,10 @@ def build_gateway(
     )
 
 
-async def _http_client(app: web.Application) -> AsyncIterator[None]:
-    settings = app[GATEWAY].settings
-    session = aiohttp.ClientSession(
+def upstream_session(settings: Settings) -> aiohttp.ClientSession:
+    """The proxy's one client session to the upstreams (connection pooling, no cookies,
+    no decompression, no headers of its own)."""
+    return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(
             limit=settings.upstream_max_connections, limit_per_host=0, ttl_dns_cache=60
         ),
@@ -103,22 +105,38 @@ async def _http_client(app: web.Application) -> AsyncIterator[None]:
         ),
         skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
     )
-    app[HTTP_CLIENT] = session
-    yield
-    await session.close()
 
 
-def build_proxy_app(gateway: Gateway) -> web.Application:
-    # auto_decompress=False: a gzip body must reach the upstream as the client sent it.
-    app = web.Application(handler_args={"auto_decompress": False})
-    app[GATEWAY] = gateway
-    credential_headers = (gateway.settings.key_header, gateway.settings.token_header)
-    app[proxy.FORWARDER] = proxy.Forwarder(
-        credential_headers, gateway.settings.identity_header_prefix
-    )
-    app.cleanup_ctx.append(_http_client)
-    app.router.add_route("*", "/{tail:.*}", proxy.entry)
-    return app
+class ProxyRunner(web.BaseRunner):
+    """The proxy port on aiohttp's low-level server: its one handler does the routing,
+    so an Application's router and middleware chain would only add work per request.
+    The upstream session opens on setup and closes on cleanup (an Application's
+    cleanup_ctx, by hand). Keyword arguments go to the server, as with AppRunner."""
+
+    def __init__(self, gateway: Gateway, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.gateway = gateway
+        self.session: aiohttp.ClientSession | None = None
+
+    async def shutdown(self) -> None:
+        pass
+
+    async def _make_server(self) -> web.Server:
+        settings = self.gateway.settings
+        self.session = upstream_session(settings)
+        forwarder = proxy.Forwarder(
+            self.session,
+            (settings.key_header, settings.token_header),
+            settings.identity_header_prefix,
+        )
+        # auto_decompress=False: a gzip body must reach the upstream as the client sent it.
+        return web.Server(
+            proxy.ProxyPort(self.gateway, forwarder), auto_decompress=False, **self._kwargs
+        )
+
+    async def _cleanup_server(self) -> None:
+        if self.session is not None:
+            await self.session.close()
 
 
 @contextlib.asynccontextmanager
@@ -130,8 +148,8 @@ async def running(
     log_options: dict[str, Any] = {"access_log": None}
     if settings.access_log:
         log_options = {"access_log": access_logger(), "access_log_class": JsonAccessLogger}
-    runners = [
-        web.AppRunner(build_proxy_app(gateway), **log_options),
+    runners: list[web.BaseRunner] = [
+        ProxyRunner(gateway, **log_options),
         web.AppRunner(build_management_app(gateway), **log_options),
     ]
     urls = []

@@ -1,6 +1,7 @@
 """The components one keygate process shares between its two ports, and their AppKeys.
 
-Handlers reach them through ``request.app[GATEWAY]``; nothing here does I/O by itself.
+Management handlers reach them through ``request.app[GATEWAY]``; the proxy port's
+handler holds the Gateway itself. Nothing here does I/O by itself.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -57,4 +57,3 @@ class Gateway:
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
-HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)

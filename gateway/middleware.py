@@ -33,7 +33,7 @@ _FROM_AIOHTTP: dict[int, type[GatewayError]] = {
 }
 
 
-def request_id_of(request: web.Request) -> str:
+def request_id_of(request: web.BaseRequest) -> str:
     return request.get(REQUEST_ID) or new_request_id()  # type: ignore[arg-type]
 
 
@@ -56,14 +56,17 @@ def error_response(error: GatewayError, request_id: str) -> web.Response:
     )
 
 
-async def errors_as_json(request: web.Request, handler):  # type: ignore[no-untyped-def]
+async def errors_as_json(request: web.BaseRequest, handler):  # type: ignore[no-untyped-def]
     """Keep a well-formed client request id (for tracing across hops) or make one, and
     turn every exception into the JSON error shape; a bug is a 500 with no details.
 
-    The management app uses it as a middleware; the proxy, whose one handler takes
-    every request, calls it directly and so skips aiohttp's middleware chain."""
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if _CLIENT_REQUEST_ID.fullmatch(incoming) else new_request_id()
+    The management app uses it as a middleware; the proxy port, whose one handler takes
+    every request on aiohttp's low-level server, calls it directly."""
+    incoming = request.headers.get(REQUEST_ID_HEADER)
+    if incoming is not None and _CLIENT_REQUEST_ID.fullmatch(incoming):
+        request_id = incoming
+    else:
+        request_id = new_request_id()
     request[REQUEST_ID] = request_id
     try:
         response = await handler(request)

@@ -10,24 +10,28 @@ Header hygiene, because the upstream trusts what keygate sends it:
 * added: identity headers (key, owner account, target account, roles),
   ``X-Forwarded-For/-Proto/-Host`` and the request id.
 
-Bodies are never read whole: the request body is handed to the client session as a
-stream and the response is copied chunk by chunk. Neither side decompresses
+Request bodies are never read whole: they are handed to the client session as a
+stream. A response body is copied chunk by chunk, unless the upstream announced a small
+one (``WHOLE_BODY_LIMIT``), which is read whole so that headers and body leave in one
+write, as nginx buffers small responses. Neither side decompresses
 (``auto_decompress=False`` on both), so bytes and ``Content-Encoding`` pass unchanged.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import hdrs, web
-from multidict import CIMultiDict
+from multidict import CIMultiDictProxy
 
 from .accesslog import APP_KEY
 from .auth import Identity
-from .context import GATEWAY, HTTP_CLIENT
+from .context import Gateway
 from .errors import BadGateway, GatewayTimeout, NotFound
-from .middleware import REQUEST_ID_HEADER, errors_as_json, request_id_of
+from .middleware import REQUEST_ID, REQUEST_ID_HEADER, errors_as_json
 from .routes import Route, normalise_path
 
 log = logging.getLogger("keygate.proxy")
@@ -51,10 +55,15 @@ CLIENT_NEVER_SETS = frozenset(
 )
 CLIENT_NEVER_SETS_PREFIXES = ("x-forwarded-",)
 CHUNK = 64 * 1024
+# An upstream answer of known length up to this size is read whole and sent in one
+# write (headers and body together); larger or chunked ones stream.
+WHOLE_BODY_LIMIT = 64 * 1024
 
 
+@functools.lru_cache(maxsize=1024)
 def host_name(host: str) -> str:
-    """Host header without port or trailing dot, lower-cased."""
+    """Host header without port or trailing dot, lower-cased (memoised: clients send a
+    handful of distinct hosts, and this runs on every request)."""
     host = host.strip().lower()
     if host.startswith("["):
         return host.split("]", 1)[0] + "]"
@@ -69,85 +78,133 @@ def _canonical(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
-def _connection_named(headers: CIMultiDict[str] | aiohttp.typedefs.LooseHeaders) -> set[str]:
-    named: set[str] = set()
-    for value in headers.getall(hdrs.CONNECTION, ()):  # type: ignore[union-attr]
-        named.update(_canonical(token.strip()) for token in value.split(","))
-    return named
+@functools.lru_cache(maxsize=256)
+def _named_by_connection(value: str) -> frozenset[str]:
+    return frozenset(_canonical(token.strip()) for token in value.split(","))
+
+
+def _connection_named(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """Header names that ``Connection`` makes hop-by-hop for this one message."""
+    return _named_by_connection(",".join(headers.getall(hdrs.CONNECTION, ())))
+
+
+class _Verdicts(dict[str, bool]):
+    """Per header name (as sent, any case), whether it passes a filter: decided once per
+    name rather than once per request. Bounded, since clients choose the names."""
+
+    def __init__(self, passes: Callable[[str], bool], size: int = 4096):
+        super().__init__()
+        self.passes = passes
+        self.size = size
+
+    def __missing__(self, name: str) -> bool:
+        if len(self) >= self.size:
+            self.clear()
+        verdict = self[name] = self.passes(name)
+        return verdict
+
+    def keep(self, headers: CIMultiDictProxy[str]) -> list[tuple[str, str]]:
+        kept = [item for item in headers.items() if self[item[0]]]
+        if hdrs.CONNECTION in headers:
+            named = _connection_named(headers)
+            if not named <= HOP_BY_HOP:
+                kept = [item for item in kept if _canonical(item[0]) not in named]
+        return kept
 
 
 class Forwarder:
-    def __init__(self, credential_headers: tuple[str, ...], identity_prefix: str):
-        self.identity_prefix = _canonical(identity_prefix)
-        self.dropped = HOP_BY_HOP | CLIENT_NEVER_SETS | {_canonical(h) for h in credential_headers}
-        self.identity_names = {
-            "key": identity_prefix + "Key",
-            "owner": identity_prefix + "Owner-Account",
-            "account": identity_prefix + "Account",
-            "roles": identity_prefix + "Roles",
-        }
+    """Sends an authorized request upstream and its answer back, with header hygiene."""
 
-    def upstream_headers(self, request: web.Request, identity: Identity) -> CIMultiDict[str]:
-        dropped = self.dropped | _connection_named(request.headers)
-        headers: CIMultiDict[str] = CIMultiDict()
-        for name, value in request.headers.items():
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        credential_headers: tuple[str, ...],
+        identity_prefix: str,
+    ):
+        self.session = session
+        prefix = _canonical(identity_prefix)
+        dropped = HOP_BY_HOP | CLIENT_NEVER_SETS | {_canonical(h) for h in credential_headers}
+
+        def from_client(name: str) -> bool:
             canonical = _canonical(name)
-            if (
+            return not (
                 canonical in dropped
-                or canonical.startswith(self.identity_prefix)
+                or canonical.startswith(prefix)
                 or canonical.startswith(CLIENT_NEVER_SETS_PREFIXES)
-            ):
-                continue
-            headers.add(name, value)
-        names = self.identity_names
-        headers[names["key"]] = identity.principal.app_key
-        headers[names["owner"]] = identity.principal.owner
-        headers[names["account"]] = identity.account
-        headers[names["roles"]] = ",".join(identity.roles)
-        headers["X-Forwarded-For"] = request.remote or ""
-        headers["X-Forwarded-Proto"] = request.scheme
-        headers["X-Forwarded-Host"] = request.host
-        headers[REQUEST_ID_HEADER] = request_id_of(request)
+            )
+
+        self._from_client = _Verdicts(from_client)
+        self._from_upstream = _Verdicts(lambda name: _canonical(name) not in HOP_BY_HOP)
+        self._identity_names = (
+            identity_prefix + "Key",
+            identity_prefix + "Owner-Account",
+            identity_prefix + "Account",
+            identity_prefix + "Roles",
+        )
+
+    def upstream_headers(
+        self, request: web.BaseRequest, identity: Identity, request_id: str
+    ) -> list[tuple[str, str]]:
+        headers = self._from_client.keep(request.headers)
+        key, owner, account, roles = self._identity_names
+        headers += (
+            (key, identity.principal.app_key),
+            (owner, identity.principal.owner),
+            (account, identity.account),
+            (roles, ",".join(identity.roles)),
+            ("X-Forwarded-For", request.remote or ""),
+            ("X-Forwarded-Proto", request.scheme),
+            ("X-Forwarded-Host", request.host),
+            (REQUEST_ID_HEADER, request_id),
+        )
         return headers
 
-    @staticmethod
-    def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
-        headers = CIMultiDict(upstream.headers)
-        dropped = HOP_BY_HOP | _connection_named(upstream.headers)
-        for name in [n for n in headers if _canonical(n) in dropped]:
-            headers.popall(name, None)
-        return headers
+    def response_headers(self, upstream: aiohttp.ClientResponse) -> list[tuple[str, str]]:
+        return self._from_upstream.keep(upstream.headers)
 
     async def forward(
-        self, request: web.Request, route: Route, path: str, query: str, identity: Identity
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        path: str,
+        query: str,
+        identity: Identity,
+        request_id: str,
     ) -> web.StreamResponse:
-        session = request.app[HTTP_CLIENT]
         url = route.upstream_url(path, query)
-        body = request.content if request.body_exists else None
         try:
-            upstream = await session.request(
+            upstream = await self.session.request(
                 request.method,
                 url,
-                headers=self.upstream_headers(request, identity),
-                data=body,
+                headers=self.upstream_headers(request, identity, request_id),
+                data=request.content if request.body_exists else None,
                 allow_redirects=False,
             )
         except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise GatewayTimeout(
-                f"the upstream of route {route.name!r} did not answer in time"
-            ) from None
+            raise _timeout(route) from None
         except aiohttp.ClientError as exc:
             log.warning("route %s: upstream %s failed: %r", route.name, url.origin(), exc)
-            raise BadGateway(
-                f"the upstream of route {route.name!r} could not be reached; "
-                "this is not the client's fault"
-            ) from None
+            raise _unreachable(route) from None
         async with upstream:
+            headers = self.response_headers(upstream)
+            headers.append((REQUEST_ID_HEADER, request_id))
+            length = upstream.content_length
+            if length is not None and length <= WHOLE_BODY_LIMIT:
+                # Small and of known length: read whole, answer in one write. If the
+                # upstream fails meanwhile, nothing has been sent yet: a clean 502.
+                try:
+                    body = await upstream.read()
+                except (TimeoutError, aiohttp.ServerTimeoutError):
+                    raise _timeout(route) from None
+                except aiohttp.ClientError as exc:
+                    log.warning("route %s: upstream body failed: %r", route.name, exc)
+                    raise _unreachable(route) from None
+                return web.Response(
+                    status=upstream.status, reason=upstream.reason, headers=headers, body=body
+                )
             response = web.StreamResponse(
-                status=upstream.status, reason=upstream.reason,
-                headers=self.response_headers(upstream),
+                status=upstream.status, reason=upstream.reason, headers=headers
             )
-            response.headers[REQUEST_ID_HEADER] = request_id_of(request)
             try:
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_chunked(CHUNK):
@@ -164,28 +221,42 @@ class Forwarder:
         return response
 
 
-async def entry(request: web.Request) -> web.StreamResponse:
-    """The proxy app's only handler: every request, errors in the one JSON shape."""
-    return await errors_as_json(request, handle)
+def _timeout(route: Route) -> GatewayTimeout:
+    return GatewayTimeout(f"the upstream of route {route.name!r} did not answer in time")
 
 
-async def handle(request: web.Request) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    raw_path, _, query = request.raw_path.partition("?")
-    path = normalise_path(raw_path)
-    host = host_name(request.host)
-    route = gateway.routes.match(request.method, host, path)
-    if route is None:
-        raise NotFound(
-            f"no route for {request.method} {path} on host {host!r}", code="no_route"
-        )
-    account = route.account_for(host, path)
-    identity = await gateway.gatekeeper.check(
-        request.headers, account, route.resource, route.action_for(request.method),
-        request_id_of(request),
+def _unreachable(route: Route) -> BadGateway:
+    return BadGateway(
+        f"the upstream of route {route.name!r} could not be reached; "
+        "this is not the client's fault"
     )
-    request[APP_KEY] = identity.principal.app_key
-    return await request.app[FORWARDER].forward(request, route, path, query, identity)
 
 
-FORWARDER = web.AppKey("forwarder", Forwarder)
+class ProxyPort:
+    """The proxy port's one handler (on aiohttp's low-level server: keygate routes by
+    itself, so aiohttp's router and middleware chain would be work done twice)."""
+
+    def __init__(self, gateway: Gateway, forwarder: Forwarder):
+        self.gateway = gateway
+        self.forwarder = forwarder
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Every request, errors in the one JSON shape."""
+        return await errors_as_json(request, self.handle)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        gateway = self.gateway
+        request_id = request[REQUEST_ID]
+        raw_path, _, query = request.raw_path.partition("?")
+        path = normalise_path(raw_path)
+        host = host_name(request.host)
+        method = request.method
+        route = gateway.routes.match(method, host, path)
+        if route is None:
+            raise NotFound(f"no route for {method} {path} on host {host!r}", code="no_route")
+        account = route.account_for(host, path)
+        identity = await gateway.gatekeeper.check(
+            request.headers, account, route.resource, route.action_for(method), request_id
+        )
+        request[APP_KEY] = identity.principal.app_key
+        return await self.forwarder.forward(request, route, path, query, identity, request_id)

@@ -24,8 +24,9 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import BaseTestServer
 
-from gateway.app import build_gateway, build_proxy_app
+from gateway.app import ProxyRunner, build_gateway
 from gateway.context import Gateway
 from gateway.management import build_management_app
 from gateway.settings import Settings, load_settings
@@ -253,9 +254,20 @@ async def gateway(
     await gw.close()
 
 
+class ProxyTestServer(BaseTestServer):
+    """keygate's proxy port, exactly as served (ProxyRunner), for ``aiohttp_client``."""
+
+    def __init__(self, gateway: Gateway, **kwargs: Any):
+        self.gateway = gateway
+        super().__init__(**kwargs)
+
+    async def _make_runner(self, **kwargs: Any) -> ProxyRunner:
+        return ProxyRunner(self.gateway, **kwargs)
+
+
 @pytest.fixture
 async def proxy(gateway: Gateway, aiohttp_client: Callable[..., Any]) -> Any:
-    return await aiohttp_client(build_proxy_app(gateway))
+    return await aiohttp_client(ProxyTestServer(gateway))
 
 
 @pytest.fixture

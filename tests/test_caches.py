@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from conftest import ProxyTestServer
 
 from gateway.app import build_gateway
 from gateway.auth import Gatekeeper
@@ -205,7 +206,7 @@ async def test_reload_swaps_the_policy_and_refuses_a_broken_one(
     survives); a broken file keeps the old policy."""
     import shutil
 
-    from gateway.app import build_proxy_app, reload_policy
+    from gateway.app import reload_policy
     from gateway.settings import PROJECT_ROOT
 
     policies = tmp_path / "policies"
@@ -213,7 +214,7 @@ async def test_reload_swaps_the_policy_and_refuses_a_broken_one(
     gw = build_gateway(make_settings(policies_dir=str(policies)), clock=clock)
     gw.start()
     try:
-        proxy = await aiohttp_client(build_proxy_app(gw))
+        proxy = await aiohttp_client(ProxyTestServer(gw))
         issued = await gw.lifecycle.create("acme", "k", ["orders-reader"], CLI_ACTOR)
         headers = {"X-API-AppKey": issued.record.app_key, "X-API-AppToken": issued.token}
         assert (await proxy.get("/orders/1", headers=headers)).status == 200

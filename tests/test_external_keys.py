@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import Key
+from conftest import Key, ProxyTestServer
 
 EXT_FIELDS = {"appKey", "label", "roles", "status", "account", "addedDate"}
 
@@ -800,13 +800,13 @@ async def test_audit_records_add_update_remove_in_the_granting_account(
 @pytest.fixture
 async def second_proxy(gateway, make_settings, clock, aiohttp_client) -> AsyncIterator[Any]:
     """Another keygate instance on the same store (its own caches), with its proxy."""
-    from gateway.app import build_gateway, build_proxy_app
+    from gateway.app import build_gateway
 
     other = build_gateway(make_settings(store_prefix=gateway.settings.store_prefix), clock=clock)
     other.start()
     try:
         await until_cache_trusted(other)
-        yield await aiohttp_client(build_proxy_app(other))
+        yield await aiohttp_client(ProxyTestServer(other))
     finally:
         await other.close()
 

@@ -9,8 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from conftest import ProxyTestServer
 
-from gateway.app import build_gateway, build_proxy_app
+from gateway.app import build_gateway
 from gateway.management import build_management_app
 
 KEYS = "/api/v1/accounts/acme/keys"
@@ -636,7 +637,7 @@ async def test_readyz_is_503_without_the_store(unreachable_gateway, aiohttp_clie
 
 
 async def test_store_outage_is_503_not_401(unreachable_gateway, aiohttp_client):
-    proxy = await aiohttp_client(build_proxy_app(unreachable_gateway))
+    proxy = await aiohttp_client(ProxyTestServer(unreachable_gateway))
     management = await aiohttp_client(build_management_app(unreachable_gateway))
     fmt = unreachable_gateway.fmt
     headers = {"X-API-AppKey": fmt.new_key("acme"), "X-API-AppToken": fmt.new_token()}

@@ -27,10 +27,11 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from conftest import ProxyTestServer
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gateway.app import build_gateway, build_proxy_app
+from gateway.app import build_gateway
 from gateway.context import Gateway
 from gateway.store import CLI_ACTOR
 
@@ -116,7 +117,7 @@ async def proxy_with(
         gw = build_gateway(settings, clock=clock)
         gw.start()
         started.append(gw)
-        return await aiohttp_client(build_proxy_app(gw))
+        return await aiohttp_client(ProxyTestServer(gw))
 
     yield make
     for gw in started:

@@ -15,9 +15,10 @@ from typing import Any
 
 import orjson
 import pytest
+from conftest import ProxyTestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import build_gateway, build_proxy_app
+from gateway.app import build_gateway
 from gateway.management import build_management_app
 from gateway.renewal import add_months, renewal_alert
 from gateway.store import CLI_ACTOR, Store
@@ -655,7 +656,7 @@ async def test_access_denials_are_sampled_per_key_and_resource(
 async def test_denial_sample_seconds_setting(make_settings, clock, aiohttp_client):
     gw = build_gateway(make_settings(denial_sample_seconds=5), clock=clock)
     try:
-        proxy = await aiohttp_client(build_proxy_app(gw))
+        proxy = await aiohttp_client(ProxyTestServer(gw))
         reader = await gw.lifecycle.create("acme", "r", ["orders-reader"], CLI_ACTOR)
         headers = creds(reader.record.app_key, reader.token)
         written = []
@@ -742,7 +743,7 @@ async def test_last_used_is_flushed_on_shutdown(make_settings, clock, aiohttp_cl
                                                 redis_url):
     settings = make_settings()
     gw = build_gateway(settings, clock=clock)
-    proxy = await aiohttp_client(build_proxy_app(gw))
+    proxy = await aiohttp_client(ProxyTestServer(gw))
     issued = await gw.lifecycle.create("acme", "k", ["orders-reader"], CLI_ACTOR)
     t0 = now_ms(clock)
     assert (await proxy.get("/orders/1", headers=creds(issued.record.app_key,

@@ -19,8 +19,9 @@ from typing import Any
 
 import orjson
 import pytest
+from conftest import ProxyTestServer
 
-from gateway.app import build_gateway, build_proxy_app
+from gateway.app import build_gateway
 from gateway.management import build_management_app
 from gateway.store import CLI_ACTOR
 
@@ -754,7 +755,7 @@ async def test_proxy_app_logs_no_token_at_debug(make_settings, clock, aiohttp_cl
     caplog.set_level(logging.DEBUG)
     gw = build_gateway(make_settings(), clock=clock)
     try:
-        proxy = await aiohttp_client(build_proxy_app(gw))
+        proxy = await aiohttp_client(ProxyTestServer(gw))
         issued = await gw.lifecycle.create("acme", "k", ["orders-reader"], CLI_ACTOR)
         token = issued.token
         assert token is not None
