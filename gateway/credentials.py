@@ -125,19 +125,20 @@ class TokenHasher:
         self._secrets = tuple(server_secrets)
 
     def digest(self, token: str) -> str:
-        return hmac.digest(self._secrets[0], token.encode("ascii"), "sha256").hex()
+        return hmac.new(self._secrets[0], token.encode("ascii"), hashlib.sha256).hexdigest()
 
     def matches(self, token: str, stored: Iterable[str | None]) -> bool:
         """True when ``token`` hashes to one of the ``stored`` digests (None skipped).
 
-        :func:`hmac.digest` is OpenSSL's one-shot HMAC: one C call per secret, where the
-        pure-Python :class:`hmac.HMAC` object costs several Python calls per request.
+        A fresh ``hmac.new`` per secret measured faster here than copying a keyed HMAC
+        object (its Python wrapper costs more calls) and than :func:`hmac.digest`
+        (OpenSSL 3 looks up the MAC implementation on every one-shot call).
         """
         raw = token.encode("ascii")
         stored = [d for d in stored if d] or [_DUMMY_DIGEST]
         found = False
         for secret in self._secrets:
-            candidate = hmac.digest(secret, raw, "sha256").hex()
+            candidate = hmac.new(secret, raw, hashlib.sha256).hexdigest()
             for digest in stored:
                 found |= hmac.compare_digest(candidate, digest)
         return found

@@ -203,3 +203,23 @@ def test_climbing_above_the_root_is_always_refused(parts: list[str]) -> None:
 def test_plain_paths_pass_unchanged(names: list[str]) -> None:
     raw = "/" + "/".join(names)
     assert normalise_path(raw) == raw
+
+
+@settings(max_examples=600, deadline=None)
+@given(raw_paths)
+@example("/")
+@example("/a/")
+@example("/.well-known/x")
+@example("/a;b/c")
+def test_the_shortcut_for_plain_paths_agrees_with_the_full_rule(raw: str) -> None:
+    """``normalise_path`` returns most paths unchanged without walking their segments;
+    whatever it answers, the full rule must answer the same (or refuse alike)."""
+    from gateway.routes import _normalise
+
+    try:
+        expected = _normalise(raw)
+    except BadRequest:
+        with pytest.raises(BadRequest):
+            normalise_path(raw)
+        return
+    assert normalise_path(raw) == expected

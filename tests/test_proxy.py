@@ -33,6 +33,7 @@ from yarl import URL
 
 from gateway.app import build_gateway
 from gateway.context import Gateway
+from gateway.proxy import WHOLE_BODY_LIMIT
 from gateway.store import CLI_ACTOR
 
 MiB = 1024 * 1024
@@ -237,7 +238,25 @@ async def special(aiohttp_server: Any) -> Special:
         request.transport.close()
         return response
 
+    async def sized(request: web.Request) -> web.Response:
+        """``n`` bytes of a repeating pattern, length announced."""
+        size = int(request.match_info["n"])
+        return web.Response(body=bytes(i % 251 for i in range(size)),
+                            headers={"X-Sized": str(size)})
+
+    async def small_cut(request: web.Request) -> web.StreamResponse:
+        """Announces 1,000 bytes, sends 100, then the connection dies."""
+        response = web.StreamResponse()
+        response.content_length = 1000
+        await response.prepare(request)
+        await response.write(b"x" * 100)
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
     app = web.Application(handler_args={"auto_decompress": False})
+    app.router.add_get("/special/sized/{n:\\d+}", sized)
+    app.router.add_get("/special/small-cut", small_cut)
     app.router.add_get("/special/hop", hop)
     app.router.add_get("/special/gzip", gzipped)
     app.router.add_get("/special/status/{code:\\d+}", status)
@@ -284,6 +303,37 @@ async def test_upstream_status_codes_pass_through(special_proxy, special, make_k
         reply = await call(special_proxy, "GET", f"/special/status/{code}", headers=key.headers)
         assert reply.status == code
         assert reply.body == b"from upstream"  # the upstream's body, not a keygate error
+
+
+@pytest.mark.parametrize("size", [0, 1, WHOLE_BODY_LIMIT, WHOLE_BODY_LIMIT + 1, 3 * MiB])
+async def test_bodies_of_known_length_arrive_intact_read_whole_or_streamed(
+    special_proxy, make_key, size
+):
+    """Up to WHOLE_BODY_LIMIT the answer is read whole and sent in one write; above it,
+    streamed. Either way the client gets the same bytes, length and headers."""
+    key = await make_key("acme", ["orders-reader"])
+    reply = await call(special_proxy, "GET", f"/special/sized/{size}", headers=key.headers)
+    assert reply.status == 200
+    assert reply.body == bytes(i % 251 for i in range(size))
+    assert reply.headers["Content-Length"] == str(size)
+    assert reply.headers["X-Sized"] == str(size)
+    assert reply.headers["X-Request-Id"]
+
+
+async def test_head_keeps_the_upstreams_content_length(special_proxy, make_key):
+    key = await make_key("acme", ["orders-reader"])
+    reply = await call(special_proxy, "HEAD", "/special/sized/1234", headers=key.headers)
+    assert reply.status == 200
+    assert reply.headers["Content-Length"] == "1234"
+    assert reply.body == b""
+
+
+async def test_small_body_cut_short_is_a_clean_502(special_proxy, make_key):
+    """A small answer is read whole before anything is sent, so an upstream that dies
+    mid-body can still be reported properly instead of by a cut connection."""
+    key = await make_key("acme", ["orders-reader"])
+    reply = await call(special_proxy, "GET", "/special/small-cut", headers=key.headers)
+    assert_error(reply, 502, "upstream_unreachable")
 
 
 # -- 400 --------------------------------------------------------------------------------
