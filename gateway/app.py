@@ -130,9 +130,8 @@ class ProxyRunner(web.BaseRunner):
             settings.identity_header_prefix,
         )
         # auto_decompress=False: a gzip body must reach the upstream as the client sent it.
-        return web.Server(
-            proxy.ProxyPort(self.gateway, forwarder), auto_decompress=False, **self._kwargs
-        )
+        port = proxy.ProxyPort(self.gateway, forwarder)
+        return web.Server(port.request_handler(), auto_decompress=False, **self._kwargs)
 
     async def _cleanup_server(self) -> None:
         if self.session is not None:
