@@ -1,6 +1,7 @@
 """keygate's benchmark: ratios measured side by side in one run, written to BENCHMARKS.md.
 
     python bench/run.py [--seconds 8] [--connections 64] [--keys 10000] [--memory-keys 100000]
+                        [--instructions]
 
 Starts a private redis-server, a fast upstream, a bare aiohttp pass-through proxy with
 keygate's client settings, and keygate (``keygate serve``) with a realistic config
@@ -9,6 +10,12 @@ load (wrk when installed, else a Python load generator) and reports requests/s, 
 p99, the keygate/bare ratio, per-decision cost at 10 and 10,000 policy lines, Redis
 round trips per request for warm and cold keys, Redis memory per key at 100,000 keys,
 the peak RSS of exporting them, the time to list a page, and ``--workers 2``.
+
+Two yardsticks: the bare proxy as the aiohttp docs would write it, and a "lean" one
+using the same server-side forwarding techniques as keygate, so that keygate / lean is
+the cost of authentication, routing and header hygiene alone. ``--instructions`` also
+counts CPU instructions per request under callgrind (valgrind): unlike requests/s on a
+shared machine, those counts repeat from run to run.
 
 Not part of the test run: numbers on a shared 2-core machine are noisy, so they are
 ratios from one run, never assertions.
@@ -82,8 +89,9 @@ def run_wrk(url: str, headers: dict[str, str], seconds: int, connections: int) -
         cmd += ["-H", f"{name}: {value}"]
     out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    # anchored: a "+/- Stdev" column such as "87.50%" must not pass for the 50% line
+    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non2xx:
         raise RuntimeError(f"{url}: {non2xx.group(1)} non-2xx responses under load")
@@ -115,6 +123,51 @@ async def python_load(url: str, headers: dict[str, str], seconds: int, connectio
     )
 
 
+def instructions_per_request(
+    cmd: list[str], port: int, path: str, headers: dict[str, str], env: dict[str, str],
+    seconds: int = 8,
+) -> float:
+    """User-space instructions per request of the server ``cmd`` (listening on ``port``),
+    counted by callgrind over a wrk run of ``seconds`` (4 connections) after a warm-up.
+    Kernel work (the socket calls) is not counted: this measures the Python side."""
+    out_file = Path(tempfile.mkdtemp(prefix="keygate-cg-")) / "cg.out"
+    child = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+         f"--callgrind-out-file={out_file}", *cmd],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port, timeout=180)
+        url = f"http://127.0.0.1:{port}{path}"
+        asyncio.run(preflight(url, headers))
+        wrk_headers = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
+        subprocess.run(["wrk", "-t1", "-c4", "-d3s", *wrk_headers, url],
+                       capture_output=True, check=True)
+        subprocess.run(["callgrind_control", "-i", "on", str(child.pid)],
+                       capture_output=True, check=True)
+        out = subprocess.run(["wrk", "-t1", "-c4", f"-d{seconds}s", *wrk_headers, url],
+                             capture_output=True, text=True, check=True).stdout
+        subprocess.run(["callgrind_control", "-i", "off", str(child.pid)],
+                       capture_output=True, check=True)
+        subprocess.run(["callgrind_control", "-d", str(child.pid)],
+                       capture_output=True, check=True)
+        requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+        deadline = time.monotonic() + 30
+        dumps: list[Path] = []
+        while time.monotonic() < deadline and not dumps:
+            dumps = [p for p in out_file.parent.iterdir() if p.stat().st_size > 0]
+            time.sleep(0.2)
+        totals = re.search(r"^totals:\s+(\d+)", dumps[0].read_text(), re.M)
+        return int(totals.group(1)) / requests  # type: ignore[union-attr]
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        shutil.rmtree(out_file.parent, ignore_errors=True)
+
+
 async def preflight(url: str, headers: dict[str, str]) -> None:
     async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as r:
         if r.status != 200:
@@ -126,6 +179,16 @@ def load(url: str, headers: dict[str, str], seconds: int, connections: int) -> L
     if shutil.which("wrk"):
         return run_wrk(url, headers, seconds, connections)
     return asyncio.run(python_load(url, headers, seconds, connections))
+
+
+def keygate_headers(app_key: str, account: str) -> dict[str, str]:
+    """The headers keygate adds upstream, for the bare proxy to forward as the client's."""
+    return {
+        "X-Keygate-Key": app_key, "X-Keygate-Owner-Account": account,
+        "X-Keygate-Account": account, "X-Keygate-Roles": "role-000,role-000",
+        "X-Forwarded-For": "127.0.0.1", "X-Forwarded-Proto": "http",
+        "X-Forwarded-Host": "127.0.0.1:8080", "X-Request-Id": "0123456789abcdef01234567",
+    }
 
 
 # -- fixtures of the run -------------------------------------------------------------------
@@ -308,6 +371,8 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--memory-keys", type=int, default=100_000)
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count instructions per request under callgrind")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -319,11 +384,12 @@ def main() -> None:
     try:
         wait_port(redis_port)
         env = {**os.environ, "KEYGATE_SECRET": SECRET}
-        upstream_port, bare_port = free_port(), free_port()
+        upstream_port, bare_port, lean_port = free_port(), free_port(), free_port()
         servers = str(ROOT / "bench" / "servers.py")
+        upstream_url = f"http://127.0.0.1:{upstream_port}"
         procs.append(start([PY, servers, "upstream", str(upstream_port)]))
-        procs.append(start([PY, servers, "bare-proxy", str(bare_port),
-                            f"http://127.0.0.1:{upstream_port}"]))
+        procs.append(start([PY, servers, "bare-proxy", str(bare_port), upstream_url]))
+        procs.append(start([PY, servers, "lean-proxy", str(lean_port), upstream_url]))
         policies = tmp / "policies"
         roles = write_policies(policies)
         config, proxy_port, management_port = config_file(
@@ -334,23 +400,25 @@ def main() -> None:
         print(f"creating {args.keys} keys in {len(accounts)} accounts …", flush=True)
         keys = asyncio.run(create_keys(settings, accounts, args.keys, ["role-000"] + roles[:1]))
         procs.append(start([PY, "-m", "gateway", "--config", str(config), "serve"], env))
-        for port in (upstream_port, bare_port, proxy_port):
+        for port in (upstream_port, bare_port, lean_port, proxy_port):
             wait_port(port)
         asyncio.run(wait_trusted(management_port))
 
         app_key, token, account = keys[0]
         creds = {"X-API-AppKey": app_key, "X-API-AppToken": token}
         path = f"/accounts/{account}/orders/1"
-        print("load: upstream direct, then bare proxy and keygate alternating …", flush=True)
+        print("load: upstream direct, then bare, lean and keygate alternating …", flush=True)
         direct = load(f"http://127.0.0.1:{upstream_port}{path}", {}, args.seconds, args.connections)
-        bare_runs, keygate_runs = [], []
-        for _ in range(args.rounds):  # alternating, so drift on a shared machine hits both
+        bare_runs, lean_runs, keygate_runs = [], [], []
+        for _ in range(args.rounds):  # alternating, so drift on a shared machine hits all
             bare_runs.append(load(f"http://127.0.0.1:{bare_port}{path}", {}, args.seconds,
+                                  args.connections))
+            lean_runs.append(load(f"http://127.0.0.1:{lean_port}{path}", {}, args.seconds,
                                   args.connections))
             keygate_runs.append(load(f"http://127.0.0.1:{proxy_port}{path}", creds,
                                      args.seconds, args.connections))
-        bare = sorted(bare_runs, key=lambda r: r.rps)[len(bare_runs) // 2]
-        keygate = sorted(keygate_runs, key=lambda r: r.rps)[len(keygate_runs) // 2]
+        bare, lean, keygate = (sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
+                               for runs in (bare_runs, lean_runs, keygate_runs))
         # latency without queueing: one connection, one request at a time
         bare_one = load(f"http://127.0.0.1:{bare_port}{path}", {}, args.seconds, 1)
         keygate_one = load(f"http://127.0.0.1:{proxy_port}{path}", creds, args.seconds, 1)
@@ -371,6 +439,22 @@ def main() -> None:
         procs[-1].terminate()
         procs[-1].wait(timeout=20)
 
+        instructions: dict[str, float] = {}
+        if args.instructions:
+            print("instructions per request under callgrind …", flush=True)
+            for name, cmd, port, headers in (
+                ("bare", [PY, servers, "bare-proxy", str(cg_port := free_port()), upstream_url],
+                 cg_port, {}),
+                ("bare, sent keygate's 8 upstream headers by the client",
+                 [PY, servers, "bare-proxy", str(cg_port := free_port()), upstream_url],
+                 cg_port, keygate_headers(app_key, account)),
+                ("lean", [PY, servers, "lean-proxy", str(cg_port := free_port()), upstream_url],
+                 cg_port, {}),
+                ("keygate", [PY, "-m", "gateway", "--config", str(config), "serve"],
+                 proxy_port, creds),
+            ):
+                instructions[name] = instructions_per_request(cmd, port, path, headers, env)
+
         print("decision cost by policy size …", flush=True)
         decisions = decision_cost(tmp)
         print(f"memory: {args.memory_keys} keys, export, listing …", flush=True)
@@ -380,6 +464,15 @@ def main() -> None:
 
         added_p99 = keygate_one.p99_ms - bare_one.p99_ms
         ratio = keygate.rps / bare.rps
+        instruction_rows = []
+        if instructions:
+            kg = instructions["keygate"]
+            instruction_rows = [
+                ("instructions per request (callgrind, user space)",
+                 "; ".join(f"{name} {count / 1000:,.0f}k" for name, count in instructions.items())),
+                ("instructions: bare / keygate, lean / keygate",
+                 f"{instructions['bare'] / kg:.3f}, {instructions['lean'] / kg:.3f}"),
+            ]
         rows = [
             ("upstream direct", f"{direct.rps:,.0f} req/s, p50 {direct.p50_ms:.2f} ms, "
                                 f"p99 {direct.p99_ms:.2f} ms"),
@@ -389,8 +482,13 @@ def main() -> None:
             ("keygate (auth + authz + proxy, warm)",
              f"{keygate.rps:,.0f} req/s, p50 {keygate.p50_ms:.2f} ms, p99 {keygate.p99_ms:.2f} ms"
              f"  (all runs: {', '.join(f'{r.rps:,.0f}' for r in keygate_runs)})"),
+            ("lean aiohttp proxy (keygate's server-side techniques)",
+             f"{lean.rps:,.0f} req/s, p50 {lean.p50_ms:.2f} ms, p99 {lean.p99_ms:.2f} ms"
+             f"  (all runs: {', '.join(f'{r.rps:,.0f}' for r in lean_runs)})"),
             ("keygate / bare proxy (target ≥ 0.92)", f"{ratio:.3f} (medians of "
                                                      f"{args.rounds} alternating runs)"),
+            ("keygate / lean proxy (cost of auth, routing, header hygiene)",
+             f"{keygate.rps / lean.rps:.3f}"),
             ("one connection: bare / keygate",
              f"p50 {bare_one.p50_ms:.3f} / {keygate_one.p50_ms:.3f} ms, p99 "
              f"{bare_one.p99_ms:.3f} / {keygate_one.p99_ms:.3f} ms"),
@@ -399,6 +497,7 @@ def main() -> None:
                                     f"({workers2.rps / keygate.rps:.2f}× one worker; "
                                     f"{workers2.rps / 2:,.0f} per worker), p99 "
                                     f"{workers2.p99_ms:.2f} ms"),
+            *instruction_rows,
             ("decision, 10 policy lines", f"{decisions[10][0]:.2f} µs cached, "
                                           f"{decisions[10][1]:.1f} µs uncached"),
             ("decision, 10,000 policy lines", f"{decisions[10_000][0]:.2f} µs cached, "

@@ -4,7 +4,12 @@
 fixed 200, so the upstream is never the bottleneck.
 ``bare-proxy``: an aiohttp pass-through proxy with the same client settings as keygate
 (one ClientSession, TCPConnector, DummyCookieJar, auto_decompress=False, streaming both
-ways, hop-by-hop headers removed) and no authentication: keygate's yardstick.
+ways, hop-by-hop headers removed) and no authentication: keygate's yardstick, written
+the way the aiohttp docs show (an Application with a catch-all route).
+``lean-proxy``: the same forwarding with the two server-side techniques keygate's proxy
+port uses (aiohttp's low-level server; an upstream body of known length ≤ 64 KiB read
+whole and answered in one write). keygate / lean isolates what authentication, routing
+and header hygiene cost, with no forwarding technique in keygate's favour.
 """
 
 from __future__ import annotations
@@ -46,15 +51,20 @@ HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer",
        "transfer-encoding", "upgrade", "host"}
 
 
+def client_session() -> aiohttp.ClientSession:
+    """keygate's client settings (gateway.app.upstream_session, with its defaults)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=1000, limit_per_host=0, ttl_dns_cache=60),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60),
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+    )
+
+
 def bare_proxy_app(upstream: str) -> web.Application:
     async def client_ctx(app: web.Application):
-        app["session"] = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=1000, limit_per_host=0, ttl_dns_cache=60),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60),
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-        )
+        app["session"] = client_session()
         yield
         await app["session"].close()
 
@@ -81,10 +91,43 @@ def bare_proxy_app(upstream: str) -> web.Application:
     return app
 
 
+async def run_lean_proxy(port: int, upstream: str) -> None:
+    session = client_session()
+
+    async def forward(request: web.BaseRequest) -> web.StreamResponse:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
+        body = request.content if request.body_exists else None
+        async with session.request(
+            request.method, upstream + request.raw_path, headers=headers, data=body,
+            allow_redirects=False,
+        ) as up:
+            out = [(k, v) for k, v in up.headers.items() if k.lower() not in HOP]
+            if up.content_length is not None and up.content_length <= 65536:
+                return web.Response(status=up.status, reason=up.reason, headers=out,
+                                    body=await up.read())
+            response = web.StreamResponse(status=up.status, reason=up.reason, headers=out)
+            await response.prepare(request)
+            async for chunk in up.content.iter_chunked(65536):
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    runner = web.ServerRunner(web.Server(forward, auto_decompress=False), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+        await session.close()
+
+
 def main() -> None:
     mode, port = sys.argv[1], int(sys.argv[2])
     if mode == "upstream":
         uvloop.run(run_upstream(port))
+    elif mode == "lean-proxy":
+        uvloop.run(run_lean_proxy(port, sys.argv[3]))
     else:
         upstream = sys.argv[3]
         web.run_app(bare_proxy_app(upstream), host="127.0.0.1", port=port, access_log=None,
