@@ -536,8 +536,9 @@ def main() -> None:
     md = [
         "# Benchmarks",
         "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python bench/run.py` "
-        "(all figures from one run, side by side).",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python bench/run.py"
+        f"{' --instructions' if args.instructions else ''}` (all figures from one run, side by "
+        "side).",
         "",
         f"Machine: {machine}.",
         "",
