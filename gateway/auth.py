@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol
 
+from multidict import istr
+
 from .cache import LRU
 from .credentials import CredentialFormat, TokenHasher
 from .errors import BadRequest, Forbidden, Unauthorized
@@ -79,8 +81,8 @@ class HeaderAuthenticator:
         self.store = store
         self.hasher = hasher
         self.fmt = fmt
-        self.key_header = key_header
-        self.token_header = token_header
+        self.key_header = istr(key_header)  # looked up on every request; istr: folded once
+        self.token_header = istr(token_header)
         self.max_length = max_length
 
     def _read(self, headers: Mapping[str, str], name: str) -> str | None:

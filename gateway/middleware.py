@@ -8,6 +8,7 @@ import re
 import secrets
 
 from aiohttp import web
+from multidict import istr
 
 from .errors import (
     BadRequest,
@@ -20,7 +21,7 @@ from .errors import (
 
 log = logging.getLogger("keygate")
 
-REQUEST_ID_HEADER = "X-Request-Id"
+REQUEST_ID_HEADER = istr("X-Request-Id")  # istr: multidict need not case-fold it each use
 REQUEST_ID = web.RequestKey("request_id", str) if hasattr(web, "RequestKey") else "request_id"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 

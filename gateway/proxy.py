@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import hdrs, web
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDictProxy, istr
 
 from .accesslog import APP_KEY
 from .auth import Identity
@@ -88,23 +88,27 @@ def _connection_named(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     return _named_by_connection(",".join(headers.getall(hdrs.CONNECTION, ())))
 
 
-class _Verdicts(dict[str, bool]):
-    """Per header name (as sent, any case), whether it passes a filter: decided once per
-    name rather than once per request. Bounded, since clients choose the names."""
+class _Verdicts(dict[str, istr | None]):
+    """Per header name (as sent, any case): the name to pass it on under, or None to
+    drop it. Decided once per name rather than once per request; bounded, since clients
+    choose the names. The name kept is an ``istr``, whose case-folded form multidict
+    keeps, so the copies aiohttp makes of the headers on the way out need not fold
+    every name again."""
 
     def __init__(self, passes: Callable[[str], bool], size: int = 4096):
         super().__init__()
         self.passes = passes
         self.size = size
 
-    def __missing__(self, name: str) -> bool:
+    def __missing__(self, name: str) -> istr | None:
         if len(self) >= self.size:
             self.clear()
-        verdict = self[name] = self.passes(name)
+        verdict = self[name] = istr(name) if self.passes(name) else None
         return verdict
 
     def keep(self, headers: CIMultiDictProxy[str]) -> list[tuple[str, str]]:
-        kept = [item for item in headers.items() if self[item[0]]]
+        kept = [(kept_name, value) for name, value in headers.items()
+                if (kept_name := self[name]) is not None]
         if hdrs.CONNECTION in headers:
             named = _connection_named(headers)
             if not named <= HOP_BY_HOP:
@@ -136,10 +140,10 @@ class Forwarder:
         self._from_client = _Verdicts(from_client)
         self._from_upstream = _Verdicts(lambda name: _canonical(name) not in HOP_BY_HOP)
         self._identity_names = (
-            identity_prefix + "Key",
-            identity_prefix + "Owner-Account",
-            identity_prefix + "Account",
-            identity_prefix + "Roles",
+            istr(identity_prefix + "Key"),
+            istr(identity_prefix + "Owner-Account"),
+            istr(identity_prefix + "Account"),
+            istr(identity_prefix + "Roles"),
         )
 
     def upstream_headers(
@@ -152,9 +156,9 @@ class Forwarder:
             (owner, identity.principal.owner),
             (account, identity.account),
             (roles, ",".join(identity.roles)),
-            ("X-Forwarded-For", request.remote or ""),
-            ("X-Forwarded-Proto", request.scheme),
-            ("X-Forwarded-Host", request.host),
+            (hdrs.X_FORWARDED_FOR, request.remote or ""),
+            (hdrs.X_FORWARDED_PROTO, request.scheme),
+            (hdrs.X_FORWARDED_HOST, request.host),
             (REQUEST_ID_HEADER, request_id),
         )
         return headers
