@@ -60,7 +60,7 @@ CHUNK = 64 * 1024
 WHOLE_BODY_LIMIT = 64 * 1024
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=256)
 def host_name(host: str) -> str:
     """Host header without port or trailing dot, lower-cased (memoised: clients send a
     handful of distinct hosts, and this runs on every request)."""
@@ -88,6 +88,9 @@ def _connection_named(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     return _named_by_connection(",".join(headers.getall(hdrs.CONNECTION, ())))
 
 
+_LONGEST_REMEMBERED_NAME = 128
+
+
 class _Verdicts(dict[str, istr | None]):
     """Per header name (as sent, any case): the name to pass it on under, or None to
     drop it. Decided once per name rather than once per request; bounded, since clients
@@ -101,9 +104,11 @@ class _Verdicts(dict[str, istr | None]):
         self.size = size
 
     def __missing__(self, name: str) -> istr | None:
-        if len(self) >= self.size:
-            self.clear()
-        verdict = self[name] = istr(name) if self.passes(name) else None
+        verdict = istr(name) if self.passes(name) else None
+        if len(name) <= _LONGEST_REMEMBERED_NAME:  # so the memory bound is small too
+            if len(self) >= self.size:
+                self.clear()
+            self[name] = verdict
         return verdict
 
     def keep(self, headers: CIMultiDictProxy[str]) -> list[tuple[str, str]]:

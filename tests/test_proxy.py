@@ -842,6 +842,21 @@ async def test_hop_by_hop_request_headers_are_not_forwarded(proxy, make_key, ups
     assert all("hop-secret" not in v and "cHJveHk6" not in v for v in seen.values())
 
 
+def test_header_verdicts_stay_right_and_bounded_whatever_names_clients_send():
+    """Which header names may pass is remembered per name; clients choose the names, so
+    the memory is bounded in entries and in name length, and never changes an answer."""
+    from gateway.proxy import _Verdicts
+
+    verdicts = _Verdicts(lambda name: not name.lower().startswith("x-drop"), size=8)
+    for i in range(100):
+        assert verdicts[f"X-Keep-{i}"] == f"X-Keep-{i}"
+        assert verdicts[f"X-Drop-{i}"] is None
+        assert len(verdicts) <= 8
+    long_name = "X-Keep-" + "a" * 1000
+    assert verdicts[long_name] == long_name
+    assert long_name not in verdicts
+
+
 async def test_hop_by_hop_response_headers_are_not_returned(special_proxy, special, make_key):
     # control: the upstream really sends them
     async with special_proxy.session.get(special.url + "/special/hop") as direct:
