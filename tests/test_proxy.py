@@ -299,10 +299,13 @@ async def test_harness_sends_raw_paths_verbatim(proxy, upstream):
 
 async def test_upstream_status_codes_pass_through(special_proxy, special, make_key):
     key = await make_key("acme", ["orders-reader"])
-    for code in (201, 404, 418, 500, 503):
+    for code in (201, 204, 304, 404, 418, 500, 503):
         reply = await call(special_proxy, "GET", f"/special/status/{code}", headers=key.headers)
         assert reply.status == code
-        assert reply.body == b"from upstream"  # the upstream's body, not a keygate error
+        if code in (204, 304):  # no body by definition, whatever the upstream wrote
+            assert reply.body == b""
+        else:
+            assert reply.body == b"from upstream"  # the upstream's body, not a keygate error
 
 
 @pytest.mark.parametrize("size", [0, 1, WHOLE_BODY_LIMIT, WHOLE_BODY_LIMIT + 1, 3 * MiB])
@@ -326,6 +329,37 @@ async def test_head_keeps_the_upstreams_content_length(special_proxy, make_key):
     assert reply.status == 200
     assert reply.headers["Content-Length"] == "1234"
     assert reply.body == b""
+
+
+class _AmbiguousLengthUpstream(asyncio.Protocol):
+    """Answers with both Content-Length and Transfer-Encoding (a response-smuggling
+    shape: the two say different lengths)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data:
+            self.transport.write(  # type: ignore[attr-defined]
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"a\r\n0123456789\r\n0\r\n\r\n"
+            )
+
+
+async def test_an_answer_with_two_lengths_is_a_502_never_a_body(proxy_with, make_key):
+    """keygate must not pick one of two framings and pass it on with the other's
+    header: the client would read a different message boundary than keygate did."""
+    server = await asyncio.get_running_loop().create_server(
+        _AmbiguousLengthUpstream, "127.0.0.1", 0
+    )
+    try:
+        port = server.sockets[0].getsockname()[1]
+        client = await proxy_with(routes=[route("raw", f"http://127.0.0.1:{port}")])
+        key = await make_key("acme", ["orders-reader"])
+        assert_error(await call(client, "GET", "/raw/x", headers=key.headers), 502,
+                     "upstream_unreachable")
+    finally:
+        server.close()
 
 
 async def test_small_body_cut_short_is_a_clean_502(special_proxy, make_key):
