@@ -15,6 +15,7 @@ and header hygiene cost, with no forwarding technique in keygate's favour.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 
 import aiohttp
@@ -115,8 +116,11 @@ async def run_lean_proxy(port: int, upstream: str) -> None:
     runner = web.ServerRunner(web.Server(forward, auto_decompress=False), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await runner.cleanup()
         await session.close()
