@@ -537,8 +537,9 @@ def main() -> None:
         "# Benchmarks",
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python bench/run.py"
-        f"{' --instructions' if args.instructions else ''}` (all figures from one run, side by "
-        "side).",
+        f"{' --instructions' if args.instructions else ''}"
+        f"{f' --rounds {args.rounds}' if args.rounds != 3 else ''}` "
+        "(all figures from one run, side by side).",
         "",
         f"Machine: {machine}.",
         "",
