@@ -15,6 +15,7 @@ and header hygiene cost, with no forwarding technique in keygate's favour.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import sys
 
@@ -63,57 +64,49 @@ def client_session() -> aiohttp.ClientSession:
     )
 
 
+async def forward(
+    session: aiohttp.ClientSession, upstream: str, request: web.BaseRequest, *,
+    small_bodies_whole: bool,
+) -> web.StreamResponse:
+    """Pass ``request`` to ``upstream`` and its answer back, hop-by-hop headers removed;
+    with ``small_bodies_whole``, a body of known length ≤ 64 KiB goes back in one write."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
+    body = request.content if request.body_exists else None
+    async with session.request(
+        request.method, upstream + request.raw_path, headers=headers, data=body,
+        allow_redirects=False,
+    ) as up:
+        out = [(k, v) for k, v in up.headers.items() if k.lower() not in HOP]
+        if small_bodies_whole and up.content_length is not None and up.content_length <= 65536:
+            return web.Response(status=up.status, reason=up.reason, headers=out,
+                                body=await up.read())
+        response = web.StreamResponse(status=up.status, reason=up.reason, headers=out)
+        await response.prepare(request)
+        async for chunk in up.content.iter_chunked(65536):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+
 def bare_proxy_app(upstream: str) -> web.Application:
     async def client_ctx(app: web.Application):
         app["session"] = client_session()
         yield
         await app["session"].close()
 
-    async def forward(request: web.Request) -> web.StreamResponse:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
-        body = request.content if request.body_exists else None
-        async with request.app["session"].request(
-            request.method, upstream + request.raw_path, headers=headers, data=body,
-            allow_redirects=False,
-        ) as up:
-            response = web.StreamResponse(status=up.status, reason=up.reason)
-            for k, v in up.headers.items():
-                if k.lower() not in HOP:
-                    response.headers.add(k, v)
-            await response.prepare(request)
-            async for chunk in up.content.iter_chunked(65536):
-                await response.write(chunk)
-            await response.write_eof()
-            return response
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await forward(request.app["session"], upstream, request, small_bodies_whole=False)
 
     app = web.Application(handler_args={"auto_decompress": False})
     app.cleanup_ctx.append(client_ctx)
-    app.router.add_route("*", "/{tail:.*}", forward)
+    app.router.add_route("*", "/{tail:.*}", handler)
     return app
 
 
 async def run_lean_proxy(port: int, upstream: str) -> None:
     session = client_session()
-
-    async def forward(request: web.BaseRequest) -> web.StreamResponse:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
-        body = request.content if request.body_exists else None
-        async with session.request(
-            request.method, upstream + request.raw_path, headers=headers, data=body,
-            allow_redirects=False,
-        ) as up:
-            out = [(k, v) for k, v in up.headers.items() if k.lower() not in HOP]
-            if up.content_length is not None and up.content_length <= 65536:
-                return web.Response(status=up.status, reason=up.reason, headers=out,
-                                    body=await up.read())
-            response = web.StreamResponse(status=up.status, reason=up.reason, headers=out)
-            await response.prepare(request)
-            async for chunk in up.content.iter_chunked(65536):
-                await response.write(chunk)
-            await response.write_eof()
-            return response
-
-    runner = web.ServerRunner(web.Server(forward, auto_decompress=False), access_log=None)
+    handler = functools.partial(forward, session, upstream, small_bodies_whole=True)
+    runner = web.ServerRunner(web.Server(handler, auto_decompress=False), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     stop = asyncio.Event()

@@ -143,7 +143,11 @@ class Forwarder:
             )
 
         self._from_client = _Verdicts(from_client)
-        self._from_upstream = _Verdicts(lambda name: _canonical(name) not in HOP_BY_HOP)
+        # The answer's request id is keygate's alone (added in forward), as on the way in.
+        from_upstream_dropped = HOP_BY_HOP | {REQUEST_ID_HEADER.lower()}
+        self._from_upstream = _Verdicts(
+            lambda name: _canonical(name) not in from_upstream_dropped
+        )
         self._identity_names = (
             istr(identity_prefix + "Key"),
             istr(identity_prefix + "Owner-Account"),

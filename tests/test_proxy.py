@@ -242,7 +242,7 @@ async def special(aiohttp_server: Any) -> Special:
         """``n`` bytes of a repeating pattern, length announced."""
         size = int(request.match_info["n"])
         return web.Response(body=bytes(i % 251 for i in range(size)),
-                            headers={"X-Sized": str(size)})
+                            headers={"X-Sized": str(size), "X-Request-Id": "from-upstream"})
 
     async def small_cut(request: web.Request) -> web.StreamResponse:
         """Announces 1,000 bytes, sends 100, then the connection dies."""
@@ -254,7 +254,17 @@ async def special(aiohttp_server: Any) -> Special:
         request.transport.close()
         return response
 
+    async def small_stall(request: web.Request) -> web.StreamResponse:
+        """Announces 1,000 bytes, sends 100, then silence."""
+        response = web.StreamResponse()
+        response.content_length = 1000
+        await response.prepare(request)
+        await response.write(b"x" * 100)
+        await asyncio.sleep(30)
+        return response
+
     app = web.Application(handler_args={"auto_decompress": False})
+    app.router.add_get("/special/small-stall", small_stall)
     app.router.add_get("/special/sized/{n:\\d+}", sized)
     app.router.add_get("/special/small-cut", small_cut)
     app.router.add_get("/special/hop", hop)
@@ -323,12 +333,32 @@ async def test_bodies_of_known_length_arrive_intact_read_whole_or_streamed(
     assert reply.headers["X-Request-Id"]
 
 
+@pytest.mark.parametrize("size", [10, 3 * MiB])
+async def test_the_request_id_in_the_answer_is_keygates_alone(special_proxy, make_key, size):
+    """An upstream that answers with a request id of its own does not add a second one:
+    whether the answer is read whole or streamed, the client sees keygate's id once."""
+    key = await make_key("acme", ["orders-reader"])
+    sent = "client-trace-0001"
+    reply = await call(special_proxy, "GET", f"/special/sized/{size}",
+                       headers={**key.headers, "X-Request-Id": sent})
+    assert reply.status == 200
+    assert reply.headers.getall("X-Request-Id") == [sent]
+
+
 async def test_head_keeps_the_upstreams_content_length(special_proxy, make_key):
     key = await make_key("acme", ["orders-reader"])
     reply = await call(special_proxy, "HEAD", "/special/sized/1234", headers=key.headers)
     assert reply.status == 200
     assert reply.headers["Content-Length"] == "1234"
     assert reply.body == b""
+
+
+async def test_small_body_stalling_is_a_clean_504(special, proxy_with, make_key):
+    client = await proxy_with(routes=[route("special", special.url)], upstream_read_timeout=0.5)
+    key = await make_key("acme", ["orders-reader"])
+    async with asyncio.timeout(GATE_TIMEOUT):
+        reply = await call(client, "GET", "/special/small-stall", headers=key.headers)
+    assert_error(reply, 504, "upstream_timeout")
 
 
 class _AmbiguousLengthUpstream(asyncio.Protocol):
