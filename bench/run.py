@@ -152,6 +152,8 @@ def instructions_per_request(
         subprocess.run(["callgrind_control", "-d", str(child.pid)],
                        capture_output=True, check=True)
         requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+        if "Non-2xx" in out:
+            raise RuntimeError(f"{cmd}: non-2xx answers under callgrind:\n{out}")
         deadline = time.monotonic() + 30
         dumps: list[Path] = []
         while time.monotonic() < deadline and not dumps:

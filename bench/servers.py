@@ -2,14 +2,16 @@
 
 ``upstream``: a minimal HTTP/1.1 keep-alive server answering every request with a small
 fixed 200, so the upstream is never the bottleneck.
-``bare-proxy``: an aiohttp pass-through proxy with the same client settings as keygate
-(one ClientSession, TCPConnector, DummyCookieJar, auto_decompress=False, streaming both
-ways, hop-by-hop headers removed) and no authentication: keygate's yardstick, written
-the way the aiohttp docs show (an Application with a catch-all route).
-``lean-proxy``: the same forwarding with the two server-side techniques keygate's proxy
-port uses (aiohttp's low-level server; an upstream body of known length ≤ 64 KiB read
-whole and answered in one write). keygate / lean isolates what authentication, routing
-and header hygiene cost, with no forwarding technique in keygate's favour.
+``bare-proxy``: an aiohttp pass-through proxy with keygate's client settings (one
+ClientSession, TCPConnector with keygate's connection limit and timeouts,
+DummyCookieJar, auto_decompress=False, no default headers, streaming both ways,
+hop-by-hop headers removed) and no authentication: keygate's yardstick, written the
+way the aiohttp docs show (an Application with a catch-all route).
+``lean-proxy``: the same forwarding with every technique keygate's proxy port uses
+(aiohttp's low-level server; keygate's own upstream client, ``gateway.upstream``; an
+upstream body of known length ≤ 64 KiB read whole and answered in one write) and no
+authentication. keygate / lean isolates what authentication, routing and header hygiene
+cost, with no forwarding technique in keygate's favour.
 """
 
 from __future__ import annotations
@@ -18,10 +20,15 @@ import asyncio
 import functools
 import signal
 import sys
+from pathlib import Path
 
 import aiohttp
 import uvloop
 from aiohttp import web
+from yarl import URL
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gateway.upstream import Origin, UpstreamAnswer, UpstreamPool  # noqa: E402
 
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 16\r\n"
@@ -54,7 +61,9 @@ HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer",
 
 
 def client_session() -> aiohttp.ClientSession:
-    """keygate's client settings (gateway.app.upstream_session, with its defaults)."""
+    """keygate's upstream settings (gateway.app.upstream_pool, with its defaults), as a
+    ClientSession: connection limit, connect and read timeouts, no cookies, no
+    decompression, no headers of its own."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=1000, limit_per_host=0, ttl_dns_cache=60),
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -64,28 +73,35 @@ def client_session() -> aiohttp.ClientSession:
     )
 
 
-async def forward(
-    session: aiohttp.ClientSession, upstream: str, request: web.BaseRequest, *,
+async def answer(
+    request: web.BaseRequest, up: aiohttp.ClientResponse | UpstreamAnswer, *,
     small_bodies_whole: bool,
 ) -> web.StreamResponse:
-    """Pass ``request`` to ``upstream`` and its answer back, hop-by-hop headers removed;
-    with ``small_bodies_whole``, a body of known length ≤ 64 KiB goes back in one write."""
+    """The upstream's answer back to the client, hop-by-hop headers removed; with
+    ``small_bodies_whole``, a body of known length ≤ 64 KiB goes back in one write."""
+    out = [(k, v) for k, v in up.headers.items() if k.lower() not in HOP]
+    if small_bodies_whole and up.content_length is not None and up.content_length <= 65536:
+        return web.Response(status=up.status, reason=up.reason, headers=out,
+                            body=await up.read())
+    response = web.StreamResponse(status=up.status, reason=up.reason, headers=out)
+    await response.prepare(request)
+    async for chunk in up.content.iter_chunked(65536):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def forward(
+    session: aiohttp.ClientSession, upstream: str, request: web.BaseRequest
+) -> web.StreamResponse:
+    """Pass ``request`` to ``upstream`` and its answer back, hop-by-hop headers removed."""
     headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
     body = request.content if request.body_exists else None
     async with session.request(
         request.method, upstream + request.raw_path, headers=headers, data=body,
         allow_redirects=False,
     ) as up:
-        out = [(k, v) for k, v in up.headers.items() if k.lower() not in HOP]
-        if small_bodies_whole and up.content_length is not None and up.content_length <= 65536:
-            return web.Response(status=up.status, reason=up.reason, headers=out,
-                                body=await up.read())
-        response = web.StreamResponse(status=up.status, reason=up.reason, headers=out)
-        await response.prepare(request)
-        async for chunk in up.content.iter_chunked(65536):
-            await response.write(chunk)
-        await response.write_eof()
-        return response
+        return await answer(request, up, small_bodies_whole=False)
 
 
 def bare_proxy_app(upstream: str) -> web.Application:
@@ -95,7 +111,7 @@ def bare_proxy_app(upstream: str) -> web.Application:
         await app["session"].close()
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await forward(request.app["session"], upstream, request, small_bodies_whole=False)
+        return await forward(request.app["session"], upstream, request)
 
     app = web.Application(handler_args={"auto_decompress": False})
     app.cleanup_ctx.append(client_ctx)
@@ -103,9 +119,22 @@ def bare_proxy_app(upstream: str) -> web.Application:
     return app
 
 
+async def lean_forward(
+    pool: UpstreamPool, origin: Origin, request: web.BaseRequest
+) -> web.StreamResponse:
+    """``forward`` on keygate's upstream client, small bodies answered in one write."""
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP]
+    body = request.content if request.body_exists else None
+    async with await pool.send(
+        origin, request.method, request.raw_path, headers, body, request.content_length
+    ) as up:
+        return await answer(request, up, small_bodies_whole=True)
+
+
 async def run_lean_proxy(port: int, upstream: str) -> None:
-    session = client_session()
-    handler = functools.partial(forward, session, upstream, small_bodies_whole=True)
+    # keygate's defaults (gateway.app.upstream_pool)
+    pool = UpstreamPool(max_connections=1000, connect_timeout=5, read_timeout=60)
+    handler = functools.partial(lean_forward, pool, Origin.of(URL(upstream)))
     runner = web.ServerRunner(web.Server(handler, auto_decompress=False), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -116,7 +145,7 @@ async def run_lean_proxy(port: int, upstream: str) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
-        await session.close()
+        await pool.close()
 
 
 def main() -> None:

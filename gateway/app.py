@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -29,6 +28,7 @@ from .policy import Policy
 from .routes import parse_routes
 from .settings import Settings, load_secrets
 from .store import CacheSettings, Store
+from .upstream import UpstreamPool
 from .usage import Denials, LastUsed, UsageObserver
 
 log = logging.getLogger("keygate")
@@ -89,43 +89,36 @@ def build_gateway(
     )
 
 
-def upstream_session(settings: Settings) -> aiohttp.ClientSession:
-    """The proxy's one client session to the upstreams (connection pooling, no cookies,
-    no decompression, no headers of its own)."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(
-            limit=settings.upstream_max_connections, limit_per_host=0, ttl_dns_cache=60
-        ),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        timeout=aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=settings.upstream_connect_timeout,
-            sock_read=settings.upstream_read_timeout,
-        ),
-        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+def upstream_pool(settings: Settings) -> UpstreamPool:
+    """The proxy's connections to the upstreams (keep-alive pools, no decompression,
+    no headers of its own)."""
+    return UpstreamPool(
+        max_connections=settings.upstream_max_connections,
+        connect_timeout=settings.upstream_connect_timeout,
+        read_timeout=settings.upstream_read_timeout,
+        idle_timeout=settings.upstream_idle_timeout,
     )
 
 
 class ProxyRunner(web.BaseRunner):
     """The proxy port on aiohttp's low-level server: its one handler does the routing,
     so an Application's router and middleware chain would only add work per request.
-    The upstream session opens on setup and closes on cleanup (an Application's
+    The upstream pool opens on setup and closes on cleanup (an Application's
     cleanup_ctx, by hand). Keyword arguments go to the server, as with AppRunner."""
 
     def __init__(self, gateway: Gateway, **kwargs: Any):
         super().__init__(**kwargs)
         self.gateway = gateway
-        self.session: aiohttp.ClientSession | None = None
+        self.pool: UpstreamPool | None = None
 
     async def shutdown(self) -> None:
         pass
 
     async def _make_server(self) -> web.Server:
         settings = self.gateway.settings
-        self.session = upstream_session(settings)
+        self.pool = upstream_pool(settings)
         forwarder = proxy.Forwarder(
-            self.session,
+            self.pool,
             (settings.key_header, settings.token_header),
             settings.identity_header_prefix,
         )
@@ -134,8 +127,8 @@ class ProxyRunner(web.BaseRunner):
         return web.Server(port.request_handler(), auto_decompress=False, **self._kwargs)
 
     async def _cleanup_server(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        if self.pool is not None:
+            await self.pool.close()
 
 
 @contextlib.asynccontextmanager

@@ -10,11 +10,12 @@ Header hygiene, because the upstream trusts what keygate sends it:
 * added: identity headers (key, owner account, target account, roles),
   ``X-Forwarded-For/-Proto/-Host`` and the request id.
 
-Request bodies are never read whole: they are handed to the client session as a
-stream. A response body is copied chunk by chunk, unless the upstream announced a small
-one (``WHOLE_BODY_LIMIT``), which is read whole so that headers and body leave in one
-write, as nginx buffers small responses. Neither side decompresses
-(``auto_decompress=False`` on both), so bytes and ``Content-Encoding`` pass unchanged.
+Request bodies are never read whole: they are handed to the upstream pool
+(``gateway.upstream``) as a stream. A response body is copied chunk by chunk, unless
+the upstream announced a small one (``WHOLE_BODY_LIMIT``), which is read whole so that
+headers and body leave in one write, as nginx buffers small responses. Neither side
+decompresses (``auto_decompress=False`` on both), so bytes and ``Content-Encoding`` pass
+unchanged.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from multidict import CIMultiDictProxy, istr
 from .accesslog import APP_KEY
 from .auth import Identity
 from .context import Gateway
-from .errors import BadGateway, GatewayTimeout, NotFound
+from .errors import BadGateway, BadRequest, GatewayTimeout, NotFound
 from .middleware import REQUEST_ID, REQUEST_ID_HEADER, errors_as_json
 from .routes import Route, normalise_path
+from .upstream import UnforwardableHeader, UpstreamAnswer, UpstreamPool
 
 log = logging.getLogger("keygate.proxy")
 
@@ -126,11 +128,11 @@ class Forwarder:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        pool: UpstreamPool,
         credential_headers: tuple[str, ...],
         identity_prefix: str,
     ):
-        self.session = session
+        self.pool = pool
         prefix = _canonical(identity_prefix)
         dropped = HOP_BY_HOP | CLIENT_NEVER_SETS | {_canonical(h) for h in credential_headers}
 
@@ -172,7 +174,7 @@ class Forwarder:
         )
         return headers
 
-    def response_headers(self, upstream: aiohttp.ClientResponse) -> list[tuple[str, str]]:
+    def response_headers(self, upstream: UpstreamAnswer) -> list[tuple[str, str]]:
         return self._from_upstream.keep(upstream.headers)
 
     async def forward(
@@ -184,19 +186,25 @@ class Forwarder:
         identity: Identity,
         request_id: str,
     ) -> web.StreamResponse:
-        url = route.upstream_url(path, query)
+        origin = route.origin
         try:
-            upstream = await self.session.request(
+            upstream = await self.pool.send(
+                origin,
                 request.method,
-                url,
-                headers=self.upstream_headers(request, identity, request_id),
-                data=request.content if request.body_exists else None,
-                allow_redirects=False,
+                route.upstream_target(path, query),
+                self.upstream_headers(request, identity, request_id),
+                request.content if request.body_exists else None,
+                request.content_length,
             )
+        except UnforwardableHeader as exc:
+            raise BadRequest(str(exc), code="bad_header") from None
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise _timeout(route) from None
         except aiohttp.ClientError as exc:
-            log.warning("route %s: upstream %s failed: %r", route.name, url.origin(), exc)
+            log.warning(
+                "route %s: upstream %s://%s:%s failed: %r",
+                route.name, origin.scheme, origin.host, origin.port, exc,
+            )
             raise _unreachable(route) from None
         async with upstream:
             headers = self.response_headers(upstream)

@@ -28,6 +28,7 @@ from yarl import URL
 
 from .credentials import is_valid_account
 from .errors import BadRequest, ConfigError
+from .upstream import Origin
 
 UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 _ALLOWED_RAW = frozenset(string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@/%")
@@ -162,18 +163,23 @@ class Route:
             )
         return candidate
 
-    def upstream_url(self, path: str, query: str) -> URL:
+    def upstream_target(self, path: str, query: str) -> str:
+        """The request-target sent upstream: the upstream URL's own path, then ``path``
+        (and ``query``), both already in their one encoded form, passed on untouched."""
         if self.strip_prefix and self.path_prefix != "/":
             path = path[len(self.path_prefix) :] or "/"
             if not path.startswith("/"):
                 path = "/" + path
-        # path and query are already in their one encoded form: yarl must not touch them
-        return URL(self._upstream_base + path + ("?" + query if query else ""), encoded=True)
+        target = self._upstream_path + path
+        return target + "?" + query if query else target
 
     @functools.cached_property
-    def _upstream_base(self) -> str:
-        return str(self.upstream.with_path("").with_query(None)).rstrip("/") + \
-            self.upstream.raw_path.rstrip("/")
+    def _upstream_path(self) -> str:
+        return self.upstream.raw_path.rstrip("/")
+
+    @functools.cached_property
+    def origin(self) -> Origin:
+        return Origin.of(self.upstream)
 
 
 class RouteTable:

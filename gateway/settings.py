@@ -145,6 +145,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds an upstream may stay silent before keygate answers 504.", _positive(float)),
     Setting("upstream_max_connections", 1000,
             "Connections keygate keeps open to all upstreams together.", _positive(int)),
+    Setting("upstream_idle_timeout", 15.0,
+            "Seconds an idle keep-alive connection to an upstream is kept for reuse; keep it "
+            "below the upstream's own keep-alive timeout.", _positive(float)),
     Setting("max_credential_length", 256,
             "Longer key or token headers are refused with 400 before any lookup.",
             _positive(int)),
