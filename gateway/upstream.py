@@ -209,8 +209,9 @@ class UpstreamPool:
             "Transfer-Encoding: chunked\r\n" if chunked else "",
         )
         retry = body is None and method in IDEMPOTENT_METHODS
+        fresh = False
         while True:
-            protocol, reused = await self._acquire(origin)
+            protocol, reused = await self._acquire(origin, fresh)
             protocol.set_response_params(
                 skip_payload=method == "HEAD",
                 read_until_eof=True,
@@ -225,11 +226,14 @@ class UpstreamPool:
             assert transport is not None
             transport.write(head)
             writer = None
-            if body is not None:
+            if body is None:
+                protocol.start_timeout()
+            else:
+                # the read timeout starts once the body is out (as in aiohttp's client):
+                # an upload may take longer than the upstream may stay silent after it
                 writer = asyncio.get_running_loop().create_task(
-                    _send_body(protocol, body, chunked)
+                    _send_body(protocol, body, body_length)
                 )
-            protocol.start_timeout()
             try:
                 while True:
                     message, content = await protocol.read()
@@ -239,7 +243,7 @@ class UpstreamPool:
             except (ServerDisconnectedError, ClientOSError):
                 self._discard(protocol)
                 if reused and retry:
-                    retry = False  # once, and only on a fresh connection
+                    retry, fresh = False, True  # once, and on a new connection
                     continue
                 await _settle(writer)
                 raise
@@ -253,14 +257,15 @@ class UpstreamPool:
                 raise
             return UpstreamAnswer(self, origin, protocol, message, content, writer)
 
-    async def _acquire(self, origin: Origin) -> tuple[ResponseHandler, bool]:
+    async def _acquire(self, origin: Origin, fresh: bool) -> tuple[ResponseHandler, bool]:
         """A kept-alive connection to ``origin`` (most recently used first, as it is the
-        least likely to have been closed by the upstream meanwhile), or a new one."""
+        least likely to have been closed by the upstream meanwhile), or with ``fresh``
+        or none idle, a new one."""
         loop = asyncio.get_running_loop()
         while True:
             if self._closed:
                 raise ClientConnectionError("keygate is shutting down")
-            idle = self._idle.get(origin)
+            idle = None if fresh else self._idle.get(origin)
             if idle:
                 deadline = loop.time() - self.idle_timeout
                 while idle:
@@ -320,6 +325,9 @@ class UpstreamPool:
         ):
             self._discard(protocol)
             return
+        # An idle connection has no read deadline: a body that finished after its answer
+        # started the timer again, which must not fire on the connection's next request.
+        protocol._drop_timeout()
         loop = asyncio.get_running_loop()
         self._idle.setdefault(origin, []).append((loop.time(), protocol))
         if self._room:
@@ -380,24 +388,33 @@ class UpstreamPool:
         self._idle.clear()
 
 
-async def _send_body(protocol: ResponseHandler, body: StreamReader, chunked: bool) -> bool:
-    """Copy the client's body upstream; True when it was sent whole. On any failure the
-    upstream connection is aborted, so the upstream sees a broken request rather than a
-    short one that looks complete."""
+async def _send_body(protocol: ResponseHandler, body: StreamReader, length: int | None) -> bool:
+    """Copy the client's body upstream (chunked when ``length`` is None), then start the
+    read timeout; True when it was sent whole. On any failure, or a body that does not
+    match its declared length, the upstream connection is aborted, so the upstream sees
+    a broken request rather than a short one that looks complete (or the start of the
+    next request)."""
     transport = protocol.transport
     try:
         assert transport is not None
+        sent = 0
         while True:
             data = await body.readany()
             if not data:
                 break
-            if chunked:
+            sent += len(data)
+            if length is None:
                 transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            elif sent > length:
+                raise ValueError(f"the body is longer than its length {length}")
             else:
                 transport.write(data)
             await protocol._drain_helper()  # backpressure from a slow upstream
-        if chunked:
+        if length is None:
             transport.write(b"0\r\n\r\n")
+        elif sent != length:
+            raise ValueError(f"the body ended after {sent} of {length} bytes")
+        protocol.start_timeout()
         return True
     except asyncio.CancelledError:
         protocol.abort()
