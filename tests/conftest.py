@@ -94,6 +94,17 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port that refuses connections: bound (so nobody else takes it) but not listening."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
 class FakeClock:
     """An injectable clock: tests move time instead of sleeping."""
 

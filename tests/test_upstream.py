@@ -15,7 +15,7 @@ import datetime
 import ipaddress
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -956,17 +956,6 @@ async def test_https_upstream_with_an_untrusted_certificate_fails(raw_upstream, 
 
 
 # -- connect failures and shutdown ---------------------------------------------------------
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A port that refuses connections: bound (so nobody else takes it) but not listening."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()
-
 
 async def test_connection_refused_is_a_client_error(make_pool, closed_port):
     pool = make_pool(max_connections=1)
