@@ -150,13 +150,16 @@ class Route:
             return self.account
         if self.account_from == "host":
             candidate = host.split(".", 1)[0]
-            where = f"the host's first label {candidate!r}"
         else:
-            segments = path.strip("/").split("/")
-            index = self.account_segment - 1
+            # the path is normalised (one leading "/", no empty segments but a trailing one)
+            segments = path.split("/", self.account_segment + 1)
+            index = self.account_segment
             candidate = segments[index] if index < len(segments) else ""
-            where = f"path segment {self.account_segment} ({candidate!r})"
         if not is_valid_account(candidate):
+            if self.account_from == "host":
+                where = f"the host's first label {candidate!r}"
+            else:
+                where = f"path segment {self.account_segment} ({candidate!r})"
             raise BadRequest(
                 f"route {self.name!r} takes the account from {where}, which is not an account name",
                 code="bad_account",

@@ -20,7 +20,7 @@ from gateway.credentials import (
     TokenHasher,
     is_valid_account,
 )
-from gateway.errors import ConfigError
+from gateway.errors import BadRequest, ConfigError
 from gateway.policy import Policy
 from gateway.routes import parse_routes
 from gateway.settings import (
@@ -452,6 +452,24 @@ def test_valid_routes_parse_and_match():
     assert table.match("GET", "x", "/ordersX") is None
     per = table.match("GET", "x", "/accounts/beta/orders")
     assert per is not None and per.account_for("x", "/accounts/beta/orders") == "beta"
+
+
+@pytest.mark.parametrize("segment", [1, 2, 3])
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/accounts", "/accounts/", "/accounts/acme", "/accounts/acme/",
+     "/accounts/acme/orders/1", "/a/b/c/d/e"],
+)
+def test_account_from_path_segment_counts_from_the_first_segment(path, segment):
+    route = parse_routes([{"name": "r", "upstream": UP, "account_from": "path",
+                           "account_segment": segment, "resource": "orders"}]).routes[0]
+    segments = path.strip("/").split("/")
+    expected = segments[segment - 1] if segment <= len(segments) else ""
+    if expected in ("acme", "accounts", "orders", "a", "b", "c", "1"):
+        assert route.account_for("x", path) == expected
+    else:
+        with pytest.raises(BadRequest, match=f"path segment {segment}"):
+            route.account_for("x", path)
 
 
 # -- policy ----------------------------------------------------------------------------
