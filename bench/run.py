@@ -12,7 +12,8 @@ round trips per request for warm and cold keys, Redis memory per key at 100,000 
 the peak RSS of exporting them, the time to list a page, and ``--workers 2``.
 
 Two yardsticks: the bare proxy as the aiohttp docs would write it, and a "lean" one
-using the same server-side forwarding techniques as keygate, so that keygate / lean is
+forwarding exactly as keygate does (its server-side techniques and its upstream client,
+``gateway.upstream``) with no authentication, so that keygate / lean is
 the cost of authentication, routing and header hygiene alone. ``--instructions`` also
 counts CPU instructions per request under callgrind (valgrind): unlike requests/s on a
 shared machine, those counts repeat from run to run.
@@ -484,7 +485,7 @@ def main() -> None:
             ("keygate (auth + authz + proxy, warm)",
              f"{keygate.rps:,.0f} req/s, p50 {keygate.p50_ms:.2f} ms, p99 {keygate.p99_ms:.2f} ms"
              f"  (all runs: {', '.join(f'{r.rps:,.0f}' for r in keygate_runs)})"),
-            ("lean aiohttp proxy (keygate's server-side techniques)",
+            ("lean proxy (keygate's forwarding, no auth)",
              f"{lean.rps:,.0f} req/s, p50 {lean.p50_ms:.2f} ms, p99 {lean.p99_ms:.2f} ms"
              f"  (all runs: {', '.join(f'{r.rps:,.0f}' for r in lean_runs)})"),
             ("keygate / bare proxy (target ≥ 0.92)", f"{ratio:.3f} (medians of "
