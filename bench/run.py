@@ -241,9 +241,9 @@ async def commands_total(client: aioredis.Redis) -> int:
 
 
 def config_file(tmp: Path, redis_url: str, prefix: str, upstream_port: int,
-                policies: Path) -> tuple[Path, int, int]:
+                policies: Path, name: str = "a") -> tuple[Path, int, int]:
     proxy_port, management_port = free_port(), free_port()
-    path = tmp / f"keygate-{prefix.strip(':')}.toml"
+    path = tmp / f"keygate-{prefix.strip(':')}-{name}.toml"
     path.write_text(
         f'proxy_listen = "127.0.0.1:{proxy_port}"\n'
         f'management_listen = "127.0.0.1:{management_port}"\n'
@@ -324,6 +324,38 @@ async def round_trips(redis_url: str, proxy_port: int, keys, warm_key) -> tuple[
     return warm, cold
 
 
+async def revocation_delays(
+    management_a: int, proxy_b: int, admin, clients
+) -> list[float]:
+    """Seconds from a deactivation answered by instance A's management API until
+    instance B's proxy refuses the key (polling), for each client key; B has the key
+    in its cache before each deactivation, so this is the invalidation channel's delay."""
+    delays = []
+    admin_headers = {"X-API-AppKey": admin[0], "X-API-AppToken": admin[1]}
+    async with aiohttp.ClientSession() as session:
+        for app_key, token, account in clients:
+            headers = {"X-API-AppKey": app_key, "X-API-AppToken": token}
+            url = f"http://127.0.0.1:{proxy_b}/accounts/{account}/orders/1"
+            for _ in range(3):
+                async with session.get(url, headers=headers) as r:
+                    assert r.status == 200, r.status
+            async with session.patch(
+                f"http://127.0.0.1:{management_a}/api/v1/accounts/{account}/keys/{app_key}",
+                headers=admin_headers, json={"status": "inactive"},
+            ) as r:
+                assert r.status == 200, await r.text()
+            changed = time.monotonic()
+            while True:
+                async with session.get(url, headers=headers) as r:
+                    if r.status == 401:
+                        break
+                    assert r.status == 200, r.status
+                if time.monotonic() - changed > 10:
+                    raise RuntimeError("instance B still accepts a deactivated key after 10 s")
+            delays.append(time.monotonic() - changed)
+    return delays
+
+
 async def memory_and_listing(redis_url: str, tmp: Path, count: int):
     """Redis bytes per key at ``count`` keys in one account, export RSS, page listing."""
     prefix = "mem:"
@@ -402,6 +434,8 @@ def main() -> None:
         accounts = [f"acct-{i:02d}" for i in range(50)]
         print(f"creating {args.keys} keys in {len(accounts)} accounts …", flush=True)
         keys = asyncio.run(create_keys(settings, accounts, args.keys, ["role-000"] + roles[:1]))
+        (admin,) = asyncio.run(create_keys(settings, accounts[:1], 1, ["owner"]))
+        revoked = asyncio.run(create_keys(settings, accounts[:1], 20, ["role-000"]))
         procs.append(start([PY, "-m", "gateway", "--config", str(config), "serve"], env))
         for port in (upstream_port, bare_port, lean_port, proxy_port):
             wait_port(port)
@@ -428,8 +462,18 @@ def main() -> None:
 
         warm_trips, cold_trips = asyncio.run(round_trips(redis_url, proxy_port, keys[1:],
                                                          keys[0]))
-        procs[-1].terminate()
-        procs[-1].wait(timeout=20)
+        print("revocation: a second instance on the same Redis …", flush=True)
+        config_b, proxy_b, management_b = config_file(
+            tmp, redis_url, "kg:", upstream_port, policies, name="b"
+        )
+        procs.append(start([PY, "-m", "gateway", "--config", str(config_b), "serve"], env))
+        wait_port(proxy_b)
+        asyncio.run(wait_trusted(management_b))
+        delays = sorted(asyncio.run(revocation_delays(management_port, proxy_b, admin, revoked)))
+        for _ in range(2):  # instance B, then A
+            procs[-1].terminate()
+            procs[-1].wait(timeout=20)
+            procs.pop()
 
         print("load: keygate --workers 2 …", flush=True)
         procs.append(start([PY, "-m", "gateway", "--config", str(config), "serve",
@@ -505,6 +549,9 @@ def main() -> None:
                                           f"{decisions[10][1]:.1f} µs uncached"),
             ("decision, 10,000 policy lines", f"{decisions[10_000][0]:.2f} µs cached, "
                                               f"{decisions[10_000][1]:,.0f} µs uncached"),
+            ("revocation seen by a second instance (target ≤ 1 s)",
+             f"median {delays[len(delays) // 2] * 1000:.1f} ms, max {delays[-1] * 1000:.1f} ms "
+             f"over {len(delays)} deactivations"),
             ("Redis commands per request, warm key", f"{warm_trips:.3f}"),
             ("Redis commands per request, cold key (target 1)", f"{cold_trips:.3f}"),
             (f"Redis memory per key at {args.memory_keys:,} keys (target ≤ 600 B)",
