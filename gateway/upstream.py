@@ -53,10 +53,6 @@ from yarl import URL
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 READ_BUFFER = 64 * 1024
-# aiohttp's client defaults, so an upstream answer is held to the same limits as before
-MAX_LINE_SIZE = 8190
-MAX_FIELD_SIZE = 8190
-MAX_HEADERS = 128
 
 
 class UnforwardableHeader(ValueError):
@@ -212,15 +208,13 @@ class UpstreamPool:
         fresh = False
         while True:
             protocol, reused = await self._acquire(origin, fresh)
+            # line, field and header-count limits: aiohttp's client defaults, as before
             protocol.set_response_params(
                 skip_payload=method == "HEAD",
                 read_until_eof=True,
                 auto_decompress=False,
                 read_timeout=self.read_timeout,
                 read_bufsize=READ_BUFFER,
-                max_line_size=MAX_LINE_SIZE,
-                max_field_size=MAX_FIELD_SIZE,
-                max_headers=MAX_HEADERS,
             )
             transport = protocol.transport
             assert transport is not None
@@ -240,20 +234,15 @@ class UpstreamPool:
                     # 1xx answers are interim (RFC 9110 §15.2); 101 would be an upgrade
                     if not 100 <= message.code < 200 or message.code == 101:
                         break
-            except (ServerDisconnectedError, ClientOSError):
+            except BaseException as exc:
                 self._discard(protocol)
-                if reused and retry:
+                stale = isinstance(exc, (ServerDisconnectedError, ClientOSError))
+                if stale and reused and retry:  # retry implies no body, so no writer
                     retry, fresh = False, True  # once, and on a new connection
                     continue
                 await _settle(writer)
-                raise
-            except HttpProcessingError as exc:
-                self._discard(protocol)
-                await _settle(writer)
-                raise InvalidAnswer(f"invalid HTTP answer: {exc.message}") from None
-            except BaseException:
-                self._discard(protocol)
-                await _settle(writer)
+                if isinstance(exc, HttpProcessingError):
+                    raise InvalidAnswer(f"invalid HTTP answer: {exc.message}") from None
                 raise
             return UpstreamAnswer(self, origin, protocol, message, content, writer)
 
