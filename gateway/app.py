@@ -61,6 +61,7 @@ def build_gateway(
                 unknown_ttl=settings.unknown_key_cache_ttl,
             ),
             settings.store_max_connections,
+            settings.audit_max_access_events,
         )
     fmt = settings.credential_format
     hasher = TokenHasher(server_secrets)

@@ -176,7 +176,10 @@ class Gatekeeper:
         resource: str,
         action: str,
         request_id: str = "",
+        client: str = "",
     ) -> Identity:
+        """Authenticate, resolve the grant, authorize. ``client`` is the client's
+        address as keygate trusts it (see ``trusted_proxies``), for rate limits."""
         authenticated = None
         for authenticator in self.authenticators:
             authenticated = await authenticator.authenticate(headers, account)

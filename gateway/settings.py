@@ -9,6 +9,7 @@ value came from, raised before anything listens.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import secrets
@@ -96,6 +97,24 @@ def _optional_path(value: Any) -> Path | None:
     return _path(value) if _str(value) else None
 
 
+def _optional_listen(value: Any) -> tuple[str, int] | None:
+    if value == "" or value is None:
+        return None
+    return _listen(value)
+
+
+def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """CIDRs as a TOML list, or comma-separated in the environment."""
+    if isinstance(value, str):
+        value = [v for v in (part.strip() for part in value.split(",")) if v]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of addresses or CIDRs, e.g. [\"10.0.0.0/8\"]")
+    try:
+        return tuple(ipaddress.ip_network(v.strip(), strict=False) for v in value)
+    except ValueError as exc:
+        raise ValueError(f"not an address or CIDR ({exc})") from None
+
+
 def _routes(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
         raise ValueError("expected a list of [[routes]] tables")
@@ -179,6 +198,46 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("decision_cache_size", 100000,
             "Authorization decisions each process caches, keyed by roles, account, "
             "resource, action and policy version.", _positive(int)),
+    Setting("header_timeout", 10.0,
+            "Seconds a client has, from connecting (or from the first byte of its next "
+            "request on a kept-alive connection), to send a complete request head; slower "
+            "clients are disconnected (slowloris).", _positive(float)),
+    Setting("keepalive_timeout", 60.0,
+            "Seconds an idle keep-alive client connection is kept open between requests.",
+            _positive(float)),
+    Setting("body_timeout", 30.0,
+            "Seconds a client may pause while sending a request body before its connection "
+            "is closed.", _positive(float)),
+    Setting("max_connections", 0,
+            "Client connections each process holds on all its ports together. 0 derives it "
+            "from the file descriptor limit, keeping room for upstream and store "
+            "connections. At the cap, the oldest connection that is idle or still sending "
+            "its head is closed to make room; if there is none, a new one gets 503.",
+            _non_negative_int),
+    Setting("trusted_proxies", [],
+            "Addresses or CIDRs of load balancers in front of keygate. From them, "
+            "X-Forwarded-For is extended and the client address (for rate limits and logs) "
+            "is the first untrusted address in it; from anyone else it is replaced.",
+            _networks),
+    Setting("auth_failure_limit", 30,
+            "Failed authentications (unknown key, wrong token) allowed per client address "
+            "per auth_failure_window, counted in the store across workers and instances; "
+            "past it, 429 with Retry-After.", _positive(int)),
+    Setting("auth_failure_key_limit", 30,
+            "Wrong tokens allowed per API key per auth_failure_window; past it, wrong tokens "
+            "for that key get 429 (the right token still works).", _positive(int)),
+    Setting("auth_failure_window", 60.0,
+            "Seconds of the failed-authentication budgets.", _positive(float)),
+    Setting("metrics_listen", "127.0.0.1:9108",
+            "Address of the Prometheus /metrics port (empty: off). Keep it off the public "
+            "network; it is never served beside the management API.", _optional_listen),
+    Setting("renewal_gauge_interval", 300.0,
+            "Seconds between background recomputations of the renewal-alert gauge (a scrape "
+            "only reads the last result).", _positive(float)),
+    Setting("audit_max_access_events", 10000,
+            "Access events (sampled denials) kept per account, apart from change events, so "
+            "that no volume of requests can push a change out of the audit log.",
+            _positive(int)),
     Setting("access_log", False,
             "Write a JSON access log line per request to standard error.", _bool),
     Setting("routes", [], "Route table: [[routes]] tables, see the README.", _routes, env=False),

@@ -80,6 +80,24 @@ def _unavailable(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return wrapper
 
 
+def _unavailable_iter(
+    func: Callable[P, AsyncIterator[T]],
+) -> Callable[P, AsyncIterator[T]]:
+    """:func:`_unavailable` for async generators: a lost Redis mid-iteration is a
+    StoreUnavailable too, so a caller streaming an export can tell it from a bug."""
+
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
+        try:
+            async for item in func(*args, **kwargs):
+                yield item
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            log.warning("store unavailable in %s: %s", func.__name__, exc)
+            raise StoreUnavailable() from exc
+
+    return wrapper
+
+
 @dataclass(frozen=True)
 class Grant:
     roles: tuple[str, ...]
@@ -543,11 +561,13 @@ class Store:
         clock: Callable[[], float],
         audit_max_events: int = 100_000,
         cache: CacheSettings = CacheSettings(),  # noqa: B008 - frozen, shared safely
+        audit_max_access_events: int = 10_000,
     ):
         self.redis = client
         self.prefix = prefix
         self.clock = clock
         self.audit_max_events = audit_max_events
+        self.audit_max_access_events = audit_max_access_events
         self.channel = f"{prefix}invalidate"
         self._key_prefix = f"{prefix}key:"
         self._known: LRU[str, dict[str, AuthLookup]] | None = (
@@ -583,6 +603,7 @@ class Store:
         audit_max_events: int = 100_000,
         cache: CacheSettings = CacheSettings(),  # noqa: B008
         max_connections: int = 100,
+        audit_max_access_events: int = 10_000,
     ) -> Store:
         if url.startswith("memory://"):
             import fakeredis  # only the embedded store needs it
@@ -608,7 +629,7 @@ class Store:
                 socket_timeout=5,
             )
             client = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
-        return cls(client, prefix, clock, audit_max_events, cache)
+        return cls(client, prefix, clock, audit_max_events, cache, audit_max_access_events)
 
     async def close(self) -> None:
         await self.stop_invalidation()
@@ -931,6 +952,7 @@ class Store:
             records += [KeyRecord.from_hash(n, h) for n, h in zip(batch, hashes, strict=True)]
         return records
 
+    @_unavailable_iter
     async def iter_keys(self, account: str, chunk: int = 500) -> AsyncIterator[list[KeyRecord]]:
         """All generated keys of an account, a chunk at a time (bounded memory)."""
         index = self._account(account, "keys")
@@ -993,6 +1015,7 @@ class Store:
         )
         return bool(removed)
 
+    @_unavailable_iter
     async def iter_grants(self, account: str, chunk: int = 500) -> AsyncIterator[list[ExternalKey]]:
         """All external keys granted roles in ``account``, a chunk at a time."""
         index = self._account(account, "ext")
@@ -1112,21 +1135,50 @@ class Store:
         )
 
     # -- audit -----------------------------------------------------------------------
+    # Two streams per account: ``audit`` holds change events (written by the script that
+    # makes the change) and ``access`` holds access events (sampled denials). They are
+    # capped separately, so no volume of requests, by anyone, can trim a change event.
+    # Listing merges them newest first; an access event's id carries an ``a`` prefix so a
+    # cursor says which stream it came from (the two streams' ids may coincide).
     @_unavailable
-    async def append_audit(
+    async def account_exists(self, account: str) -> bool:
+        """Whether the account has generated keys, external keys or settings: the
+        accounts that exist as far as keygate knows (one round trip)."""
+        return bool(
+            await self.redis.exists(
+                self._account(account, "keys"),
+                self._account(account, "ext"),
+                self._account(account, "settings"),
+            )
+        )
+
+    @_unavailable
+    async def append_access_event(
         self, account: str, actor: Actor, action: str, target: str, after: Mapping[str, Any]
     ) -> None:
-        """An event that is not part of a change (e.g. a sampled access denial)."""
+        """An access event (e.g. a sampled denial), in the account's access stream."""
         await self.redis.xadd(
-            self._account(account, "audit"),
+            self._account(account, "access"),
             {
                 "event": self._event(account, actor, action, target),
                 "before": "{}",
                 "after": orjson.dumps(after).decode(),
             },
-            maxlen=self.audit_max_events,
+            maxlen=self.audit_max_access_events,
             approximate=True,
         )
+
+    async def _stream_newest_first(
+        self, stream: str, max_id: str, prefix: str
+    ) -> AsyncIterator[AuditEvent]:
+        end = max_id
+        while True:
+            batch = await self.redis.xrevrange(stream, max=end, min="-", count=200)
+            if not batch:
+                return
+            for event_id, fields in batch:
+                yield _decode_event(prefix + event_id, fields)
+            end = f"({batch[-1][0]}"
 
     @_unavailable
     async def audit_events(
@@ -1138,30 +1190,54 @@ class Store:
         accept: Callable[[AuditEvent], bool] = lambda e: True,
         scan_limit: int = 10_000,
     ) -> tuple[list[AuditEvent], str | None]:
-        """Newest first, from before ``before_id``; returns the page and the next cursor.
+        """Newest first, after the event ``before_id`` (a cursor: an event id of a
+        previous page); returns the page and the next cursor.
 
-        Filtering happens here while paging the stream backwards, bounded by
-        ``scan_limit`` events per call so a rare filter cannot scan a huge stream.
+        Filtering happens here while paging both streams backwards, bounded by
+        ``scan_limit`` events per call so a rare filter cannot scan a huge stream. Events
+        with equal ids are ordered change first, then access.
         """
-        stream = self._account(account, "audit")
+        if before_id is None:
+            change_max = access_max = "+"
+        elif before_id.startswith(ACCESS_ID_PREFIX):
+            bare = before_id[len(ACCESS_ID_PREFIX):]
+            change_max = access_max = f"({bare}"
+        else:
+            change_max, access_max = f"({before_id}", before_id
+        streams = [
+            self._stream_newest_first(self._account(account, "audit"), change_max, ""),
+            self._stream_newest_first(
+                self._account(account, "access"), access_max, ACCESS_ID_PREFIX
+            ),
+        ]
+        heads: list[AuditEvent | None] = [await anext(it, None) for it in streams]
         found: list[AuditEvent] = []
-        end = f"({before_id}" if before_id else "+"
         scanned = 0
         last_id: str | None = None
-        while len(found) < limit and scanned < scan_limit:
-            batch = await self.redis.xrevrange(stream, max=end, min="-", count=200)
-            if not batch:
+        while scanned < scan_limit:
+            live = [i for i, head in enumerate(heads) if head is not None]
+            if not live:
                 return found, None
-            for event_id, fields in batch:
-                scanned += 1
-                last_id = event_id
-                event = _decode_event(event_id, fields)
-                if accept(event):
-                    found.append(event)
-                    if len(found) == limit:
-                        return found, event_id
-            end = f"({last_id}"
+            # newest first; on equal ids the change stream (index 0) first
+            pick = max(live, key=lambda i: (_id_order(heads[i].id), -i))  # type: ignore[union-attr]
+            event = heads[pick]
+            assert event is not None
+            heads[pick] = await anext(streams[pick], None)
+            scanned += 1
+            last_id = event.id
+            if accept(event):
+                found.append(event)
+                if len(found) == limit:
+                    return found, event.id
         return found, last_id
+
+
+ACCESS_ID_PREFIX = "a"
+
+
+def _id_order(event_id: str) -> tuple[int, int]:
+    millis, _, seq = event_id.removeprefix(ACCESS_ID_PREFIX).partition("-")
+    return int(millis), int(seq or 0)
 
 
 def _decode_event(event_id: str, fields: Mapping[str, str]) -> AuditEvent:

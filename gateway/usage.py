@@ -125,7 +125,9 @@ class Denials:
 
     async def _write(self, account: str, actor: Actor, resource: str, details: dict) -> None:
         try:
-            await self.store.append_audit(account, actor, "access.denied", resource, details)
+            await self.store.append_access_event(
+                account, actor, "access.denied", resource, details
+            )
         except StoreUnavailable:
             log.warning("could not sample an access denial into the audit log")
 

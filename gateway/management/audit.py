@@ -8,7 +8,7 @@ from aiohttp import web
 
 from ..context import GATEWAY
 from ..errors import BadRequest
-from ..store import AuditEvent
+from ..store import ACCESS_ID_PREFIX, AuditEvent
 from .common import authorize, int_param, iso, json_response
 
 routes = web.RouteTableDef()
@@ -51,6 +51,17 @@ async def list_audit(request: web.Request) -> web.Response:
     return json_response({"items": [event_json(e) for e in events], "next": next_cursor})
 
 
+_MAX_ID_PART = 2**64 - 1  # a Redis stream id is two unsigned 64-bit numbers
+
+
 def _is_stream_id(value: str) -> bool:
-    millis, _, seq = value.partition("-")
-    return value.isascii() and millis.isdigit() and seq.isdigit()
+    """An event id as a previous page returned it: ``MS-SEQ``, ``a`` before it for an
+    access event. Redis refuses parts beyond 64 bits with an error, so they are
+    refused here first (as 400, not as a store failure)."""
+    millis, _, seq = value.removeprefix(ACCESS_ID_PREFIX).partition("-")
+    return (
+        value.isascii()
+        and millis.isdigit() and seq.isdigit()
+        and len(millis) <= 20 and len(seq) <= 20
+        and int(millis) <= _MAX_ID_PART and int(seq) <= _MAX_ID_PART
+    )
