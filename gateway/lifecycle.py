@@ -113,15 +113,17 @@ class KeyLifecycle:
         *,
         keep_old: bool = True,
         delivery: str = "token",
+        expect_roles: Sequence[str] | None = None,
     ) -> Issued | None:
-        """New token; None if the key is missing; RenewalRefused if one is pending."""
+        """New token; None if the key is missing; RenewalRefused if one is pending;
+        KeyChanged if ``expect_roles`` are no longer the key's roles."""
         token = self.fmt.new_token()
         secret, link = (None, None)
         if delivery == "link":
             secret, link = self._link(app_key, account, token)
         record = await self.store.renew_token(
             account, app_key, self.hasher.digest(token), keep_old=keep_old, actor=actor,
-            link=link,
+            link=link, expect_roles=expect_roles,
         )
         if record is None:
             return None

@@ -145,6 +145,11 @@ class Policy:
             enforcer.add_grouping_policies([list(v) for v in g_rules])
         enforcer.build_role_links()
         self._enforcer = enforcer
+        self.p_lines: tuple[PolicyLine, ...] = tuple(p_lines)
+        self.g_lines: tuple[PolicyLine, ...] = tuple(g_lines)
+        self._parents: dict[str, set[str]] = {}
+        for rule in g_rules:
+            self._parents.setdefault(rule[0], set()).add(rule[1])
         self.lines = len(p_rules) + len(g_rules)
         self.roles: frozenset[str] = frozenset(
             [v[0] for v in p_rules] + [r for v in g_rules for r in v]
@@ -177,3 +182,62 @@ class Policy:
 
     def unknown_roles(self, roles: Iterable[str]) -> list[str]:
         return [r for r in roles if r not in self.roles]
+
+    def inherited(self, roles: Iterable[str]) -> frozenset[str]:
+        """The roles and every role they inherit (``g, child, parent``), transitively:
+        the roles whose ``p`` lines apply to a key holding ``roles``."""
+        seen: set[str] = set()
+        todo = list(roles)
+        while todo:
+            role = todo.pop()
+            if role not in seen:
+                seen.add(role)
+                todo.extend(self._parents.get(role, ()))
+        return frozenset(seen)
+
+    def lines_of(
+        self, roles: Iterable[str], account: str, effect: str
+    ) -> list[PolicyLine]:
+        """The ``p`` lines with ``effect`` that apply to ``roles`` (inheritance included)
+        in ``account``: lines for every account (``*``) and lines for this one."""
+        held = self.inherited(roles)
+        return [
+            line for line in self.p_lines
+            if line.values[0] in held
+            and line.values[1] in ("*", account)
+            and line.values[4] == effect
+        ]
+
+    def decide_ex(
+        self, roles: Sequence[str], account: str, resource: str, action: str
+    ) -> tuple[bool, bool]:
+        """``(allowed, denied)``: allowed as :meth:`decide`; denied when a deny line
+        matches, whatever allows."""
+        if not roles:
+            return False, False
+        allowed, rule = self._enforcer.enforce_ex(tuple(roles), account, resource, action)
+        denied = not allowed and bool(rule) and rule[-1] == "deny"
+        return bool(allowed), denied
+
+
+def pattern_matches(name: str, pattern: str) -> bool:
+    """Casbin's ``keyMatch``, as the model's matcher applies it to resources and actions."""
+    return bool(casbin.util.key_match(name, pattern))
+
+
+def patterns_overlap(a: str, b: str) -> bool:
+    """Whether some name matches both Casbin ``keyMatch`` patterns ``a`` and ``b``.
+
+    ``keyMatch`` reads a pattern as a literal, or as a prefix when it holds ``*`` (the
+    text before the first ``*``; what follows it is ignored). Two prefixes overlap when
+    one extends the other; a literal and a prefix when the literal starts with it.
+    """
+    a_star, b_star = a.find("*"), b.find("*")
+    if a_star < 0 and b_star < 0:
+        return a == b
+    if a_star < 0:
+        return a.startswith(b[:b_star])
+    if b_star < 0:
+        return b.startswith(a[:a_star])
+    pa, pb = a[:a_star], b[:b_star]
+    return pa.startswith(pb) or pb.startswith(pa)

@@ -244,9 +244,46 @@ class RenewalRefused(Exception):
         self.reason = reason
 
 
+class KeyChanged(Exception):
+    """The key's roles (or the grant's) are no longer those the caller checked: the
+    change was not made. The escalation check ran on the roles the caller saw, so a
+    change racing it must not slip through with roles nobody checked."""
+
+
+class LastOwnerKey(Exception):
+    """The change would leave the account without an active ``owner`` key; it was not
+    made (the CLI, which works on the store directly, is the way out)."""
+
+
 # -- Lua ---------------------------------------------------------------------------------
-# snap(): the audited view of a key — never a digest. audit(): append the event.
-_PRELUDE = """
+# Every changing script gets the same first six ARGV (see Store._change): account, audit
+# cap, audit event, invalidation channel, the roles the caller checked (JSON, or '' for no
+# expectation) and '1' when the account must keep an active owner key (else '0').
+_COMMON = """
+local function audit(stream, maxlen, event, before, after)
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', event,
+             'before', cjson.encode(before), 'after', cjson.encode(after))
+end
+local function roles_of(key, acct)
+  local raw = redis.call('HGET', key, 'g:' .. acct)
+  if not raw then return {} end
+  return cjson.decode(raw)['roles'] or {}
+end
+local function unchanged(key, acct)
+  if ARGV[5] == '' then return true end
+  local have, want = roles_of(key, acct), cjson.decode(ARGV[5])
+  if #have ~= #want then return false end
+  for i = 1, #want do
+    if have[i] ~= want[i] then return false end
+  end
+  return true
+end
+"""
+
+# snap(): the audited view of a key — never a digest. The owners set of an account holds
+# its active generated keys with the role owner, and the member '' once it is complete
+# (a new account's is; an older one is indexed on its first guarded change).
+_PRELUDE = _COMMON + """
 local function snap(key, acct)
   local v = redis.call('HMGET', key, 'label', 'status', 'tokCreated', 'newTokCreated',
                        'g:' .. acct)
@@ -258,26 +295,40 @@ local function snap(key, acct)
   if v[5] then s['roles'] = cjson.decode(v[5])['roles'] end
   return s
 end
-local function audit(stream, maxlen, event, before, after)
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', event,
-             'before', cjson.encode(before), 'after', cjson.encode(after))
-end
 local function owned(key, acct)
   return redis.call('HGET', key, 'acct') == acct
 end
+local function holds_owner(status, roles)
+  if status ~= 'active' then return false end
+  for _, role in ipairs(roles) do
+    if role == 'owner' then return true end
+  end
+  return false
+end
+local function unindexed(owners)
+  return ARGV[6] == '1' and redis.call('SISMEMBER', owners, '') == 0
+end
+local function last_owner(owners, app_key)
+  return ARGV[6] == '1' and redis.call('SISMEMBER', owners, app_key) == 1
+         and redis.call('SCARD', owners) <= 2
+end
 """
 
-# KEYS: key, index, stream, [link]  ARGV: acct, maxlen, event, channel, now, appKey, link value,
+# KEYS: key, index, stream, owners, [link]  ARGV: header, now, appKey, link value,
 # link ttl ms, link expiry, field, value, ...
 _CREATE = (
     _PRELUDE
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 10))
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[6])
-if KEYS[4] then
-  redis.call('SET', KEYS[4], ARGV[7], 'PX', ARGV[8])
-  redis.call('HSET', KEYS[1], 'link', KEYS[4], 'linkExp', ARGV[9])
+if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('SADD', KEYS[4], '') end
+redis.call('HSET', KEYS[1], unpack(ARGV, 12))
+redis.call('ZADD', KEYS[2], ARGV[7], ARGV[8])
+if KEYS[5] then
+  redis.call('SET', KEYS[5], ARGV[9], 'PX', ARGV[10])
+  redis.call('HSET', KEYS[1], 'link', KEYS[5], 'linkExp', ARGV[11])
+end
+if holds_owner(redis.call('HGET', KEYS[1], 'status'), roles_of(KEYS[1], ARGV[1])) then
+  redis.call('SADD', KEYS[4], ARGV[8])
 end
 audit(KEYS[3], ARGV[2], ARGV[3], {}, snap(KEYS[1], ARGV[1]))
 redis.call('PUBLISH', ARGV[4], KEYS[1])
@@ -285,62 +336,26 @@ return 1
 """
 )
 
-# KEYS: key, stream  ARGV: acct, maxlen, event, channel, field, value, ...
+# KEYS: key, stream, owners  ARGV: header, appKey, field, value, ...
 _UPDATE = (
     _PRELUDE
     + """
-if not owned(KEYS[1], ARGV[1]) then return false end
-local before = snap(KEYS[1], ARGV[1])
-if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
-audit(KEYS[2], ARGV[2], ARGV[3], before, snap(KEYS[1], ARGV[1]))
-redis.call('PUBLISH', ARGV[4], KEYS[1])
-return redis.call('HGETALL', KEYS[1])
-"""
-)
-
-# KEYS: key, index, stream  ARGV: acct, maxlen, event, channel, appKey, acct index prefix, now
-_DELETE = (
-    _PRELUDE
-    + """
-if not owned(KEYS[1], ARGV[1]) then return 0 end
-local before = snap(KEYS[1], ARGV[1])
-for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(f, 1, 2) == 'g:' and string.sub(f, 3) ~= ARGV[1] then
-    redis.call('ZREM', ARGV[6] .. string.sub(f, 3) .. ':ext', ARGV[5])
-  end
-end
-local link = redis.call('HGET', KEYS[1], 'link')
-if link then redis.call('DEL', link) end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'deleted', ARGV[7])
-redis.call('ZREM', KEYS[2], ARGV[5])
-audit(KEYS[3], ARGV[2], ARGV[3], before, {})
-redis.call('PUBLISH', ARGV[4], KEYS[1])
-return 1
-"""
-)
-
-# KEYS: key, stream, [link]  ARGV: acct, maxlen, event, channel, now, mode, digest, link value,
-# link ttl ms, link expiry
-_RENEW = (
-    _PRELUDE
-    + """
 if not owned(KEYS[1], ARGV[1]) then return {'missing'} end
-if redis.call('HEXISTS', KEYS[1], 'newTok') == 1 then return {'pending'} end
-local link_exp = redis.call('HGET', KEYS[1], 'linkExp')
-if link_exp and tonumber(link_exp) > tonumber(ARGV[5]) then return {'link'} end
-local before = snap(KEYS[1], ARGV[1])
-if ARGV[6] == 'later' then
-  redis.call('HSET', KEYS[1], 'newTok', ARGV[7], 'newTokCreated', ARGV[5])
-else
-  redis.call('HSET', KEYS[1], 'tok', ARGV[7], 'tokCreated', ARGV[5])
+if not unchanged(KEYS[1], ARGV[1]) then return {'changed'} end
+if unindexed(KEYS[3]) then return {'unindexed'} end
+local status, roles = redis.call('HGET', KEYS[1], 'status'), roles_of(KEYS[1], ARGV[1])
+for i = 8, #ARGV, 2 do
+  if ARGV[i] == 'status' then status = ARGV[i + 1] end
+  if ARGV[i] == 'g:' .. ARGV[1] then roles = cjson.decode(ARGV[i + 1])['roles'] end
 end
-local old_link = redis.call('HGET', KEYS[1], 'link')
-if old_link then redis.call('DEL', old_link) end
-redis.call('HDEL', KEYS[1], 'link', 'linkExp')
-if KEYS[3] then
-  redis.call('SET', KEYS[3], ARGV[8], 'PX', ARGV[9])
-  redis.call('HSET', KEYS[1], 'link', KEYS[3], 'linkExp', ARGV[10])
+local owner_after = holds_owner(status, roles)
+if not owner_after and last_owner(KEYS[3], ARGV[7]) then return {'last_owner'} end
+local before = snap(KEYS[1], ARGV[1])
+if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
+if owner_after then
+  redis.call('SADD', KEYS[3], ARGV[7])
+else
+  redis.call('SREM', KEYS[3], ARGV[7])
 end
 audit(KEYS[2], ARGV[2], ARGV[3], before, snap(KEYS[1], ARGV[1]))
 redis.call('PUBLISH', ARGV[4], KEYS[1])
@@ -348,15 +363,88 @@ return {'ok', redis.call('HGETALL', KEYS[1])}
 """
 )
 
-# KEYS: key, stream  ARGV: acct, maxlen, event, channel, 'finish' | 'undo'
+# KEYS: key, index, stream, owners  ARGV: header, appKey, acct index prefix, now
+_DELETE = (
+    _PRELUDE
+    + """
+if not owned(KEYS[1], ARGV[1]) then return 'missing' end
+if not unchanged(KEYS[1], ARGV[1]) then return 'changed' end
+if unindexed(KEYS[4]) then return 'unindexed' end
+if last_owner(KEYS[4], ARGV[7]) then return 'last_owner' end
+local before = snap(KEYS[1], ARGV[1])
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, 2) == 'g:' and string.sub(f, 3) ~= ARGV[1] then
+    redis.call('ZREM', ARGV[8] .. string.sub(f, 3) .. ':ext', ARGV[7])
+  end
+end
+local link = redis.call('HGET', KEYS[1], 'link')
+if link then redis.call('DEL', link) end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'deleted', ARGV[9])
+redis.call('ZREM', KEYS[2], ARGV[7])
+redis.call('SREM', KEYS[4], ARGV[7])
+audit(KEYS[3], ARGV[2], ARGV[3], before, {})
+redis.call('PUBLISH', ARGV[4], KEYS[1])
+return 'ok'
+"""
+)
+
+# KEYS: owners, key hashes ...  ARGV: account, appKeys ... (in the order of the hashes)
+_INDEX_OWNERS = (
+    _PRELUDE
+    + """
+for i = 2, #KEYS do
+  local acct = redis.call('HGET', KEYS[i], 'acct')
+  if acct == ARGV[1] and holds_owner(redis.call('HGET', KEYS[i], 'status'),
+                                     roles_of(KEYS[i], ARGV[1])) then
+    redis.call('SADD', KEYS[1], ARGV[i])
+  else
+    redis.call('SREM', KEYS[1], ARGV[i])
+  end
+end
+return #KEYS - 1
+"""
+)
+
+# KEYS: key, stream, [link]  ARGV: header, now, mode, digest, link value, link ttl ms,
+# link expiry
+_RENEW = (
+    _PRELUDE
+    + """
+if not owned(KEYS[1], ARGV[1]) then return {'missing'} end
+if not unchanged(KEYS[1], ARGV[1]) then return {'changed'} end
+if redis.call('HEXISTS', KEYS[1], 'newTok') == 1 then return {'pending'} end
+local link_exp = redis.call('HGET', KEYS[1], 'linkExp')
+if link_exp and tonumber(link_exp) > tonumber(ARGV[7]) then return {'link'} end
+local before = snap(KEYS[1], ARGV[1])
+if ARGV[8] == 'later' then
+  redis.call('HSET', KEYS[1], 'newTok', ARGV[9], 'newTokCreated', ARGV[7])
+else
+  redis.call('HSET', KEYS[1], 'tok', ARGV[9], 'tokCreated', ARGV[7])
+end
+local old_link = redis.call('HGET', KEYS[1], 'link')
+if old_link then redis.call('DEL', old_link) end
+redis.call('HDEL', KEYS[1], 'link', 'linkExp')
+if KEYS[3] then
+  redis.call('SET', KEYS[3], ARGV[10], 'PX', ARGV[11])
+  redis.call('HSET', KEYS[1], 'link', KEYS[3], 'linkExp', ARGV[12])
+end
+audit(KEYS[2], ARGV[2], ARGV[3], before, snap(KEYS[1], ARGV[1]))
+redis.call('PUBLISH', ARGV[4], KEYS[1])
+return {'ok', redis.call('HGETALL', KEYS[1])}
+"""
+)
+
+# KEYS: key, stream  ARGV: header, 'finish' | 'undo'
 _END_RENEWAL = (
     _PRELUDE
     + """
 if not owned(KEYS[1], ARGV[1]) then return {'missing'} end
+if not unchanged(KEYS[1], ARGV[1]) then return {'changed'} end
 local new = redis.call('HMGET', KEYS[1], 'newTok', 'newTokCreated')
 if not new[1] then return {'none'} end
 local before = snap(KEYS[1], ARGV[1])
-if ARGV[5] == 'finish' then
+if ARGV[7] == 'finish' then
   redis.call('HSET', KEYS[1], 'tok', new[1], 'tokCreated', new[2])
 else
   -- the new token is dropped, so is an unopened link that would reveal it
@@ -391,20 +479,16 @@ redis.call('XADD', ARGV[2] .. v['account'] .. ':audit', 'MAXLEN', '~', ARGV[3], 
 return value
 """
 
-_GRANT_PRELUDE = """
+_GRANT_PRELUDE = _COMMON + """
 local function gsnap(key, acct)
   local raw = redis.call('HGET', key, 'g:' .. acct)
   if not raw then return {} end
   local g = cjson.decode(raw)
   return {label = g['label'], roles = g['roles'], status = g['status']}
 end
-local function audit(stream, maxlen, event, before, after)
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', event,
-             'before', cjson.encode(before), 'after', cjson.encode(after))
-end
 """
 
-# KEYS: key, ext index, stream  ARGV: account, maxlen, event, channel, grant JSON, now, appKey
+# KEYS: key, ext index, stream  ARGV: header, grant JSON, now, appKey
 _ADD_GRANT = (
     _GRANT_PRELUDE
     + """
@@ -412,42 +496,44 @@ local owner = redis.call('HGET', KEYS[1], 'acct')
 if not owner then return 'missing' end
 if owner == ARGV[1] then return 'own' end
 if redis.call('HEXISTS', KEYS[1], 'g:' .. ARGV[1]) == 1 then return 'exists' end
-redis.call('HSET', KEYS[1], 'g:' .. ARGV[1], ARGV[5])
-redis.call('ZADD', KEYS[2], ARGV[6], ARGV[7])
+redis.call('HSET', KEYS[1], 'g:' .. ARGV[1], ARGV[7])
+redis.call('ZADD', KEYS[2], ARGV[8], ARGV[9])
 audit(KEYS[3], ARGV[2], ARGV[3], {}, gsnap(KEYS[1], ARGV[1]))
 redis.call('PUBLISH', ARGV[4], KEYS[1])
 return 'ok'
 """
 )
 
-# KEYS: key, stream  ARGV: account, maxlen, event, channel, JSON of the fields to change
+# KEYS: key, stream  ARGV: header, JSON of the fields to change
 _UPDATE_GRANT = (
     _GRANT_PRELUDE
     + """
 local raw = redis.call('HGET', KEYS[1], 'g:' .. ARGV[1])
-if not raw or redis.call('HGET', KEYS[1], 'acct') == ARGV[1] then return false end
+if not raw or redis.call('HGET', KEYS[1], 'acct') == ARGV[1] then return {'missing'} end
+if not unchanged(KEYS[1], ARGV[1]) then return {'changed'} end
 local before = gsnap(KEYS[1], ARGV[1])
 local grant = cjson.decode(raw)
-for name, value in pairs(cjson.decode(ARGV[5])) do grant[name] = value end
+for name, value in pairs(cjson.decode(ARGV[7])) do grant[name] = value end
 redis.call('HSET', KEYS[1], 'g:' .. ARGV[1], cjson.encode(grant))
 audit(KEYS[2], ARGV[2], ARGV[3], before, gsnap(KEYS[1], ARGV[1]))
 redis.call('PUBLISH', ARGV[4], KEYS[1])
-return {redis.call('HGET', KEYS[1], 'acct'), redis.call('HGET', KEYS[1], 'g:' .. ARGV[1])}
+return {'ok', redis.call('HGET', KEYS[1], 'acct'), redis.call('HGET', KEYS[1], 'g:' .. ARGV[1])}
 """
 )
 
-# KEYS: key, ext index, stream  ARGV: account, maxlen, event, channel, appKey
+# KEYS: key, ext index, stream  ARGV: header, appKey
 _REMOVE_GRANT = (
     _GRANT_PRELUDE
     + """
-if redis.call('HGET', KEYS[1], 'acct') == ARGV[1] then return 0 end
-if redis.call('HEXISTS', KEYS[1], 'g:' .. ARGV[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'acct') == ARGV[1] then return 'missing' end
+if redis.call('HEXISTS', KEYS[1], 'g:' .. ARGV[1]) == 0 then return 'missing' end
+if not unchanged(KEYS[1], ARGV[1]) then return 'changed' end
 local before = gsnap(KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[1], 'g:' .. ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[5])
+redis.call('ZREM', KEYS[2], ARGV[7])
 audit(KEYS[3], ARGV[2], ARGV[3], before, {})
 redis.call('PUBLISH', ARGV[4], KEYS[1])
-return 1
+return 'ok'
 """
 )
 
@@ -593,6 +679,7 @@ class Store:
         self._add_grant = client.register_script(_ADD_GRANT)
         self._update_grant = client.register_script(_UPDATE_GRANT)
         self._remove_grant = client.register_script(_REMOVE_GRANT)
+        self._index_owners = client.register_script(_INDEX_OWNERS)
 
     @classmethod
     def from_url(
@@ -645,18 +732,59 @@ class Store:
         *,
         keys: list[str],
         args: Sequence[Any] = (),
+        expect_roles: Sequence[str] | None = None,
+        keep_an_owner: bool = False,
     ) -> Any:
         """Run a changing script; this process forgets the key at once, others on PUBLISH.
 
-        Every changing script takes the same first four ARGV — account, audit cap, audit
-        event, invalidation channel — followed by its own ``args``.
+        Every changing script takes the same first six ARGV — account, audit cap, audit
+        event, invalidation channel, the roles the caller checked (``expect_roles``: the
+        script refuses with ``changed`` when the key's roles in ``account`` differ) and
+        whether the account must keep an active owner key — followed by its own ``args``.
         """
-        header = [account, self.audit_max_events,
-                  self._event(account, actor, action, app_key), self.channel]
+        header = [
+            account,
+            self.audit_max_events,
+            self._event(account, actor, action, app_key),
+            self.channel,
+            "" if expect_roles is None else orjson.dumps(list(expect_roles)).decode(),
+            "1" if keep_an_owner else "0",
+        ]
         try:
             return await script(keys=keys, args=[*header, *args])
         finally:
             self.forget(app_key)
+
+    async def _guarded_change(self, account: str, **change: Any) -> Any:
+        """:meth:`_change`, indexing the account's owner keys first if the script says
+        the index is not complete yet (an account older than the index)."""
+        result = await self._change(account=account, **change)
+        status = result[0] if isinstance(result, list) else result
+        if status == "unindexed":
+            await self.index_owners(account)
+            result = await self._change(account=account, **change)
+            status = result[0] if isinstance(result, list) else result
+        if status == "changed":
+            raise KeyChanged()
+        if status == "last_owner":
+            raise LastOwnerKey()
+        return result
+
+    @_unavailable
+    async def index_owners(self, account: str, chunk: int = 500) -> None:
+        """Build the account's set of active owner keys from its key records (once per
+        account created before the set existed). Each chunk is one script that reads the
+        records it indexes, and every change keeps the set up to date meanwhile, so the
+        set is right when the pass ends; only then is it marked complete."""
+        owners = self._account(account, "owners")
+        index = self._account(account, "keys")
+        start = 0
+        while names := await self.redis.zrange(index, start, start + chunk - 1):
+            await self._index_owners(
+                keys=[owners, *(self._key(n) for n in names)], args=[account, *names]
+            )
+            start += chunk
+        await self.redis.sadd(owners, "")
 
     # -- credential cache ------------------------------------------------------------
     @property
@@ -835,7 +963,10 @@ class Store:
             "tok": token_digest,
             "g:" + account: Grant(tuple(roles)).encode(),
         }
-        keys = [self._key(app_key), self._account(account, "keys"), self._account(account, "audit")]
+        keys = [
+            self._key(app_key), self._account(account, "keys"), self._account(account, "audit"),
+            self._account(account, "owners"),
+        ]
         args: list[Any] = [now, app_key]
         if link is not None:
             keys.append(self._link(link.link_id))
@@ -869,32 +1000,52 @@ class Store:
         label: str | None = None,
         roles: Sequence[str] | None = None,
         status: str | None = None,
+        expect_roles: Sequence[str] | None = None,
+        keep_an_owner: bool = False,
     ) -> KeyRecord | None:
-        args: list[Any] = []
+        """Change a generated key; None when ``account`` owns no such key.
+
+        With ``expect_roles``, :class:`KeyChanged` when the key's roles are not those;
+        with ``keep_an_owner``, :class:`LastOwnerKey` when the change would leave the
+        account without an active owner key.
+        """
+        args: list[Any] = [app_key]
         if label is not None:
             args += ["label", label]
         if roles is not None:
             args += ["g:" + account, Grant(tuple(roles)).encode()]
         if status is not None:
             args += ["status", status]
-        flat = await self._change(
-            self._update, account, app_key, "key.update", actor,
-            keys=[self._key(app_key), self._account(account, "audit")],
-            args=args,
+        result = await self._guarded_change(
+            account, script=self._update, app_key=app_key, action="key.update", actor=actor,
+            keys=[self._key(app_key), self._account(account, "audit"),
+                  self._account(account, "owners")],
+            args=args, expect_roles=expect_roles, keep_an_owner=keep_an_owner,
         )
-        if not flat:
+        if result[0] == "missing":
             return None
-        return KeyRecord.from_hash(app_key, _pairs(flat))
+        return KeyRecord.from_hash(app_key, _pairs(result[1]))
 
     @_unavailable
-    async def delete_key(self, account: str, app_key: str, *, actor: Actor = SYSTEM_ACTOR) -> bool:
-        deleted = await self._change(
-            self._delete, account, app_key, "key.delete", actor,
+    async def delete_key(
+        self,
+        account: str,
+        app_key: str,
+        *,
+        actor: Actor = SYSTEM_ACTOR,
+        expect_roles: Sequence[str] | None = None,
+        keep_an_owner: bool = False,
+    ) -> bool:
+        """Delete a generated key (its name is never issued again); False when
+        ``account`` owns no such key. Refusals as in :meth:`update_key`."""
+        result = await self._guarded_change(
+            account, script=self._delete, app_key=app_key, action="key.delete", actor=actor,
             keys=[self._key(app_key), self._account(account, "keys"),
-                  self._account(account, "audit")],
+                  self._account(account, "audit"), self._account(account, "owners")],
             args=[app_key, f"{self.prefix}acct:", self.now_ms()],
+            expect_roles=expect_roles, keep_an_owner=keep_an_owner,
         )
-        return bool(deleted)
+        return result == "ok"
 
     @_unavailable
     async def list_keys(self, account: str, query: KeyQuery) -> tuple[list[KeyRecord], int]:
@@ -994,26 +1145,41 @@ class Store:
 
     @_unavailable
     async def update_grant(
-        self, account: str, app_key: str, changes: Mapping[str, Any], actor: Actor
+        self,
+        account: str,
+        app_key: str,
+        changes: Mapping[str, Any],
+        actor: Actor,
+        expect_roles: Sequence[str] | None = None,
     ) -> ExternalKey | None:
-        result = await self._change(
-            self._update_grant, account, app_key, "external-key.update", actor,
+        """Change the grant of another account's key; None when there is none.
+        :class:`KeyChanged` when ``expect_roles`` are not the grant's roles."""
+        result = await self._guarded_change(
+            account, script=self._update_grant, app_key=app_key,
+            action="external-key.update", actor=actor,
             keys=[self._key(app_key), self._account(account, "audit")],
-            args=[orjson.dumps(dict(changes)).decode()],
+            args=[orjson.dumps(dict(changes)).decode()], expect_roles=expect_roles,
         )
-        if not result:
+        if result[0] == "missing":
             return None
-        return ExternalKey.from_grant(app_key, result[0], result[1])
+        return ExternalKey.from_grant(app_key, result[1], result[2])
 
     @_unavailable
-    async def remove_grant(self, account: str, app_key: str, actor: Actor) -> bool:
-        removed = await self._change(
-            self._remove_grant, account, app_key, "external-key.remove", actor,
+    async def remove_grant(
+        self,
+        account: str,
+        app_key: str,
+        actor: Actor,
+        expect_roles: Sequence[str] | None = None,
+    ) -> bool:
+        result = await self._guarded_change(
+            account, script=self._remove_grant, app_key=app_key,
+            action="external-key.remove", actor=actor,
             keys=[self._key(app_key), self._account(account, "ext"),
                   self._account(account, "audit")],
-            args=[app_key],
+            args=[app_key], expect_roles=expect_roles,
         )
-        return bool(removed)
+        return result == "ok"
 
     @_unavailable_iter
     async def iter_grants(self, account: str, chunk: int = 500) -> AsyncIterator[list[ExternalKey]]:
@@ -1047,6 +1213,7 @@ class Store:
         keep_old: bool,
         actor: Actor,
         link: TokenLink | None = None,
+        expect_roles: Sequence[str] | None = None,
     ) -> KeyRecord | None:
         """Issue a new token digest. ``keep_old``: both work until finish/undo.
 
@@ -1060,8 +1227,9 @@ class Store:
         if link is not None:
             keys.append(self._link(link.link_id))
             args += [link.sealed, max(1, link.expires - now), link.expires]
-        result = await self._change(
-            self._renew, account, app_key, action, actor, keys=keys, args=args
+        result = await self._guarded_change(
+            account, script=self._renew, app_key=app_key, action=action, actor=actor,
+            keys=keys, args=args, expect_roles=expect_roles,
         )
         if result[0] == "missing":
             return None
@@ -1071,17 +1239,23 @@ class Store:
 
     @_unavailable
     async def end_renewal(
-        self, account: str, app_key: str, *, finish: bool, actor: Actor
+        self,
+        account: str,
+        app_key: str,
+        *,
+        finish: bool,
+        actor: Actor,
+        expect_roles: Sequence[str] | None = None,
     ) -> KeyRecord | None | bool:
         """Finish (old token stops) or undo (new token dropped) a pending renewal.
 
         Returns the record, None when the key is missing, False when nothing is pending.
         """
         action = "token.finish-renewal" if finish else "token.undo-renewal"
-        result = await self._change(
-            self._end_renewal, account, app_key, action, actor,
+        result = await self._guarded_change(
+            account, script=self._end_renewal, app_key=app_key, action=action, actor=actor,
             keys=[self._key(app_key), self._account(account, "audit")],
-            args=["finish" if finish else "undo"],
+            args=["finish" if finish else "undo"], expect_roles=expect_roles,
         )
         if result[0] == "missing":
             return None

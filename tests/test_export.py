@@ -119,9 +119,10 @@ async def api(management: Any, method: str, url: str, key: Key, **body: Any) -> 
 async def populated(management, make_key, gateway, clock) -> dict[str, Any]:
     """acme with generated keys of every kind and external keys from beta and charlie."""
     admin = await make_key("acme", ["user-admin-restricted"], label="admin")
-    beta_admin = await make_key("beta", ["user-admin-restricted"], label="admin")
+    # beta's and delta's grant owner below: only an owner key may assign owner
+    beta_admin = await make_key("beta", ["owner"], label="admin")
     charlie_admin = await make_key("charlie", ["user-admin-restricted"], label="admin")
-    delta_admin = await make_key("delta", ["user-admin-restricted"], label="admin")
+    delta_admin = await make_key("delta", ["owner"], label="admin")
     tokens = [admin.token, beta_admin.token, charlie_admin.token, delta_admin.token]
     acme_keys = "/api/v1/accounts/acme/keys"
 

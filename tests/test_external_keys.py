@@ -671,7 +671,7 @@ async def test_grant_status_and_roles_in_the_granting_account_take_effect_on_nex
 
 
 async def test_no_grant_leaks_across_accounts(management, proxy, upstream, make_key, admins):
-    acme, beta, charlie = await admins("acme"), await admins("beta"), await admins("charlie")
+    acme, beta = await admins("acme"), await admins("beta")
     # x: owned by charlie (catalog only there); reader in acme, writer in beta
     x = await make_key("charlie", ["catalog-reader"], label="x")
     await add(management, "acme", acme, x.app_key, roles=["orders-reader"])
@@ -679,7 +679,8 @@ async def test_no_grant_leaks_across_accounts(management, proxy, upstream, make_
     # y: owned by beta (writer there); reader in acme, owner in charlie
     y = await make_key("beta", ["orders-writer"], label="y")
     await add(management, "acme", acme, y.app_key, roles=["orders-reader"])
-    await add(management, "charlie", charlie, y.app_key, roles=["owner"])
+    charlie_owner = await make_key("charlie", ["owner"], label="owner")  # may assign owner
+    await add(management, "charlie", charlie_owner, y.app_key, roles=["owner"])
     # z: owned by acme (writer there), granted nothing elsewhere
     z = await make_key("acme", ["orders-writer"], label="z")
 

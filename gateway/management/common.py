@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,11 +14,11 @@ from ..accesslog import APP_KEY
 from ..auth import Identity
 from ..context import GATEWAY
 from ..credentials import is_valid_account
-from ..errors import BadRequest, UnsupportedMediaType
+from ..errors import BadRequest, Conflict, UnsupportedMediaType
 from ..lifecycle import DELIVERIES, Issued, checked_label
 from ..middleware import request_id_of
 from ..renewal import DEFAULT_RENEWAL_PERIOD
-from ..store import STATUSES, Actor
+from ..store import STATUSES, Actor, KeyChanged, LastOwnerKey
 
 RESOURCE = "api-keys"
 MAX_PER_PAGE = 100
@@ -169,3 +171,23 @@ async def grant_changes(request: web.Request) -> dict[str, Any]:
     if "status" in body:
         changes["status"] = status_field(body["status"])
     return changes
+
+
+@contextlib.contextmanager
+def store_refusals(app_key: str, account: str) -> Iterator[None]:
+    """The store's refusals of a guarded change, as 409s that say what to do."""
+    try:
+        yield
+    except KeyChanged:
+        raise Conflict(
+            f"the roles of API key {app_key!r} changed while this request was being "
+            "checked; read the key again and retry",
+            code="key_changed",
+        ) from None
+    except LastOwnerKey:
+        raise Conflict(
+            f"API key {app_key!r} is the last active owner key of account {account!r}; "
+            "create or activate another owner key first (the keygate CLI, which works on "
+            "the store directly, can still change it)",
+            code="last_owner_key",
+        ) from None

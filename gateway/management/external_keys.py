@@ -26,6 +26,7 @@ from .common import (
     json_response,
     label_field,
     roles_field,
+    store_refusals,
 )
 
 routes = web.RouteTableDef()
@@ -70,6 +71,7 @@ async def add_external_key(request: web.Request) -> web.Response:
     label = label_field(body["label"])
     roles = roles_field(request, body["roles"])
     account = identity.account
+    gateway.delegation.check_assign(identity, roles)
     outcome = await gateway.store.add_grant(
         account, app_key, label, roles, actor(request, identity)
     )
@@ -138,9 +140,16 @@ async def update_external_key(request: web.Request) -> web.Response:
     identity = await authorize(request, "edit")
     changes = await grant_changes(request)
     app_key = request.match_info["app_key"]
-    updated = await request.app[GATEWAY].store.update_grant(
-        identity.account, app_key, changes, actor(request, identity)
-    )
+    gateway = request.app[GATEWAY]
+    current = await gateway.store.get_grant(identity.account, app_key)
+    if current is None:
+        raise _missing(app_key, identity.account)
+    gateway.delegation.check_change(identity, app_key, current.roles, changes.get("roles"))
+    with store_refusals(app_key, identity.account):
+        updated = await gateway.store.update_grant(
+            identity.account, app_key, changes, actor(request, identity),
+            expect_roles=current.roles,
+        )
     if updated is None:
         raise _missing(app_key, identity.account)
     return json_response(external_json(updated))
@@ -151,9 +160,15 @@ async def remove_external_key(request: web.Request) -> web.Response:
     """Removes the grant only; the key lives on in its owner account."""
     identity = await authorize(request, "edit")
     app_key = request.match_info["app_key"]
-    removed = await request.app[GATEWAY].store.remove_grant(
-        identity.account, app_key, actor(request, identity)
-    )
+    gateway = request.app[GATEWAY]
+    current = await gateway.store.get_grant(identity.account, app_key)
+    if current is None:
+        raise _missing(app_key, identity.account)
+    gateway.delegation.check_act_on(identity, app_key, current.roles)
+    with store_refusals(app_key, identity.account):
+        removed = await gateway.store.remove_grant(
+            identity.account, app_key, actor(request, identity), expect_roles=current.roles
+        )
     if not removed:
         raise _missing(app_key, identity.account)
     return web.Response(status=204)

@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..auth import Identity
 from ..context import GATEWAY
 from ..errors import BadRequest, Conflict, NotFound
 from ..renewal import ALERTS, renewal_alert
@@ -25,6 +26,7 @@ from .common import (
     renewal_period,
     roles_field,
     secret_fields,
+    store_refusals,
 )
 
 routes = web.RouteTableDef()
@@ -69,6 +71,18 @@ def _missing(app_key: str, account: str) -> NotFound:
     return NotFound(f"no API key {app_key!r} in account {account!r}", code="key_not_found")
 
 
+async def _target(request: web.Request, identity: Identity) -> KeyRecord:
+    """The key a change is about, once the caller has been found allowed to act on it
+    (it may assign every role the key holds: see gateway.escalation)."""
+    app_key = request.match_info["app_key"]
+    gateway = request.app[GATEWAY]
+    record = await gateway.store.get_key(identity.account, app_key)
+    if record is None:
+        raise _missing(app_key, identity.account)
+    gateway.delegation.check_act_on(identity, app_key, record.roles)
+    return record
+
+
 @routes.post("/api/v1/accounts/{account}/keys")
 async def create_key(request: web.Request) -> web.Response:
     identity = await authorize(request, "edit")
@@ -79,6 +93,7 @@ async def create_key(request: web.Request) -> web.Response:
     roles = roles_field(request, body["roles"])
     delivery = delivery_field(body.get("delivery", "token"))
     gateway = request.app[GATEWAY]
+    gateway.delegation.check_assign(identity, roles)
     issued = await gateway.lifecycle.create(
         identity.account, label, roles, actor(request, identity), delivery
     )
@@ -128,9 +143,15 @@ async def update_key(request: web.Request) -> web.Response:
     changes = await grant_changes(request)
     app_key = request.match_info["app_key"]
     gateway = request.app[GATEWAY]
-    record = await gateway.store.update_key(
-        identity.account, app_key, actor=actor(request, identity), **changes
-    )
+    current = await gateway.store.get_key(identity.account, app_key)
+    if current is None:
+        raise _missing(app_key, identity.account)
+    gateway.delegation.check_change(identity, app_key, current.roles, changes.get("roles"))
+    with store_refusals(app_key, identity.account):
+        record = await gateway.store.update_key(
+            identity.account, app_key, actor=actor(request, identity),
+            expect_roles=current.roles, keep_an_owner=True, **changes,
+        )
     if record is None:
         raise _missing(app_key, identity.account)
     period = await renewal_period(request, identity.account)
@@ -140,10 +161,13 @@ async def update_key(request: web.Request) -> web.Response:
 @routes.delete("/api/v1/accounts/{account}/keys/{app_key}")
 async def delete_key(request: web.Request) -> web.Response:
     identity = await authorize(request, "edit")
-    app_key = request.match_info["app_key"]
-    deleted = await request.app[GATEWAY].store.delete_key(
-        identity.account, app_key, actor=actor(request, identity)
-    )
+    record = await _target(request, identity)
+    app_key = record.app_key
+    with store_refusals(app_key, identity.account):
+        deleted = await request.app[GATEWAY].store.delete_key(
+            identity.account, app_key, actor=actor(request, identity),
+            expect_roles=record.roles, keep_an_owner=True,
+        )
     if not deleted:
         raise _missing(app_key, identity.account)
     return web.Response(status=204)
@@ -161,13 +185,15 @@ async def renew_token(request: web.Request) -> web.Response:
     if delete_old not in ("later", "now"):
         raise BadRequest("deleteOld must be later or now", code="bad_delete_old")
     delivery = delivery_field(body.get("delivery", "token"))
-    app_key = request.match_info["app_key"]
+    record = await _target(request, identity)
+    app_key = record.app_key
     gateway = request.app[GATEWAY]
     try:
-        issued = await gateway.lifecycle.renew(
-            identity.account, app_key, actor(request, identity),
-            keep_old=delete_old == "later", delivery=delivery,
-        )
+        with store_refusals(app_key, identity.account):
+            issued = await gateway.lifecycle.renew(
+                identity.account, app_key, actor(request, identity),
+                keep_old=delete_old == "later", delivery=delivery, expect_roles=record.roles,
+            )
     except RenewalRefused as refusal:
         if refusal.reason == "pending":
             raise Conflict(
@@ -190,11 +216,14 @@ async def renew_token(request: web.Request) -> web.Response:
 
 async def _end_renewal(request: web.Request, finish: bool) -> web.Response:
     identity = await authorize(request, "renew-token")
-    app_key = request.match_info["app_key"]
+    record = await _target(request, identity)
+    app_key = record.app_key
     gateway = request.app[GATEWAY]
-    result = await gateway.store.end_renewal(
-        identity.account, app_key, finish=finish, actor=actor(request, identity)
-    )
+    with store_refusals(app_key, identity.account):
+        result = await gateway.store.end_renewal(
+            identity.account, app_key, finish=finish, actor=actor(request, identity),
+            expect_roles=record.roles,
+        )
     if result is None:
         raise _missing(app_key, identity.account)
     if result is False:

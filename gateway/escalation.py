@@ -1,0 +1,180 @@
+"""No escalation through delegated administration: who may hand out which role.
+
+The management API lets a key with ``edit`` on ``api-keys`` create keys and give them
+roles. Without a further rule, a key holding only ``user-admin-restricted`` could mint
+itself an ``owner`` key. keygate applies Kubernetes RBAC's *escalate* and *bind* rules:
+
+**Assign.** A caller holding roles C in account A may assign role R in A (create a key
+with it, add it to a key, grant it to an external key) when no deny line of C matches
+``(role:R, assign)`` in A, and either
+
+* a line made for it allows C ``(role:R, assign)`` in A
+  (``p, user-admin-restricted, *, role:orders-writer, assign, allow``; patterns work
+  as elsewhere: ``role:orders-*``, but the resource must name roles — a catch-all
+  ``*, *`` line counts only through the permissions it holds, below), or
+* C already holds every permission R grants in A: for each allow line of R (and of
+  the roles R inherits) that applies in A, C's roles allow its resource and action,
+  and no deny line of C touches them. The second condition matters with wildcards: a
+  caller holding ``*, *`` with a deny on ``orders`` is allowed ``(*, *)`` by Casbin,
+  yet handing out ``owner`` would give a key the orders access its giver lacks.
+
+A role's deny lines are not permissions: anyone who may assign roles at all may assign
+a role that only takes access away (e.g. ``suspended-partner``).
+
+**Act on.** A caller may change, deactivate, delete, renew the token of, or finish or
+undo a renewal of a key (or change or remove a grant) only if it may assign every role
+that key holds there: otherwise a user administrator could switch off the owner's key,
+or renew its token and receive the new one — and so become the owner.
+
+**Self.** A key may act on itself (renew its own token, relabel, deactivate or delete
+itself, drop roles): it gains nothing it does not hold. It never raises its own roles:
+it may add to itself only a role whose every permission it already holds, even if an
+``assign`` line lets it hand that role to others.
+
+Decisions come from the same cached Casbin decisions as every request
+(:meth:`gateway.auth.Gatekeeper.decide`), so they follow a reloaded policy at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from .auth import Gatekeeper, Identity
+from .cache import LRU
+from .errors import Forbidden
+from .policy import pattern_matches, patterns_overlap
+
+ASSIGN = "assign"
+ROLE_RESOURCE_PREFIX = "role:"
+
+
+def role_resource(role: str) -> str:
+    """The resource naming a role in ``assign`` lines."""
+    return ROLE_RESOURCE_PREFIX + role
+
+
+class EscalationRefused(Forbidden):
+    code = "escalation_refused"
+
+
+class Delegation:
+    """Answers "may these roles assign that role here?" and refuses escalations."""
+
+    def __init__(self, gatekeeper: Gatekeeper, cache_size: int = 10_000):
+        self.gatekeeper = gatekeeper
+        self._verdicts: LRU[tuple[str, str, tuple[str, ...], str, str], str] = LRU(cache_size)
+
+    def why_not(self, caller_roles: Sequence[str], account: str, role: str) -> str | None:
+        """None when ``caller_roles`` may assign ``role`` in ``account``, else the reason
+        (for the error message). Cached under the policy version, like decisions."""
+        return self._cached("assign", caller_roles, account, role)
+
+    def why_not_hold(self, caller_roles: Sequence[str], account: str, role: str) -> str | None:
+        """None when adding ``role`` to a key holding ``caller_roles`` gives it no
+        permission it lacks: no deny line forbids assigning it and the key holds every
+        permission the role grants (an ``assign`` line does not suffice here)."""
+        return self._cached("hold", caller_roles, account, role)
+
+    def _cached(
+        self, kind: str, caller_roles: Sequence[str], account: str, role: str
+    ) -> str | None:
+        policy = self.gatekeeper.policy
+        key = (policy.version, kind, tuple(sorted(caller_roles)), account, role)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._judge(caller_roles, account, role, kind == "assign") or ""
+            self._verdicts.put(key, verdict)
+        return verdict or None
+
+    def _judge(
+        self, caller_roles: Sequence[str], account: str, role: str, by_assign_line: bool
+    ) -> str | None:
+        policy = self.gatekeeper.policy
+        resource = role_resource(role)
+        _, denied = policy.decide_ex(caller_roles, account, resource, ASSIGN)
+        if denied:
+            return "a policy line denies it"
+        if by_assign_line and self._assign_line(caller_roles, account, resource):
+            return None
+        caller_denies = policy.lines_of(caller_roles, account, "deny")
+        for line in policy.lines_of([role], account, "allow"):
+            _, _, granted, action, _ = line.values
+            touched = any(
+                patterns_overlap(granted, deny.values[2])
+                and patterns_overlap(action, deny.values[3])
+                for deny in caller_denies
+            )
+            if touched or not self.gatekeeper.decide(caller_roles, account, granted, action):
+                return (
+                    f"it grants {action!r} on {granted!r}, which this key does not hold "
+                    f"(policy {line.file}, line {line.line}), and no policy line lets it "
+                    f"{ASSIGN!r} {resource!r}"
+                )
+        return None
+
+    def _assign_line(self, caller_roles: Sequence[str], account: str, resource: str) -> bool:
+        """An allow line of the caller's roles made for handing out roles: its resource
+        names roles (``role:…``). A catch-all line (``*, *``) is not one: it says what
+        a role may do, not which roles it may give away, so it counts only through the
+        permissions it holds."""
+        return any(
+            line.values[2].startswith(ROLE_RESOURCE_PREFIX)
+            and pattern_matches(resource, line.values[2])
+            and pattern_matches(ASSIGN, line.values[3])
+            for line in self.gatekeeper.policy.lines_of(caller_roles, account, "allow")
+        )
+
+    def assignable(self, caller_roles: Sequence[str], account: str) -> list[str]:
+        """Every role defined in the policies that ``caller_roles`` may assign here."""
+        return sorted(
+            role for role in self.gatekeeper.policy.roles
+            if self.why_not(caller_roles, account, role) is None
+        )
+
+    def check_assign(self, caller: Identity, roles: Iterable[str]) -> None:
+        """Refuse (403 ``escalation_refused``) unless the caller may assign every role."""
+        for role in roles:
+            reason = self.why_not(caller.roles, caller.account, role)
+            if reason is not None:
+                raise EscalationRefused(
+                    f"this API key may not assign role {role!r} in account "
+                    f"{caller.account!r}: {reason}"
+                )
+
+    def check_act_on(self, caller: Identity, app_key: str, held: Iterable[str]) -> None:
+        """Refuse unless the caller may assign every role the target key holds, or is
+        that key (acting with its own power gains nothing)."""
+        if app_key == caller.principal.app_key:
+            return
+        for role in held:
+            reason = self.why_not(caller.roles, caller.account, role)
+            if reason is not None:
+                raise EscalationRefused(
+                    f"this API key may not act on API key {app_key!r}: it holds role "
+                    f"{role!r}, which this key may not assign in account "
+                    f"{caller.account!r} ({reason})"
+                )
+
+    def check_change(
+        self,
+        caller: Identity,
+        app_key: str,
+        held: Sequence[str],
+        new_roles: Sequence[str] | None,
+    ) -> None:
+        """A change of a key or grant: the caller may act on it as it is, may assign
+        the roles it would gain, and adds no role to its own key. (Roles it keeps were
+        checked as held; a key may drop its own roles.)"""
+        self.check_act_on(caller, app_key, held)
+        if new_roles is None:
+            return
+        added = [r for r in new_roles if r not in held]
+        if app_key == caller.principal.app_key:
+            for role in added:
+                reason = self.why_not_hold(caller.roles, caller.account, role)
+                if reason is not None:
+                    raise EscalationRefused(
+                        f"an API key cannot raise its own roles: role {role!r} in account "
+                        f"{caller.account!r} would give it more than it holds ({reason})"
+                    )
+        self.check_assign(caller, added)
