@@ -23,18 +23,29 @@ from multidict import istr
 
 from .cache import LRU
 from .credentials import CredentialFormat, TokenHasher
-from .errors import BadRequest, Forbidden, Unauthorized
+from .errors import BadRequest, Forbidden, TooManyRequests, Unauthorized
 from .policy import Policy
+from .ratelimit import AuthFailureLimiter
 from .store import ACTIVE, Grant, Store
 
 
-def invalid_credentials() -> Unauthorized:
-    """One message for every bad key/token: a fresh instance per raise, since a shared
-    exception object would collect every request's traceback (and headers) forever."""
-    return Unauthorized(
-        "invalid API credentials: the key is unknown or the token does not match it",
-        code="invalid_credentials",
-    )
+class InvalidCredentials(Unauthorized):
+    """An unknown key or a wrong token: one answer for both, so keygate is no oracle for
+    which keys exist. ``wrong_token_for`` (the key, when it exists and the token did not
+    match) is for the failure budgets only and never reaches the client."""
+
+    code = "invalid_credentials"
+    message = "invalid API credentials: the key is unknown or the token does not match it"
+
+    def __init__(self, wrong_token_for: str | None = None) -> None:
+        super().__init__()
+        self.wrong_token_for = wrong_token_for
+
+
+def invalid_credentials(wrong_token_for: str | None = None) -> InvalidCredentials:
+    """A fresh instance per raise, since a shared exception object would collect every
+    request's traceback (and headers) forever."""
+    return InvalidCredentials(wrong_token_for)
 
 
 # NamedTuples rather than frozen dataclasses: built on every request, and a frozen
@@ -115,8 +126,11 @@ class HeaderAuthenticator:
             if self.fmt.key_account(app_key) is None or not self.fmt.token_well_formed(token):
                 raise invalid_credentials()
             found = await self.store.auth_lookup(app_key, account)
-        if not self.hasher.matches(token, found.token_digests) or not found.exists:
+        matched = self.hasher.matches(token, found.token_digests)  # unknown keys pay it too
+        if not found.exists:
             raise invalid_credentials()
+        if not matched:
+            raise invalid_credentials(wrong_token_for=app_key)
         if found.status != ACTIVE:
             raise Unauthorized(
                 "this API key is inactive; its owner account can activate it",
@@ -146,10 +160,12 @@ class Gatekeeper:
         policy: Policy,
         observer: Observer | None = None,
         decision_cache_size: int = 100_000,
+        limiter: AuthFailureLimiter | None = None,
     ):
         self.authenticators = tuple(authenticators)
         self.policy = policy
         self.observer = observer
+        self.limiter = limiter
         self._decisions: LRU[tuple[str, tuple[str, ...], str, str, str], bool] = LRU(
             decision_cache_size
         )
@@ -179,12 +195,24 @@ class Gatekeeper:
         client: str = "",
     ) -> Identity:
         """Authenticate, resolve the grant, authorize. ``client`` is the client's
-        address as keygate trusts it (see ``trusted_proxies``), for rate limits."""
+        address as keygate trusts it (see ``trusted_proxies``), for the failure budgets."""
+        limiter = self.limiter
+        if limiter is not None:
+            wait = limiter.address_blocked(client)
+            if wait is not None:
+                raise TooManyRequests(wait)
         authenticated = None
-        for authenticator in self.authenticators:
-            authenticated = await authenticator.authenticate(headers, account)
-            if authenticated is not None:
-                break
+        try:
+            for authenticator in self.authenticators:
+                authenticated = await authenticator.authenticate(headers, account)
+                if authenticated is not None:
+                    break
+        except InvalidCredentials as failure:
+            if limiter is not None:
+                wait = await limiter.failed(client, failure.wrong_token_for)
+                if wait is not None:
+                    raise TooManyRequests(wait) from None
+            raise
         if authenticated is None:
             raise Unauthorized(
                 "no API credentials: send the API key and token headers",

@@ -8,6 +8,10 @@ meaning ("this is the client's fault") and the middleware alone decides how it l
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import orjson
 
 
@@ -17,6 +21,7 @@ class GatewayError(Exception):
     status = 500
     code = "internal_error"
     message = "keygate failed to handle the request; this is a bug in keygate"
+    headers: Mapping[str, str] = MappingProxyType({})  # extra response headers
 
     def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
         if message is not None:
@@ -90,6 +95,18 @@ class UnsupportedMediaType(GatewayError):
     status = 415
     code = "unsupported_media_type"
     message = "send the body as JSON with Content-Type: application/json"
+
+
+class TooManyRequests(GatewayError):
+    status = 429
+    code = "too_many_failures"
+    message = "too many failed authentications; retry after the time in Retry-After"
+
+    def __init__(self, retry_after: float, message: str | None = None, *,
+                 code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = max(1, math.ceil(retry_after))
+        self.headers = {"Retry-After": str(self.retry_after)}
 
 
 class BadGateway(GatewayError):

@@ -235,3 +235,23 @@ async def test_reload_swaps_the_policy_and_refuses_a_broken_one(
         assert (await proxy.get("/orders/1", headers=headers)).status == 403
     finally:
         await gw.close()
+
+
+async def test_a_key_asking_for_made_up_accounts_does_not_grow_the_cache(gateway, make_key):
+    """The target account comes from the request (host or path): 20,000 made-up ones
+    leave the key's cache entry bounded, and its real grants are still served."""
+    from gateway.store import MAX_ACCOUNTS_PER_KEY
+
+    key = await make_key("acme", ["orders-reader"])
+    store = gateway.store
+    for _ in range(100):  # the invalidation channel must be subscribed for caching
+        if store.cache_trusted:
+            break
+        await asyncio.sleep(0.05)
+    assert store.cache_trusted
+    for i in range(20_000):
+        found = await store.auth_lookup(key.app_key, f"made-up-{i}")
+        assert found.grant is None
+    assert len(store._known.get(key.app_key)) <= MAX_ACCOUNTS_PER_KEY
+    assert (await store.auth_lookup(key.app_key, "acme")).grant is not None
+    assert store.cached_lookup(key.app_key, "acme") is not None
