@@ -614,6 +614,8 @@ class CacheSettings:
 
 _MEMORY_SERVERS: dict[str, Any] = {}
 
+# Accounts remembered per cached key (its grants and "no grant here" answers).
+MAX_ACCOUNTS_PER_KEY = 64
 # The invalidation channel is pinged this often; silence for LIVENESS seconds means the
 # subscription may have missed revocations, so the cache is not trusted until resynced.
 PING_INTERVAL = 1.0
@@ -916,6 +918,13 @@ class Store:
                 if per_account is None:
                     per_account = {}
                     self._known.put(app_key, per_account)  # type: ignore[union-attr]
+                if len(per_account) >= MAX_ACCOUNTS_PER_KEY:
+                    # The target account comes from the request: a key asking for made-up
+                    # accounts must not grow its entry. A miss there costs a round trip;
+                    # a grant makes room by dropping the oldest entry.
+                    if found.grant is None:
+                        return found
+                    del per_account[next(iter(per_account))]
                 per_account[account] = found
             else:
                 self._unknown.put(app_key, found)  # type: ignore[union-attr]
@@ -932,6 +941,18 @@ class Store:
             token_digests=tuple(d for d in (tok, new_tok) if d),
             grant=Grant.decode(grant),
         )
+
+    @_unavailable
+    async def count_auth_failure(self, kind: str, subject: str, window: int, ttl: float) -> int:
+        """One more failed authentication of ``subject`` (an address or a key) in window
+        number ``window``; the total so far. The counter expires with its window, so
+        Redis holds at most one small key per failing subject per window."""
+        name = f"{self.prefix}rl:{kind}:{window}:{subject}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(name)
+            pipe.pexpire(name, max(1, int(ttl * 1000)))
+            total, _ = await pipe.execute()
+        return int(total)
 
     @_unavailable
     async def record_last_used(self, times: Mapping[str, int]) -> None:
