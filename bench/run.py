@@ -247,6 +247,7 @@ def config_file(tmp: Path, redis_url: str, prefix: str, upstream_port: int,
     path.write_text(
         f'proxy_listen = "127.0.0.1:{proxy_port}"\n'
         f'management_listen = "127.0.0.1:{management_port}"\n'
+        f'metrics_listen = "127.0.0.1:{free_port()}"\n'
         f'store_url = "{redis_url}"\nstore_prefix = "{prefix}"\n'
         f'policies_dir = "{policies}"\n'
         "[[routes]]\n"

@@ -11,7 +11,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -19,12 +19,20 @@ from prometheus_client import CollectorRegistry
 from . import proxy
 from .accesslog import JsonAccessLogger, access_logger
 from .auth import Gatekeeper, HeaderAuthenticator
+from .connections import guard_for, raise_file_limit, server_logger
 from .context import Gateway
 from .credentials import TokenHasher
 from .errors import ConfigError
+from .escalation import Delegation
+from .forwarded import TrustedProxies
+from .framing import AIOHTTP_LIMITS
 from .lifecycle import KeyLifecycle
 from .management import build_management_app
+from .management.metrics import build_metrics_app
+from .middleware import new_request_id
 from .policy import Policy
+from .ratelimit import AuthFailureLimiter
+from .renewal_gauge import RenewalGauge
 from .routes import parse_routes
 from .settings import Settings, load_secrets
 from .store import CacheSettings, Store
@@ -72,8 +80,13 @@ def build_gateway(
     registry = CollectorRegistry()
     last_used = LastUsed(store, settings.last_used_interval, clock)
     denials = Denials(store, settings.denial_sample_seconds, clock, registry)
+    limiter = AuthFailureLimiter(
+        store, settings.auth_failure_limit, settings.auth_failure_key_limit,
+        settings.auth_failure_window, clock,
+    )
     gatekeeper = Gatekeeper(
-        [header_auth], policy, UsageObserver(last_used, denials), settings.decision_cache_size
+        [header_auth], policy, UsageObserver(last_used, denials), settings.decision_cache_size,
+        limiter
     )
     return Gateway(
         settings=settings,
@@ -86,6 +99,11 @@ def build_gateway(
         last_used=last_used,
         denials=denials,
         registry=registry,
+        delegation=Delegation(gatekeeper),
+        renewal_gauge=RenewalGauge(store, settings.renewal_gauge_interval, clock, registry),
+        trusted_proxies=(
+            TrustedProxies(settings.trusted_proxies) if settings.trusted_proxies else None
+        ),
         clock=clock,
     )
 
@@ -132,38 +150,61 @@ class ProxyRunner(web.BaseRunner):
             await self.pool.close()
 
 
+class Listening(NamedTuple):
+    """Base URLs of the ports a process serves (``metrics`` None when it is off)."""
+
+    proxy: str
+    management: str
+    metrics: str | None
+
+
 @contextlib.asynccontextmanager
-async def running(
-    gateway: Gateway, reuse_port: bool = False
-) -> AsyncIterator[tuple[str, str]]:
-    """Both ports listening; yields their base URLs. Closes the store last."""
+async def running(gateway: Gateway, reuse_port: bool = False) -> AsyncIterator[Listening]:
+    """The ports listening behind the process's connection guard; yields their base
+    URLs. Background work starts once every port is bound (a busy port is a
+    configuration error with nothing to undo). Closes the store last."""
     settings = gateway.settings
-    log_options: dict[str, Any] = {"access_log": None}
+    server_options: dict[str, Any] = {
+        "access_log": None,
+        "keepalive_timeout": settings.keepalive_timeout,
+        "logger": server_logger(),
+        **AIOHTTP_LIMITS,
+    }
     if settings.access_log:
-        log_options = {"access_log": access_logger(), "access_log_class": JsonAccessLogger}
-    runners: list[web.BaseRunner] = [
-        ProxyRunner(gateway, **log_options),
-        web.AppRunner(build_management_app(gateway), **log_options),
+        server_options.update(access_log=access_logger(), access_log_class=JsonAccessLogger)
+    runners: list[tuple[str, web.BaseRunner]] = [
+        ("proxy_listen", ProxyRunner(gateway, **server_options)),
+        ("management_listen", web.AppRunner(build_management_app(gateway), **server_options)),
     ]
+    if settings.metrics_listen is not None:
+        runners.append(
+            ("metrics_listen", web.AppRunner(build_metrics_app(gateway), **server_options))
+        )
+    guard = guard_for(settings, new_request_id)
+    listeners: list[asyncio.Server] = []
     urls = []
-    gateway.start()
     try:
-        for runner, name in zip(runners, ("proxy_listen", "management_listen"), strict=True):
+        for name, runner in runners:
             host, port = getattr(settings, name)
             await runner.setup()
-            site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+            assert runner.server is not None
             try:
-                await site.start()
+                listener = await guard.listen(runner.server, host, port, reuse_port)
             except OSError as exc:
                 raise ConfigError(
                     f"setting {name}: cannot listen on {host}:{port} ({exc.strerror})"
                 ) from None
-            bound = runner.addresses[0]
+            listeners.append(listener)
+            bound = listener.sockets[0].getsockname()
             urls.append(f"http://{bound[0]}:{bound[1]}")
-        yield urls[0], urls[1]
+        gateway.start()
+        yield Listening(urls[0], urls[1], urls[2] if len(urls) > 2 else None)
     finally:
-        for runner in reversed(runners):
+        for listener in listeners:
+            listener.close()
+        for _, runner in reversed(runners):
             await runner.cleanup()
+        await guard.close()
         await gateway.close()
 
 
@@ -191,6 +232,13 @@ async def serve(
     on_ready: Callable[[str, str], None] | None = None,
     reuse_port: bool = False,
 ) -> None:
+    files = raise_file_limit()  # before the connection cap is derived from it
+    if files is not None:
+        before, after = files
+        if after > before:
+            log.info("open file limit raised from %d to %d (the hard limit)", before, after)
+        else:
+            log.info("open file limit: %d (the hard limit, or not raisable)", after)
     gateway = build_gateway(settings)
     if settings.in_memory:
         log.warning(MEMORY_WARNING)
@@ -211,9 +259,9 @@ async def serve(
 
     with contextlib.suppress(NotImplementedError, AttributeError):
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
-    async with running(gateway, reuse_port) as (proxy_url, management_url):
-        log.info("proxy on %s, management API on %s (pid %d)", proxy_url, management_url,
-                 os.getpid())
+    async with running(gateway, reuse_port) as (proxy_url, management_url, metrics_url):
+        log.info("proxy on %s, management API on %s, metrics on %s (pid %d)", proxy_url,
+                 management_url, metrics_url or "(off)", os.getpid())
         if on_ready is not None:
             on_ready(proxy_url, management_url)
         await stop.wait()

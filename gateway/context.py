@@ -15,8 +15,11 @@ from prometheus_client import CollectorRegistry
 
 from .auth import Gatekeeper
 from .credentials import CredentialFormat, TokenHasher
+from .escalation import Delegation
+from .forwarded import TrustedProxies
 from .lifecycle import KeyLifecycle
 from .policy import Policy
+from .renewal_gauge import RenewalGauge
 from .routes import RouteTable
 from .settings import Settings
 from .store import Store
@@ -35,6 +38,11 @@ class Gateway:
     last_used: LastUsed
     denials: Denials
     registry: CollectorRegistry
+    delegation: Delegation
+    # counted in the background (start/close), rendered by the metrics port
+    renewal_gauge: RenewalGauge
+    # None when no proxy is trusted: the peer is then the client
+    trusted_proxies: TrustedProxies | None
     clock: Callable[[], float] = field(default=time.time)
 
     @property
@@ -45,12 +53,17 @@ class Gateway:
         return int(self.clock() * 1000)
 
     def start(self) -> None:
-        """Background work of a running process: cache invalidation, last-used writes."""
+        """Background work of a running process: cache invalidation, last-used writes,
+        and the renewal gauge's count when the metrics port is on (nobody reads it
+        otherwise)."""
         self.store.start_invalidation()
         self.last_used.start()
+        if self.settings.metrics_listen is not None:
+            self.renewal_gauge.start()
 
     async def close(self) -> None:
         """Write what is still buffered, then let go of the store."""
+        await self.renewal_gauge.stop()
         await self.last_used.stop()
         await self.denials.drain()
         await self.store.close()

@@ -47,7 +47,7 @@ async def run_demo(config: Path = DEMO_CONFIG, upstream_port: int = 9000) -> Non
     await upstream.setup()
     await web.TCPSite(upstream, "127.0.0.1", upstream_port).start()
     try:
-        async with running(gateway) as (proxy_url, management_url):
+        async with running(gateway) as (proxy_url, management_url, _):
             issued = await gateway.lifecycle.create(
                 "acme", "demo key", ["orders-writer", "user-admin-restricted"], CLI_ACTOR
             )

@@ -7,9 +7,10 @@ import logging
 import re
 import secrets
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import istr
 
+from .connections import guarded
 from .errors import (
     BadRequest,
     GatewayError,
@@ -22,6 +23,7 @@ from .errors import (
 log = logging.getLogger("keygate")
 
 REQUEST_ID_HEADER = istr("X-Request-Id")  # istr: multidict need not case-fold it each use
+SERVER = "keygate"  # the Server header of every answer: no versions for scanners to match
 REQUEST_ID = web.RequestKey("request_id", str) if hasattr(web, "RequestKey") else "request_id"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 
@@ -53,8 +55,14 @@ def error_response(error: GatewayError, request_id: str) -> web.Response:
         body=error.body(request_id),
         status=error.status,
         content_type="application/json",
-        headers={REQUEST_ID_HEADER: request_id},
+        headers={**error.headers, REQUEST_ID_HEADER: request_id, hdrs.SERVER: SERVER},
     )
+
+
+async def server_header(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """An ``on_response_prepare`` signal handler: covers answers that are streamed
+    (prepared inside the handler, before ``errors_as_json`` sees them)."""
+    response.headers[hdrs.SERVER] = SERVER
 
 
 async def errors_as_json(request: web.BaseRequest, handler):  # type: ignore[no-untyped-def]
@@ -62,7 +70,28 @@ async def errors_as_json(request: web.BaseRequest, handler):  # type: ignore[no-
     turn every exception into the JSON error shape; a bug is a 500 with no details.
 
     The management app uses it as a middleware; the proxy port, whose one handler takes
-    every request on aiohttp's low-level server, calls it directly."""
+    every request on aiohttp's low-level server, calls it directly.
+
+    On a guarded connection (``gateway.connections``) it also tells the guard when a
+    request's handling starts and ends (so that the idle deadline starts then), and
+    answers the refusal of a malformed request in place of the synthetic request that
+    stands for it."""
+    connection = guarded(request.transport)
+    if connection is None:
+        return await _answer(request, handler)
+    refusal = connection.request_started(request)
+    try:
+        if refusal is not None:
+            request[REQUEST_ID] = request_id = new_request_id()
+            response = error_response(refusal, request_id)
+            response.force_close()
+            return response
+        return await _answer(request, handler)
+    finally:
+        connection.request_finished()
+
+
+async def _answer(request: web.BaseRequest, handler):  # type: ignore[no-untyped-def]
     incoming = request.headers.get(REQUEST_ID_HEADER)
     if incoming is not None and _CLIENT_REQUEST_ID.fullmatch(incoming):
         request_id = incoming
@@ -76,6 +105,7 @@ async def errors_as_json(request: web.BaseRequest, handler):  # type: ignore[no-
     except web.HTTPException as exc:
         if exc.status < 400:
             exc.headers[REQUEST_ID_HEADER] = request_id
+            exc.headers[hdrs.SERVER] = SERVER
             raise
         kind = _FROM_AIOHTTP.get(exc.status)
         error = kind() if kind else GatewayError(exc.reason)
@@ -88,6 +118,7 @@ async def errors_as_json(request: web.BaseRequest, handler):  # type: ignore[no-
         return error_response(GatewayError(), request_id)
     if not response.prepared:
         response.headers[REQUEST_ID_HEADER] = request_id
+        response.headers[hdrs.SERVER] = SERVER
     return response
 
 

@@ -6,9 +6,23 @@ Header hygiene, because the upstream trusts what keygate sends it:
   business seeing), hop-by-hop headers (RFC 9110 §7.6.1 and whatever ``Connection``
   names), ``Host`` (the upstream gets its own), and any client-sent header in keygate's
   identity namespace or ``Forwarded``/``X-Forwarded-*``/``X-Request-Id`` — those are
-  set by keygate alone, so a client cannot claim to be another key or address;
+  set by keygate alone, so a client cannot claim to be another key or address; nor the
+  other client-address headers CDNs and load balancers use (``True-Client-IP``,
+  ``CF-Connecting-IP``, …), which an upstream might believe;
+* header names are judged as CGI/WSGI servers read them, ``_`` as ``-``: no underscore
+  spelling of a dropped header passes, nor of a framing header (``Content_Length``),
+  which such a server could take for the real one and so read another body than the
+  one keygate framed;
 * added: identity headers (key, owner account, target account, roles),
-  ``X-Forwarded-For/-Proto/-Host`` and the request id.
+  ``X-Forwarded-For/-Proto/-Host`` (see ``gateway.forwarded``) and the request id.
+
+Answers carry ``Server: keygate`` and no versions; the upstream's own ``Server`` is
+dropped (as nginx's ``proxy_hide_header`` does by default).
+
+``Expect: 100-continue`` is answered as nginx answers it: ``100 Continue`` once the
+request is authorized, just before its body is read to be forwarded; a refused request
+gets its error and no 100 (the client then never sends the body, so the connection is
+closed after the error); HTTP/1.0 requests never get a 100; any other expectation is 417.
 
 Request bodies are never read whole: they are handed to the upstream pool
 (``gateway.upstream``) as a stream. A response body is copied chunk by chunk, unless
@@ -28,11 +42,12 @@ import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDictProxy, istr
 
-from .accesslog import APP_KEY
+from .accesslog import APP_KEY, CLIENT
 from .auth import Identity
 from .context import Gateway
-from .errors import BadGateway, BadRequest, GatewayTimeout, NotFound
-from .middleware import REQUEST_ID, REQUEST_ID_HEADER, errors_as_json
+from .errors import BadGateway, BadRequest, GatewayError, GatewayTimeout
+from .forwarded import Forwarding
+from .middleware import REQUEST_ID, REQUEST_ID_HEADER, error_response, errors_as_json
 from .routes import Route, normalise_path
 from .upstream import UnforwardableHeader, UpstreamAnswer, UpstreamPool
 
@@ -53,9 +68,20 @@ CLIENT_NEVER_SETS = frozenset(
         # honours these would run another method or path than the one authorized
         "x-http-method-override", "x-http-method", "x-method-override",
         "x-original-url", "x-rewrite-url", "x-original-method",
+        # where CDNs and load balancers put the client's address; an upstream that
+        # believes one would take the client's word for who it is
+        "true-client-ip", "x-client-ip", "cf-connecting-ip", "cf-connecting-ipv6",
+        "x-cluster-client-ip", "fastly-client-ip", "x-originating-ip", "client-ip",
+        "x-remote-ip", "x-remote-addr", "x-forwarded", "forwarded-for",
+        "x-original-forwarded-for", "x-envoy-external-address", "x-azure-clientip",
+        "x-azure-socketip", "x-proxyuser-ip", "akamai-client-ip",
     }
 )
 CLIENT_NEVER_SETS_PREFIXES = ("x-forwarded-",)
+# Headers that frame a message or pick its target: their underscore spellings never
+# pass either way, as a CGI/WSGI server could read them as the real thing.
+FRAMING = frozenset({"content-length", "transfer-encoding", "content-encoding", "host"})
+SERVER = (hdrs.SERVER, "keygate")
 CHUNK = 64 * 1024
 # An upstream answer of known length up to this size is read whole and sent in one
 # write (headers and body together); larger or chunked ones stream.
@@ -78,6 +104,11 @@ def _canonical(name: str) -> str:
     """Header name as servers may read it: CGI/WSGI turn '_' and '-' alike into '_',
     so ``X-Keygate_Roles`` must be treated as ``X-Keygate-Roles``."""
     return name.lower().replace("_", "-")
+
+
+def _underscored_framing(name: str) -> bool:
+    """``Content_Length`` and the like: a framing header's name spelled with '_'."""
+    return "_" in name and _canonical(name) in FRAMING
 
 
 @functools.lru_cache(maxsize=256)
@@ -142,13 +173,15 @@ class Forwarder:
                 canonical in dropped
                 or canonical.startswith(prefix)
                 or canonical.startswith(CLIENT_NEVER_SETS_PREFIXES)
+                or _underscored_framing(name)
             )
 
         self._from_client = _Verdicts(from_client)
-        # The answer's request id is keygate's alone (added in forward), as on the way in.
-        from_upstream_dropped = HOP_BY_HOP | {REQUEST_ID_HEADER.lower()}
+        # The answer's request id and Server are keygate's alone (added in forward).
+        from_upstream_dropped = HOP_BY_HOP | {REQUEST_ID_HEADER.lower(), "server"}
         self._from_upstream = _Verdicts(
-            lambda name: _canonical(name) not in from_upstream_dropped
+            lambda name: not (_canonical(name) in from_upstream_dropped
+                              or _underscored_framing(name))
         )
         self._identity_names = (
             istr(identity_prefix + "Key"),
@@ -158,18 +191,28 @@ class Forwarder:
         )
 
     def upstream_headers(
-        self, request: web.BaseRequest, identity: Identity, request_id: str
+        self,
+        request: web.BaseRequest,
+        identity: Identity,
+        request_id: str,
+        forwarding: Forwarding | None = None,
     ) -> list[tuple[str, str]]:
+        """``forwarding``: what trusted proxies said (None: no proxy is trusted, so
+        keygate's own view of the connection is all there is)."""
         headers = self._from_client.keep(request.headers)
+        if forwarding is None:
+            forwarded_for, proto, host = request.remote or "", request.scheme, request.host
+        else:
+            _, forwarded_for, proto, host = forwarding
         key, owner, account, roles = self._identity_names
         headers += (
             (key, identity.principal.app_key),
             (owner, identity.principal.owner),
             (account, identity.account),
             (roles, ",".join(identity.roles)),
-            (hdrs.X_FORWARDED_FOR, request.remote or ""),
-            (hdrs.X_FORWARDED_PROTO, request.scheme),
-            (hdrs.X_FORWARDED_HOST, request.host),
+            (hdrs.X_FORWARDED_FOR, forwarded_for),
+            (hdrs.X_FORWARDED_PROTO, proto),
+            (hdrs.X_FORWARDED_HOST, host),
             (REQUEST_ID_HEADER, request_id),
         )
         return headers
@@ -185,15 +228,24 @@ class Forwarder:
         query: str,
         identity: Identity,
         request_id: str,
+        forwarding: Forwarding | None = None,
+        send_continue: bool = False,
     ) -> web.StreamResponse:
+        """Forward; with ``send_continue``, tell the client to send its body first
+        (``100 Continue``, written straight to the transport as aiohttp's documented
+        expect handlers do: nothing of the answer has been written yet)."""
         origin = route.origin
+        headers = self.upstream_headers(request, identity, request_id, forwarding)
+        body = request.content if request.body_exists else None
+        if send_continue and body is not None and request.transport is not None:
+            request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             upstream = await self.pool.send(
                 origin,
                 request.method,
                 route.upstream_target(path, query),
-                self.upstream_headers(request, identity, request_id),
-                request.content if request.body_exists else None,
+                headers,
+                body,
                 request.content_length,
             )
         except UnforwardableHeader as exc:
@@ -208,7 +260,7 @@ class Forwarder:
             raise _unreachable(route) from None
         async with upstream:
             headers = self.response_headers(upstream)
-            headers.append((REQUEST_ID_HEADER, request_id))
+            headers += ((REQUEST_ID_HEADER, request_id), SERVER)
             length = upstream.content_length
             if length is not None and length <= WHOLE_BODY_LIMIT:
                 # Small and of known length: read whole, answer in one write. If the
@@ -253,6 +305,25 @@ def _unreachable(route: Route) -> BadGateway:
     )
 
 
+class ExpectationFailed(GatewayError):
+    status = 417
+    code = "expectation_failed"
+    message = "the only expectation keygate meets is 'Expect: 100-continue'"
+
+
+def _expects_continue(request: web.BaseRequest, expect: str) -> bool:
+    """Whether to send ``100 Continue`` before the body; 417 for another expectation.
+    An HTTP/1.0 client never gets a 100 (RFC 9110 §10.1.1: it would not understand)."""
+    value = expect.strip().lower()
+    if value == "100-continue":
+        return request.version >= aiohttp.HttpVersion11
+    if value:
+        raise ExpectationFailed(
+            "unsupported expectation: only 'Expect: 100-continue' is met",
+        )
+    return False
+
+
 class ProxyPort:
     """The proxy port's one handler (on aiohttp's low-level server: keygate routes by
     itself, so aiohttp's router and middleware chain would be work done twice)."""
@@ -260,6 +331,7 @@ class ProxyPort:
     def __init__(self, gateway: Gateway, forwarder: Forwarder):
         self.gateway = gateway
         self.forwarder = forwarder
+        self.trusted_proxies = gateway.trusted_proxies
 
     def request_handler(self) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
         """What the server calls for every request: :meth:`handle`, errors in the one
@@ -269,16 +341,39 @@ class ProxyPort:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         gateway = self.gateway
         request_id = request[REQUEST_ID]
-        raw_path, _, query = request.raw_path.partition("?")
-        path = normalise_path(raw_path)
-        host = host_name(request.host)
-        method = request.method
-        route = gateway.routes.match(method, host, path)
-        if route is None:
-            raise NotFound(f"no route for {method} {path} on host {host!r}", code="no_route")
-        account = route.account_for(host, path)
-        identity = await gateway.gatekeeper.check(
-            request.headers, account, route.resource, route.action_for(method), request_id
-        )
-        request[APP_KEY] = identity.principal.app_key
-        return await self.forwarder.forward(request, route, path, query, identity, request_id)
+        expect = request.headers.get(hdrs.EXPECT)
+        send_continue = False
+        try:
+            if expect is not None:
+                send_continue = _expects_continue(request, expect)
+            raw_path, _, query = request.raw_path.partition("?")
+            host = host_name(request.host)
+            method = request.method
+            route, path, forwarded_path = gateway.routes.resolve(
+                method, host, normalise_path(raw_path)
+            )
+            account = route.account_for(host, path)
+            client = request.remote or ""
+            forwarding = None
+            if self.trusted_proxies is not None:  # else the peer is the client
+                forwarding = self.trusted_proxies.forwarding(
+                    client, request.headers, request.scheme, request.host
+                )
+                client = request[CLIENT] = forwarding.client
+            identity = await gateway.gatekeeper.check(
+                request.headers, account, route.resource, route.action_for(method),
+                request_id, client=client,
+            )
+            request[APP_KEY] = identity.principal.app_key
+            return await self.forwarder.forward(
+                request, route, forwarded_path, query, identity, request_id, forwarding,
+                send_continue,
+            )
+        except GatewayError as refusal:
+            if not expect:
+                raise
+            # The client holds its body back for a 100 that a refusal never sends: close
+            # the connection, or its next request would be read as that body.
+            response = error_response(refusal, request_id)
+            response.force_close()
+            return response

@@ -13,6 +13,14 @@ normalised path is both what routing/authorization see and exactly what is forwa
   than guessed: encoded ``/`` or ``\\`` (``%2f``, ``%5c``), a literal backslash, NUL and
   control characters, non-ASCII bytes, and dot segments carrying parameters (``..;x``
   or ``..%3Bx``, the Tomcat bypass).
+
+What an upstream makes of the normal form still depends on the upstream, so the route
+decides the rest (:meth:`RouteTable.resolve`). Java servers drop ``;`` parameters
+(``/admin;x`` is ``/admin``), Windows and IIS drop trailing dots (``/admin.`` is
+``/admin``), and case-insensitive servers read ``/Admin`` as ``/admin``: each would let a
+key allowed on ``/acme`` act on ``/acme/admin``. Such paths are refused unless their
+route says its upstream reads them that way, and then they are routed and authorized as
+that upstream will read them.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from typing import Any
 from yarl import URL
 
 from .credentials import is_valid_account
-from .errors import BadRequest, ConfigError
+from .errors import BadRequest, ConfigError, NotFound
 from .upstream import Origin
 
 UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
@@ -111,6 +119,47 @@ def _prefix_matches(prefix: str, path: str) -> bool:
     return prefix == "/" or path == prefix or path.startswith(prefix + "/")
 
 
+def _without_suffixes(path: str, encoded_params: bool = True) -> tuple[str, bool, bool]:
+    """``path`` as an upstream that drops ``;`` parameters and trailing dots acts on it
+    (``/a;x/b./`` → ``/a/b/``), and whether it had parameters and trailing dots.
+
+    Parameters start at ``;`` and, with ``encoded_params``, at ``%3B``. A segment that
+    is nothing but dots once its parameters are gone (``...``, ``...;x``) is refused:
+    an upstream might read it as ``.`` or ``..``."""
+    had_params = had_dots = False
+    kept: list[str] = []
+    segments = path.split("/")
+    bare = ""
+    for segment in segments[1:]:
+        bare = segment.split(";", 1)[0]
+        if encoded_params:
+            bare = bare.split("%3B", 1)[0]
+        if bare != segment:
+            had_params = True
+        if bare.endswith("."):
+            had_dots = True
+            bare = bare.rstrip(".")
+            if not bare:
+                raise BadRequest(
+                    "the request path has a segment made of dots only (such as '...'); "
+                    "an upstream might read it as '.' or '..'",
+                    code="bad_path",
+                )
+        if bare:
+            kept.append(bare)
+    trailing = not bare and bool(kept)
+    return "/" + "/".join(kept) + ("/" if trailing else ""), had_params, had_dots
+
+
+def lower_path(path: str) -> str:
+    """A normalised path lower-cased, but not its %-escapes (``%C3%89`` stays upper-case,
+    the one form ``normalise_path`` gives them)."""
+    if "%" not in path:
+        return path.lower()
+    first, *escaped = path.split("%")
+    return first.lower() + "".join("%" + part[:2] + part[2:].lower() for part in escaped)
+
+
 @dataclass(frozen=True)
 class Route:
     name: str
@@ -125,6 +174,10 @@ class Route:
     action: str | None = None
     actions: Mapping[str, str] = field(default_factory=dict)
     strip_prefix: bool = False
+    # the upstream drops ';' parameters / trailing dots, or ignores case (see resolve)
+    allow_matrix_params: bool = False
+    allow_trailing_dots: bool = False
+    case_insensitive: bool = False
 
     def matches(self, method: str, host: str, path: str) -> bool:
         if self.methods is not None and method not in self.methods:
@@ -185,6 +238,13 @@ class Route:
         return Origin.of(self.upstream)
 
 
+Resolution = tuple[Route, str, str]
+"""A request's route, the path it is routed and authorized on (as its upstream will act
+on it), and the path forwarded (the same, unless the route lets the upstream drop ``;``
+parameters or trailing dots: then the path as sent, which still has them). A plain
+tuple: one is built for every request."""
+
+
 class RouteTable:
     """Routes ordered most specific first: a named host before wildcard hosts before
     any host, then the longest path prefix."""
@@ -195,6 +255,7 @@ class RouteTable:
             return (-host_rank, -len(route.path_prefix))
 
         self.routes = sorted(routes, key=specificity)
+        self._case_insensitive = any(route.case_insensitive for route in self.routes)
 
     def match(self, method: str, host: str, path: str) -> Route | None:
         for route in self.routes:
@@ -202,11 +263,103 @@ class RouteTable:
                 return route
         return None
 
+    def resolve(self, method: str, host: str, path: str) -> Resolution:
+        """The route of a request whose ``path`` is normalised (``normalise_path``), and
+        the paths to authorize and to forward; 404 without a route, 400 when upstreams
+        could read the path as another route's.
+
+        The attack: routes ``/acme`` and ``/acme/admin`` guard different resources, and a
+        key allowed on ``/acme`` only sends ``/acme/admin;x``, ``/acme/admin.`` or
+        ``/acme/Admin``. keygate's prefix match puts each under ``/acme``; a Java server
+        (drops ``;`` parameters), IIS (drops trailing dots) or any case-insensitive server
+        acts on ``/acme/admin``. So:
+
+        * ``;`` parameters (``%3B`` too) and segments ending in a dot are refused unless
+          the route reached *without* them allows them (``allow_matrix_params``,
+          ``allow_trailing_dots``); then that is the route and the path authorized, and
+          the path as sent is forwarded (its upstream needs the parameters). ``%3B`` must
+          give the same route whether the upstream reads it as a separator or as data.
+        * a ``case_insensitive`` route is routed and authorized on the lower-cased path,
+          which is also the path forwarded; when lower-casing changes which route
+          matches, and either route is case-insensitive, the request is refused, since
+          keygate cannot know which of them the upstream would serve.
+        """
+        routed = path
+        # ';' parameters ('%3B' too: an upstream that decodes before it splits reads it
+        # as one) or a segment ending in a dot; substring tests, as this runs every time
+        suffixes = ";" in path or "%3B" in path or "./" in path or path[-1:] == "."
+        had_params = had_dots = False
+        if suffixes:
+            routed, had_params, had_dots = _without_suffixes(path)
+        route = self.match(method, host, routed)
+        forwarded = path
+        if self._case_insensitive:
+            lowered = lower_path(path)
+            if lowered != path:
+                lowered_routed = lower_path(routed)
+                lowered_route = self.match(method, host, lowered_routed)
+                if lowered_route is not None and lowered_route.case_insensitive:
+                    if route is not None and route is not lowered_route \
+                            and not route.case_insensitive:
+                        raise _case_conflict(route, lowered_route)
+                    route, routed, forwarded = lowered_route, lowered_routed, lowered
+                elif route is not None and route.case_insensitive:
+                    raise _case_conflict(route, lowered_route)
+        if route is None:
+            raise NotFound(f"no route for {method} {path} on host {host!r}", code="no_route")
+        if suffixes:
+            self._check_suffixes(route, method, host, forwarded, had_params, had_dots)
+        return route, routed, forwarded
+
+    def _check_suffixes(
+        self, route: Route, method: str, host: str, forwarded: str, params: bool, dots: bool
+    ) -> None:
+        if params and not route.allow_matrix_params:
+            raise BadRequest(
+                "the request path has ';' parameters (or '%3B'), which some upstreams drop "
+                "before routing ('/admin;x' read as '/admin'); route "
+                f"{route.name!r} does not allow them (allow_matrix_params = true would)",
+                code="bad_path",
+            )
+        if dots and not route.allow_trailing_dots:
+            raise BadRequest(
+                "the request path has a segment ending in '.', which some upstreams drop "
+                f"('/admin.' read as '/admin'); route {route.name!r} does not allow it "
+                "(allow_trailing_dots = true would)",
+                code="bad_path",
+            )
+        if params and "%3B" in forwarded:
+            as_data = self.match(method, host, _without_suffixes(forwarded, False)[0])
+            if as_data is not route:
+                raise BadRequest(
+                    "the request path's '%3B' leads to another route when an upstream "
+                    "reads it as data rather than as ';'; send ';' or leave it out",
+                    code="bad_path",
+                )
+        if route.strip_prefix and not _prefix_matches(route.path_prefix, forwarded):
+            raise BadRequest(
+                f"route {route.name!r} strips its path prefix, which this request spells "
+                "with parameters or trailing dots; send the prefix plainly",
+                code="bad_path",
+            )
+
+
+def _case_conflict(route: Route, other: Route | None) -> BadRequest:
+    other_name = other.name if other is not None else None
+    return BadRequest(
+        f"the request path falls to route {route.name!r} as sent but to route "
+        f"{other_name!r} once lower-cased, and one of them serves a case-insensitive "
+        "upstream; send the path in lower case",
+        code="bad_path",
+    )
+
 
 _ROUTE_FIELDS = {
     "name", "upstream", "path_prefix", "host", "methods", "account", "account_from",
     "account_segment", "resource", "action", "actions", "strip_prefix",
+    "allow_matrix_params", "allow_trailing_dots", "case_insensitive",
 }
+_ROUTE_FLAGS = ("strip_prefix", "allow_matrix_params", "allow_trailing_dots", "case_insensitive")
 
 
 def parse_routes(raw_routes: list[dict[str, Any]]) -> RouteTable:
@@ -284,9 +437,18 @@ def parse_routes(raw_routes: list[dict[str, Any]]) -> RouteTable:
             for k, v in actions.items()
         ):
             raise bad("actions", "must map HTTP methods to action names, e.g. {DELETE = \"admin\"}")
-        strip = raw.get("strip_prefix", False)
-        if not isinstance(strip, bool):
-            raise bad("strip_prefix", "must be true or false")
+        flags = {flag: raw.get(flag, False) for flag in _ROUTE_FLAGS}
+        for flag, value in flags.items():
+            if not isinstance(value, bool):
+                raise bad(flag, "must be true or false")
+        if flags["case_insensitive"]:
+            if flags["allow_matrix_params"]:
+                raise bad(
+                    "case_insensitive",
+                    "cannot be combined with allow_matrix_params: the path forwarded is "
+                    "lower-cased, which would change the parameters' values (session ids)",
+                )
+            prefix = lower_path(prefix)  # requests are matched lower-cased
         routes.append(
             Route(
                 name=name,
@@ -300,7 +462,7 @@ def parse_routes(raw_routes: list[dict[str, Any]]) -> RouteTable:
                 resource=resource,
                 action=action,
                 actions={k.upper(): v for k, v in actions.items()},
-                strip_prefix=strip,
+                **flags,
             )
         )
     return RouteTable(routes)

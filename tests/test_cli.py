@@ -261,6 +261,7 @@ async def test_serve_proxies_with_a_cli_made_key(cli_env, upstream, tmp_path):
     config.write_text(f"""
 proxy_listen = "127.0.0.1:{proxy_port}"
 management_listen = "127.0.0.1:{management_port}"
+metrics_listen = "127.0.0.1:{free_port()}"
 
 [[routes]]
 name = "orders"

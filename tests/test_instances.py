@@ -32,6 +32,7 @@ def _config(tmp_path: Path, name: str, redis_url: str, prefix: str, upstream: st
     path.write_text(
         f'proxy_listen = "127.0.0.1:{_free_port()}"\n'
         f'management_listen = "127.0.0.1:{_free_port()}"\n'
+        f'metrics_listen = "127.0.0.1:{_free_port()}"\n'
         f'store_url = "{redis_url}"\n'
         f'store_prefix = "{prefix}"\n'
         "[[routes]]\n"
@@ -234,7 +235,8 @@ def test_a_port_in_use_is_a_configuration_error_naming_the_setting(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         config = tmp_path / "busy.toml"
-        config.write_text(f'proxy_listen = "127.0.0.1:{port}"\nmanagement_listen = "127.0.0.1:0"\n')
+        config.write_text(f'proxy_listen = "127.0.0.1:{port}"\nmanagement_listen = "127.0.0.1:0"\n'
+                          'metrics_listen = ""\n')
         done = subprocess.run(
             [sys.executable, "-m", "gateway", "--config", str(config), "serve"],
             env=_env(), capture_output=True, text=True, timeout=60,

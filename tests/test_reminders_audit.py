@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import build_gateway
 from gateway.management import build_management_app
+from gateway.management.metrics import build_metrics_app
 from gateway.renewal import add_months, renewal_alert
 from gateway.store import CLI_ACTOR, Store
 
@@ -81,6 +82,12 @@ def expect_error(reply: Reply, status: int, code: str) -> str:
     assert reply.status == status, reply.body
     assert reply.body["error"]["code"] == code, reply.body
     return reply.body["error"]["message"]
+
+
+@pytest.fixture
+async def metrics(gateway: Any, aiohttp_client: Callable[..., Any]) -> Any:
+    """The metrics port's application (its own port, not the management API)."""
+    return await aiohttp_client(build_metrics_app(gateway))
 
 
 @pytest.fixture
@@ -219,14 +226,18 @@ async def test_settings_body_errors(admin):
     expect_error(await admin("PUT", SETTINGS, [6]), 400, "bad_json")
 
 
-async def test_settings_float_period_does_not_break_the_account(admin, make_key, management):
+async def test_settings_float_period_does_not_break_the_account(
+    admin, make_key, gateway, metrics
+):
     key = await make_key("acme", ["orders-reader"])
     put = await admin("PUT", SETTINGS, {"renewalPeriodMonths": 6.0})
     got = await admin("GET", SETTINGS)
     listing = await admin("GET", KEYS)
     one = await admin("GET", f"{KEYS}/{key.app_key}")
-    metrics = await management.get("/metrics")
-    assert (got.status, listing.status, one.status, metrics.status) == (200, 200, 200, 200)
+    await gateway.renewal_gauge.refresh()  # the background count reads the setting too
+    scrape = await metrics.get("/metrics")
+    assert (got.status, listing.status, one.status, scrape.status) == (200, 200, 200, 200)
+    assert renewal_gauge(await scrape.text())[("acme", "none")] == 2
     if put.status == 200:
         assert got.body == {"renewalPeriodMonths": 6}
     else:
@@ -355,9 +366,20 @@ def renewal_gauge(text: str) -> dict[tuple[str, str], float]:
     return found
 
 
-async def test_metrics_count_keys_per_account_and_level(admin, aged_keys, management, make_key):
+async def scrape_renewal_gauge(gateway: Any, metrics: Any) -> dict[tuple[str, str], float]:
+    """The gauge after a background count has run (a scrape only renders the last one)."""
+    await gateway.renewal_gauge.refresh()
+    response = await metrics.get("/metrics")
+    assert response.status == 200
+    return renewal_gauge(await response.text())
+
+
+async def test_metrics_count_keys_per_account_and_level(
+    admin, aged_keys, gateway, metrics, make_key
+):
     await make_key("beta", ["orders-reader"])
-    response = await management.get("/metrics")
+    await gateway.renewal_gauge.refresh()
+    response = await metrics.get("/metrics")
     assert response.status == 200
     gauge = renewal_gauge(await response.text())
     assert gauge == {
@@ -366,12 +388,12 @@ async def test_metrics_count_keys_per_account_and_level(admin, aged_keys, manage
     }
     # acme's own period is used for acme's keys
     assert (await admin("PUT", SETTINGS, {"renewalPeriodMonths": 6})).status == 200
-    gauge = renewal_gauge(await (await management.get("/metrics")).text())
+    gauge = await scrape_renewal_gauge(gateway, metrics)
     assert gauge[("acme", "none")] == 2 and gauge[("acme", "orange")] == 2
     assert gauge[("acme", "red")] == 0 and gauge[("beta", "none")] == 1
     # a deleted key is no longer counted
     assert (await admin("DELETE", f"{KEYS}/{aged_keys['mid']}")).status == 204
-    gauge = renewal_gauge(await (await management.get("/api/v1/metrics")).text())
+    gauge = await scrape_renewal_gauge(gateway, metrics)
     assert gauge[("acme", "none")] == 1
 
 
@@ -593,7 +615,7 @@ async def denials(gateway: Any, admin: Any, query: str = "") -> list[dict[str, A
 
 
 async def test_access_denials_are_sampled_per_key_and_resource(
-    admin, proxy, make_key, gateway, clock, management
+    admin, proxy, make_key, gateway, clock, metrics
 ):
     reader = await make_key("acme", ["orders-reader"])
     for _ in range(5):
@@ -643,7 +665,8 @@ async def test_access_denials_are_sampled_per_key_and_resource(
     assert outsider_event["after"]["reason"] == "no_grant"
 
     # every denial is counted on /metrics, sampled or not
-    text = await (await management.get("/metrics")).text()
+    await gateway.denials.drain()
+    text = await (await metrics.get("/metrics")).text()
     counted = {
         (s.labels["account"], s.labels["resource"]): s.value
         for f in text_string_to_metric_families(text) if f.name == "keygate_access_denied"

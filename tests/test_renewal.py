@@ -23,6 +23,7 @@ from conftest import ProxyTestServer
 
 from gateway.app import build_gateway
 from gateway.management import build_management_app
+from gateway.management.metrics import build_metrics_app
 from gateway.store import CLI_ACTOR
 
 KEYS = "/api/v1/accounts/acme/keys"
@@ -655,6 +656,8 @@ async def _redis_dump(gateway: Any) -> str:
             parts.append(await r.get(name))
         elif kind == "zset":
             parts.append(orjson.dumps(await r.zrange(name, 0, -1)).decode())
+        elif kind == "set":
+            parts.append(orjson.dumps(sorted(await r.smembers(name))).decode())
         elif kind == "stream":
             parts.append(orjson.dumps(await r.xrange(name)).decode())
         else:
@@ -663,7 +666,7 @@ async def _redis_dump(gateway: Any) -> str:
 
 
 async def test_no_response_log_line_or_audit_event_contains_a_token(
-    api, proxy, gateway, make_key, caplog, clock, management
+    api, proxy, gateway, make_key, caplog, clock, management, aiohttp_client
 ):
     caplog.set_level(logging.DEBUG)
     issued_by_api: list[str] = []  # each must appear in exactly one response
@@ -708,9 +711,12 @@ async def test_no_response_log_line_or_audit_event_contains_a_token(
     await api.call("PUT", "/api/v1/accounts/acme/settings", {"renewalPeriodMonths": 6})
     await api.call("DELETE", f"{KEYS}/{created['appKey']}")
     for path in (KEYS, f"{KEYS}?sort=lastUsed", f"{KEYS}/{direct.app_key}",
-                 "/api/v1/accounts/acme/audit?limit=500", "/api/v1/accounts/acme/settings",
-                 "/metrics"):
+                 "/api/v1/accounts/acme/audit?limit=500", "/api/v1/accounts/acme/settings"):
         assert (await api.call("GET", path)).status == 200
+    # the metrics port, after a count of the renewal gauge, is a response like the others
+    await gateway.renewal_gauge.refresh()
+    scraper = Api(await aiohttp_client(build_metrics_app(gateway)), {}, api.bodies)
+    assert (await scraper.call("GET", "/metrics")).status == 200
     as_second = Api(management, creds(admin.app_key, admin.token), api.bodies)
     assert (await as_second.call("GET", "/api/v1/accounts/acme/audit")).status == 200
 
@@ -726,8 +732,12 @@ async def test_no_response_log_line_or_audit_event_contains_a_token(
         assert not any(digest in b for b in bodies)
 
     # the audit log, raw from the store (every field of every event) and through the API
-    stream = await gateway.store.redis.xrange(
-        f"{gateway.settings.store_prefix}acct:acme:audit")
+    stream = [
+        event
+        for kind in ("audit", "access")  # change events, then access events
+        for event in await gateway.store.redis.xrange(
+            f"{gateway.settings.store_prefix}acct:acme:{kind}")
+    ]
     raw_events = orjson.dumps(stream).decode()
     actions = {orjson.loads(fields["event"])["action"] for _, fields in stream}
     assert actions >= {"key.create", "key.update", "key.delete", "token.renew",

@@ -1,4 +1,5 @@
-"""The management application: health, metrics and the /api/v1 routes."""
+"""The management application: health and the /api/v1 routes (metrics have their own
+port: see metrics.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,9 @@ from aiohttp import web
 
 from ..context import GATEWAY, Gateway
 from ..errors import StoreUnavailable
-from ..middleware import request_id_and_errors
+from ..middleware import request_id_and_errors, server_header
 from . import account_settings, audit, export, external_keys, keys, links
 from .common import json_response
-from .metrics import metrics
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -39,10 +39,10 @@ def build_management_app(gateway: Gateway) -> web.Application:
         client_max_size=gateway.settings.management_max_body,
     )
     app[GATEWAY] = gateway
+    app.on_response_prepare.append(server_header)  # streamed answers (exports) too
     for prefix in ("", "/api/v1"):
         app.router.add_get(prefix + "/healthz", healthz)
         app.router.add_get(prefix + "/readyz", readyz)
-        app.router.add_get(prefix + "/metrics", metrics)
     for module in (keys, external_keys, export, links, account_settings, audit):
         app.router.add_routes(module.routes)
     return app

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..accesslog import APP_KEY
+from ..accesslog import APP_KEY, CLIENT
 from ..auth import Identity
 from ..context import GATEWAY
 from ..credentials import is_valid_account
@@ -46,10 +46,23 @@ def path_account(request: web.Request) -> str:
     return account
 
 
+def client_address(request: web.Request) -> str:
+    """The client's address as keygate trusts it: the peer, or behind trusted proxies
+    the first untrusted address of X-Forwarded-For (see gateway.forwarded)."""
+    peer = request.remote or ""
+    proxies = request.app[GATEWAY].trusted_proxies
+    if proxies is None:
+        return peer
+    client, _ = proxies.client_address(peer, request.headers.getall("X-Forwarded-For", ()))
+    request[CLIENT] = client
+    return client
+
+
 async def authorize(request: web.Request, action: str) -> Identity:
     """Authenticate like the proxy and authorize ``api-keys``/``action`` in the path's account."""
     identity = await request.app[GATEWAY].gatekeeper.check(
-        request.headers, path_account(request), RESOURCE, action, request_id_of(request)
+        request.headers, path_account(request), RESOURCE, action, request_id_of(request),
+        client_address(request),
     )
     request[APP_KEY] = identity.principal.app_key
     return identity

@@ -2,20 +2,33 @@
 
 XLSX holds both sheets. CSV holds one sheet, ``generated`` unless ``sheet=external``:
 one file per sheet keeps each CSV a plain table any tool can read.
+
+A store outage is a 503 in the one JSON shape as long as nothing has been sent: the
+XLSX file is complete on disk before its first byte goes out, and CSV reads its first
+rows before answering. Once the status line has said 200, the only honest way left to
+fail is to reset the connection: a clean end (the last chunk, or for an HTTP/1.0 client
+an orderly close) would hand the client a truncated file that looks complete.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import socket
+import struct
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
 from ..context import GATEWAY
+from ..errors import StoreUnavailable
 from ..export import FORMATS, SHEETS, csv_chunks, filename, write_xlsx
 from .common import authorize, choice_param
+
+log = logging.getLogger("keygate.export")
 
 routes = web.RouteTableDef()
 
@@ -43,10 +56,7 @@ async def export(request: web.Request) -> web.StreamResponse:
         opening = await anext(chunks) + await anext(chunks, b"")
         await response.prepare(request)
         await response.write(opening)
-        async for chunk in chunks:
-            await response.write(chunk)
-        await response.write_eof()
-        return response
+        return await _send_rest(request, response, chunks)
 
     handle, name = tempfile.mkstemp(prefix="keygate-export-", suffix=".xlsx")
     os.close(handle)
@@ -59,11 +69,44 @@ async def export(request: web.Request) -> web.StreamResponse:
             f'attachment; filename="{filename(account, "xlsx", now)}"'
         )
         await response.prepare(request)
-        with path.open("rb") as source:
-            while chunk := source.read(CHUNK):
-                await response.write(chunk)
-        await response.write_eof()
-        return response
+        return await _send_rest(request, response, _file_chunks(path))
     finally:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as source:
+        while chunk := source.read(CHUNK):
+            yield chunk
+
+
+async def _send_rest(
+    request: web.Request, response: web.StreamResponse, chunks: AsyncIterator[bytes]
+) -> web.StreamResponse:
+    """Send the rest of a body whose status line is out; on any failure, reset the
+    connection (no last chunk, no orderly close) instead of ending cleanly."""
+    try:
+        async for chunk in chunks:
+            await response.write(chunk)
+    except Exception as exc:
+        # the store logs its own outages, and a client that went away is no error
+        if not isinstance(exc, StoreUnavailable | ConnectionError):
+            log.exception("export of %s failed after its first byte", request.path)
+        _reset(request)
+        return response  # aiohttp's closing write_eof meets the closed transport
+    await response.write_eof()
+    return response
+
+
+def _reset(request: web.Request) -> None:
+    """Close with a TCP reset (SO_LINGER 0), not a FIN: an HTTP/1.0 client reads a
+    body to the end of the connection, so an orderly close would end its file cleanly."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()

@@ -21,11 +21,18 @@ from .common import json_response
 
 routes = web.RouteTableDef()
 
-GONE = Gone(
-    "this token link has already been opened or has expired; ask the key's owner "
-    "account for a new token renewal",
-    code="token_link_gone",
-)
+
+def gone() -> Gone:
+    """A fresh exception per refusal: one shared instance would collect every refused
+    request's traceback (its frames, the request and its headers among them) for as
+    long as the process lives, as :func:`gateway.auth.invalid_credentials` explains."""
+    return Gone(
+        "this token link has already been opened or has expired; ask the key's owner "
+        "account for a new token renewal",
+        code="token_link_gone",
+    )
+
+
 _NO_STORE = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
@@ -51,7 +58,7 @@ async def show_link(request: web.Request) -> web.Response:
     if not is_link_secret(secret) or not await request.app[GATEWAY].store.link_valid(
         link_id(secret)
     ):
-        raise GONE
+        raise gone()
     if not _wants_html(request):
         return json_response(
             {"status": "unopened", "message": "POST to this URL to reveal the token, once"},
@@ -71,7 +78,7 @@ async def open_link(request: web.Request) -> web.Response:
         request.match_info["secret"], request_id_of(request)
     )
     if opened is None:
-        raise GONE
+        raise gone()
     if _wants_html(request) or request.content_type == "application/x-www-form-urlencoded":
         body = (
             f"<p>API key <code>{html.escape(opened.app_key)}</code></p>"

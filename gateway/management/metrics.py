@@ -1,54 +1,36 @@
-"""``/metrics``: Prometheus text format.
+"""The metrics port (``metrics_listen``, default loopback): ``GET /metrics`` in the
+Prometheus text format, and nothing else.
 
-The renewal gauge is computed at scrape time from the store (every key of every
-account), so scrape it at minutes, not seconds, on large deployments.
+It is an application of its own, never a route of the management API: the management
+port is where integrators open one-time token links, so it may be reachable from
+outside, while metrics name every account and are for the monitoring system alone.
+
+A scrape only renders what is already in memory: counters kept by the request path
+(bounded label sets, see :class:`gateway.usage.Denials`) and the renewal gauge's last
+background count (:mod:`gateway.renewal_gauge`). It reads nothing from the store, so a
+scrape costs the same at 50 keys and at 1,000,000, and scraping harder cannot slow the
+proxy down.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterator
-
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..context import GATEWAY
-from ..renewal import ALERTS, DEFAULT_RENEWAL_PERIOD, renewal_alert
-
-
-class _Snapshot:
-    def __init__(self, families: list[Metric]):
-        self.families = families
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self.families
-
-
-async def renewal_counts(request: web.Request) -> dict[str, Counter[str]]:
-    gateway = request.app[GATEWAY]
-    now = gateway.now_ms()
-    counts: dict[str, Counter[str]] = {}
-    for account in await gateway.store.accounts():
-        settings = await gateway.store.get_settings(account)
-        period = int(settings.get("renewalPeriodMonths", DEFAULT_RENEWAL_PERIOD))
-        counts[account] = Counter(
-            renewal_alert(r.token_created, period, now)
-            for r in await gateway.store.all_keys(account)
-        )
-    return counts
+from ..context import GATEWAY, Gateway
+from ..middleware import request_id_and_errors
 
 
 async def metrics(request: web.Request) -> web.Response:
-    gauge = GaugeMetricFamily(
-        "keygate_keys_renewal_alert",
-        "Generated keys per renewal alert level (none, orange, red) per account",
-        labels=["account", "level"],
+    body = generate_latest(request.app[GATEWAY].registry)
+    return web.Response(
+        body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"}
     )
-    for account, counts in (await renewal_counts(request)).items():
-        for level in ALERTS:
-            gauge.add_metric([account, level], counts.get(level, 0))
-    snapshot = CollectorRegistry()
-    snapshot.register(_Snapshot([gauge]))
-    body = generate_latest(request.app[GATEWAY].registry) + generate_latest(snapshot)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def build_metrics_app(gateway: Gateway) -> web.Application:
+    # a scrape carries no body: refuse anything bigger than a request head's worth
+    app = web.Application(middlewares=[request_id_and_errors], client_max_size=1024)
+    app[GATEWAY] = gateway
+    app.router.add_get("/metrics", metrics)
+    return app
