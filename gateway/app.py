@@ -25,7 +25,7 @@ from .credentials import TokenHasher
 from .errors import ConfigError
 from .escalation import Delegation
 from .forwarded import TrustedProxies
-from .framing import AIOHTTP_LIMITS
+from .http_head import AIOHTTP_LIMITS
 from .lifecycle import KeyLifecycle
 from .management import build_management_app
 from .management.metrics import build_metrics_app

@@ -282,6 +282,26 @@ async def proxy(gateway: Gateway, aiohttp_client: Callable[..., Any]) -> Any:
 
 
 @pytest.fixture
+async def proxy_with(
+    gateway: Gateway, make_settings: Callable[..., Any], clock: Any, aiohttp_client: Any
+) -> AsyncIterator[Callable[..., Any]]:
+    """Another keygate over the same keys (same store prefix, so make_key works) with
+    other settings, wired and started as in production."""
+    started: list[Gateway] = []
+
+    async def make(**overrides: Any) -> Any:
+        settings = make_settings(store_prefix=gateway.settings.store_prefix, **overrides)
+        gw = build_gateway(settings, clock=clock)
+        gw.start()
+        started.append(gw)
+        return await aiohttp_client(ProxyTestServer(gw))
+
+    yield make
+    for gw in started:
+        await gw.close()
+
+
+@pytest.fixture
 async def management(gateway: Gateway, aiohttp_client: Callable[..., Any]) -> Any:
     return await aiohttp_client(build_management_app(gateway))
 

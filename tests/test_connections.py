@@ -41,7 +41,8 @@ from gateway.connections import (
 )
 from gateway.context import Gateway
 from gateway.errors import ConfigError
-from gateway.framing import AIOHTTP_LIMITS, SYNTHETIC_REQUEST
+from gateway.framing import SYNTHETIC_REQUEST
+from gateway.http_head import AIOHTTP_LIMITS
 from gateway.store import CLI_ACTOR
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

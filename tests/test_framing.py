@@ -16,16 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_connections import Served, exchange, read_answer, serving
 
-from gateway import framing
-from gateway.framing import (
+from gateway import http_head
+from gateway.framing import SYNTHETIC_REQUEST, RequestReader
+from gateway.http_head import (
     AIOHTTP_LIMITS,
     MAX_FIELD_LINE,
     MAX_FIELDS,
     MAX_HEAD,
     MAX_REQUEST_LINE,
-    SYNTHETIC_REQUEST,
     Refusal,
-    RequestReader,
 )
 
 SECRET = b"kgt_ReaderSecretNeverQuoted0123456789"
@@ -206,8 +205,8 @@ def test_a_refused_head_is_replaced_by_the_stand_in_and_nothing_is_quoted(name):
                             431: "request_header_fields_too_large", 417: "expectation_failed",
                             501: "not_implemented", 505: "http_version_not_supported"}[status]
     assert "TOKEN" not in refusal.message and SECRET.decode() not in refusal.message
-    fixed = [r for r in vars(framing).values() if isinstance(r, Refusal)]
-    fixed += framing.DUPLICATES.values()
+    fixed = [r for r in vars(http_head).values() if isinstance(r, Refusal)]
+    fixed += http_head.DUPLICATES.values()
     assert refusal.message in {r.message for r in fixed}  # a fixed text, never built
     reader, passed = feed(*(bytes([b]) for b in data))  # byte by byte: the same verdict
     assert passed == [SYNTHETIC_REQUEST] and reader.refusal is not None

@@ -11,16 +11,14 @@ upstream reads it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
-from conftest import ProxyTestServer
 from yarl import URL
 
-from gateway.app import build_gateway
 from gateway.context import Gateway
 
 # -- helpers ----------------------------------------------------------------------------
@@ -43,25 +41,6 @@ def error_of(status_headers_body: tuple[int, Any, bytes], status: int, code: str
     return error["message"]
 
 
-@pytest.fixture
-async def keygate(
-    gateway: Gateway, make_settings: Callable[..., Any], clock: Any, aiohttp_client: Any
-) -> AsyncIterator[Callable[..., Any]]:
-    """A keygate over the same keys as ``make_key``'s with other settings, as served."""
-    started: list[Gateway] = []
-
-    async def make(**overrides: Any) -> Any:
-        settings = make_settings(store_prefix=gateway.settings.store_prefix, **overrides)
-        gw = build_gateway(settings, clock=clock)
-        gw.start()
-        started.append(gw)
-        return await aiohttp_client(ProxyTestServer(gw))
-
-    yield make
-    for gw in started:
-        await gw.close()
-
-
 def boundary(upstream_url: str, acme: dict | None = None, admin: dict | None = None) -> list:
     return [
         {"name": "acme", "path_prefix": "/acme", "upstream": upstream_url, "account": "acme",
@@ -82,9 +61,9 @@ CROSSINGS = [
 
 
 async def test_a_route_boundary_cannot_be_crossed_by_parameters_or_trailing_dots(
-    keygate, make_key, upstream
+    proxy_with, make_key, upstream
 ):
-    proxy = await keygate(routes=boundary(upstream.url))
+    proxy = await proxy_with(routes=boundary(upstream.url))
     key = await make_key("acme", ["catalog-reader"])
     # control: the key reads /acme and is refused /acme/admin
     assert (await call(proxy, "GET", "/acme/items", headers=key.headers))[0] == 200
@@ -98,9 +77,9 @@ async def test_a_route_boundary_cannot_be_crossed_by_parameters_or_trailing_dots
 
 
 async def test_a_case_insensitive_route_cannot_reach_what_a_case_sensitive_one_guards(
-    keygate, make_key, upstream
+    proxy_with, make_key, upstream
 ):
-    proxy = await keygate(routes=boundary(upstream.url, {"case_insensitive": True}))
+    proxy = await proxy_with(routes=boundary(upstream.url, {"case_insensitive": True}))
     key = await make_key("acme", ["catalog-reader"])
     for path in ("/acme/Admin", "/acme/ADMIN/users", "/acme/%41dmin", "/acme/%41DMIN/users"):
         message = error_of(await call(proxy, "GET", path, headers=key.headers), 400, "bad_path")
@@ -115,10 +94,10 @@ async def test_a_case_insensitive_route_cannot_reach_what_a_case_sensitive_one_g
 
 
 async def test_allowed_parameters_and_dots_are_authorized_as_the_upstream_reads_them(
-    keygate, make_key, upstream
+    proxy_with, make_key, upstream
 ):
     allow = {"allow_matrix_params": True, "allow_trailing_dots": True}
-    proxy = await keygate(routes=boundary(upstream.url, allow, allow))
+    proxy = await proxy_with(routes=boundary(upstream.url, allow, allow))
     catalog = await make_key("acme", ["catalog-reader"])
     orders = await make_key("acme", ["orders-reader"])
     for path in ("/acme/admin;x", "/acme/admin.", "/acme/admin;jsessionid=1/users"):
@@ -135,9 +114,9 @@ async def test_allowed_parameters_and_dots_are_authorized_as_the_upstream_reads_
 
 
 async def test_parameters_are_refused_unless_the_route_reached_without_them_allows_them(
-    keygate, make_key, upstream
+    proxy_with, make_key, upstream
 ):
-    proxy = await keygate(routes=boundary(upstream.url, {"allow_matrix_params": True}))
+    proxy = await proxy_with(routes=boundary(upstream.url, {"allow_matrix_params": True}))
     key = await make_key("acme", ["owner"])
     error_of(await call(proxy, "GET", "/acme/admin;x", headers=key.headers), 400, "bad_path")
     assert (await call(proxy, "GET", "/acme/x;v=1", headers=key.headers))[0] == 200
@@ -166,10 +145,10 @@ def seen_clients(monkeypatch: pytest.MonkeyPatch) -> Callable[[Gateway], list[st
 
 
 async def test_behind_a_trusted_proxy_the_client_is_the_first_untrusted_address(
-    keygate, make_key, upstream, seen_clients
+    proxy_with, make_key, upstream, seen_clients
 ):
     # the test client connects from 127.0.0.1: here, that is the load balancer
-    proxy = await keygate(trusted_proxies=["127.0.0.0/8", "10.0.0.0/8"])
+    proxy = await proxy_with(trusted_proxies=["127.0.0.0/8", "10.0.0.0/8"])
     gw = proxy.server.gateway
     seen = seen_clients(gw)
     key = await make_key("acme", ["orders-reader"])
@@ -189,9 +168,9 @@ async def test_behind_a_trusted_proxy_the_client_is_the_first_untrusted_address(
 
 
 async def test_from_an_untrusted_peer_forwarding_headers_are_replaced(
-    keygate, make_key, upstream, seen_clients
+    proxy_with, make_key, upstream, seen_clients
 ):
-    proxy = await keygate(trusted_proxies=["10.0.0.0/8"])  # 127.0.0.1 is not trusted
+    proxy = await proxy_with(trusted_proxies=["10.0.0.0/8"])  # 127.0.0.1 is not trusted
     seen = seen_clients(proxy.server.gateway)
     key = await make_key("acme", ["orders-reader"])
     headers = {**key.headers, "X-Forwarded-For": "10.0.0.7, 10.0.0.8",
@@ -214,9 +193,9 @@ async def test_without_trusted_proxies_the_client_is_the_peer(proxy, make_key, g
 
 
 async def test_a_huge_forwarded_for_from_a_trusted_peer_sends_little_upstream(
-    keygate, make_key, upstream
+    proxy_with, make_key, upstream
 ):
-    proxy = await keygate(trusted_proxies=["127.0.0.1"])
+    proxy = await proxy_with(trusted_proxies=["127.0.0.1"])
     key = await make_key("acme", ["orders-reader"])
     spoof = ", ".join(["6.6.6.6"] * 800) + ", 198.51.100.9"  # ~7 kB, under aiohttp's limit
     headers = [*key.headers.items(), *[("X-Forwarded-For", spoof)] * 4]
@@ -292,10 +271,11 @@ async def odd_upstream(aiohttp_server: Any) -> str:
 
 @pytest.mark.parametrize(("path", "size"), [("/odd/small", 5), ("/odd/streamed", 4 * 65536)])
 async def test_answers_say_server_keygate_and_drop_the_upstreams_own(
-    keygate, make_key, odd_upstream, path, size
+    proxy_with, make_key, odd_upstream, path, size
 ):
-    proxy = await keygate(routes=[{"name": "odd", "path_prefix": "/odd", "upstream": odd_upstream,
-                                   "account": "acme", "resource": "orders"}])
+    proxy = await proxy_with(routes=[{"name": "odd", "path_prefix": "/odd",
+                                      "upstream": odd_upstream, "account": "acme",
+                                      "resource": "orders"}])
     key = await make_key("acme", ["orders-reader"])
     # control: the upstream really sends its own Server and an underscore framing header
     async with proxy.session.get(odd_upstream + path) as direct:

@@ -26,12 +26,9 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from conftest import ProxyTestServer
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gateway.app import build_gateway
-from gateway.context import Gateway
 from gateway.proxy import WHOLE_BODY_LIMIT
 from gateway.store import CLI_ACTOR
 
@@ -91,26 +88,6 @@ async def raw_http(client: Any, request: bytes) -> tuple[int, bytes]:
         await writer.wait_closed()
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
-
-
-@pytest.fixture
-async def proxy_with(
-    gateway: Gateway, make_settings: Callable[..., Any], clock: Any, aiohttp_client: Any
-) -> AsyncIterator[Callable[..., Any]]:
-    """Another keygate over the same keys (same store prefix, so make_key works) with
-    other settings, wired and started as in production."""
-    started: list[Gateway] = []
-
-    async def make(**overrides: Any) -> Any:
-        settings = make_settings(store_prefix=gateway.settings.store_prefix, **overrides)
-        gw = build_gateway(settings, clock=clock)
-        gw.start()
-        started.append(gw)
-        return await aiohttp_client(ProxyTestServer(gw))
-
-    yield make
-    for gw in started:
-        await gw.close()
 
 
 def route(name: str, upstream: str, **fields: Any) -> dict[str, Any]:
