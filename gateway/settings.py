@@ -115,6 +115,15 @@ def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
         raise ValueError(f"not an address or CIDR ({exc})") from None
 
 
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError(f"expected one of: {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
 def _routes(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
         raise ValueError("expected a list of [[routes]] tables")
@@ -239,7 +248,14 @@ SETTINGS: tuple[Setting, ...] = (
             "that no volume of requests can push a change out of the audit log.",
             _positive(int)),
     Setting("access_log", False,
-            "Write a JSON access log line per request to standard error.", _bool),
+            "Write an access log line per request to standard error.", _bool),
+    Setting("log_format", "text",
+            "How log lines look on standard error: text (for people) or json (one JSON "
+            "object per line, for log shippers).", _choice("text", "json")),
+    Setting("shutdown_timeout", 30.0,
+            "Seconds a stopping keygate (SIGTERM) lets requests in flight finish after it "
+            "stops accepting connections; then it closes them, writes what is batched and "
+            "closes the store.", _positive(float)),
     Setting("routes", [], "Route table: [[routes]] tables, see the README.", _routes, env=False),
 )
 
