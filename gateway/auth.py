@@ -64,11 +64,13 @@ class Authenticated(NamedTuple):
 
 
 class Identity(NamedTuple):
-    """A principal authorized in a target account with these roles."""
+    """A principal authorized in a target account with these roles (``action``: the
+    action it was authorized for, when it was asked for one of several)."""
 
     principal: Principal
     account: str
     roles: tuple[str, ...]
+    action: str = ""
 
 
 class Authenticator(Protocol):
@@ -190,12 +192,13 @@ class Gatekeeper:
         headers: Mapping[str, str],
         account: str,
         resource: str,
-        action: str,
+        action: str | tuple[str, ...],
         request_id: str = "",
         client: str = "",
     ) -> Identity:
         """Authenticate, resolve the grant, authorize. ``client`` is the client's
-        address as keygate trusts it (see ``trusted_proxies``), for the failure budgets."""
+        address as keygate trusts it (see ``trusted_proxies``), for the failure budgets.
+        Several actions: the first one the roles allow (a denial names the first)."""
         limiter = self.limiter
         if limiter is not None:
             wait = limiter.address_blocked(client)
@@ -225,11 +228,14 @@ class Gatekeeper:
         except Forbidden as refusal:
             if self.observer is not None:
                 self.observer.denied(
-                    authenticated.principal, account, resource, action, refusal.code, request_id
+                    authenticated.principal, account, resource,
+                    action if isinstance(action, str) else action[0], refusal.code, request_id,
                 )
             raise
 
-    def authorize(self, auth: Authenticated, resource: str, action: str) -> Identity:
+    def authorize(
+        self, auth: Authenticated, resource: str, action: str | tuple[str, ...]
+    ) -> Identity:
         grant, account = auth.grant, auth.account
         if grant is None:
             raise Forbidden(
@@ -241,10 +247,16 @@ class Gatekeeper:
             )
         if not grant.roles:
             raise Forbidden(f"this API key holds no roles in account {account!r}", code="no_roles")
-        if not self.decide(grant.roles, account, resource, action):
-            raise Forbidden(
-                f"the roles of this API key do not allow {action!r} on {resource!r} "
-                f"in account {account!r}",
-                code="not_permitted",
-            )
-        return Identity(auth.principal, account, grant.roles)
+        if isinstance(action, str):
+            if self.decide(grant.roles, account, resource, action):
+                return Identity(auth.principal, account, grant.roles, action)
+        else:
+            for candidate in action:
+                if self.decide(grant.roles, account, resource, candidate):
+                    return Identity(auth.principal, account, grant.roles, candidate)
+        wanted = repr(action) if isinstance(action, str) else " or ".join(map(repr, action))
+        raise Forbidden(
+            f"the roles of this API key do not allow {wanted} on {resource!r} "
+            f"in account {account!r}",
+            code="not_permitted",
+        )

@@ -141,6 +141,12 @@ class Delegation:
                     f"{caller.account!r}: {reason}"
                 )
 
+    def may_act_on(self, caller: Identity, app_key: str, held: Iterable[str]) -> bool:
+        """Whether :meth:`check_act_on` would let the caller act on that key."""
+        return app_key == caller.principal.app_key or all(
+            self.why_not(caller.roles, caller.account, role) is None for role in held
+        )
+
     def check_act_on(self, caller: Identity, app_key: str, held: Iterable[str]) -> None:
         """Refuse unless the caller may assign every role the target key holds, or is
         that key (acting with its own power gains nothing)."""

@@ -418,3 +418,58 @@ def _all() -> Any:
     from gateway.store import KeyQuery
 
     return KeyQuery(per_page=100)
+
+
+# -- renew-token alone: view and renew what it may renew ------------------------------------
+async def test_renew_token_alone_lists_and_reads_the_keys_it_may_renew(
+    make_settings, clock, policies_copy, aiohttp_client
+):
+    """"Renew API token" lets its holder view and renew generated keys' tokens: a role
+    with only renew-token lists and reads the keys it may act on, and no others."""
+    (policies_copy / "renewer.csv").write_text(
+        "p, token-renewer, *, api-keys, renew-token, allow\n"
+        "p, token-renewer, *, role:orders-*, assign, allow\n"
+    )
+    gw = build_gateway(make_settings(policies_dir=str(policies_copy)), clock=clock)
+    try:
+        management = await aiohttp_client(build_management_app(gw))
+
+        async def key(roles: list[str], label: str) -> Key:
+            issued = await gw.lifecycle.create("acme", label, roles, CLI_ACTOR)
+            return Key(issued.record.app_key, issued.token)
+
+        renewer = await key(["token-renewer"], "renewer")
+        reader = await key(["orders-reader"], "reader")
+        writer = await key(["orders-writer"], "writer")
+        owner = await key(["owner"], "owner")
+        catalog = await key(["catalog-reader"], "catalog")
+        listing = await management.get(f"{KEYS}?perPage=100", headers=renewer.headers)
+        assert listing.status == 200, await listing.text()
+        body = await listing.json()
+        shown = {item["appKey"] for item in body["items"]}
+        # itself (a key may act on itself) and the keys whose roles it may assign
+        assert shown == {renewer.app_key, reader.app_key, writer.app_key}
+        assert body["total"] == 3
+        assert (await management.get(f"{KEYS}/{reader.app_key}",
+                                     headers=renewer.headers)).status == 200
+        for hidden in (owner, catalog):
+            await refused(await management.get(f"{KEYS}/{hidden.app_key}",
+                                               headers=renewer.headers))
+        renewed = await management.post(f"{KEYS}/{writer.app_key}/token/renew", json={},
+                                        headers=renewer.headers)
+        assert renewed.status == 200
+        # but no view: export and the audit log stay closed, and nothing can be edited
+        for path in ("/api/v1/accounts/acme/export", "/api/v1/accounts/acme/audit"):
+            response = await management.get(path, headers=renewer.headers)
+            assert response.status == 403
+        patch = await management.patch(f"{KEYS}/{reader.app_key}", json={"label": "x"},
+                                       headers=renewer.headers)
+        assert patch.status == 403
+        # with neither view nor renew-token: the refusal names both
+        nobody = await key(["orders-reader"], "nobody")
+        response = await management.get(KEYS, headers=nobody.headers)
+        assert response.status == 403
+        message = (await response.json())["error"]["message"]
+        assert "'view' or 'renew-token'" in message
+    finally:
+        await gw.close()

@@ -181,7 +181,7 @@ async def test_add_refusals_say_which_and_change_nothing(
                       [partner.app_key]):
         await refused(malformed, 400, "bad_app_key")
     await refused(other.app_key, 400, "unknown_field", status="inactive")
-    response = await management.post(ext_url("acme"), json={"appKey": other.app_key, "roles": []},
+    response = await management.post(ext_url("acme"), json={"appKey": other.app_key, "label": "x"},
                                      headers=acme.headers)
     await expect_error(response, 400, "missing_field")
     await refused(other.app_key, 400, "bad_roles", roles="orders-reader")  # type: ignore[arg-type]
@@ -846,3 +846,23 @@ async def test_grant_changes_reach_every_instances_cache(
     await eventually_status(second_proxy, "GET", "/orders/1", partner, 403)
     # the key in its owner account was never affected
     assert await status_of(second_proxy, "GET", "/beta/orders/1", partner) == 200
+
+
+async def test_an_external_key_is_added_with_its_key_and_roles_alone(management, make_key,
+                                                                     admins):
+    """As in the system keygate reproduces: the label is optional (but not empty when
+    given)."""
+    acme = await admins("acme")
+    partner = await make_key("beta", ["orders-reader"])
+    response = await management.post(
+        ext_url("acme"), json={"appKey": partner.app_key, "roles": ["orders-reader"]},
+        headers=acme.headers)
+    assert response.status == 201, await response.text()
+    added = await response.json()
+    assert (added["label"], added["roles"], added["status"]) == ("", ["orders-reader"],
+                                                                 "active")
+    other = await make_key("beta", ["orders-reader"])
+    response = await management.post(
+        ext_url("acme"), json={"appKey": other.app_key, "roles": [], "label": " "},
+        headers=acme.headers)
+    await expect_error(response, 400, "bad_label")

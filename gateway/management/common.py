@@ -58,8 +58,9 @@ def client_address(request: web.Request) -> str:
     return client
 
 
-async def authorize(request: web.Request, action: str) -> Identity:
-    """Authenticate like the proxy and authorize ``api-keys``/``action`` in the path's account."""
+async def authorize(request: web.Request, action: str | tuple[str, ...]) -> Identity:
+    """Authenticate like the proxy and authorize ``api-keys``/``action`` in the path's
+    account (several actions: the first the caller's roles allow, in ``identity.action``)."""
     identity = await request.app[GATEWAY].gatekeeper.check(
         request.headers, path_account(request), RESOURCE, action, request_id_of(request),
         client_address(request),

@@ -62,13 +62,13 @@ def _missing(app_key: str, account: str) -> NotFound:
 async def add_external_key(request: web.Request) -> web.Response:
     identity = await authorize(request, "edit")
     body = await json_body(
-        request, {"appKey", "label", "roles"}, required=frozenset({"appKey", "label", "roles"})
+        request, {"appKey", "label", "roles"}, required=frozenset({"appKey", "roles"})
     )
     app_key = body["appKey"]
     gateway = request.app[GATEWAY]
     if not isinstance(app_key, str) or gateway.fmt.key_account(app_key) is None:
         raise BadRequest(f"{app_key!r} is not an API key", code="bad_app_key")
-    label = label_field(body["label"])
+    label = label_field(body["label"]) if "label" in body else ""
     roles = roles_field(request, body["roles"])
     account = identity.account
     gateway.delegation.check_assign(identity, roles)

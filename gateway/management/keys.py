@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from aiohttp import web
@@ -67,6 +68,24 @@ def key_query(request: web.Request, period_months: int, now_ms: int) -> KeyQuery
     )
 
 
+# "Renew API token" lets its holder view and renew generated keys' tokens (as in the
+# system keygate reproduces): a key with renew-token but not view sees the keys it may
+# renew, i.e. act on (gateway.escalation), and no others.
+VIEW_OR_RENEW = ("view", "renew-token")
+
+
+def renewable_only(query: KeyQuery, gateway: Any, identity: Identity) -> KeyQuery:
+    """``query`` narrowed to the keys ``identity`` may act on."""
+    where = query.where
+
+    def may_renew(record: KeyRecord) -> bool:
+        return gateway.delegation.may_act_on(identity, record.app_key, record.roles) and (
+            where is None or where(record)
+        )
+
+    return dataclasses.replace(query, where=may_renew)
+
+
 def _missing(app_key: str, account: str) -> NotFound:
     return NotFound(f"no API key {app_key!r} in account {account!r}", code="key_not_found")
 
@@ -106,10 +125,12 @@ async def create_key(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/accounts/{account}/keys")
 async def list_keys(request: web.Request) -> web.Response:
-    identity = await authorize(request, "view")
+    identity = await authorize(request, VIEW_OR_RENEW)
     gateway = request.app[GATEWAY]
     period, now = await renewal_period(request, identity.account), gateway.now_ms()
     query = key_query(request, period, now)
+    if identity.action != "view":
+        query = renewable_only(query, gateway, identity)
     records, total = await gateway.store.list_keys(identity.account, query)
     return json_response(
         {
@@ -123,12 +144,14 @@ async def list_keys(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/accounts/{account}/keys/{app_key}")
 async def get_key(request: web.Request) -> web.Response:
-    identity = await authorize(request, "view")
+    identity = await authorize(request, VIEW_OR_RENEW)
     app_key = request.match_info["app_key"]
     gateway = request.app[GATEWAY]
     record = await gateway.store.get_key(identity.account, app_key)
     if record is None:
         raise _missing(app_key, identity.account)
+    if identity.action != "view":
+        gateway.delegation.check_act_on(identity, app_key, record.roles)
     period = await renewal_period(request, identity.account)
     detail = key_json(record, period, gateway.now_ms())
     detail["grantedIn"] = [
