@@ -9,7 +9,9 @@ keygate's client settings, and keygate (``keygate serve``) with a realistic conf
 load (wrk when installed, else a Python load generator) and reports requests/s, p50 and
 p99, the keygate/bare ratio, per-decision cost at 10 and 10,000 policy lines, Redis
 round trips per request for warm and cold keys, Redis memory per key at 100,000 keys,
-the peak RSS of exporting them, the time to list a page, and ``--workers 2``.
+the peak RSS of exporting them, the time to list a page, and ``--workers 2``. keygate
+runs twice side by side, with metrics on (``metrics_listen`` set, as shipped) and off,
+in the same alternating rounds, so on / off is what the metrics cost.
 
 Two yardsticks: the bare proxy as the aiohttp docs would write it, and a "lean" one
 forwarding exactly as keygate does (its server-side techniques and its upstream client,
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import re
@@ -36,6 +39,9 @@ import sys
 import tempfile
 import time
 import timeit
+import tomllib
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,11 +132,13 @@ async def python_load(url: str, headers: dict[str, str], seconds: int, connectio
 
 def instructions_per_request(
     cmd: list[str], port: int, path: str, headers: dict[str, str], env: dict[str, str],
-    seconds: int = 8,
+    seconds: int = 8, settled: Callable[[], None] | None = None,
 ) -> float:
     """User-space instructions per request of the server ``cmd`` (listening on ``port``),
     counted by callgrind over a wrk run of ``seconds`` (4 connections) after a warm-up.
-    Kernel work (the socket calls) is not counted: this measures the Python side."""
+    Kernel work (the socket calls) is not counted: this measures the Python side.
+    ``settled`` waits until the server's start-up work is done (so that it is not
+    counted as the requests')."""
     out_file = Path(tempfile.mkdtemp(prefix="keygate-cg-")) / "cg.out"
     child = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no",
@@ -141,6 +149,8 @@ def instructions_per_request(
         wait_port(port, timeout=180)
         url = f"http://127.0.0.1:{port}{path}"
         asyncio.run(preflight(url, headers))
+        if settled is not None:
+            settled()
         wrk_headers = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
         subprocess.run(["wrk", "-t1", "-c4", "-d3s", *wrk_headers, url],
                        capture_output=True, check=True)
@@ -241,13 +251,14 @@ async def commands_total(client: aioredis.Redis) -> int:
 
 
 def config_file(tmp: Path, redis_url: str, prefix: str, upstream_port: int,
-                policies: Path, name: str = "a") -> tuple[Path, int, int]:
+                policies: Path, name: str = "a", metrics: bool = True) -> tuple[Path, int, int]:
     proxy_port, management_port = free_port(), free_port()
     path = tmp / f"keygate-{prefix.strip(':')}-{name}.toml"
+    metrics_listen = f"127.0.0.1:{free_port()}" if metrics else ""
     path.write_text(
         f'proxy_listen = "127.0.0.1:{proxy_port}"\n'
         f'management_listen = "127.0.0.1:{management_port}"\n'
-        f'metrics_listen = "127.0.0.1:{free_port()}"\n'
+        f'metrics_listen = "{metrics_listen}"\n'
         f'store_url = "{redis_url}"\nstore_prefix = "{prefix}"\n'
         f'policies_dir = "{policies}"\n'
         "[[routes]]\n"
@@ -256,6 +267,27 @@ def config_file(tmp: Path, redis_url: str, prefix: str, upstream_port: int,
         'account_from = "path"\naccount_segment = 2\nresource = "orders"\n'
     )
     return path, proxy_port, management_port
+
+
+def renewal_count_done(config: Path, timeout: float = 600) -> Callable[[], None]:
+    """For a keygate with metrics on: wait until its first background count of the
+    renewal gauge has finished (every key read once, at start): under callgrind that
+    takes long enough to land in the measured window otherwise."""
+    host, _, port = tomllib.loads(config.read_text())["metrics_listen"].rpartition(":")
+
+    def wait() -> None:
+        url = f"http://{host}:{port}/metrics"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), urllib.request.urlopen(url) as r:  # noqa: S310
+                done = re.search(rb"^keygate_keys_renewal_alert_computed_timestamp_seconds "
+                                 rb"([\d.e+]+)", r.read(), re.M)
+                if done and float(done.group(1)) > 0:
+                    return
+            time.sleep(0.5)
+        raise RuntimeError("keygate's first renewal count did not finish")
+
+    return wait
 
 
 def start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -437,29 +469,48 @@ def main() -> None:
         keys = asyncio.run(create_keys(settings, accounts, args.keys, ["role-000"] + roles[:1]))
         (admin,) = asyncio.run(create_keys(settings, accounts[:1], 1, ["owner"]))
         revoked = asyncio.run(create_keys(settings, accounts[:1], 20, ["role-000"]))
+        # the same keygate with metrics off, beside it: same keys, same Redis, own ports
+        config_off, proxy_off, management_off = config_file(
+            tmp, redis_url, "kg:", upstream_port, policies, name="metrics-off", metrics=False
+        )
+        keygate_off_proc = start([PY, "-m", "gateway", "--config", str(config_off), "serve"],
+                                 env)
         procs.append(start([PY, "-m", "gateway", "--config", str(config), "serve"], env))
-        for port in (upstream_port, bare_port, lean_port, proxy_port):
+        for port in (upstream_port, bare_port, lean_port, proxy_port, proxy_off):
             wait_port(port)
         asyncio.run(wait_trusted(management_port))
+        asyncio.run(wait_trusted(management_off))
 
         app_key, token, account = keys[0]
         creds = {"X-API-AppKey": app_key, "X-API-AppToken": token}
         path = f"/accounts/{account}/orders/1"
         print("load: upstream direct, then bare, lean and keygate alternating …", flush=True)
         direct = load(f"http://127.0.0.1:{upstream_port}{path}", {}, args.seconds, args.connections)
-        bare_runs, lean_runs, keygate_runs = [], [], []
+        bare_runs, lean_runs, keygate_runs, off_runs = [], [], [], []
         for _ in range(args.rounds):  # alternating, so drift on a shared machine hits all
             bare_runs.append(load(f"http://127.0.0.1:{bare_port}{path}", {}, args.seconds,
                                   args.connections))
             lean_runs.append(load(f"http://127.0.0.1:{lean_port}{path}", {}, args.seconds,
                                   args.connections))
-            keygate_runs.append(load(f"http://127.0.0.1:{proxy_port}{path}", creds,
-                                     args.seconds, args.connections))
-        bare, lean, keygate = (sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
-                               for runs in (bare_runs, lean_runs, keygate_runs))
+            # metrics on and off back to back, first one then the other (a drift within
+            # a round must not always favour the same one)
+            for metrics_on in (True, False)[:: 1 if len(keygate_runs) % 2 == 0 else -1]:
+                port, runs = (proxy_port, keygate_runs) if metrics_on else (proxy_off, off_runs)
+                runs.append(load(f"http://127.0.0.1:{port}{path}", creds, args.seconds,
+                                 args.connections))
+        bare, lean, keygate, keygate_off = (
+            sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
+            for runs in (bare_runs, lean_runs, keygate_runs, off_runs)
+        )
+        # metrics on / off per round (each pair ran back to back), and their median
+        metrics_ratios = sorted(on.rps / off.rps for on, off in zip(keygate_runs, off_runs,
+                                                                    strict=True))
         # latency without queueing: one connection, one request at a time
         bare_one = load(f"http://127.0.0.1:{bare_port}{path}", {}, args.seconds, 1)
         keygate_one = load(f"http://127.0.0.1:{proxy_port}{path}", creds, args.seconds, 1)
+        keygate_off_one = load(f"http://127.0.0.1:{proxy_off}{path}", creds, args.seconds, 1)
+        keygate_off_proc.terminate()
+        keygate_off_proc.wait(timeout=20)
 
         warm_trips, cold_trips = asyncio.run(round_trips(redis_url, proxy_port, keys[1:],
                                                          keys[0]))
@@ -490,18 +541,22 @@ def main() -> None:
         instructions: dict[str, float] = {}
         if args.instructions:
             print("instructions per request under callgrind …", flush=True)
-            for name, cmd, port, headers in (
+            for name, cmd, port, headers, settled in (
                 ("bare", [PY, servers, "bare-proxy", str(cg_port := free_port()), upstream_url],
-                 cg_port, {}),
+                 cg_port, {}, None),
                 ("bare, sent keygate's 8 upstream headers by the client",
                  [PY, servers, "bare-proxy", str(cg_port := free_port()), upstream_url],
-                 cg_port, keygate_headers(app_key, account)),
+                 cg_port, keygate_headers(app_key, account), None),
                 ("lean", [PY, servers, "lean-proxy", str(cg_port := free_port()), upstream_url],
-                 cg_port, {}),
+                 cg_port, {}, None),
                 ("keygate", [PY, "-m", "gateway", "--config", str(config), "serve"],
-                 proxy_port, creds),
+                 proxy_port, creds, renewal_count_done(config)),
+                ("keygate, metrics off",
+                 [PY, "-m", "gateway", "--config", str(config_off), "serve"], proxy_off, creds,
+                 None),
             ):
-                instructions[name] = instructions_per_request(cmd, port, path, headers, env)
+                instructions[name] = instructions_per_request(cmd, port, path, headers, env,
+                                                              settled=settled)
 
         print("decision cost by policy size …", flush=True)
         decisions = decision_cost(tmp)
@@ -520,6 +575,9 @@ def main() -> None:
                  "; ".join(f"{name} {count / 1000:,.0f}k" for name, count in instructions.items())),
                 ("instructions: bare / keygate, lean / keygate",
                  f"{instructions['bare'] / kg:.3f}, {instructions['lean'] / kg:.3f}"),
+                ("instructions added by metrics (keygate on − off)",
+                 f"{(kg - instructions['keygate, metrics off']) / 1000:,.1f}k per request "
+                 f"({(kg / instructions['keygate, metrics off'] - 1) * 100:.1f} %)"),
             ]
         rows = [
             ("upstream direct", f"{direct.rps:,.0f} req/s, p50 {direct.p50_ms:.2f} ms, "
@@ -537,10 +595,20 @@ def main() -> None:
                                                      f"{args.rounds} alternating runs)"),
             ("keygate / lean proxy (cost of auth, routing, header hygiene)",
              f"{keygate.rps / lean.rps:.3f}"),
+            ("keygate, metrics off",
+             f"{keygate_off.rps:,.0f} req/s, p50 {keygate_off.p50_ms:.2f} ms, p99 "
+             f"{keygate_off.p99_ms:.2f} ms  (all runs: "
+             f"{', '.join(f'{r.rps:,.0f}' for r in off_runs)})"),
+            ("keygate metrics on / off (cost of metrics)",
+             f"{metrics_ratios[len(metrics_ratios) // 2]:.3f} (median of {args.rounds} "
+             f"back-to-back pairs: {', '.join(f'{r:.3f}' for r in metrics_ratios)})"),
             ("one connection: bare / keygate",
              f"p50 {bare_one.p50_ms:.3f} / {keygate_one.p50_ms:.3f} ms, p99 "
              f"{bare_one.p99_ms:.3f} / {keygate_one.p99_ms:.3f} ms"),
             ("p99 added by keygate, one connection (target ≤ 1 ms)", f"{added_p99:+.3f} ms"),
+            ("one connection: keygate metrics off / on",
+             f"p50 {keygate_off_one.p50_ms:.3f} / {keygate_one.p50_ms:.3f} ms, p99 "
+             f"{keygate_off_one.p99_ms:.3f} / {keygate_one.p99_ms:.3f} ms"),
             ("keygate --workers 2", f"{workers2.rps:,.0f} req/s "
                                     f"({workers2.rps / keygate.rps:.2f}× one worker; "
                                     f"{workers2.rps / 2:,.0f} per worker), p99 "

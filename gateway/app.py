@@ -14,10 +14,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from . import proxy
-from .accesslog import JsonAccessLogger, access_logger
+from .accesslog import AccessLogger, access_logger
 from .auth import Gatekeeper, HeaderAuthenticator
 from .connections import guard_for, raise_file_limit, server_logger
 from .context import Gateway
@@ -31,11 +30,13 @@ from .management import build_management_app
 from .management.metrics import build_metrics_app
 from .middleware import new_request_id
 from .policy import Policy
+from .process import runner_shutdown_timeout, stop_event, stop_serving
 from .ratelimit import AuthFailureLimiter
 from .renewal_gauge import RenewalGauge
 from .routes import parse_routes
 from .settings import Settings, load_secrets
 from .store import CacheSettings, Store
+from .telemetry import Telemetry, multiprocess_dir, worker_exited, workers_share_metrics
 from .upstream import UpstreamPool
 from .usage import Denials, LastUsed, UsageObserver
 
@@ -77,17 +78,20 @@ def build_gateway(
         store, hasher, fmt, settings.key_header, settings.token_header,
         settings.max_credential_length,
     )
-    registry = CollectorRegistry()
+    # metrics off (no metrics_listen): nothing on the request path is timed or counted
+    telemetry = Telemetry(settings.metrics_listen is not None, multiprocess_dir())
+    store.observer = telemetry.store
     last_used = LastUsed(store, settings.last_used_interval, clock)
-    denials = Denials(store, settings.denial_sample_seconds, clock, registry)
+    denials = Denials(store, settings.denial_sample_seconds, clock, telemetry.denials)
     limiter = AuthFailureLimiter(
         store, settings.auth_failure_limit, settings.auth_failure_key_limit,
         settings.auth_failure_window, clock,
     )
     gatekeeper = Gatekeeper(
         [header_auth], policy, UsageObserver(last_used, denials), settings.decision_cache_size,
-        limiter
+        limiter, telemetry.pipeline,
     )
+    telemetry.watch_policy(lambda: gatekeeper.policy)
     return Gateway(
         settings=settings,
         store=store,
@@ -98,9 +102,12 @@ def build_gateway(
         lifecycle=KeyLifecycle(store, fmt, hasher, settings.token_link_ttl, clock),
         last_used=last_used,
         denials=denials,
-        registry=registry,
+        registry=telemetry.registry,
+        telemetry=telemetry,
         delegation=Delegation(gatekeeper),
-        renewal_gauge=RenewalGauge(store, settings.renewal_gauge_interval, clock, registry),
+        renewal_gauge=RenewalGauge(
+            store, settings.renewal_gauge_interval, clock, telemetry.registry
+        ),
         trusted_proxies=(
             TrustedProxies(settings.trusted_proxies) if settings.trusted_proxies else None
         ),
@@ -162,16 +169,19 @@ class Listening(NamedTuple):
 async def running(gateway: Gateway, reuse_port: bool = False) -> AsyncIterator[Listening]:
     """The ports listening behind the process's connection guard; yields their base
     URLs. Background work starts once every port is bound (a busy port is a
-    configuration error with nothing to undo). Closes the store last."""
+    configuration error with nothing to undo). On the way out, the graceful shutdown of
+    ``gateway.process`` (bounded by ``shutdown_timeout``), then batched writes, and the
+    store last."""
     settings = gateway.settings
     server_options: dict[str, Any] = {
         "access_log": None,
         "keepalive_timeout": settings.keepalive_timeout,
         "logger": server_logger(),
+        "shutdown_timeout": runner_shutdown_timeout(settings.shutdown_timeout),
         **AIOHTTP_LIMITS,
     }
     if settings.access_log:
-        server_options.update(access_log=access_logger(), access_log_class=JsonAccessLogger)
+        server_options.update(access_log=access_logger(), access_log_class=AccessLogger)
     runners: list[tuple[str, web.BaseRunner]] = [
         ("proxy_listen", ProxyRunner(gateway, **server_options)),
         ("management_listen", web.AppRunner(build_management_app(gateway), **server_options)),
@@ -183,6 +193,7 @@ async def running(gateway: Gateway, reuse_port: bool = False) -> AsyncIterator[L
     guard = guard_for(settings, new_request_id)
     listeners: list[asyncio.Server] = []
     urls = []
+    started = False
     try:
         for name, runner in runners:
             host, port = getattr(settings, name)
@@ -198,14 +209,16 @@ async def running(gateway: Gateway, reuse_port: bool = False) -> AsyncIterator[L
             bound = listener.sockets[0].getsockname()
             urls.append(f"http://{bound[0]}:{bound[1]}")
         gateway.start()
+        started = True
         yield Listening(urls[0], urls[1], urls[2] if len(urls) > 2 else None)
     finally:
-        for listener in listeners:
-            listener.close()
-        for _, runner in reversed(runners):
-            await runner.cleanup()
+        await stop_serving(listeners, [runner for _, runner in runners], guard,
+                           settings.shutdown_timeout, quiet=not started)
         await guard.close()
         await gateway.close()
+        if started:
+            log.info("stopped: batched writes done, store closed",
+                     extra={"event": "shutdown.done"})
 
 
 async def reload_policy(gateway: Gateway) -> bool:
@@ -220,9 +233,11 @@ async def reload_policy(gateway: Gateway) -> bool:
     try:
         policy = await asyncio.to_thread(Policy.load, settings.model_path, settings.policies_dir)
     except ConfigError as exc:
+        gateway.telemetry.reloaded(False)
         log.error("policy reload refused, keeping version %s: %s", gateway.policy.version, exc)
         return False
     old, gateway.gatekeeper.policy = gateway.policy.version, policy
+    gateway.telemetry.reloaded(True)
     log.info("policy reloaded: version %s -> %s (%d lines)", old, policy.version, policy.lines)
     return True
 
@@ -245,11 +260,8 @@ async def serve(
     if not await gateway.store.ping():
         log.warning("the store at %s does not answer yet; requests get 503 until it does",
                     settings.store_url)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_event(loop)  # SIGTERM, SIGINT: the graceful shutdown of running()
     reloads: set[asyncio.Task[None]] = set()
 
     def on_hangup() -> None:
@@ -261,7 +273,8 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
     async with running(gateway, reuse_port) as (proxy_url, management_url, metrics_url):
         log.info("proxy on %s, management API on %s, metrics on %s (pid %d)", proxy_url,
-                 management_url, metrics_url or "(off)", os.getpid())
+                 management_url, metrics_url or "(off)", os.getpid(),
+                 extra={"event": "listening", "pid": os.getpid()})
         if on_ready is not None:
             on_ready(proxy_url, management_url)
         await stop.wait()
@@ -273,6 +286,8 @@ def run_workers(settings: Settings, workers: int, config_file: str | None) -> in
     Each worker loads the settings itself and keeps its own caches; the invalidation
     channel keeps them coherent. The parent only supervises: a signal stops them all,
     and a worker that dies takes the others down so the service manager sees it.
+    With metrics on, the workers keep them in a private directory of this run, so that
+    whichever answers a scrape renders the sum of all (see ``gateway.telemetry``).
     """
     if settings.in_memory:
         raise ConfigError(
@@ -280,13 +295,19 @@ def run_workers(settings: Settings, workers: int, config_file: str | None) -> in
             "process, so each worker would have its own keys"
         )
     build_gateway(settings)  # fail on a bad config here, once, not in N workers
+    if settings.metrics_listen is None:
+        return _supervise(workers, config_file, None)
+    with workers_share_metrics() as metrics_dir:
+        return _supervise(workers, config_file, metrics_dir)
+
+
+def _supervise(workers: int, config_file: str | None, metrics_dir: str | None) -> int:
     context = multiprocessing.get_context("spawn")
     children = [
-        context.Process(target=_worker, args=(config_file,), name=f"keygate-worker-{i}")
+        context.Process(target=_worker, args=(config_file, log.isEnabledFor(logging.DEBUG)),
+                        name=f"keygate-worker-{i}")
         for i in range(workers)
     ]
-    for child in children:
-        child.start()
     stopping = False
 
     def stop(signum: int, _frame: Any) -> None:
@@ -301,22 +322,50 @@ def run_workers(settings: Settings, workers: int, config_file: str | None) -> in
             if child.is_alive() and child.pid is not None:
                 os.kill(child.pid, signal.SIGHUP)
 
+    # before any worker exists: a stop signal must never leave workers without a parent
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, hangup)
+    for child in children:
+        if not stopping:  # a stop that came this early leaves nothing to start
+            child.start()
+    log.info("supervising %d workers (pid %d): pids %s", workers, os.getpid(),
+             ", ".join(str(c.pid) for c in children),
+             extra={"event": "workers.started", "pid": os.getpid(),
+                    "workers": [c.pid for c in children]})
     from multiprocessing.connection import wait
 
+    exited: set[int] = set()
+    worker_died = False
     while any(child.is_alive() for child in children):
         wait([c.sentinel for c in children if c.is_alive()], timeout=1.0)
+        if metrics_dir is not None:
+            for child in children:
+                if child.exitcode is not None and child.pid not in exited:
+                    assert child.pid is not None
+                    exited.add(child.pid)
+                    worker_exited(child.pid, metrics_dir)
         if not stopping and any(c.exitcode not in (None, 0) for c in children):
             log.error("a worker died; stopping the others")
             stop(signal.SIGTERM, None)
-    return 0 if stopping or all(c.exitcode == 0 for c in children) else 1
+            worker_died = True
+    # a worker stopped by the signal itself (it was still starting) has not failed
+    stopped = (0, -signal.SIGTERM, -signal.SIGINT) if stopping else (0,)
+    failed = [c for c in children if c.pid is not None and c.exitcode not in stopped]
+    for child in failed:
+        log.error("%s (pid %s) exited with %s", child.name, child.pid, child.exitcode,
+                  extra={"event": "workers.failed", "pid": child.pid})
+    log.info("workers stopped", extra={"event": "workers.stopped", "pid": os.getpid()})
+    return 1 if failed or worker_died else 0
 
 
-def _worker(config_file: str | None) -> None:
-    from .cli import configure_logging, run_event_loop
+def _worker(config_file: str | None, verbose: bool = False) -> None:
+    from .logs import configure_logging
+    from .process import run_event_loop
     from .settings import load_settings
 
-    configure_logging(verbose=False)
-    run_event_loop(serve(load_settings(config_file), reuse_port=True))
+    settings = load_settings(config_file)
+    configure_logging(verbose, settings.log_format)
+    log.info("%s started (pid %d)", multiprocessing.current_process().name, os.getpid(),
+             extra={"event": "worker.started", "pid": os.getpid()})
+    run_event_loop(serve(settings, reuse_port=True))

@@ -17,7 +17,8 @@ What the client learns is deliberately little:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, Protocol
+from time import perf_counter
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from multidict import istr
 
@@ -27,6 +28,9 @@ from .errors import BadRequest, Forbidden, TooManyRequests, Unauthorized
 from .policy import Policy
 from .ratelimit import AuthFailureLimiter
 from .store import ACTIVE, Grant, Store
+
+if TYPE_CHECKING:
+    from .series import PipelineMetrics
 
 
 class InvalidCredentials(Unauthorized):
@@ -163,11 +167,14 @@ class Gatekeeper:
         observer: Observer | None = None,
         decision_cache_size: int = 100_000,
         limiter: AuthFailureLimiter | None = None,
+        metrics: PipelineMetrics | None = None,
     ):
         self.authenticators = tuple(authenticators)
         self.policy = policy
         self.observer = observer
         self.limiter = limiter
+        # stage timings and decision-cache counts; None (metrics off): nothing is timed
+        self.metrics = metrics
         self._decisions: LRU[tuple[str, tuple[str, ...], str, str, str], bool] = LRU(
             decision_cache_size
         )
@@ -181,10 +188,18 @@ class Gatekeeper:
         """
         policy = self.policy
         key = (policy.version, tuple(sorted(roles)), account, resource, action)
-        allowed = self._decisions.get(key)
+        decisions = self._decisions
+        allowed = decisions.get(key)
+        metrics = self.metrics
         if allowed is None:
             allowed = policy.decide(roles, account, resource, action)
-            self._decisions.put(key, allowed)
+            if metrics is not None:
+                metrics.decision_miss()
+                if len(decisions) >= decisions.size:
+                    metrics.decision_evicted()  # the put below drops the oldest decision
+            decisions.put(key, allowed)
+        elif metrics is not None:
+            metrics.decision_hit()
         return allowed
 
     async def check(
@@ -205,11 +220,17 @@ class Gatekeeper:
             if wait is not None:
                 raise TooManyRequests(wait)
         authenticated = None
+        metrics = self.metrics
+        started = perf_counter() if metrics is not None else 0.0
         try:
-            for authenticator in self.authenticators:
-                authenticated = await authenticator.authenticate(headers, account)
-                if authenticated is not None:
-                    break
+            try:
+                for authenticator in self.authenticators:
+                    authenticated = await authenticator.authenticate(headers, account)
+                    if authenticated is not None:
+                        break
+            finally:  # failures too: a slow store shows here first
+                if metrics is not None:
+                    metrics.authentication.observe(perf_counter() - started)
         except InvalidCredentials as failure:
             if limiter is not None:
                 wait = await limiter.failed(client, failure.wrong_token_for)
@@ -223,8 +244,14 @@ class Gatekeeper:
             )
         if self.observer is not None:
             self.observer.authenticated(authenticated.principal)
+        if metrics is not None:
+            started = perf_counter()
         try:
-            return self.authorize(authenticated, resource, action)
+            try:
+                return self.authorize(authenticated, resource, action)
+            finally:
+                if metrics is not None:
+                    metrics.authorization.observe(perf_counter() - started)
         except Forbidden as refusal:
             if self.observer is not None:
                 self.observer.denied(

@@ -1,378 +1,275 @@
-"""``keygate serve | demo | keys … | policy check | settings``."""
+"""``keygate serve | demo | keys … | external-keys … | settings … | audit | export |
+policy check``: the parser, the exit statuses, and the commands that run a server or
+only read files. The commands that work on the store are in ``gateway.cli_store``.
+
+Exit statuses, the same for every command (scripts branch on them): 0 done; 1 refused,
+or what the command names does not exist; 2 bad configuration or usage. Errors go to
+standard error as one ``keygate: …`` line, never as a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-import orjson
-
+from . import cli_store as store_commands
+from .cli_store import Refused, UsageError, print_json, settings_of
 from .errors import ConfigError, GatewayError
-from .settings import Settings, load_settings, reference_markdown
+from .logs import configure_logging
+from .process import run_event_loop
+from .settings import reference_markdown
 
-log = logging.getLogger("keygate")
+__all__ = ["build_parser", "configure_logging", "main", "run_event_loop"]
+
+DONE, REFUSED, BAD_USAGE = 0, 1, 2
+INTERRUPTED = 130  # the shell's convention for SIGINT
+
+EXIT_STATUSES = """\
+exit status:
+  0  done
+  1  refused, or what the command names does not exist (no such key, a renewal
+     already pending, …); also when the store failed while the command ran
+  2  bad configuration or usage (a setting, a policy or route, an argument)
+"""
 
 
-def run_event_loop(coro: Awaitable[Any]) -> Any:
-    """uvloop when it is installed (it is a dependency), else asyncio's own loop."""
-    try:
-        import uvloop
+# -- argument types: a bad value is a usage error (2) before anything runs -------------
+def account_name(value: str) -> str:
+    from .credentials import is_valid_account
 
-        return uvloop.run(coro)  # type: ignore[arg-type]
-    except ImportError:  # pragma: no cover - uvloop is a dependency; Windows lacks it
-        return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(args.config)
-
-
-def _shared_store_settings(args: argparse.Namespace) -> Settings:
-    """Settings for a command that works on the store directly, beside a server."""
-    settings = _settings(args)
-    if settings.in_memory:
-        raise ConfigError(
-            "setting store_url: memory:// lives inside one keygate process, so this command "
-            "cannot reach it; point store_url (or KEYGATE_STORE_URL) at the Redis that "
-            "`keygate serve` uses, or try `keygate demo`"
+    if not is_valid_account(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an account name (lowercase letters, digits and '-', at most 63)"
         )
-    return settings
+    return value
 
 
-def _key_row(record: Any, token: str | None = None, period: int = 3) -> dict[str, Any]:
-    import time
-
-    from .management.keys import key_json
-
-    row = key_json(record, period, int(time.time() * 1000))
-    if token is not None:
-        row["appToken"] = token
-    return row
+def port_number(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or not 0 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (0 to 65535)")
+    return int(value)
 
 
-async def _with_gateway(settings: Settings, work: Callable[[Any], Awaitable[Any]]) -> Any:
-    from .app import build_gateway
-
-    gateway = build_gateway(settings)
-    try:
-        if not await gateway.store.ping():
-            raise ConfigError(
-                f"setting store_url: the store at {settings.store_url} does not answer"
-            )
-        return await work(gateway)
-    finally:
-        await gateway.close()
+def positive_count(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 100_000:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number from 1 to 100000")
+    return int(value)
 
 
-# -- commands ----------------------------------------------------------------------------
+# -- commands that run a server or read files ------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import run_workers, serve
 
     if args.workers < 1:
-        raise ConfigError("--workers: give 1 or more worker processes")
-    settings = _settings(args)
+        raise UsageError("--workers: give 1 or more worker processes")
+    settings = settings_of(args)
     if args.workers > 1:
         return run_workers(settings, args.workers, args.config)
     run_event_loop(serve(settings))
-    return 0
+    return DONE
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DEMO_CONFIG, run_demo
+    from .demo import DEMO_CONFIG, DemoPorts, run_demo
 
-    run_event_loop(run_demo(args.config or DEMO_CONFIG, args.upstream_port))
-    return 0
-
-
-def cmd_keys_create(args: argparse.Namespace) -> int:
-    from .credentials import is_valid_account
-    from .lifecycle import checked_label
-    from .store import CLI_ACTOR
-
-    settings = _shared_store_settings(args)
-
-    try:
-        args.label = checked_label(args.label)
-    except ValueError as exc:
-        raise ConfigError(f"--label: {exc}") from None
-    if not is_valid_account(args.account):
-        raise ConfigError(
-            f"--account: {args.account!r} is not an account name "
-            "(lowercase letters, digits and '-', at most 63)"
-        )
-
-    async def work(gateway: Any) -> tuple[Any, str]:
-        unknown = gateway.policy.unknown_roles(args.role)
-        if unknown:
-            raise ConfigError(f"--role: {unknown[0]!r} is not a role defined in the policies")
-        issued = await gateway.lifecycle.create(args.account, args.label, args.role, CLI_ACTOR)
-        return issued.record, issued.token
-
-    record, token = run_event_loop(_with_gateway(settings, work))
-    if args.json:
-        print(orjson.dumps(_key_row(record, token)).decode())
-    else:
-        print(f"API key    {record.app_key}")
-        print(f"API token  {token}")
-        print(f"account    {record.account}   roles {', '.join(record.roles) or '(none)'}")
-        print("The token is shown only this once; store it in your secret manager now.")
-    return 0
-
-
-def cmd_keys_list(args: argparse.Namespace) -> int:
-    from .renewal import DEFAULT_RENEWAL_PERIOD
-    from .store import KeyQuery
-
-    settings = _shared_store_settings(args)
-
-    async def work(gateway: Any) -> tuple[list[Any], int]:
-        records, _ = await gateway.store.list_keys(
-            args.account, KeyQuery(per_page=1_000_000, descending=False)
-        )
-        settings = await gateway.store.get_settings(args.account)
-        return records, int(settings.get("renewalPeriodMonths", DEFAULT_RENEWAL_PERIOD))
-
-    records, period = run_event_loop(_with_gateway(settings, work))
-    rows = [_key_row(r, period=period) for r in records]
-    if args.json:
-        print(orjson.dumps(rows).decode())
-        return 0
-    print(f"{'APP KEY':<32} {'STATUS':<9} {'CREATED':<25} {'ROLES':<40} LABEL")
-    for row in rows:
-        print(
-            f"{row['appKey']:<32} {row['status']:<9} {row['creationDate']:<25} "
-            f"{','.join(row['roles']):<40} {row['label']}"
-        )
-    return 0
-
-
-def cmd_keys_change(args: argparse.Namespace) -> int:
-    from .store import CLI_ACTOR
-
-    settings = _shared_store_settings(args)
-    account = _owner(settings, args.app_key)
-
-    async def work(gateway: Any) -> bool:
-        if args.action == "delete":
-            return await gateway.store.delete_key(account, args.app_key, actor=CLI_ACTOR)
-        status = "active" if args.action == "activate" else "inactive"
-        changed = await gateway.store.update_key(
-            account, args.app_key, actor=CLI_ACTOR, status=status
-        )
-        return changed is not None
-
-    if not run_event_loop(_with_gateway(settings, work)):
-        print(f"keygate: no API key {args.app_key} in account {account}", file=sys.stderr)
-        return 1
-    print(f"{args.app_key}: {args.action}d")
-    return 0
-
-
-def cmd_keys_renew(args: argparse.Namespace) -> int:
-    from .store import CLI_ACTOR, RenewalRefused
-
-    settings = _shared_store_settings(args)
-    account = _owner(settings, args.app_key)
-
-    async def work(gateway: Any) -> Any:
-        if args.command_name == "renew":
-            return await gateway.lifecycle.renew(
-                account, args.app_key, CLI_ACTOR, keep_old=not args.now
-            )
-        return await gateway.store.end_renewal(
-            account, args.app_key, finish=args.command_name == "finish-renewal", actor=CLI_ACTOR
-        )
-
-    try:
-        result = run_event_loop(_with_gateway(settings, work))
-    except RenewalRefused as refusal:
-        what = "a renewal is pending: finish or undo it first" if refusal.reason == "pending" \
-            else "the one-time link of the last token is still unopened"
-        print(f"keygate: cannot renew {args.app_key}: {what}", file=sys.stderr)
-        return 1
-    if result is None:
-        print(f"keygate: no API key {args.app_key} in account {account}", file=sys.stderr)
-        return 1
-    if result is False:
-        print(f"keygate: no token renewal is pending for {args.app_key}", file=sys.stderr)
-        return 1
-    if args.command_name == "renew":
-        print(f"API key    {args.app_key}")
-        print(f"API token  {result.token}")
-        if args.now:
-            print("The old token no longer works.")
-        else:
-            print("Both tokens work until `keygate keys finish-renewal KEY`.")
-    else:
-        print(f"{args.app_key}: {args.command_name} done")
-    return 0
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    from .management.audit import event_json
-
-    settings = _shared_store_settings(args)
-
-    async def work(gateway: Any) -> list[Any]:
-        events, _ = await gateway.store.audit_events(
-            args.account, limit=args.limit,
-            accept=lambda e: not args.action or e.action == args.action,
-        )
-        return events
-
-    for event in run_event_loop(_with_gateway(settings, work)):
-        row = event_json(event)
-        if args.json:
-            print(orjson.dumps(row).decode())
-        else:
-            print(f"{row['time']}  {row['action']:<22} {row['target']:<28} by {row['actor']}")
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .export import csv_chunks, write_xlsx
-
-    settings = _shared_store_settings(args)
-    target = Path(args.output)
-
-    async def work(gateway: Any) -> None:
-        if args.format == "xlsx":
-            await write_xlsx(gateway.store, args.account, target)
-            return
-        with target.open("wb") as out:
-            async for chunk in csv_chunks(gateway.store, args.account, args.sheet):
-                out.write(chunk)
-
-    run_event_loop(_with_gateway(settings, work))
-    print(f"wrote {target}")
-    return 0
-
-
-def _owner(settings: Settings, app_key: str) -> str:
-    account = settings.credential_format.key_account(app_key)
-    if account is None:
-        raise ConfigError(f"{app_key!r} is not an API key of this deployment")
-    return account
+    args.config = args.config or str(DEMO_CONFIG)
+    settings = settings_of(args)
+    ports = DemoPorts(args.upstream_port, args.proxy_port, args.management_port,
+                      args.metrics_port)
+    run_event_loop(run_demo(settings, ports))
+    return DONE
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
+    """The policy files and the routes of the config: what ``serve`` would refuse."""
     from .policy import Policy
+    from .routes import parse_routes
 
-    settings = _settings(args)
+    settings = settings_of(args)
     policy = Policy.load(settings.model_path, settings.policies_dir)
+    routes = parse_routes(settings.routes)
+    names = [route.name for route in routes.routes]
+    if args.json:
+        print_json({"policy": {"lines": policy.lines, "version": policy.version,
+                               "roles": sorted(policy.roles)},
+                    "routes": names})
+        return DONE
     print(f"policy OK: {policy.lines} lines, version {policy.version}")
     print(f"roles: {', '.join(sorted(policy.roles))}")
-    return 0
+    print(f"routes OK: {len(names)}" + (f" ({', '.join(names)})" if names else ""))
+    return DONE
 
 
-def cmd_settings(args: argparse.Namespace) -> int:
+def cmd_settings_reference(args: argparse.Namespace) -> int:
     print(reference_markdown())
-    return 0
+    return DONE
+
+
+# -- the parser ------------------------------------------------------------------------
+def _version() -> str:
+    try:
+        return version("keygate")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="keygate", description="Authorization gateway for API keys."
+        prog="keygate", description="Authorization gateway for API keys.",
+        epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--config", default=os.environ.get("KEYGATE_CONFIG"),
         help="TOML config file (default: $KEYGATE_CONFIG; settings also come from KEYGATE_*)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"keygate {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the proxy and the management API")
+    def command(parent: Any, name: str, func: Any, help_text: str, *, json: bool = True,
+                **defaults: Any) -> argparse.ArgumentParser:
+        made = parent.add_parser(name, help=help_text, description=help_text,
+                                 epilog=EXIT_STATUSES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        if json:
+            made.add_argument("--json", action="store_true", help="print JSON")
+        made.set_defaults(func=func, **defaults)
+        return made
+
+    serve = command(sub, "serve", cmd_serve, "run the proxy and the management API",
+                    json=False)
     serve.add_argument(
         "--workers", type=int, default=1,
         help="processes sharing the ports (SO_REUSEPORT); each keeps its own caches",
     )
-    serve.set_defaults(func=cmd_serve)
 
-    demo = sub.add_parser("demo", help="run keygate on memory:// in front of an echo upstream")
-    demo.add_argument("--upstream-port", type=int, default=9000)
-    demo.set_defaults(func=cmd_demo)
+    demo = command(sub, "demo", cmd_demo,
+                   "run keygate on memory:// in front of an echo upstream", json=False)
+    demo.add_argument("--upstream-port", type=port_number, default=9000,
+                      help="the echo upstream's port (default 9000; 0: any free port)")
+    demo.add_argument("--proxy-port", type=port_number,
+                      help="the proxy's port (default: proxy_listen, 8080)")
+    demo.add_argument("--management-port", type=port_number,
+                      help="the management API's port (default: management_listen, 8081)")
+    demo.add_argument("--metrics-port", type=port_number,
+                      help="serve /metrics on this port (default: off, unless "
+                           "metrics_listen is configured)")
 
-    keys = sub.add_parser("keys", help="manage keys directly in the store (bootstrap)")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create", help="create a key and print its token once")
-    create.add_argument("--account", required=True)
-    create.add_argument("--label", required=True)
-    create.add_argument("--role", action="append", default=[], help="repeat for several roles")
-    create.add_argument("--json", action="store_true")
-    create.set_defaults(func=cmd_keys_create)
-    listing = keys_sub.add_parser("list", help="list an account's generated keys")
-    listing.add_argument("--account", required=True)
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=cmd_keys_list)
-    for action in ("activate", "deactivate", "delete"):
-        change = keys_sub.add_parser(action, help=f"{action} a key")
-        change.add_argument("app_key", metavar="KEY")
-        change.set_defaults(func=cmd_keys_change, action=action)
+    _add_key_commands(sub, command)
+    _add_external_key_commands(sub, command)
 
-    renew = keys_sub.add_parser("renew", help="issue a new token (old one kept until finish)")
-    renew.add_argument("app_key", metavar="KEY")
-    renew.add_argument("--now", action="store_true", help="the old token stops working at once")
-    renew.set_defaults(func=cmd_keys_renew, command_name="renew")
-    for name in ("finish-renewal", "undo-renewal"):
-        end = keys_sub.add_parser(name, help=f"{name.replace('-', ' ')} of a key's token")
-        end.add_argument("app_key", metavar="KEY")
-        end.set_defaults(func=cmd_keys_renew, command_name=name)
+    settings = command(sub, "settings", cmd_settings_reference,
+                       "print the settings reference (Markdown), or an account's settings "
+                       "(get, set)", json=False)
+    settings_sub = settings.add_subparsers(dest="settings_command", metavar="ACTION")
+    get = command(settings_sub, "get", store_commands.account_settings_get,
+                  "an account's settings")
+    get.add_argument("--account", required=True, type=account_name)
+    put = command(settings_sub, "set", store_commands.account_settings_set,
+                  "change an account's settings")
+    put.add_argument("--account", required=True, type=account_name)
+    put.add_argument("--renewal-period-months", type=int, choices=(3, 6), required=True,
+                     help="months after a token's creation before its renewal reminder")
 
-    audit = sub.add_parser("audit", help="an account's audit events, newest first")
-    audit.add_argument("--account", required=True)
+    audit = command(sub, "audit", store_commands.audit,
+                    "an account's audit events, newest first (--json: one object a line)")
+    audit.add_argument("--account", required=True, type=account_name)
     audit.add_argument("--action", help="only this action, e.g. key.update")
-    audit.add_argument("--limit", type=int, default=50)
-    audit.add_argument("--json", action="store_true")
-    audit.set_defaults(func=cmd_audit)
+    audit.add_argument("--limit", type=positive_count, default=50)
 
-    export = sub.add_parser("export", help="export an account's keys to XLSX or CSV")
-    export.add_argument("--account", required=True)
+    export = command(sub, "export", store_commands.export,
+                     "export an account's keys to XLSX or CSV")
+    export.add_argument("--account", required=True, type=account_name)
     export.add_argument("--format", choices=("xlsx", "csv"), default="xlsx")
     export.add_argument("--sheet", choices=("generated", "external"), default="generated",
                         help="CSV only: which sheet (XLSX holds both)")
     export.add_argument("-o", "--output", required=True, help="file to write")
-    export.set_defaults(func=cmd_export)
 
     policy = sub.add_parser("policy", help="policy files")
-    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
-    check = policy_sub.add_parser("check", help="validate model.conf and policies/")
-    check.set_defaults(func=cmd_policy_check)
-
-    settings = sub.add_parser("settings", help="print the settings reference (Markdown)")
-    settings.set_defaults(func=cmd_settings)
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    command(policy_sub, "check", cmd_policy_check,
+            "validate model.conf, policies/ and the config's routes")
     return parser
 
 
-def configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+def _add_key_commands(sub: Any, command: Any) -> None:
+    keys = sub.add_parser("keys", help="an account's generated keys, in the store directly")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = command(keys_sub, "create", store_commands.keys_create,
+                     "create a key and print its token once")
+    create.add_argument("--account", required=True, type=account_name)
+    create.add_argument("--label", required=True)
+    create.add_argument("--role", action="append", default=[], help="repeat for several roles")
+    listing = command(keys_sub, "list", store_commands.keys_list,
+                      "list an account's generated keys")
+    listing.add_argument("--account", required=True, type=account_name)
+    for action in ("activate", "deactivate", "delete"):
+        change = command(keys_sub, action, store_commands.keys_change, f"{action} a key",
+                         action=action)
+        change.add_argument("app_key", metavar="KEY")
+    renew = command(keys_sub, "renew", store_commands.keys_renewal,
+                    "issue a new token (the old one works until finish-renewal)",
+                    command_name="renew")
+    renew.add_argument("app_key", metavar="KEY")
+    renew.add_argument("--now", action="store_true", help="the old token stops working at once")
+    for name in ("finish-renewal", "undo-renewal"):
+        end = command(keys_sub, name, store_commands.keys_renewal,
+                      f"{name.replace('-', ' ')} of a key's token", command_name=name)
+        end.add_argument("app_key", metavar="KEY")
+
+
+def _add_external_key_commands(sub: Any, command: Any) -> None:
+    external = sub.add_parser(
+        "external-keys", help="roles an account grants to other accounts' keys, in the store"
     )
-    # pycasbin logs the whole model at INFO on every load
-    logging.getLogger("casbin").setLevel(logging.WARNING)
+    external_sub = external.add_subparsers(dest="external_command", required=True,
+                                           metavar="ACTION")
+    listing = command(external_sub, "list", store_commands.external_list,
+                      "the external keys of an account")
+    listing.add_argument("--account", required=True, type=account_name)
+    add = command(external_sub, "add", store_commands.external_add,
+                  "grant roles in an account to another account's key")
+    add.add_argument("--account", required=True, type=account_name,
+                     help="the account that grants")
+    add.add_argument("app_key", metavar="KEY")
+    add.add_argument("--role", action="append", default=[], help="repeat for several roles")
+    add.add_argument("--label")
+    update = command(external_sub, "update", store_commands.external_update,
+                     "change an external key's label, roles (--role replaces them all) "
+                     "or status")
+    update.add_argument("--account", required=True, type=account_name)
+    update.add_argument("app_key", metavar="KEY")
+    update.add_argument("--role", action="append", default=[], help="repeat for several roles")
+    update.add_argument("--label")
+    update.add_argument("--status", choices=("active", "inactive"))
+    remove = command(external_sub, "remove", store_commands.external_remove,
+                     "remove the grant (the key lives on in its owner account)")
+    remove.add_argument("--account", required=True, type=account_name)
+    remove.add_argument("app_key", metavar="KEY")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
+    args = build_parser().parse_args(argv)  # usage errors: argparse exits with 2
+    configure_logging(args.verbose)  # until the settings say which log_format
     try:
         return args.func(args)
+    except UsageError as exc:
+        print(f"keygate: {exc}", file=sys.stderr)
+        return BAD_USAGE
     except ConfigError as exc:
         print(f"keygate: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except GatewayError as exc:
+        return BAD_USAGE
+    except Refused as exc:
+        print(f"keygate: {exc}", file=sys.stderr)
+        return REFUSED
+    except GatewayError as exc:  # the store failed while the command ran
         print(f"keygate: {exc.message}", file=sys.stderr)
-        return 1
+        return REFUSED
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -40,6 +40,9 @@ What the guard enforces, and why:
   :func:`server_logger`, which drops tracebacks (their exceptions quote the input), and
   the guard logs one line per refusal without the request, both at most
   :data:`LOG_LINES_PER_MINUTE` a minute plus one line saying how many were dropped.
+* **Metrics** (when ``metrics_listen`` is set): open connections per listening port,
+  moved when a connection is admitted or forgotten (per connection, never per request),
+  and refusals by code; the log is rationed, the count is not.
 """
 
 from __future__ import annotations
@@ -50,11 +53,13 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 from .framing import REFUSAL_MARKER, Refusal, RequestReader
 from .settings import Settings
+from .telemetry import ConnectionMetrics, connection_metrics
 
 log = logging.getLogger("keygate.connections")
 
@@ -89,7 +94,7 @@ class GuardedConnection(asyncio.Protocol):
 
     __slots__ = (
         "guard", "server", "inner", "transport", "reader", "state", "since", "heard",
-        "pending", "active", "answered", "write_paused_at", "refusal",
+        "pending", "active", "answered", "write_paused_at", "refusal", "counted_in",
     )
 
     def __init__(self, guard: ConnectionGuard, server: web.Server):
@@ -106,6 +111,7 @@ class GuardedConnection(asyncio.Protocol):
         self.answered = 0
         self.write_paused_at: float | None = None
         self.refusal: Refusal | None = None
+        self.counted_in: Any = None  # the open-connections gauge it was counted in
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -273,6 +279,7 @@ class ConnectionGuard:
         keepalive_timeout: float,
         body_timeout: float,
         request_id: Callable[[], str],
+        metrics: ConnectionMetrics | None = None,
     ):
         self.max_connections = max_connections
         self.header_timeout = header_timeout
@@ -286,6 +293,9 @@ class ConnectionGuard:
         self.log_budget = LogBudget()
         self.interval = min(1.0, header_timeout / 4, keepalive_timeout / 4, body_timeout / 4)
         self._sweeper: asyncio.Task[None] | None = None
+        self.metrics = metrics
+        # per listening server, its port's open-connections gauge (metrics on)
+        self._gauges: dict[web.Server, Any] = {}
 
     @property
     def open(self) -> int:
@@ -300,10 +310,13 @@ class ConnectionGuard:
         self.clock = loop.time
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep_forever())
-        return await loop.create_server(
+        listener = await loop.create_server(
             lambda: GuardedConnection(self, server), host, port,
             reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG,
         )
+        if self.metrics is not None:  # labelled by the port bound (port 0 picks one)
+            self._gauges[server] = self.metrics.port(listener.sockets[0].getsockname()[1])
+        return listener
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -326,6 +339,10 @@ class ConnectionGuard:
         connection.state = HEAD
         connection.since = connection.heard = now
         self.heads[connection] = None
+        if self._gauges:
+            gauge = connection.counted_in = self._gauges.get(connection.server)
+            if gauge is not None:
+                gauge.inc()
         return True
 
     def _oldest_waiting(self) -> GuardedConnection | None:
@@ -347,6 +364,8 @@ class ConnectionGuard:
             % (len(body), request_id.encode(), body)
         )
         transport.close()
+        if self.metrics is not None:
+            self.metrics.refused(TOO_MANY_CONNECTIONS.code)
         if self.log_budget.allow():
             log.warning("connection refused with 503: all %d connections are in a request",
                         self.max_connections)
@@ -372,6 +391,9 @@ class ConnectionGuard:
         self._remove(connection)
         connection.state = CLOSED
         _GUARDED.pop(connection.transport, None)  # type: ignore[arg-type]
+        if connection.counted_in is not None:
+            connection.counted_in.dec()
+            connection.counted_in = None
 
     def _remove(self, connection: GuardedConnection) -> None:
         state = connection.state
@@ -384,6 +406,8 @@ class ConnectionGuard:
 
     def note_refusal(self, connection: GuardedConnection, refusal: Refusal) -> None:
         """One log line per refused request: its address and the reason, never its bytes."""
+        if self.metrics is not None:
+            self.metrics.refused(refusal.code)
         if self.log_budget.allow():
             peer = connection.transport.get_extra_info("peername") if connection.transport else None
             address = peer[0] if isinstance(peer, tuple) and peer else "?"
@@ -496,4 +520,5 @@ def guard_for(settings: Settings, request_id: Callable[[], str]) -> ConnectionGu
         keepalive_timeout=settings.keepalive_timeout,
         body_timeout=settings.body_timeout,
         request_id=request_id,
+        metrics=connection_metrics() if settings.metrics_listen is not None else None,
     )

@@ -23,6 +23,7 @@ from .renewal_gauge import RenewalGauge
 from .routes import RouteTable
 from .settings import Settings
 from .store import Store
+from .telemetry import Telemetry
 from .usage import Denials, LastUsed
 
 
@@ -38,6 +39,8 @@ class Gateway:
     last_used: LastUsed
     denials: Denials
     registry: CollectorRegistry
+    # every metric; its request-path parts are None when metrics_listen is off
+    telemetry: Telemetry
     delegation: Delegation
     # counted in the background (start/close), rendered by the metrics port
     renewal_gauge: RenewalGauge

@@ -25,6 +25,8 @@ log = logging.getLogger("keygate")
 REQUEST_ID_HEADER = istr("X-Request-Id")  # istr: multidict need not case-fold it each use
 SERVER = "keygate"  # the Server header of every answer: no versions for scanners to match
 REQUEST_ID = web.RequestKey("request_id", str) if hasattr(web, "RequestKey") else "request_id"
+# the error body's "code", kept on the response for the access log (no body parsing)
+ERROR_CODE = web.ResponseKey("error_code", str)
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 
 _FROM_AIOHTTP: dict[int, type[GatewayError]] = {
@@ -51,12 +53,14 @@ def new_request_id() -> str:
 
 
 def error_response(error: GatewayError, request_id: str) -> web.Response:
-    return web.Response(
+    response = web.Response(
         body=error.body(request_id),
         status=error.status,
         content_type="application/json",
         headers={**error.headers, REQUEST_ID_HEADER: request_id, hdrs.SERVER: SERVER},
     )
+    response[ERROR_CODE] = error.code
+    return response
 
 
 async def server_header(request: web.BaseRequest, response: web.StreamResponse) -> None:

@@ -37,18 +37,21 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from time import perf_counter
+from typing import Any
 
 import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDictProxy, istr
 
-from .accesslog import APP_KEY, CLIENT
+from .accesslog import ACCOUNT, APP_KEY, CLIENT, ROUTE
 from .auth import Identity
 from .context import Gateway
 from .errors import BadGateway, BadRequest, GatewayError, GatewayTimeout
 from .forwarded import Forwarding
 from .middleware import REQUEST_ID, REQUEST_ID_HEADER, error_response, errors_as_json
 from .routes import Route, normalise_path
+from .series import ALLOWED, INTERNAL_ERROR, NO_ROUTE
 from .upstream import UnforwardableHeader, UpstreamAnswer, UpstreamPool
 
 log = logging.getLogger("keygate.proxy")
@@ -183,6 +186,9 @@ class Forwarder:
             lambda name: not (_canonical(name) in from_upstream_dropped
                               or _underscored_framing(name))
         )
+        # a histogram child (set by ProxyPort when metrics are on): time to the
+        # upstream's answer head, timeouts and failures included
+        self.upstream_seconds: Any = None
         self._identity_names = (
             istr(identity_prefix + "Key"),
             istr(identity_prefix + "Owner-Account"),
@@ -239,6 +245,8 @@ class Forwarder:
         body = request.content if request.body_exists else None
         if send_continue and body is not None and request.transport is not None:
             request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        timer = self.upstream_seconds
+        sent = perf_counter() if timer is not None else 0.0
         try:
             upstream = await self.pool.send(
                 origin,
@@ -258,6 +266,9 @@ class Forwarder:
                 route.name, origin.scheme, origin.host, origin.port, exc,
             )
             raise _unreachable(route) from None
+        finally:
+            if timer is not None:
+                timer.observe(perf_counter() - sent)
         async with upstream:
             headers = self.response_headers(upstream)
             headers += ((REQUEST_ID_HEADER, request_id), SERVER)
@@ -332,6 +343,10 @@ class ProxyPort:
         self.gateway = gateway
         self.forwarder = forwarder
         self.trusted_proxies = gateway.trusted_proxies
+        # None when metrics are off: then handle() neither times nor counts anything
+        self.metrics = gateway.telemetry.requests
+        if self.metrics is not None:
+            forwarder.upstream_seconds = self.metrics.upstream
 
     def request_handler(self) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
         """What the server calls for every request: :meth:`handle`, errors in the one
@@ -340,6 +355,10 @@ class ProxyPort:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         gateway = self.gateway
+        metrics = self.metrics
+        started = perf_counter() if metrics is not None else 0.0
+        route: Route | None = None  # for counting: how far the request got
+        identity: Identity | None = None
         request_id = request[REQUEST_ID]
         expect = request.headers.get(hdrs.EXPECT)
         send_continue = False
@@ -353,6 +372,8 @@ class ProxyPort:
                 method, host, normalise_path(raw_path)
             )
             account = route.account_for(host, path)
+            request[ROUTE] = route.name  # for the access log, refusals included
+            request[ACCOUNT] = account
             client = request.remote or ""
             forwarding = None
             if self.trusted_proxies is not None:  # else the peer is the client
@@ -365,11 +386,14 @@ class ProxyPort:
                 request_id, client=client,
             )
             request[APP_KEY] = identity.principal.app_key
-            return await self.forwarder.forward(
+            response = await self.forwarder.forward(
                 request, route, forwarded_path, query, identity, request_id, forwarding,
                 send_continue,
             )
         except GatewayError as refusal:
+            if metrics is not None:
+                metrics.refused(route.name if route is not None else NO_ROUTE, refusal,
+                                identity is not None, started)
             if not expect:
                 raise
             # The client holds its body back for a 100 that a refusal never sends: close
@@ -377,3 +401,11 @@ class ProxyPort:
             response = error_response(refusal, request_id)
             response.force_close()
             return response
+        except Exception:  # a bug: errors_as_json answers it with a 500
+            if metrics is not None:
+                metrics.answered(route.name if route is not None else NO_ROUTE, 500,
+                                 ALLOWED if identity is not None else INTERNAL_ERROR, started)
+            raise
+        if metrics is not None:
+            metrics.answered(route.name, response.status, ALLOWED, started)
+        return response

@@ -14,6 +14,11 @@ previous one ended, so a slow store or a huge account stretches the schedule ins
 piling counts up. A count that fails (store unreachable) leaves the previous result in
 place; ``keygate_keys_renewal_alert_computed_timestamp_seconds`` says how old it is.
 Memory is one counter triple per account, whatever the number of keys.
+
+Under ``serve --workers N`` every worker counts (from the same store, so to the same
+result) and the gauge is a custom collector on the scrape registry of
+:mod:`gateway.telemetry`: the worker that answers a scrape renders its own last count,
+once, rather than the N counts being summed.
 """
 
 from __future__ import annotations

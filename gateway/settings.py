@@ -9,6 +9,7 @@ value came from, raised before anything listens.
 
 from __future__ import annotations
 
+import importlib.resources
 import ipaddress
 import math
 import os
@@ -22,7 +23,19 @@ from typing import Any
 from .credentials import CredentialFormat
 from .errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # a checkout's root (tests, tools)
+# The shipped model, policies and demo config travel inside the package, so an installed
+# keygate finds them wherever it lives. In a checkout gateway/defaults/ holds symlinks to
+# the top-level model.conf, policies/ and deploy/demo.toml; resolving them makes every
+# message name the file people edit. (A zip import is not supported: Casbin reads files.)
+DEFAULTS_DIR = Path(str(importlib.resources.files(__package__) / "defaults"))
+
+
+def shipped_default(name: str) -> Path:
+    """A file or directory shipped in ``gateway/defaults``, symlinks resolved."""
+    return (DEFAULTS_DIR / name).resolve()
+
+
 MIN_SECRET_LENGTH = 32
 
 
@@ -164,8 +177,8 @@ SETTINGS: tuple[Setting, ...] = (
             "prefix are always removed.", _header),
     Setting("key_prefix", "kgk", "First part of every generated API key."),
     Setting("token_prefix", "kgt", "Prefix of every token (lets secret scanners find leaks)."),
-    Setting("model_path", str(PROJECT_ROOT / "model.conf"), "Casbin model file.", _path),
-    Setting("policies_dir", str(PROJECT_ROOT / "policies"),
+    Setting("model_path", str(shipped_default("model.conf")), "Casbin model file.", _path),
+    Setting("policies_dir", str(shipped_default("policies")),
             "Directory whose *.csv files hold the Casbin policy lines.", _path),
     Setting("upstream_connect_timeout", 5.0,
             "Seconds to connect to an upstream before answering 504.", _positive(float)),
@@ -383,10 +396,12 @@ def load_secrets(settings: Settings) -> tuple[list[bytes], bool]:
 def reference_markdown() -> str:
     """The config reference for the README, generated from the table."""
     lines = ["| setting | environment | default | meaning |", "|---|---|---|---|"]
+    # the shipped files' place on this machine means nothing to a reader
+    shown = {str(shipped_default(n)): f"<package>/defaults/{n}" for n in ("model.conf", "policies")}
     for s in SETTINGS:
         env_name = f"`KEYGATE_{s.name.upper()}`" if s.env else "(file only)"
         default = s.default
-        if isinstance(default, str) and default.startswith(str(PROJECT_ROOT)):
-            default = "<install dir>" + default[len(str(PROJECT_ROOT)):]
+        if isinstance(default, str):
+            default = shown.get(default, default)
         lines.append(f"| `{s.name}` | {env_name} | `{default!r}` | {s.help} |")
     return "\n".join(lines)

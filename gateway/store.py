@@ -47,7 +47,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
@@ -67,15 +67,24 @@ T = TypeVar("T")
 
 
 def _unavailable(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Turn a lost Redis into a 503 for the caller instead of a stack trace."""
+    """Turn a lost Redis into a 503 for the caller instead of a stack trace; tell the
+    store's observer, if it has one, how long the call took and whether it failed."""
+    operation = func.__name__
 
     @functools.wraps(func)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        observer = args[0].observer  # type: ignore[attr-defined]  # always a Store method
+        started = time.perf_counter() if observer is not None else 0.0
         try:
             return await func(*args, **kwargs)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            log.warning("store unavailable in %s: %s", func.__name__, exc)
+            if observer is not None:
+                observer.store_failed(operation)
+            log.warning("store unavailable in %s: %s", operation, exc)
             raise StoreUnavailable() from exc
+        finally:
+            if observer is not None:
+                observer.store_call(operation, time.perf_counter() - started)
 
     return wrapper
 
@@ -92,6 +101,9 @@ def _unavailable_iter(
             async for item in func(*args, **kwargs):
                 yield item
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            observer = args[0].observer  # type: ignore[attr-defined]
+            if observer is not None:  # no latency: an iteration lasts as long as its reader
+                observer.store_failed(func.__name__)
             log.warning("store unavailable in %s: %s", func.__name__, exc)
             raise StoreUnavailable() from exc
 
@@ -612,6 +624,20 @@ class CacheSettings:
     unknown_ttl: float = 2.0
 
 
+class Observer(Protocol):
+    """What the store tells about itself, for metrics (``gateway.telemetry`` implements
+    it; the store imports no metrics library). Called inline, on the request path for
+    the cache: each call must be a counter increment's worth of work, never I/O."""
+
+    def cache_hit(self) -> None: ...
+    def cache_miss(self) -> None: ...
+    def cache_evicted(self) -> None: ...
+    def invalidated(self) -> None: ...
+    def resynced(self) -> None: ...
+    def store_call(self, operation: str, seconds: float) -> None: ...
+    def store_failed(self, operation: str) -> None: ...
+
+
 _MEMORY_SERVERS: dict[str, Any] = {}
 
 # Accounts remembered per cached key (its grants and "no grant here" answers).
@@ -640,7 +666,12 @@ class Store:
     * unknown keys go to a separate, small, short-lived cache, so a flood of made-up
       keys cannot evict real ones;
     * only digests are cached; the token is still compared on every request.
+
+    ``observer`` (None: nobody) hears of cache hits, misses, evictions, invalidations,
+    resyncs, and of every store call's duration and failure.
     """
+
+    observer: Observer | None = None
 
     def __init__(
         self,
@@ -842,11 +873,15 @@ class Store:
                         self._flush()
                         self._subscribed = True
                         self.resyncs += 1
+                        if self.observer is not None:
+                            self.observer.resynced()
                         backoff = 0.1
                     elif message["type"] == "message":
                         name = message["data"]
                         if name.startswith(self._key_prefix):
                             self.forget(name[len(self._key_prefix) :])
+                            if self.observer is not None:
+                                self.observer.invalidated()
             except asyncio.CancelledError:
                 raise
             except (redis.exceptions.RedisError, OSError) as exc:
@@ -854,6 +889,8 @@ class Store:
                     return
                 if self._subscribed:
                     log.warning("invalidation channel lost (%s); credential cache off", exc)
+                if self.observer is not None:
+                    self.observer.store_failed("invalidation")
                 self._subscribed = False
                 self._flush()
                 await asyncio.sleep(backoff)
@@ -901,8 +938,14 @@ class Store:
             return None
         per_account = self._known.get(app_key)
         if per_account is not None and account in per_account:
-            return per_account[account]
-        return self._unknown.get(app_key)  # type: ignore[union-attr]
+            found = per_account[account]
+        else:
+            found = self._unknown.get(app_key)  # type: ignore[union-attr]
+        # A miss is counted by auth_lookup, where it costs the round trip: a caller
+        # that asks here first and then there must not count it twice.
+        if found is not None and self.observer is not None:
+            self.observer.cache_hit()
+        return found
 
     async def auth_lookup(self, app_key: str, account: str) -> AuthLookup:
         """Key status, token digests and the grant in ``account``: cached, else one HMGET."""
@@ -911,13 +954,19 @@ class Store:
             return found
         trusted = self._known is not None and self.cache_trusted
         generation = self._generation
+        observer = self.observer
+        if observer is not None:
+            observer.cache_miss()
         found = await self._auth_lookup(app_key, account)
         if trusted and generation == self._generation and self.cache_trusted:
             if found.exists:
-                per_account = self._known.get(app_key)  # type: ignore[union-attr]
+                known: LRU[str, dict[str, AuthLookup]] = self._known  # type: ignore[assignment]
+                per_account = known.get(app_key)
                 if per_account is None:
                     per_account = {}
-                    self._known.put(app_key, per_account)  # type: ignore[union-attr]
+                    if observer is not None and len(known) >= known.size:
+                        observer.cache_evicted()  # the put below drops the oldest key
+                    known.put(app_key, per_account)
                 if len(per_account) >= MAX_ACCOUNTS_PER_KEY:
                     # The target account comes from the request: a key asking for made-up
                     # accounts must not grow its entry. A miss there costs a round trip;
@@ -925,9 +974,14 @@ class Store:
                     if found.grant is None:
                         return found
                     del per_account[next(iter(per_account))]
+                    if observer is not None:
+                        observer.cache_evicted()
                 per_account[account] = found
             else:
-                self._unknown.put(app_key, found)  # type: ignore[union-attr]
+                unknown: LRU[str, AuthLookup] = self._unknown  # type: ignore[assignment]
+                if observer is not None and len(unknown) >= unknown.size:
+                    observer.cache_evicted()
+                unknown.put(app_key, found)
         return found
 
     @_unavailable

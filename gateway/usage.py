@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import Counter
 
 from .auth import Principal
 from .background import stop_task
@@ -190,6 +190,10 @@ class Denials:
       resources come from the route table, so the label set is bounded on both axes.
     * Sampling windows live in an LRU of ``MAX_TRACKED``; sampled denials waiting to be
       written are capped at ``MAX_WRITES`` (beyond it they are dropped, with a warning).
+
+    ``counter`` is ``keygate_access_denied{account,resource}``, defined with the other
+    metrics in :mod:`gateway.telemetry` (which keeps it per process or, under
+    ``--workers``, in the shared files that a scrape sums).
     """
 
     def __init__(
@@ -197,17 +201,12 @@ class Denials:
         store: Store,
         sample_seconds: float,
         clock: Callable[[], float],
-        registry: CollectorRegistry,
+        counter: Counter,
     ):
         self.store = store
         self.sample_seconds = sample_seconds
         self.clock = clock
-        self.counter = Counter(
-            "keygate_access_denied",
-            "Requests refused with 403, by account and resource; denials in accounts that "
-            f"do not exist are counted as account={UNKNOWN_ACCOUNT!r}",
-            ["account", "resource"], registry=registry,
-        )
+        self.counter = counter
         self._known: LRU[str, bool] = LRU(KNOWN_ACCOUNTS, KNOWN_TTL)
         self._labelled: set[str] = set()
         self._windows: LRU[tuple[str, str, str], _Window] = LRU(MAX_TRACKED)

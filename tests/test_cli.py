@@ -130,10 +130,10 @@ def test_keys_create_refuses_labels_the_api_refuses(cli_env, label):
     assert json.loads(ok(keygate(cli_env, "keys", "list", "--account", "acme", "--json"))) == []
 
 
-def test_keys_change_refuses_a_malformed_key(cli_env):
+def test_keys_change_of_a_malformed_key_is_no_such_key(cli_env):
     result = keygate(cli_env, "keys", "delete", "not-a-key")
-    assert result.returncode == 2
-    assert "not-a-key" in result.stderr
+    assert result.returncode == 1
+    assert result.stderr == "keygate: no API key not-a-key\n"
 
 
 def test_keys_commands_refuse_the_memory_store():
@@ -186,6 +186,29 @@ def test_keys_create_with_a_bad_account_is_a_usage_error(cli_env):
     assert result.returncode == 2, result
     assert "Traceback" not in result.stderr
     assert "Not_An_Account" in result.stderr
+
+
+# -- external keys, account settings (the rest: tests/test_cli_commands.py) -------------
+def test_external_keys_and_account_settings_as_an_operator_runs_them(cli_env):
+    partner = json.loads(ok(keygate(
+        cli_env, "keys", "create", "--account", "beta", "--label", "partner", "--role",
+        "owner", "--json",
+    )))
+    added = json.loads(ok(keygate(
+        cli_env, "external-keys", "add", "--account", "acme", partner["appKey"],
+        "--role", "orders-reader", "--label", "from beta", "--json",
+    )))
+    assert (added["appKey"], added["account"], added["roles"]) == (
+        partner["appKey"], "beta", ["orders-reader"]
+    )
+    again = keygate(cli_env, "external-keys", "add", "--account", "acme", partner["appKey"],
+                    "--role", "orders-reader")
+    assert again.returncode == 1 and "already an external key" in again.stderr
+    assert partner["appToken"] not in again.stdout + again.stderr
+    assert json.loads(ok(keygate(
+        cli_env, "settings", "set", "--account", "acme", "--renewal-period-months", "6",
+        "--json",
+    ))) == {"renewalPeriodMonths": 6}
 
 
 # -- policy, settings ------------------------------------------------------------------
@@ -311,12 +334,9 @@ resource = "orders"
 # -- demo ------------------------------------------------------------------------------
 async def test_demo_prints_a_working_curl_line():
     proxy_port, management_port, upstream_port = free_port(), free_port(), free_port()
-    env = {
-        **clean_environ(),
-        "KEYGATE_PROXY_LISTEN": f"127.0.0.1:{proxy_port}",
-        "KEYGATE_MANAGEMENT_LISTEN": f"127.0.0.1:{management_port}",
-    }
-    async with spawned("demo", "--upstream-port", str(upstream_port), env=env) as proc:
+    ports = ("--proxy-port", str(proxy_port), "--management-port", str(management_port),
+             "--upstream-port", str(upstream_port))
+    async with spawned("demo", *ports, env=clean_environ()) as proc:
         printed: list[str] = []
 
         async def read_until_curl() -> None:
@@ -349,5 +369,7 @@ async def test_demo_prints_a_working_curl_line():
             async with session.get(url, headers={"X-API-AppKey": app_key}) as response:
                 assert response.status == 401
 
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), TIMEOUT)
+        proc.send_signal(signal.SIGTERM)  # the graceful stop, as for serve
+        assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+        stderr = (await proc.stderr.read()).decode()
+        assert "Traceback" not in stderr and "stopped serving" in stderr

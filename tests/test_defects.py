@@ -28,11 +28,12 @@ from aiohttp.test_utils import BaseTestServer, TestServer
 from conftest import FakeClock, Key, ProxyTestServer
 from relay import Relay
 
-from gateway.accesslog import JsonAccessLogger
+from gateway.accesslog import AccessLogger
 from gateway.app import build_gateway
 from gateway.context import Gateway
 from gateway.credentials import link_id, new_link_secret
 from gateway.errors import GatewayError
+from gateway.logs import JsonFormatter
 from gateway.management import build_management_app
 from gateway.store import CLI_ACTOR, Store
 from gateway.usage import MAX_TRACKED
@@ -235,12 +236,15 @@ async def test_kept_last_used_times_stay_bounded(relayed, relay, clock):
 
 # -- the access log: no link secret, however the path was spelled ------------------------
 class Lines(logging.Handler):
+    """Collects lines as ``log_format = "json"`` writes them."""
+
     def __init__(self) -> None:
         super().__init__()
         self.lines: list[str] = []
+        self.setFormatter(JsonFormatter())
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+        self.lines.append(self.format(record))
 
 
 @pytest.fixture
@@ -283,7 +287,7 @@ async def test_no_link_secret_reaches_the_access_log(
 
     async def logging_client(server: BaseTestServer) -> Any:
         # runner options, as app.py passes them with access_log = true
-        await server.start_server(access_log_class=JsonAccessLogger, access_log=logger)
+        await server.start_server(access_log_class=AccessLogger, access_log=logger)
         return await aiohttp_client(server)
 
     management = await logging_client(TestServer(build_management_app(gateway)))

@@ -252,7 +252,7 @@ async def test_access_log_is_one_json_line_per_request_without_secrets(
     if redis_url.startswith("memory://"):
         pytest.skip("the CLI and the server need a shared Redis")
     config = _config(tmp_path, "log", redis_url, f"log-{uuid.uuid4().hex[:8]}:", upstream.url)
-    config.write_text("access_log = true\n" + config.read_text())
+    config.write_text('access_log = true\nlog_format = "json"\n' + config.read_text())
     proxy_url, management_url = _urls(config)
     process = _start(config)
     link_secret = "A" * 43  # well-formed, never issued: 410, and it must not be logged
@@ -269,13 +269,16 @@ async def test_access_log_is_one_json_line_per_request_without_secrets(
     finally:
         assert _stop(process) == 0
     stderr = process.stderr.read().decode()
-    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-    proxied = [e for e in lines if e["requestId"] == request_id]
+    lines = [json.loads(line) for line in stderr.splitlines()]  # every line is JSON
+    proxied = [e for e in lines if e.get("requestId") == request_id]
     assert len(proxied) == 1
-    assert proxied[0] | {"time": 0, "ms": 0, "bytes": 0} == {
-        "time": 0, "ms": 0, "bytes": 0, "remote": "127.0.0.1", "method": "GET",
-        "path": "/orders/1", "status": 200, "requestId": request_id, "appKey": key["appKey"],
+    assert proxied[0] | {"time": 0, "ms": 0, "bytes": 0, "message": ""} == {
+        "time": 0, "ms": 0, "bytes": 0, "message": "", "level": "info",
+        "logger": "keygate.access", "event": "request", "remote": "127.0.0.1",
+        "method": "GET", "path": "/orders/1", "status": 200, "requestId": request_id,
+        "appKey": key["appKey"], "account": "acme", "route": "orders", "errorCode": None,
     }
-    assert any(e["path"] == "/api/v1/token-links/…" and e["status"] == 410 for e in lines)
+    assert any(e.get("path") == "/api/v1/token-links/…" and e["status"] == 410
+               and e["errorCode"] == "token_link_gone" for e in lines)
     for secret in (link_secret, key["appToken"], "q=secret"):
         assert secret not in stderr

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from ..context import GATEWAY
 from ..errors import BadRequest
 from ..store import ACCESS_ID_PREFIX, AuditEvent
-from .common import authorize, int_param, iso, json_response
+from ..views import event_json
+from .common import authorize, int_param, json_response
 
 routes = web.RouteTableDef()
-
-
-def event_json(event: AuditEvent) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "time": iso(event.time),
-        "account": event.account,
-        "actor": event.actor,
-        "action": event.action,
-        "target": event.target,
-        "requestId": event.request_id,
-        "before": event.before,
-        "after": event.after,
-    }
 
 
 @routes.get("/api/v1/accounts/{account}/audit")

@@ -7,13 +7,12 @@ are never shown here.
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from ..context import GATEWAY
 from ..errors import BadRequest, Conflict, NotFound
 from ..store import STATUSES, ExternalKey
+from ..views import external_json
 from .common import (
     MAX_PER_PAGE,
     actor,
@@ -21,7 +20,6 @@ from .common import (
     choice_param,
     grant_changes,
     int_param,
-    iso,
     json_body,
     json_response,
     label_field,
@@ -38,17 +36,6 @@ SORTS = {
     "account": lambda x: (x.owner, x.app_key),
     "status": lambda x: (x.status, x.app_key),
 }
-
-
-def external_json(key: ExternalKey) -> dict[str, Any]:
-    return {
-        "appKey": key.app_key,
-        "label": key.label,
-        "roles": list(key.roles),
-        "status": key.status,
-        "account": key.owner,
-        "addedDate": iso(key.added),
-    }
 
 
 def _missing(app_key: str, account: str) -> NotFound:

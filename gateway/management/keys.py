@@ -12,6 +12,7 @@ from ..context import GATEWAY
 from ..errors import BadRequest, Conflict, NotFound
 from ..renewal import ALERTS, renewal_alert
 from ..store import SORT_FIELDS, STATUSES, KeyQuery, KeyRecord, RenewalRefused
+from ..views import key_json
 from .common import (
     MAX_PER_PAGE,
     actor,
@@ -31,21 +32,6 @@ from .common import (
 )
 
 routes = web.RouteTableDef()
-
-
-def key_json(record: KeyRecord, period_months: int, now_ms: int) -> dict[str, Any]:
-    """The public view of a key. Token digests are deliberately not part of it."""
-    return {
-        "appKey": record.app_key,
-        "label": record.label,
-        "roles": list(record.roles),
-        "status": record.status,
-        "creationDate": iso(record.created),
-        "creationDateToken": iso(record.token_created),
-        "creationDateNewToken": iso(record.new_token_created),
-        "renewalAlert": renewal_alert(record.token_created, period_months, now_ms),
-        "lastUsed": iso(record.last_used),
-    }
 
 
 def key_query(request: web.Request, period_months: int, now_ms: int) -> KeyQuery:

@@ -1,0 +1,445 @@
+"""The commands that work on the store directly, beside a running keygate: ``keys``,
+``external-keys``, ``settings get|set``, ``audit``, ``export``.
+
+They act as the operator (the ``cli`` actor in the audit log), with no escalation
+check: the command line is how the first key of an account comes to exist, and the
+way out when the management API refuses (the last owner key). What they print and
+what they accept is what the management API prints and accepts: the views are
+``gateway.views``, labels, accounts and roles are checked by the same rules.
+
+Outcomes map to exit codes in ``gateway.cli``: :class:`Refused` (1) when the store says
+no or what the command names does not exist, :class:`UsageError` (2) when an argument
+is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from .errors import ConfigError
+from .process import run_event_loop
+from .settings import Settings, load_settings
+
+
+class Refused(Exception):
+    """The command was refused, or what it names does not exist: exit status 1."""
+
+
+class UsageError(ConfigError):
+    """An argument is wrong (the message names it): exit status 2."""
+
+
+# -- plumbing --------------------------------------------------------------------------
+def shown(value: str) -> str:
+    """A value from the command line or the store, safe to print on a terminal: as it
+    is when it is plain printable ASCII, else quoted with its escapes (no control
+    sequence reaches the operator's terminal)."""
+    return value if value.isascii() and value.isprintable() and value.strip() else repr(value)
+
+
+def print_json(data: Any) -> None:
+    print(orjson.dumps(data).decode())
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The settings, and logging in their ``log_format`` from here on."""
+    from .logs import configure_logging
+
+    settings = load_settings(args.config)
+    configure_logging(args.verbose, settings.log_format)
+    return settings
+
+
+def shared_store_settings(args: argparse.Namespace) -> Settings:
+    """Settings for a command that works on the store directly, beside a server."""
+    settings = settings_of(args)
+    if settings.in_memory:
+        raise ConfigError(
+            "setting store_url: memory:// lives inside one keygate process, so this command "
+            "cannot reach it; point store_url (or KEYGATE_STORE_URL) at the Redis that "
+            "`keygate serve` uses, or try `keygate demo`"
+        )
+    return settings
+
+
+async def with_gateway(settings: Settings, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    from .app import build_gateway
+
+    gateway = build_gateway(settings)
+    try:
+        if not await gateway.store.ping():
+            raise ConfigError(
+                f"setting store_url: the store at {settings.store_url} does not answer"
+            )
+        return await work(gateway)
+    finally:
+        await gateway.close()
+
+
+def on_store(args: argparse.Namespace, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    return run_event_loop(with_gateway(shared_store_settings(args), work))
+
+
+def owner_of(settings: Settings, app_key: str) -> str:
+    """The account a key belongs to, by its name; a name that is not one of this
+    deployment's keys cannot exist here, so it is reported as such."""
+    account = settings.credential_format.key_account(app_key)
+    if account is None:
+        raise Refused(f"no API key {shown(app_key)}")
+    return account
+
+
+def checked_roles(gateway: Any, roles: list[str]) -> list[str]:
+    roles = list(dict.fromkeys(roles))
+    unknown = gateway.policy.unknown_roles(roles)
+    if unknown:
+        defined = ", ".join(sorted(gateway.policy.roles))
+        raise UsageError(
+            f"--role: {unknown[0]!r} is not a role defined in the policies ({defined})"
+        )
+    return roles
+
+
+def checked_label(value: str | None) -> str | None:
+    from .lifecycle import checked_label as label_rule
+
+    if value is None:
+        return None
+    try:
+        return label_rule(value)
+    except ValueError as exc:
+        raise UsageError(f"--label: {exc}") from None
+
+
+async def period_of(gateway: Any, account: str) -> int:
+    from .views import renewal_period_months
+
+    return renewal_period_months(await gateway.store.get_settings(account))
+
+
+def key_row(record: Any, period: int, token: str | None = None) -> dict[str, Any]:
+    from .views import key_json
+
+    row = key_json(record, period, int(time.time() * 1000))
+    if token is not None:
+        row["appToken"] = token
+    return row
+
+
+def print_table(header: tuple[str, ...], widths: tuple[int, ...], rows: list[tuple]) -> None:
+    def line(cells: tuple) -> str:
+        padded = [f"{shown(str(c)):<{w}}" for c, w in zip(cells[:-1], widths, strict=False)]
+        return " ".join([*padded, shown(str(cells[-1]))]).rstrip()
+
+    print(line(header))
+    for row in rows:
+        print(line(row))
+
+
+# -- keys ------------------------------------------------------------------------------
+def keys_create(args: argparse.Namespace) -> int:
+    from .store import CLI_ACTOR
+
+    label = checked_label(args.label)
+
+    async def work(gateway: Any) -> tuple[Any, str, int]:
+        roles = checked_roles(gateway, args.role)
+        issued = await gateway.lifecycle.create(args.account, label, roles, CLI_ACTOR)
+        return issued.record, issued.token, await period_of(gateway, args.account)
+
+    record, token, period = on_store(args, work)
+    if args.json:
+        print_json(key_row(record, period, token))
+    else:
+        print(f"API key    {record.app_key}")
+        print(f"API token  {token}")
+        print(f"account    {record.account}   roles {', '.join(record.roles) or '(none)'}")
+        print("The token is shown only this once; store it in your secret manager now.")
+    return 0
+
+
+def keys_list(args: argparse.Namespace) -> int:
+    from .store import KeyQuery
+
+    async def work(gateway: Any) -> tuple[list[Any], int]:
+        records, _ = await gateway.store.list_keys(
+            args.account, KeyQuery(per_page=1_000_000, descending=False)
+        )
+        return records, await period_of(gateway, args.account)
+
+    records, period = on_store(args, work)
+    rows = [key_row(r, period) for r in records]
+    if args.json:
+        print_json(rows)
+        return 0
+    print_table(
+        ("APP KEY", "STATUS", "CREATED", "ROLES", "LABEL"), (32, 9, 25, 40),
+        [(r["appKey"], r["status"], r["creationDate"], ",".join(r["roles"]), r["label"])
+         for r in rows],
+    )
+    return 0
+
+
+def keys_change(args: argparse.Namespace) -> int:
+    """activate | deactivate | delete"""
+    from .store import CLI_ACTOR
+
+    settings = shared_store_settings(args)
+    account = owner_of(settings, args.app_key)
+
+    async def work(gateway: Any) -> Any:
+        if args.action == "delete":
+            return await gateway.store.delete_key(account, args.app_key, actor=CLI_ACTOR)
+        status = "active" if args.action == "activate" else "inactive"
+        record = await gateway.store.update_key(
+            account, args.app_key, actor=CLI_ACTOR, status=status
+        )
+        return record and key_row(record, await period_of(gateway, account))
+
+    result = run_event_loop(with_gateway(settings, work))
+    if not result:
+        raise Refused(f"no API key {shown(args.app_key)} in account {account}")
+    if args.json:
+        print_json({"appKey": args.app_key, "deleted": True} if result is True else result)
+    else:
+        print(f"{args.app_key}: {args.action}d")
+    return 0
+
+
+def keys_renewal(args: argparse.Namespace) -> int:
+    """renew | finish-renewal | undo-renewal"""
+    from .store import CLI_ACTOR, RenewalRefused
+
+    settings = shared_store_settings(args)
+    account = owner_of(settings, args.app_key)
+    renew = args.command_name == "renew"
+
+    async def work(gateway: Any) -> tuple[Any, int]:
+        if renew:
+            result = await gateway.lifecycle.renew(
+                account, args.app_key, CLI_ACTOR, keep_old=not args.now
+            )
+        else:
+            result = await gateway.store.end_renewal(
+                account, args.app_key, finish=args.command_name == "finish-renewal",
+                actor=CLI_ACTOR,
+            )
+        return result, await period_of(gateway, account)
+
+    try:
+        result, period = run_event_loop(with_gateway(settings, work))
+    except RenewalRefused as refusal:
+        what = ("a renewal is pending: finish or undo it first" if refusal.reason == "pending"
+                else "the one-time link of the last token is still unopened")
+        raise Refused(f"cannot renew {args.app_key}: {what}") from None
+    if result is None:
+        raise Refused(f"no API key {args.app_key} in account {account}")
+    if result is False:
+        raise Refused(f"no token renewal is pending for {args.app_key}")
+    if args.json:
+        print_json(key_row(result.record, period, result.token) if renew
+                   else key_row(result, period))
+    elif renew:
+        print(f"API key    {args.app_key}")
+        print(f"API token  {result.token}")
+        if args.now:
+            print("The old token no longer works.")
+        else:
+            print("Both tokens work until `keygate keys finish-renewal KEY`.")
+    else:
+        print(f"{args.app_key}: {args.command_name} done")
+    return 0
+
+
+# -- external keys ---------------------------------------------------------------------
+def _not_granted(app_key: str, account: str) -> Refused:
+    return Refused(f"{shown(app_key)} is not an external key of account {account}")
+
+
+def external_list(args: argparse.Namespace) -> int:
+    from .views import external_json
+
+    async def work(gateway: Any) -> list[Any]:
+        return await gateway.store.all_grants(args.account)
+
+    grants = sorted(on_store(args, work), key=lambda x: (x.added, x.app_key))
+    rows = [external_json(x) for x in grants]
+    if args.json:
+        print_json(rows)
+        return 0
+    print_table(
+        ("APP KEY", "STATUS", "OWNER", "ADDED", "ROLES", "LABEL"), (32, 9, 20, 25, 40),
+        [(r["appKey"], r["status"], r["account"], r["addedDate"], ",".join(r["roles"]),
+          r["label"]) for r in rows],
+    )
+    return 0
+
+
+def external_add(args: argparse.Namespace) -> int:
+    from .store import CLI_ACTOR
+    from .views import external_json
+
+    settings = shared_store_settings(args)
+    owner_of(settings, args.app_key)
+    label = checked_label(args.label) or ""
+
+    async def work(gateway: Any) -> tuple[str, Any]:
+        roles = checked_roles(gateway, args.role)
+        outcome = await gateway.store.add_grant(
+            args.account, args.app_key, label, roles, CLI_ACTOR
+        )
+        return outcome, await gateway.store.get_grant(args.account, args.app_key)
+
+    outcome, grant = run_event_loop(with_gateway(settings, work))
+    if outcome == "missing":
+        raise Refused(f"no API key {args.app_key}")
+    if outcome == "own":
+        raise Refused(
+            f"{args.app_key} belongs to account {args.account} itself; its roles there are "
+            "its own (`keygate keys`), not an external grant"
+        )
+    if outcome == "exists":
+        raise Refused(
+            f"{args.app_key} is already an external key of account {args.account}; "
+            "change it with `keygate external-keys update`"
+        )
+    row = external_json(grant)
+    if args.json:
+        print_json(row)
+    else:
+        print(f"{args.app_key}: external key of account {args.account} "
+              f"(owner {row['account']}), roles {', '.join(row['roles']) or '(none)'}")
+    return 0
+
+
+def external_update(args: argparse.Namespace) -> int:
+    from .store import CLI_ACTOR
+    from .views import external_json
+
+    settings = shared_store_settings(args)
+    owner_of(settings, args.app_key)
+    changes: dict[str, Any] = {}
+    if args.label is not None:
+        changes["label"] = checked_label(args.label)
+    if args.status is not None:
+        changes["status"] = args.status
+    if not changes and not args.role:
+        raise UsageError("external-keys update: give at least one of --label, --role, --status")
+
+    async def work(gateway: Any) -> Any:
+        if args.role:
+            changes["roles"] = checked_roles(gateway, args.role)
+        return await gateway.store.update_grant(args.account, args.app_key, changes, CLI_ACTOR)
+
+    updated = run_event_loop(with_gateway(settings, work))
+    if updated is None:
+        raise _not_granted(args.app_key, args.account)
+    row = external_json(updated)
+    if args.json:
+        print_json(row)
+    else:
+        print(f"{args.app_key}: updated in account {args.account} ({row['status']}, roles "
+              f"{', '.join(row['roles']) or '(none)'})")
+    return 0
+
+
+def external_remove(args: argparse.Namespace) -> int:
+    from .store import CLI_ACTOR
+
+    settings = shared_store_settings(args)
+    owner_of(settings, args.app_key)
+
+    async def work(gateway: Any) -> bool:
+        return await gateway.store.remove_grant(args.account, args.app_key, CLI_ACTOR)
+
+    if not run_event_loop(with_gateway(settings, work)):
+        raise _not_granted(args.app_key, args.account)
+    if args.json:
+        print_json({"appKey": args.app_key, "account": args.account, "removed": True})
+    else:
+        print(f"{args.app_key}: no longer an external key of account {args.account}")
+    return 0
+
+
+# -- account settings, audit, export ---------------------------------------------------
+def account_settings_get(args: argparse.Namespace) -> int:
+    from .views import account_settings_json
+
+    async def work(gateway: Any) -> dict[str, Any]:
+        return account_settings_json(await gateway.store.get_settings(args.account))
+
+    _print_account_settings(args, on_store(args, work))
+    return 0
+
+
+def account_settings_set(args: argparse.Namespace) -> int:
+    from .store import CLI_ACTOR
+    from .views import account_settings_json
+
+    async def work(gateway: Any) -> dict[str, Any]:
+        await gateway.store.put_setting(
+            args.account, "renewalPeriodMonths", args.renewal_period_months, CLI_ACTOR
+        )
+        return account_settings_json(await gateway.store.get_settings(args.account))
+
+    _print_account_settings(args, on_store(args, work))
+    return 0
+
+
+def _print_account_settings(args: argparse.Namespace, values: dict[str, Any]) -> None:
+    if args.json:
+        print_json(values)
+    else:
+        print(f"account {args.account}: renewal reminder after "
+              f"{values['renewalPeriodMonths']} months (renewalPeriodMonths)")
+
+
+def audit(args: argparse.Namespace) -> int:
+    from .views import event_json
+
+    async def work(gateway: Any) -> list[Any]:
+        events, _ = await gateway.store.audit_events(
+            args.account, limit=args.limit,
+            accept=lambda e: not args.action or e.action == args.action,
+        )
+        return events
+
+    for event in on_store(args, work):
+        row = event_json(event)
+        if args.json:
+            print_json(row)  # one object per line: the listing can be long
+        else:
+            print(f"{row['time']}  {row['action']:<22} {shown(row['target']):<28} "
+                  f"by {shown(row['actor'])}")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .export import csv_chunks, write_xlsx
+
+    target = Path(args.output)
+
+    async def work(gateway: Any) -> None:
+        if args.format == "xlsx":
+            await write_xlsx(gateway.store, args.account, target)
+            return
+        with target.open("wb") as out:
+            async for chunk in csv_chunks(gateway.store, args.account, args.sheet):
+                out.write(chunk)
+
+    try:
+        on_store(args, work)
+    except OSError as exc:
+        raise UsageError(f"--output: cannot write {shown(str(target))} ({exc.strerror})") from None
+    if args.json:
+        print_json({"account": args.account, "format": args.format, "file": str(target)})
+    else:
+        print(f"wrote {target}")
+    return 0

@@ -1,0 +1,141 @@
+"""Log lines on standard error: text for people, or one JSON object per line for log
+shippers (``log_format``).
+
+Everything keygate logs, the access log included, goes through the standard library's
+``logging`` and one handler on the root logger, installed by :func:`configure_logging`;
+only the formatter differs between the two formats, so a line says the same in both.
+Structured fields travel as the record's ``extra`` (``log.info("…", extra={"account":
+…})``) and become top-level JSON fields; :data:`FIELDS` names the common ones.
+
+Why the formatters look the way they do:
+
+* **A line cannot be forged.** JSON is rendered by orjson, never assembled from strings,
+  so a value holding a quote or a newline stays inside its field. Text lines escape
+  control characters in the message (a path may decode to a newline, ``%0a``), so a
+  client cannot start a log line of its own.
+* **No secret is logged.** The formatters do not search lines for secrets (they cannot
+  know every spelling, and every line would pay): the code that logs keeps them out.
+  Tokens and digests are never passed to a logger, the access log's path is redacted
+  (:func:`gateway.accesslog.loggable_path`) and aiohttp's tracebacks, whose exceptions
+  quote requests, are cut (:func:`gateway.connections.server_logger`).
+* **An event name per line.** ``event`` is a short name given by the code that logs
+  (``extra={"event": "shutdown.draining"}``), or else the message before its arguments
+  are filled in: a constant, so lines of one kind can be counted and alerted on even
+  where the message itself varies.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any, TextIO
+
+import orjson
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# The structured fields keygate's own lines use (camelCase, as in the API's JSON).
+FIELDS = (
+    "requestId",  # as in the X-Request-Id header and the error body
+    "appKey",  # the API key (public, like a user name); never its token
+    "account",  # the account the request targeted
+    "route",  # the proxy route's name, or the management API's path pattern
+    "status",  # HTTP status of the answer
+    "errorCode",  # the error body's "code", when the answer was an error
+    "ms",  # latency in milliseconds, until the answer was written
+)
+
+# Attributes every LogRecord has; anything else on a record came in through ``extra``.
+_RECORD_ATTRIBUTES = frozenset(
+    vars(logging.LogRecord("", logging.INFO, "", 0, "", (), None))
+) | {"message", "asctime", "taskName"}
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (newlines included) escaped: one log line stays
+    one line. Printable text, the usual case, is returned as it is."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class TextFormatter(logging.Formatter):
+    """Today's human-readable lines; the message's control characters escaped."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = _printable(record.message)
+        return super().formatMessage(record)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ``time`` (UTC, ISO 8601), ``level``, ``logger``,
+    ``event``, ``message``, the record's extra fields, and ``exception`` (its
+    traceback) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = record.__dict__
+        event = fields.get("event")
+        line: dict[str, Any] = {
+            "time": _iso_utc(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": event if isinstance(event, str) else str(record.msg),
+            "message": record.getMessage(),
+        }
+        for name, value in fields.items():
+            if name not in _RECORD_ATTRIBUTES and name not in line and name != "event":
+                line[name] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exception"] = record.exc_text
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(line, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _iso_utc(created: float) -> str:
+    seconds = int(created)
+    millis = int((created - seconds) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+class _StandardError(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a line is emitted (as logging's own
+    last-resort handler does), so a replaced stderr never holds a closed stream."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
+def formatter_for(log_format: str) -> logging.Formatter:
+    return JsonFormatter() if log_format == "json" else TextFormatter()
+
+
+def configure_logging(verbose: bool = False, log_format: str = "text") -> None:
+    """Send every log line to standard error in ``log_format`` (``text`` or ``json``).
+
+    Called again (once the settings are read, or in a ``--workers`` worker) it replaces
+    the handler it installed before and leaves other handlers alone."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _StandardError):
+            root.removeHandler(handler)
+    handler = _StandardError()
+    handler.setFormatter(formatter_for(log_format))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # pycasbin logs the whole model at INFO on every load
+    logging.getLogger("casbin").setLevel(logging.WARNING)

@@ -1,0 +1,355 @@
+"""The command line in-process: ``gateway.cli.main([...])`` on the private Redis, its
+exit statuses and what it prints (tests/test_cli.py runs one of each family as an
+operator does, in a subprocess; these cover the rest without paying for one each).
+
+Whether a change took effect is asked of an in-process gateway on the same store
+(real store, real hasher, real Casbin), never of the store directly. A command runs
+its own event loop, so from an async test it runs in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import json
+import logging
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.app import build_gateway
+from gateway.cli import main
+from gateway.context import Gateway
+from gateway.demo import DemoPorts, demo_settings
+from gateway.errors import Forbidden, Unauthorized
+from gateway.settings import load_settings
+from gateway.store import CLI_ACTOR
+
+SECRET = "cli-commands-secret-" + "w" * 40
+
+
+@pytest.fixture(autouse=True)
+def restored_logging() -> Iterator[None]:
+    """main() sets up logging for a process; put this one's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    if not redis_url.startswith("redis://"):
+        pytest.skip("the CLI needs the private redis-server (memory:// is per process)")
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("KEYGATE_"):
+            monkeypatch.delenv(name)
+    values = {
+        "KEYGATE_STORE_URL": redis_url,
+        "KEYGATE_SECRET": SECRET,
+        "KEYGATE_STORE_PREFIX": f"clic-{uuid.uuid4().hex[:12]}:",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+class Ran:
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Ran]:
+    def run(*argv: str) -> Ran:
+        capsys.readouterr()
+        try:
+            code = main(list(argv))
+        except SystemExit as exit_:  # argparse: --help, --version, usage errors
+            code = int(exit_.code or 0)
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err, err
+        return Ran(code, out, err)
+
+    return run
+
+
+@pytest.fixture
+async def local(env: dict[str, str]) -> AsyncIterator[Gateway]:
+    gw = build_gateway(load_settings(env=env))
+    yield gw
+    await gw.close()
+
+
+async def in_thread(cli: Callable[..., Ran], *argv: str) -> Ran:
+    return await asyncio.to_thread(cli, *argv)
+
+
+async def allowed(gw: Gateway, app_key: str, token: str, action: str = "read") -> bool:
+    headers = {"X-API-AppKey": app_key, "X-API-AppToken": token}
+    try:
+        await gw.gatekeeper.check(headers, "acme", "orders", action)
+    except (Unauthorized, Forbidden):
+        return False
+    return True
+
+
+# -- the parser: version, help, usage errors ---------------------------------------------
+def test_version_is_the_installed_distributions(cli):
+    ran = cli("--version")
+    assert ran.code == 0
+    assert ran.out == f"keygate {importlib.metadata.version('keygate')}\n"
+
+
+@pytest.mark.parametrize("argv", [("--help",), ("keys", "delete", "--help")])
+def test_help_documents_the_exit_statuses(cli, argv):
+    ran = cli(*argv)
+    assert ran.code == 0
+    assert "exit status:\n  0  done\n  1  refused, or what the command names does not exist" \
+        in ran.out
+    assert "  2  bad configuration or usage" in ran.out
+
+
+@pytest.mark.parametrize("argv", [
+    (),
+    ("keys", "create", "--account", "Not_An_Account", "--label", "x"),
+    ("external-keys", "list", "--account", "-"),
+    ("audit", "--account", "acme", "--limit", "0"),
+    ("settings", "set", "--account", "acme", "--renewal-period-months", "4"),
+    ("settings", "set", "--account", "acme"),
+    ("demo", "--proxy-port", "70000"),
+    ("external-keys", "update", "--account", "acme", "kgk-beta-0000000000", "--status", "gone"),
+])
+def test_usage_errors_exit_2(cli, argv):
+    assert cli(*argv).code == 2
+
+
+def test_serve_with_no_workers_is_a_usage_error(cli, env):
+    ran = cli("serve", "--workers", "0")
+    assert (ran.code, ran.err) == (2, "keygate: --workers: give 1 or more worker processes\n")
+
+
+# -- keys that are not there -----------------------------------------------------------
+CHANGES = [("activate",), ("deactivate",), ("delete",), ("renew",), ("renew", "--now"),
+           ("finish-renewal",), ("undo-renewal",)]
+
+
+@pytest.mark.parametrize("command", CHANGES)
+def test_a_key_that_does_not_exist_is_no_api_key_exit_1(cli, env, command):
+    name, *flags = command
+    for app_key, where in (
+        ("not-a-key", ""),  # not even shaped like one of this deployment's keys
+        ("xyz-acme-0000000000", ""),  # another deployment's prefix
+        ("kgk-acme-0000000000", " in account acme"),  # well-formed, never issued
+    ):
+        ran = cli("keys", name, app_key, *flags)
+        assert (ran.code, ran.out) == (1, ""), (command, app_key)
+        assert ran.err == f"keygate: no API key {app_key}{where}\n"
+
+
+def test_a_key_name_cannot_write_to_the_operators_terminal(cli, env):
+    ran = cli("keys", "delete", "\x1b]0;owned\x07\x1b[2J")
+    assert ran.code == 1
+    assert "\x1b" not in ran.err and "\x07" not in ran.err
+    assert ran.err == "keygate: no API key '\\x1b]0;owned\\x07\\x1b[2J'\n"
+
+
+# -- --json everywhere data is printed -------------------------------------------------
+async def test_keys_commands_print_json_rows_without_digests(cli, local):
+    created = (await in_thread(cli, "keys", "create", "--account", "acme", "--label", "j",
+                               "--role", "orders-reader", "--json")).json()
+    app_key, token = created["appKey"], created["appToken"]
+    rows = [created]
+    for argv in (("keys", "list", "--account", "acme", "--json"),
+                 ("keys", "deactivate", app_key, "--json"),
+                 ("keys", "activate", app_key, "--json"),
+                 ("keys", "renew", app_key, "--json"),
+                 ("keys", "undo-renewal", app_key, "--json"),
+                 ("keys", "renew", app_key, "--json"),
+                 ("keys", "finish-renewal", app_key, "--json")):
+        ran = await in_thread(cli, *argv)
+        assert ran.code == 0, (argv, ran.err)
+        rows.append(ran.json())
+    created_, listed, off, on, renewed, undone, renewed_again, finished = rows
+    assert [row["appKey"] for row in listed] == [app_key] and "appToken" not in listed[0]
+    assert (off["status"], on["status"]) == ("inactive", "active")
+    assert renewed["appToken"] != token and renewed["creationDateNewToken"] is not None
+    assert undone["creationDateNewToken"] is None and "appToken" not in undone
+    assert finished["creationDateToken"] == renewed_again["creationDateNewToken"]
+    assert await allowed(local, app_key, renewed_again["appToken"])
+    assert not await allowed(local, app_key, token)
+    ran = await in_thread(cli, "keys", "delete", app_key, "--json")
+    assert ran.json() == {"appKey": app_key, "deleted": True}
+    everything = json.dumps(rows)
+    for secret in (token, renewed["appToken"], renewed_again["appToken"]):
+        assert local.hasher.digest(secret) not in everything
+
+
+def test_policy_check_json_names_the_roles_and_routes(cli, tmp_path):
+    config = tmp_path / "keygate.toml"
+    config.write_text('[[routes]]\nname = "orders"\npath_prefix = "/orders"\n'
+                      'upstream = "http://127.0.0.1:9"\naccount = "acme"\nresource = "orders"\n')
+    ran = cli("--config", str(config), "policy", "check", "--json")
+    assert ran.code == 0
+    checked = ran.json()
+    assert checked["routes"] == ["orders"]
+    assert {"owner", "orders-reader"} <= set(checked["policy"]["roles"])
+    assert "routes OK: 1 (orders)" in cli("--config", str(config), "policy", "check").out
+
+
+def test_policy_check_refuses_routes_that_serve_would_refuse(cli, tmp_path):
+    config = tmp_path / "keygate.toml"
+    config.write_text('[[routes]]\nname = "files"\npath_prefix = "/files"\n'
+                      'upstream = "ftp://127.0.0.1:21"\naccount = "acme"\nresource = "files"\n')
+    ran = cli("--config", str(config), "policy", "check")
+    assert (ran.code, ran.out) == (2, "")
+    assert "routes[0].upstream" in ran.err and "ftp://" in ran.err
+
+
+# -- external keys ---------------------------------------------------------------------
+async def test_external_keys_grant_change_and_remove_through_the_cli(cli, local):
+    partner = await local.lifecycle.create("beta", "partner", ["owner"], CLI_ACTOR)
+    app_key, token = partner.record.app_key, partner.token
+    assert token is not None
+    assert not await allowed(local, app_key, token)
+
+    ran = await in_thread(cli, "external-keys", "add", "--account", "acme", app_key,
+                          "--role", "orders-reader", "--label", "partner", "--json")
+    assert ran.code == 0, ran.err
+    added = ran.json()
+    assert added | {"addedDate": None} == {
+        "appKey": app_key, "label": "partner", "roles": ["orders-reader"],
+        "status": "active", "account": "beta", "addedDate": None,
+    }
+    assert await allowed(local, app_key, token)
+    assert not await allowed(local, app_key, token, "write")
+
+    listed = await in_thread(cli, "external-keys", "list", "--account", "acme", "--json")
+    assert listed.json() == [added]
+    text = (await in_thread(cli, "external-keys", "list", "--account", "acme")).out
+    assert app_key in text and "beta" in text and "orders-reader" in text
+
+    ran = await in_thread(cli, "external-keys", "update", "--account", "acme", app_key,
+                          "--status", "inactive", "--json")
+    assert ran.json()["status"] == "inactive"
+    assert not await allowed(local, app_key, token)
+    ran = await in_thread(cli, "external-keys", "update", "--account", "acme", app_key,
+                          "--status", "active", "--role", "orders-writer")
+    assert ran.code == 0 and "orders-writer" in ran.out
+    assert await allowed(local, app_key, token, "write")
+
+    ran = await in_thread(cli, "external-keys", "remove", "--account", "acme", app_key)
+    assert ran.code == 0
+    assert not await allowed(local, app_key, token)
+    ran = await in_thread(cli, "external-keys", "remove", "--account", "acme", app_key)
+    assert (ran.code, ran.err) == (
+        1, f"keygate: {app_key} is not an external key of account acme\n"
+    )
+    events, _ = await local.store.audit_events("acme")
+    assert [(e.action, e.actor) for e in events if e.action.startswith("external-key")] == [
+        ("external-key.remove", "cli"), ("external-key.update", "cli"),
+        ("external-key.update", "cli"), ("external-key.add", "cli"),
+    ]
+
+
+async def test_external_key_refusals(cli, local):
+    partner = await local.lifecycle.create("beta", "partner", ["owner"], CLI_ACTOR)
+    own = await local.lifecycle.create("acme", "own", ["owner"], CLI_ACTOR)
+    key = partner.record.app_key
+
+    async def add(*argv: str) -> Ran:
+        return await in_thread(cli, "external-keys", "add", "--account", "acme", *argv)
+
+    assert (await add(key, "--role", "orders-reader")).code == 0
+    again = await add(key, "--role", "orders-reader")
+    assert again.code == 1 and "already an external key of account acme" in again.err
+    mine = await add(own.record.app_key, "--role", "orders-reader")
+    assert mine.code == 1 and "belongs to account acme itself" in mine.err
+    for missing in ("kgk-beta-0000000000", "not-a-key"):
+        ran = await add(missing, "--role", "orders-reader")
+        assert (ran.code, ran.err) == (1, f"keygate: no API key {missing}\n")
+    unknown_role = await add(key, "--role", "emperor")
+    assert unknown_role.code == 2 and "'emperor' is not a role" in unknown_role.err
+    bad_label = await add(key, "--role", "orders-reader", "--label", "evil\x1b[2J")
+    assert bad_label.code == 2 and "--label" in bad_label.err and "\x1b" not in bad_label.err
+    nothing = await in_thread(cli, "external-keys", "update", "--account", "acme", key)
+    assert nothing.code == 2 and "at least one of --label, --role, --status" in nothing.err
+    stranger = await in_thread(cli, "external-keys", "update", "--account", "gamma", key,
+                               "--status", "inactive")
+    assert (stranger.code, stranger.err) == (
+        1, f"keygate: {key} is not an external key of account gamma\n"
+    )
+
+
+# -- account settings ------------------------------------------------------------------
+async def test_account_settings_get_and_set(cli, local):
+    ran = await in_thread(cli, "settings", "get", "--account", "acme", "--json")
+    assert ran.json() == {"renewalPeriodMonths": 3}
+    ran = await in_thread(cli, "settings", "set", "--account", "acme",
+                          "--renewal-period-months", "6", "--json")
+    assert ran.json() == {"renewalPeriodMonths": 6}
+    ran = await in_thread(cli, "settings", "get", "--account", "acme")
+    assert ran.out == "account acme: renewal reminder after 6 months (renewalPeriodMonths)\n"
+    assert await local.store.get_settings("acme") == {"renewalPeriodMonths": "6"}
+    events, _ = await local.store.audit_events("acme")
+    assert [(e.action, e.actor) for e in events] == [("settings.update", "cli")]
+    # without a subcommand, `settings` is still the reference (README, test_docs)
+    assert cli("settings").out.startswith("| setting | environment | default | meaning |")
+
+
+# -- demo ------------------------------------------------------------------------------
+def test_demo_explains_a_busy_upstream_port(cli):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ran = cli("demo", "--upstream-port", str(port), "--proxy-port", "0",
+                  "--management-port", "0")
+    assert (ran.code, ran.out) == (2, "")
+    assert f"cannot listen on 127.0.0.1:{port}" in ran.err
+    assert "choose another port with --upstream-port" in ran.err
+
+
+def test_demo_explains_a_busy_proxy_port(cli):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ran = cli("demo", "--upstream-port", "0", "--proxy-port", str(port),
+                  "--management-port", "0")
+    assert (ran.code, ran.out) == (2, "")
+    assert f"setting proxy_listen: cannot listen on 127.0.0.1:{port}" in ran.err
+    assert "choose another port with --proxy-port" in ran.err
+
+
+def test_demo_ports_and_metrics(tmp_path: Path):
+    from gateway.demo import DEMO_CONFIG
+
+    settings = load_settings(DEMO_CONFIG, env={})
+    default = demo_settings(settings, DemoPorts(), 9000)
+    assert default.metrics_listen is None  # the demo takes no port it was not given
+    assert default.proxy_listen == settings.proxy_listen
+    assert {route["upstream"] for route in default.routes} == {"http://127.0.0.1:9000"}
+    chosen = demo_settings(settings, DemoPorts(9001, 8180, 8181, 9118), 9001)
+    assert (chosen.proxy_listen, chosen.management_listen, chosen.metrics_listen) == (
+        ("127.0.0.1", 8180), ("127.0.0.1", 8181), ("127.0.0.1", 9118)
+    )
+    configured = load_settings(DEMO_CONFIG, env={"KEYGATE_METRICS_LISTEN": "127.0.0.1:9200"})
+    assert demo_settings(configured, DemoPorts(), 9000).metrics_listen == ("127.0.0.1", 9200)
+
+
+# -- export ----------------------------------------------------------------------------
+def test_export_to_a_path_that_cannot_be_written_is_a_usage_error(cli, env, tmp_path):
+    target = tmp_path / "missing-dir" / "keys.csv"
+    ran = cli("export", "--account", "acme", "--format", "csv", "-o", str(target))
+    assert ran.code == 2 and "--output" in ran.err and str(target) in ran.err
