@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway.app import build_gateway  # noqa: E402
-from gateway.auth import Gatekeeper  # noqa: E402
+from gateway.pipeline.authorizer import CasbinAuthorizer  # noqa: E402
 from gateway.policy import Policy  # noqa: E402
 from gateway.settings import load_settings  # noqa: E402
 from gateway.store import CLI_ACTOR, KeyQuery  # noqa: E402
@@ -230,11 +230,11 @@ def policy_with_lines(directory: Path, lines: int) -> Policy:
 
 
 def decision_cost(tmp: Path) -> dict[int, tuple[float, float]]:
-    """µs per decision through the Gatekeeper's cache, and uncached, by policy size."""
+    """µs per decision through the authorizer's cache, and uncached, by policy size."""
     result = {}
     for lines in (10, 10_000):
         policy = policy_with_lines(tmp / f"policy-{lines}", lines)
-        keeper = Gatekeeper([], policy, None, 100_000)
+        keeper = CasbinAuthorizer(policy, 100_000)
         args = (("role-001", "role-002"), "acct-01", "resource-1", "read")
         keeper.decide(*args)
         n = 200_000

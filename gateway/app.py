@@ -17,7 +17,6 @@ from aiohttp import web
 
 from . import proxy
 from .accesslog import AccessLogger, access_logger
-from .auth import Gatekeeper, HeaderAuthenticator
 from .connections import guard_for, raise_file_limit, server_logger
 from .context import Gateway
 from .credentials import TokenHasher
@@ -29,6 +28,10 @@ from .lifecycle import KeyLifecycle
 from .management import build_management_app
 from .management.metrics import build_metrics_app
 from .middleware import new_request_id
+from .pipeline import Pipeline
+from .pipeline.authenticators import HeaderAuthenticator
+from .pipeline.authorizer import CasbinAuthorizer
+from .pipeline.mutators import IdentityHeaders
 from .policy import Policy
 from .process import runner_shutdown_timeout, stop_event, stop_serving
 from .ratelimit import AuthFailureLimiter
@@ -87,15 +90,21 @@ def build_gateway(
         store, settings.auth_failure_limit, settings.auth_failure_key_limit,
         settings.auth_failure_window, clock,
     )
-    gatekeeper = Gatekeeper(
-        [header_auth], policy, UsageObserver(last_used, denials), settings.decision_cache_size,
-        limiter, telemetry.pipeline,
+    authorizer = CasbinAuthorizer(policy, settings.decision_cache_size, telemetry.pipeline)
+    pipeline = Pipeline(
+        routes,
+        [header_auth],
+        authorizer,
+        [IdentityHeaders(settings.identity_header_prefix)],
+        UsageObserver(last_used, denials),
+        limiter,
+        telemetry.pipeline,
     )
-    telemetry.watch_policy(lambda: gatekeeper.policy)
+    telemetry.watch_policy(lambda: authorizer.policy)
     return Gateway(
         settings=settings,
         store=store,
-        gatekeeper=gatekeeper,
+        pipeline=pipeline,
         routes=routes,
         hasher=hasher,
         fmt=fmt,
@@ -104,7 +113,7 @@ def build_gateway(
         denials=denials,
         registry=telemetry.registry,
         telemetry=telemetry,
-        delegation=Delegation(gatekeeper),
+        delegation=Delegation(authorizer),
         renewal_gauge=RenewalGauge(
             store, settings.renewal_gauge_interval, clock, telemetry.registry
         ),
@@ -236,7 +245,7 @@ async def reload_policy(gateway: Gateway) -> bool:
         gateway.telemetry.reloaded(False)
         log.error("policy reload refused, keeping version %s: %s", gateway.policy.version, exc)
         return False
-    old, gateway.gatekeeper.policy = gateway.policy.version, policy
+    old, gateway.pipeline.authorizer.policy = gateway.policy.version, policy
     gateway.telemetry.reloaded(True)
     log.info("policy reloaded: version %s -> %s (%d lines)", old, policy.version, policy.lines)
     return True

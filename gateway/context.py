@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from .auth import Gatekeeper
 from .credentials import CredentialFormat, TokenHasher
 from .escalation import Delegation
 from .forwarded import TrustedProxies
 from .lifecycle import KeyLifecycle
+from .pipeline import Pipeline
 from .policy import Policy
 from .renewal_gauge import RenewalGauge
 from .routes import RouteTable
@@ -31,7 +31,7 @@ from .usage import Denials, LastUsed
 class Gateway:
     settings: Settings
     store: Store
-    gatekeeper: Gatekeeper
+    pipeline: Pipeline
     routes: RouteTable
     hasher: TokenHasher
     fmt: CredentialFormat
@@ -50,7 +50,7 @@ class Gateway:
 
     @property
     def policy(self) -> Policy:
-        return self.gatekeeper.policy
+        return self.pipeline.authorizer.policy
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)

@@ -32,16 +32,18 @@ it may add to itself only a role whose every permission it already holds, even i
 ``assign`` line lets it hand that role to others.
 
 Decisions come from the same cached Casbin decisions as every request
-(:meth:`gateway.auth.Gatekeeper.decide`), so they follow a reloaded policy at once.
+(:meth:`gateway.pipeline.authorizer.CasbinAuthorizer.decide`), so they follow a reloaded
+policy at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from .auth import Gatekeeper, Identity
 from .cache import LRU
 from .errors import Forbidden
+from .pipeline import Identity
+from .pipeline.authorizer import Authorizer
 from .policy import pattern_matches, patterns_overlap
 
 ASSIGN = "assign"
@@ -60,8 +62,8 @@ class EscalationRefused(Forbidden):
 class Delegation:
     """Answers "may these roles assign that role here?" and refuses escalations."""
 
-    def __init__(self, gatekeeper: Gatekeeper, cache_size: int = 10_000):
-        self.gatekeeper = gatekeeper
+    def __init__(self, authorizer: Authorizer, cache_size: int = 10_000):
+        self.authorizer = authorizer
         self._verdicts: LRU[tuple[str, str, tuple[str, ...], str, str], str] = LRU(cache_size)
 
     def why_not(self, caller_roles: Sequence[str], account: str, role: str) -> str | None:
@@ -78,7 +80,7 @@ class Delegation:
     def _cached(
         self, kind: str, caller_roles: Sequence[str], account: str, role: str
     ) -> str | None:
-        policy = self.gatekeeper.policy
+        policy = self.authorizer.policy
         key = (policy.version, kind, tuple(sorted(caller_roles)), account, role)
         verdict = self._verdicts.get(key)
         if verdict is None:
@@ -89,7 +91,7 @@ class Delegation:
     def _judge(
         self, caller_roles: Sequence[str], account: str, role: str, by_assign_line: bool
     ) -> str | None:
-        policy = self.gatekeeper.policy
+        policy = self.authorizer.policy
         resource = role_resource(role)
         _, denied = policy.decide_ex(caller_roles, account, resource, ASSIGN)
         if denied:
@@ -104,7 +106,7 @@ class Delegation:
                 and patterns_overlap(action, deny.values[3])
                 for deny in caller_denies
             )
-            if touched or not self.gatekeeper.decide(caller_roles, account, granted, action):
+            if touched or not self.authorizer.decide(caller_roles, account, granted, action):
                 return (
                     f"it grants {action!r} on {granted!r}, which this key does not hold "
                     f"(policy {line.file}, line {line.line}), and no policy line lets it "
@@ -121,13 +123,13 @@ class Delegation:
             line.values[2].startswith(ROLE_RESOURCE_PREFIX)
             and pattern_matches(resource, line.values[2])
             and pattern_matches(ASSIGN, line.values[3])
-            for line in self.gatekeeper.policy.lines_of(caller_roles, account, "allow")
+            for line in self.authorizer.policy.lines_of(caller_roles, account, "allow")
         )
 
     def assignable(self, caller_roles: Sequence[str], account: str) -> list[str]:
         """Every role defined in the policies that ``caller_roles`` may assign here."""
         return sorted(
-            role for role in self.gatekeeper.policy.roles
+            role for role in self.authorizer.policy.roles
             if self.why_not(caller_roles, account, role) is None
         )
 

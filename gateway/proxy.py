@@ -45,12 +45,12 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDictProxy, istr
 
 from .accesslog import ACCOUNT, APP_KEY, CLIENT, ROUTE
-from .auth import Identity
 from .context import Gateway
 from .errors import BadGateway, BadRequest, GatewayError, GatewayTimeout
 from .forwarded import Forwarding
 from .middleware import REQUEST_ID, REQUEST_ID_HEADER, error_response, errors_as_json
-from .routes import Route, normalise_path
+from .pipeline import RequestFacts
+from .routes import Route
 from .series import ALLOWED, INTERNAL_ERROR, NO_ROUTE
 from .upstream import UnforwardableHeader, UpstreamAnswer, UpstreamPool
 
@@ -89,18 +89,6 @@ CHUNK = 64 * 1024
 # An upstream answer of known length up to this size is read whole and sent in one
 # write (headers and body together); larger or chunked ones stream.
 WHOLE_BODY_LIMIT = 64 * 1024
-
-
-@functools.lru_cache(maxsize=256)
-def host_name(host: str) -> str:
-    """Host header without port or trailing dot, lower-cased (memoised: clients send a
-    handful of distinct hosts, and this runs on every request)."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host.split("]", 1)[0] + "]"
-    if host.count(":") == 1:
-        host = host.split(":", 1)[0]
-    return host.rstrip(".")
 
 
 def _canonical(name: str) -> str:
@@ -189,33 +177,25 @@ class Forwarder:
         # a histogram child (set by ProxyPort when metrics are on): time to the
         # upstream's answer head, timeouts and failures included
         self.upstream_seconds: Any = None
-        self._identity_names = (
-            istr(identity_prefix + "Key"),
-            istr(identity_prefix + "Owner-Account"),
-            istr(identity_prefix + "Account"),
-            istr(identity_prefix + "Roles"),
-        )
 
     def upstream_headers(
         self,
         request: web.BaseRequest,
-        identity: Identity,
+        decided: list[tuple[str, str]],
         request_id: str,
         forwarding: Forwarding | None = None,
     ) -> list[tuple[str, str]]:
-        """``forwarding``: what trusted proxies said (None: no proxy is trusted, so
-        keygate's own view of the connection is all there is)."""
+        """The client's headers that may pass, the ``decided`` ones (the pipeline's
+        mutators: identity headers), and the forwarding headers. ``forwarding``: what
+        trusted proxies said (None: no proxy is trusted, so keygate's own view of the
+        connection is all there is)."""
         headers = self._from_client.keep(request.headers)
         if forwarding is None:
             forwarded_for, proto, host = request.remote or "", request.scheme, request.host
         else:
             _, forwarded_for, proto, host = forwarding
-        key, owner, account, roles = self._identity_names
+        headers += decided
         headers += (
-            (key, identity.principal.app_key),
-            (owner, identity.principal.owner),
-            (account, identity.account),
-            (roles, ",".join(identity.roles)),
             (hdrs.X_FORWARDED_FOR, forwarded_for),
             (hdrs.X_FORWARDED_PROTO, proto),
             (hdrs.X_FORWARDED_HOST, host),
@@ -232,16 +212,17 @@ class Forwarder:
         route: Route,
         path: str,
         query: str,
-        identity: Identity,
+        decided: list[tuple[str, str]],
         request_id: str,
         forwarding: Forwarding | None = None,
         send_continue: bool = False,
     ) -> web.StreamResponse:
-        """Forward; with ``send_continue``, tell the client to send its body first
-        (``100 Continue``, written straight to the transport as aiohttp's documented
-        expect handlers do: nothing of the answer has been written yet)."""
+        """Forward, adding the headers the decision's mutators ``decided``; with
+        ``send_continue``, tell the client to send its body first (``100 Continue``,
+        written straight to the transport as aiohttp's documented expect handlers do:
+        nothing of the answer has been written yet)."""
         origin = route.origin
-        headers = self.upstream_headers(request, identity, request_id, forwarding)
+        headers = self.upstream_headers(request, decided, request_id, forwarding)
         body = request.content if request.body_exists else None
         if send_continue and body is not None and request.transport is not None:
             request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -341,6 +322,7 @@ class ProxyPort:
 
     def __init__(self, gateway: Gateway, forwarder: Forwarder):
         self.gateway = gateway
+        self.pipeline = gateway.pipeline
         self.forwarder = forwarder
         self.trusted_proxies = gateway.trusted_proxies
         # None when metrics are off: then handle() neither times nor counts anything
@@ -354,26 +336,17 @@ class ProxyPort:
         return functools.partial(errors_as_json, handler=self.handle)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        gateway = self.gateway
+        """The request's facts to the pipeline; forward what it allows, with the headers
+        its mutators decided."""
         metrics = self.metrics
         started = perf_counter() if metrics is not None else 0.0
-        route: Route | None = None  # for counting: how far the request got
-        identity: Identity | None = None
+        route_name = NO_ROUTE  # for counting: how far the request got
+        allowed = False
         request_id = request[REQUEST_ID]
         expect = request.headers.get(hdrs.EXPECT)
-        send_continue = False
         try:
-            if expect is not None:
-                send_continue = _expects_continue(request, expect)
+            send_continue = expect is not None and _expects_continue(request, expect)
             raw_path, _, query = request.raw_path.partition("?")
-            host = host_name(request.host)
-            method = request.method
-            route, path, forwarded_path = gateway.routes.resolve(
-                method, host, normalise_path(raw_path)
-            )
-            account = route.account_for(host, path)
-            request[ROUTE] = route.name  # for the access log, refusals included
-            request[ACCOUNT] = account
             client = request.remote or ""
             forwarding = None
             if self.trusted_proxies is not None:  # else the peer is the client
@@ -381,19 +354,26 @@ class ProxyPort:
                     client, request.headers, request.scheme, request.host
                 )
                 client = request[CLIENT] = forwarding.client
-            identity = await gateway.gatekeeper.check(
-                request.headers, account, route.resource, route.action_for(method),
-                request_id, client=client,
-            )
-            request[APP_KEY] = identity.principal.app_key
+            decision = await self.pipeline.decide(RequestFacts(
+                request.method, request.host, raw_path, query, request.headers, client,
+                request_id,
+            ))
+            routed = decision.routed
+            if routed is not None:
+                route_name = request[ROUTE] = routed.route.name  # for the access log
+                request[ACCOUNT] = routed.account
+            if decision.refusal is not None:
+                raise decision.refusal
+            assert routed is not None and decision.identity is not None
+            allowed = True
+            request[APP_KEY] = decision.identity.principal.app_key
             response = await self.forwarder.forward(
-                request, route, forwarded_path, query, identity, request_id, forwarding,
-                send_continue,
+                request, routed.route, routed.forward_path, query, decision.headers,
+                request_id, forwarding, send_continue,
             )
         except GatewayError as refusal:
             if metrics is not None:
-                metrics.refused(route.name if route is not None else NO_ROUTE, refusal,
-                                identity is not None, started)
+                metrics.refused(route_name, refusal, allowed, started)
             if not expect:
                 raise
             # The client holds its body back for a 100 that a refusal never sends: close
@@ -403,9 +383,9 @@ class ProxyPort:
             return response
         except Exception:  # a bug: errors_as_json answers it with a 500
             if metrics is not None:
-                metrics.answered(route.name if route is not None else NO_ROUTE, 500,
-                                 ALLOWED if identity is not None else INTERNAL_ERROR, started)
+                metrics.answered(route_name, 500, ALLOWED if allowed else INTERNAL_ERROR,
+                                 started)
             raise
         if metrics is not None:
-            metrics.answered(route.name, response.status, ALLOWED, started)
+            metrics.answered(route_name, response.status, ALLOWED, started)
         return response

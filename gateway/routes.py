@@ -30,7 +30,7 @@ import re
 import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from yarl import URL
 
@@ -239,6 +239,30 @@ class Route:
 
 
 Resolution = tuple[Route, str, str]
+
+
+class Routed(NamedTuple):
+    """A request placed on its route: the target account, the path authorized, the path
+    to forward (they differ only where the route says its upstream reads a path
+    differently), and the action its method means on that route."""
+
+    route: Route
+    account: str
+    path: str
+    forward_path: str
+    action: str
+
+
+@functools.lru_cache(maxsize=256)
+def host_name(host: str) -> str:
+    """Host header without port or trailing dot, lower-cased (memoised: clients send a
+    handful of distinct hosts, and this runs on every request)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
 """A request's route, the path it is routed and authorized on (as its upstream will act
 on it), and the path forwarded (the same, unless the route lets the upstream drop ``;``
 parameters or trailing dots: then the path as sent, which still has them). A plain
@@ -262,6 +286,14 @@ class RouteTable:
             if route.matches(method, host, path):
                 return route
         return None
+
+    def resolve_request(self, method: str, host_header: str, raw_path: str) -> Routed:
+        """The one routing step of every front door: normalise the path (400 if it
+        cannot be done unambiguously), find the route (404), its account and action."""
+        host = host_name(host_header)
+        route, path, forward_path = self.resolve(method, host, normalise_path(raw_path))
+        return Routed(route, route.account_for(host, path), path, forward_path,
+                      route.action_for(method))
 
     def resolve(self, method: str, host: str, path: str) -> Resolution:
         """The route of a request whose ``path`` is normalised (``normalise_path``), and

@@ -167,7 +167,7 @@ class RequestMetrics:
 
 
 class PipelineMetrics:
-    """The Gatekeeper's stage timings and decision-cache counts."""
+    """The pipeline's stage timings and the authorizer's decision-cache counts."""
 
     __slots__ = ("authentication", "authorization", "decision_hit", "decision_miss",
                  "decision_evicted")

@@ -25,10 +25,10 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from .auth import Principal
 from .background import stop_task
 from .cache import LRU
 from .errors import StoreUnavailable
+from .pipeline import Principal
 from .store import Actor, Store
 
 log = logging.getLogger("keygate.usage")
@@ -327,7 +327,7 @@ class Denials:
 
 
 class UsageObserver:
-    """The Gatekeeper's observer: last-used times and sampled denials."""
+    """The pipeline's observer: last-used times and sampled denials."""
 
     def __init__(self, last_used: LastUsed, denials: Denials):
         self.last_used = last_used

@@ -43,7 +43,7 @@ async def test_denials_by_other_accounts_keys_never_trim_change_events(small_cap
         outsider = await gw.lifecycle.create("beta", f"o{i}", ["orders-reader"], CLI_ACTOR)
         headers_o = {"X-API-AppKey": outsider.record.app_key, "X-API-AppToken": outsider.token}
         with pytest.raises(Exception):  # noqa: B017 - 403 no_grant, sampled into acme's log
-            await gw.gatekeeper.check(headers_o, "acme", "orders", "read", client="")
+            await gw.pipeline.check(headers_o, "acme", "orders", "read", client="")
     await gw.denials.drain()
     prefix = gw.settings.store_prefix
     assert await gw.store.redis.xlen(f"{prefix}acct:acme:access") <= 10 + 100  # MAXLEN ~

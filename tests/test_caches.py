@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from conftest import ProxyTestServer
 
 from gateway.app import build_gateway
-from gateway.auth import Gatekeeper
+from gateway.pipeline.authorizer import CasbinAuthorizer
 from gateway.policy import Policy
 from gateway.settings import PROJECT_ROOT
 from gateway.store import CLI_ACTOR
@@ -54,16 +54,16 @@ def test_changing_one_element_of_the_decision_key_changes_the_answer(
     """CVE-2021-32701 class: a cache key that leaves something out serves one request's
     decision to another. Both orders: a warm 'allowed' must not leak into 'refused' and
     a warm 'refused' must not leak into 'allowed'."""
-    keeper = Gatekeeper([], _policy(tmp_path, POLICY), None, 1000)
+    keeper = CasbinAuthorizer(_policy(tmp_path, POLICY), 1000)
     assert keeper.decide(*allowed) is True
     assert keeper.decide(*refused) is False, element
-    other = Gatekeeper([], _policy(tmp_path / "again", POLICY), None, 1000)
+    other = CasbinAuthorizer(_policy(tmp_path / "again", POLICY), 1000)
     assert other.decide(*refused) is False
     assert other.decide(*allowed) is True, element
 
 
 def test_role_order_does_not_matter_but_role_set_does(tmp_path):
-    keeper = Gatekeeper([], _policy(tmp_path, POLICY), None, 1000)
+    keeper = CasbinAuthorizer(_policy(tmp_path, POLICY), 1000)
     assert keeper.decide(("reader", "banned"), "acme", "orders", "read") is False
     assert keeper.decide(("banned", "reader"), "acme", "orders", "read") is False
     assert keeper.decide(("reader",), "acme", "orders", "read") is True
@@ -73,7 +73,7 @@ def test_a_new_policy_version_is_never_answered_from_the_old_versions_cache(tmp_
     old = _policy(tmp_path / "old", POLICY)
     new = _policy(tmp_path / "new", POLICY.replace("p, reader, *, orders, read, allow\n", ""))
     assert old.version != new.version
-    keeper = Gatekeeper([], old, None, 1000)
+    keeper = CasbinAuthorizer(old, 1000)
     assert keeper.decide(("reader",), "acme", "orders", "read") is True
     keeper.policy = new  # what a reload does: swap the reference
     assert keeper.decide(("reader",), "acme", "orders", "read") is False
@@ -82,7 +82,7 @@ def test_a_new_policy_version_is_never_answered_from_the_old_versions_cache(tmp_
 
 
 def test_the_decision_cache_is_bounded(tmp_path):
-    keeper = Gatekeeper([], _policy(tmp_path, POLICY), None, 10)
+    keeper = CasbinAuthorizer(_policy(tmp_path, POLICY), 10)
     for n in range(100):
         keeper.decide(("reader",), f"acct-{n}", "orders", "read")
     assert len(keeper._decisions) == 10

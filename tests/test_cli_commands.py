@@ -98,7 +98,7 @@ async def in_thread(cli: Callable[..., Ran], *argv: str) -> Ran:
 async def allowed(gw: Gateway, app_key: str, token: str, action: str = "read") -> bool:
     headers = {"X-API-AppKey": app_key, "X-API-AppToken": token}
     try:
-        await gw.gatekeeper.check(headers, "acme", "orders", action)
+        await gw.pipeline.check(headers, "acme", "orders", action)
     except (Unauthorized, Forbidden):
         return False
     return True

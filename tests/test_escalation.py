@@ -16,9 +16,9 @@ import pytest
 from conftest import Key
 
 from gateway.app import build_gateway
-from gateway.auth import Identity, Principal
 from gateway.escalation import Delegation
 from gateway.management import build_management_app
+from gateway.pipeline import Identity, Principal
 from gateway.settings import PROJECT_ROOT
 from gateway.store import CLI_ACTOR, KeyChanged, LastOwnerKey
 
@@ -335,7 +335,7 @@ async def test_wildcard_allow_with_a_deny_does_not_cover_owner(make_settings, cl
     )
     gw = build_gateway(make_settings(policies_dir=str(policies_copy)), clock=clock)
     try:
-        delegation = Delegation(gw.gatekeeper)
+        delegation = Delegation(gw.pipeline.authorizer)
         caller = ["almost-owner"]
         assert delegation.why_not(caller, "acme", "catalog-reader") is None
         assert delegation.why_not(caller, "acme", "owner") is not None
@@ -354,7 +354,7 @@ async def test_an_explicit_assign_line_and_a_deny_line(make_settings, clock, pol
     )
     gw = build_gateway(make_settings(policies_dir=str(policies_copy)), clock=clock)
     try:
-        delegation = Delegation(gw.gatekeeper)
+        delegation = Delegation(gw.pipeline.authorizer)
         assert delegation.why_not(["helpdesk"], "acme", "orders-writer") is None
         assert delegation.why_not(["helpdesk"], "beta", "orders-reader") is None
         assert "denies" in delegation.why_not(["helpdesk"], "beta", "orders-writer")

@@ -132,13 +132,13 @@ def seen_clients(monkeypatch: pytest.MonkeyPatch) -> Callable[[Gateway], list[st
 
     def record(gw: Gateway) -> list[str]:
         seen: list[str] = []
-        check = gw.gatekeeper.check
+        decide = gw.pipeline.decide
 
-        async def recording(*args: Any, client: str = "", **kwargs: Any) -> Any:
-            seen.append(client)
-            return await check(*args, client=client, **kwargs)
+        async def recording(facts: Any, *args: Any, **kwargs: Any) -> Any:
+            seen.append(facts.client)
+            return await decide(facts, *args, **kwargs)
 
-        monkeypatch.setattr(gw.gatekeeper, "check", recording)
+        monkeypatch.setattr(gw.pipeline, "decide", recording)
         return seen
 
     return record

@@ -103,7 +103,7 @@ def cli(cli_env: dict[str, str]) -> Cli:
 async def works(gw: Gateway, app_key: str, token: str) -> bool:
     headers = {"X-API-AppKey": app_key, "X-API-AppToken": token}
     try:
-        await gw.gatekeeper.check(headers, "acme", "orders", "read")
+        await gw.pipeline.check(headers, "acme", "orders", "read")
     except Unauthorized as refusal:
         assert refusal.code == "invalid_credentials"
         return False

@@ -102,6 +102,18 @@ def dist_name(requirement: str) -> str:
     return canonical(re.match(r"[A-Za-z0-9_.-]+", requirement).group())
 
 
+def test_every_package_of_gateway_is_in_the_wheel():
+    """setuptools is given the package list explicitly: a new subpackage left out of it
+    would be missing from every wheel (and only the slow end-to-end test would notice)."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "gateway").rglob("__init__.py")
+    }
+    assert found <= listed, sorted(found - listed)
+
+
 def test_runtime_dependencies_are_exactly_what_gateway_imports():
     """A new import needs its dependency declared; a dependency nothing imports goes."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

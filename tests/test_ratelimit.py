@@ -71,7 +71,7 @@ async def test_wrong_tokens_for_one_key_are_limited_but_its_owner_is_not_locked_
     gw, _ = limited
     issued = await gw.lifecycle.create("acme", "k", ["user-admin-restricted"], _cli_actor())
     key = Key(issued.record.app_key, issued.token)
-    check = gw.gatekeeper.check
+    check = gw.pipeline.check
     for i in range(3):
         with pytest.raises(Unauthorized):
             await check(wrong(key, gw), "acme", "api-keys", "view", client=f"10.0.0.{i}")
@@ -90,7 +90,7 @@ async def test_the_budget_is_shared_by_every_process_on_the_store(limited, clock
         for i in range(8):
             gateway = (gw, other)[i % 2]
             try:
-                await gateway.gatekeeper.check(made_up(), "acme", "orders", "read",
+                await gateway.pipeline.check(made_up(), "acme", "orders", "read",
                                                client="192.0.2.7")
                 outcomes.append(200)
             except TooManyRequests:
@@ -109,7 +109,7 @@ async def test_failures_leave_bounded_traces_in_redis(limited):
     prefix = gw.settings.store_prefix
     for _ in range(200):
         with pytest.raises((Unauthorized, TooManyRequests)):
-            await gw.gatekeeper.check(made_up(), "acme", "orders", "read", client="192.0.2.8")
+            await gw.pipeline.check(made_up(), "acme", "orders", "read", client="192.0.2.8")
     names = [n async for n in gw.store.redis.scan_iter(match=f"{prefix}rl:*")]
     assert len(names) == 1 and ":a:" in names[0]
     ttl = await gw.store.redis.pttl(names[0])
@@ -120,11 +120,11 @@ async def test_a_blocked_address_costs_no_store_round_trip(limited):
     gw, _ = limited
     for _ in range(6):
         with pytest.raises((Unauthorized, TooManyRequests)):
-            await gw.gatekeeper.check(made_up(), "acme", "orders", "read", client="192.0.2.9")
+            await gw.pipeline.check(made_up(), "acme", "orders", "read", client="192.0.2.9")
     before = (await gw.store.redis.info("commandstats")).get("cmdstat_incr", {}).get("calls")
     for _ in range(100):
         with pytest.raises(TooManyRequests):
-            await gw.gatekeeper.check(made_up(), "acme", "orders", "read", client="192.0.2.9")
+            await gw.pipeline.check(made_up(), "acme", "orders", "read", client="192.0.2.9")
     after = (await gw.store.redis.info("commandstats")).get("cmdstat_incr", {}).get("calls")
     assert before == after
 
@@ -137,7 +137,7 @@ async def test_without_a_store_a_failure_is_not_counted_and_not_an_error(
     gw = build_gateway(make_settings(store_url=f"redis://127.0.0.1:{closed_port}/0"),
                        clock=clock)
     try:
-        assert await gw.gatekeeper.limiter.failed("192.0.2.10", "kgk-acme-0000000000") is None
+        assert await gw.pipeline.limiter.failed("192.0.2.10", "kgk-acme-0000000000") is None
     finally:
         await gw.close()
 
@@ -152,7 +152,7 @@ def test_addresses_are_counted_per_ipv4_address_and_ipv6_slash_64():
 
 async def test_the_blocked_map_is_bounded(limited):
     gw, _ = limited
-    small = type(gw.gatekeeper.limiter)(gw.store, 0, 0, 60, gw.clock, tracked=50)
+    small = type(gw.pipeline.limiter)(gw.store, 0, 0, 60, gw.clock, tracked=50)
     for i in range(500):
         assert await small.failed(f"198.51.{i // 250}.{i % 250}", None) is not None
     assert len(small._blocked) == 50
@@ -163,7 +163,7 @@ async def test_many_concurrent_failures_from_one_address_are_all_counted(limited
 
     async def attempt() -> int:
         try:
-            await gw.gatekeeper.check(made_up(), "acme", "orders", "read", client="192.0.2.11")
+            await gw.pipeline.check(made_up(), "acme", "orders", "read", client="192.0.2.11")
         except TooManyRequests:
             return 429
         except Unauthorized:

@@ -30,7 +30,7 @@ from conftest import TEST_SECRET, Key, ProxyTestServer
 from prometheus_client.parser import text_string_to_metric_families
 from relay import Relay
 
-from gateway import auth, proxy, series, telemetry
+from gateway import pipeline, proxy, series, telemetry
 from gateway.app import build_gateway, reload_policy, running
 from gateway.context import Gateway
 from gateway.management.metrics import build_metrics_app
@@ -335,7 +335,7 @@ async def test_metrics_off_the_request_path_neither_times_nor_counts(
             key = Key(issued.record.app_key, issued.token or "")
             wrong = wrong_token(key)
             with monkeypatch.context() as patched:
-                for module in (proxy, auth, series):
+                for module in (proxy, pipeline, series):
                     patched.setattr(module, "perf_counter", spy)
                 patched.setattr(time, "perf_counter", spy)  # gateway.store's
                 calls.clear()
@@ -353,11 +353,11 @@ async def test_metrics_off_the_request_path_neither_times_nor_counts(
     off, seen_off = await traffic("")
     assert seen_off == []
     assert off.telemetry.requests is None and off.telemetry.pipeline is None
-    assert off.store.observer is None and off.gatekeeper.metrics is None
+    assert off.store.observer is None and off.pipeline.metrics is None
     text = off.telemetry.exposition().decode()
     assert REQUESTS not in text and DURATION not in text and "keygate_cache" not in text
     on, seen_on = await traffic("127.0.0.1:0")
-    assert {"gateway.proxy", "gateway.auth", "gateway.store"} <= set(seen_on)
+    assert {"gateway.proxy", "gateway.pipeline", "gateway.store"} <= set(seen_on)
     assert sum(samples(on.telemetry.exposition().decode(), REQUESTS).values()) == 5
 
 

@@ -11,12 +11,12 @@ import orjson
 from aiohttp import web
 
 from ..accesslog import APP_KEY, CLIENT
-from ..auth import Identity
 from ..context import GATEWAY
 from ..credentials import is_valid_account
 from ..errors import BadRequest, Conflict, UnsupportedMediaType
 from ..lifecycle import DELIVERIES, Issued, checked_label
 from ..middleware import request_id_of
+from ..pipeline import Identity
 from ..renewal import DEFAULT_RENEWAL_PERIOD
 from ..store import STATUSES, Actor, KeyChanged, LastOwnerKey
 
@@ -61,7 +61,7 @@ def client_address(request: web.Request) -> str:
 async def authorize(request: web.Request, action: str | tuple[str, ...]) -> Identity:
     """Authenticate like the proxy and authorize ``api-keys``/``action`` in the path's
     account (several actions: the first the caller's roles allow, in ``identity.action``)."""
-    identity = await request.app[GATEWAY].gatekeeper.check(
+    identity = await request.app[GATEWAY].pipeline.check(
         request.headers, path_account(request), RESOURCE, action, request_id_of(request),
         client_address(request),
     )

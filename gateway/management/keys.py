@@ -7,9 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
-from ..auth import Identity
 from ..context import GATEWAY
 from ..errors import BadRequest, Conflict, NotFound
+from ..pipeline import Identity
 from ..renewal import ALERTS, renewal_alert
 from ..store import SORT_FIELDS, STATUSES, KeyQuery, KeyRecord, RenewalRefused
 from ..views import key_json

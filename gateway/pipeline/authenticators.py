@@ -1,0 +1,121 @@
+"""Authenticators: from a request's headers to a proven principal, or "not mine".
+
+As in Ory Oathkeeper, each authenticator either says "not mine" (None: the request
+carries no credentials it understands), returns who is calling, or fails with 401
+because the credentials it understands are wrong. When every authenticator says "not
+mine", the request had no credentials at all. A Bearer JWT authenticator plugs in here
+beside the key/token headers, without touching the callers.
+
+What the client learns is deliberately little:
+
+* An unknown key, a wrong token, a malformed key and a token with a bad checksum all get
+  the *same* 401 body, so the gateway is no oracle for which keys exist. The unknown key
+  still pays for an HMAC comparison against a dummy digest.
+* Only after the token is proven does keygate say more (inactive key → 401 saying so,
+  missing/inactive grant or no roles → 403), because then the caller holds the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from multidict import istr
+
+from ..credentials import CredentialFormat, TokenHasher
+from ..errors import BadRequest, Unauthorized
+from ..store import ACTIVE, Store
+from .identity import Authenticated, Principal
+
+
+class InvalidCredentials(Unauthorized):
+    """An unknown key or a wrong token: one answer for both, so keygate is no oracle for
+    which keys exist. ``wrong_token_for`` (the key, when it exists and the token did not
+    match) is for the failure budgets only and never reaches the client."""
+
+    code = "invalid_credentials"
+    message = "invalid API credentials: the key is unknown or the token does not match it"
+
+    def __init__(self, wrong_token_for: str | None = None) -> None:
+        super().__init__()
+        self.wrong_token_for = wrong_token_for
+
+
+def invalid_credentials(wrong_token_for: str | None = None) -> InvalidCredentials:
+    """A fresh instance per raise, since a shared exception object would collect every
+    request's traceback (and headers) forever."""
+    return InvalidCredentials(wrong_token_for)
+
+
+class Authenticator(Protocol):
+    async def authenticate(
+        self, headers: Mapping[str, str], account: str
+    ) -> Authenticated | None: ...
+
+
+class HeaderAuthenticator:
+    """``X-API-AppKey`` + ``X-API-AppToken`` (names are settings)."""
+
+    def __init__(
+        self,
+        store: Store,
+        hasher: TokenHasher,
+        fmt: CredentialFormat,
+        key_header: str,
+        token_header: str,
+        max_length: int,
+    ):
+        self.store = store
+        self.hasher = hasher
+        self.fmt = fmt
+        self.key_header = istr(key_header)  # looked up on every request; istr: folded once
+        self.token_header = istr(token_header)
+        self.max_length = max_length
+
+    def _read(self, headers: Mapping[str, str], name: str) -> str | None:
+        value = headers.get(name)
+        if value is None:
+            return None
+        if len(value) > self.max_length or not value.isascii() or not value.isprintable():
+            raise BadRequest(
+                f"the {name} header is longer than {self.max_length} characters or not "
+                "printable ASCII",
+                code="malformed_credentials",
+            )
+        return value.strip()
+
+    async def authenticate(self, headers: Mapping[str, str], account: str) -> Authenticated | None:
+        app_key = self._read(headers, self.key_header)
+        token = self._read(headers, self.token_header)
+        if app_key is None and token is None:
+            return None
+        if not app_key or not token:
+            raise Unauthorized(
+                f"send both {self.key_header} and {self.token_header}",
+                code="incomplete_credentials",
+            )
+        found = self.store.cached_lookup(app_key, account)
+        if found is None:
+            # Only a lookup that would reach the store needs the format checks: they keep
+            # garbage from costing a round trip. On a cache hit the HMAC comparison below
+            # refuses a malformed token all the same, with the same answer.
+            if self.fmt.key_account(app_key) is None or not self.fmt.token_well_formed(token):
+                raise invalid_credentials()
+            found = await self.store.auth_lookup(app_key, account)
+        matched = self.hasher.matches(token, found.token_digests)  # unknown keys pay it too
+        if not found.exists:
+            raise invalid_credentials()
+        if not matched:
+            raise invalid_credentials(wrong_token_for=app_key)
+        if found.status != ACTIVE:
+            raise Unauthorized(
+                "this API key is inactive; its owner account can activate it",
+                code="key_inactive",
+            )
+        assert found.owner is not None
+        return Authenticated(Principal(app_key, found.owner), account, found.grant)
+
+
+class NoCredentials(Unauthorized):
+    code = "missing_credentials"
+    message = "no API credentials: send the API key and token headers"

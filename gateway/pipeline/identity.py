@@ -1,0 +1,37 @@
+"""Who is calling and what it was authorized as: the records the stages pass along.
+
+NamedTuples rather than frozen dataclasses: they are built on every request, and a
+frozen dataclass pays an ``object.__setattr__`` per field.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ..store import Grant
+
+
+class Principal(NamedTuple):
+    """Who is calling: an API key and the account that owns it."""
+
+    app_key: str
+    owner: str
+
+
+class Authenticated(NamedTuple):
+    """What an authenticator proved, with the key's grant in the target account (read
+    in the same store round trip)."""
+
+    principal: Principal
+    account: str
+    grant: Grant | None
+
+
+class Identity(NamedTuple):
+    """A principal authorized in a target account with these roles (``action``: the
+    action it was authorized for, when it was asked for one of several)."""
+
+    principal: Principal
+    account: str
+    roles: tuple[str, ...]
+    action: str = ""
