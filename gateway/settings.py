@@ -250,6 +250,20 @@ SETTINGS: tuple[Setting, ...] = (
             "for that key get 429 (the right token still works).", _positive(int)),
     Setting("auth_failure_window", 60.0,
             "Seconds of the failed-authentication budgets.", _positive(float)),
+    Setting("decision_listen", "",
+            "Address of the decision API, for nginx auth_request, Traefik ForwardAuth and "
+            "Envoy ext_authz in front of keygate (empty: off; keep it on loopback or a "
+            "private network: it answers who a request's credentials belong to).",
+            _optional_listen),
+    Setting("decision_original_method_header", "X-Original-Method",
+            "Header in which nginx passes the original request's method to the decision "
+            "API.", _header),
+    Setting("decision_original_uri_header", "X-Original-URI",
+            "Header in which nginx passes the original request's URI to the decision API.",
+            _header),
+    Setting("decision_envoy_prefix", "/envoy",
+            "Path prefix under which Envoy's ext_authz HTTP service sends the original path "
+            "to the decision API (its path_prefix).", _str),
     Setting("metrics_listen", "127.0.0.1:9108",
             "Address of the Prometheus /metrics port (empty: off). Keep it off the public "
             "network; it is never served beside the management API.", _optional_listen),
