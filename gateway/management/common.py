@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -19,17 +18,10 @@ from ..middleware import request_id_of
 from ..pipeline import Identity
 from ..renewal import DEFAULT_RENEWAL_PERIOD
 from ..store import STATUSES, Actor, KeyChanged, LastOwnerKey
+from ..views import iso
 
 RESOURCE = "api-keys"
 MAX_PER_PAGE = 100
-
-
-def iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
