@@ -52,7 +52,7 @@ from .middleware import REQUEST_ID, REQUEST_ID_HEADER, error_response, errors_as
 from .pipeline import RequestFacts
 from .routes import Route
 from .series import ALLOWED, INTERNAL_ERROR, NO_ROUTE
-from .upstream import UnforwardableHeader, UpstreamAnswer, UpstreamPool
+from .upstream import UnforwardableHeader, UpstreamAnswer, UpstreamError, UpstreamPool
 
 log = logging.getLogger("keygate.proxy")
 
@@ -239,9 +239,9 @@ class Forwarder:
             )
         except UnforwardableHeader as exc:
             raise BadRequest(str(exc), code="bad_header") from None
-        except (TimeoutError, aiohttp.ServerTimeoutError):
+        except TimeoutError:  # UpstreamTimeout: connecting, or a silent upstream
             raise _timeout(route) from None
-        except aiohttp.ClientError as exc:
+        except UpstreamError as exc:
             log.warning(
                 "route %s: upstream %s://%s:%s failed: %r",
                 route.name, origin.scheme, origin.host, origin.port, exc,
@@ -259,9 +259,9 @@ class Forwarder:
                 # upstream fails meanwhile, nothing has been sent yet: a clean 502.
                 try:
                     body = await upstream.read()
-                except (TimeoutError, aiohttp.ServerTimeoutError):
+                except TimeoutError:
                     raise _timeout(route) from None
-                except aiohttp.ClientError as exc:
+                except UpstreamError as exc:
                     log.warning("route %s: upstream body failed: %r", route.name, exc)
                     raise _unreachable(route) from None
                 return web.Response(
@@ -275,7 +275,7 @@ class Forwarder:
                 async for chunk in upstream.content.iter_chunked(CHUNK):
                     await response.write(chunk)
                 await response.write_eof()
-            except (ConnectionResetError, TimeoutError, aiohttp.ClientError) as exc:
+            except (ConnectionResetError, TimeoutError, UpstreamError) as exc:
                 # Once headers are out, the only honest signal left is a cut connection;
                 # a clean end would pass a truncated body off as complete.
                 if not isinstance(exc, ConnectionResetError):  # else: the client left

@@ -1,32 +1,42 @@
 """keygate's HTTP/1.1 client to its upstreams: keep-alive connection pools, streaming
-both ways, nothing else.
+both ways, nothing else — on asyncio's public API alone.
 
 Why not ``aiohttp.ClientSession``: a proxy needs none of what it does besides sending
 bytes (cookies, redirects, auth, proxies, tracing, client middlewares, URL and header
 normalisation), and measured here that machinery was the largest single cost of a
 proxied request — more than authentication, authorization and header hygiene together
-(see the README's "Where the time goes"). What is kept from aiohttp is what must not be
-hand-written: the response side is aiohttp's own client protocol (``ResponseHandler``:
-the llhttp C parser, read timeouts, flow control, the connection-loss rules) and bodies
-are aiohttp ``StreamReader``s. What is written here is small: a pool per origin, the
-request head and the request body's framing.
+(see the README's "Performance"). Why not aiohttp's client protocol underneath a pool
+of keygate's own: it is private, so code on it pins aiohttp to one minor release, and
+with it the server-side parser that reads every untrusted request. So every part is
+keygate's: the pool per origin, the request head and the body's framing here; a
+connection (an :class:`asyncio.Protocol`) and the answer's body stream in
+:mod:`gateway.upstream_connection`; the strict answer reader in
+:mod:`gateway.upstream_parser`.
 
 Security notes:
 
 * The request head is built from header names and values that have already passed
-  aiohttp's server-side parser (llhttp rejects CR, LF and NUL in them) or that keygate
-  made itself; the head is still checked to have exactly one line per header, so no
-  value can ever smuggle a header or a second request (CRLF injection).
+  keygate's request reader and aiohttp's server-side parser (no CR, LF or NUL in them)
+  or that keygate made itself; the head is still checked to have exactly one line per
+  header, so no value can ever smuggle a header or a second request (CRLF injection).
+* Answers are read strictly (:mod:`gateway.upstream_parser`): an answer whose end could
+  be placed in two ways is refused (502), never guessed at.
 * A request body that breaks off (the client left mid-upload) aborts the upstream
   connection instead of ending it cleanly: a truncated body must never pass for a
   whole one. For the same reason a chunked body's last chunk is sent only after the
   client's body ended properly.
-* A connection goes back to the pool only when its answer was read to the end, its
-  request body was sent whole, and neither side asked to close; anything else is
-  closed, so a half-read answer can never be taken for the start of the next one.
+* A connection goes back to the pool only when its answer was read to the end (as its
+  framing says, with no byte after it), its request body was sent whole, and neither
+  side asked to close; anything else is closed, so a half-read answer can never be
+  taken for the start of the next one. Bytes an idle connection receives close it.
 * A request is sent again only if it has no body, its method is idempotent, and it
-  went out on a reused keep-alive connection that the upstream closed before answering
-  (RFC 9112 §9.3.1) — the one case where the upstream cannot have acted on it.
+  went out on a reused keep-alive connection that the upstream closed before sending
+  a byte of its answer (RFC 9112 §9.3.1) — the one case where the upstream cannot
+  have acted on it.
+* Memory is bounded both ways (:mod:`gateway.upstream_connection`): reading from the
+  upstream pauses while an answer's unread body is large (the client is slow), and the
+  client's body is read on only when the upstream connection's write buffer has
+  drained (the upstream is slow).
 """
 
 from __future__ import annotations
@@ -35,32 +45,47 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from aiohttp import (
-    ClientConnectionError,
-    ClientError,
-    ClientOSError,
-    ServerDisconnectedError,
-    ServerTimeoutError,
-    StreamReader,
-    hdrs,
-)
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from .upstream_connection import (
+    AnswerBody,
+    AnswerBrokeOff,
+    UpstreamClosed,
+    UpstreamConnection,
+    UpstreamTimeout,
+)
+from .upstream_parser import InvalidAnswer, ResponseHead, UpstreamError
+
+if TYPE_CHECKING:
+    from aiohttp import StreamReader
+
+__all__ = [
+    "AnswerBrokeOff", "InvalidAnswer", "Origin", "PoolClosed", "RequestBodyFailed",
+    "UnforwardableHeader", "UpstreamAnswer", "UpstreamClosed", "UpstreamError",
+    "UpstreamPool", "UpstreamTimeout", "UpstreamUnreachable", "request_head",
+]
+
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-READ_BUFFER = 64 * 1024
 
 
 class UnforwardableHeader(ValueError):
     """A header name or value would break the request head (CR or LF in it)."""
 
 
-class InvalidAnswer(ClientError):
-    """The upstream's answer is not HTTP/1.1 that keygate can pass on."""
+class UpstreamUnreachable(UpstreamError):
+    """No connection could be made (refused, unreachable, TLS verification failed)."""
+
+
+class RequestBodyFailed(UpstreamError):
+    """The client's body broke off or did not match its length: the request was cut
+    off on its way upstream."""
+
+
+class PoolClosed(UpstreamError):
+    """keygate is shutting down."""
 
 
 class Origin(NamedTuple):
@@ -98,45 +123,36 @@ class UpstreamAnswer:
     be reused safely."""
 
     __slots__ = (
-        "_pool", "_origin", "_protocol", "_writer", "_released",
-        "status", "reason", "headers", "content",
+        "_pool", "_origin", "_connection", "_writer", "_released",
+        "status", "reason", "headers", "content_length", "content",
     )
 
     def __init__(
         self,
         pool: UpstreamPool,
         origin: Origin,
-        protocol: ResponseHandler,
-        message,  # RawResponseMessage  # noqa: ANN001
-        content: StreamReader,
+        connection: UpstreamConnection,
+        head: ResponseHead,
         writer: asyncio.Task[bool] | None,
     ):
         self._pool = pool
         self._origin = origin
-        self._protocol = protocol
+        self._connection = connection
         self._writer = writer
         self._released = False
-        self.status: int = message.code
-        self.reason: str = message.reason
-        self.headers: CIMultiDictProxy[str] = message.headers
-        self.content = content
-
-    @property
-    def content_length(self) -> int | None:
-        value = self.headers.get(hdrs.CONTENT_LENGTH)
-        if value is None:
-            return None
-        try:
-            return int(value)
-        except ValueError:
-            return None
+        self.status: int = head.status
+        self.reason: str = head.reason
+        self.headers: CIMultiDictProxy[str] = head.headers
+        self.content_length: int | None = head.content_length
+        assert connection.content is not None
+        self.content: AnswerBody = connection.content
 
     async def read(self) -> bytes:
-        """The whole body. Most small answers arrive with their head, so when the body is
-        complete already it is taken as it lies, without a read loop."""
+        """The whole body. Most small answers arrive with their head: then it is taken
+        as it lies, without waiting."""
         content = self.content
         if content.is_eof():
-            return content.read_nowait()
+            return content.take()
         return await content.read()
 
     async def __aenter__(self) -> UpstreamAnswer:
@@ -155,8 +171,8 @@ class UpstreamAnswer:
         )
         if writer is not None and not writer.done():
             writer.cancel()  # the upstream answered without reading all of it
-        reusable = body_sent and self.content.is_eof()
-        self._pool.release(self._origin, self._protocol, reusable)
+        connection = self._connection
+        self._pool.release(self._origin, connection, body_sent and connection.reusable())
 
 
 class UpstreamPool:
@@ -177,7 +193,7 @@ class UpstreamPool:
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
         self._ssl_context = ssl_context
-        self._idle: dict[Origin, list[tuple[float, ResponseHandler]]] = {}
+        self._idle: dict[Origin, list[tuple[float, UpstreamConnection]]] = {}
         self._open = 0
         self._room: deque[asyncio.Future[None]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -198,7 +214,8 @@ class UpstreamPool:
     ) -> UpstreamAnswer:
         """Send a request and wait for the head of its answer. ``headers`` must not hold
         ``Host`` or framing headers other than the body's own ``Content-Length``; a body
-        of unknown length goes chunked."""
+        of unknown length goes chunked. Raises :class:`UpstreamError` (a
+        :class:`TimeoutError` for timeouts) or :class:`UnforwardableHeader`."""
         chunked = body is not None and body_length is None
         head = request_head(
             method, target, origin.host_header, headers,
@@ -207,61 +224,62 @@ class UpstreamPool:
         retry = body is None and method in IDEMPOTENT_METHODS
         fresh = False
         while True:
-            protocol, reused = await self._acquire(origin, fresh)
-            # line, field and header-count limits: aiohttp's client defaults, as before
-            protocol.set_response_params(
-                skip_payload=method == "HEAD",
-                read_until_eof=True,
-                auto_decompress=False,
-                read_timeout=self.read_timeout,
-                read_bufsize=READ_BUFFER,
-            )
-            transport = protocol.transport
+            connection, reused = await self._acquire(origin, fresh)
+            answer_head = connection.begin(no_body=method == "HEAD")
+            transport = connection.transport
             assert transport is not None
-            transport.write(head)
             writer = None
             if body is None:
-                protocol.start_timeout()
+                transport.write(head)
+                connection.request_sent()
+            elif body_length is not None and body.is_eof():
+                # the whole body is here already (small uploads): one write, no task
+                try:
+                    data = body.read_nowait()
+                except Exception as exc:  # the client's body broke off
+                    self._discard(connection)
+                    raise _body_failed(exc) from None
+                if len(data) != body_length:
+                    self._discard(connection)
+                    raise RequestBodyFailed(
+                        f"the body has {len(data)} bytes, not its length {body_length}"
+                    )
+                transport.write(head + data)
+                connection.request_sent()
             else:
+                transport.write(head)
                 # the read timeout starts once the body is out (as in aiohttp's client):
                 # an upload may take longer than the upstream may stay silent after it
                 writer = asyncio.get_running_loop().create_task(
-                    _send_body(protocol, body, body_length)
+                    _send_body(connection, body, body_length)
                 )
             try:
-                while True:
-                    message, content = await protocol.read()
-                    # 1xx answers are interim (RFC 9110 §15.2); 101 would be an upgrade
-                    if not 100 <= message.code < 200 or message.code == 101:
-                        break
+                final = await answer_head
             except BaseException as exc:
-                self._discard(protocol)
-                stale = isinstance(exc, (ServerDisconnectedError, ClientOSError))
-                if stale and reused and retry:  # retry implies no body, so no writer
+                self._discard(connection)
+                if isinstance(exc, UpstreamClosed) and reused and retry:
                     retry, fresh = False, True  # once, and on a new connection
                     continue
                 await _settle(writer)
-                if isinstance(exc, HttpProcessingError):
-                    raise InvalidAnswer(f"invalid HTTP answer: {exc.message}") from None
                 raise
-            return UpstreamAnswer(self, origin, protocol, message, content, writer)
+            return UpstreamAnswer(self, origin, connection, final, writer)
 
-    async def _acquire(self, origin: Origin, fresh: bool) -> tuple[ResponseHandler, bool]:
+    async def _acquire(self, origin: Origin, fresh: bool) -> tuple[UpstreamConnection, bool]:
         """A kept-alive connection to ``origin`` (most recently used first, as it is the
         least likely to have been closed by the upstream meanwhile), or with ``fresh``
         or none idle, a new one."""
         loop = asyncio.get_running_loop()
         while True:
             if self._closed:
-                raise ClientConnectionError("keygate is shutting down")
+                raise PoolClosed("keygate is shutting down")
             idle = None if fresh else self._idle.get(origin)
             if idle:
                 deadline = loop.time() - self.idle_timeout
                 while idle:
-                    since, protocol = idle.pop()
-                    if since > deadline and protocol.is_connected() and not protocol.should_close:
-                        return protocol, True
-                    self._discard(protocol)
+                    since, connection = idle.pop()
+                    if since > deadline and connection.usable:
+                        return connection, True
+                    self._discard(connection)
             if self._open < self.max_connections:
                 break
             if self._close_one_idle():  # an idle connection elsewhere makes room
@@ -284,48 +302,46 @@ class UpstreamPool:
             self._wake_one()
             raise
 
-    async def _connect(self, origin: Origin, loop: asyncio.AbstractEventLoop) -> ResponseHandler:
+    async def _connect(
+        self, origin: Origin, loop: asyncio.AbstractEventLoop
+    ) -> UpstreamConnection:
         tls = None
         if origin.scheme == "https":
             if self._ssl_context is None:
                 self._ssl_context = ssl.create_default_context()
             tls = self._ssl_context
+        read_timeout = self.read_timeout
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, protocol = await loop.create_connection(
-                    lambda: ResponseHandler(loop), origin.host, origin.port, ssl=tls,
-                    server_hostname=origin.host if tls else None,
+                _, connection = await loop.create_connection(
+                    lambda: UpstreamConnection(loop, read_timeout), origin.host, origin.port,
+                    ssl=tls, server_hostname=origin.host if tls else None,
                 )
         except TimeoutError:
-            raise ServerTimeoutError(
+            raise UpstreamTimeout(
                 f"connecting to {origin.host}:{origin.port} took over "
-                f"{self.connect_timeout} s"
+                f"{self.connect_timeout:g} s"
             ) from None
         except OSError as exc:
-            raise ClientOSError(
-                exc.errno, f"cannot connect to {origin.host}:{origin.port}: {exc.strerror or exc}"
+            raise UpstreamUnreachable(
+                f"cannot connect to {origin.host}:{origin.port}: {exc.strerror or exc}"
             ) from None
-        return protocol
+        return connection
 
-    def release(self, origin: Origin, protocol: ResponseHandler, reusable: bool) -> None:
-        if (
-            not reusable or self._closed or protocol.should_close
-            or not protocol.is_connected()
-        ):
-            self._discard(protocol)
+    def release(self, origin: Origin, connection: UpstreamConnection, reusable: bool) -> None:
+        if not reusable or self._closed:
+            self._discard(connection)
             return
-        # An idle connection has no read deadline: a body that finished after its answer
-        # started the timer again, which must not fire on the connection's next request.
-        protocol._drop_timeout()
-        loop = asyncio.get_running_loop()
-        self._idle.setdefault(origin, []).append((loop.time(), protocol))
+        connection.idle()
+        loop = connection.loop
+        self._idle.setdefault(origin, []).append((loop.time(), connection))
         if self._room:
             self._wake_one()  # it may be for this origin; if not, it closes this one
         if self._sweeper is None:
             self._sweeper = loop.call_later(self.idle_timeout, self._sweep)
 
-    def _discard(self, protocol: ResponseHandler) -> None:
-        protocol.close()
+    def _discard(self, connection: UpstreamConnection) -> None:
+        connection.close()
         self._open -= 1
         self._wake_one()
 
@@ -338,7 +354,7 @@ class UpstreamPool:
 
     def _close_one_idle(self) -> bool:
         """Close the longest-idle connection of any origin, to make room."""
-        oldest: list[tuple[float, ResponseHandler]] | None = None
+        oldest: list[tuple[float, UpstreamConnection]] | None = None
         for idle in self._idle.values():
             if idle and (oldest is None or idle[0][0] < oldest[0][0]):
                 oldest = idle
@@ -353,11 +369,11 @@ class UpstreamPool:
         deadline = loop.time() - self.idle_timeout
         for origin, idle in list(self._idle.items()):
             keep = []
-            for since, protocol in idle:
-                if since > deadline and protocol.is_connected():
-                    keep.append((since, protocol))
+            for since, connection in idle:
+                if since > deadline and connection.usable:
+                    keep.append((since, connection))
                 else:
-                    self._discard(protocol)
+                    self._discard(connection)
             if keep:
                 self._idle[origin] = keep
             else:
@@ -372,25 +388,29 @@ class UpstreamPool:
             self._sweeper.cancel()
             self._sweeper = None
         for idle in self._idle.values():
-            for _, protocol in idle:
-                self._discard(protocol)
+            for _, connection in idle:
+                self._discard(connection)
         self._idle.clear()
 
 
-async def _send_body(protocol: ResponseHandler, body: StreamReader, length: int | None) -> bool:
+async def _send_body(
+    connection: UpstreamConnection, body: StreamReader, length: int | None
+) -> bool:
     """Copy the client's body upstream (chunked when ``length`` is None), then start the
     read timeout; True when it was sent whole. On any failure, or a body that does not
     match its declared length, the upstream connection is aborted, so the upstream sees
     a broken request rather than a short one that looks complete (or the start of the
     next request)."""
-    transport = protocol.transport
+    transport = connection.transport
+    assert transport is not None
     try:
-        assert transport is not None
         sent = 0
         while True:
             data = await body.readany()
             if not data:
                 break
+            if connection.closed:
+                raise UpstreamClosed("the upstream closed the connection")
             sent += len(data)
             if length is None:
                 transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
@@ -398,19 +418,29 @@ async def _send_body(protocol: ResponseHandler, body: StreamReader, length: int 
                 raise ValueError(f"the body is longer than its length {length}")
             else:
                 transport.write(data)
-            await protocol._drain_helper()  # backpressure from a slow upstream
+            if connection.write_paused:
+                await connection.drained()  # backpressure from a slow upstream
         if length is None:
             transport.write(b"0\r\n\r\n")
         elif sent != length:
             raise ValueError(f"the body ended after {sent} of {length} bytes")
-        protocol.start_timeout()
+        connection.request_sent()
         return True
     except asyncio.CancelledError:
-        protocol.abort()
+        connection.abort(RequestBodyFailed("the request was given up"))
         raise
-    except Exception:
-        protocol.abort()
+    except UpstreamError as exc:
+        connection.abort(exc)
         return False
+    except Exception as exc:  # the client's body broke off (aiohttp's errors, or ours)
+        connection.abort(_body_failed(exc))
+        return False
+
+
+def _body_failed(exc: Exception) -> RequestBodyFailed:
+    """Named by its kind only: the message of an error about the client's body could
+    quote the body."""
+    return RequestBodyFailed(f"the request body could not be sent ({type(exc).__name__})")
 
 
 async def _settle(writer: asyncio.Task[bool] | None) -> None:

@@ -12,16 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
 import ipaddress
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.base_protocol import BaseProtocol
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -29,12 +31,19 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from yarl import URL
 
 from gateway.upstream import (
+    AnswerBrokeOff,
     InvalidAnswer,
     Origin,
+    PoolClosed,
     UnforwardableHeader,
+    UpstreamClosed,
+    UpstreamError,
     UpstreamPool,
+    UpstreamTimeout,
+    UpstreamUnreachable,
     request_head,
 )
+from gateway.upstream_connection import PAUSE_READING_AT
 
 LIVENESS = 2.0  # seconds; only ever reached when the behaviour under test is broken
 HEADERS = [("Accept", "*/*")]
@@ -231,30 +240,89 @@ async def make_pool() -> AsyncIterator[Callable[..., UpstreamPool]]:
 
 
 @pytest.fixture
-async def make_body() -> AsyncIterator[Callable[..., Awaitable[aiohttp.StreamReader]]]:
-    """A request body as keygate gets it from aiohttp's server: a StreamReader whose
-    protocol sits on a live socket (a reader of a closed connection refuses to wait for
-    data), with its data fed by the test."""
-    opened: list[tuple[asyncio.BaseTransport, socket.socket]] = []
+def unanswering_port() -> Iterator[int]:
+    """A port whose connections hang: it listens, but its one-entry accept queue is
+    full and nobody accepts, so the kernel drops further connection attempts."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=LIVENESS):
+            yield port
 
-    async def make(*parts: bytes, eof: bool = True) -> aiohttp.StreamReader:
-        loop = asyncio.get_running_loop()
-        ours, theirs = socket.socketpair()
-        transport, protocol = await loop.connect_accepted_socket(
-            lambda: BaseProtocol(loop), ours
+
+class ClientBody:
+    """A request body as keygate gets it: ``stream`` is the ``request.content`` of a
+    request that a real aiohttp server is reading from a real socket, and the test is
+    the client on the other end. A body of known length (``eof=True``) goes with its
+    Content-Length, written in the background; an open one goes chunked, each
+    :meth:`send` one chunk, until :meth:`end`; :meth:`cut` hangs up mid-body."""
+
+    def __init__(self, stream: aiohttp.StreamReader, writer: asyncio.StreamWriter, chunked: bool):
+        self.stream = stream
+        self.writer = writer
+        self.chunked = chunked
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data)
+        await self.writer.drain()
+
+    async def end(self) -> None:
+        if self.chunked:
+            self.writer.write(b"0\r\n\r\n")
+            await self.writer.drain()
+
+    def cut(self) -> None:
+        self.writer.transport.abort()
+
+
+@pytest.fixture
+async def make_body() -> AsyncIterator[Callable[..., Awaitable[ClientBody]]]:
+    arrived: asyncio.Queue[aiohttp.StreamReader] = asyncio.Queue()
+    finished = asyncio.Event()
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        await arrived.put(request.content)
+        await finished.wait()  # the body is the test's until it ends
+        return web.Response()
+
+    runner = web.ServerRunner(web.Server(handler), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    bodies: list[ClientBody] = []
+    writing: list[asyncio.Task[None]] = []
+
+    async def make(*parts: bytes, eof: bool = True) -> ClientBody:
+        _, writer = await asyncio.open_connection(host, port)
+        framing = b"Content-Length: %d" % sum(map(len, parts)) if eof else (
+            b"Transfer-Encoding: chunked"
         )
-        opened.append((transport, theirs))
-        stream = aiohttp.StreamReader(protocol, 2**20, loop=loop)
-        for part in parts:
-            stream.feed_data(part)
-        if eof:
-            stream.feed_eof()
-        return stream
+        writer.write(b"PUT /body HTTP/1.1\r\nHost: test\r\n" + framing + b"\r\n\r\n")
+        stream = await asyncio.wait_for(arrived.get(), LIVENESS)
+        body = ClientBody(stream, writer, chunked=not eof)
+        bodies.append(body)
+        if eof:  # in the background: nothing may read it until the test sends it on
+            writing.append(asyncio.create_task(_send_all(body, parts)))
+        else:
+            for part in parts:
+                await body.send(part)
+        return body
 
     yield make
-    for transport, theirs in opened:
-        transport.close()
-        theirs.close()
+    finished.set()
+    for task in writing:
+        task.cancel()
+    await asyncio.gather(*writing, return_exceptions=True)
+    for body in bodies:
+        body.writer.close()
+    await runner.cleanup()
+
+
+async def _send_all(body: ClientBody, parts: tuple[bytes, ...]) -> None:
+    with contextlib.suppress(ConnectionError):
+        for part in parts:
+            await body.send(part)
 
 
 async def until(predicate: Callable[[], bool]) -> None:
@@ -314,7 +382,7 @@ async def test_answer_not_read_to_the_end_closes_its_connection(
     async with await pool.send(upstream.origin, "GET", "/first", HEADERS) as answer:
         assert answer.status == 200
         if read_first:
-            assert await answer.content.readexactly(read_first) == b"a" * read_first
+            assert await answer.content.readany(read_first) == b"a" * read_first
     assert pool.open_connections == 0
     await asyncio.wait_for(upstream.conns[0].peer_closed.wait(), LIVENESS)
 
@@ -360,7 +428,7 @@ async def test_request_on_a_fresh_connection_is_not_retried(raw_upstream, make_p
 
     upstream = await raw_upstream(hang_up)
     pool = make_pool()
-    with pytest.raises(aiohttp.ServerDisconnectedError):
+    with pytest.raises(UpstreamClosed):
         await pool.send(upstream.origin, "GET", "/once", HEADERS)
     assert upstream.accepted == 1
     assert pool.open_connections == 0
@@ -370,7 +438,7 @@ async def test_post_is_not_retried_when_a_kept_alive_connection_closes(raw_upstr
     upstream = await raw_upstream(close_on_second_request)
     pool = make_pool()
     assert await get(pool, upstream.origin, "/warm") == echoed("GET", "/warm")
-    with pytest.raises(aiohttp.ClientError):
+    with pytest.raises(UpstreamError):
         await pool.send(upstream.origin, "POST", "/orders", HEADERS)
     posts = [r for r in upstream.requests if r.method == "POST"]
     assert len(posts) == 1  # reached the upstream once and was never sent again
@@ -385,9 +453,9 @@ async def test_put_with_a_body_is_not_retried_when_a_kept_alive_connection_close
     pool = make_pool()
     assert await get(pool, upstream.origin, "/warm") == echoed("GET", "/warm")
     body = await make_body(b"payload")
-    with pytest.raises(aiohttp.ClientError):
+    with pytest.raises(UpstreamError):
         await pool.send(
-            upstream.origin, "PUT", "/doc", [("Content-Length", "7")], body, 7
+            upstream.origin, "PUT", "/doc", [("Content-Length", "7")], body.stream, 7
         )
     puts = [r for r in upstream.requests if r.method == "PUT"]
     assert len(puts) == 1
@@ -562,8 +630,14 @@ async def test_answer_without_length_is_read_until_close_and_not_reused(
         b"HTTP/1.1 200 OK\r\nthis is no header\r\n\r\n",
         b"HTTP/1.1 2000 OK\r\n\r\n",
         b"\x00\x01\x02\x03garbage\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
     ],
-    ids=["ssh-banner", "bad-length", "bad-header", "bad-status", "binary"],
+    ids=["ssh-banner", "bad-length", "bad-header", "bad-status", "binary", "length-and-chunked",
+         "lengths-differ", "coding-not-chunked", "bare-lf", "switching-protocols"],
 )
 async def test_garbage_instead_of_http_is_an_invalid_answer(raw_upstream, make_pool, garbage):
     async def babble(conn: Conn) -> None:
@@ -575,7 +649,7 @@ async def test_garbage_instead_of_http_is_an_invalid_answer(raw_upstream, make_p
     pool = make_pool()
     with pytest.raises(InvalidAnswer) as raised:
         await pool.send(upstream.origin, "GET", "/", HEADERS)
-    assert isinstance(raised.value, aiohttp.ClientError)
+    assert isinstance(raised.value, UpstreamError)
     assert pool.open_connections == 0
     await asyncio.wait_for(upstream.conns[0].peer_closed.wait(), LIVENESS)
 
@@ -613,7 +687,8 @@ async def test_body_of_known_length_goes_with_exactly_that_content_length(
     data = bytes(range(256)) * 400  # 102400 bytes, several socket writes
     body = await make_body(data[:1000], data[1000:50_000], data[50_000:])
     headers = [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(data)))]
-    async with await pool.send(upstream.origin, "PUT", "/blob", headers, body, len(data)) as a:
+    sending = pool.send(upstream.origin, "PUT", "/blob", headers, body.stream, len(data))
+    async with await sending as a:
         assert await a.read() == echoed("PUT", "/blob", len(data))
     (request,) = upstream.requests
     port = upstream.origin.port
@@ -634,12 +709,12 @@ async def test_body_of_unknown_length_goes_chunked(raw_upstream, make_pool, make
     parts = [b"alpha-", b"b" * 70_000, b"-omega"]
     body = await make_body(eof=False)
     sending = asyncio.create_task(
-        pool.send(upstream.origin, "POST", "/upload", HEADERS, body, None)
+        pool.send(upstream.origin, "POST", "/upload", HEADERS, body.stream, None)
     )
     for part in parts:
-        body.feed_data(part)
+        await body.send(part)
         await asyncio.sleep(0.01)
-    body.feed_eof()
+    await body.end()
     async with await asyncio.wait_for(sending, LIVENESS) as answer:
         assert await answer.read() == echoed("POST", "/upload", sum(map(len, parts)))
     (request,) = upstream.requests
@@ -668,14 +743,14 @@ async def test_body_failing_midway_aborts_the_upstream_connection(
     headers = [("Content-Type", "text/plain")]
     if not chunked:
         headers.append(("Content-Length", "100"))
-    sending = asyncio.create_task(
-        pool.send(upstream.origin, "POST", "/upload", headers, body, None if chunked else 100)
-    )
+    sending = asyncio.create_task(pool.send(
+        upstream.origin, "POST", "/upload", headers, body.stream, None if chunked else 100
+    ))
     await until(lambda: upstream.conns and b"first-part" in upstream.conns[0].received)
-    body.set_exception(aiohttp.ClientPayloadError("the client went away"))
-    with pytest.raises(aiohttp.ClientError) as raised:
+    body.cut()  # the client went away
+    with pytest.raises(UpstreamError) as raised:
         await asyncio.wait_for(sending, LIVENESS)
-    assert not isinstance(raised.value, aiohttp.ServerTimeoutError)
+    assert not isinstance(raised.value, UpstreamTimeout)
     conn = upstream.conns[0]
     await asyncio.wait_for(conn.peer_closed.wait(), LIVENESS)
     # exactly what came before the failure, and for chunked never the last chunk
@@ -699,15 +774,16 @@ async def test_answer_before_the_body_ended_does_not_reuse_the_connection(
     upstream = await raw_upstream(answer_early)
     pool = make_pool()
     body = await make_body(b"started", eof=False)
-    async with await pool.send(upstream.origin, "POST", "/early", HEADERS, body) as answer:
+    sending = pool.send(upstream.origin, "POST", "/early", HEADERS, body.stream)
+    async with await sending as answer:
         assert await answer.read() == b"ok"
         await until(lambda: b"started" in upstream.conns[0].received)
     # released with the body still open: the upstream must see it cut off
     conn = upstream.conns[0]
     await asyncio.wait_for(conn.peer_closed.wait(), LIVENESS)
     assert pool.open_connections == 0
-    body.feed_data(b"late")
-    body.feed_eof()
+    await body.send(b"late")
+    await body.end()
     await asyncio.sleep(0.01)
     assert bytes(conn.received) == b"7\r\nstarted\r\n"
     assert await get(pool, upstream.origin, "/next") == echoed("GET", "/next")
@@ -722,12 +798,12 @@ async def test_read_timeout_does_not_run_while_the_body_is_still_being_sent(
     pool = make_pool(read_timeout=0.2)
     body = await make_body(eof=False)
     sending = asyncio.create_task(
-        pool.send(upstream.origin, "PUT", "/slow-upload", HEADERS, body, None)
+        pool.send(upstream.origin, "PUT", "/slow-upload", HEADERS, body.stream, None)
     )
     for i in range(5):  # the client uploads for 0.5 s, the upstream reads along
-        body.feed_data(b"piece %d;" % i)
+        await body.send(b"piece %d;" % i)
         await asyncio.sleep(0.1)
-    body.feed_eof()
+    await body.end()
     async with await asyncio.wait_for(sending, LIVENESS) as answer:
         assert await answer.read() == echoed("PUT", "/slow-upload", 40)
 
@@ -746,8 +822,8 @@ async def test_body_not_matching_its_declared_length_aborts(
     pool = make_pool(read_timeout=10 * LIVENESS)  # so only the abort can end it in time
     body = await make_body(*parts)
     headers = [*HEADERS, ("Content-Length", "5")]
-    with pytest.raises(aiohttp.ClientError):
-        sending = pool.send(upstream.origin, "PUT", "/n", headers, body, 5)
+    with pytest.raises(UpstreamError):
+        sending = pool.send(upstream.origin, "PUT", "/n", headers, body.stream, 5)
         async with await asyncio.wait_for(sending, LIVENESS) as answer:
             await answer.read()
     conn = upstream.conns[0]
@@ -774,20 +850,21 @@ async def test_a_body_ending_after_its_answer_leaves_no_timer_on_the_kept_connec
     pool = make_pool(read_timeout=0.3)
     first_body = await make_body(eof=False)
     headers = [*HEADERS, ("Content-Length", "4")]
-    async with await pool.send(upstream.origin, "PUT", "/1", headers, first_body, 4) as answer:
+    sending = pool.send(upstream.origin, "PUT", "/1", headers, first_body.stream, 4)
+    async with await sending as answer:
         assert await answer.read() == b"early"
-        first_body.feed_data(b"late")
-        first_body.feed_eof()
+        await first_body.send(b"late")
+        await first_body.end()
         await asyncio.sleep(0.05)  # the body is out now, after the answer
     assert pool.open_connections == 1  # kept: answer read whole, body sent whole
     second_body = await make_body(eof=False)
     sending = asyncio.create_task(
-        pool.send(upstream.origin, "PUT", "/2", HEADERS, second_body, None)
+        pool.send(upstream.origin, "PUT", "/2", HEADERS, second_body.stream, None)
     )
     for i in range(6):  # 0.6 s of upload, well past the first body's timer
-        second_body.feed_data(b"piece %d;" % i)
+        await second_body.send(b"piece %d;" % i)
         await asyncio.sleep(0.1)
-    second_body.feed_eof()
+    await second_body.end()
     async with await asyncio.wait_for(sending, LIVENESS) as answer:
         assert await answer.read() == echoed("PUT", "/2", 48)
     assert upstream.accepted == 1
@@ -948,7 +1025,7 @@ async def test_https_upstream_with_an_untrusted_certificate_fails(raw_upstream, 
     upstream = await raw_upstream(echo, tls=pki.server_context())
     pool = make_pool()  # the default context: the system's CAs, not the test's
     for _ in range(2):
-        with pytest.raises(aiohttp.ClientError) as raised:
+        with pytest.raises(UpstreamError) as raised:
             await pool.send(upstream.origin, "GET", "/secure", HEADERS)
         assert "CERTIFICATE_VERIFY_FAILED" in str(raised.value)
         assert pool.open_connections == 0
@@ -961,7 +1038,7 @@ async def test_connection_refused_is_a_client_error(make_pool, closed_port):
     pool = make_pool(max_connections=1)
     origin = Origin.of(URL(f"http://127.0.0.1:{closed_port}"))
     for _ in range(3):  # each failure gives its slot back, or the third would wait forever
-        with pytest.raises(aiohttp.ClientOSError):
+        with pytest.raises(UpstreamUnreachable):
             await asyncio.wait_for(pool.send(origin, "GET", "/", HEADERS), LIVENESS)
         assert pool.open_connections == 0
 
@@ -981,6 +1058,267 @@ async def test_close_closes_idle_connections_and_refuses_new_requests(raw_upstre
     for conn in upstream.conns:
         await asyncio.wait_for(conn.peer_closed.wait(), LIVENESS)
     assert pool.open_connections == 0
-    with pytest.raises(aiohttp.ClientConnectionError):
+    with pytest.raises(PoolClosed):
         await pool.send(upstream.origin, "GET", "/late", HEADERS)
     assert upstream.accepted == 2
+
+
+async def test_connect_timeout_is_an_upstream_timeout_and_gives_its_slot_back(
+    make_pool, unanswering_port
+):
+    pool = make_pool(connect_timeout=0.2, max_connections=1)
+    origin = Origin.of(URL(f"http://127.0.0.1:{unanswering_port}"))
+    for _ in range(2):  # the second would wait forever for the first one's slot
+        with pytest.raises(UpstreamTimeout) as raised:
+            await asyncio.wait_for(pool.send(origin, "GET", "/", HEADERS), LIVENESS)
+        assert isinstance(raised.value, TimeoutError)  # what the proxy answers 504 for
+        assert pool.open_connections == 0
+
+
+# -- answers that must not be taken at face value ------------------------------------------
+
+CHUNKED_ANSWER = (
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5;name=\"a value\";flag\r\nhello\r\n2\r\n, \r\nA\r\n0123456789\r\n"
+    b"0\r\nX-Checksum: 1234\r\nX-Other: yes\r\n\r\n"
+)
+
+
+async def test_chunked_answer_with_extensions_and_trailers_keeps_the_connection(
+    raw_upstream, make_pool
+):
+    async def chunked(conn: Conn) -> None:
+        while await conn.read_request() is not None:
+            await conn.send(CHUNKED_ANSWER)
+
+    upstream = await raw_upstream(chunked)
+    pool = make_pool()
+    for _ in range(3):
+        async with await pool.send(upstream.origin, "GET", "/", HEADERS) as answer:
+            assert answer.content_length is None
+            assert "X-Checksum" not in answer.headers  # trailers are dropped
+            assert await answer.read() == b"hello, 0123456789"
+    assert upstream.accepted == 1
+    await pool.close()
+
+
+async def test_bytes_after_an_answer_are_never_read_as_the_next_answer(raw_upstream, make_pool):
+    """An upstream (or what it proxies) that sends a second answer nobody asked for
+    must not have it taken for the answer to the next request (response desync)."""
+    smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
+
+    async def smuggler(conn: Conn) -> None:
+        request = await conn.read_request()
+        if request is None:
+            return
+        if conn.index == 0:
+            await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst" + smuggled)
+            await conn.drain_until_eof()
+        else:
+            await conn.answer(echoed(request.method, request.target))
+            await echo(conn)
+
+    upstream = await raw_upstream(smuggler)
+    pool = make_pool()
+    assert await get(pool, upstream.origin, "/1") == b"first"
+    assert await get(pool, upstream.origin, "/2") == echoed("GET", "/2")
+    assert upstream.accepted == 2
+    await asyncio.wait_for(upstream.conns[0].peer_closed.wait(), LIVENESS)
+    await pool.close()
+
+
+async def test_an_idle_connection_that_talks_out_of_turn_is_closed(raw_upstream, make_pool):
+    spoke = asyncio.Event()
+    speak = asyncio.Event()
+
+    async def chatty(conn: Conn) -> None:
+        request = await conn.read_request()
+        assert request is not None
+        await conn.answer(echoed(request.method, request.target))
+        if conn.index == 0:
+            await speak.wait()
+            await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
+            spoke.set()
+            await conn.drain_until_eof()
+        else:
+            await echo(conn)
+
+    upstream = await raw_upstream(chatty)
+    pool = make_pool()
+    assert await get(pool, upstream.origin, "/1") == echoed("GET", "/1")
+    speak.set()
+    await asyncio.wait_for(spoke.wait(), LIVENESS)
+    await asyncio.wait_for(upstream.conns[0].peer_closed.wait(), LIVENESS)
+    assert await get(pool, upstream.origin, "/2") == echoed("GET", "/2")
+    assert upstream.accepted == 2
+    assert pool.open_connections == 1
+    await pool.close()
+
+
+@pytest.mark.parametrize(
+    ("head", "kept"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, Close\r\nContent-Length: 2\r\n\r\n", False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n", False),
+        (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n", True),
+    ],
+    ids=["http11", "close", "close-in-a-list", "http10", "http10-keep-alive"],
+)
+async def test_a_connection_is_kept_only_when_the_answer_allows_it(
+    raw_upstream, make_pool, head, kept
+):
+    async def answer(conn: Conn) -> None:
+        # stays open whatever it said: keygate goes by what the answer says
+        while await conn.read_request() is not None:
+            await conn.send(head + b"ok")
+
+    upstream = await raw_upstream(answer)
+    pool = make_pool()
+    for target in ("/1", "/2"):
+        assert await get(pool, upstream.origin, target) == b"ok"
+    assert upstream.accepted == (1 if kept else 2)
+    await pool.close()
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nonly part\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nonly part\r\n0\r\n",
+    ],
+    ids=["content-length", "chunked", "chunked-without-its-last-line"],
+)
+async def test_an_answer_cut_short_is_an_error_never_a_short_body(raw_upstream, make_pool, cut):
+    async def cut_short(conn: Conn) -> None:
+        await conn.read_request()
+        await conn.send(cut)  # returning closes the connection
+
+    upstream = await raw_upstream(cut_short)
+    pool = make_pool(read_timeout=10 * LIVENESS)  # only the close can end it in time
+    received = b""
+    async with await pool.send(upstream.origin, "GET", "/", HEADERS) as answer:
+        with pytest.raises(AnswerBrokeOff):
+            async with asyncio.timeout(LIVENESS):
+                async for chunk in answer.content.iter_chunked(4):
+                    received += chunk
+    assert b"only part".startswith(received)
+    assert pool.open_connections == 0
+
+
+async def test_a_reset_ends_a_body_read_until_close_with_an_error(raw_upstream, make_pool):
+    """The end of a body without a length is the upstream's clean close; a reset says
+    the answer broke off, and must not pass for its end."""
+    first_read = asyncio.Event()
+
+    async def reset_mid_body(conn: Conn) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npartial")
+        await first_read.wait()
+        sock = conn.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.writer.transport.abort()  # SO_LINGER 0: a reset, not a close
+
+    upstream = await raw_upstream(reset_mid_body)
+    pool = make_pool()
+    async with await pool.send(upstream.origin, "GET", "/", HEADERS) as answer:
+        assert answer.content_length is None
+        assert await answer.content.readany() == b"partial"
+        first_read.set()
+        with pytest.raises(AnswerBrokeOff):
+            await asyncio.wait_for(answer.content.readany(), LIVENESS)
+    assert pool.open_connections == 0
+
+
+async def test_an_upstream_silent_mid_body_times_out(raw_upstream, make_pool):
+    async def stall(conn: Conn) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst ten.")
+        await conn.drain_until_eof()
+
+    upstream = await raw_upstream(stall)
+    pool = make_pool(read_timeout=0.2)
+    async with await pool.send(upstream.origin, "GET", "/", HEADERS) as answer:
+        assert await answer.content.readany() == b"first ten."
+        with pytest.raises(UpstreamTimeout):
+            await asyncio.wait_for(answer.content.readany(), LIVENESS)
+    assert pool.open_connections == 0
+    await asyncio.wait_for(upstream.conns[0].peer_closed.wait(), LIVENESS)
+
+
+# -- backpressure both ways -------------------------------------------------------------------
+
+BIG = 32 * 2**20  # more than the kernel's socket buffers hold, both ends together
+BLOCK = bytes(range(256)) * 256  # 64 KiB
+
+
+async def test_a_slow_reader_holds_the_upstream_back_and_is_not_timed_out(
+    raw_upstream, make_pool
+):
+    """A client that reads slowly must not make keygate hold the answer in memory
+    (reading from the upstream pauses), and the pause is not the upstream's silence:
+    no read timeout while it lasts."""
+    sent = 0
+
+    async def flood(conn: Conn) -> None:
+        nonlocal sent
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG)
+        while sent < BIG:
+            await conn.send(BLOCK)
+            sent += len(BLOCK)
+        await echo(conn)
+
+    upstream = await raw_upstream(flood)
+    pool = make_pool(read_timeout=0.3)
+    async with await pool.send(upstream.origin, "GET", "/big", HEADERS) as answer:
+        await asyncio.sleep(1.0)  # not reading, for more than the read timeout
+        assert sent < BIG  # the upstream is held back
+        # what keygate holds: up to the pause threshold, plus one read of the socket
+        assert answer.content.buffered <= PAUSE_READING_AT + 256 * 1024
+        received = 0
+        async for chunk in answer.content.iter_chunked(65536):
+            assert chunk == BLOCK[received % len(BLOCK):][:len(chunk)] or chunk == (
+                (BLOCK * 2)[received % len(BLOCK):][:len(chunk)]
+            )
+            received += len(chunk)
+        assert received == BIG
+    assert await get(pool, upstream.origin, "/next") == echoed("GET", "/next")
+    assert upstream.accepted == 1
+    await pool.close()
+
+
+async def test_a_slow_upstream_holds_the_clients_body_back(raw_upstream, make_pool, make_body):
+    """An upstream that does not read must not make keygate take the client's whole
+    body into its write buffer: keygate reads on only as the upstream drains."""
+    go = asyncio.Event()
+    digest = hashlib.sha256()
+
+    async def slow(conn: Conn) -> None:
+        request = await conn.read_request(body=False)
+        assert request is not None
+        await go.wait()
+        received = 0
+        while received < BIG:
+            data = await conn.reader.read(2**20)
+            digest.update(data)
+            received += len(data)
+        await conn.answer(b"%d" % received)
+
+    upstream = await raw_upstream(slow)
+    pool = make_pool(read_timeout=10 * LIVENESS)
+    body = await make_body(*([BLOCK] * (BIG // len(BLOCK))))
+    headers = [*HEADERS, ("Content-Length", str(BIG))]
+    sending = asyncio.create_task(
+        pool.send(upstream.origin, "PUT", "/big", headers, body.stream, BIG)
+    )
+    await asyncio.sleep(0.5)
+    assert not sending.done()
+    assert not body.stream.at_eof()  # keygate stopped taking it: the upstream is not reading
+    go.set()
+    async with await asyncio.wait_for(sending, 5 * LIVENESS) as answer:
+        assert await answer.read() == b"%d" % BIG
+    assert digest.digest() == hashlib.sha256(BLOCK * (BIG // len(BLOCK))).digest()
+    await pool.close()
