@@ -36,6 +36,9 @@ CLIENT = web.RequestKey("client", str)
 # on the proxy port: the route's name and the account it targets, once they are known
 ROUTE = web.RequestKey("route", str)
 ACCOUNT = web.RequestKey("account", str)
+# on the decision API: the method and path (no query) of the request it decided on, as
+# the front proxy reported them; the line shows them instead of the call to the API
+ORIGINAL_REQUEST = web.RequestKey("original_request", tuple)
 
 
 # A one-time link's secret: 256 random bits in unpadded base64url (43 characters).
@@ -99,7 +102,9 @@ class AccessLogger(AbstractAccessLogger):
         route, account = request.get(ROUTE), request.get(ACCOUNT)
         if route is None:
             route, account = _management_route(request)
-        path = _loggable(request.path)
+        original = request.get(ORIGINAL_REQUEST)
+        method, path = original if original is not None else (request.method, request.path)
+        path = _loggable(path)
         status = response.status
         ms = round(time_ * 1000, 3)
         remote = request.get(CLIENT) or request.remote
@@ -108,7 +113,7 @@ class AccessLogger(AbstractAccessLogger):
         request_id = request.get(REQUEST_ID)
         self.logger.info(
             '%s "%s %s" %d %.3f ms key=%s account=%s route=%s error=%s id=%s',
-            remote, request.method, path, status, ms, app_key or "-", account or "-",
+            remote, method, path, status, ms, app_key or "-", account or "-",
             route or "-", error_code or "-", request_id,
             extra={
                 "event": "request",
@@ -120,7 +125,7 @@ class AccessLogger(AbstractAccessLogger):
                 "errorCode": error_code,
                 "ms": ms,
                 "remote": remote,
-                "method": request.method,
+                "method": method,
                 "path": path,
                 "bytes": response.body_length,
             },

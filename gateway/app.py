@@ -10,12 +10,12 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple
 
 from aiohttp import web
 
-from . import proxy
+from . import decision, proxy
 from .accesslog import AccessLogger, access_logger
 from .connections import guard_for, raise_file_limit, server_logger
 from .context import Gateway
@@ -75,6 +75,7 @@ def build_gateway(
             settings.store_max_connections,
             settings.audit_max_access_events,
         )
+    decision.check_settings(settings)
     fmt = settings.credential_format
     hasher = TokenHasher(server_secrets)
     header_auth = HeaderAuthenticator(
@@ -135,43 +136,47 @@ def upstream_pool(settings: Settings) -> UpstreamPool:
     )
 
 
-class ProxyRunner(web.BaseRunner):
+def proxy_handler(
+    gateway: Gateway, pool: UpstreamPool
+) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    """The proxy port's one handler, forwarding through ``pool`` (which the caller
+    closes once the port has stopped)."""
+    settings = gateway.settings
+    forwarder = proxy.Forwarder(
+        pool, (settings.key_header, settings.token_header), settings.identity_header_prefix
+    )
+    return proxy.ProxyPort(gateway, forwarder).request_handler()
+
+
+def proxy_runner(
+    gateway: Gateway, pool: UpstreamPool, shutdown_timeout: float, **server_options: Any
+) -> web.ServerRunner:
     """The proxy port on aiohttp's low-level server: its one handler does the routing,
-    so an Application's router and middleware chain would only add work per request.
-    The upstream pool opens on setup and closes on cleanup (an Application's
-    cleanup_ctx, by hand). Keyword arguments go to the server, as with AppRunner."""
+    so an Application's router and middleware chain would only add work per request."""
+    # auto_decompress=False: a gzip body must reach the upstream as the client sent it.
+    server = web.Server(proxy_handler(gateway, pool), auto_decompress=False,
+                        **server_options)
+    return web.ServerRunner(server, shutdown_timeout=shutdown_timeout)
 
-    def __init__(self, gateway: Gateway, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.gateway = gateway
-        self.pool: UpstreamPool | None = None
 
-    async def shutdown(self) -> None:
-        pass
-
-    async def _make_server(self) -> web.Server:
-        settings = self.gateway.settings
-        self.pool = upstream_pool(settings)
-        forwarder = proxy.Forwarder(
-            self.pool,
-            (settings.key_header, settings.token_header),
-            settings.identity_header_prefix,
-        )
-        # auto_decompress=False: a gzip body must reach the upstream as the client sent it.
-        port = proxy.ProxyPort(self.gateway, forwarder)
-        return web.Server(port.request_handler(), auto_decompress=False, **self._kwargs)
-
-    async def _cleanup_server(self) -> None:
-        if self.pool is not None:
-            await self.pool.close()
+def decision_runner(
+    gateway: Gateway, shutdown_timeout: float, **server_options: Any
+) -> web.ServerRunner:
+    """The decision API on aiohttp's low-level server, as the proxy port (its one
+    handler finds the form by the path; it holds no upstream connections)."""
+    port = decision.DecisionPort(gateway)
+    server = web.Server(port.request_handler(), **server_options)
+    return web.ServerRunner(server, shutdown_timeout=shutdown_timeout)
 
 
 class Listening(NamedTuple):
-    """Base URLs of the ports a process serves (``metrics`` None when it is off)."""
+    """Base URLs of the ports a process serves (``metrics`` and ``decision`` None when
+    they are off)."""
 
     proxy: str
     management: str
     metrics: str | None
+    decision: str | None = None
 
 
 @contextlib.asynccontextmanager
@@ -182,26 +187,33 @@ async def running(gateway: Gateway, reuse_port: bool = False) -> AsyncIterator[L
     ``gateway.process`` (bounded by ``shutdown_timeout``), then batched writes, and the
     store last."""
     settings = gateway.settings
+    shutdown_timeout = runner_shutdown_timeout(settings.shutdown_timeout)
     server_options: dict[str, Any] = {
         "access_log": None,
         "keepalive_timeout": settings.keepalive_timeout,
         "logger": server_logger(),
-        "shutdown_timeout": runner_shutdown_timeout(settings.shutdown_timeout),
         **AIOHTTP_LIMITS,
     }
     if settings.access_log:
         server_options.update(access_log=access_logger(), access_log_class=AccessLogger)
+    pool = upstream_pool(settings)
     runners: list[tuple[str, web.BaseRunner]] = [
-        ("proxy_listen", ProxyRunner(gateway, **server_options)),
-        ("management_listen", web.AppRunner(build_management_app(gateway), **server_options)),
+        ("proxy_listen", proxy_runner(gateway, pool, shutdown_timeout, **server_options)),
+        ("management_listen", web.AppRunner(
+            build_management_app(gateway), shutdown_timeout=shutdown_timeout, **server_options
+        )),
     ]
     if settings.metrics_listen is not None:
+        runners.append(("metrics_listen", web.AppRunner(
+            build_metrics_app(gateway), shutdown_timeout=shutdown_timeout, **server_options
+        )))
+    if settings.decision_listen is not None:
         runners.append(
-            ("metrics_listen", web.AppRunner(build_metrics_app(gateway), **server_options))
+            ("decision_listen", decision_runner(gateway, shutdown_timeout, **server_options))
         )
     guard = guard_for(settings, new_request_id)
     listeners: list[asyncio.Server] = []
-    urls = []
+    urls: dict[str, str] = {}
     started = False
     try:
         for name, runner in runners:
@@ -216,13 +228,15 @@ async def running(gateway: Gateway, reuse_port: bool = False) -> AsyncIterator[L
                 ) from None
             listeners.append(listener)
             bound = listener.sockets[0].getsockname()
-            urls.append(f"http://{bound[0]}:{bound[1]}")
+            urls[name] = f"http://{bound[0]}:{bound[1]}"
         gateway.start()
         started = True
-        yield Listening(urls[0], urls[1], urls[2] if len(urls) > 2 else None)
+        yield Listening(urls["proxy_listen"], urls["management_listen"],
+                        urls.get("metrics_listen"), urls.get("decision_listen"))
     finally:
         await stop_serving(listeners, [runner for _, runner in runners], guard,
                            settings.shutdown_timeout, quiet=not started)
+        await pool.close()  # after the proxy port: no request is using it any more
         await guard.close()
         await gateway.close()
         if started:
@@ -280,9 +294,11 @@ async def serve(
 
     with contextlib.suppress(NotImplementedError, AttributeError):
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
-    async with running(gateway, reuse_port) as (proxy_url, management_url, metrics_url):
-        log.info("proxy on %s, management API on %s, metrics on %s (pid %d)", proxy_url,
-                 management_url, metrics_url or "(off)", os.getpid(),
+    async with running(gateway, reuse_port) as listening:
+        proxy_url, management_url, metrics_url, decision_url = listening
+        log.info("proxy on %s, management API on %s, metrics on %s, decision API on %s "
+                 "(pid %d)", proxy_url, management_url, metrics_url or "(off)",
+                 decision_url or "(off)", os.getpid(),
                  extra={"event": "listening", "pid": os.getpid()})
         if on_ready is not None:
             on_ready(proxy_url, management_url)

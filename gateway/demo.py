@@ -100,7 +100,7 @@ async def run_demo(settings: Settings, ports: DemoPorts = DemoPorts()) -> None:
         if settings.in_memory:
             log.warning(MEMORY_WARNING)
         try:
-            async with running(gateway) as (proxy_url, management_url, _):
+            async with running(gateway) as (proxy_url, management_url, *_):
                 stop = stop_event(asyncio.get_running_loop())
                 issued = await gateway.lifecycle.create(
                     "acme", "demo key", ["orders-writer", "user-admin-restricted"], CLI_ACTOR

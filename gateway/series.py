@@ -126,19 +126,21 @@ class Family:
 
 
 class RequestMetrics:
-    """The proxy port's counting: one call per answered request.
+    """The proxy port's (or the decision API's) counting: one call per answered request.
 
     Series are cached per (route, status class, decision), so a request costs a tuple,
     a dict lookup, an integer increment and a bisection; no string is built."""
 
     __slots__ = ("_requests", "_forward_errors", "_series", "_codes", "total", "upstream")
 
-    def __init__(self, requests: Family, durations: Family, forward_errors: Family):
+    def __init__(self, requests: Family, durations: Family, forward_errors: Family,
+                 total_stage: str = "total"):
         self._requests = requests
         self._forward_errors = forward_errors
         self._series: dict[tuple[str, int, str], Count] = {}
         self._codes = Capped()
-        self.total: Timing = durations.child("total")
+        # the port's handler, start to answer: "total" (proxy port) or "decision"
+        self.total: Timing = durations.child(total_stage)
         self.upstream: Timing = durations.child("upstream")
 
     def answered(self, route: str, status: int, decision: str, started: float) -> None:

@@ -102,11 +102,18 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         "a route matched), status class and decision: allowed, or the error code of the "
         "refusal (missing_credentials, invalid_credentials, not_permitted, …)",
     ),
+    "keygate_decision_requests": (
+        "counter", ("route", "status", "decision"),
+        "Requests answered by the decision API (nginx auth_request, Traefik ForwardAuth, "
+        "Envoy ext_authz), labelled as keygate_requests; status is the refusal's own "
+        "(nginx is answered 403 with it in a header)",
+    ),
     "keygate_request_duration_seconds": (
         "histogram", ("stage",),
         "Seconds spent per stage: authentication and authorization (every request of the "
-        "proxy and management ports), upstream (until the upstream's answer head "
-        "arrived) and total (the proxy port's handler, start to answer)",
+        "proxy, decision and management ports), upstream (until the upstream's answer head "
+        "arrived), total (the proxy port's handler, start to answer) and decision (the "
+        "decision API's handler, start to answer; present once that port runs)",
     ),
     "keygate_forward_errors": (
         "counter", ("route", "code"),
@@ -256,19 +263,23 @@ class HotFamilies:
         self.evictions = _family("keygate_cache_evictions")
         for cache in CACHES:  # a ratio needs both sides present, even at 0
             self.hits.child(cache), self.misses.child(cache), self.evictions.child(cache)
+        self.decision_family = _family("keygate_decision_requests")
+        self.decision_requests: RequestMetrics | None = None  # made when that port starts
         self.families = [
             _family("keygate_requests"), self.durations, _family("keygate_forward_errors"),
+            self.decision_family,
             self.hits, self.misses, self.evictions,
             _family("keygate_cache_invalidations"), _family("keygate_cache_resyncs"),
             _family("keygate_store_duration_seconds", STORE_BUCKETS),
             _family("keygate_store_errors"),
         ]
-        requests, _, forward_errors, _, _, _, invalidations, resyncs, store, errors = (
+        requests, _, forward_errors, _, _, _, _, invalidations, resyncs, store, errors = (
             self.families)
         for stage in STAGES:
             self.durations.child(stage)
         invalidations.child(), resyncs.child()
         self.requests = RequestMetrics(requests, self.durations, forward_errors)
+        self.forward_errors = forward_errors
         self.pipeline = PipelineMetrics(self.durations, self.hits, self.misses,
                                         self.evictions)
         self.store = StoreMetrics(self.hits, self.misses, self.evictions, invalidations,
@@ -482,6 +493,18 @@ class Telemetry:
         else:
             hot.publish()  # every series this worker has, at 0, from the start
             atexit.register(hot.publish)  # and its last totals when it stops
+
+    def decision_requests(self) -> RequestMetrics | None:
+        """The decision API's counting (None when metrics are off): its own family, so
+        the two ports' requests are told apart, the stage timings shared. Made when the
+        port starts, so that a keygate without it exports no "decision" stage."""
+        hot = self.hot
+        if hot is None:
+            return None
+        if hot.decision_requests is None:
+            hot.decision_requests = RequestMetrics(
+                hot.decision_family, hot.durations, hot.forward_errors, total_stage="decision")
+        return hot.decision_requests
 
     @staticmethod
     def _counter(name: str, registry: CollectorRegistry | None) -> Counter:

@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import BaseTestServer
+from aiohttp.test_utils import RawTestServer
 
-from gateway.app import ProxyRunner, build_gateway
+from gateway.app import build_gateway, proxy_handler, upstream_pool
 from gateway.context import Gateway
 from gateway.management import build_management_app
 from gateway.settings import Settings, load_settings
@@ -265,15 +265,22 @@ async def gateway(
     await gw.close()
 
 
-class ProxyTestServer(BaseTestServer):
-    """keygate's proxy port, exactly as served (ProxyRunner), for ``aiohttp_client``."""
+class ProxyTestServer(RawTestServer):
+    """keygate's proxy port for ``aiohttp_client``, served as in production
+    (``proxy_handler`` on aiohttp's low-level server, no decompression), with its own
+    upstream pool, closed with the server."""
 
     def __init__(self, gateway: Gateway, **kwargs: Any):
         self.gateway = gateway
-        super().__init__(**kwargs)
+        self.pool = upstream_pool(gateway.settings)
+        super().__init__(proxy_handler(gateway, self.pool), **kwargs)
 
-    async def _make_runner(self, **kwargs: Any) -> ProxyRunner:
-        return ProxyRunner(self.gateway, **kwargs)
+    async def start_server(self, **kwargs: Any) -> None:
+        await super().start_server(**{"auto_decompress": False, **kwargs})
+
+    async def close(self) -> None:
+        await super().close()
+        await self.pool.close()
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ async def serving(make_settings: Callable[..., Any], **overrides: Any) -> AsyncI
                  "metrics_listen": "", **overrides}
     settings = make_settings(**overrides)
     gateway = build_gateway(settings)
-    async with running(gateway) as (proxy_url, management_url, _):
+    async with running(gateway) as (proxy_url, management_url, *_):
         issued = await gateway.lifecycle.create("acme", "guard", ["orders-writer"], CLI_ACTOR)
         assert issued.token is not None
         yield Served(gateway, _address(proxy_url), _address(management_url),

@@ -107,7 +107,7 @@ async def test_stopping_refuses_new_connections_and_lets_a_request_finish(
     issued = await gateway.lifecycle.create("acme", "k", ["orders-reader"], CLI_ACTOR)
     headers = {"X-API-AppKey": issued.record.app_key, "X-API-AppToken": issued.token}
     stack = contextlib.AsyncExitStack()
-    proxy_url, management_url, _ = await stack.enter_async_context(running(gateway))
+    proxy_url, management_url, *_ = await stack.enter_async_context(running(gateway))
     async with aiohttp.ClientSession() as session:
         held = asyncio.create_task(session.get(proxy_url + "/held/1", headers=headers))
         await asyncio.wait_for(holding.arrived.wait(), BOUND)
@@ -156,7 +156,7 @@ async def test_a_request_slower_than_shutdown_timeout_is_cut(make_settings, hold
     issued = await gateway.lifecycle.create("acme", "k", ["orders-reader"], CLI_ACTOR)
     headers = {"X-API-AppKey": issued.record.app_key, "X-API-AppToken": issued.token}
     stack = contextlib.AsyncExitStack()
-    proxy_url, _, _ = await stack.enter_async_context(running(gateway))
+    proxy_url, *_ = await stack.enter_async_context(running(gateway))
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession() as session:
         held = asyncio.create_task(session.get(proxy_url + "/held/forever", headers=headers))

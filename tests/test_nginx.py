@@ -1,0 +1,406 @@
+"""nginx in front of keygate's decision API, for real: the machine's nginx (Debian's
+``nginx-light``, which has ``auth_request``) runs ``deploy/nginx/keygate.conf`` as
+shipped, with only its three addresses replaced by this test's ports, in front of
+keygate (``running()``, as ``keygate serve`` runs it) and the conftest's recording
+upstream. The proxy port's behaviour cases run through it: what the client gets and
+what the upstream receives must be what the proxy port gives, path for path.
+
+Skipped, with the reason, where no nginx with ``auth_request`` is installed (``.ci/run``
+installs ``nginx-light``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from gateway.app import build_gateway, running
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "deploy" / "nginx" / "keygate.conf"
+MiB = 1024 * 1024
+STREAM_BLOCK = bytes(range(256)) * 4096  # the conftest upstream's 1 MiB /stream block
+# the addresses in the shipped file, replaced by this test's
+DECISION_ADDRESS = "server 127.0.0.1:8082;"
+UPSTREAM_ADDRESS = "server 127.0.0.1:9000;"
+LISTEN = "listen 8088;"
+
+
+def _nginx() -> str | None:
+    binary = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+    if binary is None:
+        return None
+    built = subprocess.run([binary, "-V"], capture_output=True, text=True).stderr
+    return binary if "http_auth_request_module" in built else None
+
+
+NGINX = _nginx()
+needs_nginx = pytest.mark.skipif(
+    NGINX is None,
+    reason="no nginx with the auth_request module (install Debian's nginx-light; .ci/run does)",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def render(decision_port: int, upstream_port: int, listen_port: int) -> str:
+    """The shipped file with this test's three addresses; nothing else changes."""
+    text = SHIPPED.read_text()
+    for placeholder in (DECISION_ADDRESS, UPSTREAM_ADDRESS, LISTEN):
+        assert text.count(placeholder) == 1, placeholder
+    return (text.replace(DECISION_ADDRESS, f"server 127.0.0.1:{decision_port};")
+                .replace(UPSTREAM_ADDRESS, f"server 127.0.0.1:{upstream_port};")
+                .replace(LISTEN, f"listen 127.0.0.1:{listen_port};"))
+
+
+@contextlib.contextmanager
+def nginx_serving(site: str, workdir: Path) -> Any:
+    """nginx with ``site`` included in its http block, as this user, everything under
+    ``workdir``; yields its base URL."""
+    assert NGINX is not None
+    port = int(site.split("listen 127.0.0.1:", 1)[1].split(";", 1)[0])
+    (workdir / "site.conf").write_text(site)
+    temp = " ".join(f"{kind}_temp_path {workdir / kind};"
+                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    # as root, nginx would hand its workers to another user, who cannot write here
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    (workdir / "nginx.conf").write_text(
+        f"{user}worker_processes 1;\nevents {{ worker_connections 512; }}\n"
+        f"http {{ {temp} access_log off; include {workdir / 'site.conf'}; }}\n"
+    )
+    error_log = workdir / "error.log"
+    child = subprocess.Popen(
+        [NGINX, "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-e", str(error_log),
+         "-g", f"daemon off; pid {workdir / 'nginx.pid'}; error_log {error_log} warn;"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", port), timeout=0.2):
+                break
+            if child.poll() is not None or time.monotonic() > deadline:
+                log = error_log.read_text() if error_log.exists() else ""
+                pytest.fail(f"nginx did not start: {log}")
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+    @property
+    def error(self) -> dict[str, Any]:
+        return orjson.loads(self.body)["error"]
+
+
+async def call(session: aiohttp.ClientSession, base: str, method: str, path: str,
+               **kwargs: Any) -> Reply:
+    """``path`` exactly as written (no dot resolution, no quoting)."""
+    async with session.request(method, URL(base + path, encoded=True), **kwargs) as r:
+        return Reply(r.status, r.headers, await r.read())
+
+
+def assert_error(reply: Reply, status: int, code: str) -> None:
+    assert reply.status == status, reply.body
+    assert reply.headers["Content-Type"].startswith("application/json")
+    error = reply.error
+    assert (error["status"], error["code"]) == (status, code), error
+    assert error["requestId"] == reply.headers["X-Request-Id"]
+
+
+@dataclass
+class Front:
+    nginx: str
+    proxy: str
+    gateway: Any
+    session: aiohttp.ClientSession
+
+
+@pytest.fixture
+async def front(gateway, make_settings, upstream, tmp_path) -> AsyncIterator[Front]:
+    """nginx → keygate's decision API, the same keys (store prefix) as ``make_key``,
+    and keygate's own proxy port beside it for comparison."""
+    settings = make_settings(
+        store_prefix=gateway.settings.store_prefix, decision_listen="127.0.0.1:0",
+        proxy_listen="127.0.0.1:0", management_listen="127.0.0.1:0", metrics_listen="",
+        auth_failure_limit=3,
+    )
+    keygate = build_gateway(settings)
+    async with running(keygate) as listening, aiohttp.ClientSession() as session:
+        assert listening.decision is not None
+        site = render(URL(listening.decision).port, URL(upstream.url).port, _free_port())
+        with nginx_serving(site, tmp_path) as nginx:
+            yield Front(nginx, listening.proxy, keygate, session)
+
+
+pytestmark = needs_nginx
+
+
+# -- the decision reaches the upstream ----------------------------------------------------
+
+async def test_allowed_request_reaches_the_upstream_with_identity_and_no_credentials(
+    front, make_key, upstream
+):
+    key = await make_key("acme", ["orders-reader"])
+    reply = await call(front.session, front.nginx, "GET", "/orders/42?page=2&x=%2e",
+                       headers=key.headers)
+    assert reply.status == 200, reply.body
+    assert orjson.loads(reply.body)["path"] == "/orders/42?page=2&x=%2e"
+    got = upstream.last["headers"]
+    assert got["X-Keygate-Key"] == key.app_key
+    assert got["X-Keygate-Owner-Account"] == "acme"
+    assert got["X-Keygate-Account"] == "acme"
+    assert got["X-Keygate-Roles"] == "orders-reader"
+    assert "X-API-AppKey" not in got and "X-API-AppToken" not in got
+    assert not any(key.token in value for value in got.values())
+    assert got["X-Request-Id"] == reply.headers["X-Request-Id"]  # one id end to end
+    # the decider's own answer headers stay between nginx and keygate
+    for internal in ("X-Keygate-Path", "X-Keygate-Status", "X-Keygate-Error"):
+        assert internal not in got and internal not in reply.headers
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({}, 401, "missing_credentials"),
+        ({"X-API-AppKey": "kgk-acme-AAAAAAAAAA"}, 401, "incomplete_credentials"),
+    ],
+)
+async def test_401_carries_keygates_body(front, upstream, headers, status, code):
+    assert_error(await call(front.session, front.nginx, "GET", "/orders/1", headers=headers),
+                 status, code)
+    assert upstream.requests == []
+
+
+async def test_wrong_token_is_401_and_then_429_with_retry_after(front, make_key, upstream):
+    key = await make_key("acme", ["orders-reader"])
+    wrong = {**key.headers, "X-API-AppToken": key.token[:-1] + ("y" if key.token[-1] == "x"
+                                                                 else "x")}
+    replies = [await call(front.session, front.nginx, "GET", "/orders/1", headers=wrong)
+               for _ in range(4)]
+    assert_error(replies[0], 401, "invalid_credentials")
+    assert_error(replies[-1], 429, "too_many_failures")
+    assert int(replies[-1].headers["Retry-After"]) >= 1
+    assert upstream.requests == []
+
+
+async def test_403_and_404_carry_keygates_body(front, make_key, upstream):
+    reader = await make_key("acme", ["orders-reader"])
+    assert_error(await call(front.session, front.nginx, "POST", "/orders/1",
+                            headers=reader.headers), 403, "not_permitted")
+    assert_error(await call(front.session, front.nginx, "GET", "/beta/orders/1",
+                            headers=reader.headers), 403, "no_grant")
+    assert_error(await call(front.session, front.nginx, "GET", "/nowhere",
+                            headers=reader.headers), 404, "no_route")
+    assert upstream.requests == []
+
+
+async def test_revocation_holds_from_the_very_next_request(front, make_key, upstream):
+    key = await make_key("acme", ["orders-reader"])
+    assert (await call(front.session, front.nginx, "GET", "/orders/1",
+                       headers=key.headers)).status == 200
+    await front.gateway.store.update_key("acme", key.app_key, status="inactive")
+    assert_error(await call(front.session, front.nginx, "GET", "/orders/1",
+                            headers=key.headers), 401, "key_inactive")
+    assert len(upstream.requests) == 1
+
+
+async def test_an_unreachable_decision_api_is_a_503_never_a_pass(
+    gateway, upstream, make_key, closed_port, tmp_path
+):
+    key = await make_key("acme", ["owner"])
+    site = render(closed_port, URL(upstream.url).port, _free_port())
+    with nginx_serving(site, tmp_path) as nginx:
+        async with aiohttp.ClientSession() as session:
+            reply = await call(session, nginx, "GET", "/orders/1", headers=key.headers)
+    assert_error(reply, 503, "decision_unavailable")
+    assert upstream.requests == []
+
+
+# -- what the client cannot make the upstream believe -------------------------------------
+
+async def test_client_sent_identity_and_credentials_never_reach_the_upstream(
+    front, make_key, upstream
+):
+    key = await make_key("acme", ["orders-reader"])
+    spoofed = {
+        "x-api-appkey": key.app_key, "X-API-APPTOKEN": key.token,  # other spellings
+        "X-Keygate-Key": "kgk-acme-EVIL000000", "x-keygate-roles": "owner",
+        "X-Keygate-Account": "beta", "X-Keygate-Owner-Account": "beta",
+        "X-Keygate-Path": "/admin", "X-Keygate-Status": "200",
+        "X-Keygate_Roles": "owner", "X-API_AppToken": key.token,  # underscore spellings
+        "X-Forwarded-For": "203.0.113.9", "X-Real-IP": "203.0.113.9",
+        "Forwarded": "for=203.0.113.9",
+    }
+    async with front.session.get(URL(front.nginx + "/orders/1", encoded=True),
+                                 headers=[*spoofed.items(), *key.headers.items()]) as r:
+        assert r.status == 200, await r.text()
+    got = upstream.last["headers"]
+    assert got.getall("X-Keygate-Key") == [key.app_key]
+    assert got.getall("X-Keygate-Roles") == ["orders-reader"]
+    assert got.getall("X-Keygate-Account") == ["acme"]
+    assert got.getall("X-Keygate-Owner-Account") == ["acme"]
+    assert got.getall("X-Forwarded-For") == ["127.0.0.1"]
+    assert upstream.last["raw_path"] == "/orders/1"
+    for name in got:
+        assert name.lower().replace("_", "-") not in (
+            "x-api-appkey", "x-api-apptoken", "x-keygate-path", "x-keygate-status",
+            "x-real-ip", "forwarded"), name
+    assert not any(key.token in value for value in got.values())
+
+
+# -- the path forwarded is the path authorized ---------------------------------------------
+
+PATHS = [
+    "/orders/42", "//orders//42", "/orders/./42", "/orders/x/../42", "/orders/../admin",
+    "/orders/%2e%2e/admin", "/orders/%2E%2E/beta/orders/1", "/orders/../beta/orders/1",
+    "/%6Frders/42", "/orders/42/", "/orders/%e2%82%ac", "/orders/42?next=/../admin",
+    "/orders/%2f", "/orders%2f42", "/orders/a%5cb", "/orders/1;x", "/orders/..;/x",
+    "/orders/%2e%2e;/x", "/orders/42.", "/..", "/orders/../../x", "/%2e%2e/orders/1",
+    "/orders/%00", "/orders/%zz",
+]
+
+
+@pytest.mark.parametrize("raw", PATHS)
+async def test_every_path_is_decided_and_forwarded_as_the_proxy_port_does(
+    front, make_key, upstream, raw
+):
+    """The same raw path through keygate's proxy port and through nginx: the same
+    status and error code, and when allowed, byte for byte the same path upstream."""
+    key = await make_key("acme", ["owner"])
+    direct = await call(front.session, front.proxy, "GET", raw, headers=key.headers)
+    by_proxy = [r["raw_path"] for r in upstream.requests]
+    upstream.requests.clear()
+    through = await call(front.session, front.nginx, "GET", raw, headers=key.headers)
+    by_nginx = [r["raw_path"] for r in upstream.requests]
+    assert through.status == direct.status, (raw, through.body, direct.body)
+    assert by_nginx == by_proxy
+    if direct.status != 200:
+        assert by_nginx == []
+        if through.headers.get("Content-Type", "").startswith("application/json"):
+            assert through.error["code"] == direct.error["code"]
+        else:  # nginx refused it before asking anyone (e.g. a climb above the root)
+            assert through.status == 400
+
+
+async def test_the_forwarding_traps_the_shipped_config_avoids(
+    gateway, upstream, make_key, tmp_path
+):
+    """Why ``proxy_pass`` names ``$keygate_path``: forwarding the raw ``$request_uri``
+    (no URI part) hands the upstream ``/beta/orders/%2e%2e/%2e%2e/orders/1``, which
+    keygate authorized as acme's ``/orders/1`` and which an upstream that does not
+    decode ``%2e`` serves under beta's ``/beta/orders``."""
+    key = await make_key("acme", ["orders-reader"])
+    raw = "/beta/orders/%2e%2e/%2e%2e/orders/1"
+    settings = gateway.settings.with_values(
+        decision_listen="127.0.0.1:0", proxy_listen="127.0.0.1:0",
+        management_listen="127.0.0.1:0", metrics_listen="")
+    keygate = build_gateway(settings)
+    forwarded = {}
+    async with running(keygate) as listening, aiohttp.ClientSession() as session:
+        shipped = render(URL(listening.decision).port, URL(upstream.url).port, _free_port())
+        naive = shipped.replace("proxy_pass http://keygate_backend$keygate_path$is_args$args;",
+                                "proxy_pass http://keygate_backend;")
+        assert naive != shipped
+        for name, site in (("shipped", shipped), ("naive", naive)):
+            workdir = tmp_path / name
+            workdir.mkdir()
+            with nginx_serving(site, workdir) as nginx:
+                reply = await call(session, nginx, "GET", raw, headers=key.headers)
+                assert reply.status == 200, reply.body
+                forwarded[name] = upstream.last["raw_path"]
+    assert forwarded == {"shipped": "/orders/1", "naive": raw}
+
+
+# -- bodies --------------------------------------------------------------------------------
+
+async def test_20_mib_streams_both_ways(front, make_key, upstream):
+    key = await make_key("acme", ["orders-writer"])
+    digest = hashlib.sha256()
+
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(20):  # blocks that differ, so reordering or loss would show
+            block = i.to_bytes(4, "big") * (MiB // 4)
+            digest.update(block)
+            yield block
+
+    reply = await call(front.session, front.nginx, "POST", "/orders/upload",
+                       headers=key.headers, data=body())
+    assert reply.status == 200, reply.body
+    assert upstream.last["body_size"] == 20 * MiB
+    assert upstream.last["body_sha256"] == digest.hexdigest()
+
+    expected = hashlib.sha256(STREAM_BLOCK * 20).hexdigest()
+    got, size = hashlib.sha256(), 0
+    async with front.session.get(front.nginx + "/stream/20", headers=key.headers) as r:
+        assert r.status == 200
+        async for chunk in r.content.iter_chunked(256 * 1024):
+            got.update(chunk)
+            size += len(chunk)
+    assert (size, got.hexdigest()) == (20 * MiB, expected)
+
+
+async def test_a_refused_upload_never_reaches_the_upstream(front, upstream):
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            yield b"x" * MiB
+            await asyncio.sleep(0)
+
+    reply = await call(front.session, front.nginx, "POST", "/orders/upload", data=body())
+    assert_error(reply, 401, "missing_credentials")
+    assert upstream.requests == []
+
+
+# -- the shipped file against the settings ---------------------------------------------------
+
+def test_the_shipped_config_names_keygates_settings_and_headers(make_settings: Callable):
+    settings = make_settings()
+    text = SHIPPED.read_text()
+    prefix = settings.identity_header_prefix
+    for credential in (settings.key_header, settings.token_header):
+        assert f'proxy_set_header {credential} "";' in text
+    assert f"proxy_set_header {settings.decision_original_uri_header} $request_uri;" in text
+    assert (f"proxy_set_header {settings.decision_original_method_header} $request_method;"
+            in text)
+    assert "proxy_pass http://keygate_decision/nginx;" in text
+    for name in ("Key", "Owner-Account", "Account", "Roles"):
+        variable = "$keygate_" + name.lower().replace("-", "_")
+        header = (prefix + name).lower().replace("-", "_")
+        assert f"auth_request_set {variable} $upstream_http_{header};" in text
+        assert f"proxy_set_header {prefix}{name} {variable};" in text
+    assert "proxy_pass http://keygate_backend$keygate_path$is_args$args;" in text
+    directives = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    assert "$uri" not in directives.replace("$request_uri", "")  # nginx's decoded form
