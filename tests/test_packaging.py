@@ -235,3 +235,76 @@ def test_the_built_wheel_runs_demo_policy_check_and_serve_from_a_new_venv(tmp_pa
         if serve.poll() is None:
             serve.kill()
             serve.communicate()
+
+
+# -- aiohttp's public API only ----------------------------------------------------------
+# aiohttp reads every untrusted request; keygate takes its minor releases (security fixes
+# in the parser included) as they come, which holds only while keygate uses nothing but
+# its documented API: these modules, and no underscore names.
+AIOHTTP_PUBLIC_MODULES = {"aiohttp", "aiohttp.web", "aiohttp.abc", "aiohttp.hdrs",
+                          "aiohttp.test_utils"}
+
+
+def project_sources() -> list[Path]:
+    return [*(ROOT / "gateway").rglob("*.py"), *(ROOT / "bench").rglob("*.py"),
+            *(ROOT / "tests").rglob("*.py")]
+
+
+def test_only_aiohttps_public_modules_are_imported():
+    for path in project_sources():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+                if node.module.startswith("aiohttp"):
+                    names = [alias.name for alias in node.names]
+                    assert not [n for n in names if n.startswith("_")], (path, node.lineno)
+            else:
+                continue
+            for module in modules:
+                if module.split(".")[0] == "aiohttp":
+                    assert module in AIOHTTP_PUBLIC_MODULES, (
+                        f"{path.relative_to(ROOT)}:{node.lineno} imports {module}")
+
+
+def test_no_underscore_attribute_of_another_object_is_used_by_the_package():
+    """keygate's own code reads underscore attributes of itself only (``self._x``), so it
+    can read none of aiohttp's (or any library's) private state; nor does it override a
+    library class's private methods."""
+    for path in [*(ROOT / "gateway").rglob("*.py"), *(ROOT / "bench").rglob("*.py")]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
+                    and not node.attr.startswith("__"):
+                owner = node.value
+                assert isinstance(owner, ast.Name) and owner.id in ("self", "cls"), (
+                    f"{path.relative_to(ROOT)}:{node.lineno} reads {ast.unparse(node)}")
+            if isinstance(node, ast.ClassDef) and any(
+                "web." in ast.unparse(base) or "aiohttp" in ast.unparse(base)
+                for base in node.bases
+            ):
+                private = [item.name for item in node.body
+                           if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)
+                           and item.name.startswith("_") and not item.name.startswith("__")]
+                assert not private, (
+                    f"{path.relative_to(ROOT)}: {node.name} overrides {private} of "
+                    "an aiohttp class")
+
+
+def test_only_the_store_imports_redis_and_only_the_policy_package_imports_casbin():
+    """The dependency boundaries of the layout: one place talks to Redis, one to Casbin."""
+    owners = {"redis": ("gateway/store",), "casbin": ("gateway/policy/",)}
+    for path in (ROOT / "gateway").rglob("*.py"):
+        relative = path.relative_to(ROOT).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top in owners:
+                    assert relative.startswith(owners[top]), f"{relative} imports {module}"

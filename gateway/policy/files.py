@@ -24,8 +24,8 @@ from pathlib import Path
 
 import casbin
 
-from .credentials import is_valid_account
-from .errors import ConfigError
+from ..credentials import is_valid_account
+from ..errors import ConfigError
 
 ROLE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9_.:/*-]{0,127}$")

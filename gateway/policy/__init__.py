@@ -1,0 +1,22 @@
+"""Policies as code: the only package that imports casbin.
+
+``files``: reading and checking the policy files, the loaded :class:`Policy` and its
+decisions. The tools a security team runs over the same files sit beside it: ``lint``
+(``keygate policy check``), ``tables`` (decision tables, ``keygate policy test``),
+``explain`` (which lines decided, through which inheritance) and ``diff`` (what a change
+does to every role's permissions), and ``sync`` (one policy version across instances).
+"""
+
+from .files import (
+    EFFECTS,
+    Policy,
+    PolicyLine,
+    parse_policy_files,
+    pattern_matches,
+    patterns_overlap,
+)
+
+__all__ = [
+    "EFFECTS", "Policy", "PolicyLine", "parse_policy_files", "pattern_matches",
+    "patterns_overlap",
+]
