@@ -1,5 +1,5 @@
 """``keygate serve | demo | keys … | external-keys … | settings … | audit | export |
-policy check``: the parser, the exit statuses, and the commands that run a server or
+policy …``: the parser, the exit statuses, and the commands that run a server or
 only read files. The commands that work on the store are in ``gateway.cli_store``.
 
 Exit statuses, the same for every command (scripts branch on them): 0 done; 1 refused,
@@ -16,7 +16,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from . import cli_store as store_commands
-from .cli_store import Refused, UsageError, print_json, settings_of
+from .cli_policy import add_policy_commands
+from .cli_store import Refused, UsageError, settings_of
 from .errors import ConfigError, GatewayError
 from .logs import configure_logging
 from .process import run_event_loop
@@ -80,26 +81,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ports = DemoPorts(args.upstream_port, args.proxy_port, args.management_port,
                       args.metrics_port)
     run_event_loop(run_demo(settings, ports))
-    return DONE
-
-
-def cmd_policy_check(args: argparse.Namespace) -> int:
-    """The policy files and the routes of the config: what ``serve`` would refuse."""
-    from .policy import Policy
-    from .routes import parse_routes
-
-    settings = settings_of(args)
-    policy = Policy.load(settings.model_path, settings.policies_dir)
-    routes = parse_routes(settings.routes)
-    names = [route.name for route in routes.routes]
-    if args.json:
-        print_json({"policy": {"lines": policy.lines, "version": policy.version,
-                               "roles": sorted(policy.roles)},
-                    "routes": names})
-        return DONE
-    print(f"policy OK: {policy.lines} lines, version {policy.version}")
-    print(f"roles: {', '.join(sorted(policy.roles))}")
-    print(f"routes OK: {len(names)}" + (f" ({', '.join(names)})" if names else ""))
     return DONE
 
 
@@ -188,10 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CSV only: which sheet (XLSX holds both)")
     export.add_argument("-o", "--output", required=True, help="file to write")
 
-    policy = sub.add_parser("policy", help="policy files")
-    policy_sub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
-    command(policy_sub, "check", cmd_policy_check,
-            "validate model.conf, policies/ and the config's routes")
+    add_policy_commands(sub, command)
     return parser
 
 
