@@ -31,12 +31,14 @@ read from the request's headers, as the front proxy passed on the client's.
 
 **Who may ask.** Those headers say what a client sent, and only a front proxy may say
 it: the peer must be in ``trusted_proxies`` or, when that is empty, on loopback.
-Anyone else gets 403 ``untrusted_decision_caller`` before anything is read (the API
-would otherwise be an oracle for who a pair of credentials belongs to, and a way
-around the failure budgets). The client's address, for the budgets and the access log,
-is walked out of ``X-Forwarded-For`` as :class:`gateway.forwarded.TrustedProxies`
-walks it (loopback counting as trusted by default for this port), else taken from
-``X-Real-IP``, else the peer.
+Anyone else gets 403 ``untrusted_decision_caller`` before anything but the path it
+called is read (the API would otherwise be an oracle for who a pair of credentials
+belongs to, and a way around the failure budgets; the path comes first so that the
+nginx form's refusals, this one included, are all in the shape nginx can pass on).
+The client's address, for the budgets and the access log, is walked out of
+``X-Forwarded-For`` as :class:`gateway.forwarded.TrustedProxies` walks it (loopback
+counting as trusted by default for this port), else taken from ``X-Real-IP``, else the
+peer.
 
 **The answer.** Allowed: 200, no body, the identity headers to set upstream (nginx
 ``auth_request_set``, Traefik ``authResponseHeaders``, Envoy
@@ -169,13 +171,15 @@ class DecisionPort:
         metrics = self.metrics
         started = perf_counter() if metrics is not None else 0.0
         route_name = NO_ROUTE
-        form = None
+        form: str | None = None
         try:
+            # first, so that every refusal on the nginx form is one nginx can pass on
+            form = self.form_of(request.raw_path)
             peer = request.remote or ""
             hop = self.trusted.hop(peer)
             if hop is None or not hop[1]:
                 raise UntrustedCaller()
-            form, facts = self.facts(request)
+            facts = self.facts(form, request)
             decision = await self.pipeline.decide(facts)
             routed = decision.routed
             if routed is not None:
@@ -200,31 +204,37 @@ class DecisionPort:
             metrics.answered(route_name, 200, ALLOWED, started)
         return response
 
-    def facts(self, request: web.BaseRequest) -> tuple[str, RequestFacts]:
-        """The form of the request (by the path called) and the original request's
-        facts as the front proxy reports them."""
-        headers = request.headers
-        target = request.raw_path
+    def form_of(self, target: str) -> str:
+        """Which front proxy asks, by the path it calls (the operator wrote it into
+        that proxy's config; no header the client could add decides it)."""
         if target.startswith(self.envoy_start):
-            form, method = ENVOY, request.method
-            original, host = target[len(self.envoy_prefix):], request.host
+            return ENVOY
+        called = target.partition("?")[0]
+        if called == NGINX_PATH:
+            return NGINX
+        if called == TRAEFIK_PATH:
+            return TRAEFIK
+        raise UnknownEndpoint(
+            f"the decision API answers {NGINX_PATH} (nginx auth_request), "
+            f"{TRAEFIK_PATH} (Traefik ForwardAuth) and {self.envoy_start}… (Envoy "
+            "ext_authz)"
+        )
+
+    def facts(self, form: str, request: web.BaseRequest) -> RequestFacts:
+        """The original request's facts as the front proxy reports them."""
+        headers = request.headers
+        if form == ENVOY:
+            method, host = request.method, request.host
+            original = request.raw_path[len(self.envoy_prefix):]
         else:
-            called = target.partition("?")[0]
-            if called == NGINX_PATH:
-                form, host = NGINX, request.host
+            if form == NGINX:
+                host = request.host
                 method = self.original(headers, self.method_header)
                 original = self.original(headers, self.uri_header)
-            elif called == TRAEFIK_PATH:
-                form = TRAEFIK
+            else:
                 method = self.original(headers, FORWARDED_METHOD)
                 original = self.original(headers, FORWARDED_URI)
                 host = self.original(headers, FORWARDED_HOST)
-            else:
-                raise UnknownEndpoint(
-                    f"the decision API answers {NGINX_PATH} (nginx auth_request), "
-                    f"{TRAEFIK_PATH} (Traefik ForwardAuth) and {self.envoy_start}… (Envoy "
-                    "ext_authz)"
-                )
             if _METHOD.fullmatch(method) is None:
                 raise BadRequest("the original request's method is not an HTTP method",
                                  code="bad_method")
@@ -235,8 +245,8 @@ class DecisionPort:
         client = self.client(request.remote or "", headers)
         request[CLIENT] = client
         request[ORIGINAL_REQUEST] = (method, raw_path)
-        return form, RequestFacts(method, host, raw_path, query, headers, client,
-                                  request[REQUEST_ID])
+        return RequestFacts(method, host, raw_path, query, headers, client,
+                            request[REQUEST_ID])
 
     @staticmethod
     def original(headers: CIMultiDictProxy[str], name: istr) -> str:

@@ -178,6 +178,8 @@ class Route:
     allow_matrix_params: bool = False
     allow_trailing_dots: bool = False
     case_insensitive: bool = False
+    # send the upstream a signed identity token (identity_token_header), not only headers
+    identity_token: bool = False
 
     def matches(self, method: str, host: str, path: str) -> bool:
         if self.methods is not None and method not in self.methods:
@@ -338,7 +340,8 @@ class RouteTable:
                 elif route is not None and route.case_insensitive:
                     raise _case_conflict(route, lowered_route)
         if route is None:
-            raise NotFound(f"no route for {method} {path} on host {host!r}", code="no_route")
+            # the request is not quoted: its path may hold anything, a token included
+            raise NotFound("no route matches this method, host and path", code="no_route")
         if suffixes:
             self._check_suffixes(route, method, host, forwarded, had_params, had_dots)
         return route, routed, forwarded
@@ -389,9 +392,10 @@ def _case_conflict(route: Route, other: Route | None) -> BadRequest:
 _ROUTE_FIELDS = {
     "name", "upstream", "path_prefix", "host", "methods", "account", "account_from",
     "account_segment", "resource", "action", "actions", "strip_prefix",
-    "allow_matrix_params", "allow_trailing_dots", "case_insensitive",
+    "allow_matrix_params", "allow_trailing_dots", "case_insensitive", "identity_token",
 }
-_ROUTE_FLAGS = ("strip_prefix", "allow_matrix_params", "allow_trailing_dots", "case_insensitive")
+_ROUTE_FLAGS = ("strip_prefix", "allow_matrix_params", "allow_trailing_dots", "case_insensitive",
+                "identity_token")
 
 
 def parse_routes(raw_routes: list[dict[str, Any]]) -> RouteTable:
