@@ -137,7 +137,7 @@ class Pipeline:
             return Decision(routed, identity, _NO_HEADERS, None)
         headers: list[tuple[str, str]] = []
         for mutator in self.mutators:
-            headers += mutator.headers(identity)
+            headers += mutator.headers(identity, routed.route)
         return Decision(routed, identity, headers, None)
 
     async def check(
@@ -213,11 +213,12 @@ class Pipeline:
         decide, account = self.authorizer.decide, auth.account
         if isinstance(action, str):
             if decide(roles, account, resource, action):
-                return Identity(auth.principal, account, roles, action)
+                return Identity(auth.principal, account, roles, action, resource, auth.carrier)
         else:
             for candidate in action:
                 if decide(roles, account, resource, candidate):
-                    return Identity(auth.principal, account, roles, candidate)
+                    return Identity(auth.principal, account, roles, candidate, resource,
+                                    auth.carrier)
         wanted = repr(action) if isinstance(action, str) else " or ".join(map(repr, action))
         raise Forbidden(
             f"the roles of this API key do not allow {wanted} on {resource!r} "

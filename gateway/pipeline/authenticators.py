@@ -24,6 +24,7 @@ from multidict import istr
 
 from ..credentials import CredentialFormat, TokenHasher
 from ..errors import BadRequest, Unauthorized
+from ..sessions.tokens import ExpiredSession, InvalidSession, SessionClaims, matches_generation
 from ..store import ACTIVE, Store
 from .identity import Authenticated, Principal
 
@@ -119,3 +120,97 @@ class HeaderAuthenticator:
 class NoCredentials(Unauthorized):
     code = "missing_credentials"
     message = "no API credentials: send the API key and token headers"
+
+
+class InvalidSessionToken(InvalidCredentials):
+    """A session token keygate issued (or one claiming to be) that does not verify, or
+    whose key no longer holds the token it came from. Counted against the client's
+    failure budget like a wrong token."""
+
+    code = "invalid_session"
+    message = "invalid session token: sign in again with the API key and token"
+
+
+class ExpiredSessionToken(InvalidSessionToken):
+    code = "session_expired"
+    message = "the session has expired: sign in again with the API key and token"
+
+
+AUTHORIZATION = istr("Authorization")
+COOKIE = istr("Cookie")
+
+
+class SessionVerifier(Protocol):
+    def verify(self, token: str) -> SessionClaims | None:
+        """The claims of a valid session; None when the token is not keygate's;
+        :class:`~gateway.sessions.tokens.InvalidSession` when it is and fails."""
+        ...
+
+
+class BearerAuthenticator:
+    """``Authorization: Bearer <session JWT>``, or the session cookie (``session_cookie``;
+    empty: none).
+
+    "Not mine" for anything that is not a keygate session (another scheme, another
+    issuer's Bearer token, no cookie), so an upstream's own tokens pass through
+    untouched. A keygate session is a signature and claims (checked by the verifier,
+    which caches what it verified) *and* the key's state now, read as the key/token pair
+    reads it (the credential cache, invalidated on every change): a session stops working
+    on the next request after its key is deactivated or deleted, or after the token it
+    came from is replaced.
+    """
+
+    def __init__(self, store: Store, sessions: SessionVerifier, cookie: str = ""):
+        self.store = store
+        self.sessions = sessions
+        self.cookie = cookie
+
+    def token_of(self, headers: Mapping[str, str]) -> tuple[str, str] | None:
+        """The session token and where it came from (``bearer`` or ``cookie``)."""
+        value = headers.get(AUTHORIZATION)
+        if value is not None:
+            scheme, _, token = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip(), "bearer"
+        if self.cookie:
+            for header in _all(headers, COOKIE):
+                for pair in header.split(";"):
+                    name, _, token = pair.strip().partition("=")
+                    if name == self.cookie and token:
+                        return token, "cookie"
+        return None
+
+    async def authenticate(self, headers: Mapping[str, str], account: str) -> Authenticated | None:
+        found_token = self.token_of(headers)
+        if found_token is None:
+            return None
+        try:
+            claims = self.sessions.verify(found_token[0])
+        except ExpiredSession:
+            raise ExpiredSessionToken() from None
+        except InvalidSession:
+            raise InvalidSessionToken() from None
+        if claims is None:
+            return None
+        found = self.store.cached_lookup(claims.app_key, account)
+        if found is None:
+            found = await self.store.auth_lookup(claims.app_key, account)
+        if not found.exists or found.owner != claims.owner:
+            raise InvalidSessionToken()  # the key was deleted
+        if not matches_generation(claims.generation, found.token_digests):
+            raise InvalidSessionToken()  # the token the session came from was replaced
+        if found.status != ACTIVE:
+            raise Unauthorized(
+                "this API key is inactive; its owner account can activate it",
+                code="key_inactive",
+            )
+        return Authenticated(Principal(claims.app_key, found.owner), account, found.grant,
+                             found_token[1])
+
+
+def _all(headers: Mapping[str, str], name: str) -> list[str]:
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        return list(getall(name, ()))
+    value = headers.get(name)
+    return [value] if value is not None else []

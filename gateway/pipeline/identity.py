@@ -25,13 +25,18 @@ class Authenticated(NamedTuple):
     principal: Principal
     account: str
     grant: Grant | None
+    # what carried the credentials when it was not the key/token headers: "bearer" (the
+    # Authorization header) or "cookie" (the session cookie); never sent upstream
+    carrier: str = ""
 
 
 class Identity(NamedTuple):
-    """A principal authorized in a target account with these roles (``action``: the
-    action it was authorized for, when it was asked for one of several)."""
+    """A principal authorized in a target account with these roles, for ``action`` on
+    ``resource`` (the action allowed, when it was asked for one of several)."""
 
     principal: Principal
     account: str
     roles: tuple[str, ...]
     action: str = ""
+    resource: str = ""
+    carrier: str = ""  # as Authenticated.carrier

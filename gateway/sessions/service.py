@@ -1,0 +1,186 @@
+"""keygate's sessions at run time: the key ring in force, verification with a cache,
+issuing session and identity tokens, rotation.
+
+The signing keys come from PEM files named in ``jwt_private_key_files`` (the first is
+current; rotation is then the operator's: change the list) or, by default, from the
+store, where the first instance to start generates one (sealed under the server secret,
+see :mod:`gateway.sessions.keys`) and ``keygate jwt rotate`` adds the next. Every
+instance reloads the ring when told of a rotation (the store's invalidation channel)
+and, as a safety net, when a token names a kid it does not know (at most once per
+``RELOAD_AT_MOST`` seconds, so unknown kids cannot make it hammer the store).
+
+Verification is cached per token string: a session is verified once per process (ES256
+costs ~150 µs), then every request with it costs a dictionary lookup and an expiry
+check, and the key's state is still read on every request by the authenticator.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from ..cache import LRU
+from ..errors import ConfigError
+from . import keys, tokens
+from .keys import KeyRing, SigningKey
+
+log = logging.getLogger("keygate.sessions")
+
+RELOAD_AT_MOST = 5.0  # seconds between reloads for an unknown kid
+
+
+class SigningKeyStore(Protocol):
+    """The store's part: sealed signing keys (``gateway.store``)."""
+
+    async def signing_keys(self) -> list[str]: ...
+
+    async def add_signing_key(self, sealed: str, retired: Sequence[str] = ()) -> list[str]:
+        """Store ``sealed`` (and the retired versions of earlier keys) atomically, and
+        announce the change; the stored keys after it."""
+        ...
+
+    async def first_signing_key(self, sealed: str) -> list[str]:
+        """Store ``sealed`` only if there is no key yet (two instances starting at once
+        agree on one); the stored keys after it."""
+        ...
+
+
+class Sessions:
+    def __init__(
+        self,
+        *,
+        store: SigningKeyStore,
+        server_secrets: Sequence[bytes],
+        algorithm: str,
+        issuer: str,
+        audience: str,
+        session_ttl: int,
+        leeway: float,
+        identity_audience: str,
+        identity_ttl: int,
+        key_files: Sequence[Path] = (),
+        cache_size: int = 100_000,
+        clock: Callable[[], float] = time.time,
+    ):
+        if algorithm not in keys.ALGORITHMS:
+            raise ConfigError(f"setting jwt_algorithm: {algorithm!r} is not one of "
+                              f"{', '.join(keys.ALGORITHMS)}")
+        self.store = store
+        self.server_secrets = tuple(server_secrets)
+        self.algorithm = algorithm
+        self.issuer, self.audience = issuer, audience
+        self.session_ttl, self.leeway = session_ttl, leeway
+        self.identity_audience, self.identity_ttl = identity_audience, identity_ttl
+        self.clock = clock
+        self.from_files = bool(key_files)
+        self.ring: KeyRing | None = None
+        if key_files:  # loaded now: a bad file is a configuration error before serving
+            now = int(clock())
+            loaded = [keys.load_pem(Path(path), created=now - i)
+                      for i, path in enumerate(key_files)]
+            self.ring = KeyRing(loaded, self.max_lifetime, now)
+        self._verified: LRU[str, tokens.SessionClaims] = LRU(cache_size)
+        self._last_reload = 0.0
+
+    @property
+    def max_lifetime(self) -> int:
+        """How long a retired key must still verify: the longest token it signed."""
+        return max(self.session_ttl, self.identity_ttl) + int(self.leeway) + 1
+
+    # -- the ring ----------------------------------------------------------------------------
+    async def load(self) -> None:
+        """The ring from the store, making the first key when there is none."""
+        if self.from_files:
+            return
+        records = await self.store.signing_keys()
+        if not records:
+            first = keys.generate(self.algorithm, int(self.clock()))
+            records = await self.store.first_signing_key(
+                keys.seal(first, self.server_secrets[0]))
+        self.ring = self._ring_of(records)
+        self._last_reload = self.clock()
+
+    def _ring_of(self, records: list[str]) -> KeyRing:
+        opened: list[SigningKey] = []
+        for record in records:
+            try:
+                opened.append(keys.unseal(record, self.server_secrets))
+            except keys.UnsealError as exc:
+                log.error("skipping a stored signing key: %s", exc)
+        try:
+            return KeyRing(opened, self.max_lifetime, int(self.clock()))
+        except ValueError:
+            raise ConfigError(
+                "no stored JWT signing key can be used (none current, or none opens with "
+                "server_secret); run `keygate jwt rotate`") from None
+
+    async def rotate(self) -> SigningKey:
+        """A new current key; the previous ones stay for verification while their tokens
+        may live. Refused when the keys come from files."""
+        if self.from_files:
+            raise ConfigError("the JWT signing keys come from jwt_private_key_files: rotate "
+                              "by changing that list")
+        now = int(self.clock())
+        records = await self.store.signing_keys()
+        retired = []
+        for record in records:
+            try:
+                key = keys.unseal(record, self.server_secrets)
+            except keys.UnsealError:
+                continue
+            if not key.retired:
+                retired.append(keys.seal(key.retire(now), self.server_secrets[0]))
+        new = keys.generate(self.algorithm, now)
+        self.ring = self._ring_of(
+            await self.store.add_signing_key(keys.seal(new, self.server_secrets[0]), retired))
+        return new
+
+    async def changed(self) -> None:
+        """Told that the stored keys changed (a rotation elsewhere)."""
+        if not self.from_files:
+            self.ring = self._ring_of(await self.store.signing_keys())
+            self._last_reload = self.clock()
+
+    def _ring(self) -> KeyRing:
+        if self.ring is None:
+            raise ConfigError("sessions are not loaded yet")
+        return self.ring
+
+    # -- tokens ------------------------------------------------------------------------------
+    def issue(self, app_key: str, owner: str, token_digest: str) -> tuple[str, int]:
+        return tokens.issue_session(
+            self._ring(), issuer=self.issuer, audience=self.audience, app_key=app_key,
+            owner=owner, token_digest=token_digest, ttl=self.session_ttl,
+            now=int(self.clock()))
+
+    def verify(self, token: str) -> tokens.SessionClaims | None:
+        claims = self._verified.get(token)
+        if claims is not None:
+            if self.clock() < claims.expires + self.leeway:
+                return claims
+            raise tokens.ExpiredSession("expired")
+        ring = self.ring
+        if ring is None:
+            return None
+        claims = tokens.verify_session(ring, token, issuer=self.issuer,
+                                       audience=self.audience, leeway=self.leeway)
+        if claims is not None:
+            self._verified.put(token, claims)
+        return claims
+
+    def unknown_kid(self) -> bool:
+        """Whether a reload for an unknown kid is due (rate-limited)."""
+        return not self.from_files and self.clock() - self._last_reload >= RELOAD_AT_MOST
+
+    def identity_token(self, app_key: str, owner: str, account: str, roles: Sequence[str],
+                       resource: str, action: str) -> str:
+        return tokens.issue_identity(
+            self._ring(), issuer=self.issuer, audience=self.identity_audience,
+            app_key=app_key, owner=owner, account=account, roles=roles,
+            resource=resource, action=action, ttl=self.identity_ttl, now=int(self.clock()))
+
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        return self._ring().jwks()
