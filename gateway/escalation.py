@@ -44,15 +44,9 @@ from .cache import LRU
 from .errors import Forbidden
 from .pipeline import Identity
 from .pipeline.authorizer import Authorizer
-from .policy import pattern_matches, patterns_overlap
+from .policy.delegation import ASSIGN, ROLE_RESOURCE_PREFIX, judge_assign, role_resource
 
-ASSIGN = "assign"
-ROLE_RESOURCE_PREFIX = "role:"
-
-
-def role_resource(role: str) -> str:
-    """The resource naming a role in ``assign`` lines."""
-    return ROLE_RESOURCE_PREFIX + role
+__all__ = ["ASSIGN", "ROLE_RESOURCE_PREFIX", "Delegation", "EscalationRefused", "role_resource"]
 
 
 class EscalationRefused(Forbidden):
@@ -91,40 +85,12 @@ class Delegation:
     def _judge(
         self, caller_roles: Sequence[str], account: str, role: str, by_assign_line: bool
     ) -> str | None:
-        policy = self.authorizer.policy
-        resource = role_resource(role)
-        _, denied = policy.decide_ex(caller_roles, account, resource, ASSIGN)
-        if denied:
-            return "a policy line denies it"
-        if by_assign_line and self._assign_line(caller_roles, account, resource):
-            return None
-        caller_denies = policy.lines_of(caller_roles, account, "deny")
-        for line in policy.lines_of([role], account, "allow"):
-            _, _, granted, action, _ = line.values
-            touched = any(
-                patterns_overlap(granted, deny.values[2])
-                and patterns_overlap(action, deny.values[3])
-                for deny in caller_denies
-            )
-            if touched or not self.authorizer.decide(caller_roles, account, granted, action):
-                return (
-                    f"it grants {action!r} on {granted!r}, which this key does not hold "
-                    f"(policy {line.file}, line {line.line}), and no policy line lets it "
-                    f"{ASSIGN!r} {resource!r}"
-                )
-        return None
-
-    def _assign_line(self, caller_roles: Sequence[str], account: str, resource: str) -> bool:
-        """An allow line of the caller's roles made for handing out roles: its resource
-        names roles (``role:…``). A catch-all line (``*, *``) is not one: it says what
-        a role may do, not which roles it may give away, so it counts only through the
-        permissions it holds."""
-        return any(
-            line.values[2].startswith(ROLE_RESOURCE_PREFIX)
-            and pattern_matches(resource, line.values[2])
-            and pattern_matches(ASSIGN, line.values[3])
-            for line in self.authorizer.policy.lines_of(caller_roles, account, "allow")
-        )
+        """The rule itself is pure (gateway.policy.delegation), so that the policy tools
+        judge assignments as this does; here it asks the cached decisions."""
+        return judge_assign(
+            self.authorizer.policy, caller_roles, account, role,
+            by_assign_line=by_assign_line, decide=self.authorizer.decide,
+        ).reason
 
     def assignable(self, caller_roles: Sequence[str], account: str) -> list[str]:
         """Every role defined in the policies that ``caller_roles`` may assign here."""

@@ -1,0 +1,54 @@
+"""A key's roles in one account, for the policy tools (``keygate policy explain|test``
+and ``GET /accounts/{account}/explain``).
+
+The roles a request would be authorized with (``gateway.pipeline.grants``): a key's own
+roles in its owner account, the roles an account granted it otherwise. Only a key that
+holds roles *in the account asked about* resolves: to a caller of account A, a key of
+another account that A never granted anything does not exist, exactly like a key that
+does not exist at all (same answer, and the same store reads either way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .credentials import CredentialFormat
+from .store import Store
+
+
+@dataclass(frozen=True)
+class KeyRoles:
+    app_key: str
+    account: str
+    roles: tuple[str, ...]
+    # the key's status for an own key; for an external key, the grant's status in the
+    # account (the key's own status belongs to its owner account)
+    status: str
+    external: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {"appKey": self.app_key, "status": self.status,
+                "kind": "external" if self.external else "generated"}
+
+
+async def key_roles(
+    store: Store, fmt: CredentialFormat, app_key: str, account: str
+) -> KeyRoles | None:
+    """The key's roles in ``account``, or None when it holds none there (or is no key).
+
+    The owner account is read from the key's name (``kgk-acme-…``), not from the store,
+    so whether a key of another account exists costs one read either way and answers
+    alike."""
+    owner = fmt.key_account(app_key)
+    if owner is None:
+        return None
+    if owner == account:
+        record = await store.get_key(account, app_key)
+        if record is None:
+            return None
+        return KeyRoles(app_key, account, record.roles, record.status, external=False)
+    grant = await store.get_grant(account, app_key)
+    if grant is None:
+        return None
+    return KeyRoles(app_key, account, grant.roles, grant.status, external=True)

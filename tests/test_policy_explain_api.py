@@ -1,0 +1,219 @@
+"""``GET /api/v1/accounts/{account}/explain``, tried as an attacker: permission ``view``
+in the account; other accounts' keys and policy lines stay hidden (a key another
+account owns resolves only when this account granted it roles, and then only with
+those roles); odd or oversized parameters are 400s in the one error shape, never 500s.
+
+The real management app over a policy directory of the test's own (the shipped files
+plus lines for account beta), with keys on the private redis-server.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from conftest import Key
+
+from gateway.app import build_gateway
+from gateway.management import build_management_app
+from gateway.settings import PROJECT_ROOT
+from gateway.store import CLI_ACTOR
+
+POLICIES = PROJECT_ROOT / "policies"
+EXPLAIN = "/api/v1/accounts/{}/explain"
+
+
+def copy_policies(target: Path, extra: str, name: str) -> Path:
+    shutil.copytree(POLICIES, target)
+    (target / name).write_text(extra)
+    return target
+
+
+# -- GET /accounts/{account}/explain ---------------------------------------------------
+class Explainer:
+    """A management app over a policy directory of the test's own, and its keys."""
+
+    def __init__(self, gateway: Any, client: Any):
+        self.gateway, self.client = gateway, client
+
+    async def key(self, account: str, roles: list[str]) -> Key:
+        issued = await self.gateway.lifecycle.create(account, "k", roles, CLI_ACTOR)
+        return Key(issued.record.app_key, issued.token)
+
+    async def get(self, account: str, key: Key | None, query: Any) -> Any:
+        return await self.client.get(EXPLAIN.format(account), params=query,
+                                     headers=key.headers if key else {})
+
+
+@pytest.fixture
+async def api(make_settings, clock, aiohttp_client, tmp_path) -> Any:
+    directory = copy_policies(tmp_path / "policies",
+                              "p, orders-reader, beta, orders, write, allow\n"
+                              "p, beta-auditor, beta, audit, read, allow\n", "beta.csv")
+    gateway = build_gateway(make_settings(policies_dir=str(directory)), clock=clock)
+    gateway.start()
+    client = await aiohttp_client(build_management_app(gateway))
+    yield Explainer(gateway, client)
+    await gateway.close()
+
+
+async def error_of(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status == status, await response.text()
+    body = await response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message", "status", "requestId"}
+    assert body["error"]["status"] == status
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    return body["error"]
+
+
+async def test_the_endpoint_explains_with_roles(api):
+    viewer = await api.key("acme", ["api-keys-viewer"])
+    response = await api.get("acme", viewer, [("resource", "orders"), ("action", "read"),
+                                              ("role", "orders-writer")])
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    assert body["allowed"] is True
+    assert (body["account"], body["resource"], body["action"]) == ("acme", "orders", "read")
+    assert body["roles"] == ["orders-writer"]
+    (line,) = body["decidedBy"]
+    assert line["file"] == "examples.csv" and line["via"] == ["orders-writer", "orders-reader"]
+    assert body["reason"].startswith("allowed")
+    assert body["policyVersion"] == api.gateway.policy.version
+    # several roles: deny beats allow
+    response = await api.get("acme", viewer, [("resource", "orders"), ("action", "read"),
+                                              ("role", "orders-writer"),
+                                              ("role", "suspended-partner")])
+    body = await response.json()
+    assert body["allowed"] is False and [d["effect"] for d in body["decidedBy"]] == ["deny"]
+
+
+async def test_the_endpoint_needs_view_in_the_account(api):
+    query = {"resource": "orders", "action": "read", "role": "owner"}
+    await error_of(await api.get("acme", None, query), 401)
+    writer = await api.key("acme", ["orders-writer"])
+    await error_of(await api.get("acme", writer, query), 403)
+    # view in acme is not view in globex
+    viewer = await api.key("acme", ["api-keys-viewer"])
+    await error_of(await api.get("globex", viewer, query), 403)
+
+
+async def test_lines_of_other_accounts_stay_hidden(api):
+    viewer = await api.key("acme", ["api-keys-viewer"])
+    response = await api.get("acme", viewer, {"resource": "orders", "action": "write",
+                                              "role": "orders-reader"})
+    body = await response.json()
+    assert body["allowed"] is False and body["matched"] == [] and body["decidedBy"] == []
+    assert "beta" not in await response.text()
+    response = await api.get("acme", viewer, {"resource": "audit", "action": "read",
+                                              "role": "beta-auditor"})
+    assert "beta.csv" not in await response.text()
+    # in beta itself the line decides
+    beta_viewer = await api.key("beta", ["api-keys-viewer"])
+    body = await (await api.get("beta", beta_viewer, {"resource": "orders", "action": "write",
+                                                       "role": "orders-reader"})).json()
+    assert body["allowed"] is True and body["decidedBy"][0]["file"] == "beta.csv"
+
+
+async def test_a_key_resolves_only_when_it_holds_roles_in_the_account(api):
+    viewer = await api.key("acme", ["api-keys-viewer"])
+    own = await api.key("acme", ["orders-writer"])
+    partner = await api.key("globex", ["owner"])
+    stranger = await api.key("initech", ["owner"])
+    await api.gateway.store.add_grant("acme", partner.app_key, "partner", ["catalog-reader"],
+                                      CLI_ACTOR)
+    query = {"resource": "orders", "action": "write"}
+
+    body = await (await api.get("acme", viewer, {**query, "key": own.app_key})).json()
+    assert body["allowed"] is True and body["roles"] == ["orders-writer"]
+    assert body["key"] == {"appKey": own.app_key, "status": "active", "kind": "generated"}
+
+    response = await api.get("acme", viewer, {**query, "key": partner.app_key})
+    text = await response.text()
+    body = orjson.loads(text)
+    assert body["allowed"] is False and body["roles"] == ["catalog-reader"]  # not owner
+    assert body["key"]["kind"] == "external"
+    # nothing of the key's home account: its roles, label or token there (its name says
+    # which account owns it, as every key name does)
+    rest = text.replace(partner.app_key, "")
+    assert "globex" not in rest and partner.token not in text and "owner" not in rest
+
+    # another account's key acme granted nothing, and a key that does not exist: alike
+    missing = f"kgk-initech-{'0' * 10}"
+    errors = []
+    for app_key in (stranger.app_key, missing):
+        errors.append(await error_of(await api.get("acme", viewer, {**query, "key": app_key}),
+                                     404, "key_not_found"))
+    assert [e["message"].replace(stranger.app_key, "K").replace(missing, "K")
+            for e in errors] == ["no API key 'K' holds roles in account 'acme'"] * 2
+    # the caller's own key resolves like any other key of the account
+    body = await (await api.get("acme", viewer, {**query, "key": viewer.app_key})).json()
+    assert body["roles"] == ["api-keys-viewer"]
+
+
+async def test_an_external_caller_with_view_explains_in_the_granting_account(api):
+    partner = await api.key("globex", ["catalog-reader"])
+    await api.gateway.store.add_grant("acme", partner.app_key, "p", ["api-keys-viewer"],
+                                      CLI_ACTOR)
+    response = await api.get("acme", partner, {"resource": "orders", "action": "read",
+                                               "role": "orders-reader"})
+    assert response.status == 200 and (await response.json())["allowed"] is True
+
+
+async def test_the_endpoint_gives_the_management_apis_answer_on_assignments(api):
+    viewer = await api.key("acme", ["api-keys-viewer"])
+    body = await (await api.get("acme", viewer, {
+        "resource": "role:owner", "action": "assign", "role": "user-admin-restricted",
+    })).json()
+    assert body["assignment"]["allowed"] is False
+    assert body["assignment"]["decidedBy"][0]["resource"] == "role:owner"
+    body = await (await api.get("acme", viewer, {
+        "resource": "orders", "action": "read", "role": "user-admin-restricted",
+    })).json()
+    assert "assignment" not in body
+
+
+BAD_QUERIES = [
+    ({"action": "read", "role": "owner"}, "bad_query"),  # no resource
+    ({"resource": "orders", "role": "owner"}, "bad_query"),  # no action
+    ({"resource": "orders", "action": "read"}, "bad_query"),  # neither role nor key
+    ({"resource": "orders", "action": "read", "role": "owner", "key": "kgk-acme-0000000000"},
+     "bad_query"),
+    ([("resource", "orders"), ("resource", "catalog"), ("action", "read"), ("role", "owner")],
+     "bad_query"),
+    ([("resource", "orders"), ("action", "read"), ("key", "kgk-acme-0000000000"),
+      ("key", "kgk-acme-1111111111")], "bad_query"),
+    ({"resource": "", "action": "read", "role": "owner"}, "bad_query"),
+    ({"resource": "orders", "action": "read", "role": ""}, "bad_query"),
+    ({"resource": "orders/*", "action": "read", "role": "owner"}, "bad_query"),
+    ({"resource": "x" * 3000, "action": "read", "role": "owner"}, "bad_query"),
+    ({"resource": "orders", "action": "r\u00e9ad", "role": "owner"}, "bad_query"),
+    ({"resource": "orders", "action": "read\x00", "role": "owner"}, "bad_query"),
+    ({"resource": "orders", "action": "read", "role": "own er"}, "bad_query"),
+    ({"resource": "orders", "action": "read", "role": "r" * 3000}, "bad_query"),
+    ([("resource", "orders"), ("action", "read")] + [("role", f"r{n}") for n in range(33)],
+     "bad_query"),
+    ([("resource", "orders"), ("action", "read")] + [("role", "owner")] * 500, "bad_query"),
+    ({"resource": "orders", "action": "read", "role": "owner", "roles": "x"}, "bad_query"),
+    ({"resource": "orders", "action": "read", "key": "not-a-key"}, "bad_app_key"),
+    ({"resource": "orders", "action": "read", "key": "k" * 3000}, "bad_app_key"),
+]
+
+
+@pytest.mark.parametrize("query, code", BAD_QUERIES)
+async def test_bad_queries_are_400s_in_the_one_error_shape(api, query, code):
+    viewer = await api.key("acme", ["api-keys-viewer"])
+    error = await error_of(await api.get("acme", viewer, query), 400, code)
+    assert len(error["message"]) < 400  # a huge parameter is not echoed back
+
+
+async def test_unknown_roles_are_reported_not_refused(api):
+    viewer = await api.key("acme", ["api-keys-viewer"])
+    body = await (await api.get("acme", viewer, [("resource", "orders"), ("action", "read"),
+                                                 ("role", "ghost"),
+                                                 ("role", "orders-reader")])).json()
+    assert body["allowed"] is True and body["unknownRoles"] == ["ghost"]
