@@ -10,9 +10,12 @@ run (no such directory, a bad argument, a config that does not load).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-from .cli_store import print_json, settings_of
+from .cli_store import UsageError, print_json, settings_of, shared_store_settings, shown
+from .errors import ConfigError
+from .process import run_event_loop
 
 DONE, FOUND, BAD_USAGE = 0, 1, 2
 
@@ -81,20 +84,71 @@ def run_tool(name: str) -> Any:
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
-    """The policy files and the routes of the config: what ``serve`` would refuse."""
-    from .policy import Policy
+    """Lint model.conf, the policy files and the config's routes
+    (:mod:`gateway.policy.lint`); with ``--store``, also the roles keys and grants hold.
+    Errors found: 1; warnings alone: 0; a config, directory or store that cannot be
+    read: 2 (nothing was checked)."""
+    from .management.common import MANAGEMENT_PERMISSIONS
+    from .policy.lint import RouteUse, lint_policy
     from .routes import parse_routes
 
-    settings = settings_of(args)
-    policy = Policy.load(settings.model_path, args.directory or settings.policies_dir)
-    routes = parse_routes(settings.routes)
-    names = [route.name for route in routes.routes]
+    settings = shared_store_settings(args) if args.store else settings_of(args)
+    routes = [RouteUse.of(route) for route in parse_routes(settings.routes).routes]
+    directory = Path(args.directory or settings.policies_dir)
+    if args.directory and not directory.is_dir():
+        raise UsageError(f"DIR: {shown(args.directory)} is not a directory")
+    held = run_event_loop(_held_roles(settings)) if args.store else None
+    report = lint_policy(Path(settings.model_path), directory, routes,
+                         MANAGEMENT_PERMISSIONS, held)
     if wants_json(args):
-        print_json({"policy": {"lines": policy.lines, "version": policy.version,
-                               "roles": sorted(policy.roles)},
-                    "routes": names})
-        return DONE
-    print(f"policy OK: {policy.lines} lines, version {policy.version}")
-    print(f"roles: {', '.join(sorted(policy.roles))}")
-    print(f"routes OK: {len(names)}" + (f" ({', '.join(names)})" if names else ""))
-    return DONE
+        print_json(report.as_json())
+    else:
+        for line in _check_text(report):
+            print(line)
+    return FOUND if report.errors else DONE
+
+
+ROLES_SHOWN = 50
+
+
+def _check_text(report: Any) -> list[str]:
+    """One line per finding (``file:line: severity: code: message``), what was
+    checked, and a summary line."""
+    lines = [f"{f.location}: {f.severity}: {f.code}: {f.message}" for f in report.findings]
+    if report.version is not None:
+        lines.append(f"policy OK: {report.lines} lines, version {report.version}")
+    else:
+        lines.append("policy: keygate would refuse these files (see the errors above)")
+    roles = list(report.roles[:ROLES_SHOWN])
+    if len(report.roles) > ROLES_SHOWN:
+        roles.append(f"... ({len(report.roles) - ROLES_SHOWN} more)")
+    lines.append(f"roles: {', '.join(roles)}")
+    if report.routes:
+        names = ", ".join(shown(name) for name in report.routes)
+        lines.append(f"routes OK: {len(report.routes)} ({names})")
+    else:
+        lines.append("routes: none configured (resources and actions not checked against "
+                     "routes)")
+    if report.store_checked:
+        lines.append("store: roles held by keys and grants checked")
+    errors, warnings = report.errors, report.warnings
+    lines.append(f"{errors} error{'' if errors == 1 else 's'}, "
+                 f"{warnings} warning{'' if warnings == 1 else 's'}")
+    return lines
+
+
+async def _held_roles(settings: Any) -> dict[str, dict[str, int]]:
+    """Account → role → keys and grants holding it, read from the configured store
+    (the store alone: the configured policy may be the broken one being checked)."""
+    from .errors import StoreUnavailable
+    from .store import Store
+
+    store = Store.from_url(settings.store_url, settings.store_prefix, max_connections=2)
+    try:
+        if not await store.ping():
+            raise ConfigError("setting store_url: the store does not answer")
+        return await store.role_holders()
+    except StoreUnavailable:
+        raise ConfigError("setting store_url: the store stopped answering") from None
+    finally:
+        await store.close()

@@ -1,4 +1,5 @@
-"""Authorization decisions: the only module that imports casbin.
+"""Authorization decisions: the only module that imports casbin (the model, the
+lines, the decisions).
 
 A decision is a pure function of ``(roles, account, resource, action)`` and of the
 policy files, identified by :attr:`Policy.version`. All of a key's roles are put to
@@ -30,6 +31,21 @@ from ..errors import ConfigError
 ROLE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9_.:/*-]{0,127}$")
 EFFECTS = ("allow", "deny")
+# A valid line is a few hundred characters at most (five names of at most 128); a longer
+# one is refused before the CSV reader sees it (its field limit would raise).
+MAX_LINE_LENGTH = 4096
+# Only CR, LF and CRLF end a line, as in the editors and review tools people read the
+# files in: Python's splitlines() would also break at form feeds, U+2028 and the like,
+# which a review shows inside one line (a comment could hide a rule after one).
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# No value may hold "#", so a refused line holding one is most likely a comment after
+# the values, which CSV reads as part of the last one.
+INLINE_COMMENT = "a comment goes on a line of its own: '#' after the values is read as part of them"
+# How much of a value a message quotes: a hostile file cannot make a report huge.
+EXCERPT = 48
+
+# The stable names of the problems a line can have (``keygate policy check`` codes).
+SYNTAX, BAD_EFFECT, CYCLE, UNREADABLE = "syntax", "bad-effect", "inheritance-cycle", "unreadable"
 
 
 @dataclass(frozen=True)
@@ -39,88 +55,237 @@ class PolicyLine:
     values: tuple[str, ...]
 
 
-def _problem(file: str, line: int, reason: str) -> ConfigError:
-    return ConfigError(f"policy {file}, line {line}: {reason}")
+@dataclass(frozen=True)
+class LineProblem:
+    """Something wrong in a policy file, where it is and why, under a stable ``code``.
+
+    The loader stops at the first one (:meth:`error`); ``keygate policy check`` reports
+    every one. ``line`` is None when the problem is the whole file (it cannot be read).
+    """
+
+    file: str
+    line: int | None
+    code: str
+    reason: str
+
+    def error(self) -> ConfigError:
+        if self.line is None or self.code == UNREADABLE:
+            return ConfigError(f"policy {self.file}: {self.reason}")
+        return ConfigError(f"policy {self.file}, line {self.line}: {self.reason}")
+
+
+@dataclass(frozen=True)
+class PolicyFiles:
+    """A policy directory as read: the valid lines and every problem, in file order.
+
+    A line with a problem is left out of ``p_lines``/``g_lines``, so that what is left
+    can still be analysed; inheritance cycles are not looked for here
+    (:func:`inheritance_cycles`)."""
+
+    files: tuple[str, ...]
+    p_lines: tuple[PolicyLine, ...]
+    g_lines: tuple[PolicyLine, ...]
+    problems: tuple[LineProblem, ...]
+
+
+def excerpt(value: str) -> str:
+    """``value`` quoted for a message (escapes shown, never raw control characters) and
+    cut to a bounded length."""
+    if len(value) <= EXCERPT:
+        return repr(value)
+    return f"{value[:EXCERPT]!r}... ({len(value)} characters)"
 
 
 def parse_policy_files(policies_dir: Path) -> tuple[list[PolicyLine], list[PolicyLine]]:
-    """Read every ``*.csv`` in the directory into checked ``p`` and ``g`` lines."""
+    """Read every ``*.csv`` in the directory into checked ``p`` and ``g`` lines; the
+    first problem (in file and line order, then inheritance cycles) is a ConfigError."""
+    read = read_policy_files(policies_dir)
+    if read.problems:
+        raise read.problems[0].error()
+    cycles = inheritance_cycles(read.g_lines)
+    if cycles:
+        raise cycles[0].error()
+    return list(read.p_lines), list(read.g_lines)
+
+
+def read_policy_files(policies_dir: Path) -> PolicyFiles:
+    """Every ``*.csv`` of the directory (sorted by name), each line checked by the same
+    rules as the loader's, every problem kept. A directory that is missing or holds no
+    policy file is a ConfigError: there is nothing to read."""
     if not policies_dir.is_dir():
         raise ConfigError(f"setting policies_dir: {policies_dir} is not a directory")
-    files = sorted(policies_dir.glob("*.csv"))
-    if not files:
+    paths = sorted(policies_dir.glob("*.csv"))
+    if not paths:
         raise ConfigError(f"setting policies_dir: no *.csv policy files in {policies_dir}")
     p_lines: list[PolicyLine] = []
     g_lines: list[PolicyLine] = []
-    for path in files:
+    problems: list[LineProblem] = []
+    for path in paths:
         name = path.name
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"policy {name}: cannot read it ({exc})") from None
-        for number, raw in enumerate(text.splitlines(), start=1):
+            text = path.read_bytes().decode("utf-8")
+        except OSError as exc:
+            problems.append(LineProblem(name, None, UNREADABLE, f"cannot read it ({exc})"))
+            continue
+        except UnicodeDecodeError as exc:
+            line = exc.object.count(b"\n", 0, exc.start) + 1
+            problems.append(LineProblem(name, line, UNREADABLE, f"cannot read it ({exc})"))
+            continue
+        for number, raw in enumerate(LINE_BREAK.split(text), start=1):
             if not raw.strip() or raw.lstrip().startswith("#"):
                 continue
-            values = [v.strip() for v in next(csv.reader([raw], skipinitialspace=True))]
-            kind, fields = values[0], tuple(values[1:])
-            if kind == "p":
-                _check_p(name, number, fields)
-                p_lines.append(PolicyLine(name, number, fields))
-            elif kind == "g":
-                _check_g(name, number, fields)
-                g_lines.append(PolicyLine(name, number, fields))
+            kind, fields, problem = _split(raw)
+            if problem is None:
+                check = {"p": p_line_problem, "g": g_line_problem}.get(kind)
+                if check is None:
+                    problem = (SYNTAX, f"a line starts with p or g, not {excerpt(kind)}")
+                else:
+                    problem = check(fields)
+            if problem is not None:
+                code, reason = problem
+                if "#" in raw:
+                    reason += f" ({INLINE_COMMENT})"
+                problems.append(LineProblem(name, number, code, reason))
             else:
-                raise _problem(name, number, f"a line starts with p or g, not {kind!r}")
-    _check_no_cycles(g_lines)
-    return p_lines, g_lines
+                (p_lines if kind == "p" else g_lines).append(PolicyLine(name, number, fields))
+    return PolicyFiles(
+        tuple(path.name for path in paths), tuple(p_lines), tuple(g_lines), tuple(problems)
+    )
 
 
-def _check_p(file: str, line: int, fields: tuple[str, ...]) -> None:
+def _split(raw: str) -> tuple[str, tuple[str, ...], tuple[str, str] | None]:
+    if len(raw) > MAX_LINE_LENGTH:
+        return "", (), (
+            SYNTAX, f"the line is {len(raw)} characters long; a policy line has at most "
+                    f"{MAX_LINE_LENGTH}",
+        )
+    try:
+        values = [v.strip() for v in next(csv.reader([raw], skipinitialspace=True))]
+    except csv.Error as exc:
+        return "", (), (SYNTAX, f"not a CSV line ({exc})")
+    return values[0], tuple(values[1:]), None
+
+
+def p_line_problem(fields: tuple[str, ...]) -> tuple[str, str] | None:
+    """``(code, reason)`` when the values after ``p`` are not a valid policy line."""
     if len(fields) != 5:
-        raise _problem(
-            file, line,
+        return SYNTAX, (
             f"a p line has 5 values (role, account, resource, action, allow|deny), "
-            f"found {len(fields)}",
+            f"found {len(fields)}"
         )
     role, account, resource, action, effect = fields
     if not ROLE_RE.fullmatch(role):
-        raise _problem(file, line, f"invalid role name {role!r}")
+        return SYNTAX, f"invalid role name {excerpt(role)}"
     if account != "*" and not is_valid_account(account):
-        raise _problem(file, line, f"account must be '*' or an account name, not {account!r}")
+        return SYNTAX, f"account must be '*' or an account name, not {excerpt(account)}"
     for what, value in (("resource", resource), ("action", action)):
         if not NAME_RE.fullmatch(value):
-            raise _problem(file, line, f"invalid {what} {value!r}")
+            return SYNTAX, f"invalid {what} {excerpt(value)}"
     if effect not in EFFECTS:
-        raise _problem(file, line, f"effect must be allow or deny, not {effect!r}")
+        return BAD_EFFECT, f"effect must be allow or deny, not {excerpt(effect)}"
+    return None
 
 
-def _check_g(file: str, line: int, fields: tuple[str, ...]) -> None:
+def g_line_problem(fields: tuple[str, ...]) -> tuple[str, str] | None:
+    """``(code, reason)`` when the values after ``g`` are not a valid inheritance line."""
     if len(fields) != 2:
-        raise _problem(
-            file, line, f"a g line has 2 values (role, inherited role), found {len(fields)}"
-        )
+        return SYNTAX, f"a g line has 2 values (role, inherited role), found {len(fields)}"
     for role in fields:
         if not ROLE_RE.fullmatch(role):
-            raise _problem(file, line, f"invalid role name {role!r}")
+            return SYNTAX, f"invalid role name {excerpt(role)}"
     if fields[0] == fields[1]:
-        raise _problem(file, line, f"role {fields[0]!r} cannot inherit itself")
+        return CYCLE, f"role {fields[0]!r} cannot inherit itself"
+    return None
 
 
-def _check_no_cycles(g_lines: Sequence[PolicyLine]) -> None:
+def inheritance_cycles(g_lines: Sequence[PolicyLine]) -> list[LineProblem]:
+    """The ``g`` lines that close an inheritance cycle, each with the chain it closes.
+
+    One depth-first search over the roles (``g, child, parent`` is an edge from child to
+    parent; roles and lines in file order): a line whose parent is on the current path
+    closes a cycle. Every cycle holds at least one such line and without them none is
+    left, so fixing what is reported fixes every cycle. Each role and line is visited
+    once, O(roles + lines), and the search keeps its own stack, so a long chain of
+    roles cannot exhaust Python's. (The number of distinct cycles can grow
+    exponentially with the lines; they are not enumerated.)
+    """
     parents: dict[str, list[PolicyLine]] = {}
     for g in g_lines:
         parents.setdefault(g.values[0], []).append(g)
-
-    def visit(role: str, path: tuple[str, ...]) -> None:
-        for g in parents.get(role, ()):
+    ON_PATH, DONE = 1, 2
+    state: dict[str, int] = {}
+    found: list[LineProblem] = []
+    for start in parents:
+        if start in state:
+            continue
+        path, position = [start], {start: 0}
+        state[start] = ON_PATH
+        pending = [iter(parents[start])]
+        while pending:
+            g = next(pending[-1], None)
+            if g is None:
+                pending.pop()
+                finished = path.pop()
+                del position[finished]
+                state[finished] = DONE
+                continue
             parent = g.values[1]
-            if parent in path:
-                chain = " -> ".join((*path, parent))
-                raise _problem(g.file, g.line, f"role inheritance cycle {chain}")
-            visit(parent, (*path, parent))
+            seen = state.get(parent)
+            if seen == ON_PATH:
+                chain = [*path[position[parent]:], parent]
+                found.append(LineProblem(
+                    g.file, g.line, CYCLE, f"role inheritance cycle {_chain(chain)}"
+                ))
+            elif seen is None:
+                state[parent] = ON_PATH
+                position[parent] = len(path)
+                path.append(parent)
+                pending.append(iter(parents.get(parent, ())))
+    return found
 
-    for role in parents:
-        visit(role, (role,))
+
+def _chain(roles: Sequence[str], most: int = 12) -> str:
+    if len(roles) > most:
+        half = most // 2
+        roles = [*roles[:half], f"... ({len(roles) - 2 * half} more)", *roles[-half:]]
+    return " -> ".join(roles)
+
+
+def policy_version(model_text: bytes, p_rules: Iterable[Sequence[str]],
+                   g_rules: Iterable[Sequence[str]]) -> str:
+    """The policy's content hash: the model and the distinct rules in order. Comments,
+    blank lines, spacing and repeated lines do not change it; anything that could change
+    a decision does."""
+    digest = hashlib.sha256(model_text)
+    for rule in (*p_rules, *g_rules):
+        digest.update(b"\x1f".join(x.encode() for x in rule) + b"\x1e")
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ModelDefinition:
+    """What a Casbin model file defines, as Casbin read it: the request and policy
+    tokens (``r_sub``, …), the policy effect and the matcher expressions."""
+
+    request: tuple[str, ...]
+    policy: tuple[str, ...]
+    effect: str
+    matcher: str
+
+
+def read_model(model_path: Path) -> ModelDefinition:
+    """The model as Casbin loads it; a ConfigError when Casbin cannot (its own errors
+    are bare TypeErrors and KeyErrors from its parser: the message says which)."""
+    try:
+        model = casbin.Enforcer(str(model_path)).get_model()
+        return ModelDefinition(
+            tuple(model["r"]["r"].tokens), tuple(model["p"]["p"].tokens),
+            model["e"]["e"].value, model["m"]["m"].value,
+        )
+    except Exception as exc:  # casbin raises whatever its parser hits
+        raise ConfigError(
+            f"Casbin cannot load it ({type(exc).__name__}: {excerpt(str(exc))})"
+        ) from None
 
 
 class Policy:
@@ -154,10 +319,7 @@ class Policy:
         self.roles: frozenset[str] = frozenset(
             [v[0] for v in p_rules] + [r for v in g_rules for r in v]
         )
-        digest = hashlib.sha256(model_path.read_bytes())
-        for rule in (*p_rules, *g_rules):
-            digest.update(b"\x1f".join(x.encode() for x in rule) + b"\x1e")
-        self.version = digest.hexdigest()[:16]
+        self.version = policy_version(model_path.read_bytes(), p_rules, g_rules)
 
     @classmethod
     def load(cls, model_path: Path, policies_dir: Path) -> Policy:
@@ -241,3 +403,15 @@ def patterns_overlap(a: str, b: str) -> bool:
         return b.startswith(a[:a_star])
     pa, pb = a[:a_star], b[:b_star]
     return pa.startswith(pb) or pb.startswith(pa)
+
+
+def pattern_covers(general: str, specific: str) -> bool:
+    """Whether every name the ``keyMatch`` pattern ``specific`` matches, ``general``
+    matches too (a literal matches itself; a pattern, every name starting with its text
+    before the first ``*``). A literal covers only itself; a pattern covers a literal
+    that starts with its prefix, and a pattern whose prefix extends its own."""
+    g_star = general.find("*")
+    s_star = specific.find("*")
+    if g_star < 0:
+        return s_star < 0 and general == specific
+    return (specific if s_star < 0 else specific[:s_star]).startswith(general[:g_star])
