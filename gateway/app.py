@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple
@@ -20,7 +21,7 @@ from .accesslog import AccessLogger, access_logger
 from .connections import guard_for, raise_file_limit, server_logger
 from .context import Gateway
 from .credentials import TokenHasher
-from .errors import ConfigError
+from .errors import ConfigError, StoreUnavailable
 from .escalation import Delegation
 from .forwarded import TrustedProxies
 from .http_head import AIOHTTP_LIMITS
@@ -33,6 +34,7 @@ from .pipeline.authenticators import HeaderAuthenticator
 from .pipeline.authorizer import CasbinAuthorizer
 from .pipeline.mutators import IdentityHeaders
 from .policy import Policy
+from .policy.sync import PolicyInvalid, PolicySync, RolesStillHeld
 from .process import runner_shutdown_timeout, stop_event, stop_serving
 from .ratelimit import AuthFailureLimiter
 from .renewal_gauge import RenewalGauge
@@ -101,7 +103,12 @@ def build_gateway(
         limiter,
         telemetry.pipeline,
     )
-    telemetry.watch_policy(lambda: authorizer.policy)
+    policy_sync = PolicySync(
+        authorizer, store, settings.model_path, settings.policies_dir,
+        instance=f"{socket.gethostname()} pid {os.getpid()}", clock=clock,
+        watch_interval=settings.policy_watch_interval, reloaded=telemetry.reloaded,
+    )
+    telemetry.watch_policy(policy_sync.status)
     return Gateway(
         settings=settings,
         store=store,
@@ -121,6 +128,7 @@ def build_gateway(
         trusted_proxies=(
             TrustedProxies(settings.trusted_proxies) if settings.trusted_proxies else None
         ),
+        policy_sync=policy_sync,
         clock=clock,
     )
 
@@ -244,24 +252,14 @@ async def running(gateway: Gateway, reuse_port: bool = False) -> AsyncIterator[L
                      extra={"event": "shutdown.done"})
 
 
-async def reload_policy(gateway: Gateway) -> bool:
-    """Load model.conf and policies/ again and swap them in (SIGHUP).
-
-    The new policy is built off the event loop and replaces the old one in a single
-    reference assignment, so requests see either the old policy or the new one, never
-    a mix; its new version makes every cached decision of the old one unreachable. A
-    broken file keeps the old policy and says why.
-    """
-    settings = gateway.settings
+async def reload_policy(gateway: Gateway, by: str = "") -> bool:
+    """Load model.conf and policies/ again, swap them in and announce the version
+    (SIGHUP; see gateway.policy.sync). A broken file, or one that drops a role keys
+    still hold, keeps the old policy; the refusal is logged there."""
     try:
-        policy = await asyncio.to_thread(Policy.load, settings.model_path, settings.policies_dir)
-    except ConfigError as exc:
-        gateway.telemetry.reloaded(False)
-        log.error("policy reload refused, keeping version %s: %s", gateway.policy.version, exc)
+        await gateway.policy_sync.reload(by=by)
+    except (PolicyInvalid, RolesStillHeld, StoreUnavailable):
         return False
-    old, gateway.pipeline.authorizer.policy = gateway.policy.version, policy
-    gateway.telemetry.reloaded(True)
-    log.info("policy reloaded: version %s -> %s (%d lines)", old, policy.version, policy.lines)
     return True
 
 
@@ -288,7 +286,8 @@ async def serve(
     reloads: set[asyncio.Task[None]] = set()
 
     def on_hangup() -> None:
-        task = loop.create_task(reload_policy(gateway))
+        by = f"{gateway.policy_sync.instance} (SIGHUP)"
+        task = loop.create_task(reload_policy(gateway, by))
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 

@@ -19,6 +19,7 @@ from .forwarded import TrustedProxies
 from .lifecycle import KeyLifecycle
 from .pipeline import Pipeline
 from .policy import Policy
+from .policy.sync import PolicySync
 from .renewal_gauge import RenewalGauge
 from .routes import RouteTable
 from .settings import Settings
@@ -46,6 +47,8 @@ class Gateway:
     renewal_gauge: RenewalGauge
     # None when no proxy is trusted: the peer is then the client
     trusted_proxies: TrustedProxies | None
+    # reloads, the announced version, the file watch
+    policy_sync: PolicySync
     clock: Callable[[], float] = field(default=time.time)
 
     @property
@@ -56,16 +59,18 @@ class Gateway:
         return int(self.clock() * 1000)
 
     def start(self) -> None:
-        """Background work of a running process: cache invalidation, last-used writes,
-        and the renewal gauge's count when the metrics port is on (nobody reads it
-        otherwise)."""
+        """Background work of a running process: cache invalidation and policy
+        announcements, the policy file watch (when on), last-used writes, and the renewal
+        gauge's count when the metrics port is on (nobody reads it otherwise)."""
         self.store.start_invalidation()
+        self.policy_sync.start()
         self.last_used.start()
         if self.settings.metrics_listen is not None:
             self.renewal_gauge.start()
 
     async def close(self) -> None:
         """Write what is still buffered, then let go of the store."""
+        await self.policy_sync.close()
         await self.renewal_gauge.stop()
         await self.last_used.stop()
         await self.denials.drain()

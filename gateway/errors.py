@@ -2,8 +2,10 @@
 
 Every refusal, from either port, is ``{"error": {"code", "message", "status",
 "requestId"}}``. Codes are stable identifiers that clients may branch on; messages are
-for people and say what to do. Subclasses exist per HTTP status so that handlers raise
-meaning ("this is the client's fault") and the middleware alone decides how it looks.
+for people and say what to do. An error that carries data a program needs (the roles a
+policy reload would remove, per account) adds it as ``details``, beside those four.
+Subclasses exist per HTTP status so that handlers raise meaning ("this is the client's
+fault") and the middleware alone decides how it looks.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 import orjson
 
@@ -22,25 +25,33 @@ class GatewayError(Exception):
     code = "internal_error"
     message = "keygate failed to handle the request; this is a bug in keygate"
     headers: Mapping[str, str] = MappingProxyType({})  # extra response headers
+    details: Mapping[str, Any] | None = None  # the error body's "details", when set
 
-    def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
         if message is not None:
             self.message = message
         if code is not None:
             self.code = code
+        if details is not None:
+            self.details = details
         super().__init__(self.message)
 
     def body(self, request_id: str) -> bytes:
-        return orjson.dumps(
-            {
-                "error": {
-                    "code": self.code,
-                    "message": self.message,
-                    "status": self.status,
-                    "requestId": request_id,
-                }
-            }
-        )
+        error: dict[str, Any] = {
+            "code": self.code,
+            "message": self.message,
+            "status": self.status,
+            "requestId": request_id,
+        }
+        if self.details is not None:
+            error["details"] = self.details
+        return orjson.dumps({"error": error})
 
 
 class BadRequest(GatewayError):

@@ -92,6 +92,17 @@ def _non_negative_int(value: Any) -> int:
     return value
 
 
+def _interval(value: Any) -> float:
+    """Seconds, or 0 for off; a tiny interval would spend the process polling."""
+    if isinstance(value, str):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError("expected 0 (off) or a number of seconds")
+    if value != 0 and value < 0.1:
+        raise ValueError("expected 0 (off) or at least 0.1 seconds")
+    return float(value)
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -180,6 +191,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("model_path", str(shipped_default("model.conf")), "Casbin model file.", _path),
     Setting("policies_dir", str(shipped_default("policies")),
             "Directory whose *.csv files hold the Casbin policy lines.", _path),
+    Setting("policy_watch_interval", 0.0,
+            "Seconds between checks of model_path and the policy files for changes; a "
+            "change reloads the policy as SIGHUP does (validated, announced to the other "
+            "instances). 0: off, reload with SIGHUP or POST /api/v1/policy/reload.",
+            _interval),
     Setting("upstream_connect_timeout", 5.0,
             "Seconds to connect to an upstream before answering 504.", _positive(float)),
     Setting("upstream_read_timeout", 60.0,

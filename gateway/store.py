@@ -29,6 +29,10 @@ Layout (every name starts with the ``store_prefix`` setting, ``kg:`` by default)
 ``{p}acct:{account}:audit``    stream of audit events, capped (``MAXLEN ~``)
 ``{p}link:{sha256(link secret)}`` an unopened one-time link: the token, encrypted under a
                                key derived from the link secret, which is not stored
+``{p}policy:version``          hash: the policy version (content hash) announced by the last
+                               reload, ``version``, ``by``, ``at`` (ms), ``forced`` ('1'/'0');
+                               its name is published on the invalidation channel when it
+                               changes, so every instance compares its own with it
 
 Because a key's grants live in its own hash, authenticating a key for a target account
 is a single ``HMGET`` (one round trip). Every change is one Lua script that checks its
@@ -246,6 +250,19 @@ class AuditEvent:
     request_id: str
     before: dict[str, Any]
     after: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PolicyAnnouncement:
+    """The policy version an instance announced after a reload: every instance of the
+    deployment should serve it. ``by`` says who asked (an API key, or an instance when a
+    signal or the file watch reloaded); ``forced`` that the reload was forced past
+    roles still held, which binds that version only."""
+
+    version: str
+    by: str
+    at: int
+    forced: bool = False
 
 
 class RenewalRefused(Exception):
@@ -572,6 +589,17 @@ return #KEYS
 """
 
 
+# KEYS: the announcement hash  ARGV: channel, '1' to write only when there is none yet,
+# version, by, at, forced. Written and published together: nobody hears of an
+# announcement that is not there to read.
+_ANNOUNCE_POLICY = """
+if ARGV[2] == '1' and redis.call('HGET', KEYS[1], 'version') then return 0 end
+redis.call('HSET', KEYS[1], 'version', ARGV[3], 'by', ARGV[4], 'at', ARGV[5], 'forced', ARGV[6])
+redis.call('PUBLISH', ARGV[1], KEYS[1])
+return 1
+"""
+
+
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
@@ -672,6 +700,9 @@ class Store:
     """
 
     observer: Observer | None = None
+    # Called (no I/O, from the listener) when the policy announcement changed or may
+    # have been missed (every subscription confirmed); see gateway.policy.sync.
+    on_policy_announced: Callable[[], None] | None = None
 
     def __init__(
         self,
@@ -689,6 +720,7 @@ class Store:
         self.audit_max_access_events = audit_max_access_events
         self.channel = f"{prefix}invalidate"
         self._key_prefix = f"{prefix}key:"
+        self._policy_record = f"{prefix}policy:version"
         self._known: LRU[str, dict[str, AuthLookup]] | None = (
             LRU(cache.size, cache.ttl) if cache.size > 0 else None
         )
@@ -713,6 +745,7 @@ class Store:
         self._update_grant = client.register_script(_UPDATE_GRANT)
         self._remove_grant = client.register_script(_REMOVE_GRANT)
         self._index_owners = client.register_script(_INDEX_OWNERS)
+        self._announce_policy = client.register_script(_ANNOUNCE_POLICY)
 
     @classmethod
     def from_url(
@@ -822,7 +855,8 @@ class Store:
     # -- credential cache ------------------------------------------------------------
     @property
     def cache_trusted(self) -> bool:
-        return self._subscribed and time.monotonic() - self._last_heard < LIVENESS
+        return (self._known is not None and self._subscribed
+                and time.monotonic() - self._last_heard < LIVENESS)
 
     def _flush(self) -> None:
         self._generation += 1
@@ -837,8 +871,10 @@ class Store:
             self._unknown.pop(app_key)
 
     def start_invalidation(self) -> None:
-        """Subscribe to the invalidation channel; until then the cache is bypassed."""
-        if self._known is not None and self._listener is None:
+        """Subscribe to the invalidation channel; until then the cache is bypassed.
+        Without a cache, only policy announcements need it (if anyone listens)."""
+        wanted = self._known is not None or self.on_policy_announced is not None
+        if wanted and self._listener is None:
             self._stopping = False
             self._listener = asyncio.get_running_loop().create_task(self._listen())
 
@@ -875,6 +911,8 @@ class Store:
                         self.resyncs += 1
                         if self.observer is not None:
                             self.observer.resynced()
+                        if self.on_policy_announced is not None:
+                            self.on_policy_announced()
                         backoff = 0.1
                     elif message["type"] == "message":
                         name = message["data"]
@@ -882,6 +920,8 @@ class Store:
                             self.forget(name[len(self._key_prefix) :])
                             if self.observer is not None:
                                 self.observer.invalidated()
+                        elif name == self._policy_record and self.on_policy_announced:
+                            self.on_policy_announced()
             except asyncio.CancelledError:
                 raise
             except (redis.exceptions.RedisError, OSError) as exc:
@@ -1479,6 +1519,91 @@ class Store:
                 if len(found) == limit:
                     return found, event.id
         return found, last_id
+
+    # -- policy ------------------------------------------------------------------------
+    @_unavailable
+    async def role_holders(self, chunk: int = 500) -> dict[str, dict[str, int]]:
+        """How many keys hold each role, per account they hold it in (account → role →
+        count): generated keys in their own account, external keys in the accounts that
+        granted them roles, active or not (an inactive key can be activated again).
+
+        Reads every account's key and external-key indexes a chunk at a time, and only
+        the grant fields: for checks a person starts (a policy reload, ``keygate policy
+        check``), never for requests. Memory grows with accounts and roles, not keys."""
+        head = f"{self.prefix}acct:"
+        accounts: set[str] = set()
+        async for name in self.redis.scan_iter(match=_glob_escape(head) + "*", count=1000):
+            rest = name[len(head):]
+            for tail in (":keys", ":ext"):
+                if rest.endswith(tail):
+                    accounts.add(rest[: -len(tail)])
+        held: dict[str, dict[str, int]] = {}
+        for account in sorted(accounts):
+            counts: dict[str, int] = {}
+            for what in ("keys", "ext"):
+                index, start = self._account(account, what), 0
+                while names := await self.redis.zrange(index, start, start + chunk - 1):
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for name in names:
+                            pipe.hmget(self._key(name), ["acct", "g:" + account])
+                        rows = await pipe.execute()
+                    for owner, raw in rows:
+                        # a deleted key keeps no owner; each index counts its own kind
+                        if owner is None or (owner == account) != (what == "keys"):
+                            continue
+                        grant = Grant.decode(raw)
+                        for role in dict.fromkeys(grant.roles if grant else ()):
+                            counts[role] = counts.get(role, 0) + 1
+                    start += chunk
+            if counts:
+                held[account] = dict(sorted(counts.items()))
+        return held
+
+    @_unavailable
+    async def announced_policy(self) -> PolicyAnnouncement | None:
+        """The policy version the deployment announced last, or None."""
+        found = await self.redis.hgetall(self._policy_record)
+        if not found.get("version"):
+            return None
+        return PolicyAnnouncement(
+            found["version"], found.get("by", ""), int(found.get("at") or 0),
+            found.get("forced") == "1",
+        )
+
+    @_unavailable
+    async def announce_policy(
+        self, announcement: PolicyAnnouncement, only_if_none: bool = False
+    ) -> bool:
+        """Write the announcement and publish its name on the invalidation channel, in
+        one script; ``only_if_none``: leave an existing one alone (False then)."""
+        done = await self._announce_policy(
+            keys=[self._policy_record],
+            args=[self.channel, "1" if only_if_none else "0", announcement.version,
+                  announcement.by, announcement.at, "1" if announcement.forced else "0"],
+        )
+        return bool(done)
+
+    @_unavailable
+    async def audit_policy_reload(
+        self, account: str, actor: Actor, before: Mapping[str, Any], after: Mapping[str, Any]
+    ) -> None:
+        """A policy reload asked through the management API, in the audit log of the
+        account of the key that asked (the policy is every account's, the key is one's)."""
+        await self.redis.xadd(
+            self._account(account, "audit"),
+            {
+                "event": self._event(account, actor, "policy.reload", "policy"),
+                "before": orjson.dumps(dict(before)).decode(),
+                "after": orjson.dumps(dict(after)).decode(),
+            },
+            maxlen=self.audit_max_events,
+            approximate=True,
+        )
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally in a SCAN pattern (a prefix may hold ``*?[]\\``)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 ACCESS_ID_PREFIX = "a"

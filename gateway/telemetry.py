@@ -69,7 +69,7 @@ from . import __version__
 from .series import Capped, Family, PipelineMetrics, RequestMetrics, StoreMetrics
 
 if TYPE_CHECKING:
-    from .policy import Policy
+    from .policy.sync import SyncStatus
 
 # A ``_created`` series per counter and histogram doubles what Prometheus stores and is
 # not written in multiprocess mode anyway: off, so both modes export the same names.
@@ -155,7 +155,9 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
     ),
     "keygate_policy_reloads": (
         "counter", ("result",),
-        "Policy reloads (SIGHUP), by result; with --workers each worker reloads and counts",
+        "Policy reloads (SIGHUP, file watch, POST /api/v1/policy/reload, or another "
+        "instance's announcement), by result (failure: refused, the old policy kept); "
+        "with --workers each worker reloads and counts",
     ),
     "keygate_policy_info": (
         "gauge", ("version",),
@@ -163,6 +165,16 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
     ),
     "keygate_policy_lines": (
         "gauge", (), "Lines (p and g) of the policy in force",
+    ),
+    "keygate_policy_in_sync": (
+        "gauge", (),
+        "1 when the policy in force is the version the deployment announced last (or "
+        "none is known yet), 0 when this instance serves another (its files differ)",
+    ),
+    "keygate_policy_announced_info": (
+        "gauge", ("version",),
+        "The policy version the deployment announced last (the last reload's, on the "
+        "store), as a label, value 1; no sample until it is known",
     ),
     "keygate_open_connections": (
         "gauge", ("port",),
@@ -432,20 +444,30 @@ class BuildInfo:
 
 
 class PolicyInfo:
-    """The policy in force, read at scrape time (a reload swaps it without telling)."""
+    """The policy in force and the announced one, read at scrape time (a reload swaps
+    the policy without telling)."""
 
-    def __init__(self, policy: Callable[[], Policy]):
-        self.policy = policy
+    def __init__(self, status: Callable[[], SyncStatus]):
+        self.status = status
 
     def collect(self) -> Iterator[Metric]:
-        policy = self.policy()
+        status = self.status()
         info = GaugeMetricFamily("keygate_policy_info", _help("keygate_policy_info"),
                                  labels=["version"])
-        info.add_metric([policy.version], 1)
+        info.add_metric([status.version], 1)
         lines = GaugeMetricFamily("keygate_policy_lines", _help("keygate_policy_lines"))
-        lines.add_metric([], policy.lines)
+        lines.add_metric([], status.lines)
+        in_sync = GaugeMetricFamily("keygate_policy_in_sync", _help("keygate_policy_in_sync"))
+        in_sync.add_metric([], 1 if status.in_sync else 0)
+        announced = GaugeMetricFamily(
+            "keygate_policy_announced_info", _help("keygate_policy_announced_info"),
+            labels=["version"])
+        if status.announced is not None:
+            announced.add_metric([status.announced], 1)
         yield info
         yield lines
+        yield in_sync
+        yield announced
 
 
 class Telemetry:
@@ -513,8 +535,8 @@ class Telemetry:
     def register(self, collector: Any) -> None:
         self.registry.register(collector)
 
-    def watch_policy(self, policy: Callable[[], Policy]) -> None:
-        self.registry.register(PolicyInfo(policy))
+    def watch_policy(self, status: Callable[[], SyncStatus]) -> None:
+        self.registry.register(PolicyInfo(status))
 
     def reloaded(self, ok: bool) -> None:
         self.reloads.labels(RELOAD_RESULTS[0] if ok else RELOAD_RESULTS[1]).inc()

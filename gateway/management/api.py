@@ -8,7 +8,8 @@ from aiohttp import web
 from ..context import GATEWAY, Gateway
 from ..errors import StoreUnavailable
 from ..middleware import request_id_and_errors, server_header
-from . import account_settings, audit, export, external_keys, keys, links
+from ..views import iso
+from . import account_settings, audit, explain, export, external_keys, keys, links, policy_admin
 from .common import json_response
 
 
@@ -18,14 +19,23 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready: the store answers, so requests can be authenticated."""
+    """Ready: the store answers, so requests can be authenticated. ``policy`` says
+    which version serves and whether it is the one the deployment announced (an
+    instance out of sync is still ready: it serves the policy its files hold)."""
     if not await request.app[GATEWAY].store.ping():
         raise StoreUnavailable("not ready: keygate cannot reach its key store")
     gateway = request.app[GATEWAY]
+    policy = gateway.policy_sync.status()
     return json_response(
         {
             "status": "ready",
-            "policyVersion": gateway.policy.version,
+            "policyVersion": policy.version,
+            "policy": {
+                "version": policy.version,
+                "announced": policy.announced,
+                "inSync": policy.in_sync,
+                "loadedAt": iso(policy.loaded_at),
+            },
             # "bypassed" until the invalidation channel is subscribed: every request then
             # reads the store, which is correct, only slower
             "credentialCache": "trusted" if gateway.store.cache_trusted else "bypassed",
@@ -43,6 +53,7 @@ def build_management_app(gateway: Gateway) -> web.Application:
     for prefix in ("", "/api/v1"):
         app.router.add_get(prefix + "/healthz", healthz)
         app.router.add_get(prefix + "/readyz", readyz)
-    for module in (keys, external_keys, export, links, account_settings, audit):
+    for module in (keys, external_keys, export, links, account_settings, audit, policy_admin,
+                   explain):
         app.router.add_routes(module.routes)
     return app

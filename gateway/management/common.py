@@ -21,6 +21,17 @@ from ..store import STATUSES, Actor, KeyChanged, LastOwnerKey
 from ..views import iso
 
 RESOURCE = "api-keys"
+# Every (resource, action) the management API checks, besides ("role:NAME", "assign")
+# for handing out a role: what a policy line may name without any route using it.
+POLICY_RESOURCE = "policy"
+MANAGEMENT_PERMISSIONS: tuple[tuple[str, str], ...] = (
+    (RESOURCE, "view"),
+    (RESOURCE, "edit"),
+    (RESOURCE, "renew-token"),
+    (RESOURCE, "edit-settings"),
+    (POLICY_RESOURCE, "reload"),
+)
+
 MAX_PER_PAGE = 100
 
 
