@@ -22,6 +22,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import casbin
 
@@ -288,12 +289,29 @@ def read_model(model_path: Path) -> ModelDefinition:
         ) from None
 
 
+class _RulesAdapter(casbin.persist.Adapter):
+    """The checked, de-duplicated rules, handed to Casbin as its adapter loads a policy
+    (``load_policy_line``), which appends them. ``Enforcer.add_policies`` would look each
+    rule up among all the earlier ones first, quadratic in the number of lines (94 s
+    for 100,000 lines, measured); this is linear. The values cannot hold a comma or a
+    quote (``ROLE_RE``, ``NAME_RE``), so joining them is lossless."""
+
+    def __init__(self, p_rules: list[tuple[str, ...]], g_rules: list[tuple[str, ...]]):
+        self.rules = [("p", rule) for rule in p_rules] + [("g", rule) for rule in g_rules]
+
+    def load_policy(self, model: Any) -> None:
+        for kind, rule in self.rules:
+            casbin.persist.load_policy_line(", ".join((kind, *rule)), model)
+
+
 class Policy:
     """One loaded, immutable policy. Build with :meth:`load`."""
 
     def __init__(self, model_path: Path, p_lines: list[PolicyLine], g_lines: list[PolicyLine]):
+        p_rules = list(dict.fromkeys(p.values for p in p_lines))
+        g_rules = list(dict.fromkeys(g.values for g in g_lines))
         try:
-            enforcer = casbin.Enforcer(str(model_path))
+            enforcer = casbin.Enforcer(str(model_path), _RulesAdapter(p_rules, g_rules))
         except Exception as exc:  # casbin raises bare Exceptions for model errors
             raise ConfigError(f"setting model_path: {model_path}: {exc}") from None
         role_manager = enforcer.get_role_manager()
@@ -302,13 +320,6 @@ class Policy:
             return any(r == wanted or role_manager.has_link(r, wanted) for r in roles)
 
         enforcer.add_function("hasRole", has_role)
-        p_rules = list(dict.fromkeys(p.values for p in p_lines))
-        g_rules = list(dict.fromkeys(g.values for g in g_lines))
-        if p_rules:
-            enforcer.add_policies([list(v) for v in p_rules])
-        if g_rules:
-            enforcer.add_grouping_policies([list(v) for v in g_rules])
-        enforcer.build_role_links()
         self._enforcer = enforcer
         self.p_lines: tuple[PolicyLine, ...] = tuple(p_lines)
         self.g_lines: tuple[PolicyLine, ...] = tuple(g_lines)
