@@ -2,9 +2,11 @@
 
 ``files``: reading and checking the policy files, the loaded :class:`Policy` and its
 decisions. The tools a security team runs over the same files sit beside it: ``lint``
-(``keygate policy check``), ``tables`` (decision tables, ``keygate policy test``),
-``explain`` (which lines decided, through which inheritance) and ``diff`` (what a change
-does to every role's permissions), and ``sync`` (one policy version across instances).
+with ``analysis`` (``keygate policy check``), ``tables`` with ``table_runner`` (decision
+tables, ``keygate policy test``), ``explain`` (which lines decided, through which
+inheritance), ``diff`` (what a change does to every role's permissions); ``delegation``
+is the escalation rule (who may assign which role), ``names`` the names a policy uses,
+and ``sync`` keeps one policy version across instances.
 """
 
 from .files import (
