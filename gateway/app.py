@@ -30,15 +30,16 @@ from .management import build_management_app
 from .management.metrics import build_metrics_app
 from .middleware import new_request_id
 from .pipeline import Pipeline
-from .pipeline.authenticators import HeaderAuthenticator
+from .pipeline.authenticators import BearerAuthenticator, HeaderAuthenticator
 from .pipeline.authorizer import CasbinAuthorizer
-from .pipeline.mutators import IdentityHeaders
+from .pipeline.mutators import IdentityHeaders, IdentityToken
 from .policy import Policy
 from .policy.sync import PolicyInvalid, PolicySync, RolesStillHeld
 from .process import runner_shutdown_timeout, stop_event, stop_serving
 from .ratelimit import AuthFailureLimiter
 from .renewal_gauge import RenewalGauge
 from .routes import parse_routes
+from .sessions.service import Sessions
 from .settings import Settings, load_secrets
 from .store import CacheSettings, Store
 from .telemetry import Telemetry, multiprocess_dir, worker_exited, workers_share_metrics
@@ -94,11 +95,22 @@ def build_gateway(
         settings.auth_failure_window, clock,
     )
     authorizer = CasbinAuthorizer(policy, settings.decision_cache_size, telemetry.pipeline)
+    sessions = Sessions(
+        store=store, server_secrets=server_secrets, algorithm=settings.jwt_algorithm,
+        issuer=settings.jwt_issuer, audience=settings.jwt_audience,
+        session_ttl=settings.session_ttl, leeway=settings.jwt_leeway,
+        identity_audience=settings.identity_token_audience,
+        identity_ttl=settings.identity_token_ttl,
+        key_files=settings.jwt_private_key_files, clock=clock,
+    )
     pipeline = Pipeline(
         routes,
-        [header_auth],
+        # the key/token pair first: a request carrying it and an upstream's own Bearer
+        # token is the pair's, and its Authorization header goes upstream untouched
+        [header_auth, BearerAuthenticator(store, sessions, settings.session_cookie)],
         authorizer,
-        [IdentityHeaders(settings.identity_header_prefix)],
+        [IdentityHeaders(settings.identity_header_prefix),
+         IdentityToken(settings.identity_token_header, sessions)],
         UsageObserver(last_used, denials),
         limiter,
         telemetry.pipeline,
@@ -129,6 +141,7 @@ def build_gateway(
             TrustedProxies(settings.trusted_proxies) if settings.trusted_proxies else None
         ),
         policy_sync=policy_sync,
+        sessions=sessions,
         clock=clock,
     )
 
@@ -151,7 +164,8 @@ def proxy_handler(
     closes once the port has stopped)."""
     settings = gateway.settings
     forwarder = proxy.Forwarder(
-        pool, (settings.key_header, settings.token_header), settings.identity_header_prefix
+        pool, (settings.key_header, settings.token_header, settings.identity_token_header),
+        settings.identity_header_prefix, settings.session_cookie,
     )
     return proxy.ProxyPort(gateway, forwarder).request_handler()
 

@@ -22,6 +22,7 @@ from .policy import Policy
 from .policy.sync import PolicySync
 from .renewal_gauge import RenewalGauge
 from .routes import RouteTable
+from .sessions.service import Sessions
 from .settings import Settings
 from .store import Store
 from .telemetry import Telemetry
@@ -49,6 +50,8 @@ class Gateway:
     trusted_proxies: TrustedProxies | None
     # reloads, the announced version, the file watch
     policy_sync: PolicySync
+    # session and identity tokens: the signing keys in force
+    sessions: Sessions
     clock: Callable[[], float] = field(default=time.time)
 
     @property
@@ -59,9 +62,11 @@ class Gateway:
         return int(self.clock() * 1000)
 
     def start(self) -> None:
-        """Background work of a running process: cache invalidation and policy
-        announcements, the policy file watch (when on), last-used writes, and the renewal
-        gauge's count when the metrics port is on (nobody reads it otherwise)."""
+        """Background work of a running process: cache invalidation, policy
+        announcements and signing key rotations, the policy file watch (when on),
+        last-used writes, and the renewal gauge's count when the metrics port is on
+        (nobody reads it otherwise)."""
+        self.store.on_signing_keys_changed = self.sessions.heard
         self.store.start_invalidation()
         self.policy_sync.start()
         self.last_used.start()
@@ -71,6 +76,7 @@ class Gateway:
     async def close(self) -> None:
         """Write what is still buffered, then let go of the store."""
         await self.policy_sync.close()
+        await self.sessions.close()
         await self.renewal_gauge.stop()
         await self.last_used.stop()
         await self.denials.drain()

@@ -153,8 +153,10 @@ class Forwarder:
         pool: UpstreamPool,
         credential_headers: tuple[str, ...],
         identity_prefix: str,
+        session_cookie: str = "",
     ):
         self.pool = pool
+        self.session_cookie = session_cookie
         prefix = _canonical(identity_prefix)
         dropped = HOP_BY_HOP | CLIENT_NEVER_SETS | {_canonical(h) for h in credential_headers}
 
@@ -184,12 +186,17 @@ class Forwarder:
         decided: list[tuple[str, str]],
         request_id: str,
         forwarding: Forwarding | None = None,
+        carrier: str = "",
     ) -> list[tuple[str, str]]:
         """The client's headers that may pass, the ``decided`` ones (the pipeline's
         mutators: identity headers), and the forwarding headers. ``forwarding``: what
         trusted proxies said (None: no proxy is trusted, so keygate's own view of the
-        connection is all there is)."""
+        connection is all there is). ``carrier``: what carried a keygate session, which
+        the upstream never receives (``bearer``: the Authorization header; ``cookie``:
+        the session cookie, the request's other cookies passing)."""
         headers = self._from_client.keep(request.headers)
+        if carrier:
+            headers = self._without_session(headers, carrier)
         if forwarding is None:
             forwarded_for, proto, host = request.remote or "", request.scheme, request.host
         else:
@@ -202,6 +209,22 @@ class Forwarder:
             (REQUEST_ID_HEADER, request_id),
         )
         return headers
+
+    def _without_session(
+        self, headers: list[tuple[str, str]], carrier: str
+    ) -> list[tuple[str, str]]:
+        if carrier == "bearer":
+            return [item for item in headers if _canonical(item[0]) != "authorization"]
+        kept = []
+        for name, value in headers:
+            if _canonical(name) == "cookie":
+                others = [pair for pair in value.split(";")
+                          if pair.strip().partition("=")[0] != self.session_cookie]
+                if not others:
+                    continue
+                value = ";".join(others).strip()
+            kept.append((name, value))
+        return kept
 
     def response_headers(self, upstream: UpstreamAnswer) -> list[tuple[str, str]]:
         return self._from_upstream.keep(upstream.headers)
@@ -216,13 +239,14 @@ class Forwarder:
         request_id: str,
         forwarding: Forwarding | None = None,
         send_continue: bool = False,
+        carrier: str = "",
     ) -> web.StreamResponse:
         """Forward, adding the headers the decision's mutators ``decided``; with
         ``send_continue``, tell the client to send its body first (``100 Continue``,
         written straight to the transport as aiohttp's documented expect handlers do:
         nothing of the answer has been written yet)."""
         origin = route.origin
-        headers = self.upstream_headers(request, decided, request_id, forwarding)
+        headers = self.upstream_headers(request, decided, request_id, forwarding, carrier)
         body = request.content if request.body_exists else None
         if send_continue and body is not None and request.transport is not None:
             request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -369,7 +393,7 @@ class ProxyPort:
             request[APP_KEY] = decision.identity.principal.app_key
             response = await self.forwarder.forward(
                 request, routed.route, routed.forward_path, query, decision.headers,
-                request_id, forwarding, send_continue,
+                request_id, forwarding, send_continue, decision.identity.carrier,
             )
         except GatewayError as refusal:
             if metrics is not None:

@@ -13,6 +13,7 @@ import importlib.resources
 import ipaddress
 import math
 import os
+import re
 import secrets
 import tomllib
 from collections.abc import Callable, Mapping
@@ -125,6 +126,35 @@ def _optional_listen(value: Any) -> tuple[str, int] | None:
     if value == "" or value is None:
         return None
     return _listen(value)
+
+
+def _paths(value: Any) -> tuple[Path, ...]:
+    """Paths as a TOML list, or comma-separated in the environment."""
+    if isinstance(value, str):
+        value = [v for v in (part.strip() for part in value.split(",")) if v]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("expected a list of file paths")
+    return tuple(Path(v).expanduser() for v in value)
+
+
+def _non_negative_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("expected a number of seconds")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if not 0 <= number <= 3600:
+        raise ValueError("expected 0 to 3600 seconds")
+    return number
+
+
+def _cookie_name(value: Any) -> str:
+    """RFC 6265 cookie-name (a token), or empty."""
+    text = _str(value)
+    if text and not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}", text):
+        raise ValueError("expected a cookie name (letters, digits and !#$%&'*+-.^_`|~)")
+    return text
 
 
 def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -280,6 +310,33 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("decision_envoy_prefix", "/envoy",
             "Path prefix under which Envoy's ext_authz HTTP service sends the original path "
             "to the decision API (its path_prefix).", _str),
+    Setting("jwt_algorithm", "ES256",
+            "Algorithm of the JWT signing keys keygate generates: ES256 (P-256) or EdDSA "
+            "(Ed25519).", _choice("ES256", "EdDSA")),
+    Setting("jwt_private_key_files", [],
+            "PEM files of JWT signing keys (P-256 or Ed25519, unencrypted), the first "
+            "signing and the others still verifying; empty: keygate generates one into the "
+            "store, sealed under the server secret, and `keygate jwt rotate` adds the "
+            "next.", _paths),
+    Setting("jwt_issuer", "keygate", "The iss claim of keygate's session and identity "
+            "tokens, checked when a session comes back.", _str),
+    Setting("jwt_audience", "keygate", "The aud claim of session tokens (identity tokens "
+            "have their own, identity_token_audience).", _str),
+    Setting("jwt_leeway", 10.0, "Seconds of clock skew allowed when checking a token's exp, "
+            "nbf and iat.", _non_negative_float),
+    Setting("session_ttl", 21600, "Seconds a session token from POST /api/v1/auth/login "
+            "lives (6 hours by default).", _positive(int)),
+    Setting("session_cookie", "keygate_session",
+            "Cookie that may carry a session token instead of Authorization: Bearer "
+            "(empty: sessions only in the Authorization header).", _cookie_name),
+    Setting("identity_token_header", "X-Keygate-Identity",
+            "Header carrying the signed identity token to the upstream, on routes with "
+            "identity_token = true (client-sent values are always removed).", _header),
+    Setting("identity_token_audience", "keygate-upstream",
+            "The aud claim of identity tokens: what upstreams check (never the sessions' "
+            "audience, so an identity token cannot be used as a session).", _str),
+    Setting("identity_token_ttl", 60, "Seconds an identity token sent upstream lives.",
+            _positive(int)),
     Setting("metrics_listen", "127.0.0.1:9108",
             "Address of the Prometheus /metrics port (empty: off). Keep it off the public "
             "network; it is never served beside the management API.", _optional_listen),
@@ -381,6 +438,8 @@ def load_settings(
         from_file = source[setting.name] != "default"
         if isinstance(values[setting.name], Path) and config_dir and from_file:
             values[setting.name] = (config_dir / values[setting.name]).resolve()
+        elif setting.parse is _paths and config_dir and from_file:
+            values[setting.name] = tuple((config_dir / p).resolve() for p in values[setting.name])
     settings = Settings(values, source, config_dir)
     try:
         settings.credential_format  # noqa: B018 - validates the prefixes early

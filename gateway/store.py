@@ -33,6 +33,9 @@ Layout (every name starts with the ``store_prefix`` setting, ``kg:`` by default)
                                reload, ``version``, ``by``, ``at`` (ms), ``forced`` ('1'/'0');
                                its name is published on the invalidation channel when it
                                changes, so every instance compares its own with it
+``{p}jwt:keys``                hash: kid → a JWT signing key sealed under the server secret
+                               (gateway.sessions.keys); its name is published on the
+                               invalidation channel when it changes (a rotation)
 
 Because a key's grants live in its own hash, authenticating a key for a target account
 is a single ``HMGET`` (one round trip). Every change is one Lua script that checks its
@@ -600,6 +603,24 @@ return 1
 """
 
 
+# KEYS: the signing keys' hash  ARGV: channel, '1' to write only when there is none yet,
+# then kid, sealed pairs to write, then '--', then kids to remove. Published with the
+# write, so every instance reloads its ring; answers every stored key.
+_SIGNING_KEYS = """
+if ARGV[2] == '1' and redis.call('HLEN', KEYS[1]) > 0 then
+  return redis.call('HVALS', KEYS[1])
+end
+local i = 3
+while ARGV[i] ~= '--' do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+for j = i + 1, #ARGV do redis.call('HDEL', KEYS[1], ARGV[j]) end
+redis.call('PUBLISH', ARGV[1], KEYS[1])
+return redis.call('HVALS', KEYS[1])
+"""
+
+
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
@@ -703,6 +724,9 @@ class Store:
     # Called (no I/O, from the listener) when the policy announcement changed or may
     # have been missed (every subscription confirmed); see gateway.policy.sync.
     on_policy_announced: Callable[[], None] | None = None
+    # Called (no I/O, from the listener) when the JWT signing keys changed (a rotation)
+    # or may have been missed; see gateway.sessions.service.
+    on_signing_keys_changed: Callable[[], None] | None = None
 
     def __init__(
         self,
@@ -721,6 +745,7 @@ class Store:
         self.channel = f"{prefix}invalidate"
         self._key_prefix = f"{prefix}key:"
         self._policy_record = f"{prefix}policy:version"
+        self._signing_keys_record = f"{prefix}jwt:keys"
         self._known: LRU[str, dict[str, AuthLookup]] | None = (
             LRU(cache.size, cache.ttl) if cache.size > 0 else None
         )
@@ -746,6 +771,7 @@ class Store:
         self._remove_grant = client.register_script(_REMOVE_GRANT)
         self._index_owners = client.register_script(_INDEX_OWNERS)
         self._announce_policy = client.register_script(_ANNOUNCE_POLICY)
+        self._write_signing_keys = client.register_script(_SIGNING_KEYS)
 
     @classmethod
     def from_url(
@@ -873,7 +899,8 @@ class Store:
     def start_invalidation(self) -> None:
         """Subscribe to the invalidation channel; until then the cache is bypassed.
         Without a cache, only policy announcements need it (if anyone listens)."""
-        wanted = self._known is not None or self.on_policy_announced is not None
+        wanted = (self._known is not None or self.on_policy_announced is not None
+                  or self.on_signing_keys_changed is not None)
         if wanted and self._listener is None:
             self._stopping = False
             self._listener = asyncio.get_running_loop().create_task(self._listen())
@@ -913,6 +940,8 @@ class Store:
                             self.observer.resynced()
                         if self.on_policy_announced is not None:
                             self.on_policy_announced()
+                        if self.on_signing_keys_changed is not None:
+                            self.on_signing_keys_changed()
                         backoff = 0.1
                     elif message["type"] == "message":
                         name = message["data"]
@@ -922,6 +951,9 @@ class Store:
                                 self.observer.invalidated()
                         elif name == self._policy_record and self.on_policy_announced:
                             self.on_policy_announced()
+                        elif (name == self._signing_keys_record
+                              and self.on_signing_keys_changed is not None):
+                            self.on_signing_keys_changed()
             except asyncio.CancelledError:
                 raise
             except (redis.exceptions.RedisError, OSError) as exc:
@@ -1599,6 +1631,36 @@ class Store:
             maxlen=self.audit_max_events,
             approximate=True,
         )
+
+    # -- JWT signing keys (sealed: see gateway.sessions.keys) -----------------------------
+    @_unavailable
+    async def signing_keys(self) -> list[str]:
+        return list(await self.redis.hvals(self._signing_keys_record))
+
+    async def _signing_keys(
+        self, only_if_none: bool, write: Sequence[str], remove: Sequence[str]
+    ) -> list[str]:
+        args: list[str] = [self.channel, "1" if only_if_none else "0"]
+        for sealed in write:
+            args += [orjson.loads(sealed)["kid"], sealed]
+        args += ["--", *remove]
+        return list(await self._write_signing_keys(
+            keys=[self._signing_keys_record], args=args))
+
+    @_unavailable
+    async def first_signing_key(self, sealed: str) -> list[str]:
+        """Store ``sealed`` unless a key is stored already (instances starting together
+        agree on one); every stored key."""
+        return await self._signing_keys(True, [sealed], ())
+
+    @_unavailable
+    async def add_signing_key(
+        self, sealed: str, retired: Sequence[str] = (), remove: Sequence[str] = ()
+    ) -> list[str]:
+        """A rotation in one script: the new key, the earlier ones as retired, the kids in
+        ``remove`` (retired keys whose tokens have all expired) dropped, and every
+        instance told; every stored key."""
+        return await self._signing_keys(False, [*retired, sealed], remove)
 
 
 def _glob_escape(text: str) -> str:

@@ -9,7 +9,17 @@ from ..context import GATEWAY, Gateway
 from ..errors import StoreUnavailable
 from ..middleware import request_id_and_errors, server_header
 from ..views import iso
-from . import account_settings, audit, explain, export, external_keys, keys, links, policy_admin
+from . import (
+    account_settings,
+    audit,
+    explain,
+    export,
+    external_keys,
+    keys,
+    links,
+    policy_admin,
+    sessions,
+)
 from .common import json_response
 
 
@@ -54,6 +64,6 @@ def build_management_app(gateway: Gateway) -> web.Application:
         app.router.add_get(prefix + "/healthz", healthz)
         app.router.add_get(prefix + "/readyz", readyz)
     for module in (keys, external_keys, export, links, account_settings, audit, policy_admin,
-                   explain):
+                   explain, sessions):
         app.router.add_routes(module.routes)
     return app

@@ -157,9 +157,15 @@ class Pipeline:
         assert decision.identity is not None
         return decision.identity
 
-    async def _identify(
-        self, facts: RequestFacts, account: str, resource: str, action: str | tuple[str, ...]
-    ) -> Identity:
+    async def authenticate(
+        self, headers: Mapping[str, str], account: str, client: str = ""
+    ) -> Authenticated:
+        """Who the credentials in ``headers`` prove, for ``account``, under the same
+        failure budgets as every request (a login: no authorization follows)."""
+        facts = RequestFacts("", "", "", "", headers, client)
+        return await self._authenticated(facts, account)
+
+    async def _authenticated(self, facts: RequestFacts, account: str) -> Authenticated:
         limiter = self.limiter
         client = facts.client
         if limiter is not None:
@@ -188,8 +194,14 @@ class Pipeline:
             raise NoCredentials()
         if self.observer is not None:
             self.observer.authenticated(authenticated.principal)
-        if metrics is not None:
-            started = perf_counter()
+        return authenticated
+
+    async def _identify(
+        self, facts: RequestFacts, account: str, resource: str, action: str | tuple[str, ...]
+    ) -> Identity:
+        authenticated = await self._authenticated(facts, account)
+        metrics = self.metrics
+        started = perf_counter() if metrics is not None else 0.0
         try:
             try:
                 return self.authorize(authenticated, resource, action)

@@ -141,7 +141,7 @@ COOKIE = istr("Cookie")
 
 
 class SessionVerifier(Protocol):
-    def verify(self, token: str) -> SessionClaims | None:
+    async def verify(self, token: str) -> SessionClaims | None:
         """The claims of a valid session; None when the token is not keygate's;
         :class:`~gateway.sessions.tokens.InvalidSession` when it is and fails."""
         ...
@@ -185,7 +185,7 @@ class BearerAuthenticator:
         if found_token is None:
             return None
         try:
-            claims = self.sessions.verify(found_token[0])
+            claims = await self.sessions.verify(found_token[0])
         except ExpiredSession:
             raise ExpiredSessionToken() from None
         except InvalidSession:

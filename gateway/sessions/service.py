@@ -16,6 +16,7 @@ check, and the key's state is still read on every request by the authenticator.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -37,9 +38,11 @@ class SigningKeyStore(Protocol):
 
     async def signing_keys(self) -> list[str]: ...
 
-    async def add_signing_key(self, sealed: str, retired: Sequence[str] = ()) -> list[str]:
-        """Store ``sealed`` (and the retired versions of earlier keys) atomically, and
-        announce the change; the stored keys after it."""
+    async def add_signing_key(
+        self, sealed: str, retired: Sequence[str] = (), remove: Sequence[str] = ()
+    ) -> list[str]:
+        """Store ``sealed`` and the retired versions of earlier keys, drop the kids in
+        ``remove``, atomically, and announce the change; the stored keys after it."""
         ...
 
     async def first_signing_key(self, sealed: str) -> list[str]:
@@ -84,6 +87,8 @@ class Sessions:
             self.ring = KeyRing(loaded, self.max_lifetime, now)
         self._verified: LRU[str, tokens.SessionClaims] = LRU(cache_size)
         self._last_reload = 0.0
+        self._loading = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def max_lifetime(self) -> int:
@@ -125,7 +130,7 @@ class Sessions:
                               "by changing that list")
         now = int(self.clock())
         records = await self.store.signing_keys()
-        retired = []
+        retired, expired = [], []
         for record in records:
             try:
                 key = keys.unseal(record, self.server_secrets)
@@ -133,9 +138,12 @@ class Sessions:
                 continue
             if not key.retired:
                 retired.append(keys.seal(key.retire(now), self.server_secrets[0]))
+            elif key.retired + self.max_lifetime <= now:
+                expired.append(key.kid)  # every token it signed has expired
         new = keys.generate(self.algorithm, now)
-        self.ring = self._ring_of(
-            await self.store.add_signing_key(keys.seal(new, self.server_secrets[0]), retired))
+        self.ring = self._ring_of(await self.store.add_signing_key(
+            keys.seal(new, self.server_secrets[0]), retired, expired))
+        self._last_reload = self.clock()
         return new
 
     async def changed(self) -> None:
@@ -143,6 +151,27 @@ class Sessions:
         if not self.from_files:
             self.ring = self._ring_of(await self.store.signing_keys())
             self._last_reload = self.clock()
+
+    def heard(self) -> None:
+        """The store's listener says the stored keys changed (or a message may have been
+        missed): reload them, off the listener."""
+        if self.from_files or self.ring is None:
+            return  # not loaded yet: the first use loads them anyway
+        task = asyncio.get_running_loop().create_task(self._reload_quietly())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reload_quietly(self) -> None:
+        try:
+            await self.changed()
+        except Exception as exc:  # the store is down, or no key opens: keep the old ring
+            log.warning("could not reload the JWT signing keys: %s", exc)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _ring(self) -> KeyRing:
         if self.ring is None:
@@ -156,24 +185,38 @@ class Sessions:
             owner=owner, token_digest=token_digest, ttl=self.session_ttl,
             now=int(self.clock()))
 
-    def verify(self, token: str) -> tokens.SessionClaims | None:
+    async def ready(self) -> KeyRing:
+        """The ring, loaded from the store on first use (one load at a time)."""
+        if self.ring is None:
+            async with self._loading:
+                if self.ring is None:
+                    await self.load()
+        assert self.ring is not None
+        return self.ring
+
+    async def verify(self, token: str) -> tokens.SessionClaims | None:
+        """The claims of a valid session token, None when the token is not keygate's,
+        :class:`~gateway.sessions.tokens.InvalidSession` when it is and fails."""
         claims = self._verified.get(token)
         if claims is not None:
             if self.clock() < claims.expires + self.leeway:
                 return claims
             raise tokens.ExpiredSession("expired")
-        ring = self.ring
-        if ring is None:
-            return None
-        claims = tokens.verify_session(ring, token, issuer=self.issuer,
-                                       audience=self.audience, leeway=self.leeway)
+        ring = await self.ready()
+        try:
+            claims = tokens.verify_session(ring, token, issuer=self.issuer,
+                                           audience=self.audience, leeway=self.leeway)
+        except tokens.UnknownKid:
+            # signed by a key this process has not heard of yet (a rotation whose
+            # announcement it missed): reload, at most every RELOAD_AT_MOST seconds
+            if self.from_files or self.clock() - self._last_reload < RELOAD_AT_MOST:
+                raise
+            await self.changed()
+            claims = tokens.verify_session(self._ring(), token, issuer=self.issuer,
+                                           audience=self.audience, leeway=self.leeway)
         if claims is not None:
             self._verified.put(token, claims)
         return claims
-
-    def unknown_kid(self) -> bool:
-        """Whether a reload for an unknown kid is due (rate-limited)."""
-        return not self.from_files and self.clock() - self._last_reload >= RELOAD_AT_MOST
 
     def identity_token(self, app_key: str, owner: str, account: str, roles: Sequence[str],
                        resource: str, action: str) -> str:

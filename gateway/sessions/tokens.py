@@ -53,6 +53,10 @@ class InvalidSession(Unauthorized):
         self.reason = reason
 
 
+class UnknownKid(InvalidSession):
+    """A session naming a signing key this process does not have."""
+
+
 class ExpiredSession(InvalidSession):
     code = "session_expired"
     message = "the session has expired: sign in again with the API key and token"
@@ -116,8 +120,8 @@ def verify_session(
     kid, typ = header.get("kid"), header.get("typ")
     key = ring.verifying(kid) if isinstance(kid, str) else None
     if key is None:
-        if typ == SESSION_TYP:  # ours, by a key retired long ago or never ours
-            raise InvalidSession("unknown kid")
+        if typ == SESSION_TYP:  # ours, by a key retired long ago (or not heard of yet)
+            raise UnknownKid("unknown kid")
         return None
     if typ != SESSION_TYP:
         raise InvalidSession(f"typ {typ!r} is not a session's")

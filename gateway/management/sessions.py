@@ -1,0 +1,110 @@
+"""Sessions: ``POST /api/v1/auth/login`` trades a key and token for a short-lived session
+JWT, ``POST /api/v1/auth/logout`` clears the session cookie, and
+``GET /.well-known/jwks.json`` publishes the keys that verify keygate's tokens.
+
+Login authenticates exactly as the proxy does (same 401 for every wrong pair, the same
+failure budgets, so it is no faster way to guess tokens), in the key's own account.
+The session is then as good as the pair until it expires, and no better: the
+authenticator checks the key's state on every request (see
+``gateway.pipeline.authenticators.BearerAuthenticator``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from ..accesslog import APP_KEY
+from ..context import GATEWAY
+from ..errors import BadRequest
+from ..views import iso
+from .common import client_address, json_body, json_response
+
+routes = web.RouteTableDef()
+
+JWKS_MAX_AGE = 300  # seconds a verifier may cache the key set; rotations keep old keys longer
+
+
+def _credential(data: dict[str, Any], name: str, limit: int) -> str:
+    value = data[name]
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{name} must be a non-empty string", code="bad_credentials_field")
+    if len(value) > limit or not value.isascii() or not value.isprintable():
+        raise BadRequest(f"{name} is longer than {limit} characters or not printable ASCII",
+                         code="malformed_credentials")
+    return value
+
+
+@routes.post("/api/v1/auth/login")
+async def login(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    settings = gateway.settings
+    body = await json_body(request, {"appKey", "appToken", "cookie"},
+                           required=frozenset({"appKey", "appToken"}))
+    limit = settings.max_credential_length
+    app_key = _credential(body, "appKey", limit)
+    token = _credential(body, "appToken", limit)
+    cookie = body.get("cookie", False)
+    if not isinstance(cookie, bool):
+        raise BadRequest("cookie must be true or false", code="bad_cookie_field")
+    # the key's own account (a key that is not one of this deployment's names no
+    # account, and fails as an unknown key does, budgets included)
+    account = gateway.fmt.key_account(app_key) or "unknown"
+    authenticated = await gateway.pipeline.authenticate(
+        {settings.key_header: app_key, settings.token_header: token}, account,
+        client_address(request),
+    )
+    principal = authenticated.principal
+    request[APP_KEY] = principal.app_key
+    found = await gateway.store.auth_lookup(principal.app_key, principal.owner)
+    # the stored digest the token matched (the current token, or during a renewal the
+    # old or the new one): the session lives as long as that token does
+    digest = next(d for d in found.token_digests if gateway.hasher.matches(token, [d]))
+    session, expires = gateway.sessions.issue(principal.app_key, principal.owner, digest)
+    response = json_response({"token": session, "expires": iso(expires * 1000),
+                              "appKey": principal.app_key, "account": principal.owner})
+    if cookie:
+        if not settings.session_cookie:
+            raise BadRequest("session cookies are off (setting session_cookie is empty)",
+                             code="cookies_off")
+        response.set_cookie(
+            settings.session_cookie, session, max_age=settings.session_ttl, path="/",
+            httponly=True, samesite="Strict", secure=_secure(request),
+        )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@routes.post("/api/v1/auth/logout")
+async def logout(request: web.Request) -> web.Response:
+    """Clears the session cookie. A session token itself stays valid until it expires
+    (it is a bearer credential: deactivate the key, or renew its token, to end every
+    session made from it at once)."""
+    response = web.Response(status=204)
+    name = request.app[GATEWAY].settings.session_cookie
+    if name:
+        response.del_cookie(name, path="/", secure=_secure(request), httponly=True,
+                            samesite="Strict")
+    return response
+
+
+@routes.get("/.well-known/jwks.json")
+async def jwks(request: web.Request) -> web.Response:
+    ring = await request.app[GATEWAY].sessions.ready()
+    response = json_response(ring.jwks())
+    response.headers["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE}"
+    return response
+
+
+def _secure(request: web.Request) -> bool:
+    """Mark the cookie Secure when the client reached keygate over TLS (directly, or
+    through a trusted proxy that says so)."""
+    if request.secure:
+        return True
+    gateway = request.app[GATEWAY]
+    if gateway.trusted_proxies is None:
+        return False
+    forwarding = gateway.trusted_proxies.forwarding(
+        request.remote or "", request.headers, request.scheme, request.host)
+    return forwarding.proto == "https"
