@@ -101,7 +101,8 @@ def build_gateway(
         session_ttl=settings.session_ttl, leeway=settings.jwt_leeway,
         identity_audience=settings.identity_token_audience,
         identity_ttl=settings.identity_token_ttl,
-        key_files=settings.jwt_private_key_files, clock=clock,
+        # JWT times are checked against the system clock (pyjwt's), so they are made by it
+        key_files=settings.jwt_private_key_files,
     )
     pipeline = Pipeline(
         routes,

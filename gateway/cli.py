@@ -1,4 +1,4 @@
-"""``keygate serve | demo | keys … | external-keys … | settings … | audit | export |
+"""``keygate serve | demo | keys … | external-keys … | jwt rotate | settings … | audit | export |
 policy …``: the parser, the exit statuses, and the commands that run a server or
 only read files. The commands that work on the store are in ``gateway.cli_store``.
 
@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_key_commands(sub, command)
     _add_external_key_commands(sub, command)
+
+    jwt = sub.add_parser("jwt", help="the JWT signing keys of sessions and identity tokens")
+    jwt_sub = jwt.add_subparsers(dest="jwt_command", required=True, metavar="ACTION")
+    command(jwt_sub, "rotate", store_commands.jwt_rotate,
+            "add a new signing key; the previous one verifies until its tokens expire")
 
     settings = command(sub, "settings", cmd_settings_reference,
                        "print the settings reference (Markdown), or an account's settings "

@@ -443,3 +443,29 @@ def export(args: argparse.Namespace) -> int:
     else:
         print(f"wrote {target}")
     return 0
+
+
+def jwt_rotate(args: argparse.Namespace) -> int:
+    """A new JWT signing key: every instance signs with it from its next token on (the
+    rotation is announced on the invalidation channel), and the previous key verifies
+    until every token it signed has expired."""
+
+    async def work(gateway: Any) -> dict[str, Any]:
+        await gateway.sessions.ready()
+        previous = gateway.sessions.ring.current.kid
+        new = await gateway.sessions.rotate()
+        return {"kid": new.kid, "algorithm": new.algorithm, "previous": previous,
+                "keys": [key["kid"] for key in gateway.sessions.jwks()["keys"]]}
+
+    try:
+        rotated = on_store(args, work)
+    except ConfigError as exc:
+        if "jwt_private_key_files" in str(exc):
+            raise Refused(str(exc)) from None
+        raise
+    if args.json:
+        print_json(rotated)
+    else:
+        print(f"new signing key {rotated['kid']} ({rotated['algorithm']}); "
+              f"{rotated['previous']} verifies until its tokens expire")
+    return 0

@@ -68,6 +68,7 @@ class Gateway:
         (nobody reads it otherwise)."""
         self.store.on_signing_keys_changed = self.sessions.heard
         self.store.start_invalidation()
+        self.sessions.start()
         self.policy_sync.start()
         self.last_used.start()
         if self.settings.metrics_listen is not None:

@@ -61,7 +61,8 @@ async def login(request: web.Request) -> web.Response:
     # the stored digest the token matched (the current token, or during a renewal the
     # old or the new one): the session lives as long as that token does
     digest = next(d for d in found.token_digests if gateway.hasher.matches(token, [d]))
-    session, expires = gateway.sessions.issue(principal.app_key, principal.owner, digest)
+    session, expires = await gateway.sessions.issue(principal.app_key, principal.owner,
+                                                    digest)
     response = json_response({"token": session, "expires": iso(expires * 1000),
                               "appKey": principal.app_key, "account": principal.owner})
     if cookie:

@@ -24,13 +24,18 @@ from pathlib import Path
 from typing import Protocol
 
 from ..cache import LRU
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreUnavailable
 from . import keys, tokens
 from .keys import KeyRing, SigningKey
 
 log = logging.getLogger("keygate.sessions")
 
 RELOAD_AT_MOST = 5.0  # seconds between reloads for an unknown kid
+
+
+class SigningKeysUnavailable(StoreUnavailable):
+    code = "signing_keys_unavailable"
+    message = "keygate has not loaded its JWT signing keys from the store yet; retry later"
 
 
 class SigningKeyStore(Protocol):
@@ -173,15 +178,34 @@ class Sessions:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def start(self) -> None:
+        """Load the ring in the background, retrying while the store does not answer,
+        so that the first request that needs it (an identity token) finds it."""
+        if self.ring is None:
+            task = asyncio.get_running_loop().create_task(self._load_until_done())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _load_until_done(self) -> None:
+        delay = 0.1
+        while self.ring is None:
+            try:
+                await self.ready()
+            except (StoreUnavailable, ConfigError) as exc:
+                log.warning("JWT signing keys not loaded yet (%s); retrying in %g s",
+                            exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     def _ring(self) -> KeyRing:
         if self.ring is None:
-            raise ConfigError("sessions are not loaded yet")
+            raise SigningKeysUnavailable()
         return self.ring
 
     # -- tokens ------------------------------------------------------------------------------
-    def issue(self, app_key: str, owner: str, token_digest: str) -> tuple[str, int]:
+    async def issue(self, app_key: str, owner: str, token_digest: str) -> tuple[str, int]:
         return tokens.issue_session(
-            self._ring(), issuer=self.issuer, audience=self.audience, app_key=app_key,
+            await self.ready(), issuer=self.issuer, audience=self.audience, app_key=app_key,
             owner=owner, token_digest=token_digest, ttl=self.session_ttl,
             now=int(self.clock()))
 

@@ -1,0 +1,317 @@
+"""Sessions end to end: login, Bearer and cookie on every port, the key's state checked
+on every request, rotation across instances, identity tokens verified by an upstream
+against the JWKS. Real redis-server, real aiohttp servers, real Casbin."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import jwt
+import pytest
+from aiohttp import web
+from conftest import Key, ProxyTestServer, default_routes
+
+from gateway.app import build_gateway
+from gateway.management import build_management_app
+from gateway.store import CLI_ACTOR
+
+LOGIN = "/api/v1/auth/login"
+
+
+async def login(management: Any, key: Key, **extra: Any) -> dict[str, Any]:
+    answer = await management.post(LOGIN, json={"appKey": key.app_key, "appToken": key.token,
+                                                **extra})
+    assert answer.status == 200, await answer.text()
+    return await answer.json()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_login_gives_a_session_that_works_on_the_proxy_port(
+    management, proxy, make_key, upstream
+):
+    key = await make_key("acme", ["orders-reader"])
+    session = await login(management, key)
+    assert set(session) == {"token", "expires", "appKey", "account"}
+    assert session["appKey"] == key.app_key and session["account"] == "acme"
+    claims = jwt.decode(session["token"], options={"verify_signature": False})
+    header = jwt.get_unverified_header(session["token"])
+    assert header["alg"] == "ES256" and header["kid"]
+    assert {"iss", "aud", "sub", "acct", "iat", "nbf", "exp", "jti", "gen"} <= set(claims)
+    assert claims["exp"] - claims["iat"] == 6 * 3600
+    answer = await proxy.get("/orders/1", headers=bearer(session["token"]))
+    assert answer.status == 200
+    forwarded = upstream.last["headers"]
+    assert "Authorization" not in forwarded  # keygate's session never reaches the upstream
+    assert forwarded["X-Keygate-Key"] == key.app_key
+    assert forwarded["X-Keygate-Roles"] == "orders-reader"
+    # authorization runs as for the pair: orders-reader may not write
+    denied = await proxy.post("/orders/1", headers=bearer(session["token"]))
+    assert denied.status == 403 and (await denied.json())["error"]["code"] == "not_permitted"
+
+
+async def test_wrong_credentials_get_the_proxys_401_and_logins_are_budgeted(
+    gateway, make_settings, clock, aiohttp_client, make_key
+):
+    key = await make_key("acme", ["orders-reader"])
+    limited = build_gateway(make_settings(store_prefix=gateway.settings.store_prefix,
+                                          auth_failure_limit=3), clock=clock)
+    management = await aiohttp_client(build_management_app(limited))
+    bodies = []
+    wrong = key.token[:-1] + ("x" if key.token[-1] != "x" else "y")
+    for body in ({"appKey": key.app_key, "appToken": wrong},
+                 {"appKey": "kgk_acme_nonexistent", "appToken": key.token},
+                 {"appKey": "garbage", "appToken": "garbage"}):
+        answer = await management.post(LOGIN, json=body)
+        assert answer.status == 401
+        bodies.append((await answer.json())["error"])
+    assert {b["code"] for b in bodies} == {"invalid_credentials"}
+    assert len({b["message"] for b in bodies}) == 1
+    statuses = [(await management.post(LOGIN, json={"appKey": key.app_key,
+                                                    "appToken": "kgt_wrong"})).status
+                for _ in range(3)]
+    assert 429 in statuses  # the budget (3 per window) is spent
+    # once spent, even the right pair waits: logins are no faster way to guess tokens
+    blocked = await management.post(LOGIN, json={"appKey": key.app_key, "appToken": key.token})
+    assert blocked.status == 429 and "Retry-After" in blocked.headers
+    await limited.close()
+
+
+@pytest.mark.parametrize("body,code", [
+    ("null", "bad_json"), ([], "bad_json"), ({}, "missing_field"),
+    ({"appKey": "k"}, "missing_field"), ({"appKey": 1, "appToken": "t"}, None),
+    ({"appKey": "k", "appToken": "t", "extra": 1}, "unknown_field"),
+    ({"appKey": "k" * 300, "appToken": "t"}, None),
+    ({"appKey": "k\x00", "appToken": "t"}, None),
+    ({"appKey": "k", "appToken": "t", "cookie": "yes"}, None),
+])
+async def test_malformed_logins_are_400s(management, body, code):
+    if isinstance(body, str):
+        answer = await management.post(LOGIN, data=body,
+                                       headers={"Content-Type": "application/json"})
+    else:
+        answer = await management.post(LOGIN, json=body)
+    assert answer.status == 400, await answer.text()
+    error = (await answer.json())["error"]
+    assert code is None or error["code"] == code
+    assert "\x00" not in error["message"]
+
+
+async def test_a_session_stops_on_the_next_request_when_its_key_is_deactivated_or_deleted(
+    gateway, management, proxy, make_key
+):
+    key = await make_key("acme", ["orders-reader"])
+    token = (await login(management, key))["token"]
+    assert (await proxy.get("/orders/1", headers=bearer(token))).status == 200
+    await gateway.store.update_key("acme", key.app_key, actor=CLI_ACTOR, status="inactive")
+    answer = await proxy.get("/orders/1", headers=bearer(token))
+    assert answer.status == 401 and (await answer.json())["error"]["code"] == "key_inactive"
+    await gateway.store.update_key("acme", key.app_key, actor=CLI_ACTOR, status="active")
+    assert (await proxy.get("/orders/1", headers=bearer(token))).status == 200
+    await gateway.store.delete_key("acme", key.app_key, actor=CLI_ACTOR)
+    answer = await proxy.get("/orders/1", headers=bearer(token))
+    assert answer.status == 401 and (await answer.json())["error"]["code"] == "invalid_session"
+
+
+async def test_a_session_lives_only_as_long_as_the_token_it_came_from(
+    gateway, management, proxy, make_key, admin_key
+):
+    key = await make_key("acme", ["orders-reader"])
+    old_session = (await login(management, key))["token"]
+    base = f"/api/v1/accounts/acme/keys/{key.app_key}/token"
+    later = await management.post(base + "/renew", headers=admin_key.headers,
+                                  json={"deleteOld": "later"})
+    assert later.status == 200, await later.text()
+    new_token = (await later.json())["appToken"]
+    # during the overlap both tokens work, and so do sessions from either
+    new_session = (await login(management, Key(key.app_key, new_token)))["token"]
+    for token in (old_session, new_session):
+        assert (await proxy.get("/orders/1", headers=bearer(token))).status == 200
+    finish = await management.post(base + "/finish-renewal", headers=admin_key.headers)
+    assert finish.status == 200, await finish.text()
+    answer = await proxy.get("/orders/1", headers=bearer(old_session))
+    assert answer.status == 401 and (await answer.json())["error"]["code"] == "invalid_session"
+    assert (await proxy.get("/orders/1", headers=bearer(new_session))).status == 200
+    now = await management.post(base + "/renew", headers=admin_key.headers,
+                                json={"deleteOld": "now"})
+    assert now.status == 200, await now.text()
+    answer = await proxy.get("/orders/1", headers=bearer(new_session))
+    assert answer.status == 401
+
+
+async def test_bearer_works_on_the_management_api(management, admin_key):
+    token = (await login(management, admin_key))["token"]
+    answer = await management.get("/api/v1/accounts/acme/keys", headers=bearer(token))
+    assert answer.status == 200
+    other = await management.get("/api/v1/accounts/beta/keys", headers=bearer(token))
+    assert other.status == 403
+
+
+async def test_the_session_cookie_authenticates_and_never_reaches_the_upstream(
+    management, proxy, make_key, upstream
+):
+    key = await make_key("acme", ["orders-reader"])
+    answer = await management.post(LOGIN, json={"appKey": key.app_key,
+                                                "appToken": key.token, "cookie": True})
+    assert answer.status == 200
+    cookie = answer.headers["Set-Cookie"]
+    assert "keygate_session=" in cookie and "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie and "Path=/" in cookie
+    token = (await answer.json())["token"]
+    headers = {"Cookie": f"theme=dark; keygate_session={token}; lang=en"}
+    assert (await proxy.get("/orders/1", headers=headers)).status == 200
+    forwarded = upstream.last["headers"]
+    assert token not in str(forwarded)
+    assert forwarded["Cookie"].replace(" ", "") == "theme=dark;lang=en"
+    logout = await management.post("/api/v1/auth/logout")
+    assert logout.status == 204 and "keygate_session=" in logout.headers["Set-Cookie"]
+
+
+async def test_an_upstreams_own_bearer_token_is_not_keygates_and_passes_with_the_pair(
+    proxy, make_key, upstream
+):
+    key = await make_key("acme", ["orders-reader"])
+    theirs = jwt.encode({"sub": "user-7"}, "their-secret" * 4, algorithm="HS256")
+    alone = await proxy.get("/orders/1", headers=bearer(theirs))
+    assert alone.status == 401
+    assert (await alone.json())["error"]["code"] == "missing_credentials"
+    both = await proxy.get("/orders/1", headers={**key.headers, **bearer(theirs)})
+    assert both.status == 200
+    assert upstream.last["headers"]["Authorization"] == f"Bearer {theirs}"
+
+
+@pytest.mark.parametrize("mangle", ["tamper", "identity", "truncate", "swap_kid"])
+async def test_forged_sessions_are_refused(gateway, management, proxy, make_key, mangle):
+    key = await make_key("acme", ["orders-reader"])
+    token = (await login(management, key))["token"]
+    head, body, signature = token.split(".")
+    if mangle == "tamper":
+        forged = f"{head}.{body[:-2]}{'A' if body[-2] != 'A' else 'B'}{body[-1]}.{signature}"
+    elif mangle == "truncate":
+        forged = f"{head}.{body}.{signature[:-4]}"
+    elif mangle == "swap_kid":
+        stranger = jwt.encode({"sub": key.app_key}, "x" * 32, algorithm="HS256",
+                              headers={"kid": jwt.get_unverified_header(token)["kid"],
+                                       "typ": "keygate-session+jwt"})
+        forged = stranger
+    else:  # an identity token (for upstreams) presented as a session
+        forged = gateway.sessions.identity_token(key.app_key, "acme", "acme",
+                                                 ["owner"], "orders", "write")
+    answer = await proxy.get("/orders/1", headers=bearer(forged))
+    assert answer.status == 401
+    assert (await answer.json())["error"]["code"] in ("invalid_session", "missing_credentials")
+
+
+async def test_rotation_reaches_every_instance_and_keeps_old_sessions(
+    gateway, make_settings, clock, management, aiohttp_client, make_key
+):
+    key = await make_key("acme", ["orders-reader"])
+    before = (await login(management, key))["token"]
+    other = build_gateway(make_settings(store_prefix=gateway.settings.store_prefix),
+                          clock=clock)
+    other.start()
+    try:
+        other_proxy = await aiohttp_client(ProxyTestServer(other))
+        other_management = await aiohttp_client(build_management_app(other))
+        first_kid = (await (await other_management.get("/.well-known/jwks.json")).json())[
+            "keys"][0]["kid"]
+        assert first_kid == jwt.get_unverified_header(before)["kid"]  # one key, shared
+        rotated = await gateway.sessions.rotate()
+        for _ in range(200):  # the other instance hears of it on the channel
+            if other.sessions.ring is not None and other.sessions.ring.current.kid == \
+                    rotated.kid:
+                break
+            await asyncio.sleep(0.01)
+        assert other.sessions.ring.current.kid == rotated.kid
+        jwks = await (await other_management.get("/.well-known/jwks.json")).json()
+        assert [k["kid"] for k in jwks["keys"]] == [rotated.kid, first_kid]
+        after = (await login(other_management, key))["token"]
+        assert jwt.get_unverified_header(after)["kid"] == rotated.kid
+        for token in (before, after):
+            assert (await other_proxy.get("/orders/1", headers=bearer(token))).status == 200
+    finally:
+        await other.close()
+
+
+async def test_an_upstream_verifies_the_identity_token_against_the_jwks(
+    make_settings, clock, aiohttp_client, aiohttp_server, upstream
+):
+    """Oathkeeper's id_token mutator: the upstream fetches keygate's JWKS and verifies."""
+    seen: list[dict[str, Any]] = []
+    jwks_url: list[str] = []
+
+    async def verifying(request: web.Request) -> web.Response:
+        client = jwt.PyJWKClient(jwks_url[0])
+        token = request.headers["X-Keygate-Identity"]
+        signing = await asyncio.to_thread(client.get_signing_key_from_jwt, token)
+        claims = jwt.decode(token, signing.key, algorithms=["ES256", "EdDSA"],
+                            audience="keygate-upstream", issuer="keygate")
+        seen.append(claims)
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", verifying)
+    verifier = await aiohttp_server(app)
+    routes = [*default_routes(upstream.url),
+              {"name": "signed", "path_prefix": "/signed", "account": "acme",
+               "resource": "orders", "upstream": str(verifier.make_url("")).rstrip("/"),
+               "identity_token": True}]
+    gw = build_gateway(make_settings(routes=routes), clock=clock)
+    gw.start()
+    try:
+        management = await aiohttp_client(build_management_app(gw))
+        jwks_url.append(str(management.make_url("/.well-known/jwks.json")))
+        proxy = await aiohttp_client(ProxyTestServer(gw))
+        issued = await gw.lifecycle.create("acme", "k", ["orders-writer"], CLI_ACTOR)
+        spoofed = {"X-API-AppKey": issued.record.app_key, "X-API-AppToken": issued.token,
+                   "X-Keygate-Identity": "forged"}
+        answer = await proxy.post("/signed/7", headers=spoofed)
+        assert answer.status == 200, await answer.text()
+        claims = seen[-1]
+        assert claims["sub"] == issued.record.app_key and claims["account"] == "acme"
+        assert claims["roles"] == ["orders-writer"]
+        assert (claims["resource"], claims["action"]) == ("orders", "write")
+        assert claims["exp"] - claims["iat"] == 60
+        # a route without identity_token sends none
+        assert (await proxy.get("/orders/1", headers=spoofed)).status == 200
+        assert "X-Keygate-Identity" not in upstream.last["headers"]
+    finally:
+        await gw.close()
+
+
+async def test_no_session_token_is_logged(management, proxy, make_key, caplog):
+    caplog.set_level(logging.DEBUG)
+    key = await make_key("acme", ["orders-reader"])
+    token = (await login(management, key))["token"]
+    await proxy.get("/orders/1", headers=bearer(token))
+    await proxy.get("/orders/1", headers=bearer(token[:-3] + "abc"))
+    assert token not in caplog.text and key.token not in caplog.text
+
+
+async def test_pem_signing_keys_from_settings(tmp_path, make_settings, clock, aiohttp_client):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    (tmp_path / "signing.pem").write_bytes(pem)
+    gw = build_gateway(make_settings(jwt_private_key_files=[str(tmp_path / "signing.pem")]),
+                       clock=clock)
+    gw.start()
+    try:
+        management = await aiohttp_client(build_management_app(gw))
+        jwks = await (await management.get("/.well-known/jwks.json")).json()
+        assert [k["alg"] for k in jwks["keys"]] == ["EdDSA"]
+        issued = await gw.lifecycle.create("acme", "k", ["orders-reader"], CLI_ACTOR)
+        session = await login(management, Key(issued.record.app_key, issued.token))
+        assert jwt.get_unverified_header(session["token"])["alg"] == "EdDSA"
+        with pytest.raises(Exception, match="jwt_private_key_files"):
+            await gw.sessions.rotate()
+        assert await gw.store.signing_keys() == []  # nothing of it went to the store
+    finally:
+        await gw.close()
