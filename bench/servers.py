@@ -12,6 +12,12 @@ way the aiohttp docs show (an Application with a catch-all route).
 upstream body of known length ≤ 64 KiB read whole and answered in one write) and no
 authentication. keygate / lean isolates what authentication, routing and header hygiene
 cost, with no forwarding technique in keygate's favour.
+``decision-floor``: the least a decision service on aiohttp can do: its low-level server
+answering every request 200 with the five headers keygate's decision API answers for
+nginx (the path taken from ``X-Original-URI``), deciding nothing. What aiohttp itself
+costs per decision request: parsing, the request object, the response, the event loop.
+``decision-floor-guarded``: the same behind keygate's connection guard (its strict
+request reader) and its error wrapper with the request id, as keygate's ports run.
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ from aiohttp import web
 from yarl import URL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gateway.connections import guard_for, server_logger  # noqa: E402
+from gateway.http_head import AIOHTTP_LIMITS  # noqa: E402
+from gateway.middleware import errors_as_json, new_request_id  # noqa: E402
+from gateway.settings import load_settings  # noqa: E402
 from gateway.upstream import Origin, UpstreamAnswer, UpstreamPool  # noqa: E402
 
 RESPONSE = (
@@ -148,12 +158,51 @@ async def run_lean_proxy(port: int, upstream: str) -> None:
         await pool.close()
 
 
+IDENTITY = (("X-Keygate-Key", "kgk-acct-00-0000000000"), ("X-Keygate-Owner-Account", "acct-00"),
+            ("X-Keygate-Account", "acct-00"), ("X-Keygate-Roles", "role-000"))
+
+
+async def allow_everything(request: web.BaseRequest) -> web.Response:
+    """200 with identity headers of the size keygate's answer carries, and the path."""
+    path = request.headers.get("X-Original-URI", "/").partition("?")[0]
+    return web.Response(headers=[*IDENTITY, ("X-Keygate-Path", path)])
+
+
+async def run_decision_floor(port: int, guarded: bool) -> None:
+    # keygate's server options for its ports (gateway.app.running), access log off
+    options = {"access_log": None, "logger": server_logger(), **AIOHTTP_LIMITS}
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    if not guarded:
+        runner = web.ServerRunner(web.Server(allow_everything, **options))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+        return
+    handler = functools.partial(errors_as_json, handler=allow_everything)
+    server = web.Server(handler, **options)
+    guard = guard_for(load_settings(env={}), new_request_id)
+    listener = await guard.listen(server, "127.0.0.1", port)
+    try:
+        await stop.wait()
+    finally:
+        listener.close()
+        await server.shutdown(1)
+        await guard.close()
+
+
 def main() -> None:
     mode, port = sys.argv[1], int(sys.argv[2])
     if mode == "upstream":
         uvloop.run(run_upstream(port))
     elif mode == "lean-proxy":
         uvloop.run(run_lean_proxy(port, sys.argv[3]))
+    elif mode in ("decision-floor", "decision-floor-guarded"):
+        uvloop.run(run_decision_floor(port, guarded=mode == "decision-floor-guarded"))
     else:
         upstream = sys.argv[3]
         web.run_app(bare_proxy_app(upstream), host="127.0.0.1", port=port, access_log=None,
