@@ -79,6 +79,7 @@ from .errors import BadRequest, ConfigError, Forbidden, GatewayError, NotFound
 from .forwarded import TrustedProxies, parse_address
 from .middleware import REQUEST_ID, error_response, errors_as_json
 from .pipeline import Decision, RequestFacts
+from .pipeline.authenticators import without_session_cookie
 from .routes import normalise_path
 from .series import ALLOWED, INTERNAL_ERROR, NO_ROUTE
 from .settings import Settings
@@ -95,6 +96,9 @@ LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")
 CLIENT_MEMORY = 4096
 CLIENT_MEMORY_ENTRY = 256
 
+AUTHORIZATION = istr("Authorization")
+COOKIE = istr("Cookie")
+ENVOY_REMOVE = istr("x-envoy-auth-headers-to-remove")
 FORWARDED_METHOD = istr("X-Forwarded-Method")
 FORWARDED_URI = istr("X-Forwarded-Uri")
 FORWARDED_HOST = istr("X-Forwarded-Host")
@@ -166,6 +170,9 @@ class DecisionPort:
         prefix = settings.identity_header_prefix
         self.path_header = istr(prefix + "Path")
         self.status_header = istr(prefix + "Status")
+        self.authorization_header = istr(prefix + "Authorization")
+        self.cookie_header = istr(prefix + "Cookie")
+        self.session_cookie = settings.session_cookie
         self.error_header = istr(prefix + "Error")
         # None when metrics are off: then handle() neither times nor counts anything
         self.metrics = gateway.telemetry.decision_requests()
@@ -199,7 +206,7 @@ class DecisionPort:
             if form != NGINX and facts.raw_path != routed.forward_path:
                 self.require_normal(facts.raw_path)
             request[APP_KEY] = decision.identity.principal.app_key
-            response = self.allowed(form, decision)
+            response = self.allowed(form, decision, request.headers)
         except GatewayError as refusal:
             if metrics is not None:
                 metrics.refused(route_name, refusal, False, started)
@@ -300,12 +307,48 @@ class DecisionPort:
                 code="path_not_normal",
             )
 
-    def allowed(self, form: str, decision: Decision) -> web.Response:
+    def allowed(
+        self, form: str, decision: Decision, sent: CIMultiDictProxy[str]
+    ) -> web.Response:
         headers = decision.headers
         if form == NGINX:
             assert decision.routed is not None
             headers = [*headers, (self.path_header, decision.routed.forward_path)]
+        assert decision.identity is not None
+        carrier = decision.identity.carrier
+        if carrier or AUTHORIZATION in sent or COOKIE in sent:
+            headers = [*headers, *self.credential_headers(form, carrier, sent)]
         return web.Response(headers=headers)
+
+    def credential_headers(
+        self, form: str, carrier: str, sent: CIMultiDictProxy[str]
+    ) -> list[tuple[str, str]]:
+        """What the front proxy forwards as ``Authorization`` and ``Cookie``: as the client
+        sent them, but never keygate's session (when it carried the credentials).
+
+        nginx cannot drop a header by condition, so it is told the values to forward
+        (``X-Keygate-Authorization``, ``X-Keygate-Cookie``; absent: forward none).
+        Traefik copies the ``authResponseHeaders`` it lists from this answer, removing
+        the request's own first: the values to forward, or nothing. Envoy overwrites
+        with ``allowed_upstream_headers`` and removes what
+        ``x-envoy-auth-headers-to-remove`` names."""
+        authorization = "" if carrier == "bearer" else ",".join(sent.getall(AUTHORIZATION, ()))
+        cookie = "; ".join(sent.getall(COOKIE, ()))
+        if carrier == "cookie":
+            cookie = without_session_cookie(cookie, self.session_cookie)
+        if form == NGINX:
+            names = (self.authorization_header, self.cookie_header)
+        else:
+            names = (AUTHORIZATION, COOKIE)
+        answer = [(name, value) for name, value in zip(names, (authorization, cookie),
+                                                      strict=True) if value]
+        if form == ENVOY:
+            removed = [name.lower() for name, value in zip(
+                (AUTHORIZATION, COOKIE), (authorization, cookie), strict=True)
+                if not value and name in sent]
+            if removed:
+                answer.append((ENVOY_REMOVE, ",".join(removed)))
+        return answer
 
     def refused(self, form: str | None, refusal: GatewayError, request_id: str) -> web.Response:
         response = error_response(refusal, request_id)

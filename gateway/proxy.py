@@ -50,6 +50,7 @@ from .errors import BadGateway, BadRequest, GatewayError, GatewayTimeout
 from .forwarded import Forwarding
 from .middleware import REQUEST_ID, REQUEST_ID_HEADER, error_response, errors_as_json
 from .pipeline import RequestFacts
+from .pipeline.authenticators import without_session_cookie
 from .routes import Route
 from .series import ALLOWED, INTERNAL_ERROR, NO_ROUTE
 from .upstream import UnforwardableHeader, UpstreamAnswer, UpstreamError, UpstreamPool
@@ -218,11 +219,9 @@ class Forwarder:
         kept = []
         for name, value in headers:
             if _canonical(name) == "cookie":
-                others = [pair for pair in value.split(";")
-                          if pair.strip().partition("=")[0] != self.session_cookie]
-                if not others:
+                value = without_session_cookie(value, self.session_cookie)
+                if not value:
                     continue
-                value = ";".join(others).strip()
             kept.append((name, value))
         return kept
 

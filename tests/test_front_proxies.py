@@ -38,6 +38,9 @@ DEPLOY = ROOT / "deploy"
 SETTINGS = load_settings(env={})  # the defaults, which the shipped configs assume
 IDENTITY = [str(name) for name in IdentityHeaders(SETTINGS.identity_header_prefix).names]
 CREDENTIALS = [SETTINGS.key_header, SETTINGS.token_header]
+# what keygate also answers for the upstream: the signed identity token (on routes that
+# ask for it), and Authorization and Cookie without keygate's session
+SESSION_CARRIERS = [SETTINGS.identity_token_header, "Authorization", "Cookie"]
 # the decision API's address and the guarded API's, as the nginx config has them
 NGINX = (DEPLOY / "nginx" / "keygate.conf").read_text()
 DECISION = re.search(r"upstream keygate_decision \{\s*server ([\d.]+:\d+);", NGINX)[1]
@@ -107,7 +110,10 @@ class Envoy:
         forwarded = [v for n, v in headers if n.lower() == "x-forwarded-for"]
         headers = [(n, v) for n, v in headers if n.lower() != "x-forwarded-for"]
         headers.append(("X-Forwarded-For", ", ".join([*forwarded, client])))
-        sent = [(n, v) for n, v in headers if matches(self.ext_authz["allowed_headers"], n)]
+        # Envoy sends Authorization whatever allowed_headers says (its documentation:
+        # Host, Method, Path, Content-Length and Authorization are always included)
+        sent = [(n, v) for n, v in headers
+                if matches(self.ext_authz["allowed_headers"], n) or n.lower() == "authorization"]
         return method, self.service["path_prefix"] + target, [("Host", host), *sent]
 
     def upstream_headers(self, headers: list[tuple[str, str]], answer: Reply) -> CIMultiDict:
@@ -118,6 +124,9 @@ class Envoy:
         for name in {n for n in answer.headers if matches(allowed, n)}:
             upstream.popall(name, None)
             upstream.extend((name, v) for v in answer.headers.getall(name))
+        removed = answer.headers.get("x-envoy-auth-headers-to-remove", "")
+        for name in filter(None, (n.strip() for n in removed.split(","))):
+            upstream.popall(name, None)
         for name in self.route["request_headers_to_remove"]:
             upstream.popall(name, None)
         return upstream
@@ -224,7 +233,8 @@ def test_envoys_config_names_keygates_settings_and_headers():
     allowed = exact_names(ext_authz["allowed_headers"])
     assert {h.lower() for h in CREDENTIALS} | {"x-forwarded-for"} <= allowed
     response = envoy.service["authorization_response"]
-    assert exact_names(response["allowed_upstream_headers"]) == {h.lower() for h in IDENTITY}
+    assert exact_names(response["allowed_upstream_headers"]) == {
+        h.lower() for h in [*IDENTITY, *SESSION_CARRIERS]}
     assert {"content-type", "retry-after", "x-request-id"} <= exact_names(
         response["allowed_client_headers"])
     removed = set(envoy.route["request_headers_to_remove"])
@@ -259,8 +269,8 @@ def test_traefiks_config_names_keygates_settings_and_headers():
     forward_auth = traefik.forward_auth
     assert forward_auth["address"] == f"http://{DECISION}{decision.TRAEFIK_PATH}"
     assert forward_auth["trustForwardHeader"] is False
-    assert forward_auth["authResponseHeaders"] == IDENTITY
-    assert set(CREDENTIALS) <= set(forward_auth["authRequestHeaders"])
+    assert forward_auth["authResponseHeaders"] == [*IDENTITY, *SESSION_CARRIERS]
+    assert {*CREDENTIALS, "Authorization", "Cookie"} <= set(forward_auth["authRequestHeaders"])
     # keygate decides with the credentials, then they are removed
     middlewares = traefik.dynamic["http"]["middlewares"]
     kinds = [next(iter(middlewares[name])) for name in router["middlewares"]]
@@ -381,3 +391,30 @@ async def test_without_the_credentials_in_envoys_allowed_headers_nothing_is_allo
                              "203.0.113.14")
     assert answer.status == 401
     assert orjson.loads(answer.body)["error"]["code"] == "missing_credentials"
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+async def test_a_session_authenticates_and_never_reaches_the_upstream(
+    decider, make_key, proxy, gateway
+):
+    """Bearer or cookie through the front proxy's request form: allowed, and what
+    carried keygate's session is gone upstream while the client's other cookies and an
+    Authorization header that is not keygate's pass."""
+    front = PROXIES[proxy]()
+    key = await make_key("acme", ["orders-reader"])
+    found = await gateway.store.auth_lookup(key.app_key, "acme")
+    session, _ = await gateway.sessions.issue(key.app_key, "acme", found.token_digests[0])
+    cases = [
+        ([("Authorization", f"Bearer {session}")], None, None),
+        ([("Cookie", f"theme=dark; keygate_session={session}")], None, "theme=dark"),
+        ([*key.headers.items(), ("Authorization", "Bearer upstream-own")],
+         "Bearer upstream-own", None),
+    ]
+    for client_headers, authorization, cookie in cases:
+        answer = await front.ask(decider, "GET", "/orders/1", client_headers, "203.0.113.10")
+        assert answer.status == 200, answer.body
+        upstream = front.upstream_headers(client_headers, answer)
+        assert upstream.get("Authorization") == authorization
+        assert (upstream.get("Cookie") or "").replace(" ", "") == (cookie or "")
+        assert session not in str(upstream)
+        assert upstream[IDENTITY[0]] == key.app_key

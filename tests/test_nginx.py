@@ -192,6 +192,34 @@ async def test_allowed_request_reaches_the_upstream_with_identity_and_no_credent
         assert internal not in got and internal not in reply.headers
 
 
+async def test_a_session_passes_nginx_and_never_reaches_the_upstream(
+    front, make_key, upstream
+):
+    key = await make_key("acme", ["orders-reader"])
+    found = await front.gateway.store.auth_lookup(key.app_key, "acme")
+    session, _ = await front.gateway.sessions.issue(key.app_key, "acme",
+                                                    found.token_digests[0])
+    for headers, authorization, cookie in [
+        ({"Authorization": f"Bearer {session}"}, None, None),
+        ({"Cookie": f"theme=dark; keygate_session={session}; lang=en"}, None,
+         "theme=dark; lang=en"),
+        ({**key.headers, "Authorization": "Bearer upstream-own", "Cookie": "a=b"},
+         "Bearer upstream-own", "a=b"),
+    ]:
+        reply = await call(front.session, front.nginx, "GET", "/orders/7", headers=headers)
+        assert reply.status == 200, reply.body
+        got = upstream.last["headers"]
+        assert got.get("Authorization") == authorization
+        assert got.get("Cookie") == cookie
+        assert session not in str(got)
+        assert got["X-Keygate-Key"] == key.app_key
+        for internal in ("X-Keygate-Authorization", "X-Keygate-Cookie"):
+            assert internal not in got and internal not in reply.headers
+    forged = await call(front.session, front.nginx, "GET", "/orders/7",
+                        headers={"Authorization": f"Bearer {session[:-4]}AAAA"})
+    assert_error(forged, 401, "invalid_session")
+
+
 @pytest.mark.parametrize(
     ("headers", "status", "code"),
     [

@@ -214,3 +214,11 @@ def _all(headers: Mapping[str, str], name: str) -> list[str]:
         return list(getall(name, ()))
     value = headers.get(name)
     return [value] if value is not None else []
+
+
+def without_session_cookie(cookie_header: str, name: str) -> str:
+    """A ``Cookie`` header without the session cookie ``name`` (the others pass to the
+    upstream as they were); empty when nothing is left."""
+    others = [pair for pair in cookie_header.split(";")
+              if pair.strip().partition("=")[0] != name]
+    return ";".join(others).strip()
