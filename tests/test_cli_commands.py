@@ -353,3 +353,35 @@ def test_export_to_a_path_that_cannot_be_written_is_a_usage_error(cli, env, tmp_
     target = tmp_path / "missing-dir" / "keys.csv"
     ran = cli("export", "--account", "acme", "--format", "csv", "-o", str(target))
     assert ran.code == 2 and "--output" in ran.err and str(target) in ran.err
+
+
+# -- jwt rotate --------------------------------------------------------------------------
+async def test_jwt_rotate_adds_a_key_that_a_running_instance_signs_with(cli, local, env):
+    local.start()
+    first = (await local.sessions.ready()).current.kid
+    ran = await in_thread(cli, "jwt", "rotate", "--json")
+    assert ran.code == 0, ran.err
+    rotated = ran.json()
+    assert rotated["previous"] == first and rotated["kid"] != first
+    assert rotated["keys"] == [rotated["kid"], first]
+    for _ in range(200):  # heard on the invalidation channel
+        if local.sessions.ring.current.kid == rotated["kid"]:
+            break
+        await asyncio.sleep(0.01)
+    assert local.sessions.ring.current.kid == rotated["kid"]
+    text = await in_thread(cli, "jwt", "rotate")
+    assert text.code == 0 and text.out.startswith("new signing key ")
+
+
+async def test_jwt_rotate_is_refused_when_the_keys_come_from_files(cli, env, tmp_path,
+                                                                   monkeypatch):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    (tmp_path / "k.pem").write_bytes(pem)
+    monkeypatch.setenv("KEYGATE_JWT_PRIVATE_KEY_FILES", str(tmp_path / "k.pem"))
+    ran = await in_thread(cli, "jwt", "rotate")
+    assert ran.code == 1 and "jwt_private_key_files" in ran.err
