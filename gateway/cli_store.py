@@ -213,7 +213,7 @@ def keys_change(args: argparse.Namespace) -> int:
 
 def keys_renewal(args: argparse.Namespace) -> int:
     """renew | finish-renewal | undo-renewal"""
-    from .store import CLI_ACTOR, RenewalRefused
+    from .store import CLI_ACTOR, NoRenewalPending, RenewalPending, TokenLinkPending
 
     settings = shared_store_settings(args)
     account = owner_of(settings, args.app_key)
@@ -233,14 +233,16 @@ def keys_renewal(args: argparse.Namespace) -> int:
 
     try:
         result, period = run_event_loop(with_gateway(settings, work))
-    except RenewalRefused as refusal:
-        what = ("a renewal is pending: finish or undo it first" if refusal.reason == "pending"
-                else "the one-time link of the last token is still unopened")
-        raise Refused(f"cannot renew {args.app_key}: {what}") from None
+    except RenewalPending:
+        raise Refused(f"cannot renew {args.app_key}: a renewal is pending: finish or undo "
+                      "it first") from None
+    except TokenLinkPending:
+        raise Refused(f"cannot renew {args.app_key}: the one-time link of the last token is "
+                      "still unopened") from None
+    except NoRenewalPending:
+        raise Refused(f"no token renewal is pending for {args.app_key}") from None
     if result is None:
         raise Refused(f"no API key {args.app_key} in account {account}")
-    if result is False:
-        raise Refused(f"no token renewal is pending for {args.app_key}")
     if args.json:
         print_json(key_row(result.record, period, result.token) if renew
                    else key_row(result, period))
@@ -281,33 +283,31 @@ def external_list(args: argparse.Namespace) -> int:
 
 
 def external_add(args: argparse.Namespace) -> int:
-    from .store import CLI_ACTOR
+    from .store import CLI_ACTOR, GrantExists, KeyNotFound, OwnKey
     from .views import external_json
 
     settings = shared_store_settings(args)
     owner_of(settings, args.app_key)
     label = checked_label(args.label) or ""
 
-    async def work(gateway: Any) -> tuple[str, Any]:
+    async def work(gateway: Any) -> Any:
         roles = checked_roles(gateway, args.role)
-        outcome = await gateway.store.add_grant(
-            args.account, args.app_key, label, roles, CLI_ACTOR
-        )
-        return outcome, await gateway.store.get_grant(args.account, args.app_key)
+        return await gateway.store.add_grant(args.account, args.app_key, label, roles, CLI_ACTOR)
 
-    outcome, grant = run_event_loop(with_gateway(settings, work))
-    if outcome == "missing":
-        raise Refused(f"no API key {args.app_key}")
-    if outcome == "own":
+    try:
+        grant = run_event_loop(with_gateway(settings, work))
+    except KeyNotFound:
+        raise Refused(f"no API key {args.app_key}") from None
+    except OwnKey:
         raise Refused(
             f"{args.app_key} belongs to account {args.account} itself; its roles there are "
             "its own (`keygate keys`), not an external grant"
-        )
-    if outcome == "exists":
+        ) from None
+    except GrantExists:
         raise Refused(
             f"{args.app_key} is already an external key of account {args.account}; "
             "change it with `keygate external-keys update`"
-        )
+        ) from None
     row = external_json(grant)
     if args.json:
         print_json(row)

@@ -22,7 +22,7 @@ from .credentials import (
     seal_token,
     unseal_token,
 )
-from .store import Actor, KeyRecord, Store, TokenLink
+from .store import Actor, KeyNameTaken, KeyRecord, Store, TokenLink
 
 _NAME_ATTEMPTS = 8
 DELIVERIES = ("token", "link")
@@ -96,9 +96,12 @@ class KeyLifecycle:
             secret, link = (None, None)
             if delivery == "link":
                 secret, link = self._link(app_key, account, token)
-            record = await self.store.create_key(
-                app_key, account, label, roles, self.hasher.digest(token), actor, link
-            )
+            try:
+                record = await self.store.create_key(
+                    app_key, account, label, roles, self.hasher.digest(token), actor, link
+                )
+            except KeyNameTaken:
+                continue
             if record is not None:
                 if link is None:
                     return Issued(record, token=token)
@@ -115,7 +118,8 @@ class KeyLifecycle:
         delivery: str = "token",
         expect_roles: Sequence[str] | None = None,
     ) -> Issued | None:
-        """New token; None if the key is missing; RenewalRefused if one is pending;
+        """New token; None if the key is missing; RenewalPending if one is pending,
+        TokenLinkPending while the last token's link is unopened (both RenewalRefused);
         KeyChanged if ``expect_roles`` are no longer the key's roles."""
         token = self.fmt.new_token()
         secret, link = (None, None)

@@ -167,9 +167,10 @@ async def test_unknown_keys_are_remembered_briefly_and_do_not_evict_known_ones(
         assert (await proxy.get("/orders/1", headers=unknown)).status == 401
     assert await _hmgets(real_redis) - before == 1
     # a flood of distinct made-up keys, more than the unknown-key cache holds
-    flood_size = gateway.store._unknown.size + 50
+    unknown_keys = gateway.store.credential_cache.unknown
+    flood_size = unknown_keys.size + 50
     for n in range(flood_size):
-        gateway.store._unknown.put(f"kgk-acme-{n:010d}", None)  # type: ignore[arg-type]
+        unknown_keys.put(f"kgk-acme-{n:010d}", None)  # type: ignore[arg-type]
     before = await _hmgets(real_redis)
     assert (await proxy.get("/orders/1", headers=key.headers)).status == 200
     assert await _hmgets(real_redis) - before == 0, "the known key was evicted"
@@ -252,6 +253,6 @@ async def test_a_key_asking_for_made_up_accounts_does_not_grow_the_cache(gateway
     for i in range(20_000):
         found = await store.auth_lookup(key.app_key, f"made-up-{i}")
         assert found.grant is None
-    assert len(store._known.get(key.app_key)) <= MAX_ACCOUNTS_PER_KEY
+    assert len(store.credential_cache.known.get(key.app_key)) <= MAX_ACCOUNTS_PER_KEY
     assert (await store.auth_lookup(key.app_key, "acme")).grant is not None
     assert store.cached_lookup(key.app_key, "acme") is not None

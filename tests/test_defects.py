@@ -120,9 +120,9 @@ async def test_refused_link_opens_keep_no_request_alive(gateway, aiohttp_client)
 async def export_setup(gateway: Gateway, relay: Relay) -> tuple[Key, str]:
     viewer = await gateway.lifecycle.create("acme", "viewer", ["api-keys-viewer"], CLI_ACTOR)
     issued = await gateway.lifecycle.create("beta", "partner", ["orders-reader"], CLI_ACTOR)
-    status = await gateway.store.add_grant("acme", issued.record.app_key, "ext",
-                                           ["orders-reader"], CLI_ACTOR)
-    assert status == "ok"
+    added = await gateway.store.add_grant("acme", issued.record.app_key, "ext",
+                                          ["orders-reader"], CLI_ACTOR)
+    assert added.roles == ("orders-reader",)
     assert viewer.token is not None
     return Key(viewer.record.app_key, viewer.token), gateway.settings.store_prefix + "acct:acme:"
 

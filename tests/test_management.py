@@ -13,6 +13,7 @@ from conftest import ProxyTestServer
 
 from gateway.app import build_gateway
 from gateway.management import build_management_app
+from gateway.store import KeyNameTaken
 
 KEYS = "/api/v1/accounts/acme/keys"
 CREATED_FIELDS = {
@@ -498,10 +499,10 @@ async def test_delete(management, proxy, admin_key, gateway):
                        "invalid_credentials")
 
     # the name is never issued again, even with a fresh digest
-    again = await gateway.store.create_key(
-        created["appKey"], "acme", "reuse", ["owner"], gateway.hasher.digest("whatever")
-    )
-    assert again is None
+    with pytest.raises(KeyNameTaken):
+        await gateway.store.create_key(
+            created["appKey"], "acme", "reuse", ["owner"], gateway.hasher.digest("whatever")
+        )
     await expect_error(await management.get(path, headers=admin_key.headers), 404)
 
 

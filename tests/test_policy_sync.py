@@ -241,8 +241,8 @@ async def test_removing_a_role_still_held_is_refused_with_counts_unless_forced(
     assert await a.gw.store.delete_key("acme", gone.app_key)
     await a.key("beta", ["catalog-reader"])
     outsider = await a.key("beta", ["orders-reader"])
-    assert await a.gw.store.add_grant("gamma", outsider.app_key, "partner",
-                                      ["catalog-reader"], CLI_ACTOR) == "ok"
+    assert (await a.gw.store.add_grant("gamma", outsider.app_key, "partner",
+                                       ["catalog-reader"], CLI_ACTOR)).roles == ("catalog-reader",)
     held = {"acme": {"catalog-reader": 2}, "beta": {"catalog-reader": 1},
             "gamma": {"catalog-reader": 1}}
     assert {account: roles.get("catalog-reader") for account, roles in
@@ -315,8 +315,8 @@ async def test_only_a_key_allowed_policy_reload_in_its_own_account_may_reload(in
                await a.key("acme", ["api-keys-viewer"])]
     # granted policy-admin in acme, but acme is not the account that owns it
     outsider = await a.key("beta", ["orders-reader"])
-    assert await a.gw.store.add_grant("acme", outsider.app_key, "partner", ["policy-admin"],
-                                      CLI_ACTOR) == "ok"
+    assert (await a.gw.store.add_grant("acme", outsider.app_key, "partner", ["policy-admin"],
+                                       CLI_ACTOR)).roles == ("policy-admin",)
     for key in [*refused, outsider]:
         status, body = await a.reload(key)
         error_shape(body, 403, "not_permitted")

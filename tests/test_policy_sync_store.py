@@ -43,8 +43,8 @@ async def test_role_holders_counts_per_account_and_reads_only_its_own_prefix(
         for roles in (["orders-reader"], ["orders-reader", "orders-writer"], []):
             await mine.lifecycle.create("acme", "k", roles, CLI_ACTOR)
         partner = await mine.lifecycle.create("beta", "p", ["catalog-reader"], CLI_ACTOR)
-        assert await mine.store.add_grant("acme", partner.record.app_key, "partner",
-                                          ["orders-reader"], CLI_ACTOR) == "ok"
+        assert (await mine.store.add_grant("acme", partner.record.app_key, "partner",
+                                           ["orders-reader"], CLI_ACTOR)).owner == "beta"
         await other.lifecycle.create("acme", "elsewhere", ["owner"], CLI_ACTOR)
         assert await mine.store.role_holders() == {
             "acme": {"orders-reader": 3, "orders-writer": 1},

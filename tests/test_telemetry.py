@@ -337,7 +337,7 @@ async def test_metrics_off_the_request_path_neither_times_nor_counts(
             with monkeypatch.context() as patched:
                 for module in (proxy, pipeline, series):
                     patched.setattr(module, "perf_counter", spy)
-                patched.setattr(time, "perf_counter", spy)  # gateway.store's
+                patched.setattr(time, "perf_counter", spy)  # gateway.store.core's
                 calls.clear()
                 for headers, method, status in (
                     (key.headers, "GET", 200), (key.headers, "GET", 200),
@@ -357,7 +357,7 @@ async def test_metrics_off_the_request_path_neither_times_nor_counts(
     text = off.telemetry.exposition().decode()
     assert REQUESTS not in text and DURATION not in text and "keygate_cache" not in text
     on, seen_on = await traffic("127.0.0.1:0")
-    assert {"gateway.proxy", "gateway.pipeline", "gateway.store"} <= set(seen_on)
+    assert {"gateway.proxy", "gateway.pipeline", "gateway.store.core"} <= set(seen_on)
     assert sum(samples(on.telemetry.exposition().decode(), REQUESTS).values()) == 5
 
 

@@ -5,31 +5,30 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..context import GATEWAY
-from ..errors import BadRequest
-from ..renewal import RENEWAL_PERIODS
-from .common import actor, authorize, json_body, json_response, renewal_period
+from ..pipeline import Identity
+from .common import EDIT_SETTINGS, VIEW, actor, json_response, renewal_period
+from .operations import Operations
+from .schema import AccountPath, AccountSettings
 
-routes = web.RouteTableDef()
+operations = Operations("settings")
+
+SETTINGS = "/api/v1/accounts/{account}/settings"
 
 
-@routes.get("/api/v1/accounts/{account}/settings")
-async def get_settings(request: web.Request) -> web.Response:
-    identity = await authorize(request, "view")
+@operations.get(SETTINGS, summary="Read the account's settings", permission=VIEW,
+                params=AccountPath, responses={200: AccountSettings})
+async def get_settings(request: web.Request, identity: Identity, path: AccountPath
+                       ) -> web.Response:
     return json_response({"renewalPeriodMonths": await renewal_period(request, identity.account)})
 
 
-@routes.put("/api/v1/accounts/{account}/settings")
-async def put_settings(request: web.Request) -> web.Response:
-    identity = await authorize(request, "edit-settings")
-    body = await json_body(
-        request, {"renewalPeriodMonths"}, required=frozenset({"renewalPeriodMonths"})
-    )
-    months = body["renewalPeriodMonths"]
-    if type(months) is not int or months not in RENEWAL_PERIODS:  # 6.0 and True are not 6
-        allowed = " or ".join(str(m) for m in RENEWAL_PERIODS)
-        raise BadRequest(
-            f"renewalPeriodMonths must be {allowed}, got {months!r}", code="bad_renewal_period"
-        )
+@operations.put(SETTINGS, summary="Change the account's settings", permission=EDIT_SETTINGS,
+                params=AccountPath, body=AccountSettings, responses={200: AccountSettings})
+async def put_settings(request: web.Request, identity: Identity, path: AccountPath,
+                       body: AccountSettings) -> web.Response:
+    """The renewal-reminder period: `renewalAlert` turns orange that many months after a
+    key's token was issued, red three months later. Tokens never expire because of it."""
+    months = body.renewal_period_months
     await request.app[GATEWAY].store.put_setting(
         identity.account, "renewalPeriodMonths", months, actor(request, identity)
     )

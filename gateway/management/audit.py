@@ -6,32 +6,36 @@ from aiohttp import web
 
 from ..context import GATEWAY
 from ..errors import BadRequest
+from ..pipeline import Identity
 from ..store import ACCESS_ID_PREFIX, AuditEvent
 from ..views import event_json
-from .common import authorize, int_param, json_response
+from .common import VIEW, json_response
+from .operations import Operations
+from .schema import AccountPath, AuditPage, AuditQuery
 
-routes = web.RouteTableDef()
+operations = Operations("audit")
 
 
-@routes.get("/api/v1/accounts/{account}/audit")
-async def list_audit(request: web.Request) -> web.Response:
-    identity = await authorize(request, "view")
-    q = request.query
-    limit = int_param(request, "limit", 50, 1, 500)
-    cursor = q.get("cursor") or None
+@operations.get("/api/v1/accounts/{account}/audit", summary="Read the account's audit log",
+                permission=VIEW, params=AccountPath, query=AuditQuery,
+                responses={200: AuditPage})
+async def list_audit(request: web.Request, identity: Identity, path: AccountPath,
+                     query: AuditQuery) -> web.Response:
+    """Changes and sampled access denials, newest first, filtered by `action`, `actor`
+    and `target`; pass `next` back as `cursor` for the following page."""
+    cursor = query.cursor or None
     if cursor is not None and not _is_stream_id(cursor):
         raise BadRequest("cursor must be the 'next' value of a previous page", code="bad_query")
-    action, actor_key, target = q.get("action"), q.get("actor"), q.get("target")
 
     def accept(event: AuditEvent) -> bool:
         return (
-            (not action or event.action == action)
-            and (not actor_key or event.actor == actor_key)
-            and (not target or event.target == target)
+            (not query.action or event.action == query.action)
+            and (not query.actor or event.actor == query.actor)
+            and (not query.target or event.target == query.target)
         )
 
     events, next_cursor = await request.app[GATEWAY].store.audit_events(
-        identity.account, before_id=cursor, limit=limit, accept=accept
+        identity.account, before_id=cursor, limit=query.limit, accept=accept
     )
     return json_response({"items": [event_json(e) for e in events], "next": next_cursor})
 

@@ -1,4 +1,5 @@
-"""What every management handler needs: the caller's identity, JSON in and out."""
+"""What every management handler needs: the caller's identity, JSON out, the checks
+of an input that need state (roles the policies define)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,20 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from msgspec import UNSET
 
 from ..accesslog import APP_KEY, CLIENT
 from ..context import GATEWAY
 from ..credentials import is_valid_account
-from ..errors import BadRequest, Conflict, UnsupportedMediaType
-from ..lifecycle import DELIVERIES, Issued, checked_label
+from ..errors import BadRequest, Conflict, Forbidden
+from ..lifecycle import Issued, checked_label
 from ..middleware import request_id_of
 from ..pipeline import Identity
 from ..renewal import DEFAULT_RENEWAL_PERIOD
-from ..store import STATUSES, Actor, KeyChanged, LastOwnerKey
+from ..store import Actor, KeyChanged, LastOwnerKey
 from ..views import iso
+from .operations import Permission
+from .schema import Change
 
 RESOURCE = "api-keys"
 # Every (resource, action) the management API checks, besides ("role:NAME", "assign")
@@ -32,21 +36,20 @@ MANAGEMENT_PERMISSIONS: tuple[tuple[str, str], ...] = (
     (POLICY_RESOURCE, "reload"),
 )
 
-MAX_PER_PAGE = 100
+VIEW = Permission(RESOURCE, ("view",))
+EDIT = Permission(RESOURCE, ("edit",))
+RENEW_TOKEN = Permission(RESOURCE, ("renew-token",))
+EDIT_SETTINGS = Permission(RESOURCE, ("edit-settings",))
+# "Renew API token" lets its holder view and renew generated keys' tokens (as in the
+# system keygate reproduces): a key with renew-token but not view sees the keys it may
+# renew, i.e. act on (gateway.escalation), and no others.
+VIEW_OR_RENEW = Permission(RESOURCE, ("view", "renew-token"))
+# The policy is the deployment's, not an account's: asked in the caller's own account.
+RELOAD_POLICY = Permission(POLICY_RESOURCE, ("reload",), own_account=True)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
-def path_account(request: web.Request) -> str:
-    account = request.match_info["account"]
-    if not is_valid_account(account):
-        raise BadRequest(
-            f"{account!r} is not an account name (lowercase letters, digits and '-')",
-            code="bad_account",
-        )
-    return account
 
 
 def client_address(request: web.Request) -> str:
@@ -61,15 +64,45 @@ def client_address(request: web.Request) -> str:
     return client
 
 
-async def authorize(request: web.Request, action: str | tuple[str, ...]) -> Identity:
-    """Authenticate like the proxy and authorize ``api-keys``/``action`` in the path's
-    account (several actions: the first the caller's roles allow, in ``identity.action``)."""
-    identity = await request.app[GATEWAY].pipeline.check(
-        request.headers, path_account(request), RESOURCE, action, request_id_of(request),
+async def authorize(
+    request: web.Request, permission: Permission, account: str | None
+) -> Identity:
+    """Authenticate like the proxy and authorize ``permission`` (several actions: the
+    first the caller's roles allow, in ``identity.action``): in ``account`` (the path's),
+    or for a permission asked in the caller's own account, in the account that owns the
+    key (written in the key itself, confirmed by the store)."""
+    gateway = request.app[GATEWAY]
+    if permission.own_account:
+        account = _own_account(request)
+    elif account is None or not is_valid_account(account):
+        # the path model's pattern says the same; Python's "$" also matches before a
+        # final newline, so the exact check is made here
+        raise BadRequest("account must be an account name (lowercase letters, digits and "
+                         "'-', at most 63 characters)", code="bad_account")
+    actions = permission.actions[0] if len(permission.actions) == 1 else permission.actions
+    identity = await gateway.pipeline.check(
+        request.headers, account, permission.resource, actions, request_id_of(request),
         client_address(request),
     )
     request[APP_KEY] = identity.principal.app_key
+    if permission.own_account and identity.principal.owner != identity.account:
+        raise Forbidden(
+            f"{permission.resource!r}/{actions!r} is asked in the account that owns the key",
+            code="not_permitted",
+        )
     return identity
+
+
+# Stands for the account of a key header that names none: the pipeline then gives its
+# usual answer to a malformed or missing key (401), as for any other request.
+NO_ACCOUNT = "-"
+
+
+def _own_account(request: web.Request) -> str:
+    gateway = request.app[GATEWAY]
+    app_key = request.headers.get(gateway.settings.key_header, "").strip()
+    short_enough = len(app_key) <= gateway.settings.max_credential_length
+    return (gateway.fmt.key_account(app_key) if short_enough else None) or NO_ACCOUNT
 
 
 def actor(request: web.Request, identity: Identity) -> Actor:
@@ -79,12 +112,6 @@ def actor(request: web.Request, identity: Identity) -> Actor:
 async def renewal_period(request: web.Request, account: str) -> int:
     settings = await request.app[GATEWAY].store.get_settings(account)
     return int(settings.get("renewalPeriodMonths", DEFAULT_RENEWAL_PERIOD))
-
-
-def delivery_field(value: Any) -> str:
-    if value not in DELIVERIES:
-        raise BadRequest(f"delivery must be one of: {', '.join(DELIVERIES)}", code="bad_delivery")
-    return value
 
 
 def secret_fields(request: web.Request, issued: Issued) -> dict[str, Any]:
@@ -100,36 +127,6 @@ def secret_fields(request: web.Request, issued: Issued) -> dict[str, Any]:
     }
 
 
-async def json_body(
-    request: web.Request,
-    allowed: set[str],
-    required: frozenset[str] = frozenset(),
-    empty_ok: bool = False,
-) -> dict[str, Any]:
-    if empty_ok and not request.body_exists:
-        return {}
-    content_type = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
-    if content_type != "application/json" and not content_type.endswith("+json"):
-        raise UnsupportedMediaType()
-    raw = await request.read()
-    try:
-        data = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="bad_json") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object", code="bad_json")
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise BadRequest(
-            f"unknown field {unknown[0]!r}; allowed fields: {', '.join(sorted(allowed))}",
-            code="unknown_field",
-        )
-    missing = sorted(required - set(data))
-    if missing:
-        raise BadRequest(f"missing required field {missing[0]!r}", code="missing_field")
-    return data
-
-
 def label_field(value: Any) -> str:
     try:
         return checked_label(value)
@@ -137,10 +134,9 @@ def label_field(value: Any) -> str:
         raise BadRequest(str(exc), code="bad_label") from None
 
 
-def roles_field(request: web.Request, value: Any) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
-        raise BadRequest("roles must be a list of role names", code="bad_roles")
-    roles = list(dict.fromkeys(value))
+def known_roles(request: web.Request, roles: list[str]) -> list[str]:
+    """``roles`` without repeats, once every one is found defined in the policies."""
+    roles = list(dict.fromkeys(roles))
     unknown = request.app[GATEWAY].policy.unknown_roles(roles)
     if unknown:
         defined = ", ".join(sorted(request.app[GATEWAY].policy.roles))
@@ -151,42 +147,18 @@ def roles_field(request: web.Request, value: Any) -> list[str]:
     return roles
 
 
-def status_field(value: Any) -> str:
-    if value not in STATUSES:
-        raise BadRequest(f"status must be one of: {', '.join(STATUSES)}", code="bad_status")
-    return value
-
-
-def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    # the length check first: int() of a 5,000-digit string raises instead of answering
-    too_long = len(raw) > len(str(high))
-    if too_long or not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
-        raise BadRequest(f"{name} must be a whole number from {low} to {high}", code="bad_query")
-    return int(raw)
-
-
-def choice_param(request: web.Request, name: str, allowed: tuple[str, ...] | Any) -> str | None:
-    value = request.query.get(name) or None
-    if value is not None and value not in allowed:
-        raise BadRequest(f"{name} must be one of: {', '.join(allowed)}", code="bad_query")
-    return value
-
-
-async def grant_changes(request: web.Request) -> dict[str, Any]:
-    """The body of a PATCH of a key or a grant: label, roles, status, at least one."""
-    body = await json_body(request, {"label", "roles", "status"})
-    if not body:
-        raise BadRequest("send at least one of label, roles, status", code="empty_change")
+def grant_changes(request: web.Request, change: Change) -> dict[str, Any]:
+    """A PATCH of a key or a grant as the store takes it: label, roles, status, at
+    least one."""
     changes: dict[str, Any] = {}
-    if "label" in body:
-        changes["label"] = label_field(body["label"])
-    if "roles" in body:
-        changes["roles"] = roles_field(request, body["roles"])
-    if "status" in body:
-        changes["status"] = status_field(body["status"])
+    if change.label is not UNSET:
+        changes["label"] = label_field(change.label)
+    if change.roles is not UNSET:
+        changes["roles"] = known_roles(request, change.roles)
+    if change.status is not UNSET:
+        changes["status"] = change.status
+    if not changes:
+        raise BadRequest("send at least one of label, roles, status", code="empty_change")
     return changes
 
 

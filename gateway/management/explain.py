@@ -20,54 +20,46 @@ could not contain.
 from __future__ import annotations
 
 from aiohttp import web
+from msgspec import UNSET
 
 from ..context import GATEWAY
 from ..errors import BadRequest, NotFound
 from ..key_roles import key_roles
+from ..pipeline import Identity
 from ..policy.delegation import assignment
-from ..policy.explain import MAX_QUESTION_ROLES, explain, question_problem
-from .common import authorize, json_response
+from ..policy.explain import explain, question_problem
+from .common import VIEW, json_response
+from .operations import Operations
+from .schema import AccountPath, ExplainQuery, Explanation
 
-routes = web.RouteTableDef()
-
-PARAMETERS = ("resource", "action", "role", "key")
-MAX_KEY_CHARS = 200
+operations = Operations("policy")
 
 
 def _bad(message: str) -> BadRequest:
     return BadRequest(message, code="bad_query")
 
 
-def _one(request: web.Request, name: str) -> str:
-    values = request.query.getall(name, [])
-    if len(values) != 1 or not values[0]:
-        raise _bad(f"give {name} once (e.g. ?resource=orders&action=read&role=orders-reader)")
-    return values[0]
-
-
-@routes.get("/api/v1/accounts/{account}/explain")
-async def explain_decision(request: web.Request) -> web.Response:
-    identity = await authorize(request, "view")
-    query = request.query
-    unknown = sorted(set(query) - set(PARAMETERS))
-    if unknown:
-        raise _bad(f"unknown parameter {unknown[0][:40]!r}; parameters: {', '.join(PARAMETERS)}")
-    resource, action = _one(request, "resource"), _one(request, "action")
-    roles = query.getall("role", [])
-    keys = query.getall("key", [])
-    if bool(roles) == bool(keys) or len(keys) > 1:
+@operations.get("/api/v1/accounts/{account}/explain",
+                summary="Explain a decision: the policy lines behind it", permission=VIEW,
+                params=AccountPath, query=ExplainQuery, responses={200: Explanation},
+                errors={400: ("bad_app_key",), 404: ("key_not_found",)})
+async def explain_decision(request: web.Request, identity: Identity, path: AccountPath,
+                           query: ExplainQuery) -> web.Response:
+    """For `role` (repeat it for several) or a `key`'s roles in this account: the
+    decision on `resource`/`action`, the lines that matched (file and line) and those
+    that decided. Unknown parameters are refused."""
+    roles = query.role
+    if bool(roles) == (query.key is not UNSET):
         raise _bad("give role (repeat it for several) or key, one of them")
-    if len(roles) > MAX_QUESTION_ROLES:
-        raise _bad(f"at most {MAX_QUESTION_ROLES} roles")
-    problem = question_problem(roles, resource, action)
+    problem = question_problem(roles, query.resource, query.action)
     if problem is not None:
         raise _bad(problem)
     gateway = request.app[GATEWAY]
     account = identity.account
     held = None
-    if keys:
-        app_key = keys[0]
-        if len(app_key) > MAX_KEY_CHARS or gateway.fmt.key_account(app_key) is None:
+    if query.key is not UNSET:
+        app_key = query.key
+        if gateway.fmt.key_account(app_key) is None:
             raise BadRequest(f"{app_key[:80]!r} is not an API key", code="bad_app_key")
         held = await key_roles(gateway.store, gateway.fmt, app_key, account)
         if held is None:
@@ -75,11 +67,11 @@ async def explain_decision(request: web.Request) -> web.Response:
                            code="key_not_found")
         roles = list(held.roles)
     policy = gateway.policy  # one policy for the whole answer, even during a reload
-    explanation = explain(policy, roles, account, resource, action)
+    explanation = explain(policy, roles, account, query.resource, query.action)
     body = {**explanation.as_json(), "policyVersion": policy.version}
     if held is not None:
         body["key"] = held.as_json()
-    verdict = assignment(policy, explanation.roles, account, resource, action)
+    verdict = assignment(policy, explanation.roles, account, query.resource, query.action)
     if verdict is not None:
         body["assignment"] = verdict.as_json()
     return json_response(body)

@@ -25,27 +25,37 @@ from aiohttp import web
 
 from ..context import GATEWAY
 from ..errors import StoreUnavailable
-from ..export import FORMATS, SHEETS, csv_chunks, filename, write_xlsx
-from .common import authorize, choice_param
+from ..export import csv_chunks, filename, write_xlsx
+from ..middleware import REQUEST_ID_HEADER, request_id_of
+from ..pipeline import Identity
+from .common import VIEW
+from .operations import Operations
+from .schema import AccountPath, ExportQuery
 
 log = logging.getLogger("keygate.export")
 
-routes = web.RouteTableDef()
+operations = Operations("export")
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 CHUNK = 256 * 1024
 
 
-@routes.get("/api/v1/accounts/{account}/export")
-async def export(request: web.Request) -> web.StreamResponse:
-    identity = await authorize(request, "view")
-    fmt = choice_param(request, "format", FORMATS) or "xlsx"
-    sheet = choice_param(request, "sheet", SHEETS)
+@operations.get("/api/v1/accounts/{account}/export", summary="Export the account's keys",
+                permission=VIEW, params=AccountPath, query=ExportQuery,
+                responses={200: {XLSX: bytes, "text/csv": str}})
+async def export(request: web.Request, identity: Identity, path: AccountPath,
+                 query: ExportQuery) -> web.StreamResponse:
+    """XLSX (the default) holds the sheets `generated` and `external`; CSV is one sheet
+    per file (`sheet=generated`, the default, or `external`). Streamed in bounded
+    memory; a store failure after the first byte resets the connection rather than end
+    a truncated file cleanly."""
     gateway = request.app[GATEWAY]
     account, now = identity.account, gateway.now_ms()
-    response = web.StreamResponse(headers={"Cache-Control": "no-store"})
-    if fmt == "csv":
-        sheet = sheet or "generated"
+    # prepared here, before the error middleware could add the request id
+    response = web.StreamResponse(headers={"Cache-Control": "no-store",
+                                           REQUEST_ID_HEADER: request_id_of(request)})
+    if query.format == "csv":
+        sheet = query.sheet or "generated"
         response.content_type = "text/csv"
         response.charset = "utf-8"
         response.headers["Content-Disposition"] = (

@@ -8,26 +8,37 @@ are never shown here.
 from __future__ import annotations
 
 from aiohttp import web
+from msgspec import UNSET
 
 from ..context import GATEWAY
 from ..errors import BadRequest, Conflict, NotFound
-from ..store import STATUSES, ExternalKey
+from ..pipeline import Identity
+from ..store import ExternalKey as Grant
+from ..store import GrantExists, KeyNotFound, OwnKey
 from ..views import external_json
 from .common import (
-    MAX_PER_PAGE,
+    EDIT,
+    VIEW,
     actor,
-    authorize,
-    choice_param,
     grant_changes,
-    int_param,
-    json_body,
     json_response,
+    known_roles,
     label_field,
-    roles_field,
     store_refusals,
 )
+from .operations import Operations
+from .schema import (
+    AccountPath,
+    AtLeastOneChange,
+    Change,
+    ExternalKey,
+    ExternalKeyListQuery,
+    ExternalKeyPage,
+    KeyPath,
+    NewExternalKey,
+)
 
-routes = web.RouteTableDef()
+operations = Operations("external keys")
 
 SORTS = {
     "addedDate": lambda x: (x.added, x.app_key),
@@ -37,6 +48,12 @@ SORTS = {
     "status": lambda x: (x.status, x.app_key),
 }
 
+EXTERNAL_KEYS = "/api/v1/accounts/{account}/external-keys"
+EXTERNAL_KEY = EXTERNAL_KEYS + "/{appKey}"
+MISSING = {404: ("external_key_not_found",)}
+GUARDED = {403: ("escalation_refused",), 404: ("external_key_not_found",),
+           409: ("key_changed",)}
+
 
 def _missing(app_key: str, account: str) -> NotFound:
     return NotFound(
@@ -45,88 +62,89 @@ def _missing(app_key: str, account: str) -> NotFound:
     )
 
 
-@routes.post("/api/v1/accounts/{account}/external-keys")
-async def add_external_key(request: web.Request) -> web.Response:
-    identity = await authorize(request, "edit")
-    body = await json_body(
-        request, {"appKey", "label", "roles"}, required=frozenset({"appKey", "roles"})
-    )
-    app_key = body["appKey"]
+@operations.post(EXTERNAL_KEYS, summary="Grant roles to another account's key",
+                 permission=EDIT, params=AccountPath, body=NewExternalKey,
+                 responses={201: ExternalKey},
+                 errors={400: ("bad_app_key", "own_key", "unknown_role", "bad_label"),
+                         403: ("escalation_refused",), 404: ("key_not_found",),
+                         409: ("external_key_exists",)})
+async def add_external_key(request: web.Request, identity: Identity, path: AccountPath,
+                           body: NewExternalKey) -> web.Response:
+    """The key stays with its owner account, which manages its token; this account
+    manages only the grant (label, roles, status)."""
+    app_key = body.app_key
     gateway = request.app[GATEWAY]
-    if not isinstance(app_key, str) or gateway.fmt.key_account(app_key) is None:
-        raise BadRequest(f"{app_key!r} is not an API key", code="bad_app_key")
-    label = label_field(body["label"]) if "label" in body else ""
-    roles = roles_field(request, body["roles"])
+    if gateway.fmt.key_account(app_key) is None:
+        raise BadRequest(f"{app_key[:80]!r} is not an API key", code="bad_app_key")
+    label = label_field(body.label) if body.label is not UNSET else ""
+    roles = known_roles(request, body.roles)
     account = identity.account
     gateway.delegation.check_assign(identity, roles)
-    outcome = await gateway.store.add_grant(
-        account, app_key, label, roles, actor(request, identity)
-    )
-    if outcome == "missing":
-        raise NotFound(f"there is no API key {app_key!r}", code="key_not_found")
-    if outcome == "own":
+    try:
+        added = await gateway.store.add_grant(
+            account, app_key, label, roles, actor(request, identity)
+        )
+    except KeyNotFound:
+        raise NotFound(f"there is no API key {app_key!r}", code="key_not_found") from None
+    except OwnKey:
         raise BadRequest(
             f"{app_key!r} belongs to account {account!r}; change its roles under "
             f"/accounts/{account}/keys instead",
             code="own_key",
-        )
-    if outcome == "exists":
+        ) from None
+    except GrantExists:
         raise Conflict(
             f"{app_key!r} is already an external key of account {account!r}; PATCH it instead",
             code="external_key_exists",
-        )
-    added = await gateway.store.get_grant(account, app_key)
-    assert added is not None
+        ) from None
     return json_response(external_json(added), status=201)
 
 
-@routes.get("/api/v1/accounts/{account}/external-keys")
-async def list_external_keys(request: web.Request) -> web.Response:
-    identity = await authorize(request, "view")
-    search = request.query.get("q", "").casefold()
-    status = choice_param(request, "status", STATUSES)
-    role = request.query.get("role") or None
-    sort = choice_param(request, "sort", tuple(SORTS)) or "addedDate"
-    descending = (choice_param(request, "order", ("asc", "desc")) or "desc") == "desc"
-    page = int_param(request, "page", 1, 1, 1_000_000)
-    per_page = int_param(request, "perPage", 20, 1, MAX_PER_PAGE)
+@operations.get(EXTERNAL_KEYS, summary="List external keys", permission=VIEW,
+                params=AccountPath, query=ExternalKeyListQuery,
+                responses={200: ExternalKeyPage})
+async def list_external_keys(request: web.Request, identity: Identity, path: AccountPath,
+                             query: ExternalKeyListQuery) -> web.Response:
+    search = query.q.casefold()
 
-    def accepts(x: ExternalKey) -> bool:
+    def accepts(x: Grant) -> bool:
         return (
-            (not status or x.status == status)
-            and (not role or role in x.roles)
+            (not query.status or x.status == query.status)
+            and (not query.role or query.role in x.roles)
             and (not search or search in x.label.casefold() or search in x.app_key.casefold())
         )
 
     found = [x for x in await request.app[GATEWAY].store.all_grants(identity.account)
              if accepts(x)]
-    found.sort(key=SORTS[sort], reverse=descending)
-    start = (page - 1) * per_page
+    found.sort(key=SORTS[query.sort], reverse=query.order == "desc")
+    start = (query.page - 1) * query.per_page
     return json_response(
         {
-            "items": [external_json(x) for x in found[start : start + per_page]],
+            "items": [external_json(x) for x in found[start : start + query.per_page]],
             "total": len(found),
-            "page": page,
-            "perPage": per_page,
+            "page": query.page,
+            "perPage": query.per_page,
         }
     )
 
 
-@routes.get("/api/v1/accounts/{account}/external-keys/{app_key}")
-async def get_external_key(request: web.Request) -> web.Response:
-    identity = await authorize(request, "view")
-    app_key = request.match_info["app_key"]
-    found = await request.app[GATEWAY].store.get_grant(identity.account, app_key)
+@operations.get(EXTERNAL_KEY, summary="Read an external key", permission=VIEW, params=KeyPath,
+                responses={200: ExternalKey}, errors=MISSING)
+async def get_external_key(request: web.Request, identity: Identity, path: KeyPath
+                           ) -> web.Response:
+    found = await request.app[GATEWAY].store.get_grant(identity.account, path.app_key)
     if found is None:
-        raise _missing(app_key, identity.account)
+        raise _missing(path.app_key, identity.account)
     return json_response(external_json(found))
 
 
-@routes.patch("/api/v1/accounts/{account}/external-keys/{app_key}")
-async def update_external_key(request: web.Request) -> web.Response:
-    identity = await authorize(request, "edit")
-    changes = await grant_changes(request)
-    app_key = request.match_info["app_key"]
+@operations.patch(EXTERNAL_KEY, summary="Change an external key's grant", permission=EDIT,
+                  params=KeyPath, body=AtLeastOneChange, responses={200: ExternalKey},
+                  errors={**GUARDED, 400: ("empty_change", "unknown_role", "bad_label")})
+async def update_external_key(request: web.Request, identity: Identity, path: KeyPath,
+                              body: Change) -> web.Response:
+    changes = grant_changes(request, body)
+    app_key = path.app_key
     gateway = request.app[GATEWAY]
     current = await gateway.store.get_grant(identity.account, app_key)
     if current is None:
@@ -142,11 +160,12 @@ async def update_external_key(request: web.Request) -> web.Response:
     return json_response(external_json(updated))
 
 
-@routes.delete("/api/v1/accounts/{account}/external-keys/{app_key}")
-async def remove_external_key(request: web.Request) -> web.Response:
+@operations.delete(EXTERNAL_KEY, summary="Remove an external key's grant", permission=EDIT,
+                   params=KeyPath, responses={204: None}, errors=GUARDED)
+async def remove_external_key(request: web.Request, identity: Identity, path: KeyPath
+                              ) -> web.Response:
     """Removes the grant only; the key lives on in its owner account."""
-    identity = await authorize(request, "edit")
-    app_key = request.match_info["app_key"]
+    app_key = path.app_key
     gateway = request.app[GATEWAY]
     current = await gateway.store.get_grant(identity.account, app_key)
     if current is None:

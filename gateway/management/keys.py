@@ -8,56 +8,58 @@ from typing import Any
 from aiohttp import web
 
 from ..context import GATEWAY
-from ..errors import BadRequest, Conflict, NotFound
+from ..errors import Conflict, NotFound
 from ..pipeline import Identity
-from ..renewal import ALERTS, renewal_alert
-from ..store import SORT_FIELDS, STATUSES, KeyQuery, KeyRecord, RenewalRefused
+from ..renewal import renewal_alert
+from ..store import KeyQuery, KeyRecord, NoRenewalPending, RenewalRefused
 from ..views import key_json
 from .common import (
-    MAX_PER_PAGE,
+    EDIT,
+    RENEW_TOKEN,
+    VIEW_OR_RENEW,
     actor,
-    authorize,
-    choice_param,
-    delivery_field,
     grant_changes,
-    int_param,
     iso,
-    json_body,
     json_response,
+    known_roles,
     label_field,
     renewal_period,
-    roles_field,
     secret_fields,
     store_refusals,
 )
+from .operations import Operations
+from .schema import (
+    AccountPath,
+    AtLeastOneChange,
+    Change,
+    Key,
+    KeyDetail,
+    KeyIssued,
+    KeyListQuery,
+    KeyPage,
+    KeyPath,
+    NewKey,
+    Renewal,
+)
 
-routes = web.RouteTableDef()
+operations = Operations("keys")
 
 
-def key_query(request: web.Request, period_months: int, now_ms: int) -> KeyQuery:
-    search = request.query.get("q", "")
-    if len(search) > 200:
-        raise BadRequest("q must be at most 200 characters", code="bad_query")
-    renewal = choice_param(request, "renewal", ALERTS)
+def key_query(listing: KeyListQuery, period_months: int, now_ms: int) -> KeyQuery:
+    renewal = listing.renewal
     return KeyQuery(
-        q=search,
-        status=choice_param(request, "status", STATUSES),
-        role=request.query.get("role") or None,
-        sort=choice_param(request, "sort", tuple(SORT_FIELDS)) or "creationDate",
-        descending=(choice_param(request, "order", ("asc", "desc")) or "desc") == "desc",
-        page=int_param(request, "page", 1, 1, 1_000_000),
-        per_page=int_param(request, "perPage", 20, 1, MAX_PER_PAGE),
+        q=listing.q,
+        status=listing.status or None,
+        role=listing.role or None,
+        sort=listing.sort,
+        descending=listing.order == "desc",
+        page=listing.page,
+        per_page=listing.per_page,
         where=(
             (lambda r: renewal_alert(r.token_created, period_months, now_ms) == renewal)
             if renewal else None
         ),
     )
-
-
-# "Renew API token" lets its holder view and renew generated keys' tokens (as in the
-# system keygate reproduces): a key with renew-token but not view sees the keys it may
-# renew, i.e. act on (gateway.escalation), and no others.
-VIEW_OR_RENEW = ("view", "renew-token")
 
 
 def renewable_only(query: KeyQuery, gateway: Any, identity: Identity) -> KeyQuery:
@@ -76,10 +78,9 @@ def _missing(app_key: str, account: str) -> NotFound:
     return NotFound(f"no API key {app_key!r} in account {account!r}", code="key_not_found")
 
 
-async def _target(request: web.Request, identity: Identity) -> KeyRecord:
+async def _target(request: web.Request, identity: Identity, app_key: str) -> KeyRecord:
     """The key a change is about, once the caller has been found allowed to act on it
     (it may assign every role the key holds: see gateway.escalation)."""
-    app_key = request.match_info["app_key"]
     gateway = request.app[GATEWAY]
     record = await gateway.store.get_key(identity.account, app_key)
     if record is None:
@@ -88,19 +89,26 @@ async def _target(request: web.Request, identity: Identity) -> KeyRecord:
     return record
 
 
-@routes.post("/api/v1/accounts/{account}/keys")
-async def create_key(request: web.Request) -> web.Response:
-    identity = await authorize(request, "edit")
-    body = await json_body(
-        request, {"label", "roles", "delivery"}, required=frozenset({"label", "roles"})
-    )
-    label = label_field(body["label"])
-    roles = roles_field(request, body["roles"])
-    delivery = delivery_field(body.get("delivery", "token"))
+KEYS = "/api/v1/accounts/{account}/keys"
+KEY = KEYS + "/{appKey}"
+ACT_ON = {403: ("escalation_refused",), 404: ("key_not_found",)}
+GUARDED = {**ACT_ON, 409: ("key_changed", "last_owner_key")}
+
+
+@operations.post(KEYS, summary="Create a generated key", permission=EDIT, params=AccountPath,
+                 body=NewKey, responses={201: KeyIssued},
+                 errors={400: ("unknown_role", "bad_label"), 403: ("escalation_refused",)})
+async def create_key(request: web.Request, identity: Identity, path: AccountPath,
+                     body: NewKey) -> web.Response:
+    """The answer is the only one that carries the new token (or, with `delivery: link`,
+    the one-time link that reveals it). The caller may only hand out roles it could
+    assign (no escalation)."""
+    label = label_field(body.label)
+    roles = known_roles(request, body.roles)
     gateway = request.app[GATEWAY]
     gateway.delegation.check_assign(identity, roles)
     issued = await gateway.lifecycle.create(
-        identity.account, label, roles, actor(request, identity), delivery
+        identity.account, label, roles, actor(request, identity), body.delivery
     )
     period = await renewal_period(request, identity.account)
     return json_response(
@@ -109,35 +117,39 @@ async def create_key(request: web.Request) -> web.Response:
     )
 
 
-@routes.get("/api/v1/accounts/{account}/keys")
-async def list_keys(request: web.Request) -> web.Response:
-    identity = await authorize(request, VIEW_OR_RENEW)
+@operations.get(KEYS, summary="List generated keys", permission=VIEW_OR_RENEW,
+                params=AccountPath, query=KeyListQuery, responses={200: KeyPage})
+async def list_keys(request: web.Request, identity: Identity, path: AccountPath,
+                    query: KeyListQuery) -> web.Response:
+    """Filtered, sorted and paged. A caller with `renew-token` but not `view` sees the
+    keys it may renew, and only those."""
     gateway = request.app[GATEWAY]
     period, now = await renewal_period(request, identity.account), gateway.now_ms()
-    query = key_query(request, period, now)
+    wanted = key_query(query, period, now)
     if identity.action != "view":
-        query = renewable_only(query, gateway, identity)
-    records, total = await gateway.store.list_keys(identity.account, query)
+        wanted = renewable_only(wanted, gateway, identity)
+    records, total = await gateway.store.list_keys(identity.account, wanted)
     return json_response(
         {
             "items": [key_json(r, period, now) for r in records],
             "total": total,
-            "page": query.page,
-            "perPage": query.per_page,
+            "page": wanted.page,
+            "perPage": wanted.per_page,
         }
     )
 
 
-@routes.get("/api/v1/accounts/{account}/keys/{app_key}")
-async def get_key(request: web.Request) -> web.Response:
-    identity = await authorize(request, VIEW_OR_RENEW)
-    app_key = request.match_info["app_key"]
+@operations.get(KEY, summary="Read a generated key", permission=VIEW_OR_RENEW, params=KeyPath,
+                responses={200: KeyDetail}, errors=ACT_ON)
+async def get_key(request: web.Request, identity: Identity, path: KeyPath) -> web.Response:
+    """With `renewalAlert`, `lastUsed` and `grantedIn` (the accounts that granted the key
+    roles, and when)."""
     gateway = request.app[GATEWAY]
-    record = await gateway.store.get_key(identity.account, app_key)
+    record = await gateway.store.get_key(identity.account, path.app_key)
     if record is None:
-        raise _missing(app_key, identity.account)
+        raise _missing(path.app_key, identity.account)
     if identity.action != "view":
-        gateway.delegation.check_act_on(identity, app_key, record.roles)
+        gateway.delegation.check_act_on(identity, path.app_key, record.roles)
     period = await renewal_period(request, identity.account)
     detail = key_json(record, period, gateway.now_ms())
     detail["grantedIn"] = [
@@ -146,11 +158,14 @@ async def get_key(request: web.Request) -> web.Response:
     return json_response(detail)
 
 
-@routes.patch("/api/v1/accounts/{account}/keys/{app_key}")
-async def update_key(request: web.Request) -> web.Response:
-    identity = await authorize(request, "edit")
-    changes = await grant_changes(request)
-    app_key = request.match_info["app_key"]
+@operations.patch(KEY, summary="Change a generated key's label, roles or status",
+                  permission=EDIT, params=KeyPath, body=AtLeastOneChange,
+                  responses={200: Key},
+                  errors={**GUARDED, 400: ("empty_change", "unknown_role", "bad_label")})
+async def update_key(request: web.Request, identity: Identity, path: KeyPath,
+                     body: Change) -> web.Response:
+    changes = grant_changes(request, body)
+    app_key = path.app_key
     gateway = request.app[GATEWAY]
     current = await gateway.store.get_key(identity.account, app_key)
     if current is None:
@@ -167,10 +182,11 @@ async def update_key(request: web.Request) -> web.Response:
     return json_response(key_json(record, period, gateway.now_ms()))
 
 
-@routes.delete("/api/v1/accounts/{account}/keys/{app_key}")
-async def delete_key(request: web.Request) -> web.Response:
-    identity = await authorize(request, "edit")
-    record = await _target(request, identity)
+@operations.delete(KEY, summary="Delete a generated key", permission=EDIT, params=KeyPath,
+                   responses={204: None}, errors=GUARDED)
+async def delete_key(request: web.Request, identity: Identity, path: KeyPath) -> web.Response:
+    """Irreversible: the key's name is never issued again."""
+    record = await _target(request, identity, path.app_key)
     app_key = record.app_key
     with store_refusals(app_key, identity.account):
         deleted = await request.app[GATEWAY].store.delete_key(
@@ -183,25 +199,27 @@ async def delete_key(request: web.Request) -> web.Response:
 
 
 # -- token renewal ---------------------------------------------------------------------
-_TOKEN = "/api/v1/accounts/{account}/keys/{app_key}/token"  # noqa: S105 - a path
+TOKEN = KEY + "/token"  # noqa: S105 - a path
 
 
-@routes.post(_TOKEN + "/renew")
-async def renew_token(request: web.Request) -> web.Response:
-    identity = await authorize(request, "renew-token")
-    body = await json_body(request, {"deleteOld", "delivery"}, empty_ok=True)
-    delete_old = body.get("deleteOld", "later")
-    if delete_old not in ("later", "now"):
-        raise BadRequest("deleteOld must be later or now", code="bad_delete_old")
-    delivery = delivery_field(body.get("delivery", "token"))
-    record = await _target(request, identity)
+@operations.post(TOKEN + "/renew", summary="Issue a new token", permission=RENEW_TOKEN,
+                 params=KeyPath, body=Renewal, body_optional=True, responses={200: KeyIssued},
+                 errors={**GUARDED, 409: ("renewal_pending", "token_link_pending",
+                                          "key_changed")})
+async def renew_token(request: web.Request, identity: Identity, path: KeyPath,
+                      body: Renewal) -> web.Response:
+    """With `deleteOld: later` (the default) both tokens work until finish-renewal or
+    undo-renewal; with `now` the old one stops at once. 409 while a renewal, or an
+    unopened one-time link, is pending."""
+    record = await _target(request, identity, path.app_key)
     app_key = record.app_key
     gateway = request.app[GATEWAY]
     try:
         with store_refusals(app_key, identity.account):
             issued = await gateway.lifecycle.renew(
                 identity.account, app_key, actor(request, identity),
-                keep_old=delete_old == "later", delivery=delivery, expect_roles=record.roles,
+                keep_old=body.delete_old == "later", delivery=body.delivery,
+                expect_roles=record.roles,
             )
     except RenewalRefused as refusal:
         if refusal.reason == "pending":
@@ -223,32 +241,40 @@ async def renew_token(request: web.Request) -> web.Response:
     )
 
 
-async def _end_renewal(request: web.Request, finish: bool) -> web.Response:
-    identity = await authorize(request, "renew-token")
-    record = await _target(request, identity)
-    app_key = record.app_key
+async def _end_renewal(request: web.Request, identity: Identity, app_key: str,
+                       finish: bool) -> web.Response:
+    record = await _target(request, identity, app_key)
     gateway = request.app[GATEWAY]
-    with store_refusals(app_key, identity.account):
-        result = await gateway.store.end_renewal(
-            identity.account, app_key, finish=finish, actor=actor(request, identity),
-            expect_roles=record.roles,
-        )
-    if result is None:
-        raise _missing(app_key, identity.account)
-    if result is False:
+    try:
+        with store_refusals(app_key, identity.account):
+            result = await gateway.store.end_renewal(
+                identity.account, app_key, finish=finish, actor=actor(request, identity),
+                expect_roles=record.roles,
+            )
+    except NoRenewalPending:
         raise NotFound(
             f"no token renewal is pending for API key {app_key!r}", code="no_pending_renewal"
-        )
-    assert isinstance(result, KeyRecord)
+        ) from None
+    if result is None:
+        raise _missing(app_key, identity.account)
     period = await renewal_period(request, identity.account)
     return json_response(key_json(result, period, gateway.now_ms()))
 
 
-@routes.post(_TOKEN + "/finish-renewal")
-async def finish_renewal(request: web.Request) -> web.Response:
-    return await _end_renewal(request, finish=True)
+PENDING = {**GUARDED, 404: ("key_not_found", "no_pending_renewal")}
 
 
-@routes.post(_TOKEN + "/undo-renewal")
-async def undo_renewal(request: web.Request) -> web.Response:
-    return await _end_renewal(request, finish=False)
+@operations.post(TOKEN + "/finish-renewal", summary="Finish a token renewal",
+                 permission=RENEW_TOKEN, params=KeyPath, responses={200: Key}, errors=PENDING)
+async def finish_renewal(request: web.Request, identity: Identity, path: KeyPath
+                         ) -> web.Response:
+    """The old token stops working; the new one stays."""
+    return await _end_renewal(request, identity, path.app_key, finish=True)
+
+
+@operations.post(TOKEN + "/undo-renewal", summary="Undo a token renewal",
+                 permission=RENEW_TOKEN, params=KeyPath, responses={200: Key}, errors=PENDING)
+async def undo_renewal(request: web.Request, identity: Identity, path: KeyPath
+                       ) -> web.Response:
+    """The new token is dropped; the old one stays."""
+    return await _end_renewal(request, identity, path.app_key, finish=False)

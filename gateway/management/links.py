@@ -18,8 +18,13 @@ from ..credentials import is_link_secret, link_id
 from ..errors import Gone
 from ..middleware import request_id_of
 from .common import json_response
+from .operations import Operations
+from .schema import LinkPath, LinkStatus, OpenedLink
 
-routes = web.RouteTableDef()
+operations = Operations("token links")
+
+LINK = "/api/v1/token-links/{secret}"
+GONE = {410: ("token_link_gone",), 503: ()}
 
 
 def gone() -> Gone:
@@ -52,9 +57,14 @@ def _wants_html(request: web.Request) -> bool:
     return "text/html" in accept and "application/json" not in accept
 
 
-@routes.get("/api/v1/token-links/{secret}")
-async def show_link(request: web.Request) -> web.Response:
-    secret = request.match_info["secret"]
+@operations.get(LINK, summary="Show a one-time token link (does not consume it)",
+                params=LinkPath, responses={200: {"application/json": LinkStatus,
+                                                  "text/html": str}}, errors=GONE)
+async def show_link(request: web.Request, path: LinkPath) -> web.Response:
+    """No credentials: the link is the credential. HTML (a page with a button) when the
+    client asks for `text/html` and not JSON; never consumes the link, so that chat and
+    mail clients fetching previews cannot burn it."""
+    secret = path.secret
     if not is_link_secret(secret) or not await request.app[GATEWAY].store.link_valid(
         link_id(secret)
     ):
@@ -72,10 +82,14 @@ async def show_link(request: web.Request) -> web.Response:
                         headers=_NO_STORE)
 
 
-@routes.post("/api/v1/token-links/{secret}")
-async def open_link(request: web.Request) -> web.Response:
+@operations.post(LINK, summary="Open a one-time token link: reveal the token, once",
+                 params=LinkPath, responses={200: {"application/json": OpenedLink,
+                                                   "text/html": str}}, errors=GONE)
+async def open_link(request: web.Request, path: LinkPath) -> web.Response:
+    """Reveals the key and its token and consumes the link atomically; every later open,
+    and any open after expiry, is 410. HTML for a browser's form post."""
     opened = await request.app[GATEWAY].lifecycle.open_link(
-        request.match_info["secret"], request_id_of(request)
+        path.secret, request_id_of(request)
     )
     if opened is None:
         raise gone()

@@ -14,51 +14,33 @@ from typing import Any
 
 from aiohttp import web
 
-from ..accesslog import APP_KEY
 from ..context import GATEWAY
-from ..errors import BadRequest, Conflict, Forbidden, StoreUnavailable
+from ..errors import BadRequest, Conflict, StoreUnavailable
 from ..middleware import request_id_of
 from ..pipeline import Identity
 from ..policy.sync import PolicyInvalid, RolesStillHeld
-from .common import POLICY_RESOURCE, actor, client_address, json_body, json_response
+from .common import RELOAD_POLICY, actor, json_response
+from .operations import Operations
+from .schema import PolicyReload, PolicyReloaded
 
 log = logging.getLogger("keygate.policy")
 
-routes = web.RouteTableDef()
-
-# Stands for the account of a key header that names none: the pipeline then gives its
-# usual answer to a malformed or missing key (401), as for any other request.
-NO_ACCOUNT = "-"
+operations = Operations("policy")
 
 
-async def authorize_in_own_account(request: web.Request, action: str) -> Identity:
-    """Authenticate like the proxy, then authorize ``policy``/``action`` in the account
-    that owns the key (written in the key itself, confirmed by the store)."""
+@operations.post("/api/v1/policy/reload", summary="Reload the policy files everywhere",
+                 permission=RELOAD_POLICY, body=PolicyReload, body_optional=True,
+                 responses={200: PolicyReloaded},
+                 errors={400: ("policy_invalid",), 403: ("not_permitted",),
+                         409: ("roles_still_held",)})
+async def reload_policy(request: web.Request, identity: Identity,
+                        body: PolicyReload) -> web.Response:
+    """Reloads this instance's policy files, validates them, swaps them in and announces
+    the version to the other instances. Refused (409 `roles_still_held`, the roles and
+    who holds them in `details`) while keys still hold roles the files no longer
+    define, unless `force`; a policy that does not load is a 400 and changes nothing."""
     gateway = request.app[GATEWAY]
-    app_key = request.headers.get(gateway.settings.key_header, "").strip()
-    short_enough = len(app_key) <= gateway.settings.max_credential_length
-    account = (gateway.fmt.key_account(app_key) if short_enough else None) or NO_ACCOUNT
-    identity = await gateway.pipeline.check(
-        request.headers, account, POLICY_RESOURCE, action, request_id_of(request),
-        client_address(request),
-    )
-    request[APP_KEY] = identity.principal.app_key
-    if identity.principal.owner != identity.account:
-        raise Forbidden(
-            f"{POLICY_RESOURCE!r}/{action!r} is asked in the account that owns the key",
-            code="not_permitted",
-        )
-    return identity
-
-
-@routes.post("/api/v1/policy/reload")
-async def reload_policy(request: web.Request) -> web.Response:
-    gateway = request.app[GATEWAY]
-    identity = await authorize_in_own_account(request, "reload")
-    body = await json_body(request, {"force"}, empty_ok=True)
-    force = body.get("force", False)
-    if type(force) is not bool:
-        raise BadRequest(f"force must be true or false, got {force!r:.40}", code="bad_force")
+    force = body.force
     caller = identity.principal.app_key
     where: dict[str, Any] = {"appKey": caller, "account": identity.account,
                              "requestId": request_id_of(request)}

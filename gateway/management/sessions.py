@@ -11,43 +11,46 @@ authenticator checks the key's state on every request (see
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from ..accesslog import APP_KEY
 from ..context import GATEWAY
 from ..errors import BadRequest
 from ..views import iso
-from .common import client_address, json_body, json_response
+from .common import client_address, json_response
+from .operations import Operations
+from .schema import Jwks, Login, Session
 
-routes = web.RouteTableDef()
+operations = Operations("sessions")
 
 JWKS_MAX_AGE = 300  # seconds a verifier may cache the key set; rotations keep old keys longer
 
 
-def _credential(data: dict[str, Any], name: str, limit: int) -> str:
-    value = data[name]
-    if not isinstance(value, str) or not value:
-        raise BadRequest(f"{name} must be a non-empty string", code="bad_credentials_field")
+def _credential(value: str, name: str, limit: int) -> str:
+    # the limit is a setting (max_credential_length), so it is checked here, not in
+    # the model
     if len(value) > limit or not value.isascii() or not value.isprintable():
         raise BadRequest(f"{name} is longer than {limit} characters or not printable ASCII",
                          code="malformed_credentials")
     return value
 
 
-@routes.post("/api/v1/auth/login")
-async def login(request: web.Request) -> web.Response:
+@operations.post("/api/v1/auth/login", summary="Trade a key and its token for a session",
+                 body=Login, responses={200: Session},
+                 errors={400: ("malformed_credentials", "cookies_off"),
+                         401: ("invalid_credentials", "key_inactive"),
+                         429: ("too_many_failures",), 503: ("store_unavailable",)})
+async def login(request: web.Request, body: Login) -> web.Response:
+    """Authenticates exactly as the proxy does (the same 401 for every wrong pair, the
+    same failure budgets). The session is as good as the pair until it expires, and no
+    better: it stops working when the key is deactivated or deleted, or when the token
+    it came from does."""
     gateway = request.app[GATEWAY]
     settings = gateway.settings
-    body = await json_body(request, {"appKey", "appToken", "cookie"},
-                           required=frozenset({"appKey", "appToken"}))
     limit = settings.max_credential_length
-    app_key = _credential(body, "appKey", limit)
-    token = _credential(body, "appToken", limit)
-    cookie = body.get("cookie", False)
-    if not isinstance(cookie, bool):
-        raise BadRequest("cookie must be true or false", code="bad_cookie_field")
+    app_key = _credential(body.app_key, "appKey", limit)
+    token = _credential(body.app_token, "appToken", limit)
+    cookie = body.cookie
     # the key's own account (a key that is not one of this deployment's names no
     # account, and fails as an unknown key does, budgets included)
     account = gateway.fmt.key_account(app_key) or "unknown"
@@ -77,7 +80,8 @@ async def login(request: web.Request) -> web.Response:
     return response
 
 
-@routes.post("/api/v1/auth/logout")
+@operations.post("/api/v1/auth/logout", summary="Clear the session cookie",
+                 responses={204: None})
 async def logout(request: web.Request) -> web.Response:
     """Clears the session cookie. A session token itself stays valid until it expires
     (it is a bearer credential: deactivate the key, or renew its token, to end every
@@ -90,8 +94,12 @@ async def logout(request: web.Request) -> web.Response:
     return response
 
 
-@routes.get("/.well-known/jwks.json")
+@operations.get("/.well-known/jwks.json", summary="The keys that verify keygate's tokens",
+                responses={200: Jwks}, errors={503: ("store_unavailable",)})
 async def jwks(request: web.Request) -> web.Response:
+    """For upstreams verifying identity tokens, and for anyone verifying a session
+    token. Cacheable for a few minutes; a rotated key stays listed while tokens it
+    signed may live."""
     ring = await request.app[GATEWAY].sessions.ready()
     response = json_response(ring.jwks())
     response.headers["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE}"

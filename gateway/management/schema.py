@@ -1,0 +1,421 @@
+"""The management API's shapes: what each operation takes (path, query, body) and what
+it answers, as msgspec models.
+
+The operations table (:mod:`.operations`) validates every request with these models
+before a handler runs, and :mod:`.openapi` writes the OpenAPI document from the same
+models, so what is documented is what is enforced. A field's type says what it takes;
+its ``Meta`` may add the error ``code`` and ``message`` of a refusal (without one the
+code is ``bad_<field>``, ``bad_query`` for a query parameter). Checks that need state —
+roles the policies define, who may assign them, a key's existence — stay in the
+handlers, after these.
+
+Response models describe the JSON views of :mod:`gateway.views` field by field, with
+``additionalProperties: false``: a field a view adds without saying so here (a digest,
+say) breaks the schema tests instead of reaching clients unnoticed.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from ..export import FORMATS, SHEETS
+from ..lifecycle import DELIVERIES, MAX_LABEL
+from ..policy.explain import MAX_QUESTION_ROLES
+from ..renewal import ALERTS, RENEWAL_PERIODS
+from ..store import SORT_FIELDS, STATUSES
+
+# -- field types -----------------------------------------------------------------------
+Timestamp = Annotated[str, Meta(
+    description="UTC, ISO 8601 with milliseconds (`2026-05-01T12:00:00.000Z`)",
+    extra_json_schema={"format": "date-time"},
+)]
+Account = Annotated[str, Meta(
+    pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$",
+    description="An account name: a DNS label (lowercase letters, digits and '-').",
+    extra={"message": "account must be an account name (lowercase letters, digits and "
+                      "'-', at most 63 characters)"},
+)]
+AppKey = Annotated[str, Meta(
+    min_length=1, max_length=200,
+    description="An API key (`{prefix}-{account}-{random}`): its public name, not a secret.",
+)]
+RoleName = Annotated[str, Meta(
+    pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+    description="A role the policy files define.",
+)]
+Roles = Annotated[list[RoleName], Meta(
+    description="Role names as the policy files define them; duplicates are dropped.",
+    extra={"message": "roles must be a list of role names"},
+)]
+# The server's check is Python's str.isprintable() (lifecycle.checked_label); the
+# pattern says what a pattern can: not blank, no control characters.
+Label = Annotated[str, Meta(
+    min_length=1, max_length=MAX_LABEL,
+    pattern=r"^ *[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f\u2028\u2029]*$",
+    description=f"A name for people: printable, not blank, at most {MAX_LABEL} characters; "
+                "leading and trailing spaces are removed.",
+    extra={"message": f"label must be a non-empty string of at most {MAX_LABEL} printable "
+                      "characters"},
+)]
+Status = Literal[STATUSES]
+Delivery = Annotated[Literal[DELIVERIES], Meta(
+    description="`token`: the answer carries the new token; `link`: a one-time link that "
+                "reveals it (`tokenLink`).",
+)]
+RenewalAlert = Literal[ALERTS]
+RenewalPeriod = Annotated[Literal[RENEWAL_PERIODS], Meta(
+    description="Months after which a token's renewal reminder turns orange.",
+    extra={"code": "bad_renewal_period"},
+)]
+PolicyName = Annotated[str, Meta(
+    pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$",
+    description="A resource or action as the policy files write it, without `*`.",
+)]
+Order = Literal["asc", "desc"]
+
+
+PageNumber = Annotated[int, Meta(ge=1, le=1_000_000, description="1-based; default 1")]
+MAX_PER_PAGE = 100
+PerPage = Annotated[int, Meta(ge=1, le=MAX_PER_PAGE, description="default 20")]
+Search = Annotated[str, Meta(max_length=200, description="matches the label or the API key, "
+                                                         "ignoring case")]
+Filter = Annotated[str, Meta(max_length=200, description="only those with this value")]
+Sheet = Annotated[Literal[SHEETS], Meta(
+    description="CSV only: which sheet (default generated); XLSX holds both")]
+Cursor = Annotated[str, Meta(max_length=64, description="the `next` of the previous page")]
+
+
+class Model(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """Every shape: camelCase on the wire, unknown fields refused (and documented as
+    refused: ``additionalProperties: false``)."""
+
+
+# -- the one error shape ---------------------------------------------------------------
+class ErrorDetail(Model):
+    """What went wrong. `code` is stable (programs may branch on it); `message` is for
+    people and says what to do."""
+
+    code: str
+    message: str
+    status: int
+    request_id: str
+    details: dict[str, Any] | UnsetType = UNSET
+
+
+class Error(Model):
+    """The one error shape of every refusal, on every port."""
+
+    error: ErrorDetail
+
+
+# -- path parameters -------------------------------------------------------------------
+class AccountPath(Model):
+    account: Account
+
+
+class KeyPath(Model):
+    account: Account
+    app_key: AppKey
+
+
+class LinkPath(Model):
+    secret: Annotated[str, Meta(description="The secret part of a one-time token link.")]
+
+
+# -- generated keys --------------------------------------------------------------------
+class NewKey(Model):
+    """A generated key to create."""
+
+    label: Label
+    roles: Roles
+    delivery: Delivery = "token"
+
+
+class Change(Model):
+    """What to change: at least one of label, roles, status."""
+
+    label: Label | UnsetType = UNSET
+    roles: Roles | UnsetType = UNSET
+    status: Status | UnsetType = UNSET
+
+
+AtLeastOneChange = Annotated[Change, Meta(extra_json_schema={"minProperties": 1})]
+
+
+class Renewal(Model):
+    """How to renew: `later` keeps the old token working until finish-renewal; `now`
+    replaces it at once."""
+
+    delete_old: Annotated[Literal["later", "now"], Meta(extra={"code": "bad_delete_old"})] = (
+        "later")
+    delivery: Delivery = "token"
+
+
+class KeyListQuery(Model, forbid_unknown_fields=False):
+    q: Search = ""
+    status: Status | UnsetType = UNSET
+    role: Filter | UnsetType = UNSET
+    renewal: RenewalAlert | UnsetType = UNSET
+    sort: Literal[tuple(SORT_FIELDS)] = "creationDate"
+    order: Order = "desc"
+    page: PageNumber = 1
+    per_page: PerPage = 20
+
+
+class Key(Model):
+    """A generated key. Its token is never part of it."""
+
+    app_key: str
+    label: str
+    roles: list[str]
+    status: Status
+    creation_date: Timestamp
+    creation_date_token: Timestamp | None
+    creation_date_new_token: Annotated[Timestamp | None, Meta(
+        description="set while a renewal is pending: when the new token was issued")]
+    renewal_alert: RenewalAlert
+    last_used: Timestamp | None
+
+
+class KeyIssued(Key):
+    """A key with its new secret: `appToken`, or with `delivery: link` the one-time
+    `tokenLink` and its expiry. This is the only answer that carries a token."""
+
+    app_token: str | UnsetType = UNSET
+    token_link: str | UnsetType = UNSET
+    token_link_expires: Timestamp | UnsetType = UNSET
+
+
+class GrantedIn(Model):
+    account: str
+    added_date: Timestamp
+
+
+class KeyDetail(Key):
+    """A generated key, with the accounts that granted it roles."""
+
+    granted_in: list[GrantedIn]
+
+
+class KeyPage(Model):
+    items: list[Key]
+    total: int
+    page: int
+    per_page: int
+
+
+# -- external keys ---------------------------------------------------------------------
+class NewExternalKey(Model):
+    """A key of another account to grant roles in this one."""
+
+    app_key: Annotated[AppKey, Meta(extra={"code": "bad_app_key"})]
+    roles: Roles
+    label: Label | UnsetType = UNSET
+
+
+class ExternalKeyListQuery(Model, forbid_unknown_fields=False):
+    q: Search = ""
+    status: Status | UnsetType = UNSET
+    role: Filter | UnsetType = UNSET
+    sort: Literal["addedDate", "label", "appKey", "account", "status"] = "addedDate"
+    order: Order = "desc"
+    page: PageNumber = 1
+    per_page: PerPage = 20
+
+
+class ExternalKey(Model):
+    """A grant of roles in this account to a key another account owns (`account`)."""
+
+    app_key: str
+    label: str
+    roles: list[str]
+    status: Status
+    account: str
+    added_date: Timestamp
+
+
+class ExternalKeyPage(Model):
+    items: list[ExternalKey]
+    total: int
+    page: int
+    per_page: int
+
+
+# -- export, settings, audit -----------------------------------------------------------
+class ExportQuery(Model, forbid_unknown_fields=False):
+    format: Literal[FORMATS] = "xlsx"
+    sheet: Sheet | UnsetType = UNSET
+
+
+class AccountSettings(Model):
+    renewal_period_months: RenewalPeriod
+
+
+class AuditQuery(Model, forbid_unknown_fields=False):
+    action: Filter | UnsetType = UNSET
+    actor: Annotated[Filter, Meta(description="the acting API key")] | UnsetType = UNSET
+    target: Filter | UnsetType = UNSET
+    limit: Annotated[int, Meta(ge=1, le=500, description="default 50")] = 50
+    cursor: Cursor | UnsetType = UNSET
+
+
+class AuditEvent(Model):
+    """A change, or a sampled access denial. `before`/`after` hold what changed; never a
+    token or a digest."""
+
+    id: str
+    time: Timestamp
+    account: str
+    actor: str
+    action: str
+    target: str
+    request_id: str
+    before: dict[str, Any]
+    after: dict[str, Any]
+
+
+class AuditPage(Model):
+    items: list[AuditEvent]
+    next: Annotated[str | None, Meta(description="pass it as `cursor` for the next page")]
+
+
+# -- explain ---------------------------------------------------------------------------
+class ExplainQuery(Model):
+    """A decision to explain: `role` (repeat it) or `key`, one of them."""
+
+    resource: PolicyName
+    action: PolicyName
+    role: Annotated[list[RoleName], Meta(max_length=MAX_QUESTION_ROLES)] = []
+    key: Annotated[AppKey, Meta(extra={"code": "bad_app_key"})] | UnsetType = UNSET
+
+
+class MatchedLine(Model):
+    """A policy line (`file`:`line`) that applies, and how the roles reach it (`via`)."""
+
+    file: str
+    line: int
+    role: str
+    account: str
+    resource: str
+    action: str
+    effect: Literal["allow", "deny"]
+    via: list[str]
+
+
+class ExplainedKey(Model):
+    app_key: str
+    status: Status
+    kind: Literal["generated", "external"]
+
+
+class Assignment(Model):
+    """For a `role:NAME`/`assign` question: whether the roles may hand the role out."""
+
+    allowed: bool
+    how: Literal["denied", "assign-line", "holds-permissions", "lacks-permission", "no-edit"]
+    reason: str
+    decided_by: list[MatchedLine]
+
+
+class Explanation(Model):
+    allowed: bool
+    account: str
+    resource: str
+    action: str
+    roles: list[str]
+    decided_by: list[MatchedLine]
+    matched: list[MatchedLine]
+    unknown_roles: list[str]
+    reason: str
+    policy_version: str
+    key: ExplainedKey | UnsetType = UNSET
+    assignment: Assignment | UnsetType = UNSET
+
+
+# -- policy reload ---------------------------------------------------------------------
+class PolicyReload(Model):
+    """`force`: reload even if roles that keys still hold would disappear."""
+
+    force: bool = False
+
+
+class PolicyReloaded(Model):
+    version: str
+    previous: str
+    lines: int
+    announced: bool
+    forced: bool
+
+
+# -- one-time links --------------------------------------------------------------------
+class LinkStatus(Model):
+    status: Literal["unopened"]
+    message: str
+
+
+class OpenedLink(Model):
+    app_key: str
+    app_token: str
+
+
+# -- health ----------------------------------------------------------------------------
+class Health(Model):
+    status: Literal["ok"]
+
+
+class PolicyStatus(Model):
+    version: str
+    announced: str | None
+    in_sync: bool
+    loaded_at: Timestamp | None
+
+
+class Readiness(Model):
+    status: Literal["ready"]
+    policy_version: str
+    policy: PolicyStatus
+    credential_cache: Literal["trusted", "bypassed"]
+
+
+# -- sessions --------------------------------------------------------------------------
+Credential = Annotated[str, Meta(min_length=1, extra={"code": "bad_credentials_field"})]
+
+
+class Login(Model):
+    """A key and its token, to trade for a session token. `cookie`: also set the
+    session cookie (HttpOnly, SameSite=Strict)."""
+
+    app_key: Credential
+    app_token: Credential
+    cookie: Annotated[bool, Meta(extra={"code": "bad_cookie_field"})] = False
+
+
+class Session(Model):
+    """A session token (a JWT) for `Authorization: Bearer`, good until `expires`, and
+    no longer than the key and the token it came from."""
+
+    token: str
+    expires: Timestamp
+    app_key: str
+    account: str
+
+
+class Jwk(Model):
+    """A public key that verifies keygate's session and identity tokens (RFC 7517)."""
+
+    kty: Literal["EC", "OKP"]
+    crv: Literal["P-256", "Ed25519"]
+    x: str
+    kid: str
+    alg: Literal["ES256", "EdDSA"]
+    use: Literal["sig"]
+    y: str | UnsetType = UNSET
+
+
+class Jwks(Model):
+    """The current signing key first, then those still verifying tokens they signed."""
+
+    keys: list[Jwk]

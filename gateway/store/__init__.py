@@ -1,0 +1,221 @@
+"""The key store: the only package that imports redis.
+
+Layout (every name starts with the ``store_prefix`` setting, ``kg:`` by default; all of
+them are made in ``names.py``):
+
+``{p}key:{appKey}`` — hash, one per key, holding everything authentication needs::
+
+    acct           owner account
+    label          the owner's label
+    status         active | inactive
+    created        creation time, ms since the epoch
+    tok            HMAC-SHA256 digest of the current token (hex); never the token
+    tokCreated     when the current token was issued, ms
+    newTok         digest of the new token while a renewal is pending (both work)
+    newTokCreated  when it was issued
+    link           name of the unopened one-time token link, if any
+    linkExp        when that link expires, ms (a renewal is refused until then)
+    lastUsed       last successful authentication, ms (written in batches)
+    g:{account}    the key's grant in that account, JSON {"roles": [...], ...}; the owner's
+                   own grant is ``g:{acct}``; a grant in another account (an external key
+                   there) also holds that account's label, status and the date it was added
+
+    After a delete the hash is replaced by a tombstone ``{deleted: ms}`` so that a key
+    name is never issued twice.
+
+``{p}acct:{account}:keys``     sorted set of the account's generated keys by creation time
+``{p}acct:{account}:ext``      sorted set of the external keys granted roles in the account,
+                               by the time the grant was added
+``{p}acct:{account}:owners``   set of the account's active keys with the role owner, and
+                               the member '' once complete (so the last one is kept)
+``{p}acct:{account}:settings`` hash of the account's settings
+``{p}acct:{account}:audit``    stream of change events, capped (``MAXLEN ~``)
+``{p}acct:{account}:access``   stream of access events (sampled denials), capped apart
+``{p}link:{sha256(link secret)}`` an unopened one-time link: the token, encrypted under a
+                               key derived from the link secret, which is not stored
+``{p}rl:{kind}:{window}:{subject}`` a failed-authentication counter, expiring with its window
+``{p}policy:version``          hash: the policy version (content hash) announced by the last
+                               reload, ``version``, ``by``, ``at`` (ms), ``forced`` ('1'/'0');
+                               its name is published on the invalidation channel when it
+                               changes, so every instance compares its own with it
+``{p}jwt:keys``                hash: kid → a JWT signing key sealed under the server secret
+                               (gateway.sessions.keys); its name is published on the
+                               invalidation channel when it changes (a rotation)
+``{p}invalidate``              the invalidation channel (pub/sub)
+
+Because a key's grants live in its own hash, authenticating a key for a target account
+is a single ``HMGET`` (one round trip). Every change is one Lua script that checks its
+precondition, applies the change and appends the audit event, so a change and its
+audit record happen together or not at all and concurrent changes serialise (fifty
+concurrent renewals: one wins, the others see it pending). A refused change raises a
+``StoreRefusal`` (``refusals.py``) and writes nothing.
+
+The package, by responsibility:
+
+    records.py           the values (KeyRecord, Grant, ExternalKey, AuditEvent, …) and
+                         their encoding in Redis (pure)
+    refusals.py          the typed refusals of changes
+    names.py             every Redis name
+    lua.py, scripts/     the Lua scripts, one file each; prelude.lua holds the audit and
+                         publish steps and the header every change script shares
+    core.py              what every part shares; ``change()`` runs a change script
+    lookup.py            authentication reads (cache, else one HMGET)
+    credential_cache.py  the credential cache and the rules that keep it coherent
+    invalidation.py      the pub/sub listener that applies those rules
+    keys.py              generated keys and token renewal
+    listing.py           keys in bulk: pages, chunks, the accounts
+    grants.py            external keys (grants in other accounts)
+    links.py             one-time token links
+    account_settings.py  account settings
+    audit.py             the audit streams
+    policy_records.py    the policy announcement and role holders
+    signing_keys.py      JWT signing keys
+    counters.py          failed-authentication counters, last-used times
+    connection.py        the client a store URL names
+
+Towards Redis Cluster (not there yet): a cluster runs a script only when every key it
+touches is named in ``KEYS`` and all of them hash to one slot. The layout above uses no
+hash tags, so it suits one Redis (or a replica set). Where a script or call does not yet
+meet that rule:
+
+* ``delete_key.lua`` removes the key from the ``ext`` index of every account that
+  granted it roles (names derived from the grant fields), and deletes its link (named
+  in the hash);
+* ``renew_token.lua`` and ``end_renewal.lua`` delete the previous link (named in the hash);
+* ``open_link.lua`` derives the key hash and the audit stream from the link's value;
+* ``add_grant.lua``, ``update_grant.lua`` and ``remove_grant.lua`` touch the key hash
+  (the owner account's) and the granting account's audit stream and ``ext`` index: two
+  accounts, two slots under a per-account tag (every other change script touches one
+  account's names, the key's name included, since it names its account);
+* ``create_key.lua`` and ``renew_token.lua`` receive the new link in ``KEYS``, but a
+  link's name (``link:{id}``) carries no account: it needs the account's tag;
+* ``record_last_used.lua`` takes the hashes of keys of any accounts at once;
+* ``accounts()`` and ``role_holders()`` SCAN, which a cluster answers per node;
+* the invalidation channel is classic pub/sub (broadcast to every node of a cluster).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import redis.exceptions
+
+from .account_settings import AccountSettings
+from .audit import AuditLog
+from .connection import client_from_url
+from .core import Observer, StoreCore
+from .counters import Counters
+from .credential_cache import LIVENESS, MAX_ACCOUNTS_PER_KEY, CacheSettings, CredentialCache
+from .grants import GrantChanges
+from .invalidation import PING_INTERVAL
+from .keys import KeyChanges
+from .links import Links
+from .listing import SORT_FIELDS, KeyListing, KeyQuery
+from .lookup import AuthReads
+from .policy_records import PolicyRecords
+from .records import (
+    ACCESS_ID_PREFIX,
+    ACTIVE,
+    CLI_ACTOR,
+    INACTIVE,
+    STATUSES,
+    SYSTEM_ACTOR,
+    Actor,
+    AuditEvent,
+    AuthLookup,
+    ExternalKey,
+    Grant,
+    KeyRecord,
+    PolicyAnnouncement,
+    TokenLink,
+)
+from .refusals import (
+    GrantExists,
+    KeyChanged,
+    KeyNameTaken,
+    KeyNotFound,
+    LastOwnerKey,
+    NoRenewalPending,
+    OwnKey,
+    RenewalPending,
+    RenewalRefused,
+    StoreRefusal,
+    TokenLinkPending,
+)
+from .signing_keys import SigningKeys
+
+
+class Store(AuthReads, KeyChanges, KeyListing, GrantChanges, Links, AccountSettings,
+            AuditLog, PolicyRecords, SigningKeys, Counters):
+    """Redis access, and the credential cache kept coherent through pub/sub (rules in
+    ``credential_cache.py``).
+
+    ``observer`` (None: nobody) hears of cache hits, misses, evictions, invalidations,
+    resyncs, and of every store call's duration and failure. ``on_policy_announced``
+    and ``on_signing_keys_changed`` are called (no I/O, from the listener) when the
+    policy announcement or the JWT signing keys changed, or may have been missed.
+    """
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        prefix: str = "kg:",
+        clock: Callable[[], float] = time.time,
+        audit_max_events: int = 100_000,
+        cache: CacheSettings = CacheSettings(),  # noqa: B008 - frozen, shared safely
+        max_connections: int = 100,
+        audit_max_access_events: int = 10_000,
+    ) -> Store:
+        client = client_from_url(url, max_connections)
+        return cls(client, prefix, clock, audit_max_events, cache, audit_max_access_events)
+
+    async def close(self) -> None:
+        await self.stop_invalidation()
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            return False
+
+    # -- the invalidation listener -------------------------------------------------------
+    def start_invalidation(self) -> None:
+        """Subscribe to the invalidation channel; until then the cache is bypassed."""
+        self.invalidation.start()
+
+    async def stop_invalidation(self) -> None:
+        await self.invalidation.stop()
+
+    @property
+    def resyncs(self) -> int:
+        """Subscriptions confirmed, the first one included."""
+        return self.invalidation.resyncs
+
+    @property
+    def on_policy_announced(self) -> Callable[[], None] | None:
+        return self.invalidation.on_policy_announced
+
+    @on_policy_announced.setter
+    def on_policy_announced(self, callback: Callable[[], None] | None) -> None:
+        self.invalidation.on_policy_announced = callback
+
+    @property
+    def on_signing_keys_changed(self) -> Callable[[], None] | None:
+        return self.invalidation.on_signing_keys_changed
+
+    @on_signing_keys_changed.setter
+    def on_signing_keys_changed(self, callback: Callable[[], None] | None) -> None:
+        self.invalidation.on_signing_keys_changed = callback
+
+
+__all__ = [
+    "ACCESS_ID_PREFIX", "ACTIVE", "CLI_ACTOR", "INACTIVE", "LIVENESS", "MAX_ACCOUNTS_PER_KEY",
+    "PING_INTERVAL", "SORT_FIELDS", "STATUSES", "SYSTEM_ACTOR", "Actor", "AuditEvent",
+    "AuthLookup", "CacheSettings", "CredentialCache", "ExternalKey", "Grant", "GrantExists",
+    "KeyChanged", "KeyNameTaken", "KeyNotFound", "KeyQuery", "KeyRecord", "LastOwnerKey",
+    "NoRenewalPending", "Observer", "OwnKey", "PolicyAnnouncement", "RenewalPending",
+    "RenewalRefused", "Store", "StoreCore", "StoreRefusal", "TokenLink", "TokenLinkPending",
+]

@@ -1,0 +1,207 @@
+"""What every part of the store shares: the client, the names, the scripts, the clock,
+the credential cache and its listener, and the one way a change is made.
+
+The parts (keys, grants, links, …) are mixins over :class:`StoreCore`; the ``Store``
+facade (``gateway.store``) is all of them together.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.commands.core import AsyncScript
+
+from ..errors import StoreUnavailable
+from .credential_cache import CacheSettings, CredentialCache
+from .invalidation import InvalidationListener
+from .lua import Scripts
+from .names import Keyspace
+from .records import Actor, event_header
+from .refusals import refusal
+
+log = logging.getLogger("keygate.store")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Observer(Protocol):
+    """What the store tells about itself, for metrics (``gateway.telemetry`` implements
+    it; the store imports no metrics library). Called inline, on the request path for
+    the cache: each call must be a counter increment's worth of work, never I/O."""
+
+    def cache_hit(self) -> None: ...
+    def cache_miss(self) -> None: ...
+    def cache_evicted(self) -> None: ...
+    def invalidated(self) -> None: ...
+    def resynced(self) -> None: ...
+    def store_call(self, operation: str, seconds: float) -> None: ...
+    def store_failed(self, operation: str) -> None: ...
+
+
+def unavailable(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Turn a lost Redis into a 503 for the caller instead of a stack trace; tell the
+    store's observer, if it has one, how long the call took and whether it failed."""
+    operation = func.__name__
+
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        observer = args[0].observer  # type: ignore[attr-defined]  # always a Store method
+        started = time.perf_counter() if observer is not None else 0.0
+        try:
+            return await func(*args, **kwargs)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            if observer is not None:
+                observer.store_failed(operation)
+            log.warning("store unavailable in %s: %s", operation, exc)
+            raise StoreUnavailable() from exc
+        finally:
+            if observer is not None:
+                observer.store_call(operation, time.perf_counter() - started)
+
+    return wrapper
+
+
+def unavailable_iter(
+    func: Callable[P, AsyncIterator[T]],
+) -> Callable[P, AsyncIterator[T]]:
+    """:func:`unavailable` for async generators: a lost Redis mid-iteration is a
+    StoreUnavailable too, so a caller streaming an export can tell it from a bug."""
+
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
+        try:
+            async for item in func(*args, **kwargs):
+                yield item
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            observer = args[0].observer  # type: ignore[attr-defined]
+            if observer is not None:  # no latency: an iteration lasts as long as its reader
+                observer.store_failed(func.__name__)
+            log.warning("store unavailable in %s: %s", func.__name__, exc)
+            raise StoreUnavailable() from exc
+
+    return wrapper
+
+
+def status_of(result: Any) -> Any:
+    """A script's status: its answer, or the first item of a list answer."""
+    return result[0] if isinstance(result, list) else result
+
+
+class StoreCore:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        clock: Callable[[], float],
+        audit_max_events: int = 100_000,
+        cache: CacheSettings = CacheSettings(),  # noqa: B008 - frozen, shared safely
+        audit_max_access_events: int = 10_000,
+    ):
+        self.redis = client
+        self.prefix = prefix
+        self.names = Keyspace(prefix)
+        self.channel = self.names.channel
+        self.clock = clock
+        self.audit_max_events = audit_max_events
+        self.audit_max_access_events = audit_max_access_events
+        self.scripts = Scripts(client)
+        self.credential_cache = CredentialCache(cache)
+        self.invalidation = InvalidationListener(client, self.names, self.credential_cache)
+        self._observer: Observer | None = None
+
+    # ``observer`` (None: nobody) hears of cache hits, misses, evictions, invalidations,
+    # resyncs, and of every store call's duration and failure; set after construction
+    # (gateway.app), it reaches the cache and the listener too.
+    @property
+    def observer(self) -> Observer | None:
+        return self._observer
+
+    @observer.setter
+    def observer(self, observer: Observer | None) -> None:
+        self._observer = observer
+        self.credential_cache.observer = observer
+        self.invalidation.observer = observer
+
+    def forget(self, app_key: str) -> None:
+        """Drop the key from this process's credential cache (others hear the notice)."""
+        self.credential_cache.forget(app_key)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def event(self, account: str, actor: Actor, action: str, target: str) -> str:
+        """An audit event's header, stamped now."""
+        return event_header(self.now_ms(), account, actor, action, target)
+
+    async def change(
+        self,
+        script: AsyncScript,
+        account: str,
+        app_key: str,
+        action: str,
+        actor: Actor,
+        *,
+        keys: list[str],
+        args: Sequence[Any] = (),
+        expect_roles: Sequence[str] | None = None,
+        keep_an_owner: bool = False,
+    ) -> Any:
+        """Run a script that changes a key hash and answer what it answered, or raise
+        the refusal it answered (``gateway.store.refusals``); this process forgets the
+        key at once, others on the script's PUBLISH.
+
+        Every such script takes the same first six ARGV (scripts/prelude.lua) — account,
+        audit cap, audit event, invalidation channel, the roles the caller checked
+        (``expect_roles``: the script refuses with ``changed`` when the key's roles in
+        ``account`` differ) and whether the account must keep an active owner key —
+        followed by its own ``args``. A script that finds the account's owners set not
+        complete yet (an account older than the set) is run again once it is.
+        """
+        expected = "" if expect_roles is None else orjson.dumps(list(expect_roles)).decode()
+
+        async def run() -> Any:
+            header = [
+                account,
+                self.audit_max_events,
+                self.event(account, actor, action, app_key),
+                self.channel,
+                expected,
+                "1" if keep_an_owner else "0",
+            ]
+            try:
+                return await script(keys=keys, args=[*header, *args])
+            finally:
+                self.forget(app_key)
+
+        result = await run()
+        if status_of(result) == "unindexed":
+            await self.index_owners(account)
+            result = await run()
+        refused = refusal(status_of(result))
+        if refused is not None:
+            raise refused
+        return result
+
+    @unavailable
+    async def index_owners(self, account: str, chunk: int = 500) -> None:
+        """Build the account's set of active owner keys from its key records (once per
+        account created before the set existed). Each chunk is one script that reads the
+        records it indexes, and every change keeps the set up to date meanwhile, so the
+        set is right when the pass ends; only then is it marked complete."""
+        owners = self.names.account(account, "owners")
+        index = self.names.account(account, "keys")
+        start = 0
+        while names := await self.redis.zrange(index, start, start + chunk - 1):
+            await self.scripts.index_owners(
+                keys=[owners, *(self.names.key(n) for n in names)], args=[account, *names]
+            )
+            start += chunk
+        await self.redis.sadd(owners, "")

@@ -1,0 +1,182 @@
+"""Generated keys: create, read, change, delete, and their tokens' renewal.
+
+Each change is one script (``scripts/*.lua``) run through :meth:`StoreCore.change`:
+precondition, change, audit event and invalidation notice together or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .core import StoreCore, unavailable
+from .records import ACTIVE, SYSTEM_ACTOR, Actor, Grant, KeyRecord, TokenLink, pairs
+
+
+class KeyChanges(StoreCore):
+    @unavailable
+    async def create_key(
+        self,
+        app_key: str,
+        account: str,
+        label: str,
+        roles: Sequence[str],
+        token_digest: str,
+        actor: Actor = SYSTEM_ACTOR,
+        link: TokenLink | None = None,
+    ) -> KeyRecord | None:
+        """Store a new key. :class:`KeyNameTaken` when the name was ever used before
+        (the caller draws another)."""
+        now = self.now_ms()
+        fields: dict[str, Any] = {
+            "acct": account,
+            "label": label,
+            "status": ACTIVE,
+            "created": now,
+            "tokCreated": now,
+            "tok": token_digest,
+            "g:" + account: Grant(tuple(roles)).encode(),
+        }
+        names = self.names
+        keys = [
+            names.key(app_key), names.account(account, "keys"), names.account(account, "audit"),
+            names.account(account, "owners"),
+        ]
+        args: list[Any] = [now, app_key]
+        if link is not None:
+            keys.append(names.link(link.link_id))
+            args += [link.sealed, max(1, link.expires - now), link.expires]
+        else:
+            args += ["", 0, 0]
+        for name, value in fields.items():
+            args += [name, value]
+        await self.change(
+            self.scripts.create_key, account, app_key, "key.create", actor, keys=keys, args=args
+        )
+        return await self.get_key(account, app_key)
+
+    @unavailable
+    async def get_key(self, account: str, app_key: str) -> KeyRecord | None:
+        """The key when it exists and ``account`` owns it."""
+        record = KeyRecord.from_hash(app_key, await self.redis.hgetall(self.names.key(app_key)))
+        if record is None or record.account != account:
+            return None
+        return record
+
+    @unavailable
+    async def update_key(
+        self,
+        account: str,
+        app_key: str,
+        *,
+        actor: Actor = SYSTEM_ACTOR,
+        label: str | None = None,
+        roles: Sequence[str] | None = None,
+        status: str | None = None,
+        expect_roles: Sequence[str] | None = None,
+        keep_an_owner: bool = False,
+    ) -> KeyRecord | None:
+        """Change a generated key; None when ``account`` owns no such key.
+
+        With ``expect_roles``, :class:`KeyChanged` when the key's roles are not those;
+        with ``keep_an_owner``, :class:`LastOwnerKey` when the change would leave the
+        account without an active owner key.
+        """
+        args: list[Any] = [app_key]
+        if label is not None:
+            args += ["label", label]
+        if roles is not None:
+            args += ["g:" + account, Grant(tuple(roles)).encode()]
+        if status is not None:
+            args += ["status", status]
+        names = self.names
+        result = await self.change(
+            self.scripts.update_key, account, app_key, "key.update", actor,
+            keys=[names.key(app_key), names.account(account, "audit"),
+                  names.account(account, "owners")],
+            args=args, expect_roles=expect_roles, keep_an_owner=keep_an_owner,
+        )
+        if result[0] == "missing":
+            return None
+        return KeyRecord.from_hash(app_key, pairs(result[1]))
+
+    @unavailable
+    async def delete_key(
+        self,
+        account: str,
+        app_key: str,
+        *,
+        actor: Actor = SYSTEM_ACTOR,
+        expect_roles: Sequence[str] | None = None,
+        keep_an_owner: bool = False,
+    ) -> bool:
+        """Delete a generated key (its name is never issued again); False when
+        ``account`` owns no such key. Refusals as in :meth:`update_key`."""
+        names = self.names
+        result = await self.change(
+            self.scripts.delete_key, account, app_key, "key.delete", actor,
+            keys=[names.key(app_key), names.account(account, "keys"),
+                  names.account(account, "audit"), names.account(account, "owners")],
+            args=[app_key, names.account_prefix, self.now_ms()],
+            expect_roles=expect_roles, keep_an_owner=keep_an_owner,
+        )
+        return result == "ok"
+
+    # -- token renewal ---------------------------------------------------------------
+    @unavailable
+    async def renew_token(
+        self,
+        account: str,
+        app_key: str,
+        digest: str,
+        *,
+        keep_old: bool,
+        actor: Actor,
+        link: TokenLink | None = None,
+        expect_roles: Sequence[str] | None = None,
+    ) -> KeyRecord | None:
+        """Issue a new token digest. ``keep_old``: both work until finish/undo.
+
+        None when the key is missing; :class:`RenewalPending` when a renewal is pending,
+        :class:`TokenLinkPending` while the last token's link is unopened and valid
+        (both are :class:`RenewalRefused`).
+        """
+        now = self.now_ms()
+        action = "token.renew" if keep_old else "token.renew-now"
+        keys = [self.names.key(app_key), self.names.account(account, "audit")]
+        args: list[Any] = [now, "later" if keep_old else "now", digest]
+        if link is not None:
+            keys.append(self.names.link(link.link_id))
+            args += [link.sealed, max(1, link.expires - now), link.expires]
+        result = await self.change(
+            self.scripts.renew_token, account, app_key, action, actor,
+            keys=keys, args=args, expect_roles=expect_roles,
+        )
+        if result[0] == "missing":
+            return None
+        return KeyRecord.from_hash(app_key, pairs(result[1]))
+
+    @unavailable
+    async def end_renewal(
+        self,
+        account: str,
+        app_key: str,
+        *,
+        finish: bool,
+        actor: Actor,
+        expect_roles: Sequence[str] | None = None,
+    ) -> KeyRecord | None:
+        """Finish (old token stops) or undo (new token dropped) a pending renewal.
+
+        The record after, None when the key is missing; :class:`NoRenewalPending` when
+        nothing is pending.
+        """
+        action = "token.finish-renewal" if finish else "token.undo-renewal"
+        result = await self.change(
+            self.scripts.end_renewal, account, app_key, action, actor,
+            keys=[self.names.key(app_key), self.names.account(account, "audit")],
+            args=["finish" if finish else "undo"], expect_roles=expect_roles,
+        )
+        if result[0] == "missing":
+            return None
+        return KeyRecord.from_hash(app_key, pairs(result[1]))

@@ -1,0 +1,40 @@
+"""Authentication reads: what a request needs to know of a key, from the credential
+cache, else in one round trip (a key's grants live in its own hash: one HMGET)."""
+
+from __future__ import annotations
+
+from .core import StoreCore, unavailable
+from .records import AuthLookup, Grant
+
+
+class AuthReads(StoreCore):
+    @property
+    def cache_trusted(self) -> bool:
+        return self.credential_cache.trusted
+
+    def cached_lookup(self, app_key: str, account: str) -> AuthLookup | None:
+        """What :meth:`auth_lookup` would answer from memory, or None: no I/O."""
+        return self.credential_cache.lookup(app_key, account)
+
+    async def auth_lookup(self, app_key: str, account: str) -> AuthLookup:
+        """Key status, token digests and the grant in ``account``: cached, else one HMGET."""
+        cache = self.credential_cache
+        found = cache.lookup(app_key, account)
+        if found is not None:
+            return found
+        ticket = cache.ticket()
+        found = await self._auth_lookup(app_key, account)
+        cache.remember(ticket, app_key, account, found)
+        return found
+
+    @unavailable
+    async def _auth_lookup(self, app_key: str, account: str) -> AuthLookup:
+        owner, status, tok, new_tok, grant = await self.redis.hmget(
+            self.names.key(app_key), ["acct", "status", "tok", "newTok", "g:" + account]
+        )
+        return AuthLookup(
+            owner=owner,
+            status=status,
+            token_digests=tuple(d for d in (tok, new_tok) if d),
+            grant=Grant.decode(grant),
+        )

@@ -1,0 +1,70 @@
+"""The Lua scripts, read from ``scripts/*.lua`` (shipped as package data) and registered
+on a client.
+
+A script's text is the fragments it needs (the change prelude, the key or grant
+helpers), then its own file; each file starts with the KEYS and ARGV it takes. redis-py
+runs a registered script by its digest (EVALSHA) and loads it on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib.resources import files
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+_CHANGE = ("prelude",)
+_KEY = ("prelude", "key_rules")
+_GRANT = ("prelude", "grant_snapshot")
+
+# every script, and the fragments put before it
+SCRIPTS: dict[str, tuple[str, ...]] = {
+    "create_key": _KEY,
+    "update_key": _KEY,
+    "delete_key": _KEY,
+    "index_owners": _KEY,
+    "renew_token": _KEY,
+    "end_renewal": _KEY,
+    "add_grant": _GRANT,
+    "update_grant": _GRANT,
+    "remove_grant": _GRANT,
+    "open_link": _CHANGE,
+    "put_setting": _CHANGE,
+    "record_last_used": (),
+    "announce_policy": (),
+    "write_signing_keys": (),
+}
+
+
+@functools.cache
+def _read(name: str) -> str:
+    return files(__package__).joinpath("scripts", f"{name}.lua").read_text(encoding="utf-8")
+
+
+def source(name: str) -> str:
+    """The full text of script ``name``, its fragments first."""
+    return "\n".join([*(_read(f) for f in SCRIPTS[name]), _read(name)])
+
+
+class Scripts:
+    """Every script, registered on one client."""
+
+    def __init__(self, client: aioredis.Redis):
+        def register(name: str) -> AsyncScript:
+            return client.register_script(source(name))  # type: ignore[return-value]
+
+        self.create_key = register("create_key")
+        self.update_key = register("update_key")
+        self.delete_key = register("delete_key")
+        self.index_owners = register("index_owners")
+        self.renew_token = register("renew_token")
+        self.end_renewal = register("end_renewal")
+        self.add_grant = register("add_grant")
+        self.update_grant = register("update_grant")
+        self.remove_grant = register("remove_grant")
+        self.open_link = register("open_link")
+        self.put_setting = register("put_setting")
+        self.record_last_used = register("record_last_used")
+        self.announce_policy = register("announce_policy")
+        self.write_signing_keys = register("write_signing_keys")

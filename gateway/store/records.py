@@ -1,0 +1,218 @@
+"""What the store holds and answers, as values, and how each is encoded in Redis.
+
+Pure: no I/O. A record's encoding lives beside it (``Grant.encode``/``decode``,
+``KeyRecord.from_hash``, ``AuditEvent.from_stream``), so the layout described in the
+package's docstring is read and written in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+ACTIVE = "active"
+INACTIVE = "inactive"
+STATUSES = (ACTIVE, INACTIVE)
+
+# An access event's id carries this prefix, so a cursor says which of an account's two
+# audit streams it came from (their ids may coincide).
+ACCESS_ID_PREFIX = "a"
+
+
+@dataclass(frozen=True)
+class Grant:
+    roles: tuple[str, ...]
+    status: str = ACTIVE
+
+    @classmethod
+    def decode(cls, raw: str | None) -> Grant | None:
+        if not raw:
+            return None
+        data = orjson.loads(raw)
+        return cls(tuple(data.get("roles", ())), data.get("status", ACTIVE))
+
+    def encode(self) -> str:
+        return orjson.dumps({"roles": list(self.roles), "status": self.status}).decode()
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value else None
+
+
+def pairs(flat: Sequence[str]) -> dict[str, str]:
+    """A hash as a script returns it (HGETALL's flat list) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """A generated key as the owner account sees it. Holds digests, never tokens."""
+
+    app_key: str
+    account: str
+    label: str
+    status: str
+    created: int
+    token_created: int
+    roles: tuple[str, ...]
+    new_token_created: int | None = None
+    last_used: int | None = None
+    token_digests: tuple[str, ...] = field(repr=False, default=())
+    # accounts that granted this key roles, with the date: all the owner may know of them
+    granted_in: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def from_hash(cls, app_key: str, h: Mapping[str, str]) -> KeyRecord | None:
+        if "acct" not in h:
+            return None
+        own = Grant.decode(h.get("g:" + h["acct"]))
+        granted_in = tuple(
+            sorted(
+                (name[2:], int(orjson.loads(value).get("added", 0)))
+                for name, value in h.items()
+                if name.startswith("g:") and name != "g:" + h["acct"]
+            )
+        )
+        return cls(
+            app_key=app_key,
+            account=h["acct"],
+            label=h.get("label", ""),
+            status=h.get("status", INACTIVE),
+            created=int(h.get("created", 0)),
+            token_created=int(h.get("tokCreated", 0)),
+            roles=own.roles if own else (),
+            new_token_created=_int(h.get("newTokCreated")),
+            last_used=_int(h.get("lastUsed")),
+            token_digests=tuple(d for d in (h.get("tok"), h.get("newTok")) if d),
+            granted_in=granted_in,
+        )
+
+
+@dataclass(frozen=True)
+class ExternalKey:
+    """A key of another account as the granting account sees it: its grant, its owner."""
+
+    app_key: str
+    owner: str
+    label: str
+    roles: tuple[str, ...]
+    status: str
+    added: int
+
+    @classmethod
+    def from_grant(cls, app_key: str, owner: str | None, raw: str | None) -> ExternalKey | None:
+        if not owner or not raw:
+            return None
+        g = orjson.loads(raw)
+        return cls(
+            app_key,
+            owner,
+            g.get("label", ""),
+            tuple(g.get("roles") or ()),
+            g.get("status", ACTIVE),
+            int(g.get("added", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class AuthLookup:
+    """What authenticating a key for one target account needs, read in one round trip."""
+
+    owner: str | None
+    status: str | None
+    token_digests: tuple[str, ...] = field(repr=False)
+    grant: Grant | None
+
+    @property
+    def exists(self) -> bool:
+        return self.owner is not None
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who makes a change and under which request, for the audit log."""
+
+    app_key: str
+    request_id: str = ""
+
+
+CLI_ACTOR = Actor("cli")
+SYSTEM_ACTOR = Actor("system")
+
+
+@dataclass(frozen=True)
+class TokenLink:
+    """A one-time link to store with a change: its store id, sealed token and expiry."""
+
+    link_id: str
+    sealed: str
+    expires: int
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    id: str
+    time: int
+    account: str
+    actor: str
+    action: str
+    target: str
+    request_id: str
+    before: dict[str, Any]
+    after: dict[str, Any]
+
+    @classmethod
+    def from_stream(cls, event_id: str, fields: Mapping[str, str]) -> AuditEvent:
+        """An event as a script or ``append_access_event`` wrote it in a stream entry:
+        ``event`` (who, what, when), ``before`` and ``after`` (JSON)."""
+        meta = orjson.loads(fields.get("event", "{}"))
+        before = orjson.loads(fields.get("before", "{}")) or {}
+        after = orjson.loads(fields.get("after", "{}")) or {}
+        for side in (before, after):
+            if side.get("roles") == {}:  # Lua's cjson cannot tell an empty list from {}
+                side["roles"] = []
+        if before and after:  # a change: keep only what changed
+            same = [k for k in before if k in after and before[k] == after[k]]
+            for name in same:
+                del before[name], after[name]
+        return cls(
+            id=event_id,
+            time=meta.get("time", 0),
+            account=meta.get("account", ""),
+            actor=meta.get("actor", ""),
+            action=meta.get("action", ""),
+            target=meta.get("target", ""),
+            request_id=meta.get("requestId", ""),
+            before=before,
+            after=after,
+        )
+
+
+def event_header(time_ms: int, account: str, actor: Actor, action: str, target: str) -> str:
+    """The ``event`` field of an audit stream entry (JSON)."""
+    return orjson.dumps(
+        {
+            "time": time_ms,
+            "account": account,
+            "actor": actor.app_key,
+            "action": action,
+            "target": target,
+            "requestId": actor.request_id,
+        }
+    ).decode()
+
+
+@dataclass(frozen=True)
+class PolicyAnnouncement:
+    """The policy version an instance announced after a reload: every instance of the
+    deployment should serve it. ``by`` says who asked (an API key, or an instance when a
+    signal or the file watch reloaded); ``forced`` that the reload was forced past
+    roles still held, which binds that version only."""
+
+    version: str
+    by: str
+    at: int
+    forced: bool = False

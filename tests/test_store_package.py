@@ -1,0 +1,195 @@
+"""The store as a package: its Lua scripts are files that load on the real Redis, the
+audit step and the invalidation notice are written once (the prelude), and every refused
+change raises its own exception and writes nothing — no record, no audit event, no
+notice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from importlib.resources import files
+from typing import Any
+
+import pytest
+
+from gateway.context import Gateway
+from gateway.credentials import link_id
+from gateway.store import (
+    CLI_ACTOR,
+    GrantExists,
+    KeyNameTaken,
+    KeyNotFound,
+    NoRenewalPending,
+    OwnKey,
+    RenewalPending,
+    RenewalRefused,
+    StoreRefusal,
+    TokenLinkPending,
+)
+from gateway.store.lua import SCRIPTS, source
+
+SCRIPT_DIR = files("gateway.store") / "scripts"
+# the scripts run through StoreCore.change: they take the shared header
+CHANGES = {"create_key", "update_key", "delete_key", "renew_token", "end_renewal",
+           "add_grant", "update_grant", "remove_grant"}
+
+
+def lua(name: str) -> str:
+    """A script file without its comments."""
+    text = (SCRIPT_DIR / f"{name}.lua").read_text(encoding="utf-8")
+    return re.sub(r"--[^\n]*", "", text)
+
+
+def lua_files() -> set[str]:
+    return {p.name.removesuffix(".lua") for p in SCRIPT_DIR.iterdir() if p.name.endswith(".lua")}
+
+
+def test_every_lua_file_is_a_registered_script_or_a_fragment_one_uses():
+    fragments = {name for needed in SCRIPTS.values() for name in needed}
+    assert lua_files() == set(SCRIPTS) | fragments
+    assert set(SCRIPTS) >= CHANGES
+
+
+def test_the_audit_step_and_the_notice_of_a_change_are_written_once():
+    """XADD only in the prelude's audit(); a change of a key hash publishes only through
+    the prelude's committed(), which audits first."""
+    for name in lua_files() - {"prelude"}:
+        assert "XADD" not in lua(name), name
+    for name in CHANGES:
+        assert "PUBLISH" not in lua(name), name
+        assert "committed(" in lua(name), name
+    assert lua("prelude").count("XADD") == 1
+
+
+async def test_every_script_loads_on_the_store_as_registered(gateway: Gateway):
+    """Each script's text (its fragments, then its file) compiles on the server, under
+    the digest the client runs it by."""
+    scripts = gateway.store.scripts
+    for name in SCRIPTS:
+        digest = await gateway.store.redis.script_load(source(name))
+        assert digest == getattr(scripts, name).sha, name
+
+
+@contextlib.asynccontextmanager
+async def nothing_written(gateway: Gateway, account: str, *app_keys: str) -> AsyncIterator[None]:
+    """The keys' hashes, the account's indexes and audit stream are the same after the
+    block, and nothing was published on the invalidation channel meanwhile."""
+    store = gateway.store
+    r = store.redis
+
+    async def state() -> tuple[Any, ...]:
+        hashes = [await r.hgetall(store.names.key(k)) for k in app_keys]
+        return (hashes, await r.xlen(store.names.account(account, "audit")),
+                await r.zrange(store.names.account(account, "keys"), 0, -1),
+                await r.zrange(store.names.account(account, "ext"), 0, -1))
+
+    before = await state()
+    pubsub = r.pubsub()
+    await pubsub.subscribe(store.channel)
+    try:
+        assert (await pubsub.get_message(timeout=2))["type"] == "subscribe"
+        yield
+        # a notice published by the block has reached us by the time PING's answer does
+        await pubsub.ping()
+        heard = []
+        while True:
+            message = await pubsub.get_message(timeout=2)
+            assert message is not None, "PING was not answered"
+            if message["type"] != "message":  # the answer to PING
+                break
+            heard.append(message["data"])
+        assert heard == []
+    finally:
+        await pubsub.aclose()
+    assert await state() == before
+
+
+async def test_nothing_written_sees_a_change_and_its_notice(gateway: Gateway):
+    """The check the refusal tests rely on fails on a change, and on a notice alone."""
+    key = await gateway.lifecycle.create("acme", "k", ["orders-reader"], CLI_ACTOR)
+    with pytest.raises(AssertionError):
+        async with nothing_written(gateway, "acme", key.record.app_key):
+            await gateway.store.update_key("acme", key.record.app_key, actor=CLI_ACTOR,
+                                           label="changed")
+    with pytest.raises(AssertionError):
+        async with nothing_written(gateway, "acme", key.record.app_key):
+            await gateway.store.redis.publish(gateway.store.channel, "anything")
+
+
+async def test_grant_refusals_are_typed_and_write_nothing(gateway: Gateway):
+    own = await gateway.lifecycle.create("acme", "own", ["owner"], CLI_ACTOR)
+    partner = await gateway.lifecycle.create("beta", "partner", ["orders-reader"], CLI_ACTOR)
+    gone = await gateway.lifecycle.create("beta", "gone", ["orders-reader"], CLI_ACTOR)
+    added = await gateway.store.add_grant("acme", partner.record.app_key, "p",
+                                          ["orders-reader"], CLI_ACTOR)
+    assert (added.owner, added.label, added.roles, added.status) == (
+        "beta", "p", ("orders-reader",), "active")
+    assert added == await gateway.store.get_grant("acme", partner.record.app_key)
+    assert await gateway.store.delete_key("beta", gone.record.app_key, actor=CLI_ACTOR)
+    never = gateway.fmt.new_key("beta")
+    cases = [(own.record.app_key, OwnKey), (partner.record.app_key, GrantExists),
+             (gone.record.app_key, KeyNotFound), (never, KeyNotFound)]
+    for app_key, refusal in cases:
+        async with nothing_written(gateway, "acme", app_key):
+            with pytest.raises(refusal) as refused:
+                await gateway.store.add_grant("acme", app_key, "again", ["owner"], CLI_ACTOR)
+        assert isinstance(refused.value, StoreRefusal)
+
+
+async def test_renewal_refusals_are_typed_keep_their_reason_and_write_nothing(
+    gateway: Gateway,
+):
+    pending = await gateway.lifecycle.create("acme", "pending", ["orders-reader"], CLI_ACTOR)
+    linked = await gateway.lifecycle.create("acme", "linked", ["orders-reader"], CLI_ACTOR,
+                                            delivery="link")
+    idle = await gateway.lifecycle.create("acme", "idle", ["orders-reader"], CLI_ACTOR)
+    app_key = pending.record.app_key
+    assert await gateway.lifecycle.renew("acme", app_key, CLI_ACTOR, keep_old=True)
+    for key, refusal, reason in ((app_key, RenewalPending, "pending"),
+                                 (linked.record.app_key, TokenLinkPending, "link")):
+        async with nothing_written(gateway, "acme", key):
+            with pytest.raises(refusal) as refused:
+                await gateway.lifecycle.renew("acme", key, CLI_ACTOR, keep_old=False)
+        assert isinstance(refused.value, RenewalRefused) and refused.value.reason == reason
+    assert linked.link_secret is not None
+    assert await gateway.store.link_valid(link_id(linked.link_secret))  # still unopened
+    for finish in (True, False):
+        async with nothing_written(gateway, "acme", idle.record.app_key):
+            with pytest.raises(NoRenewalPending):
+                await gateway.store.end_renewal("acme", idle.record.app_key, finish=finish,
+                                                actor=CLI_ACTOR)
+    # absence is not a refusal
+    missing = gateway.fmt.new_key("acme")
+    assert await gateway.store.end_renewal("acme", missing, finish=True, actor=CLI_ACTOR) is None
+    assert await gateway.lifecycle.renew("acme", missing, CLI_ACTOR) is None
+
+
+async def test_a_key_name_is_never_issued_twice_and_the_refusal_writes_nothing(
+    gateway: Gateway,
+):
+    live = await gateway.lifecycle.create("acme", "live", ["owner"], CLI_ACTOR)
+    dead = await gateway.lifecycle.create("acme", "dead", ["orders-reader"], CLI_ACTOR)
+    assert await gateway.store.delete_key("acme", dead.record.app_key, actor=CLI_ACTOR)
+    for app_key in (live.record.app_key, dead.record.app_key):
+        async with nothing_written(gateway, "acme", app_key):
+            with pytest.raises(KeyNameTaken):
+                await gateway.store.create_key(app_key, "acme", "again", ["owner"],
+                                               gateway.hasher.digest("another token"),
+                                               CLI_ACTOR)
+    assert (await gateway.store.get_key("acme", live.record.app_key)).label == "live"
+
+
+async def test_concurrent_grants_of_one_key_one_wins_the_others_are_refused(gateway: Gateway):
+    partner = await gateway.lifecycle.create("beta", "partner", ["orders-reader"], CLI_ACTOR)
+    outcomes = await asyncio.gather(
+        *(gateway.store.add_grant("acme", partner.record.app_key, f"p{i}", ["orders-reader"],
+                                  CLI_ACTOR) for i in range(20)),
+        return_exceptions=True,
+    )
+    refused = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(refused) == 19 and all(isinstance(o, GrantExists) for o in refused)
+    events, _ = await gateway.store.audit_events(
+        "acme", accept=lambda e: e.action == "external-key.add")
+    assert len(events) == 1
