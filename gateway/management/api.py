@@ -1,7 +1,9 @@
-"""The management application: health and the /api/v1 routes (metrics have their own
-port: see metrics.py)."""
+"""The management application: health, the /api/v1 operations and their OpenAPI
+document (metrics have their own port: see metrics.py)."""
 
 from __future__ import annotations
+
+import itertools
 
 from aiohttp import web
 
@@ -17,53 +19,81 @@ from . import (
     external_keys,
     keys,
     links,
+    openapi,
     policy_admin,
     sessions,
+    ui,
+    whoami,
 )
-from .common import json_response
+from .common import authorize, json_response
+from .csrf import csrf_protection
+from .operations import Operation, Operations, register
+from .schema import Health, Readiness
+
+health = Operations("health")
+NOT_READY = {503: ("store_unavailable",)}
 
 
-async def healthz(request: web.Request) -> web.Response:
-    """Alive: the process answers. Says nothing about the store, on purpose."""
-    return json_response({"status": "ok"})
+def _healthz(operation_id: str, path: str) -> None:
+    @health.get(path, summary="Alive", operation_id=operation_id, responses={200: Health})
+    async def healthz(request: web.Request) -> web.Response:
+        """The process answers. Says nothing about the store, on purpose."""
+        return json_response({"status": "ok"})
 
 
-async def readyz(request: web.Request) -> web.Response:
-    """Ready: the store answers, so requests can be authenticated. ``policy`` says
-    which version serves and whether it is the one the deployment announced (an
-    instance out of sync is still ready: it serves the policy its files hold)."""
-    if not await request.app[GATEWAY].store.ping():
-        raise StoreUnavailable("not ready: keygate cannot reach its key store")
-    gateway = request.app[GATEWAY]
-    policy = gateway.policy_sync.status()
-    return json_response(
-        {
-            "status": "ready",
-            "policyVersion": policy.version,
-            "policy": {
-                "version": policy.version,
-                "announced": policy.announced,
-                "inSync": policy.in_sync,
-                "loadedAt": iso(policy.loaded_at),
-            },
-            # "bypassed" until the invalidation channel is subscribed: every request then
-            # reads the store, which is correct, only slower
-            "credentialCache": "trusted" if gateway.store.cache_trusted else "bypassed",
-        }
-    )
+def _readyz(operation_id: str, path: str) -> None:
+    @health.get(path, summary="Ready", operation_id=operation_id, responses={200: Readiness},
+                errors=NOT_READY)
+    async def readyz(request: web.Request) -> web.Response:
+        """The store answers, so requests can be authenticated. `policy` says which
+        version serves and whether it is the one the deployment announced (an instance
+        out of sync is still ready: it serves the policy its files hold)."""
+        if not await request.app[GATEWAY].store.ping():
+            raise StoreUnavailable("not ready: keygate cannot reach its key store")
+        gateway = request.app[GATEWAY]
+        policy = gateway.policy_sync.status()
+        return json_response(
+            {
+                "status": "ready",
+                "policyVersion": policy.version,
+                "policy": {
+                    "version": policy.version,
+                    "announced": policy.announced,
+                    "inSync": policy.in_sync,
+                    "loadedAt": iso(policy.loaded_at),
+                },
+                # "bypassed" until the invalidation channel is subscribed: every request
+                # then reads the store, which is correct, only slower
+                "credentialCache": "trusted" if gateway.store.cache_trusted else "bypassed",
+            }
+        )
+
+
+_healthz("healthz", "/healthz")
+_healthz("healthzV1", "/api/v1/healthz")
+_readyz("readyz", "/readyz")
+_readyz("readyzV1", "/api/v1/readyz")
+
+TABLES = (health, keys.operations, external_keys.operations, export.operations,
+          links.operations, account_settings.operations, audit.operations,
+          policy_admin.operations, explain.operations, sessions.operations,
+          openapi.operations, whoami.operations)
+
+
+def all_operations() -> list[Operation]:
+    return list(itertools.chain.from_iterable(table.items for table in TABLES))
 
 
 def build_management_app(gateway: Gateway) -> web.Application:
     app = web.Application(
-        middlewares=[request_id_and_errors],
+        # CSRF after the errors: its refusals are the one error shape
+        middlewares=[request_id_and_errors, csrf_protection],
         client_max_size=gateway.settings.management_max_body,
     )
     app[GATEWAY] = gateway
     app.on_response_prepare.append(server_header)  # streamed answers (exports) too
-    for prefix in ("", "/api/v1"):
-        app.router.add_get(prefix + "/healthz", healthz)
-        app.router.add_get(prefix + "/readyz", readyz)
-    for module in (keys, external_keys, export, links, account_settings, audit, policy_admin,
-                   explain, sessions):
-        app.router.add_routes(module.routes)
+    operations = all_operations()
+    register(app, operations, authorize)
+    openapi.install(app, operations, gateway.settings)
+    ui.install(app)  # the admin page: not API operations, so not in the document
     return app

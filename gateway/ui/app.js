@@ -1,0 +1,190 @@
+// The page: sign-in, the tabs, and what moves between them. The URL's fragment names
+// the account and the tab (#/acme/generated), so a reload stays where it was; nothing
+// is kept in the browser's storage.
+
+import * as api from "./api.js";
+import { auditTab } from "./audit.js";
+import { closeAllDialogs } from "./dialogs.js";
+import { clearError, h, showError } from "./dom.js";
+import { externalTab } from "./external.js";
+import { generatedTab } from "./keys.js";
+import { settingsTab } from "./settings.js";
+
+const TABS = ["generated", "external", "settings", "audit"];
+const DEFAULT_PERIOD = 3;
+const $ = (id) => document.getElementById(id);
+
+let ctx = null; // {account, me, period, periodKnown, views}
+
+function route() {
+  const [account, tab] = window.location.hash.replace(/^#\/?/, "").split("/");
+  return { account: account ? decodeURIComponent(account) : "", tab: TABS.includes(tab) ? tab : "" };
+}
+
+function showSignIn(notice) {
+  closeAllDialogs();
+  ctx = null;
+  for (const id of TABS) $(`panel-${id}`).replaceChildren();
+  $("workspace").hidden = true;
+  $("who").hidden = true;
+  $("sign-in").hidden = false;
+  $("sign-in-notice").textContent = notice || "";
+  $("sign-in-token").value = "";
+  clearError($("sign-in-error"));
+  $("sign-in-key").focus();
+}
+
+// The session ended while the page was open: back to sign-in, saying why.
+api.whenSignedOut((failure) => {
+  if (!ctx) return;
+  const reasons = {
+    session_expired: "Your session has expired. Sign in again to continue.",
+    // the browser drops the cookie when the session's time is up
+    missing_credentials: "Your session has expired. Sign in again to continue.",
+    invalid_session: "Your session is no longer valid: the key's token was renewed or the key was deleted. Sign in again.",
+  };
+  showSignIn(reasons[failure.code] || `You were signed out: ${failure.message}`);
+});
+
+function allowedTabs(may) {
+  return TABS.filter((tab) => (tab === "generated" ? may.view || may.renewToken : may.view || (tab === "settings" && may.editSettings)));
+}
+
+async function enter(account, tab) {
+  const me = await api.get(api.accountPath(account, "me"));
+  ctx = { account, me, period: DEFAULT_PERIOD, periodKnown: false, views: {} };
+  if (me.permissions.view) {
+    try {
+      ctx.period = (await api.get(api.accountPath(account, "settings"))).renewalPeriodMonths;
+      ctx.periodKnown = true;
+    } catch (failure) {
+      if (failure.status === 401) return;
+    }
+  }
+  $("sign-in").hidden = true;
+  $("workspace").hidden = false;
+  $("who").hidden = false;
+  $("who-account").textContent = account;
+  $("who-key").textContent = me.appKey;
+  $("export").hidden = !me.permissions.view;
+  clearError($("export-error"));
+  const allowed = allowedTabs(me.permissions);
+  for (const name of TABS) $(`tab-${name}`).hidden = !allowed.includes(name);
+  ctx.views = {
+    generated: generatedTab(ctx, $("panel-generated")),
+    external: externalTab(ctx, $("panel-external")),
+    settings: settingsTab(ctx, $("panel-settings")),
+    audit: auditTab(ctx, $("panel-audit")),
+  };
+  select(allowed.includes(tab) ? tab : allowed[0], false);
+}
+
+function select(tab, focus) {
+  if (!ctx) return;
+  for (const name of TABS) {
+    const button = $(`tab-${name}`);
+    const chosen = name === tab;
+    button.setAttribute("aria-selected", String(chosen));
+    button.tabIndex = chosen ? 0 : -1;
+    $(`panel-${name}`).hidden = !chosen;
+  }
+  if (focus) $(`tab-${tab}`).focus();
+  const wanted = `#/${encodeURIComponent(ctx.account)}/${tab}`;
+  if (window.location.hash !== wanted) window.history.replaceState(null, "", wanted);
+  ctx.views[tab].refresh();
+}
+
+// Tabs as the ARIA pattern has them: arrows move between tabs, Home/End to the ends.
+$("tabs").addEventListener("keydown", (event) => {
+  const tabs = [...document.querySelectorAll('[role="tab"]:not([hidden])')];
+  const at = tabs.indexOf(document.activeElement);
+  if (at < 0) return;
+  const moves = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: tabs.length - 1 };
+  if (!(event.key in moves)) return;
+  event.preventDefault();
+  const target = tabs[(moves[event.key] + tabs.length) % tabs.length];
+  select(target.dataset.tab, true);
+});
+for (const name of TABS) $(`tab-${name}`).addEventListener("click", () => select(name, false));
+
+$("sign-in-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const error = $("sign-in-error");
+  clearError(error);
+  $("sign-in-notice").textContent = "";
+  const keyInput = $("sign-in-key");
+  const tokenInput = $("sign-in-token");
+  const accountInput = $("sign-in-account");
+  const button = event.target.querySelector('button[type="submit"]');
+  button.disabled = true;
+  try {
+    const session = await api.signIn(keyInput.value.trim(), tokenInput.value.trim());
+    tokenInput.value = ""; // the token is not kept, not even in the form
+    const account = accountInput.value.trim() || session.account;
+    try {
+      await enter(account, "generated");
+    } catch (failure) {
+      // signed in, but this key may not use this page in that account: say so, and end
+      // the session rather than leave a cookie nobody uses
+      await api.signOut().catch(() => {});
+      showError(error, failure);
+      return;
+    }
+    $("main").focus();
+  } catch (failure) {
+    showError(error, failure);
+    tokenInput.value = "";
+  } finally {
+    button.disabled = false;
+  }
+});
+
+$("sign-out").addEventListener("click", async () => {
+  try {
+    await api.signOut();
+    showSignIn("You are signed out.");
+    window.history.replaceState(null, "", window.location.pathname);
+  } catch (failure) {
+    showError($("export-error"), failure);
+  }
+});
+
+$("export").addEventListener("click", async () => {
+  const button = $("export");
+  const error = $("export-error");
+  clearError(error);
+  button.disabled = true;
+  try {
+    const file = await api.download(api.accountPath(ctx.account, "export"), { format: "xlsx" });
+    const link = h("a", { href: URL.createObjectURL(file.blob), download: file.filename, hidden: true });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
+  } catch (failure) {
+    showError(error, failure);
+  } finally {
+    button.disabled = false;
+  }
+});
+
+window.addEventListener("hashchange", () => {
+  const wanted = route();
+  if (ctx && wanted.account === ctx.account && wanted.tab) select(wanted.tab, false);
+  else if (ctx && wanted.account && wanted.account !== ctx.account) start();
+});
+
+async function start() {
+  const { account, tab } = route();
+  if (!account) {
+    showSignIn("");
+    return;
+  }
+  try {
+    await enter(account, tab);
+  } catch (failure) {
+    if (!ctx) showSignIn(failure.status === 401 ? "" : failure.message);
+  }
+}
+
+start();

@@ -1,0 +1,111 @@
+// Modal dialogs on the native <dialog> element: it keeps focus inside, closes on Escape,
+// and the page returns focus to the button that opened it. A closed dialog is removed
+// from the document, and with it any token it showed.
+
+import { clearError, h, replaceChildren, showError, uid } from "./dom.js";
+
+export function openDialog({ title, body, submitLabel, danger = false, onSubmit, cancelLabel = "Cancel" }) {
+  const opener = document.activeElement;
+  const titleId = uid("dialog-title");
+  const error = h("p", { class: "error", role: "alert" });
+  const submit = h("button", { type: "submit", class: danger ? "danger" : "primary" }, submitLabel);
+  const cancel = h("button", { type: "button" }, cancelLabel);
+  const content = h("div", { class: "dialog-body" }, body);
+  const actions = h("div", { class: "dialog-actions" }, cancel, submit);
+  const form = h("form", { method: "dialog" }, h("h2", { id: titleId }, title), content, error, actions);
+  const dialog = h("dialog", { "aria-labelledby": titleId }, form);
+  let busy = false;
+
+  const control = {
+    dialog,
+    form,
+    submit,
+    error,
+    close() {
+      if (dialog.open) dialog.close();
+    },
+    // Replaces the dialog's content (e.g. with a token shown once) and leaves one button.
+    show(nodes, doneLabel = "Done") {
+      replaceChildren(content, nodes);
+      const done = h("button", { type: "button", class: "primary" }, doneLabel);
+      done.addEventListener("click", () => control.close());
+      replaceChildren(actions, done);
+      clearError(error);
+      const first = content.querySelector("button, input") || done;
+      first.focus();
+    },
+  };
+
+  cancel.addEventListener("click", () => control.close());
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (busy) return;
+    busy = true;
+    submit.disabled = true;
+    clearError(error);
+    try {
+      const keepOpen = await onSubmit(new FormData(form), control);
+      if (!keepOpen) control.close();
+    } catch (failure) {
+      showError(error, failure);
+    } finally {
+      busy = false;
+      submit.disabled = false;
+    }
+  });
+  dialog.addEventListener("close", () => {
+    dialog.remove();
+    if (opener && opener.isConnected && typeof opener.focus === "function") opener.focus();
+  });
+  document.body.append(dialog);
+  dialog.showModal();
+  return control;
+}
+
+export function closeAllDialogs() {
+  for (const dialog of document.querySelectorAll("dialog")) {
+    if (dialog.open) dialog.close();
+    dialog.remove();
+  }
+}
+
+// A confirmation: what will happen, in words, and a button that says it.
+export function confirmDialog({ title, message, confirmLabel, danger = true, acknowledge, onConfirm }) {
+  const body = [h("p", {}, message)];
+  let box = null;
+  if (acknowledge) {
+    box = h("input", { type: "checkbox", id: uid("ack"), name: "acknowledge", required: true });
+    body.push(h("label", { class: "choice", for: box.id }, box, h("span", {}, acknowledge)));
+  }
+  const control = openDialog({ title, body, submitLabel: confirmLabel, danger, onSubmit: onConfirm });
+  if (box) {
+    control.submit.disabled = true;
+    box.addEventListener("change", () => { control.submit.disabled = !box.checked; });
+  }
+  return control;
+}
+
+// A secret shown once: read-only field, copy button, and the warning.
+export function revealSecret({ heading, label, value, warning, extra }) {
+  const input = h("input", { type: "text", readonly: true, id: uid("secret"), value, spellcheck: "false",
+    autocomplete: "off", class: "secret-value" });
+  const copied = h("span", { class: "status", role: "status" });
+  const copy = h("button", { type: "button" }, "Copy");
+  copy.addEventListener("click", async () => {
+    input.select();
+    try {
+      await navigator.clipboard.writeText(input.value);
+      copied.textContent = "Copied.";
+    } catch {
+      copied.textContent = "Select the text and copy it (Ctrl+C / ⌘C).";
+    }
+  });
+  return [
+    h("p", {}, heading),
+    h("label", { for: input.id }, label),
+    h("div", { class: "secret" }, input, copy),
+    copied,
+    h("p", { class: "warning", role: "note" }, h("strong", {}, warning)),
+    extra || null,
+  ];
+}

@@ -1,0 +1,133 @@
+// Building the page safely: every value from the API becomes text (textContent), never
+// markup, so a label such as "<img onerror=…>" is shown as typed.
+
+export function h(tag, attrs, ...children) {
+  const element = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === "class") element.className = value;
+    else if (name.startsWith("on") && typeof value === "function") {
+      element.addEventListener(name.slice(2), value);
+    } else if (value === true) element.setAttribute(name, "");
+    else element.setAttribute(name, String(value));
+  }
+  append(element, children);
+  return element;
+}
+
+function append(element, children) {
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    element.append(child instanceof Node ? child : String(child));
+  }
+}
+
+export function replaceChildren(element, ...children) {
+  element.replaceChildren();
+  append(element, children);
+}
+
+let counter = 0;
+export function uid(prefix) {
+  counter += 1;
+  return `${prefix}-${counter}`;
+}
+
+// A labelled control: <div class="field"><label for=id>text</label>control</div>
+export function field(text, control, extraClass) {
+  if (!control.id) control.id = uid("field");
+  return h("div", { class: extraClass ? `field ${extraClass}` : "field" },
+    h("label", { for: control.id }, text), control);
+}
+
+export function select(name, options, current) {
+  const element = h("select", { name });
+  for (const [value, text] of options) {
+    const option = h("option", { value }, text);
+    if (value === current) option.selected = true;
+    element.append(option);
+  }
+  return element;
+}
+
+// Checkboxes for roles, in a fieldset whose legend names them.
+export function roleChoices(legend, roles, checked, name = "roles") {
+  const box = h("fieldset", {}, h("legend", {}, legend));
+  if (roles.length === 0) {
+    box.append(h("p", { class: "hint" }, "You may not give any role in this account."));
+  }
+  for (const role of roles) {
+    const input = h("input", { type: "checkbox", name, value: role, id: uid("role") });
+    input.checked = checked.includes(role);
+    box.append(h("label", { class: "choice", for: input.id }, input, h("span", {}, role)));
+  }
+  return box;
+}
+
+export function radios(legend, name, options, current) {
+  const box = h("fieldset", {}, h("legend", {}, legend));
+  for (const [value, text, hint] of options) {
+    const input = h("input", { type: "radio", name, value, id: uid(name) });
+    input.checked = value === current;
+    box.append(h("label", { class: "choice", for: input.id }, input,
+      h("span", {}, text, hint ? h("span", { class: "hint" }, ` ${hint}`) : null)));
+  }
+  return box;
+}
+
+export function rolesList(roles) {
+  if (!roles.length) return h("span", { class: "hint" }, "no roles");
+  return h("ul", { class: "roles" }, roles.map((role) => h("li", {}, role)));
+}
+
+export function statusBadge(status) {
+  return h("span", { class: `badge ${status === "active" ? "active" : "inactive"}` },
+    status === "active" ? "Active" : "Inactive");
+}
+
+const DATE_TIME = { dateStyle: "medium", timeStyle: "short" };
+const DATE = { dateStyle: "medium" };
+
+export function formatDate(iso, withTime = true) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return iso;
+  return date.toLocaleString(undefined, withTime ? DATE_TIME : DATE);
+}
+
+export function time(iso, empty = "never") {
+  if (!iso) return h("span", { class: "hint" }, empty);
+  return h("time", { datetime: iso, title: iso }, formatDate(iso));
+}
+
+// Calendar months in UTC, as the server counts them (31 January + 1 month = 28/29 February).
+export function addMonths(iso, months) {
+  const start = new Date(iso);
+  const index = start.getUTCMonth() + months;
+  const year = start.getUTCFullYear() + Math.floor(index / 12);
+  const month = ((index % 12) + 12) % 12;
+  const lastDay = new Date(Date.UTC(year, month + 1, 0)).getUTCDate();
+  return new Date(Date.UTC(year, month, Math.min(start.getUTCDate(), lastDay),
+    start.getUTCHours(), start.getUTCMinutes(), start.getUTCSeconds(),
+    start.getUTCMilliseconds()));
+}
+
+export function debounce(fn, ms) {
+  let timer = null;
+  return (...args) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => fn(...args), ms);
+  };
+}
+
+// The API's message in place, with the code and request id for whoever reads the logs.
+export function showError(target, error) {
+  if (!target) return;
+  const parts = [error.message || String(error)];
+  if (error.requestId) parts.push(`(request ${error.requestId})`);
+  target.textContent = parts.join(" ");
+}
+
+export function clearError(target) {
+  if (target) target.textContent = "";
+}

@@ -1,0 +1,271 @@
+// The Generated keys tab: the account's own keys, their tokens and renewals.
+
+import * as api from "./api.js";
+import { confirmDialog, openDialog, revealSecret } from "./dialogs.js";
+import {
+  addMonths, debounce, field, formatDate, h, radios, replaceChildren, roleChoices, rolesList,
+  select, statusBadge, time,
+} from "./dom.js";
+import { PER_PAGE, serverTable } from "./table.js";
+
+const RED_AFTER_MONTHS = 3;
+
+export function mayActOn(ctx, key) {
+  return key.appKey === ctx.me.appKey || key.roles.every((role) => ctx.me.assignableRoles.includes(role));
+}
+
+function marker(ctx, key) {
+  if (key.renewalAlert !== "orange" && key.renewalAlert !== "red") return null;
+  const months = ctx.period + (key.renewalAlert === "red" ? RED_AFTER_MONTHS : 0);
+  const since = key.creationDateToken ? addMonths(key.creationDateToken, months) : null;
+  const words = key.renewalAlert === "red" ? "Token renewal overdue" : "Token renewal due";
+  const text = since && ctx.periodKnown ? `${words} since ${formatDate(since.toISOString(), false)}` : words;
+  return h("span", { class: "alert-wrap" },
+    h("span", { class: `marker ${key.renewalAlert}`, title: text, role: "img", "aria-label": text,
+      "data-alert": key.renewalAlert }),
+    h("span", { class: `marker-text ${key.renewalAlert}` },
+      key.renewalAlert === "red" ? "Renew now" : "Renew soon"));
+}
+
+function pendingNote(key) {
+  if (!key.creationDateNewToken) return null;
+  return h("span", { class: "pending" }, "Renewal pending:",
+    h("ul", {},
+      h("li", {}, "Old token: still works, until you delete it"),
+      h("li", {}, `New token: issued ${formatDate(key.creationDateNewToken)}, works`)));
+}
+
+function showIssued(control, answer, what) {
+  if (answer.appToken) {
+    control.show(revealSecret({
+      heading: `${what} for API key ${answer.appKey}.`,
+      label: "API token",
+      value: answer.appToken,
+      warning: "Copy the token now and keep it in your secret manager: it will not be shown again.",
+    }));
+  } else {
+    control.show(revealSecret({
+      heading: `${what} for API key ${answer.appKey}, behind a one-time link.`,
+      label: "One-time link",
+      value: answer.tokenLink,
+      warning: `The link reveals the token once, then stops working; it expires ${formatDate(answer.tokenLinkExpires)}. Send it only to whoever will use the key.`,
+    }));
+  }
+  return true; // keep the dialog open on the token
+}
+
+export function sameRoles(a, b) {
+  return a.length === b.length && [...a].sort().join("\n") === [...b].sort().join("\n");
+}
+
+export function checkedRoles(form) {
+  return form.getAll("roles").map(String);
+}
+
+export function generatedTab(ctx, panel) {
+  const { me, account } = ctx;
+  const may = me.permissions;
+  const query = { q: "", status: "", role: "", renewal: "", sort: "creationDate", order: "desc", page: 1, perPage: 20 };
+  const keyPath = (appKey, ...rest) => api.accountPath(account, "keys", appKey, ...rest);
+
+  const columns = [
+    { title: "Key", sort: "appKey", cell: (key) => h("div", {}, marker(ctx, key), h("code", { class: "key" }, key.appKey)) },
+    { title: "Label", sort: "label", cell: (key) => key.label },
+    { title: "Roles", cell: (key) => rolesList(key.roles) },
+    { title: "Created", sort: "creationDate", firstOrder: "desc", cell: (key) => time(key.creationDate) },
+    { title: "Token issued", sort: "creationDateToken", firstOrder: "desc", cell: (key) => time(key.creationDateToken) },
+    { title: "Last used", sort: "lastUsed", firstOrder: "desc", cell: (key) => time(key.lastUsed) },
+    { title: "Status", sort: "status", cell: (key) => [statusBadge(key.status), pendingNote(key)] },
+    { title: "Actions", cell: (key) => actions(key) },
+  ];
+  const table = serverTable({
+    caption: "Generated keys",
+    columns,
+    query,
+    noun: ["key", "keys"],
+    emptyText: "No key matches.",
+    load: (q) => api.get(api.accountPath(account, "keys"), q),
+  });
+
+  function actions(key) {
+    const buttons = [];
+    const canAct = mayActOn(ctx, key);
+    const button = (text, handler, cls) => {
+      const b = h("button", { type: "button", class: cls }, text);
+      b.addEventListener("click", () => handler(key));
+      return b;
+    };
+    if (canAct && may.edit) buttons.push(button("Edit", edit));
+    if (canAct && may.renewToken) {
+      if (key.creationDateNewToken) {
+        buttons.push(button("Delete old token", finishRenewal), button("Undo", undoRenewal));
+      } else {
+        buttons.push(button("Renew token", renew));
+      }
+    }
+    if (canAct && may.edit) {
+      buttons.push(key.status === "active" ? button("Deactivate", deactivate) : button("Activate", activate));
+      buttons.push(button("Delete", removeKey));
+    }
+    if (!buttons.length) {
+      const why = canAct ? "" : "This key holds roles you may not give, so you cannot change it.";
+      return h("span", { class: "hint", title: why || null }, "—");
+    }
+    return h("div", { class: "row-actions" }, buttons);
+  }
+
+  function generate() {
+    const label = h("input", { name: "label", required: true, maxlength: "200", autocomplete: "off" });
+    openDialog({
+      title: "Generate key",
+      submitLabel: "Generate",
+      body: [
+        field("Label", label),
+        roleChoices("Roles", me.assignableRoles, []),
+        radios("Token delivery", "delivery", [
+          ["token", "Show the token now"],
+          ["link", "Make a one-time link", "(for someone else: it reveals the token once)"],
+        ], "token"),
+      ],
+      async onSubmit(form, control) {
+        const answer = await api.post(api.accountPath(account, "keys"), {
+          label: String(form.get("label")), roles: checkedRoles(form), delivery: String(form.get("delivery")),
+        });
+        table.refresh();
+        return showIssued(control, answer, "A token was made");
+      },
+    });
+  }
+
+  function edit(key) {
+    const label = h("input", { name: "label", required: true, maxlength: "200", value: key.label, autocomplete: "off" });
+    const offered = [...new Set([...me.assignableRoles, ...key.roles])].sort();
+    openDialog({
+      title: `Edit ${key.appKey}`,
+      submitLabel: "Save",
+      body: [
+        field("Label", label),
+        roleChoices("Roles", offered, key.roles),
+        field("Status", select("status", [["active", "Active"], ["inactive", "Inactive (integrations stop)"]], key.status)),
+      ],
+      async onSubmit(form) {
+        const change = {};
+        const newLabel = String(form.get("label"));
+        const roles = checkedRoles(form);
+        if (newLabel !== key.label) change.label = newLabel;
+        if (!sameRoles(roles, key.roles)) change.roles = roles;
+        if (form.get("status") !== key.status) change.status = String(form.get("status"));
+        if (Object.keys(change).length) await api.patch(keyPath(key.appKey), change);
+        table.refresh();
+      },
+    });
+  }
+
+  function renew(key) {
+    openDialog({
+      title: `Renew the token of ${key.appKey}`,
+      submitLabel: "Renew token",
+      body: [
+        radios("When should the old token stop working?", "deleteOld", [
+          ["later", "Later", "(recommended: both tokens work until you delete the old one, so integrations move over without downtime)"],
+          ["now", "Now", "(the old token stops at once; integrations still using it fail)"],
+        ], "later"),
+        radios("Token delivery", "delivery", [
+          ["token", "Show the new token now"],
+          ["link", "Make a one-time link"],
+        ], "token"),
+      ],
+      async onSubmit(form, control) {
+        const answer = await api.post(keyPath(key.appKey, "token", "renew"), {
+          deleteOld: String(form.get("deleteOld")), delivery: String(form.get("delivery")),
+        });
+        table.refresh();
+        return showIssued(control, answer, "A new token was made");
+      },
+    });
+  }
+
+  function finishRenewal(key) {
+    confirmDialog({
+      title: `Delete the old token of ${key.appKey}?`,
+      message: "The old token stops working now; only the new one works from then on. Integrations still using the old token will stop working.",
+      confirmLabel: "Delete old token",
+      async onConfirm() {
+        await api.post(keyPath(key.appKey, "token", "finish-renewal"));
+        table.refresh();
+      },
+    });
+  }
+
+  function undoRenewal(key) {
+    confirmDialog({
+      title: `Undo the token renewal of ${key.appKey}?`,
+      message: "The new token stops working now; the old token keeps working as before.",
+      confirmLabel: "Undo renewal",
+      async onConfirm() {
+        await api.post(keyPath(key.appKey, "token", "undo-renewal"));
+        table.refresh();
+      },
+    });
+  }
+
+  function deactivate(key) {
+    confirmDialog({
+      title: `Deactivate ${key.appKey}?`,
+      message: "Integrations that use this key will stop working: every request with it is refused until the key is activated again.",
+      confirmLabel: "Deactivate key",
+      async onConfirm() {
+        await api.patch(keyPath(key.appKey), { status: "inactive" });
+        table.refresh();
+      },
+    });
+  }
+
+  async function activate(key) {
+    try {
+      await api.patch(keyPath(key.appKey), { status: "active" });
+      table.refresh();
+    } catch (failure) {
+      table.fail(failure);
+    }
+  }
+
+  function removeKey(key) {
+    confirmDialog({
+      title: `Delete ${key.appKey}?`,
+      message: "The key and its tokens are deleted, and integrations that use it stop working. Its name is never issued again.",
+      confirmLabel: "Delete key",
+      acknowledge: "I understand that this action cannot be undone",
+      async onConfirm() {
+        await api.remove(keyPath(key.appKey));
+        table.refresh();
+      },
+    });
+  }
+
+  // the toolbar: search and filters, all answered by the server
+  const search = h("input", { type: "search", name: "q", maxlength: "200", autocomplete: "off" });
+  const reload = () => { query.page = 1; table.refresh(); };
+  search.addEventListener("input", debounce(() => { query.q = search.value.trim(); reload(); }, 250));
+  const filter = (name, label, options) => {
+    const control = select(name, options, "");
+    control.addEventListener("change", () => { query[name] = control.value; reload(); });
+    return field(label, control);
+  };
+  const perPage = select("perPage", PER_PAGE, "20");
+  perPage.addEventListener("change", () => { query.perPage = Number(perPage.value); reload(); });
+  const toolbar = h("form", { class: "toolbar", role: "search", "aria-label": "Find generated keys", onsubmit: (e) => e.preventDefault() },
+    field("Search label or key", search, "grow"),
+    filter("status", "Status", [["", "All"], ["active", "Active"], ["inactive", "Inactive"]]),
+    filter("role", "Role", [["", "All"], ...me.definedRoles.map((r) => [r, r])]),
+    filter("renewal", "Renewal alert", [["", "All"], ["none", "None"], ["orange", "Orange (renew soon)"], ["red", "Red (overdue)"]]),
+    field("Per page", perPage));
+  if (may.edit) {
+    const button = h("button", { type: "button", class: "primary" }, "Generate key");
+    button.addEventListener("click", generate);
+    toolbar.append(h("div", { class: "actions" }, button));
+  }
+  const intro = may.view ? null : h("p", { class: "hint" }, "You see the keys whose token you may renew.");
+  replaceChildren(panel, h("h2", { class: "visually-hidden" }, "Generated keys"), intro, toolbar, table.nodes);
+  return { refresh: table.refresh };
+}

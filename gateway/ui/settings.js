@@ -1,0 +1,57 @@
+// The Settings tab: the renewal-reminder period of the account.
+
+import * as api from "./api.js";
+import { clearError, h, radios, replaceChildren, showError } from "./dom.js";
+
+export function settingsTab(ctx, panel) {
+  const { me, account } = ctx;
+  const editable = me.permissions.editSettings;
+  const error = h("p", { class: "error", role: "alert" });
+  const saved = h("p", { class: "status", role: "status" });
+  const choices = radios("Renewal reminder period", "renewalPeriodMonths", [
+    ["3", "3 months", "(recommended)"],
+    ["6", "6 months"],
+  ], String(ctx.period));
+  const apply = h("button", { type: "submit", class: "primary" }, "Apply");
+  for (const input of choices.querySelectorAll("input")) input.disabled = !editable;
+  const form = h("form", { class: "stack", "aria-label": "Account settings" },
+    h("p", {}, "Keys whose token is older than this period are marked orange in the Generated keys tab, and red three months later, as a reminder to renew their token."),
+    choices,
+    h("p", { class: "hint" }, "Tokens never expire because of this setting: it only decides when a key is marked for renewal."),
+    editable ? apply : h("p", { class: "hint" }, "Changing it needs the permission to edit API keys settings."),
+    saved,
+    error);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearError(error);
+    saved.textContent = "";
+    const chosen = new FormData(form).get("renewalPeriodMonths");
+    if (!chosen) return;
+    apply.disabled = true;
+    try {
+      const answer = await api.put(api.accountPath(account, "settings"), { renewalPeriodMonths: Number(chosen) });
+      ctx.period = answer.renewalPeriodMonths;
+      ctx.periodKnown = true;
+      saved.textContent = `Applied: ${answer.renewalPeriodMonths} months.`;
+    } catch (failure) {
+      showError(error, failure);
+    } finally {
+      apply.disabled = false;
+    }
+  });
+  replaceChildren(panel, h("h2", {}, "Settings"), form);
+
+  async function refresh() {
+    if (!me.permissions.view) return;
+    clearError(error);
+    try {
+      const answer = await api.get(api.accountPath(account, "settings"));
+      ctx.period = answer.renewalPeriodMonths;
+      ctx.periodKnown = true;
+      for (const input of choices.querySelectorAll("input")) input.checked = input.value === String(ctx.period);
+    } catch (failure) {
+      showError(error, failure);
+    }
+  }
+  return { refresh };
+}

@@ -1,0 +1,87 @@
+// A server-side table: the list API does the filtering, sorting and paging (query
+// parameters q, status, role, sort, order, page, perPage), so a page of 20 rows costs the
+// same at 50 keys and at 100,000.
+
+import { clearError, h, replaceChildren, showError } from "./dom.js";
+
+export const PER_PAGE = [["10", "10"], ["20", "20"], ["50", "50"], ["100", "100"]];
+
+// columns: [{title, sort?: field, cell(item) -> node}]
+export function serverTable({ caption, columns, emptyText, load, query, noun }) {
+  const error = h("p", { class: "error", role: "alert" });
+  const body = h("tbody");
+  const headers = columns.map((column) => {
+    const th = h("th", { scope: "col" });
+    if (column.sort) {
+      const button = h("button", { type: "button", class: "sort" }, column.title);
+      button.addEventListener("click", () => {
+        if (query.sort === column.sort) query.order = query.order === "asc" ? "desc" : "asc";
+        else { query.sort = column.sort; query.order = column.firstOrder || "asc"; }
+        query.page = 1;
+        refresh();
+      });
+      th.append(button);
+      th.dataset.sort = column.sort;
+    } else {
+      th.append(column.title);
+    }
+    return th;
+  });
+  const table = h("table", { class: "cards" },
+    h("caption", { class: "visually-hidden" }, caption),
+    h("thead", {}, h("tr", {}, headers)),
+    body);
+  const wrap = h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": caption }, table);
+  const summary = h("span", { class: "summary", role: "status" });
+  const previous = h("button", { type: "button" }, "Previous page");
+  const next = h("button", { type: "button" }, "Next page");
+  previous.addEventListener("click", () => { query.page -= 1; refresh(); });
+  next.addEventListener("click", () => { query.page += 1; refresh(); });
+  const pager = h("nav", { class: "pager", "aria-label": `Pages of ${caption.toLowerCase()}` }, previous, summary, next);
+  let generation = 0;
+
+  function markSort() {
+    for (const th of headers) {
+      if (!th.dataset.sort) continue;
+      if (th.dataset.sort === query.sort) {
+        th.setAttribute("aria-sort", query.order === "asc" ? "ascending" : "descending");
+      } else {
+        th.removeAttribute("aria-sort");
+      }
+    }
+  }
+
+  async function refresh() {
+    generation += 1;
+    const mine = generation;
+    markSort();
+    clearError(error);
+    let page;
+    try {
+      page = await load(query);
+    } catch (failure) {
+      if (mine === generation) showError(error, failure);
+      return;
+    }
+    if (mine !== generation) return; // a later request (a faster typist) wins
+    const pages = Math.max(1, Math.ceil(page.total / page.perPage));
+    if (page.items.length === 0 && query.page > 1 && page.total > 0) {
+      query.page = pages;
+      refresh();
+      return;
+    }
+    if (page.items.length === 0) {
+      replaceChildren(body, h("tr", {}, h("td", { class: "empty", colspan: columns.length }, emptyText)));
+    } else {
+      replaceChildren(body, page.items.map((item) => h("tr", { "data-key": item.appKey },
+        columns.map((column) => h("td", { "data-label": column.title }, h("div", {}, column.cell(item)))))));
+    }
+    summary.textContent = `Page ${page.page} of ${pages} · ${page.total} ${page.total === 1 ? noun[0] : noun[1]}`;
+    previous.disabled = page.page <= 1;
+    next.disabled = page.page >= pages;
+  }
+
+  // an action's refusal outside a dialog (Activate) is shown above the table
+  const fail = (failure) => showError(error, failure);
+  return { nodes: [error, wrap, pager], refresh, fail };
+}
