@@ -18,7 +18,7 @@ import pytest
 from gateway.management.ui import CONTENT_SECURITY_POLICY, UI_DIR, UI_ROUTES
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = "/ui/"
+PAGE = "/admin/"
 UI_FILES = sorted(p.name for p in UI_DIR.iterdir() if p.is_file())
 
 
@@ -36,7 +36,7 @@ def assert_error_shape(body: dict[str, Any], status: int, code: str | None = Non
 
 
 # -- served ----------------------------------------------------------------------------
-@pytest.mark.parametrize("path", ["/", "/admin", "/admin/", "/ui"])
+@pytest.mark.parametrize("path", ["/", "/admin", "/ui", "/ui/"])
 async def test_the_page_is_one_redirect_away(management, path):
     answer = await management.get(path, allow_redirects=False)
     assert answer.status == 302
@@ -85,9 +85,9 @@ async def test_every_file_is_served_with_its_type_the_policy_and_an_etag(managem
 
 
 @pytest.mark.parametrize("path", [
-    "/ui/nothing.js", "/ui/ui.py", "/ui/..%2fmanagement%2fui.py", "/ui/%2e%2e/settings.py",
-    "/ui/..%5c..%5cpyproject.toml", "/ui/.hidden", "/ui/index.html%00.js",
-    "/ui/app.js/", "/ui/" + "a" * 5000, "/ui/%ff", "/ui/%2e%2e%2f%2e%2e%2fpyproject.toml",
+    "/admin/nothing.js", "/admin/ui.py", "/admin/..%2fmanagement%2fui.py", "/admin/%2e%2e/settings.py",
+    "/admin/..%5c..%5cpyproject.toml", "/admin/.hidden", "/admin/index.html%00.js",
+    "/admin/app.js/", "/admin/" + "a" * 5000, "/admin/%ff", "/admin/%2e%2e%2f%2e%2e%2fpyproject.toml",
 ])
 async def test_nothing_but_the_pages_files_is_served(management, path):
     answer = await management.get(path, allow_redirects=False)
@@ -223,7 +223,7 @@ def test_the_wheel_ships_the_page():
 
 def test_the_ui_routes_are_all_the_page_has():
     """tests/test_openapi.py leaves these out of "every route is documented"."""
-    assert set(UI_ROUTES) == {"/", "/admin", "/admin/", "/ui", "/ui/", "/ui/{name}"}
+    assert set(UI_ROUTES) == {"/", "/admin", "/ui", "/ui/", "/admin/", "/admin/{name}"}
 
 
 # -- GET /accounts/{account}/me --------------------------------------------------------

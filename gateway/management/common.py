@@ -74,6 +74,12 @@ async def authorize(
     gateway = request.app[GATEWAY]
     if permission.own_account:
         account = _own_account(request)
+        if account == NO_ACCOUNT:
+            # no key header: a session (Bearer or cookie) names its key's owner once it
+            # is proven, so prove it first (the same checks and failure budgets)
+            authenticated = await gateway.pipeline.authenticate(
+                request.headers, NO_ACCOUNT, client_address(request))
+            account = authenticated.principal.owner
     elif account is None or not is_valid_account(account):
         # the path model's pattern says the same; Python's "$" also matches before a
         # final newline, so the exact check is made here

@@ -1,5 +1,5 @@
 """The admin page: the static files of ``gateway/ui/``, served by the management port at
-``/ui/`` (``/`` and ``/admin`` redirect there).
+``/admin/`` (``/``, ``/admin`` and ``/ui`` redirect there).
 
 The page is plain HTML, CSS and JavaScript on keygate's own public API; nothing is
 built at install time and nothing is fetched from another host. Its files are read
@@ -21,9 +21,9 @@ from pathlib import Path
 from aiohttp import web
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
-UI_PREFIX = "/ui/"
+UI_PREFIX = "/admin/"
 # Canonical paths of the page's routes: they are not API operations (no OpenAPI entry).
-UI_ROUTES = ("/", "/admin", "/admin/", "/ui", "/ui/", "/ui/{name}")
+UI_ROUTES = ("/", "/admin", "/ui", "/ui/", "/admin/", "/admin/{name}")
 
 CONTENT_SECURITY_POLICY = "; ".join((
     "default-src 'self'",
@@ -106,7 +106,7 @@ async def to_page(request: web.Request) -> web.Response:
 def install(app: web.Application) -> None:
     """The page's routes on the management app."""
     app[UI_FILES] = load_files()
-    for path in ("/", "/admin", "/admin/", "/ui"):
+    for path in ("/", "/admin", "/ui", "/ui/"):
         app.router.add_get(path, to_page)
     app.router.add_get(UI_PREFIX, page)
     app.router.add_get(UI_PREFIX + "{name}", asset)

@@ -23,6 +23,7 @@ export function openDialog({ title, body, submitLabel, danger = false, onSubmit,
     error,
     close() {
       if (dialog.open) dialog.close();
+      dialog.remove(); // at once: a token shown in it leaves the document now
     },
     // Replaces the dialog's content (e.g. with a token shown once) and leaves one button.
     show(nodes, doneLabel = "Done") {

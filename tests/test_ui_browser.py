@@ -1,0 +1,720 @@
+"""The admin page in Debian's Chromium (python playwright, never a downloaded browser),
+on a keygate served in a thread over the private redis-server: every journey of the
+API Keys page, as an administrator clicks through it, checked against the store and
+the proxy port.
+
+Every test gets a fresh browser context and account; every page is watched for
+requests to another host, Content-Security-Policy violations and script errors (see
+ui_site.Watch). Screenshots of each tab at 1280×800 and 390×844 go to tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import openpyxl
+import pytest
+from ui_site import (
+    CHROMIUM_ARGS,
+    Made,
+    Site,
+    Watch,
+    chromium_path,
+    fresh_account,
+    site,
+    sync_playwright,
+)
+
+from gateway.renewal import add_months
+from gateway.store import CLI_ACTOR, KeyQuery
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # ui_site skips the tests with a clear message
+    expect = None
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+SIZES = [(1280, 800), (390, 844)]
+TABS = ["Generated keys", "External keys", "Settings", "Audit"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = chromium_path()
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def served(redis_url: str) -> Iterator[Site]:
+    with site(redis_url) as running:
+        yield running
+
+
+class Browsing:
+    """A fresh context and page, watched; checked when the test ends."""
+
+    def __init__(self, browser: Any, served: Site, **options: Any):
+        self.served = served
+        self.context = browser.new_context(locale="en-US", timezone_id="UTC",
+                                           **{"viewport": {"width": 1280, "height": 800},
+                                              **options})
+        self.context.set_default_timeout(10_000)
+        self.page = self.context.new_page()
+        self.watch = Watch(served.management)
+        self.watch.attach(self.page)
+        self.api_urls: list[str] = []
+        self.page.on("request", lambda r: self.api_urls.append(r.url)
+                     if "/api/v1/" in r.url else None)
+
+    def close(self) -> None:
+        self.context.close()
+        self.watch.check()
+
+
+@pytest.fixture
+def open_page(browser, served) -> Iterator[Any]:
+    opened: list[Browsing] = []
+
+    def make(**options: Any) -> Browsing:
+        browsing = Browsing(browser, served, **options)
+        opened.append(browsing)
+        return browsing
+
+    yield make
+    for browsing in opened:
+        browsing.close()
+
+
+def sign_in(page: Any, served: Site, key: Made, account: str = "") -> None:
+    page.goto(served.management + "/")
+    page.get_by_label("API key", exact=True).fill(key.app_key)
+    page.get_by_label("API token", exact=True).fill(key.token)
+    if account:
+        page.get_by_label(re.compile("^Account")).fill(account)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#who-key")).to_have_text(key.app_key)
+
+
+def generated_row(page: Any, app_key: str) -> Any:
+    return page.locator("#panel-generated tbody tr").filter(has_text=app_key)
+
+
+def external_row(page: Any, app_key: str) -> Any:
+    return page.locator("#panel-external tbody tr").filter(has_text=app_key)
+
+
+def dialog(page: Any) -> Any:
+    return page.locator("dialog[open]")
+
+
+def storage(page: Any) -> str:
+    return page.evaluate("() => JSON.stringify([Object.entries(localStorage), "
+                         "Object.entries(sessionStorage), document.cookie])")
+
+
+# -- sign-in ---------------------------------------------------------------------------
+def test_sign_in_keeps_the_token_out_of_the_page_and_sign_out_ends_it(open_page, served):
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    browsing = open_page()
+    page = browsing.page
+    page.goto(served.management + "/admin")
+    assert page.url == served.management + "/admin/"
+    # a wrong token: the API's message, in place
+    page.get_by_label("API key", exact=True).fill(owner.app_key)
+    page.get_by_label("API token", exact=True).fill(owner.token[:-1] + "x")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#sign-in-error")).to_contain_text("invalid API credentials")
+    assert page.locator("#sign-in-error").get_attribute("role") == "alert"
+
+    sign_in(page, served, owner)
+    expect(page.locator("#who-account")).to_have_text(account)
+    cookie = next(c for c in browsing.context.cookies() if c["name"] == "keygate_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert not cookie["secure"]  # plain HTTP here; behind TLS it is Secure
+    # neither the token nor the session is anywhere a script could read it
+    kept = storage(page)
+    assert kept == '[[],[],""]', kept
+    html = page.content()
+    assert owner.token not in html and cookie["value"] not in html
+    assert page.get_by_label("API token", exact=True).input_value() == ""
+
+    page.reload()  # the fragment names the account and tab: still signed in
+    expect(page.locator("#who-key")).to_have_text(owner.app_key)
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.locator("#sign-in-notice")).to_have_text("You are signed out.")
+    assert not [c for c in browsing.context.cookies() if c["name"] == "keygate_session"]
+    assert page.locator("#panel-generated tbody").count() == 0  # nothing left behind
+
+
+def test_a_key_without_any_api_keys_permission_is_told_so(open_page, served):
+    account = fresh_account()
+    reader = served.make_key(account, ["orders-reader"])
+    page = open_page().page
+    page.goto(served.management + "/admin/")
+    page.get_by_label("API key", exact=True).fill(reader.app_key)
+    page.get_by_label("API token", exact=True).fill(reader.token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#sign-in-error")).to_contain_text("do not allow")
+    expect(page.locator("#workspace")).to_be_hidden()
+
+
+def test_an_external_key_signs_in_to_the_account_that_granted_it_roles(open_page, served):
+    account, partner_account = fresh_account(), fresh_account()
+    served.make_key(account, ["owner"], label="the owner")
+    partner = served.make_key(partner_account, ["orders-reader"], label="partner")
+    served.call(lambda gateway: gateway.store.add_grant(account, partner.app_key, "auditor",
+                                                        ["api-keys-viewer"], CLI_ACTOR))
+    page = open_page().page
+    page.goto(served.management + "/admin/")
+    page.get_by_label(re.compile("^Account")).fill("Not An Account")
+    page.get_by_label("API key", exact=True).fill(partner.app_key)
+    page.get_by_label("API token", exact=True).fill(partner.token)
+    page.get_by_role("button", name="Sign in").click()  # the browser checks the pattern
+    expect(page.locator("#workspace")).to_be_hidden()
+    sign_in(page, served, partner, account=account)
+    expect(page.locator("#who-account")).to_have_text(account)
+    expect(page.locator("#panel-generated")).to_contain_text("the owner")
+    expect(page.get_by_role("button", name="Generate key")).to_have_count(0)
+
+
+# -- generated keys --------------------------------------------------------------------
+def test_generate_a_key_and_use_its_token_through_the_proxy(open_page, served):
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    browsing = open_page()
+    browsing.context.grant_permissions(["clipboard-read", "clipboard-write"],
+                                       origin=served.management)
+    page = browsing.page
+    sign_in(page, served, owner)
+    label = '<img src=x onerror="window.pwned=1"> orders bot'
+    page.get_by_role("button", name="Generate key").click()
+    generate = dialog(page)
+    generate.get_by_label("Label").fill(label)
+    roles = [c.get_attribute("value") for c in generate.locator('input[name="roles"]').all()]
+    assert "owner" in roles and "orders-reader" in roles  # an owner may give every role
+    generate.get_by_label("orders-reader", exact=True).check()
+    generate.get_by_role("button", name="Generate").click()
+    expect(generate).to_contain_text("it will not be shown again")
+    token = generate.get_by_label("API token").input_value()
+    assert token.startswith("kgt_")
+    generate.get_by_role("button", name="Copy").click()
+    expect(generate.get_by_role("status")).to_have_text("Copied.")
+    assert page.evaluate("navigator.clipboard.readText()") == token
+    app_key = re.search(r"API key (\S+?)\.", generate.inner_text()).group(1)
+    generate.get_by_role("button", name="Done").click()
+    expect(page.locator("dialog")).to_have_count(0)
+    assert token not in page.content()  # the dialog, and the token with it, is gone
+
+    row = generated_row(page, app_key)
+    expect(row).to_contain_text(label)  # shown as typed, not run
+    assert page.evaluate("window.pwned") is None
+    expect(row).to_contain_text("orders-reader")
+    assert served.through_proxy(account, app_key, token) == (200, "")
+
+    # a one-time link instead: the link reveals a token that works
+    page.get_by_role("button", name="Generate key").click()
+    generate = dialog(page)
+    generate.get_by_label("Label").fill("linked")
+    generate.get_by_label("catalog-reader", exact=True).check()
+    generate.get_by_label("orders-reader", exact=True).check()
+    generate.get_by_role("radio", name=re.compile("one-time link")).check()
+    generate.get_by_role("button", name="Generate").click()
+    expect(generate).to_contain_text("reveals the token once")
+    link = generate.get_by_label("One-time link", exact=True).input_value()
+    assert link.startswith(served.management + "/api/v1/token-links/")
+    generate.get_by_role("button", name="Done").click()
+    status, opened = served.request(served.management, "POST", link[len(served.management):])
+    assert status == 200 and opened is not None
+    assert served.through_proxy(account, opened["appKey"], opened["appToken"]) == (200, "")
+
+
+def renew_later(page: Any, app_key: str) -> str:
+    generated_row(page, app_key).get_by_role("button", name="Renew token").click()
+    renew = dialog(page)
+    expect(renew.get_by_role("radio", name=re.compile("^Later"))).to_be_checked()
+    assert page.evaluate(UNLABELLED) == []
+    renew.get_by_role("button", name="Renew token").click()
+    token = renew.get_by_label("API token").input_value()
+    renew.get_by_role("button", name="Done").click()
+    return token
+
+
+def test_renew_later_then_delete_the_old_token(open_page, served):
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    key = served.make_key(account, ["orders-reader"], label="integration")
+    page = open_page().page
+    sign_in(page, served, owner)
+    new_token = renew_later(page, key.app_key)
+    row = generated_row(page, key.app_key)
+    expect(row).to_contain_text("Renewal pending")
+    expect(row).to_contain_text("Old token: still works")
+    expect(row).to_contain_text("New token: issued")
+    # both work until the old one is deleted
+    assert served.through_proxy(account, key.app_key, key.token)[0] == 200
+    assert served.through_proxy(account, key.app_key, new_token)[0] == 200
+    row.get_by_role("button", name="Delete old token").click()
+    confirm = dialog(page)
+    expect(confirm).to_contain_text("Integrations still using the old token will stop working")
+    confirm.get_by_role("button", name="Delete old token").click()
+    expect(row).not_to_contain_text("Renewal pending")
+    expect(row.get_by_role("button", name="Renew token")).to_be_visible()
+    assert served.through_proxy(account, key.app_key, key.token) == (401, "invalid_credentials")
+    assert served.through_proxy(account, key.app_key, new_token)[0] == 200
+
+
+def test_undo_a_renewal_on_another_key(open_page, served):
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    key = served.make_key(account, ["orders-writer"], label="other integration")
+    page = open_page().page
+    sign_in(page, served, owner)
+    new_token = renew_later(page, key.app_key)
+    row = generated_row(page, key.app_key)
+    row.get_by_role("button", name="Undo").click()
+    confirm = dialog(page)
+    expect(confirm).to_contain_text("The new token stops working now")
+    confirm.get_by_role("button", name="Undo renewal").click()
+    expect(row).not_to_contain_text("Renewal pending")
+    assert served.through_proxy(account, key.app_key, new_token) == (401, "invalid_credentials")
+    assert served.through_proxy(account, key.app_key, key.token)[0] == 200
+    # renewing Now replaces the token at once
+    generated_row(page, key.app_key).get_by_role("button", name="Renew token").click()
+    renew = dialog(page)
+    renew.get_by_role("radio", name=re.compile("^Now")).check()
+    renew.get_by_role("button", name="Renew token").click()
+    replaced = renew.get_by_label("API token").input_value()
+    renew.get_by_role("button", name="Done").click()
+    assert served.through_proxy(account, key.app_key, key.token)[0] == 401
+    assert served.through_proxy(account, key.app_key, replaced)[0] == 200
+
+
+def test_edit_deactivate_then_delete(open_page, served):
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    key = served.make_key(account, ["orders-reader"], label="before")
+    page = open_page().page
+    sign_in(page, served, owner)
+    row = generated_row(page, key.app_key)
+    row.get_by_role("button", name="Edit").click()
+    edit = dialog(page)
+    assert page.evaluate(UNLABELLED) == []
+    edit.get_by_label("Label").fill("after")
+    edit.get_by_label("catalog-reader", exact=True).check()
+    edit.get_by_role("button", name="Save").click()
+    expect(row).to_contain_text("after")
+    expect(row).to_contain_text("catalog-reader")
+    record = served.key(account, key.app_key)
+    assert record.label == "after" and set(record.roles) == {"orders-reader", "catalog-reader"}
+
+    row.get_by_role("button", name="Deactivate").click()
+    confirm = dialog(page)
+    expect(confirm).to_contain_text("Integrations that use this key will stop working")
+    confirm.get_by_role("button", name="Cancel").click()
+    assert served.key(account, key.app_key).status == "active"
+    row.get_by_role("button", name="Deactivate").click()
+    dialog(page).get_by_role("button", name="Deactivate key").click()
+    expect(row).to_contain_text("Inactive")
+    assert served.through_proxy(account, key.app_key, key.token) == (401, "key_inactive")
+    row.get_by_role("button", name="Activate").click()
+    expect(row.get_by_role("button", name="Deactivate")).to_be_visible()
+    assert served.through_proxy(account, key.app_key, key.token)[0] == 200
+
+    row.get_by_role("button", name="Delete").click()
+    confirm = dialog(page)
+    delete = confirm.get_by_role("button", name="Delete key")
+    expect(delete).to_be_disabled()
+    assert page.evaluate(UNLABELLED) == []
+    confirm.get_by_label("I understand that this action cannot be undone").check()
+    expect(delete).to_be_enabled()
+    delete.click()
+    expect(generated_row(page, key.app_key)).to_have_count(0)
+    assert served.key(account, key.app_key) is None
+
+
+def test_search_filters_sorting_paging_and_renewal_markers_are_the_servers(open_page, served):
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    for n in range(22):
+        served.make_key(account, ["orders-reader"], label=f"bulk {n:02d}")
+    special = served.make_key(account, ["catalog-reader"], label="alpha special")
+    inactive = served.make_key(account, ["orders-reader"], label="sleeping")
+
+    async def deactivate(gateway: Any) -> None:
+        await gateway.store.update_key(account, inactive.app_key, actor=CLI_ACTOR,
+                                       status="inactive")
+
+    served.call(deactivate)
+    orange = served.make_key(account, ["orders-reader"], label="aging", age_days=100)
+    red = served.make_key(account, ["orders-reader"], label="ancient", age_days=200)
+    browsing = open_page()
+    page = browsing.page
+    sign_in(page, served, owner)
+    panel = page.locator("#panel-generated")
+    summary = panel.locator(".pager .summary")
+    expect(summary).to_have_text("Page 1 of 2 · 27 keys")
+    expect(panel.locator("tbody tr")).to_have_count(20)
+    panel.get_by_role("button", name="Next page").click()
+    expect(summary).to_have_text("Page 2 of 2 · 27 keys")
+    expect(panel.locator("tbody tr")).to_have_count(7)
+    panel.get_by_role("button", name="Previous page").click()
+    expect(summary).to_have_text("Page 1 of 2 · 27 keys")
+    panel.get_by_label("Per page").select_option("10")
+    expect(summary).to_have_text("Page 1 of 3 · 27 keys")
+
+    panel.get_by_label("Search label or key").fill("SPECIAL")
+    expect(panel.locator("tbody tr")).to_have_count(1)
+    expect(generated_row(page, special.app_key)).to_be_visible()
+    panel.get_by_label("Search label or key").fill(inactive.app_key[-6:])
+    expect(generated_row(page, inactive.app_key)).to_be_visible()
+    expect(panel.locator("tbody tr")).to_have_count(1)
+    panel.get_by_label("Search label or key").fill("")
+    expect(summary).to_have_text("Page 1 of 3 · 27 keys")
+
+    panel.get_by_label("Status").select_option("inactive")
+    expect(summary).to_have_text("Page 1 of 1 · 1 key")
+    expect(generated_row(page, inactive.app_key)).to_be_visible()
+    panel.get_by_label("Status").select_option("")
+    panel.get_by_label("Role").select_option("catalog-reader")
+    expect(summary).to_have_text("Page 1 of 1 · 1 key")
+    expect(generated_row(page, special.app_key)).to_be_visible()
+    panel.get_by_label("Role").select_option("")
+
+    for alert, key, months in (("orange", orange, 3), ("red", red, 6)):
+        panel.get_by_label("Renewal alert").select_option(alert)
+        expect(summary).to_have_text("Page 1 of 1 · 1 key")
+        marker = generated_row(page, key.app_key).locator(f'[data-alert="{alert}"]')
+        record = served.key(account, key.app_key)
+        since = add_months(datetime.fromtimestamp(record.token_created / 1000, UTC), months)
+        expected = f"since {since.strftime('%b')} {since.day}, {since.year}"
+        title = marker.get_attribute("title")
+        assert expected in title, (title, expected)
+        assert marker.get_attribute("aria-label") == title
+    panel.get_by_label("Renewal alert").select_option("")
+    expect(summary).to_have_text("Page 1 of 3 · 27 keys")
+
+    label_header = panel.locator('th[data-sort="label"]')
+    label_header.get_by_role("button").click()
+    expect(label_header).to_have_attribute("aria-sort", "ascending")
+    expect(panel.locator("tbody tr").first).to_contain_text("aging")
+    label_header.get_by_role("button").click()
+    expect(label_header).to_have_attribute("aria-sort", "descending")
+    expect(panel.locator("tbody tr").first).to_contain_text("sleeping")
+
+    # the server did it all: the page asked with the list API's parameters
+    asked = " ".join(browsing.api_urls)
+    for parameter in ("q=SPECIAL", "status=inactive", "role=catalog-reader", "renewal=orange",
+                      "renewal=red", "sort=label", "order=asc", "order=desc", "page=2",
+                      "perPage=10"):
+        assert parameter in asked, parameter
+
+
+# -- external keys, settings, export, audit --------------------------------------------
+def test_external_keys_add_edit_and_remove(open_page, served):
+    account, partner_account = fresh_account(), fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    partner = served.make_key(partner_account, ["orders-reader"], label="partner's own")
+    page = open_page().page
+    sign_in(page, served, owner)
+    page.get_by_role("tab", name="External keys").click()
+    panel = page.locator("#panel-external")
+    expect(panel).to_contain_text("No external key matches.")
+    panel.get_by_role("button", name="Add external key").click()
+    add = dialog(page)
+    assert page.evaluate(UNLABELLED) == []
+    add.get_by_label("API key").fill("kgk-nope-AAAAAAAAAA")
+    add.get_by_label("orders-reader", exact=True).check()
+    add.get_by_role("button", name="Add").click()
+    expect(add.get_by_role("alert")).to_contain_text("there is no API key")  # in place
+    add.get_by_label("API key").fill(partner.app_key)
+    add.get_by_label("Label (optional)").fill("partner integration")
+    add.get_by_role("button", name="Add").click()
+    row = external_row(page, partner.app_key)
+    expect(row).to_contain_text(partner_account)
+    expect(row).to_contain_text("partner integration")
+    expect(row).to_contain_text("Active")
+    assert served.through_proxy(account, partner.app_key, partner.token)[0] == 200
+
+    row.get_by_role("button", name="Edit").click()
+    edit = dialog(page)
+    edit.get_by_label("orders-reader", exact=True).uncheck()
+    edit.get_by_label("catalog-reader", exact=True).check()
+    edit.get_by_label("Status").select_option("inactive")
+    edit.get_by_role("button", name="Save").click()
+    expect(row).to_contain_text("catalog-reader")
+    expect(row).to_contain_text("Inactive")
+    assert served.through_proxy(account, partner.app_key, partner.token) == (403,
+                                                                            "grant_inactive")
+
+    row.get_by_role("button", name="Remove").click()
+    confirm = dialog(page)
+    expect(confirm).to_contain_text(f"stays with its owner account, {partner_account}")
+    confirm.get_by_role("button", name="Remove external key").click()
+    expect(external_row(page, partner.app_key)).to_have_count(0)
+    assert served.through_proxy(account, partner.app_key, partner.token) == (403, "no_grant")
+    # the key itself lives on in its own account
+    assert served.through_proxy(partner_account, partner.app_key, partner.token)[0] == 200
+
+
+def test_settings_change_the_renewal_period(open_page, served):
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    aging = served.make_key(account, ["orders-reader"], label="aging", age_days=100)
+    page = open_page().page
+    sign_in(page, served, owner)
+    expect(generated_row(page, aging.app_key).locator('[data-alert="orange"]')).to_have_count(1)
+    page.get_by_role("tab", name="Settings").click()
+    panel = page.locator("#panel-settings")
+    three = panel.get_by_role("radio", name=re.compile("3 months"))
+    expect(three).to_be_checked()
+    expect(panel).to_contain_text("3 months (recommended)")
+    expect(panel).to_contain_text("Tokens never expire because of this setting")
+    panel.get_by_role("radio", name=re.compile("6 months")).check()
+    panel.get_by_role("button", name="Apply").click()
+    expect(panel.get_by_role("status")).to_have_text("Applied: 6 months.")
+    stored = served.call(lambda gateway: gateway.store.get_settings(account))
+    assert int(stored["renewalPeriodMonths"]) == 6
+    # the reminder follows: 100 days is no longer due
+    page.get_by_role("tab", name="Generated keys").click()
+    expect(generated_row(page, aging.app_key)).to_be_visible()
+    expect(generated_row(page, aging.app_key).locator("[data-alert]")).to_have_count(0)
+
+
+def test_export_downloads_the_workbook(open_page, served, tmp_path):
+    account, partner_account = fresh_account(), fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    key = served.make_key(account, ["orders-reader"], label="exported")
+    partner = served.make_key(partner_account, ["orders-reader"])
+    served.call(lambda gateway: gateway.store.add_grant(account, partner.app_key, "p",
+                                                        ["orders-reader"], CLI_ACTOR))
+    page = open_page(accept_downloads=True).page
+    sign_in(page, served, owner)
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Export").click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert saved.suffix == ".xlsx" and account in saved.name
+    workbook = openpyxl.load_workbook(saved, read_only=True)
+    assert workbook.sheetnames == ["generated", "external"]
+    generated = [row for row in workbook["generated"].iter_rows(values_only=True)]
+    assert generated[0][:2] == ("id", "keyName")
+    names = {row[1] for row in generated[1:]}
+    assert names == {owner.app_key, key.app_key}
+    external = [row[1] for row in workbook["external"].iter_rows(min_row=2, values_only=True)]
+    assert external == [partner.app_key]
+    workbook.close()
+
+
+def test_audit_view_filters_and_pages(open_page, served):
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    made = [served.make_key(account, ["orders-reader"], label=f"k{n}") for n in range(22)]
+    page = open_page().page
+    sign_in(page, served, owner)
+    # one change through the page, to be found by its actor
+    generated_row(page, made[-1].app_key).get_by_role("button", name="Deactivate").click()
+    dialog(page).get_by_role("button", name="Deactivate key").click()
+    expect(generated_row(page, made[-1].app_key)).to_contain_text("Inactive")
+    page.get_by_role("tab", name="Audit").click()
+    panel = page.locator("#panel-audit")
+    rows = panel.locator("tbody tr")
+    expect(rows).to_have_count(20)
+    expect(rows.first).to_contain_text("key.update")  # newest first
+    expect(rows.first).to_contain_text("status: active → inactive")
+    panel.get_by_role("button", name="Older").click()
+    expect(panel.locator(".summary")).to_have_text("Page 2 · 4 events")
+    expect(panel.get_by_role("button", name="Older")).to_be_disabled()
+    panel.get_by_role("button", name="Newer").click()
+    expect(panel.locator(".summary")).to_have_text("Page 1 · 20 events")
+    panel.get_by_label("Actor key").fill(owner.app_key)
+    panel.get_by_role("button", name="Apply filters").click()
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text(made[-1].app_key)
+    panel.get_by_label("Actor key").fill("")
+    panel.get_by_label("Action").select_option("key.create")
+    panel.get_by_label("Target").fill(made[5].app_key)
+    panel.get_by_role("button", name="Apply filters").click()
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("k5")
+
+
+# -- who sees what ---------------------------------------------------------------------
+def test_a_user_admin_restricted_session_cannot_give_owner(open_page, served):
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="the owner")
+    admin = served.make_key(account, ["user-admin-restricted"], label="user admin")
+    business = served.make_key(account, ["orders-writer"], label="business")
+    page = open_page().page
+    sign_in(page, served, admin)
+    # the owner's key offers no action; a business key does
+    expect(generated_row(page, owner.app_key).get_by_role("button")).to_have_count(0)
+    expect(generated_row(page, business.app_key).get_by_role("button", name="Edit")).to_be_visible()
+
+    page.get_by_role("button", name="Generate key").click()
+    generate = dialog(page)
+    offered = {c.get_attribute("value") for c in generate.locator('input[name="roles"]').all()}
+    assert "owner" not in offered and "user-admin-restricted" not in offered
+    assert {"orders-reader", "orders-writer", "catalog-reader"} <= offered
+    # forced through the DOM: the API refuses, and the page says why, in place
+    page.evaluate("""() => {
+        const box = document.querySelector('dialog[open] fieldset');
+        const input = document.createElement('input');
+        input.type = 'checkbox'; input.name = 'roles'; input.value = 'owner'; input.checked = true;
+        box.append(input);
+    }""")
+    generate.get_by_label("Label").fill("escalation")
+    generate.get_by_role("button", name="Generate").click()
+    alert = generate.get_by_role("alert")
+    expect(alert).to_contain_text("may not assign role 'owner'")
+    expect(generate.get_by_label("API token")).to_have_count(0)
+    generate.get_by_role("button", name="Cancel").click()
+    # and by fetch from the page: the cookie, the CSRF header, still the API's refusal
+    refused = page.evaluate(f"""async () => {{
+        const r = await fetch('/api/v1/accounts/{account}/keys/{owner.app_key}', {{
+            method: 'PATCH', headers: {{'Content-Type': 'application/json',
+            'X-Keygate-CSRF': '1'}}, body: JSON.stringify({{status: 'inactive'}}),
+            referrerPolicy: 'same-origin'}});
+        return [r.status, (await r.json()).error.code];
+    }}""")
+    assert refused == [403, "escalation_refused"]
+    assert served.key(account, owner.app_key).status == "active"
+    keys, _ = served.call(lambda gateway: gateway.store.list_keys(account, KeyQuery()))
+    assert "escalation" not in {k.label for k in keys}
+
+
+def test_a_viewer_sees_no_controls_it_may_not_use(open_page, served):
+    account = fresh_account()
+    viewer = served.make_key(account, ["api-keys-viewer"], label="viewer")
+    other = served.make_key(account, ["orders-reader"], label="someone")
+    page = open_page().page
+    sign_in(page, served, viewer)
+    expect(generated_row(page, other.app_key)).to_be_visible()
+    expect(page.get_by_role("button", name="Generate key")).to_have_count(0)
+    expect(page.locator("#panel-generated tbody").get_by_role("button")).to_have_count(0)
+    expect(page.get_by_role("button", name="Export")).to_be_visible()
+    page.get_by_role("tab", name="External keys").click()
+    expect(page.locator("#panel-external")).to_contain_text("No external key matches.")
+    expect(page.get_by_role("button", name="Add external key")).to_have_count(0)
+    page.get_by_role("tab", name="Settings").click()
+    panel = page.locator("#panel-settings")
+    expect(panel.get_by_role("radio", name=re.compile("3 months"))).to_be_disabled()
+    expect(panel.get_by_role("button", name="Apply")).to_have_count(0)
+    expect(panel).to_contain_text("needs the permission to edit API keys settings")
+
+
+def test_an_expired_session_returns_to_sign_in_with_a_clear_message(browser, redis_url):
+    with site(redis_url, session_ttl=2) as short:
+        account = fresh_account()
+        owner = short.make_key(account, ["owner"], label="owner")
+        browsing = Browsing(browser, short)
+        try:
+            page = browsing.page
+            sign_in(page, short, owner)
+            page.get_by_role("button", name="Generate key").click()  # mid-work
+            page.wait_for_timeout(2_500)
+            dialog(page).get_by_label("Label").fill("too late")
+            dialog(page).get_by_role("button", name="Generate").click()
+            expect(page.locator("#sign-in-notice")).to_have_text(
+                "Your session has expired. Sign in again to continue.")
+            expect(page.locator("dialog")).to_have_count(0)
+            expect(page.locator("#workspace")).to_be_hidden()
+            sign_in(page, short, owner)  # and back in
+        finally:
+            browsing.close()
+
+
+# -- quality ---------------------------------------------------------------------------
+UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea, button')]
+    .filter(el => el.offsetParent !== null || el.closest('dialog[open]'))
+    .filter(el => el.type !== 'hidden')
+    .filter(el => el.tagName === 'BUTTON'
+        ? !(el.textContent.trim() || el.getAttribute('aria-label'))
+        : !(el.labels && el.labels.length) && !el.getAttribute('aria-label'))
+    .map(el => el.outerHTML)"""
+
+
+def test_screenshots_of_each_tab_at_both_sizes_and_nothing_overflows(open_page, served):
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    served.make_key(account, ["orders-reader", "catalog-reader"], label="a business key")
+    served.make_key(account, ["orders-writer"], label="aging key", age_days=120)
+    partner = served.make_key(fresh_account(), ["orders-reader"])
+    served.call(lambda gateway: gateway.store.add_grant(account, partner.app_key, "partner",
+                                                        ["orders-reader"], CLI_ACTOR))
+    ARTIFACTS.mkdir(exist_ok=True)
+    for width, height in SIZES:
+        page = open_page(viewport={"width": width, "height": height}).page
+        page.goto(served.management + "/admin/")
+        page.get_by_label("API key", exact=True).wait_for()
+        page.screenshot(path=ARTIFACTS / f"ui-sign-in-{width}x{height}.png", full_page=True)
+        sign_in(page, served, owner)
+        for tab in TABS:
+            page.get_by_role("tab", name=tab).click()
+            panel = page.locator('[role="tabpanel"]:not([hidden])')
+            expect(panel).to_be_visible()
+            if tab != "Settings":
+                expect(panel.locator("tbody tr").first).to_be_visible()
+            page.wait_for_timeout(100)
+            name = tab.split()[0].lower()
+            page.screenshot(path=ARTIFACTS / f"ui-{name}-{width}x{height}.png", full_page=True)
+            # tables scroll inside their frame; the page itself never scrolls sideways
+            overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, (tab, width, overflow)
+            assert page.evaluate(UNLABELLED) == [], (tab, width)
+            size = page.evaluate("parseFloat(getComputedStyle(document.body).fontSize)")
+            assert size >= 14
+    for width, height in SIZES:
+        for name in ("sign-in", "generated", "external", "settings", "audit"):
+            assert (ARTIFACTS / f"ui-{name}-{width}x{height}.png").stat().st_size > 1000
+
+
+def test_keyboard_only(open_page, served):
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    page = open_page().page
+    page.goto(served.management + "/admin/")
+    key_input = page.get_by_label("API key", exact=True)
+    expect(key_input).to_be_focused()
+    page.keyboard.type(owner.app_key)
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("API token", exact=True)).to_be_focused()
+    page.keyboard.type(owner.token)
+    page.keyboard.press("Enter")
+    expect(page.locator("#who-key")).to_have_text(owner.app_key)
+
+    generated = page.get_by_role("tab", name="Generated keys")
+    generated.focus()
+    page.keyboard.press("ArrowRight")
+    external = page.get_by_role("tab", name="External keys")
+    expect(external).to_be_focused()
+    expect(external).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#panel-external")).to_be_visible()
+    page.keyboard.press("End")
+    expect(page.get_by_role("tab", name="Audit")).to_be_focused()
+    page.keyboard.press("ArrowRight")  # wraps around
+    expect(generated).to_be_focused()
+    outline = page.evaluate("""() => {
+        const s = getComputedStyle(document.activeElement);
+        return [s.outlineStyle, parseFloat(s.outlineWidth)];
+    }""")
+    assert outline[0] != "none" and outline[1] >= 2, outline  # focus is visible
+
+    # a dialog: focus moves in, Escape closes it, focus comes back to its button
+    button = page.get_by_role("button", name="Generate key")
+    button.focus()
+    page.keyboard.press("Enter")
+    expect(dialog(page)).to_have_count(1)
+    assert page.evaluate("!!document.activeElement.closest('dialog[open]')")
+    assert page.evaluate(UNLABELLED) == []
+    page.keyboard.type("typed by keyboard")  # the first field has the focus
+    page.keyboard.press("Escape")
+    expect(page.locator("dialog")).to_have_count(0)
+    expect(button).to_be_focused()
