@@ -256,7 +256,8 @@ def test_mutated_real_sessions_are_refused_unless_they_decode_the_same(client, s
                       and _decoded(mutated) == _decoded(token)
                       and all(c.isalnum() or c in "-_." for c in mutated))
     if status == 200:
-        assert same_signature, (mutated, body[:200])
+        # surrounding whitespace is not part of an HTTP field value (RFC 9110 §5.5)
+        assert same_signature or mutated.strip() == token, (mutated, body[:200])
     else:
         refused(status, body)
 
