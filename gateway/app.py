@@ -40,7 +40,7 @@ from .ratelimit import AuthFailureLimiter
 from .renewal_gauge import RenewalGauge
 from .routes import parse_routes
 from .sessions.service import Sessions
-from .settings import Settings, load_secrets
+from .settings import Settings, load_secrets, url_without_passwords
 from .store import CacheSettings, Store
 from .telemetry import Telemetry, multiprocess_dir, worker_exited, workers_share_metrics
 from .upstream import UpstreamPool
@@ -295,7 +295,7 @@ async def serve(
         log.warning(MEMORY_WARNING)
     if not await gateway.store.ping():
         log.warning("the store at %s does not answer yet; requests get 503 until it does",
-                    settings.store_url)
+                    url_without_passwords(settings.store_url))
     loop = asyncio.get_running_loop()
     stop = stop_event(loop)  # SIGTERM, SIGINT: the graceful shutdown of running()
     reloads: set[asyncio.Task[None]] = set()

@@ -65,9 +65,24 @@ def _header(value: Any) -> str:
 
 def _store_url(value: Any) -> str:
     value = _str(value)
+    if value.lower().startswith("redis+sentinel://"):
+        from .store.connection import parse_sentinel_url  # the store owns the format
+
+        parse_sentinel_url(value)
+        return value
     if not value.startswith(("memory://", "redis://", "rediss://", "unix://")):
-        raise ValueError("expected memory://, redis://HOST:PORT/DB, rediss://… or unix://PATH")
+        raise ValueError("expected memory://, redis://HOST:PORT/DB, rediss://…, unix://PATH "
+                         "or redis+sentinel://HOST:PORT,…/SERVICE")
     return value
+
+
+def url_without_passwords(value: Any) -> str:
+    """A store URL as an error message may show it: credentials replaced by ***."""
+    if not isinstance(value, str):
+        return repr(value)
+    shown = re.sub(r"//[^/]*@", "//***@", value)
+    shown = re.sub(r"(password=)[^&#]*", r"\1***", shown, flags=re.IGNORECASE)
+    return repr(shown if len(shown) <= 300 else shown[:300] + "…")
 
 
 def _positive(kind: type) -> Callable[[Any], Any]:
@@ -191,6 +206,7 @@ class Setting:
     help: str
     parse: Callable[[Any], Any] = _str
     env: bool = True
+    shown: Callable[[Any], str] = repr  # how an error message quotes a wrong value
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -198,8 +214,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("management_listen", "127.0.0.1:8081",
             "Address of the management API port (keep it off the public network).", _listen),
     Setting("store_url", "memory://",
-            "Key store: redis://HOST:PORT/DB, rediss://… or unix://PATH. memory:// is an "
-            "in-process store for trying keygate out; it keeps nothing.", _store_url),
+            "Key store: redis://HOST:PORT/DB, rediss://… or unix://PATH; "
+            "redis+sentinel://HOST:PORT,HOST:PORT,…/SERVICE for a master found through "
+            "Redis Sentinel (see Redis Sentinel). memory:// is an in-process store for "
+            "trying keygate out; it keeps nothing.", _store_url, shown=url_without_passwords),
     Setting("store_max_connections", 100,
             "Redis connections per process; more concurrent store calls wait for one.",
             _positive(int)),
@@ -395,7 +413,9 @@ def _parse(setting: Setting, raw: Any, origin: str) -> Any:
     try:
         return setting.parse(raw)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"setting {setting.name} (from {origin}): {exc}; got {raw!r}") from None
+        raise ConfigError(
+            f"setting {setting.name} (from {origin}): {exc}; got {setting.shown(raw)}"
+        ) from None
 
 
 def load_settings(

@@ -46,6 +46,35 @@ class Observer(Protocol):
     def store_failed(self, operation: str) -> None: ...
 
 
+# The answers of a store that is down, failing over, or (``min-replicas-to-write``)
+# refusing writes it could not replicate: the caller gets a 503 and may retry. A
+# demoted master's READONLY also means the master moved (a sentinel-managed client
+# reconnects to the new one on the next call).
+_UNAVAILABLE_ERRORS = (
+    redis.exceptions.ConnectionError,  # MasterNotFoundError and LOADING included
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.MasterDownError,  # a replica cut off from its master
+)
+# Replies redis-py maps to no class of their own (in a script too).
+_UNAVAILABLE_REPLIES = ("NOREPLICAS ",)
+# How redis-py words an error inside a pipeline: the reply follows, as the repr of the
+# original arguments.
+_IN_PIPELINE = " of pipeline caused error: ("
+
+
+def store_unavailable(exc: BaseException) -> bool:
+    """Whether a Redis error means "the store cannot serve this now", not a bug."""
+    if isinstance(exc, _UNAVAILABLE_ERRORS):
+        return True
+    if not isinstance(exc, redis.exceptions.ResponseError):
+        return False
+    reply = str(exc)
+    if _IN_PIPELINE in reply:
+        reply = reply.rpartition(_IN_PIPELINE)[2].lstrip("'\"")
+    return reply.startswith(_UNAVAILABLE_REPLIES)
+
+
 def unavailable(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     """Turn a lost Redis into a 503 for the caller instead of a stack trace; tell the
     store's observer, if it has one, how long the call took and whether it failed."""
@@ -57,7 +86,9 @@ def unavailable(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         started = time.perf_counter() if observer is not None else 0.0
         try:
             return await func(*args, **kwargs)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except redis.exceptions.RedisError as exc:
+            if not store_unavailable(exc):
+                raise
             if observer is not None:
                 observer.store_failed(operation)
             log.warning("store unavailable in %s: %s", operation, exc)
@@ -80,7 +111,9 @@ def unavailable_iter(
         try:
             async for item in func(*args, **kwargs):
                 yield item
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except redis.exceptions.RedisError as exc:
+            if not store_unavailable(exc):
+                raise
             observer = args[0].observer  # type: ignore[attr-defined]
             if observer is not None:  # no latency: an iteration lasts as long as its reader
                 observer.store_failed(func.__name__)
