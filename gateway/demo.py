@@ -113,6 +113,7 @@ async def run_demo(settings: Settings, ports: DemoPorts = DemoPorts()) -> None:
 keygate demo is running (embedded memory:// store: nothing is kept)
   proxy           {proxy_url}   -> echo upstream http://127.0.0.1:{upstream_port}
   management API  {management_url}/api/v1
+  admin page      {management_url}/admin/   (sign in with the key and token below)
 
 A key in account "acme" with roles orders-writer and user-admin-restricted:
   API key    {record.app_key}
