@@ -43,7 +43,8 @@ ERROR_MEANINGS = {
          "`invalid_session`, `session_expired`). An unknown key and a wrong token get the "
          "same answer.",
     403: "Authenticated, but not permitted (`no_grant`, `grant_inactive`, `no_roles`, "
-         "`not_permitted`).",
+         "`not_permitted`); or a write authenticated by the session cookie alone without "
+         "the `X-Keygate-CSRF: 1` header, or from another origin (`csrf_refused`).",
     404: "Not found.",
     409: "Conflicts with the current state.",
     410: "Gone.",
