@@ -85,9 +85,10 @@ async def test_every_file_is_served_with_its_type_the_policy_and_an_etag(managem
 
 
 @pytest.mark.parametrize("path", [
-    "/admin/nothing.js", "/admin/ui.py", "/admin/..%2fmanagement%2fui.py", "/admin/%2e%2e/settings.py",
-    "/admin/..%5c..%5cpyproject.toml", "/admin/.hidden", "/admin/index.html%00.js",
-    "/admin/app.js/", "/admin/" + "a" * 5000, "/admin/%ff", "/admin/%2e%2e%2f%2e%2e%2fpyproject.toml",
+    "/admin/nothing.js", "/admin/ui.py", "/admin/..%2fmanagement%2fui.py",
+    "/admin/%2e%2e/settings.py", "/admin/..%5c..%5cpyproject.toml", "/admin/.hidden",
+    "/admin/index.html%00.js", "/admin/app.js/", "/admin/" + "a" * 5000, "/admin/%ff",
+    "/admin/%2e%2e%2f%2e%2e%2fpyproject.toml",
 ])
 async def test_nothing_but_the_pages_files_is_served(management, path):
     answer = await management.get(path, allow_redirects=False)
