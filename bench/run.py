@@ -1,7 +1,7 @@
 """keygate's benchmark: ratios measured side by side in one run, written to BENCHMARKS.md.
 
     python bench/run.py [--seconds 8] [--connections 64] [--keys 10000] [--memory-keys 100000]
-                        [--instructions]
+                        [--instructions] [--million | --million-only]
 
 Starts a private redis-server, a fast upstream, a bare aiohttp pass-through proxy with
 keygate's client settings, and keygate (``keygate serve``) with a realistic config
@@ -30,6 +30,10 @@ loopback, which the decision API trusts by default, as it trusts nginx on the sa
 host). ``--instructions`` adds where a decision request's instructions go: aiohttp's
 server and keygate's connection guard (counted on the floor server, bare and guarded),
 the pipeline's stages (``bench/decision_stages.py``), the handler and the metrics.
+
+``--million`` adds listing and memory at 1,000,000 keys in one account (bench/million.py:
+every page type, about five minutes to load); ``--million-only`` measures just that and
+puts its rows in place in the existing BENCHMARKS.md.
 
 Not part of the test run: numbers on a shared 2-core machine are noisy, so they are
 ratios from one run, never assertions (tests/test_bench.py only checks that it runs).
@@ -77,6 +81,8 @@ from bench.measure import (  # noqa: E402
     median,
     wait_port,
 )
+from bench.million import million, million_only  # noqa: E402
+from bench.million import rows as million_figures  # noqa: E402
 from bench.nginx import nginx_binary, proxy_alone_site, shipped_site, start_nginx  # noqa: E402
 from gateway.settings import load_settings  # noqa: E402
 
@@ -161,7 +167,14 @@ def main() -> None:
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--instructions", action="store_true",
                         help="also count instructions per request under callgrind")
+    parser.add_argument("--million", action="store_true",
+                        help="also list and measure 1,000,000 keys in one account (bench/"
+                             "million.py: about 5 minutes and 2 GB of Redis)")
+    parser.add_argument("--million-only", action="store_true",
+                        help="only the 1,000,000-key rows, put in the report's table in place")
     args = parser.parse_args()
+    if args.million_only:
+        return million_only(Path(args.output))
     tmp = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     nginx_dirs: list[Path] = []
@@ -315,6 +328,11 @@ def main() -> None:
             memory_and_listing(redis_url, tmp, args.memory_keys)
         )
 
+        million_rows = []
+        if args.million:
+            print("1,000,000 keys in one account: load, list, memory …", flush=True)
+            million_rows = million_figures(asyncio.run(million(redis_url)))
+
         added_p99 = keygate_one.p99_ms - bare_one.p99_ms
         ratio = keygate.rps / bare.rps
         instruction_rows = []
@@ -407,6 +425,7 @@ def main() -> None:
              f"peak RSS {exports['small'][0]:.0f} MB vs {exports['bulk'][0]:.0f} MB; "
              f"{exports['small'][1]:.1f} s vs {exports['bulk'][1]:.1f} s; "
              f"{exports['small'][2] / 1e6:.2f} MB vs {exports['bulk'][2] / 1e6:.1f} MB file"),
+            *million_rows,
         ]
     finally:
         for proc in reversed(procs):

@@ -174,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CSV only: which sheet (XLSX holds both)")
     export.add_argument("-o", "--output", required=True, help="file to write")
 
+    store = sub.add_parser("store", help="the store's layout")
+    store_sub = store.add_subparsers(dest="store_command", required=True, metavar="ACTION")
+    command(store_sub, "migrate", store_commands.store_migrate,
+            "build the indexes missing from accounts written by an older keygate "
+            "(idempotent; keygate keeps serving meanwhile)")
+
     add_policy_commands(sub, command)
     return parser
 

@@ -23,7 +23,7 @@ import orjson
 
 from .errors import ConfigError
 from .process import run_event_loop
-from .settings import Settings, load_settings
+from .settings import Settings, load_settings, url_without_passwords
 
 
 class Refused(Exception):
@@ -74,7 +74,8 @@ async def with_gateway(settings: Settings, work: Callable[[Any], Awaitable[Any]]
     try:
         if not await gateway.store.ping():
             raise ConfigError(
-                f"setting store_url: the store at {settings.store_url} does not answer"
+                "setting store_url: the store at "
+                f"{url_without_passwords(settings.store_url)} does not answer"
             )
         return await work(gateway)
     finally:
@@ -468,4 +469,19 @@ def jwt_rotate(args: argparse.Namespace) -> int:
     else:
         print(f"new signing key {rotated['kid']} ({rotated['algorithm']}); "
               f"{rotated['previous']} verifies until its tokens expire")
+    return 0
+
+
+def store_migrate(args: argparse.Namespace) -> int:
+    async def work(gateway: Any) -> dict[str, int]:
+        return await gateway.store.migrate()
+
+    listed = on_store(args, work)
+    if args.json:
+        print_json({"indexed": listed})
+        return 0
+    if not listed:
+        print("every account's indexes are complete")
+    for account, count in sorted(listed.items()):
+        print(f"account {account}: {count} keys indexed")
     return 0

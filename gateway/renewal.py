@@ -32,3 +32,29 @@ def renewal_alert(token_created_ms: int, period_months: int, now_ms: int) -> str
     if now < add_months(started, period_months + RED_AFTER_MONTHS):
         return "orange"
     return "red"
+
+
+def _first_at_least(level: str, period_months: int, now_ms: int) -> int:
+    """The earliest token date (ms, ≥ 0) whose alert is ``level`` or a lesser one: later
+    tokens are less overdue, so the alerts are ranges of token dates, found by bisection
+    on :func:`renewal_alert` itself (calendar months make them uneven)."""
+    rank = ALERTS.index(level)
+    low, high = 0, now_ms + 1  # a token issued now is at "none"
+    while low < high:
+        middle = (low + high) // 2
+        if ALERTS.index(renewal_alert(middle, period_months, now_ms)) <= rank:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def alert_range(level: str, period_months: int, now_ms: int) -> tuple[int | None, int | None]:
+    """The token dates (ms) at ``level`` now: ``[start, end)``, None for no bound."""
+    none_from = _first_at_least("none", period_months, now_ms)
+    orange_from = _first_at_least("orange", period_months, now_ms)
+    if level == "none":
+        return none_from, None
+    if level == "orange":
+        return orange_from, none_from
+    return None, orange_from

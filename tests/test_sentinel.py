@@ -461,6 +461,19 @@ async def test_writes_refused_for_want_of_a_replica_are_503(
 async def test_writing_to_a_demoted_master_is_503(
     tmp_path: Path, make_settings: Callable[..., Any]
 ) -> None:
+    # bounded: a hang here (seen once, on a machine loaded by another run) fails with
+    # every task's stack instead of stalling the suite
+    try:
+        await asyncio.wait_for(_demoted(tmp_path, make_settings), 30)
+    except TimeoutError:
+        for task in asyncio.all_tasks():
+            task.print_stack(limit=10)
+        raise
+
+
+async def _demoted(
+    tmp_path: Path, make_settings: Callable[..., Any]
+) -> None:
     """A store still connected to a node that became a replica gets READONLY."""
     with redis_node(tmp_path, "primary") as primary:
         await eventually(primary.answers, 10, "the primary answers")

@@ -10,7 +10,7 @@ from aiohttp import web
 from ..context import GATEWAY
 from ..errors import Conflict, NotFound
 from ..pipeline import Identity
-from ..renewal import renewal_alert
+from ..renewal import alert_range
 from ..store import KeyQuery, KeyRecord, NoRenewalPending, RenewalRefused
 from ..views import key_json
 from .common import (
@@ -55,23 +55,19 @@ def key_query(listing: KeyListQuery, period_months: int, now_ms: int) -> KeyQuer
         descending=listing.order == "desc",
         page=listing.page,
         per_page=listing.per_page,
-        where=(
-            (lambda r: renewal_alert(r.token_created, period_months, now_ms) == renewal)
-            if renewal else None
-        ),
+        token_created=alert_range(renewal, period_months, now_ms) if renewal else None,
     )
 
 
 def renewable_only(query: KeyQuery, gateway: Any, identity: Identity) -> KeyQuery:
-    """``query`` narrowed to the keys ``identity`` may act on."""
-    where = query.where
+    """``query`` narrowed to the keys ``identity`` may act on (gateway.escalation's
+    rule: it may assign every role the key holds, or it is that key)."""
+    def may_assign(role: str) -> bool:
+        return gateway.delegation.why_not(identity.roles, identity.account, role) is None
 
-    def may_renew(record: KeyRecord) -> bool:
-        return gateway.delegation.may_act_on(identity, record.app_key, record.roles) and (
-            where is None or where(record)
-        )
-
-    return dataclasses.replace(query, where=may_renew)
+    return dataclasses.replace(
+        query, may_act_on=may_assign, own_key=identity.principal.app_key
+    )
 
 
 def _missing(app_key: str, account: str) -> NotFound:

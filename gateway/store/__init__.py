@@ -16,6 +16,8 @@ them are made in ``names.py``):
     link           name of the unopened one-time token link, if any
     linkExp        when that link expires, ms (a renewal is refused until then)
     lastUsed       last successful authentication, ms (written in batches)
+    lf             the label's case fold, for a label that is not ASCII (the label index's
+                   order and q's match; Lua folds ASCII itself)
     g:{account}    the key's grant in that account, JSON {"roles": [...], ...}; the owner's
                    own grant is ``g:{acct}``; a grant in another account (an external key
                    there) also holds that account's label, status and the date it was added
@@ -28,6 +30,12 @@ them are made in ``names.py``):
                                by the time the grant was added
 ``{p}acct:{account}:owners``   set of the account's active keys with the role owner, and
                                the member '' once complete (so the last one is kept)
+``{p}acct:{account}:tok``      the listing indexes (``listing.py``), kept by the scripts that
+``{p}acct:{account}:used``     change keys: sorted sets of the generated keys by token date,
+``{p}acct:{account}:label``    last use (0: never), 'folded label NUL key' (score 0), status
+``{p}acct:{account}:status``   (0 active, 1 inactive); the set of role names in use, with
+``{p}acct:{account}:roles``    the member '' once the indexes are complete, and per role
+``{p}acct:{account}:roles:{role}`` the set of the keys holding it
 ``{p}acct:{account}:settings`` hash of the account's settings
 ``{p}acct:{account}:audit``    stream of change events, capped (``MAXLEN ~``)
 ``{p}acct:{account}:access``   stream of access events (sampled denials), capped apart
@@ -63,7 +71,8 @@ The package, by responsibility:
     credential_cache.py  the credential cache and the rules that keep it coherent
     invalidation.py      the pub/sub listener that applies those rules
     keys.py              generated keys and token renewal
-    listing.py           keys in bulk: pages, chunks, the accounts
+    listing.py           keys in bulk: pages from the listing indexes, chunks, the
+                         accounts; building the indexes for older data (migrate)
     grants.py            external keys (grants in other accounts)
     links.py             one-time token links
     account_settings.py  account settings
@@ -89,7 +98,10 @@ meet that rule:
   account's names, the key's name included, since it names its account);
 * ``create_key.lua`` and ``renew_token.lua`` receive the new link in ``KEYS``, but a
   link's name (``link:{id}``) carries no account: it needs the account's tag;
-* ``record_last_used.lua`` takes the hashes of keys of any accounts at once;
+* ``record_last_used.lua`` takes the hashes of keys of any accounts at once, and derives
+  each one's last-use index from its account;
+* the key scripts derive the role sets (``…:roles:{role}``) from the role names set they
+  are given; ``list_keys.lua`` derives them too, and the key hashes it reads for ``q``;
 * ``accounts()`` and ``role_holders()`` SCAN, which a cluster answers per node;
 * the invalidation channel is classic pub/sub (broadcast to every node of a cluster).
 """

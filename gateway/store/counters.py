@@ -27,4 +27,6 @@ class Counters(StoreCore):
         if times:
             names = list(times)
             await self.scripts.record_last_used(
-                keys=[self.names.key(n) for n in names], args=[times[n] for n in names])
+                keys=[self.names.key(n) for n in names],
+                args=[len(self.names.key_prefix.encode()), self.names.account_prefix,
+                      *(times[n] for n in names)])

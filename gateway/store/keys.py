@@ -10,7 +10,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from .core import StoreCore, unavailable
-from .records import ACTIVE, SYSTEM_ACTOR, Actor, Grant, KeyRecord, TokenLink, pairs
+from .records import (
+    ACTIVE,
+    SYSTEM_ACTOR,
+    Actor,
+    Grant,
+    KeyRecord,
+    TokenLink,
+    label_fold,
+    pairs,
+)
 
 
 class KeyChanges(StoreCore):
@@ -37,10 +46,12 @@ class KeyChanges(StoreCore):
             "tok": token_digest,
             "g:" + account: Grant(tuple(roles)).encode(),
         }
+        if folded := label_fold(label):
+            fields["lf"] = folded
         names = self.names
         keys = [
-            names.key(app_key), names.account(account, "keys"), names.account(account, "audit"),
-            names.account(account, "owners"),
+            names.key(app_key), names.account(account, "audit"), names.account(account, "owners"),
+            *names.listing(account),
         ]
         args: list[Any] = [now, app_key]
         if link is not None:
@@ -84,7 +95,7 @@ class KeyChanges(StoreCore):
         """
         args: list[Any] = [app_key]
         if label is not None:
-            args += ["label", label]
+            args += ["label", label, "lf", label_fold(label)]
         if roles is not None:
             args += ["g:" + account, Grant(tuple(roles)).encode()]
         if status is not None:
@@ -93,7 +104,7 @@ class KeyChanges(StoreCore):
         result = await self.change(
             self.scripts.update_key, account, app_key, "key.update", actor,
             keys=[names.key(app_key), names.account(account, "audit"),
-                  names.account(account, "owners")],
+                  names.account(account, "owners"), *names.listing(account)],
             args=args, expect_roles=expect_roles, keep_an_owner=keep_an_owner,
         )
         if result[0] == "missing":
@@ -115,8 +126,8 @@ class KeyChanges(StoreCore):
         names = self.names
         result = await self.change(
             self.scripts.delete_key, account, app_key, "key.delete", actor,
-            keys=[names.key(app_key), names.account(account, "keys"),
-                  names.account(account, "audit"), names.account(account, "owners")],
+            keys=[names.key(app_key), names.account(account, "audit"),
+                  names.account(account, "owners"), *names.listing(account)],
             args=[app_key, names.account_prefix, self.now_ms()],
             expect_roles=expect_roles, keep_an_owner=keep_an_owner,
         )
@@ -143,11 +154,15 @@ class KeyChanges(StoreCore):
         """
         now = self.now_ms()
         action = "token.renew" if keep_old else "token.renew-now"
-        keys = [self.names.key(app_key), self.names.account(account, "audit")]
+        keys = [self.names.key(app_key), self.names.account(account, "audit"),
+                *self.names.listing(account)]
         args: list[Any] = [now, "later" if keep_old else "now", digest]
         if link is not None:
             keys.append(self.names.link(link.link_id))
             args += [link.sealed, max(1, link.expires - now), link.expires]
+        else:
+            args += ["", 0, 0]
+        args.append(app_key)
         result = await self.change(
             self.scripts.renew_token, account, app_key, action, actor,
             keys=keys, args=args, expect_roles=expect_roles,
@@ -174,8 +189,9 @@ class KeyChanges(StoreCore):
         action = "token.finish-renewal" if finish else "token.undo-renewal"
         result = await self.change(
             self.scripts.end_renewal, account, app_key, action, actor,
-            keys=[self.names.key(app_key), self.names.account(account, "audit")],
-            args=["finish" if finish else "undo"], expect_roles=expect_roles,
+            keys=[self.names.key(app_key), self.names.account(account, "audit"),
+                  *self.names.listing(account)],
+            args=["finish" if finish else "undo", app_key], expect_roles=expect_roles,
         )
         if result[0] == "missing":
             return None

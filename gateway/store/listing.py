@@ -1,9 +1,24 @@
 """Reading keys in bulk: an account's keys page by page or all of them in chunks, and
 the accounts keygate knows.
 
-An unfiltered listing in creation order reads only its page; a filtered or otherwise
-sorted one reads the listed fields of every key of the account (O(keys in the account):
-see the README), then the page's keys whole.
+A page is served from the account's listing indexes, which the scripts that change a
+key keep up to date in the same step (scripts/key_rules.lua): sorted sets of the keys by
+creation date (``keys``), token date (``tok``), last use (``used``), folded label then
+key (``label``, all at score 0, so in byte order) and status (``status``: 0 active, 1
+inactive, each part in key order, which also gives the key order), and a set per role
+(``roles:{role}``) beside the set of the role names in use (``roles``). One read-only
+script (scripts/list_keys.lua) picks the page: no temporary key, one round trip, then
+the page's keys read whole.
+
+``q`` keeps its meaning — a case-folded substring of the label or of the key — and is
+matched by that script over the label index (one pass over the account's keys inside
+Redis, unless a status, role or renewal filter gives a smaller set to check). An index
+that answered substrings in sublinear time (trigrams) would cost some forty set entries
+per key (a 20-character label and a 20-character key), several kilobytes: far past the
+memory a key may cost (see the README's Performance section).
+
+An account whose keys were written before the indexes existed is indexed on its first
+listing (:meth:`KeyListing.index_listing`, or ``keygate store migrate`` for all).
 """
 
 from __future__ import annotations
@@ -12,9 +27,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from .core import StoreCore, unavailable, unavailable_iter
 from .names import glob_escape
-from .records import KeyRecord
+from .records import ACTIVE, INACTIVE, KeyRecord, label_fold
 
 
 @dataclass(frozen=True)
@@ -26,14 +43,21 @@ class KeyQuery:
     descending: bool = True
     page: int = 1
     per_page: int = 20
-    # extra predicate on the record (e.g. the renewal alert), applied after the others
-    where: Callable[[KeyRecord], bool] | None = None
+    # only keys whose token was issued in [start, end) ms (None: no bound); each renewal
+    # alert level is such a range (gateway.renewal.alert_range)
+    token_created: tuple[int | None, int | None] | None = None
+    # only keys whose every role passes this (the roles a caller may act on), and
+    # ``own_key`` whatever its roles
+    may_act_on: Callable[[str], bool] | None = None
+    own_key: str = ""
 
     @property
     def filtered(self) -> bool:
-        return bool(self.q or self.status or self.role or self.where)
+        return bool(self.q or self.status or self.role or self.token_created
+                    or self.may_act_on)
 
     def accepts(self, record: KeyRecord) -> bool:
+        """The filters' meaning, one record at a time (the indexes answer the same)."""
         if self.status and record.status != self.status:
             return False
         if self.role and self.role not in record.roles:
@@ -42,7 +66,15 @@ class KeyQuery:
             needle = self.q.casefold()
             if needle not in record.label.casefold() and needle not in record.app_key.casefold():
                 return False
-        return self.where is None or self.where(record)
+        if self.token_created is not None:
+            start, end = self.token_created
+            if (start is not None and record.token_created < start) or (
+                end is not None and record.token_created >= end
+            ):
+                return False
+        if self.may_act_on is not None and record.app_key != self.own_key:
+            return all(self.may_act_on(role) for role in record.roles)
+        return True
 
 
 SORT_FIELDS: dict[str, Callable[[KeyRecord], Any]] = {
@@ -54,41 +86,99 @@ SORT_FIELDS: dict[str, Callable[[KeyRecord], Any]] = {
     "lastUsed": lambda r: (r.last_used or 0, r.app_key),
 }
 
-# the fields a filtered listing reads of every key (no digests, no other grants)
-_LISTED = ["acct", "label", "status", "created", "tokCreated", "newTokCreated", "lastUsed"]
+_STATUS_SCORE = {ACTIVE: "0", INACTIVE: "1"}
+
+
+def _bound(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 class KeyListing(StoreCore):
     @unavailable
     async def list_keys(self, account: str, query: KeyQuery) -> tuple[list[KeyRecord], int]:
         """One page of the account's generated keys and the total that match."""
+        names = self.names
+        keys = names.listing(account)
+        if query.role:
+            keys.append(names.role_holders(account, query.role))
+        allowed = ""
+        if query.may_act_on is not None:
+            # a role that comes into use after this read is not in the list: the keys
+            # holding it are left out, never shown unjudged
+            in_use = await self.redis.smembers(names.account(account, "roles"))
+            allowed = orjson.dumps(sorted(r for r in in_use if r and query.may_act_on(r)))
+        dates = query.token_created or (None, None)
+        args = [
+            query.sort, "1" if query.descending else "0", (query.page - 1) * query.per_page,
+            query.per_page,
+            # a status no key has matches none
+            _STATUS_SCORE.get(query.status, "2") if query.status else "",
+            _bound(dates[0]), _bound(dates[1]), query.q.casefold(), names.key_prefix,
+            allowed, query.own_key, "1" if query.role else "0",
+        ]
+        result = await self.scripts.list_keys(keys=keys, args=args)
+        if result == ["unindexed"]:
+            await self.index_listing(account)
+            result = await self.scripts.list_keys(keys=keys, args=args)
+        total, page = int(result[0]), result[1:]
+        return [r for r in await self._load(page) if r is not None], total
+
+    @unavailable
+    async def index_listing(self, account: str, chunk: int = 500) -> int:
+        """Build the account's listing indexes from its key records (once per account
+        whose keys were written before them). Every change keeps the indexes up to date
+        meanwhile and each chunk is one script that reads what it lists, so they are
+        right when the pass ends; only then are they marked complete. Answers how many
+        keys were listed."""
         index = self.names.account(account, "keys")
-        start = (query.page - 1) * query.per_page
-        if not query.filtered and query.sort == "creationDate":
-            # Fast path: the index is already in creation order; read only the page.
-            total = await self.redis.zcard(index)
-            names = await self.redis.zrange(
-                index, start, start + query.per_page - 1, desc=query.descending
-            )
-            return [r for r in await self._load(names) if r is not None], total
-        # Filter and sort on the listed fields only, then read the page's keys whole.
-        names = await self.redis.zrange(index, 0, -1)
-        fields = [*_LISTED, "g:" + account]
-        light: list[KeyRecord] = []
-        for offset in range(0, len(names), 1000):
-            batch = names[offset : offset + 1000]
+        listing = self.names.listing(account)
+        listed = start = 0
+        while names := await self.redis.zrange(index, start, start + chunk - 1):
+            hashes = [self.names.key(n) for n in names]
             async with self.redis.pipeline(transaction=False) as pipe:
-                for name in batch:
-                    pipe.hmget(self.names.key(name), fields)
-                rows = await pipe.execute()
-            for name, row in zip(batch, rows, strict=True):
-                present = {f: v for f, v in zip(fields, row, strict=True) if v}
-                record = KeyRecord.from_hash(name, present)
-                if record is not None and query.accepts(record):
-                    light.append(record)
-        light.sort(key=SORT_FIELDS[query.sort], reverse=query.descending)
-        page = [r.app_key for r in light[start : start + query.per_page]]
-        return [r for r in await self._load(page) if r is not None], len(light)
+                for name in hashes:
+                    pipe.hget(name, "label")
+                labels = await pipe.execute()
+            args: list[Any] = [account]
+            for name, label in zip(names, labels, strict=True):
+                args += [name, label or "", label_fold(label or "")]
+            listed += await self.scripts.index_listing(keys=[*listing, *hashes], args=args)
+            start += chunk
+        await self.redis.sadd(self.names.account(account, "roles"), "")
+        return listed
+
+    @unavailable
+    async def listing_indexed(self, account: str) -> bool:
+        return bool(await self.redis.sismember(self.names.account(account, "roles"), ""))
+
+    @unavailable
+    async def count_token_dates(
+        self, account: str, ranges: Sequence[tuple[int | None, int | None]], chunk: int = 500
+    ) -> list[int]:
+        """How many of the account's keys have their token issued in each [start, end)
+        range (ms, None: no bound): one ZCOUNT each, whatever the number of keys (the
+        indexes built first, ``chunk`` keys at a time, for an account older than them)."""
+        if not await self.listing_indexed(account):
+            await self.index_listing(account, chunk)
+        tok = self.names.account(account, "tok")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for start, end in ranges:
+                pipe.zcount(tok, "-inf" if start is None else start,
+                            "+inf" if end is None else f"({end}")
+            return [int(n) for n in await pipe.execute()]
+
+    @unavailable
+    async def migrate(self) -> dict[str, int]:
+        """Build the indexes missing from accounts written by an older keygate (the
+        listing indexes, the owners set), account by account while keygate serves;
+        idempotent. Answers how many keys were listed per account that needed it."""
+        listed = {}
+        for account in await self.accounts():
+            if not await self.redis.sismember(self.names.account(account, "owners"), ""):
+                await self.index_owners(account)
+            if not await self.listing_indexed(account):
+                listed[account] = await self.index_listing(account)
+        return listed
 
     @unavailable
     async def accounts(self) -> list[str]:
@@ -96,7 +186,11 @@ class KeyListing(StoreCore):
         head, tail = self.names.account_prefix, ":keys"
         names = [n async for n in self.redis.scan_iter(
             match=f"{glob_escape(head)}*{tail}", count=1000)]
-        return sorted(n[len(head) : -len(tail)] for n in names)
+        # an account name holds no ':'; a set of the keys holding a role named "keys"
+        # (``acct:{account}:roles:keys``) matches the pattern too
+        return sorted(
+            a for a in (n[len(head) : -len(tail)] for n in names) if ":" not in a
+        )
 
     @unavailable
     async def account_exists(self, account: str) -> bool:

@@ -24,6 +24,8 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "update_key": _KEY,
     "delete_key": _KEY,
     "index_owners": _KEY,
+    "index_listing": _KEY,
+    "list_keys": (),
     "renew_token": _KEY,
     "end_renewal": _KEY,
     "add_grant": _GRANT,
@@ -58,6 +60,8 @@ class Scripts:
         self.update_key = register("update_key")
         self.delete_key = register("delete_key")
         self.index_owners = register("index_owners")
+        self.index_listing = register("index_listing")
+        self.list_keys = register("list_keys")
         self.renew_token = register("renew_token")
         self.end_renewal = register("end_renewal")
         self.add_grant = register("add_grant")

@@ -7,6 +7,9 @@ given), so a change of layout — hash tags for Redis Cluster — is made in thi
 
 from __future__ import annotations
 
+# an account's listing indexes (see listing.py for what each holds)
+LISTING = ("keys", "tok", "used", "label", "status", "roles")
+
 
 class Keyspace:
     def __init__(self, prefix: str):
@@ -25,8 +28,19 @@ class Keyspace:
 
     def account(self, account: str, what: str) -> str:
         """One of an account's records: ``keys``, ``ext``, ``owners``, ``settings``,
-        ``audit``, ``access``."""
+        ``audit``, ``access``, and the listing indexes (``LISTING``)."""
         return f"{self.account_prefix}{account}:{what}"
+
+    def listing(self, account: str) -> list[str]:
+        """The account's listing indexes, in the order the key scripts take them in
+        ``KEYS`` (scripts/key_rules.lua): creation date, token date, last use, label,
+        status, role names. The keys holding a role are ``{roles}:{role}``
+        (:meth:`role_holders`), named by the scripts from the role names set."""
+        return [self.account(account, what) for what in LISTING]
+
+    def role_holders(self, account: str, role: str) -> str:
+        """The set of the account's generated keys that hold ``role``."""
+        return f"{self.account(account, 'roles')}:{role}"
 
     def link(self, link_id: str) -> str:
         return f"{self.prefix}link:{link_id}"

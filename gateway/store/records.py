@@ -38,6 +38,21 @@ class Grant:
         return orjson.dumps({"roles": list(self.roles), "status": self.status}).decode()
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def ascii_lower(text: str) -> str:
+    """What Lua's ``string.lower`` makes of ``text`` in Redis (the C locale)."""
+    return text.translate(_ASCII_LOWER)
+
+
+def label_fold(label: str) -> str:
+    """The ``lf`` field of a key hash: the label's case fold, which orders and searches
+    labels, for a label that is not ASCII (Lua's ``string.lower`` folds ASCII alone);
+    else ''."""
+    return "" if label.isascii() else label.casefold()
+
+
 def _int(value: str | None) -> int | None:
     return int(value) if value else None
 

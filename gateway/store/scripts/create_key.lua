@@ -1,18 +1,24 @@
 -- Store a new generated key, with its one-time link if any.
--- KEYS: key hash, account's keys index, audit stream, owners set, [link]
+-- KEYS: key hash, audit stream, owners set, the six listing indexes (key_rules.lua),
+--       [link]
 -- ARGV: header (prelude.lua), now, appKey, link value, link ttl ms, link expiry,
 --       then field, value, ... of the hash (from ARGV[12])
 -- Answers 'taken' when the name was ever used (a tombstone keeps deleted names), else 'ok'.
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'taken' end
-if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('SADD', KEYS[4], '') end
+local idx = listing_at(4)
+if redis.call('ZCARD', idx.keys) == 0 then
+  -- a new account: its owners set and listing indexes are complete from the start
+  redis.call('SADD', KEYS[3], '')
+  redis.call('SADD', idx.roles, '')
+end
 redis.call('HSET', KEYS[1], unpack(ARGV, 12))
-redis.call('ZADD', KEYS[2], ARGV[7], ARGV[8])
-if KEYS[5] then
-  redis.call('SET', KEYS[5], ARGV[9], 'PX', ARGV[10])
-  redis.call('HSET', KEYS[1], 'link', KEYS[5], 'linkExp', ARGV[11])
+list(idx, KEYS[1], ARGV[8], ARGV[1])
+if KEYS[10] then
+  redis.call('SET', KEYS[10], ARGV[9], 'PX', ARGV[10])
+  redis.call('HSET', KEYS[1], 'link', KEYS[10], 'linkExp', ARGV[11])
 end
 if holds_owner(redis.call('HGET', KEYS[1], 'status'), roles_of(KEYS[1], ARGV[1])) then
-  redis.call('SADD', KEYS[4], ARGV[8])
+  redis.call('SADD', KEYS[3], ARGV[8])
 end
-committed(KEYS[1], KEYS[3], {}, snap(KEYS[1], ARGV[1]))
+committed(KEYS[1], KEYS[2], {}, snap(KEYS[1], ARGV[1]))
 return 'ok'

@@ -1,6 +1,6 @@
 -- Finish (the old token stops) or undo (the new token is dropped) a pending renewal.
--- KEYS: key hash, audit stream
--- ARGV: header (prelude.lua), 'finish' | 'undo'
+-- KEYS: key hash, audit stream, the six listing indexes (key_rules.lua)
+-- ARGV: header (prelude.lua), 'finish' | 'undo', appKey
 -- Not yet in KEYS: on undo, the unopened link of the new token (named in the hash).
 -- Answers {'ok', the hash after}, or {'missing'} | {'changed'} | {'none'}.
 if not owned(KEYS[1], ARGV[1]) then return {'missing'} end
@@ -17,5 +17,6 @@ else
   redis.call('HDEL', KEYS[1], 'link', 'linkExp')
 end
 redis.call('HDEL', KEYS[1], 'newTok', 'newTokCreated')
+list(listing_at(3), KEYS[1], ARGV[8], ARGV[1])
 committed(KEYS[1], KEYS[2], before, snap(KEYS[1], ARGV[1]))
 return {'ok', redis.call('HGETALL', KEYS[1])}

@@ -1,6 +1,7 @@
 -- Change a generated key's label, roles or status.
--- KEYS: key hash, audit stream, owners set
--- ARGV: header (prelude.lua), appKey, then field, value, ... to set (from ARGV[8])
+-- KEYS: key hash, audit stream, owners set, the six listing indexes (key_rules.lua)
+-- ARGV: header (prelude.lua), appKey, then field, value, ... to set (from ARGV[8]);
+--       a label comes with its 'lf' (key_rules.lua: '' for none)
 -- Answers {'ok', the hash after}, or {'missing'} | {'changed'} | {'unindexed'} | {'last_owner'}.
 if not owned(KEYS[1], ARGV[1]) then return {'missing'} end
 if not unchanged(KEYS[1], ARGV[1]) then return {'changed'} end
@@ -13,7 +14,10 @@ end
 local owner_after = holds_owner(status, roles)
 if not owner_after and last_owner(KEYS[3], ARGV[7]) then return {'last_owner'} end
 local before = snap(KEYS[1], ARGV[1])
+local idx = listing_at(4)
+unlist(idx, KEYS[1], ARGV[7], ARGV[1])
 if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
+list(idx, KEYS[1], ARGV[7], ARGV[1])
 if owner_after then
   redis.call('SADD', KEYS[3], ARGV[7])
 else

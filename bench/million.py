@@ -1,0 +1,184 @@
+"""Listing at 1,000,000 keys in one account: every page type timed, Redis memory per key.
+
+The keys are made by the store's own create script (``Store.create_key``, many at a
+time), so each carries its indexes and its creation audit event exactly as in
+production; their creation dates span a year (a clock moved by the loader), one in ten
+is then deactivated, one in three used, and one in a hundred holds the role owner.
+
+Run by ``python bench/run.py --million`` (rows of BENCHMARKS.md with all the others), or
+``--million-only`` (these rows alone, put in place in BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bench.fixtures import start
+from bench.measure import free_port, wait_port
+from gateway.renewal import alert_range
+from gateway.store import KeyQuery, Store
+
+ACCOUNT = "million"
+YEAR_S = 365 * 86_400
+ROLES = ("orders-reader", "orders-writer")
+
+
+class MovingClock:
+    def __init__(self, start: float):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def load(store: Store, clock: MovingClock, count: int, batch: int = 2000) -> None:
+    start = clock.now
+    for first in range(0, count, batch):
+        clock.now = start + YEAR_S * first / count
+        made = []
+        for i in range(first, min(count, first + batch)):
+            roles = ["owner"] if i % 100 == 0 else [ROLES[i % 2]]
+            made.append(store.create_key(f"kgk-{ACCOUNT}-{i:010X}", ACCOUNT, f"key {i}",
+                                         roles, "d" * 64))
+        await asyncio.gather(*made)
+        await asyncio.gather(*(
+            store.update_key(ACCOUNT, f"kgk-{ACCOUNT}-{i:010X}", status="inactive")
+            for i in range(first, min(count, first + batch), 10)
+        ))
+        await store.record_last_used({
+            f"kgk-{ACCOUNT}-{i:010X}": int(clock.now * 1000) - i % 1000
+            for i in range(first, min(count, first + batch), 3)
+        })
+
+
+async def timed(store: Store, query: KeyQuery, repeat: int = 5) -> tuple[float, int]:
+    times, total = [], 0
+    for _ in range(repeat):
+        started = time.perf_counter()
+        _, total = await store.list_keys(ACCOUNT, query)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times), total
+
+
+def page_types(now_ms: int, count: int) -> list[tuple[str, KeyQuery]]:
+    deep = max(1, count // 50 - 10)
+    pages: list[tuple[str, KeyQuery]] = [
+        ("plain (creation order)", KeyQuery(per_page=50)),
+        (f"plain, deep page {deep:,}", KeyQuery(per_page=50, page=deep)),
+    ]
+    for sort in ("creationDateToken", "label", "appKey", "status", "lastUsed"):
+        pages.append((f"sort {sort}", KeyQuery(sort=sort, per_page=50)))
+    pages += [
+        ("sort appKey, deep page", KeyQuery(sort="appKey", per_page=50, page=deep)),
+        ("sort label, deep page", KeyQuery(sort="label", per_page=50, page=deep)),
+        ("status active (90 %)", KeyQuery(status="active", per_page=50)),
+        ("status inactive (10 %), deep page", KeyQuery(status="inactive", per_page=50,
+                                                       page=max(1, deep // 10))),
+        ("status inactive, sort label", KeyQuery(status="inactive", sort="label",
+                                                 per_page=50)),
+        ("role owner (1 %)", KeyQuery(role="owner", per_page=50)),
+        ("role orders-reader (50 %)", KeyQuery(role="orders-reader", per_page=50)),
+        ("role owner, deep page", KeyQuery(role="owner", per_page=50,
+                                            page=max(1, count // 100 // 50))),
+        ("renewal red", KeyQuery(token_created=alert_range("red", 3, now_ms), per_page=50)),
+        ("renewal orange, sort label",
+         KeyQuery(token_created=alert_range("orange", 3, now_ms), sort="label", per_page=50)),
+        ("status + role + renewal", KeyQuery(
+            status="active", role="orders-writer",
+            token_created=alert_range("orange", 3, now_ms), per_page=50)),
+        ("role owner + renew-only caller",
+         KeyQuery(role="owner", may_act_on=lambda r: r != "owner", per_page=50)),
+        ("q 'key 99' (substring)", KeyQuery(q="key 99", per_page=50)),
+        ("q 'key 12345' (few)", KeyQuery(q="key 12345", per_page=50)),
+        ("q + role owner", KeyQuery(q="key 9", role="owner", per_page=50)),
+    ]
+    return pages
+
+
+async def million(
+    redis_url: str, count: int = 1_000_000, prefix: str = "million:"
+) -> dict[str, Any]:
+    """Load ``count`` keys into one account; time each page type; Redis memory per key."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    clock = MovingClock(time.time() - YEAR_S)
+    store = Store.from_url(redis_url, prefix=prefix, clock=clock,
+                           audit_max_events=count)  # every creation event kept: measured
+    before = (await client.info("memory"))["used_memory"]
+    started = time.perf_counter()
+    await load(store, clock, count)
+    loaded_in = time.perf_counter() - started
+    after = (await client.info("memory"))["used_memory"]
+    names = store.names
+    parts = {what: await client.memory_usage(names.account(ACCOUNT, what), samples=0) or 0
+             for what in ("keys", "tok", "used", "label", "status", "audit")}
+    for role in ("owner", *ROLES):
+        parts[f"roles:{role}"] = await client.memory_usage(
+            names.role_holders(ACCOUNT, role), samples=0) or 0
+    sample = [f"kgk-{ACCOUNT}-{i:010X}" for i in range(0, count, max(1, count // 1000))]
+    hashes = [await client.memory_usage(names.key(k), samples=0) or 0 for k in sample]
+    clock.now = time.time()
+    now_ms = int(clock.now * 1000)
+    pages = {}
+    for name, query in page_types(now_ms, count):
+        pages[name] = await timed(store, query)
+    await store.close()
+    await client.aclose()
+    return {
+        "count": count, "loaded_in": loaded_in, "per_key": (after - before) / count,
+        "parts": {k: v / count for k, v in parts.items()},
+        "hash": statistics.mean(hashes), "pages": pages,
+    }
+
+
+def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    n, parts = result["count"], result["parts"]
+    index_bytes = sum(v for k, v in parts.items() if k != "audit")
+    where = ", ".join(f"{k} {v:.0f}" for k, v in parts.items())
+    worst = max(result["pages"].items(), key=lambda item: item[1][0])
+    return [
+        (f"{n:,} keys in one account: Redis memory per key (target ≤ 600 B)",
+         f"{result['per_key']:.0f} B: key hash {result['hash']:.0f} B, indexes "
+         f"{index_bytes:.0f} B, creation audit event {parts['audit']:.0f} B "
+         f"(per index: {where}); loaded in {result['loaded_in']:.0f} s"),
+        (f"{n:,} keys: a page of 50 (median of 5; target ≤ 50 ms)",
+         "; ".join(f"{name}: {ms:.1f} ms ({total:,})"
+                   for name, (ms, total) in result["pages"].items())),
+        (f"{n:,} keys: slowest page", f"{worst[0]}: {worst[1][0]:.1f} ms"),
+    ]
+
+
+def million_only(report: Path, count: int = 1_000_000) -> None:
+    """These rows alone, on a redis-server of their own, put in place in the report's
+    table (``python bench/run.py --million-only``)."""
+    workdir = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
+    port = free_port()
+    server = start(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+                    "--dir", str(workdir)])
+    try:
+        wait_port(port)
+        figures = rows(asyncio.run(million(f"redis://127.0.0.1:{port}/0", count)))
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print("\n".join(f"{k}  {v}" for k, v in figures))
+    lines = report.read_text().splitlines() if report.exists() else [
+        "# Benchmarks", "", "| measure | result |", "|---|---|"]
+    for measure, value in figures:
+        line = f"| {measure} | {value} |"
+        at = [i for i, text in enumerate(lines) if text.startswith(f"| {measure} |")]
+        if at:
+            lines[at[0]] = line
+        else:
+            last = max(i for i, text in enumerate(lines) if text.startswith("|"))
+            lines.insert(last + 1, line)
+    report.write_text("\n".join(lines) + "\n")
+    print(f"\nwritten to {report}")

@@ -1,0 +1,298 @@
+-- One page of an account's generated keys, filtered and sorted, from its listing
+-- indexes (key_rules.lua); read-only, and it makes no temporary key.
+-- KEYS: the six listing indexes (creation date, token date, last use, label, status,
+--       role names), [the set of the keys holding the role filtered on]
+-- ARGV: sort (creationDate | creationDateToken | lastUsed | label | status | appKey),
+--       '1' descending, offset, count, status filter ('' | '0' active | '1' inactive),
+--       token dates from, until ([from, until) in ms, '' for no bound), q folded ('' for
+--       none), key name prefix, the roles the caller may act on (JSON list, '' for any),
+--       the caller's own key (listed whatever its roles), '1' when KEYS[7] is given
+-- Not yet in KEYS: the key hashes (ARGV[9] .. appKey) read for q's label match outside
+-- the label index, and the sets of the keys holding a role the caller may not act on
+-- (KEYS[6] .. ':' .. role).
+-- Answers {'unindexed'} when the account has keys but its indexes are not complete yet
+-- (index_listing.lua), else {total, appKey, ...}.
+--
+-- How: the smallest candidate set (a status, a role, a token date range, else every
+-- key) is read once and checked against the other filters, which gives the total; a
+-- single filter's total is its set's size, without reading it. The page comes either
+-- from walking the sort's index from the start, checking each key (cheap when matches
+-- are dense: about (offset + count) * keys / total steps), or from sorting the matches
+-- (cheap when they are few). With no filter, or a filter whose set is in the sort's
+-- order, the page is a range of ranks.
+if redis.call('SISMEMBER', KEYS[6], '') == 0 then
+  if redis.call('ZCARD', KEYS[1]) == 0 then return {0} end
+  return {'unindexed'}
+end
+local keys_i, tok_i, label_i, status_i, roles_i = KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6]
+local sort, desc = ARGV[1], ARGV[2] == '1'
+local offset, count = tonumber(ARGV[3]), tonumber(ARGV[4])
+local status = ARGV[5] ~= '' and tonumber(ARGV[5]) or nil
+local from, after = tonumber(ARGV[6]), tonumber(ARGV[7])
+local has_dates = ARGV[6] ~= '' or ARGV[7] ~= ''
+local needle, key_prefix, own = ARGV[8], ARGV[9], ARGV[11]
+local role_set = ARGV[12] == '1' and KEYS[7] or nil
+local sort_index = ({creationDate = KEYS[1], creationDateToken = KEYS[2], lastUsed = KEYS[3],
+                     label = KEYS[4], status = KEYS[5], appKey = KEYS[5]})[sort]
+local CHUNK = 1000
+
+-- sets of the keys holding a role in use that the caller may not act on
+local excluded = {}
+if ARGV[10] ~= '' then
+  local may = {}
+  for _, role in ipairs(cjson.decode(ARGV[10])) do may[role] = true end
+  for _, role in ipairs(redis.call('SMEMBERS', roles_i)) do
+    if role ~= '' and not may[role] then excluded[#excluded + 1] = roles_i .. ':' .. role end
+  end
+end
+
+-- Byte order, as Redis orders members; Lua's '<' on strings follows the server's
+-- collation locale.
+local function before(a, b)
+  if a == b then return false end
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
+-- a member of the label index: the key and the folded label (a label is printable: its
+-- fold holds no NUL)
+local function split(member)
+  local at = string.find(member, '\0', 1, true)
+  return string.sub(member, at + 1), string.sub(member, 1, at - 1)
+end
+
+local function folded_label(k)
+  local v = redis.call('HMGET', key_prefix .. k, 'label', 'lf')
+  return v[2] or string.lower(v[1] or '')
+end
+
+-- Whether key k passes every filter but ``skip`` (the one its candidate set ensures).
+local function passes(k, skip, folded)
+  if status and skip ~= 'status'
+     and tonumber(redis.call('ZSCORE', status_i, k)) ~= status then return false end
+  if role_set and skip ~= 'role' and redis.call('SISMEMBER', role_set, k) == 0 then
+    return false
+  end
+  if has_dates and skip ~= 'dates' then
+    local t = tonumber(redis.call('ZSCORE', tok_i, k))
+    if not t or (from and t < from) or (after and t >= after) then return false end
+  end
+  if #excluded > 0 and k ~= own then
+    for _, set in ipairs(excluded) do
+      if redis.call('SISMEMBER', set, k) == 1 then return false end
+    end
+  end
+  if needle ~= '' and skip ~= 'q' then
+    folded = folded or folded_label(k)
+    return string.find(folded, needle, 1, true) ~= nil
+           or string.find(string.lower(k), needle, 1, true) ~= nil
+  end
+  return true
+end
+
+-- ranks [first, last] of an index, in the listing's direction
+local function ranks(index, first, last, reverse)
+  if reverse then return redis.call('ZRANGE', index, first, last, 'REV') end
+  return redis.call('ZRANGE', index, first, last)
+end
+
+local n = redis.call('ZCARD', keys_i)
+local active = redis.call('ZCOUNT', status_i, 0, 0)
+
+-- The keys in appKey order: the status index holds the active keys, then the inactive
+-- ones, each part in key order; the order is their merge. ``start`` keys are skipped by
+-- bisection (the classic k-th of two sorted lists), so a deep page costs no walk.
+local function walk_by_key(start, visit)
+  local na, nb = active, n - active
+  local function a_at(i)
+    local r = desc and (na - 1 - i) or i
+    return redis.call('ZRANGE', status_i, r, r)[1]
+  end
+  local function b_at(j)
+    local r = desc and (n - 1 - j) or (na + j)
+    return redis.call('ZRANGE', status_i, r, r)[1]
+  end
+  local function first(a, b) if desc then return before(b, a) end return before(a, b) end
+  local lo, hi = math.max(0, start - nb), math.min(start, na)
+  while lo < hi do
+    local i = math.floor((lo + hi) / 2)
+    if first(a_at(i), b_at(start - i - 1)) then lo = i + 1 else hi = i end
+  end
+  local i, j = lo, start - lo
+  local abuf, bbuf, ai, bi = {}, {}, 1, 1
+  local function refill_a()
+    if desc then abuf = ranks(status_i, n - na + i, n - na + i + CHUNK - 1, true)
+    else abuf = redis.call('ZRANGE', status_i, i, math.min(i + CHUNK, na) - 1) end
+    if i >= na then abuf = {} end
+    ai = 1
+  end
+  local function refill_b()
+    if desc then bbuf = ranks(status_i, j, math.min(j + CHUNK, nb) - 1, true)
+    else bbuf = redis.call('ZRANGE', status_i, na + j, na + j + CHUNK - 1) end
+    if j >= nb then bbuf = {} end
+    bi = 1
+  end
+  refill_a()
+  refill_b()
+  while true do
+    if ai > #abuf and i < na then refill_a() end
+    if bi > #bbuf and j < nb then refill_b() end
+    local a, b = abuf[ai], bbuf[bi]
+    if not a and not b then return end
+    local k
+    if a and (not b or first(a, b)) then k, ai, i = a, ai + 1, i + 1
+    else k, bi, j = b, bi + 1, j + 1 end
+    if not visit(k) then return end
+  end
+end
+
+-- Visit the keys in the listing's order from rank ``start`` until visit answers false.
+local function walk(start, visit)
+  if sort == 'appKey' then return walk_by_key(start, visit) end
+  while true do
+    local batch = ranks(sort_index, start, start + CHUNK - 1, desc)
+    if #batch == 0 then return end
+    for _, member in ipairs(batch) do
+      local k, folded = member, nil
+      if sort == 'label' then k, folded = split(member) end
+      if not visit(k, folded) then return end
+    end
+    start = start + CHUNK
+  end
+end
+
+local function page_from(start)
+  local out = {}
+  if count > 0 then
+    walk(start, function(k) out[#out + 1] = k; return #out < count end)
+  end
+  return out
+end
+
+local function answer(total, page)
+  local result = {total}
+  for _, k in ipairs(page) do result[#result + 1] = k end
+  return result
+end
+
+-- No filter: a range of ranks.
+local filters = (status and 1 or 0) + (role_set and 1 or 0) + (has_dates and 1 or 0)
+                + (needle ~= '' and 1 or 0) + (#excluded > 0 and 1 or 0)
+if filters == 0 then return answer(n, page_from(offset)) end
+
+-- The candidate sets, each with its size and its members (in its own order).
+local low = from and tostring(from) or '-inf'
+local high = after and ('(' .. tostring(after)) or '+inf'
+local sources = {}
+if status then
+  sources[#sources + 1] = {name = 'status', size = status == 0 and active or n - active,
+    order = (sort == 'status' or sort == 'appKey') and 'key' or nil,
+    members = function() return redis.call('ZRANGE', status_i, status, status, 'BYSCORE') end}
+end
+if role_set then
+  sources[#sources + 1] = {name = 'role', size = redis.call('SCARD', role_set),
+    members = function() return redis.call('SMEMBERS', role_set) end}
+end
+if has_dates then
+  sources[#sources + 1] = {name = 'dates', size = redis.call('ZCOUNT', tok_i, low, high),
+    order = sort == 'creationDateToken' and 'tok' or nil,
+    members = function() return redis.call('ZRANGE', tok_i, low, high, 'BYSCORE') end}
+end
+local source = {name = 'all', size = n}
+for _, s in ipairs(sources) do
+  if s.size < source.size or source.name == 'all' then source = s end
+end
+
+-- One filter with a set in the sort's order: a range of ranks within that set.
+if filters == 1 and source.order then
+  local base = 0
+  if source.name == 'status' then
+    if status == 1 then base = active end
+    if desc then base = n - (base + source.size) end
+  else
+    base = from and redis.call('ZCOUNT', tok_i, '-inf', '(' .. low) or 0
+    if desc then base = n - (base + source.size) end
+  end
+  local page = {}
+  if offset < source.size and count > 0 then
+    local last = base + math.min(offset + count, source.size) - 1
+    page = ranks(source.name == 'status' and status_i or tok_i, base + offset, last, desc)
+  end
+  return answer(source.size, page)
+end
+
+-- The matches: known by size alone when one filter is all there is, else read.
+local total, matched = source.size, nil
+local function read_matches()
+  matched = {}
+  local list = {}
+  if source.name == 'all' then  -- only q and role exclusions: the label index holds q's half
+    local start = 0
+    while true do
+      local batch = redis.call('ZRANGE', label_i, start, start + CHUNK - 1)
+      if #batch == 0 then break end
+      for _, member in ipairs(batch) do
+        local k, folded = split(member)
+        if passes(k, 'q', nil) and (needle == '' or string.find(folded, needle, 1, true)
+            or string.find(string.lower(k), needle, 1, true)) then
+          matched[k] = folded
+          list[#list + 1] = k
+        end
+      end
+      start = start + CHUNK
+    end
+  else
+    for _, k in ipairs(source.members()) do
+      if passes(k, source.name, nil) then matched[k] = true; list[#list + 1] = k end
+    end
+  end
+  total = #list
+  return list
+end
+local list
+if filters > 1 or source.name == 'all' then list = read_matches() end
+if total == 0 or offset >= total or count == 0 then return answer(total, {}) end
+
+-- The page: walk the sort's index, or sort the matches, whichever costs less.
+local want = math.min(offset + count, total)
+local walk_cost = want * n / total
+local sort_cost = total * (math.log(total + 1) / math.log(2) + 2) * 4
+if walk_cost <= sort_cost then
+  local out, seen = {}, 0
+  walk(0, function(k, folded)
+    local ok
+    if matched then ok = matched[k] ~= nil else ok = passes(k, nil, folded) end
+    if ok then
+      seen = seen + 1
+      if seen > offset then out[#out + 1] = k end
+    end
+    return #out < count
+  end)
+  return answer(total, out)
+end
+list = list or read_matches()
+local keyed = {}
+for i, k in ipairs(list) do
+  local key
+  if sort == 'label' then
+    local folded = matched[k]
+    if folded == true then folded = folded_label(k) end
+    key = folded .. '\0' .. k
+  elseif sort ~= 'appKey' then
+    key = tonumber(redis.call('ZSCORE', sort_index, k))
+  end
+  keyed[i] = {key, k}
+end
+local function less(x, y)
+  if type(x[1]) == 'number' and x[1] ~= y[1] then return x[1] < y[1] end
+  if type(x[1]) == 'string' then return before(x[1], y[1]) end
+  return before(x[2], y[2])
+end
+if desc then table.sort(keyed, function(x, y) return less(y, x) end)
+else table.sort(keyed, less) end
+local out = {}
+for i = offset + 1, want do out[#out + 1] = keyed[i][2] end
+return answer(total, out)

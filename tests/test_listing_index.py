@@ -1,0 +1,406 @@
+"""Listing from the indexes the change scripts keep (gateway/store/listing.py): every
+filter, q, sort, order and page answers what a brute-force filter and sort over the same
+keys answers, on the real Redis; the indexes stay right after any sequence of changes;
+indexes built for older data (lazily or by ``keygate store migrate``) equal those the
+scripts keep; the renewal gauge's counts are the brute-force counts; and abusive
+queries cost bounded work and leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import random
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.app import build_gateway
+from gateway.cli import main
+from gateway.context import Gateway
+from gateway.renewal import ALERTS, alert_range, renewal_alert
+from gateway.settings import load_settings
+from gateway.store import CLI_ACTOR as CLI
+from gateway.store import SORT_FIELDS, KeyQuery, Store
+from gateway.store.names import glob_escape
+
+ACCOUNT = "acme"
+ROLES = ("owner", "orders-reader", "orders-writer", "rare")
+LABELS = (
+    "alpha", "Alpha", "beta key", "Straße", "STRASSE", "café", "CAFÉ", "ĲSSEL", "日本",
+    "under_score", "percent %", "dot.star .*", "[bracket]", "(paren)", "a", "zz", "key 99",
+    "Z", "ǅungla", "ﬁsh", "ß",
+)
+DAY_MS = 86_400_000
+
+
+async def brute(store: Store, query: KeyQuery) -> tuple[list[str], int]:
+    """The answer by definition: every key read, filtered by KeyQuery.accepts, sorted."""
+    records = [r for r in await store.all_keys(ACCOUNT) if query.accepts(r)]
+    records.sort(key=SORT_FIELDS[query.sort], reverse=query.descending)
+    start = (query.page - 1) * query.per_page
+    return [r.app_key for r in records[start : start + query.per_page]], len(records)
+
+
+async def indexed(store: Store, query: KeyQuery) -> tuple[list[str], int]:
+    records, total = await store.list_keys(ACCOUNT, query)
+    return [r.app_key for r in records], total
+
+
+async def assert_same(store: Store, query: KeyQuery) -> None:
+    assert await indexed(store, query) == await brute(store, query), query
+
+
+def no_owner(role: str) -> bool:
+    return role != "owner"
+
+
+class Keys:
+    """Makes keys in the store directly, with names of any order."""
+
+    def __init__(self, store: Store, seed: int):
+        self.store = store
+        self.random = random.Random(seed)
+        self.made: list[str] = []
+
+    async def create(self, label: str | None = None, roles: tuple[str, ...] | None = None) -> str:
+        app_key = f"kgk-{ACCOUNT}-{uuid.UUID(int=self.random.getrandbits(128)).hex[:10].upper()}"
+        if self.random.random() < 0.3:
+            app_key = app_key.lower()  # upper and lower case both sort and match
+        label = label if label is not None else self.random.choice(LABELS)
+        if roles is None:
+            roles = tuple(self.random.sample(ROLES[:3], self.random.randint(0, 2)))
+        await self.store.create_key(app_key, ACCOUNT, label, roles, "d" * 64)
+        self.made.append(app_key)
+        return app_key
+
+
+def queries(rng: random.Random, now_ms: int, count: int) -> Iterator[KeyQuery]:
+    """Every sort and order for each single filter, then random combinations."""
+    ranges = [alert_range(level, 3, now_ms) for level in ALERTS] + [
+        (now_ms - 40 * DAY_MS, now_ms - 10 * DAY_MS)
+    ]
+    singles: list[dict[str, Any]] = [
+        {}, {"status": "active"}, {"status": "inactive"}, {"role": "owner"}, {"role": "rare"},
+        {"role": "ghost"}, {"q": "a"}, {"q": "STRASSE"}, {"q": "kgk-acme-"},
+        {"token_created": ranges[1]}, {"token_created": ranges[3]},
+        {"may_act_on": no_owner, "own_key": ""},
+    ]
+    for filters, sort, descending in itertools.product(singles, SORT_FIELDS, (True, False)):
+        for page, per_page in ((1, 7), (3, 7), (1, 1000)):
+            yield KeyQuery(sort=sort, descending=descending, page=page, per_page=per_page,
+                           **filters)
+    needles = ["", "a", "ß", "ss", "%", ".*", "[", "(", "%z", "e", "9", "-", "é", "z"]
+    for _ in range(count):
+        yield KeyQuery(
+            q=rng.choice(needles),
+            status=rng.choice([None, "active", "inactive"]),
+            role=rng.choice([None, None, *ROLES]),
+            token_created=rng.choice([None, None, *ranges]),
+            may_act_on=rng.choice([None, None, no_owner]),
+            sort=rng.choice(list(SORT_FIELDS)),
+            descending=rng.random() < 0.5,
+            page=rng.choice([1, 1, 2, 5, 40]),
+            per_page=rng.choice([1, 3, 10, 50]),
+        )
+
+
+async def spread(gateway: Gateway, keys: Keys, clock: Any, n: int) -> None:
+    """``n`` keys created over ten months, some deactivated, renewed, used, a few rare."""
+    store = gateway.store
+    for i in range(n):
+        clock.advance(keys.random.randint(0, 9) * DAY_MS / 1000)
+        roles = ("rare",) if i % 97 == 5 else None
+        app_key = await keys.create(roles=roles)
+        if keys.random.random() < 0.3:
+            await store.update_key(ACCOUNT, app_key, status="inactive")
+    for app_key in keys.random.sample(keys.made, n // 4):
+        await store.renew_token(ACCOUNT, app_key, "e" * 64, keep_old=False, actor=CLI)
+    await store.record_last_used(
+        {k: int(clock() * 1000) - keys.random.randint(0, 10**9) for k in keys.made[::3]}
+    )
+
+
+# -- every query against brute force --------------------------------------------------------
+async def test_every_filter_sort_and_page_answers_as_brute_force(gateway, clock):
+    keys = Keys(gateway.store, 1)
+    await spread(gateway, keys, clock, 240)
+    rng = random.Random(2)
+    for query in queries(rng, int(clock() * 1000), 400):
+        await assert_same(gateway.store, query)
+
+
+async def test_own_key_is_listed_whatever_its_roles(gateway, clock):
+    keys = Keys(gateway.store, 3)
+    mine = await keys.create("mine", ("owner",))
+    await keys.create("other", ("owner",))
+    await keys.create("reader", ("orders-reader",))
+    query = KeyQuery(may_act_on=no_owner, own_key=mine, sort="label", descending=False)
+    assert await indexed(gateway.store, query) == ([mine, keys.made[2]], 2)
+    await assert_same(gateway.store, query)
+
+
+async def test_deep_pages_in_key_order_skip_by_bisection(gateway, clock):
+    """appKey order merges the status index's two parts; every offset, both directions,
+    with the statuses interleaved."""
+    keys = Keys(gateway.store, 4)
+    for i in range(60):
+        app_key = await keys.create()
+        if i % 3 == 0:
+            await gateway.store.update_key(ACCOUNT, app_key, status="inactive")
+    for descending, per_page in itertools.product((True, False), (1, 4, 7)):
+        for page in range(1, 62 // per_page + 2):
+            await assert_same(gateway.store, KeyQuery(
+                sort="appKey", descending=descending, page=page, per_page=per_page))
+
+
+# -- the indexes after any sequence of changes ----------------------------------------------
+async def snapshot(gateway: Gateway) -> dict[str, Any]:
+    """Every listing index of the account, as data (role sets left empty are gone)."""
+    redis, names = gateway.store.redis, gateway.store.names
+    out: dict[str, Any] = {}
+    for name in names.listing(ACCOUNT):
+        if name.endswith(":roles"):
+            continue  # role names in use: only ever grows (checked apart)
+        out[name] = await redis.zrange(name, 0, -1, withscores=True)
+    holders = names.role_holders(ACCOUNT, "")
+    async for name in redis.scan_iter(match=glob_escape(holders) + "*"):
+        if members := await redis.smembers(name):
+            out[name] = sorted(members)
+    return out
+
+
+async def random_changes(gateway: Gateway, keys: Keys, clock: Any, steps: int) -> None:
+    store, rng = gateway.store, keys.random
+    for _ in range(steps):
+        clock.advance(rng.randint(0, 20) * DAY_MS / 1000)
+        live = [k for k in keys.made if await store.get_key(ACCOUNT, k)]
+        action = rng.choice(
+            ["create", "create", "label", "roles", "status", "delete", "renew-now",
+             "renew-later", "finish", "undo", "used"] if live else ["create"]
+        )
+        target = rng.choice(live) if live else ""
+        if action == "create":
+            await keys.create()
+        elif action == "label":
+            await store.update_key(ACCOUNT, target, label=rng.choice(LABELS))
+        elif action == "roles":
+            await store.update_key(ACCOUNT, target,
+                                   roles=rng.sample(ROLES, rng.randint(0, 3)))
+        elif action == "status":
+            await store.update_key(ACCOUNT, target,
+                                   status=rng.choice(["active", "inactive"]))
+        elif action == "delete":
+            await store.delete_key(ACCOUNT, target)
+        elif action.startswith("renew"):
+            try:
+                await store.renew_token(ACCOUNT, target, "f" * 64,
+                                        keep_old=action == "renew-later", actor=CLI)
+            except Exception as exc:  # a pending renewal refuses another
+                assert type(exc).__name__ == "RenewalPending"
+        elif action in ("finish", "undo"):
+            try:
+                await store.end_renewal(ACCOUNT, target, finish=action == "finish", actor=CLI)
+            except Exception as exc:
+                assert type(exc).__name__ == "NoRenewalPending"
+        else:
+            await store.record_last_used({target: int(clock() * 1000)})
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+async def test_indexes_stay_right_after_any_sequence_of_changes(gateway, clock, seed):
+    keys = Keys(gateway.store, seed)
+    await random_changes(gateway, keys, clock, 150)
+    rng = random.Random(seed)
+    for query in itertools.islice(queries(rng, int(clock() * 1000), 150), 0, None, 5):
+        await assert_same(gateway.store, query)
+    kept = await snapshot(gateway)
+    # the same indexes built from the records alone (as for data older than them)
+    await wipe_indexes(gateway)
+    await gateway.store.index_listing(ACCOUNT)
+    assert await snapshot(gateway) == kept
+    in_use = await gateway.store.redis.smembers(gateway.store.names.account(ACCOUNT, "roles"))
+    held = {r for r in await gateway.store.all_keys(ACCOUNT) for r in r.roles}
+    assert held | {""} <= in_use
+
+
+# -- data written before the indexes --------------------------------------------------------
+async def wipe_indexes(gateway: Gateway) -> None:
+    """The account as an older keygate left it: no listing index (but the creation-date
+    one, which it had), no 'lf' field."""
+    redis, names = gateway.store.redis, gateway.store.names
+    doomed = [n for n in names.listing(ACCOUNT) if not n.endswith(":keys")]
+    holders = names.role_holders(ACCOUNT, "")
+    doomed += [n async for n in redis.scan_iter(match=glob_escape(holders) + "*")]
+    await redis.delete(*doomed)
+    for app_key in await redis.zrange(names.account(ACCOUNT, "keys"), 0, -1):
+        await redis.hdel(names.key(app_key), "lf")
+
+
+async def test_older_data_is_indexed_on_its_first_listing(gateway, clock):
+    keys = Keys(gateway.store, 21)
+    await spread(gateway, keys, clock, 80)
+    kept = await snapshot(gateway)
+    await wipe_indexes(gateway)
+    assert not await gateway.store.listing_indexed(ACCOUNT)
+    # changes made before the indexes are built are kept in them meanwhile
+    await gateway.store.update_key(ACCOUNT, keys.made[0], label="Øresund")
+    await gateway.store.update_key(ACCOUNT, keys.made[1], status="inactive")
+    await gateway.store.renew_token(ACCOUNT, keys.made[2], "a" * 64, keep_old=False, actor=CLI)
+    await assert_same(gateway.store, KeyQuery(sort="label", q="s", per_page=1000))
+    assert await gateway.store.listing_indexed(ACCOUNT)
+    after = await snapshot(gateway)
+    await wipe_indexes(gateway)
+    await gateway.store.index_listing(ACCOUNT)
+    assert await snapshot(gateway) == after
+    assert after != kept  # the three changes are in them
+
+
+async def test_a_new_account_is_indexed_from_its_first_key(gateway):
+    assert await indexed(gateway.store, KeyQuery(status="active")) == ([], 0)
+    assert not await gateway.store.redis.exists(
+        gateway.store.names.account(ACCOUNT, "roles"))  # listing an empty account writes nothing
+    await Keys(gateway.store, 5).create("first", ("owner",))
+    assert await gateway.store.listing_indexed(ACCOUNT)
+
+
+@pytest.fixture
+def env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    if not redis_url.startswith("redis://"):
+        pytest.skip("the CLI needs the private redis-server (memory:// is per process)")
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("KEYGATE_"):
+            monkeypatch.delenv(name)
+    values = {
+        "KEYGATE_STORE_URL": redis_url,
+        "KEYGATE_SECRET": "listing-index-secret-" + "x" * 40,
+        "KEYGATE_STORE_PREFIX": f"lsti-{uuid.uuid4().hex[:12]}:",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+@pytest.fixture
+async def local(env: dict[str, str], clock: Any) -> AsyncIterator[Gateway]:
+    gw = build_gateway(load_settings(env=env), clock=clock)
+    yield gw
+    await gw.close()
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str]]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+
+    def run(*argv: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err, err
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        return code, out
+
+    return run
+
+
+async def test_store_migrate_builds_what_is_missing_and_only_once(local, cli, clock):
+    keys = Keys(local.store, 31)
+    await spread(local, keys, clock, 50)
+    kept = await snapshot(local)
+    await wipe_indexes(local)
+    code, out = await asyncio.to_thread(cli, "store", "migrate", "--json")
+    assert code == 0 and json.loads(out) == {"indexed": {ACCOUNT: 50}}
+    assert await snapshot(local) == kept
+    code, out = await asyncio.to_thread(cli, "store", "migrate")
+    assert code == 0 and out.strip() == "every account's indexes are complete"
+
+
+# -- the renewal gauge's counts --------------------------------------------------------------
+async def test_token_date_counts_are_the_alert_levels(gateway, clock):
+    keys = Keys(gateway.store, 41)
+    await spread(gateway, keys, clock, 120)
+    for months_later in (0, 2, 4, 7):
+        clock.advance(months_later * 31 * DAY_MS / 1000)
+        now = int(clock() * 1000)
+        for period in (3, 6):
+            counts = await gateway.store.count_token_dates(
+                ACCOUNT, [alert_range(level, period, now) for level in ALERTS])
+            expected = Counter(renewal_alert(r.token_created, period, now)
+                               for r in await gateway.store.all_keys(ACCOUNT))
+            assert counts == [expected[level] for level in ALERTS]
+
+
+# -- abuse --------------------------------------------------------------------------------
+async def test_q_is_literal_and_long_q_is_bounded(gateway, clock):
+    keys = Keys(gateway.store, 51)
+    for label in ("100% sure", "a.b", "a*b", "[x]", "(y)", "^z$", "%z", "back\\slash", "?"):
+        await keys.create(label)
+    for needle in ("%", ".", "*", "[", "]", "(", "^", "$", "%z", "\\", "?", "a.", ".*",
+                   "[x", "%s", "%%", "x" * 200, "é" * 200):
+        await assert_same(gateway.store, KeyQuery(q=needle, per_page=100))
+
+
+async def test_listing_over_http_refuses_a_q_past_its_limit(gateway, management, make_key):
+    owner = await make_key("acme", ["owner"])
+    headers = {"X-API-AppKey": owner.app_key, "X-API-AppToken": owner.token}
+    url = "/api/v1/accounts/acme/keys"
+    for q in ("%", ".*", "[", "\\", "x" * 200):
+        resp = await management.get(url, params={"q": q}, headers=headers)
+        assert resp.status == 200, await resp.text()
+    resp = await management.get(url, params={"q": "x" * 201}, headers=headers)
+    body = await resp.json()
+    assert resp.status == 400 and set(body["error"]) == {"code", "message", "status",
+                                                         "requestId"}
+
+
+async def test_concurrent_listings_leave_nothing_behind(gateway, clock):
+    keys = Keys(gateway.store, 61)
+    await spread(gateway, keys, clock, 60)
+    redis, mine = gateway.store.redis, glob_escape(gateway.store.prefix) + "*"
+    before = {n async for n in redis.scan_iter(match=mine)}
+    rng = random.Random(62)
+    batch = list(itertools.islice(queries(rng, int(clock() * 1000), 200), 0, None, 3))
+    await asyncio.gather(*(gateway.store.list_keys(ACCOUNT, q) for q in batch))
+    assert {n async for n in redis.scan_iter(match=mine)} == before
+    assert len(before) > 10
+
+
+# -- the 1,000,000-key benchmark keeps running ---------------------------------------------
+async def test_the_million_key_benchmark_runs_at_a_small_size(redis_url):
+    """bench/million.py at 3,000 keys on the private Redis: every page type answers the
+    totals its data set implies, and every row carries figures."""
+    if not redis_url.startswith("redis://"):
+        pytest.skip("the benchmark measures a real redis-server")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.million import million, rows
+
+    prefix = f"million-{uuid.uuid4().hex[:8]}:"
+    result = await million(redis_url, 3000, prefix)
+    totals = {name: total for name, (_, total) in result["pages"].items()}
+    assert totals["plain (creation order)"] == 3000
+    assert totals["status active (90 %)"] == 2700
+    assert totals["role owner (1 %)"] == 30
+    assert totals["role owner + renew-only caller"] == 0
+    assert totals["q 'key 12345' (few)"] == 0 and totals["q 'key 99' (substring)"] == 11
+    assert all(any(c.isdigit() for c in value) for _, value in rows(result))
+    assert result["per_key"] > 0 and all(ms > 0 for ms, _ in result["pages"].values())
+    client = aioredis.from_url(redis_url)
+    try:
+        names = [n async for n in client.scan_iter(match=glob_escape(prefix) + "*", count=1000)]
+        for at in range(0, len(names), 1000):
+            await client.delete(*names[at : at + 1000])
+    finally:
+        await client.aclose()
