@@ -236,6 +236,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.reader = ResponseReader(no_body)
         self.content = AnswerBody(self)
         waiter = self._head_waiter = self.loop.create_future()
+        # When sending the request fails first (the client's body broke off), nobody
+        # awaits the head: its failure is expected then, not an error to log.
+        waiter.add_done_callback(_retrieved)
         return waiter
 
     def request_sent(self) -> None:
@@ -420,3 +423,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._fail(UpstreamTimeout(
             f"the upstream sent nothing for {self.read_timeout:g} s"
         ))
+
+
+def _retrieved(future: asyncio.Future[ResponseHead]) -> None:
+    if not future.cancelled():
+        future.exception()
