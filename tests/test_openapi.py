@@ -36,7 +36,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 OPERATION_IDS = {
     "addExternalKey", "createKey", "deleteKey", "explainDecision", "export",
     "finishRenewal", "getExternalKey", "getKey", "getSettings", "healthz", "healthzV1",
-    "jwks", "listAudit", "listExternalKeys", "listKeys", "login", "logout", "me",
+    "jwks", "jwksV1", "listAudit", "listExternalKeys", "listKeys", "login", "logout", "me",
     "openLink", "openapiDocument", "putSettings", "readyz", "readyzV1", "reloadPolicy",
     "removeExternalKey", "renewToken", "showLink", "undoRenewal", "updateExternalKey",
     "updateKey",

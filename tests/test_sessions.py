@@ -315,3 +315,13 @@ async def test_pem_signing_keys_from_settings(tmp_path, make_settings, clock, ai
         assert await gw.store.signing_keys() == []  # nothing of it went to the store
     finally:
         await gw.close()
+
+
+async def test_the_jwks_is_served_where_verifiers_look_and_under_the_api_prefix(management):
+    root = await management.get("/.well-known/jwks.json")
+    prefixed = await management.get("/api/v1/.well-known/jwks.json")
+    assert root.status == prefixed.status == 200
+    assert await root.json() == await prefixed.json()
+    assert "max-age=" in root.headers["Cache-Control"]
+    [key] = (await root.json())["keys"]
+    assert {"kty", "crv", "x", "kid", "alg", "use"} <= set(key) and "d" not in key

@@ -94,16 +94,23 @@ async def logout(request: web.Request) -> web.Response:
     return response
 
 
-@operations.get("/.well-known/jwks.json", summary="The keys that verify keygate's tokens",
-                responses={200: Jwks}, errors={503: ("store_unavailable",)})
-async def jwks(request: web.Request) -> web.Response:
-    """For upstreams verifying identity tokens, and for anyone verifying a session
-    token. Cacheable for a few minutes; a rotated key stays listed while tokens it
-    signed may live."""
-    ring = await request.app[GATEWAY].sessions.ready()
-    response = json_response(ring.jwks())
-    response.headers["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE}"
-    return response
+def _jwks(operation_id: str, path: str) -> None:
+    @operations.get(path, summary="The keys that verify keygate's tokens",
+                    operation_id=operation_id, responses={200: Jwks},
+                    errors={503: ("store_unavailable",)})
+    async def jwks(request: web.Request) -> web.Response:
+        """For upstreams verifying identity tokens, and for anyone verifying a session
+        token. Cacheable for a few minutes; a rotated key stays listed while tokens it
+        signed may live."""
+        ring = await request.app[GATEWAY].sessions.ready()
+        response = json_response(ring.jwks())
+        response.headers["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE}"
+        return response
+
+
+# where verifiers look for it by convention, and under /api/v1 with the rest of the API
+_jwks("jwks", "/.well-known/jwks.json")
+_jwks("jwksV1", "/api/v1/.well-known/jwks.json")
 
 
 def _secure(request: web.Request) -> bool:
