@@ -341,3 +341,23 @@ def make_key(gateway: Gateway) -> Callable[..., Any]:
 async def admin_key(make_key: Callable[..., Any]) -> Key:
     """A key of account acme that may manage acme's keys."""
     return await make_key("acme", ["user-admin-restricted"], label="admin")
+
+
+@pytest.fixture
+def env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """This process's environment as a CLI command reads it: no stray KEYGATE_* setting,
+    the private Redis under a fresh prefix, the test secret. Skips on memory:// (a CLI
+    command runs its own store, which memory:// would not share)."""
+    if not redis_url.startswith("redis://"):
+        pytest.skip("the CLI needs the private redis-server (memory:// is per process)")
+    for name in list(os.environ):
+        if name.startswith("KEYGATE_"):
+            monkeypatch.delenv(name)
+    values = {
+        "KEYGATE_STORE_URL": redis_url,
+        "KEYGATE_SECRET": TEST_SECRET,
+        "KEYGATE_STORE_PREFIX": f"cli-{uuid.uuid4().hex[:12]}:",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values

@@ -14,7 +14,6 @@ import importlib.metadata
 import json
 import logging
 import socket
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,6 @@ from gateway.errors import Forbidden, Unauthorized
 from gateway.settings import load_settings
 from gateway.store import CLI_ACTOR
 
-SECRET = "cli-commands-secret-" + "w" * 40
-
 
 @pytest.fixture(autouse=True)
 def restored_logging() -> Iterator[None]:
@@ -40,25 +37,6 @@ def restored_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
-
-
-@pytest.fixture
-def env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    if not redis_url.startswith("redis://"):
-        pytest.skip("the CLI needs the private redis-server (memory:// is per process)")
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("KEYGATE_"):
-            monkeypatch.delenv(name)
-    values = {
-        "KEYGATE_STORE_URL": redis_url,
-        "KEYGATE_SECRET": SECRET,
-        "KEYGATE_STORE_PREFIX": f"clic-{uuid.uuid4().hex[:12]}:",
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
 
 
 class Ran:

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -37,6 +35,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from threaded import InThread, serving
 
 from gateway.app import build_gateway, running
 from gateway.credentials import ACCOUNT_RE
@@ -50,19 +49,16 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 ACCOUNT = "acme"
 
 
-@dataclass
-class Served:
+class Served(InThread):
     """keygate on free loopback ports, in a thread with its own event loop."""
 
-    redis_url: str
-    ready: threading.Event = field(default_factory=threading.Event)
-    stop: asyncio.Event | None = None
-    loop: asyncio.AbstractEventLoop | None = None
-    management: str = ""
-    headers: dict[str, str] = field(default_factory=dict)
-    error: BaseException | None = None
+    def __init__(self, redis_url: str):
+        super().__init__()
+        self.redis_url = redis_url
+        self.management = ""
+        self.headers: dict[str, str] = {}
 
-    async def main(self) -> None:
+    async def serve(self, stop: asyncio.Event) -> None:
         settings = load_settings(env={}).with_values(
             store_url=self.redis_url, store_prefix=f"fuzz-api-{uuid.uuid4().hex[:10]}:",
             secret=TEST_SECRET, proxy_listen="127.0.0.1:0", management_listen="127.0.0.1:0",
@@ -71,7 +67,6 @@ class Served:
             auth_failure_limit=10**9, auth_failure_key_limit=10**9,
         )
         gateway = build_gateway(settings)
-        self.stop = asyncio.Event()
         async with running(gateway) as listening:
             owner = await gateway.lifecycle.create(ACCOUNT, "fuzz owner", ["owner"], CLI_ACTOR)
             assert owner.token is not None
@@ -83,33 +78,13 @@ class Served:
                             settings.token_header: owner.token}
             self.management = listening.management
             self.ready.set()
-            await self.stop.wait()
-
-    def run(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        try:
-            self.loop.run_until_complete(self.main())
-        except BaseException as exc:  # surfaced to the test
-            self.error = exc
-            self.ready.set()
-        finally:
-            self.loop.close()
+            await stop.wait()
 
 
 @pytest.fixture(scope="module")
 def served(redis_url: str) -> Iterator[Served]:
-    if redis_url.startswith("memory://"):
-        pytest.skip("keygate runs in a thread of its own here: needs the private redis")
-    server = Served(redis_url)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    assert server.ready.wait(30), "keygate did not start"
-    if server.error is not None:
-        raise server.error
-    yield server
-    assert server.loop is not None and server.stop is not None
-    server.loop.call_soon_threadsafe(server.stop.set)
-    thread.join(30)
+    with serving(Served(redis_url), redis_url) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

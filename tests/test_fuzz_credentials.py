@@ -20,7 +20,6 @@ import contextlib
 import http.client
 import json
 import os
-import threading
 import uuid
 from collections.abc import Iterator
 
@@ -29,6 +28,7 @@ from aiohttp import web
 from conftest import TEST_SECRET
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from threaded import InThread, serving
 
 from gateway.app import build_gateway, running
 from gateway.settings import load_settings
@@ -75,20 +75,17 @@ JWT_LIKE = st.builds(
 )
 
 
-class Served:
+class Served(InThread):
     """keygate on free loopback ports, in a thread with its own event loop."""
 
     def __init__(self, redis_url: str):
+        super().__init__()
         self.redis_url = redis_url
-        self.ready = threading.Event()
-        self.stop: asyncio.Event | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
         self.proxy_port = 0
         self.key: tuple[str, str] = ("", "")
         self.session = ""
-        self.error: BaseException | None = None
 
-    async def main(self) -> None:
+    async def serve(self, stop: asyncio.Event) -> None:
         async def echo(request: web.Request) -> web.Response:
             return web.Response(text="ok")
 
@@ -107,7 +104,6 @@ class Served:
                      "resource": "orders", "upstream": f"http://127.0.0.1:{port}"}],
         )
         gateway = build_gateway(settings)
-        self.stop = asyncio.Event()
         try:
             async with running(gateway) as listening:
                 issued = await gateway.lifecycle.create("acme", "fuzz", ["orders-reader"],
@@ -119,35 +115,15 @@ class Served:
                     issued.record.app_key, "acme", digest)
                 self.proxy_port = int(listening.proxy.rsplit(":", 1)[1])
                 self.ready.set()
-                await self.stop.wait()
+                await stop.wait()
         finally:
             await runner.cleanup()
-
-    def run(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        try:
-            self.loop.run_until_complete(self.main())
-        except BaseException as exc:  # surfaced to the test
-            self.error = exc
-            self.ready.set()
-        finally:
-            self.loop.close()
 
 
 @pytest.fixture(scope="module")
 def served(redis_url: str) -> Iterator[Served]:
-    if redis_url.startswith("memory://"):
-        pytest.skip("keygate runs in a thread of its own here: needs the private redis")
-    server = Served(redis_url)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    assert server.ready.wait(30), "keygate did not start"
-    if server.error is not None:
-        raise server.error
-    yield server
-    assert server.loop is not None and server.stop is not None
-    server.loop.call_soon_threadsafe(server.stop.set)
-    thread.join(30)
+    with serving(Served(redis_url), redis_url) as server:
+        yield server
 
 
 class Client:

@@ -271,25 +271,6 @@ async def test_a_new_account_is_indexed_from_its_first_key(gateway):
 
 
 @pytest.fixture
-def env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    if not redis_url.startswith("redis://"):
-        pytest.skip("the CLI needs the private redis-server (memory:// is per process)")
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("KEYGATE_"):
-            monkeypatch.delenv(name)
-    values = {
-        "KEYGATE_STORE_URL": redis_url,
-        "KEYGATE_SECRET": "listing-index-secret-" + "x" * 40,
-        "KEYGATE_STORE_PREFIX": f"lsti-{uuid.uuid4().hex[:12]}:",
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
-
-
-@pytest.fixture
 async def local(env: dict[str, str], clock: Any) -> AsyncIterator[Gateway]:
     gw = build_gateway(load_settings(env=env), clock=clock)
     yield gw

@@ -29,7 +29,7 @@ def ring(request) -> keys.KeyRing:
     return ring_of(keys.generate(request.param, NOW))
 
 
-def session(ring: keys.KeyRing, ttl: int = 3600, now: int = NOW, **overrides) -> str:
+def session(ring: keys.KeyRing, ttl: int = 3600, now: int = NOW) -> str:
     token, _ = tokens.issue_session(ring, issuer=ISS, audience=AUD, app_key="acme.key",
                                     owner="acme", token_digest=DIGEST, ttl=ttl, now=now)
     return token

@@ -16,6 +16,7 @@ from aiohttp import web
 from ..accesslog import APP_KEY
 from ..context import GATEWAY
 from ..errors import BadRequest
+from ..pipeline.authenticators import invalid_credentials
 from ..views import iso
 from .common import client_address, json_response
 from .operations import Operations
@@ -63,7 +64,10 @@ async def login(request: web.Request, body: Login) -> web.Response:
     found = await gateway.store.auth_lookup(principal.app_key, principal.owner)
     # the stored digest the token matched (the current token, or during a renewal the
     # old or the new one): the session lives as long as that token does
-    digest = next(d for d in found.token_digests if gateway.hasher.matches(token, [d]))
+    digest = next((d for d in found.token_digests if gateway.hasher.matches(token, [d])),
+                  None)
+    if digest is None:  # the token was replaced between the two reads: as if wrong
+        raise invalid_credentials()
     session, expires = await gateway.sessions.issue(principal.app_key, principal.owner,
                                                     digest)
     response = json_response({"token": session, "expires": iso(expires * 1000),

@@ -2,9 +2,9 @@
 
 import * as api from "./api.js";
 import { confirmDialog, openDialog } from "./dialogs.js";
-import { debounce, field, h, replaceChildren, roleChoices, rolesList, select, statusBadge, time } from "./dom.js";
+import { field, h, replaceChildren, roleChoices, rolesList, select, statusBadge, time } from "./dom.js";
 import { checkedRoles, mayActOn, sameRoles } from "./keys.js";
-import { PER_PAGE, serverTable } from "./table.js";
+import { serverTable, STATUS_FILTER, tableToolbar } from "./table.js";
 
 export function externalTab(ctx, panel) {
   const { me, account } = ctx;
@@ -100,21 +100,10 @@ export function externalTab(ctx, panel) {
     });
   }
 
-  const search = h("input", { type: "search", name: "q", maxlength: "200", autocomplete: "off" });
-  const reload = () => { query.page = 1; table.refresh(); };
-  search.addEventListener("input", debounce(() => { query.q = search.value.trim(); reload(); }, 250));
-  const filter = (name, label, options) => {
-    const control = select(name, options, "");
-    control.addEventListener("change", () => { query[name] = control.value; reload(); });
-    return field(label, control);
-  };
-  const perPage = select("perPage", PER_PAGE, "20");
-  perPage.addEventListener("change", () => { query.perPage = Number(perPage.value); reload(); });
-  const toolbar = h("form", { class: "toolbar", role: "search", "aria-label": "Find external keys", onsubmit: (e) => e.preventDefault() },
-    field("Search label or key", search, "grow"),
-    filter("status", "Status", [["", "All"], ["active", "Active"], ["inactive", "Inactive"]]),
-    filter("role", "Role", [["", "All"], ...me.definedRoles.map((r) => [r, r])]),
-    field("Per page", perPage));
+  const toolbar = tableToolbar({ label: "Find external keys", query, table, filters: [
+    ["status", "Status", STATUS_FILTER],
+    ["role", "Role", [["", "All"], ...me.definedRoles.map((r) => [r, r])]],
+  ] });
   if (may.edit) {
     const button = h("button", { type: "button", class: "primary" }, "Add external key");
     button.addEventListener("click", add);

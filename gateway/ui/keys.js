@@ -3,10 +3,10 @@
 import * as api from "./api.js";
 import { confirmDialog, openDialog, revealSecret } from "./dialogs.js";
 import {
-  addMonths, debounce, field, formatDate, h, radios, replaceChildren, roleChoices, rolesList,
+  addMonths, field, formatDate, h, radios, replaceChildren, roleChoices, rolesList,
   select, statusBadge, time,
 } from "./dom.js";
-import { PER_PAGE, serverTable } from "./table.js";
+import { serverTable, STATUS_FILTER, tableToolbar } from "./table.js";
 
 const RED_AFTER_MONTHS = 3;
 
@@ -244,22 +244,11 @@ export function generatedTab(ctx, panel) {
   }
 
   // the toolbar: search and filters, all answered by the server
-  const search = h("input", { type: "search", name: "q", maxlength: "200", autocomplete: "off" });
-  const reload = () => { query.page = 1; table.refresh(); };
-  search.addEventListener("input", debounce(() => { query.q = search.value.trim(); reload(); }, 250));
-  const filter = (name, label, options) => {
-    const control = select(name, options, "");
-    control.addEventListener("change", () => { query[name] = control.value; reload(); });
-    return field(label, control);
-  };
-  const perPage = select("perPage", PER_PAGE, "20");
-  perPage.addEventListener("change", () => { query.perPage = Number(perPage.value); reload(); });
-  const toolbar = h("form", { class: "toolbar", role: "search", "aria-label": "Find generated keys", onsubmit: (e) => e.preventDefault() },
-    field("Search label or key", search, "grow"),
-    filter("status", "Status", [["", "All"], ["active", "Active"], ["inactive", "Inactive"]]),
-    filter("role", "Role", [["", "All"], ...me.definedRoles.map((r) => [r, r])]),
-    filter("renewal", "Renewal alert", [["", "All"], ["none", "None"], ["orange", "Orange (renew soon)"], ["red", "Red (overdue)"]]),
-    field("Per page", perPage));
+  const toolbar = tableToolbar({ label: "Find generated keys", query, table, filters: [
+    ["status", "Status", STATUS_FILTER],
+    ["role", "Role", [["", "All"], ...me.definedRoles.map((r) => [r, r])]],
+    ["renewal", "Renewal alert", [["", "All"], ["none", "None"], ["orange", "Orange (renew soon)"], ["red", "Red (overdue)"]]],
+  ] });
   if (may.edit) {
     const button = h("button", { type: "button", class: "primary" }, "Generate key");
     button.addEventListener("click", generate);

@@ -2,9 +2,30 @@
 // parameters q, status, role, sort, order, page, perPage), so a page of 20 rows costs the
 // same at 50 keys and at 100,000.
 
-import { clearError, h, replaceChildren, showError } from "./dom.js";
+import { clearError, debounce, field, h, replaceChildren, select, showError } from "./dom.js";
 
 export const PER_PAGE = [["10", "10"], ["20", "20"], ["50", "50"], ["100", "100"]];
+
+export const STATUS_FILTER = [["", "All"], ["active", "Active"], ["inactive", "Inactive"]];
+
+// The search box, the filters ([name, label, options]) and the page size above a
+// serverTable: each change sets its query parameter and goes back to page 1.
+export function tableToolbar({ label, query, table, filters }) {
+  const reload = () => { query.page = 1; table.refresh(); };
+  const search = h("input", { type: "search", name: "q", maxlength: "200", autocomplete: "off" });
+  search.addEventListener("input", debounce(() => { query.q = search.value.trim(); reload(); }, 250));
+  const filter = ([name, text, options]) => {
+    const control = select(name, options, "");
+    control.addEventListener("change", () => { query[name] = control.value; reload(); });
+    return field(text, control);
+  };
+  const perPage = select("perPage", PER_PAGE, "20");
+  perPage.addEventListener("change", () => { query.perPage = Number(perPage.value); reload(); });
+  return h("form", { class: "toolbar", role: "search", "aria-label": label, onsubmit: (e) => e.preventDefault() },
+    field("Search label or key", search, "grow"),
+    ...filters.map(filter),
+    field("Per page", perPage));
+}
 
 // columns: [{title, sort?: field, cell(item) -> node}]
 export function serverTable({ caption, columns, emptyText, load, query, noun }) {
