@@ -99,7 +99,9 @@ def issue_session(
 
 
 def _header(token: str) -> dict[str, Any] | None:
-    if len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
+    # A JWT is base64url and dots. Anything else (header bytes that are not UTF-8 arrive
+    # as surrogates) is not a token of ours, and pyjwt would fail to encode it.
+    if len(token) > MAX_TOKEN_LENGTH or not token.isascii() or token.count(".") != 2:
         return None
     try:
         header = jwt.get_unverified_header(token)
