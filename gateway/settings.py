@@ -70,9 +70,14 @@ def _store_url(value: Any) -> str:
 
         parse_sentinel_url(value)
         return value
+    if value.lower().startswith("redis+cluster://"):
+        from .store.connection import parse_cluster_url
+
+        parse_cluster_url(value)
+        return value
     if not value.startswith(("memory://", "redis://", "rediss://", "unix://")):
-        raise ValueError("expected memory://, redis://HOST:PORT/DB, rediss://…, unix://PATH "
-                         "or redis+sentinel://HOST:PORT,…/SERVICE")
+        raise ValueError("expected memory://, redis://HOST:PORT/DB, rediss://…, unix://PATH, "
+                         "redis+sentinel://HOST:PORT,…/SERVICE or redis+cluster://HOST:PORT,…")
     return value
 
 
@@ -216,7 +221,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("store_url", "memory://",
             "Key store: redis://HOST:PORT/DB, rediss://… or unix://PATH; "
             "redis+sentinel://HOST:PORT,HOST:PORT,…/SERVICE for a master found through "
-            "Redis Sentinel (see Redis Sentinel). memory:// is an in-process store for "
+            "Redis Sentinel (see Redis Sentinel); redis+cluster://HOST:PORT,HOST:PORT,… for "
+            "a Redis Cluster (see Redis Cluster). memory:// is an in-process store for "
             "trying keygate out; it keeps nothing.", _store_url, shown=url_without_passwords),
     Setting("store_max_connections", 100,
             "Redis connections per process; more concurrent store calls wait for one.",

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis_cluster
 from aiohttp import web
 from aiohttp.test_utils import RawTestServer
 
@@ -92,6 +93,34 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real 3-master Redis Cluster for this test session (``redis_cluster.py``)."""
+    why_not = redis_cluster.available()
+    if why_not is not None:
+        if os.environ.get("KEYGATE_TESTS_REQUIRE_REDIS") == "1":
+            pytest.fail(f"no Redis Cluster: {why_not}, and KEYGATE_TESTS_REQUIRE_REDIS=1")
+        pytest.skip(f"no Redis Cluster: {why_not}")
+    with redis_cluster.redis_cluster(tmp_path_factory.mktemp("cluster")) as url:
+        yield url
+
+
+def on_one_server_and_a_cluster() -> Any:
+    """A module's ``redis_url`` that runs each of its tests twice: on the session's
+    redis-server and on the session's Redis Cluster. Use as
+    ``redis_url = on_one_server_and_a_cluster()`` in a test module."""
+
+    @pytest.fixture(params=["one-server", "cluster"])
+    def redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+        if request.param == "cluster":
+            if redis_url.startswith("memory://"):
+                pytest.skip("no redis-server: no cluster either")
+            return str(request.getfixturevalue("cluster_url"))
+        return redis_url
+
+    return redis_url
 
 
 @pytest.fixture

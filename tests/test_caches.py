@@ -9,13 +9,17 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import ProxyTestServer
+import redis_cluster
+from conftest import ProxyTestServer, on_one_server_and_a_cluster
 
 from gateway.app import build_gateway
 from gateway.pipeline.authorizer import CasbinAuthorizer
 from gateway.policy import Policy
 from gateway.settings import PROJECT_ROOT
 from gateway.store import CLI_ACTOR
+
+# the store, cache and revocation behaviour on one server and on a Redis Cluster
+redis_url = on_one_server_and_a_cluster()
 
 MODEL = PROJECT_ROOT / "model.conf"
 
@@ -90,12 +94,16 @@ def test_the_decision_cache_is_bounded(tmp_path):
 
 # -- credential cache ----------------------------------------------------------------------
 async def _hmgets(redis_url: str) -> int:
-    client = aioredis.from_url(redis_url, decode_responses=True)
-    try:
-        stats = await client.info("commandstats")
-    finally:
-        await client.aclose()
-    return stats.get("cmdstat_hmget", {}).get("calls", 0)
+    """HMGETs served so far, by the server or by every node of the cluster."""
+    calls = 0
+    for url in redis_cluster.node_urls(redis_url):
+        client = aioredis.from_url(url, decode_responses=True)
+        try:
+            stats = await client.info("commandstats")
+        finally:
+            await client.aclose()
+        calls += stats.get("cmdstat_hmget", {}).get("calls", 0)
+    return calls
 
 
 async def _trusted(gateway, deadline: float = 10.0) -> None:
@@ -184,15 +192,16 @@ async def test_after_losing_the_subscription_the_cache_is_flushed_before_it_is_t
     key = await make_key("acme", ["orders-reader"])
     await _trusted(gateway)
     assert (await proxy.get("/orders/1", headers=key.headers)).status == 200
-    admin = aioredis.from_url(real_redis, decode_responses=True)
-    try:
-        # a change that publishes nothing, as if its notice had been lost
-        await admin.hset(f"{gateway.settings.store_prefix}key:{key.app_key}", "status", "inactive")
-        assert (await proxy.get("/orders/1", headers=key.headers)).status == 200  # stale, cached
-        subscriptions = gateway.store.resyncs
-        await admin.client_kill_filter(_type="pubsub")
-    finally:
-        await admin.aclose()
+    # a change that publishes nothing, as if its notice had been lost
+    await gateway.store.redis.hset(gateway.store.names.key(key.app_key), "status", "inactive")
+    assert (await proxy.get("/orders/1", headers=key.headers)).status == 200  # stale, cached
+    subscriptions = gateway.store.resyncs
+    for url in redis_cluster.node_urls(real_redis):  # the subscriber's node, whichever
+        admin = aioredis.from_url(url, decode_responses=True)
+        try:
+            await admin.client_kill_filter(_type="pubsub")
+        finally:
+            await admin.aclose()
     deadline = time.monotonic() + 10
     while gateway.store.resyncs == subscriptions or not gateway.store.cache_trusted:
         assert time.monotonic() < deadline, "the subscription did not come back"
@@ -203,6 +212,7 @@ async def test_after_losing_the_subscription_the_cache_is_flushed_before_it_is_t
 async def test_reload_swaps_the_policy_and_refuses_a_broken_one(
     tmp_path, make_settings, clock, aiohttp_client, make_key
 ):
+
     """SIGHUP's work: the new policy answers at once (no cached decision of the old one
     survives); a broken file keeps the old policy."""
     import shutil

@@ -12,7 +12,10 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import Key, ProxyTestServer
+from conftest import Key, ProxyTestServer, on_one_server_and_a_cluster
+
+# the store, cache and revocation behaviour on one server and on a Redis Cluster
+redis_url = on_one_server_and_a_cluster()
 
 EXT_FIELDS = {"appKey", "label", "roles", "status", "account", "addedDate"}
 
@@ -827,6 +830,7 @@ async def eventually_status(proxy: Any, method: str, path: str, key: Key, want: 
 async def test_grant_changes_reach_every_instances_cache(
     management, make_key, admins, second_proxy
 ):
+
     acme = await admins("acme")
     partner = await make_key("beta", ["orders-reader"], label="partner")
     # the other instance caches "no grant in acme" for this key

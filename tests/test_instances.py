@@ -16,7 +16,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import TEST_SECRET
+from conftest import TEST_SECRET, on_one_server_and_a_cluster
+
+# the store, cache and revocation behaviour on one server and on a Redis Cluster
+redis_url = on_one_server_and_a_cluster()
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes")
 
@@ -249,6 +252,7 @@ def test_a_port_in_use_is_a_configuration_error_naming_the_setting(tmp_path):
 async def test_access_log_is_one_json_line_per_request_without_secrets(
     tmp_path, redis_url, upstream
 ):
+
     if redis_url.startswith("memory://"):
         pytest.skip("the CLI and the server need a shared Redis")
     config = _config(tmp_path, "log", redis_url, f"log-{uuid.uuid4().hex[:8]}:", upstream.url)

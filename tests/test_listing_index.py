@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from conftest import on_one_server_and_a_cluster
 
 from gateway.app import build_gateway
 from gateway.cli import main
@@ -30,6 +31,9 @@ from gateway.store import CLI_ACTOR as CLI
 from gateway.store import SORT_FIELDS, KeyQuery, Store
 from gateway.store.names import glob_escape
 
+# the store, cache and revocation behaviour on one server and on a Redis Cluster
+redis_url = on_one_server_and_a_cluster()
+
 ACCOUNT = "acme"
 ROLES = ("owner", "orders-reader", "orders-writer", "rare")
 LABELS = (
@@ -37,6 +41,7 @@ LABELS = (
     "under_score", "percent %", "dot.star .*", "[bracket]", "(paren)", "a", "zz", "key 99",
     "Z", "ǅungla", "ﬁsh", "ß",
 )
+
 DAY_MS = 86_400_000
 
 

@@ -19,12 +19,15 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import ProxyTestServer
+from conftest import ProxyTestServer, on_one_server_and_a_cluster
 
 from gateway.app import build_gateway
 from gateway.management import build_management_app
 from gateway.management.metrics import build_metrics_app
 from gateway.store import CLI_ACTOR
+
+# the store, cache and revocation behaviour on one server and on a Redis Cluster
+redis_url = on_one_server_and_a_cluster()
 
 KEYS = "/api/v1/accounts/acme/keys"
 LINK_PATH = re.compile(r"^(?P<base>https?://[^/]+)/api/v1/token-links/(?P<secret>[A-Za-z0-9_-]+)$")
@@ -668,6 +671,7 @@ async def _redis_dump(gateway: Any) -> str:
 async def test_no_response_log_line_or_audit_event_contains_a_token(
     api, proxy, gateway, make_key, caplog, clock, management, aiohttp_client
 ):
+
     caplog.set_level(logging.DEBUG)
     issued_by_api: list[str] = []  # each must appear in exactly one response
     stored_only: list[str] = []  # tokens made outside the API: in no response at all
@@ -735,8 +739,7 @@ async def test_no_response_log_line_or_audit_event_contains_a_token(
     stream = [
         event
         for kind in ("audit", "access")  # change events, then access events
-        for event in await gateway.store.redis.xrange(
-            f"{gateway.settings.store_prefix}acct:acme:{kind}")
+        for event in await gateway.store.redis.xrange(gateway.store.names.account("acme", kind))
     ]
     raw_events = orjson.dumps(stream).decode()
     actions = {orjson.loads(fields["event"])["action"] for _, fields in stream}

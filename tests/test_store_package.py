@@ -13,6 +13,7 @@ from importlib.resources import files
 from typing import Any
 
 import pytest
+from conftest import on_one_server_and_a_cluster
 
 from gateway.context import Gateway
 from gateway.credentials import link_id
@@ -30,10 +31,14 @@ from gateway.store import (
 )
 from gateway.store.lua import SCRIPTS, source
 
+# the store, cache and revocation behaviour on one server and on a Redis Cluster
+redis_url = on_one_server_and_a_cluster()
+
 SCRIPT_DIR = files("gateway.store") / "scripts"
 # the scripts run through StoreCore.change: they take the shared header
-CHANGES = {"create_key", "update_key", "delete_key", "renew_token", "end_renewal",
-           "add_grant", "update_grant", "remove_grant"}
+KEY_CHANGES = {"create_key", "update_key", "delete_key", "renew_token", "end_renewal"}
+GRANT_CHANGES = {"add_grant", "update_grant", "remove_grant"}
+CHANGES = KEY_CHANGES | GRANT_CHANGES
 
 
 def lua(name: str) -> str:
@@ -54,13 +59,20 @@ def test_every_lua_file_is_a_registered_script_or_a_fragment_one_uses():
 
 def test_the_audit_step_and_the_notice_of_a_change_are_written_once():
     """XADD only in the prelude's audit(); a change of a key hash publishes only through
-    the prelude's committed(), which audits first."""
+    the prelude's committed(), which audits first, or (a grant, whose audit stream is in
+    the granting account's slot) through granted(), which records the audit event as
+    the follow-up that apply_followup.lua writes with audit()."""
     for name in lua_files() - {"prelude"}:
         assert "XADD" not in lua(name), name
     for name in CHANGES:
         assert "PUBLISH" not in lua(name), name
+    for name in KEY_CHANGES:
         assert "committed(" in lua(name), name
+    for name in GRANT_CHANGES:
+        assert "granted(" in lua(name), name
+    assert "audit(" in lua("apply_followup")
     assert lua("prelude").count("XADD") == 1
+    assert lua("prelude").count("PUBLISH") == lua("grant_snapshot").count("PUBLISH") == 1
 
 
 async def test_every_script_loads_on_the_store_as_registered(gateway: Gateway):
@@ -169,6 +181,7 @@ async def test_renewal_refusals_are_typed_keep_their_reason_and_write_nothing(
 async def test_a_key_name_is_never_issued_twice_and_the_refusal_writes_nothing(
     gateway: Gateway,
 ):
+
     live = await gateway.lifecycle.create("acme", "live", ["owner"], CLI_ACTOR)
     dead = await gateway.lifecycle.create("acme", "dead", ["orders-reader"], CLI_ACTOR)
     assert await gateway.store.delete_key("acme", dead.record.app_key, actor=CLI_ACTOR)

@@ -181,7 +181,8 @@ class Store(AuthReads, KeyChanges, KeyListing, GrantChanges, Links, AccountSetti
         audit_max_access_events: int = 10_000,
     ) -> Store:
         client = client_from_url(url, max_connections)
-        return cls(client, prefix, clock, audit_max_events, cache, audit_max_access_events)
+        return cls(client, prefix, clock, audit_max_events, cache, audit_max_access_events,
+                   max_connections)
 
     async def close(self) -> None:
         await self.stop_invalidation()

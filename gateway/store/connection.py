@@ -12,6 +12,13 @@ PASSWORD the master's credentials (percent-encoded), ``db`` the database (0 if l
 out), ``sentinel_username`` and ``sentinel_password`` the sentinels' own credentials if
 they require them. Every connection asks the sentinels where the master is, so after a
 failover new connections — the invalidation listener's included — reach the new master.
+
+``redis+cluster://`` names a Redis Cluster by some of its nodes::
+
+    redis+cluster://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]…]
+
+The client learns the rest of the cluster from them (port 6379 if left out). On a
+cluster the store uses its hash-tagged layout (``names.py``).
 """
 
 from __future__ import annotations
@@ -22,11 +29,15 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEME = "redis+cluster"
+DEFAULT_CLUSTER_PORT = 6379
+MAX_CLUSTER_NODES = 16  # startup nodes only: the client discovers the others
 DEFAULT_SENTINEL_PORT = 26379
 MAX_SENTINELS = 16  # each is a client of its own; a quorum never needs more
 _SERVICE = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -73,23 +84,79 @@ def is_sentinel_url(url: str) -> bool:
     return url.lower().startswith(SENTINEL_SCHEME + "://")
 
 
+def is_cluster_url(url: str) -> bool:
+    return url.lower().startswith(CLUSTER_SCHEME + "://")
+
+
+@dataclass(frozen=True)
+class ClusterURL:
+    """A parsed ``redis+cluster://`` URL (its ``repr`` shows no password)."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+
+    def __repr__(self) -> str:
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.nodes)
+        return f"ClusterURL({CLUSTER_SCHEME}://{hosts})"
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    """Parse a ``redis+cluster://`` URL; a ValueError says what is wrong without
+    repeating any password."""
+    if len(url) > 4096:
+        raise ValueError("a redis+cluster:// URL of more than 4096 characters")
+    parts = urlsplit(url)
+    if parts.scheme.lower() != CLUSTER_SCHEME:
+        raise ValueError("expected redis+cluster://")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("a redis+cluster:// URL is only nodes: "
+                         "redis+cluster://HOST:PORT,HOST:PORT (a cluster has one database)")
+    credentials, at, hosts = parts.netloc.rpartition("@")
+    if not at:
+        credentials = ""
+    if not hosts:
+        raise ValueError("expected at least one node: redis+cluster://HOST:PORT,…")
+    listed = hosts.split(",")
+    if len(listed) > MAX_CLUSTER_NODES:
+        raise ValueError(f"more than {MAX_CLUSTER_NODES} nodes")
+    nodes = tuple(_address(part, DEFAULT_CLUSTER_PORT, "node") for part in listed)
+    if len(set(nodes)) != len(nodes):
+        raise ValueError("a node is listed twice")
+    username, password = _credentials(credentials)
+    return ClusterURL(nodes=nodes, username=username, password=password)
+
+
+def _credentials(text: str) -> tuple[str | None, str | None]:
+    if not text:
+        return None, None
+    user, colon, secret = text.partition(":")
+    if not colon:  # "name@": a user or a password? Said explicitly instead of guessed
+        raise ValueError("credentials are written USER:PASSWORD@ or :PASSWORD@")
+    return unquote(user) or None, unquote(secret)
+
+
 def _sentinel_address(part: str) -> tuple[str, int]:
+    return _address(part, DEFAULT_SENTINEL_PORT, "sentinel")
+
+
+def _address(part: str, default_port: int, what: str) -> tuple[str, int]:
     if part.startswith("["):  # [IPv6]:PORT
         host, sep, rest = part[1:].partition("]")
         if not sep or not host or not re.fullmatch(r"[0-9A-Fa-f:.]+", host):
-            raise ValueError("a sentinel's IPv6 address must be written [ADDRESS]:PORT")
+            raise ValueError(f"a {what}'s IPv6 address must be written [ADDRESS]:PORT")
         port_text = rest[1:] if rest.startswith(":") else None
         if rest and port_text is None:
-            raise ValueError("expected [ADDRESS]:PORT for an IPv6 sentinel")
+            raise ValueError(f"expected [ADDRESS]:PORT for an IPv6 {what}")
     else:
         host, sep, port_text_or_empty = part.partition(":")
         port_text = port_text_or_empty if sep else None
         if not _HOST.fullmatch(host):
-            raise ValueError("each sentinel must be HOST or HOST:PORT, separated by commas")
+            raise ValueError(f"each {what} must be HOST or HOST:PORT, separated by commas")
     if port_text is None:
-        return host, DEFAULT_SENTINEL_PORT
+        return host, default_port
     if not port_text.isdigit() or len(port_text) > 5 or not 0 < int(port_text) < 65536:
-        raise ValueError("a sentinel's port must be a number from 1 to 65535")
+        raise ValueError(f"a {what}'s port must be a number from 1 to 65535")
     return host, int(port_text)
 
 
@@ -120,14 +187,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
             "expected the monitored service's name after the sentinels: "
             "redis+sentinel://HOST:PORT,…/SERVICE (letters, digits, '.', '_', '-')"
         )
-    username: str | None = None
-    password: str | None = None
-    if credentials:
-        user, colon, secret = credentials.partition(":")
-        if not colon:  # "name@": a user or a password? Said explicitly instead of guessed
-            raise ValueError("credentials are written USER:PASSWORD@ or :PASSWORD@")
-        username = unquote(user) or None
-        password = unquote(secret)
+    username, password = _credentials(credentials)
     options: dict[str, str] = {}
     try:
         pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query),
@@ -218,9 +278,27 @@ def client_from_url(url: str, max_connections: int) -> aioredis.Redis:
         )
     if is_sentinel_url(url):
         return sentinel_client(parse_sentinel_url(url), max_connections)
+    if is_cluster_url(url):
+        return cluster_client(parse_cluster_url(url), max_connections)
     # A blocking pool queues requests beyond max_connections instead of failing them: a
     # burst of cold keys waits a little rather than getting 503s.
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=POOL_WAIT, **_CLIENT_OPTIONS
     )
     return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+
+
+def cluster_client(parsed: ClusterURL, max_connections: int) -> Any:
+    """A Redis Cluster client (``max_connections`` per node). Slots that moved are
+    followed (MOVED, ASK); a cluster that cannot serve a slot answers ClusterDownError,
+    a 503 for the caller."""
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in parsed.nodes],
+        username=parsed.username, password=parsed.password,
+        max_connections=max_connections,
+        **_CLIENT_OPTIONS,
+    )
+
+
+def is_cluster_client(client: Any) -> bool:
+    return isinstance(client, RedisCluster)

@@ -7,10 +7,12 @@ facade (``gateway.store``) is all of them together.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 import orjson
@@ -19,6 +21,7 @@ import redis.exceptions
 from redis.commands.core import AsyncScript
 
 from ..errors import StoreUnavailable
+from .connection import is_cluster_client
 from .credential_cache import CacheSettings, CredentialCache
 from .invalidation import InvalidationListener
 from .lua import Scripts
@@ -55,6 +58,9 @@ _UNAVAILABLE_ERRORS = (
     redis.exceptions.TimeoutError,
     redis.exceptions.ReadOnlyError,
     redis.exceptions.MasterDownError,  # a replica cut off from its master
+    redis.exceptions.ClusterError,  # CLUSTERDOWN: a slot nobody serves now
+    redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.TryAgainError,  # a slot moving between nodes
 )
 # Replies redis-py maps to no class of their own (in a script too).
 _UNAVAILABLE_REPLIES = ("NOREPLICAS ",)
@@ -75,17 +81,35 @@ def store_unavailable(exc: BaseException) -> bool:
     return reply.startswith(_UNAVAILABLE_REPLIES)
 
 
+# Set inside a store call, so that the calls it makes itself are not gated again.
+_IN_STORE_CALL: ContextVar[bool] = ContextVar("keygate_in_store_call", default=False)
+
+
+async def _gated(gate: asyncio.Semaphore, call: Awaitable[T]) -> T:
+    async with gate:
+        token = _IN_STORE_CALL.set(True)
+        try:
+            return await call
+        finally:
+            _IN_STORE_CALL.reset(token)
+
+
 def unavailable(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     """Turn a lost Redis into a 503 for the caller instead of a stack trace; tell the
-    store's observer, if it has one, how long the call took and whether it failed."""
+    store's observer, if it has one, how long the call took and whether it failed. On a
+    cluster, calls beyond ``max_connections`` wait their turn (the call gate)."""
     operation = func.__name__
 
     @functools.wraps(func)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        observer = args[0].observer  # type: ignore[attr-defined]  # always a Store method
+        store = args[0]
+        observer = store.observer  # type: ignore[attr-defined]  # always a Store method
+        gate = store.call_gate  # type: ignore[attr-defined]
         started = time.perf_counter() if observer is not None else 0.0
         try:
-            return await func(*args, **kwargs)
+            if gate is None or _IN_STORE_CALL.get():
+                return await func(*args, **kwargs)
+            return await _gated(gate, func(*args, **kwargs))
         except redis.exceptions.RedisError as exc:
             if not store_unavailable(exc):
                 raise
@@ -128,6 +152,11 @@ def status_of(result: Any) -> Any:
     return result[0] if isinstance(result, list) else result
 
 
+# How long a follow-up's done marker outlives a crash between applying the follow-up and
+# clearing it (normally it is deleted at once).
+FOLLOWUP_MARKER_MS = 30 * 24 * 3600 * 1000
+
+
 class StoreCore:
     def __init__(
         self,
@@ -137,10 +166,17 @@ class StoreCore:
         audit_max_events: int = 100_000,
         cache: CacheSettings = CacheSettings(),  # noqa: B008 - frozen, shared safely
         audit_max_access_events: int = 10_000,
+        max_connections: int = 100,
     ):
         self.redis = client
         self.prefix = prefix
-        self.names = Keyspace(prefix)
+        self.names = Keyspace(prefix, clustered=is_cluster_client(client))
+        # A cluster client's pool per node fails a call past its size (MaxConnectionsError)
+        # where a one-server pool waits: on a cluster, store calls wait at this gate
+        # instead, one connection per node each at most (a call runs its commands one at
+        # a time; a pipeline takes one connection per node).
+        self.call_gate = (asyncio.Semaphore(max_connections)
+                          if self.names.clustered else None)
         self.channel = self.names.channel
         self.clock = clock
         self.audit_max_events = audit_max_events
@@ -238,3 +274,24 @@ class StoreCore:
             )
             start += chunk
         await self.redis.sadd(owners, "")
+
+    @unavailable
+    async def finish_followups(self, app_key: str, only: str | None = None) -> int:
+        """Apply and clear the key's pending grant follow-ups (``only``: the one of that
+        account); how many were applied now. Idempotent."""
+        key = self.names.key(app_key)
+        fields = await self.redis.hgetall(key)
+        applied = 0
+        for field, value in fields.items():
+            account = field[3:]
+            if not field.startswith("fu:") or (only is not None and account != only):
+                continue
+            done = self.names.account(account, "done:" + str(orjson.loads(value)["id"]))
+            applied += await self.scripts.apply_followup(
+                keys=[self.names.account(account, "ext"), self.names.account(account, "audit"),
+                      done],
+                args=[value, app_key, self.audit_max_events, FOLLOWUP_MARKER_MS],
+            )
+            await self.scripts.clear_followup(keys=[key], args=[field, value])
+            await self.redis.delete(done)
+        return applied

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .core import StoreCore, unavailable
+from .names import owner_of
 
 
 class Counters(StoreCore):
@@ -23,10 +24,14 @@ class Counters(StoreCore):
 
     @unavailable
     async def record_last_used(self, times: Mapping[str, int]) -> None:
-        """Write a batch of last-used times in one script; deleted keys are skipped."""
-        if times:
-            names = list(times)
+        """Write a batch of last-used times: one script per account (its keys and its
+        last-use index share a slot), one after the other (a background write: one
+        connection at a time); deleted keys are skipped."""
+        by_account: dict[str, list[str]] = {}
+        for app_key in times:
+            by_account.setdefault(owner_of(app_key), []).append(app_key)
+        for account, app_keys in by_account.items():
             await self.scripts.record_last_used(
-                keys=[self.names.key(n) for n in names],
-                args=[len(self.names.key_prefix.encode()), self.names.account_prefix,
-                      *(times[n] for n in names)])
+                keys=[self.names.account(account, "used"),
+                      *(self.names.key(n) for n in app_keys)],
+                args=[*app_keys, *(times[n] for n in app_keys)])

@@ -3,16 +3,25 @@
 A grant lives in the key's own hash (field ``g:{account}``, holding the granting
 account's label, roles, status and the date it was added), so authenticating a key for
 that account stays one HMGET; the account's ``ext`` index lists the keys it granted.
+
+The hash is in the owner account's slot, the index and the granting account's audit
+stream in the granting account's: a grant change is one script in the key's slot (the
+change, its invalidation notice and a follow-up recorded in the hash) and then the
+follow-up applied once in the other slot and cleared (``scripts/grant_snapshot.lua``).
+Until the follow-up is applied the grant already works (or no longer does), which is
+what authorization needs at once; a follow-up left by a crash is applied before the next
+change of the grant, or by ``keygate store migrate``.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import orjson
 
-from .core import StoreCore, unavailable, unavailable_iter
+from .core import StoreCore, status_of, unavailable, unavailable_iter
 from .records import ACTIVE, Actor, ExternalKey
 
 
@@ -30,12 +39,9 @@ class GrantChanges(StoreCore):
         grant = orjson.dumps(
             {"roles": list(roles), "status": ACTIVE, "label": label, "added": now}
         ).decode()
-        names = self.names
-        _, owner, added = await self.change(
+        _, owner, added = await self._grant_change(
             self.scripts.add_grant, account, app_key, "external-key.add", actor,
-            keys=[names.key(app_key), names.account(account, "ext"),
-                  names.account(account, "audit")],
-            args=[grant, now, app_key],
+            args=[grant, now],
         )
         found = ExternalKey.from_grant(app_key, owner, added)
         assert found is not None  # the script answers the owner and the grant it wrote
@@ -59,9 +65,8 @@ class GrantChanges(StoreCore):
     ) -> ExternalKey | None:
         """Change the grant of another account's key; None when there is none.
         :class:`KeyChanged` when ``expect_roles`` are not the grant's roles."""
-        result = await self.change(
+        result = await self._grant_change(
             self.scripts.update_grant, account, app_key, "external-key.update", actor,
-            keys=[self.names.key(app_key), self.names.account(account, "audit")],
             args=[orjson.dumps(dict(changes)).decode()], expect_roles=expect_roles,
         )
         if result[0] == "missing":
@@ -78,14 +83,30 @@ class GrantChanges(StoreCore):
     ) -> bool:
         """Remove the grant (the key lives on in its owner account); False when there is
         none. :class:`KeyChanged` as in :meth:`update_grant`."""
-        names = self.names
-        result = await self.change(
+        result = await self._grant_change(
             self.scripts.remove_grant, account, app_key, "external-key.remove", actor,
-            keys=[names.key(app_key), names.account(account, "ext"),
-                  names.account(account, "audit")],
-            args=[app_key], expect_roles=expect_roles,
+            args=[], expect_roles=expect_roles,
         )
-        return result == "ok"
+        return status_of(result) == "ok"
+
+    async def _grant_change(
+        self, script: Any, account: str, app_key: str, action: str, actor: Actor,
+        args: list[Any], expect_roles: Sequence[str] | None = None,
+    ) -> Any:
+        """Run a grant change in the key's slot, then apply its follow-up in the
+        granting account's. A follow-up an earlier change left is applied first."""
+        for _ in range(2):
+            result = await self.change(
+                script, account, app_key, action, actor, keys=[self.names.key(app_key)],
+                args=[*args, secrets.token_hex(8)], expect_roles=expect_roles,
+            )
+            if status_of(result) != "followup":
+                break
+            await self.finish_followups(app_key)
+        if status_of(result) == "ok":
+            await self.finish_followups(app_key, account)
+        return result
+
 
     @unavailable_iter
     async def iter_grants(self, account: str, chunk: int = 500) -> AsyncIterator[list[ExternalKey]]:

@@ -78,8 +78,9 @@ class InvalidationListener:
 
     def _heard(self, name: str) -> None:
         names = self.names
-        if name.startswith(names.key_prefix):
-            self.cache.forget(name[len(names.key_prefix):])
+        app_key = names.app_key_of(name)
+        if app_key is not None:
+            self.cache.forget(app_key)
             if self.observer is not None:
                 self.observer.invalidated()
         elif name == names.policy_record and self.on_policy_announced:
@@ -90,8 +91,14 @@ class InvalidationListener:
     async def _listen(self) -> None:
         backoff = 0.1
         while not self._stopping:
-            pubsub = self.redis.pubsub()
+            pubsub = None
             try:
+                if self.names.clustered:
+                    # a cluster client learns the slots on its first command, and its
+                    # pub/sub needs them first; classic pub/sub is broadcast to every
+                    # node, so one subscription on any node hears every change
+                    await self.redis.initialize()
+                pubsub = self.redis.pubsub()
                 await pubsub.subscribe(self.names.channel)
                 pinged = 0.0
                 while not self._stopping:
@@ -121,5 +128,6 @@ class InvalidationListener:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()

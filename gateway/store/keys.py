@@ -1,13 +1,20 @@
 """Generated keys: create, read, change, delete, and their tokens' renewal.
 
 Each change is one script (``scripts/*.lua``) run through :meth:`StoreCore.change`:
-precondition, change, audit event and invalidation notice together or not at all.
+precondition, change, audit event and invalidation notice together or not at all, in the
+owner account's slot. What lives in other slots is written before the change (a new
+one-time link, which opens nothing until the change names it) or after it (dropping a
+replaced link, the deleted key's entries in other accounts' external-key indexes), each
+idempotent and harmless if a crash leaves it undone.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
+
+import redis.exceptions
 
 from .core import StoreCore, unavailable
 from .records import (
@@ -20,6 +27,7 @@ from .records import (
     label_fold,
     pairs,
 )
+from .refusals import StoreRefusal
 
 
 class KeyChanges(StoreCore):
@@ -53,18 +61,36 @@ class KeyChanges(StoreCore):
             names.key(app_key), names.account(account, "audit"), names.account(account, "owners"),
             *names.listing(account),
         ]
-        args: list[Any] = [now, app_key]
-        if link is not None:
-            keys.append(names.link(link.link_id))
-            args += [link.sealed, max(1, link.expires - now), link.expires]
-        else:
-            args += ["", 0, 0]
+        args: list[Any] = [now, app_key, *await self._write_link(link, now)]
         for name, value in fields.items():
             args += [name, value]
-        await self.change(
-            self.scripts.create_key, account, app_key, "key.create", actor, keys=keys, args=args
-        )
+        try:
+            await self.change(
+                self.scripts.create_key, account, app_key, "key.create", actor,
+                keys=keys, args=args,
+            )
+        except StoreRefusal:  # nothing written; (a lost reply may hide a commit: kept)
+            await self._drop_link(link)
+            raise
         return await self.get_key(account, app_key)
+
+    async def _write_link(self, link: TokenLink | None, now: int) -> list[Any]:
+        """Write a one-time link before the change that names it (a link has a slot of
+        its own); the link's name and expiry for the change script, or ``['', 0]``."""
+        if link is None:
+            return ["", 0]
+        name = self.names.link(link.link_id)
+        await self.redis.set(name, link.sealed, px=max(1, link.expires - now))
+        return [name, link.expires]
+
+    async def _drop_link(self, link: TokenLink | str | None) -> None:
+        """Delete a link the change did not keep (refused, or the token it sealed is
+        gone). Idempotent; a link left behind by a crash expires with its TTL, and
+        opens nothing a key still accepts."""
+        if link:
+            name = link if isinstance(link, str) else self.names.link(link.link_id)
+            with contextlib.suppress(redis.exceptions.RedisError):
+                await self.redis.delete(name)
 
     @unavailable
     async def get_key(self, account: str, app_key: str) -> KeyRecord | None:
@@ -124,14 +150,23 @@ class KeyChanges(StoreCore):
         """Delete a generated key (its name is never issued again); False when
         ``account`` owns no such key. Refusals as in :meth:`update_key`."""
         names = self.names
+        await self.finish_followups(app_key)  # the tombstone would drop them
         result = await self.change(
             self.scripts.delete_key, account, app_key, "key.delete", actor,
             keys=[names.key(app_key), names.account(account, "audit"),
                   names.account(account, "owners"), *names.listing(account)],
-            args=[app_key, names.account_prefix, self.now_ms()],
+            args=[app_key, self.now_ms()],
             expect_roles=expect_roles, keep_an_owner=keep_an_owner,
         )
-        return result == "ok"
+        if result[0] != "ok":
+            return False
+        # the follow-ups in other slots, idempotent: an entry a crash leaves in another
+        # account's index is never listed (listing reads the grant from the hash)
+        link, granting = result[1], result[2:]
+        await self._drop_link(link)
+        for other in granting:
+            await self.redis.zrem(names.account(other, "ext"), app_key)
+        return True
 
     # -- token renewal ---------------------------------------------------------------
     @unavailable
@@ -156,19 +191,20 @@ class KeyChanges(StoreCore):
         action = "token.renew" if keep_old else "token.renew-now"
         keys = [self.names.key(app_key), self.names.account(account, "audit"),
                 *self.names.listing(account)]
-        args: list[Any] = [now, "later" if keep_old else "now", digest]
-        if link is not None:
-            keys.append(self.names.link(link.link_id))
-            args += [link.sealed, max(1, link.expires - now), link.expires]
-        else:
-            args += ["", 0, 0]
-        args.append(app_key)
-        result = await self.change(
-            self.scripts.renew_token, account, app_key, action, actor,
-            keys=keys, args=args, expect_roles=expect_roles,
-        )
+        args: list[Any] = [now, "later" if keep_old else "now", digest,
+                           *await self._write_link(link, now), app_key]
+        try:
+            result = await self.change(
+                self.scripts.renew_token, account, app_key, action, actor,
+                keys=keys, args=args, expect_roles=expect_roles,
+            )
+        except StoreRefusal:  # nothing written; (a lost reply may hide a commit: kept)
+            await self._drop_link(link)
+            raise
         if result[0] == "missing":
+            await self._drop_link(link)
             return None
+        await self._drop_link(result[2])  # the previous token's unopened link
         return KeyRecord.from_hash(app_key, pairs(result[1]))
 
     @unavailable
@@ -195,4 +231,5 @@ class KeyChanges(StoreCore):
         )
         if result[0] == "missing":
             return None
+        await self._drop_link(result[2])  # an unopened link of a dropped new token
         return KeyRecord.from_hash(app_key, pairs(result[1]))

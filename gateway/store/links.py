@@ -14,26 +14,27 @@ from .core import StoreCore, unavailable
 class Links(StoreCore):
     @unavailable
     async def open_link(self, link_id: str, request_id: str = "") -> dict[str, Any] | None:
-        """Take the sealed token out of a link, exactly once; None if gone or never was."""
-        event = orjson.dumps(
-            {
-                "time": self.now_ms(),
-                "actor": "token-link",
-                "action": "token.link-opened",
-                "requestId": request_id,
-            }
-        ).decode()
-        raw = await self.scripts.open_link(
-            keys=[self.names.link(link_id)],
-            args=[
-                self.names.key_prefix,
-                self.names.account_prefix,
-                self.audit_max_events,
-                event,
-                self.now_ms(),
-            ],
+        """Take the sealed token out of a link, exactly once (GETDEL); None if gone,
+        expired (keygate's clock; Redis's TTL only collects the garbage) or never was.
+        The link has a slot of its own: clearing it from its key and the audit event are
+        a second script in the key's slot, after the take."""
+        name = self.names.link(link_id)
+        raw = await self.redis.getdel(name)
+        if raw is None:
+            return None
+        value: dict[str, Any] = orjson.loads(raw)
+        if int(value["expires"]) <= self.now_ms():
+            return None
+        account, app_key = str(value["account"]), str(value["appKey"])
+        event = orjson.dumps({
+            "time": self.now_ms(), "account": account, "actor": "token-link",
+            "action": "token.link-opened", "target": app_key, "requestId": request_id,
+        }).decode()
+        await self.scripts.open_link(
+            keys=[self.names.key(app_key), self.names.account(account, "audit")],
+            args=[name, self.audit_max_events, event],
         )
-        return orjson.loads(raw) if raw else None
+        return value
 
     @unavailable
     async def link_valid(self, link_id: str) -> bool:

@@ -30,7 +30,6 @@ from typing import Any
 import orjson
 
 from .core import StoreCore, unavailable, unavailable_iter
-from .names import glob_escape
 from .records import ACTIVE, INACTIVE, KeyRecord, label_fold
 
 
@@ -113,7 +112,7 @@ class KeyListing(StoreCore):
             query.per_page,
             # a status no key has matches none
             _STATUS_SCORE.get(query.status, "2") if query.status else "",
-            _bound(dates[0]), _bound(dates[1]), query.q.casefold(), names.key_prefix,
+            _bound(dates[0]), _bound(dates[1]), query.q.casefold(), names.keys_of(account),
             allowed, query.own_key, "1" if query.role else "0",
         ]
         result = await self.scripts.list_keys(keys=keys, args=args)
@@ -178,19 +177,32 @@ class KeyListing(StoreCore):
                 await self.index_owners(account)
             if not await self.listing_indexed(account):
                 listed[account] = await self.index_listing(account)
+            await self._finish_account_followups(account)
         return listed
+
+    async def _finish_account_followups(self, account: str, chunk: int = 500) -> None:
+        """Apply the grant follow-ups a crashed keygate left in the hashes of the
+        account's keys (grants.py): reads the field names of every key, a chunk at a
+        time."""
+        index, start = self.names.account(account, "keys"), 0
+        while names := await self.redis.zrange(index, start, start + chunk - 1):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hkeys(self.names.key(name))
+                fields = await pipe.execute()
+            for name, found in zip(names, fields, strict=True):
+                if any(f.startswith("fu:") for f in found):
+                    await self.finish_followups(name)
+            start += chunk
 
     @unavailable
     async def accounts(self) -> list[str]:
         """Accounts that own generated keys (SCAN: for metrics, not for requests)."""
-        head, tail = self.names.account_prefix, ":keys"
         names = [n async for n in self.redis.scan_iter(
-            match=f"{glob_escape(head)}*{tail}", count=1000)]
-        # an account name holds no ':'; a set of the keys holding a role named "keys"
-        # (``acct:{account}:roles:keys``) matches the pattern too
-        return sorted(
-            a for a in (n[len(head) : -len(tail)] for n in names) if ":" not in a
-        )
+            match=f"{self.names.accounts_pattern()}:keys", count=1000)]
+        # a set of the keys holding a role named "keys" (``…:roles:keys``) matches too
+        records = (self.names.account_record(n) for n in names)
+        return sorted({r[0] for r in records if r is not None and r[1] == "keys"})
 
     @unavailable
     async def account_exists(self, account: str) -> bool:

@@ -31,6 +31,8 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "add_grant": _GRANT,
     "update_grant": _GRANT,
     "remove_grant": _GRANT,
+    "apply_followup": _CHANGE,
+    "clear_followup": (),
     "open_link": _CHANGE,
     "put_setting": _CHANGE,
     "record_last_used": (),
@@ -67,6 +69,8 @@ class Scripts:
         self.add_grant = register("add_grant")
         self.update_grant = register("update_grant")
         self.remove_grant = register("remove_grant")
+        self.apply_followup = register("apply_followup")
+        self.clear_followup = register("clear_followup")
         self.open_link = register("open_link")
         self.put_setting = register("put_setting")
         self.record_last_used = register("record_last_used")

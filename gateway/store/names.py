@@ -2,7 +2,17 @@
 
 Python code and scripts get their names from here only (a script receives them in
 ``KEYS`` or, where noted in the package's docstring, derives them from a prefix it is
-given), so a change of layout — hash tags for Redis Cluster — is made in this one class.
+given), so the two layouts differ in this one class:
+
+* on one server (or a Sentinel-managed master) names carry no hash tag:
+  ``kg:key:kgk-acme-7QX2M4PZ9B``, ``kg:acct:acme:keys``;
+* on a Redis Cluster (``clustered``) every name of an account — its indexes, audit
+  streams, settings, and the hashes of the keys it owns — carries the account as its hash
+  tag, so they all live in one slot and every change of a key is one script on one node:
+  ``kg:key:{acme}:kgk-acme-7QX2M4PZ9B``, ``kg:acct:{acme}:keys``. A key's owner is written
+  in its name (``prefix-account-RANDOM``), so authentication finds the hash from the key
+  alone, still in one round trip. Links, failure counters, the policy record and the
+  signing keys have slots of their own: nothing changes them together with a key.
 """
 
 from __future__ import annotations
@@ -11,9 +21,17 @@ from __future__ import annotations
 LISTING = ("keys", "tok", "used", "label", "status", "roles")
 
 
+def owner_of(app_key: str) -> str:
+    """The account written in a key's name (``prefix-account-RANDOM``); for a name that
+    is not a key's, the name itself (its own slot, where nothing is found)."""
+    first, last = app_key.find("-"), app_key.rfind("-")
+    return app_key[first + 1:last] if 0 <= first < last - 1 else app_key
+
+
 class Keyspace:
-    def __init__(self, prefix: str):
+    def __init__(self, prefix: str, clustered: bool = False):
         self.prefix = prefix
+        self.clustered = clustered
         # the invalidation channel: every change of a key hash, the policy announcement
         # or the signing keys publishes the changed name here
         self.channel = f"{prefix}invalidate"
@@ -24,12 +42,43 @@ class Keyspace:
 
     def key(self, app_key: str) -> str:
         """The hash of one key: its owner, token digests and every grant it holds."""
-        return self.key_prefix + app_key
+        return self.keys_of(owner_of(app_key)) + app_key
+
+    def keys_of(self, account: str) -> str:
+        """What the hash names of the keys ``account`` owns start with (the scripts that
+        read an account's key hashes by name are given it)."""
+        return f"{self.key_prefix}{{{account}}}:" if self.clustered else self.key_prefix
+
+    def app_key_of(self, name: str) -> str | None:
+        """The key whose hash ``name`` is, or None for any other name."""
+        if not name.startswith(self.key_prefix):
+            return None
+        rest = name[len(self.key_prefix):]
+        if self.clustered:
+            tag_end = rest.find("}:")
+            return rest[tag_end + 2:] if rest.startswith("{") and tag_end > 0 else None
+        return rest
 
     def account(self, account: str, what: str) -> str:
         """One of an account's records: ``keys``, ``ext``, ``owners``, ``settings``,
         ``audit``, ``access``, and the listing indexes (``LISTING``)."""
+        if self.clustered:
+            return f"{self.account_prefix}{{{account}}}:{what}"
         return f"{self.account_prefix}{account}:{what}"
+
+    def account_record(self, name: str) -> tuple[str, str] | None:
+        """``(account, what)`` of an account record's name, or None for any other name
+        (an account holds no ':', '{' or '}')."""
+        if not name.startswith(self.account_prefix):
+            return None
+        rest = name[len(self.account_prefix):]
+        if self.clustered:
+            if not rest.startswith("{"):
+                return None
+            account, sep, what = rest[1:].partition("}:")
+        else:
+            account, sep, what = rest.partition(":")
+        return (account, what) if sep and account else None
 
     def listing(self, account: str) -> list[str]:
         """The account's listing indexes, in the order the key scripts take them in

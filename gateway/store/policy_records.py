@@ -18,13 +18,11 @@ class PolicyRecords(StoreCore):
         Reads every account's key and external-key indexes a chunk at a time, and only
         the grant fields: for checks a person starts (a policy reload, ``keygate policy
         check``), never for requests. Memory grows with accounts and roles, not keys."""
-        head = self.names.account_prefix
         accounts: set[str] = set()
         async for name in self.redis.scan_iter(match=self.names.accounts_pattern(), count=1000):
-            rest = name[len(head):]
-            for tail in (":keys", ":ext"):
-                if rest.endswith(tail):
-                    accounts.add(rest[: -len(tail)])
+            record = self.names.account_record(name)
+            if record is not None and record[1] in ("keys", "ext"):
+                accounts.add(record[0])
         held: dict[str, dict[str, int]] = {}
         for account in sorted(accounts):
             counts: dict[str, int] = {}

@@ -1,8 +1,9 @@
--- Store a new generated key, with its one-time link if any.
--- KEYS: key hash, audit stream, owners set, the six listing indexes (key_rules.lua),
---       [link]
--- ARGV: header (prelude.lua), now, appKey, link value, link ttl ms, link expiry,
---       then field, value, ... of the hash (from ARGV[12])
+-- Store a new generated key, with the name of its one-time link if any (the caller
+-- writes the link first: a link has a slot of its own, and one whose key was never
+-- stored reveals a token that opens nothing).
+-- KEYS: key hash, audit stream, owners set, the six listing indexes (key_rules.lua)
+-- ARGV: header (prelude.lua), now, appKey, link name or '', link expiry,
+--       then field, value, ... of the hash (from ARGV[11])
 -- Answers 'taken' when the name was ever used (a tombstone keeps deleted names), else 'ok'.
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'taken' end
 local idx = listing_at(4)
@@ -11,11 +12,10 @@ if redis.call('ZCARD', idx.keys) == 0 then
   redis.call('SADD', KEYS[3], '')
   redis.call('SADD', idx.roles, '')
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 12))
+redis.call('HSET', KEYS[1], unpack(ARGV, 11))
 list(idx, KEYS[1], ARGV[8], ARGV[1])
-if KEYS[10] then
-  redis.call('SET', KEYS[10], ARGV[9], 'PX', ARGV[10])
-  redis.call('HSET', KEYS[1], 'link', KEYS[10], 'linkExp', ARGV[11])
+if ARGV[9] ~= '' then
+  redis.call('HSET', KEYS[1], 'link', ARGV[9], 'linkExp', ARGV[10])
 end
 if holds_owner(redis.call('HGET', KEYS[1], 'status'), roles_of(KEYS[1], ARGV[1])) then
   redis.call('SADD', KEYS[3], ARGV[8])

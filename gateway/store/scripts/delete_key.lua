@@ -1,25 +1,26 @@
 -- Delete a generated key: its hash becomes a tombstone {deleted: ms}, so that its name
 -- is never issued again; its grants in other accounts and its unopened link go with it.
 -- KEYS: key hash, audit stream, owners set, the six listing indexes (key_rules.lua)
--- ARGV: header (prelude.lua), appKey, account name prefix, now
--- Not yet in KEYS: the other accounts' external-key indexes (ARGV[8] .. account ..
--- ':ext', one per grant field of the hash) and the link (named in the hash).
--- Answers 'ok', or 'missing' | 'changed' | 'unindexed' | 'last_owner'.
-if not owned(KEYS[1], ARGV[1]) then return 'missing' end
-if not unchanged(KEYS[1], ARGV[1]) then return 'changed' end
-if unindexed(KEYS[3]) then return 'unindexed' end
-if last_owner(KEYS[3], ARGV[7]) then return 'last_owner' end
+-- ARGV: header (prelude.lua), appKey, now
+-- Answers {'ok', the unopened link's name or '', the other accounts that granted the key
+-- roles…}: the caller deletes the link and takes the key out of those accounts'
+-- external-key indexes (other slots; both idempotent, and a stale index entry is never
+-- listed, since listing reads the grant from the hash); or {'missing'} | {'changed'} |
+-- {'unindexed'} | {'last_owner'}.
+if not owned(KEYS[1], ARGV[1]) then return {'missing'} end
+if not unchanged(KEYS[1], ARGV[1]) then return {'changed'} end
+if unindexed(KEYS[3]) then return {'unindexed'} end
+if last_owner(KEYS[3], ARGV[7]) then return {'last_owner'} end
 local before = snap(KEYS[1], ARGV[1])
 unlist(listing_at(4), KEYS[1], ARGV[7], ARGV[1], true)
+local answer = {'ok', redis.call('HGET', KEYS[1], 'link') or ''}
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.sub(f, 1, 2) == 'g:' and string.sub(f, 3) ~= ARGV[1] then
-    redis.call('ZREM', ARGV[8] .. string.sub(f, 3) .. ':ext', ARGV[7])
+    answer[#answer + 1] = string.sub(f, 3)
   end
 end
-local link = redis.call('HGET', KEYS[1], 'link')
-if link then redis.call('DEL', link) end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'deleted', ARGV[9])
+redis.call('HSET', KEYS[1], 'deleted', ARGV[8])
 redis.call('SREM', KEYS[3], ARGV[7])
 committed(KEYS[1], KEYS[2], before, {})
-return 'ok'
+return answer

@@ -1,22 +1,22 @@
 -- Finish (the old token stops) or undo (the new token is dropped) a pending renewal.
 -- KEYS: key hash, audit stream, the six listing indexes (key_rules.lua)
 -- ARGV: header (prelude.lua), 'finish' | 'undo', appKey
--- Not yet in KEYS: on undo, the unopened link of the new token (named in the hash).
--- Answers {'ok', the hash after}, or {'missing'} | {'changed'} | {'none'}.
+-- Answers {'ok', the hash after, the name of an unopened link of a dropped new token or
+-- ''} (the caller deletes that link), or {'missing'} | {'changed'} | {'none'}.
 if not owned(KEYS[1], ARGV[1]) then return {'missing'} end
 if not unchanged(KEYS[1], ARGV[1]) then return {'changed'} end
 local new = redis.call('HMGET', KEYS[1], 'newTok', 'newTokCreated')
 if not new[1] then return {'none'} end
 local before = snap(KEYS[1], ARGV[1])
+local dropped_link = ''
 if ARGV[7] == 'finish' then
   redis.call('HSET', KEYS[1], 'tok', new[1], 'tokCreated', new[2])
 else
   -- the new token is dropped, so is an unopened link that would reveal it
-  local link = redis.call('HGET', KEYS[1], 'link')
-  if link then redis.call('DEL', link) end
+  dropped_link = redis.call('HGET', KEYS[1], 'link') or ''
   redis.call('HDEL', KEYS[1], 'link', 'linkExp')
 end
 redis.call('HDEL', KEYS[1], 'newTok', 'newTokCreated')
 list(listing_at(3), KEYS[1], ARGV[8], ARGV[1])
 committed(KEYS[1], KEYS[2], before, snap(KEYS[1], ARGV[1]))
-return {'ok', redis.call('HGETALL', KEYS[1])}
+return {'ok', redis.call('HGETALL', KEYS[1]), dropped_link}

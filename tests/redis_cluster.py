@@ -1,0 +1,102 @@
+"""A real Redis Cluster for tests: three masters started from the machine's
+``redis-server`` (``--cluster-enabled yes``) on free loopback ports and joined with
+``redis-cli --cluster create``. Used by the ``store_url`` fixture (conftest) so the
+store, cache and revocation suites run on a cluster as well as on one server.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+MASTERS = 3
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports whose cluster bus port (+10000) is free as well."""
+    ports: list[int] = []
+    while len(ports) < count:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10000 > 65535 or port in ports:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+def _answers(port: int, command: bytes, expected: bytes) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+            conn.sendall(command)
+            return expected in conn.recv(4096)
+    except OSError:
+        return False
+
+
+def node_urls(url: str) -> list[str]:
+    """``redis://`` URLs of the nodes a ``redis+cluster://`` URL lists; any other URL as
+    it is."""
+    if not url.startswith("redis+cluster://"):
+        return [url]
+    return [f"redis://{node}/0" for node in url.removeprefix("redis+cluster://").split(",")]
+
+
+def available() -> str | None:
+    """Why a cluster cannot be started here, or None when it can."""
+    for binary in ("redis-server", "redis-cli"):
+        if shutil.which(binary) is None:
+            return f"{binary} is not installed"
+    return None
+
+
+@contextmanager
+def redis_cluster(workdir: Path) -> Iterator[str]:
+    """Start the cluster; yield its ``redis+cluster://`` URL (every master listed)."""
+    ports = _free_ports(MASTERS)
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            node_dir = workdir / str(port)
+            node_dir.mkdir(parents=True)
+            processes.append(subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no",
+                 "--dir", str(node_dir), "--protected-mode", "yes"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))
+        deadline = time.monotonic() + 10
+        while not all(_answers(p, b"PING\r\n", b"+PONG") for p in ports):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                raise RuntimeError("a cluster node did not start")
+            time.sleep(0.05)
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30,
+        )
+        deadline = time.monotonic() + 20
+        while not all(_answers(p, b"CLUSTER INFO\r\n", b"cluster_state:ok") for p in ports):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+        yield "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
