@@ -212,7 +212,6 @@ async def test_after_losing_the_subscription_the_cache_is_flushed_before_it_is_t
 async def test_reload_swaps_the_policy_and_refuses_a_broken_one(
     tmp_path, make_settings, clock, aiohttp_client, make_key
 ):
-
     """SIGHUP's work: the new policy answers at once (no cached decision of the old one
     survives); a broken file keeps the old policy."""
     import shutil

@@ -830,7 +830,6 @@ async def eventually_status(proxy: Any, method: str, path: str, key: Key, want: 
 async def test_grant_changes_reach_every_instances_cache(
     management, make_key, admins, second_proxy
 ):
-
     acme = await admins("acme")
     partner = await make_key("beta", ["orders-reader"], label="partner")
     # the other instance caches "no grant in acme" for this key

@@ -252,7 +252,6 @@ def test_a_port_in_use_is_a_configuration_error_naming_the_setting(tmp_path):
 async def test_access_log_is_one_json_line_per_request_without_secrets(
     tmp_path, redis_url, upstream
 ):
-
     if redis_url.startswith("memory://"):
         pytest.skip("the CLI and the server need a shared Redis")
     config = _config(tmp_path, "log", redis_url, f"log-{uuid.uuid4().hex[:8]}:", upstream.url)

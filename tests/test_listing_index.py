@@ -41,7 +41,6 @@ LABELS = (
     "under_score", "percent %", "dot.star .*", "[bracket]", "(paren)", "a", "zz", "key 99",
     "Z", "ǅungla", "ﬁsh", "ß",
 )
-
 DAY_MS = 86_400_000
 
 

@@ -671,7 +671,6 @@ async def _redis_dump(gateway: Any) -> str:
 async def test_no_response_log_line_or_audit_event_contains_a_token(
     api, proxy, gateway, make_key, caplog, clock, management, aiohttp_client
 ):
-
     caplog.set_level(logging.DEBUG)
     issued_by_api: list[str] = []  # each must appear in exactly one response
     stored_only: list[str] = []  # tokens made outside the API: in no response at all

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from importlib.resources import files
 from typing import Any
 
+import orjson
 import pytest
 from conftest import on_one_server_and_a_cluster
 
@@ -30,6 +31,7 @@ from gateway.store import (
     TokenLinkPending,
 )
 from gateway.store.lua import SCRIPTS, source
+from gateway.store.names import glob_escape
 
 # the store, cache and revocation behaviour on one server and on a Redis Cluster
 redis_url = on_one_server_and_a_cluster()
@@ -181,7 +183,6 @@ async def test_renewal_refusals_are_typed_keep_their_reason_and_write_nothing(
 async def test_a_key_name_is_never_issued_twice_and_the_refusal_writes_nothing(
     gateway: Gateway,
 ):
-
     live = await gateway.lifecycle.create("acme", "live", ["owner"], CLI_ACTOR)
     dead = await gateway.lifecycle.create("acme", "dead", ["orders-reader"], CLI_ACTOR)
     assert await gateway.store.delete_key("acme", dead.record.app_key, actor=CLI_ACTOR)
@@ -206,3 +207,93 @@ async def test_concurrent_grants_of_one_key_one_wins_the_others_are_refused(gate
     events, _ = await gateway.store.audit_events(
         "acme", accept=lambda e: e.action == "external-key.add")
     assert len(events) == 1
+
+
+# -- a grant change interrupted between its two slots ------------------------------------
+async def _grant_audit(gateway: Gateway, account: str) -> list[tuple[str, Any, Any]]:
+    entries = await gateway.store.redis.xrange(gateway.store.names.account(account, "audit"))
+    return [(orjson.loads(f["event"])["action"], orjson.loads(f["before"]),
+             orjson.loads(f["after"])) for _, f in entries
+            if orjson.loads(f["event"])["action"].startswith("external-key.")]
+
+
+async def _crash_after_the_key_slot(gateway: Gateway, change: str, app_key: str,
+                                    args: list[Any]) -> None:
+    """What a keygate killed between the two steps of a grant change leaves: the change
+    in the key's hash, its follow-up not applied."""
+    store = gateway.store
+    await store.change(getattr(store.scripts, change + "_grant"), "acme", app_key,
+                       "external-key." + change, CLI_ACTOR,
+                       keys=[store.names.key(app_key)], args=[*args, "crashed-change"])
+
+
+async def _leftovers(gateway: Gateway, app_key: str) -> tuple[list[str], list[str]]:
+    store = gateway.store
+    fields = [f for f in await store.redis.hkeys(store.names.key(app_key))
+              if f.startswith("fu:")]
+    markers = [n async for n in store.redis.scan_iter(
+        match=glob_escape(store.names.account("acme", "done:")) + "*")]
+    return fields, markers
+
+
+async def test_an_interrupted_grant_works_at_once_and_its_follow_up_lands_exactly_once(
+    gateway: Gateway,
+):
+    """The grant authorizes as soon as the key's slot has it; the index entry and the
+    audit event follow before the next change of that grant, each once, in order."""
+    partner = await gateway.lifecycle.create("beta", "partner", ["orders-reader"], CLI_ACTOR)
+    app_key, store = partner.record.app_key, gateway.store
+    grant = orjson.dumps({"roles": ["orders-reader"], "status": "active", "label": "p",
+                          "added": store.now_ms()}).decode()
+    await _crash_after_the_key_slot(gateway, "add", app_key,
+                                    [grant, store.now_ms()])
+    looked_up = await store.auth_lookup(app_key, "acme")
+    assert looked_up.grant is not None and looked_up.grant.roles == ("orders-reader",)
+    assert await store.all_grants("acme") == [] and await _grant_audit(gateway, "acme") == []
+    assert (await _leftovers(gateway, app_key))[0] == ["fu:acme"]
+
+    # the next change of the grant applies the pending follow-up first
+    await store.update_grant("acme", app_key, {"label": "renamed"}, CLI_ACTOR)
+    assert [g.label for g in await store.all_grants("acme")] == ["renamed"]
+    assert [a for a, _, _ in await _grant_audit(gateway, "acme")] == [
+        "external-key.add", "external-key.update"]
+    assert await _leftovers(gateway, app_key) == ([], [])
+
+
+async def test_a_follow_up_applied_but_not_cleared_is_not_applied_twice(gateway: Gateway):
+    partner = await gateway.lifecycle.create("beta", "partner", ["orders-reader"], CLI_ACTOR)
+    app_key, store = partner.record.app_key, gateway.store
+    await store.add_grant("acme", app_key, "p", ["orders-reader"], CLI_ACTOR)
+    await _crash_after_the_key_slot(gateway, "remove", app_key, [])
+    # the crash came after the follow-up was applied in the granting account's slot
+    raw = await store.redis.hget(store.names.key(app_key), "fu:acme")
+    applied = await store.scripts.apply_followup(
+        keys=[store.names.account("acme", "ext"), store.names.account("acme", "audit"),
+              store.names.account("acme", "done:" + orjson.loads(raw)["id"])],
+        args=[raw, app_key, store.audit_max_events, 60_000])
+    assert applied == 1
+    assert await store.finish_followups(app_key) == 0  # replayed: a no-op, then cleared
+    assert [a for a, _, _ in await _grant_audit(gateway, "acme")] == [
+        "external-key.add", "external-key.remove"]
+    assert await store.all_grants("acme") == []
+    assert await _leftovers(gateway, app_key) == ([], [])
+
+
+async def test_migrate_and_delete_finish_the_follow_ups_a_crash_left(gateway: Gateway):
+    store = gateway.store
+    grant = orjson.dumps({"roles": ["orders-reader"], "status": "active", "label": "p",
+                          "added": store.now_ms()}).decode()
+    first = await gateway.lifecycle.create("beta", "first", ["orders-reader"], CLI_ACTOR)
+    second = await gateway.lifecycle.create("beta", "second", ["orders-reader"], CLI_ACTOR)
+    for key in (first, second):
+        await _crash_after_the_key_slot(gateway, "add",
+                                        key.record.app_key, [grant, store.now_ms()])
+    await store.migrate()
+    assert await _leftovers(gateway, first.record.app_key) == ([], [])
+    assert len(await store.all_grants("acme")) == 2
+    await _crash_after_the_key_slot(gateway, "remove",
+                                    second.record.app_key, [])
+    assert await store.delete_key("beta", second.record.app_key, actor=CLI_ACTOR)
+    assert [a for a, _, _ in await _grant_audit(gateway, "acme")] == [
+        "external-key.add", "external-key.add", "external-key.remove"]
+    assert [g.app_key for g in await store.all_grants("acme")] == [first.record.app_key]
