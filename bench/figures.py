@@ -17,8 +17,15 @@ from gateway.settings import load_settings
 from gateway.store import KeyQuery
 
 
-async def round_trips(redis_url: str, proxy_port: int, keys, warm_key) -> tuple[float, float]:
-    client = aioredis.from_url(redis_url, decode_responses=True)
+async def round_trips(redis_urls: list[str], proxy_port: int, keys,
+                      warm_key) -> tuple[float, float]:
+    """Redis commands per request, for a warm key and for cold ones, counted on every
+    node (one server, or each master of a cluster)."""
+    clients = [aioredis.from_url(url, decode_responses=True) for url in redis_urls]
+
+    async def commands() -> int:
+        return sum([await commands_total(client) for client in clients])
+
     url = f"http://127.0.0.1:{proxy_port}"
     async with aiohttp.ClientSession() as session:
 
@@ -34,16 +41,17 @@ async def round_trips(redis_url: str, proxy_port: int, keys, warm_key) -> tuple[
         for _ in range(5):
             await get(warm_key)
         n = 500
-        before = await commands_total(client)
+        before = await commands()
         for _ in range(n):
             await get(warm_key)
-        warm = (await commands_total(client) - before) / n
+        warm = (await commands() - before) / n
         cold_keys = keys[:n]
-        before = await commands_total(client)
+        before = await commands()
         for key in cold_keys:
             await get(key)
-        cold = (await commands_total(client) - before) / len(cold_keys)
-    await client.aclose()
+        cold = (await commands() - before) / len(cold_keys)
+    for client in clients:
+        await client.aclose()
     return warm, cold
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import shutil
@@ -55,6 +56,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+sys.path.insert(0, str(ROOT / "tests"))  # the test suite's Redis Cluster launcher
+import redis_cluster  # noqa: E402
 
 from bench.decision_stages import stage_instructions  # noqa: E402
 from bench.figures import memory_and_listing, revocation_delays, round_trips  # noqa: E402
@@ -183,8 +187,10 @@ def main() -> None:
     procs.append(start(["redis-server", "--port", str(redis_port), "--save", "",
                         "--appendonly", "no", "--dir", str(tmp)]))
     rows: list[tuple[str, str]] = []
+    cluster = contextlib.ExitStack()
     try:
         wait_port(redis_port)
+        cluster_url = cluster.enter_context(redis_cluster.redis_cluster(tmp / "cluster"))
         env = {**os.environ, "KEYGATE_SECRET": SECRET}
         upstream_port, bare_port, lean_port = free_port(), free_port(), free_port()
         floor_port = free_port()
@@ -201,6 +207,12 @@ def main() -> None:
         print(f"creating {args.keys} keys in {len(accounts)} accounts …", flush=True)
         keys = asyncio.run(create_keys(settings, accounts, args.keys, ["role-000"] + roles[:1]))
         (admin,) = asyncio.run(create_keys(settings, accounts[:1], 1, ["owner"]))
+        # the same keygate on a 3-master Redis Cluster, with keys of its own
+        config_cluster = config_file(tmp, cluster_url, "kg:", upstream_port, policies,
+                                     name="cluster")
+        cluster_keys = asyncio.run(create_keys(
+            load_settings(config_cluster.path, env={"KEYGATE_SECRET": SECRET}), accounts,
+            min(args.keys, 1_000), ["role-000"] + roles[:1]))
         revoked = asyncio.run(create_keys(settings, accounts[:1], 20, ["role-000"]))
         # beside it, on the same keys and Redis with ports of their own: the same keygate
         # with metrics off, and with --workers 2
@@ -210,11 +222,13 @@ def main() -> None:
         keygate_off_proc = serve(config_off, env)
         keygate_w2_proc = serve(config_w2, env, "--workers", "2")
         keygate_proc = serve(config, env)
-        procs += [keygate_off_proc, keygate_w2_proc, keygate_proc]
+        keygate_cluster_proc = serve(config_cluster, env)
+        procs += [keygate_off_proc, keygate_w2_proc, keygate_proc, keygate_cluster_proc]
         for port in (upstream_port, bare_port, lean_port, floor_port, config.proxy_port,
-                     config_off.proxy_port, config_w2.proxy_port, config.decision_port):
+                     config_off.proxy_port, config_w2.proxy_port, config.decision_port,
+                     config_cluster.proxy_port):
             wait_port(port)
-        for each in (config, config_off, config_w2):
+        for each in (config, config_off, config_w2, config_cluster):
             asyncio.run(wait_trusted(each.management_port))
         renewal_count_done(config.path)()  # its first count of every key: not under load
 
@@ -231,9 +245,14 @@ def main() -> None:
                                           creds),
             "decision API alone": Target(f"http://127.0.0.1:{config.decision_port}/nginx",
                                          decision_headers(creds, path)),
+            "keygate on a Redis Cluster": Target(
+                f"http://127.0.0.1:{config_cluster.proxy_port}/accounts/{cluster_keys[0][2]}"
+                "/orders/1", {"X-API-AppKey": cluster_keys[0][0],
+                              "X-API-AppToken": cluster_keys[0][1]}),
         }
         units = [["bare"], ["lean"], ["keygate", "keygate, metrics off"],
-                 ["keygate --workers 2"], ["decision API alone"]]
+                 ["keygate --workers 2"], ["decision API alone"],
+                 ["keygate on a Redis Cluster"]]
         nginx = nginx_binary()
         if nginx is not None:
             for name, site_for, headers in (
@@ -274,8 +293,12 @@ def main() -> None:
         for proc in (keygate_off_proc, keygate_w2_proc):
             stop(proc)
 
-        warm_trips, cold_trips = asyncio.run(round_trips(redis_url, config.proxy_port,
+        warm_trips, cold_trips = asyncio.run(round_trips([redis_url], config.proxy_port,
                                                          keys[1:], keys[0]))
+        cluster_warm, cluster_cold = asyncio.run(round_trips(
+            redis_cluster.node_urls(cluster_url), config_cluster.proxy_port, cluster_keys[1:],
+            cluster_keys[0]))
+        stop(keygate_cluster_proc)
         print("revocation: a second instance on the same Redis …", flush=True)
         config_b = config_file(tmp, redis_url, "kg:", upstream_port, policies, name="b")
         keygate_b_proc = serve(config_b, env)
@@ -417,6 +440,14 @@ def main() -> None:
              f"over {len(delays)} deactivations"),
             ("Redis commands per request, warm key", f"{warm_trips:.3f}"),
             ("Redis commands per request, cold key (target 1)", f"{cold_trips:.3f}"),
+            ("keygate on a 3-master Redis Cluster (same keygate, warm key)",
+             shown("keygate on a Redis Cluster")),
+            ("keygate on a Cluster / on one server (same ratio to the bare proxy: 1.0)",
+             f"{medians['keygate on a Redis Cluster'].rps / keygate.rps:.3f} (cluster / bare "
+             f"{medians['keygate on a Redis Cluster'].rps / bare.rps:.3f}, one server / bare "
+             f"{ratio:.3f})"),
+            ("Redis commands per request on the Cluster, warm key / cold key (target 1)",
+             f"{cluster_warm:.3f} / {cluster_cold:.3f} (summed over the three masters)"),
             (f"Redis memory per key at {args.memory_keys:,} keys (target ≤ 600 B)",
              f"{per_key:.0f} B with its audit event, {per_key_no_audit:.0f} B without"),
             (f"list a page of 50 at {args.memory_keys:,} keys (target ≤ 50 ms)",
@@ -430,6 +461,7 @@ def main() -> None:
     finally:
         for proc in reversed(procs):
             stop(proc)
+        cluster.close()
         shutil.rmtree(tmp, ignore_errors=True)
         for workdir in nginx_dirs:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -63,7 +63,8 @@ def _header(value: Any) -> str:
     return value
 
 
-def _store_url(value: Any) -> str:
+def store_url_setting(value: Any) -> str:
+    """A ``store_url`` value checked (the same rules for ``keygate store copy --to``)."""
     value = _str(value)
     if value.lower().startswith("redis+sentinel://"):
         from .store.connection import parse_sentinel_url  # the store owns the format
@@ -223,7 +224,8 @@ SETTINGS: tuple[Setting, ...] = (
             "redis+sentinel://HOST:PORT,HOST:PORT,…/SERVICE for a master found through "
             "Redis Sentinel (see Redis Sentinel); redis+cluster://HOST:PORT,HOST:PORT,… for "
             "a Redis Cluster (see Redis Cluster). memory:// is an in-process store for "
-            "trying keygate out; it keeps nothing.", _store_url, shown=url_without_passwords),
+            "trying keygate out; it keeps nothing.", store_url_setting,
+            shown=url_without_passwords),
     Setting("store_max_connections", 100,
             "Redis connections per process; more concurrent store calls wait for one.",
             _positive(int)),

@@ -10,6 +10,8 @@ back to the embedded fakeredis, loudly; with ``KEYGATE_TESTS_REQUIRE_REDIS=1`` (
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import shutil
 import socket
@@ -377,7 +379,7 @@ def env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """This process's environment as a CLI command reads it: no stray KEYGATE_* setting,
     the private Redis under a fresh prefix, the test secret. Skips on memory:// (a CLI
     command runs its own store, which memory:// would not share)."""
-    if not redis_url.startswith("redis://"):
+    if redis_url.startswith("memory://"):
         pytest.skip("the CLI needs the private redis-server (memory:// is per process)")
     for name in list(os.environ):
         if name.startswith("KEYGATE_"):
@@ -390,3 +392,41 @@ def env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     return values
+
+
+class Ran:
+    """What a command run in-process printed, and its exit status."""
+
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """main() sets up logging for a process; put this one's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], restored_logging: None) -> Callable[..., Ran]:
+    """``gateway.cli.main([...])`` in-process (use with ``env``)."""
+    from gateway.cli import main
+
+    def run(*argv: str) -> Ran:
+        capsys.readouterr()
+        try:
+            code = main(list(argv))
+        except SystemExit as exit_:  # argparse: --help, --version, usage errors
+            code = int(exit_.code or 0)
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err, err
+        return Ran(code, out, err)
+
+    return run

@@ -13,6 +13,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import redis
 
 MASTERS = 3
 
@@ -60,9 +63,24 @@ def available() -> str | None:
     return None
 
 
+def master_of(url: str, slot: int) -> int:
+    """The index (in the URL's order) of the master serving ``slot``."""
+    ports = [int(node.rsplit(":", 1)[1])
+             for node in url.removeprefix("redis+cluster://").split(",")]
+    client = redis.Redis(port=ports[0], socket_timeout=2)
+    try:
+        for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                return ports.index(int(master[1]))
+    finally:
+        client.close()
+    raise LookupError(f"no master serves slot {slot}")
+
+
 @contextmanager
-def redis_cluster(workdir: Path) -> Iterator[str]:
-    """Start the cluster; yield its ``redis+cluster://`` URL (every master listed)."""
+def redis_cluster(workdir: Path, keep_processes: bool = False) -> Iterator[Any]:
+    """Start the cluster; yield its ``redis+cluster://`` URL (every master listed), or
+    with ``keep_processes`` the URL and the node processes, in the URL's order."""
     ports = _free_ports(MASTERS)
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -91,7 +109,8 @@ def redis_cluster(workdir: Path) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the cluster did not reach cluster_state:ok")
             time.sleep(0.05)
-        yield "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+        url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+        yield (url, processes) if keep_processes else url
     finally:
         for process in processes:
             process.terminate()

@@ -60,6 +60,9 @@ def test_the_benchmark_runs_and_writes_every_row(tmp_path: Path):
         "decision API alone (wrk → /nginx as auth_request asks, one worker)",
         "decision API alone / keygate's proxy (target ≥ 2.0)",
         "revocation seen by a second instance (target ≤ 1 s)",
+        "keygate on a 3-master Redis Cluster (same keygate, warm key)",
+        "keygate on a Cluster / on one server (same ratio to the bare proxy: 1.0)",
+        "Redis commands per request on the Cluster, warm key / cold key (target 1)",
     ]
     if nginx_binary() is not None:
         expected += [

@@ -12,16 +12,14 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import json
-import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from conftest import Ran
 
 from gateway.app import build_gateway
-from gateway.cli import main
 from gateway.context import Gateway
 from gateway.demo import DemoPorts, demo_settings
 from gateway.errors import Forbidden, Unauthorized
@@ -30,36 +28,8 @@ from gateway.store import CLI_ACTOR
 
 
 @pytest.fixture(autouse=True)
-def restored_logging() -> Iterator[None]:
-    """main() sets up logging for a process; put this one's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-class Ran:
-    def __init__(self, code: int, out: str, err: str):
-        self.code, self.out, self.err = code, out, err
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Ran]:
-    def run(*argv: str) -> Ran:
-        capsys.readouterr()
-        try:
-            code = main(list(argv))
-        except SystemExit as exit_:  # argparse: --help, --version, usage errors
-            code = int(exit_.code or 0)
-        out, err = capsys.readouterr()
-        assert "Traceback" not in err, err
-        return Ran(code, out, err)
-
-    return run
+def _restored_logging(restored_logging: None) -> None:
+    """Every test here runs main(), which sets up logging."""
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from ..background import STOP_TIMEOUT
 from ..cache import LRU
 from ..errors import ConfigError, StoreUnavailable
 from . import keys, tokens
@@ -94,6 +95,7 @@ class Sessions:
         self._last_reload = 0.0
         self._loading = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     @property
     def max_lifetime(self) -> int:
@@ -160,7 +162,7 @@ class Sessions:
     def heard(self) -> None:
         """The store's listener says the stored keys changed (or a message may have been
         missed): reload them, off the listener."""
-        if self.from_files or self.ring is None:
+        if self.from_files or self.ring is None or self._closed:
             return  # not loaded yet: the first use loads them anyway
         task = asyncio.get_running_loop().create_task(self._reload_quietly())
         self._tasks.add(task)
@@ -173,10 +175,14 @@ class Sessions:
             log.warning("could not reload the JWT signing keys: %s", exc)
 
     async def close(self) -> None:
+        """Stop the background loads, bounded: a cancellation that lands inside a store
+        call may come back as a store error, which the load loop would retry, so the
+        loop also stops on the flag, and close never waits longer than STOP_TIMEOUT."""
+        self._closed = True
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT)
 
     def start(self) -> None:
         """Load the ring in the background, retrying while the store does not answer,
@@ -188,7 +194,7 @@ class Sessions:
 
     async def _load_until_done(self) -> None:
         delay = 0.1
-        while self.ring is None:
+        while self.ring is None and not self._closed:
             try:
                 await self.ready()
             except (StoreUnavailable, ConfigError) as exc:

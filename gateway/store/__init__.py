@@ -3,7 +3,8 @@
 Layout (every name starts with the ``store_prefix`` setting, ``kg:`` by default; all of
 them are made in ``names.py``):
 
-``{p}key:{appKey}`` — hash, one per key, holding everything authentication needs::
+``{p}key:{appKey}`` — hash, one per key, holding everything authentication needs
+(``{p}key:{{account}}:{appKey}`` on a Redis Cluster, the owner account as hash tag)::
 
     acct           owner account
     label          the owner's label
@@ -18,12 +19,15 @@ them are made in ``names.py``):
     lastUsed       last successful authentication, ms (written in batches)
     lf             the label's case fold, for a label that is not ASCII (the label index's
                    order and q's match; Lua folds ASCII itself)
+    fu:{account}   a grant change's follow-up not yet applied in that account (grants.py)
     g:{account}    the key's grant in that account, JSON {"roles": [...], ...}; the owner's
                    own grant is ``g:{acct}``; a grant in another account (an external key
                    there) also holds that account's label, status and the date it was added
 
     After a delete the hash is replaced by a tombstone ``{deleted: ms}`` so that a key
     name is never issued twice.
+
+An account's records (``{p}acct:{{account}}:…`` on a Redis Cluster):
 
 ``{p}acct:{account}:keys``     sorted set of the account's generated keys by creation time
 ``{p}acct:{account}:ext``      sorted set of the external keys granted roles in the account,
@@ -39,6 +43,7 @@ them are made in ``names.py``):
 ``{p}acct:{account}:settings`` hash of the account's settings
 ``{p}acct:{account}:audit``    stream of change events, capped (``MAXLEN ~``)
 ``{p}acct:{account}:access``   stream of access events (sampled denials), capped apart
+``{p}acct:{account}:done:{id}`` a grant follow-up applied, until it is cleared (grants.py)
 ``{p}link:{sha256(link secret)}`` an unopened one-time link: the token, encrypted under a
                                key derived from the link secret, which is not stored
 ``{p}rl:{kind}:{window}:{subject}`` a failed-authentication counter, expiring with its window
@@ -55,8 +60,9 @@ Because a key's grants live in its own hash, authenticating a key for a target a
 is a single ``HMGET`` (one round trip). Every change is one Lua script that checks its
 precondition, applies the change and appends the audit event, so a change and its
 audit record happen together or not at all and concurrent changes serialise (fifty
-concurrent renewals: one wins, the others see it pending). A refused change raises a
-``StoreRefusal`` (``refusals.py``) and writes nothing.
+concurrent renewals: one wins, the others see it pending); a grant in another account
+records its audit event as a follow-up applied exactly once in that account (below). A
+refused change raises a ``StoreRefusal`` (``refusals.py``) and writes nothing.
 
 The package, by responsibility:
 
@@ -81,29 +87,29 @@ The package, by responsibility:
     signing_keys.py      JWT signing keys
     counters.py          failed-authentication counters, last-used times
     connection.py        the client a store URL names
+    copy.py              a store copied into another, between layouts
 
-Towards Redis Cluster (not there yet): a cluster runs a script only when every key it
-touches is named in ``KEYS`` and all of them hash to one slot. The layout above uses no
-hash tags, so it suits one Redis (or a replica set). Where a script or call does not yet
-meet that rule:
+On a Redis Cluster (``redis+cluster://``) every name of an account, the hashes of the
+keys it owns included, carries the account as its hash tag (``names.py``), so every
+change of a key is still one script in one slot with every name in ``KEYS``, and a cold
+key is still one HMGET. What spans slots, and how it stays whole:
 
-* ``delete_key.lua`` removes the key from the ``ext`` index of every account that
-  granted it roles (names derived from the grant fields), and deletes its link (named
-  in the hash);
-* ``renew_token.lua`` and ``end_renewal.lua`` delete the previous link (named in the hash);
-* ``open_link.lua`` derives the key hash and the audit stream from the link's value;
-* ``add_grant.lua``, ``update_grant.lua`` and ``remove_grant.lua`` touch the key hash
-  (the owner account's) and the granting account's audit stream and ``ext`` index: two
-  accounts, two slots under a per-account tag (every other change script touches one
-  account's names, the key's name included, since it names its account);
-* ``create_key.lua`` and ``renew_token.lua`` receive the new link in ``KEYS``, but a
-  link's name (``link:{id}``) carries no account: it needs the account's tag;
-* ``record_last_used.lua`` takes the hashes of keys of any accounts at once, and derives
-  each one's last-use index from its account;
-* the key scripts derive the role sets (``…:roles:{role}``) from the role names set they
-  are given; ``list_keys.lua`` derives them too, and the key hashes it reads for ``q``;
-* ``accounts()`` and ``role_holders()`` SCAN, which a cluster answers per node;
-* the invalidation channel is classic pub/sub (broadcast to every node of a cluster).
+* a grant in another account (``grants.py``): one script in the key's slot (the change,
+  its notice and a follow-up recorded in the hash), then the follow-up — the granting
+  account's external-key index and audit event — applied once in that account's slot
+  and cleared; a follow-up a crash leaves is applied before the next change of the
+  grant, before the key's delete, or by ``migrate``;
+* one-time links (own slots): written before the change that names them, deleted after
+  the change that drops them, taken with GETDEL before the key forgets them (``keys.py``,
+  ``links.py``); a deleted key leaves the other accounts' external-key indexes after its
+  delete (an entry left behind is never listed);
+* last-used times: one script per account per batch;
+* ``accounts()`` and ``role_holders()`` SCAN every master (never on a request path);
+* ``list_keys.lua`` reads the role sets and key hashes of its one account by name (too
+  many for ``KEYS``): they are in the slot of the names it is given;
+* invalidation stays classic pub/sub, which a cluster broadcasts to every node.
+
+``copy.py`` copies a store between the two layouts (``keygate store copy``).
 """
 
 from __future__ import annotations

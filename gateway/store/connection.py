@@ -235,7 +235,9 @@ class SentinelMasterClient(aioredis.Redis):
                 await self.sentinel.aclose()
 
 
-def sentinel_client(parsed: SentinelURL, max_connections: int) -> aioredis.Redis:
+def sentinel_client(
+    parsed: SentinelURL, max_connections: int, decode_responses: bool = True
+) -> aioredis.Redis:
     sentinel_auth = {
         "username": parsed.sentinel_username,
         "password": parsed.sentinel_password,
@@ -256,13 +258,15 @@ def sentinel_client(parsed: SentinelURL, max_connections: int) -> aioredis.Redis
         # PING each new connection: one that reached a node that is not (or no longer)
         # answering is refused before a command is sent on it
         check_connection=True,
-        **_CLIENT_OPTIONS,
+        **{**_CLIENT_OPTIONS, "decode_responses": decode_responses},
     )
     client.sentinel = sentinel
     return client
 
 
-def client_from_url(url: str, max_connections: int) -> aioredis.Redis:
+def client_from_url(
+    url: str, max_connections: int, decode_responses: bool = True
+) -> aioredis.Redis:
     """A client for ``redis://``, ``rediss://``, ``unix://`` and ``redis+sentinel://``
     URLs, or for ``memory://NAME``: an embedded server (fakeredis) shared by this
     process."""
@@ -272,23 +276,26 @@ def client_from_url(url: str, max_connections: int) -> aioredis.Redis:
         server = _MEMORY_SERVERS.setdefault(url, fakeredis.FakeServer())
         return fakeredis.FakeAsyncRedis(
             server=server,
-            decode_responses=True,
+            decode_responses=decode_responses,
             connection_pool_class=aioredis.BlockingConnectionPool,
             max_connections=max_connections,
         )
     if is_sentinel_url(url):
-        return sentinel_client(parse_sentinel_url(url), max_connections)
+        return sentinel_client(parse_sentinel_url(url), max_connections, decode_responses)
     if is_cluster_url(url):
-        return cluster_client(parse_cluster_url(url), max_connections)
+        return cluster_client(parse_cluster_url(url), max_connections, decode_responses)
     # A blocking pool queues requests beyond max_connections instead of failing them: a
     # burst of cold keys waits a little rather than getting 503s.
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=POOL_WAIT, **_CLIENT_OPTIONS
+        url, max_connections=max_connections, timeout=POOL_WAIT,
+        **{**_CLIENT_OPTIONS, "decode_responses": decode_responses},
     )
     return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
 
 
-def cluster_client(parsed: ClusterURL, max_connections: int) -> Any:
+def cluster_client(
+    parsed: ClusterURL, max_connections: int, decode_responses: bool = True
+) -> Any:
     """A Redis Cluster client (``max_connections`` per node). Slots that moved are
     followed (MOVED, ASK); a cluster that cannot serve a slot answers ClusterDownError,
     a 503 for the caller."""
@@ -296,7 +303,7 @@ def cluster_client(parsed: ClusterURL, max_connections: int) -> Any:
         startup_nodes=[ClusterNode(host, port) for host, port in parsed.nodes],
         username=parsed.username, password=parsed.password,
         max_connections=max_connections,
-        **_CLIENT_OPTIONS,
+        **{**_CLIENT_OPTIONS, "decode_responses": decode_responses},
     )
 
 

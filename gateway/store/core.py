@@ -174,8 +174,9 @@ class StoreCore:
         # A cluster client's pool per node fails a call past its size (MaxConnectionsError)
         # where a one-server pool waits: on a cluster, store calls wait at this gate
         # instead, one connection per node each at most (a call runs its commands one at
-        # a time; a pipeline takes one connection per node).
-        self.call_gate = (asyncio.Semaphore(max_connections)
+        # a time; a pipeline takes one connection per node), leaving one connection of
+        # the pool to the invalidation listener's subscription.
+        self.call_gate = (asyncio.Semaphore(max(1, max_connections - 1))
                           if self.names.clustered else None)
         self.channel = self.names.channel
         self.clock = clock

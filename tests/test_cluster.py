@@ -1,0 +1,130 @@
+"""keygate on Redis Cluster beyond the shared suites (which run on a cluster too): the
+``redis+cluster://`` URL format, every change script's names in one slot, and a cluster
+that loses a master answering the one JSON 503, never a 500.
+
+The node-loss test starts a cluster of its own (three masters, no replicas, from the
+machine's ``redis-server``), since it kills one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis_cluster
+from conftest import ProxyTestServer
+from redis.crc import key_slot
+
+from gateway.app import build_gateway
+from gateway.errors import ConfigError
+from gateway.settings import load_settings
+from gateway.store import CLI_ACTOR
+from gateway.store.connection import parse_cluster_url
+from gateway.store.names import Keyspace, owner_of
+
+
+# -- the URL format ------------------------------------------------------------------------
+def test_cluster_url_format() -> None:
+    parsed = parse_cluster_url("redis+cluster://app:p%40ss@10.0.0.1:7000,node-b,[::1]:7002")
+    assert parsed.nodes == (("10.0.0.1", 7000), ("node-b", 6379), ("::1", 7002))
+    assert (parsed.username, parsed.password) == ("app", "p@ss")
+    assert "p@ss" not in repr(parsed)
+    assert parse_cluster_url("redis+cluster://h/").nodes == (("h", 6379),)
+
+
+@pytest.mark.parametrize("url", [
+    "redis+cluster://",
+    "redis+cluster://h:0",
+    "redis+cluster://h:65536",
+    "redis+cluster://h:port",
+    "redis+cluster://h,,i",
+    "redis+cluster://h,h:6379",
+    "redis+cluster://[::1",
+    "redis+cluster://h/0",
+    "redis+cluster://h?ssl=true",
+    "redis+cluster://h#frag",
+    "redis+cluster://" + ",".join(f"h{i}" for i in range(17)),
+    "redis+cluster://" + "h" * 5000,
+    "redis+cluster://hunter2-secret@h",
+    "redis+cluster://:hunter2-secret@h:99999",
+])
+def test_a_bad_cluster_url_is_a_config_error_naming_store_url(url: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env={"KEYGATE_STORE_URL": url})
+    message = str(raised.value)
+    assert message.startswith("setting store_url"), message
+    assert len(message) < 1000 and "hunter2" not in message
+
+
+# -- the layout ------------------------------------------------------------------------------
+@pytest.mark.parametrize("app_key", ["kgk-acme-7QX2M4PZ9B", "kgk-my-team-2-ABCDEFGHJK",
+                                     "xy-a-0000000000"])
+def test_a_key_and_every_record_of_its_account_share_one_slot(app_key: str) -> None:
+    names = Keyspace("kg:", clustered=True)
+    account = owner_of(app_key)
+    together = [names.key(app_key), *names.listing(account),
+                *(names.account(account, what) for what in
+                  ("ext", "owners", "settings", "audit", "access", "done:1")),
+                names.role_holders(account, "orders-reader"), names.keys_of(account) + "x"]
+    assert len({key_slot(n.encode()) for n in together}) == 1
+    assert names.app_key_of(names.key(app_key)) == app_key
+    assert names.account_record(names.account(account, "roles:keys")) == (account,
+                                                                          "roles:keys")
+    # another account's records are elsewhere (for these two, by CRC16)
+    assert key_slot(names.account("beta", "keys").encode()) != key_slot(
+        names.account("acme", "keys").encode())
+
+
+@pytest.mark.parametrize("name", ["no-dashes", "kgk-", "-", "kgk--X", "{evil}", ""])
+def test_a_name_that_is_no_key_still_gets_a_name_of_its_own(name: str) -> None:
+    names = Keyspace("kg:", clustered=True)
+    assert names.app_key_of(names.key(name)) == name
+
+
+# -- losing a master -----------------------------------------------------------------------
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Any:
+    why_not = redis_cluster.available()
+    if why_not is not None:
+        pytest.skip(why_not)
+    with redis_cluster.redis_cluster(tmp_path, keep_processes=True) as (url, processes):
+        yield url, processes
+
+
+async def test_a_lost_master_answers_503_never_500(
+    own_cluster: Any, make_settings: Callable[..., Any], aiohttp_client: Any
+) -> None:
+    url, processes = own_cluster
+    gateway = build_gateway(make_settings(store_url=url))
+    try:
+        issued = await gateway.lifecycle.create("acme", "k", ["orders-reader"], CLI_ACTOR)
+        gateway.start()
+        proxy = await aiohttp_client(ProxyTestServer(gateway))
+        app_key = issued.record.app_key
+        headers = {"X-API-AppKey": app_key, "X-API-AppToken": issued.token}
+
+        async def call() -> tuple[int, Any]:
+            gateway.store.forget(app_key)  # a cold key: the store is asked every time
+            started = time.monotonic()
+            resp = await proxy.get("/orders/1", headers=headers)
+            assert time.monotonic() - started < 12, "a request waited on the lost node"
+            return resp.status, await resp.json(content_type=None)
+
+        assert (await call())[0] == 200
+        # kill the master serving acme's slot: its keys can no longer be read
+        victim = redis_cluster.master_of(url, key_slot(gateway.store.names.key(app_key).encode()))
+        processes[victim].kill()
+        answers = [await call()]
+        deadline = time.monotonic() + 20
+        while answers[-1][0] != 503 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            answers.append(await call())
+        assert {status for status, _ in answers} <= {200, 503}, answers
+        status, body = answers[-1]
+        assert status == 503 and body["error"]["code"] == "store_unavailable", answers
+    finally:
+        await gateway.close()
