@@ -4,8 +4,9 @@
 They act as the operator (the ``cli`` actor in the audit log), with no escalation
 check: the command line is how the first key of an account comes to exist, and the
 way out when the management API refuses (the last owner key). What they print and
-what they accept is what the management API prints and accepts: the views are
-``gateway.views``, labels, accounts and roles are checked by the same rules.
+what they accept is what the management API accepts: the views are ``gateway.views``,
+and every change goes through ``gateway.lifecycle``, which checks labels, roles,
+statuses and settings for both (its refusals become usage errors here, naming the flag).
 
 Outcomes map to exit codes in ``gateway.cli``: :class:`Refused` (1) when the store says
 no or what the command names does not exist, :class:`UsageError` (2) when an argument
@@ -15,15 +16,19 @@ is wrong.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .errors import ConfigError
 from .process import run_event_loop
 from .settings import Settings, load_settings, url_without_passwords
+
+if TYPE_CHECKING:
+    from .lifecycle import BadInput
 
 
 class Refused(Exception):
@@ -95,26 +100,46 @@ def owner_of(settings: Settings, app_key: str) -> str:
     return account
 
 
-def checked_roles(gateway: Any, roles: list[str]) -> list[str]:
-    roles = list(dict.fromkeys(roles))
-    unknown = gateway.policy.unknown_roles(roles)
-    if unknown:
-        defined = ", ".join(sorted(gateway.policy.roles))
-        raise UsageError(
-            f"--role: {unknown[0]!r} is not a role defined in the policies ({defined})"
-        )
-    return roles
+# the flag each input the lifecycle checks comes from
+FLAGS = {
+    "label": "--label",
+    "roles": "--role",
+    "status": "--status",
+    "renewalPeriodMonths": "--renewal-period-months",
+}
+
+
+def usage_error(refusal: BadInput) -> UsageError:
+    """The lifecycle's refusal of an argument, as a usage error naming its flag."""
+    from .lifecycle import UnknownRole
+
+    if isinstance(refusal, UnknownRole):
+        return UsageError(f"--role: {refusal.role!r} is not a role defined in the policies "
+                          f"({', '.join(refusal.defined)})")
+    flag = FLAGS.get(refusal.field)
+    return UsageError(f"{flag}: {refusal}" if flag else str(refusal))
+
+
+@contextlib.contextmanager
+def arguments_checked() -> Iterator[None]:
+    """Runs a lifecycle check or change; what it refuses of the arguments is a usage
+    error (exit status 2)."""
+    from .lifecycle import BadInput
+
+    try:
+        yield
+    except BadInput as refusal:
+        raise usage_error(refusal) from None
 
 
 def checked_label(value: str | None) -> str | None:
+    """``--label`` by the lifecycle's rule, checked before the store is reached."""
     from .lifecycle import checked_label as label_rule
 
     if value is None:
         return None
-    try:
+    with arguments_checked():
         return label_rule(value)
-    except ValueError as exc:
-        raise UsageError(f"--label: {exc}") from None
 
 
 async def period_of(gateway: Any, account: str) -> int:
@@ -149,8 +174,10 @@ def keys_create(args: argparse.Namespace) -> int:
     label = checked_label(args.label)
 
     async def work(gateway: Any) -> tuple[Any, str, int]:
-        roles = checked_roles(gateway, args.role)
-        issued = await gateway.lifecycle.create(args.account, label, roles, CLI_ACTOR)
+        with arguments_checked():
+            issued = await gateway.lifecycle.create(
+                args.account, label, args.role, CLI_ACTOR, policy=gateway.policy
+            )
         return issued.record, issued.token, await period_of(gateway, args.account)
 
     record, token, period = on_store(args, work)
@@ -195,10 +222,10 @@ def keys_change(args: argparse.Namespace) -> int:
 
     async def work(gateway: Any) -> Any:
         if args.action == "delete":
-            return await gateway.store.delete_key(account, args.app_key, actor=CLI_ACTOR)
+            return await gateway.lifecycle.delete(account, args.app_key, actor=CLI_ACTOR)
         status = "active" if args.action == "activate" else "inactive"
-        record = await gateway.store.update_key(
-            account, args.app_key, actor=CLI_ACTOR, status=status
+        record = await gateway.lifecycle.update(
+            account, args.app_key, actor=CLI_ACTOR, policy=gateway.policy, status=status
         )
         return record and key_row(record, await period_of(gateway, account))
 
@@ -226,7 +253,7 @@ def keys_renewal(args: argparse.Namespace) -> int:
                 account, args.app_key, CLI_ACTOR, keep_old=not args.now
             )
         else:
-            result = await gateway.store.end_renewal(
+            result = await gateway.lifecycle.end_renewal(
                 account, args.app_key, finish=args.command_name == "finish-renewal",
                 actor=CLI_ACTOR,
             )
@@ -289,11 +316,13 @@ def external_add(args: argparse.Namespace) -> int:
 
     settings = shared_store_settings(args)
     owner_of(settings, args.app_key)
-    label = checked_label(args.label) or ""
+    label = checked_label(args.label)
 
     async def work(gateway: Any) -> Any:
-        roles = checked_roles(gateway, args.role)
-        return await gateway.store.add_grant(args.account, args.app_key, label, roles, CLI_ACTOR)
+        with arguments_checked():
+            return await gateway.lifecycle.add_external(
+                args.account, args.app_key, label, args.role, CLI_ACTOR, policy=gateway.policy
+            )
 
     try:
         grant = run_event_loop(with_gateway(settings, work))
@@ -319,23 +348,28 @@ def external_add(args: argparse.Namespace) -> int:
 
 
 def external_update(args: argparse.Namespace) -> int:
+    from .lifecycle import BadInput, checked_changes
     from .store import CLI_ACTOR
     from .views import external_json
 
     settings = shared_store_settings(args)
     owner_of(settings, args.app_key)
-    changes: dict[str, Any] = {}
-    if args.label is not None:
-        changes["label"] = checked_label(args.label)
-    if args.status is not None:
-        changes["status"] = args.status
-    if not changes and not args.role:
-        raise UsageError("external-keys update: give at least one of --label, --role, --status")
+    given = {"label": args.label, "roles": args.role or None, "status": args.status}
+    try:
+        # before the store is reached; the roles meet the policies in the change itself
+        changes = checked_changes({k: v for k, v in given.items() if v is not None})
+    except BadInput as refusal:
+        if refusal.code == "empty_change":
+            raise UsageError(
+                "external-keys update: give at least one of --label, --role, --status"
+            ) from None
+        raise usage_error(refusal) from None
 
     async def work(gateway: Any) -> Any:
-        if args.role:
-            changes["roles"] = checked_roles(gateway, args.role)
-        return await gateway.store.update_grant(args.account, args.app_key, changes, CLI_ACTOR)
+        with arguments_checked():
+            return await gateway.lifecycle.update_external(
+                args.account, args.app_key, changes, CLI_ACTOR, policy=gateway.policy
+            )
 
     updated = run_event_loop(with_gateway(settings, work))
     if updated is None:
@@ -356,7 +390,7 @@ def external_remove(args: argparse.Namespace) -> int:
     owner_of(settings, args.app_key)
 
     async def work(gateway: Any) -> bool:
-        return await gateway.store.remove_grant(args.account, args.app_key, CLI_ACTOR)
+        return await gateway.lifecycle.remove_external(args.account, args.app_key, CLI_ACTOR)
 
     if not run_event_loop(with_gateway(settings, work)):
         raise _not_granted(args.app_key, args.account)
@@ -383,9 +417,10 @@ def account_settings_set(args: argparse.Namespace) -> int:
     from .views import account_settings_json
 
     async def work(gateway: Any) -> dict[str, Any]:
-        await gateway.store.put_setting(
-            args.account, "renewalPeriodMonths", args.renewal_period_months, CLI_ACTOR
-        )
+        with arguments_checked():
+            await gateway.lifecycle.put_setting(
+                args.account, "renewalPeriodMonths", args.renewal_period_months, CLI_ACTOR
+            )
         return account_settings_json(await gateway.store.get_settings(args.account))
 
     _print_account_settings(args, on_store(args, work))

@@ -7,10 +7,14 @@ import asyncio
 from typing import Any
 
 import pytest
+from conftest import on_one_server_and_a_cluster
 
 from gateway.app import build_gateway
 from gateway.management import build_management_app
 from gateway.store import ACCESS_ID_PREFIX, CLI_ACTOR, Actor
+
+# the store, audit and export behaviour on one server and on a Redis Cluster
+redis_url = on_one_server_and_a_cluster()
 
 AUDIT = "/api/v1/accounts/acme/audit"
 
@@ -45,8 +49,8 @@ async def test_denials_by_other_accounts_keys_never_trim_change_events(small_cap
         with pytest.raises(Exception):  # noqa: B017 - 403 no_grant, sampled into acme's log
             await gw.pipeline.check(headers_o, "acme", "orders", "read", client="")
     await gw.denials.drain()
-    prefix = gw.settings.store_prefix
-    assert await gw.store.redis.xlen(f"{prefix}acct:acme:access") <= 10 + 100  # MAXLEN ~
+    access = gw.store.names.account("acme", "access")
+    assert await gw.store.redis.xlen(access) <= 10 + 100  # MAXLEN ~
     items = (await listing(client, headers, "limit=500&action=key.create"))["items"]
     targets = {e["target"] for e in items}
     assert {c.record.app_key for c in created} <= targets
@@ -82,9 +86,8 @@ async def test_changes_and_access_events_are_listed_together_newest_first(small_
 async def test_equal_ids_in_both_streams_are_each_listed_once(small_caps):
     """Stream ids are per stream: the same id can name a change and an access event."""
     gw, client, headers = small_caps
-    prefix = gw.settings.store_prefix
     for stream in ("audit", "access"):
-        await gw.store.redis.xadd(f"{prefix}acct:acme:{stream}",
+        await gw.store.redis.xadd(gw.store.names.account("acme", stream),
                                   {"event": '{"action": "x.' + stream + '"}'},
                                   id="9999999999999-0")
     ids = []

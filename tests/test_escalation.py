@@ -263,11 +263,11 @@ async def test_an_account_older_than_the_owner_index_is_indexed_on_first_use(
 ):
     """Accounts whose keys predate the owner index: the first guarded change builds it."""
     other = await make_key("acme", ["orders-reader"], label="x")
-    await gateway.store.redis.delete(f"{gateway.settings.store_prefix}acct:acme:owners")
+    await gateway.store.redis.delete(gateway.store.names.account("acme", "owners"))
     await conflict(await management.delete(f"{KEYS}/{owner.app_key}", headers=owner.headers),
                    "last_owner_key")
     members = await gateway.store.redis.smembers(
-        f"{gateway.settings.store_prefix}acct:acme:owners")
+        gateway.store.names.account("acme", "owners"))
     assert members == {"", owner.app_key}
     assert (await management.delete(f"{KEYS}/{other.app_key}", headers=owner.headers)).status \
         == 204

@@ -20,9 +20,12 @@ from typing import Any
 import openpyxl
 import orjson
 import pytest
-from conftest import TEST_SECRET, Key
+from conftest import TEST_SECRET, Key, on_one_server_and_a_cluster
 
 from gateway.store import CLI_ACTOR
+
+# the store, audit and export behaviour on one server and on a Redis Cluster
+redis_url = on_one_server_and_a_cluster()
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ["id", "keyName", "roles", "label", "creationDate", "creationDateToken",

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import ProxyTestServer
+from conftest import ProxyTestServer, on_one_server_and_a_cluster
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import build_gateway
@@ -23,6 +23,9 @@ from gateway.management import build_management_app
 from gateway.management.metrics import build_metrics_app
 from gateway.renewal import add_months, renewal_alert
 from gateway.store import CLI_ACTOR, Store
+
+# the store, audit and export behaviour on one server and on a Redis Cluster
+redis_url = on_one_server_and_a_cluster()
 
 KEYS = "/api/v1/accounts/acme/keys"
 SETTINGS = "/api/v1/accounts/acme/settings"
@@ -595,7 +598,7 @@ async def test_audit_stream_is_capped(make_settings, clock, aiohttp_client):
             reply = await call(client, "PATCH", f"{KEYS}/{admin_issued.record.app_key}",
                                headers, {"label": f"api-{i}"})
             assert reply.status == 200
-        length = await gw.store.redis.xlen(f"{gw.settings.store_prefix}acct:acme:audit")
+        length = await gw.store.redis.xlen(gw.store.names.account("acme", "audit"))
         # MAXLEN ~ trims whole stream nodes (at most 100 entries each): a loose bound
         assert cap <= length <= cap + 100
         assert length < changes
@@ -786,5 +789,5 @@ async def test_last_used_does_not_resurrect_a_deleted_key(admin, proxy, make_key
     assert (await admin("DELETE", f"{KEYS}/{key.app_key}")).status == 204
     await gateway.last_used.flush()
     expect_error(await admin("GET", f"{KEYS}/{key.app_key}"), 404, "key_not_found")
-    raw = await gateway.store.redis.hgetall(f"{gateway.settings.store_prefix}key:{key.app_key}")
+    raw = await gateway.store.redis.hgetall(gateway.store.names.key(key.app_key))
     assert set(raw) == {"deleted"}

@@ -7,6 +7,7 @@ from aiohttp import web
 from ..context import GATEWAY
 from ..pipeline import Identity
 from .common import EDIT_SETTINGS, VIEW, actor, json_response, renewal_period
+from .keys import bad_input
 from .operations import Operations
 from .schema import AccountPath, AccountSettings
 
@@ -28,8 +29,9 @@ async def put_settings(request: web.Request, identity: Identity, path: AccountPa
                        body: AccountSettings) -> web.Response:
     """The renewal-reminder period: `renewalAlert` turns orange that many months after a
     key's token was issued, red three months later. Tokens never expire because of it."""
-    months = body.renewal_period_months
-    await request.app[GATEWAY].store.put_setting(
-        identity.account, "renewalPeriodMonths", months, actor(request, identity)
-    )
+    with bad_input():
+        months = await request.app[GATEWAY].lifecycle.put_setting(
+            identity.account, "renewalPeriodMonths", body.renewal_period_months,
+            actor(request, identity),
+        )
     return json_response({"renewalPeriodMonths": months})

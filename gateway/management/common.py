@@ -9,20 +9,18 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from msgspec import UNSET
 
 from ..accesslog import APP_KEY, CLIENT
 from ..context import GATEWAY
 from ..credentials import is_valid_account
 from ..errors import BadRequest, Conflict, Forbidden
-from ..lifecycle import Issued, checked_label
+from ..lifecycle import Issued
 from ..middleware import request_id_of
 from ..pipeline import Identity
 from ..renewal import DEFAULT_RENEWAL_PERIOD
 from ..store import Actor, KeyChanged, LastOwnerKey
 from ..views import iso
 from .operations import Permission
-from .schema import Change
 
 RESOURCE = "api-keys"
 # Every (resource, action) the management API checks, besides ("role:NAME", "assign")
@@ -131,41 +129,6 @@ def secret_fields(request: web.Request, issued: Issued) -> dict[str, Any]:
         "tokenLink": f"{base}/api/v1/token-links/{issued.link_secret}",
         "tokenLinkExpires": iso(issued.link_expires),
     }
-
-
-def label_field(value: Any) -> str:
-    try:
-        return checked_label(value)
-    except ValueError as exc:
-        raise BadRequest(str(exc), code="bad_label") from None
-
-
-def known_roles(request: web.Request, roles: list[str]) -> list[str]:
-    """``roles`` without repeats, once every one is found defined in the policies."""
-    roles = list(dict.fromkeys(roles))
-    unknown = request.app[GATEWAY].policy.unknown_roles(roles)
-    if unknown:
-        defined = ", ".join(sorted(request.app[GATEWAY].policy.roles))
-        raise BadRequest(
-            f"unknown role {unknown[0]!r}; roles defined in the policies: {defined}",
-            code="unknown_role",
-        )
-    return roles
-
-
-def grant_changes(request: web.Request, change: Change) -> dict[str, Any]:
-    """A PATCH of a key or a grant as the store takes it: label, roles, status, at
-    least one."""
-    changes: dict[str, Any] = {}
-    if change.label is not UNSET:
-        changes["label"] = label_field(change.label)
-    if change.roles is not UNSET:
-        changes["roles"] = known_roles(request, change.roles)
-    if change.status is not UNSET:
-        changes["status"] = change.status
-    if not changes:
-        raise BadRequest("send at least one of label, roles, status", code="empty_change")
-    return changes
 
 
 @contextlib.contextmanager

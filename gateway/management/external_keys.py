@@ -16,16 +16,8 @@ from ..pipeline import Identity
 from ..store import ExternalKey as Grant
 from ..store import GrantExists, KeyNotFound, OwnKey
 from ..views import external_json
-from .common import (
-    EDIT,
-    VIEW,
-    actor,
-    grant_changes,
-    json_response,
-    known_roles,
-    label_field,
-    store_refusals,
-)
+from .common import EDIT, VIEW, actor, json_response, store_refusals
+from .keys import bad_input, checked_patch
 from .operations import Operations
 from .schema import (
     AccountPath,
@@ -74,16 +66,17 @@ async def add_external_key(request: web.Request, identity: Identity, path: Accou
     manages only the grant (label, roles, status)."""
     app_key = body.app_key
     gateway = request.app[GATEWAY]
-    if gateway.fmt.key_account(app_key) is None:
-        raise BadRequest(f"{app_key[:80]!r} is not an API key", code="bad_app_key")
-    label = label_field(body.label) if body.label is not UNSET else ""
-    roles = known_roles(request, body.roles)
+    with bad_input():
+        label, roles = gateway.lifecycle.checked_grant(
+            app_key, None if body.label is UNSET else body.label, body.roles, gateway.policy
+        )
     account = identity.account
     gateway.delegation.check_assign(identity, roles)
     try:
-        added = await gateway.store.add_grant(
-            account, app_key, label, roles, actor(request, identity)
-        )
+        with bad_input():
+            added = await gateway.lifecycle.add_external(
+                account, app_key, label, roles, actor(request, identity), policy=gateway.policy
+            )
     except KeyNotFound:
         raise NotFound(f"there is no API key {app_key!r}", code="key_not_found") from None
     except OwnKey:
@@ -143,17 +136,17 @@ async def get_external_key(request: web.Request, identity: Identity, path: KeyPa
                   errors={**GUARDED, 400: ("empty_change", "unknown_role", "bad_label")})
 async def update_external_key(request: web.Request, identity: Identity, path: KeyPath,
                               body: Change) -> web.Response:
-    changes = grant_changes(request, body)
+    changes = checked_patch(request, body)
     app_key = path.app_key
     gateway = request.app[GATEWAY]
     current = await gateway.store.get_grant(identity.account, app_key)
     if current is None:
         raise _missing(app_key, identity.account)
     gateway.delegation.check_change(identity, app_key, current.roles, changes.get("roles"))
-    with store_refusals(app_key, identity.account):
-        updated = await gateway.store.update_grant(
+    with bad_input(), store_refusals(app_key, identity.account):
+        updated = await gateway.lifecycle.update_external(
             identity.account, app_key, changes, actor(request, identity),
-            expect_roles=current.roles,
+            policy=gateway.policy, expect_roles=current.roles,
         )
     if updated is None:
         raise _missing(app_key, identity.account)
@@ -172,7 +165,7 @@ async def remove_external_key(request: web.Request, identity: Identity, path: Ke
         raise _missing(app_key, identity.account)
     gateway.delegation.check_act_on(identity, app_key, current.roles)
     with store_refusals(app_key, identity.account):
-        removed = await gateway.store.remove_grant(
+        removed = await gateway.lifecycle.remove_external(
             identity.account, app_key, actor(request, identity), expect_roles=current.roles
         )
     if not removed:

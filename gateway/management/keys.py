@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
+from msgspec import UNSET
 
 from ..context import GATEWAY
-from ..errors import Conflict, NotFound
+from ..errors import BadRequest, Conflict, NotFound
+from ..lifecycle import CHANGEABLE, BadInput, checked_changes, checked_label, checked_roles
 from ..pipeline import Identity
 from ..renewal import alert_range
 from ..store import KeyQuery, KeyRecord, NoRenewalPending, RenewalRefused
@@ -18,11 +22,8 @@ from .common import (
     RENEW_TOKEN,
     VIEW_OR_RENEW,
     actor,
-    grant_changes,
     iso,
     json_response,
-    known_roles,
-    label_field,
     renewal_period,
     secret_fields,
     store_refusals,
@@ -70,6 +71,24 @@ def renewable_only(query: KeyQuery, gateway: Any, identity: Identity) -> KeyQuer
     )
 
 
+@contextlib.contextmanager
+def bad_input() -> Iterator[None]:
+    """The lifecycle's refusal of an input (gateway.lifecycle.BadInput) as the 400 it
+    is, under the refusal's own code."""
+    try:
+        yield
+    except BadInput as refusal:
+        raise BadRequest(str(refusal), code=refusal.code) from None
+
+
+def checked_patch(request: web.Request, body: Change) -> dict[str, Any]:
+    """A PATCH of a key or a grant, checked by the lifecycle's rules before the caller's
+    permission to make it is (a malformed change is refused as such, whoever sends it)."""
+    sent = {name: getattr(body, name) for name in CHANGEABLE if getattr(body, name) is not UNSET}
+    with bad_input():
+        return checked_changes(sent, request.app[GATEWAY].policy)
+
+
 def _missing(app_key: str, account: str) -> NotFound:
     return NotFound(f"no API key {app_key!r} in account {account!r}", code="key_not_found")
 
@@ -99,13 +118,16 @@ async def create_key(request: web.Request, identity: Identity, path: AccountPath
     """The answer is the only one that carries the new token (or, with `delivery: link`,
     the one-time link that reveals it). The caller may only hand out roles it could
     assign (no escalation)."""
-    label = label_field(body.label)
-    roles = known_roles(request, body.roles)
     gateway = request.app[GATEWAY]
+    with bad_input():
+        label = checked_label(body.label)
+        roles = checked_roles(body.roles, gateway.policy)
     gateway.delegation.check_assign(identity, roles)
-    issued = await gateway.lifecycle.create(
-        identity.account, label, roles, actor(request, identity), body.delivery
-    )
+    with bad_input():
+        issued = await gateway.lifecycle.create(
+            identity.account, label, roles, actor(request, identity), body.delivery,
+            policy=gateway.policy,
+        )
     period = await renewal_period(request, identity.account)
     return json_response(
         {**key_json(issued.record, period, gateway.now_ms()), **secret_fields(request, issued)},
@@ -160,16 +182,16 @@ async def get_key(request: web.Request, identity: Identity, path: KeyPath) -> we
                   errors={**GUARDED, 400: ("empty_change", "unknown_role", "bad_label")})
 async def update_key(request: web.Request, identity: Identity, path: KeyPath,
                      body: Change) -> web.Response:
-    changes = grant_changes(request, body)
+    changes = checked_patch(request, body)
     app_key = path.app_key
     gateway = request.app[GATEWAY]
     current = await gateway.store.get_key(identity.account, app_key)
     if current is None:
         raise _missing(app_key, identity.account)
     gateway.delegation.check_change(identity, app_key, current.roles, changes.get("roles"))
-    with store_refusals(app_key, identity.account):
-        record = await gateway.store.update_key(
-            identity.account, app_key, actor=actor(request, identity),
+    with bad_input(), store_refusals(app_key, identity.account):
+        record = await gateway.lifecycle.update(
+            identity.account, app_key, actor=actor(request, identity), policy=gateway.policy,
             expect_roles=current.roles, keep_an_owner=True, **changes,
         )
     if record is None:
@@ -185,7 +207,7 @@ async def delete_key(request: web.Request, identity: Identity, path: KeyPath) ->
     record = await _target(request, identity, path.app_key)
     app_key = record.app_key
     with store_refusals(app_key, identity.account):
-        deleted = await request.app[GATEWAY].store.delete_key(
+        deleted = await request.app[GATEWAY].lifecycle.delete(
             identity.account, app_key, actor=actor(request, identity),
             expect_roles=record.roles, keep_an_owner=True,
         )
@@ -211,7 +233,7 @@ async def renew_token(request: web.Request, identity: Identity, path: KeyPath,
     app_key = record.app_key
     gateway = request.app[GATEWAY]
     try:
-        with store_refusals(app_key, identity.account):
+        with bad_input(), store_refusals(app_key, identity.account):
             issued = await gateway.lifecycle.renew(
                 identity.account, app_key, actor(request, identity),
                 keep_old=body.delete_old == "later", delivery=body.delivery,
@@ -243,7 +265,7 @@ async def _end_renewal(request: web.Request, identity: Identity, app_key: str,
     gateway = request.app[GATEWAY]
     try:
         with store_refusals(app_key, identity.account):
-            result = await gateway.store.end_renewal(
+            result = await gateway.lifecycle.end_renewal(
                 identity.account, app_key, finish=finish, actor=actor(request, identity),
                 expect_roles=record.roles,
             )
