@@ -17,7 +17,11 @@ answering every request 200 with the five headers keygate's decision API answers
 nginx (the path taken from ``X-Original-URI``), deciding nothing. What aiohttp itself
 costs per decision request: parsing, the request object, the response, the event loop.
 ``decision-floor-guarded``: the same behind keygate's connection guard (its strict
-request reader) and its error wrapper with the request id, as keygate's ports run.
+request reader) and its error wrapper with the request id, as keygate's aiohttp ports run.
+``decision-floor-keygate``: what the decision port itself runs on (keygate's own HTTP/1.1
+server, ``gateway.decision_server``, behind the connection guard) with a decider that
+decides nothing and answers as ``decision-floor`` does: the decision port's cost per
+request besides its decision.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ from yarl import URL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway.connections import guard_for, server_logger  # noqa: E402
+from gateway.decision import JSON, DecisionAnswer  # noqa: E402
+from gateway.decision_server import DecisionServer  # noqa: E402
+from gateway.errors import GatewayError  # noqa: E402
 from gateway.http_head import AIOHTTP_LIMITS  # noqa: E402
 from gateway.middleware import errors_as_json, new_request_id  # noqa: E402
 from gateway.settings import load_settings  # noqa: E402
@@ -195,6 +202,44 @@ async def run_decision_floor(port: int, guarded: bool) -> None:
         await guard.close()
 
 
+class DecidesNothing:
+    """For keygate's decision server, in place of ``gateway.decision.DecisionPort``:
+    every caller trusted, every request allowed with ``allow_everything``'s headers."""
+
+    @staticmethod
+    def trusts(peer: str) -> bool:
+        return True
+
+    async def answer(self, method: str, target: str, host: str, headers, peer: str,
+                     trusted: bool, request_id: str) -> DecisionAnswer:
+        answer = DecisionAnswer()
+        path = headers.get("X-Original-URI", "/").partition("?")[0]
+        answer.headers = [*IDENTITY, ("X-Keygate-Path", path)]
+        return answer
+
+    @staticmethod
+    def refuse(answer: DecisionAnswer, form: str | None, refusal: GatewayError,
+               request_id: str) -> None:
+        answer.status = refusal.status
+        answer.headers = [("Content-Type", JSON)]
+        answer.body = refusal.body(request_id)
+
+
+async def run_decision_floor_keygate(port: int) -> None:
+    guard = guard_for(load_settings(env={}), new_request_id)
+    server = DecisionServer(DecidesNothing(), guard)  # type: ignore[arg-type]
+    listener = await server.listen("127.0.0.1", port)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        listener.close()
+        await server.cleanup()
+        await guard.close()
+
+
 def main() -> None:
     mode, port = sys.argv[1], int(sys.argv[2])
     if mode == "upstream":
@@ -203,6 +248,8 @@ def main() -> None:
         uvloop.run(run_lean_proxy(port, sys.argv[3]))
     elif mode in ("decision-floor", "decision-floor-guarded"):
         uvloop.run(run_decision_floor(port, guarded=mode == "decision-floor-guarded"))
+    elif mode == "decision-floor-keygate":
+        uvloop.run(run_decision_floor_keygate(port))
     else:
         upstream = sys.argv[3]
         web.run_app(bare_proxy_app(upstream), host="127.0.0.1", port=port, access_log=None,

@@ -1,5 +1,5 @@
-"""Wiring only: settings → components → the proxy port's server and the management
-application → listening sites."""
+"""Wiring only: settings → components → the proxy port's server, the management
+application and the decision port's server → listening sites."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from aiohttp import web
 
 from . import decision, proxy
 from .accesslog import AccessLogger, access_logger
-from .connections import guard_for, raise_file_limit, server_logger
+from .connections import ConnectionGuard, guard_for, raise_file_limit, server_logger
 from .context import Gateway
 from .credentials import TokenHasher
+from .decision_server import DecisionServer
 from .errors import ConfigError, StoreUnavailable
 from .escalation import Delegation
 from .forwarded import TrustedProxies
@@ -182,14 +183,12 @@ def proxy_runner(
     return web.ServerRunner(server, shutdown_timeout=shutdown_timeout)
 
 
-def decision_runner(
-    gateway: Gateway, shutdown_timeout: float, **server_options: Any
-) -> web.ServerRunner:
-    """The decision API on aiohttp's low-level server, as the proxy port (its one
-    handler finds the form by the path; it holds no upstream connections)."""
-    port = decision.DecisionPort(gateway)
-    server = web.Server(port.request_handler(), **server_options)
-    return web.ServerRunner(server, shutdown_timeout=shutdown_timeout)
+def decision_server(gateway: Gateway, guard: ConnectionGuard) -> DecisionServer:
+    """The decision API on keygate's own HTTP/1.1 server (gateway.decision_server),
+    behind the same connection guard: it reads each head once and writes its answers
+    itself, with no aiohttp request or response per decision."""
+    access_log = AccessLogger(access_logger(), "") if gateway.settings.access_log else None
+    return DecisionServer(decision.DecisionPort(gateway), guard, access_log)
 
 
 class Listening(NamedTuple):
@@ -230,21 +229,24 @@ async def running(gateway: Gateway, reuse_port: bool = False) -> AsyncIterator[L
         runners.append(("metrics_listen", web.AppRunner(
             build_metrics_app(gateway), shutdown_timeout=shutdown_timeout, **server_options
         )))
-    if settings.decision_listen is not None:
-        runners.append(
-            ("decision_listen", decision_runner(gateway, shutdown_timeout, **server_options))
-        )
     guard = guard_for(settings, new_request_id)
+    servers: list[tuple[str, web.BaseRunner | DecisionServer]] = [*runners]
+    if settings.decision_listen is not None:
+        servers.append(("decision_listen", decision_server(gateway, guard)))
     listeners: list[asyncio.Server] = []
     urls: dict[str, str] = {}
     started = False
     try:
-        for name, runner in runners:
+        for name, runner in servers:
             host, port = getattr(settings, name)
-            await runner.setup()
-            assert runner.server is not None
+            if isinstance(runner, DecisionServer):
+                opening = runner.listen(host, port, reuse_port)
+            else:
+                await runner.setup()
+                assert runner.server is not None
+                opening = guard.listen(runner.server, host, port, reuse_port)
             try:
-                listener = await guard.listen(runner.server, host, port, reuse_port)
+                listener = await opening
             except OSError as exc:
                 raise ConfigError(
                     f"setting {name}: cannot listen on {host}:{port} ({exc.strerror})"
@@ -257,8 +259,9 @@ async def running(gateway: Gateway, reuse_port: bool = False) -> AsyncIterator[L
         yield Listening(urls["proxy_listen"], urls["management_listen"],
                         urls.get("metrics_listen"), urls.get("decision_listen"))
     finally:
-        await stop_serving(listeners, [runner for _, runner in runners], guard,
-                           settings.shutdown_timeout, quiet=not started)
+        # the decision server's cleanup() drains as the runners' does
+        await stop_serving(listeners, [runner for _, runner in servers],  # type: ignore[misc]
+                           guard, settings.shutdown_timeout, quiet=not started)
         await pool.close()  # after the proxy port: no request is using it any more
         await guard.close()
         await gateway.close()

@@ -7,7 +7,10 @@ aiohttp's protocol (made by aiohttp's documented protocol factory, ``web.Server`
 passes the client's bytes through :class:`~gateway.framing.RequestReader` on their way.
 aiohttp never asks a transport for its protocol on the server side, so nothing there
 reaches the wrapper by mistake; asyncio's sendfile fallback (file responses on uvloop)
-swaps in a protocol of its own for the transfer and then restores the wrapper.
+swaps in a protocol of its own for the transfer and then restores the wrapper. The
+decision port has no aiohttp behind it: its connections (``gateway.decision_server``)
+are guarded protocols themselves (:class:`GuardedProtocol`), reading each head once
+through the same reader, under the same deadlines and cap.
 
 What the guard enforces, and why:
 
@@ -33,7 +36,8 @@ What the guard enforces, and why:
   the stand-in's marker header after a refusal with it. A marker, not a count of
   requests: a count would point at the wrong request if aiohttp ever answered one
   without calling the handler; a client forging the marker only gets its own request
-  refused, and nothing it sends after a refusal is passed on.
+  refused, and nothing it sends after a refusal is passed on. (The decision port's own
+  server needs no stand-in: it queues the refusal behind the requests read before it.)
 * **Bookkeeping that went wrong** cannot pin a connection: one in a request with no
   handler running and no body to wait for is closed after ``keepalive_timeout``.
 * **Logs** never carry request bytes, and are rate-limited: aiohttp's server gets
@@ -88,36 +92,77 @@ def guarded(transport: asyncio.BaseTransport | None) -> GuardedConnection | None
     return _GUARDED.get(transport) if transport is not None else None
 
 
-class GuardedConnection(asyncio.Protocol):
-    """One client connection: forwards asyncio's calls to aiohttp's protocol, the
-    client's bytes through the request reader, and tells the guard what state it is in."""
+class GuardedProtocol(asyncio.Protocol):
+    """What the guard keeps of one client connection, whatever serves it: its state and
+    deadlines' clocks, its request reader, and how to abort it. :class:`GuardedConnection`
+    serves aiohttp's ports; ``gateway.decision_server`` serves the decision port with
+    one of its own."""
 
     __slots__ = (
-        "guard", "server", "inner", "transport", "reader", "state", "since", "heard",
-        "pending", "active", "answered", "write_paused_at", "refusal", "counted_in",
+        "guard", "listener", "transport", "reader", "state", "since", "heard", "pending",
+        "active", "answered", "write_paused_at", "counted_in",
     )
 
-    def __init__(self, guard: ConnectionGuard, server: web.Server):
+    def __init__(self, guard: ConnectionGuard, listener: object,
+                 reader: RequestReader | None = None):
         self.guard = guard
-        self.server = server
-        self.inner: asyncio.Protocol | None = None
+        self.listener = listener  # what it was accepted for: its port's gauge is keyed by it
         self.transport: asyncio.Transport | None = None
-        self.reader = RequestReader()
+        self.reader = reader if reader is not None else RequestReader()
         self.state = CLOSED
         self.since = 0.0  # when the connection entered its state
         self.heard = 0.0  # when the client last sent bytes
-        self.pending = 0  # requests passed to aiohttp and not yet answered
+        self.pending = 0  # requests read and not yet answered
         self.active = 0  # of them, those whose handler is running
         self.answered = 0
         self.write_paused_at: float | None = None
-        self.refusal: Refusal | None = None
         self.counted_in: Any = None  # the open-connections gauge it was counted in
+
+    def abort(self) -> None:
+        """Close at once, dropping anything unsent (a deadline passed or framing broke)."""
+        self.guard.forget(self)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def wanted_state(self) -> int:
+        if self.pending > 0 or self.reader.in_body or self.write_paused_at is not None:
+            return REQUEST
+        if self.reader.head_started or not self.answered:
+            return HEAD
+        return IDLE
+
+    def writing_paused(self) -> None:
+        """The client is not reading as fast as keygate writes: while this lasts the
+        connection is in a request (an answer is being written), with a deadline."""
+        self.write_paused_at = self.guard.clock()
+        if self.state != CLOSED:
+            self.guard.settle(self)
+
+    def writing_resumed(self) -> None:
+        self.write_paused_at = None
+        if self.state != CLOSED:
+            self.guard.settle(self)
+
+
+class GuardedConnection(GuardedProtocol):
+    """One client connection of an aiohttp port: forwards asyncio's calls to aiohttp's
+    protocol, the client's bytes through the request reader, and tells the guard what
+    state it is in."""
+
+    __slots__ = ("server", "inner", "refusal")
+
+    def __init__(self, guard: ConnectionGuard, server: web.Server):
+        super().__init__(guard, server)
+        self.server = server
+        self.inner: asyncio.Protocol | None = None
+        self.refusal: Refusal | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         if not self.guard.admit(self):
             return
+        _GUARDED[transport] = self
         inner = self.inner = self.server()
         inner.connection_made(transport)
 
@@ -156,18 +201,12 @@ class GuardedConnection(asyncio.Protocol):
             self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        """The client is not reading as fast as keygate writes: while this lasts the
-        connection is in a request (an answer is being written), with a deadline."""
-        self.write_paused_at = self.guard.clock()
-        if self.state != CLOSED:
-            self.guard.settle(self)
+        self.writing_paused()
         if self.inner is not None:
             self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self.write_paused_at = None
-        if self.state != CLOSED:
-            self.guard.settle(self)
+        self.writing_resumed()
         if self.inner is not None:
             self.inner.resume_writing()
 
@@ -188,19 +227,6 @@ class GuardedConnection(asyncio.Protocol):
         if self.state == REQUEST:
             self.since = self.guard.clock()  # the last sign of progress (see _overdue)
             self.guard.settle(self)
-
-    def abort(self) -> None:
-        """Close at once, dropping anything unsent (a deadline passed or framing broke)."""
-        self.guard.forget(self)
-        if self.transport is not None:
-            self.transport.abort()
-
-    def wanted_state(self) -> int:
-        if self.pending > 0 or self.reader.in_body or self.write_paused_at is not None:
-            return REQUEST
-        if self.reader.head_started or not self.answered:
-            return HEAD
-        return IDLE
 
 
 class LogBudget:
@@ -287,15 +313,16 @@ class ConnectionGuard:
         self.body_timeout = body_timeout
         self.request_id = request_id
         self.clock = time.monotonic
-        self.heads: OrderedDict[GuardedConnection, None] = OrderedDict()
-        self.idle: OrderedDict[GuardedConnection, None] = OrderedDict()
-        self.busy: set[GuardedConnection] = set()
+        self.heads: OrderedDict[GuardedProtocol, None] = OrderedDict()
+        self.idle: OrderedDict[GuardedProtocol, None] = OrderedDict()
+        self.busy: set[GuardedProtocol] = set()
         self.log_budget = LogBudget()
         self.interval = min(1.0, header_timeout / 4, keepalive_timeout / 4, body_timeout / 4)
         self._sweeper: asyncio.Task[None] | None = None
         self.metrics = metrics
-        # per listening server, its port's open-connections gauge (metrics on)
-        self._gauges: dict[web.Server, Any] = {}
+        # per listener (what a port accepts connections for), its port's
+        # open-connections gauge (metrics on)
+        self._gauges: dict[object, Any] = {}
 
     @property
     def open(self) -> int:
@@ -306,17 +333,25 @@ class ConnectionGuard:
         self, server: web.Server, host: str, port: int, reuse_port: bool = False
     ) -> asyncio.Server:
         """Accept connections for aiohttp's ``server`` on (host, port), guarded."""
+        return await self.listen_with(lambda: GuardedConnection(self, server), server,
+                                      host, port, reuse_port)
+
+    async def listen_with(
+        self, protocol: Callable[[], GuardedProtocol], listener: object, host: str,
+        port: int, reuse_port: bool = False,
+    ) -> asyncio.Server:
+        """Accept connections on (host, port) with ``protocol``, a factory of guarded
+        connections made for ``listener`` (each connection's ``listener``)."""
         loop = asyncio.get_running_loop()
         self.clock = loop.time
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep_forever())
-        listener = await loop.create_server(
-            lambda: GuardedConnection(self, server), host, port,
-            reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG,
+        server = await loop.create_server(
+            protocol, host, port, reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG,
         )
         if self.metrics is not None:  # labelled by the port bound (port 0 picks one)
-            self._gauges[server] = self.metrics.port(listener.sockets[0].getsockname()[1])
-        return listener
+            self._gauges[listener] = self.metrics.port(server.sockets[0].getsockname()[1])
+        return server
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -326,7 +361,7 @@ class ConnectionGuard:
             self._sweeper = None
 
     # -- connections -----------------------------------------------------------------
-    def admit(self, connection: GuardedConnection) -> bool:
+    def admit(self, connection: GuardedProtocol) -> bool:
         """A new connection: make room at the cap, or refuse it with 503."""
         if self.open >= self.max_connections:
             victim = self._oldest_waiting()
@@ -335,24 +370,23 @@ class ConnectionGuard:
                 return False
             victim.abort()
         now = self.clock()
-        _GUARDED[connection.transport] = connection  # type: ignore[index]
         connection.state = HEAD
         connection.since = connection.heard = now
         self.heads[connection] = None
         if self._gauges:
-            gauge = connection.counted_in = self._gauges.get(connection.server)
+            gauge = connection.counted_in = self._gauges.get(connection.listener)
             if gauge is not None:
                 gauge.inc()
         return True
 
-    def _oldest_waiting(self) -> GuardedConnection | None:
+    def _oldest_waiting(self) -> GuardedProtocol | None:
         head = next(iter(self.heads), None)
         idle = next(iter(self.idle), None)
         if head is None or (idle is not None and idle.since < head.since):
             return idle
         return head
 
-    def _refuse_at_cap(self, connection: GuardedConnection) -> None:
+    def _refuse_at_cap(self, connection: GuardedProtocol) -> None:
         transport = connection.transport
         assert transport is not None
         request_id = self.request_id()
@@ -370,12 +404,18 @@ class ConnectionGuard:
             log.warning("connection refused with 503: all %d connections are in a request",
                         self.max_connections)
 
-    def settle(self, connection: GuardedConnection) -> None:
+    def settle(self, connection: GuardedProtocol) -> None:
         """Move a connection to the state it is now in (a few dict operations)."""
         state = connection.wanted_state()
-        if state == connection.state:
+        old = connection.state
+        if state == old:
             return
-        self._remove(connection)
+        if old == REQUEST:  # _remove, inline: this runs twice per request
+            self.busy.discard(connection)
+        elif old == HEAD:
+            self.heads.pop(connection, None)
+        elif old == IDLE:
+            self.idle.pop(connection, None)
         connection.state = state
         connection.since = self.clock()
         if state == REQUEST:
@@ -385,7 +425,7 @@ class ConnectionGuard:
         else:
             self.idle[connection] = None
 
-    def forget(self, connection: GuardedConnection) -> None:
+    def forget(self, connection: GuardedProtocol) -> None:
         if connection.state == CLOSED:
             return
         self._remove(connection)
@@ -395,7 +435,7 @@ class ConnectionGuard:
             connection.counted_in.dec()
             connection.counted_in = None
 
-    def _remove(self, connection: GuardedConnection) -> None:
+    def _remove(self, connection: GuardedProtocol) -> None:
         state = connection.state
         if state == REQUEST:
             self.busy.discard(connection)
@@ -404,7 +444,7 @@ class ConnectionGuard:
         elif state == IDLE:
             self.idle.pop(connection, None)
 
-    def note_refusal(self, connection: GuardedConnection, refusal: Refusal) -> None:
+    def note_refusal(self, connection: GuardedProtocol, refusal: Refusal) -> None:
         """One log line per refused request: its address and the reason, never its bytes."""
         if self.metrics is not None:
             self.metrics.refused(refusal.code)
@@ -438,7 +478,7 @@ class ConnectionGuard:
         self.log_budget.flush()
         _flush_server_log()
 
-    def _overdue(self, connection: GuardedConnection, now: float) -> bool:
+    def _overdue(self, connection: GuardedProtocol, now: float) -> bool:
         """In a request: a client that stopped sending its body or reading its answer."""
         paused = connection.write_paused_at
         if paused is not None:

@@ -59,30 +59,36 @@ shipped config forwards (``proxy_pass http://backend$keygate_path$is_args$args``
 keygate's rule. So for them keygate authorizes only a path already in its normal form
 (up to the case of ``%XX`` escapes): any other is 400 ``path_not_normal``, so that what
 they forward is exactly what was authorized.
+
+**This module decides; it does not serve.** :meth:`DecisionPort.answer` takes what a
+server read of a decision request (method, target, host, headers, peer, request id) and
+gives the whole answer (:class:`DecisionAnswer`: status, headers, body, and what the
+access log shows), counting it in the metrics. The port's server is
+``gateway.decision_server``: keygate's own HTTP/1.1 protocol behind the connection
+guard, which reads each head once and writes the answer's bytes itself.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import json
+import logging
 import re
-from collections.abc import Awaitable, Callable
 from time import perf_counter
+from typing import NoReturn
 
-from aiohttp import web
-from multidict import CIMultiDictProxy, istr
+from multidict import MultiMapping, istr
 
-from .accesslog import ACCOUNT, APP_KEY, CLIENT, ORIGINAL_REQUEST, ROUTE
 from .context import Gateway
 from .errors import BadRequest, ConfigError, Forbidden, GatewayError, NotFound
 from .forwarded import TrustedProxies, parse_address
-from .middleware import REQUEST_ID, error_response, errors_as_json
 from .pipeline import Decision, RequestFacts
 from .pipeline.authenticators import without_session_cookie
 from .routes import normalise_path
 from .series import ALLOWED, INTERNAL_ERROR, NO_ROUTE
 from .settings import Settings
+
+log = logging.getLogger("keygate")
 
 NGINX_PATH = "/nginx"
 TRAEFIK_PATH = "/traefik"
@@ -98,16 +104,23 @@ CLIENT_MEMORY_ENTRY = 256
 
 AUTHORIZATION = istr("Authorization")
 COOKIE = istr("Cookie")
+HOST = istr("Host")
 ENVOY_REMOVE = istr("x-envoy-auth-headers-to-remove")
 FORWARDED_METHOD = istr("X-Forwarded-Method")
 FORWARDED_URI = istr("X-Forwarded-Uri")
 FORWARDED_HOST = istr("X-Forwarded-Host")
 FORWARDED_FOR = istr("X-Forwarded-For")
 REAL_IP = istr("X-Real-IP")
+CONTENT_TYPE = "Content-Type"
+JSON = "application/json"
 # RFC 9110 §5.6.2 token; methods longer than this are nobody's
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}")
+# tokens all: what the front proxies send nearly always, known without the pattern
+_COMMON_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 
 NGINX, TRAEFIK, ENVOY = "nginx", "traefik", "envoy"
+
+Headers = MultiMapping[str]
 
 
 class UntrustedCaller(Forbidden):
@@ -124,6 +137,25 @@ class UnknownEndpoint(NotFound):
 
 class MissingOriginal(BadRequest):
     code = "missing_original_request"
+
+
+class DecisionAnswer:
+    """What to answer: ``status``, ``headers`` (besides those every answer carries: the
+    request id, ``Server``, ``Content-Length``, ``Date``) and ``body``; and what the
+    access log shows of the request (its error code, route, account, API key, the
+    client's address and the original request's method and path), all learned on the
+    way, so logging costs no second look at anything. (Defaults on the class: an answer
+    sets only what it learned.)"""
+
+    status = 200
+    headers: list[tuple[str, str]] = []  # noqa: RUF012 - never changed in place
+    body = b""
+    error_code: str | None = None
+    route: str | None = None
+    account: str | None = None
+    app_key: str | None = None
+    client: str | None = None
+    original: tuple[str, str] | None = None  # (method, path without query)
 
 
 def check_settings(settings: Settings) -> str:
@@ -154,9 +186,10 @@ def header_safe(body: bytes) -> str:
 
 
 class DecisionPort:
-    """The decision API's one handler (on aiohttp's low-level server, as the proxy
-    port: the form is found by one comparison of the path, so a router would only
-    add work per request)."""
+    """The decision logic: a request as the port's server read it in (:meth:`answer`),
+    a :class:`DecisionAnswer` out, through :meth:`gateway.pipeline.Pipeline.decide`
+    (the form is found by one comparison of the path: a router would only add work per
+    request). It holds nothing of a connection, so any server can ask it."""
 
     def __init__(self, gateway: Gateway):
         settings = gateway.settings
@@ -174,54 +207,64 @@ class DecisionPort:
         self.cookie_header = istr(prefix + "Cookie")
         self.session_cookie = settings.session_cookie
         self.error_header = istr(prefix + "Error")
-        # None when metrics are off: then handle() neither times nor counts anything
+        # None when metrics are off: then answer() neither times nor counts anything
         self.metrics = gateway.telemetry.decision_requests()
 
-    def request_handler(self) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
-        """What the server calls for every request: :meth:`handle`, errors in the one
-        JSON shape."""
-        return functools.partial(errors_as_json, handler=self.handle)
+    def trusts(self, peer: str) -> bool:
+        """Whether ``peer`` may ask: a trusted proxy (loopback when none is listed)."""
+        hop = self.trusted.hop(peer)
+        return hop is not None and hop[1]
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def answer(self, method: str, target: str, host: str, headers: Headers,
+                     peer: str, trusted: bool, request_id: str) -> DecisionAnswer:
+        """The decision on a request as the port's server read it: the method and
+        target as sent (path and query), the ``Host`` (else the address the request
+        arrived on), the headers, the peer's address and whether it :meth:`trusts`
+        it, and the request id the answer carries. Never raises (a bug is a 500 in the
+        one error shape, logged with its request id)."""
         metrics = self.metrics
         started = perf_counter() if metrics is not None else 0.0
-        route_name = NO_ROUTE
+        answer = DecisionAnswer()
         form: str | None = None
         try:
             # first, so that every refusal on the nginx form is one nginx can pass on
-            form = self.form_of(request.raw_path)
-            peer = request.remote or ""
-            hop = self.trusted.hop(peer)
-            if hop is None or not hop[1]:
+            form = self.form_of(target)
+            if not trusted:
                 raise UntrustedCaller()
-            facts = self.facts(form, request)
+            facts = self.facts(form, method, target, host, headers, peer, request_id,
+                               answer)
             decision = await self.pipeline.decide(facts)
             routed = decision.routed
             if routed is not None:
-                route_name = request[ROUTE] = routed.route.name
-                request[ACCOUNT] = routed.account
+                answer.route = routed.route.name
+                answer.account = routed.account
             if decision.refusal is not None:
                 raise decision.refusal
             assert routed is not None and decision.identity is not None
             if form != NGINX and facts.raw_path != routed.forward_path:
                 self.require_normal(facts.raw_path)
-            request[APP_KEY] = decision.identity.principal.app_key
-            response = self.allowed(form, decision, request.headers)
+            answer.app_key = decision.identity.principal.app_key
+            answer.headers = self.allowed(form, decision, headers)
         except GatewayError as refusal:
             if metrics is not None:
-                metrics.refused(route_name, refusal, False, started)
-            return self.refused(form, refusal, request[REQUEST_ID])
-        except Exception:  # a bug: errors_as_json answers it with a 500
+                metrics.refused(answer.route or NO_ROUTE, refusal, False, started)
+            self.refuse(answer, form, refusal, request_id)
+            return answer
+        except Exception:
             if metrics is not None:
-                metrics.answered(route_name, 500, INTERNAL_ERROR, started)
-            raise
+                metrics.answered(answer.route or NO_ROUTE, 500, INTERNAL_ERROR, started)
+            log.exception("unhandled error (request id %s)", request_id)
+            self.refuse(answer, None, GatewayError(), request_id)
+            return answer
         if metrics is not None:
-            metrics.answered(route_name, 200, ALLOWED, started)
-        return response
+            metrics.answered(answer.route or NO_ROUTE, 200, ALLOWED, started)
+        return answer
 
     def form_of(self, target: str) -> str:
         """Which front proxy asks, by the path it calls (the operator wrote it into
         that proxy's config; no header the client could add decides it)."""
+        if target == NGINX_PATH:  # the Envoy prefix cannot start it (check_settings)
+            return NGINX
         if target.startswith(self.envoy_start):
             return ENVOY
         called = target.partition("?")[0]
@@ -235,45 +278,39 @@ class DecisionPort:
             "ext_authz)"
         )
 
-    def facts(self, form: str, request: web.BaseRequest) -> RequestFacts:
+    def facts(self, form: str, method: str, target: str, host: str, headers: Headers,
+              peer: str, request_id: str, answer: DecisionAnswer) -> RequestFacts:
         """The original request's facts as the front proxy reports them."""
-        headers = request.headers
         if form == ENVOY:
-            method, host = request.method, request.host
-            original = request.raw_path[len(self.envoy_prefix):]
+            original = target[len(self.envoy_prefix):]
         else:
             if form == NGINX:
-                host = request.host
-                method = self.original(headers, self.method_header)
-                original = self.original(headers, self.uri_header)
+                method = headers.get(self.method_header) or self.missing(self.method_header)
+                original = headers.get(self.uri_header) or self.missing(self.uri_header)
             else:
-                method = self.original(headers, FORWARDED_METHOD)
-                original = self.original(headers, FORWARDED_URI)
-                host = self.original(headers, FORWARDED_HOST)
-            if _METHOD.fullmatch(method) is None:
+                method = headers.get(FORWARDED_METHOD) or self.missing(FORWARDED_METHOD)
+                original = headers.get(FORWARDED_URI) or self.missing(FORWARDED_URI)
+                host = headers.get(FORWARDED_HOST) or self.missing(FORWARDED_HOST)
+            if method not in _COMMON_METHODS and _METHOD.fullmatch(method) is None:
                 raise BadRequest("the original request's method is not an HTTP method",
                                  code="bad_method")
         if not original.startswith("/"):
             raise BadRequest("the original request's path must start with '/'",
                              code="bad_path")
         raw_path, _, query = original.partition("?")
-        client = self.client(request.remote or "", headers)
-        request[CLIENT] = client
-        request[ORIGINAL_REQUEST] = (method, raw_path)
-        return RequestFacts(method, host, raw_path, query, headers, client,
-                            request[REQUEST_ID])
+        answer.client = client = self.client(peer, headers)
+        answer.original = (method, raw_path)
+        return RequestFacts(method, host, raw_path, query, headers, client, request_id)
 
     @staticmethod
-    def original(headers: CIMultiDictProxy[str], name: istr) -> str:
-        value = headers.get(name)
-        if not value:
-            raise MissingOriginal(
-                f"this form of decision request must carry the original request's {name} "
-                "header; check the front proxy's configuration"
-            )
-        return value
+    def missing(name: istr) -> NoReturn:
+        """An original-request header absent or empty: refused."""
+        raise MissingOriginal(
+            f"this form of decision request must carry the original request's {name} "
+            "header; check the front proxy's configuration"
+        )
 
-    def client(self, peer: str, headers: CIMultiDictProxy[str]) -> str:
+    def client(self, peer: str, headers: Headers) -> str:
         """The client's address (the peer is a trusted proxy): the ``X-Forwarded-For``
         walk, else a well-formed ``X-Real-IP``, else the peer."""
         forwarded_for = headers.getall(FORWARDED_FOR, ())
@@ -307,9 +344,8 @@ class DecisionPort:
                 code="path_not_normal",
             )
 
-    def allowed(
-        self, form: str, decision: Decision, sent: CIMultiDictProxy[str]
-    ) -> web.Response:
+    def allowed(self, form: str, decision: Decision, sent: Headers) -> list[tuple[str, str]]:
+        """The allowed answer's headers: the identity headers to set upstream."""
         headers = decision.headers
         if form == NGINX:
             assert decision.routed is not None
@@ -318,10 +354,10 @@ class DecisionPort:
         carrier = decision.identity.carrier
         if carrier or AUTHORIZATION in sent or COOKIE in sent:
             headers = [*headers, *self.credential_headers(form, carrier, sent)]
-        return web.Response(headers=headers)
+        return headers
 
     def credential_headers(
-        self, form: str, carrier: str, sent: CIMultiDictProxy[str]
+        self, form: str, carrier: str, sent: Headers
     ) -> list[tuple[str, str]]:
         """What the front proxy forwards as ``Authorization`` and ``Cookie``: as the client
         sent them, but never keygate's session (when it carried the credentials).
@@ -350,12 +386,20 @@ class DecisionPort:
                 answer.append((ENVOY_REMOVE, ",".join(removed)))
         return answer
 
-    def refused(self, form: str | None, refusal: GatewayError, request_id: str) -> web.Response:
-        response = error_response(refusal, request_id)
+    def refuse(self, answer: DecisionAnswer, form: str | None, refusal: GatewayError,
+               request_id: str) -> None:
+        """The refusal in the one error shape; on the nginx form, as ``auth_request``
+        can pass it on: 401 or 403 (it passes on no other, and never the body), the
+        real status in ``X-Keygate-Status`` and the body in ``X-Keygate-Error``."""
+        body = refusal.body(request_id)
+        headers = [*refusal.headers.items(), (CONTENT_TYPE, JSON)]
+        status = refusal.status
         if form == NGINX:
-            # auth_request passes on 401 and 403 only, and never the body
-            if refusal.status not in (401, 403):
-                response.set_status(403)
-            response.headers[self.status_header] = str(refusal.status)
-            response.headers[self.error_header] = header_safe(refusal.body(request_id))
-        return response
+            headers.append((self.status_header, str(status)))
+            headers.append((self.error_header, header_safe(body)))
+            if status not in (401, 403):
+                status = 403
+        answer.status = status
+        answer.headers = headers
+        answer.body = body
+        answer.error_code = refusal.code

@@ -22,7 +22,8 @@ besides :func:`~gateway.http_head.read_head`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .http_head import (
     CHUNK_END,
@@ -67,14 +68,27 @@ class RequestReader:
     framing: abort the connection) and ``stopped`` (nothing more will be passed on:
     after a refusal, a broken body, or a request after which the connection closes,
     since llhttp refuses any byte after such a request).
+
+    ``read`` is how a complete head is judged: :func:`~gateway.http_head.read_head`, or
+    a reading that gives the same verdict and more, whose result starts with the same
+    two items (:func:`~gateway.http_head.read_request`). ``on_head``, when given, is
+    called with that result for each accepted head, before any of its body is passed
+    on: a server of keygate's own (the decision port) takes its requests from here,
+    each head read once, and has ``forward`` drop what it does not need.
     """
 
     __slots__ = (
-        "state", "heads", "refusal", "broken", "_held", "_checked", "_remaining",
-        "_closes", "_trailers", "_trailer_bytes",
+        "state", "heads", "refusal", "broken", "read", "on_head", "_held", "_checked",
+        "_remaining", "_closes", "_trailers", "_trailer_bytes",
     )
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        on_head: Callable[[Any], None] | None = None,
+        read: Callable[[bytes], Sequence[Any] | Refusal] = read_head,
+    ) -> None:
+        self.read = read
+        self.on_head = on_head
         self.state = HEAD
         self.heads = 0
         self.refusal: Refusal | None = None
@@ -99,6 +113,18 @@ class RequestReader:
         return self.state == STOPPED
 
     def feed(self, data: bytes, forward: Callable[[bytes], None]) -> None:
+        last = len(data) - 4
+        if (self.state == HEAD and not self._held and last >= 0
+                and data.find(b"\r\n\r\n") == last and data[0] != 13):
+            # the usual read: exactly one whole head, no empty line before it (what the
+            # loop below does with it, in fewer steps)
+            if not self._accept_head(data):
+                self._refuse(forward)
+                return
+            forward(data)
+            if self.state == HEAD and self._closes:
+                self.state = STOPPED
+            return
         end = len(data)
         start = pos = 0  # data[start:pos] is accepted and not yet passed on
         while pos < end:
@@ -214,17 +240,20 @@ class RequestReader:
 
     def _accept_head(self, head: bytes) -> bool:
         """Check a complete head and set up for its body; False if it is refused."""
-        framing = HEAD_TOO_LARGE if len(head) > MAX_HEAD else read_head(head)
+        framing = HEAD_TOO_LARGE if len(head) > MAX_HEAD else self.read(head)
         if isinstance(framing, Refusal):
             self.refusal = framing
             return False
-        length, self._closes = framing
+        length = framing[0]
+        self._closes = framing[1]
         self.heads += 1
         if length == CHUNKED:
             self.state = CHUNK_SIZE_LINE
         elif length:
             self.state = BODY
             self._remaining = length
+        if self.on_head is not None:
+            self.on_head(framing)
         return True
 
     def _refuse(self, forward: Callable[[bytes], None]) -> None:

@@ -16,11 +16,18 @@ or a log line can never carry a secret from the request.
 
 Speed: a head costs one compiled regex over it and one targeted search for the few
 headers that frame or route a message; the line-by-line diagnosis runs only on refusal.
+
+:func:`read_request` gives the same verdict and, for a server that answers from the
+head itself (the decision port's), the request: method, target, version and fields,
+found in the same pass that checks the head (see its docstring for why the two
+readings always agree; ``tests/test_decision_server.py`` checks it byte by byte).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from operator import itemgetter
 
 from .errors import GatewayError
 
@@ -60,6 +67,13 @@ _REQUEST_LINE_RE = re.compile(_REQUEST_LINE)
 _FIELD_LINE_RE = re.compile(_FIELD_LINE)
 _HEAD_RE = re.compile(_REQUEST_LINE + rb"\r\n(?:" + _FIELD_LINE + rb"\r\n)*\r\n")
 TRAILER_LINE_RE = re.compile(_FIELD_LINE + rb"\r\n")
+# read_request's reading of a decoded head: the request line, and each field line as
+# CRLF, name, colon, whitespace, then the value up to the next CR; and the bytes a head
+# may hold besides CR and LF (HTAB, visible ASCII, obs-text)
+_REQUEST_LINE_TEXT_RE = re.compile(_REQUEST_LINE.decode("ascii"))
+_FIELD_TEXT_RE = re.compile(r"\r\n([" + _TCHAR.decode("ascii") + r"]+):[ \t]*([^\r]*)")
+_IN_LINES = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
+field_name = itemgetter(0)  # of a (name, value) field
 _HTTP_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 
 # The fields that frame or route a message, or that aiohttp refuses to see twice (its
@@ -71,6 +85,7 @@ _SINGLETONS = {
     b"max-forwards": "Max-Forwards", b"server": "Server", b"user-agent": "User-Agent",
 }
 _WATCHED = (*_SINGLETONS, b"connection", b"expect", b"sec-websocket-key1")
+_WATCHED_SET = frozenset(_WATCHED)
 _WATCHED_FIELD = re.compile(  # searched in the lower-cased head
     rb"\r\n(" + b"|".join(re.escape(n) for n in _WATCHED) + rb"):([^\r]*)"
 )
@@ -271,20 +286,145 @@ def read_head(head: bytes) -> tuple[int, bool] | Refusal:
     match = _HEAD_RE.fullmatch(head)
     if match is None:
         return diagnose(head)
+    method, target, minor = match.groups()
+    return _framing(head, target == b"*" and method != b"OPTIONS", minor == b"1",
+                    head.count(b"\r\n") - 2, _WATCHED_FIELD.findall(head.lower()))
+
+
+# What read_request gives for an accepted head: its framing, as read_head gives it
+# (body length, whether the connection closes after it), then its request as aiohttp's
+# parser would give it: method, target, version ("HTTP/1.1" or "HTTP/1.0") and fields
+# (UTF-8, undecodable bytes as surrogates; values without surrounding whitespace). A
+# plain tuple: it is made for every request.
+RequestHead = tuple[int, bool, str, str, str, list[tuple[str, str]]]
+
+# What read_request remembers, since a front proxy sends the same few heads but for a
+# value here and there: which fields of a head are framing and routing fields, by the
+# names it carries in order ((index, lower-cased name), as _WATCHED_FIELD would find
+# them); and the verdict on those fields, by the version and their values (judging
+# them was a third of the reading). Bounded: names and values are the client's.
+_WATCHED_AT: dict[tuple[str, ...], tuple[tuple[int, bytes], ...]] = {}
+_VERDICTS: dict[tuple[bool, tuple[tuple[bytes, bytes], ...]], tuple[int, bool] | Refusal] = {}
+_MEMORY = 1024
+_MEMORY_ENTRY = 512
+
+
+def read_request(head: bytes) -> RequestHead | Refusal:
+    """:func:`read_head`'s verdict on a complete head, and the request it carries.
+
+    Read in one pass over the decoded head: its field lines found by one regular
+    expression (:data:`_FIELD_TEXT_RE`), then three facts decide, and they hold
+    exactly when :func:`read_head`'s pattern matches: (1) the request line matches it;
+    (2) every byte is one a line may hold or part of a CRLF (deleting the ones a line
+    may hold leaves two bytes per CRLF, so no bare CR or LF and no control character);
+    (3) every line between the request line and the empty line was found as a field
+    line (one per CRLF but the first and the last two: a field line is found only at
+    the CRLF before it, and only if its name is a token followed by a colon; its value
+    runs to the next CR, which (2) makes a line's end). What follows the pattern
+    (lengths, field count, framing and routing fields) is :func:`read_head`'s own code,
+    on the same bytes. A head refused here gets :func:`read_head`'s refusal."""
+    text = head.decode("utf-8", "surrogateescape")
+    crlf = text.count("\r\n")
+    fields = _FIELD_TEXT_RE.findall(text)
+    request_line = _REQUEST_LINE_TEXT_RE.fullmatch(text, 0, text.find("\r\n"))
+    if (request_line is None or len(fields) != crlf - 2
+            or len(head.translate(None, _IN_LINES)) != 2 * crlf):
+        verdict = read_head(head)
+        if isinstance(verdict, Refusal):
+            return verdict
+        # both readings agree on every head (tested); were they ever not to, the
+        # pattern's verdict stands and the lines are read one by one
+        return _read_slowly(text, verdict)
+    method, target, minor = request_line.groups()
+    http11 = minor == "1"
+    if len(head) > MAX_FIELD_LINE or len(fields) > MAX_FIELDS or target == "*":
+        framing = _framing(head, target == "*" and method != "OPTIONS", http11, len(fields),
+                           _WATCHED_FIELD.findall(head.lower()))
+    else:
+        names = tuple(map(field_name, fields))
+        at = _WATCHED_AT.get(names)
+        if at is None:
+            at = watched_at(names)
+        # values lower-cased (and without the whitespace after the colon, which every
+        # check strips): what _WATCHED_FIELD finds in the lower-cased head
+        framing = field_verdict(http11, tuple([
+            (name, fields[index][1].encode("utf-8", "surrogateescape").lower())
+            for index, name in at]))
+    if isinstance(framing, Refusal):
+        return framing
+    if " \r\n" in text or "\t\r\n" in text:  # whitespace before a line's end
+        fields = [(name, value.rstrip(" \t")) for name, value in fields]
+    return framing[0], framing[1], method, target, "HTTP/1." + minor, fields
+
+
+def watched_at(names: tuple[str, ...]) -> tuple[tuple[int, bytes], ...]:
+    """Where the framing and routing fields are among a head's field ``names``:
+    (index, lower-cased name), as :data:`_WATCHED_FIELD` finds them (remembered)."""
+    at = _WATCHED_AT.get(names)
+    if at is not None:
+        return at
+    at = tuple((index, name.lower().encode("ascii")) for index, name in enumerate(names)
+               if name.lower().encode("ascii") in _WATCHED_SET)
+    if sum(map(len, names)) <= _MEMORY_ENTRY:
+        if len(_WATCHED_AT) >= _MEMORY:
+            _WATCHED_AT.clear()
+        _WATCHED_AT[names] = at
+    return at
+
+
+def field_verdict(
+    http11: bool, watched: tuple[tuple[bytes, bytes], ...]
+) -> tuple[int, bool] | Refusal:
+    """:func:`_judge_fields` on a head of at most :data:`MAX_FIELD_LINE` bytes and
+    :data:`MAX_FIELDS` fields whose target is not ``*`` (the checks before it cannot
+    refuse such a head), remembered."""
+    key = (http11, watched)
+    verdict = _VERDICTS.get(key)
+    if verdict is None:
+        verdict = _judge_fields(http11, watched)
+        if sum(len(value) for _, value in watched) <= _MEMORY_ENTRY:
+            if len(_VERDICTS) >= _MEMORY:
+                _VERDICTS.clear()
+            _VERDICTS[key] = verdict
+    return verdict
+
+
+def _read_slowly(text: str, framing: tuple[int, bool]) -> RequestHead:
+    lines = text[:-4].split("\r\n")
+    method, target, version = lines[0].split(" ")
+    fields = []
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        fields.append((name, value.strip(" \t")))
+    return framing[0], framing[1], method, target, version, fields
+
+
+def _framing(
+    head: bytes, target_form: bool, http11: bool, field_count: int,
+    watched: Sequence[tuple[bytes, bytes]],
+) -> tuple[int, bool] | Refusal:
+    """The checks after the pattern: line lengths, the field count, the target's form,
+    then the ``watched`` fields (lower-cased name, lower-cased raw value, in order)."""
     if len(head) > MAX_FIELD_LINE and (refusal := diagnose_lengths(head)) is not None:
         return refusal
-    if head.count(b"\r\n") - 2 > MAX_FIELDS:
+    if field_count > MAX_FIELDS:
         return TOO_MANY_FIELDS
-    method, target, minor = match.groups()
-    if target == b"*" and method != b"OPTIONS":
+    if target_form:
         return TARGET_FORM
-    http11 = minor == b"1"
+    return _judge_fields(http11, watched)
+
+
+def _judge_fields(
+    http11: bool, watched: Sequence[tuple[bytes, bytes]]
+) -> tuple[int, bool] | Refusal:
+    """The framing and routing fields (lower-cased name, lower-cased raw value, in the
+    order sent): the body's length and whether the connection closes, or the refusal."""
     length = 0
     chunked = has_length = has_host = False
     closes = not http11  # HTTP/1.0 closes unless it asks for keep-alive
     seen: set[bytes] = set()
     # names and values lower-cased: every value looked at here is case-insensitive
-    for name, value in _WATCHED_FIELD.findall(head.lower()):
+    for name, value in watched:
         if name in seen and name in _SINGLETONS:
             return DUPLICATES[name]
         seen.add(name)

@@ -52,6 +52,18 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 
+def request_id_for(incoming: str | None) -> str:
+    """A well-formed client request id (``X-Request-Id``, kept for tracing across
+    hops), else a new one. (Ids of ASCII letters and digits, as front proxies make
+    them, are told apart without the pattern.)"""
+    if incoming is not None and (
+        8 <= len(incoming) <= 128 and incoming.isascii() and incoming.isalnum()
+        or _CLIENT_REQUEST_ID.fullmatch(incoming)
+    ):
+        return incoming
+    return new_request_id()
+
+
 def error_response(error: GatewayError, request_id: str) -> web.Response:
     response = web.Response(
         body=error.body(request_id),
@@ -96,12 +108,7 @@ async def errors_as_json(request: web.BaseRequest, handler):  # type: ignore[no-
 
 
 async def _answer(request: web.BaseRequest, handler):  # type: ignore[no-untyped-def]
-    incoming = request.headers.get(REQUEST_ID_HEADER)
-    if incoming is not None and _CLIENT_REQUEST_ID.fullmatch(incoming):
-        request_id = incoming
-    else:
-        request_id = new_request_id()
-    request[REQUEST_ID] = request_id
+    request[REQUEST_ID] = request_id = request_id_for(request.headers.get(REQUEST_ID_HEADER))
     try:
         response = await handler(request)
     except GatewayError as exc:
