@@ -160,19 +160,21 @@ async def wait_trusted(management_port: int) -> None:
     raise RuntimeError("keygate did not become ready")
 
 
-async def create_keys(settings, accounts: list[str], count: int, roles: list[str]):
-    """Create ``count`` keys spread over ``accounts``; returns (app_key, token, account)."""
+async def create_keys(settings, accounts: list[str], count: int, roles: list[str],
+                      batch: int = 200):
+    """Create ``count`` keys spread over ``accounts``, ``batch`` at a time; returns
+    (app_key, token, account)."""
     gateway = build_gateway(settings)
     made = []
     try:
-        for start_at in range(0, count, 200):
-            batch = [
+        for start_at in range(0, count, batch):
+            creations = [
                 gateway.lifecycle.create(
                     accounts[i % len(accounts)], f"key {i}", [roles[i % len(roles)]], CLI_ACTOR
                 )
-                for i in range(start_at, min(count, start_at + 200))
+                for i in range(start_at, min(count, start_at + batch))
             ]
-            for issued in await asyncio.gather(*batch):
+            for issued in await asyncio.gather(*creations):
                 made.append((issued.record.app_key, issued.token, issued.record.account))
     finally:
         await gateway.store.close()

@@ -213,7 +213,10 @@ def main() -> None:
                                      name="cluster")
         cluster_keys = asyncio.run(create_keys(
             load_settings(config_cluster.path, env={"KEYGATE_SECRET": SECRET}), accounts,
-            min(args.keys, 1_000), ["role-000"] + roles[:1]))
+            min(args.keys, 1_000), ["role-000"] + roles[:1],
+            # a few at a time: many first commands at once on a new cluster client can
+            # trip redis-py while it opens its connections
+            batch=8))
         revoked = asyncio.run(create_keys(settings, accounts[:1], 20, ["role-000"]))
         # beside it, on the same keys and Redis with ports of their own: the same keygate
         # with metrics off, and with --workers 2
