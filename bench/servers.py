@@ -148,6 +148,14 @@ async def lean_forward(
         return await answer(request, up, small_bodies_whole=True)
 
 
+async def until_stopped() -> None:
+    """Wait for SIGINT or SIGTERM (how bench/run.py stops its servers)."""
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 async def run_lean_proxy(port: int, upstream: str) -> None:
     # keygate's defaults (gateway.app.upstream_pool)
     pool = UpstreamPool(max_connections=1000, connect_timeout=5, read_timeout=60)
@@ -155,11 +163,8 @@ async def run_lean_proxy(port: int, upstream: str) -> None:
     runner = web.ServerRunner(web.Server(handler, auto_decompress=False), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         await runner.cleanup()
         await pool.close()
@@ -178,15 +183,12 @@ async def allow_everything(request: web.BaseRequest) -> web.Response:
 async def run_decision_floor(port: int, guarded: bool) -> None:
     # keygate's server options for its ports (gateway.app.running), access log off
     options = {"access_log": None, "logger": server_logger(), **AIOHTTP_LIMITS}
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     if not guarded:
         runner = web.ServerRunner(web.Server(allow_everything, **options))
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         try:
-            await stop.wait()
+            await until_stopped()
         finally:
             await runner.cleanup()
         return
@@ -195,7 +197,7 @@ async def run_decision_floor(port: int, guarded: bool) -> None:
     guard = guard_for(load_settings(env={}), new_request_id)
     listener = await guard.listen(server, "127.0.0.1", port)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         listener.close()
         await server.shutdown(1)
@@ -229,11 +231,8 @@ async def run_decision_floor_keygate(port: int) -> None:
     guard = guard_for(load_settings(env={}), new_request_id)
     server = DecisionServer(DecidesNothing(), guard)  # type: ignore[arg-type]
     listener = await server.listen("127.0.0.1", port)
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         listener.close()
         await server.cleanup()

@@ -426,7 +426,7 @@ def cli(capsys: pytest.CaptureFixture[str], restored_logging: None) -> Callable[
         except SystemExit as exit_:  # argparse: --help, --version, usage errors
             code = int(exit_.code or 0)
         out, err = capsys.readouterr()
-        assert "Traceback" not in err, err
+        assert "Traceback" not in out + err, err
         return Ran(code, out, err)
 
     return run

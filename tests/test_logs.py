@@ -93,15 +93,6 @@ def test_text_line_is_todays_format_and_cannot_be_split():
     assert "\n" not in text and "\r" not in text
 
 
-@pytest.fixture
-def restored_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
 def test_configure_logging_writes_json_to_stderr_and_replaces_itself(
     restored_logging, monkeypatch
 ):

@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Ran
 
-from gateway.cli import main
 from gateway.errors import ConfigError
 from gateway.management.common import MANAGEMENT_PERMISSIONS
 from gateway.policy import Policy
@@ -364,38 +363,19 @@ def test_a_model_casbin_cannot_load_or_keygate_cannot_ask(tmp_path):
 
 
 # -- the command --------------------------------------------------------------------
-class Ran:
-    def __init__(self, code: int, out: str, err: str):
-        self.code, self.out, self.err = code, out, err
-
-
 @pytest.fixture
-def no_keygate_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def no_keygate_env(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     for name in list(os.environ):
         if name.startswith("KEYGATE_"):
             monkeypatch.delenv(name)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], no_keygate_env: None) -> Callable[..., Ran]:
-    def run(*argv: str) -> Ran:
-        capsys.readouterr()
-        try:
-            code = main(list(argv))
-        except SystemExit as exit_:
-            code = int(exit_.code or 0)
-        out, err = capsys.readouterr()
-        assert "Traceback" not in out + err, err
-        return Ran(code, out, err)
-
-    return run
+def cli(cli: Callable[..., Ran], no_keygate_env: None) -> Callable[..., Ran]:
+    """conftest's in-process command line, with no KEYGATE_* setting from outside."""
+    return cli
 
 
 def config_with_routes(tmp_path: Path, extra: str = "") -> Path:

@@ -76,8 +76,13 @@ class SentinelURL:
     sentinel_password: str | None = None
 
     def __repr__(self) -> str:
-        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels)
+        hosts = _addresses(self.sentinels)
         return f"SentinelURL({SENTINEL_SCHEME}://{hosts}/{self.service}?db={self.db})"
+
+
+def _addresses(addresses: tuple[tuple[str, int], ...]) -> str:
+    """HOST:PORT,… as a URL writes them (an IPv6 address in brackets)."""
+    return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in addresses)
 
 
 def is_sentinel_url(url: str) -> bool:
@@ -97,8 +102,7 @@ class ClusterURL:
     password: str | None = None
 
     def __repr__(self) -> str:
-        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.nodes)
-        return f"ClusterURL({CLUSTER_SCHEME}://{hosts})"
+        return f"ClusterURL({CLUSTER_SCHEME}://{_addresses(self.nodes)})"
 
 
 def parse_cluster_url(url: str) -> ClusterURL:

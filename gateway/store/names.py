@@ -42,6 +42,8 @@ class Keyspace:
 
     def key(self, app_key: str) -> str:
         """The hash of one key: its owner, token digests and every grant it holds."""
+        if not self.clustered:  # a cold key's lookup: no parsing where no tag is needed
+            return self.key_prefix + app_key
         return self.keys_of(owner_of(app_key)) + app_key
 
     def keys_of(self, account: str) -> str:
