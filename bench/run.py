@@ -24,7 +24,9 @@ The decision API (``decision_listen``) in the same rounds, when the machine's ng
 ``auth_request`` (``bench/nginx.py``): nginx as a proxy alone; nginx with
 ``deploy/nginx/keygate.conf`` asking keygate (one worker, then ``--workers 2``); the
 same nginx asking the least decision service aiohttp can run (``decision-floor`` in
-``bench/servers.py``: what any aiohttp-based decider could reach); and the decision API
+``bench/servers.py``: what any aiohttp-based decider could reach) and keygate's own
+decision server deciding nothing (``decision-floor-keygate``: what the decision port
+reaches before it decides anything); and the decision API
 alone, wrk sending what nginx's ``auth_request`` subrequest sends (wrk connects from
 loopback, which the decision API trusts by default, as it trusts nginx on the same
 host). ``--instructions`` adds where a decision request's instructions go: aiohttp's
@@ -194,12 +196,13 @@ def main() -> None:
         cluster_url = cluster.enter_context(redis_cluster.redis_cluster(tmp / "cluster"))
         env = {**os.environ, "KEYGATE_SECRET": SECRET}
         upstream_port, bare_port, lean_port = free_port(), free_port(), free_port()
-        floor_port = free_port()
+        floor_port, keygate_floor_port = free_port(), free_port()
         upstream_url = f"http://127.0.0.1:{upstream_port}"
         procs.append(start([PY, SERVERS, "upstream", str(upstream_port)]))
         procs.append(start([PY, SERVERS, "bare-proxy", str(bare_port), upstream_url]))
         procs.append(start([PY, SERVERS, "lean-proxy", str(lean_port), upstream_url]))
         procs.append(start([PY, SERVERS, "decision-floor", str(floor_port)]))
+        procs.append(start([PY, SERVERS, "decision-floor-keygate", str(keygate_floor_port)]))
         policies = tmp / "policies"
         roles = write_policies(policies)
         config = config_file(tmp, redis_url, "kg:", upstream_port, policies)
@@ -228,7 +231,8 @@ def main() -> None:
         keygate_proc = serve(config, env)
         keygate_cluster_proc = serve(config_cluster, env)
         procs += [keygate_off_proc, keygate_w2_proc, keygate_proc, keygate_cluster_proc]
-        for port in (upstream_port, bare_port, lean_port, floor_port, config.proxy_port,
+        for port in (upstream_port, bare_port, lean_port, floor_port, keygate_floor_port,
+                     config.proxy_port,
                      config_off.proxy_port, config_w2.proxy_port, config.decision_port,
                      config_cluster.proxy_port):
             wait_port(port)
@@ -267,6 +271,8 @@ def main() -> None:
                     config_w2.decision_port, upstream_port, port), creds),
                 ("nginx + aiohttp floor", lambda port: shipped_site(floor_port, upstream_port,
                                                                     port), creds),
+                ("nginx + keygate's server floor", lambda port: shipped_site(
+                    keygate_floor_port, upstream_port, port), creds),
             ):
                 listen = free_port()
                 proc, workdir = start_nginx(nginx, site_for(listen), listen)
@@ -274,7 +280,7 @@ def main() -> None:
                 nginx_dirs.append(workdir)
                 targets[name] = Target(f"http://127.0.0.1:{listen}{path}", headers)
             units += [["nginx alone", "nginx + keygate"], ["nginx + keygate --workers 2"],
-                      ["nginx + aiohttp floor"]]
+                      ["nginx + aiohttp floor"], ["nginx + keygate's server floor"]]
         print("load: upstream direct, then every target in alternating rounds …", flush=True)
         direct = load(f"http://127.0.0.1:{upstream_port}{path}", {}, args.seconds,
                       args.connections)
@@ -392,6 +398,7 @@ def main() -> None:
             alone, asking = medians["nginx alone"], medians["nginx + keygate"]
             asking2 = medians["nginx + keygate --workers 2"]
             floor = medians["nginx + aiohttp floor"]
+            server_floor = medians["nginx + keygate's server floor"]
             nginx_rows = [
                 ("nginx alone (proxy to the same upstream)", shown("nginx alone")),
                 ("nginx + keygate decision API, one worker", shown("nginx + keygate")),
@@ -403,8 +410,12 @@ def main() -> None:
                  f"{asking.rps / alone.rps:.3f} (medians of {args.rounds} alternating runs)"),
                 ("nginx + keygate --workers 2 / nginx alone",
                  f"{asking2.rps / alone.rps:.3f} ({asking2.rps / asking.rps:.2f}× one worker)"),
+                ("nginx + keygate's decision server deciding nothing",
+                 shown("nginx + keygate's server floor")),
                 ("nginx + aiohttp floor / nginx alone (what an aiohttp decider can reach)",
                  f"{floor.rps / alone.rps:.3f}"),
+                ("nginx + keygate's server floor / nginx alone (what keygate's decision port "
+                 "reaches before it decides anything)", f"{server_floor.rps / alone.rps:.3f}"),
             ]
         rows = [
             ("upstream direct", str(direct)),
