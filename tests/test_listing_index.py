@@ -164,6 +164,33 @@ async def test_deep_pages_in_key_order_skip_by_bisection(gateway, clock):
                 sort="appKey", descending=descending, page=page, per_page=per_page))
 
 
+async def test_old_tokens_newest_first_skip_the_keys_made_after_them(gateway, clock):
+    """The renewal alert's red keys are the oldest; newest first, the walk starts after
+    the keys made since the range's end (a token is never older than its key), yet a
+    token an instance with a slow clock renewed just before its key's creation date
+    is still found: the skip leaves a day's margin."""
+    keys = Keys(gateway.store, 5)
+    old = []
+    for _ in range(5):
+        clock.advance(60)
+        old.append(await keys.create())
+    clock.advance(200 * DAY_MS / 1000)
+    made_at = int(clock() * 1000)
+    skewed = await keys.create()
+    clock.advance(-3600)  # another instance, an hour behind, renews it
+    await gateway.store.renew_token(ACCOUNT, skewed, "e" * 64, keep_old=False, actor=CLI)
+    clock.advance(3600 + 10 * DAY_MS / 1000)
+    for _ in range(30):  # listed first newest first, none of them matching
+        clock.advance(60)
+        await keys.create()
+    before_it = (None, made_at - 1_800_000)  # its token, not its key, is before this
+    for per_page, page in ((2, 1), (2, 2), (3, 2), (50, 1)):
+        await assert_same(gateway.store, KeyQuery(token_created=before_it, per_page=per_page,
+                                                  page=page))
+    assert await indexed(gateway.store, KeyQuery(token_created=before_it, per_page=50)) == (
+        [skewed, *reversed(old)], 6)
+
+
 # -- the indexes after any sequence of changes ----------------------------------------------
 async def snapshot(gateway: Gateway) -> dict[str, Any]:
     """Every listing index of the account, as data (role sets left empty are gone)."""

@@ -256,13 +256,23 @@ local list
 if filters > 1 or source.name == 'all' then list = read_matches() end
 if total == 0 or offset >= total or count == 0 then return answer(total, {}) end
 
+-- A token is issued when its key is made or later, never before (but for the clocks of
+-- keygate's instances disagreeing: a day's margin), so a key made after a token-date
+-- range's end (and the margin) cannot match: newest first in creation order, the walk
+-- starts after them. (The renewal alert's red keys are the oldest: without this, their
+-- first page walked past every key that is not red.)
+local skipped = 0
+if sort == 'creationDate' and desc and after then
+  skipped = redis.call('ZCOUNT', keys_i, '(' .. tostring(after + 86400000), '+inf')
+end
+
 -- The page: walk the sort's index, or sort the matches, whichever costs less.
 local want = math.min(offset + count, total)
-local walk_cost = want * n / total
+local walk_cost = want * (n - skipped) / total
 local sort_cost = total * (math.log(total + 1) / math.log(2) + 2) * 4
 if walk_cost <= sort_cost then
   local out, seen = {}, 0
-  walk(0, function(k, folded)
+  walk(skipped, function(k, folded)
     local ok
     if matched then ok = matched[k] ~= nil else ok = passes(k, nil, folded) end
     if ok then
