@@ -168,14 +168,26 @@ async def create_keys(settings, accounts: list[str], count: int, roles: list[str
     made = []
     try:
         for start_at in range(0, count, batch):
-            creations = [
-                gateway.lifecycle.create(
-                    accounts[i % len(accounts)], f"key {i}", [roles[i % len(roles)]], CLI_ACTOR
-                )
-                for i in range(start_at, min(count, start_at + batch))
-            ]
-            for issued in await asyncio.gather(*creations):
-                made.append((issued.record.app_key, issued.token, issued.record.account))
+            wanted = list(range(start_at, min(count, start_at + batch)))
+            for attempt in range(3):
+                outcomes = await asyncio.gather(*(
+                    gateway.lifecycle.create(
+                        accounts[i % len(accounts)], f"key {i}", [roles[i % len(roles)]],
+                        CLI_ACTOR)
+                    for i in wanted), return_exceptions=True)
+                failed = [i for i, issued in zip(wanted, outcomes, strict=True)
+                          if isinstance(issued, BaseException)]
+                made += [(issued.record.app_key, issued.token, issued.record.account)
+                         for issued in outcomes if not isinstance(issued, BaseException)]
+                if not failed:
+                    break
+                # redis-py's cluster client, after a connection error, can close
+                # connections other calls are opening (an AttributeError from inside
+                # it): those keys are made again
+                if attempt == 2:
+                    raise next(o for o in outcomes if isinstance(o, BaseException))
+                wanted = failed
+                await asyncio.sleep(0.5)
     finally:
         await gateway.store.close()
     return made
