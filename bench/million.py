@@ -27,6 +27,7 @@ from gateway.renewal import alert_range
 from gateway.store import KeyQuery, Store
 
 ACCOUNT = "million"
+MEASURED_APART = "The 1,000,000-key rows were measured apart:"
 YEAR_S = 365 * 86_400
 ROLES = ("orders-reader", "orders-writer")
 
@@ -172,6 +173,12 @@ def million_only(report: Path, count: int = 1_000_000) -> None:
     print("\n".join(f"{k}  {v}" for k, v in figures))
     lines = report.read_text().splitlines() if report.exists() else [
         "# Benchmarks", "", "| measure | result |", "|---|---|"]
+    # say when these rows were measured, apart from the run the header dates
+    note = (f"{MEASURED_APART} {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
+            "`python bench/run.py --million-only`.")
+    lines = [line for line in lines if not line.startswith(MEASURED_APART)]
+    table = min(i for i, text in enumerate(lines) if text.startswith("|"))
+    lines[table:table] = [note, ""]
     for measure, value in figures:
         line = f"| {measure} | {value} |"
         at = [i for i, text in enumerate(lines) if text.startswith(f"| {measure} |")]
