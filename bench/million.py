@@ -176,7 +176,8 @@ def million_only(report: Path, count: int = 1_000_000) -> None:
     # say when these rows were measured, apart from the run the header dates
     note = (f"{MEASURED_APART} {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
             "`python bench/run.py --million-only`.")
-    lines = [line for line in lines if not line.startswith(MEASURED_APART)]
+    if noted := [i for i, text in enumerate(lines) if text.startswith(MEASURED_APART)]:
+        del lines[noted[0] : noted[0] + 2]  # the note and the blank line after it
     table = min(i for i, text in enumerate(lines) if text.startswith("|"))
     lines[table:table] = [note, ""]
     for measure, value in figures:
