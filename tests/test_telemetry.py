@@ -501,9 +501,8 @@ async def test_workers_every_scrape_shows_the_sum_of_all_workers(
     proxy_url = f"http://127.0.0.1:{ports['proxy']}"
     metrics_url = f"http://127.0.0.1:{ports['metrics']}/metrics"
     try:
-        async with aiohttp.ClientSession() as session:  # closed: it holds no connection
-            await _until_answers(session, f"http://127.0.0.1:{ports['management']}/healthz",
-                                 parent)
+        await _until_every_worker_answers(
+            f"http://127.0.0.1:{ports['management']}/healthz", parent, workers=2)
         private = list(scratch.glob("keygate-metrics-*"))
         assert len(private) == 1 and oct(private[0].stat().st_mode)[-3:] == "700"
         wrong = wrong_token(key)
@@ -630,19 +629,25 @@ def test_a_worker_that_exits_leaves_its_totals_typed_as_counters_and_histograms(
     assert "_bucket gauge" not in scrape and "# TYPE keygate_requests gauge" not in scrape
 
 
-async def _until_answers(session: aiohttp.ClientSession, url: str,
-                         process: subprocess.Popen[bytes]) -> None:
+async def _until_every_worker_answers(url: str, process: subprocess.Popen[bytes],
+                                      workers: int) -> None:
+    """Until ``workers`` processes have answered ``url`` (told apart by their request
+    ids' per-process prefix), each on a new connection as the kernel spreads them: the
+    first worker to answer says nothing of the others, still starting. (A worker
+    listens on its proxy port before its management port.)"""
+    seen: set[str] = set()
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    while len(seen) < workers:
+        assert time.monotonic() < deadline, f"{workers} workers never answered {url}"
         assert process.poll() is None, "keygate exited before it answered"
         try:
-            async with session.get(url) as response:
+            async with aiohttp.ClientSession() as fresh, fresh.get(url) as response:
                 if response.status == 200:
-                    return
+                    seen.add(response.headers["X-Request-Id"][:12])
+                    continue
         except aiohttp.ClientError:
             pass
         await asyncio.sleep(0.05)
-    raise AssertionError(f"{url} did not answer")
 
 
 async def _until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
