@@ -9,18 +9,21 @@ machine's ``redis-server``), since it kills one of them.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 import redis_cluster
 from conftest import ProxyTestServer
 from redis.crc import key_slot
 
 from gateway.app import build_gateway
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StoreUnavailable
 from gateway.settings import load_settings
 from gateway.store import CLI_ACTOR
 from gateway.store.connection import parse_cluster_url
@@ -128,3 +131,52 @@ async def test_a_lost_master_answers_503_never_500(
         assert status == 503 and body["error"]["code"] == "store_unavailable", answers
     finally:
         await gateway.close()
+
+
+# -- connections cut under load ------------------------------------------------------------
+async def test_connections_cut_under_load_are_503s_never_500s(
+    cluster_url: str, make_settings: Callable[..., Any]
+) -> None:
+    """A Redis that closes client connections (its idle ``timeout``, a restart, a load
+    balancer) while keygate is busy: redis-py's cluster client then disconnects idle
+    connections that other calls are taking, which fail inside redis-py with an
+    AttributeError rather than a ConnectionError. Every failed store call must still
+    be the store's 503, never an error that would answer 500."""
+    gateway = build_gateway(make_settings(store_url=cluster_url))
+    admins = [aioredis.from_url(url, decode_responses=True)
+              for url in redis_cluster.node_urls(cluster_url)]
+    outcomes: Counter[str] = Counter()
+    try:
+        keys = [(await gateway.lifecycle.create("acme", f"k{i}", ["orders-reader"],
+                                                CLI_ACTOR)).record.app_key for i in range(20)]
+        stop = asyncio.Event()
+
+        async def reader(n: int) -> None:
+            while not stop.is_set():
+                try:  # the listener is not started: every lookup reads the store
+                    await gateway.store.auth_lookup(keys[n % len(keys)], "acme")
+                    outcomes["ok"] += 1
+                except StoreUnavailable:
+                    outcomes["503"] += 1
+                except Exception as exc:  # noqa: BLE001 - what the test looks for
+                    outcomes[f"{type(exc).__name__}: {exc}"] += 1
+                await asyncio.sleep(0)
+
+        readers = [asyncio.create_task(reader(n)) for n in range(120)]
+        cut, rng = 0, random.Random(7)
+        for _ in range(150):
+            await asyncio.sleep(0.01)
+            admin = rng.choice(admins)
+            own = await admin.client_id()
+            ids = [c["id"] for c in await admin.client_list(_type="normal")
+                   if int(c["id"]) != own]
+            if ids:
+                cut += await admin.client_kill_filter(_id=rng.choice(ids))
+        stop.set()
+        await asyncio.gather(*readers)
+    finally:
+        for admin in admins:
+            await admin.aclose()
+        await gateway.close()
+    assert cut > 50 and outcomes["ok"] > 1000, (cut, outcomes)
+    assert set(outcomes) <= {"ok", "503"}, outcomes

@@ -63,6 +63,28 @@ _SENTINEL_OPTIONS: dict[str, Any] = {
 POOL_WAIT = 5  # seconds a store call waits for a free connection before failing
 
 
+# redis-py's cluster client, when a call on a node meets a dropped connection or a
+# timeout, disconnects that node's idle connections while other calls may be taking
+# them: such a call then fails inside redis-py's connection code with an AttributeError
+# or TypeError (the connection's writer gone under it) instead of a ConnectionError.
+# It is a connection lost, not a bug of keygate's (no frame of keygate's runs there):
+# 503, as for any. (Reproduced in tests/test_cluster.py by cutting client connections
+# under load.)
+_CONNECTION_CODE = "redis.asyncio.connection"
+
+
+def lost_in_connection_code(exc: BaseException) -> bool:
+    """An AttributeError or TypeError raised while redis-py's connection code ran."""
+    if not isinstance(exc, AttributeError | TypeError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__") == _CONNECTION_CODE:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 @dataclass(frozen=True)
 class SentinelURL:
     """A parsed ``redis+sentinel://`` URL (its ``repr`` shows no password)."""

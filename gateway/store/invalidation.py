@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from .connection import lost_in_connection_code
 from .credential_cache import CredentialCache
 from .names import Keyspace
 
@@ -117,7 +118,10 @@ class InvalidationListener:
                         self._heard(message["data"])
             except asyncio.CancelledError:
                 raise
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except (redis.exceptions.RedisError, OSError, AttributeError, TypeError) as exc:
+                if isinstance(exc, AttributeError | TypeError) and not lost_in_connection_code(
+                        exc):
+                    raise
                 if self._stopping:  # a cancellation that the client turned into an error
                     return
                 if self.cache.subscribed:
