@@ -1,6 +1,7 @@
 """keygate on Redis Cluster beyond the shared suites (which run on a cluster too): the
-``redis+cluster://`` URL format, every change script's names in one slot, and a cluster
-that loses a master answering the one JSON 503, never a 500.
+``redis+cluster://`` URL format, every change script's names in one slot, a cluster
+that loses a master answering the one JSON 503, never a 500, and client connections cut
+under load (on one server as well) costing a few 503s, never a 500.
 
 The node-loss test starts a cluster of its own (three masters, no replicas, from the
 machine's ``redis-server``), since it kills one of them.
@@ -134,17 +135,21 @@ async def test_a_lost_master_answers_503_never_500(
 
 
 # -- connections cut under load ------------------------------------------------------------
+@pytest.mark.parametrize("where", ["one-server", "cluster"])
 async def test_connections_cut_under_load_are_503s_never_500s(
-    cluster_url: str, make_settings: Callable[..., Any]
+    where: str, request: pytest.FixtureRequest, make_settings: Callable[..., Any]
 ) -> None:
     """A Redis that closes client connections (its idle ``timeout``, a restart, a load
     balancer) while keygate is busy: redis-py's cluster client then disconnects idle
     connections that other calls are taking, which fail inside redis-py with an
     AttributeError rather than a ConnectionError. Every failed store call must still
-    be the store's 503, never an error that would answer 500."""
-    gateway = build_gateway(make_settings(store_url=cluster_url))
+    be the store's 503, never an error that would answer 500 (on one server too)."""
+    store_url = request.getfixturevalue("cluster_url" if where == "cluster" else "redis_url")
+    if store_url.startswith("memory://"):
+        pytest.skip("cuts the connections of a real redis-server")
+    gateway = build_gateway(make_settings(store_url=store_url))
     admins = [aioredis.from_url(url, decode_responses=True)
-              for url in redis_cluster.node_urls(cluster_url)]
+              for url in redis_cluster.node_urls(store_url)]
     outcomes: Counter[str] = Counter()
     try:
         keys = [(await gateway.lifecycle.create("acme", f"k{i}", ["orders-reader"],
