@@ -449,7 +449,7 @@ async def test_a_burst_of_concurrent_key_creations_all_succeed(management, make_
 # -- CLI -------------------------------------------------------------------------------
 @pytest.fixture
 def cli(gateway, redis_url: str, tmp_path: Path) -> Callable[..., Any]:
-    if not redis_url.startswith("redis://"):
+    if redis_url.startswith("memory://"):
         pytest.skip("the CLI needs the private redis-server (memory:// is per process)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
     env.update({
