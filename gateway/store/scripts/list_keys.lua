@@ -235,11 +235,15 @@ local function read_matches()
       local batch = redis.call('ZRANGE', label_i, start, start + CHUNK - 1)
       if #batch == 0 then break end
       for _, member in ipairs(batch) do
-        local k, folded = split(member)
-        if passes(k, 'q', nil) and (needle == '' or string.find(folded, needle, 1, true)
-            or string.find(string.lower(k), needle, 1, true)) then
-          matched[k] = folded
-          list[#list + 1] = k
+        -- one search of the member lowered: the folded label is its own lower case (in
+        -- the C locale, as string.lower) and a needle holds no NUL, so this finds q in
+        -- the label or in the key, as two searches would, at a third of the cost
+        if needle == '' or string.find(string.lower(member), needle, 1, true) then
+          local k, folded = split(member)
+          if #excluded == 0 or passes(k, 'q', nil) then
+            matched[k] = folded
+            list[#list + 1] = k
+          end
         end
       end
       start = start + CHUNK
