@@ -503,6 +503,7 @@ def write_report(rows: list[tuple[str, str]], args: argparse.Namespace) -> None:
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python bench/run.py"
         f"{' --instructions' if args.instructions else ''}"
+        f"{' --million' if args.million else ''}"
         f"{f' --rounds {args.rounds}' if args.rounds != 3 else ''}` "
         "(all figures from one run, side by side).",
         "",
