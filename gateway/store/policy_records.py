@@ -15,9 +15,12 @@ class PolicyRecords(StoreCore):
         count): generated keys in their own account, external keys in the accounts that
         granted them roles, active or not (an inactive key can be activated again).
 
-        Reads every account's key and external-key indexes a chunk at a time, and only
-        the grant fields: for checks a person starts (a policy reload, ``keygate policy
-        check``), never for requests. Memory grows with accounts and roles, not keys."""
+        Generated keys are counted from the listing's role sets, one SCARD per role in
+        use, whatever the number of keys (an account whose listing indexes are not
+        complete yet is read a chunk of keys at a time, as external keys always are:
+        only their grant fields). For checks a person starts (a policy reload,
+        ``keygate policy check``), never for requests. Memory grows with accounts and
+        roles, not keys."""
         accounts: set[str] = set()
         async for name in self.redis.scan_iter(match=self.names.accounts_pattern(), count=1000):
             record = self.names.account_record(name)
@@ -25,25 +28,47 @@ class PolicyRecords(StoreCore):
                 accounts.add(record[0])
         held: dict[str, dict[str, int]] = {}
         for account in sorted(accounts):
-            counts: dict[str, int] = {}
-            for what in ("keys", "ext"):
-                index, start = self.names.account(account, what), 0
-                while names := await self.redis.zrange(index, start, start + chunk - 1):
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for name in names:
-                            pipe.hmget(self.names.key(name), ["acct", "g:" + account])
-                        rows = await pipe.execute()
-                    for owner, raw in rows:
-                        # a deleted key keeps no owner; each index counts its own kind
-                        if owner is None or (owner == account) != (what == "keys"):
-                            continue
-                        grant = Grant.decode(raw)
-                        for role in dict.fromkeys(grant.roles if grant else ()):
-                            counts[role] = counts.get(role, 0) + 1
-                    start += chunk
+            counts = await self._generated_roles(account, chunk)
+            for role, n in (await self._read_roles(account, "ext", chunk)).items():
+                counts[role] = counts.get(role, 0) + n
             if counts:
                 held[account] = dict(sorted(counts.items()))
         return held
+
+    async def _generated_roles(self, account: str, chunk: int) -> dict[str, int]:
+        """The account's generated keys per role: the sizes of the listing's role sets
+        once its indexes are complete (the roles-in-use set holds '' then; the change
+        scripts keep the sets, tests/test_listing_index.py checks them against the
+        keys), else read from the keys."""
+        in_use = await self.redis.smembers(self.names.account(account, "roles"))
+        if "" not in in_use:
+            return await self._read_roles(account, "keys", chunk)
+        roles = sorted(role for role in in_use if role)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for role in roles:
+                pipe.scard(self.names.role_holders(account, role))
+            sizes = await pipe.execute()
+        return {role: int(n) for role, n in zip(roles, sizes, strict=True) if n}
+
+    async def _read_roles(self, account: str, what: str, chunk: int) -> dict[str, int]:
+        """Roles counted by reading the grant of every key in the account's ``keys``
+        (generated) or ``ext`` (external) index, a chunk at a time."""
+        counts: dict[str, int] = {}
+        index, start = self.names.account(account, what), 0
+        while names := await self.redis.zrange(index, start, start + chunk - 1):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hmget(self.names.key(name), ["acct", "g:" + account])
+                rows = await pipe.execute()
+            for owner, raw in rows:
+                # a deleted key keeps no owner; each index counts its own kind
+                if owner is None or (owner == account) != (what == "keys"):
+                    continue
+                grant = Grant.decode(raw)
+                for role in dict.fromkeys(grant.roles if grant else ()):
+                    counts[role] = counts.get(role, 0) + 1
+            start += chunk
+        return counts
 
     @unavailable
     async def announced_policy(self) -> PolicyAnnouncement | None:
