@@ -10,42 +10,18 @@ upstream connections, HTTP/1.1, no buffering either way, the same headers set) w
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.measure import wait_port
-
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "deploy" / "nginx" / "keygate.conf"
-# the addresses in the shipped file, replaced by the benchmark's
-DECISION_ADDRESS = "server 127.0.0.1:8082;"
-UPSTREAM_ADDRESS = "server 127.0.0.1:9000;"
-LISTEN = "listen 8088;"
+sys.path.insert(0, str(ROOT / "tests"))  # the test suite's nginx launcher
+import nginx_process  # noqa: E402
+from nginx_process import nginx_binary, shipped_site  # noqa: E402
 
-
-def nginx_binary() -> str | None:
-    """The machine's nginx, if it has the auth_request module."""
-    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx",
-                                                                      os.X_OK) else None)
-    if binary is None:
-        return None
-    built = subprocess.run([binary, "-V"], capture_output=True, text=True).stderr
-    return binary if "http_auth_request_module" in built else None
-
-
-def shipped_site(decision_port: int, upstream_port: int, listen_port: int) -> str:
-    """``deploy/nginx/keygate.conf`` with the benchmark's three addresses."""
-    text = SHIPPED.read_text()
-    for placeholder in (DECISION_ADDRESS, UPSTREAM_ADDRESS, LISTEN):
-        if text.count(placeholder) != 1:
-            raise RuntimeError(f"{SHIPPED}: expected {placeholder!r} once")
-    return (text.replace(DECISION_ADDRESS, f"server 127.0.0.1:{decision_port};")
-                .replace(UPSTREAM_ADDRESS, f"server 127.0.0.1:{upstream_port};")
-                .replace(LISTEN, f"listen 127.0.0.1:{listen_port};"))
+__all__ = ["nginx_binary", "proxy_alone_site", "shipped_site", "start_nginx"]
 
 
 def proxy_alone_site(upstream_port: int, listen_port: int) -> str:
@@ -80,27 +56,6 @@ def start_nginx(binary: str, site: str, listen_port: int) -> tuple[subprocess.Po
     """nginx in the foreground serving ``site`` (an http-block include); returns the
     process and its private directory (the caller stops one and removes the other)."""
     workdir = Path(tempfile.mkdtemp(prefix="keygate-bench-nginx-"))
-    (workdir / "site.conf").write_text(site)
-    temp = " ".join(f"{kind}_temp_path {workdir / kind};"
-                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    # as root, nginx would hand its workers to another user, who cannot read this
-    user = "user root root;\n" if os.geteuid() == 0 else ""
-    (workdir / "nginx.conf").write_text(
-        f"{user}worker_processes auto;\nevents {{ worker_connections 1024; }}\n"
-        f"http {{ {temp} access_log off; include {workdir / 'site.conf'}; }}\n"
-    )
-    error_log = workdir / "error.log"
-    child = subprocess.Popen(
-        [binary, "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-e", str(error_log),
-         "-g", f"daemon off; pid {workdir / 'nginx.pid'}; error_log {error_log} warn;"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_port(listen_port, timeout=10)
-    except RuntimeError:
-        child.terminate()
-        child.wait(timeout=10)
-        log = error_log.read_text() if error_log.exists() else ""
-        raise RuntimeError(f"nginx did not start: {log}") from None
+    child = nginx_process.start(binary, site, workdir, listen_port, workers="auto")
     time.sleep(0.2)  # both workers accepting
     return child, workdir

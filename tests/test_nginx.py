@@ -14,44 +14,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
-import shutil
 import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import nginx_process
 import orjson
 import pytest
 from multidict import CIMultiDictProxy
+from nginx_process import SHIPPED, nginx_binary, shipped_site
 from yarl import URL
 
 from gateway.app import build_gateway, running
 
-ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "deploy" / "nginx" / "keygate.conf"
 MiB = 1024 * 1024
 STREAM_BLOCK = bytes(range(256)) * 4096  # the conftest upstream's 1 MiB /stream block
-# the addresses in the shipped file, replaced by this test's
-DECISION_ADDRESS = "server 127.0.0.1:8082;"
-UPSTREAM_ADDRESS = "server 127.0.0.1:9000;"
-LISTEN = "listen 8088;"
 
 
-def _nginx() -> str | None:
-    binary = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
-    if binary is None:
-        return None
-    built = subprocess.run([binary, "-V"], capture_output=True, text=True).stderr
-    return binary if "http_auth_request_module" in built else None
-
-
-NGINX = _nginx()
+NGINX = nginx_binary()
 needs_nginx = pytest.mark.skipif(
     NGINX is None,
     reason="no nginx with the auth_request module (install Debian's nginx-light; .ci/run does)",
@@ -64,55 +47,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def render(decision_port: int, upstream_port: int, listen_port: int) -> str:
-    """The shipped file with this test's three addresses; nothing else changes."""
-    text = SHIPPED.read_text()
-    for placeholder in (DECISION_ADDRESS, UPSTREAM_ADDRESS, LISTEN):
-        assert text.count(placeholder) == 1, placeholder
-    return (text.replace(DECISION_ADDRESS, f"server 127.0.0.1:{decision_port};")
-                .replace(UPSTREAM_ADDRESS, f"server 127.0.0.1:{upstream_port};")
-                .replace(LISTEN, f"listen 127.0.0.1:{listen_port};"))
-
-
 @contextlib.contextmanager
 def nginx_serving(site: str, workdir: Path) -> Any:
     """nginx with ``site`` included in its http block, as this user, everything under
     ``workdir``; yields its base URL."""
     assert NGINX is not None
     port = int(site.split("listen 127.0.0.1:", 1)[1].split(";", 1)[0])
-    (workdir / "site.conf").write_text(site)
-    temp = " ".join(f"{kind}_temp_path {workdir / kind};"
-                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    # as root, nginx would hand its workers to another user, who cannot write here
-    user = "user root root;\n" if os.geteuid() == 0 else ""
-    (workdir / "nginx.conf").write_text(
-        f"{user}worker_processes 1;\nevents {{ worker_connections 512; }}\n"
-        f"http {{ {temp} access_log off; include {workdir / 'site.conf'}; }}\n"
-    )
-    error_log = workdir / "error.log"
-    child = subprocess.Popen(
-        [NGINX, "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-e", str(error_log),
-         "-g", f"daemon off; pid {workdir / 'nginx.pid'}; error_log {error_log} warn;"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", port), timeout=0.2):
-                break
-            if child.poll() is not None or time.monotonic() > deadline:
-                log = error_log.read_text() if error_log.exists() else ""
-                pytest.fail(f"nginx did not start: {log}")
-            time.sleep(0.02)
+        child = nginx_process.start(NGINX, site, workdir, port, workers="1", connections=512)
+    except RuntimeError as failed:
+        pytest.fail(str(failed))
+    try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        child.terminate()
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        nginx_process.stop(child)
 
 
 @dataclass
@@ -161,7 +109,7 @@ async def front(gateway, make_settings, upstream, tmp_path) -> AsyncIterator[Fro
     keygate = build_gateway(settings)
     async with running(keygate) as listening, aiohttp.ClientSession() as session:
         assert listening.decision is not None
-        site = render(URL(listening.decision).port, URL(upstream.url).port, _free_port())
+        site = shipped_site(URL(listening.decision).port, URL(upstream.url).port, _free_port())
         with nginx_serving(site, tmp_path) as nginx:
             yield Front(nginx, listening.proxy, keygate, session)
 
@@ -270,7 +218,7 @@ async def test_an_unreachable_decision_api_is_a_503_never_a_pass(
     gateway, upstream, make_key, closed_port, tmp_path
 ):
     key = await make_key("acme", ["owner"])
-    site = render(closed_port, URL(upstream.url).port, _free_port())
+    site = shipped_site(closed_port, URL(upstream.url).port, _free_port())
     with nginx_serving(site, tmp_path) as nginx:
         async with aiohttp.ClientSession() as session:
             reply = await call(session, nginx, "GET", "/orders/1", headers=key.headers)
@@ -359,7 +307,7 @@ async def test_the_forwarding_traps_the_shipped_config_avoids(
     keygate = build_gateway(settings)
     forwarded = {}
     async with running(keygate) as listening, aiohttp.ClientSession() as session:
-        shipped = render(URL(listening.decision).port, URL(upstream.url).port, _free_port())
+        shipped = shipped_site(URL(listening.decision).port, URL(upstream.url).port, _free_port())
         naive = shipped.replace("proxy_pass http://keygate_backend$keygate_path$is_args$args;",
                                 "proxy_pass http://keygate_backend;")
         assert naive != shipped
