@@ -119,9 +119,9 @@ class InvalidationListener:
             except asyncio.CancelledError:
                 raise
             except (redis.exceptions.RedisError, OSError, AttributeError, TypeError) as exc:
-                if isinstance(exc, AttributeError | TypeError) and not lost_in_connection_code(
-                        exc):
-                    raise
+                if not isinstance(exc, redis.exceptions.RedisError | OSError) \
+                        and not lost_in_connection_code(exc):
+                    raise  # a bug, not a lost connection
                 if self._stopping:  # a cancellation that the client turned into an error
                     return
                 if self.cache.subscribed:
