@@ -28,6 +28,7 @@ import pytest
 import redis_cluster
 from aiohttp import web
 from aiohttp.test_utils import RawTestServer
+from ports import free_port
 
 from gateway.app import build_gateway, proxy_handler, upstream_pool
 from gateway.context import Gateway
@@ -37,12 +38,6 @@ from gateway.store import CLI_ACTOR
 
 TEST_SECRET = "test-secret-" + "x" * 40
 FALLBACK_MARKER = Path(__file__).parent / ".fakeredis-fallback"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +51,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield "memory://"
         return
     FALLBACK_MARKER.unlink(missing_ok=True)
-    port = _free_port()
+    port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [

@@ -16,26 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from ports import free_port
 
 MASTERS = 3
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports whose cluster bus port (+10000) is free as well."""
-    ports: list[int] = []
-    while len(ports) < count:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + 10000 > 65535 or port in ports:
-            continue
-        with socket.socket() as bus:
-            try:
-                bus.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        ports.append(port)
-    return ports
 
 
 def _answers(port: int, command: bytes, expected: bytes) -> bool:
@@ -81,7 +66,7 @@ def master_of(url: str, slot: int) -> int:
 def redis_cluster(workdir: Path, keep_processes: bool = False) -> Iterator[Any]:
     """Start the cluster; yield its ``redis+cluster://`` URL (every master listed), or
     with ``keep_processes`` the URL and the node processes, in the URL's order."""
-    ports = _free_ports(MASTERS)
+    ports = [free_port(with_bus=True) for _ in range(MASTERS)]
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for port in ports:

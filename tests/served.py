@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -17,12 +16,6 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 TIMEOUT = 60.0  # seconds any one step may take before the test fails (not a timing check)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clean_environ(**extra: str) -> dict[str, str]:

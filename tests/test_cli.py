@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -16,16 +15,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from ports import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SECRET = "cli-test-secret-" + "y" * 40
 TIMEOUT = 30  # seconds any one command may take before the test fails (not a timing check)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clean_environ() -> dict[str, str]:

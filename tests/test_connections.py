@@ -29,6 +29,7 @@ import pytest
 from aiohttp import web
 from conftest import TEST_SECRET, Key, default_routes
 from multidict import CIMultiDict
+from ports import free_port
 
 from gateway.app import build_gateway, running
 from gateway.connections import (
@@ -517,7 +518,7 @@ async def test_keygate_serve_with_1024_descriptors_keeps_serving_under_1500_conn
     if not redis_url.startswith("redis://"):
         pytest.skip("needs the private redis-server")
     enough_descriptors(3000)
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     prefix = f"guard-{uuid.uuid4().hex[:8]}:"
     routes = "".join(
         f'[[routes]]\nname = "{r["name"]}"\npath_prefix = "{r["path_prefix"]}"\n'
@@ -584,12 +585,6 @@ async def test_keygate_serve_with_1024_descriptors_keeps_serving_under_1500_conn
     assert f"connection cap: {cap} per process (file limit 1024" in stderr
     assert "Too many open files" not in stderr
     assert "Traceback" not in stderr
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _wait_until_healthy(address: tuple[str, int], process: Any) -> None:

@@ -36,7 +36,8 @@ from typing import IO
 
 import aiohttp
 import pytest
-from served import TIMEOUT, free_port, wait_for
+from ports import free_port
+from served import TIMEOUT, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIP_MARKER = Path(__file__).parent / ".image-skipped"

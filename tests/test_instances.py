@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from conftest import TEST_SECRET, on_one_server_and_a_cluster
+from ports import free_port
 
 # the store, cache and revocation behaviour on one server and on a Redis Cluster
 redis_url = on_one_server_and_a_cluster()
@@ -24,18 +25,12 @@ redis_url = on_one_server_and_a_cluster()
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _config(tmp_path: Path, name: str, redis_url: str, prefix: str, upstream: str) -> Path:
     path = tmp_path / f"{name}.toml"
     path.write_text(
-        f'proxy_listen = "127.0.0.1:{_free_port()}"\n'
-        f'management_listen = "127.0.0.1:{_free_port()}"\n'
-        f'metrics_listen = "127.0.0.1:{_free_port()}"\n'
+        f'proxy_listen = "127.0.0.1:{free_port()}"\n'
+        f'management_listen = "127.0.0.1:{free_port()}"\n'
+        f'metrics_listen = "127.0.0.1:{free_port()}"\n'
         f'store_url = "{redis_url}"\n'
         f'store_prefix = "{prefix}"\n'
         "[[routes]]\n"

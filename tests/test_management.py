@@ -4,12 +4,12 @@ a private redis-server, real Casbin with model.conf and policies/, both aiohttp 
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from conftest import ProxyTestServer
+from ports import free_port
 
 from gateway.app import build_gateway
 from gateway.management import build_management_app
@@ -19,12 +19,6 @@ KEYS = "/api/v1/accounts/acme/keys"
 CREATED_FIELDS = {
     "appKey", "appToken", "label", "roles", "status", "creationDate", "creationDateToken",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def expect_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from served import clean_environ, free_port, request, wait_for
+from ports import free_port
+from served import clean_environ, request, wait_for
 
 from gateway.cli import build_parser
 from gateway.settings import MIN_SECRET_LENGTH, SETTINGS, Settings, load_settings

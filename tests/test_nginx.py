@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import orjson
 import pytest
 from multidict import CIMultiDictProxy
 from nginx_process import SHIPPED, nginx_binary, shipped_site
+from ports import free_port
 from yarl import URL
 
 from gateway.app import build_gateway, running
@@ -39,12 +39,6 @@ needs_nginx = pytest.mark.skipif(
     NGINX is None,
     reason="no nginx with the auth_request module (install Debian's nginx-light; .ci/run does)",
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -109,7 +103,7 @@ async def front(gateway, make_settings, upstream, tmp_path) -> AsyncIterator[Fro
     keygate = build_gateway(settings)
     async with running(keygate) as listening, aiohttp.ClientSession() as session:
         assert listening.decision is not None
-        site = shipped_site(URL(listening.decision).port, URL(upstream.url).port, _free_port())
+        site = shipped_site(URL(listening.decision).port, URL(upstream.url).port, free_port())
         with nginx_serving(site, tmp_path) as nginx:
             yield Front(nginx, listening.proxy, keygate, session)
 
@@ -218,7 +212,7 @@ async def test_an_unreachable_decision_api_is_a_503_never_a_pass(
     gateway, upstream, make_key, closed_port, tmp_path
 ):
     key = await make_key("acme", ["owner"])
-    site = shipped_site(closed_port, URL(upstream.url).port, _free_port())
+    site = shipped_site(closed_port, URL(upstream.url).port, free_port())
     with nginx_serving(site, tmp_path) as nginx:
         async with aiohttp.ClientSession() as session:
             reply = await call(session, nginx, "GET", "/orders/1", headers=key.headers)
@@ -307,7 +301,7 @@ async def test_the_forwarding_traps_the_shipped_config_avoids(
     keygate = build_gateway(settings)
     forwarded = {}
     async with running(keygate) as listening, aiohttp.ClientSession() as session:
-        shipped = shipped_site(URL(listening.decision).port, URL(upstream.url).port, _free_port())
+        shipped = shipped_site(URL(listening.decision).port, URL(upstream.url).port, free_port())
         naive = shipped.replace("proxy_pass http://keygate_backend$keygate_path$is_args$args;",
                                 "proxy_pass http://keygate_backend;")
         assert naive != shipped

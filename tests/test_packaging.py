@@ -24,7 +24,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from served import TIMEOUT, clean_environ, free_port, process_alive, request, wait_for
+from ports import free_port
+from served import TIMEOUT, clean_environ, process_alive, request, wait_for
 
 from gateway.demo import DEMO_CONFIG
 from gateway.settings import DEFAULTS_DIR, load_settings, reference_markdown

@@ -8,7 +8,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from conftest import TEST_SECRET
+from ports import free_port
 
 from gateway.app import build_gateway
 from gateway.errors import ConfigError, StoreUnavailable
@@ -190,19 +190,15 @@ async def test_an_announcement_names_what_the_store_keeps(make_settings, clock):
 
 
 # -- two real processes ----------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _instance(tmp_path: Path, name: str, redis_url: str, prefix: str) -> tuple[Path, str, str]:
     policies = tmp_path / f"{name}-policies"
     shutil.copytree(PROJECT_ROOT / "policies", policies)
-    management, metrics = _free_port(), _free_port()
+    management, metrics = free_port(), free_port()
     config = tmp_path / f"{name}.toml"
     config.write_text(
-        f'proxy_listen = "127.0.0.1:{_free_port()}"\n'
+        f'proxy_listen = "127.0.0.1:{free_port()}"\n'
         f'management_listen = "127.0.0.1:{management}"\n'
         f'metrics_listen = "127.0.0.1:{metrics}"\n'
         f'store_url = "{redis_url}"\nstore_prefix = "{prefix}"\n'

@@ -17,7 +17,6 @@ import inspect
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +28,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from conftest import Key
+from ports import free_port
 
 from gateway.app import build_gateway, running
 from gateway.errors import ConfigError, StoreUnavailable
@@ -38,12 +38,6 @@ from gateway.store.connection import parse_sentinel_url
 
 SERVICE = "keygate-test"
 PROXY_WORKERS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def eventually(check: Callable[[], Any], seconds: float, what: str) -> Any:

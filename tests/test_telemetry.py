@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import TEST_SECRET, Key, ProxyTestServer
+from ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from relay import Relay
 
@@ -458,12 +459,6 @@ def test_the_promql_reader_of_the_dashboard_test_can_fail():
 
 
 # -- serve --workers 2: one scrape, the sum of all ----------------------------------------
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_workers_every_scrape_shows_the_sum_of_all_workers(
@@ -471,7 +466,7 @@ async def test_workers_every_scrape_shows_the_sum_of_all_workers(
 ):
     if redis_url.startswith("memory://"):
         pytest.skip("workers need a shared Redis")
-    ports = {name: _free_port() for name in ("proxy", "management", "metrics")}
+    ports = {name: free_port() for name in ("proxy", "management", "metrics")}
     config = tmp_path / "workers.toml"
     config.write_text(
         f'proxy_listen = "127.0.0.1:{ports["proxy"]}"\n'
