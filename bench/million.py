@@ -83,6 +83,11 @@ def page_types(now_ms: int, count: int) -> list[tuple[str, KeyQuery]]:
         ("status active (90 %)", KeyQuery(status="active", per_page=50)),
         ("status inactive (10 %), deep page", KeyQuery(status="inactive", per_page=50,
                                                        page=max(1, deep // 10))),
+        # the worst page of a walked filter: the middle (a page past it walks from the end)
+        ("status inactive, middle page", KeyQuery(status="inactive", per_page=50,
+                                                  page=max(1, count // 10 // 100))),
+        ("status active, middle page", KeyQuery(status="active", per_page=50,
+                                                page=max(1, count * 9 // 10 // 100))),
         ("status inactive, sort label", KeyQuery(status="inactive", sort="label",
                                                  per_page=50)),
         ("role owner (1 %)", KeyQuery(role="owner", per_page=50)),

@@ -16,9 +16,10 @@
 -- How: the smallest candidate set (a status, a role, a token date range, else every
 -- key) is read once and checked against the other filters, which gives the total; a
 -- single filter's total is its set's size, without reading it. The page comes either
--- from walking the sort's index from the start, checking each key (cheap when matches
--- are dense: about (offset + count) * keys / total steps), or from sorting the matches
--- (cheap when they are few). With no filter, or a filter whose set is in the sort's
+-- from walking the sort's index from the nearer end, checking each key (cheap when
+-- matches are dense: about (offset + count) * keys / total steps from the start, or
+-- (total - offset) * keys / total from the end), or from sorting the matches (cheap when
+-- they are few). With no filter, or a filter whose set is in the sort's
 -- order, the page is a range of ranks.
 if redis.call('SISMEMBER', KEYS[6], '') == 0 then
   if redis.call('ZCARD', KEYS[1]) == 0 then return {0} end
@@ -262,30 +263,50 @@ if total == 0 or offset >= total or count == 0 then return answer(total, {}) end
 
 -- A token is issued when its key is made or later, never before (but for the clocks of
 -- keygate's instances disagreeing: a day's margin), so a key made after a token-date
--- range's end (and the margin) cannot match: newest first in creation order, the walk
+-- range's end (and the margin) cannot match: newest first in creation order, a walk
 -- starts after them. (The renewal alert's red keys are the oldest: without this, their
 -- first page walked past every key that is not red.)
-local skipped = 0
-if sort == 'creationDate' and desc and after then
-  skipped = redis.call('ZCOUNT', keys_i, '(' .. tostring(after + 86400000), '+inf')
+local function cannot_match(newest_first)
+  if sort == 'creationDate' and newest_first and after then
+    return redis.call('ZCOUNT', keys_i, '(' .. tostring(after + 86400000), '+inf')
+  end
+  return 0
 end
 
--- The page: walk the sort's index, or sort the matches, whichever costs less.
-local want = math.min(offset + count, total)
-local walk_cost = want * (n - skipped) / total
-local sort_cost = total * (math.log(total + 1) / math.log(2) + 2) * 4
-if walk_cost <= sort_cost then
+-- The matches at ranks [first, last] (0-based, in the listing's order) by a walk of the
+-- sort's index: from its start, or, for a page past the middle, from its end in the
+-- other direction (``desc`` flipped for that walk; the walk's closures read it), the
+-- page then read back in order.
+local function walked(first, last, from_end)
+  if from_end then
+    first, last = total - 1 - last, total - 1 - first
+    desc = not desc
+  end
   local out, seen = {}, 0
-  walk(skipped, function(k, folded)
+  walk(cannot_match(desc), function(k, folded)
     local ok
     if matched then ok = matched[k] ~= nil else ok = passes(k, nil, folded) end
     if ok then
+      if seen >= first then out[#out + 1] = k end
       seen = seen + 1
-      if seen > offset then out[#out + 1] = k end
     end
-    return #out < count
+    return seen <= last
   end)
-  return answer(total, out)
+  if not from_end then return out end
+  desc = not desc
+  local page = {}
+  for i = #out, 1, -1 do page[#page + 1] = out[i] end
+  return page
+end
+
+-- The page: walk the sort's index from whichever end is nearer, or sort the matches,
+-- whichever costs less (a walk steps over about n / total keys per match).
+local want = math.min(offset + count, total)
+local walk_cost = want * (n - cannot_match(desc)) / total
+local back_cost = (total - offset) * (n - cannot_match(not desc)) / total
+local sort_cost = total * (math.log(total + 1) / math.log(2) + 2) * 4
+if math.min(walk_cost, back_cost) <= sort_cost then
+  return answer(total, walked(offset, want - 1, back_cost < walk_cost))
 end
 list = list or read_matches()
 local keyed = {}
