@@ -24,12 +24,20 @@ a role that only takes access away (e.g. ``suspended-partner``).
 **Act on.** A caller may change, deactivate, delete, renew the token of, or finish or
 undo a renewal of a key (or change or remove a grant) only if it may assign every role
 that key holds there: otherwise a user administrator could switch off the owner's key,
-or renew its token and receive the new one — and so become the owner.
+or renew its token and receive the new one — and so become the owner. A generated key
+may also hold roles that other accounts granted it (an external key there); whoever
+holds its token holds those too, so the caller must also be one whose roles could
+assign each of them in the account that granted it. Else a user administrator of
+account A could renew the token of A's key that account B made owner of B, and so
+become B's owner. (The key's owner account keeps its say over its keys: an owner whose
+roles could assign B's roles in B may renew them, as B accepted when it granted them.)
 
 **Self.** A key may act on itself (renew its own token, relabel, deactivate or delete
 itself, drop roles): it gains nothing it does not hold. It never raises its own roles:
 it may add to itself only a role whose every permission it already holds, even if an
-``assign`` line lets it hand that role to others.
+``assign`` line lets it hand that role to others; and it may not drop a role whose deny
+lines it would escape (a key given ``suspended-partner`` would otherwise take it off
+itself and have back what the deny took away). Another key that may act on it may.
 
 Decisions come from the same cached Casbin decisions as every request
 (:meth:`gateway.pipeline.authorizer.CasbinAuthorizer.decide`), so they follow a reloaded
@@ -45,6 +53,7 @@ from .errors import Forbidden
 from .pipeline import Identity
 from .pipeline.authorizer import Authorizer
 from .policy.delegation import ASSIGN, ROLE_RESOURCE_PREFIX, judge_assign, role_resource
+from .policy.files import patterns_overlap
 
 __all__ = ["ASSIGN", "ROLE_RESOURCE_PREFIX", "Delegation", "EscalationRefused", "role_resource"]
 
@@ -109,15 +118,16 @@ class Delegation:
                     f"{caller.account!r}: {reason}"
                 )
 
-    def may_act_on(self, caller: Identity, app_key: str, held: Iterable[str]) -> bool:
-        """Whether :meth:`check_act_on` would let the caller act on that key."""
-        return app_key == caller.principal.app_key or all(
-            self.why_not(caller.roles, caller.account, role) is None for role in held
-        )
-
-    def check_act_on(self, caller: Identity, app_key: str, held: Iterable[str]) -> None:
-        """Refuse unless the caller may assign every role the target key holds, or is
-        that key (acting with its own power gains nothing)."""
+    def check_act_on(
+        self,
+        caller: Identity,
+        app_key: str,
+        held: Iterable[str],
+        elsewhere: Iterable[tuple[str, Sequence[str]]] = (),
+    ) -> None:
+        """Refuse unless the caller may assign every role the target key holds (here,
+        and, for ``elsewhere``, the roles other accounts granted it, each judged in its
+        account), or is that key (acting with its own power gains nothing)."""
         if app_key == caller.principal.app_key:
             return
         for role in held:
@@ -128,6 +138,14 @@ class Delegation:
                     f"{role!r}, which this key may not assign in account "
                     f"{caller.account!r} ({reason})"
                 )
+        for account, roles in elsewhere:
+            # which role stays unsaid: the granting account's business, not the owner's
+            if any(self.why_not(caller.roles, account, role) is not None for role in roles):
+                raise EscalationRefused(
+                    f"this API key may not act on API key {app_key!r}: account {account!r} "
+                    "granted it roles that this key's roles could not assign there, and "
+                    "whoever holds its token holds them"
+                )
 
     def check_change(
         self,
@@ -135,15 +153,18 @@ class Delegation:
         app_key: str,
         held: Sequence[str],
         new_roles: Sequence[str] | None,
+        elsewhere: Iterable[tuple[str, Sequence[str]]] = (),
     ) -> None:
-        """A change of a key or grant: the caller may act on it as it is, may assign
-        the roles it would gain, and adds no role to its own key. (Roles it keeps were
-        checked as held; a key may drop its own roles.)"""
-        self.check_act_on(caller, app_key, held)
+        """A change of a key or grant: the caller may act on it as it is (``elsewhere``:
+        as :meth:`check_act_on`), may assign the roles it would gain, and adds no role to
+        its own key nor escapes a deny line of its own. (Roles it keeps were checked as
+        held; a key may drop its own roles that deny nothing.)"""
+        self.check_act_on(caller, app_key, held, elsewhere)
         if new_roles is None:
             return
         added = [r for r in new_roles if r not in held]
         if app_key == caller.principal.app_key:
+            self._check_keeps_its_denies(caller, held, new_roles)
             for role in added:
                 reason = self.why_not_hold(caller.roles, caller.account, role)
                 if reason is not None:
@@ -152,3 +173,31 @@ class Delegation:
                         f"{caller.account!r} would give it more than it holds ({reason})"
                     )
         self.check_assign(caller, added)
+
+    def _check_keeps_its_denies(
+        self, caller: Identity, held: Sequence[str], new_roles: Sequence[str]
+    ) -> None:
+        """Refuse a key's own change of roles that ends a deny line over something the
+        roles it keeps allow. A key's permissions are its allow lines less its deny
+        lines; the roles it adds give nothing it lacks (their own rule), so it gains
+        only where a deny line it escapes overlaps an allow line it keeps. (Dropping a
+        role whose denies only narrow its own allows, or whatever the key keeps does not
+        reach, gains nothing and stays allowed.)"""
+        policy = self.authorizer.policy
+        kept_denies = set(policy.lines_of(new_roles, caller.account, "deny"))
+        allows = policy.lines_of(new_roles, caller.account, "allow")
+        escaped = [
+            deny for deny in policy.lines_of(held, caller.account, "deny")
+            if deny not in kept_denies and any(
+                patterns_overlap(allow.values[2], deny.values[2])
+                and patterns_overlap(allow.values[3], deny.values[3])
+                for allow in allows
+            )
+        ]
+        if escaped:
+            where = ", ".join(f"{line.file}:{line.line}" for line in escaped[:3])
+            raise EscalationRefused(
+                "an API key cannot lift its own deny lines: the roles it would drop hold "
+                f"{where}, which deny it what the roles it keeps allow in account "
+                f"{caller.account!r}; another key that may act on it can change its roles"
+            )

@@ -121,6 +121,114 @@ async def test_a_key_may_act_on_itself_without_gaining_anything(management, admi
     assert drop.status == 200, await drop.text()
 
 
+async def test_a_suspended_key_cannot_lift_its_own_suspension(management, proxy, make_key):
+    """``suspended-partner`` shuts a key out of orders whatever else it holds (deny beats
+    allow, even the owner's). Dropping it from itself would give the key back what the
+    deny took away; another owner key (so the last-owner rule decides nothing here)
+    may lift it."""
+    owner = await make_key("acme", ["owner"], label="the real owner")
+    suspended = await make_key("acme", ["owner", "suspended-partner"], label="suspended")
+    path = f"{KEYS}/{suspended.app_key}"
+    assert (await proxy.get("/orders/1", headers=suspended.headers)).status == 403
+    for roles in (["owner"], ["orders-writer"]):  # nor a new unsuspended key
+        made = await management.post(KEYS, json={"label": "x", "roles": roles},
+                                     headers=suspended.headers)
+        await refused(made)
+    error = await refused(await management.patch(path, json={"roles": ["owner"]},
+                                                 headers=suspended.headers))
+    assert "deny" in error["message"] and "examples.csv:" in error["message"]
+    assert (await proxy.delete("/orders/1", headers=suspended.headers)).status == 403
+    lifted = await management.patch(path, json={"roles": ["owner"]}, headers=owner.headers)
+    assert lifted.status == 200, await lifted.text()
+    assert (await proxy.delete("/orders/1", headers=suspended.headers)).status == 200
+
+
+async def test_an_external_key_cannot_lift_its_own_suspension_in_the_granting_account(
+    management, proxy, owner, make_key
+):
+    """The same through a grant: acme granted beta's key owner but suspended it from
+    orders; the key may not take the suspension off its own grant."""
+    partner = await make_key("beta", ["orders-reader"], label="partner")
+    added = await management.post(
+        EXTERNAL, json={"appKey": partner.app_key, "roles": ["owner", "suspended-partner"]},
+        headers=owner.headers)
+    assert added.status == 201, await added.text()
+    assert (await proxy.get("/orders/1", headers=partner.headers)).status == 403
+    await refused(await management.patch(f"{EXTERNAL}/{partner.app_key}",
+                                         json={"roles": ["owner"]}, headers=partner.headers))
+    assert (await proxy.get("/orders/1", headers=partner.headers)).status == 403
+
+
+async def test_a_key_may_drop_its_own_role_whose_denies_reach_nothing_it_keeps(
+    management, proxy, make_key
+):
+    """user-admin-restricted denies assigning owner; a key that drops it and keeps only
+    orders-reader, which assigns nothing, escapes no deny over anything it keeps. One
+    that keeps owner (which allows everything) would escape it: refused."""
+    both = await make_key("acme", ["user-admin-restricted", "orders-reader"])
+    path = f"{KEYS}/{both.app_key}"
+    dropped = await management.patch(path, json={"roles": ["orders-reader"]},
+                                     headers=both.headers)
+    assert dropped.status == 200, await dropped.text()
+    assert await works(proxy, both)
+    await make_key("acme", ["owner"], label="another owner")
+    restricted = await make_key("acme", ["owner", "user-admin-restricted"])
+    await refused(await management.patch(f"{KEYS}/{restricted.app_key}",
+                                         json={"roles": ["owner"]},
+                                         headers=restricted.headers))
+
+
+async def test_a_user_admin_cannot_act_on_a_key_that_another_account_made_owner(
+    management, proxy, admin, owner, make_key
+):
+    """Key T holds only orders-reader in acme, but account beta granted it owner. Whoever
+    holds T's token is beta's owner: acme's user admin may not renew it (and receive
+    the token), finish or undo its renewal, change, deactivate or delete it; nor read it
+    as one that renews. acme's owner, whose roles could assign owner in beta, may."""
+    integration = await make_key("acme", ["orders-reader"], label="beta integration")
+    beta_owner = await make_key("beta", ["owner"], label="beta owner")
+    granted = await management.post(
+        "/api/v1/accounts/beta/external-keys",
+        json={"appKey": integration.app_key, "roles": ["owner"]}, headers=beta_owner.headers)
+    assert granted.status == 201, await granted.text()
+    assert (await management.get("/api/v1/accounts/beta/keys",
+                                 headers=admin.headers)).status == 403
+    path = f"{KEYS}/{integration.app_key}"
+    for method, url, body in [
+        ("POST", path + "/token/renew", {"deleteOld": "now"}),
+        ("POST", path + "/token/finish-renewal", None),
+        ("POST", path + "/token/undo-renewal", None),
+        ("PATCH", path, {"status": "inactive"}),
+        ("PATCH", path, {"label": "mine now"}),
+        ("DELETE", path, None),
+    ]:
+        error = await refused(await management.request(method, url, json=body,
+                                                       headers=admin.headers))
+        assert "'beta'" in error["message"]
+        assert "owner" not in error["message"]  # beta's grant is beta's business
+    assert await works(proxy, integration)
+    renewed = await management.post(path + "/token/renew", json={"deleteOld": "now"},
+                                    headers=owner.headers)
+    assert renewed.status == 200, await renewed.text()
+
+
+async def test_a_user_admin_may_act_on_a_key_granted_roles_it_could_assign(
+    management, admin, make_key
+):
+    """The rule judges each grant in its account: beta granting the key orders-writer,
+    a role acme's user admin could assign there too, does not stop it."""
+    integration = await make_key("acme", ["orders-reader"], label="beta integration")
+    beta_owner = await make_key("beta", ["owner"], label="beta owner")
+    granted = await management.post(
+        "/api/v1/accounts/beta/external-keys",
+        json={"appKey": integration.app_key, "roles": ["orders-writer"]},
+        headers=beta_owner.headers)
+    assert granted.status == 201, await granted.text()
+    renewed = await management.post(f"{KEYS}/{integration.app_key}/token/renew",
+                                    json={"deleteOld": "now"}, headers=admin.headers)
+    assert renewed.status == 200, await renewed.text()
+
+
 async def test_user_admin_cannot_grant_owner_to_another_accounts_key(
     management, proxy, admin, owner, make_key
 ):

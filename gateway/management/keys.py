@@ -95,12 +95,13 @@ def _missing(app_key: str, account: str) -> NotFound:
 
 async def _target(request: web.Request, identity: Identity, app_key: str) -> KeyRecord:
     """The key a change is about, once the caller has been found allowed to act on it
-    (it may assign every role the key holds: see gateway.escalation)."""
+    (it may assign every role the key holds, here and where other accounts granted it
+    roles: see gateway.escalation)."""
     gateway = request.app[GATEWAY]
     record = await gateway.store.get_key(identity.account, app_key)
     if record is None:
         raise _missing(app_key, identity.account)
-    gateway.delegation.check_act_on(identity, app_key, record.roles)
+    gateway.delegation.check_act_on(identity, app_key, record.roles, record.roles_elsewhere)
     return record
 
 
@@ -167,7 +168,8 @@ async def get_key(request: web.Request, identity: Identity, path: KeyPath) -> we
     if record is None:
         raise _missing(path.app_key, identity.account)
     if identity.action != "view":
-        gateway.delegation.check_act_on(identity, path.app_key, record.roles)
+        gateway.delegation.check_act_on(identity, path.app_key, record.roles,
+                                        record.roles_elsewhere)
     period = await renewal_period(request, identity.account)
     detail = key_json(record, period, gateway.now_ms())
     detail["grantedIn"] = [
@@ -188,7 +190,8 @@ async def update_key(request: web.Request, identity: Identity, path: KeyPath,
     current = await gateway.store.get_key(identity.account, app_key)
     if current is None:
         raise _missing(app_key, identity.account)
-    gateway.delegation.check_change(identity, app_key, current.roles, changes.get("roles"))
+    gateway.delegation.check_change(identity, app_key, current.roles, changes.get("roles"),
+                                    current.roles_elsewhere)
     with bad_input(), store_refusals(app_key, identity.account):
         record = await gateway.lifecycle.update(
             identity.account, app_key, actor=actor(request, identity), policy=gateway.policy,

@@ -78,18 +78,22 @@ class KeyRecord:
     token_digests: tuple[str, ...] = field(repr=False, default=())
     # accounts that granted this key roles, with the date: all the owner may know of them
     granted_in: tuple[tuple[str, int], ...] = ()
+    # the roles granted there, a grant switched off included (it can be switched on
+    # again): for the rule on who may act on the key (gateway.escalation), never shown
+    roles_elsewhere: tuple[tuple[str, tuple[str, ...]], ...] = field(repr=False, default=())
 
     @classmethod
     def from_hash(cls, app_key: str, h: Mapping[str, str]) -> KeyRecord | None:
         if "acct" not in h:
             return None
         own = Grant.decode(h.get("g:" + h["acct"]))
-        granted_in = tuple(
-            sorted(
-                (name[2:], int(orjson.loads(value).get("added", 0)))
-                for name, value in h.items()
-                if name.startswith("g:") and name != "g:" + h["acct"]
-            )
+        elsewhere = sorted(
+            (name[2:], orjson.loads(value)) for name, value in h.items()
+            if name.startswith("g:") and name != "g:" + h["acct"]
+        )
+        granted_in = tuple((account, int(grant.get("added", 0))) for account, grant in elsewhere)
+        roles_elsewhere = tuple(
+            (account, tuple(grant.get("roles", ()))) for account, grant in elsewhere
         )
         return cls(
             app_key=app_key,
@@ -103,6 +107,7 @@ class KeyRecord:
             last_used=_int(h.get("lastUsed")),
             token_digests=tuple(d for d in (h.get("tok"), h.get("newTok")) if d),
             granted_in=granted_in,
+            roles_elsewhere=roles_elsewhere,
         )
 
 
