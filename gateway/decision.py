@@ -360,7 +360,9 @@ class DecisionPort:
         self, form: str, carrier: str, sent: Headers
     ) -> list[tuple[str, str]]:
         """What the front proxy forwards as ``Authorization`` and ``Cookie``: as the client
-        sent them, but never keygate's session (when it carried the credentials).
+        sent them, but never keygate's session: not the Bearer JWT that carried the
+        credentials, and never the session cookie, whatever carried them (a browser
+        signed in to the admin page adds it to every request to the host by itself).
 
         nginx cannot drop a header by condition, so it is told the values to forward
         (``X-Keygate-Authorization``, ``X-Keygate-Cookie``; absent: forward none).
@@ -370,7 +372,7 @@ class DecisionPort:
         ``x-envoy-auth-headers-to-remove`` names."""
         authorization = "" if carrier == "bearer" else ",".join(sent.getall(AUTHORIZATION, ()))
         cookie = "; ".join(sent.getall(COOKIE, ()))
-        if carrier == "cookie":
+        if self.session_cookie:
             cookie = without_session_cookie(cookie, self.session_cookie)
         if form == NGINX:
             names = (self.authorization_header, self.cookie_header)

@@ -193,10 +193,13 @@ class Forwarder:
         mutators: identity headers), and the forwarding headers. ``forwarding``: what
         trusted proxies said (None: no proxy is trusted, so keygate's own view of the
         connection is all there is). ``carrier``: what carried a keygate session, which
-        the upstream never receives (``bearer``: the Authorization header; ``cookie``:
-        the session cookie, the request's other cookies passing)."""
+        the upstream never receives (``bearer``: the Authorization header). The session
+        cookie never reaches it, whatever authenticated the request: a browser signed
+        in to the admin page adds it to every request to this host by itself, and an
+        upstream that received it would hold the administrator's session. The
+        request's other cookies pass."""
         headers = self._from_client.keep(request.headers)
-        if carrier:
+        if carrier == "bearer" or (self.session_cookie and hdrs.COOKIE in request.headers):
             headers = self._without_session(headers, carrier)
         if forwarding is None:
             forwarded_for, proto, host = request.remote or "", request.scheme, request.host
@@ -215,7 +218,9 @@ class Forwarder:
         self, headers: list[tuple[str, str]], carrier: str
     ) -> list[tuple[str, str]]:
         if carrier == "bearer":
-            return [item for item in headers if _canonical(item[0]) != "authorization"]
+            headers = [item for item in headers if _canonical(item[0]) != "authorization"]
+        if not self.session_cookie:
+            return headers
         kept = []
         for name, value in headers:
             if _canonical(name) == "cookie":

@@ -222,6 +222,37 @@ async def test_a_cookie_write_to_an_unknown_route_is_a_plain_404(management, mak
     assert set(await answer.json()) == {"error"}
 
 
+@pytest.mark.parametrize("extra", [
+    {},
+    {"X-Keygate-CSRF": "1", "Origin": "http://127.0.0.1:1"},
+    {"X-Keygate-CSRF": "1", "Origin": "null"},
+    {"X-Keygate-CSRF": "1", "Origin": "http://[::1"},
+    {"X-Keygate-CSRF": "1", "Sec-Fetch-Site": "same-site"},
+])
+async def test_the_proxy_port_refuses_cookie_writes_without_the_proof(
+    management, proxy, make_key, upstream, extra
+):
+    """The cookie (host-only, Path=/) reaches the proxy port as well: a form on another
+    port of the site posting to a proxied route is refused before the upstream, by any
+    unsafe method; with the proof from the proxy port's own origin, or with the
+    key/token headers, the write passes, and reads need no proof."""
+    key = await make_key("acme", ["owner"])
+    cookie = await session_cookie(management, key)
+    before = len(upstream.requests)
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        answer = await proxy.request(method, "/orders/1", data=b"qty=1000", headers={
+            **cookie, **extra, "Content-Type": "application/x-www-form-urlencoded"})
+        assert_refused(answer.status, await answer.json(), cookie["Cookie"])
+    assert len(upstream.requests) == before
+    own = str(proxy.make_url("")).rstrip("/")
+    proven = await proxy.post("/orders/1", data=b"{}", headers={
+        **cookie, **CSRF, "Origin": own, "Sec-Fetch-Site": "same-origin"})
+    assert proven.status == 200, await proven.text()
+    assert (await proxy.get("/orders/1", headers=cookie)).status == 200
+    paired = await proxy.post("/orders/1", headers={**key.headers, **cookie})
+    assert paired.status == 200, await paired.text()
+
+
 async def test_the_routes_left_alone_exist(gateway):
     """A renamed login, logout or link route must not silently fall under the check
     (or out of it): each one named is routed, for POST."""

@@ -409,6 +409,9 @@ async def test_a_session_authenticates_and_never_reaches_the_upstream(
         ([("Cookie", f"theme=dark; keygate_session={session}")], None, "theme=dark"),
         ([*key.headers.items(), ("Authorization", "Bearer upstream-own")],
          "Bearer upstream-own", None),
+        # the pair authenticates; the cookie a signed-in browser adds still stays out
+        ([*key.headers.items(), ("Cookie", f"theme=dark; keygate_session={session}")],
+         None, "theme=dark"),
     ]
     for client_headers, authorization, cookie in cases:
         answer = await front.ask(decider, "GET", "/orders/1", client_headers, "203.0.113.10")
@@ -418,3 +421,30 @@ async def test_a_session_authenticates_and_never_reaches_the_upstream(
         assert (upstream.get("Cookie") or "").replace(" ", "") == (cookie or "")
         assert session not in str(upstream)
         assert upstream[IDENTITY[0]] == key.app_key
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+async def test_a_write_the_session_cookie_authenticates_needs_the_csrf_proof(
+    decider, make_key, proxy, gateway
+):
+    """The cookie reaches the front proxy's host like any other port of the site: a
+    form posted from another page of the site carries it, and is refused as on the
+    management port (gateway.pipeline.csrf); with the proof it is allowed."""
+    front = PROXIES[proxy]()
+    key = await make_key("acme", ["orders-writer"])
+    found = await gateway.store.auth_lookup(key.app_key, "acme")
+    session, _ = await gateway.sessions.issue(key.app_key, "acme", found.token_digests[0])
+    cookie = ("Cookie", f"keygate_session={session}")
+    for extra in ([], [("Origin", "http://127.0.0.1:9"), ("Sec-Fetch-Site", "same-site")],
+                  [("X-Keygate-CSRF", "1"), ("Sec-Fetch-Site", "cross-site")],
+                  [("X-Keygate-CSRF", "1"), ("Origin", "null")]):
+        answer = await front.ask(decider, "POST", "/orders/1", [cookie, *extra],
+                                 "203.0.113.12")
+        assert answer.status == 403, answer.body
+        assert orjson.loads(answer.body)["error"]["code"] == "csrf_refused"
+    proven = await front.ask(decider, "POST", "/orders/1",
+                             [cookie, ("X-Keygate-CSRF", "1"), ("Sec-Fetch-Site", "same-origin")],
+                             "203.0.113.12")
+    assert proven.status == 200, proven.body
+    read = await front.ask(decider, "GET", "/orders/1", [cookie], "203.0.113.12")
+    assert read.status == 200, read.body

@@ -147,6 +147,8 @@ async def test_a_session_passes_nginx_and_never_reaches_the_upstream(
          "theme=dark; lang=en"),
         ({**key.headers, "Authorization": "Bearer upstream-own", "Cookie": "a=b"},
          "Bearer upstream-own", "a=b"),
+        # the pair authenticates; the cookie a signed-in browser adds still stays out
+        ({**key.headers, "Cookie": f"a=b; keygate_session={session}"}, None, "a=b"),
     ]:
         reply = await call(front.session, front.nginx, "GET", "/orders/7", headers=headers)
         assert reply.status == 200, reply.body
@@ -160,6 +162,13 @@ async def test_a_session_passes_nginx_and_never_reaches_the_upstream(
     forged = await call(front.session, front.nginx, "GET", "/orders/7",
                         headers={"Authorization": f"Bearer {session[:-4]}AAAA"})
     assert_error(forged, 401, "invalid_session")
+    # a form on another page of the site posts with the cookie: refused before upstream
+    before = len(upstream.requests)
+    cross_site = await call(front.session, front.nginx, "POST", "/orders/7", headers={
+        "Cookie": f"keygate_session={session}", "Origin": "http://127.0.0.1:9",
+        "Content-Type": "application/x-www-form-urlencoded"})
+    assert_error(cross_site, 403, "csrf_refused")
+    assert len(upstream.requests) == before
 
 
 @pytest.mark.parametrize(

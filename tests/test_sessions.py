@@ -167,6 +167,13 @@ async def test_the_session_cookie_authenticates_and_never_reaches_the_upstream(
     forwarded = upstream.last["headers"]
     assert token not in str(forwarded)
     assert forwarded["Cookie"].replace(" ", "") == "theme=dark;lang=en"
+    # the key/token headers authenticate; the cookie that a signed-in browser adds to
+    # every request to this host still never reaches the upstream
+    other = await make_key("acme", ["orders-reader"])
+    assert (await proxy.get("/orders/1", headers={**other.headers, **headers})).status == 200
+    forwarded = upstream.last["headers"]
+    assert token not in str(forwarded)
+    assert forwarded["Cookie"].replace(" ", "") == "theme=dark;lang=en"
     logout = await management.post("/api/v1/auth/logout")
     assert logout.status == 204 and "keygate_session=" in logout.headers["Set-Cookie"]
 

@@ -1,26 +1,13 @@
-"""Cross-site request forgery: a write whose only credential is the session cookie must
-prove it comes from keygate's own page.
+"""Cross-site request forgery on the management port (the rule and why:
+gateway.pipeline.csrf): a write whose only credential is the session cookie must prove
+that keygate's own page sent it.
 
-A browser attaches cookies to requests other sites make it send: a form on another
-page, or a ``fetch`` from another origin. ``SameSite=Strict`` stops that only across
-*sites*; another port or another subdomain of the same site (``127.0.0.1:9000``,
-``other.example.com``) is the same site, and its forms still carry the cookie. So an
-unsafe request (POST, PUT, PATCH, DELETE) whose credentials would be read from the
-session cookie is refused with ``403 csrf_refused`` unless
-
-* it carries ``X-Keygate-CSRF: 1``: a form cannot send a header, and a script on
-  another origin cannot either without a CORS preflight, which keygate never grants
-  (it answers no ``OPTIONS``, sends no ``Access-Control-Allow-*``);
-* its ``Origin``, when present, is the management port's own origin (as the client
-  reached it: through trusted proxies their ``X-Forwarded-Proto``/``-Host``, and
-  ``management_public_url``); ``Origin: null`` is not;
-* its ``Sec-Fetch-Site``, when present, is ``same-origin``.
-
-Requests that carry the key/token headers or ``Authorization: Bearer`` are not the
-cookie's: a browser never adds those by itself. Routes that never read the cookie as a
-credential are left alone: login (the key and token are in the body, which must be
-JSON, something a form cannot send either), logout (it only clears the cookie), and
-the one-time token links (the link is the credential; its page posts a plain form).
+The port's own origin is the one the client reached it at (through trusted proxies:
+their ``X-Forwarded-Proto``/``-Host``) and ``management_public_url``'s. Routes that
+never read the cookie as a credential are left alone: login (the key and token are in
+the body, which must be JSON, something a form cannot send either), logout (it only
+clears the cookie), and the one-time token links (the link is the credential; its page
+posts a plain form).
 """
 
 from __future__ import annotations
@@ -32,11 +19,8 @@ from aiohttp import web
 from multidict import CIMultiDictProxy, istr
 
 from ..context import GATEWAY
-from ..errors import Forbidden
+from ..pipeline.csrf import UNSAFE_METHODS, CsrfRefused, forged, origin_of
 
-CSRF_HEADER = istr("X-Keygate-CSRF")
-CSRF_VALUE = "1"
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # canonical route paths whose handlers never take the session cookie as credentials
 COOKIE_FREE_ROUTES = frozenset({
     "/api/v1/auth/login",
@@ -45,12 +29,6 @@ COOKIE_FREE_ROUTES = frozenset({
 })
 _AUTHORIZATION = istr("Authorization")
 _COOKIE = istr("Cookie")
-_ORIGIN = istr("Origin")
-_SEC_FETCH_SITE = istr("Sec-Fetch-Site")
-
-
-class CsrfRefused(Forbidden):
-    code = "csrf_refused"
 
 
 def _bearer(headers: CIMultiDictProxy[str]) -> bool:
@@ -91,31 +69,17 @@ def own_origins(request: web.Request) -> set[str]:
         forwarding = gateway.trusted_proxies.forwarding(
             request.remote or "", request.headers, scheme, host)
         scheme, host = forwarding.proto, forwarding.host
-    origins = {f"{scheme}://{host}".lower()}
+    origins = {origin_of(scheme, host)}
     public = urlsplit(gateway.settings.management_public_url)
     if public.scheme and public.netloc:
-        origins.add(f"{public.scheme}://{public.netloc}".lower())
+        origins.add(origin_of(public.scheme, public.netloc))
     return origins
 
 
 def refusal(request: web.Request) -> CsrfRefused | None:
     """Why this cookie-authenticated write is refused, or None when it may proceed."""
-    if request.headers.get(CSRF_HEADER) != CSRF_VALUE:
-        return CsrfRefused(
-            f"a write authenticated by the session cookie must carry the header "
-            f"{CSRF_HEADER}: {CSRF_VALUE} (keygate's admin page sends it; other clients "
-            f"authenticate with the key and token headers or Authorization: Bearer)")
-    origin = request.headers.get(_ORIGIN)
-    if origin is not None and origin.lower() not in own_origins(request):
-        return CsrfRefused(
-            "a write authenticated by the session cookie must come from the management "
-            "port's own origin; this one came from another page")
-    site = request.headers.get(_SEC_FETCH_SITE)
-    if site is not None and site != "same-origin":
-        return CsrfRefused(
-            "a write authenticated by the session cookie must come from the management "
-            "port's own origin; the browser says this one was sent by another site or page")
-    return None
+    origins = own_origins(request)
+    return forged(request.headers, origins.__contains__, "management port")
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -19,6 +19,10 @@ signed identity token plugs in beside them). :meth:`Pipeline.decide` is the one 
 * the management API gives it an explicit :class:`Target` (its account, ``api-keys``,
   the action a handler needs) instead of a route: :meth:`Pipeline.check`.
 
+A routed write that only keygate's session cookie authenticated must also prove that a
+page of its own origin sent it (csrf.py; the management API's middleware applies the
+same rule to its own port).
+
 A refusal is returned, not raised, inside the :class:`Decision` (with how far the
 request got: its route, if any), so that every front door can log and count it before
 answering it in the one error shape.
@@ -35,6 +39,7 @@ from ..ratelimit import AuthFailureLimiter
 from ..routes import Routed, RouteTable
 from .authenticators import Authenticator, InvalidCredentials, NoCredentials
 from .authorizer import Authorizer
+from .csrf import forged_request
 from .grants import granted_roles
 from .identity import Authenticated, Identity, Principal
 from .mutators import Mutator
@@ -200,6 +205,10 @@ class Pipeline:
         self, facts: RequestFacts, account: str, resource: str, action: str | tuple[str, ...]
     ) -> Identity:
         authenticated = await self._authenticated(facts, account)
+        if authenticated.carrier == "cookie" and facts.method:  # a routed request
+            forgery = forged_request(facts.method, facts.headers, facts.host)
+            if forgery is not None:
+                raise forgery
         metrics = self.metrics
         started = perf_counter() if metrics is not None else 0.0
         try:
