@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,6 +94,9 @@ async def write_xlsx(store: Store, account: str, path: Path) -> None:
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# where a spreadsheet splits cells at ';' (Excel's list separator in much of Europe),
+# whatever follows a ';' starts a cell, quoted or not
+_FORMULA_AFTER_SEMICOLON = re.compile(r";(?=[=+\-@\t\r])")
 
 
 def _csv_cell(value: Any) -> str:
@@ -100,7 +104,9 @@ def _csv_cell(value: Any) -> str:
         return ""
     if isinstance(value, datetime):
         return value.isoformat(timespec="seconds") + "Z"
-    # a label like =HYPERLINK(...) must not become a formula in a spreadsheet
+    # a label like =HYPERLINK(...) must not become a formula in a spreadsheet, nor one
+    # like x;=HYPERLINK(...) where ';' separates cells: the same apostrophe defuses it
+    value = _FORMULA_AFTER_SEMICOLON.sub(";'", value)
     return "'" + value if value.startswith(_FORMULA_START) else value
 
 

@@ -113,6 +113,14 @@ async def test_a_cursor_beyond_a_stream_id_is_a_400_not_a_500(small_caps, cursor
     assert (await response.json())["error"]["code"] == "bad_query"
 
 
+@pytest.mark.parametrize("cursor", ["0-0", "a0-0", "00-000"])
+async def test_the_smallest_stream_id_as_a_cursor_is_an_empty_page(small_caps, cursor):
+    """Nothing is older than 0-0: an empty last page (Redis refuses ``(0-0`` as the
+    exclusive bound, which was a 500)."""
+    _, client, headers = small_caps
+    assert await listing(client, headers, f"cursor={cursor}") == {"items": [], "next": None}
+
+
 async def test_the_largest_stream_id_is_a_valid_cursor(small_caps):
     _, client, headers = small_caps
     top = "18446744073709551615-18446744073709551615"

@@ -253,6 +253,27 @@ async def test_the_proxy_port_refuses_cookie_writes_without_the_proof(
     assert paired.status == 200, await paired.text()
 
 
+async def test_a_login_from_another_origin_cannot_plant_a_session_cookie(management, make_key):
+    """Login needs no CSRF proof because its body must be JSON, which another origin's
+    page cannot make a browser send without a preflight. A body with no Content-Type
+    at all it can (``fetch`` of a Blob in ``no-cors`` mode): such a body is not JSON
+    (415), so that page cannot sign the administrator's browser in as its own key."""
+    attacker = await make_key("evil", ["owner"])
+    body = json.dumps({"appKey": attacker.app_key, "appToken": attacker.token,
+                       "cookie": True}).encode()
+    answer = await management.post(
+        "/api/v1/auth/login", data=body, skip_auto_headers=["Content-Type"],
+        headers={"Origin": "http://127.0.0.1:9", "Sec-Fetch-Site": "same-site",
+                 "Sec-Fetch-Mode": "no-cors"})
+    assert answer.status == 415, await answer.text()
+    assert (await answer.json())["error"]["code"] == "unsupported_media_type"
+    assert "keygate_session" not in answer.cookies
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        answer = await management.post("/api/v1/auth/login", data=body,
+                                       headers={"Content-Type": content_type})
+        assert answer.status == 415, await answer.text()
+
+
 async def test_the_routes_left_alone_exist(gateway):
     """A renamed login, logout or link route must not silently fall under the check
     (or out of it): each one named is routed, for POST."""

@@ -500,3 +500,24 @@ async def test_cli_export_writes_the_same_sheets(management, populated, gateway,
         for text in texts:
             assert token not in text
             assert gateway.hasher.digest(token) not in text
+
+
+async def test_csv_cells_do_not_start_a_formula_where_cells_split_at_semicolons(
+    management, make_key
+):
+    """Excel splits .csv cells at ';' in much of Europe, quoted or not: a label such as
+    ``x;=cmd|' /C calc'!A0`` must not give a cell that starts a formula there either."""
+    owner = await make_key("acme", ["owner"], label="owner")
+    for label in ("x;=cmd|' /C calc'!A0;", "a;+1;-2;@SUM(A1)", "plain; spaced"):
+        created = await management.post("/api/v1/accounts/acme/keys", headers=owner.headers,
+                                        json={"label": label, "roles": ["orders-reader"]})
+        assert created.status == 201, await created.text()
+    export = await management.get("/api/v1/accounts/acme/export?format=csv",
+                                  headers=owner.headers)
+    assert export.status == 200
+    text = (await export.read()).decode()
+    assert "plain; spaced" in text  # a ';' before anything else is left as it is
+    for delimiter in (",", ";"):
+        for row in csv.reader(io.StringIO(text), delimiter=delimiter):
+            for cell in row:
+                assert not cell.startswith(("=", "+", "-", "@")), (delimiter, cell)

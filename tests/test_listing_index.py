@@ -401,6 +401,20 @@ async def test_listing_over_http_refuses_a_q_past_its_limit(gateway, management,
                                                          "requestId"}
 
 
+async def test_a_nul_in_q_matches_nothing(gateway, management, make_key):
+    """No label or key holds a NUL, and the label index separates the folded label from
+    the key with one: a ``q`` holding it matches nothing (it matched every key)."""
+    owner = await make_key(ACCOUNT, ["owner"], label="plain")
+    await make_key(ACCOUNT, ["orders-reader"], label="other")
+    for q in ("%00", "plain%00kgk", "%00kgk"):
+        answer = await management.get(f"/api/v1/accounts/{ACCOUNT}/keys?q={q}",
+                                      headers=owner.headers)
+        assert answer.status == 200, await answer.text()
+        page = await answer.json()
+        assert (page["items"], page["total"]) == ([], 0), q
+    await assert_same(gateway.store, KeyQuery(q="\0"))
+
+
 async def test_concurrent_listings_leave_nothing_behind(gateway, clock):
     keys = Keys(gateway.store, 61)
     await spread(gateway, keys, clock, 60)

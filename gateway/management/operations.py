@@ -346,7 +346,10 @@ def decode_query(query: Any, model: type) -> Any:
 async def decode_body(request: web.Request, model: type, optional: bool) -> Any:
     if optional and not request.body_exists:
         return model()
-    content_type = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
+    # the type must be said: a body without one is what another origin's page can make a
+    # browser send without asking first (``fetch`` of a Blob, no CORS preflight), and
+    # login, which no CSRF proof guards (there is no session yet), relies on it
+    content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise UnsupportedMediaType()
     raw = await request.read()

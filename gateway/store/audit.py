@@ -61,6 +61,8 @@ class AuditLog(StoreCore):
         self, stream: str, max_id: str, prefix: str
     ) -> AsyncIterator[AuditEvent]:
         end = max_id
+        if end.startswith("(") and not any(int(part) for part in end[1:].split("-")):
+            return  # nothing precedes the smallest id (and Redis refuses "(0-0" as a bound)
         while True:
             batch = await self.redis.xrevrange(stream, max=end, min="-", count=200)
             if not batch:
