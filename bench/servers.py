@@ -140,7 +140,9 @@ async def lean_forward(
     pool: UpstreamPool, origin: Origin, request: web.BaseRequest
 ) -> web.StreamResponse:
     """``forward`` on keygate's upstream client, small bodies answered in one write."""
-    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP]
+    # the pool writes the body's framing itself
+    headers = [(k, v) for k, v in request.headers.items()
+               if k.lower() not in HOP and k.lower() != "content-length"]
     body = request.content if request.body_exists else None
     async with await pool.send(
         origin, request.method, request.raw_path, headers, body, request.content_length

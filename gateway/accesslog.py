@@ -90,6 +90,16 @@ def _loggable(path: str) -> str:
     return _SECRET_RUN.sub("…", decoded)
 
 
+def _in_quotes(text: str) -> str:
+    """``text`` for the quoted request field of the text line, one token: ``"``, ``\\``
+    and spaces escaped as ``\\x22``, ``\\x5C`` and ``\\x20`` (nginx escapes ``"`` so),
+    so that a path can neither close the field nor seem to write a status, a key or an
+    account of its own after it, for a parser or for a reader."""
+    if '"' not in text and "\\" not in text and " " not in text:
+        return text
+    return text.replace("\\", "\\x5C").replace('"', "\\x22").replace(" ", "\\x20")
+
+
 class AccessLogger(AbstractAccessLogger):
     """aiohttp's access log hook (``access_log_class``) for every port: one record per
     answered request on the ``keygate.access`` logger, its fields as ``extra``."""
@@ -113,7 +123,8 @@ class AccessLogger(AbstractAccessLogger):
         request_id = request.get(REQUEST_ID)
         self.logger.info(
             '%s "%s %s" %d %.3f ms key=%s account=%s route=%s error=%s id=%s',
-            remote, method, path, status, ms, app_key or "-", account or "-",
+            remote, _in_quotes(method), _in_quotes(path), status, ms, app_key or "-",
+            account or "-",
             route or "-", error_code or "-", request_id,
             extra={
                 "event": "request",

@@ -140,7 +140,7 @@ class _Verdicts(dict[str, istr | None]):
         kept = [(kept_name, value) for name, value in headers.items()
                 if (kept_name := self[name]) is not None]
         if hdrs.CONNECTION in headers:
-            named = _connection_named(headers)
+            named = _connection_named(headers) - FRAMING  # the message's own framing stays
             if not named <= HOP_BY_HOP:
                 kept = [item for item in kept if _canonical(item[0]) not in named]
         return kept
@@ -159,7 +159,9 @@ class Forwarder:
         self.pool = pool
         self.session_cookie = session_cookie
         prefix = _canonical(identity_prefix)
-        dropped = HOP_BY_HOP | CLIENT_NEVER_SETS | {_canonical(h) for h in credential_headers}
+        # Content-Length too: the pool writes the framing of the body it sends
+        dropped = (HOP_BY_HOP | CLIENT_NEVER_SETS | {"content-length"}
+                   | {_canonical(h) for h in credential_headers})
 
         def from_client(name: str) -> bool:
             canonical = _canonical(name)

@@ -213,14 +213,19 @@ class UpstreamPool:
         body_length: int | None = None,
     ) -> UpstreamAnswer:
         """Send a request and wait for the head of its answer. ``headers`` must not hold
-        ``Host`` or framing headers other than the body's own ``Content-Length``; a body
-        of unknown length goes chunked. Raises :class:`UpstreamError` (a
-        :class:`TimeoutError` for timeouts) or :class:`UnforwardableHeader`."""
-        chunked = body is not None and body_length is None
-        head = request_head(
-            method, target, origin.host_header, headers,
-            "Transfer-Encoding: chunked\r\n" if chunked else "",
-        )
+        ``Host`` or framing headers: the pool writes the framing of the body it writes
+        (``Content-Length: body_length``, or chunked for a body of unknown length), so
+        that what the upstream reads as the body is always exactly that body, whatever
+        a caller passed on or dropped. ``body_length`` 0 without a body is said as
+        ``Content-Length: 0``. Raises :class:`UpstreamError` (a :class:`TimeoutError`
+        for timeouts) or :class:`UnforwardableHeader`."""
+        if body is not None and body_length is None:
+            framing = "Transfer-Encoding: chunked\r\n"
+        elif body is not None or body_length == 0:
+            framing = f"Content-Length: {body_length}\r\n"
+        else:
+            framing = ""
+        head = request_head(method, target, origin.host_header, headers, framing)
         retry = body is None and method in IDEMPOTENT_METHODS
         fresh = False
         while True:

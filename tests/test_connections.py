@@ -650,3 +650,32 @@ async def test_answers_say_server_keygate_on_both_ports(make_settings):
             answers, _ = await exchange(address, data[:-2] + b"Connection: close\r\n\r\n")
             assert answers[0].headers["Server"] == "keygate", answers[0].raw[:300]
             assert "aiohttp" not in answers[0].raw.decode("latin-1")
+
+
+# -- Connection cannot take the body's framing away ------------------------------------
+@pytest.mark.parametrize("connection", ["Content-Length", "keep-alive, content_length"])
+async def test_connection_naming_content_length_cannot_smuggle_a_request_upstream(
+    make_settings: Callable[..., Any], upstream: Any, connection: str
+):
+    """``Connection`` makes the headers it names hop-by-hop. Had it removed the body's
+    Content-Length on the way upstream while the body still followed the head, the
+    upstream would have read the body as the next request on the connection: one
+    keygate never routed nor authorized, with identity headers of the client's choosing.
+    The body's framing is the upstream pool's own, whatever the client's headers say."""
+    async with serving(make_settings) as served:
+        # the body: a whole request with identity headers only keygate may set
+        smuggled = (b"GET /orders/999 HTTP/1.1\r\nHost: upstream\r\n"
+                    b"X-Keygate-Key: kgk-acme-EVIL000000\r\nX-Keygate-Roles: owner\r\n\r\n")
+        head = (
+            f"POST /orders/1 HTTP/1.1\r\nHost: keygate\r\n"
+            f"X-API-AppKey: {served.key.app_key}\r\nX-API-AppToken: {served.key.token}\r\n"
+            f"Connection: {connection}\r\nContent-Length: {len(smuggled)}\r\n\r\n"
+        ).encode()
+        closing = b"GET /nowhere HTTP/1.1\r\nHost: keygate\r\nConnection: close\r\n\r\n"
+        answers, _ = await exchange(served.proxy, head + smuggled + closing)
+        assert [answer.status for answer in answers] == [200, 404]
+        await asyncio.sleep(0.3)  # let the upstream record whatever it read
+    seen = [(r["method"], r["raw_path"], r["body_size"]) for r in upstream.requests]
+    # keygate authorized one POST carrying a body: the upstream must see exactly that
+    assert seen == [("POST", "/orders/1", len(smuggled))], seen
+    assert not any(r["headers"].get("X-Keygate-Roles") == "owner" for r in upstream.requests)

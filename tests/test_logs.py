@@ -251,3 +251,31 @@ async def test_every_error_answer_carries_its_code_for_the_log(gateway, aiohttp_
     from gateway.middleware import error_response
 
     assert error_response(Unauthorized(code="key_inactive"), "rid")[ERROR_CODE] == "key_inactive"
+
+
+async def test_a_path_cannot_forge_the_fields_of_a_text_access_log_line(
+    gateway: Any, aiohttp_client: Any
+):
+    """A path that decodes to '"' and spaces would close the text line's quoted request
+    field and write a status, key and account of the client's choosing before the real
+    ones (an anonymous 401 read as a 200 for another key): '"' is escaped as nginx
+    does."""
+    logger = logging.getLogger("keygate.test-access-fields")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    collected = Collected(TextFormatter())
+    logger.addHandler(collected)
+    try:
+        proxy, _ = await logged_ports(gateway, aiohttp_client, logger)
+        forged = ("/orders/1%22%20200%200.120%20ms%20key=kgk-acme-VICTIM0000%20account=acme"
+                  "%20route=orders%20error=-%20id=x%20%22")
+        response = await proxy.get(forged)  # no credentials at all
+        assert response.status == 401
+        await until_logged(collected, 1)
+    finally:
+        logger.removeHandler(collected)
+    [line] = collected.lines
+    # the request field must stay one field: the client may not close its quotes and
+    # write the status and key that the line's readers take for keygate's
+    assert '"GET /orders/1" 200 ' not in line, line
+    assert " key=kgk-acme-VICTIM0000 " not in line, line

@@ -455,7 +455,7 @@ async def test_put_with_a_body_is_not_retried_when_a_kept_alive_connection_close
     body = await make_body(b"payload")
     with pytest.raises(UpstreamError):
         await pool.send(
-            upstream.origin, "PUT", "/doc", [("Content-Length", "7")], body.stream, 7
+            upstream.origin, "PUT", "/doc", [], body.stream, 7
         )
     puts = [r for r in upstream.requests if r.method == "PUT"]
     assert len(puts) == 1
@@ -686,7 +686,7 @@ async def test_body_of_known_length_goes_with_exactly_that_content_length(
     pool = make_pool()
     data = bytes(range(256)) * 400  # 102400 bytes, several socket writes
     body = await make_body(data[:1000], data[1000:50_000], data[50_000:])
-    headers = [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(data)))]
+    headers = [("Content-Type", "application/octet-stream")]  # the pool adds the length
     sending = pool.send(upstream.origin, "PUT", "/blob", headers, body.stream, len(data))
     async with await sending as a:
         assert await a.read() == echoed("PUT", "/blob", len(data))
@@ -700,6 +700,21 @@ async def test_body_of_known_length_goes_with_exactly_that_content_length(
     assert request.body == data
     assert await get(pool, upstream.origin, "/next") == echoed("GET", "/next")
     assert upstream.accepted == 1  # the whole body went: the connection stays good
+    await pool.close()
+
+
+async def test_the_pool_alone_frames_the_body(raw_upstream, make_pool):
+    """No body: no framing, but a client's ``Content-Length: 0`` (a POST an upstream may
+    want a length for) is said as such; the framing is the pool's, never a caller's."""
+    upstream = await raw_upstream(echo)
+    pool = make_pool()
+    async with await pool.send(upstream.origin, "POST", "/empty", HEADERS, None, 0) as a:
+        assert await a.read() == echoed("POST", "/empty")
+    async with await pool.send(upstream.origin, "GET", "/none", HEADERS, None, None) as a:
+        assert await a.read() == echoed("GET", "/none")
+    empty, none = upstream.requests
+    assert empty.header("Content-Length") == ["0"] and empty.body == b""
+    assert none.header("Content-Length") == [] and none.header("Transfer-Encoding") == []
     await pool.close()
 
 
@@ -741,8 +756,6 @@ async def test_body_failing_midway_aborts_the_upstream_connection(
     pool = make_pool(read_timeout=30)  # a broken body must not wait for a read timeout
     body = await make_body(b"first-part", eof=False)
     headers = [("Content-Type", "text/plain")]
-    if not chunked:
-        headers.append(("Content-Length", "100"))
     sending = asyncio.create_task(pool.send(
         upstream.origin, "POST", "/upload", headers, body.stream, None if chunked else 100
     ))
