@@ -79,6 +79,10 @@ def store_url_setting(value: Any) -> str:
     if not value.startswith(("memory://", "redis://", "rediss://", "unix://")):
         raise ValueError("expected memory://, redis://HOST:PORT/DB, rediss://…, unix://PATH, "
                          "redis+sentinel://HOST:PORT,…/SERVICE or redis+cluster://HOST:PORT,…")
+    if not value.startswith("memory://"):
+        from .store.connection import check_redis_url
+
+        check_redis_url(value)
     return value
 
 
@@ -86,7 +90,9 @@ def url_without_passwords(value: Any) -> str:
     """A store URL as an error message may show it: credentials replaced by ***."""
     if not isinstance(value, str):
         return repr(value)
-    shown = re.sub(r"//[^/]*@", "//***@", value)
+    # up to the last '@': a password may hold '/', '?' or '#' (showing too little of a
+    # URL is the safe mistake)
+    shown = re.sub(r"//.*@", "//***@", value)
     shown = re.sub(r"(password=)[^&#]*", r"\1***", shown, flags=re.IGNORECASE)
     return repr(shown if len(shown) <= 300 else shown[:300] + "…")
 
@@ -491,6 +497,12 @@ def load_secrets(settings: Settings) -> tuple[list[bytes], bool]:
         except OSError as exc:
             raise ConfigError(
                 f"setting secret_file: cannot read {settings.secret_file} ({exc.strerror})"
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"setting secret_file: {settings.secret_file} is not UTF-8 text (a secret "
+                "is text: generate one with python -c 'import secrets; "
+                "print(secrets.token_urlsafe(48))')"
             ) from None
         found.extend(line.strip() for line in text.splitlines() if line.strip())
     for value in found:

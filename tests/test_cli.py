@@ -368,3 +368,47 @@ async def test_demo_prints_a_working_curl_line():
         assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
         stderr = (await proc.stderr.read()).decode()
         assert "Traceback" not in stderr and "stopped serving" in stderr
+
+
+# -- store URLs and secrets in errors: one line, never a password ---------------------
+PASSWORD = "hunter2"
+
+
+@pytest.mark.parametrize("url", [
+    f"redis+sentinel://:{PASSWORD}/x@h/svc",
+    f"redis+cluster://:{PASSWORD}/x@h:7000",
+    f"redis://:{PASSWORD}/x@127.0.0.1:1/0",  # redis-py would read "hunter2" as the port
+    f"redis://:{PASSWORD}@127.0.0.1:99999/0",
+    f"redis://:{PASSWORD}@127.0.0.1:1/0?socket_timeout=abc",
+    f"unix://:{PASSWORD}@/tmp/redis.sock?db=x",
+])
+def test_a_malformed_store_url_is_one_configuration_error_without_the_password(
+    cli, env, monkeypatch, url
+):
+    """Passwords made as base64 hold '/': the URL is checked at start (redis:// by
+    redis-py's own reading, whose message may quote part of the password and is not
+    repeated), and what an error shows of it stops at the last '@'."""
+    monkeypatch.setenv("KEYGATE_STORE_URL", url)
+    ran = cli("keys", "list", "--account", "acme")
+    assert ran.code == 2 and "store_url" in ran.err, ran.err
+    assert PASSWORD not in ran.out + ran.err, ran.err
+
+
+def test_the_store_does_not_answer_line_never_repeats_a_password(
+    cli, env, monkeypatch, closed_port
+):
+    monkeypatch.setenv("KEYGATE_STORE_URL", f"redis://:12%2F{PASSWORD}@127.0.0.1:{closed_port}/0")
+    ran = cli("keys", "list", "--account", "acme")
+    assert ran.code == 2 and "does not answer" in ran.err, ran.err
+    assert PASSWORD not in ran.out + ran.err, ran.err
+
+
+def test_a_secret_file_that_is_not_text_is_a_configuration_error(
+    cli, env, monkeypatch, tmp_path
+):
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"\xff" + os.urandom(47))  # head -c 48 /dev/urandom > secret
+    monkeypatch.delenv("KEYGATE_SECRET")
+    monkeypatch.setenv("KEYGATE_SECRET_FILE", str(secret))
+    ran = cli("keys", "list", "--account", "acme")
+    assert ran.code == 2 and "secret_file" in ran.err and "UTF-8" in ran.err, ran.err

@@ -187,3 +187,35 @@ async def test_connections_cut_under_load_are_503s_never_500s(
         await gateway.close()
     assert cut > 50 and outcomes["ok"] > 1000, (cut, outcomes)
     assert set(outcomes) <= {"ok", "503"}, outcomes
+
+
+# -- no node answers at all ------------------------------------------------------------
+# redis-py's cluster client raises RedisClusterException, not a RedisError, when no
+# startup node answers: still "the store cannot serve now", a 503.
+async def test_an_unreachable_cluster_is_503_on_readyz_and_the_proxy_port(
+    make_settings: Callable[..., Any], aiohttp_client: Any, closed_port: int
+) -> None:
+    from gateway.management import build_management_app
+
+    gateway = build_gateway(make_settings(store_url=f"redis+cluster://127.0.0.1:{closed_port}"))
+    try:
+        management = await aiohttp_client(build_management_app(gateway))
+        ready = await management.get("/readyz")
+        assert ready.status == 503, await ready.text()
+        assert (await ready.json())["error"]["code"] == "store_unavailable"
+        proxy = await aiohttp_client(ProxyTestServer(gateway))
+        answer = await proxy.get("/orders/1", headers={
+            "X-API-AppKey": gateway.settings.credential_format.new_key("acme"),
+            "X-API-AppToken": gateway.settings.credential_format.new_token()})
+        assert answer.status == 503, await answer.text()
+        assert (await answer.json())["error"]["code"] == "store_unavailable"
+    finally:
+        await gateway.close()
+
+
+def test_the_cli_on_an_unreachable_cluster_says_so_in_one_line(cli, env, monkeypatch,
+                                                                closed_port):
+    monkeypatch.setenv("KEYGATE_STORE_URL", f"redis+cluster://:hunter2@127.0.0.1:{closed_port}")
+    ran = cli("keys", "list", "--account", "acme")
+    assert ran.code == 2 and "does not answer" in ran.err, ran.err
+    assert "hunter2" not in ran.err

@@ -10,6 +10,11 @@ takes minutes to hours at these sizes), not timing checks.
 from __future__ import annotations
 
 import logging
+import os
+import resource
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -205,3 +210,32 @@ def test_the_loader_reads_weird_bytes_as_the_linter_does(tmp_path):
         with pytest.raises(ConfigError) as info:
             parse_policy_files(directory)
         assert name in str(info.value) and len(str(info.value)) < MESSAGE_LIMIT
+
+
+# -- a policy pull request links a file to a device ------------------------------------
+# Git stores symlinks: `policies/x.csv -> /dev/zero` in a pull request is read by CI's
+# `keygate policy check/test` before anyone reviews it. Run apart, under a 1 GiB
+# address-space limit, so that a regression fails this test rather than the runner.
+def _keygate_limited(*argv: str) -> subprocess.CompletedProcess[str]:
+    limit = 1024 * 1024 * 1024
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
+    return subprocess.run([sys.executable, "-m", "gateway", *argv], env=environ,
+                          capture_output=True, text=True, timeout=60, check=False,
+                          preexec_fn=limited)
+
+
+@pytest.mark.parametrize("where", ["zz-linked.csv", "tests/zz-linked.toml"])
+def test_a_policy_or_table_file_linked_to_a_device_is_refused_unread(tmp_path, where):
+    policies = tmp_path / "policies"
+    shutil.copytree(PROJECT_ROOT / "policies", policies)
+    (policies / where).symlink_to("/dev/zero")
+    command = ("policy", "check", str(policies)) if where.endswith(".csv") else (
+        "policy", "test", "--policies", str(policies))
+    ran = _keygate_limited(*command)
+    assert "Traceback" not in ran.stderr and "MemoryError" not in ran.stderr, ran.stderr[-600:]
+    assert ran.returncode in (1, 2), ran.stderr
+    assert "not a regular file" in ran.stdout + ran.stderr, ran.stdout + ran.stderr

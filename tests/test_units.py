@@ -29,6 +29,7 @@ from gateway.settings import (
     SETTINGS,
     load_secrets,
     load_settings,
+    url_without_passwords,
 )
 
 FMT = CredentialFormat()
@@ -628,3 +629,14 @@ def test_policies_from_several_files_are_merged(tmp_path):
     assert policy.decide(["a"], "acme", "orders", "read")
     assert not policy.decide(["b"], "acme", "orders", "read")
     assert policy.lines == 3
+
+
+@pytest.mark.parametrize("url", [
+    "redis://:hunter2@h:6379/0", "redis://user:hunter2@h/0", "redis://:ab/hunter2@h:1/0",
+    "redis://:a?hunter2@h/0", "redis://:a#hunter2@h/0", "redis://:a@hunter2@h/0",
+    "redis+sentinel://:hunter2/x@h1:1,h2:2/svc", "redis+cluster://u:hun/ter2/hunter2@h:7000",
+    "redis://h/0?password=hunter2", "redis+sentinel://h:1/s?sentinel_password=hunter2&x=1",
+])
+def test_what_an_error_shows_of_a_store_url_holds_no_password(url):
+    shown = url_without_passwords(url)
+    assert "hunter2" not in shown and "***" in shown, shown

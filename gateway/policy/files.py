@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,9 @@ EFFECTS = ("allow", "deny")
 # A valid line is a few hundred characters at most (five names of at most 128); a longer
 # one is refused before the CSV reader sees it (its field limit would raise).
 MAX_LINE_LENGTH = 4096
+# A policy or table file is text written by people: one larger than this is refused
+# unread (a hostile pull request could link policies/x.csv to /dev/zero).
+MAX_FILE_BYTES = 16 * 1024 * 1024
 # Only CR, LF and CRLF end a line, as in the editors and review tools people read the
 # files in: Python's splitlines() would also break at form feeds, U+2028 and the like,
 # which a review shows inside one line (a comment could hide a rule after one).
@@ -109,6 +113,19 @@ def parse_policy_files(policies_dir: Path) -> tuple[list[PolicyLine], list[Polic
     return list(read.p_lines), list(read.g_lines)
 
 
+def read_bounded(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes. OSError otherwise: a
+    device, pipe or socket (a link to ``/dev/zero`` never ends, a FIFO never opens) or
+    a larger file is refused with a reason, not read to the end of memory."""
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise OSError(f"{path.name} is not a regular file")
+    with path.open("rb") as file:
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(f"{path.name} is larger than {limit // (1024 * 1024)} MiB")
+    return data
+
+
 def read_policy_files(policies_dir: Path) -> PolicyFiles:
     """Every ``*.csv`` of the directory (sorted by name), each line checked by the same
     rules as the loader's, every problem kept. A directory that is missing or holds no
@@ -124,7 +141,7 @@ def read_policy_files(policies_dir: Path) -> PolicyFiles:
     for path in paths:
         name = path.name
         try:
-            text = path.read_bytes().decode("utf-8")
+            text = read_bounded(path).decode("utf-8")
         except OSError as exc:
             problems.append(LineProblem(name, None, UNREADABLE, f"cannot read it ({exc})"))
             continue

@@ -60,7 +60,7 @@ from typing import Any
 
 from ..credentials import is_valid_account
 from ..errors import ConfigError
-from .files import NAME_RE
+from .files import NAME_RE, read_bounded
 from .names import is_pattern
 
 KINDS = ("case", "never")
@@ -113,10 +113,7 @@ class Table:
 def load_table(path: Path, shown_as: str) -> Table:
     """Read and check one table file; ``shown_as`` is the name errors and rows print."""
     try:
-        if path.stat().st_size > MAX_TABLE_BYTES:
-            raise TableError(f"decision table {shown_as}: larger than "
-                             f"{MAX_TABLE_BYTES // (1024 * 1024)} MiB")
-        text = path.read_text(encoding="utf-8")
+        text = read_bounded(path, MAX_TABLE_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise TableError(f"decision table {shown_as}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -117,12 +117,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import redis.exceptions
-
 from .account_settings import AccountSettings
 from .audit import AuditLog
-from .connection import client_from_url
-from .core import Observer, StoreCore
+from .connection import CLIENT_FAILURES, client_from_url
+from .core import Observer, StoreCore, store_unavailable
 from .counters import Counters
 from .credential_cache import LIVENESS, MAX_ACCOUNTS_PER_KEY, CacheSettings, CredentialCache
 from .grants import GrantChanges
@@ -197,8 +195,10 @@ class Store(AuthReads, KeyChanges, KeyListing, GrantChanges, Links, AccountSetti
     async def ping(self) -> bool:
         try:
             return bool(await self.redis.ping())
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            return False
+        except CLIENT_FAILURES as exc:
+            if store_unavailable(exc):
+                return False
+            raise
 
     # -- the invalidation listener -------------------------------------------------------
     def start_invalidation(self) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis.asyncio as aioredis
+import redis.exceptions
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -71,15 +72,35 @@ POOL_WAIT = 5  # seconds a store call waits for a free connection before failing
 # 503, as for any. (Reproduced in tests/test_cluster.py by cutting client connections
 # under load.)
 _CONNECTION_CODE = "redis.asyncio.connection"
+# A cluster client that cannot (re)discover the cluster — no startup node answers, or
+# the nodes do not yet cover every slot — raises RedisClusterException, which is not a
+# RedisError (the class also stands for misuse, such as a command without a key). Raised
+# by its discovery, it means the store cannot serve now.
+_CLUSTER_CODE = "redis.asyncio.cluster"
+_DISCOVERY = "initialize"
+
+# What a call on the Redis client may raise when the store is lost: RedisError, or one
+# of the above (each judged by lost_store).
+CLIENT_FAILURES = (
+    redis.exceptions.RedisError, redis.exceptions.RedisClusterException,
+    AttributeError, TypeError,
+)
 
 
-def lost_in_connection_code(exc: BaseException) -> bool:
-    """An AttributeError or TypeError raised while redis-py's connection code ran."""
-    if not isinstance(exc, AttributeError | TypeError):
-        return False
+def lost_store(exc: BaseException) -> bool:
+    """Whether an exception that is not a RedisError still means a lost store: raised in
+    redis-py's connection code, or by the cluster client's discovery."""
+    if isinstance(exc, redis.exceptions.RedisClusterException):
+        return _raised_in(exc, _CLUSTER_CODE, _DISCOVERY)
+    return isinstance(exc, AttributeError | TypeError) and _raised_in(exc, _CONNECTION_CODE)
+
+
+def _raised_in(exc: BaseException, module: str, function: str | None = None) -> bool:
     tb = exc.__traceback__
     while tb is not None:
-        if tb.tb_frame.f_globals.get("__name__") == _CONNECTION_CODE:
+        frame = tb.tb_frame
+        if frame.f_globals.get("__name__") == module and (
+                function is None or frame.f_code.co_name == function):
             return True
         tb = tb.tb_next
     return False
@@ -125,6 +146,20 @@ class ClusterURL:
 
     def __repr__(self) -> str:
         return f"ClusterURL({CLUSTER_SCHEME}://{_addresses(self.nodes)})"
+
+
+def check_redis_url(url: str) -> None:
+    """Raise ValueError unless redis-py reads ``url`` (``redis://``, ``rediss://``,
+    ``unix://``): host, port, database and options. Its own message is not repeated:
+    it may quote part of a password (a password holding '/' reads as the port)."""
+    try:
+        aioredis.ConnectionPool.from_url(url)  # reads the URL; connects to nothing
+    except (ValueError, TypeError):
+        raise ValueError(
+            "redis-py cannot read this URL: check the host, the port (1-65535), the "
+            "database number and the options; percent-encode a password holding "
+            "'/', '?', '#' or '@'"
+        ) from None
 
 
 def parse_cluster_url(url: str) -> ClusterURL:

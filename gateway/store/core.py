@@ -21,7 +21,7 @@ import redis.exceptions
 from redis.commands.core import AsyncScript
 
 from ..errors import StoreUnavailable
-from .connection import is_cluster_client, lost_in_connection_code
+from .connection import CLIENT_FAILURES, is_cluster_client, lost_store
 from .credential_cache import CacheSettings, CredentialCache
 from .invalidation import InvalidationListener
 from .lua import Scripts
@@ -74,7 +74,7 @@ def store_unavailable(exc: BaseException) -> bool:
     not a bug."""
     if isinstance(exc, _UNAVAILABLE_ERRORS):
         return True
-    if lost_in_connection_code(exc):
+    if lost_store(exc):
         return True
     if not isinstance(exc, redis.exceptions.ResponseError):
         return False
@@ -113,7 +113,7 @@ def unavailable(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
             if gate is None or _IN_STORE_CALL.get():
                 return await func(*args, **kwargs)
             return await _gated(gate, func(*args, **kwargs))
-        except (redis.exceptions.RedisError, AttributeError, TypeError) as exc:
+        except CLIENT_FAILURES as exc:
             if not store_unavailable(exc):
                 raise
             if observer is not None:
@@ -138,7 +138,7 @@ def unavailable_iter(
         try:
             async for item in func(*args, **kwargs):
                 yield item
-        except (redis.exceptions.RedisError, AttributeError, TypeError) as exc:
+        except CLIENT_FAILURES as exc:
             if not store_unavailable(exc):
                 raise
             observer = args[0].observer  # type: ignore[attr-defined]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from .connection import lost_in_connection_code
+from .connection import CLIENT_FAILURES, lost_store
 from .credential_cache import CredentialCache
 from .names import Keyspace
 
@@ -118,9 +118,9 @@ class InvalidationListener:
                         self._heard(message["data"])
             except asyncio.CancelledError:
                 raise
-            except (redis.exceptions.RedisError, OSError, AttributeError, TypeError) as exc:
+            except (*CLIENT_FAILURES, OSError) as exc:
                 if not isinstance(exc, redis.exceptions.RedisError | OSError) \
-                        and not lost_in_connection_code(exc):
+                        and not lost_store(exc):
                     raise  # a bug, not a lost connection
                 if self._stopping:  # a cancellation that the client turned into an error
                     return
