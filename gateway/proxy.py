@@ -233,7 +233,15 @@ class Forwarder:
         return kept
 
     def response_headers(self, upstream: UpstreamAnswer) -> list[tuple[str, str]]:
-        return self._from_upstream.keep(upstream.headers)
+        """The upstream's headers that may pass, never a ``Set-Cookie`` of keygate's
+        session cookie: the cookie is the host's, so an upstream that set it would
+        replace (or plant) the admin page's session in the browser."""
+        kept = self._from_upstream.keep(upstream.headers)
+        if self.session_cookie and hdrs.SET_COOKIE in upstream.headers:
+            planted = self.session_cookie + "="
+            kept = [(name, value) for name, value in kept
+                    if _canonical(name) != "set-cookie" or not value.lstrip().startswith(planted)]
+        return kept
 
     async def forward(
         self,

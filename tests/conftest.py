@@ -28,6 +28,7 @@ import pytest
 import redis_cluster
 from aiohttp import web
 from aiohttp.test_utils import RawTestServer
+from multidict import CIMultiDict
 from ports import free_port
 
 from gateway.app import build_gateway, proxy_handler, upstream_pool
@@ -177,9 +178,12 @@ def _upstream_app(record: Upstream) -> web.Application:
                 "body_size": size,
             }
         )
+        # ?set_cookie=…: the answer sets those cookies (what an upstream may try)
+        headers = [("X-Upstream", "echo"),
+                   *(("Set-Cookie", value) for value in request.query.getall("set_cookie", ()))]
         return web.json_response(
             {"method": request.method, "path": request.raw_path, "size": size},
-            headers={"X-Upstream": "echo"},
+            headers=CIMultiDict(headers),
         )
 
     async def stream(request: web.Request) -> web.StreamResponse:

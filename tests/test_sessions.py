@@ -178,6 +178,21 @@ async def test_the_session_cookie_authenticates_and_never_reaches_the_upstream(
     assert logout.status == 204 and "keygate_session=" in logout.headers["Set-Cookie"]
 
 
+async def test_an_upstream_cannot_set_the_session_cookie(proxy, make_key):
+    """The session cookie is the host's: an upstream that set it would replace the admin
+    page's session in the browser (or plant one of its choosing). Its other cookies
+    pass."""
+    key = await make_key("acme", ["orders-reader"])
+    answer = await proxy.get("/orders/1", headers=key.headers, params=[
+        ("set_cookie", "keygate_session=planted; Path=/; HttpOnly"),
+        ("set_cookie", " keygate_session=planted2"),
+        ("set_cookie", "theme=dark; Path=/"),
+        ("set_cookie", "keygate_session_hint=fine")])
+    assert answer.status == 200
+    assert answer.headers.getall("Set-Cookie") == ["theme=dark; Path=/",
+                                                   "keygate_session_hint=fine"]
+
+
 async def test_an_upstreams_own_bearer_token_is_not_keygates_and_passes_with_the_pair(
     proxy, make_key, upstream
 ):
