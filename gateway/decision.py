@@ -185,6 +185,13 @@ def header_safe(body: bytes) -> str:
         "\x7f", "\\u007f")
 
 
+def _also_removed(headers: list[tuple[str, str]], name: str) -> list[tuple[str, str]]:
+    """``headers`` with ``name`` added to Envoy's list of request headers to remove."""
+    removed = [value for header, value in headers if istr(header) == ENVOY_REMOVE]
+    kept = [(header, value) for header, value in headers if istr(header) != ENVOY_REMOVE]
+    return [*kept, (ENVOY_REMOVE, ",".join([*removed, name.lower()]))]
+
+
 class DecisionPort:
     """The decision logic: a request as the port's server read it in (:meth:`answer`),
     a :class:`DecisionAnswer` out, through :meth:`gateway.pipeline.Pipeline.decide`
@@ -206,6 +213,7 @@ class DecisionPort:
         self.authorization_header = istr(prefix + "Authorization")
         self.cookie_header = istr(prefix + "Cookie")
         self.session_cookie = settings.session_cookie
+        self.identity_token_header = istr(settings.identity_token_header)
         self.error_header = istr(prefix + "Error")
         # None when metrics are off: then answer() neither times nor counts anything
         self.metrics = gateway.telemetry.decision_requests()
@@ -354,6 +362,12 @@ class DecisionPort:
         carrier = decision.identity.carrier
         if carrier or AUTHORIZATION in sent or COOKIE in sent:
             headers = [*headers, *self.credential_headers(form, carrier, sent)]
+        if form == ENVOY and not any(
+                istr(name) == self.identity_token_header for name, _ in headers):
+            # Envoy replaces only what the answer sets, and does not show keygate the
+            # header (not in allowed_headers): a client's own copy of the signed identity
+            # token, on a route that signs none, would reach the upstream
+            headers = _also_removed(headers, self.identity_token_header)
         return headers
 
     def credential_headers(

@@ -448,3 +448,21 @@ async def test_a_write_the_session_cookie_authenticates_needs_the_csrf_proof(
     assert proven.status == 200, proven.body
     read = await front.ask(decider, "GET", "/orders/1", [cookie], "203.0.113.12")
     assert read.status == 200, read.body
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+async def test_a_clients_own_identity_token_never_reaches_the_upstream(
+    decider, make_key, proxy
+):
+    """On a route that signs no identity token, keygate's answer sets none, and Envoy
+    replaces only what the answer sets: the client's own copy is removed by name."""
+    front = PROXIES[proxy]()
+    key = await make_key("acme", ["orders-reader"])
+    sent = [*key.headers.items(), (SETTINGS.identity_token_header, "eyJhbGciOiJub25lIn0.e30."),
+            ("Cookie", "theme=dark")]
+    answer = await front.ask(decider, "GET", "/orders/1", sent, "203.0.113.13")
+    assert answer.status == 200, answer.body
+    upstream = front.upstream_headers(sent, answer)
+    assert SETTINGS.identity_token_header not in upstream
+    assert upstream.get("Cookie") == "theme=dark"
+    assert upstream[IDENTITY[0]] == key.app_key
