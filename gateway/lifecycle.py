@@ -265,17 +265,19 @@ class KeyLifecycle:
         roles: Sequence[str] | None = None,
         status: str | None = None,
         expect_roles: Sequence[str] | None = None,
+        expect_elsewhere: Sequence[tuple[str, Sequence[str]]] | None = None,
         keep_an_owner: bool = False,
     ) -> KeyRecord | None:
         """Change a generated key's label, roles or status (at least one); None when
         ``account`` owns no such key. KeyChanged if ``expect_roles`` are no longer the
-        key's roles; LastOwnerKey if, with ``keep_an_owner``, the account would be left
+        key's roles (or, with ``expect_elsewhere``, the roles other accounts granted it
+        changed); LastOwnerKey if, with ``keep_an_owner``, the account would be left
         without an active owner key."""
         given = {"label": label, "roles": roles, "status": status}
         changes = checked_changes({k: v for k, v in given.items() if v is not None}, policy)
         return await self.store.update_key(
             account, app_key, actor=actor, expect_roles=expect_roles,
-            keep_an_owner=keep_an_owner, **changes,
+            expect_elsewhere=expect_elsewhere, keep_an_owner=keep_an_owner, **changes,
         )
 
     async def delete(
@@ -285,13 +287,14 @@ class KeyLifecycle:
         *,
         actor: Actor,
         expect_roles: Sequence[str] | None = None,
+        expect_elsewhere: Sequence[tuple[str, Sequence[str]]] | None = None,
         keep_an_owner: bool = False,
     ) -> bool:
         """Delete a generated key for good (its name is never issued again); False when
         ``account`` owns no such key. Refusals as in :meth:`update`."""
         return await self.store.delete_key(
             account, app_key, actor=actor, expect_roles=expect_roles,
-            keep_an_owner=keep_an_owner,
+            expect_elsewhere=expect_elsewhere, keep_an_owner=keep_an_owner,
         )
 
     async def renew(
@@ -303,6 +306,7 @@ class KeyLifecycle:
         keep_old: bool = True,
         delivery: str = "token",
         expect_roles: Sequence[str] | None = None,
+        expect_elsewhere: Sequence[tuple[str, Sequence[str]]] | None = None,
     ) -> Issued | None:
         """New token; None if the key is missing; RenewalPending if one is pending,
         TokenLinkPending while the last token's link is unopened (both RenewalRefused);
@@ -314,7 +318,7 @@ class KeyLifecycle:
             secret, link = self._link(app_key, account, token)
         record = await self.store.renew_token(
             account, app_key, self.hasher.digest(token), keep_old=keep_old, actor=actor,
-            link=link, expect_roles=expect_roles,
+            link=link, expect_roles=expect_roles, expect_elsewhere=expect_elsewhere,
         )
         if record is None:
             return None
@@ -330,12 +334,14 @@ class KeyLifecycle:
         finish: bool,
         actor: Actor,
         expect_roles: Sequence[str] | None = None,
+        expect_elsewhere: Sequence[tuple[str, Sequence[str]]] | None = None,
     ) -> KeyRecord | None:
         """Finish (the old token stops) or undo (the new token is dropped) a pending
         renewal: the record after; None if the key is missing; NoRenewalPending when
         nothing is pending; KeyChanged as in :meth:`renew`."""
         return await self.store.end_renewal(
-            account, app_key, finish=finish, actor=actor, expect_roles=expect_roles
+            account, app_key, finish=finish, actor=actor, expect_roles=expect_roles,
+            expect_elsewhere=expect_elsewhere,
         )
 
     async def open_link(self, link_secret: str, request_id: str = "") -> OpenedLink | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import Key
+from interleave import Before
 
 from gateway.app import build_gateway
 from gateway.escalation import Delegation
@@ -581,3 +582,45 @@ async def test_renew_token_alone_lists_and_reads_the_keys_it_may_renew(
         assert "'view' or 'renew-token'" in message
     finally:
         await gw.close()
+
+
+# -- a grant made elsewhere between the check and the change ---------------------
+async def test_renew_racing_a_grant_elsewhere_hands_a_user_admin_another_accounts_owner(
+    management, proxy, make_key, gateway
+):
+    """acme's user admin renews (deleteOld: now) acme's integration key, which holds only
+    orders-reader. Between the handler's check (no grant elsewhere) and the renew script,
+    account beta makes that key owner of beta. The script re-checks only the key's roles
+    in acme (expect_roles), so the renewal goes through and the user admin receives a
+    token that is beta's owner: the escalation the act-on rule exists to stop
+    (test_a_user_admin_cannot_act_on_a_key_that_another_account_made_owner, serialised).
+    Expected: refused (409 key_changed, or 403 escalation_refused)."""
+    admin = await make_key("acme", ["user-admin-restricted"], label="user admin")
+    integration = await make_key("acme", ["orders-reader"], label="beta integration")
+    beta_owner = await make_key("beta", ["owner"], label="beta owner")
+
+    async def beta_grants_owner() -> None:
+        granted = await management.post(
+            "/api/v1/accounts/beta/external-keys",
+            json={"appKey": integration.app_key, "roles": ["owner"]},
+            headers=beta_owner.headers)
+        assert granted.status == 201, await granted.text()
+
+    hook = Before(gateway.store, "renew_token", beta_grants_owner)
+    try:
+        renewed = await management.post(
+            f"{KEYS}/{integration.app_key}/token/renew", json={"deleteOld": "now"},
+            headers=admin.headers)
+    finally:
+        hook.restore()
+    assert hook.fired
+    body = await renewed.json()
+    if renewed.status == 200:
+        stolen = Key(integration.app_key, body["appToken"])
+        # the user admin of acme now holds a working owner token of beta
+        as_beta_owner = await management.get("/api/v1/accounts/beta/keys",
+                                             headers=stolen.headers)
+        assert as_beta_owner.status != 200, (
+            "acme's user admin received the token of a key that is beta's owner "
+            f"(beta's key list answered {as_beta_owner.status} to it)")
+    assert renewed.status in (403, 409), body

@@ -13,6 +13,9 @@ from typing import Any
 import orjson
 import pytest
 from conftest import Key, ProxyTestServer, on_one_server_and_a_cluster
+from interleave import Before
+
+from gateway.store import CLI_ACTOR
 
 # the store, cache and revocation behaviour on one server and on a Redis Cluster
 redis_url = on_one_server_and_a_cluster()
@@ -869,3 +872,75 @@ async def test_an_external_key_is_added_with_its_key_and_roles_alone(management,
         ext_url("acme"), json={"appKey": other.app_key, "roles": [], "label": " "},
         headers=acme.headers)
     await expect_error(response, 400, "bad_label")
+
+
+# -- grant follow-ups racing other changes ------------------------------------------
+async def test_a_slow_followup_replay_re_adds_a_removed_grant_to_the_index_and_audit(
+    gateway, make_key
+):
+    """Instance X adds a grant (script: grant + follow-up 'add'), reads the key's
+    follow-ups, and is slow to apply them. Instance Y removes the grant meanwhile: it
+    applies X's pending follow-up (done marker set), clears it, DELETES the done marker,
+    removes the grant and applies its own 'remove' follow-up. X then applies the 'add'
+    follow-up it read: its marker is gone, so the SET NX succeeds and the key goes back
+    into beta's external-key index, and beta's audit log gets a second
+    'external-key.add' — after the removal — for a grant that no longer exists.
+    (apply_followup.lua: "the marker makes a replay a no-op" — not a concurrent one.)"""
+    store = gateway.store
+    partner = await make_key("acme", ["orders-reader"], label="partner")
+
+    async def other_instance_removes_the_grant() -> None:
+        hook.restore()  # Y's own follow-ups run the real script
+        assert await store.remove_grant("beta", partner.app_key, CLI_ACTOR)
+
+    # X's first apply_followup call: the follow-up of its add, read before Y's removal
+    hook = Before(store, "apply_followup", other_instance_removes_the_grant)
+    try:
+        await store.add_grant("beta", partner.app_key, "partner", ["orders-reader"],
+                              CLI_ACTOR)
+    finally:
+        hook.restore()
+    assert hook.fired
+    assert await store.get_grant("beta", partner.app_key) is None  # the grant is gone
+    events, _ = await store.audit_events("beta", limit=10)
+    actions = [e.action for e in events]  # newest first
+    index = await store.redis.zrange(store.names.account("beta", "ext"), 0, -1)
+    assert actions == ["external-key.remove", "external-key.add"], (
+        f"beta's audit log, newest first: {actions}")
+    assert index == [], f"beta's external-key index still lists {index}"
+
+
+async def test_a_grant_added_while_its_key_is_deleted_is_never_audited(gateway, make_key):
+    """delete_key applies the key's pending follow-ups, then runs its script, which
+    replaces the hash by a tombstone. A grant added in between (another instance) has
+    committed — it authorized requests in beta from that moment — but its follow-up (the
+    'external-key.add' event in beta's audit log) lives in the hash and is dropped with
+    it; the adding instance then finds no follow-up to apply. Expected: beta's audit log
+    records the grant that was in force."""
+    store = gateway.store
+    partner = await make_key("acme", ["orders-reader"], label="partner")
+    granted, deleted = asyncio.Event(), asyncio.Event()
+    adding: list[asyncio.Task[Any]] = []
+
+    async def grant_committed() -> None:  # the adding instance, just after its script
+        granted.set()
+        await deleted.wait()
+
+    async def another_instance_adds_a_grant() -> None:  # just before the delete script
+        adding.append(asyncio.create_task(store.add_grant(
+            "beta", partner.app_key, "partner", ["orders-reader"], CLI_ACTOR)))
+        await granted.wait()
+
+    add_hook = Before(store, "add_grant", grant_committed, after=True)
+    delete_hook = Before(store, "delete_key", another_instance_adds_a_grant)
+    try:
+        assert await store.delete_key("acme", partner.app_key, actor=CLI_ACTOR)
+        deleted.set()
+        added = await adding[0]
+    finally:
+        add_hook.restore()
+        delete_hook.restore()
+    assert added.roles == ("orders-reader",)  # the grant was committed and answered
+    events, _ = await store.audit_events("beta", limit=10)
+    assert [e.action for e in events] != [], (
+        "a grant that was in force left no trace in the granting account's audit log")

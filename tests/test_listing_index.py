@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from conftest import on_one_server_and_a_cluster
+from interleave import Before
 
 from gateway.app import build_gateway
 from gateway.cli import main
@@ -456,3 +457,43 @@ async def test_the_million_key_benchmark_runs_at_a_small_size(redis_url):
             await client.delete(*names[at : at + 1000])
     finally:
         await client.aclose()
+
+
+async def test_index_listing_while_a_key_is_deleted_skips_a_live_key(gateway):
+    """`keygate store migrate` (or the first listing) builds an older account's listing
+    indexes "while keygate serves", walking the creation index by position
+    (ZRANGE start..start+chunk-1). A key deleted meanwhile, before the walk's position,
+    shifts every later key one place down: the first key of the next chunk is never
+    listed, yet the pass marks the indexes complete. That key then has no status, label
+    or role entries, and every filtered listing leaves it out for good."""
+    store, names = gateway.store, gateway.store.names
+    made = [(await store.create_key(f"kgk-acme-{n:010d}", "acme", f"key {n}",
+                                    ["orders-reader"], "d" * 64)).app_key
+            for n in range(6)]
+    # the account as an older keygate left it: only the creation-date index
+    doomed = [n for n in names.listing("acme") if not n.endswith(":keys")]
+    doomed += [names.role_holders("acme", "orders-reader")]
+    await store.redis.delete(*doomed)
+    assert not await store.listing_indexed("acme")
+    order = await store.redis.zrange(names.account("acme", "keys"), 0, -1)
+    assert sorted(order) == sorted(made)
+
+    async def someone_deletes_the_first_key() -> None:
+        assert await store.delete_key("acme", order[0], actor=CLI)
+
+    # the deletion lands between the first chunk of the pass and the second
+    hook = Before(store, "index_listing", someone_deletes_the_first_key, nth=1, after=True)
+    try:
+        await store.index_listing("acme", chunk=2)
+    finally:
+        hook.restore()
+    assert hook.fired
+    assert await store.listing_indexed("acme")
+    live = sorted(r.app_key for r in await store.all_keys("acme"))
+    assert live == sorted(order[1:])
+    records, total = await store.list_keys("acme", KeyQuery(status="active", per_page=100))
+    active = sorted(r.app_key for r in records)
+    assert active == live, f"active keys missing from the index: {set(live) - set(active)}"
+    records, total = await store.list_keys("acme", KeyQuery(role="orders-reader",
+                                                            per_page=100))
+    assert sorted(r.app_key for r in records) == live

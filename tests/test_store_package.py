@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import uuid
 from collections.abc import AsyncIterator
 from importlib.resources import files
 from typing import Any
@@ -30,6 +31,7 @@ from gateway.store import (
     StoreRefusal,
     TokenLinkPending,
 )
+from gateway.store.core import FOLLOWUP_CLEARED_MARKER_MS
 from gateway.store.lua import SCRIPTS, source
 from gateway.store.names import glob_escape
 
@@ -220,19 +222,22 @@ async def _grant_audit(gateway: Gateway, account: str) -> list[tuple[str, Any, A
 async def _crash_after_the_key_slot(gateway: Gateway, change: str, app_key: str,
                                     args: list[Any]) -> None:
     """What a keygate killed between the two steps of a grant change leaves: the change
-    in the key's hash, its follow-up not applied."""
+    in the key's hash, its follow-up not applied (its id unique, as every change's)."""
     store = gateway.store
     await store.change(getattr(store.scripts, change + "_grant"), "acme", app_key,
-                       "external-key." + change, CLI_ACTOR,
-                       keys=[store.names.key(app_key)], args=[*args, "crashed-change"])
+                       "external-key." + change, CLI_ACTOR, keys=[store.names.key(app_key)],
+                       args=[*args, f"crashed-{change}-{uuid.uuid4().hex[:8]}"])
 
 
 async def _leftovers(gateway: Gateway, app_key: str) -> tuple[list[str], list[str]]:
+    """Follow-ups still in the key's hash, and done markers kept longer than a cleared
+    follow-up's (a marker outlives the clearing a little, for a slow replay)."""
     store = gateway.store
     fields = [f for f in await store.redis.hkeys(store.names.key(app_key))
               if f.startswith("fu:")]
     markers = [n async for n in store.redis.scan_iter(
-        match=glob_escape(store.names.account("acme", "done:")) + "*")]
+        match=glob_escape(store.names.account("acme", "done:")) + "*")
+        if await store.redis.pttl(n) > FOLLOWUP_CLEARED_MARKER_MS]
     return fields, markers
 
 

@@ -195,7 +195,8 @@ async def update_key(request: web.Request, identity: Identity, path: KeyPath,
     with bad_input(), store_refusals(app_key, identity.account):
         record = await gateway.lifecycle.update(
             identity.account, app_key, actor=actor(request, identity), policy=gateway.policy,
-            expect_roles=current.roles, keep_an_owner=True, **changes,
+            expect_roles=current.roles, expect_elsewhere=current.roles_elsewhere,
+            keep_an_owner=True, **changes,
         )
     if record is None:
         raise _missing(app_key, identity.account)
@@ -212,7 +213,7 @@ async def delete_key(request: web.Request, identity: Identity, path: KeyPath) ->
     with store_refusals(app_key, identity.account):
         deleted = await request.app[GATEWAY].lifecycle.delete(
             identity.account, app_key, actor=actor(request, identity),
-            expect_roles=record.roles, keep_an_owner=True,
+            expect_roles=record.roles, expect_elsewhere=record.roles_elsewhere, keep_an_owner=True,
         )
     if not deleted:
         raise _missing(app_key, identity.account)
@@ -240,7 +241,7 @@ async def renew_token(request: web.Request, identity: Identity, path: KeyPath,
             issued = await gateway.lifecycle.renew(
                 identity.account, app_key, actor(request, identity),
                 keep_old=body.delete_old == "later", delivery=body.delivery,
-                expect_roles=record.roles,
+                expect_roles=record.roles, expect_elsewhere=record.roles_elsewhere,
             )
     except RenewalRefused as refusal:
         if refusal.reason == "pending":
@@ -270,7 +271,7 @@ async def _end_renewal(request: web.Request, identity: Identity, app_key: str,
         with store_refusals(app_key, identity.account):
             result = await gateway.lifecycle.end_renewal(
                 identity.account, app_key, finish=finish, actor=actor(request, identity),
-                expect_roles=record.roles,
+                expect_roles=record.roles, expect_elsewhere=record.roles_elsewhere,
             )
     except NoRenewalPending:
         raise NotFound(

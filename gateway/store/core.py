@@ -156,8 +156,10 @@ def status_of(result: Any) -> Any:
 
 
 # How long a follow-up's done marker outlives a crash between applying the follow-up and
-# clearing it (normally it is deleted at once).
+# clearing it; once cleared, only as long as an instance that read the follow-up before
+# may still be on its way to apply it (a request's time, with a wide margin).
 FOLLOWUP_MARKER_MS = 30 * 24 * 3600 * 1000
+FOLLOWUP_CLEARED_MARKER_MS = 10 * 60 * 1000
 
 
 class StoreCore:
@@ -225,6 +227,7 @@ class StoreCore:
         keys: list[str],
         args: Sequence[Any] = (),
         expect_roles: Sequence[str] | None = None,
+        expect_elsewhere: Sequence[tuple[str, Sequence[str]]] | None = None,
         keep_an_owner: bool = False,
     ) -> Any:
         """Run a script that changes a key hash and answer what it answered, or raise
@@ -234,11 +237,17 @@ class StoreCore:
         Every such script takes the same first six ARGV (scripts/prelude.lua) — account,
         audit cap, audit event, invalidation channel, the roles the caller checked
         (``expect_roles``: the script refuses with ``changed`` when the key's roles in
-        ``account`` differ) and whether the account must keep an active owner key —
-        followed by its own ``args``. A script that finds the account's owners set not
+        ``account`` differ; with ``expect_elsewhere``, also when the roles other
+        accounts granted it differ) and whether the account must keep an active owner
+        key — followed by its own ``args``. A script that finds the account's owners set not
         complete yet (an account older than the set) is run again once it is.
         """
         expected = "" if expect_roles is None else orjson.dumps(list(expect_roles)).decode()
+        if expect_roles is not None and expect_elsewhere is not None:
+            expected = orjson.dumps({
+                "roles": list(expect_roles),
+                "elsewhere": {account: list(roles) for account, roles in expect_elsewhere},
+            }).decode()
 
         async def run() -> Any:
             header = [
@@ -270,14 +279,27 @@ class StoreCore:
         records it indexes, and every change keeps the set up to date meanwhile, so the
         set is right when the pass ends; only then is it marked complete."""
         owners = self.names.account(account, "owners")
-        index = self.names.account(account, "keys")
-        start = 0
-        while names := await self.redis.zrange(index, start, start + chunk - 1):
+        async for names in self.key_chunks(account, chunk):
             await self.scripts.index_owners(
                 keys=[owners, *(self.names.key(n) for n in names)], args=[account, *names]
             )
-            start += chunk
         await self.redis.sadd(owners, "")
+
+    async def key_chunks(self, account: str, chunk: int) -> AsyncIterator[list[str]]:
+        """The names of the account's generated keys, about ``chunk`` at a time, for a
+        pass over them while keygate serves. ZSCAN of the creation index: every key
+        present from the pass's start to its end is seen, whatever is deleted or added
+        meanwhile (a walk by rank skips the key after one deleted behind it); a key may
+        be seen twice, so what a pass does must be idempotent."""
+        names: list[str] = []
+        async for name, _ in self.redis.zscan_iter(self.names.account(account, "keys"),
+                                                   count=chunk):
+            names.append(name)
+            if len(names) >= chunk:
+                yield names
+                names = []
+        if names:
+            yield names
 
     @unavailable
     async def finish_followups(self, app_key: str, only: str | None = None) -> int:
@@ -290,12 +312,24 @@ class StoreCore:
             account = field[3:]
             if not field.startswith("fu:") or (only is not None and account != only):
                 continue
-            done = self.names.account(account, "done:" + str(orjson.loads(value)["id"]))
-            applied += await self.scripts.apply_followup(
-                keys=[self.names.account(account, "ext"), self.names.account(account, "audit"),
-                      done],
-                args=[value, app_key, self.audit_max_events, FOLLOWUP_MARKER_MS],
-            )
+            applied += await self.apply_followup(app_key, account, value)
             await self.scripts.clear_followup(keys=[key], args=[field, value])
-            await self.redis.delete(done)
+            await self.redis.pexpire(self._done_marker(account, value),
+                                     FOLLOWUP_CLEARED_MARKER_MS)
         return applied
+
+    def _done_marker(self, account: str, followup: str) -> str:
+        return self.names.account(account, "done:" + str(orjson.loads(followup)["id"]))
+
+    async def apply_followup(self, app_key: str, account: str, followup: str) -> int:
+        """Apply one grant follow-up in the granting account's slot, once: 1 when now.
+
+        Its done marker outlives the follow-up's clearing a while: another instance
+        that read the same follow-up before it was cleared, and is slow to apply it,
+        must find it applied (else, the grant changed meanwhile, its replay would put
+        back an index entry and an audit event of a grant that is gone)."""
+        return int(await self.scripts.apply_followup(
+            keys=[self.names.account(account, "ext"), self.names.account(account, "audit"),
+                  self._done_marker(account, followup)],
+            args=[followup, app_key, self.audit_max_events, FOLLOWUP_MARKER_MS],
+        ))

@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import redis.exceptions
 
 from .core import StoreCore, unavailable
@@ -111,6 +112,7 @@ class KeyChanges(StoreCore):
         roles: Sequence[str] | None = None,
         status: str | None = None,
         expect_roles: Sequence[str] | None = None,
+        expect_elsewhere: Sequence[tuple[str, Sequence[str]]] | None = None,
         keep_an_owner: bool = False,
     ) -> KeyRecord | None:
         """Change a generated key; None when ``account`` owns no such key.
@@ -131,7 +133,8 @@ class KeyChanges(StoreCore):
             self.scripts.update_key, account, app_key, "key.update", actor,
             keys=[names.key(app_key), names.account(account, "audit"),
                   names.account(account, "owners"), *names.listing(account)],
-            args=args, expect_roles=expect_roles, keep_an_owner=keep_an_owner,
+            args=args, expect_roles=expect_roles, expect_elsewhere=expect_elsewhere,
+            keep_an_owner=keep_an_owner,
         )
         if result[0] == "missing":
             return None
@@ -145,6 +148,7 @@ class KeyChanges(StoreCore):
         *,
         actor: Actor = SYSTEM_ACTOR,
         expect_roles: Sequence[str] | None = None,
+        expect_elsewhere: Sequence[tuple[str, Sequence[str]]] | None = None,
         keep_an_owner: bool = False,
     ) -> bool:
         """Delete a generated key (its name is never issued again); False when
@@ -156,14 +160,18 @@ class KeyChanges(StoreCore):
             keys=[names.key(app_key), names.account(account, "audit"),
                   names.account(account, "owners"), *names.listing(account)],
             args=[app_key, self.now_ms()],
-            expect_roles=expect_roles, keep_an_owner=keep_an_owner,
+            expect_roles=expect_roles, expect_elsewhere=expect_elsewhere,
+            keep_an_owner=keep_an_owner,
         )
         if result[0] != "ok":
             return False
         # the follow-ups in other slots, idempotent: an entry a crash leaves in another
         # account's index is never listed (listing reads the grant from the hash)
-        link, granting = result[1], result[2:]
+        link, pending, granting = result[1], result[2], result[3:]
         await self._drop_link(link)
+        # grants made since finish_followups above: in force until now, so audited
+        for other, followup in (orjson.loads(pending) if pending else {}).items():
+            await self.apply_followup(app_key, other, followup)
         for other in granting:
             await self.redis.zrem(names.account(other, "ext"), app_key)
         return True
@@ -180,6 +188,7 @@ class KeyChanges(StoreCore):
         actor: Actor,
         link: TokenLink | None = None,
         expect_roles: Sequence[str] | None = None,
+        expect_elsewhere: Sequence[tuple[str, Sequence[str]]] | None = None,
     ) -> KeyRecord | None:
         """Issue a new token digest. ``keep_old``: both work until finish/undo.
 
@@ -196,7 +205,7 @@ class KeyChanges(StoreCore):
         try:
             result = await self.change(
                 self.scripts.renew_token, account, app_key, action, actor,
-                keys=keys, args=args, expect_roles=expect_roles,
+                keys=keys, args=args, expect_roles=expect_roles, expect_elsewhere=expect_elsewhere,
             )
         except StoreRefusal:  # nothing written; (a lost reply may hide a commit: kept)
             await self._drop_link(link)
@@ -216,6 +225,7 @@ class KeyChanges(StoreCore):
         finish: bool,
         actor: Actor,
         expect_roles: Sequence[str] | None = None,
+        expect_elsewhere: Sequence[tuple[str, Sequence[str]]] | None = None,
     ) -> KeyRecord | None:
         """Finish (old token stops) or undo (new token dropped) a pending renewal.
 
@@ -228,6 +238,7 @@ class KeyChanges(StoreCore):
             keys=[self.names.key(app_key), self.names.account(account, "audit"),
                   *self.names.listing(account)],
             args=["finish" if finish else "undo", app_key], expect_roles=expect_roles,
+            expect_elsewhere=expect_elsewhere,
         )
         if result[0] == "missing":
             return None

@@ -133,10 +133,9 @@ class KeyListing(StoreCore):
         meanwhile and each chunk is one script that reads what it lists, so they are
         right when the pass ends; only then are they marked complete. Answers how many
         keys were listed."""
-        index = self.names.account(account, "keys")
         listing = self.names.listing(account)
-        listed = start = 0
-        while names := await self.redis.zrange(index, start, start + chunk - 1):
+        listed = 0
+        async for names in self.key_chunks(account, chunk):
             hashes = [self.names.key(n) for n in names]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in hashes:
@@ -146,7 +145,6 @@ class KeyListing(StoreCore):
             for name, label in zip(names, labels, strict=True):
                 args += [name, label or "", label_fold(label or "")]
             listed += await self.scripts.index_listing(keys=[*listing, *hashes], args=args)
-            start += chunk
         await self.redis.sadd(self.names.account(account, "roles"), "")
         return listed
 
@@ -188,8 +186,7 @@ class KeyListing(StoreCore):
         """Apply the grant follow-ups a crashed keygate left in the hashes of the
         account's keys (grants.py): reads the field names of every key, a chunk at a
         time."""
-        index, start = self.names.account(account, "keys"), 0
-        while names := await self.redis.zrange(index, start, start + chunk - 1):
+        async for names in self.key_chunks(account, chunk):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in names:
                     pipe.hkeys(self.names.key(name))
@@ -197,7 +194,6 @@ class KeyListing(StoreCore):
             for name, found in zip(names, fields, strict=True):
                 if any(f.startswith("fu:") for f in found):
                     await self.finish_followups(name)
-            start += chunk
 
     @unavailable
     async def accounts(self) -> list[str]:

@@ -2,8 +2,9 @@
 -- index step and the audit event (grant_snapshot.lua says why it comes apart).
 -- KEYS: the account's external-key index, its audit stream, the follow-up's done marker
 -- ARGV: the follow-up (JSON), appKey, audit cap, how long the marker lives (ms)
--- The marker (SET NX) makes a replay — after a crash between this and the clearing of
--- the follow-up — a no-op; the caller deletes it once the follow-up is cleared.
+-- The marker (SET NX) makes a replay a no-op: after a crash between this and the
+-- clearing of the follow-up, or by another instance that read the follow-up before it
+-- was cleared; the caller shortens its life once the follow-up is cleared.
 -- Answers 1 when applied now, 0 when it had been.
 if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[4]) then return 0 end
 local fu = cjson.decode(ARGV[1])

@@ -6,7 +6,9 @@
 --   ARGV[2]  the audit cap: MAXLEN ~ of the account's audit stream
 --   ARGV[3]  the audit event (JSON: time, account, actor, action, target, requestId)
 --   ARGV[4]  the invalidation channel
---   ARGV[5]  the roles the caller checked (JSON), or '' for no expectation
+--   ARGV[5]  what the caller checked (JSON): the key's roles in ARGV[1] (a list), or
+--            {"roles": [...], "elsewhere": {account: [roles], ...}} with the roles
+--            other accounts granted it too; '' for no expectation
 --   ARGV[6]  '1' when the account must keep an active owner key, else '0'
 -- and its own arguments from ARGV[7] on. unchanged() and committed() read that header.
 
@@ -32,13 +34,35 @@ local function roles_of(key, acct)
   return cjson.decode(raw)['roles'] or {}
 end
 
--- Whether the key's roles in ARGV[1] are still those the caller checked (ARGV[5]).
-local function unchanged(key, acct)
-  if ARGV[5] == '' then return true end
-  local have, want = roles_of(key, acct), cjson.decode(ARGV[5])
+local function same_roles(have, want)
   if #have ~= #want then return false end
   for i = 1, #want do
     if have[i] ~= want[i] then return false end
   end
   return true
+end
+
+-- Whether the key still holds what the caller checked (ARGV[5]): its roles in ARGV[1]
+-- and, when given, exactly the roles other accounts granted it (whoever acts on the key
+-- — receives its token — holds those too: a grant made since the check refuses).
+local function unchanged(key, acct)
+  if ARGV[5] == '' then return true end
+  local want = cjson.decode(ARGV[5])
+  local roles, elsewhere = want, nil
+  if want['roles'] ~= nil then roles, elsewhere = want['roles'], want['elsewhere'] end
+  if not same_roles(roles_of(key, acct), roles) then return false end
+  if elsewhere == nil then return true end
+  local expected, found = 0, 0
+  for _ in pairs(elsewhere) do expected = expected + 1 end
+  local fields = redis.call('HGETALL', key)
+  for i = 1, #fields, 2 do
+    local name = fields[i]
+    if string.sub(name, 1, 2) == 'g:' and name ~= 'g:' .. acct then
+      local want_there = elsewhere[string.sub(name, 3)]
+      local have_there = cjson.decode(fields[i + 1])['roles'] or {}
+      if want_there == nil or not same_roles(have_there, want_there) then return false end
+      found = found + 1
+    end
+  end
+  return found == expected
 end

@@ -1,0 +1,39 @@
+"""Interleavings on demand: run another change at one exact point of a store call.
+
+``Before`` wraps one of the store's registered Lua scripts (``store.scripts.<name>``)
+so that a step — another change, made through keygate's own API, as another instance
+would make it — runs once just before (or after) its nth call; every call still runs
+the real script. Nothing of keygate's is replaced: only the timing is chosen, so a race
+that would take luck to meet happens every time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Before:
+    """Wrap a store script so that ``step`` runs once, just before its ``nth`` call (or
+    just after, with ``after=True``); every call still runs the real script."""
+
+    def __init__(self, store: Any, name: str, step: Any, nth: int = 1, after: bool = False):
+        self.store, self.name, self.step, self.nth, self.after = store, name, step, nth, after
+        self.real = getattr(store.scripts, name)
+        self.calls = 0
+        self.fired = False
+        setattr(store.scripts, name, self)
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        due = self.calls == self.nth and not self.fired
+        if due and not self.after:
+            self.fired = True
+            await self.step()
+        result = await self.real(*args, **kwargs)
+        if due and self.after:
+            self.fired = True
+            await self.step()
+        return result
+
+    def restore(self) -> None:
+        setattr(self.store.scripts, self.name, self.real)
