@@ -123,7 +123,10 @@ async def _answer(request: web.BaseRequest, handler):  # type: ignore[no-untyped
         if kind is None:
             error.status = exc.status
             error.code = exc.reason.lower().replace(" ", "_")
-        return error_response(error, request_id)
+        response = error_response(error, request_id)
+        if hdrs.ALLOW in exc.headers:  # a 405 names the methods there are (RFC 9110)
+            response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
+        return response
     except Exception:
         log.exception("unhandled error (request id %s)", request_id)
         return error_response(GatewayError(), request_id)
