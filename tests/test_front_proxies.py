@@ -31,6 +31,7 @@ from multidict import CIMultiDict
 
 from gateway import decision
 from gateway.pipeline.mutators import IdentityHeaders
+from gateway.proxy import CLIENT_NEVER_SETS
 from gateway.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -280,6 +281,40 @@ def test_traefiks_config_names_keygates_settings_and_headers():
     assert not set(stripped) & set(IDENTITY)
     [server] = traefik.dynamic["http"]["services"][router["service"]]["loadBalancer"]["servers"]
     assert server["url"] == f"http://{BACKEND}"
+
+
+# What keygate's proxy port never passes on (gateway/proxy.py) and each front proxy's
+# config must remove as well: overrides of the method and path keygate authorized, and
+# addresses chosen by the client. Left to the proxy itself: Host, Expect and the request
+# id (each sets its own), X-Forwarded-For/-Proto/-Host (each writes its own), Envoy's
+# x-envoy-* (stripped from external clients with use_remote_address) and Traefik's
+# X-Forwarded-* (forwardedHeaders.insecure: false).
+NEVER_FORWARDED = {
+    name for name in CLIENT_NEVER_SETS
+    if name not in {"host", "expect", "x-request-id"}
+}
+X_FORWARDED_WRITTEN = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+X_FORWARDED_OTHERS = {"x-forwarded-port", "x-forwarded-prefix", "x-forwarded-server",
+                      "x-forwarded-ssl", "x-forwarded-scheme", "x-forwarded-uri"}
+
+
+def test_every_front_proxy_removes_what_keygates_proxy_port_never_passes_on():
+    cleared = {name.lower() for name, value in re.findall(
+        r'proxy_set_header\s+(\S+)\s+(""|\$\w+);', NGINX) if value == '""'}
+    written = {name.lower() for name, value in re.findall(
+        r'proxy_set_header\s+(\S+)\s+(""|\$\w+);', NGINX) if value != '""'}
+    assert cleared | written >= NEVER_FORWARDED, NEVER_FORWARDED - cleared - written
+    assert cleared >= X_FORWARDED_OTHERS and written >= X_FORWARDED_WRITTEN
+    envoy_removed = set(Envoy.shipped().route["request_headers_to_remove"])
+    assert NEVER_FORWARDED - {"x-envoy-external-address"} <= envoy_removed, (
+        NEVER_FORWARDED - envoy_removed)
+    assert envoy_removed >= X_FORWARDED_OTHERS
+    traefik = Traefik.shipped()
+    middlewares = traefik.dynamic["http"]["middlewares"]
+    stripped = middlewares[traefik.router["middlewares"][1]]["headers"]["customRequestHeaders"]
+    traefik_removed = {name.lower() for name, value in stripped.items() if value == ""}
+    assert NEVER_FORWARDED - {"x-real-ip"} <= traefik_removed, (
+        NEVER_FORWARDED - traefik_removed)
 
 
 def test_every_front_proxy_config_agrees_on_the_addresses():

@@ -190,6 +190,9 @@ def test_compose_runs_the_image_with_its_config_secret_and_ports(compose, image,
     assert published[ports["management"]][0] == "127.0.0.1"  # never the public network
     assert published[ports["metrics"]][0] == "127.0.0.1"
     assert keygate["read_only"] is True and "/tmp" in keygate["tmpfs"]
+    for service in (keygate, compose["services"]["echo"]):  # no capability, no setuid gain
+        assert service["cap_drop"] == ["ALL"]
+        assert "no-new-privileges:true" in service["security_opt"]
     assert int(keygate["stop_grace_period"].rstrip("s")) > DEFAULTS["shutdown_timeout"]
 
     # the store and the upstreams are the other services
