@@ -26,7 +26,10 @@ from gateway.management.common import MANAGEMENT_PERMISSIONS
 from gateway.policy import Policy
 from gateway.policy.diff import diff_policies
 from gateway.policy.explain import explain, parents_of
+from gateway.policy.lint import lint_policy
 from gateway.policy.names import fresh_account, named_accounts, stand_in
+from gateway.policy.table_runner import Runner
+from gateway.policy.tables import Row
 from gateway.settings import PROJECT_ROOT
 
 MODEL = PROJECT_ROOT / "model.conf"
@@ -425,3 +428,85 @@ def test_cli_diff_that_cannot_run_exits_2_naming_the_side(sides, capsys):
     code, out, err = keygate(capsys, "policy", "diff", str(old), str(new))
     assert code == 2 and out == ""
     assert err.startswith("keygate: NEW (") and "broken.csv, line 1" in err
+
+
+# == the tools agree with enforcement ================================================
+def _policy_dir(root: Path, name: str, text: str) -> Path:
+    directory = root / name
+    directory.mkdir()
+    (directory / "p.csv").write_text(text)
+    return directory
+
+
+def _policy(root: Path, name: str, text: str) -> Policy:
+    return Policy.load(MODEL, _policy_dir(root, name, text))
+
+
+# -- the stand-in of a pattern: no narrower pattern matches it ------------------------
+# A stand-in made of a word ("orders/any-other") was matched by the narrower patterns
+# "orders/a*", "orders/an*"…: a deny on one of them hid every other name of the broad
+# pattern from diff and from never rows.
+
+def test_diff_reports_write_gained_when_deny_narrowed(tmp_path: Path) -> None:
+    old = _policy(tmp_path, "old", "p, x, *, orders/*, write, allow\n"
+                                   "p, x, *, orders/*, write, deny\n")
+    new = _policy(tmp_path, "new", "p, x, *, orders/*, write, allow\n"
+                                   "p, x, *, orders/a*, write, deny\n")
+    # enforcement: the change lets x write orders/b (and every orders/<not a...>)
+    assert not old.decide(["x"], "acme", "orders/b", "write")
+    assert new.decide(["x"], "acme", "orders/b", "write")
+    diff = diff_policies(old, new)
+    gained = [(p.account, p.resource, p.action)
+              for change in diff.changes if change.role == "x" for p in change.gained]
+    # observed: "no role's permissions change" (diff.changed is False)
+    assert diff.changed, "policy diff reports no change although x gains write on orders/b"
+    assert ("*", "orders/*", "write") in gained
+
+
+def test_never_row_fails_when_role_writes_other_orders(tmp_path: Path) -> None:
+    policy = _policy(tmp_path, "p", "p, x, *, orders/*, write, allow\n"
+                                    "p, x, *, orders/a*, write, deny\n")
+    assert policy.decide(["x"], "acme", "orders/b", "write")  # the property is violated
+    row = Row("never", "t.toml", 1, None, "x never writes orders", ("x",), None, None,
+              "orders/*", "write", None)
+    result = Runner(policy).run_never(row)
+    # observed: passed, 0 violations (only stand-ins under "orders/a" were asked)
+    assert not result.passed, "never row passes although x may write orders/b"
+
+
+# -- inheritance at any depth, in requests as in the tools -------------------------------
+# Casbin's default role manager stops following g lines ten levels down; the tools
+# (inherited, explain, lint, delegation) follow them to any depth. Requests now do too.
+
+CHAIN = "".join(f"g, r{i}, r{i + 1}\n" for i in range(10))  # r0 -> ... -> r10
+DEEP = "p, r0, *, orders, read, allow\np, r10, *, orders, *, deny\n" + CHAIN
+
+
+def test_deep_inherited_deny_is_enforced(tmp_path: Path) -> None:
+    policy = _policy(tmp_path, "p", DEEP)
+    assert "r10" in policy.inherited(["r0"])
+    # README: every p line of a role the key holds or inherits through g lines takes
+    # part, and deny always wins. observed: allowed (the deny of r10 is ignored)
+    assert not policy.decide(["r0"], "acme", "orders", "read")
+
+
+def test_explain_agrees_with_decision_on_deep_inheritance(tmp_path: Path) -> None:
+    policy = _policy(tmp_path, "p", DEEP)
+    e = explain(policy, ["r0"], "acme", "orders", "read")
+    # explain.py: "With the shipped model.conf it always does [agree]". observed:
+    # allowed, agrees False, "allowed by the model ... which does not decide as
+    # keygate's model does", decided_by empty
+    assert e.agrees, e.reason
+
+
+def test_lint_shadowed_allow_really_never_applies(tmp_path: Path) -> None:
+    directory = _policy_dir(tmp_path, "p", DEEP)
+    report = lint_policy(MODEL, directory)
+    shadowed = [f.line for f in report.findings if f.code == "shadowed-allow"]
+    assert shadowed == [1]  # lint: "this allow never applies"
+    # but enforcement allows through exactly that line: removing it changes the decision
+    with_line = Policy.load(MODEL, directory)
+    without = _policy(tmp_path, "q", DEEP.split("\n", 1)[1])
+    assert with_line.decide(["r0"], "acme", "orders", "read") == without.decide(
+        ["r0"], "acme", "orders", "read"
+    ), "lint calls p.csv:1 shadowed, yet removing it turns an allow into a deny"

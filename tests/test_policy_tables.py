@@ -253,7 +253,7 @@ def test_never_with_a_pattern_cannot_pass_for_lack_of_names(policies):
     (result,) = run_text(policies, never(["catalog-reader"], "reports/*", "*")).results
     assert not result.passed
     (violation,) = result.violations
-    assert violation.resource == "reports/any-other" and violation.action == "read"
+    assert violation.resource == "reports/…" and violation.action == "read"
     # a pattern that matches nothing the roles may do passes, having asked
     (result,) = run_text(policies, never(["catalog-reader"], "orders*", "*")).results
     assert result.passed

@@ -17,6 +17,7 @@ reference, so a request never sees half a policy.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import re
 import stat
@@ -331,10 +332,16 @@ class Policy:
             enforcer = casbin.Enforcer(str(model_path), _RulesAdapter(p_rules, g_rules))
         except Exception as exc:  # casbin raises bare Exceptions for model errors
             raise ConfigError(f"setting model_path: {model_path}: {exc}") from None
-        role_manager = enforcer.get_role_manager()
+        # Inheritance as the tools read it (inherited(), any depth), not through Casbin's
+        # role manager, which stops following g lines ten levels down: a role inherited
+        # deeper, and its deny lines, would apply to explain, lint and diff but not to
+        # requests. Memoized per set of roles: the policy never changes.
+        @functools.lru_cache(maxsize=4096)
+        def closure(roles: tuple[str, ...]) -> frozenset[str]:
+            return self.inherited(roles)
 
         def has_role(roles: Iterable[str], wanted: str) -> bool:
-            return any(r == wanted or role_manager.has_link(r, wanted) for r in roles)
+            return wanted in closure(tuple(roles))
 
         enforcer.add_function("hasRole", has_role)
         self._enforcer = enforcer

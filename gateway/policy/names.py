@@ -8,8 +8,9 @@ them. Resources and actions work the same way through Casbin ``keyMatch``: a lit
 matches itself, a pattern matches every name starting with its text before the ``*``.
 So the names worth asking about are every literal the lines (and the routes and the
 management API) name, plus for each pattern one *stand-in*: its prefix followed by a
-word no line names, a name matched by that pattern and by every broader one, and by no
-literal. A question then covers "any other name this pattern matches".
+character no name may hold, a name matched by that pattern and by every broader one,
+and by no narrower one nor any literal. A question then covers "any other name this
+pattern matches".
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from ..credentials import is_valid_account
 from .files import Policy
 
 ANY = "*"
-STAND_IN_WORD = "any-other"
+# What follows a pattern's prefix in its stand-in: a character no policy name may hold
+# (files.NAME_RE), so that no narrower pattern ("orders/a*" under "orders/*") matches
+# the stand-in — else one deny on the narrower pattern would seem to cover every other
+# name of the broader one. Read as "any other".
+STAND_IN_WORD = "…"
 
 
 def is_pattern(name: str) -> bool:
@@ -47,7 +52,8 @@ def fresh_account(taken: Iterable[str]) -> str:
 
 def stand_in(name: str) -> str:
     """``name`` itself when it is a literal; for a pattern, a name only patterns match
-    (its prefix and a word no policy uses), standing for "any other name it matches"."""
+    (its prefix and a character no policy name holds), standing for "any other name it
+    matches"."""
     star = name.find(ANY)
     return name if star < 0 else name[:star] + STAND_IN_WORD
 
