@@ -278,6 +278,11 @@ def make_settings(redis_url: str, upstream: Upstream) -> Callable[..., Settings]
             "store_prefix": f"test-{uuid.uuid4().hex[:12]}:",
             "secret": TEST_SECRET,
             "routes": default_routes(upstream.url),
+            # failed authentications are counted in fixed windows of the clock: with the
+            # default minute, a test on the wall clock that counts failures past a minute's
+            # end sees the count start over (a 401 where a 429 was due); in a day-long
+            # window that happens about once in 100,000 runs of such a test
+            "auth_failure_window": 86_400.0,
         }
         values.update(overrides)
         return load_settings(env={}).with_values(**values)
