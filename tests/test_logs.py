@@ -9,10 +9,11 @@ would, so what is asserted is the text that reaches standard error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import orjson
@@ -146,6 +147,24 @@ async def logged_ports(gateway, aiohttp_client, logger) -> tuple[Any, Any]:
     )
 
 
+@contextlib.asynccontextmanager
+async def text_access_log(
+    gateway: Any, aiohttp_client: Any, name: str
+) -> AsyncIterator[tuple[Any, Collected]]:
+    """The proxy port with its access lines collected in the text format, on a logger of
+    this test's own."""
+    logger = logging.getLogger(f"keygate.test-access-{name}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    collected = Collected(TextFormatter())
+    logger.addHandler(collected)
+    try:
+        proxy, _ = await logged_ports(gateway, aiohttp_client, logger)
+        yield proxy, collected
+    finally:
+        logger.removeHandler(collected)
+
+
 async def until_logged(collected: Collected, count: int) -> None:
     """aiohttp writes the access line after the answer: wait for it (bounded)."""
     for _ in range(200):
@@ -226,19 +245,11 @@ async def test_access_lines_say_who_went_where_and_what_came_of_it(
 async def test_a_newline_in_the_path_cannot_start_a_text_log_line(
     gateway, aiohttp_client, make_key
 ):
-    logger = logging.getLogger("keygate.test-access-newline")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    collected = Collected(TextFormatter())
-    logger.addHandler(collected)
-    try:
-        proxy, _ = await logged_ports(gateway, aiohttp_client, logger)
+    async with text_access_log(gateway, aiohttp_client, "newline") as (proxy, collected):
         forged = "/orders/x%0a2026-12-02 12:00:00,000 INFO keygate: forged%0d"
         response = await proxy.get(forged, headers=(await make_key()).headers)
         assert response.status in (200, 400)
         await until_logged(collected, 1)
-    finally:
-        logger.removeHandler(collected)
     assert len(collected.lines) == 1
     assert "\n" not in collected.lines[0] and "\r" not in collected.lines[0]
     assert "\\n2026-12-02" in collected.lines[0]
@@ -260,20 +271,12 @@ async def test_a_path_cannot_forge_the_fields_of_a_text_access_log_line(
     field and write a status, key and account of the client's choosing before the real
     ones (an anonymous 401 read as a 200 for another key): '"' is escaped as nginx
     does."""
-    logger = logging.getLogger("keygate.test-access-fields")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    collected = Collected(TextFormatter())
-    logger.addHandler(collected)
-    try:
-        proxy, _ = await logged_ports(gateway, aiohttp_client, logger)
+    async with text_access_log(gateway, aiohttp_client, "fields") as (proxy, collected):
         forged = ("/orders/1%22%20200%200.120%20ms%20key=kgk-acme-VICTIM0000%20account=acme"
                   "%20route=orders%20error=-%20id=x%20%22")
         response = await proxy.get(forged)  # no credentials at all
         assert response.status == 401
         await until_logged(collected, 1)
-    finally:
-        logger.removeHandler(collected)
     [line] = collected.lines
     # the request field must stay one field: the client may not close its quotes and
     # write the status and key that the line's readers take for keygate's
