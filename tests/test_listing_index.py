@@ -289,9 +289,18 @@ async def test_indexes_stay_right_after_any_sequence_of_changes(gateway, clock, 
 
 
 # -- data written before the indexes --------------------------------------------------------
+async def older_creation_index(gateway: Gateway) -> None:
+    """The creation index as keygate wrote it before it held each status as a run: every
+    key at its creation date, whatever its status."""
+    index = gateway.store.names.account(ACCOUNT, "keys")
+    for record in await gateway.store.all_keys(ACCOUNT):
+        await gateway.store.redis.zadd(index, {record.app_key: record.created})
+
+
 async def wipe_indexes(gateway: Gateway) -> None:
     """The account as an older keygate left it: no listing index (but the creation-date
     one, which it had), no 'lf' field."""
+    await older_creation_index(gateway)
     redis, names = gateway.store.redis, gateway.store.names
     doomed = [n for n in names.listing(ACCOUNT) if not n.endswith(":keys")]
     holders = names.role_holders(ACCOUNT, "")
@@ -362,6 +371,24 @@ async def test_store_migrate_builds_what_is_missing_and_only_once(local, cli, cl
     assert await snapshot(local) == kept
     code, out = await asyncio.to_thread(cli, "store", "migrate")
     assert code == 0 and out.strip() == "every account's indexes are complete"
+
+
+async def test_a_creation_index_not_run_by_status_is_rebuilt(local, cli, clock):
+    """An account a previous keygate indexed, with its inactive keys among the active ones
+    in the creation index: its first listing rebuilds it, as does ``store migrate``."""
+    keys = Keys(local.store, 33)
+    await spread(local, keys, clock, 60)
+    assert any(r.status == "inactive" for r in await local.store.all_keys(ACCOUNT))
+    kept = await snapshot(local)
+    await older_creation_index(local)
+    assert not await local.store.listing_current(ACCOUNT)
+    await assert_same(local.store, KeyQuery(status="inactive", per_page=1000))
+    assert await local.store.listing_current(ACCOUNT)
+    assert await snapshot(local) == kept
+    await older_creation_index(local)
+    code, out = await asyncio.to_thread(cli, "store", "migrate", "--json")
+    assert code == 0 and json.loads(out) == {"indexed": {ACCOUNT: 60}}
+    assert await snapshot(local) == kept
 
 
 # -- the renewal gauge's counts --------------------------------------------------------------

@@ -3,7 +3,8 @@ the accounts keygate knows.
 
 A page is served from the account's listing indexes, which the scripts that change a
 key keep up to date in the same step (scripts/key_rules.lua): sorted sets of the keys by
-creation date (``keys``), token date (``tok``), last use (``used``), folded label then
+status then creation date (``keys``: scripts/creation_index.lua), token date (``tok``),
+last use (``used``), folded label then
 key (``label``, all at score 0, so in byte order) and status (``status``: 0 active, 1
 inactive, each part in key order, which also gives the key order), and a set per role
 (``roles:{role}``) beside the set of the role names in use (``roles``). One read-only
@@ -17,8 +18,10 @@ that answered substrings in sublinear time (trigrams) would cost some forty set 
 per key (a 20-character label and a 20-character key), several kilobytes: far past the
 memory a key may cost (see the README's Performance section).
 
-An account whose keys were written before the indexes existed is indexed on its first
-listing (:meth:`KeyListing.index_listing`, or ``keygate store migrate`` for all).
+An account whose keys were written before the indexes existed, or whose creation index
+is an older keygate's (every key at its creation date, whatever its status), is indexed
+on its first listing (:meth:`KeyListing.index_listing`, or ``keygate store migrate`` for
+all).
 """
 
 from __future__ import annotations
@@ -150,7 +153,17 @@ class KeyListing(StoreCore):
 
     @unavailable
     async def listing_indexed(self, account: str) -> bool:
+        """Whether the account's listing indexes hold all its keys."""
         return bool(await self.redis.sismember(self.names.account(account, "roles"), ""))
+
+    @unavailable
+    async def listing_current(self, account: str) -> bool:
+        """Whether they do in this keygate's layout: the listing script's own check, asked
+        for an empty page."""
+        args = ["creationDate", "1", 0, 0, "", "", "", "", self.names.keys_of(account), "",
+                "", "0"]
+        result = await self.scripts.list_keys(keys=self.names.listing(account), args=args)
+        return result != ["unindexed"]
 
     @unavailable
     async def count_token_dates(
@@ -170,14 +183,15 @@ class KeyListing(StoreCore):
 
     @unavailable
     async def migrate(self) -> dict[str, int]:
-        """Build the indexes missing from accounts written by an older keygate (the
-        listing indexes, the owners set), account by account while keygate serves;
+        """Build the indexes missing from accounts written by an older keygate, or in its
+        layout (the listing indexes, the owners set), account by account while keygate
+        serves;
         idempotent. Answers how many keys were listed per account that needed it."""
         listed = {}
         for account in await self.accounts():
             if not await self.redis.sismember(self.names.account(account, "owners"), ""):
                 await self.index_owners(account)
-            if not await self.listing_indexed(account):
+            if not await self.listing_current(account):
                 listed[account] = await self.index_listing(account)
             await self._finish_account_followups(account)
         return listed

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 _CHANGE = ("prelude",)
-_KEY = ("prelude", "key_rules")
+_KEY = ("prelude", "creation_index", "key_rules")
 _GRANT = ("prelude", "grant_snapshot")
 
 # every script, and the fragments put before it
@@ -25,7 +25,7 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "delete_key": _KEY,
     "index_owners": _KEY,
     "index_listing": _KEY,
-    "list_keys": (),
+    "list_keys": ("creation_index",),
     "renew_token": _KEY,
     "end_renewal": _KEY,
     "add_grant": _GRANT,

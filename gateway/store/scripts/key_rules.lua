@@ -39,8 +39,8 @@ end
 
 -- The listing indexes of the key's account (listing.py, names.py LISTING), which every
 -- script that changes a generated key keeps up to date. Each script takes their six
--- names in KEYS from position i: creation date, token date, last use (sorted sets of
--- keys by those times, 0 for never), label (members 'folded label NUL key', score 0),
+-- names in KEYS from position i: creation date (creation_index.lua: by status, then by
+-- date), token date, last use (sorted sets of keys by those times, 0 for never), label (members 'folded label NUL key', score 0),
 -- status (0 active, 1 inactive) and the role names in use (a set; the set of the keys
 -- holding a role is its name .. ':' .. role; the member '' once the indexes are
 -- complete: a new account's are, an older one's are built by index_listing.lua).
@@ -79,7 +79,7 @@ local function list(idx, key, app_key, acct)
   if redis.call('HGET', key, 'lf') == '' then redis.call('HDEL', key, 'lf') end
   local v = redis.call('HMGET', key, 'created', 'tokCreated', 'lastUsed', 'label', 'lf',
                        'status')
-  redis.call('ZADD', idx.keys, v[1] or 0, app_key)
+  redis.call('ZADD', idx.keys, creation_score(v[1], v[6]), app_key)
   redis.call('ZADD', idx.tok, v[2] or 0, app_key)
   redis.call('ZADD', idx.used, v[3] or 0, app_key)
   local member = label_member(v[4], v[5], app_key)

@@ -11,7 +11,8 @@
 -- the label index, and the sets of the keys holding a role the caller may not act on
 -- (KEYS[6] .. ':' .. role).
 -- Answers {'unindexed'} when the account has keys but its indexes are not complete yet
--- (index_listing.lua), else {total, appKey, ...}.
+-- (index_listing.lua) or its creation index is an older keygate's (every key at its
+-- creation date, whatever its status: creation_index.lua), else {total, appKey, ...}.
 --
 -- How: the smallest candidate set (a status, a role, a token date range, else every
 -- key) is read once and checked against the other filters, which gives the total; a
@@ -20,9 +21,14 @@
 -- matches are dense: about (offset + count) * keys / total steps from the start, or
 -- (total - offset) * keys / total from the end), or from sorting the matches (cheap when
 -- they are few). With no filter, or a filter whose set is in the sort's
--- order, the page is a range of ranks.
+-- order, the page is a range of ranks. A status filter in creation or key order walks
+-- only the run of its status (the creation and status indexes hold each status as a run
+-- of ranks in that order).
 if redis.call('SISMEMBER', KEYS[6], '') == 0 then
   if redis.call('ZCARD', KEYS[1]) == 0 then return {0} end
+  return {'unindexed'}
+end
+if redis.call('ZCOUNT', KEYS[1], INACTIVE_AT, '+inf') ~= redis.call('ZCOUNT', KEYS[5], 1, 1) then
   return {'unindexed'}
 end
 local keys_i, tok_i, label_i, status_i, roles_i = KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6]
@@ -103,58 +109,85 @@ end
 local n = redis.call('ZCARD', keys_i)
 local active = redis.call('ZCOUNT', status_i, 0, 0)
 
--- The keys in appKey order: the status index holds the active keys, then the inactive
--- ones, each part in key order; the order is their merge. ``start`` keys are skipped by
--- bisection (the classic k-th of two sorted lists), so a deep page costs no walk.
-local function walk_by_key(start, visit)
+-- Both orders that span the two statuses are merges of two runs of ranks of one index:
+-- key order of the status index's runs (the active keys, then the inactive ones, each in
+-- key order), creation order of the creation index's. Entries are {key, score}.
+local function by_key(x, y) return before(x[1], y[1]) end
+local function by_creation(x, y)
+  local cx, cy = creation_date(x[2]), creation_date(y[2])
+  if cx ~= cy then return cx < cy end
+  return before(x[1], y[1])
+end
+
+local function entries(flat)
+  local out = {}
+  for i = 1, #flat, 2 do out[#out + 1] = {flat[i], tonumber(flat[i + 1])} end
+  return out
+end
+
+-- ranks [first, last] of an index with their scores, in the listing's direction
+local function scored(index, first, last, reverse)
+  if last < first then return {} end
+  if reverse then return entries(redis.call('ZRANGE', index, first, last, 'REV', 'WITHSCORES')) end
+  return entries(redis.call('ZRANGE', index, first, last, 'WITHSCORES'))
+end
+
+-- Visit the merge of ranks [0, active) and [active, n) of ``index`` in the listing's
+-- order from its ``start``-th entry, until visit answers false. ``start`` entries are
+-- skipped by bisection (the classic k-th of two sorted lists), so a deep page costs no
+-- walk.
+local function walk_merged(index, less, start, visit)
   local na, nb = active, n - active
-  local function a_at(i)
-    local r = desc and (na - 1 - i) or i
-    return redis.call('ZRANGE', status_i, r, r)[1]
+  -- the i-th entry of the active run and the j-th of the inactive one, in the listing's
+  -- direction, then ``count`` from there
+  local function a_from(i, count)
+    if desc then return scored(index, nb + i, math.min(nb + i + count, n) - 1, true) end
+    return scored(index, i, math.min(i + count, na) - 1, false)
   end
-  local function b_at(j)
-    local r = desc and (n - 1 - j) or (na + j)
-    return redis.call('ZRANGE', status_i, r, r)[1]
+  local function b_from(j, count)
+    if desc then return scored(index, j, math.min(j + count, nb) - 1, true) end
+    return scored(index, na + j, math.min(na + j + count, n) - 1, false)
   end
-  local function first(a, b) if desc then return before(b, a) end return before(a, b) end
+  local function first(a, b) if desc then return less(b, a) end return less(a, b) end
   local lo, hi = math.max(0, start - nb), math.min(start, na)
   while lo < hi do
     local i = math.floor((lo + hi) / 2)
-    if first(a_at(i), b_at(start - i - 1)) then lo = i + 1 else hi = i end
+    if first(a_from(i, 1)[1], b_from(start - i - 1, 1)[1]) then lo = i + 1 else hi = i end
   end
   local i, j = lo, start - lo
-  local abuf, bbuf, ai, bi = {}, {}, 1, 1
-  local function refill_a()
-    if desc then abuf = ranks(status_i, n - na + i, n - na + i + CHUNK - 1, true)
-    else abuf = redis.call('ZRANGE', status_i, i, math.min(i + CHUNK, na) - 1) end
-    if i >= na then abuf = {} end
-    ai = 1
-  end
-  local function refill_b()
-    if desc then bbuf = ranks(status_i, j, math.min(j + CHUNK, nb) - 1, true)
-    else bbuf = redis.call('ZRANGE', status_i, na + j, na + j + CHUNK - 1) end
-    if j >= nb then bbuf = {} end
-    bi = 1
-  end
-  refill_a()
-  refill_b()
+  local abuf, bbuf, ai, bi = a_from(i, CHUNK), b_from(j, CHUNK), 1, 1
   while true do
-    if ai > #abuf and i < na then refill_a() end
-    if bi > #bbuf and j < nb then refill_b() end
+    if ai > #abuf and i < na then abuf, ai = a_from(i, CHUNK), 1 end
+    if bi > #bbuf and j < nb then bbuf, bi = b_from(j, CHUNK), 1 end
     local a, b = abuf[ai], bbuf[bi]
     if not a and not b then return end
     local k
-    if a and (not b or first(a, b)) then k, ai, i = a, ai + 1, i + 1
-    else k, bi, j = b, bi + 1, j + 1 end
+    if a and (not b or first(a, b)) then k, ai, i = a[1], ai + 1, i + 1
+    else k, bi, j = b[1], bi + 1, j + 1 end
     if not visit(k) then return end
   end
 end
 
+-- A status filter in creation or key order: the run of that status in the index of
+-- that order, which holds exactly its keys in the listing's order (nil for any other).
+local run = nil
+if status and (sort == 'creationDate' or sort == 'appKey' or sort == 'status') then
+  run = {index = sort == 'creationDate' and keys_i or status_i,
+         base = status == 1 and active or 0, size = status == 1 and n - active or active}
+end
+
 -- Visit the keys in the listing's order from rank ``start`` until visit answers false.
 local function walk(start, visit)
-  if sort == 'appKey' then return walk_by_key(start, visit) end
-  while true do
-    local batch = ranks(sort_index, start, start + CHUNK - 1, desc)
+  local index, first, last = sort_index, 0, n
+  if run then
+    index, first, last = run.index, run.base, run.base + run.size
+    if desc then first, last = n - last, n - first end
+  elseif sort == 'appKey' then return walk_merged(status_i, by_key, start, visit)
+  elseif sort == 'creationDate' then return walk_merged(keys_i, by_creation, start, visit)
+  end
+  start = first + start
+  while start < last do
+    local batch = ranks(index, start, math.min(start + CHUNK, last) - 1, desc)
     if #batch == 0 then return end
     for _, member in ipairs(batch) do
       local k, folded = member, nil
@@ -190,7 +223,7 @@ local high = after and ('(' .. tostring(after)) or '+inf'
 local sources = {}
 if status then
   sources[#sources + 1] = {name = 'status', size = status == 0 and active or n - active,
-    order = (sort == 'status' or sort == 'appKey') and 'key' or nil,
+    order = run and 'run' or nil,
     members = function() return redis.call('ZRANGE', status_i, status, status, 'BYSCORE') end}
 end
 if role_set then
@@ -211,16 +244,15 @@ end
 if filters == 1 and source.order then
   local base = 0
   if source.name == 'status' then
-    if status == 1 then base = active end
-    if desc then base = n - (base + source.size) end
+    base = run.base
   else
     base = from and redis.call('ZCOUNT', tok_i, '-inf', '(' .. low) or 0
-    if desc then base = n - (base + source.size) end
   end
+  if desc then base = n - (base + source.size) end
   local page = {}
   if offset < source.size and count > 0 then
     local last = base + math.min(offset + count, source.size) - 1
-    page = ranks(source.name == 'status' and status_i or tok_i, base + offset, last, desc)
+    page = ranks(source.name == 'status' and run.index or tok_i, base + offset, last, desc)
   end
   return answer(source.size, page)
 end
@@ -268,7 +300,14 @@ if total == 0 or offset >= total or count == 0 then return answer(total, {}) end
 -- first page walked past every key that is not red.)
 local function cannot_match(newest_first)
   if sort == 'creationDate' and newest_first and after then
-    return redis.call('ZCOUNT', keys_i, '(' .. tostring(after + 86400000), '+inf')
+    local made_after = after + 86400000
+    local active_after = redis.call('ZCOUNT', keys_i, '(' .. tostring(made_after),
+                                    '(' .. tostring(INACTIVE_AT))
+    if run and status == 0 then return active_after end
+    local inactive_after = redis.call('ZCOUNT', keys_i,
+                                      '(' .. tostring(made_after + INACTIVE_AT), '+inf')
+    if run then return inactive_after end
+    return active_after + inactive_after
   end
   return 0
 end
@@ -285,7 +324,7 @@ local function walked(first, last, from_end)
   local out, seen = {}, 0
   walk(cannot_match(desc), function(k, folded)
     local ok
-    if matched then ok = matched[k] ~= nil else ok = passes(k, nil, folded) end
+    if matched then ok = matched[k] ~= nil else ok = passes(k, run and 'status', folded) end
     if ok then
       if seen >= first then out[#out + 1] = k end
       seen = seen + 1
@@ -302,8 +341,9 @@ end
 -- The page: walk the sort's index from whichever end is nearer, or sort the matches,
 -- whichever costs less (a walk steps over about n / total keys per match).
 local want = math.min(offset + count, total)
-local walk_cost = want * (n - cannot_match(desc)) / total
-local back_cost = (total - offset) * (n - cannot_match(not desc)) / total
+local walked_over = run and run.size or n
+local walk_cost = want * (walked_over - cannot_match(desc)) / total
+local back_cost = (total - offset) * (walked_over - cannot_match(not desc)) / total
 local sort_cost = total * (math.log(total + 1) / math.log(2) + 2) * 4
 if math.min(walk_cost, back_cost) <= sort_cost then
   return answer(total, walked(offset, want - 1, back_cost < walk_cost))
@@ -316,6 +356,8 @@ for i, k in ipairs(list) do
     local folded = matched[k]
     if folded == true then folded = folded_label(k) end
     key = folded .. '\0' .. k
+  elseif sort == 'creationDate' then
+    key = creation_date(tonumber(redis.call('ZSCORE', sort_index, k)))
   elseif sort ~= 'appKey' then
     key = tonumber(redis.call('ZSCORE', sort_index, k))
   end
