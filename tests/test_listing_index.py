@@ -443,6 +443,30 @@ async def test_a_nul_in_q_matches_nothing(gateway, management, make_key):
     await assert_same(gateway.store, KeyQuery(q="\0"))
 
 
+async def test_export_reads_each_key_once_in_creation_order_while_keys_change(gateway, clock):
+    """The export's reading (iter_keys) while statuses flip, which moves keys between the
+    creation index's runs, and keys are deleted; more keys share one date than a chunk."""
+    store = gateway.store
+    keys = Keys(store, 51)
+    await spread(gateway, keys, clock, 60)
+    for _ in range(12):
+        await keys.create()  # the clock stands still: one creation date
+    order = [r.app_key for r in sorted(await store.all_keys(ACCOUNT),
+                                       key=lambda r: (r.created, r.app_key))]
+    doomed = {order[20], order[45], order[-3]}
+    rng = random.Random(7)
+    seen: list[str] = []
+    async for records in store.iter_keys(ACCOUNT, chunk=5):
+        seen += [r.app_key for r in records]
+        for app_key in rng.sample([k for k in order if k not in doomed], 8):
+            await store.update_key(ACCOUNT, app_key,
+                                   status=rng.choice(["active", "inactive"]))
+        if len(seen) > 30 and doomed:
+            await store.delete_key(ACCOUNT, doomed.pop(), actor=CLI)
+    assert seen == [k for k in order if k in seen]  # creation order, none twice
+    assert set(order) - set(seen) <= {order[20], order[45], order[-3]}
+
+
 async def test_concurrent_listings_leave_nothing_behind(gateway, clock):
     keys = Keys(gateway.store, 61)
     await spread(gateway, keys, clock, 60)

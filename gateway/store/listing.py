@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 
 from .core import StoreCore, unavailable, unavailable_iter
+from .lua import constant
 from .records import ACTIVE, INACTIVE, KeyRecord, label_fold
 
 
@@ -89,6 +90,9 @@ SORT_FIELDS: dict[str, Callable[[KeyRecord], Any]] = {
 }
 
 _STATUS_SCORE = {ACTIVE: "0", INACTIVE: "1"}
+
+# an inactive key's score in the creation index is its creation date plus this
+INACTIVE_AT = constant("creation_index", "INACTIVE_AT")
 
 
 def _bound(value: int | None) -> str:
@@ -248,12 +252,41 @@ class KeyListing(StoreCore):
 
     @unavailable_iter
     async def iter_keys(self, account: str, chunk: int = 500) -> AsyncIterator[list[KeyRecord]]:
-        """All generated keys of an account, a chunk at a time (bounded memory)."""
+        """All generated keys of an account in creation order, a chunk at a time (bounded
+        memory), each listed once though keys change meanwhile.
+
+        The creation index holds each status as a run (scripts/creation_index.lua), and a
+        key moves between the runs when its status changes, at the same date. Each round
+        reads both runs from the last key listed in one transaction, and lists the keys
+        before the first date that a run read to its limit may hold more of: a key is
+        listed in the round that reaches its date, from whichever run holds it then, and
+        a delete shifts no other key.
+        """
         index = self.names.account(account, "keys")
-        start = 0
+        runs = ((0, f"({INACTIVE_AT}"), (INACTIVE_AT, "+inf"))
+        position: tuple[int, str] = (-1, "")  # the last key listed: (creation date, name)
+        want = chunk
         while True:
-            names = await self.redis.zrange(index, start, start + chunk - 1)
-            if not names:
-                return
-            yield [r for r in await self._load(names, chunk) if r is not None]
-            start += chunk
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for base, high in runs:
+                    pipe.zrange(index, base + max(position[0], 0), high, byscore=True,
+                                offset=0, num=want, withscores=True)
+                batches = await pipe.execute()
+            found: list[tuple[int, str]] = []
+            limit: int | None = None  # the first date a run may hold unread keys at
+            for (base, _), batch in zip(runs, batches, strict=True):
+                found += [(int(score) - base, name) for name, score in batch]
+                if len(batch) == want:
+                    last = int(batch[-1][1]) - base
+                    limit = last if limit is None else min(limit, last)
+            fresh = sorted(e for e in found
+                           if e > position and (limit is None or e[0] < limit))
+            if not fresh:
+                if limit is None:
+                    return
+                want *= 2  # more keys share one date than a round reads: read more
+                continue
+            want = chunk
+            position = fresh[-1]
+            records = await self._load([name for _, name in fresh], chunk)
+            yield [r for r in records if r is not None]

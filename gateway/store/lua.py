@@ -9,6 +9,7 @@ runs a registered script by its digest (EVALSHA) and loads it on first use.
 from __future__ import annotations
 
 import functools
+import re
 from importlib.resources import files
 
 import redis.asyncio as aioredis
@@ -44,6 +45,15 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
 @functools.cache
 def _read(name: str) -> str:
     return files(__package__).joinpath("scripts", f"{name}.lua").read_text(encoding="utf-8")
+
+
+def constant(fragment: str, name: str) -> int:
+    """An integer a script fragment defines (``local NAME = 123``), for Python code that
+    reads what the scripts write: one definition for both."""
+    found = re.search(rf"^local {name} = (\d+)$", _read(fragment), re.MULTILINE)
+    if found is None:
+        raise LookupError(f"{fragment}.lua defines no {name}")
+    return int(found[1])
 
 
 def source(name: str) -> str:
