@@ -16,6 +16,7 @@ from conftest import Key, ProxyTestServer, default_routes
 from gateway.app import build_gateway
 from gateway.management import build_management_app
 from gateway.store import CLI_ACTOR
+from gateway.store.lookup import ENDED_SESSIONS_KEPT
 
 LOGIN = "/api/v1/auth/login"
 
@@ -176,6 +177,62 @@ async def test_the_session_cookie_authenticates_and_never_reaches_the_upstream(
     assert forwarded["Cookie"].replace(" ", "") == "theme=dark;lang=en"
     logout = await management.post("/api/v1/auth/logout")
     assert logout.status == 204 and "keygate_session=" in logout.headers["Set-Cookie"]
+
+
+async def test_signing_out_ends_that_session_on_every_port_and_no_other(
+    management, proxy, make_key
+):
+    key = await make_key("acme", ["orders-reader"])
+    first, second = (await login(management, key))["token"], (await login(management, key))["token"]
+    assert (await proxy.get("/orders/1", headers=bearer(first))).status == 200  # now cached
+    assert (await management.post("/api/v1/auth/logout", headers=bearer(first))).status == 204
+    for client, path in ((proxy, "/orders/1"), (management, "/api/v1/accounts/acme/keys")):
+        ended = await client.get(path, headers=bearer(first))
+        assert ended.status == 401, path
+        assert (await ended.json())["error"]["code"] == "session_ended"
+        assert (await client.get(path, headers=bearer(second))).status in (200, 403), path
+    # the ended session cannot sign out again, nor does a forged or foreign token count
+    for token in (first, "not-a-jwt", jwt.encode({"sub": "x"}, "k" * 32, algorithm="HS256")):
+        assert (await management.post("/api/v1/auth/logout", headers=bearer(token))).status == 204
+    assert (await proxy.get("/orders/1", headers=bearer(second))).status == 200
+
+
+async def test_a_cookie_session_signed_out_is_refused_though_the_cookie_is_replayed(
+    management, proxy, make_key
+):
+    key = await make_key("acme", ["orders-reader"])
+    answer = await management.post(LOGIN, json={"appKey": key.app_key,
+                                                "appToken": key.token, "cookie": True})
+    token = (await answer.json())["token"]
+    management.session.cookie_jar.clear()
+    replayed = {"Cookie": f"keygate_session={token}"}
+    assert (await proxy.get("/orders/1", headers=replayed)).status == 200
+    out = await management.post("/api/v1/auth/logout", headers=replayed)
+    assert out.status == 204 and "keygate_session=" in out.headers["Set-Cookie"]
+    assert (await proxy.get("/orders/1", headers=replayed)).status == 401
+
+
+async def test_signing_out_again_and_again_keeps_a_keys_hash_small(
+    gateway, management, proxy, make_key
+):
+    """A key holder who signs in and out without end cannot grow the key's hash: past
+    the sessions a key keeps ended by name, the next sign-out ends every session issued
+    until then (one signed in later still works)."""
+    key = await make_key("acme", ["orders-reader"])
+    tokens = [(await login(management, key))["token"] for _ in range(ENDED_SESSIONS_KEPT + 1)]
+    for token in tokens[:-1]:
+        assert (await management.post("/api/v1/auth/logout", headers=bearer(token))).status == 204
+    assert (await proxy.get("/orders/1", headers=bearer(tokens[-1]))).status == 200
+    name = gateway.store.names.key(key.app_key)
+    before = len(await gateway.store.redis.hget(name, "sessEnd"))
+    assert (await management.post("/api/v1/auth/logout",
+                                  headers=bearer(tokens[-1]))).status == 204
+    assert len(await gateway.store.redis.hget(name, "sessEnd")) < before / 10
+    for token in (tokens[0], tokens[-2], tokens[-1]):  # (each a failure, as a wrong token)
+        assert (await proxy.get("/orders/1", headers=bearer(token))).status == 401
+    await asyncio.sleep(1.01)  # sessions carry the system clock's seconds
+    later = (await login(management, key))["token"]
+    assert (await proxy.get("/orders/1", headers=bearer(later))).status == 200
 
 
 async def test_an_upstream_cannot_set_the_session_cookie(proxy, make_key):

@@ -40,7 +40,8 @@ ERROR_MEANINGS = {
          "(the message names it), or the credentials are malformed.",
     401: "Missing or invalid credentials, or an inactive key (`missing_credentials`, "
          "`incomplete_credentials`, `invalid_credentials`, `key_inactive`, "
-         "`invalid_session`, `session_expired`). An unknown key and a wrong token get the "
+         "`invalid_session`, `session_expired`, `session_ended`). An unknown key and a "
+         "wrong token get the "
          "same answer.",
     403: "Authenticated, but not permitted (`no_grant`, `grant_inactive`, `no_roles`, "
          "`not_permitted`); or a write authenticated by the session cookie alone without "

@@ -1,5 +1,5 @@
 """Sessions: ``POST /api/v1/auth/login`` trades a key and token for a short-lived session
-JWT, ``POST /api/v1/auth/logout`` clears the session cookie, and
+JWT, ``POST /api/v1/auth/logout`` ends the session and clears its cookie, and
 ``GET /.well-known/jwks.json`` publishes the keys that verify keygate's tokens.
 
 Login authenticates exactly as the proxy does (same 401 for every wrong pair, the same
@@ -16,7 +16,8 @@ from aiohttp import web
 from ..accesslog import APP_KEY
 from ..context import GATEWAY
 from ..errors import BadRequest
-from ..pipeline.authenticators import invalid_credentials
+from ..pipeline.authenticators import invalid_credentials, session_token
+from ..sessions.tokens import InvalidSession
 from ..views import iso
 from .common import client_address, json_response
 from .operations import Operations
@@ -84,14 +85,29 @@ async def login(request: web.Request, body: Login) -> web.Response:
     return response
 
 
-@operations.post("/api/v1/auth/logout", summary="Clear the session cookie",
-                 responses={204: None})
+@operations.post("/api/v1/auth/logout", summary="End the session and clear its cookie",
+                 responses={204: None}, errors={503: ("store_unavailable",)})
 async def logout(request: web.Request) -> web.Response:
-    """Clears the session cookie. A session token itself stays valid until it expires
-    (it is a bearer credential: deactivate the key, or renew its token, to end every
-    session made from it at once)."""
+    """Ends the session the request carries (the Bearer token, else the session cookie):
+    every instance refuses it from its next request, on every port, while the key's
+    other sessions go on. A key keeps the last 64 sessions it ended by name; one more
+    ends every session issued until then. Then clears the session cookie: 204 whether or
+    not a valid session came with the request, or 503 with the cookie kept when the store
+    could not record the end (the session lives on: sign out again). Deactivate the key,
+    or renew its token, to end every session made from it at once."""
+    gateway = request.app[GATEWAY]
+    name = gateway.settings.session_cookie
+    found = session_token(request.headers, name)
+    if found is not None:
+        try:
+            claims = await gateway.sessions.verify(found[0])
+        except InvalidSession:
+            claims = None  # expired, forged or not keygate's: nothing to end
+        if claims is not None:
+            request[APP_KEY] = claims.app_key
+            await gateway.store.end_session(claims.app_key, claims.jti, claims.expires,
+                                            int(gateway.sessions.clock()))
     response = web.Response(status=204)
-    name = request.app[GATEWAY].settings.session_cookie
     if name:
         response.del_cookie(name, path="/", secure=_secure(request), httponly=True,
                             samesite="Strict")

@@ -136,6 +136,11 @@ class ExpiredSessionToken(InvalidSessionToken):
     message = "the session has expired: sign in again with the API key and token"
 
 
+class EndedSessionToken(InvalidSessionToken):
+    code = "session_ended"
+    message = "this session was signed out: sign in again with the API key and token"
+
+
 AUTHORIZATION = istr("Authorization")
 COOKIE = istr("Cookie")
 
@@ -167,18 +172,7 @@ class BearerAuthenticator:
 
     def token_of(self, headers: Mapping[str, str]) -> tuple[str, str] | None:
         """The session token and where it came from (``bearer`` or ``cookie``)."""
-        value = headers.get(AUTHORIZATION)
-        if value is not None:
-            scheme, _, token = value.strip().partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip(), "bearer"
-        if self.cookie:
-            for header in _all(headers, COOKIE):
-                for pair in header.split(";"):
-                    name, _, token = pair.strip().partition("=")
-                    if name == self.cookie and token:
-                        return token, "cookie"
-        return None
+        return session_token(headers, self.cookie)
 
     async def authenticate(self, headers: Mapping[str, str], account: str) -> Authenticated | None:
         found_token = self.token_of(headers)
@@ -199,6 +193,8 @@ class BearerAuthenticator:
             raise InvalidSessionToken()  # the key was deleted
         if not matches_generation(claims.generation, found.token_digests):
             raise InvalidSessionToken()  # the token the session came from was replaced
+        if found.ended_sessions.ends(claims.jti, claims.issued):
+            raise EndedSessionToken()
         if found.status != ACTIVE:
             raise Unauthorized(
                 "this API key is inactive; its owner account can activate it",
@@ -206,6 +202,23 @@ class BearerAuthenticator:
             )
         return Authenticated(Principal(claims.app_key, found.owner), account, found.grant,
                              found_token[1])
+
+
+def session_token(headers: Mapping[str, str], cookie: str) -> tuple[str, str] | None:
+    """The session token a request carries and where (``bearer``: the Authorization
+    header, first; ``cookie``: the cookie named ``cookie``, '' for none), or None."""
+    value = headers.get(AUTHORIZATION)
+    if value is not None:
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip(), "bearer"
+    if cookie:
+        for header in _all(headers, COOKIE):
+            for pair in header.split(";"):
+                name, _, token = pair.strip().partition("=")
+                if name == cookie and token:
+                    return token, "cookie"
+    return None
 
 
 def _all(headers: Mapping[str, str], name: str) -> list[str]:

@@ -4,7 +4,11 @@ cache, else in one round trip (a key's grants live in its own hash: one HMGET)."
 from __future__ import annotations
 
 from .core import StoreCore, unavailable
-from .records import AuthLookup, Grant
+from .records import AuthLookup, EndedSessions, Grant
+
+# sessions a key keeps ended one by one; signing out of one more ends all it has
+# (end_session.lua), so a key's hash stays small whoever signs in and out
+ENDED_SESSIONS_KEPT = 64
 
 
 class AuthReads(StoreCore):
@@ -29,12 +33,28 @@ class AuthReads(StoreCore):
 
     @unavailable
     async def _auth_lookup(self, app_key: str, account: str) -> AuthLookup:
-        owner, status, tok, new_tok, grant = await self.redis.hmget(
-            self.names.key(app_key), ["acct", "status", "tok", "newTok", "g:" + account]
+        owner, status, tok, new_tok, grant, ended = await self.redis.hmget(
+            self.names.key(app_key),
+            ["acct", "status", "tok", "newTok", "g:" + account, "sessEnd"],
         )
         return AuthLookup(
             owner=owner,
             status=status,
             token_digests=tuple(d for d in (tok, new_tok) if d),
             grant=Grant.decode(grant),
+            ended_sessions=EndedSessions.decode(ended),
         )
+
+    @unavailable
+    async def end_session(self, app_key: str, jti: str, expires: int, now: int) -> bool:
+        """Sign a key out of one session (its jti, until it expires; ``now`` on the clock
+        that stamps sessions, in seconds): this process forgets the key at once, every
+        other on the script's notice, so each refuses the session from its next request.
+        False when the key does not exist."""
+        try:
+            return bool(await self.scripts.end_session(
+                keys=[self.names.key(app_key)],
+                args=[jti, expires, now, self.channel, ENDED_SESSIONS_KEPT],
+            ))
+        finally:
+            self.forget(app_key)

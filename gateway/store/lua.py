@@ -37,6 +37,7 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "open_link": _CHANGE,
     "put_setting": _CHANGE,
     "record_last_used": (),
+    "end_session": (),
     "announce_policy": (),
     "write_signing_keys": (),
 }
@@ -84,5 +85,6 @@ class Scripts:
         self.open_link = register("open_link")
         self.put_setting = register("put_setting")
         self.record_last_used = register("record_last_used")
+        self.end_session = register("end_session")
         self.announce_policy = register("announce_policy")
         self.write_signing_keys = register("write_signing_keys")

@@ -138,6 +138,29 @@ class ExternalKey:
 
 
 @dataclass(frozen=True)
+class EndedSessions:
+    """The sessions of a key signed out of (scripts/end_session.lua): those named, and
+    every one issued at or before ``until`` (seconds)."""
+
+    until: int = 0
+    ended: frozenset[str] = frozenset()
+
+    @classmethod
+    def decode(cls, raw: str | None) -> EndedSessions:
+        if not raw:
+            return NO_ENDED_SESSIONS
+        data = orjson.loads(raw)
+        # cjson writes an empty table as {} and orjson reads it back as a dict either way
+        return cls(int(data.get("until", 0)), frozenset(data.get("ended") or ()))
+
+    def ends(self, jti: str, issued: int) -> bool:
+        return issued <= self.until or jti in self.ended
+
+
+NO_ENDED_SESSIONS = EndedSessions()
+
+
+@dataclass(frozen=True)
 class AuthLookup:
     """What authenticating a key for one target account needs, read in one round trip."""
 
@@ -145,6 +168,7 @@ class AuthLookup:
     status: str | None
     token_digests: tuple[str, ...] = field(repr=False)
     grant: Grant | None
+    ended_sessions: EndedSessions = NO_ENDED_SESSIONS
 
     @property
     def exists(self) -> bool:

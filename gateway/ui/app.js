@@ -42,6 +42,7 @@ api.whenSignedOut((failure) => {
     // the browser drops the cookie when the session's time is up
     missing_credentials: "Your session has expired. Sign in again to continue.",
     invalid_session: "Your session is no longer valid: the key's token was renewed or the key was deleted. Sign in again.",
+    session_ended: "This session was signed out. Sign in again to continue.",
   };
   showSignIn(reasons[failure.code] || `You were signed out: ${failure.message}`);
 });
