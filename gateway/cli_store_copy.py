@@ -8,7 +8,7 @@ import argparse
 from .cli_store import Refused, UsageError, print_json, shared_store_settings
 from .process import run_event_loop
 from .settings import store_url_setting, url_without_passwords
-from .store.copy import TargetNotEmpty, copy_store
+from .store.copy import CopyFailed, TargetNotEmpty, copy_store
 
 
 def target_url(value: str) -> str:
@@ -29,7 +29,7 @@ def store_copy(args: argparse.Namespace) -> int:
         raise UsageError("--to names the store_url itself: copy into another store")
     try:
         report = run_event_loop(copy_store(settings.store_url, args.to, settings.store_prefix))
-    except TargetNotEmpty as exc:
+    except (TargetNotEmpty, CopyFailed) as exc:
         raise Refused(str(exc)) from None
     if args.json:
         print_json({"copied": report.copied, "byKind": report.by_kind})

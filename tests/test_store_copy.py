@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import TEST_SECRET, Ran
+from ports import free_port
 
 from gateway.app import build_gateway
 from gateway.context import Gateway
@@ -141,3 +142,11 @@ def test_the_command_copies_and_refuses_bad_targets(
                 env["KEYGATE_STORE_URL"]):
         ran = cli("store", "copy", "--to", bad)
         assert ran.code == 2 and "s3cret" not in ran.err + ran.out, (bad, ran.err)
+    # a target that does not answer, or refuses the password: a refusal saying which
+    # store failed, without a traceback or the password
+    closed = free_port()
+    for unreachable in (f"redis://:s3cret@127.0.0.1:{closed}/0",
+                        env["KEYGATE_STORE_URL"].replace("redis://", "redis://nobody:s3cret@", 1)):
+        ran = cli("store", "copy", "--to", unreachable)
+        assert ran.code == 1 and "the target store failed" in ran.err, (unreachable, ran.err)
+        assert "s3cret" not in ran.err + ran.out and "Traceback" not in ran.err

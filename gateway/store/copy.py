@@ -16,7 +16,7 @@ from typing import Any
 
 import redis.exceptions
 
-from .connection import client_from_url, is_cluster_client
+from .connection import CLIENT_FAILURES, client_from_url, is_cluster_client, lost_store
 from .names import Keyspace, glob_escape
 
 
@@ -27,6 +27,19 @@ class TargetNotEmpty(Exception):
         super().__init__(f"the target already holds {example!r} under the prefix; "
                          "copy into an empty store (or another store_prefix)")
         self.example = example
+
+
+class CopyFailed(Exception):
+    """The source or the target failed during the copy: unreachable, refused the
+    credentials, or lost. The message says which, and what the client said of a
+    connection (never a value: a failed write's message quotes what it wrote)."""
+
+    def __init__(self, side: str, exc: BaseException):
+        said = str(exc) if isinstance(exc, redis.exceptions.ConnectionError) else ""
+        super().__init__(f"the {side} store failed during the copy ({type(exc).__name__}"
+                         + (f": {said[:200]}" if said else "") + "); whatever was "
+                         "copied stays in the target: empty it before copying again")
+        self.side = side
 
 
 @dataclass
@@ -61,8 +74,10 @@ def _kind(source: Keyspace, name: str) -> str:
 async def copy_store(source_url: str, target_url: str, prefix: str,
                      chunk: int = 500) -> CopyReport:
     """Copy every name under ``prefix`` from ``source_url`` to ``target_url``.
-    :class:`TargetNotEmpty` before anything is written when the target holds any."""
+    :class:`TargetNotEmpty` before anything is written when the target holds any;
+    :class:`CopyFailed` when either store fails."""
     source_client, target_client = _binary(source_url), _binary(target_url)
+    side = ["target"]  # the store the call in flight is made on (_copy_batch sets it)
     try:
         source = Keyspace(prefix, clustered=is_cluster_client(source_client))
         target = Keyspace(prefix, clustered=is_cluster_client(target_client))
@@ -71,26 +86,37 @@ async def copy_store(source_url: str, target_url: str, prefix: str,
             raise TargetNotEmpty(name.decode("utf-8", "replace"))
         report = CopyReport()
         batch: list[bytes] = []
+        side[0] = "source"
         async for name in source_client.scan_iter(match=pattern.encode(), count=1000):
             batch.append(name)
             if len(batch) >= chunk:
-                await _copy_batch(source_client, target_client, source, target, batch, report)
+                await _copy_batch(source_client, target_client, source, target, batch, report,
+                                  side)
                 batch = []
+                side[0] = "source"
         if batch:
-            await _copy_batch(source_client, target_client, source, target, batch, report)
+            await _copy_batch(source_client, target_client, source, target, batch, report,
+                              side)
         return report
+    except CLIENT_FAILURES as exc:
+        if isinstance(exc, redis.exceptions.RedisError) or lost_store(exc):
+            raise CopyFailed(side[0], exc) from None
+        raise
     finally:
         await source_client.aclose()
         await target_client.aclose()
 
 
 async def _copy_batch(source_client: Any, target_client: Any, source: Keyspace,
-                      target: Keyspace, names: list[bytes], report: CopyReport) -> None:
+                      target: Keyspace, names: list[bytes], report: CopyReport,
+                      side: list[str]) -> None:
+    side[0] = "source"
     async with source_client.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.dump(name)
             pipe.pttl(name)
         found = await pipe.execute()
+    side[0] = "target"
     async with target_client.pipeline(transaction=False) as pipe:
         for i, name in enumerate(names):
             payload, ttl = found[2 * i], found[2 * i + 1]
@@ -105,5 +131,6 @@ async def _copy_batch(source_client: Any, target_client: Any, source: Keyspace,
             await pipe.execute()
         except redis.exceptions.ResponseError as exc:
             if "BUSYKEY" in str(exc):  # written meanwhile: the target was not at rest
-                raise TargetNotEmpty(str(exc)) from None
+                # (the message quotes the RESTORE and its payload: not repeated)
+                raise TargetNotEmpty("a name written there during the copy") from None
             raise
