@@ -468,8 +468,15 @@ async def test_create_with_link_shows_the_token_exactly_once(api, proxy, clock):
 async def test_link_can_be_opened_from_the_html_form(api, proxy):
     created = await api.create("browser", delivery="link")
     url = created["tokenLink"]
+    page = await api.show_link(url, headers={"Accept": "text/html"})
     opened = await api.open_link(url, data={}, headers={"Accept": "text/html"})
     assert opened.status == 200 and opened.content_type == "text/html"
+    for shown in (page, opened):
+        # no other site may frame the button, nor the token it reveals
+        csp = shown.headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in csp and "script-src" not in csp
+        assert shown.headers["X-Frame-Options"] == "DENY"
+        assert shown.headers["Referrer-Policy"] == "no-referrer"
     token = re.search(r"API token <code>(kgt_[0-9A-Za-z]+)</code>", opened.text)
     assert token, opened.text
     assert await works(proxy, created["appKey"], token[1])
