@@ -95,8 +95,10 @@ async def write_xlsx(store: Store, account: str, path: Path) -> None:
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # where a spreadsheet splits cells at ';' (Excel's list separator in much of Europe),
-# whatever follows a ';' starts a cell, quoted or not
-_FORMULA_AFTER_SEMICOLON = re.compile(r";(?=[=+\-@\t\r])")
+# whatever follows a ';' starts a cell, quoted or not: a label's '"' after a ';' is
+# written doubled, and that cell then opens with an empty quoted string that the rest
+# follows ('x;"=1;' gives the cell '=1'), so quotes and spaces do not hide a formula
+_FORMULA_AFTER_SEMICOLON = re.compile(r';(?=[ "]*[=+\-@\t\r])')
 
 
 def _csv_cell(value: Any) -> str:

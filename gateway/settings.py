@@ -276,7 +276,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a one-time token link stays valid if nobody opens it.", _positive(float)),
     Setting("management_public_url", "",
             "Base URL of the management port as integrators reach it, for one-time token "
-            "links (default: the scheme and host of the request that made the link)."),
+            "links (default: the scheme and host the request that made the link was sent "
+            "to; behind trusted_proxies, the X-Forwarded-Proto and -Host they set)."),
     Setting("audit_max_events", 100000,
             "Audit events kept per account (older ones are trimmed).", _positive(int)),
     Setting("last_used_interval", 60.0,

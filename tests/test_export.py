@@ -508,7 +508,10 @@ async def test_csv_cells_do_not_start_a_formula_where_cells_split_at_semicolons(
     """Excel splits .csv cells at ';' in much of Europe, quoted or not: a label such as
     ``x;=cmd|' /C calc'!A0`` must not give a cell that starts a formula there either."""
     owner = await make_key("acme", ["owner"], label="owner")
-    for label in ("x;=cmd|' /C calc'!A0;", "a;+1;-2;@SUM(A1)", "plain; spaced"):
+    for label in ("x;=cmd|' /C calc'!A0;", "a;+1;-2;@SUM(A1)", "plain; spaced",
+                  # a quote after the ';' opens that cell with an empty quoted string
+                  # ("" once written), and the formula follows it
+                  'q;"=cmd|\' /C calc\'!A0;', 'r;"""@SUM(A1);', 's; "+1;'):
         created = await management.post("/api/v1/accounts/acme/keys", headers=owner.headers,
                                         json={"label": label, "roles": ["orders-reader"]})
         assert created.status == 201, await created.text()

@@ -107,6 +107,36 @@ async def test_no_other_endpoint_returns_the_token_or_its_digest(management, adm
         assert "appToken" not in body
 
 
+async def test_answers_with_tokens_links_or_key_data_are_never_stored(management, admin_key):
+    """A new token (create, renew), a one-time link, a session, key data: no browser or
+    proxy cache may keep any of them, and no browser may sniff them into something else.
+    Create and renew said nothing about caching."""
+    h = admin_key.headers
+    created = await management.post(KEYS, json={"label": "k", "roles": ["orders-reader"]},
+                                    headers=h)
+    app_key = (await created.json())["appKey"]
+    linked = await management.post(KEYS, headers=h, json={
+        "label": "l", "roles": ["orders-reader"], "delivery": "link"})
+    renewed = await management.post(f"{KEYS}/{app_key}/token/renew", headers=h,
+                                    json={"deleteOld": "now"})
+    login = await management.post("/api/v1/auth/login", json={
+        "appKey": admin_key.app_key, "appToken": admin_key.token})
+    for response in (
+        created, linked, renewed, login,
+        await management.get(KEYS, headers=h),
+        await management.get(f"{KEYS}/{app_key}", headers=h),
+        await management.get("/api/v1/accounts/acme/audit", headers=h),
+        await management.get("/api/v1/accounts/acme/me", headers=h),
+        await management.get(f"{KEYS}/kgk-acme-0000000000", headers=h),
+    ):
+        assert response.status < 500, await response.text()
+        assert response.headers["Cache-Control"] == "no-store", response.url
+        assert response.headers["X-Content-Type-Options"] == "nosniff", response.url
+    # what may be cached still says so itself
+    assert "max-age" in (await management.get("/.well-known/jwks.json")).headers["Cache-Control"]
+    assert (await management.get("/admin/")).headers["Cache-Control"] == "no-cache"
+
+
 @pytest.mark.parametrize(
     ("body", "code", "mentions"),
     [

@@ -468,8 +468,15 @@ async def test_create_with_link_shows_the_token_exactly_once(api, proxy, clock):
 async def test_link_can_be_opened_from_the_html_form(api, proxy):
     created = await api.create("browser", delivery="link")
     url = created["tokenLink"]
+    page = await api.show_link(url, headers={"Accept": "text/html"})
     opened = await api.open_link(url, data={}, headers={"Accept": "text/html"})
     assert opened.status == 200 and opened.content_type == "text/html"
+    for shown in (page, opened):
+        # no other site may frame the button, nor the token it reveals
+        csp = shown.headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in csp and "script-src" not in csp
+        assert shown.headers["X-Frame-Options"] == "DENY"
+        assert shown.headers["Referrer-Policy"] == "no-referrer"
     token = re.search(r"API token <code>(kgt_[0-9A-Za-z]+)</code>", opened.text)
     assert token, opened.text
     assert await works(proxy, created["appKey"], token[1])
@@ -503,6 +510,42 @@ async def test_link_uses_management_public_url(make_settings, clock, aiohttp_cli
         assert opened.status == 200 and opened.json()["appKey"] == created["appKey"]
     finally:
         await gw.close()
+
+
+async def test_link_behind_a_trusted_proxy_is_where_the_client_reached_it(
+    make_settings, clock, aiohttp_client, gateway
+):
+    """Without management_public_url, a link is built from where the caller reached the
+    port: behind a TLS proxy that is https and the proxy's public host, as it says in
+    X-Forwarded-Proto/-Host. The link was http:// and the hop's Host: the link's secret
+    went in clear over the network to whatever answers plain HTTP there (or nowhere).
+    An untrusted peer's headers still change nothing."""
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "keys.example.com"}
+    behind = build_gateway(make_settings(store_prefix=gateway.settings.store_prefix,
+                                         trusted_proxies=["127.0.0.1/32"]), clock=clock)
+    direct = build_gateway(make_settings(store_prefix=gateway.settings.store_prefix,
+                                         trusted_proxies=["10.0.0.1/32"]), clock=clock)
+    try:
+        admin = await gateway.lifecycle.create("acme", "admin", ["user-admin-restricted"],
+                                               CLI_ACTOR)
+        sent = {**creds(admin.record.app_key, admin.token), **forwarded}
+        api = Api(await aiohttp_client(build_management_app(behind)), sent)
+        created = await api.create("behind a proxy", delivery="link")
+        assert created["tokenLink"].startswith("https://keys.example.com/api/v1/token-links/")
+        renewed = await api.renew(created["appKey"], {"delivery": "link"})
+        assert renewed.status == 409  # the first link is unopened
+        opened = await api.open_link(created["tokenLink"])
+        assert opened.status == 200
+        renewed = await api.renew(created["appKey"], {"delivery": "link"})
+        assert renewed.json()["tokenLink"].startswith("https://keys.example.com/")
+
+        untrusted = Api(await aiohttp_client(build_management_app(direct)), sent)
+        created = await untrusted.create("not behind one", delivery="link")
+        client = untrusted.client
+        assert created["tokenLink"].startswith(f"http://{client.host}:{client.port}/")
+    finally:
+        await behind.close()
+        await direct.close()
 
 
 async def test_concurrent_opens_reveal_the_token_once(api, proxy):

@@ -84,6 +84,16 @@ def all_operations() -> list[Operation]:
     return list(itertools.chain.from_iterable(table.items for table in TABLES))
 
 
+async def not_stored(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """An ``on_response_prepare`` handler: an answer that says nothing of caching is
+    kept by no cache (``no-store``) and sniffed by no browser (``nosniff``). Answers
+    carry new tokens (create, renew), one-time links, sessions and key data (lists,
+    audit, exports); one that may be cached says so itself (the page's files, the JWKS,
+    the OpenAPI document)."""
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
 def build_management_app(gateway: Gateway) -> web.Application:
     app = web.Application(
         # CSRF after the errors: its refusals are the one error shape
@@ -92,6 +102,7 @@ def build_management_app(gateway: Gateway) -> web.Application:
     )
     app[GATEWAY] = gateway
     app.on_response_prepare.append(server_header)  # streamed answers (exports) too
+    app.on_response_prepare.append(not_stored)
     operations = all_operations()
     register(app, operations, authorize)
     openapi.install(app, operations, gateway.settings)

@@ -122,9 +122,18 @@ def secret_fields(request: web.Request, issued: Issued) -> dict[str, Any]:
     """The new token, or the one-time link that reveals it, for a response body."""
     if issued.token is not None:
         return {"appToken": issued.token}
-    base = request.app[GATEWAY].settings.management_public_url.rstrip("/")
+    gateway = request.app[GATEWAY]
+    base = gateway.settings.management_public_url.rstrip("/")
     if not base:
-        base = f"{request.scheme}://{request.host}"
+        # where the caller reached the port: behind trusted proxies, the scheme and host
+        # they say (the client's https, not the proxy's plain hop to keygate), as the
+        # session cookie's Secure flag and the CSRF check take them
+        scheme, host = request.scheme, request.host
+        if gateway.trusted_proxies is not None:
+            forwarding = gateway.trusted_proxies.forwarding(
+                request.remote or "", request.headers, scheme, host)
+            scheme, host = forwarding.proto, forwarding.host
+        base = f"{scheme}://{host}"
     return {
         "tokenLink": f"{base}/api/v1/token-links/{issued.link_secret}",
         "tokenLinkExpires": iso(issued.link_expires),
