@@ -84,6 +84,7 @@ from .errors import BadRequest, ConfigError, Forbidden, GatewayError, NotFound
 from .forwarded import TrustedProxies, parse_address
 from .pipeline import Decision, RequestFacts
 from .pipeline.authenticators import without_session_cookie
+from .pipeline.identity import carrier_of
 from .routes import normalise_path
 from .series import ALLOWED, INTERNAL_ERROR, NO_ROUTE
 from .settings import Settings
@@ -359,7 +360,7 @@ class DecisionPort:
             assert decision.routed is not None
             headers = [*headers, (self.path_header, decision.routed.forward_path)]
         assert decision.identity is not None
-        carrier = decision.identity.carrier
+        carrier = carrier_of(decision.identity)
         if carrier or AUTHORIZATION in sent or COOKIE in sent:
             headers = [*headers, *self.credential_headers(form, carrier, sent)]
         if form == ENVOY and not any(

@@ -51,6 +51,7 @@ from .forwarded import Forwarding
 from .middleware import REQUEST_ID, REQUEST_ID_HEADER, error_response, errors_as_json
 from .pipeline import RequestFacts
 from .pipeline.authenticators import without_session_cookie
+from .pipeline.identity import carrier_of
 from .routes import Route
 from .series import ALLOWED, INTERNAL_ERROR, NO_ROUTE
 from .upstream import UnforwardableHeader, UpstreamAnswer, UpstreamError, UpstreamPool
@@ -407,7 +408,7 @@ class ProxyPort:
             request[APP_KEY] = decision.identity.principal.app_key
             response = await self.forwarder.forward(
                 request, routed.route, routed.forward_path, query, decision.headers,
-                request_id, forwarding, send_continue, decision.identity.carrier,
+                request_id, forwarding, send_continue, carrier_of(decision.identity),
             )
         except GatewayError as refusal:
             if metrics is not None:

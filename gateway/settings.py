@@ -97,6 +97,12 @@ def url_without_passwords(value: Any) -> str:
     return repr(shown if len(shown) <= 300 else shown[:300] + "…")
 
 
+def withheld(value: Any) -> str:
+    """A secret setting's value as an error message shows it: its type, never itself
+    (``secret = ["old", "new"]`` in the config file is an easy mistake to make)."""
+    return f"a value of type {type(value).__name__} (withheld: it may be the secret)"
+
+
 def _positive(kind: type) -> Callable[[Any], Any]:
     def parse(value: Any) -> Any:
         if isinstance(value, str):
@@ -239,7 +245,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Prefix of every Redis key keygate writes, so deployments can share a Redis."),
     Setting("secret", "",
             "Server secret for hashing tokens (≥ 32 characters). Prefer the environment "
-            "(KEYGATE_SECRET) or secret_file to writing it into the config file."),
+            "(KEYGATE_SECRET) or secret_file to writing it into the config file.",
+            shown=withheld),
     Setting("secret_file", "",
             "File holding the server secret; more lines are previous secrets still accepted "
             "during a rotation (first line signs new tokens).", _optional_path),

@@ -412,3 +412,21 @@ def test_a_secret_file_that_is_not_text_is_a_configuration_error(
     monkeypatch.setenv("KEYGATE_SECRET_FILE", str(secret))
     ran = cli("keys", "list", "--account", "acme")
     assert ran.code == 2 and "secret_file" in ran.err and "UTF-8" in ran.err, ran.err
+
+
+@pytest.mark.parametrize("value", [
+    f'["old-{PASSWORD}-secret-aaaaaaaaaaaaaaaaaaaaaa", "new-{PASSWORD}-secret-bbbbbbbbbbbbbbbb"]',
+    f'{{ value = "{PASSWORD}-secret-cccccccccccccccccccccccccccc" }}',
+    "1234567890123456789012345678901234567",
+])
+def test_a_secret_of_the_wrong_type_is_a_configuration_error_that_withholds_it(
+    cli, env, monkeypatch, tmp_path, value
+):
+    """A list of the current and previous secrets (as secret_file takes them), a table,
+    a number: the error names the setting and says what is wrong, without the value."""
+    monkeypatch.delenv("KEYGATE_SECRET")
+    config = tmp_path / "keygate.toml"
+    config.write_text(f"secret = {value}\n")
+    ran = cli("--config", str(config), "keys", "list", "--account", "acme")
+    assert ran.code == 2 and "setting secret" in ran.err and "withheld" in ran.err, ran.err
+    assert PASSWORD not in ran.out + ran.err and "1234567890" not in ran.err, ran.err

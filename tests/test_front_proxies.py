@@ -447,6 +447,8 @@ async def test_a_session_authenticates_and_never_reaches_the_upstream(
         # the pair authenticates; the cookie a signed-in browser adds still stays out
         ([*key.headers.items(), ("Cookie", f"theme=dark; keygate_session={session}")],
          None, "theme=dark"),
+        # and so does a keygate session in the Authorization header beside the pair
+        ([*key.headers.items(), ("Authorization", f"Bearer {session}")], None, None),
     ]
     for client_headers, authorization, cookie in cases:
         answer = await front.ask(decider, "GET", "/orders/1", client_headers, "203.0.113.10")

@@ -149,6 +149,8 @@ async def test_a_session_passes_nginx_and_never_reaches_the_upstream(
          "Bearer upstream-own", "a=b"),
         # the pair authenticates; the cookie a signed-in browser adds still stays out
         ({**key.headers, "Cookie": f"a=b; keygate_session={session}"}, None, "a=b"),
+        # and so does a keygate session in the Authorization header beside the pair
+        ({**key.headers, "Authorization": f"Bearer {session}"}, None, None),
     ]:
         reply = await call(front.session, front.nginx, "GET", "/orders/7", headers=headers)
         assert reply.status == 200, reply.body

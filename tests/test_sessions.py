@@ -263,6 +263,22 @@ async def test_an_upstreams_own_bearer_token_is_not_keygates_and_passes_with_the
     assert upstream.last["headers"]["Authorization"] == f"Bearer {theirs}"
 
 
+async def test_a_keygate_session_beside_the_pair_never_reaches_the_upstream(
+    management, proxy, make_key, upstream
+):
+    """The pair authenticates, but a session in the Authorization header is keygate's all
+    the same (another key's here): an upstream that received it could call keygate as
+    that key until the session expires."""
+    key = await make_key("acme", ["orders-reader"])
+    admin = await make_key("acme", ["owner"])
+    session = (await login(management, admin))["token"]
+    both = await proxy.get("/orders/1", headers={**key.headers, **bearer(session)})
+    assert both.status == 200
+    forwarded = upstream.last["headers"]
+    assert "Authorization" not in forwarded and session not in str(forwarded)
+    assert forwarded["X-Keygate-Key"] == key.app_key
+
+
 @pytest.mark.parametrize("mangle", ["tamper", "identity", "truncate", "swap_kid"])
 async def test_forged_sessions_are_refused(gateway, management, proxy, make_key, mangle):
     key = await make_key("acme", ["orders-reader"])
@@ -404,3 +420,4 @@ async def test_the_jwks_is_served_where_verifiers_look_and_under_the_api_prefix(
     assert "max-age=" in root.headers["Cache-Control"]
     [key] = (await root.json())["keys"]
     assert {"kty", "crv", "x", "kid", "alg", "use"} <= set(key) and "d" not in key
+

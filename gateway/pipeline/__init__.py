@@ -197,6 +197,9 @@ class Pipeline:
             raise
         if authenticated is None:
             raise NoCredentials()
+        if authenticated.carrier == "bearer" or any(
+                a.keygate_bearer(facts.headers) for a in self.authenticators):
+            authenticated = authenticated._replace(keygate_bearer=True)
         if self.observer is not None:
             self.observer.authenticated(authenticated.principal)
         return authenticated
@@ -234,12 +237,13 @@ class Pipeline:
         decide, account = self.authorizer.decide, auth.account
         if isinstance(action, str):
             if decide(roles, account, resource, action):
-                return Identity(auth.principal, account, roles, action, resource, auth.carrier)
+                return Identity(auth.principal, account, roles, action, resource, auth.carrier,
+                                auth.keygate_bearer)
         else:
             for candidate in action:
                 if decide(roles, account, resource, candidate):
                     return Identity(auth.principal, account, roles, candidate, resource,
-                                    auth.carrier)
+                                    auth.carrier, auth.keygate_bearer)
         wanted = repr(action) if isinstance(action, str) else " or ".join(map(repr, action))
         raise Forbidden(
             f"the roles of this API key do not allow {wanted} on {resource!r} "

@@ -53,6 +53,11 @@ class Authenticator(Protocol):
         self, headers: Mapping[str, str], account: str
     ) -> Authenticated | None: ...
 
+    def keygate_bearer(self, headers: Mapping[str, str]) -> bool:
+        """Whether the Authorization header holds a keygate session, whatever
+        authenticated the request (no I/O)."""
+        ...
+
 
 class HeaderAuthenticator:
     """``X-API-AppKey`` + ``X-API-AppToken`` (names are settings)."""
@@ -72,6 +77,9 @@ class HeaderAuthenticator:
         self.key_header = istr(key_header)  # looked up on every request; istr: folded once
         self.token_header = istr(token_header)
         self.max_length = max_length
+
+    def keygate_bearer(self, headers: Mapping[str, str]) -> bool:
+        return False
 
     def _read(self, headers: Mapping[str, str], name: str) -> str | None:
         value = headers.get(name)
@@ -151,6 +159,10 @@ class SessionVerifier(Protocol):
         :class:`~gateway.sessions.tokens.InvalidSession` when it is and fails."""
         ...
 
+    def is_keygates(self, token: str) -> bool:
+        """Whether the token is (or claims to be) keygate's, by its header alone."""
+        ...
+
 
 class BearerAuthenticator:
     """``Authorization: Bearer <session JWT>``, or the session cookie (``session_cookie``;
@@ -173,6 +185,17 @@ class BearerAuthenticator:
     def token_of(self, headers: Mapping[str, str]) -> tuple[str, str] | None:
         """The session token and where it came from (``bearer`` or ``cookie``)."""
         return session_token(headers, self.cookie)
+
+    def keygate_bearer(self, headers: Mapping[str, str]) -> bool:
+        """Whether an Authorization header holds a keygate session (or a token claiming
+        to be keygate's). Beside the key/token pair, which then authenticates, it is
+        still keygate's: the upstream never receives it, as it never receives the
+        session cookie, while an upstream's own Bearer token passes."""
+        for value in _all(headers, AUTHORIZATION):
+            scheme, _, token = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and self.sessions.is_keygates(token.strip()):
+                return True
+        return False
 
     async def authenticate(self, headers: Mapping[str, str], account: str) -> Authenticated | None:
         found_token = self.token_of(headers)

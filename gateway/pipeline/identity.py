@@ -28,6 +28,9 @@ class Authenticated(NamedTuple):
     # what carried the credentials when it was not the key/token headers: "bearer" (the
     # Authorization header) or "cookie" (the session cookie); never sent upstream
     carrier: str = ""
+    # the Authorization header holds a keygate session, whatever authenticated (a
+    # session beside the key/token pair too): never sent upstream
+    keygate_bearer: bool = False
 
 
 class Identity(NamedTuple):
@@ -40,3 +43,10 @@ class Identity(NamedTuple):
     action: str = ""
     resource: str = ""
     carrier: str = ""  # as Authenticated.carrier
+    keygate_bearer: bool = False  # as Authenticated.keygate_bearer
+
+
+def carrier_of(identity: Identity) -> str:
+    """What held a keygate session the upstream must not receive: ``bearer`` (the
+    Authorization header) when it held one, whatever authenticated, else the carrier."""
+    return "bearer" if identity.keygate_bearer else identity.carrier

@@ -248,6 +248,9 @@ class Sessions:
             self._verified.put(token, claims)
         return claims
 
+    def is_keygates(self, token: str) -> bool:
+        return tokens.is_keygates(self.ring, token)
+
     def identity_token(self, app_key: str, owner: str, account: str, roles: Sequence[str],
                        resource: str, action: str) -> str:
         return tokens.issue_identity(

@@ -110,6 +110,18 @@ def _header(token: str) -> dict[str, Any] | None:
     return header if isinstance(header, dict) else None
 
 
+def is_keygates(ring: KeyRing | None, token: str) -> bool:
+    """Whether ``token`` is a JWT of keygate's, or claims to be: a session's or an
+    identity token's ``typ``, or a ``kid`` of the ring, by its header alone (no
+    signature checked: a forgery is held back all the same)."""
+    header = _header(token)
+    if header is None:
+        return False
+    kid = header.get("kid")
+    return header.get("typ") in (SESSION_TYP, IDENTITY_TYP) or (
+        ring is not None and isinstance(kid, str) and ring.verifying(kid) is not None)
+
+
 def verify_session(
     ring: KeyRing, token: str, *, issuer: str, audience: str, leeway: float,
 ) -> SessionClaims | None:
