@@ -18,7 +18,7 @@ from typing import Any
 from . import cli_store as store_commands
 from .cli_policy import add_policy_commands
 from .cli_store import Refused, UsageError, settings_of
-from .cli_store_copy import store_copy, target_url
+from .cli_store_copy import COPY_TARGET_ENV, store_copy, target_url
 from .errors import ConfigError, GatewayError
 from .logs import configure_logging
 from .process import run_event_loop
@@ -183,8 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     copy = command(store_sub, "copy", store_copy,
                    "copy the store into another, empty one — one server into a Redis "
                    "Cluster or back — renaming for its layout (stop keygate first)")
-    copy.add_argument("--to", required=True, type=target_url, metavar="URL",
-                      help="the target store's URL (redis://, redis+cluster://, …)")
+    copy.add_argument("--to", type=target_url, metavar="URL",
+                      help="the target store's URL (redis://, redis+cluster://, …); "
+                           f"default: the environment variable {COPY_TARGET_ENV}, which "
+                           "keeps a password off the command line (any local user can "
+                           "read a process's arguments)")
 
     add_policy_commands(sub, command)
     return parser

@@ -4,11 +4,15 @@ renamed for the target's layout (one server ↔ Redis Cluster; ``gateway.store.c
 from __future__ import annotations
 
 import argparse
+import os
 
 from .cli_store import Refused, UsageError, print_json, shared_store_settings
 from .process import run_event_loop
 from .settings import store_url_setting, url_without_passwords
 from .store.copy import CopyFailed, TargetNotEmpty, copy_store
+
+# where the target's URL is read from when --to is not given
+COPY_TARGET_ENV = "KEYGATE_COPY_TO"
 
 
 def target_url(value: str) -> str:
@@ -25,6 +29,14 @@ def target_url(value: str) -> str:
 
 def store_copy(args: argparse.Namespace) -> int:
     settings = shared_store_settings(args)
+    if args.to is None:
+        from_env = os.environ.get(COPY_TARGET_ENV, "")
+        if not from_env:
+            raise UsageError(f"name the target store: --to URL, or {COPY_TARGET_ENV}")
+        try:
+            args.to = target_url(from_env)
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"{COPY_TARGET_ENV}: {exc}") from None
     if args.to == settings.store_url:
         raise UsageError("--to names the store_url itself: copy into another store")
     try:

@@ -128,7 +128,8 @@ async def test_a_copy_refuses_a_target_that_holds_anything_and_writes_nothing(
 
 
 def test_the_command_copies_and_refuses_bad_targets(
-    env: dict[str, str], cli: Callable[..., Ran], cluster_url: str
+    env: dict[str, str], cli: Callable[..., Ran], cluster_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ):
     """One end-to-end run of ``keygate store copy`` in-process, and its refusals."""
     assert cli("keys", "create", "--account", "acme", "--label", "k", "--role",
@@ -150,3 +151,13 @@ def test_the_command_copies_and_refuses_bad_targets(
         ran = cli("store", "copy", "--to", unreachable)
         assert ran.code == 1 and "the target store failed" in ran.err, (unreachable, ran.err)
         assert "s3cret" not in ran.err + ran.out and "Traceback" not in ran.err
+    # the target from the environment (a password off the command line), or none at all
+    monkeypatch.setenv("KEYGATE_COPY_TO", f"redis://:s3cret@127.0.0.1:{closed}/0")
+    ran = cli("store", "copy")
+    assert ran.code == 1 and "the target store failed" in ran.err and "s3cret" not in ran.err
+    monkeypatch.setenv("KEYGATE_COPY_TO", "ftp://:s3cret@x")
+    ran = cli("store", "copy")
+    assert ran.code == 2 and "KEYGATE_COPY_TO" in ran.err and "s3cret" not in ran.err
+    monkeypatch.delenv("KEYGATE_COPY_TO")
+    ran = cli("store", "copy")
+    assert ran.code == 2 and "KEYGATE_COPY_TO" in ran.err
