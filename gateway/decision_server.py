@@ -216,6 +216,7 @@ class DecisionConnection(GuardedProtocol):
             return
         guard = self.guard
         self.heard = guard.clock()
+        self.received += len(data)
         reader = self.reader
         reader.feed(data, _discard)
         if reader.state == STOPPED and not self.stopped and self.reader_stopped():
