@@ -59,7 +59,7 @@ from .decision import HOST, DecisionAnswer, DecisionPort
 from .decision_heads import ShapedReader
 from .errors import GatewayError
 from .framing import STOPPED, RequestReader
-from .http_head import Refusal, RequestHead
+from .http_head import Refusal, RequestHead, read_request
 from .middleware import (
     ERROR_CODE,
     REQUEST_ID,
@@ -206,6 +206,11 @@ class DecisionConnection(GuardedProtocol):
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self.trusted = self.server.port.trusts(self.peer)
+        if not self.trusted:
+            # Answered 403 whatever it sends: a shape learned from its heads (a pattern
+            # compiled, as costly as a hundred heads read) would be work done for nothing,
+            # at a stranger's bidding, four times per connection.
+            self.reader.read = read_request
         # aiohttp's host for a request without Host: the address it arrived on
         local = transport.get_extra_info("sockname")
         if isinstance(local, tuple) and local:
