@@ -342,8 +342,11 @@ class DecisionConnection(GuardedProtocol):
                     server.deciding -= 1
                 if self.state == CLOSED:
                     return
-                if not self.write(method, target, request_id, answer, version, closes,
-                                  started):
+                # a peer that may not ask is answered once: nothing it sends next could
+                # be answered otherwise, and a body it streams on would hold the
+                # connection for as long as it likes
+                if not self.write(method, target, request_id, answer, version,
+                                  closes or not self.trusted, started):
                     return
         except asyncio.CancelledError:
             return

@@ -524,11 +524,29 @@ async def test_an_untrusted_peer_makes_keygate_compile_no_shape(serving_with):
     reader, writer = await asyncio.open_connection(*address)
     try:
         writer.write(b"".join(head + head for head in heads))
-        for answer in await answers_of(reader, 2 * len(heads)):
-            assert_one_shape(answer, 403, "untrusted_decision_caller")
+        answer, = await answers_of(reader, 1)
+        assert_one_shape(answer, 403, "untrusted_decision_caller")
     finally:
         writer.close()
     assert not any(shape[-1].startswith("X-Fresh-") for shape in decision_heads._SHAPES)
+
+
+async def test_an_untrusted_peer_is_answered_once_and_cannot_hold_the_connection(
+        serving_with):
+    """Refused whatever it sends, a stranger gets its 403 and the connection closes:
+    bodies are never read here, so one announced endless and sent fast enough (past
+    body_min_rate) held the connection, which the cap never evicts, for ever."""
+    address = await serving_with(trusted_proxies=["10.0.0.0/8"])  # loopback is not in it
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        writer.write(b"POST /envoy/orders/1 HTTP/1.1\r\nHost: api.test\r\n"
+                     b"Content-Length: 999999999999\r\n\r\n" + b"x" * 65536)
+        answer, = await answers_of(reader, 1)
+        assert_one_shape(answer, 403, "untrusted_decision_caller")
+        assert answer.headers["Connection"] == "close"
+        await closed_within(reader, MARGIN)
+    finally:
+        writer.close()
 
 
 def test_the_field_verdicts_remembered_are_bounded():
