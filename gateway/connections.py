@@ -17,11 +17,14 @@ What the guard enforces, and why:
 * **Deadlines** (slowloris, idle hoarding). A connection is in one of three states:
   waiting for a head (``header_timeout`` from connecting, or from the first byte of the
   next request: trickling bytes does not extend it), in a request (while the body is
-  incomplete, the client may not pause longer than ``body_timeout``; nor may it stop
-  reading an answer for longer than that), or idle between requests
-  (``keepalive_timeout``). Past a deadline the connection is closed without a word: a
-  client that is not sending has nothing to read an answer with. One periodic sweep
-  checks them, so a request pays a few attribute writes, never a timer.
+  incomplete, the client may not pause longer than ``body_timeout``, and past
+  ``body_timeout`` from the request's start it must have sent ``body_min_rate`` bytes a
+  second on average: a byte now and then would otherwise hold a busy connection, which
+  the cap below cannot evict, for ever; nor may it stop reading an answer for longer
+  than ``body_timeout``), or idle between requests (``keepalive_timeout``). Past a
+  deadline the connection is closed without a word: a client that is not sending has
+  nothing to read an answer with. One periodic sweep checks them, so a request pays a
+  few attribute writes, never a timer.
 * **A cap** (descriptor exhaustion). ``max_connections`` connections per process across
   its ports, so attackers on one port cannot take the descriptors another port, the
   upstreams or the store need. At the cap a new connection evicts the oldest one that
@@ -100,7 +103,8 @@ class GuardedProtocol(asyncio.Protocol):
 
     __slots__ = (
         "guard", "listener", "transport", "reader", "state", "since", "heard", "pending",
-        "active", "answered", "write_paused_at", "counted_in",
+        "active", "answered", "write_paused_at", "counted_in", "received", "busy_at",
+        "busy_received",
     )
 
     def __init__(self, guard: ConnectionGuard, listener: object,
@@ -117,6 +121,11 @@ class GuardedProtocol(asyncio.Protocol):
         self.answered = 0
         self.write_paused_at: float | None = None
         self.counted_in: Any = None  # the open-connections gauge it was counted in
+        self.received = 0  # bytes the client has sent on this connection
+        # when it last entered the request state (or keygate last stopped reading it),
+        # and ``received`` then: what a body's average rate is measured from
+        self.busy_at = 0.0
+        self.busy_received = 0
 
     def abort(self) -> None:
         """Close at once, dropping anything unsent (a deadline passed or framing broke)."""
@@ -175,6 +184,7 @@ class GuardedConnection(GuardedProtocol):
         reader.feed(data, inner.data_received)
         guard = self.guard
         self.heard = guard.clock()
+        self.received += len(data)
         self.pending += reader.heads - heads
         if reader.stopped and self.refusal is None:
             if reader.refusal is not None:
@@ -306,11 +316,13 @@ class ConnectionGuard:
         body_timeout: float,
         request_id: Callable[[], str],
         metrics: ConnectionMetrics | None = None,
+        body_min_rate: float = 0.0,
     ):
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
         self.body_timeout = body_timeout
+        self.body_min_rate = body_min_rate
         self.request_id = request_id
         self.clock = time.monotonic
         self.heads: OrderedDict[GuardedProtocol, None] = OrderedDict()
@@ -417,9 +429,11 @@ class ConnectionGuard:
         elif old == IDLE:
             self.idle.pop(connection, None)
         connection.state = state
-        connection.since = self.clock()
+        connection.since = now = self.clock()
         if state == REQUEST:
             self.busy.add(connection)
+            connection.busy_at = now
+            connection.busy_received = connection.received
         elif state == HEAD:
             self.heads[connection] = None
         else:
@@ -479,18 +493,28 @@ class ConnectionGuard:
         _flush_server_log()
 
     def _overdue(self, connection: GuardedProtocol, now: float) -> bool:
-        """In a request: a client that stopped sending its body or reading its answer."""
+        """In a request: a client that stopped sending its body, or sends it slower
+        than ``body_min_rate`` on average, or stopped reading its answer."""
         paused = connection.write_paused_at
         if paused is not None:
             return now - paused >= self.body_timeout
         if connection.reader.in_body:
-            if now - connection.heard < self.body_timeout:
-                return False
             transport = connection.transport
             if transport is not None and not transport.is_reading():
-                connection.heard = now  # keygate stopped reading (a slow upstream), not it
+                # keygate stopped reading (a slow upstream), not the client: its clocks
+                # start again
+                connection.heard = connection.busy_at = now
+                connection.busy_received = connection.received
                 return False
-            return True
+            if now - connection.heard >= self.body_timeout:
+                return True
+            # A byte now and then, each pause shorter than body_timeout, would hold the
+            # connection (and, at the cap, a place no one else can take) for as long as
+            # the client likes: past body_timeout, every second needs body_min_rate
+            # bytes sent, on average since the request began.
+            rate = self.body_min_rate
+            return rate > 0 and now - connection.busy_at > (
+                self.body_timeout + (connection.received - connection.busy_received) / rate)
         # No body to wait for and no handler running, for a keep-alive's time: a
         # request was answered without passing keygate's handler. Do not wait forever.
         return connection.active == 0 and now - connection.since >= self.keepalive_timeout
@@ -561,4 +585,5 @@ def guard_for(settings: Settings, request_id: Callable[[], str]) -> ConnectionGu
         body_timeout=settings.body_timeout,
         request_id=request_id,
         metrics=connection_metrics() if settings.metrics_listen is not None else None,
+        body_min_rate=settings.body_min_rate,
     )

@@ -34,7 +34,8 @@ it: the peer must be in ``trusted_proxies`` or, when that is empty, on loopback.
 Anyone else gets 403 ``untrusted_decision_caller`` before anything but the path it
 called is read (the API would otherwise be an oracle for who a pair of credentials
 belongs to, and a way around the failure budgets; the path comes first so that the
-nginx form's refusals, this one included, are all in the shape nginx can pass on).
+nginx form's refusals, this one included, are all in the shape nginx can pass on), and
+the connection closes after that answer (``gateway.decision_server``).
 The client's address, for the budgets and the access log, is walked out of
 ``X-Forwarded-For`` as :class:`gateway.forwarded.TrustedProxies` walks it (loopback
 counting as trusted by default for this port), else taken from ``X-Real-IP``, else the

@@ -59,7 +59,7 @@ from .decision import HOST, DecisionAnswer, DecisionPort
 from .decision_heads import ShapedReader
 from .errors import GatewayError
 from .framing import STOPPED, RequestReader
-from .http_head import Refusal, RequestHead
+from .http_head import Refusal, RequestHead, read_request
 from .middleware import (
     ERROR_CODE,
     REQUEST_ID,
@@ -206,6 +206,11 @@ class DecisionConnection(GuardedProtocol):
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self.trusted = self.server.port.trusts(self.peer)
+        if not self.trusted:
+            # Answered 403 whatever it sends: a shape learned from its heads (a pattern
+            # compiled, as costly as a hundred heads read) would be work done for nothing,
+            # at a stranger's bidding, four times per connection.
+            self.reader.read = read_request
         # aiohttp's host for a request without Host: the address it arrived on
         local = transport.get_extra_info("sockname")
         if isinstance(local, tuple) and local:
@@ -216,6 +221,7 @@ class DecisionConnection(GuardedProtocol):
             return
         guard = self.guard
         self.heard = guard.clock()
+        self.received += len(data)
         reader = self.reader
         reader.feed(data, _discard)
         if reader.state == STOPPED and not self.stopped and self.reader_stopped():
@@ -336,8 +342,11 @@ class DecisionConnection(GuardedProtocol):
                     server.deciding -= 1
                 if self.state == CLOSED:
                     return
-                if not self.write(method, target, request_id, answer, version, closes,
-                                  started):
+                # a peer that may not ask is answered once: nothing it sends next could
+                # be answered otherwise, and a body it streams on would hold the
+                # connection for as long as it likes
+                if not self.write(method, target, request_id, answer, version,
+                                  closes or not self.trusted, started):
                     return
         except asyncio.CancelledError:
             return

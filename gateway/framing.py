@@ -79,7 +79,7 @@ class RequestReader:
 
     __slots__ = (
         "state", "heads", "refusal", "broken", "read", "on_head", "_held", "_checked",
-        "_remaining", "_closes", "_trailers", "_trailer_bytes",
+        "_lead", "_remaining", "_closes", "_trailers", "_trailer_bytes",
     )
 
     def __init__(
@@ -95,6 +95,7 @@ class RequestReader:
         self.broken: Refusal | None = None
         self._held = bytearray()  # bytes held back: a head, chunk size or trailer line
         self._checked = 0  # how far the held head's lines are known to be acceptable
+        self._lead = 0  # how far the empty lines before the held head are known to go
         self._remaining = 0  # body or chunk bytes still to come
         self._closes = False
         self._trailers = 0
@@ -137,7 +138,7 @@ class RequestReader:
                 if head_end < 0:
                     _forward_part(data, start, pos, forward)
                     self._held += memoryview(data)[pos:]
-                    self._checked = 0
+                    self._checked = self._lead = 0
                     self._check_unfinished_head(forward, 0)
                     return
                 if not self._accept_head(data[_skip_empty_lines(data, pos):head_end]):
@@ -203,7 +204,7 @@ class RequestReader:
         held = self._held
         before = len(held)
         held += data
-        lead = _skip_empty_lines(held, 0)
+        lead = self._lead = _skip_empty_lines(held, self._lead)
         index = held.find(b"\r\n\r\n", max(lead, before - 3))
         if index < 0:
             self._check_unfinished_head(forward, before)
@@ -224,9 +225,11 @@ class RequestReader:
         """Refuse a held head at once if it can no longer end well (binary garbage,
         a bare LF, a bad request line), rather than when the client stops sending.
         Each byte is scanned once, however the head trickles in (``new``: where the
-        bytes of this read begin)."""
+        bytes of this read begin), the empty lines before it included: 64 KiB of them,
+        then a byte at a time, cost a scan of them all per byte when each read started
+        over (milliseconds per byte sent)."""
         held = self._held
-        lead = _skip_empty_lines(held, 0)
+        lead = self._lead = _skip_empty_lines(held, self._lead)
         refusal: Refusal | None
         if len(held) > MAX_HEAD:
             refusal = HEAD_TOO_LARGE

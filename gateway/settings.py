@@ -126,6 +126,16 @@ def _non_negative_int(value: Any) -> int:
     return value
 
 
+def _non_negative_number(value: Any) -> float:
+    if isinstance(value, str):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("expected a number, 0 or more")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("expected a finite number, 0 or more")
+    return float(value)
+
+
 def _interval(value: Any) -> float:
     """Seconds, or 0 for off; a tiny interval would spend the process polling."""
     if isinstance(value, str):
@@ -316,6 +326,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("body_timeout", 30.0,
             "Seconds a client may pause while sending a request body before its connection "
             "is closed.", _positive(float)),
+    Setting("body_min_rate", 500.0,
+            "Bytes per second a client must send a request body at, on average from the "
+            "start of its request, once body_timeout has passed; a slower client is "
+            "disconnected (a byte now and then would hold its connection, which the "
+            "max_connections cap cannot evict, for ever). 0: off.", _non_negative_number),
     Setting("max_connections", 0,
             "Client connections each process holds on all its ports together. 0 derives it "
             "from the file descriptor limit, keeping room for upstream and store "

@@ -35,6 +35,8 @@ from gateway.app import build_gateway, running
 from gateway.connections import (
     FILE_RESERVE,
     MIN_CONNECTIONS,
+    ConnectionGuard,
+    GuardedConnection,
     LogBudget,
     derived_connection_cap,
     raise_file_limit,
@@ -57,6 +59,7 @@ class Served:
     proxy: tuple[str, int]
     management: tuple[str, int]
     key: Key
+    decision: tuple[str, int] | None = None  # with decision_listen set
 
 
 def _address(url: str) -> tuple[str, int]:
@@ -72,11 +75,12 @@ async def serving(make_settings: Callable[..., Any], **overrides: Any) -> AsyncI
                  "metrics_listen": "", **overrides}
     settings = make_settings(**overrides)
     gateway = build_gateway(settings)
-    async with running(gateway) as (proxy_url, management_url, *_):
+    async with running(gateway) as (proxy_url, management_url, _, decision_url):
         issued = await gateway.lifecycle.create("acme", "guard", ["orders-writer"], CLI_ACTOR)
         assert issued.token is not None
         yield Served(gateway, _address(proxy_url), _address(management_url),
-                     Key(issued.record.app_key, issued.token))
+                     Key(issued.record.app_key, issued.token),
+                     _address(decision_url) if decision_url else None)
 
 
 @dataclass
@@ -411,7 +415,8 @@ async def test_a_client_that_stops_reading_its_answer_is_cut_off(make_settings):
 
 async def test_a_normal_keep_alive_client_is_not_disturbed(make_settings):
     """Requests spread over longer than every timeout, each well within them, on one
-    connection; and a body sent in pieces with pauses shorter than body_timeout."""
+    connection; and a body sent in pieces with pauses shorter than body_timeout, faster
+    than body_min_rate on average."""
     async with serving(make_settings, header_timeout=0.8, keepalive_timeout=0.8,
                        body_timeout=0.8) as served:
         reader, writer = await asyncio.open_connection(*served.proxy)
@@ -420,15 +425,135 @@ async def test_a_normal_keep_alive_client_is_not_disturbed(make_settings):
             answer = await read_answer(reader)
             assert answer is not None and answer.status == 200
             await asyncio.sleep(0.2)
-        body = b"0123456789" * 10
+        body = b"0123456789" * 100  # 4,000 bytes a second: above body_min_rate
         writer.write(request(key=served.key, method="POST", body=body)[: -len(body)])
-        for start in range(0, len(body), 25):
+        for start in range(0, len(body), 250):
             await asyncio.sleep(0.25)
-            writer.write(body[start:start + 25])
+            writer.write(body[start:start + 250])
         answer = await read_answer(reader)
         assert answer is not None and answer.status == 200
         assert orjson.loads(answer.body)["size"] == len(body)
         writer.close()
+
+
+class _Transport:
+    """What the guard asks of a transport, for driving it on a clock of the test's."""
+
+    def __init__(self) -> None:
+        self.reading = True
+        self.aborted = False
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+class _Inner(asyncio.Protocol):
+    """aiohttp's protocol, as far as the guard is concerned: takes what it is given."""
+
+
+def _trickled(rate: float, pause: float, seconds: float, *, reading: bool = True,
+              body_min_rate: float = 500.0) -> float | None:
+    """A POST whose body comes at ``rate`` bytes a second, in one piece every ``pause``
+    seconds, on a guard whose clock the test moves (body_timeout 30 s, as by default);
+    when the guard cut it off, or None if it still stood after ``seconds``."""
+    guard = ConnectionGuard(max_connections=10, header_timeout=10.0, keepalive_timeout=60.0,
+                            body_timeout=30.0, request_id=lambda: "test",
+                            body_min_rate=body_min_rate)
+    now = 0.0
+    guard.clock = lambda: now
+    connection = GuardedConnection(guard, lambda: _Inner())  # type: ignore[arg-type,return-value]
+    transport = _Transport()
+    transport.reading = reading
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    connection.data_received(request(method="POST", extra=["Content-Length: 999999999"]))
+    sent = 0.0
+    while now < seconds:
+        now += pause
+        sent += rate * pause
+        piece = int(sent)
+        sent -= piece
+        connection.data_received(b"x" * piece)
+        guard.sweep()
+        if transport.aborted:
+            return now
+    connection.connection_lost(None)
+    return None
+
+
+def test_a_body_trickled_below_body_min_rate_is_cut_off_after_body_timeout():
+    """A byte every 20 s, each pause shorter than body_timeout: once held for ever, at
+    the cap a place no other client could take (a busy connection is never evicted)."""
+    cut = _trickled(rate=1 / 20, pause=20.0, seconds=24 * 3600)
+    assert cut is not None and cut <= 30.0 + 20.0
+    # 400 bytes a second, in pieces every 10 s: cut too, a little later
+    cut = _trickled(rate=400, pause=10.0, seconds=24 * 3600)
+    assert cut is not None and cut <= 30.0 + 4 * 60
+
+
+def test_a_body_sent_at_body_min_rate_or_faster_is_never_cut_off():
+    assert _trickled(rate=500, pause=1.0, seconds=3600) is None
+    assert _trickled(rate=600, pause=25.0, seconds=3600) is None  # in bursts
+    # keygate itself not reading (a slow upstream): the client is not to blame
+    assert _trickled(rate=0, pause=10.0, seconds=3600, reading=False) is None
+    # 0 turns the rule off: pauses shorter than body_timeout are all that is asked
+    assert _trickled(rate=1 / 20, pause=20.0, seconds=3600, body_min_rate=0) is None
+
+
+async def test_trickled_bodies_on_every_port_cannot_hold_the_cap(make_settings):
+    """Anonymous clients fill every place at the cap with requests whose bodies come a
+    byte at a time (a login on the management port, an unauthenticated POST on the
+    proxy port, a decision request): all are cut off, and an authorized request is
+    served afterwards, not refused with 503."""
+    cap, timeout = 12, 1.0
+    async with serving(make_settings, max_connections=cap, body_timeout=timeout,
+                       header_timeout=30.0, keepalive_timeout=30.0,
+                       decision_listen="127.0.0.1:0") as served:
+        assert served.decision is not None
+        heads = {
+            served.management: b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\n"
+                               b"Content-Type: application/json\r\n"
+                               b"Content-Length: 65000\r\n\r\n{",
+            served.proxy: request(method="POST", extra=["Content-Length: 65000"]),
+            served.decision: b"POST /envoy/orders/7 HTTP/1.1\r\nHost: api.test\r\n"
+                             b"Content-Length: 65000\r\n\r\n",
+        }
+        slow = []
+        for address, head in heads.items():
+            for _ in range(cap // len(heads)):
+                reader, writer = await asyncio.open_connection(*address)
+                writer.write(head)
+                if address != served.management:  # answered from the head, body to come
+                    answer = await read_answer(reader)
+                    assert answer is not None and answer.status in (200, 401)
+                slow.append((reader, writer))
+
+        async def trickle() -> None:
+            while True:
+                await asyncio.sleep(timeout / 4)  # every pause well within body_timeout
+                for reader, writer in slow:
+                    if not is_closed(reader) and not writer.is_closing():
+                        writer.write(b"x")
+
+        trickling = asyncio.create_task(trickle())
+        try:
+            answers, _ = await exchange(served.proxy, request(key=served.key))
+            assert_one_shape(answers[0], 503, "too_many_connections")  # all in a request
+            async with asyncio.timeout(timeout + 2 * MARGIN):
+                while not all(is_closed(reader) for reader, _ in slow):
+                    await asyncio.sleep(0.05)
+            async with aiohttp.ClientSession() as session:
+                url = "http://{}:{}/orders/7".format(*served.proxy)
+                async with session.get(url, headers=served.key.headers) as response:
+                    assert response.status == 200
+        finally:
+            trickling.cancel()
+            close_all(slow)
 
 
 # -- the cap ----------------------------------------------------------------------------

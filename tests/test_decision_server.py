@@ -34,7 +34,7 @@ from test_connections import (
 )
 from test_framing import REFUSED, TEMPLATES, _positions, get
 
-from gateway import http_head
+from gateway import decision_heads, http_head
 from gateway.app import build_gateway, running
 from gateway.decision_heads import SHAPES_PER_CONNECTION, ShapedReader, shape_of
 from gateway.decision_server import MAX_WAITING, DecisionConnection
@@ -510,6 +510,43 @@ def test_a_connection_learns_few_shapes_and_only_shapes_sent_twice():
         reader(head)
     assert reader.learned == SHAPES_PER_CONNECTION
     assert shape_of(("Host",)).pattern.fullmatch(get(b"/").decode()) is not None
+
+
+async def test_an_untrusted_peer_makes_keygate_compile_no_shape(serving_with):
+    """Heads sent twice in a row with names of the client's choosing make a connection
+    learn their shape: a pattern compiled, some 10 ms for a hundred names, as much as a
+    hundred heads read. A peer the port does not trust is refused whatever it sends,
+    so its heads are read the general way and teach nothing."""
+    address = await serving_with(trusted_proxies=["10.0.0.0/8"])  # loopback is not in it
+    names = [[f"X-Fresh-{i}-{j}" for j in range(MAX_FIELDS - 8)] for i in range(8)]
+    heads = [nginx_asks(None, "/orders/1", *(f"{name}: v" for name in chosen))
+             for chosen in names]
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        writer.write(b"".join(head + head for head in heads))
+        answer, = await answers_of(reader, 1)
+        assert_one_shape(answer, 403, "untrusted_decision_caller")
+    finally:
+        writer.close()
+    assert not any(shape[-1].startswith("X-Fresh-") for shape in decision_heads._SHAPES)
+
+
+async def test_an_untrusted_peer_is_answered_once_and_cannot_hold_the_connection(
+        serving_with):
+    """Refused whatever it sends, a stranger gets its 403 and the connection closes:
+    bodies are never read here, so one announced endless and sent fast enough (past
+    body_min_rate) held the connection, which the cap never evicts, for ever."""
+    address = await serving_with(trusted_proxies=["10.0.0.0/8"])  # loopback is not in it
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        writer.write(b"POST /envoy/orders/1 HTTP/1.1\r\nHost: api.test\r\n"
+                     b"Content-Length: 999999999999\r\n\r\n" + b"x" * 65536)
+        answer, = await answers_of(reader, 1)
+        assert_one_shape(answer, 403, "untrusted_decision_caller")
+        assert answer.headers["Connection"] == "close"
+        await closed_within(reader, MARGIN)
+    finally:
+        writer.close()
 
 
 def test_the_field_verdicts_remembered_are_bounded():

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_connections import Served, exchange, read_answer, serving
 
-from gateway import http_head
+from gateway import framing, http_head
 from gateway.framing import SYNTHETIC_REQUEST, RequestReader
 from gateway.http_head import (
     AIOHTTP_LIMITS,
@@ -249,6 +249,30 @@ def test_an_endless_head_is_refused_when_it_passes_the_limit():
         assert sent <= MAX_HEAD + len(line)
     assert passed == [SYNTHETIC_REQUEST] and reader.refusal is not None
     assert reader.refusal.status == 431
+
+
+def test_empty_lines_before_a_trickled_head_are_scanned_once(monkeypatch):
+    """Empty lines may come before a request line (RFC 9112 §2.2): 64 KiB of them, then
+    the head a byte at a time. Each read went over all of them again, twice (some
+    5 ms a byte here: a few connections sending a byte every few milliseconds kept a
+    process busy); each is now looked at a bounded number of times, however the head
+    trickles in."""
+    looked_at = 0
+    skip = framing._skip_empty_lines
+
+    def counted(data: bytes | bytearray, pos: int) -> int:
+        nonlocal looked_at
+        end = skip(data, pos)
+        looked_at += (end - pos) // 2 + 1  # the empty lines passed, and the look that ended it
+        return end
+
+    monkeypatch.setattr(framing, "_skip_empty_lines", counted)
+    lead = b"\r\n" * (MAX_HEAD // 2 - 64)
+    head = get()
+    reader, passed = feed(lead, *(head[i:i + 1] for i in range(len(head))))
+    assert reader.heads == 1 and reader.refusal is None
+    assert b"".join(passed) == lead + head
+    assert looked_at <= len(lead) + 4 * len(head)  # each empty line about twice
 
 
 # -- refusing bodies ------------------------------------------------------------------------

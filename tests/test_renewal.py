@@ -22,6 +22,7 @@ import pytest
 from conftest import ProxyTestServer, on_one_server_and_a_cluster
 
 from gateway.app import build_gateway
+from gateway.credentials import new_link_secret
 from gateway.management import build_management_app
 from gateway.management.metrics import build_metrics_app
 from gateway.store import CLI_ACTOR
@@ -489,6 +490,23 @@ async def test_link_secrets_differ_and_unknown_links_are_gone(api):
     fake = "/api/v1/token-links/" + "A" * 43
     expect_error(await api.call("POST", fake, headers={}), 410, "token_link_gone")
     expect_error(await api.call("GET", fake, headers={}), 410, "token_link_gone")
+
+
+async def test_made_up_links_draw_on_the_failure_budget(api, gateway):
+    """A link is a credential: made-up ones were each a store read, without end, from
+    an address that a wrong key or token would have had answered 429 long before. They
+    are failed authentications now, and past auth_failure_limit the answer is 429."""
+    link = (await api.create("budgeted", delivery="link"))["tokenLink"]
+    for _ in range(gateway.settings.auth_failure_limit):
+        fake = "/api/v1/token-links/" + new_link_secret()
+        expect_error(await api.call("POST", fake, headers={}), 410, "token_link_gone")
+    for method in ("POST", "GET"):
+        fake = "/api/v1/token-links/" + new_link_secret()
+        expect_error(await api.call(method, fake, headers={}), 429, "too_many_failures")
+    # the address is blocked for links and credentials alike, a real link included
+    expect_error(await api.open_link(link), 429, "too_many_failures")
+    expect_error(await api.call("GET", "/api/v1/accounts/acme/keys"), 429,
+                 "too_many_failures")
 
 
 async def test_non_ascii_link_secret_is_gone_not_a_server_error(api):

@@ -5,6 +5,12 @@ with a button and never consumes the link: chat and mail clients fetch URLs to b
 previews, and such a fetch must not burn the one chance to read the token. ``POST``
 (the button, or any API client) reveals the token and consumes the link atomically;
 every later open, and any open after expiry, gets 410.
+
+A link is a credential, so a link that is not (any more) there is a failed
+authentication: it draws on the client address's failure budget
+(``auth_failure_limit``), and past it the answer is 429 before the store is asked, as
+for a wrong key or token. (Guessing a link is as hopeless as guessing a token; what the
+budget bounds is the store reads a flood of made-up links costs.)
 """
 
 from __future__ import annotations
@@ -15,16 +21,16 @@ from aiohttp import web
 
 from ..context import GATEWAY
 from ..credentials import is_link_secret, link_id
-from ..errors import Gone
+from ..errors import Gone, TooManyRequests
 from ..middleware import request_id_of
-from .common import json_response
+from .common import client_address, json_response
 from .operations import Operations
 from .schema import LinkPath, LinkStatus, OpenedLink
 
 operations = Operations("token links")
 
 LINK = "/api/v1/token-links/{secret}"
-GONE = {410: ("token_link_gone",), 503: ()}
+GONE = {410: ("token_link_gone",), 429: ("too_many_failures",), 503: ()}
 
 
 def gone() -> Gone:
@@ -36,6 +42,24 @@ def gone() -> Gone:
         "account for a new token renewal",
         code="token_link_gone",
     )
+
+
+def _within_budget(request: web.Request) -> str:
+    """The client's address, once its failure budget is known not to be spent (429
+    otherwise, before the store is asked)."""
+    client = client_address(request)
+    limiter = request.app[GATEWAY].pipeline.limiter
+    wait = limiter.address_blocked(client) if limiter is not None else None
+    if wait is not None:
+        raise TooManyRequests(wait)
+    return client
+
+
+async def _failed(request: web.Request, client: str) -> Gone | TooManyRequests:
+    """A link that is not there: counted as a failed authentication of ``client``."""
+    limiter = request.app[GATEWAY].pipeline.limiter
+    wait = await limiter.failed(client, None) if limiter is not None else None
+    return TooManyRequests(wait) if wait is not None else gone()
 
 
 # The pages show a token, or the button that reveals it: no cache keeps them, no other
@@ -69,10 +93,11 @@ async def show_link(request: web.Request, path: LinkPath) -> web.Response:
     client asks for `text/html` and not JSON; never consumes the link, so that chat and
     mail clients fetching previews cannot burn it."""
     secret = path.secret
+    client = _within_budget(request)
     if not is_link_secret(secret) or not await request.app[GATEWAY].store.link_valid(
         link_id(secret)
     ):
-        raise gone()
+        raise await _failed(request, client)
     if not _wants_html(request):
         return json_response(
             {"status": "unopened", "message": "POST to this URL to reveal the token, once"},
@@ -92,11 +117,12 @@ async def show_link(request: web.Request, path: LinkPath) -> web.Response:
 async def open_link(request: web.Request, path: LinkPath) -> web.Response:
     """Reveals the key and its token and consumes the link atomically; every later open,
     and any open after expiry, is 410. HTML for a browser's form post."""
+    client = _within_budget(request)
     opened = await request.app[GATEWAY].lifecycle.open_link(
         path.secret, request_id_of(request)
     )
     if opened is None:
-        raise gone()
+        raise await _failed(request, client)
     if _wants_html(request) or request.content_type == "application/x-www-form-urlencoded":
         body = (
             f"<p>API key <code>{html.escape(opened.app_key)}</code></p>"

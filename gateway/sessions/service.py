@@ -241,6 +241,9 @@ class Sessions:
             # announcement it missed): reload, at most every RELOAD_AT_MOST seconds
             if self.from_files or self.clock() - self._last_reload < RELOAD_AT_MOST:
                 raise
+            # taken before the read: tokens arriving while it runs must not each start
+            # one of their own (a burst of forged kids would read the store as often)
+            self._last_reload = self.clock()
             await self.changed()
             claims = tokens.verify_session(self._ring(), token, issuer=self.issuer,
                                            audience=self.audience, leeway=self.leeway)
