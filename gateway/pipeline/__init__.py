@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from ..errors import Forbidden, GatewayError, TooManyRequests
 from ..ratelimit import AuthFailureLimiter
 from ..routes import Routed, RouteTable
-from .authenticators import Authenticator, InvalidCredentials, NoCredentials
+from .authenticators import AUTHORIZATION, Authenticator, InvalidCredentials, NoCredentials
 from .authorizer import Authorizer
 from .csrf import forged_request
 from .grants import granted_roles
@@ -197,9 +197,11 @@ class Pipeline:
             raise
         if authenticated is None:
             raise NoCredentials()
-        if authenticated.carrier == "bearer" or any(
+        if authenticated.carrier == "bearer" or AUTHORIZATION in facts.headers and any(
                 a.keygate_bearer(facts.headers) for a in self.authenticators):
-            authenticated = authenticated._replace(keygate_bearer=True)
+            authenticated = Authenticated(authenticated.principal, authenticated.account,
+                                          authenticated.grant, authenticated.carrier,
+                                          keygate_bearer=True)
         if self.observer is not None:
             self.observer.authenticated(authenticated.principal)
         return authenticated
