@@ -50,3 +50,12 @@ def test_the_command_line_reference_names_every_command():
             and re.search(rf"(^|[ |]){re.escape(name)}($|[ |])", line[len(parent) + 1:])
             for line in reference
         ), f"`{command}` is missing from the README's command line reference"
+
+
+def test_every_shell_variable_a_printed_command_uses_is_set_before():
+    """Commands work as printed, in order: no ``$SESSION`` that nothing printed sets."""
+    known = {"PWD"}  # the shell's own
+    for block in re.findall(r"```sh\n(.*?)```", README, re.S):
+        known |= set(re.findall(r"(?:^|[\s;&(])([A-Z_][A-Z0-9_]*)=", block, re.M))
+        used = set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", block))
+        assert used <= known, f"{sorted(used - known)} used before a printed command sets it"
