@@ -59,3 +59,12 @@ def test_every_shell_variable_a_printed_command_uses_is_set_before():
         known |= set(re.findall(r"(?:^|[\s;&(])([A-Z_][A-Z0-9_]*)=", block, re.M))
         used = set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", block))
         assert used <= known, f"{sorted(used - known)} used before a printed command sets it"
+
+
+def test_the_readme_tries_nginx_where_the_shipped_config_listens():
+    config = (ROOT / "deploy" / "nginx" / "keygate.conf").read_text()
+    (listen,) = re.findall(r"^\s*listen (\d+);", config, re.M)
+    (decision,) = re.findall(r"server (127\.0\.0\.1:\d+);\s+# keygate's decision_listen", config)
+    assert f"nginx then listens on port {listen}" in README
+    assert f"curl -i http://127.0.0.1:{listen}/orders/42" in README
+    assert f"KEYGATE_DECISION_LISTEN={decision}" in README
