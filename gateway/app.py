@@ -300,6 +300,11 @@ async def serve(
     if not await gateway.store.ping():
         log.warning("the store at %s does not answer yet; requests get 503 until it does",
                     url_without_passwords(settings.store_url))
+    try:  # no stored JWT signing key opens with the server secret: say so, do not start
+        await gateway.sessions.check_at_start()
+    except ConfigError:
+        await gateway.close()
+        raise
     loop = asyncio.get_running_loop()
     stop = stop_event(loop)  # SIGTERM, SIGINT: the graceful shutdown of running()
     reloads: set[asyncio.Task[None]] = set()
