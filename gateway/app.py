@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple
@@ -299,6 +300,11 @@ async def serve(
     if not await gateway.store.ping():
         log.warning("the store at %s does not answer yet; requests get 503 until it does",
                     url_without_passwords(settings.store_url))
+    try:  # no stored JWT signing key opens with the server secret: say so, do not start
+        await gateway.sessions.check_at_start()
+    except ConfigError:
+        await gateway.close()
+        raise
     loop = asyncio.get_running_loop()
     stop = stop_event(loop)  # SIGTERM, SIGINT: the graceful shutdown of running()
     reloads: set[asyncio.Task[None]] = set()
@@ -341,6 +347,9 @@ def run_workers(settings: Settings, workers: int, config_file: str | None) -> in
         return _supervise(workers, config_file, None)
     with workers_share_metrics() as metrics_dir:
         return _supervise(workers, config_file, metrics_dir)
+
+
+WORKER_CONFIG_ERROR = 2  # a worker that cannot listen exits with it, as `keygate serve` does
 
 
 def _supervise(workers: int, config_file: str | None, metrics_dir: str | None) -> int:
@@ -398,6 +407,8 @@ def _supervise(workers: int, config_file: str | None, metrics_dir: str | None) -
         log.error("%s (pid %s) exited with %s", child.name, child.pid, child.exitcode,
                   extra={"event": "workers.failed", "pid": child.pid})
     log.info("workers stopped", extra={"event": "workers.stopped", "pid": os.getpid()})
+    if any(c.exitcode == WORKER_CONFIG_ERROR for c in failed):
+        return WORKER_CONFIG_ERROR  # a port in use: the CLI's "bad configuration" (2)
     return 1 if failed or worker_died else 0
 
 
@@ -410,4 +421,8 @@ def _worker(config_file: str | None, verbose: bool = False) -> None:
     configure_logging(verbose, settings.log_format)
     log.info("%s started (pid %d)", multiprocessing.current_process().name, os.getpid(),
              extra={"event": "worker.started", "pid": os.getpid()})
-    run_event_loop(serve(settings, reuse_port=True))
+    try:
+        run_event_loop(serve(settings, reuse_port=True))
+    except ConfigError as exc:  # a port in use: one line, as without --workers
+        print(f"keygate: configuration error: {exc}", file=sys.stderr)
+        sys.exit(WORKER_CONFIG_ERROR)

@@ -486,9 +486,13 @@ def jwt_rotate(args: argparse.Namespace) -> int:
     rotation is announced on the invalidation channel), and the previous key verifies
     until every token it signed has expired."""
 
+    from .sessions.service import SigningKeysUnavailable
+
     async def work(gateway: Any) -> dict[str, Any]:
-        await gateway.sessions.ready()
-        previous = gateway.sessions.ring.current.kid
+        try:
+            previous = (await gateway.sessions.ready()).current.kid
+        except SigningKeysUnavailable:  # no stored key opens: the way out is a new one
+            previous = None
         new = await gateway.sessions.rotate()
         return {"kid": new.kid, "algorithm": new.algorithm, "previous": previous,
                 "keys": [key["kid"] for key in gateway.sessions.jwks()["keys"]]}
@@ -503,7 +507,8 @@ def jwt_rotate(args: argparse.Namespace) -> int:
         print_json(rotated)
     else:
         print(f"new signing key {rotated['kid']} ({rotated['algorithm']}); "
-              f"{rotated['previous']} verifies until its tokens expire")
+              + (f"{rotated['previous']} verifies until its tokens expire"
+                 if rotated["previous"] else "no previous key opened with the server secret"))
     return 0
 
 

@@ -22,7 +22,8 @@ from conftest import Ran
 from gateway.app import build_gateway
 from gateway.context import Gateway
 from gateway.demo import DemoPorts, demo_settings
-from gateway.errors import Forbidden, Unauthorized
+from gateway.errors import ConfigError, Forbidden, Unauthorized
+from gateway.sessions.service import SigningKeysUnavailable
 from gateway.settings import load_settings
 from gateway.store import CLI_ACTOR
 
@@ -319,6 +320,34 @@ async def test_jwt_rotate_adds_a_key_that_a_running_instance_signs_with(cli, loc
     assert local.sessions.ring.current.kid == rotated["kid"]
     text = await in_thread(cli, "jwt", "rotate")
     assert text.code == 0 and text.out.startswith("new signing key ")
+
+
+async def test_a_new_server_secret_alone_is_refused_at_start_until_jwt_rotate(cli, local, env,
+                                                                           monkeypatch):
+    """The README's rotation of the server secret, done without `keygate jwt rotate` while
+    the old line was still there: no stored signing key opens. keygate refuses to start
+    saying to run it (it started, and answered logins, sessions and the JWKS with 500s),
+    and `keygate jwt rotate`, which refused with the same advice, makes the key."""
+    await local.sessions.ready()  # the first key, sealed under the old secret
+    monkeypatch.setenv("KEYGATE_SECRET", "n" * 40)  # the new secret alone
+    new_only = {**env, "KEYGATE_SECRET": "n" * 40}
+    alone = build_gateway(load_settings(env=new_only))
+    try:
+        with pytest.raises(ConfigError, match="run `keygate jwt rotate`"):
+            await alone.sessions.check_at_start()
+        with pytest.raises(SigningKeysUnavailable):  # a request: 503, never a 500
+            await alone.sessions.ready()
+    finally:
+        await alone.close()
+    ran = await in_thread(cli, "jwt", "rotate", "--json")
+    assert ran.code == 0, ran.err
+    assert ran.json()["previous"] is None
+    again = build_gateway(load_settings(env=new_only))
+    try:
+        await again.sessions.check_at_start()
+        assert (await again.sessions.ready()).current.kid == ran.json()["kid"]
+    finally:
+        await again.close()
 
 
 async def test_jwt_rotate_is_refused_when_the_keys_come_from_files(cli, env, tmp_path,

@@ -381,3 +381,16 @@ async def test_workers_log_their_pids_and_stop_with_the_parent(served, holding):
     assert len(drained) == 2  # each worker stopped gracefully, one had the request
     assert sorted(line["inFlight"] for line in drained) == [0, 1]
     assert any(line["event"] == "workers.stopped" for line in lines)
+
+
+async def test_workers_that_cannot_listen_say_so_in_one_line_and_exit_2(served, holding):
+    keygate = served(holding.url)
+    with socket.socket() as taken:  # another keygate on the port: no SO_REUSEPORT there
+        taken.bind(("127.0.0.1", keygate.proxy_port))
+        taken.listen()
+        await keygate.start("--workers", "2")
+        assert await keygate.exited(within=BOUND) == 2, keygate.log_text()
+    refusal = (f"keygate: configuration error: setting proxy_listen: cannot listen on "
+               f"127.0.0.1:{keygate.proxy_port}")
+    assert any(line.startswith(refusal) for line in keygate.stderr), keygate.log_text()
+    assert "Traceback" not in keygate.log_text()

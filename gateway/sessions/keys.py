@@ -161,7 +161,7 @@ def unseal(record: str, server_secrets: list[bytes] | tuple[bytes, ...]) -> Sign
             raise UnsealError(f"signing key {kid}: its record does not match its key")
         return SigningKey(kid, algorithm, private, created, retired)
     raise UnsealError(f"signing key {kid}: no server secret opens it (was the secret "
-                      "changed without keeping the old one in server_secret's list?)")
+                      "changed without keeping the old one as a later line of secret_file?)")
 
 
 # -- the ring -------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ check, and the key's state is still read on every request by the authenticator.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -127,7 +128,8 @@ class Sessions:
         except ValueError:
             raise ConfigError(
                 "no stored JWT signing key can be used (none current, or none opens with "
-                "server_secret); run `keygate jwt rotate`") from None
+                "the server secret: secret, secret_file); run `keygate jwt rotate`"
+            ) from None
 
     async def rotate(self) -> SigningKey:
         """A new current key; the previous ones stay for verification while their tokens
@@ -196,7 +198,7 @@ class Sessions:
         delay = 0.1
         while self.ring is None and not self._closed:
             try:
-                await self.ready()
+                await self._loaded()
             except (StoreUnavailable, ConfigError) as exc:
                 log.warning("JWT signing keys not loaded yet (%s); retrying in %g s",
                             exc, delay)
@@ -215,8 +217,22 @@ class Sessions:
             owner=owner, token_digest=token_digest, ttl=self.session_ttl,
             now=int(self.clock()))
 
+    async def check_at_start(self) -> None:
+        """Refuse to start (ConfigError, saying to run ``keygate jwt rotate``) when the
+        store answers but none of its signing keys opens with the server secrets; a store
+        that does not answer yet is left to :meth:`start`."""
+        with contextlib.suppress(StoreUnavailable):
+            await self._loaded()
+
     async def ready(self) -> KeyRing:
-        """The ring, loaded from the store on first use (one load at a time)."""
+        """The ring, loaded from the store on first use (one load at a time): 503 while
+        no stored key opens (a request is never answered with a configuration error)."""
+        try:
+            return await self._loaded()
+        except ConfigError:
+            raise SigningKeysUnavailable() from None
+
+    async def _loaded(self) -> KeyRing:
         if self.ring is None:
             async with self._loading:
                 if self.ring is None:
