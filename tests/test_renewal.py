@@ -590,6 +590,23 @@ async def test_unopened_link_blocks_renewal_until_opened(api, proxy):
     assert await works(proxy, app_key, renewed.json()["appToken"])
 
 
+async def test_a_link_taken_by_an_opening_that_did_not_finish_no_longer_blocks_renewal(
+    api, proxy, gateway
+):
+    """A link is taken (GETDEL, in its own slot) before its key forgets it: a store lost
+    between the two left the key refusing every renewal until the link's expiry, a day,
+    though no one could open the link any more."""
+    created = await api.create("half opened", delivery="link")
+    app_key = created["appKey"]
+    store = gateway.store
+    name = await store.redis.hget(store.names.key(app_key), "link")
+    assert await store.redis.getdel(name)  # the first step of an opening, alone
+    renewed = await api.renew(app_key, {"deleteOld": "now"})
+    assert renewed.status == 200, renewed.text
+    assert await works(proxy, app_key, renewed.json()["appToken"])
+    expect_error(await api.open_link(created["tokenLink"]), 410, "token_link_gone")
+
+
 async def test_expired_link_no_longer_blocks_renewal(api, proxy, clock):
     created = await api.create("expiring", delivery="link")
     app_key, url = created["appKey"], created["tokenLink"]

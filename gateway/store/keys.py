@@ -28,7 +28,7 @@ from .records import (
     label_fold,
     pairs,
 )
-from .refusals import StoreRefusal
+from .refusals import StoreRefusal, TokenLinkPending
 
 
 class KeyChanges(StoreCore):
@@ -202,11 +202,20 @@ class KeyChanges(StoreCore):
                 *self.names.listing(account)]
         args: list[Any] = [now, "later" if keep_old else "now", digest,
                            *await self._write_link(link, now), app_key]
-        try:
-            result = await self.change(
+
+        async def renew() -> Any:
+            return await self.change(
                 self.scripts.renew_token, account, app_key, action, actor,
                 keys=keys, args=args, expect_roles=expect_roles, expect_elsewhere=expect_elsewhere,
             )
+
+        try:
+            try:
+                result = await renew()
+            except TokenLinkPending:
+                if not await self._forget_taken_link(app_key):
+                    raise
+                result = await renew()
         except StoreRefusal:  # nothing written; (a lost reply may hide a commit: kept)
             await self._drop_link(link)
             raise
@@ -215,6 +224,18 @@ class KeyChanges(StoreCore):
             return None
         await self._drop_link(result[2])  # the previous token's unopened link
         return KeyRecord.from_hash(app_key, pairs(result[1]))
+
+    async def _forget_taken_link(self, app_key: str) -> bool:
+        """Whether the key's pending link was forgotten because its record is gone: a
+        link is taken (GETDEL, in its own slot) before its key forgets it, so a store
+        lost between the two left the key refusing renewals until the link's expiry,
+        with no one able to open it. Gone means gone for good: nothing writes a link's
+        record but before its key names it."""
+        key = self.names.key(app_key)
+        name = await self.redis.hget(key, "link")
+        if not name or await self.redis.exists(name):
+            return False
+        return bool(await self.scripts.forget_link(keys=[key], args=[name]))
 
     @unavailable
     async def end_renewal(

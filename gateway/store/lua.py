@@ -35,6 +35,7 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "apply_followup": _CHANGE,
     "clear_followup": (),
     "open_link": _CHANGE,
+    "forget_link": (),
     "put_setting": _CHANGE,
     "record_last_used": (),
     "end_session": (),
@@ -83,6 +84,7 @@ class Scripts:
         self.apply_followup = register("apply_followup")
         self.clear_followup = register("clear_followup")
         self.open_link = register("open_link")
+        self.forget_link = register("forget_link")
         self.put_setting = register("put_setting")
         self.record_last_used = register("record_last_used")
         self.end_session = register("end_session")
