@@ -718,3 +718,39 @@ def test_keyboard_only(open_page, served):
     page.keyboard.press("Escape")
     expect(page.locator("dialog")).to_have_count(0)
     expect(button).to_be_focused()
+
+
+def test_focus_stays_on_the_row_it_acted_on(open_page, served):
+    """A row's buttons are drawn anew after every change: focus goes back to the same
+    row's button (or the one at its place), the table when the row is gone."""
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    key = served.make_key(account, ["orders-reader"], label="acted on")
+    page = open_page().page
+    sign_in(page, served, owner)
+    row = generated_row(page, key.app_key)
+
+    def press(name: str) -> None:
+        row.get_by_role("button", name=name, exact=True).focus()
+        page.keyboard.press("Enter")
+
+    press("Edit")
+    page.keyboard.press("End")  # the label field has the focus
+    page.keyboard.type(" again")
+    page.keyboard.press("Enter")
+    expect(row).to_contain_text("acted on again")
+    expect(row.get_by_role("button", name="Edit")).to_be_focused()
+    press("Renew token")
+    dialog(page).get_by_role("button", name="Renew token").press("Enter")
+    dialog(page).get_by_role("button", name="Done").press("Enter")
+    expect(row.get_by_role("button", name="Delete old token")).to_be_focused()
+    press("Deactivate")
+    dialog(page).get_by_role("button", name="Deactivate key").press("Enter")
+    expect(row.get_by_role("button", name="Activate")).to_be_focused()
+    press("Activate")
+    expect(row.get_by_role("button", name="Deactivate")).to_be_focused()
+    press("Delete")
+    page.keyboard.press("Space")  # "I understand" has the focus
+    dialog(page).get_by_role("button", name="Delete key").press("Enter")
+    expect(generated_row(page, key.app_key)).to_have_count(0)
+    expect(page.get_by_role("region", name="Generated keys")).to_be_focused()

@@ -2,10 +2,10 @@
 // and the page returns focus to the button that opened it. A closed dialog is removed
 // from the document, and with it any token it showed.
 
-import { clearError, h, replaceChildren, showError, uid } from "./dom.js";
+import { clearError, focusLater, h, replaceChildren, showError, uid } from "./dom.js";
 
 export function openDialog({ title, body, submitLabel, danger = false, onSubmit, cancelLabel = "Cancel" }) {
-  const opener = document.activeElement;
+  const opener = focusLater(document.activeElement);
   const titleId = uid("dialog-title");
   const error = h("p", { class: "error", role: "alert" });
   const submit = h("button", { type: "submit", class: danger ? "danger" : "primary" }, submitLabel);
@@ -56,7 +56,8 @@ export function openDialog({ title, body, submitLabel, danger = false, onSubmit,
   });
   dialog.addEventListener("close", () => {
     dialog.remove();
-    if (opener && opener.isConnected && typeof opener.focus === "function") opener.focus();
+    const back = opener();
+    if (back && typeof back.focus === "function") back.focus();
   });
   document.body.append(dialog);
   dialog.showModal();
