@@ -434,6 +434,8 @@ def test_external_keys_add_edit_and_remove(open_page, served):
     add.get_by_label("orders-reader", exact=True).check()
     add.get_by_role("button", name="Add").click()
     expect(add.get_by_role("alert")).to_contain_text("there is no API key")  # in place
+    # the button, disabled while the request ran, has the focus back: not the page's start
+    expect(add.get_by_role("button", name="Add")).to_be_focused()
     add.get_by_label("API key").fill(partner.app_key)
     add.get_by_label("Label (optional)").fill("partner integration")
     add.get_by_role("button", name="Add").click()

@@ -52,6 +52,8 @@ export function openDialog({ title, body, submitLabel, danger = false, onSubmit,
     } finally {
       busy = false;
       submit.disabled = false;
+      // a disabled button loses the focus: give it back while the dialog stays open
+      if (dialog.open && !dialog.contains(document.activeElement)) submit.focus();
     }
   });
   dialog.addEventListener("close", () => {
