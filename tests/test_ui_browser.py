@@ -11,6 +11,7 @@ ui_site.Watch). Screenshots of each tab at 1280×800 and 390×844 go to tests/ar
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from ui_site import (
 )
 
 from gateway.renewal import add_months
+from gateway.settings import shipped_default
 from gateway.store import CLI_ACTOR, KeyQuery
 
 try:
@@ -610,6 +612,48 @@ def test_a_viewer_sees_no_controls_it_may_not_use(open_page, served):
     expect(panel.get_by_role("radio", name=re.compile("3 months"))).to_be_disabled()
     expect(panel.get_by_role("button", name="Apply")).to_have_count(0)
     expect(panel).to_contain_text("needs the permission to edit API keys settings")
+
+
+def test_a_renew_only_key_and_a_settings_only_key_see_what_they_may_use(browser, redis_url,
+                                                                        tmp_path):
+    for shipped in shipped_default("policies").glob("*.csv"):
+        shutil.copy(shipped, tmp_path)
+    (tmp_path / "narrow.csv").write_text("p, key-renewer, *, api-keys, renew-token, allow\n"
+                                         "p, settings-editor, *, api-keys, edit-settings, allow\n")
+    with site(redis_url, policies_dir=str(tmp_path)) as narrow:
+        account = fresh_account()
+        renewer = narrow.make_key(account, ["key-renewer"], label="renewer")
+        editor = narrow.make_key(account, ["settings-editor"], label="settings editor")
+        narrow.call(lambda gateway: gateway.store.put_setting(account, "renewalPeriodMonths", 6,
+                                                              CLI_ACTOR))
+        browsing = Browsing(browser, narrow)
+        try:
+            page = browsing.page
+            sign_in(page, narrow, renewer)
+            expect(page.get_by_role("tab")).to_have_text(["Generated keys"])
+            expect(page.get_by_role("button", name="Export")).to_be_hidden()
+            expect(page.get_by_role("button", name="Generate key")).to_have_count(0)
+            expect(generated_row(page, renewer.app_key).get_by_role("button")).to_have_text(
+                ["Renew token"])
+
+            # edit-settings without view: the period cannot be read, so none is shown as
+            # the current one (the account's is 6 months, not the default 3)
+            sign_in(page, narrow, editor)
+            expect(page.get_by_role("tab")).to_have_text(["Settings"])
+            panel = page.locator("#panel-settings")
+            expect(panel).to_contain_text("The current period is not shown")
+            for months in ("3 months", "6 months"):
+                expect(panel.get_by_role("radio", name=re.compile(months))).not_to_be_checked()
+            three = panel.get_by_role("radio", name=re.compile("3 months"))
+            panel.get_by_role("button", name="Apply").click()  # nothing chosen: the browser asks
+            expect(three).to_be_focused()
+            three.check()
+            panel.get_by_role("button", name="Apply").click()
+            expect(panel.get_by_role("status")).to_have_text("Applied: 3 months.")
+            stored = narrow.call(lambda gateway: gateway.store.get_settings(account))
+            assert int(stored["renewalPeriodMonths"]) == 3
+        finally:
+            browsing.close()
 
 
 def test_an_expired_session_returns_to_sign_in_with_a_clear_message(browser, redis_url):
