@@ -155,6 +155,17 @@ def test_sign_in_keeps_the_token_out_of_the_page_and_sign_out_ends_it(open_page,
     assert not [c for c in browsing.context.cookies() if c["name"] == "keygate_session"]
     assert page.locator("#panel-generated tbody").count() == 0  # nothing left behind
 
+    # signed out in another tab: the cookie is gone for this one too, and it says so
+    sign_in(page, served, owner)
+    other = browsing.context.new_page()
+    other.goto(page.url)
+    other.get_by_role("button", name="Sign out").click()
+    expect(other.locator("#sign-in-notice")).to_have_text("You are signed out.")
+    other.close()
+    page.get_by_role("tab", name="Audit").click()
+    expect(page.locator("#sign-in-notice")).to_contain_text("you signed out in another tab")
+    expect(page.get_by_label("API key", exact=True)).to_be_focused()
+
 
 def test_a_key_without_any_api_keys_permission_is_told_so(open_page, served):
     account = fresh_account()
@@ -669,7 +680,8 @@ def test_an_expired_session_returns_to_sign_in_with_a_clear_message(browser, red
             dialog(page).get_by_label("Label").fill("too late")
             dialog(page).get_by_role("button", name="Generate").click()
             expect(page.locator("#sign-in-notice")).to_have_text(
-                "Your session has expired. Sign in again to continue.")
+                "Your session has ended: it expired, or you signed out in another tab. "
+                "Sign in again to continue.")
             expect(page.locator("dialog")).to_have_count(0)
             expect(page.locator("#workspace")).to_be_hidden()
             sign_in(page, short, owner)  # and back in

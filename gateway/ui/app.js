@@ -39,8 +39,9 @@ api.whenSignedOut((failure) => {
   if (!ctx) return;
   const reasons = {
     session_expired: "Your session has expired. Sign in again to continue.",
-    // the browser drops the cookie when the session's time is up
-    missing_credentials: "Your session has expired. Sign in again to continue.",
+    // no cookie came: the browser drops it when the session's time is up, and signing
+    // out in another tab of this browser clears it
+    missing_credentials: "Your session has ended: it expired, or you signed out in another tab. Sign in again to continue.",
     invalid_session: "Your session is no longer valid: the key's token was renewed or the key was deleted. Sign in again.",
     session_ended: "This session was signed out. Sign in again to continue.",
   };
