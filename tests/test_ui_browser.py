@@ -378,8 +378,11 @@ def test_search_filters_sorting_paging_and_renewal_markers_are_the_servers(open_
     panel.get_by_role("button", name="Next page").click()
     expect(summary).to_have_text("Page 2 of 2 · 27 keys")
     expect(panel.locator("tbody tr")).to_have_count(7)
+    # the last page: "Next page" is disabled, and the focus is on the other button
+    expect(panel.get_by_role("button", name="Previous page")).to_be_focused()
     panel.get_by_role("button", name="Previous page").click()
     expect(summary).to_have_text("Page 1 of 2 · 27 keys")
+    expect(panel.get_by_role("button", name="Next page")).to_be_focused()
     panel.get_by_label("Per page").select_option("10")
     expect(summary).to_have_text("Page 1 of 3 · 27 keys")
 
@@ -547,6 +550,7 @@ def test_audit_view_filters_and_pages(open_page, served):
     panel.get_by_role("button", name="Older").click()
     expect(panel.locator(".summary")).to_have_text("Page 2 · 4 events")
     expect(panel.get_by_role("button", name="Older")).to_be_disabled()
+    expect(panel.get_by_role("button", name="Newer")).to_be_focused()
     panel.get_by_role("button", name="Newer").click()
     expect(panel.locator(".summary")).to_have_text("Page 1 · 20 events")
     panel.get_by_label("Actor key").fill(owner.app_key)

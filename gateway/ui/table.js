@@ -101,8 +101,15 @@ export function serverTable({ caption, columns, emptyText, load, query, noun }) 
     }
     if (focused) focused()?.focus();
     summary.textContent = `Page ${page.page} of ${pages} · ${page.total} ${page.total === 1 ? noun[0] : noun[1]}`;
+    const had = document.activeElement;
     previous.disabled = page.page <= 1;
     next.disabled = page.page >= pages;
+    // the last (or first) page reached: the pressed button is disabled and would drop
+    // the focus out of the page; it goes to the other one
+    if (had.disabled && (had === previous || had === next)) {
+      const other = had === next ? previous : next;
+      (other.disabled ? wrap : other).focus();
+    }
   }
 
   // an action's refusal outside a dialog (Activate) is shown above the table
