@@ -135,6 +135,8 @@ def test_sign_in_keeps_the_token_out_of_the_page_and_sign_out_ends_it(open_page,
     page.get_by_role("button", name="Sign in").click()
     expect(page.locator("#sign-in-error")).to_contain_text("invalid API credentials")
     assert page.locator("#sign-in-error").get_attribute("role") == "alert"
+    # disabled while the request ran, the button has the focus back (not the page's start)
+    expect(page.get_by_role("button", name="Sign in")).to_be_focused()
 
     sign_in(page, served, owner)
     expect(page.locator("#who-account")).to_have_text(account)
@@ -498,6 +500,7 @@ def test_settings_change_the_renewal_period(open_page, served):
     panel.get_by_role("radio", name=re.compile("6 months")).check()
     panel.get_by_role("button", name="Apply").click()
     expect(panel.get_by_role("status")).to_have_text("Applied: 6 months.")
+    expect(panel.get_by_role("button", name="Apply")).to_be_focused()
     stored = served.call(lambda gateway: gateway.store.get_settings(account))
     assert int(stored["renewalPeriodMonths"]) == 6
     # the reminder follows: 100 days is no longer due
@@ -517,6 +520,7 @@ def test_export_downloads_the_workbook(open_page, served, tmp_path):
     sign_in(page, served, owner)
     with page.expect_download() as download:
         page.get_by_role("button", name="Export").click()
+    expect(page.get_by_role("button", name="Export")).to_be_focused()
     saved = tmp_path / download.value.suggested_filename
     download.value.save_as(saved)
     assert saved.suffix == ".xlsx" and account in saved.name

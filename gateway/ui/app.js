@@ -5,7 +5,7 @@
 import * as api from "./api.js";
 import { auditTab } from "./audit.js";
 import { closeAllDialogs } from "./dialogs.js";
-import { clearError, h, showError } from "./dom.js";
+import { clearError, enable, h, showError } from "./dom.js";
 import { externalTab } from "./external.js";
 import { generatedTab } from "./keys.js";
 import { settingsTab } from "./settings.js";
@@ -137,7 +137,7 @@ $("sign-in-form").addEventListener("submit", async (event) => {
     showError(error, failure);
     tokenInput.value = "";
   } finally {
-    button.disabled = false;
+    enable(button);
   }
 });
 
@@ -166,7 +166,7 @@ $("export").addEventListener("click", async () => {
   } catch (failure) {
     showError(error, failure);
   } finally {
-    button.disabled = false;
+    enable(button);
   }
 });
 

@@ -144,6 +144,13 @@ export function showError(target, error) {
   target.textContent = parts.join(" ");
 }
 
+// A button disabled while its request ran lost the focus (to the page's start): once
+// enabled again it takes it back, unless the focus went somewhere meanwhile.
+export function enable(button) {
+  button.disabled = false;
+  if (!document.activeElement || document.activeElement === document.body) button.focus();
+}
+
 export function clearError(target) {
   if (target) target.textContent = "";
 }

@@ -1,7 +1,7 @@
 // The Settings tab: the renewal-reminder period of the account.
 
 import * as api from "./api.js";
-import { clearError, h, radios, replaceChildren, showError } from "./dom.js";
+import { clearError, enable, h, radios, replaceChildren, showError } from "./dom.js";
 
 export function settingsTab(ctx, panel) {
   const { me, account } = ctx;
@@ -43,7 +43,7 @@ export function settingsTab(ctx, panel) {
     } catch (failure) {
       showError(error, failure);
     } finally {
-      apply.disabled = false;
+      enable(apply);
     }
   });
   replaceChildren(panel, h("h2", {}, "Settings"), form);
