@@ -785,6 +785,15 @@ def test_keyboard_only(open_page, served):
     expect(page.locator("dialog")).to_have_count(0)
     expect(button).to_be_focused()
 
+    # the skip link moves the focus and leaves the fragment (the account and tab) alone
+    at = page.url
+    page.get_by_role("link", name="Skip to content").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("main")).to_be_focused()
+    assert page.url == at
+    page.reload()
+    expect(page.locator("#who-account")).to_have_text(account)
+
 
 def test_focus_stays_on_the_row_it_acted_on(open_page, served):
     """A row's buttons are drawn anew after every change: focus goes back to the same

@@ -109,6 +109,12 @@ $("tabs").addEventListener("keydown", (event) => {
 });
 for (const name of TABS) $(`tab-${name}`).addEventListener("click", () => select(name, false));
 
+// The skip link moves the focus without a fragment: "#main" would name an account.
+document.querySelector(".skip-link").addEventListener("click", (event) => {
+  event.preventDefault();
+  $("main").focus();
+});
+
 $("sign-in-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const error = $("sign-in-error");
