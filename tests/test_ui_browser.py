@@ -712,6 +712,9 @@ def test_screenshots_of_each_tab_at_both_sizes_and_nothing_overflows(open_page, 
     owner = served.make_key(account, ["owner"], label="owner")
     served.make_key(account, ["orders-reader", "catalog-reader"], label="a business key")
     served.make_key(account, ["orders-writer"], label="aging key", age_days=120)
+    # a label without a space: it wraps in its column, never widening the page
+    served.make_key(account, ["orders-reader"],
+                    label="orders_integration_partner_acme_production_eu_west_1")
     partner = served.make_key(fresh_account(), ["orders-reader"])
     served.call(lambda gateway: gateway.store.add_grant(account, partner.app_key, "partner",
                                                         ["orders-reader"], CLI_ACTOR))
@@ -735,6 +738,11 @@ def test_screenshots_of_each_tab_at_both_sizes_and_nothing_overflows(open_page, 
             overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 0, (tab, width, overflow)
             assert page.evaluate(UNLABELLED) == [], (tab, width)
+            # a key breaks at its hyphens, not into a column a few characters wide
+            lines = page.evaluate("""() => Math.max(0, ...[...document.querySelectorAll(
+                '[role="tabpanel"]:not([hidden]) td code.key')]
+                .map(c => c.getClientRects().length))""")
+            assert lines <= 2, (tab, width, lines)
             size = page.evaluate("parseFloat(getComputedStyle(document.body).fontSize)")
             assert size >= 14
     for width, height in SIZES:
