@@ -218,6 +218,10 @@ def test_generate_a_key_and_use_its_token_through_the_proxy(open_page, served):
     generate.get_by_label("orders-reader", exact=True).check()
     generate.get_by_role("button", name="Generate").click()
     expect(generate).to_contain_text("it will not be shown again")
+    # the field has the focus, and the warning is read with it
+    expect(generate.get_by_label("API token")).to_be_focused()
+    expect(generate.get_by_label("API token")).to_have_accessible_description(
+        re.compile(r"A token was made for API key \S+\. Copy the token now .* not be shown again"))
     token = generate.get_by_label("API token").input_value()
     assert token.startswith("kgt_")
     generate.get_by_role("button", name="Copy").click()

@@ -91,8 +91,11 @@ export function confirmDialog({ title, message, confirmLabel, danger = true, ack
 
 // A secret shown once: read-only field, copy button, and the warning.
 export function revealSecret({ heading, label, value, warning, extra }) {
+  // the field gets the focus: what was made and the warning are read with it
+  const headingId = uid("secret-heading");
+  const warningId = uid("secret-warning");
   const input = h("input", { type: "text", readonly: true, id: uid("secret"), value, spellcheck: "false",
-    autocomplete: "off", class: "secret-value" });
+    autocomplete: "off", class: "secret-value", "aria-describedby": `${headingId} ${warningId}` });
   const copied = h("span", { class: "status", role: "status" });
   const copy = h("button", { type: "button" }, "Copy");
   copy.addEventListener("click", async () => {
@@ -105,11 +108,11 @@ export function revealSecret({ heading, label, value, warning, extra }) {
     }
   });
   return [
-    h("p", {}, heading),
+    h("p", { id: headingId }, heading),
     h("label", { for: input.id }, label),
     h("div", { class: "secret" }, input, copy),
     copied,
-    h("p", { class: "warning", role: "note" }, h("strong", {}, warning)),
+    h("p", { class: "warning", role: "note", id: warningId }, h("strong", {}, warning)),
     extra || null,
   ];
 }
