@@ -581,8 +581,11 @@ def test_a_user_admin_restricted_session_cannot_give_owner(open_page, served):
     business = served.make_key(account, ["orders-writer"], label="business")
     page = open_page().page
     sign_in(page, served, admin)
-    # the owner's key offers no action; a business key does
+    # the owner's key offers no action, and says why in words (no tooltip); a business
+    # key does
     expect(generated_row(page, owner.app_key).get_by_role("button")).to_have_count(0)
+    expect(generated_row(page, owner.app_key).get_by_role("cell").last).to_have_text(
+        "None: it holds roles you may not give")
     expect(generated_row(page, business.app_key).get_by_role("button", name="Edit")).to_be_visible()
 
     page.get_by_role("button", name="Generate key").click()

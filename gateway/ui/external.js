@@ -33,7 +33,7 @@ export function externalTab(ctx, panel) {
   function actions(grant) {
     if (!may.edit) return h("span", { class: "hint" }, "—");
     if (!mayActOn(ctx, grant)) {
-      return h("span", { class: "hint", title: "This key holds roles you may not give, so you cannot change its grant." }, "—");
+      return h("span", { class: "hint" }, "None: it holds roles you may not give");
     }
     const edit = h("button", { type: "button" }, "Edit");
     edit.addEventListener("click", () => editGrant(grant));

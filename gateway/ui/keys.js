@@ -108,8 +108,8 @@ export function generatedTab(ctx, panel) {
       buttons.push(button("Delete", removeKey));
     }
     if (!buttons.length) {
-      const why = canAct ? "" : "This key holds roles you may not give, so you cannot change it.";
-      return h("span", { class: "hint", title: why || null }, "—");
+      // the reason in words, not in a tooltip that only a mouse can show
+      return h("span", { class: "hint" }, canAct ? "—" : "None: it holds roles you may not give");
     }
     return h("div", { class: "row-actions" }, buttons);
   }
