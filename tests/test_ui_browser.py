@@ -714,6 +714,18 @@ UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea, bu
     .map(el => el.outerHTML)"""
 
 
+def contrast_on_white(css_color: str) -> float:
+    """WCAG's contrast ratio of an ``rgb(r, g, b)`` colour against white."""
+
+    def channel(value: int) -> float:
+        c = value / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (int(n) for n in re.findall(r"\d+", css_color)[:3])
+    luminance = 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
+    return 1.05 / (luminance + 0.05)
+
+
 def test_screenshots_of_each_tab_at_both_sizes_and_nothing_overflows(open_page, served):
     account = fresh_account()
     owner = served.make_key(account, ["owner"], label="owner")
@@ -750,6 +762,11 @@ def test_screenshots_of_each_tab_at_both_sizes_and_nothing_overflows(open_page, 
                 '[role="tabpanel"]:not([hidden]) td code.key')]
                 .map(c => c.getClientRects().length))""")
             assert lines <= 2, (tab, width, lines)
+            # the renewal reminders' coloured text reads at 4.5:1 at least (WCAG AA)
+            for color in page.evaluate("""() => [...document.querySelectorAll(
+                    '[role="tabpanel"]:not([hidden]) .marker-text, .pending')]
+                    .map(e => getComputedStyle(e).color)"""):
+                assert contrast_on_white(color) >= 4.5, (tab, color)
             size = page.evaluate("parseFloat(getComputedStyle(document.body).fontSize)")
             assert size >= 14
     for width, height in SIZES:
