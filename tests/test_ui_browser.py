@@ -194,6 +194,10 @@ def test_an_external_key_signs_in_to_the_account_that_granted_it_roles(open_page
     page.get_by_label("API token", exact=True).fill(partner.token)
     page.get_by_role("button", name="Sign in").click()  # the browser checks the pattern
     expect(page.locator("#workspace")).to_be_hidden()
+    # and says which (the browser's bubble shows the title under "Please match the
+    # requested format."; a screen reader reads it as the field's description)
+    expect(page.get_by_label(re.compile("^Account"))).to_have_accessible_description(
+        re.compile("lowercase letters, digits and inner hyphens"))
     sign_in(page, served, partner, account=account)
     expect(page.locator("#who-account")).to_have_text(account)
     expect(page.locator("#panel-generated")).to_contain_text("the owner")
