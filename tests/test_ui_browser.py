@@ -644,16 +644,17 @@ def test_a_viewer_sees_no_controls_it_may_not_use(open_page, served):
     expect(panel).to_contain_text("needs the permission to edit API keys settings")
 
 
-def test_a_renew_only_key_and_a_settings_only_key_see_what_they_may_use(browser, redis_url,
-                                                                        tmp_path):
+def test_keys_with_one_api_keys_permission_see_what_they_may_use(browser, redis_url, tmp_path):
     for shipped in shipped_default("policies").glob("*.csv"):
         shutil.copy(shipped, tmp_path)
     (tmp_path / "narrow.csv").write_text("p, key-renewer, *, api-keys, renew-token, allow\n"
-                                         "p, settings-editor, *, api-keys, edit-settings, allow\n")
+                                         "p, settings-editor, *, api-keys, edit-settings, allow\n"
+                                         "p, key-editor, *, api-keys, edit, allow\n")
     with site(redis_url, policies_dir=str(tmp_path)) as narrow:
         account = fresh_account()
         renewer = narrow.make_key(account, ["key-renewer"], label="renewer")
         editor = narrow.make_key(account, ["settings-editor"], label="settings editor")
+        key_editor = narrow.make_key(account, ["key-editor"], label="key editor")
         narrow.call(lambda gateway: gateway.store.put_setting(account, "renewalPeriodMonths", 6,
                                                               CLI_ACTOR))
         browsing = Browsing(browser, narrow)
@@ -682,6 +683,16 @@ def test_a_renew_only_key_and_a_settings_only_key_see_what_they_may_use(browser,
             expect(panel.get_by_role("status")).to_have_text("Applied: 3 months.")
             stored = narrow.call(lambda gateway: gateway.store.get_settings(account))
             assert int(stored["renewalPeriodMonths"]) == 3
+
+            # edit without view: no tab can show anything; said at sign-in, not a blank page
+            page.get_by_role("button", name="Sign out").click()
+            page.get_by_label("API key", exact=True).fill(key_editor.app_key)
+            page.get_by_label("API token", exact=True).fill(key_editor.token)
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.locator("#sign-in-error")).to_be_visible()
+            expect(page.locator("#sign-in-error")).to_contain_text(
+                "may change API keys but not view them")
+            expect(page.locator("#workspace")).to_be_hidden()
         finally:
             browsing.close()
 

@@ -54,6 +54,11 @@ function allowedTabs(may) {
 
 async function enter(account, tab) {
   const me = await api.get(api.accountPath(account, "me"));
+  const allowed = allowedTabs(me.permissions);
+  if (!allowed.length) {
+    // edit alone: every tab needs one more permission (a list, the settings)
+    throw new Error(`In account ${account} this key may change API keys but not view them, and this page needs that: ask for a role that may view API keys.`);
+  }
   ctx = { account, me, period: DEFAULT_PERIOD, periodKnown: false, views: {} };
   if (me.permissions.view) {
     try {
@@ -70,7 +75,6 @@ async function enter(account, tab) {
   $("who-key").textContent = me.appKey;
   $("export").hidden = !me.permissions.view;
   clearError($("export-error"));
-  const allowed = allowedTabs(me.permissions);
   for (const name of TABS) $(`tab-${name}`).hidden = !allowed.includes(name);
   ctx.views = {
     generated: generatedTab(ctx, $("panel-generated")),
