@@ -320,6 +320,28 @@ def test_undo_a_renewal_on_another_key(open_page, served):
     assert served.through_proxy(account, key.app_key, replaced)[0] == 200
 
 
+def test_renewing_the_signed_in_keys_own_token_now_shows_the_new_one(open_page, served):
+    """The session came from the old token, which stops at once: the new token stays on
+    screen until Done, and only then is the administrator sent back to sign in."""
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    page = open_page().page
+    sign_in(page, served, owner)
+    generated_row(page, owner.app_key).get_by_role("button", name="Renew token").click()
+    renew = dialog(page)
+    renew.get_by_role("radio", name=re.compile("^Now")).check()
+    renew.get_by_role("button", name="Renew token").click()
+    token = renew.get_by_label("API token")
+    expect(token).to_be_visible()
+    page.wait_for_timeout(500)  # where the table was read again at once, and refused
+    expect(token).to_be_visible()
+    new_token = token.input_value()
+    assert served.through_proxy(account, owner.app_key, new_token)[0] == 200
+    renew.get_by_role("button", name="Done").click()
+    expect(page.locator("#sign-in-notice")).to_contain_text("the key's token was renewed")
+    sign_in(page, served, Made(owner.app_key, new_token))
+
+
 def test_edit_deactivate_then_delete(open_page, served):
     account = fresh_account()
     owner = served.make_key(account, ["owner"], label="owner")

@@ -179,7 +179,10 @@ export function generatedTab(ctx, panel) {
         const answer = await api.post(keyPath(key.appKey, "token", "renew"), {
           deleteOld: String(form.get("deleteOld")), delivery: String(form.get("delivery")),
         });
-        table.refresh();
+        // the table is read again once the token has been seen: renewing the signed-in
+        // key's own token now ends this session, and going back to sign-in closes every
+        // dialog, the only copy of the new token with it
+        control.dialog.addEventListener("close", () => table.refresh());
         return showIssued(control, answer, "A new token was made");
       },
     });
