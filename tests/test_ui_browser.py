@@ -452,6 +452,9 @@ def test_search_filters_sorting_paging_and_renewal_markers_are_the_servers(open_
     label_header = panel.locator('th[data-sort="label"]')
     label_header.get_by_role("button").click()
     expect(label_header).to_have_attribute("aria-sort", "ascending")
+    # the arrow is drawn, not read: the column and its button are named by the title
+    expect(label_header.get_by_role("button")).to_have_accessible_name("Label")
+    expect(panel.get_by_role("columnheader", name="Created", exact=True)).to_have_count(1)
     expect(panel.locator("tbody tr").first).to_contain_text("aging")
     label_header.get_by_role("button").click()
     expect(label_header).to_have_attribute("aria-sort", "descending")
