@@ -857,6 +857,19 @@ def test_keyboard_only(open_page, served):
     expect(page.locator("dialog")).to_have_count(0)
     expect(button).to_be_focused()
 
+    # Escape while the request runs: the dialog stays for the token it will show
+    page.keyboard.press("Enter")
+    page.keyboard.type("slow answer")
+    page.evaluate("""() => { const answer = window.fetch; window.fetch = (...args) =>
+        new Promise(wait => setTimeout(wait, 700)).then(() => answer(...args)); }""")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+    expect(dialog(page).get_by_label("API token")).to_be_visible()
+    page.keyboard.press("Escape")  # now it closes
+    expect(page.locator("dialog")).to_have_count(0)
+    page.evaluate("() => location.reload()")  # the page's own fetch again
+    expect(page.locator("#who-key")).to_have_text(owner.app_key)
+
     # the skip link moves the focus and leaves the fragment (the account and tab) alone
     at = page.url
     page.get_by_role("link", name="Skip to content").focus()

@@ -37,7 +37,10 @@ export function openDialog({ title, body, submitLabel, danger = false, onSubmit,
     },
   };
 
-  cancel.addEventListener("click", () => control.close());
+  // while the request runs the dialog stays: closed then, what comes back (a token shown
+  // once) would have nowhere to go
+  cancel.addEventListener("click", () => { if (!busy) control.close(); });
+  dialog.addEventListener("cancel", (event) => { if (busy) event.preventDefault(); });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     if (busy) return;
