@@ -498,6 +498,14 @@ def test_external_keys_add_edit_and_remove(open_page, served):
 
     row.get_by_role("button", name="Edit").click()
     edit = dialog(page)
+    # a label taken away is not silently kept: the browser asks for one, then the API
+    edit.get_by_label("Label").fill("")
+    edit.get_by_role("button", name="Save").click()
+    expect(edit.get_by_label("Label")).to_be_focused()
+    edit.get_by_label("Label").fill("   ")
+    edit.get_by_role("button", name="Save").click()
+    expect(edit.get_by_role("alert")).to_contain_text("label must be a non-empty string")
+    edit.get_by_label("Label").fill("partner integration")
     edit.get_by_label("orders-reader", exact=True).uncheck()
     edit.get_by_label("catalog-reader", exact=True).check()
     edit.get_by_label("Status").select_option("inactive")
