@@ -11,6 +11,7 @@ ui_site.Watch). Screenshots of each tab at 1280×800 and 390×844 go to tests/ar
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from ui_site import (
 )
 
 from gateway.renewal import add_months
+from gateway.settings import shipped_default
 from gateway.store import CLI_ACTOR, KeyQuery
 
 try:
@@ -133,6 +135,8 @@ def test_sign_in_keeps_the_token_out_of_the_page_and_sign_out_ends_it(open_page,
     page.get_by_role("button", name="Sign in").click()
     expect(page.locator("#sign-in-error")).to_contain_text("invalid API credentials")
     assert page.locator("#sign-in-error").get_attribute("role") == "alert"
+    # disabled while the request ran, the button has the focus back (not the page's start)
+    expect(page.get_by_role("button", name="Sign in")).to_be_focused()
 
     sign_in(page, served, owner)
     expect(page.locator("#who-account")).to_have_text(account)
@@ -152,6 +156,17 @@ def test_sign_in_keeps_the_token_out_of_the_page_and_sign_out_ends_it(open_page,
     expect(page.locator("#sign-in-notice")).to_have_text("You are signed out.")
     assert not [c for c in browsing.context.cookies() if c["name"] == "keygate_session"]
     assert page.locator("#panel-generated tbody").count() == 0  # nothing left behind
+
+    # signed out in another tab: the cookie is gone for this one too, and it says so
+    sign_in(page, served, owner)
+    other = browsing.context.new_page()
+    other.goto(page.url)
+    other.get_by_role("button", name="Sign out").click()
+    expect(other.locator("#sign-in-notice")).to_have_text("You are signed out.")
+    other.close()
+    page.get_by_role("tab", name="Audit").click()
+    expect(page.locator("#sign-in-notice")).to_contain_text("you signed out in another tab")
+    expect(page.get_by_label("API key", exact=True)).to_be_focused()
 
 
 def test_a_key_without_any_api_keys_permission_is_told_so(open_page, served):
@@ -179,6 +194,10 @@ def test_an_external_key_signs_in_to_the_account_that_granted_it_roles(open_page
     page.get_by_label("API token", exact=True).fill(partner.token)
     page.get_by_role("button", name="Sign in").click()  # the browser checks the pattern
     expect(page.locator("#workspace")).to_be_hidden()
+    # and says which (the browser's bubble shows the title under "Please match the
+    # requested format."; a screen reader reads it as the field's description)
+    expect(page.get_by_label(re.compile("^Account"))).to_have_accessible_description(
+        re.compile("lowercase letters, digits and inner hyphens"))
     sign_in(page, served, partner, account=account)
     expect(page.locator("#who-account")).to_have_text(account)
     expect(page.locator("#panel-generated")).to_contain_text("the owner")
@@ -203,6 +222,10 @@ def test_generate_a_key_and_use_its_token_through_the_proxy(open_page, served):
     generate.get_by_label("orders-reader", exact=True).check()
     generate.get_by_role("button", name="Generate").click()
     expect(generate).to_contain_text("it will not be shown again")
+    # the field has the focus, and the warning is read with it
+    expect(generate.get_by_label("API token")).to_be_focused()
+    expect(generate.get_by_label("API token")).to_have_accessible_description(
+        re.compile(r"A token was made for API key \S+\. Copy the token now .* not be shown again"))
     token = generate.get_by_label("API token").input_value()
     assert token.startswith("kgt_")
     generate.get_by_role("button", name="Copy").click()
@@ -297,6 +320,28 @@ def test_undo_a_renewal_on_another_key(open_page, served):
     assert served.through_proxy(account, key.app_key, replaced)[0] == 200
 
 
+def test_renewing_the_signed_in_keys_own_token_now_shows_the_new_one(open_page, served):
+    """The session came from the old token, which stops at once: the new token stays on
+    screen until Done, and only then is the administrator sent back to sign in."""
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    page = open_page().page
+    sign_in(page, served, owner)
+    generated_row(page, owner.app_key).get_by_role("button", name="Renew token").click()
+    renew = dialog(page)
+    renew.get_by_role("radio", name=re.compile("^Now")).check()
+    renew.get_by_role("button", name="Renew token").click()
+    token = renew.get_by_label("API token")
+    expect(token).to_be_visible()
+    page.wait_for_timeout(500)  # where the table was read again at once, and refused
+    expect(token).to_be_visible()
+    new_token = token.input_value()
+    assert served.through_proxy(account, owner.app_key, new_token)[0] == 200
+    renew.get_by_role("button", name="Done").click()
+    expect(page.locator("#sign-in-notice")).to_contain_text("the key's token was renewed")
+    sign_in(page, served, Made(owner.app_key, new_token))
+
+
 def test_edit_deactivate_then_delete(open_page, served):
     account = fresh_account()
     owner = served.make_key(account, ["owner"], label="owner")
@@ -365,8 +410,11 @@ def test_search_filters_sorting_paging_and_renewal_markers_are_the_servers(open_
     panel.get_by_role("button", name="Next page").click()
     expect(summary).to_have_text("Page 2 of 2 · 27 keys")
     expect(panel.locator("tbody tr")).to_have_count(7)
+    # the last page: "Next page" is disabled, and the focus is on the other button
+    expect(panel.get_by_role("button", name="Previous page")).to_be_focused()
     panel.get_by_role("button", name="Previous page").click()
     expect(summary).to_have_text("Page 1 of 2 · 27 keys")
+    expect(panel.get_by_role("button", name="Next page")).to_be_focused()
     panel.get_by_label("Per page").select_option("10")
     expect(summary).to_have_text("Page 1 of 3 · 27 keys")
 
@@ -404,6 +452,9 @@ def test_search_filters_sorting_paging_and_renewal_markers_are_the_servers(open_
     label_header = panel.locator('th[data-sort="label"]')
     label_header.get_by_role("button").click()
     expect(label_header).to_have_attribute("aria-sort", "ascending")
+    # the arrow is drawn, not read: the column and its button are named by the title
+    expect(label_header.get_by_role("button")).to_have_accessible_name("Label")
+    expect(panel.get_by_role("columnheader", name="Created", exact=True)).to_have_count(1)
     expect(panel.locator("tbody tr").first).to_contain_text("aging")
     label_header.get_by_role("button").click()
     expect(label_header).to_have_attribute("aria-sort", "descending")
@@ -434,6 +485,8 @@ def test_external_keys_add_edit_and_remove(open_page, served):
     add.get_by_label("orders-reader", exact=True).check()
     add.get_by_role("button", name="Add").click()
     expect(add.get_by_role("alert")).to_contain_text("there is no API key")  # in place
+    # the button, disabled while the request ran, has the focus back: not the page's start
+    expect(add.get_by_role("button", name="Add")).to_be_focused()
     add.get_by_label("API key").fill(partner.app_key)
     add.get_by_label("Label (optional)").fill("partner integration")
     add.get_by_role("button", name="Add").click()
@@ -445,6 +498,14 @@ def test_external_keys_add_edit_and_remove(open_page, served):
 
     row.get_by_role("button", name="Edit").click()
     edit = dialog(page)
+    # a label taken away is not silently kept: the browser asks for one, then the API
+    edit.get_by_label("Label").fill("")
+    edit.get_by_role("button", name="Save").click()
+    expect(edit.get_by_label("Label")).to_be_focused()
+    edit.get_by_label("Label").fill("   ")
+    edit.get_by_role("button", name="Save").click()
+    expect(edit.get_by_role("alert")).to_contain_text("label must be a non-empty string")
+    edit.get_by_label("Label").fill("partner integration")
     edit.get_by_label("orders-reader", exact=True).uncheck()
     edit.get_by_label("catalog-reader", exact=True).check()
     edit.get_by_label("Status").select_option("inactive")
@@ -480,6 +541,7 @@ def test_settings_change_the_renewal_period(open_page, served):
     panel.get_by_role("radio", name=re.compile("6 months")).check()
     panel.get_by_role("button", name="Apply").click()
     expect(panel.get_by_role("status")).to_have_text("Applied: 6 months.")
+    expect(panel.get_by_role("button", name="Apply")).to_be_focused()
     stored = served.call(lambda gateway: gateway.store.get_settings(account))
     assert int(stored["renewalPeriodMonths"]) == 6
     # the reminder follows: 100 days is no longer due
@@ -499,6 +561,7 @@ def test_export_downloads_the_workbook(open_page, served, tmp_path):
     sign_in(page, served, owner)
     with page.expect_download() as download:
         page.get_by_role("button", name="Export").click()
+    expect(page.get_by_role("button", name="Export")).to_be_focused()
     saved = tmp_path / download.value.suggested_filename
     download.value.save_as(saved)
     assert saved.suffix == ".xlsx" and account in saved.name
@@ -532,6 +595,7 @@ def test_audit_view_filters_and_pages(open_page, served):
     panel.get_by_role("button", name="Older").click()
     expect(panel.locator(".summary")).to_have_text("Page 2 · 4 events")
     expect(panel.get_by_role("button", name="Older")).to_be_disabled()
+    expect(panel.get_by_role("button", name="Newer")).to_be_focused()
     panel.get_by_role("button", name="Newer").click()
     expect(panel.locator(".summary")).to_have_text("Page 1 · 20 events")
     panel.get_by_label("Actor key").fill(owner.app_key)
@@ -554,8 +618,11 @@ def test_a_user_admin_restricted_session_cannot_give_owner(open_page, served):
     business = served.make_key(account, ["orders-writer"], label="business")
     page = open_page().page
     sign_in(page, served, admin)
-    # the owner's key offers no action; a business key does
+    # the owner's key offers no action, and says why in words (no tooltip); a business
+    # key does
     expect(generated_row(page, owner.app_key).get_by_role("button")).to_have_count(0)
+    expect(generated_row(page, owner.app_key).get_by_role("cell").last).to_have_text(
+        "None: it holds roles you may not give")
     expect(generated_row(page, business.app_key).get_by_role("button", name="Edit")).to_be_visible()
 
     page.get_by_role("button", name="Generate key").click()
@@ -610,6 +677,59 @@ def test_a_viewer_sees_no_controls_it_may_not_use(open_page, served):
     expect(panel).to_contain_text("needs the permission to edit API keys settings")
 
 
+def test_keys_with_one_api_keys_permission_see_what_they_may_use(browser, redis_url, tmp_path):
+    for shipped in shipped_default("policies").glob("*.csv"):
+        shutil.copy(shipped, tmp_path)
+    (tmp_path / "narrow.csv").write_text("p, key-renewer, *, api-keys, renew-token, allow\n"
+                                         "p, settings-editor, *, api-keys, edit-settings, allow\n"
+                                         "p, key-editor, *, api-keys, edit, allow\n")
+    with site(redis_url, policies_dir=str(tmp_path)) as narrow:
+        account = fresh_account()
+        renewer = narrow.make_key(account, ["key-renewer"], label="renewer")
+        editor = narrow.make_key(account, ["settings-editor"], label="settings editor")
+        key_editor = narrow.make_key(account, ["key-editor"], label="key editor")
+        narrow.call(lambda gateway: gateway.store.put_setting(account, "renewalPeriodMonths", 6,
+                                                              CLI_ACTOR))
+        browsing = Browsing(browser, narrow)
+        try:
+            page = browsing.page
+            sign_in(page, narrow, renewer)
+            expect(page.get_by_role("tab")).to_have_text(["Generated keys"])
+            expect(page.get_by_role("button", name="Export")).to_be_hidden()
+            expect(page.get_by_role("button", name="Generate key")).to_have_count(0)
+            expect(generated_row(page, renewer.app_key).get_by_role("button")).to_have_text(
+                ["Renew token"])
+
+            # edit-settings without view: the period cannot be read, so none is shown as
+            # the current one (the account's is 6 months, not the default 3)
+            sign_in(page, narrow, editor)
+            expect(page.get_by_role("tab")).to_have_text(["Settings"])
+            panel = page.locator("#panel-settings")
+            expect(panel).to_contain_text("The current period is not shown")
+            for months in ("3 months", "6 months"):
+                expect(panel.get_by_role("radio", name=re.compile(months))).not_to_be_checked()
+            three = panel.get_by_role("radio", name=re.compile("3 months"))
+            panel.get_by_role("button", name="Apply").click()  # nothing chosen: the browser asks
+            expect(three).to_be_focused()
+            three.check()
+            panel.get_by_role("button", name="Apply").click()
+            expect(panel.get_by_role("status")).to_have_text("Applied: 3 months.")
+            stored = narrow.call(lambda gateway: gateway.store.get_settings(account))
+            assert int(stored["renewalPeriodMonths"]) == 3
+
+            # edit without view: no tab can show anything; said at sign-in, not a blank page
+            page.get_by_role("button", name="Sign out").click()
+            page.get_by_label("API key", exact=True).fill(key_editor.app_key)
+            page.get_by_label("API token", exact=True).fill(key_editor.token)
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.locator("#sign-in-error")).to_be_visible()
+            expect(page.locator("#sign-in-error")).to_contain_text(
+                "may change API keys but not view them")
+            expect(page.locator("#workspace")).to_be_hidden()
+        finally:
+            browsing.close()
+
+
 def test_an_expired_session_returns_to_sign_in_with_a_clear_message(browser, redis_url):
     with site(redis_url, session_ttl=2) as short:
         account = fresh_account()
@@ -623,7 +743,8 @@ def test_an_expired_session_returns_to_sign_in_with_a_clear_message(browser, red
             dialog(page).get_by_label("Label").fill("too late")
             dialog(page).get_by_role("button", name="Generate").click()
             expect(page.locator("#sign-in-notice")).to_have_text(
-                "Your session has expired. Sign in again to continue.")
+                "Your session has ended: it expired, or you signed out in another tab. "
+                "Sign in again to continue.")
             expect(page.locator("dialog")).to_have_count(0)
             expect(page.locator("#workspace")).to_be_hidden()
             sign_in(page, short, owner)  # and back in
@@ -641,11 +762,26 @@ UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea, bu
     .map(el => el.outerHTML)"""
 
 
+def contrast_on_white(css_color: str) -> float:
+    """WCAG's contrast ratio of an ``rgb(r, g, b)`` colour against white."""
+
+    def channel(value: int) -> float:
+        c = value / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (int(n) for n in re.findall(r"\d+", css_color)[:3])
+    luminance = 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
+    return 1.05 / (luminance + 0.05)
+
+
 def test_screenshots_of_each_tab_at_both_sizes_and_nothing_overflows(open_page, served):
     account = fresh_account()
     owner = served.make_key(account, ["owner"], label="owner")
     served.make_key(account, ["orders-reader", "catalog-reader"], label="a business key")
     served.make_key(account, ["orders-writer"], label="aging key", age_days=120)
+    # a label without a space: it wraps in its column, never widening the page
+    served.make_key(account, ["orders-reader"],
+                    label="orders_integration_partner_acme_production_eu_west_1")
     partner = served.make_key(fresh_account(), ["orders-reader"])
     served.call(lambda gateway: gateway.store.add_grant(account, partner.app_key, "partner",
                                                         ["orders-reader"], CLI_ACTOR))
@@ -669,6 +805,16 @@ def test_screenshots_of_each_tab_at_both_sizes_and_nothing_overflows(open_page, 
             overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 0, (tab, width, overflow)
             assert page.evaluate(UNLABELLED) == [], (tab, width)
+            # a key breaks at its hyphens, not into a column a few characters wide
+            lines = page.evaluate("""() => Math.max(0, ...[...document.querySelectorAll(
+                '[role="tabpanel"]:not([hidden]) td code.key')]
+                .map(c => c.getClientRects().length))""")
+            assert lines <= 2, (tab, width, lines)
+            # the renewal reminders' coloured text reads at 4.5:1 at least (WCAG AA)
+            for color in page.evaluate("""() => [...document.querySelectorAll(
+                    '[role="tabpanel"]:not([hidden]) .marker-text, .pending')]
+                    .map(e => getComputedStyle(e).color)"""):
+                assert contrast_on_white(color) >= 4.5, (tab, color)
             size = page.evaluate("parseFloat(getComputedStyle(document.body).fontSize)")
             assert size >= 14
     for width, height in SIZES:
@@ -718,3 +864,61 @@ def test_keyboard_only(open_page, served):
     page.keyboard.press("Escape")
     expect(page.locator("dialog")).to_have_count(0)
     expect(button).to_be_focused()
+
+    # Escape while the request runs: the dialog stays for the token it will show
+    page.keyboard.press("Enter")
+    page.keyboard.type("slow answer")
+    page.evaluate("""() => { const answer = window.fetch; window.fetch = (...args) =>
+        new Promise(wait => setTimeout(wait, 700)).then(() => answer(...args)); }""")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+    expect(dialog(page).get_by_label("API token")).to_be_visible()
+    page.keyboard.press("Escape")  # now it closes
+    expect(page.locator("dialog")).to_have_count(0)
+    page.evaluate("() => location.reload()")  # the page's own fetch again
+    expect(page.locator("#who-key")).to_have_text(owner.app_key)
+
+    # the skip link moves the focus and leaves the fragment (the account and tab) alone
+    at = page.url
+    page.get_by_role("link", name="Skip to content").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("main")).to_be_focused()
+    assert page.url == at
+    page.reload()
+    expect(page.locator("#who-account")).to_have_text(account)
+
+
+def test_focus_stays_on_the_row_it_acted_on(open_page, served):
+    """A row's buttons are drawn anew after every change: focus goes back to the same
+    row's button (or the one at its place), the table when the row is gone."""
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    key = served.make_key(account, ["orders-reader"], label="acted on")
+    page = open_page().page
+    sign_in(page, served, owner)
+    row = generated_row(page, key.app_key)
+
+    def press(name: str) -> None:
+        row.get_by_role("button", name=name, exact=True).focus()
+        page.keyboard.press("Enter")
+
+    press("Edit")
+    page.keyboard.press("End")  # the label field has the focus
+    page.keyboard.type(" again")
+    page.keyboard.press("Enter")
+    expect(row).to_contain_text("acted on again")
+    expect(row.get_by_role("button", name="Edit")).to_be_focused()
+    press("Renew token")
+    dialog(page).get_by_role("button", name="Renew token").press("Enter")
+    dialog(page).get_by_role("button", name="Done").press("Enter")
+    expect(row.get_by_role("button", name="Delete old token")).to_be_focused()
+    press("Deactivate")
+    dialog(page).get_by_role("button", name="Deactivate key").press("Enter")
+    expect(row.get_by_role("button", name="Activate")).to_be_focused()
+    press("Activate")
+    expect(row.get_by_role("button", name="Deactivate")).to_be_focused()
+    press("Delete")
+    page.keyboard.press("Space")  # "I understand" has the focus
+    dialog(page).get_by_role("button", name="Delete key").press("Enter")
+    expect(generated_row(page, key.app_key)).to_have_count(0)
+    expect(page.get_by_role("region", name="Generated keys")).to_be_focused()

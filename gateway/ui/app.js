@@ -5,7 +5,7 @@
 import * as api from "./api.js";
 import { auditTab } from "./audit.js";
 import { closeAllDialogs } from "./dialogs.js";
-import { clearError, h, showError } from "./dom.js";
+import { clearError, enable, h, showError } from "./dom.js";
 import { externalTab } from "./external.js";
 import { generatedTab } from "./keys.js";
 import { settingsTab } from "./settings.js";
@@ -39,8 +39,9 @@ api.whenSignedOut((failure) => {
   if (!ctx) return;
   const reasons = {
     session_expired: "Your session has expired. Sign in again to continue.",
-    // the browser drops the cookie when the session's time is up
-    missing_credentials: "Your session has expired. Sign in again to continue.",
+    // no cookie came: the browser drops it when the session's time is up, and signing
+    // out in another tab of this browser clears it
+    missing_credentials: "Your session has ended: it expired, or you signed out in another tab. Sign in again to continue.",
     invalid_session: "Your session is no longer valid: the key's token was renewed or the key was deleted. Sign in again.",
     session_ended: "This session was signed out. Sign in again to continue.",
   };
@@ -53,6 +54,11 @@ function allowedTabs(may) {
 
 async function enter(account, tab) {
   const me = await api.get(api.accountPath(account, "me"));
+  const allowed = allowedTabs(me.permissions);
+  if (!allowed.length) {
+    // edit alone: every tab needs one more permission (a list, the settings)
+    throw new Error(`In account ${account} this key may change API keys but not view them, and this page needs that: ask for a role that may view API keys.`);
+  }
   ctx = { account, me, period: DEFAULT_PERIOD, periodKnown: false, views: {} };
   if (me.permissions.view) {
     try {
@@ -69,7 +75,6 @@ async function enter(account, tab) {
   $("who-key").textContent = me.appKey;
   $("export").hidden = !me.permissions.view;
   clearError($("export-error"));
-  const allowed = allowedTabs(me.permissions);
   for (const name of TABS) $(`tab-${name}`).hidden = !allowed.includes(name);
   ctx.views = {
     generated: generatedTab(ctx, $("panel-generated")),
@@ -108,6 +113,12 @@ $("tabs").addEventListener("keydown", (event) => {
 });
 for (const name of TABS) $(`tab-${name}`).addEventListener("click", () => select(name, false));
 
+// The skip link moves the focus without a fragment: "#main" would name an account.
+document.querySelector(".skip-link").addEventListener("click", (event) => {
+  event.preventDefault();
+  $("main").focus();
+});
+
 $("sign-in-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const error = $("sign-in-error");
@@ -136,7 +147,7 @@ $("sign-in-form").addEventListener("submit", async (event) => {
     showError(error, failure);
     tokenInput.value = "";
   } finally {
-    button.disabled = false;
+    enable(button);
   }
 });
 
@@ -165,7 +176,7 @@ $("export").addEventListener("click", async () => {
   } catch (failure) {
     showError(error, failure);
   } finally {
-    button.disabled = false;
+    enable(button);
   }
 });
 

@@ -101,8 +101,12 @@ export function auditTab(ctx, panel) {
         h("td", { "data-label": "Changes" }, changes(event)))));
     }
     summary.textContent = `Page ${cursors.length} · ${page.items.length} ${page.items.length === 1 ? "event" : "events"}`;
+    const had = document.activeElement;
     newer.disabled = cursors.length <= 1;
     older.disabled = !next;
+    // the oldest (or newest) page reached: the focus goes to the other button rather
+    // than out of the page with the one just disabled
+    if (had.disabled && (had === newer || had === older)) (had === older ? newer : older).focus();
   }
   return { refresh };
 }

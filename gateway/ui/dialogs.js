@@ -2,10 +2,10 @@
 // and the page returns focus to the button that opened it. A closed dialog is removed
 // from the document, and with it any token it showed.
 
-import { clearError, h, replaceChildren, showError, uid } from "./dom.js";
+import { clearError, focusLater, h, replaceChildren, showError, uid } from "./dom.js";
 
 export function openDialog({ title, body, submitLabel, danger = false, onSubmit, cancelLabel = "Cancel" }) {
-  const opener = document.activeElement;
+  const opener = focusLater(document.activeElement);
   const titleId = uid("dialog-title");
   const error = h("p", { class: "error", role: "alert" });
   const submit = h("button", { type: "submit", class: danger ? "danger" : "primary" }, submitLabel);
@@ -37,7 +37,10 @@ export function openDialog({ title, body, submitLabel, danger = false, onSubmit,
     },
   };
 
-  cancel.addEventListener("click", () => control.close());
+  // while the request runs the dialog stays: closed then, what comes back (a token shown
+  // once) would have nowhere to go
+  cancel.addEventListener("click", () => { if (!busy) control.close(); });
+  dialog.addEventListener("cancel", (event) => { if (busy) event.preventDefault(); });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     if (busy) return;
@@ -52,11 +55,14 @@ export function openDialog({ title, body, submitLabel, danger = false, onSubmit,
     } finally {
       busy = false;
       submit.disabled = false;
+      // a disabled button loses the focus: give it back while the dialog stays open
+      if (dialog.open && !dialog.contains(document.activeElement)) submit.focus();
     }
   });
   dialog.addEventListener("close", () => {
     dialog.remove();
-    if (opener && opener.isConnected && typeof opener.focus === "function") opener.focus();
+    const back = opener();
+    if (back && typeof back.focus === "function") back.focus();
   });
   document.body.append(dialog);
   dialog.showModal();
@@ -88,8 +94,11 @@ export function confirmDialog({ title, message, confirmLabel, danger = true, ack
 
 // A secret shown once: read-only field, copy button, and the warning.
 export function revealSecret({ heading, label, value, warning, extra }) {
+  // the field gets the focus: what was made and the warning are read with it
+  const headingId = uid("secret-heading");
+  const warningId = uid("secret-warning");
   const input = h("input", { type: "text", readonly: true, id: uid("secret"), value, spellcheck: "false",
-    autocomplete: "off", class: "secret-value" });
+    autocomplete: "off", class: "secret-value", "aria-describedby": `${headingId} ${warningId}` });
   const copied = h("span", { class: "status", role: "status" });
   const copy = h("button", { type: "button" }, "Copy");
   copy.addEventListener("click", async () => {
@@ -102,11 +111,11 @@ export function revealSecret({ heading, label, value, warning, extra }) {
     }
   });
   return [
-    h("p", {}, heading),
+    h("p", { id: headingId }, heading),
     h("label", { for: input.id }, label),
     h("div", { class: "secret" }, input, copy),
     copied,
-    h("p", { class: "warning", role: "note" }, h("strong", {}, warning)),
+    h("p", { class: "warning", role: "note", id: warningId }, h("strong", {}, warning)),
     extra || null,
   ];
 }

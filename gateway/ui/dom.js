@@ -33,6 +33,22 @@ export function uid(prefix) {
   return `${prefix}-${counter}`;
 }
 
+// Where focus goes back to when `element` may have been redrawn meanwhile (a table's
+// rows are rebuilt after every change): the element while it is in the page, else the
+// button of the same name in the same row, else the one at its place, else the table.
+export function focusLater(element) {
+  const row = element && element.closest ? element.closest("tr[data-key]") : null;
+  const wrap = row ? row.closest(".table-wrap") : null;
+  const place = row ? [...row.querySelectorAll("button")].indexOf(element) : -1;
+  return () => {
+    if (element && element.isConnected) return element;
+    if (!wrap || !wrap.isConnected) return null;
+    const again = [...wrap.querySelectorAll("tr[data-key]")].find((tr) => tr.dataset.key === row.dataset.key);
+    const buttons = again ? [...again.querySelectorAll("button")] : [];
+    return buttons.find((b) => b.textContent === element.textContent) || buttons[place] || buttons[0] || wrap;
+  };
+}
+
 // A labelled control: <div class="field"><label for=id>text</label>control</div>
 export function field(text, control, extraClass) {
   if (!control.id) control.id = uid("field");
@@ -126,6 +142,13 @@ export function showError(target, error) {
   const parts = [error.message || String(error)];
   if (error.requestId) parts.push(`(request ${error.requestId})`);
   target.textContent = parts.join(" ");
+}
+
+// A button disabled while its request ran lost the focus (to the page's start): once
+// enabled again it takes it back, unless the focus went somewhere meanwhile.
+export function enable(button) {
+  button.disabled = false;
+  if (!document.activeElement || document.activeElement === document.body) button.focus();
 }
 
 export function clearError(target) {

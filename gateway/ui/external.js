@@ -33,7 +33,7 @@ export function externalTab(ctx, panel) {
   function actions(grant) {
     if (!may.edit) return h("span", { class: "hint" }, "—");
     if (!mayActOn(ctx, grant)) {
-      return h("span", { class: "hint", title: "This key holds roles you may not give, so you cannot change its grant." }, "—");
+      return h("span", { class: "hint" }, "None: it holds roles you may not give");
     }
     const edit = h("button", { type: "button" }, "Edit");
     edit.addEventListener("click", () => editGrant(grant));
@@ -65,7 +65,9 @@ export function externalTab(ctx, panel) {
   }
 
   function editGrant(grant) {
-    const label = h("input", { name: "label", maxlength: "200", value: grant.label, autocomplete: "off" });
+    // a label, once given, can be changed but not taken away (the API needs one)
+    const label = h("input", { name: "label", maxlength: "200", value: grant.label, autocomplete: "off",
+      required: Boolean(grant.label) });
     const offered = [...new Set([...me.assignableRoles, ...grant.roles])].sort();
     openDialog({
       title: `Edit the grant of ${grant.appKey}`,
@@ -79,7 +81,7 @@ export function externalTab(ctx, panel) {
         const change = {};
         const newLabel = String(form.get("label")).trim();
         const roles = checkedRoles(form);
-        if (newLabel && newLabel !== grant.label) change.label = newLabel;
+        if (newLabel !== grant.label) change.label = newLabel;
         if (!sameRoles(roles, grant.roles)) change.roles = roles;
         if (form.get("status") !== grant.status) change.status = String(form.get("status"));
         if (Object.keys(change).length) await api.patch(grantPath(grant.appKey), change);

@@ -108,8 +108,8 @@ export function generatedTab(ctx, panel) {
       buttons.push(button("Delete", removeKey));
     }
     if (!buttons.length) {
-      const why = canAct ? "" : "This key holds roles you may not give, so you cannot change it.";
-      return h("span", { class: "hint", title: why || null }, "—");
+      // the reason in words, not in a tooltip that only a mouse can show
+      return h("span", { class: "hint" }, canAct ? "—" : "None: it holds roles you may not give");
     }
     return h("div", { class: "row-actions" }, buttons);
   }
@@ -179,7 +179,10 @@ export function generatedTab(ctx, panel) {
         const answer = await api.post(keyPath(key.appKey, "token", "renew"), {
           deleteOld: String(form.get("deleteOld")), delivery: String(form.get("delivery")),
         });
-        table.refresh();
+        // the table is read again once the token has been seen: renewing the signed-in
+        // key's own token now ends this session, and going back to sign-in closes every
+        // dialog, the only copy of the new token with it
+        control.dialog.addEventListener("close", () => table.refresh());
         return showIssued(control, answer, "A new token was made");
       },
     });

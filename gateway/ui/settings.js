@@ -1,7 +1,7 @@
 // The Settings tab: the renewal-reminder period of the account.
 
 import * as api from "./api.js";
-import { clearError, h, radios, replaceChildren, showError } from "./dom.js";
+import { clearError, enable, h, radios, replaceChildren, showError } from "./dom.js";
 
 export function settingsTab(ctx, panel) {
   const { me, account } = ctx;
@@ -11,12 +11,19 @@ export function settingsTab(ctx, panel) {
   const choices = radios("Renewal reminder period", "renewalPeriodMonths", [
     ["3", "3 months", "(recommended)"],
     ["6", "6 months"],
-  ], String(ctx.period));
+  ], ctx.periodKnown ? String(ctx.period) : "");
   const apply = h("button", { type: "submit", class: "primary" }, "Apply");
-  for (const input of choices.querySelectorAll("input")) input.disabled = !editable;
+  for (const input of choices.querySelectorAll("input")) {
+    input.disabled = !editable;
+    input.required = true;
+  }
+  // without the view permission the period cannot be read: none is shown as current
+  const unknown = me.permissions.view ? null
+    : h("p", { class: "hint" }, "The current period is not shown: reading it needs the permission to view API keys.");
   const form = h("form", { class: "stack", "aria-label": "Account settings" },
     h("p", {}, "Keys whose token is older than this period are marked orange in the Generated keys tab, and red three months later, as a reminder to renew their token."),
     choices,
+    unknown,
     h("p", { class: "hint" }, "Tokens never expire because of this setting: it only decides when a key is marked for renewal."),
     editable ? apply : h("p", { class: "hint" }, "Changing it needs the permission to edit API keys settings."),
     saved,
@@ -36,7 +43,7 @@ export function settingsTab(ctx, panel) {
     } catch (failure) {
       showError(error, failure);
     } finally {
-      apply.disabled = false;
+      enable(apply);
     }
   });
   replaceChildren(panel, h("h2", {}, "Settings"), form);

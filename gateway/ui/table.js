@@ -2,7 +2,7 @@
 // parameters q, status, role, sort, order, page, perPage), so a page of 20 rows costs the
 // same at 50 keys and at 100,000.
 
-import { clearError, debounce, field, h, replaceChildren, select, showError } from "./dom.js";
+import { clearError, debounce, field, focusLater, h, replaceChildren, select, showError } from "./dom.js";
 
 export const PER_PAGE = [["10", "10"], ["20", "20"], ["50", "50"], ["100", "100"]];
 
@@ -91,15 +91,25 @@ export function serverTable({ caption, columns, emptyText, load, query, noun }) 
       refresh();
       return;
     }
+    // a row's button that had the focus is drawn anew: the focus follows it
+    const focused = body.contains(document.activeElement) ? focusLater(document.activeElement) : null;
     if (page.items.length === 0) {
       replaceChildren(body, h("tr", {}, h("td", { class: "empty", colspan: columns.length }, emptyText)));
     } else {
       replaceChildren(body, page.items.map((item) => h("tr", { "data-key": item.appKey },
         columns.map((column) => h("td", { "data-label": column.title }, h("div", {}, column.cell(item)))))));
     }
+    if (focused) focused()?.focus();
     summary.textContent = `Page ${page.page} of ${pages} · ${page.total} ${page.total === 1 ? noun[0] : noun[1]}`;
+    const had = document.activeElement;
     previous.disabled = page.page <= 1;
     next.disabled = page.page >= pages;
+    // the last (or first) page reached: the pressed button is disabled and would drop
+    // the focus out of the page; it goes to the other one
+    if (had.disabled && (had === previous || had === next)) {
+      const other = had === next ? previous : next;
+      (other.disabled ? wrap : other).focus();
+    }
   }
 
   // an action's refusal outside a dialog (Activate) is shown above the table
