@@ -15,8 +15,12 @@ them are made in ``names.py``):
     newTok         digest of the new token while a renewal is pending (both work)
     newTokCreated  when it was issued
     link           name of the unopened one-time token link, if any
-    linkExp        when that link expires, ms (a renewal is refused until then)
+    linkExp        when that link expires, ms (a renewal is refused until then, unless
+                   the link's record is gone: taken by an opening that never finished)
     lastUsed       last successful authentication, ms (written in batches)
+    sessEnd        the sessions signed out of, JSON {"until": s, "ended": {jti: expiry}}:
+                   a session named, or issued at or before ``until``, is refused
+                   (scripts/end_session.lua; at most 64 named)
     lf             the label's case fold, for a label that is not ASCII (the label index's
                    order and q's match; Lua folds ASCII itself)
     fu:{account}   a grant change's follow-up not yet applied in that account (grants.py)
@@ -29,7 +33,9 @@ them are made in ``names.py``):
 
 An account's records (``{p}acct:{{account}}:…`` on a Redis Cluster):
 
-``{p}acct:{account}:keys``     sorted set of the account's generated keys by creation time
+``{p}acct:{account}:keys``     sorted set of the account's generated keys by status, then
+                               creation time: an inactive key at its creation time plus
+                               2^43 ms (scripts/creation_index.lua)
 ``{p}acct:{account}:ext``      sorted set of the external keys granted roles in the account,
                                by the time the grant was added
 ``{p}acct:{account}:owners``   set of the account's active keys with the role owner, and
