@@ -239,6 +239,31 @@ async def test_signing_out_again_and_again_keeps_a_keys_hash_small(
     assert (await proxy.get("/orders/1", headers=bearer(later))).status == 200
 
 
+async def test_signing_out_through_an_instance_whose_clock_differs_ends_what_it_should(
+    gateway, make_key
+):
+    """Past the sessions kept by name, a sign-out ends every session issued until the
+    signing instance's now: an instance whose clock is behind must not move that back
+    (bringing back sessions already ended), and the session signed out of ends though an
+    instance whose clock is ahead issued it."""
+    key = await make_key("acme", ["orders-reader"])
+    store, now = gateway.store, 1_790_000_000
+
+    async def sign_out_many(clock: int, last_issued: int) -> None:
+        for i in range(ENDED_SESSIONS_KEPT):
+            await store.end_session(key.app_key, f"{clock}-{i}", clock - 60, clock + 3600,
+                                    clock)
+        await store.end_session(key.app_key, f"{clock}-last", last_issued, clock + 3600, clock)
+
+    await sign_out_many(now, now)
+    assert (await store.auth_lookup(key.app_key, "acme")).ended_sessions.ends("b", now - 2)
+    await sign_out_many(now - 5, now + 3)  # a clock 5 s behind; the session from one ahead
+    ended = (await store.auth_lookup(key.app_key, "acme")).ended_sessions
+    assert ended.ends("b", now - 2)  # ended at the first overflow, still ended
+    assert ended.ends(f"{now - 5}-last", now + 3)  # the session signed out of
+    assert not ended.ends("c", now + 4)  # a later one lives
+
+
 async def test_an_upstream_cannot_set_the_session_cookie(proxy, make_key):
     """The session cookie is the host's: an upstream that set it would replace the admin
     page's session in the browser (or plant one of its choosing). Its other cookies

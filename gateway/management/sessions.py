@@ -105,8 +105,8 @@ async def logout(request: web.Request) -> web.Response:
             claims = None  # expired, forged or not keygate's: nothing to end
         if claims is not None:
             request[APP_KEY] = claims.app_key
-            await gateway.store.end_session(claims.app_key, claims.jti, claims.expires,
-                                            int(gateway.sessions.clock()))
+            await gateway.store.end_session(claims.app_key, claims.jti, claims.issued,
+                                            claims.expires, int(gateway.sessions.clock()))
     response = web.Response(status=204)
     if name:
         response.del_cookie(name, path="/", secure=_secure(request), httponly=True,
