@@ -48,8 +48,9 @@ class AuthReads(StoreCore):
     @unavailable
     async def end_session(self, app_key: str, jti: str, issued: int, expires: int,
                           now: int) -> bool:
-        """Sign a key out of one session (its jti and issue time, until it expires; ``now``
-        on the clock that stamps sessions, in seconds): this process forgets the key at
+        """Sign a key out of one session (its jti and issue time, until ``expires``, the
+        last second an instance accepts it, leeway included; ``now`` on the clock that
+        stamps sessions, in seconds): this process forgets the key at
         once, every other on the script's notice, so each refuses the session from its
         next request. False when the key does not exist."""
         try:
