@@ -467,6 +467,36 @@ async def test_export_reads_each_key_once_in_creation_order_while_keys_change(ga
     assert set(order) - set(seen) <= {order[20], order[45], order[-3]}
 
 
+async def test_export_of_many_keys_sharing_one_date_reads_a_chunk_at_a_time(gateway, clock):
+    """However many keys share one creation date, each round reads at most a chunk of
+    each run (it read them all at once, doubling its reads until they fit), and each is
+    still listed once, in order, while they change status and some go."""
+    store = gateway.store
+    keys = Keys(store, 52)
+    await spread(gateway, keys, clock, 10)
+    tied = [await keys.create() for _ in range(60)]  # the clock stands still
+    clock.advance(1)
+    for _ in range(5):
+        await keys.create()
+    order = [r.app_key for r in sorted(await store.all_keys(ACCOUNT),
+                                       key=lambda r: (r.created, r.app_key))]
+    doomed = set(random.Random(3).sample(tied, 4))
+    rng = random.Random(8)
+    seen: list[str] = []
+    sizes: list[int] = []
+    async for records in store.iter_keys(ACCOUNT, chunk=5):
+        sizes.append(len(records))
+        seen += [r.app_key for r in records]
+        for app_key in rng.sample([k for k in tied if k not in doomed], 6):
+            await store.update_key(ACCOUNT, app_key,
+                                   status=rng.choice(["active", "inactive"]))
+        if len(seen) > 20 and doomed:
+            await store.delete_key(ACCOUNT, doomed.pop(), actor=CLI)
+    assert max(sizes) <= 2 * 5, sizes  # a chunk of each run
+    assert seen == [k for k in order if k in seen]  # creation order, none twice
+    assert set(order) - set(seen) <= set(random.Random(3).sample(tied, 4))
+
+
 async def test_concurrent_listings_leave_nothing_behind(gateway, clock):
     keys = Keys(gateway.store, 61)
     await spread(gateway, keys, clock, 60)

@@ -239,6 +239,52 @@ async def test_signing_out_again_and_again_keeps_a_keys_hash_small(
     assert (await proxy.get("/orders/1", headers=bearer(later))).status == 200
 
 
+async def test_signing_out_through_an_instance_whose_clock_differs_ends_what_it_should(
+    gateway, make_key
+):
+    """Past the sessions kept by name, a sign-out ends every session issued until the
+    signing instance's now: an instance whose clock is behind must not move that back
+    (bringing back sessions already ended), and the session signed out of ends though an
+    instance whose clock is ahead issued it."""
+    key = await make_key("acme", ["orders-reader"])
+    store, now = gateway.store, 1_790_000_000
+
+    async def sign_out_many(clock: int, last_issued: int) -> None:
+        for i in range(ENDED_SESSIONS_KEPT):
+            await store.end_session(key.app_key, f"{clock}-{i}", clock - 60, clock + 3600,
+                                    clock)
+        await store.end_session(key.app_key, f"{clock}-last", last_issued, clock + 3600, clock)
+
+    await sign_out_many(now, now)
+    assert (await store.auth_lookup(key.app_key, "acme")).ended_sessions.ends("b", now - 2)
+    await sign_out_many(now - 5, now + 3)  # a clock 5 s behind; the session from one ahead
+    ended = (await store.auth_lookup(key.app_key, "acme")).ended_sessions
+    assert ended.ends("b", now - 2)  # ended at the first overflow, still ended
+    assert ended.ends(f"{now - 5}-last", now + 3)  # the session signed out of
+    assert not ended.ends("c", now + 4)  # a later one lives
+
+
+async def test_a_session_signed_out_stays_ended_through_the_leeway_after_its_expiry(
+    gateway, make_settings, clock, aiohttp_client, make_key
+):
+    """A session is accepted until its expiry plus the leeway (jwt_leeway): signing out of
+    another must not forget it before then, nor may it work again in that time."""
+    key = await make_key("acme", ["orders-reader"])
+    short = build_gateway(make_settings(store_prefix=gateway.settings.store_prefix,
+                                        session_ttl=1, jwt_leeway=10), clock=clock)
+    short.start()
+    management = await aiohttp_client(build_management_app(short))
+    first = (await login(management, key))["token"]
+    assert (await management.post("/api/v1/auth/logout", headers=bearer(first))).status == 204
+    await asyncio.sleep(2.01)  # past its expiry (sessions carry the system clock's seconds)
+    second = (await login(management, key))["token"]
+    assert (await management.post("/api/v1/auth/logout", headers=bearer(second))).status == 204
+    for token in (first, second):
+        answer = await management.get("/api/v1/accounts/acme/keys", headers=bearer(token))
+        assert answer.status == 401 and (await answer.json())["error"]["code"] == "session_ended"
+    await short.close()
+
+
 async def test_an_upstream_cannot_set_the_session_cookie(proxy, make_key):
     """The session cookie is the host's: an upstream that set it would replace the admin
     page's session in the browser (or plant one of its choosing). Its other cookies

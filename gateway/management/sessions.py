@@ -11,6 +11,8 @@ authenticator checks the key's state on every request (see
 
 from __future__ import annotations
 
+import math
+
 from aiohttp import web
 
 from ..accesslog import APP_KEY
@@ -105,8 +107,10 @@ async def logout(request: web.Request) -> web.Response:
             claims = None  # expired, forged or not keygate's: nothing to end
         if claims is not None:
             request[APP_KEY] = claims.app_key
-            await gateway.store.end_session(claims.app_key, claims.jti, claims.expires,
-                                            int(gateway.sessions.clock()))
+            # named until no instance accepts it: its expiry and the leeway after it
+            accepted = claims.expires + math.ceil(gateway.sessions.leeway)
+            await gateway.store.end_session(claims.app_key, claims.jti, claims.issued,
+                                            accepted, int(gateway.sessions.clock()))
     response = web.Response(status=204)
     if name:
         response.del_cookie(name, path="/", secure=_secure(request), httponly=True,

@@ -260,23 +260,23 @@ class KeyListing(StoreCore):
         reads both runs from the last key listed in one transaction, and lists the keys
         before the first date that a run read to its limit may hold more of: a key is
         listed in the round that reaches its date, from whichever run holds it then, and
-        a delete shifts no other key.
+        a delete shifts no other key. When more keys share a date than a round reads,
+        they are read a chunk at a time by name (scripts/keys_at_date.lua).
         """
         index = self.names.account(account, "keys")
         runs = ((0, f"({INACTIVE_AT}"), (INACTIVE_AT, "+inf"))
         position: tuple[int, str] = (-1, "")  # the last key listed: (creation date, name)
-        want = chunk
         while True:
             async with self.redis.pipeline(transaction=True) as pipe:
                 for base, high in runs:
                     pipe.zrange(index, base + max(position[0], 0), high, byscore=True,
-                                offset=0, num=want, withscores=True)
+                                offset=0, num=chunk, withscores=True)
                 batches = await pipe.execute()
             found: list[tuple[int, str]] = []
             limit: int | None = None  # the first date a run may hold unread keys at
             for (base, _), batch in zip(runs, batches, strict=True):
                 found += [(int(score) - base, name) for name, score in batch]
-                if len(batch) == want:
+                if len(batch) == chunk:
                     last = int(batch[-1][1]) - base
                     limit = last if limit is None else min(limit, last)
             fresh = sorted(e for e in found
@@ -284,9 +284,17 @@ class KeyListing(StoreCore):
             if not fresh:
                 if limit is None:
                     return
-                want *= 2  # more keys share one date than a round reads: read more
-                continue
-            want = chunk
+                # more keys share the date ``limit`` (the next key's) than a round reads:
+                # those after the last listed, by name, so memory stays bounded however
+                # many share it
+                date = limit
+                after = position[1] if date == position[0] else ""
+                names = await self.scripts.keys_at_date(keys=[index],
+                                                        args=[date, after, chunk])
+                fresh = [(date, name) for name in names]
+                if not fresh:  # none left at that date: from the next one
+                    position = (date + 1, "")
+                    continue
             position = fresh[-1]
             records = await self._load([name for _, name in fresh], chunk)
             yield [r for r in records if r is not None]

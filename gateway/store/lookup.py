@@ -46,15 +46,17 @@ class AuthReads(StoreCore):
         )
 
     @unavailable
-    async def end_session(self, app_key: str, jti: str, expires: int, now: int) -> bool:
-        """Sign a key out of one session (its jti, until it expires; ``now`` on the clock
-        that stamps sessions, in seconds): this process forgets the key at once, every
-        other on the script's notice, so each refuses the session from its next request.
-        False when the key does not exist."""
+    async def end_session(self, app_key: str, jti: str, issued: int, expires: int,
+                          now: int) -> bool:
+        """Sign a key out of one session (its jti and issue time, until ``expires``, the
+        last second an instance accepts it, leeway included; ``now`` on the clock that
+        stamps sessions, in seconds): this process forgets the key at
+        once, every other on the script's notice, so each refuses the session from its
+        next request. False when the key does not exist."""
         try:
             return bool(await self.scripts.end_session(
                 keys=[self.names.key(app_key)],
-                args=[jti, expires, now, self.channel, ENDED_SESSIONS_KEPT],
+                args=[jti, expires, now, self.channel, ENDED_SESSIONS_KEPT, issued],
             ))
         finally:
             self.forget(app_key)

@@ -27,6 +27,7 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "index_owners": _KEY,
     "index_listing": _KEY,
     "list_keys": ("creation_index",),
+    "keys_at_date": ("creation_index",),
     "renew_token": _KEY,
     "end_renewal": _KEY,
     "add_grant": _GRANT,
@@ -76,6 +77,7 @@ class Scripts:
         self.index_owners = register("index_owners")
         self.index_listing = register("index_listing")
         self.list_keys = register("list_keys")
+        self.keys_at_date = register("keys_at_date")
         self.renew_token = register("renew_token")
         self.end_renewal = register("end_renewal")
         self.add_grant = register("add_grant")

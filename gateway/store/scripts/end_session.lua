@@ -1,11 +1,15 @@
 -- End one session of a key (sign-out): every instance refuses it from its next request.
 -- KEYS: the key hash
--- ARGV: the session's jti, its expiry (s), now (s), the invalidation channel, how many
---       sessions a key keeps ended one by one
+-- ARGV: the session's jti, the last second it is accepted (its expiry and the leeway, s),
+--       now (s), the invalidation channel, how many sessions a key keeps ended one by
+--       one, the session's issue time (s)
 -- The hash's 'sessEnd' (JSON {"until": s, "ended": {jti: expiry}}) ends a session named
 -- in 'ended', or issued at or before 'until'. An entry goes once its session would have
--- expired anyway; when the key already holds as many as it keeps, every session issued
+-- been refused anyway; when the key already holds as many as it keeps, every session issued
 -- until now ends instead, so the field stays small whatever a key's holder does.
+-- 'until' never goes back (an instance whose clock is behind would bring back sessions
+-- it ended), and reaches the session signed out of, though issued by an instance whose
+-- clock is ahead of this one.
 -- Answers 1, or 0 for a key that does not exist.
 if redis.call('HEXISTS', KEYS[1], 'acct') == 0 then return 0 end
 local now, most = tonumber(ARGV[3]), tonumber(ARGV[5])
@@ -18,7 +22,7 @@ end
 local until_s = state['until'] or 0
 if ended[ARGV[1]] == nil then
   if kept >= most then
-    until_s, ended, kept = now, {}, 0
+    until_s, ended, kept = math.max(until_s, now, tonumber(ARGV[6])), {}, 0
   else
     ended[ARGV[1]], kept = tonumber(ARGV[2]), kept + 1
   end
