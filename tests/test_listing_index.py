@@ -443,6 +443,28 @@ async def test_a_nul_in_q_matches_nothing(gateway, management, make_key):
     await assert_same(gateway.store, KeyQuery(q="\0"))
 
 
+async def creation_order(store: Store) -> list[str]:
+    return [r.app_key for r in sorted(await store.all_keys(ACCOUNT),
+                                      key=lambda r: (r.created, r.app_key))]
+
+
+async def export_while_changing(store: Store, flippable: list[str], doomed: set[str], *,
+                                seed: int, flips: int, delete_after: int) -> list[list[str]]:
+    """The export's reading (iter_keys, chunks of 5) while, after each chunk, ``flips``
+    keys of ``flippable`` (not doomed) get a random status and, once ``delete_after``
+    keys were read, one of ``doomed`` (emptied) is deleted: the batches read."""
+    rng = random.Random(seed)
+    batches: list[list[str]] = []
+    async for records in store.iter_keys(ACCOUNT, chunk=5):
+        batches.append([r.app_key for r in records])
+        for app_key in rng.sample([k for k in flippable if k not in doomed], flips):
+            await store.update_key(ACCOUNT, app_key,
+                                   status=rng.choice(["active", "inactive"]))
+        if sum(map(len, batches)) > delete_after and doomed:
+            await store.delete_key(ACCOUNT, doomed.pop(), actor=CLI)
+    return batches
+
+
 async def test_export_reads_each_key_once_in_creation_order_while_keys_change(gateway, clock):
     """The export's reading (iter_keys) while statuses flip, which moves keys between the
     creation index's runs, and keys are deleted; more keys share one date than a chunk."""
@@ -451,18 +473,11 @@ async def test_export_reads_each_key_once_in_creation_order_while_keys_change(ga
     await spread(gateway, keys, clock, 60)
     for _ in range(12):
         await keys.create()  # the clock stands still: one creation date
-    order = [r.app_key for r in sorted(await store.all_keys(ACCOUNT),
-                                       key=lambda r: (r.created, r.app_key))]
+    order = await creation_order(store)
     doomed = {order[20], order[45], order[-3]}
-    rng = random.Random(7)
-    seen: list[str] = []
-    async for records in store.iter_keys(ACCOUNT, chunk=5):
-        seen += [r.app_key for r in records]
-        for app_key in rng.sample([k for k in order if k not in doomed], 8):
-            await store.update_key(ACCOUNT, app_key,
-                                   status=rng.choice(["active", "inactive"]))
-        if len(seen) > 30 and doomed:
-            await store.delete_key(ACCOUNT, doomed.pop(), actor=CLI)
+    batches = await export_while_changing(store, order, doomed, seed=7, flips=8,
+                                          delete_after=30)
+    seen = [k for batch in batches for k in batch]
     assert seen == [k for k in order if k in seen]  # creation order, none twice
     assert set(order) - set(seen) <= {order[20], order[45], order[-3]}
 
@@ -478,20 +493,12 @@ async def test_export_of_many_keys_sharing_one_date_reads_a_chunk_at_a_time(gate
     clock.advance(1)
     for _ in range(5):
         await keys.create()
-    order = [r.app_key for r in sorted(await store.all_keys(ACCOUNT),
-                                       key=lambda r: (r.created, r.app_key))]
+    order = await creation_order(store)
     doomed = set(random.Random(3).sample(tied, 4))
-    rng = random.Random(8)
-    seen: list[str] = []
-    sizes: list[int] = []
-    async for records in store.iter_keys(ACCOUNT, chunk=5):
-        sizes.append(len(records))
-        seen += [r.app_key for r in records]
-        for app_key in rng.sample([k for k in tied if k not in doomed], 6):
-            await store.update_key(ACCOUNT, app_key,
-                                   status=rng.choice(["active", "inactive"]))
-        if len(seen) > 20 and doomed:
-            await store.delete_key(ACCOUNT, doomed.pop(), actor=CLI)
+    batches = await export_while_changing(store, tied, doomed, seed=8, flips=6,
+                                          delete_after=20)
+    sizes = [len(batch) for batch in batches]
+    seen = [k for batch in batches for k in batch]
     assert max(sizes) <= 2 * 5, sizes  # a chunk of each run
     assert seen == [k for k in order if k in seen]  # creation order, none twice
     assert set(order) - set(seen) <= set(random.Random(3).sample(tied, 4))

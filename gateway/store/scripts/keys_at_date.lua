@@ -6,16 +6,6 @@
 -- ARGV: the date (ms), the name read last, how many at most
 local date, after, most = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 
--- byte order, as Redis orders members (Lua's '<' follows the server's collation locale)
-local function before(a, b)
-  if a == b then return false end
-  for i = 1, math.min(#a, #b) do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x < y end
-  end
-  return #a < #b
-end
-
 local out = {}
 for _, score in ipairs({date, date + INACTIVE_AT}) do
   local s = string.format('%d', score)
