@@ -17,7 +17,7 @@ from conftest import TEST_SECRET, Key, ProxyTestServer, default_routes
 from gateway.app import build_gateway
 from gateway.management import build_management_app
 from gateway.sessions import keys, tokens
-from gateway.sessions.service import RELOAD_AT_MOST, Sessions
+from gateway.sessions.service import RELOAD_AT_MOST, VERIFIED_SESSIONS, Sessions
 from gateway.sessions.tokens import InvalidSession
 from gateway.store import CLI_ACTOR
 from gateway.store.lookup import ENDED_SESSIONS_KEPT
@@ -512,3 +512,54 @@ async def test_the_jwks_is_served_where_verifiers_look_and_under_the_api_prefix(
     [key] = (await root.json())["keys"]
     assert {"kty", "crv", "x", "kid", "alg", "use"} <= set(key) and "d" not in key
 
+
+
+async def test_the_verified_sessions_cache_stays_small_however_often_one_key_signs_in(
+    tmp_path,
+):
+    """Only sessions that verified are cached, but a key may sign in as often as it
+    likes: the cache held 100,000 whole token strings with their claims (~1.3 KB each,
+    ~130 MB per process). It now holds VERIFIED_SESSIONS entries keyed by a digest."""
+    import gc
+    import tracemalloc
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    (tmp_path / "signing.pem").write_bytes(pem)
+    sessions = Sessions(store=None, server_secrets=[TEST_SECRET.encode()],  # type: ignore[arg-type]
+                        algorithm=keys.EDDSA, issuer="keygate", audience="keygate",
+                        session_ttl=3600, leeway=10, identity_audience="keygate-upstream",
+                        identity_ttl=60, key_files=[tmp_path / "signing.pem"])
+
+    async def signed_in() -> str:
+        token, _ = await sessions.issue("kgk-acme-7QX2M4PZ9B", "acme", "ab" * 32)
+        assert await sessions.verify(token) is not None
+        return token
+
+    first = await signed_in()
+    measured = 2000
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(measured):
+            await signed_in()
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held / measured <= 800, held / measured  # bytes per remembered session (~600)
+    for _ in range(VERIFIED_SESSIONS - measured):
+        last = await signed_in()
+    # the signing key goes: a remembered session still passes, one pushed out is
+    # verified again and refused, so the cache holds no more than VERIFIED_SESSIONS
+    sessions.ring = keys.KeyRing([keys.generate(keys.EDDSA, int(time.time()))], 3600,
+                                 int(time.time()))
+    assert (await sessions.verify(last)) is not None
+    with pytest.raises(InvalidSession):
+        await sessions.verify(first)
+    await sessions.close()

@@ -9,15 +9,21 @@ instance reloads the ring when told of a rotation (the store's invalidation chan
 and, as a safety net, when a token names a kid it does not know (at most once per
 ``RELOAD_AT_MOST`` seconds, so unknown kids cannot make it hammer the store).
 
-Verification is cached per token string: a session is verified once per process (ES256
-costs ~150 µs), then every request with it costs a dictionary lookup and an expiry
-check, and the key's state is still read on every request by the authenticator.
+Verification is cached per token: a session is verified once per process (ES256 costs
+~150 µs), then every request with it costs a SHA-256 of the token, a dictionary lookup
+and an expiry check, and the key's state is still read on every request by the
+authenticator. Only sessions that verified enter the cache, but one key may sign in as
+often as it likes, so the cache is bounded in bytes as well as entries: it is keyed by the
+token's SHA-256 (32 bytes, not the ~600 characters of the token) and holds at most
+``VERIFIED_SESSIONS`` entries, about 7 MB per process whoever signs in how often. A
+session pushed out is verified again on its next request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +39,8 @@ from .keys import KeyRing, SigningKey
 log = logging.getLogger("keygate.sessions")
 
 RELOAD_AT_MOST = 5.0  # seconds between reloads for an unknown kid
+# sessions whose verification a process remembers (~650 bytes each, see the module notes)
+VERIFIED_SESSIONS = 10_000
 
 
 class SigningKeysUnavailable(StoreUnavailable):
@@ -72,7 +80,7 @@ class Sessions:
         identity_audience: str,
         identity_ttl: int,
         key_files: Sequence[Path] = (),
-        cache_size: int = 100_000,
+        cache_size: int = VERIFIED_SESSIONS,
         clock: Callable[[], float] = time.time,
     ):
         if algorithm not in keys.ALGORITHMS:
@@ -92,7 +100,7 @@ class Sessions:
             loaded = [keys.load_pem(Path(path), created=now - i)
                       for i, path in enumerate(key_files)]
             self.ring = KeyRing(loaded, self.max_lifetime, now)
-        self._verified: LRU[str, tokens.SessionClaims] = LRU(cache_size)
+        self._verified: LRU[bytes, tokens.SessionClaims] = LRU(cache_size)
         self._last_reload = 0.0
         self._loading = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -243,7 +251,11 @@ class Sessions:
     async def verify(self, token: str) -> tokens.SessionClaims | None:
         """The claims of a valid session token, None when the token is not keygate's,
         :class:`~gateway.sessions.tokens.InvalidSession` when it is and fails."""
-        claims = self._verified.get(token)
+        if len(token) > tokens.MAX_TOKEN_LENGTH:
+            return None  # not a token of keygate's, and not worth hashing
+        # surrogatepass: a header's non-UTF-8 bytes arrive as surrogates (not ours either)
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        claims = self._verified.get(digest)
         if claims is not None:
             if self.clock() < claims.expires + self.leeway:
                 return claims
@@ -264,7 +276,7 @@ class Sessions:
             claims = tokens.verify_session(self._ring(), token, issuer=self.issuer,
                                            audience=self.audience, leeway=self.leeway)
         if claims is not None:
-            self._verified.put(token, claims)
+            self._verified.put(digest, claims)
         return claims
 
     def is_keygates(self, token: str) -> bool:
