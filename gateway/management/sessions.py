@@ -18,7 +18,12 @@ from aiohttp import web
 from ..accesslog import APP_KEY
 from ..context import GATEWAY
 from ..errors import BadRequest
-from ..pipeline.authenticators import invalid_credentials, session_token
+from ..pipeline.authenticators import (
+    HOST_PREFIX,
+    invalid_credentials,
+    session_cookie_names,
+    session_tokens,
+)
 from ..sessions.tokens import InvalidSession
 from ..views import iso
 from .common import client_address, json_response
@@ -79,9 +84,13 @@ async def login(request: web.Request, body: Login) -> web.Response:
         if not settings.session_cookie:
             raise BadRequest("session cookies are off (setting session_cookie is empty)",
                              code="cookies_off")
+        # over TLS the cookie is __Host-: no other host of the site can replace or
+        # shadow it (see session_cookie_names)
+        secure = _secure(request)
         response.set_cookie(
-            settings.session_cookie, session, max_age=settings.session_ttl, path="/",
-            httponly=True, samesite="Strict", secure=_secure(request),
+            (HOST_PREFIX if secure else "") + settings.session_cookie, session,
+            max_age=settings.session_ttl, path="/", httponly=True, samesite="Strict",
+            secure=secure,
         )
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -90,19 +99,19 @@ async def login(request: web.Request, body: Login) -> web.Response:
 @operations.post("/api/v1/auth/logout", summary="End the session and clear its cookie",
                  responses={204: None}, errors={503: ("store_unavailable",)})
 async def logout(request: web.Request) -> web.Response:
-    """Ends the session the request carries (the Bearer token, else the session cookie):
-    every instance refuses it from its next request, on every port, while the key's
-    other sessions go on. A key keeps the last 64 sessions it ended by name; one more
-    ends every session issued until then. Then clears the session cookie: 204 whether or
-    not a valid session came with the request, or 503 with the cookie kept when the store
-    could not record the end (the session lives on: sign out again). Deactivate the key,
-    or renew its token, to end every session made from it at once."""
+    """Ends the session the request carries (the Bearer token, else the session cookie,
+    each one the browser sent): every instance refuses it from its next request, on
+    every port, while the key's other sessions go on. A key keeps the last 64 sessions
+    it ended by name; one more ends every session issued until then. Then clears the
+    session cookie (both its names): 204 whether or not a valid session came with the
+    request, or 503 with the cookie kept when the store could not record the end (the
+    session lives on: sign out again). Deactivate the key, or renew its token, to end
+    every session made from it at once."""
     gateway = request.app[GATEWAY]
     name = gateway.settings.session_cookie
-    found = session_token(request.headers, name)
-    if found is not None:
+    for token, _ in session_tokens(request.headers, name):
         try:
-            claims = await gateway.sessions.verify(found[0])
+            claims = await gateway.sessions.verify(token)
         except InvalidSession:
             claims = None  # expired, forged or not keygate's: nothing to end
         if claims is not None:
@@ -112,8 +121,9 @@ async def logout(request: web.Request) -> web.Response:
             await gateway.store.end_session(claims.app_key, claims.jti, claims.issued,
                                             accepted, int(gateway.sessions.clock()))
     response = web.Response(status=204)
-    if name:
-        response.del_cookie(name, path="/", secure=_secure(request), httponly=True,
+    for cookie in session_cookie_names(name):
+        secure = cookie.startswith(HOST_PREFIX) or _secure(request)
+        response.del_cookie(cookie, path="/", secure=secure, httponly=True,
                             samesite="Strict")
     return response
 
