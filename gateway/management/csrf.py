@@ -20,7 +20,7 @@ from multidict import CIMultiDictProxy, istr
 
 from ..context import GATEWAY
 from ..pipeline.authenticators import carries_session_cookie
-from ..pipeline.csrf import UNSAFE_METHODS, CsrfRefused, forged, origin_of
+from ..pipeline.csrf import SAFE_METHODS, CsrfRefused, forged, origin_of
 
 # canonical route paths whose handlers never take the session cookie as credentials
 COOKIE_FREE_ROUTES = frozenset({
@@ -78,7 +78,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def csrf_protection(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Placed after the error middleware, so that a refusal is the one error shape."""
-    if request.method in UNSAFE_METHODS and cookie_is_the_credential(request):
+    if request.method not in SAFE_METHODS and cookie_is_the_credential(request):
         route = request.match_info.route.resource
         if route is None or route.canonical not in COOKIE_FREE_ROUTES:
             refused = refusal(request)
