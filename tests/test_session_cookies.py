@@ -157,3 +157,31 @@ async def test_an_upstream_cannot_set_the_session_cookie_under_either_name(proxy
         ("set_cookie", "theme=dark; Path=/")])
     assert answer.status == 200
     assert answer.headers.getall("Set-Cookie") == ["theme=dark; Path=/"]
+
+
+async def test_signing_out_with_forged_sessions_spends_the_failure_budget(
+    gateway, make_settings, clock, aiohttp_client, make_key
+):
+    """Sign-out checks the signature of each session it is sent and answered 204 for
+    any, uncounted: anyone could make keygate check forged signatures without end (up
+    to four per request). A forged one now counts as a failed authentication does on
+    every port; a spent budget is 429 before any check, and a valid or expired
+    session, or none, is never counted."""
+    limited = build_gateway(make_settings(store_prefix=gateway.settings.store_prefix,
+                                          auth_failure_limit=3), clock=clock)
+    limited.start()
+    management = await aiohttp_client(build_management_app(limited))
+    key = await make_key("acme", ["orders-reader"])
+    for _ in range(5):  # valid sessions, and none at all, cost nothing
+        session = await session_of(management, key)
+        assert (await management.post(LOGOUT, headers={
+            "Cookie": f"keygate_session={session}"})).status == 204
+        assert (await management.post(LOGOUT)).status == 204
+    forged = {"Cookie": f"keygate_session={tampered(session)}"}
+    statuses = [(await management.post(LOGOUT, headers=forged)).status for _ in range(5)]
+    assert statuses[:3] == [204, 204, 204] and statuses[-1] == 429, statuses
+    answer = await management.post(LOGOUT, headers=forged)
+    assert answer.status == 429 and "Retry-After" in answer.headers
+    error = (await answer.json())["error"]
+    assert error["code"] == "too_many_failures" and "Set-Cookie" not in answer.headers
+    await limited.close()

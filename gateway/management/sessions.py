@@ -17,14 +17,14 @@ from aiohttp import web
 
 from ..accesslog import APP_KEY
 from ..context import GATEWAY
-from ..errors import BadRequest
+from ..errors import BadRequest, TooManyRequests
 from ..pipeline.authenticators import (
     HOST_PREFIX,
     invalid_credentials,
     session_cookie_names,
     session_tokens,
 )
-from ..sessions.tokens import InvalidSession
+from ..sessions.tokens import ExpiredSession, InvalidSession
 from ..views import iso
 from .common import client_address, json_response
 from .operations import Operations
@@ -97,7 +97,8 @@ async def login(request: web.Request, body: Login) -> web.Response:
 
 
 @operations.post("/api/v1/auth/logout", summary="End the session and clear its cookie",
-                 responses={204: None}, errors={503: ("store_unavailable",)})
+                 responses={204: None},
+                 errors={429: ("too_many_failures",), 503: ("store_unavailable",)})
 async def logout(request: web.Request) -> web.Response:
     """Ends the session the request carries (the Bearer token, else the session cookie,
     each one the browser sent): every instance refuses it from its next request, on
@@ -106,20 +107,36 @@ async def logout(request: web.Request) -> web.Response:
     session cookie (both its names): 204 whether or not a valid session came with the
     request, or 503 with the cookie kept when the store could not record the end (the
     session lives on: sign out again). Deactivate the key, or renew its token, to end
-    every session made from it at once."""
+    every session made from it at once.
+
+    A session that does not verify costs a signature check, as on every port, so it
+    counts against the client's failure budget as there: a client that spent it gets
+    429 (the cookie kept) before any check, and cannot make keygate check signatures
+    without end here either."""
     gateway = request.app[GATEWAY]
     name = gateway.settings.session_cookie
-    for token, _ in session_tokens(request.headers, name):
+    presented = session_tokens(request.headers, name)
+    limiter, client = gateway.pipeline.limiter, client_address(request)
+    if presented and limiter is not None:
+        wait = limiter.address_blocked(client)
+        if wait is not None:
+            raise TooManyRequests(wait)
+    forged = False
+    for token, _ in presented:
         try:
             claims = await gateway.sessions.verify(token)
+        except ExpiredSession:
+            claims = None  # nothing to end
         except InvalidSession:
-            claims = None  # expired, forged or not keygate's: nothing to end
+            claims, forged = None, True  # forged, or signed by a key long retired
         if claims is not None:
             request[APP_KEY] = claims.app_key
             # named until no instance accepts it: its expiry and the leeway after it
             accepted = claims.expires + math.ceil(gateway.sessions.leeway)
             await gateway.store.end_session(claims.app_key, claims.jti, claims.issued,
                                             accepted, int(gateway.sessions.clock()))
+    if forged and limiter is not None:  # counted; what was ended stays ended, cookie cleared
+        await limiter.failed(client, None)
     response = web.Response(status=204)
     for cookie in session_cookie_names(name):
         secure = cookie.startswith(HOST_PREFIX) or _secure(request)
