@@ -392,6 +392,33 @@ async def test_a_burst_of_sessions_naming_an_unknown_kid_reloads_the_keys_once(g
     await sessions.close()
 
 
+async def test_a_session_naming_an_unknown_kid_is_refused_when_the_store_lost_its_keys(
+    gateway,
+):
+    """A kid the process does not know makes it reload the keys from the store; when
+    the store holds none it can use (its data lost, or keys sealed under another
+    secret), the reload's configuration error was the answer: anyone could get a 500
+    with a token naming any kid. It is an invalid session now (401), and the ring in
+    force goes on."""
+    now = time.time()
+    sessions = Sessions(store=gateway.store, server_secrets=[TEST_SECRET.encode()],
+                        algorithm=keys.ES256, issuer="keygate", audience="keygate",
+                        session_ttl=3600, leeway=10, identity_audience="keygate-upstream",
+                        identity_ttl=60, clock=lambda: now)
+    own, _ = await sessions.issue("kgk-acme-7QX2M4PZ9B", "acme", "ab" * 32)
+    await gateway.store.redis.delete(gateway.store.names.signing_keys_record)
+    stranger = keys.KeyRing([keys.generate(keys.ES256, int(time.time()))], 3600,
+                            int(time.time()))
+    forged, _ = tokens.issue_session(stranger, issuer="keygate", audience="keygate",
+                                     app_key="kgk-acme-7QX2M4PZ9B", owner="acme",
+                                     token_digest="ab" * 32, ttl=600, now=int(time.time()))
+    now += RELOAD_AT_MOST + 1
+    with pytest.raises(InvalidSession):
+        await sessions.verify(forged)
+    assert (await sessions.verify(own)) is not None
+    await sessions.close()
+
+
 async def test_rotation_reaches_every_instance_and_keeps_old_sessions(
     gateway, make_settings, clock, management, aiohttp_client, make_key
 ):

@@ -272,7 +272,14 @@ class Sessions:
             # taken before the read: tokens arriving while it runs must not each start
             # one of their own (a burst of forged kids would read the store as often)
             self._last_reload = self.clock()
-            await self.changed()
+            try:
+                await self.changed()
+            except ConfigError as exc:
+                # the store holds no key this process can use (lost with the store's
+                # data, or sealed under another secret): the ring in force stays, and
+                # the kid is unknown to it (a 401, never a 500 anyone can cause)
+                log.warning("could not reload the JWT signing keys: %s", exc)
+                raise tokens.UnknownKid("unknown kid") from None
             claims = tokens.verify_session(self._ring(), token, issuer=self.issuer,
                                            audience=self.audience, leeway=self.leeway)
         if claims is not None:
