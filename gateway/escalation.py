@@ -158,12 +158,19 @@ class Delegation:
         """A change of a key or grant: the caller may act on it as it is (``elsewhere``:
         as :meth:`check_act_on`), may assign the roles it would gain, and adds no role to
         its own key nor escapes a deny line of its own. (Roles it keeps were checked as
-        held; a key may drop its own roles that deny nothing.)"""
+        held; a key may drop its own roles that deny nothing.)
+
+        A change of the caller's own key or grant is judged with ``held``, the roles the
+        change finds (the store refuses it if they differ when it is made), not with
+        the roles the request was authenticated with: an owner may have taken a role
+        from the key in between, and putting it back is raising its roles, not keeping
+        them."""
         self.check_act_on(caller, app_key, held, elsewhere)
         if new_roles is None:
             return
         added = [r for r in new_roles if r not in held]
         if app_key == caller.principal.app_key:
+            caller = caller._replace(roles=tuple(held))
             self._check_keeps_its_denies(caller, held, new_roles)
             for role in added:
                 reason = self.why_not_hold(caller.roles, caller.account, role)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import Key
-from interleave import Before
+from interleave import Before, BeforeRead
 
 from gateway.app import build_gateway
 from gateway.escalation import Delegation
@@ -420,6 +420,49 @@ async def test_user_admin_racing_a_promotion_cannot_deactivate_the_new_owner(
             assert [e.action for e in events] == ["key.update", "key.update"]
             assert events[1].actor == admin.app_key and events[0].actor == owner.app_key
         assert attack.status in (200, 403, 409)
+
+
+@pytest.mark.parametrize("kind", ["generated", "external"])
+async def test_a_key_cannot_take_back_a_role_an_owner_took_from_it_meanwhile(
+    management, proxy, owner, make_key, gateway, kind
+):
+    """The key holds user-admin-restricted and orders-writer, and keeps sending "my
+    roles are these" about itself. The owner takes orders-writer away after one such
+    request was authenticated (with both roles) but before its handler read the key:
+    judged with the roles it was authenticated with, the key "holds" orders-writer
+    still and puts it back, a state neither order of the two requests leads to (had
+    the key's request come first, it changed nothing; after, it raises its roles).
+    Judged with the roles the change finds (and the store re-checks), it is refused."""
+    roles = ["user-admin-restricted", "orders-writer"]
+    if kind == "generated":
+        key = await make_key("acme", roles, label="sub-admin")
+        path, read = f"{KEYS}/{key.app_key}", "get_key"
+    else:
+        key = await make_key("beta", ["orders-reader"], label="partner")
+        added = await management.post(EXTERNAL, json={"appKey": key.app_key, "roles": roles},
+                                      headers=owner.headers)
+        assert added.status == 201, await added.text()
+        path, read = f"{EXTERNAL}/{key.app_key}", "get_grant"
+    assert (await proxy.post("/orders", json={}, headers=key.headers)).status == 200
+
+    async def owner_takes_orders_writer() -> None:
+        taken = await management.patch(path, json={"roles": ["user-admin-restricted"]},
+                                       headers=owner.headers)
+        assert taken.status == 200, await taken.text()
+
+    hook = BeforeRead(gateway.store, read, owner_takes_orders_writer)
+    try:
+        again = await management.patch(path, json={"roles": roles}, headers=key.headers)
+    finally:
+        hook.restore()
+    assert hook.fired
+    await refused(again, "orders-writer")
+    if kind == "generated":
+        record = await gateway.store.get_key("acme", key.app_key)
+    else:
+        record = await gateway.store.get_grant("acme", key.app_key)
+    assert record is not None and record.roles == ("user-admin-restricted",)
+    assert (await proxy.post("/orders", json={}, headers=key.headers)).status == 403
 
 
 # -- policies: wildcards, denies, reloads ---------------------------------------------------
