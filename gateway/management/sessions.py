@@ -95,8 +95,9 @@ async def logout(request: web.Request) -> web.Response:
     other sessions go on. A key keeps the last 64 sessions it ended by name; one more
     ends every session issued until then. Then clears the session cookie: 204 whether or
     not a valid session came with the request, or 503 with the cookie kept when the store
-    could not record the end (the session lives on: sign out again). Deactivate the key,
-    or renew its token, to end every session made from it at once."""
+    could not record the end (the session lives on: sign out again). Renew the key's
+    token (`deleteOld: now`) to end every session made from it for good; deactivating
+    the key stops them only while it stays inactive (activated again, they work)."""
     gateway = request.app[GATEWAY]
     name = gateway.settings.session_cookie
     found = session_token(request.headers, name)
