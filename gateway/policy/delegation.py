@@ -291,11 +291,13 @@ def _assign_line(
 
 
 def may_assign(
-    policy: Policy, caller_roles: Sequence[str], account: str, role: str
+    policy: Policy, caller_roles: Sequence[str], account: str, role: str,
+    solved: dict[str, AssignVerdict] | None = None,
 ) -> AssignVerdict:
     """What the management API answers a key holding ``caller_roles`` that gives
     ``role`` to another key in ``account``: ``edit`` on ``api-keys`` first (else the
-    request is refused before any role is looked at), then :func:`judge_assign`."""
+    request is refused before any role is looked at), then :func:`judge_assign`
+    (``solved``: as there, for a caller asking many questions of the same roles)."""
     edit = explain(policy, caller_roles, account, MANAGEMENT_RESOURCE, GIVING_ROLES_NEEDS)
     if not edit.allowed:
         return AssignVerdict(
@@ -304,7 +306,7 @@ def may_assign(
             f"these roles do not have it ({edit.reason})",
             edit.decided_by,
         )
-    return judge_assign(policy, caller_roles, account, role)
+    return judge_assign(policy, caller_roles, account, role, solved=solved)
 
 
 def assignment(
