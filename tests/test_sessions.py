@@ -122,6 +122,35 @@ async def test_a_session_stops_on_the_next_request_when_its_key_is_deactivated_o
     assert answer.status == 401 and (await answer.json())["error"]["code"] == "invalid_session"
 
 
+async def test_a_session_loses_a_role_on_the_next_request_after_it_is_taken(
+    management, proxy, make_key
+):
+    """A session carries no roles: the key's roles (its own, and a grant of another
+    account) are read as for the pair on every request, through the warm credential
+    cache, so a role taken from the key is gone from its session on the next request."""
+    owner = await make_key("acme", ["owner"], label="owner")
+    admin = await make_key("acme", ["user-admin-restricted", "orders-reader"], label="admin")
+    partner = await make_key("beta", ["orders-reader"], label="partner")
+    granted = await management.post(
+        "/api/v1/accounts/acme/external-keys",
+        json={"appKey": partner.app_key, "roles": ["api-keys-viewer", "orders-reader"]},
+        headers=owner.headers)
+    assert granted.status == 201, await granted.text()
+    keys = "/api/v1/accounts/acme/keys"
+    for key, path in ((admin, f"{keys}/{admin.app_key}"),
+                      (partner, f"/api/v1/accounts/acme/external-keys/{partner.app_key}")):
+        session = bearer((await login(management, key))["token"])
+        for _ in range(2):  # the key's state is in the credential cache now
+            assert (await management.get(keys, headers=session)).status == 200
+        taken = await management.patch(path, json={"roles": ["orders-reader"]},
+                                        headers=owner.headers)
+        assert taken.status == 200, await taken.text()
+        answer = await management.get(keys, headers=session)
+        assert answer.status == 403, await answer.text()
+        assert (await answer.json())["error"]["code"] == "not_permitted"
+        assert (await proxy.get("/orders/1", headers=session)).status == 200  # what it kept
+
+
 async def test_a_session_lives_only_as_long_as_the_token_it_came_from(
     gateway, management, proxy, make_key, admin_key
 ):

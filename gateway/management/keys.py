@@ -140,8 +140,10 @@ async def create_key(request: web.Request, identity: Identity, path: AccountPath
                 params=AccountPath, query=KeyListQuery, responses={200: KeyPage})
 async def list_keys(request: web.Request, identity: Identity, path: AccountPath,
                     query: KeyListQuery) -> web.Response:
-    """Filtered, sorted and paged. A caller with `renew-token` but not `view` sees the
-    keys it may renew, and only those."""
+    """Filtered, sorted and paged. A caller with `renew-token` but not `view` sees its
+    own key and the keys whose roles here it may assign, and no others (a key to which
+    another account granted roles it could not assign there is listed, but reading or
+    renewing it is refused)."""
     gateway = request.app[GATEWAY]
     period, now = await renewal_period(request, identity.account), gateway.now_ms()
     wanted = key_query(query, period, now)

@@ -106,8 +106,9 @@ async def logout(request: web.Request) -> web.Response:
     it ended by name; one more ends every session issued until then. Then clears the
     session cookie (both its names): 204 whether or not a valid session came with the
     request, or 503 with the cookie kept when the store could not record the end (the
-    session lives on: sign out again). Deactivate the key, or renew its token, to end
-    every session made from it at once.
+    session lives on: sign out again). Renew the key's token (`deleteOld: now`) to end
+    every session made from it for good; deactivating the key stops them only while it
+    stays inactive (activated again, they work).
 
     A session that does not verify costs a signature check, as on every port, so it
     counts against the client's failure budget as there: a client that spent it gets

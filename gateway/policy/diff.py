@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .delegation import ASSIGN, assigned_role, may_assign, role_resource
+from .delegation import ASSIGN, AssignVerdict, assigned_role, may_assign, role_resource
 from .files import Policy, pattern_matches
 from .names import ANY, fresh_account, named_accounts, stand_in
 
@@ -95,12 +95,15 @@ class _Side:
 
     def __init__(self, policy: Policy):
         self.policy = policy
+        # per role and account, the assign verdicts reached so far (delegation.judge_assign)
+        self._solved: dict[tuple[str, str], dict[str, AssignVerdict]] = {}
 
     def allowed(self, role: str, account: str, resource: str, action: str) -> bool:
         assigned = assigned_role(resource, action)
         if assigned is not None:
+            solved = self._solved.setdefault((role, account), {})
             return (assigned in self.policy.roles
-                    and may_assign(self.policy, [role], account, assigned).allowed)
+                    and may_assign(self.policy, [role], account, assigned, solved).allowed)
         return self.policy.decide([role], account, resource, action)
 
     def named_accounts(self, roles: Iterable[str]) -> set[str]:
