@@ -36,6 +36,7 @@ from yarl import URL
 
 from gateway.app import build_gateway
 from gateway.errors import ConfigError
+from gateway.http_head import Refusal, read_head
 from gateway.logs import JsonFormatter, TextFormatter
 
 UNKNOWN_KEY = {"X-API-AppKey": "kgk-acme-AAAAAAAAAA", "X-API-AppToken": "kgt_" + "A" * 36}
@@ -253,6 +254,26 @@ async def test_a_form_without_its_original_request_headers_is_400(
 async def test_a_method_that_is_not_an_http_method_is_400(decider, make_key, form, method):
     key = await make_key("acme", ["owner"])
     refused(form, await decider.ask(form, method, "/orders/1", key.headers), 400, "bad_method")
+
+
+@pytest.mark.parametrize("form", ["nginx", "traefik"])
+@pytest.mark.parametrize("method", ["delete", "Delete", "FOO", "CONNECT", "PRI"])
+async def test_a_method_the_proxy_port_does_not_serve_is_refused_as_it_does(
+    decider, make_key, form, method
+):
+    """Traefik passes a client's ``delete`` on as it came (Go keeps the case), and
+    Django or Flask behind it upper-case it: authorized as ``delete``, the route's
+    ``DELETE = "admin"`` would not apply and a key that may only write would delete.
+    The proxy port refuses such a method; the decision API refuses it alike."""
+    writer = await make_key("acme", ["orders-writer"])
+    assert (await decider.ask(form, "PUT", "/accounts/acme/1", writer.headers)).status == 200
+    refused(form, await decider.ask(form, "DELETE", "/accounts/acme/1", writer.headers),
+            403, "not_permitted")
+    proxy_port = read_head(f"{method} /accounts/acme/1 HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+    assert isinstance(proxy_port, Refusal)
+    error = refused(form, await decider.ask(form, method, "/accounts/acme/1", writer.headers),
+                    proxy_port.status, proxy_port.code)
+    assert method not in error["message"]
 
 
 @pytest.mark.parametrize("form", ["nginx", "traefik"])

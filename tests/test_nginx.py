@@ -209,6 +209,21 @@ async def test_403_and_404_carry_keygates_body(front, make_key, upstream):
     assert upstream.requests == []
 
 
+async def test_a_method_keygate_does_not_serve_never_reaches_the_upstream(
+    front, make_key, upstream
+):
+    """nginx passes on any upper-case method; keygate's proxy port serves only those it
+    knows, and the decision is the same: 501 in the one shape, nothing upstream."""
+    writer = await make_key("acme", ["orders-writer"])
+    for method in ("FOO", "PRI"):
+        direct = await call(front.session, front.proxy, method, "/orders/1",
+                            headers=writer.headers)
+        assert_error(direct, 501, "not_implemented")
+        assert_error(await call(front.session, front.nginx, method, "/orders/1",
+                                headers=writer.headers), 501, "not_implemented")
+    assert upstream.requests == []
+
+
 async def test_revocation_holds_from_the_very_next_request(front, make_key, upstream):
     key = await make_key("acme", ["orders-reader"])
     assert (await call(front.session, front.nginx, "GET", "/orders/1",
