@@ -224,6 +224,46 @@ async def test_a_method_keygate_does_not_serve_never_reaches_the_upstream(
     assert upstream.requests == []
 
 
+async def exchange(base: str, request: bytes) -> tuple[int, bytes]:
+    """``request``'s bytes as written, on a connection of their own: the status and
+    body of the answer (the request must close the connection)."""
+    url = URL(base)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(request)
+        answer = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+async def test_an_http_10_request_without_host_is_decided_as_the_proxy_port_does(
+    front, make_key, upstream
+):
+    """HTTP/1.0 needs no Host; nginx's ``$host`` is then empty, and a subrequest
+    without Host is one keygate refuses: the client got a 503 for a request the proxy
+    port serves. Both decide on the address the request arrived on."""
+    key = await make_key("acme", ["orders-reader"])
+    request = ("GET /orders/1 HTTP/1.0\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in key.headers.items()) + "\r\n").encode()
+    for base in (front.proxy, front.nginx):
+        status, body = await exchange(base, request)
+        assert status == 200, (base, body)
+        assert orjson.loads(body)["path"] == "/orders/1"
+        assert upstream.last["headers"]["X-Forwarded-Host"] == "127.0.0.1"
+    assert len(upstream.requests) == 2
+    # a host route is not reached without a host
+    catalog = await make_key("acme", ["catalog-reader"])
+    request = ("GET /catalog/1 HTTP/1.0\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in catalog.headers.items()) + "\r\n").encode()
+    for base in (front.proxy, front.nginx):
+        status, body = await exchange(base, request)
+        assert status == 404, (base, body)
+        assert orjson.loads(body)["error"]["code"] == "no_route"
+    assert len(upstream.requests) == 2
+
+
 async def test_revocation_holds_from_the_very_next_request(front, make_key, upstream):
     key = await make_key("acme", ["orders-reader"])
     assert (await call(front.session, front.nginx, "GET", "/orders/1",
