@@ -303,6 +303,18 @@ class DecisionPort:
             "ext_authz)"
         )
 
+    @staticmethod
+    def form_of_refused(start: bytes) -> str | None:
+        """The nginx form, if a head refused as it was read (too large, a byte no
+        header may hold) called ``/nginx``: nginx passes on every header its client
+        sent, and a refusal not in the nginx form is, to ``auth_request``, a broken
+        decider (the client's 431 would reach it as a 503). ``start`` is the head's
+        first bytes; None for every other form, whose proxies pass a status on."""
+        parts = start.split(b"\r\n", 1)[0].split(b" ")
+        if len(parts) > 2 and parts[1].partition(b"?")[0] == NGINX_PATH.encode():
+            return NGINX
+        return None
+
     def facts(self, form: str, method: str, target: str, host: str, headers: Headers,
               peer: str, request_id: str, answer: DecisionAnswer) -> RequestFacts:
         """The original request's facts as the front proxy reports them."""

@@ -386,14 +386,17 @@ class DecisionConnection(GuardedProtocol):
         return True
 
     def answer_refusal(self, refusal: Refusal) -> None:
-        """A refused head's turn: its refusal, then the connection closes (nothing the
-        client sent after it was read)."""
+        """A refused head's turn: its refusal (in the nginx form if it called
+        ``/nginx``), then the connection closes (nothing the client sent after it was
+        read)."""
         transport = self.transport
         assert transport is not None
         started = perf_counter()
         request_id = new_request_id()
         answer = DecisionAnswer()
-        self.server.port.refuse(answer, None, refusal, request_id)
+        port = self.server.port
+        port.refuse(answer, port.form_of_refused(self.reader.refused_start), refusal,
+                    request_id)
         data = self.encode(answer, request_id, "HTTP/1.1", True, False)
         transport.write(data)
         self.pending -= 1

@@ -264,6 +264,31 @@ async def test_an_http_10_request_without_host_is_decided_as_the_proxy_port_does
     assert len(upstream.requests) == 2
 
 
+@pytest.mark.parametrize(("name", "fields", "status", "code"), [
+    ("too many header fields", [(f"X-N-{i}", "1") for i in range(100)], 431,
+     "request_header_fields_too_large"),
+    ("a DEL in a value", [("X-Note", "a\x7fb")], 400, "malformed_request"),
+    ("User-Agent twice", [("User-Agent", "a"), ("User-Agent", "b")], 400,
+     "malformed_request"),
+])
+async def test_a_head_keygate_refuses_reaches_the_client_as_the_proxy_port_answers_it(
+    front, make_key, upstream, name, fields, status, code
+):
+    """nginx passes the client's headers on to the decision API, which reads them as
+    strictly as the proxy port; its refusal used to be an answer ``auth_request``
+    cannot pass on, so the client's fault reached it as a 503 "retry later"."""
+    key = await make_key("acme", ["owner"])
+    lines = [("Host", "api.test"), *key.headers.items(), *fields, ("Connection", "close")]
+    request = ("GET /orders/1 HTTP/1.1\r\n"
+               + "".join(f"{n}: {v}\r\n" for n, v in lines) + "\r\n").encode()
+    for base in (front.proxy, front.nginx):
+        got, body = await exchange(base, request)
+        error = orjson.loads(body)["error"]
+        assert (got, error["status"], error["code"]) == (status, status, code), (base, body)
+        assert key.token not in body.decode()
+    assert upstream.requests == []
+
+
 async def test_revocation_holds_from_the_very_next_request(front, make_key, upstream):
     key = await make_key("acme", ["orders-reader"])
     assert (await call(front.session, front.nginx, "GET", "/orders/1",
