@@ -264,6 +264,25 @@ async def test_an_http_10_request_without_host_is_decided_as_the_proxy_port_does
     assert len(upstream.requests) == 2
 
 
+async def test_the_longest_head_nginx_takes_is_decided_and_forwarded_whole(
+    front, make_key, upstream
+):
+    """keygate's answer to nginx holds the path it authorized and the Authorization
+    and Cookie to forward: with nginx's default buffer for it, a path or cookies past
+    about 4 KiB (a browser's, often) made every request a 503."""
+    key = await make_key("acme", ["orders-reader"])
+    path = "/orders/" + "a" * 8100  # the longest request line nginx and keygate take
+    headers = {**key.headers, "Authorization": "Bearer upstream-" + "b" * 7000,
+               "Cookie": "c=" + "d" * 7000}
+    for base in (front.proxy, front.nginx):
+        reply = await call(front.session, base, "GET", path, headers=headers)
+        assert reply.status == 200, (base, reply.body)
+        got = upstream.last
+        assert got["raw_path"] == path
+        assert got["headers"]["Authorization"] == headers["Authorization"]
+        assert got["headers"]["Cookie"] == headers["Cookie"]
+
+
 @pytest.mark.parametrize(("name", "fields", "status", "code"), [
     ("too many header fields", [(f"X-N-{i}", "1") for i in range(100)], 431,
      "request_header_fields_too_large"),
