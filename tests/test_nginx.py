@@ -23,12 +23,13 @@ import aiohttp
 import nginx_process
 import orjson
 import pytest
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 from nginx_process import SHIPPED, nginx_binary, shipped_site
 from ports import free_port
 from yarl import URL
 
 from gateway.app import build_gateway, running
+from gateway.errors import BadGateway
 
 MiB = 1024 * 1024
 STREAM_BLOCK = bytes(range(256)) * 4096  # the conftest upstream's 1 MiB /stream block
@@ -224,9 +225,9 @@ async def test_a_method_keygate_does_not_serve_never_reaches_the_upstream(
     assert upstream.requests == []
 
 
-async def exchange(base: str, request: bytes) -> tuple[int, bytes]:
-    """``request``'s bytes as written, on a connection of their own: the status and
-    body of the answer (the request must close the connection)."""
+async def exchange(base: str, request: bytes) -> Reply:
+    """``request``'s bytes as written, on a connection of their own, and the answer
+    (the request must close the connection)."""
     url = URL(base)
     reader, writer = await asyncio.open_connection(url.host, url.port)
     try:
@@ -235,7 +236,9 @@ async def exchange(base: str, request: bytes) -> tuple[int, bytes]:
     finally:
         writer.close()
     head, _, body = answer.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = CIMultiDict(line.split(": ", 1) for line in lines)
+    return Reply(int(status_line.split(" ", 2)[1]), CIMultiDictProxy(headers), body)
 
 
 async def test_an_http_10_request_without_host_is_decided_as_the_proxy_port_does(
@@ -248,9 +251,9 @@ async def test_an_http_10_request_without_host_is_decided_as_the_proxy_port_does
     request = ("GET /orders/1 HTTP/1.0\r\n" + "".join(
         f"{name}: {value}\r\n" for name, value in key.headers.items()) + "\r\n").encode()
     for base in (front.proxy, front.nginx):
-        status, body = await exchange(base, request)
-        assert status == 200, (base, body)
-        assert orjson.loads(body)["path"] == "/orders/1"
+        reply = await exchange(base, request)
+        assert reply.status == 200, (base, reply.body)
+        assert orjson.loads(reply.body)["path"] == "/orders/1"
         assert upstream.last["headers"]["X-Forwarded-Host"] == "127.0.0.1"
     assert len(upstream.requests) == 2
     # a host route is not reached without a host
@@ -258,9 +261,7 @@ async def test_an_http_10_request_without_host_is_decided_as_the_proxy_port_does
     request = ("GET /catalog/1 HTTP/1.0\r\n" + "".join(
         f"{name}: {value}\r\n" for name, value in catalog.headers.items()) + "\r\n").encode()
     for base in (front.proxy, front.nginx):
-        status, body = await exchange(base, request)
-        assert status == 404, (base, body)
-        assert orjson.loads(body)["error"]["code"] == "no_route"
+        assert_error(await exchange(base, request), 404, "no_route")
     assert len(upstream.requests) == 2
 
 
@@ -301,11 +302,55 @@ async def test_a_head_keygate_refuses_reaches_the_client_as_the_proxy_port_answe
     request = ("GET /orders/1 HTTP/1.1\r\n"
                + "".join(f"{n}: {v}\r\n" for n, v in lines) + "\r\n").encode()
     for base in (front.proxy, front.nginx):
-        got, body = await exchange(base, request)
-        error = orjson.loads(body)["error"]
-        assert (got, error["status"], error["code"]) == (status, status, code), (base, body)
-        assert key.token not in body.decode()
+        reply = await exchange(base, request)
+        # (the request id is keygate's own: a refused head's X-Request-Id is not read)
+        assert reply.status == status, (base, reply.body)
+        assert reply.headers["Content-Type"].startswith("application/json")
+        error = reply.error
+        assert (error["status"], error["code"]) == (status, code), (base, error)
+        assert key.token not in reply.body.decode()
     assert upstream.requests == []
+
+
+@pytest.mark.parametrize(("name", "request_line", "fields", "status", "code"), [
+    ("a method in lower case", "get /orders/1", [], 400, "malformed_request"),
+    ("a climb above the root", "GET /../orders/1", [], 400, "malformed_request"),
+    ("a URI past nginx's buffer", "GET /orders/" + "a" * 9000, [], 414, "uri_too_long"),
+    ("a header past nginx's buffer", "GET /orders/1", [("X-Pad", "p" * 9000)], 431,
+     "request_header_fields_too_large"),
+    ("TRACE", "TRACE /orders/1", [], 405, "method_not_allowed"),
+    ("a transfer coding nginx does not take", "POST /orders/1",
+     [("Transfer-Encoding", "gzip, chunked")], 501, "not_implemented"),
+    ("the decision location", "GET /_keygate", [], 404, "no_route"),
+    ("an error location", "GET /_keygate_refused/502", [], 404, "no_route"),
+])
+async def test_what_nginx_refuses_itself_is_in_the_one_error_shape(
+    front, make_key, upstream, name, request_line, fields, status, code
+):
+    """Refused before keygate is asked, and still no HTML page: the one JSON shape,
+    with the request id nginx gives the request, nothing quoted."""
+    key = await make_key("acme", ["owner"])
+    lines = [("Host", "api.test"), *key.headers.items(), *fields, ("Connection", "close")]
+    request = (f"{request_line} HTTP/1.1\r\n"
+               + "".join(f"{n}: {v}\r\n" for n, v in lines) + "\r\n").encode()
+    reply = await exchange(front.nginx, request)
+    assert_error(reply, status, code)
+    assert key.token not in reply.body.decode()
+    assert upstream.requests == []
+
+
+async def test_an_unreachable_upstream_is_a_502_in_the_one_error_shape(
+    gateway, make_key, closed_port, tmp_path
+):
+    key = await make_key("acme", ["owner"])
+    settings = gateway.settings.with_values(
+        decision_listen="127.0.0.1:0", proxy_listen="127.0.0.1:0", management_listen="127.0.0.1:0",
+        metrics_listen="")
+    async with running(build_gateway(settings)) as listening, aiohttp.ClientSession() as session:
+        site = shipped_site(URL(listening.decision).port, closed_port, free_port())
+        with nginx_serving(site, tmp_path) as nginx:
+            reply = await call(session, nginx, "GET", "/orders/1", headers=key.headers)
+    assert_error(reply, 502, BadGateway.code)
 
 
 async def test_revocation_holds_from_the_very_next_request(front, make_key, upstream):
@@ -401,10 +446,12 @@ async def test_every_path_is_decided_and_forwarded_as_the_proxy_port_does(
     assert by_nginx == by_proxy
     if direct.status != 200:
         assert by_nginx == []
-        if through.headers.get("Content-Type", "").startswith("application/json"):
+        assert through.headers["Content-Type"].startswith("application/json")
+        if through.error["message"].endswith("nginx refused it"):
+            # before asking anyone (a climb above the root): the config's own 400
+            assert through.error["code"] == "malformed_request"
+        else:
             assert through.error["code"] == direct.error["code"]
-        else:  # nginx refused it before asking anyone (e.g. a climb above the root)
-            assert through.status == 400
 
 
 async def test_the_forwarding_traps_the_shipped_config_avoids(
