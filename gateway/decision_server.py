@@ -13,7 +13,8 @@ object, a response object and their machinery. So this port is served by an
   (:class:`gateway.framing.RequestReader`) with :func:`gateway.http_head.read_request`,
   which gives :func:`~gateway.http_head.read_head`'s verdict (so the same malformed
   heads are refused the same way as on every other port, in the one error shape, with
-  ``Connection: close``) and, in the same pass, the request line and the fields,
+  ``Connection: close``; a head that called ``/nginx`` in the nginx form, as
+  ``auth_request`` can pass it on) and, in the same pass, the request line and the fields,
   decoded as aiohttp decodes them (UTF-8, undecodable bytes kept as surrogates); once
   a connection's heads keep one shape, in one match (``gateway.decision_heads``).
 * **Bodies are never read**: the decision is answered from the head, and whatever body
