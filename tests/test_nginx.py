@@ -174,6 +174,51 @@ async def test_a_session_passes_nginx_and_never_reaches_the_upstream(
     assert len(upstream.requests) == before
 
 
+async def test_a_session_write_is_judged_by_the_origin_the_browser_sent_it_to(
+    front, make_key, upstream
+):
+    """The origin of a request is its scheme, host and port. nginx's ``$host`` has no
+    port, so keygate compared the page's ``Origin`` with the host alone: a write from
+    the API's own page (``http://127.0.0.1:PORT``) was refused, and one from another
+    origin of the host (``http://127.0.0.1``, port 80) passed the check. The proxy port
+    compares with the ``Host`` the browser sent, port included; so does nginx's form."""
+    key = await make_key("acme", ["orders-writer"])
+    found = await front.gateway.store.auth_lookup(key.app_key, "acme")
+    session, _ = await front.gateway.sessions.issue(key.app_key, "acme",
+                                                    found.token_digests[0])
+    for base in (front.proxy, front.nginx):
+        # what a browser sends: the session cookie, the proof header a script adds
+        # (another origin only once a CORS preflight let it) and its page's Origin
+        sent = {"Cookie": f"keygate_session={session}", "X-Keygate-CSRF": "1"}
+        own = await call(front.session, base, "POST", "/orders/1",
+                         headers={**sent, "Origin": base})
+        assert own.status == 200, (base, own.body)
+        other = await call(front.session, base, "POST", "/orders/1",
+                           headers={**sent, "Origin": "http://127.0.0.1"})
+        assert_error(other, 403, "csrf_refused")
+    assert len(upstream.requests) == 2
+
+
+async def test_an_absolute_form_target_is_decided_on_the_host_nginx_serves_it_for(
+    front, make_key, upstream
+):
+    """``GET http://beta.api.test/…`` with ``Host: acme.api.test``: nginx serves it as
+    beta's (its server block, ``$host``), so keygate must decide it as beta's, and the
+    upstream hears of beta; deciding on the Host header would let acme's key through
+    to whatever nginx serves for beta. (The proxy port refuses absolute-form.)"""
+    key = await make_key("acme", ["catalog-reader"])
+    lines = [("Host", "acme.api.test"), *key.headers.items(), ("Connection", "close")]
+    head = "".join(f"{n}: {v}\r\n" for n, v in lines) + "\r\n"
+    beta = await exchange(front.nginx, f"GET http://beta.api.test/catalog/1 HTTP/1.1\r\n{head}"
+                          .encode())
+    assert_error(beta, 403, "no_grant")
+    acme = await exchange(front.nginx, f"GET http://acme.api.test/catalog/1 HTTP/1.1\r\n"
+                          f"{head}".encode())
+    assert acme.status == 200, acme.body
+    assert upstream.last["headers"]["X-Forwarded-Host"] == "acme.api.test"
+    assert len(upstream.requests) == 1
+
+
 @pytest.mark.parametrize(
     ("headers", "status", "code"),
     [
