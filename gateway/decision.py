@@ -44,7 +44,8 @@ peer.
 **The answer.** Allowed: 200, no body, the identity headers to set upstream (nginx
 ``auth_request_set``, Traefik ``authResponseHeaders``, Envoy
 ``allowed_upstream_headers``). Refused: the error in the one JSON shape and its status
-(400, 401, 403, 404, 429 with ``Retry-After``, 503), as the proxy port would answer.
+(400, 401, 403, 404, 429 with ``Retry-After``, 501, 503), as the proxy port would answer;
+a method the proxy port does not serve (``delete``, ``FOO``) is its 501 here too.
 
 **nginx's two limits.** ``auth_request`` understands 2xx, 401 and 403 only (any other
 status becomes a 500) and throws the subrequest's body away. So the nginx form answers
@@ -83,6 +84,7 @@ from multidict import MultiMapping, istr
 from .context import Gateway
 from .errors import BadRequest, ConfigError, Forbidden, GatewayError, NotFound
 from .forwarded import TrustedProxies, parse_address
+from .http_head import METHODS
 from .pipeline import Decision, RequestFacts
 from .pipeline.authenticators import without_session_cookie
 from .pipeline.identity import carrier_of
@@ -117,8 +119,9 @@ CONTENT_TYPE = "Content-Type"
 JSON = "application/json"
 # RFC 9110 §5.6.2 token; methods longer than this are nobody's
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}")
-# tokens all: what the front proxies send nearly always, known without the pattern
-_COMMON_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+# the methods the proxy port serves, as it reads them (gateway.http_head: upper case,
+# CONNECT left out)
+_SERVED_METHODS = frozenset(method.decode("ascii") for method in METHODS)
 
 NGINX, TRAEFIK, ENVOY = "nginx", "traefik", "envoy"
 
@@ -139,6 +142,18 @@ class UnknownEndpoint(NotFound):
 
 class MissingOriginal(BadRequest):
     code = "missing_original_request"
+
+
+class UnservedMethod(GatewayError):
+    """A method the proxy port refuses (its ``not_implemented``), refused alike."""
+
+    status = 501
+    code = "not_implemented"
+    message = "keygate does not implement this method"
+
+    def __init__(self, method: str):
+        super().__init__()
+        self.method = method
 
 
 class DecisionAnswer:
@@ -288,6 +303,18 @@ class DecisionPort:
             "ext_authz)"
         )
 
+    @staticmethod
+    def form_of_refused(start: bytes) -> str | None:
+        """The nginx form, if a head refused as it was read (too large, a byte no
+        header may hold) called ``/nginx``: nginx passes on every header its client
+        sent, and a refusal not in the nginx form is, to ``auth_request``, a broken
+        decider (the client's 431 would reach it as a 503). ``start`` is the head's
+        first bytes; None for every other form, whose proxies pass a status on."""
+        parts = start.split(b"\r\n", 1)[0].split(b" ")
+        if len(parts) > 2 and parts[1].partition(b"?")[0] == NGINX_PATH.encode():
+            return NGINX
+        return None
+
     def facts(self, form: str, method: str, target: str, host: str, headers: Headers,
               peer: str, request_id: str, answer: DecisionAnswer) -> RequestFacts:
         """The original request's facts as the front proxy reports them."""
@@ -301,9 +328,8 @@ class DecisionPort:
                 method = headers.get(FORWARDED_METHOD) or self.missing(FORWARDED_METHOD)
                 original = headers.get(FORWARDED_URI) or self.missing(FORWARDED_URI)
                 host = headers.get(FORWARDED_HOST) or self.missing(FORWARDED_HOST)
-            if method not in _COMMON_METHODS and _METHOD.fullmatch(method) is None:
-                raise BadRequest("the original request's method is not an HTTP method",
-                                 code="bad_method")
+            if method not in _SERVED_METHODS:
+                self.refuse_method(method)
         if not original.startswith("/"):
             raise BadRequest("the original request's path must start with '/'",
                              code="bad_path")
@@ -311,6 +337,19 @@ class DecisionPort:
         answer.client = client = self.client(peer, headers)
         answer.original = (method, raw_path)
         return RequestFacts(method, host, raw_path, query, headers, client, request_id)
+
+    @staticmethod
+    def refuse_method(method: str) -> NoReturn:
+        """A method the proxy port would not serve: not a token (400 ``bad_method``),
+        or one it does not implement, in any other case than upper case included (501,
+        as the proxy port). Routes, their ``actions`` and the policies know methods in
+        upper case: ``delete`` would be authorized as a plain write where ``DELETE`` is
+        an admin action, and the upstreams that upper-case the method (Django, Flask)
+        would then delete."""
+        if _METHOD.fullmatch(method) is None:
+            raise BadRequest("the original request's method is not an HTTP method",
+                             code="bad_method")
+        raise UnservedMethod(method)
 
     @staticmethod
     def missing(name: istr) -> NoReturn:
