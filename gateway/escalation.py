@@ -30,11 +30,16 @@ undo a renewal of a key (or change or remove a grant) only if it may assign ever
 that key holds there: otherwise a user administrator could switch off the owner's key,
 or renew its token and receive the new one — and so become the owner. A generated key
 may also hold roles that other accounts granted it (an external key there); whoever
-holds its token holds those too, so the caller must also be one whose roles could
-assign each of them in the account that granted it. Else a user administrator of
-account A could renew the token of A's key that account B made owner of B, and so
-become B's owner. (The key's owner account keeps its say over its keys: an owner whose
-roles could assign B's roles in B may renew them, as B accepted when it granted them.)
+receives its token holds those too, so to renew it the caller must also be one whose
+roles could assign each of them in the account that granted it. Else a user
+administrator of account A could renew the token of A's key that account B made owner
+of B, and so become B's owner. (The key's owner account keeps its say over its keys: an
+owner whose roles could assign B's roles in B may renew them, as B accepted when it
+granted them.) Those grants count for nothing else: changing, deactivating or deleting
+the key, or finishing or undoing its renewal, hands no token to anyone, and as key
+names are public, any account could otherwise put a key out of reach of its own
+account's administrators — a stolen key made owner of the thief's account would then
+be revocable by its owners alone.
 
 **Self.** A key may act on itself (renew its own token, relabel, deactivate or delete
 itself, drop roles): it gains nothing it does not hold. It never raises its own roles:
@@ -152,7 +157,8 @@ class Delegation:
     ) -> None:
         """Refuse unless the caller may assign every role the target key holds (here,
         and, for ``elsewhere``, the roles other accounts granted it, each judged in its
-        account), or is that key (acting with its own power gains nothing)."""
+        account: given when the action hands the caller the key's token), or is that key
+        (acting with its own power gains nothing)."""
         if app_key == caller.principal.app_key:
             return
         for role in held:

@@ -211,12 +211,11 @@ async def test_a_key_may_drop_its_own_role_whose_denies_reach_nothing_it_keeps(
                                          headers=restricted.headers))
 
 
-async def test_a_user_admin_cannot_act_on_a_key_that_another_account_made_owner(
+async def test_a_user_admin_cannot_renew_a_key_that_another_account_made_owner(
     management, proxy, admin, owner, make_key
 ):
     """Key T holds only orders-reader in acme, but account beta granted it owner. Whoever
-    holds T's token is beta's owner: acme's user admin may not renew it (and receive
-    the token), finish or undo its renewal, change, deactivate or delete it; nor read it
+    receives T's token is beta's owner: acme's user admin may not renew it, nor read it
     as one that renews. acme's owner, whose roles could assign owner in beta, may."""
     integration = await make_key("acme", ["orders-reader"], label="beta integration")
     beta_owner = await make_key("beta", ["owner"], label="beta owner")
@@ -227,22 +226,44 @@ async def test_a_user_admin_cannot_act_on_a_key_that_another_account_made_owner(
     assert (await management.get("/api/v1/accounts/beta/keys",
                                  headers=admin.headers)).status == 403
     path = f"{KEYS}/{integration.app_key}"
-    for method, url, body in [
-        ("POST", path + "/token/renew", {"deleteOld": "now"}),
-        ("POST", path + "/token/finish-renewal", None),
-        ("POST", path + "/token/undo-renewal", None),
-        ("PATCH", path, {"status": "inactive"}),
-        ("PATCH", path, {"label": "mine now"}),
-        ("DELETE", path, None),
-    ]:
-        error = await refused(await management.request(method, url, json=body,
-                                                       headers=admin.headers))
+    for body in ({"deleteOld": "now"}, {"deleteOld": "later"}, {"delivery": "link"}):
+        error = await refused(await management.post(path + "/token/renew", json=body,
+                                                    headers=admin.headers))
         assert "'beta'" in error["message"]
         assert "owner" not in error["message"]  # beta's grant is beta's business
     assert await works(proxy, integration)
     renewed = await management.post(path + "/token/renew", json={"deleteOld": "now"},
                                     headers=owner.headers)
     assert renewed.status == 200, await renewed.text()
+
+
+async def test_another_accounts_grant_does_not_put_a_key_out_of_its_own_accounts_reach(
+    management, proxy, admin, owner, make_key
+):
+    """Key names are public, so any account may grant any key a role there. A stolen acme
+    key that the thief makes owner of the thief's account beta must stay revocable by
+    acme's user admin, whose roles could not assign owner in beta: changing, switching
+    off or deleting a key, or ending a renewal an owner began, hands no token over."""
+    stolen = await make_key("acme", ["orders-reader"], label="stolen")
+    thief = await make_key("beta", ["owner"], label="thief's own")
+    granted = await management.post(
+        "/api/v1/accounts/beta/external-keys",
+        json={"appKey": stolen.app_key, "roles": ["owner"]}, headers=thief.headers)
+    assert granted.status == 201, await granted.text()
+    path = f"{KEYS}/{stolen.app_key}"
+    relabelled = await management.patch(path, json={"label": "revoked: leaked"},
+                                        headers=admin.headers)
+    assert relabelled.status == 200, await relabelled.text()
+    started = await management.post(path + "/token/renew", json={"deleteOld": "later"},
+                                    headers=owner.headers)
+    assert started.status == 200, await started.text()
+    undone = await management.post(path + "/token/undo-renewal", headers=admin.headers)
+    assert undone.status == 200, await undone.text()
+    off = await management.patch(path, json={"status": "inactive"}, headers=admin.headers)
+    assert off.status == 200, await off.text()
+    assert not await works(proxy, stolen)
+    deleted = await management.delete(path, headers=admin.headers)
+    assert deleted.status == 204, await deleted.text()
 
 
 async def test_a_user_admin_may_act_on_a_key_granted_roles_it_could_assign(
