@@ -8,6 +8,7 @@ import gc
 import time
 import tracemalloc
 
+import jwt
 import pytest
 from conftest import TEST_SECRET
 from cryptography.hazmat.primitives import serialization
@@ -88,3 +89,44 @@ async def test_a_session_naming_an_unknown_kid_is_refused_when_the_store_lost_it
         await sessions.verify(forged)
     assert (await sessions.verify(own)) is not None
     await sessions.close()
+
+
+async def test_a_rotated_key_signs_once_verifiers_caches_have_it_on_every_instance(gateway):
+    """`keygate jwt rotate` publishes the new key at once and signs with it only
+    publish_ahead() seconds later (the JWKS's max-age and the leeway), on every instance,
+    with no further word from the store; every session signed meanwhile stays valid."""
+    shift = [0.0]
+
+    def made(clock=lambda: time.time() + shift[0]) -> Sessions:
+        return Sessions(store=gateway.store, server_secrets=[TEST_SECRET.encode()],
+                        algorithm=keys.ES256, issuer="keygate", audience="keygate",
+                        session_ttl=3600, leeway=10, identity_audience="keygate-upstream",
+                        identity_ttl=60, clock=clock)
+
+    rotating, other = made(), made()
+    first = (await rotating.ready()).current.kid
+    before = int(time.time())
+    new = await rotating.rotate()
+    ahead = keys.JWKS_MAX_AGE + 10
+    assert before + ahead <= new.signs_from <= int(time.time()) + ahead
+    await other.changed()  # as the invalidation channel tells it
+    for instance in (rotating, other):
+        assert [k["kid"] for k in instance.jwks()["keys"]] == [first, new.kid]
+
+    def kid_of(token: str) -> str:
+        return jwt.get_unverified_header(token)["kid"]
+
+    meanwhile, _ = await other.issue("kgk-acme-7QX2M4PZ9B", "acme", "ab" * 32)
+    assert kid_of(meanwhile) == first
+    shift[0] = new.signs_from - time.time() - 1  # a second before
+    assert kid_of((await other.issue("kgk-acme-7QX2M4PZ9B", "acme", "ab" * 32))[0]) == first
+    shift[0] = new.signs_from - time.time()
+    for instance in (rotating, other):
+        after, _ = await instance.issue("kgk-acme-7QX2M4PZ9B", "acme", "ab" * 32)
+        assert kid_of(after) == new.kid
+        assert [k["kid"] for k in instance.jwks()["keys"]] == [new.kid, first]
+    shift[0] = 0.0  # pyjwt checks times against the system clock
+    verifier = made()
+    assert await verifier.verify(meanwhile) is not None
+    for instance in (rotating, other, verifier):
+        await instance.close()

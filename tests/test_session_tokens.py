@@ -159,6 +159,27 @@ def test_any_kid_is_only_looked_up(ring, kid):
             assert typ, "only a token claiming to be a session is refused as one"
 
 
+def test_a_new_key_is_published_before_it_signs_and_the_previous_signs_until_then():
+    """A rotation's key is in the JWKS from the start but signs only from its
+    ``signs_from``: a verifier whose cached JWKS predates the rotation never meets a
+    token signed with a key it has not seen. The previous key signs until that moment,
+    is retired then, and verifies for the lifetime of its last tokens."""
+    old = keys.generate(keys.ES256, NOW - 20)
+    new = keys.generate(keys.ES256, NOW, signs_from=NOW + 300)
+    ring = ring_of(old.retire(NOW + 300), new, lifetime=3600, now=NOW)
+    assert ring.current.kid == old.kid and ring.changes_at == NOW + 300
+    assert [k["kid"] for k in ring.jwks()["keys"]] == [old.kid, new.kid]
+    last_old = session(ring, ttl=3600)
+    assert ring.at(NOW + 299) is ring
+    switched = ring.at(NOW + 300)
+    assert switched.current.kid == new.kid and switched.changes_at is None
+    assert [k["kid"] for k in switched.jwks()["keys"]] == [new.kid, old.kid]
+    assert verify(switched, last_old) is not None
+    # sealed and opened again, a key keeps when it signs
+    secret = b"s" * 40
+    assert keys.unseal(keys.seal(new, secret), [secret]).signs_from == NOW + 300
+
+
 def test_an_identity_token_is_never_a_session(ring):
     """An upstream that received (or leaked) an identity token cannot sign in with it."""
     identity = tokens.issue_identity(

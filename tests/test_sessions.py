@@ -437,19 +437,37 @@ async def test_rotation_reaches_every_instance_and_keeps_old_sessions(
         assert first_kid == jwt.get_unverified_header(before)["kid"]  # one key, shared
         rotated = await gateway.sessions.rotate()
         for _ in range(200):  # the other instance hears of it on the channel
-            if other.sessions.ring is not None and other.sessions.ring.current.kid == \
-                    rotated.kid:
+            if other.sessions.ring is not None and rotated.kid in other.sessions.ring.keys:
                 break
             await asyncio.sleep(0.01)
-        assert other.sessions.ring.current.kid == rotated.kid
+        # published at once, beside the key that still signs: a verifier that fetches
+        # the JWKS now knows the new key before any token carries it
         jwks = await (await other_management.get("/.well-known/jwks.json")).json()
-        assert [k["kid"] for k in jwks["keys"]] == [rotated.kid, first_kid]
-        after = (await login(other_management, key))["token"]
-        assert jwt.get_unverified_header(after)["kid"] == rotated.kid
-        for token in (before, after):
+        assert [k["kid"] for k in jwks["keys"]] == [first_kid, rotated.kid]
+        meanwhile = (await login(other_management, key))["token"]
+        assert jwt.get_unverified_header(meanwhile)["kid"] == first_kid
+        assert other.sessions.ring.changes_at == rotated.signs_from
+        # (the switch when its time comes: test_session_service.py)
+        for token in (before, meanwhile):
             assert (await other_proxy.get("/orders/1", headers=bearer(token))).status == 200
     finally:
         await other.close()
+
+
+async def test_a_rotation_at_once_signs_with_the_new_key_from_the_next_token(
+    gateway, management, make_key
+):
+    """`keygate jwt rotate --now`, for a key believed leaked: no waiting for verifiers'
+    caches, and a rotation already waiting for its time is overtaken, not kept."""
+    key = await make_key("acme", ["orders-reader"])
+    first = jwt.get_unverified_header((await login(management, key))["token"])["kid"]
+    waiting = await gateway.sessions.rotate()
+    urgent = await gateway.sessions.rotate(at_once=True)
+    after = (await login(management, key))["token"]
+    assert jwt.get_unverified_header(after)["kid"] == urgent.kid
+    jwks = await (await management.get("/.well-known/jwks.json")).json()
+    assert [k["kid"] for k in jwks["keys"]][0] == urgent.kid
+    assert {first, waiting.kid} < {k["kid"] for k in jwks["keys"]}  # still verifying
 
 
 async def test_an_upstream_verifies_the_identity_token_against_the_jwks(

@@ -24,6 +24,7 @@ from ..pipeline.authenticators import (
     session_cookie_names,
     session_tokens,
 )
+from ..sessions.keys import JWKS_MAX_AGE
 from ..sessions.tokens import ExpiredSession, InvalidSession
 from ..views import iso
 from .common import client_address, json_response
@@ -31,8 +32,6 @@ from .operations import Operations
 from .schema import Jwks, Login, Session
 
 operations = Operations("sessions")
-
-JWKS_MAX_AGE = 300  # seconds a verifier may cache the key set; rotations keep old keys longer
 
 
 def _credential(value: str, name: str, limit: int) -> str:

@@ -139,25 +139,35 @@ class Sessions:
                 "the server secret: secret, secret_file); run `keygate jwt rotate`"
             ) from None
 
-    async def rotate(self) -> SigningKey:
-        """A new current key; the previous ones stay for verification while their tokens
-        may live. Refused when the keys come from files."""
+    def publish_ahead(self) -> int:
+        """Seconds a new key is published before it signs: verifiers' JWKS caches, and
+        the leeway by which instances' clocks may disagree."""
+        return keys.JWKS_MAX_AGE + int(self.leeway)
+
+    async def rotate(self, at_once: bool = False) -> SigningKey:
+        """A new key, published at once and signing from ``publish_ahead()`` seconds on
+        (``at_once``: now, for a key believed leaked), when the previous ones stop
+        signing; they stay for verification while their tokens may live. Refused when
+        the keys come from files."""
         if self.from_files:
             raise ConfigError("the JWT signing keys come from jwt_private_key_files: rotate "
                               "by changing that list")
         now = int(self.clock())
         records = await self.store.signing_keys()
-        retired, expired = [], []
+        opened: list[SigningKey] = []
         for record in records:
-            try:
-                key = keys.unseal(record, self.server_secrets)
-            except keys.UnsealError:
-                continue
-            if not key.retired:
-                retired.append(keys.seal(key.retire(now), self.server_secrets[0]))
+            with contextlib.suppress(keys.UnsealError):
+                opened.append(keys.unseal(record, self.server_secrets))
+        # with no key that signs now or later there is nothing to publish ahead of
+        signing = any(not k.retired or k.retired > now for k in opened)
+        starts = now + self.publish_ahead() if signing and not at_once else now
+        retired, expired = [], []
+        for key in opened:
+            if not key.retired or key.retired > starts:
+                retired.append(keys.seal(key.retire(starts), self.server_secrets[0]))
             elif key.retired + self.max_lifetime <= now:
                 expired.append(key.kid)  # every token it signed has expired
-        new = keys.generate(self.algorithm, now)
+        new = keys.generate(self.algorithm, now, signs_from=starts)
         self.ring = self._ring_of(await self.store.add_signing_key(
             keys.seal(new, self.server_secrets[0]), retired, expired))
         self._last_reload = self.clock()
@@ -216,7 +226,14 @@ class Sessions:
     def _ring(self) -> KeyRing:
         if self.ring is None:
             raise SigningKeysUnavailable()
-        return self.ring
+        return self._as_now(self.ring)
+
+    def _as_now(self, ring: KeyRing) -> KeyRing:
+        """The ring with the key that signs now current (a published key's time come)."""
+        updated = ring.at(int(self.clock()))
+        if updated is not ring:
+            self.ring = updated
+        return updated
 
     # -- tokens ------------------------------------------------------------------------------
     async def issue(self, app_key: str, owner: str, token_digest: str) -> tuple[str, int]:
@@ -246,7 +263,7 @@ class Sessions:
                 if self.ring is None:
                     await self.load()
         assert self.ring is not None
-        return self.ring
+        return self._as_now(self.ring)
 
     async def verify(self, token: str) -> tokens.SessionClaims | None:
         """The claims of a valid session token, None when the token is not keygate's,
