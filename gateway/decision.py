@@ -53,8 +53,11 @@ a refusal as 401 (for 401) or 403 (for every other status), with the real status
 ``X-Keygate-Status`` and the JSON body in ``X-Keygate-Error``; the shipped nginx config
 copies both and answers the client with that status and body. And nginx forwards the
 path keygate authorized only if it is told it: the nginx form's 200 carries the
-normalised path in ``X-Keygate-Path`` (prefix ``identity_header_prefix``), which the
-shipped config forwards (``proxy_pass http://backend$keygate_path$is_args$args``).
+normalised path in ``X-Keygate-Path`` (prefix ``identity_header_prefix``), and in
+``X-Keygate-Upstream-Path`` the path keygate's proxy port would send upstream for it
+(without the route's prefix where it has ``strip_prefix``, after its upstream URL's own
+path), which the shipped config forwards
+(``proxy_pass http://backend$keygate_upstream_path$is_args$args``).
 
 **Traefik and Envoy forward the path themselves**, after their own normalisation
 (Traefik's path sanitising, Envoy's ``normalize_path``/``merge_slashes``), which is not
@@ -226,6 +229,7 @@ class DecisionPort:
         self.uri_header = istr(settings.decision_original_uri_header)
         prefix = settings.identity_header_prefix
         self.path_header = istr(prefix + "Path")
+        self.upstream_path_header = istr(prefix + "Upstream-Path")
         self.status_header = istr(prefix + "Status")
         self.authorization_header = istr(prefix + "Authorization")
         self.cookie_header = istr(prefix + "Cookie")
@@ -398,7 +402,10 @@ class DecisionPort:
         headers = decision.headers
         if form == NGINX:
             assert decision.routed is not None
-            headers = [*headers, (self.path_header, decision.routed.forward_path)]
+            routed = decision.routed
+            headers = [*headers, (self.path_header, routed.forward_path),
+                       (self.upstream_path_header,
+                        routed.route.upstream_target(routed.forward_path, ""))]
         assert decision.identity is not None
         carrier = carrier_of(decision.identity)
         if carrier or AUTHORIZATION in sent or COOKIE in sent:

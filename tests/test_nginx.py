@@ -131,7 +131,8 @@ async def test_allowed_request_reaches_the_upstream_with_identity_and_no_credent
     assert not any(key.token in value for value in got.values())
     assert got["X-Request-Id"] == reply.headers["X-Request-Id"]  # one id end to end
     # the decider's own answer headers stay between nginx and keygate
-    for internal in ("X-Keygate-Path", "X-Keygate-Status", "X-Keygate-Error"):
+    for internal in ("X-Keygate-Path", "X-Keygate-Upstream-Path", "X-Keygate-Status",
+                     "X-Keygate-Error"):
         assert internal not in got and internal not in reply.headers
 
 
@@ -430,7 +431,8 @@ async def test_client_sent_identity_and_credentials_never_reach_the_upstream(
         "x-api-appkey": key.app_key, "X-API-APPTOKEN": key.token,  # other spellings
         "X-Keygate-Key": "kgk-acme-EVIL000000", "x-keygate-roles": "owner",
         "X-Keygate-Account": "beta", "X-Keygate-Owner-Account": "beta",
-        "X-Keygate-Path": "/admin", "X-Keygate-Status": "200",
+        "X-Keygate-Path": "/admin", "X-Keygate-Upstream-Path": "/admin",
+        "X-Keygate-Status": "200",
         "X-Keygate_Roles": "owner", "X-API_AppToken": key.token,  # underscore spellings
         "X-Forwarded-For": "203.0.113.9", "X-Real-IP": "203.0.113.9",
         "Forwarded": "for=203.0.113.9",
@@ -451,7 +453,8 @@ async def test_client_sent_identity_and_credentials_never_reach_the_upstream(
     assert upstream.last["raw_path"] == "/orders/1"
     for name in got:
         assert name.lower().replace("_", "-") not in (
-            "x-api-appkey", "x-api-apptoken", "x-keygate-path", "x-keygate-status",
+            "x-api-appkey", "x-api-apptoken", "x-keygate-path", "x-keygate-upstream-path",
+            "x-keygate-status",
             "x-real-ip", "forwarded", "x-http-method-override", "x-original-url",
             "x-rewrite-url", "true-client-ip", "x-forwarded-prefix",
             "x-forwarded-port"), name
@@ -499,10 +502,42 @@ async def test_every_path_is_decided_and_forwarded_as_the_proxy_port_does(
             assert through.error["code"] == direct.error["code"]
 
 
+async def test_a_route_that_strips_its_prefix_is_forwarded_as_the_proxy_port_does(
+    gateway, make_settings, upstream, make_key, tmp_path
+):
+    """A route with strip_prefix and an upstream URL with a path of its own: the proxy
+    port sends /v1/42 for /shop/42. nginx forwarded /shop/42 (the path authorized), so
+    the upstream served another path behind nginx than behind keygate."""
+    routes = [{"name": "shop", "path_prefix": "/shop", "upstream": upstream.url + "/v1/",
+               "account": "acme", "resource": "orders", "strip_prefix": True}]
+    settings = make_settings(
+        store_prefix=gateway.settings.store_prefix, decision_listen="127.0.0.1:0",
+        proxy_listen="127.0.0.1:0", management_listen="127.0.0.1:0", metrics_listen="",
+        routes=routes)
+    key = await make_key("acme", ["orders-reader"])
+    keygate = build_gateway(settings)
+    async with running(keygate) as listening, aiohttp.ClientSession() as session:
+        assert listening.decision is not None
+        site = shipped_site(URL(listening.decision).port, URL(upstream.url).port, free_port())
+        seen = {}
+        with nginx_serving(site, tmp_path) as nginx:
+            for raw in ("/shop/42?x=1", "/shop", "/shop/a/../b%2F"):
+                upstream.requests.clear()
+                direct = await call(session, listening.proxy, "GET", raw, headers=key.headers)
+                by_proxy = [r["raw_path"] for r in upstream.requests]
+                upstream.requests.clear()
+                through = await call(session, nginx, "GET", raw, headers=key.headers)
+                by_nginx = [r["raw_path"] for r in upstream.requests]
+                assert through.status == direct.status, (raw, through.body, direct.body)
+                assert by_nginx == by_proxy, raw
+                seen[raw] = by_nginx
+    assert seen["/shop/42?x=1"] == ["/v1/42?x=1"]
+
+
 async def test_the_forwarding_traps_the_shipped_config_avoids(
     gateway, upstream, make_key, tmp_path
 ):
-    """Why ``proxy_pass`` names ``$keygate_path``: forwarding the raw ``$request_uri``
+    """Why ``proxy_pass`` names ``$keygate_upstream_path``: forwarding the raw ``$request_uri``
     (no URI part) hands the upstream ``/beta/orders/%2e%2e/%2e%2e/orders/1``, which
     keygate authorized as acme's ``/orders/1`` and which an upstream that does not
     decode ``%2e`` serves under beta's ``/beta/orders``."""
@@ -515,7 +550,7 @@ async def test_the_forwarding_traps_the_shipped_config_avoids(
     forwarded = {}
     async with running(keygate) as listening, aiohttp.ClientSession() as session:
         shipped = shipped_site(URL(listening.decision).port, URL(upstream.url).port, free_port())
-        naive = shipped.replace("proxy_pass http://keygate_backend$keygate_path$is_args$args;",
+        naive = shipped.replace("proxy_pass http://keygate_backend$keygate_upstream_path$is_args$args;",
                                 "proxy_pass http://keygate_backend;")
         assert naive != shipped
         for name, site in (("shipped", shipped), ("naive", naive)):
@@ -584,6 +619,6 @@ def test_the_shipped_config_names_keygates_settings_and_headers(make_settings: C
         header = (prefix + name).lower().replace("-", "_")
         assert f"auth_request_set {variable} $upstream_http_{header};" in text
         assert f"proxy_set_header {prefix}{name} {variable};" in text
-    assert "proxy_pass http://keygate_backend$keygate_path$is_args$args;" in text
+    assert "proxy_pass http://keygate_backend$keygate_upstream_path$is_args$args;" in text
     directives = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
     assert "$uri" not in directives.replace("$request_uri", "")  # nginx's decoded form
