@@ -385,6 +385,22 @@ async def test_what_nginx_refuses_itself_is_in_the_one_error_shape(
     assert upstream.requests == []
 
 
+async def test_a_malformed_body_nginx_refuses_is_in_the_one_error_shape(
+    front, make_key, upstream
+):
+    """A chunked body nginx cannot read, sent after keygate allowed the request: nginx
+    refuses it inside the API's location, whose own error pages once left this one
+    nginx's HTML page."""
+    key = await make_key("acme", ["owner"])
+    lines = [("Host", "api.test"), *key.headers.items(), ("Transfer-Encoding", "chunked"),
+             ("Connection", "close")]
+    request = ("POST /orders/1 HTTP/1.1\r\n"
+               + "".join(f"{n}: {v}\r\n" for n, v in lines) + "\r\nzz\r\nxx\r\n0\r\n\r\n")
+    reply = await exchange(front.nginx, request.encode())
+    assert_error(reply, 400, "malformed_request")
+    assert key.token not in reply.body.decode()
+
+
 async def test_an_unreachable_upstream_is_a_502_in_the_one_error_shape(
     gateway, make_key, closed_port, tmp_path
 ):
