@@ -263,8 +263,7 @@ async def test_signing_out_again_and_again_keeps_a_keys_hash_small(
     assert len(await gateway.store.redis.hget(name, "sessEnd")) < before / 10
     for token in (tokens[0], tokens[-2], tokens[-1]):  # (each a failure, as a wrong token)
         assert (await proxy.get("/orders/1", headers=bearer(token))).status == 401
-    await asyncio.sleep(1.01)  # sessions carry the system clock's seconds
-    later = (await login(management, key))["token"]
+    later = (await login(management, key))["token"]  # in the same second, too
     assert (await proxy.get("/orders/1", headers=bearer(later))).status == 200
 
 
@@ -291,6 +290,24 @@ async def test_signing_out_through_an_instance_whose_clock_differs_ends_what_it_
     assert ended.ends("b", now - 2)  # ended at the first overflow, still ended
     assert ended.ends(f"{now - 5}-last", now + 3)  # the session signed out of
     assert not ended.ends("c", now + 4)  # a later one lives
+
+
+async def test_a_session_signed_in_the_second_every_session_was_ended_lives(
+    gateway, management, proxy, make_key
+):
+    """Past the sessions kept by name, a sign-out ends every session issued until that
+    second (sessions carry whole seconds), here through an instance whose clock runs 2 s
+    ahead. A sign-in right after it got a session already ended (401 at once); it is now
+    stamped the second after, which every instance accepts within the leeway."""
+    key = await make_key("acme", ["orders-reader"])
+    ahead = int(time.time()) + 2
+    for i in range(ENDED_SESSIONS_KEPT + 1):
+        await gateway.store.end_session(key.app_key, f"s{i}", ahead - 60, ahead + 3600, ahead)
+    assert (await gateway.store.auth_lookup(key.app_key, "acme")).ended_sessions.until == ahead
+    fresh = (await login(management, key))["token"]
+    assert (await proxy.get("/orders/1", headers=bearer(fresh))).status == 200
+    claims = jwt.decode(fresh, options={"verify_signature": False})
+    assert claims["iat"] == claims["nbf"] == ahead + 1
 
 
 async def test_a_session_signed_out_stays_ended_through_the_leeway_after_its_expiry(

@@ -76,7 +76,7 @@ async def login(request: web.Request, body: Login) -> web.Response:
     if digest is None:  # the token was replaced between the two reads: as if wrong
         raise invalid_credentials()
     session, expires = await gateway.sessions.issue(principal.app_key, principal.owner,
-                                                    digest)
+                                                    digest, found.ended_sessions.until)
     response = json_response({"token": session, "expires": iso(expires * 1000),
                               "appKey": principal.app_key, "account": principal.owner})
     if cookie:

@@ -236,11 +236,19 @@ class Sessions:
         return updated
 
     # -- tokens ------------------------------------------------------------------------------
-    async def issue(self, app_key: str, owner: str, token_digest: str) -> tuple[str, int]:
+    async def issue(self, app_key: str, owner: str, token_digest: str,
+                    ended_until: int = 0) -> tuple[str, int]:
+        """A session for the key; ``ended_until``: the key's sessions issued at or
+        before that second are ended (a sign-out of every session, in whole seconds).
+        One signed in that same second, or after a sign-out through an instance whose
+        clock runs a little ahead, would be born ended: it is stamped the second after,
+        as far as the leeway lets every instance accept a time ahead of its own."""
+        now = int(self.clock())
+        if ended_until >= now:
+            now = min(ended_until + 1, now + max(int(self.leeway) - 1, 0))
         return tokens.issue_session(
             await self.ready(), issuer=self.issuer, audience=self.audience, app_key=app_key,
-            owner=owner, token_digest=token_digest, ttl=self.session_ttl,
-            now=int(self.clock()))
+            owner=owner, token_digest=token_digest, ttl=self.session_ttl, now=now)
 
     async def check_at_start(self) -> None:
         """Refuse to start (ConfigError, saying to run ``keygate jwt rotate``) when the
