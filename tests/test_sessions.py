@@ -533,6 +533,38 @@ async def test_an_upstream_verifies_the_identity_token_against_the_jwks(
         await gw.close()
 
 
+async def test_a_route_signs_identity_tokens_for_its_own_audience(
+    make_settings, clock, aiohttp_client, upstream
+):
+    """One audience for every upstream let an upstream replay a token it received to
+    another: a route's identity_token_audience gives its upstream tokens that no other
+    upstream checking its own audience accepts."""
+    routes = [{"name": name, "path_prefix": "/" + name, "account": "acme",
+               "resource": "orders", "upstream": upstream.url, "identity_token": True,
+               **({"identity_token_audience": "billing-api"} if name == "billing" else {})}
+              for name in ("billing", "shipping")]
+    gw = build_gateway(make_settings(routes=routes), clock=clock)
+    gw.start()
+    try:
+        proxy = await aiohttp_client(ProxyTestServer(gw))
+        issued = await gw.lifecycle.create("acme", "k", ["orders-reader"], CLI_ACTOR)
+        pair = {"X-API-AppKey": issued.record.app_key, "X-API-AppToken": issued.token}
+        ring = await gw.sessions.ready()
+        audiences = {}
+        for name in ("billing", "shipping"):
+            assert (await proxy.get(f"/{name}/1", headers=pair)).status == 200
+            token = upstream.last["headers"]["X-Keygate-Identity"]
+            public = ring.verifying(jwt.get_unverified_header(token)["kid"]).public_key
+            audiences[name] = jwt.decode(token, public, algorithms=["ES256", "EdDSA"],
+                                         options={"verify_aud": False})["aud"]
+            other = "keygate-upstream" if name == "billing" else "billing-api"
+            with pytest.raises(jwt.InvalidAudienceError):
+                jwt.decode(token, public, algorithms=["ES256", "EdDSA"], audience=other)
+        assert audiences == {"billing": "billing-api", "shipping": "keygate-upstream"}
+    finally:
+        await gw.close()
+
+
 async def test_no_session_token_is_logged(management, proxy, make_key, caplog):
     caplog.set_level(logging.DEBUG)
     key = await make_key("acme", ["orders-reader"])

@@ -315,9 +315,9 @@ class Sessions:
         return tokens.is_keygates(self.ring, token)
 
     def identity_token(self, app_key: str, owner: str, account: str, roles: Sequence[str],
-                       resource: str, action: str) -> str:
+                       resource: str, action: str, audience: str | None = None) -> str:
         return tokens.issue_identity(
-            self._ring(), issuer=self.issuer, audience=self.identity_audience,
+            self._ring(), issuer=self.issuer, audience=audience or self.identity_audience,
             app_key=app_key, owner=owner, account=account, roles=roles,
             resource=resource, action=action, ttl=self.identity_ttl, now=int(self.clock()))
 
