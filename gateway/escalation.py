@@ -140,12 +140,16 @@ class Delegation:
 
     def check_assign(self, caller: Identity, roles: Iterable[str]) -> None:
         """Refuse (403 ``escalation_refused``) unless the caller may assign every role."""
+        self._check_assign(caller.roles, caller.account, roles)
+
+    def _check_assign(self, caller_roles: Sequence[str], account: str,
+                      roles: Iterable[str]) -> None:
         for role in roles:
-            reason = self.why_not(caller.roles, caller.account, role)
+            reason = self.why_not(caller_roles, account, role)
             if reason is not None:
                 raise EscalationRefused(
                     f"this API key may not assign role {role!r} in account "
-                    f"{caller.account!r}: {reason}"
+                    f"{account!r}: {reason}"
                 )
 
     def check_act_on(
@@ -200,17 +204,18 @@ class Delegation:
         if new_roles is None:
             return
         added = [r for r in new_roles if r not in held]
-        if app_key == caller.principal.app_key:
-            caller = caller._replace(roles=tuple(held))
-            self._check_keeps_its_denies(caller, held, new_roles)
-            for role in added:
-                reason = self.why_not_hold(caller.roles, caller.account, role)
-                if reason is not None:
-                    raise EscalationRefused(
-                        f"an API key cannot raise its own roles: role {role!r} in account "
-                        f"{caller.account!r} would give it more than it holds ({reason})"
-                    )
-        self.check_assign(caller, added)
+        if app_key != caller.principal.app_key:
+            self.check_assign(caller, added)
+            return
+        self._check_keeps_its_denies(caller, held, new_roles)
+        for role in added:
+            reason = self.why_not_hold(held, caller.account, role)
+            if reason is not None:
+                raise EscalationRefused(
+                    f"an API key cannot raise its own roles: role {role!r} in account "
+                    f"{caller.account!r} would give it more than it holds ({reason})"
+                )
+        self._check_assign(held, caller.account, added)
 
     def _check_keeps_its_denies(
         self, caller: Identity, held: Sequence[str], new_roles: Sequence[str]
