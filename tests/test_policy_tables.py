@@ -340,6 +340,21 @@ def test_a_bad_table_stops_the_command_naming_the_file(policies, capsys, kind):
     assert len(err.splitlines()) == 1 and out == ""
 
 
+HUGE = "z" * 100_000
+
+
+@pytest.mark.parametrize("text", [
+    f"{HUGE} = 1\n",
+    f"[[case]]\n{HUGE} = 1\n",
+    case(["owner"], "acme", "orders", "read", "allow").replace('"allow"', f'"{HUGE}"'),
+], ids=["entry", "field", "expect"])
+def test_a_bad_tables_message_does_not_grow_with_the_file(text):
+    """A name or value the table got wrong is quoted cut short, not 16 MiB of it."""
+    with pytest.raises(TableError) as info:
+        parse_table(text, "t.toml")
+    assert "zzzz" in str(info.value) and len(str(info.value)) < 400
+
+
 def test_a_bad_row_is_named_with_its_line(policies):
     text = (case(["owner"], "acme", "orders", "read", "allow") * 2).replace(
         'expect = "allow"\n\n[[case]]', 'expect = "allow"\n\n[[case]]\nrol = 1', 1)

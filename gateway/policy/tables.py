@@ -60,7 +60,7 @@ from typing import Any
 
 from ..credentials import is_valid_account
 from ..errors import ConfigError
-from .files import NAME_RE, read_bounded
+from .files import NAME_RE, excerpt, read_bounded
 from .names import is_pattern
 
 KINDS = ("case", "never")
@@ -131,7 +131,7 @@ def parse_table(text: str, shown_as: str) -> Table:
     unknown = sorted(set(data) - set(KINDS))
     if unknown:
         raise TableError(
-            f"decision table {shown_as}: unknown entry {unknown[0]!r}; a table holds "
+            f"decision table {shown_as}: unknown entry {excerpt(unknown[0])}; a table holds "
             "[[case]] and [[never]] rows"
         )
     headers = _header_lines(text)
@@ -175,7 +175,7 @@ def _row(raw: dict[str, Any], kind: str, file: str, index: int, line: int | None
         hint = " (a never row holds for every account)" if unknown[0] == "account" else ""
         hint = hint or (" (a never row takes roles: it is a property of roles)"
                         if unknown[0] == "key" else "")
-        raise bad(f"unknown field {unknown[0]!r}{hint}; the fields of a {kind} row: "
+        raise bad(f"unknown field {excerpt(unknown[0])}{hint}; the fields of a {kind} row: "
                   f"{', '.join(allowed)}")
     required = ["resource", "action"] + (["account", "expect"] if kind == "case" else ["roles"])
     missing = [f for f in required if f not in raw]
@@ -220,7 +220,7 @@ def _row(raw: dict[str, Any], kind: str, file: str, index: int, line: int | None
     if kind == "case":
         expect_text = raw["expect"]
         if expect_text not in EXPECTS:
-            raise bad(f"expect must be \"allow\" or \"deny\", not {expect_text!r}")
+            raise bad(f"expect must be \"allow\" or \"deny\", not {excerpt(str(expect_text))}")
         expect = EXPECTS[expect_text]
     return Row(kind, file, index, line, name, roles, key, account, resource, action, expect)
 
