@@ -425,6 +425,26 @@ def test_a_never_row_over_many_accounts_and_names_stays_fast(policies):
     assert elapsed < 20, elapsed
 
 
+def test_a_never_row_too_broad_to_check_fails_unasked_saying_so(policies, capsys):
+    """Fifty lines, each naming its own account, resource and action, and a catch-all
+    allow: a never row over "*"/"*" would be 140,000 decisions over every line
+    (minutes; hours with a few more lines). It fails at once, as not proven, and says
+    how to narrow it; a narrower row over the same lines still runs."""
+    lines = [f"p, grid, acct-{n}, res-{n}, act-{n}, allow" for n in range(50)]
+    lines.append("p, grid, *, *, *, allow")
+    (policies / "grid.csv").write_text("\n".join(lines) + "\n")
+    (policies / "tests" / "grid.toml").write_text(
+        never(["grid"], "*", "*", "grid does nothing") + never(["grid"], "res-1", "act-2"))
+    code, out, _ = keygate(capsys, "policy", "test", "--policies", str(policies),
+                           str(policies / "tests" / "grid.toml"))
+    assert code == 1
+    broad, narrow = run_text(policies, never(["grid"], "*", "*")
+                             + never(["grid"], "res-1", "act-2")).results
+    assert not broad.passed and broad.checked == 0 and "narrow" in (broad.problem or "")
+    assert "narrow its resource or action" in out
+    assert not narrow.passed and narrow.violation_count == len(lines)  # every account
+
+
 # -- key rows: the key's roles from the store -------------------------------------------
 @pytest.fixture
 def store_env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
