@@ -432,3 +432,18 @@ def test_readme_deploying_section_names_existing_files():
     for path in named:
         assert (ROOT / path).exists(), path
 
+
+
+def test_readme_docker_run_hands_the_secret_over_as_a_file():
+    """``docker inspect`` shows a container's environment to whoever may inspect it."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Deploying")
+    section = readme[start:readme.find("\n## ", start + 1)].replace("\\\n", " ")
+    runs = [line for line in section.splitlines() if line.startswith("docker run ")]
+    assert runs
+    for run in runs:
+        argv = shlex.split(run)
+        env = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "-e"]
+        assert not [e for e in env if e.split("=")[0] == "KEYGATE_SECRET"], run
+        if "KEYGATE_SECRET_FILE=/run/secrets/keygate" in env:
+            assert any(a.endswith(":/run/secrets/keygate:ro") for a in argv), run
