@@ -13,6 +13,8 @@ import cProfile
 import os
 import pstats
 import shutil
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -553,3 +555,21 @@ def test_a_diff_over_many_roles_asks_only_about_the_roles_it_touches(tmp_path):
             if permission.action != "assign":
                 assert new.decide([change.role], account, resource, action)
                 assert not old.decide([change.role], account, resource, action)
+
+
+def test_cli_diff_into_a_pipe_its_reader_closed_ends_quietly(tmp_path):
+    """``keygate policy diff OLD NEW | head -1``: the rest is not wanted; no traceback."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "none.csv").write_text("# nothing yet\n")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        ran = subprocess.run(
+            [sys.executable, "-m", "gateway", "policy", "diff", str(empty), str(POLICIES)],
+            env={k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")},
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in ran.stderr and "BrokenPipe" not in ran.stderr, ran.stderr
+    assert ran.returncode == 1  # cut short while printing: not a success to report
