@@ -145,8 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     jwt = sub.add_parser("jwt", help="the JWT signing keys of sessions and identity tokens")
     jwt_sub = jwt.add_subparsers(dest="jwt_command", required=True, metavar="ACTION")
-    command(jwt_sub, "rotate", store_commands.jwt_rotate,
-            "add a new signing key; the previous one verifies until its tokens expire")
+    rotate = command(jwt_sub, "rotate", store_commands.jwt_rotate,
+                     "add a new signing key, published now and signing once verifiers' "
+                     "JWKS caches have it (5 minutes and jwt_leeway); the previous one "
+                     "signs until then and verifies until its tokens expire")
+    rotate.add_argument("--now", action="store_true",
+                        help="sign with the new key at once (the current one is believed "
+                             "leaked); upstreams refuse identity tokens until they fetch "
+                             "the JWKS again")
 
     settings = command(sub, "settings", cmd_settings_reference,
                        "print the settings reference (Markdown), or an account's settings "

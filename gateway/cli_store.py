@@ -482,19 +482,22 @@ def export(args: argparse.Namespace) -> int:
 
 
 def jwt_rotate(args: argparse.Namespace) -> int:
-    """A new JWT signing key: every instance signs with it from its next token on (the
-    rotation is announced on the invalidation channel), and the previous key verifies
-    until every token it signed has expired."""
+    """A new JWT signing key, announced on the invalidation channel: every instance
+    publishes it in the JWKS at once and signs with it from ``signsFrom`` (at once with
+    ``--now``, or when no previous key opens), and the previous key signs until then and
+    verifies until every token it signed has expired."""
 
     from .sessions.service import SigningKeysUnavailable
+    from .views import iso
 
     async def work(gateway: Any) -> dict[str, Any]:
         try:
             previous = (await gateway.sessions.ready()).current.kid
         except SigningKeysUnavailable:  # no stored key opens: the way out is a new one
             previous = None
-        new = await gateway.sessions.rotate()
+        new = await gateway.sessions.rotate(at_once=args.now)
         return {"kid": new.kid, "algorithm": new.algorithm, "previous": previous,
+                "signsFrom": iso(new.starts * 1000),
                 "keys": [key["kid"] for key in gateway.sessions.jwks()["keys"]]}
 
     try:
@@ -506,9 +509,11 @@ def jwt_rotate(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rotated)
     else:
-        print(f"new signing key {rotated['kid']} ({rotated['algorithm']}); "
-              + (f"{rotated['previous']} verifies until its tokens expire"
-                 if rotated["previous"] else "no previous key opened with the server secret"))
+        print(f"new signing key {rotated['kid']} ({rotated['algorithm']}), published now, "
+              f"signs from {rotated['signsFrom']}; "
+              + (f"{rotated['previous']} signs until then and verifies until its tokens "
+                 "expire" if rotated["previous"]
+                 else "no previous key opened with the server secret"))
     return 0
 
 

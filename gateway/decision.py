@@ -44,7 +44,8 @@ peer.
 **The answer.** Allowed: 200, no body, the identity headers to set upstream (nginx
 ``auth_request_set``, Traefik ``authResponseHeaders``, Envoy
 ``allowed_upstream_headers``). Refused: the error in the one JSON shape and its status
-(400, 401, 403, 404, 429 with ``Retry-After``, 503), as the proxy port would answer.
+(400, 401, 403, 404, 429 with ``Retry-After``, 501, 503), as the proxy port would answer;
+a method the proxy port does not serve (``delete``, ``FOO``) is its 501 here too.
 
 **nginx's two limits.** ``auth_request`` understands 2xx, 401 and 403 only (any other
 status becomes a 500) and throws the subrequest's body away. So the nginx form answers
@@ -52,8 +53,11 @@ a refusal as 401 (for 401) or 403 (for every other status), with the real status
 ``X-Keygate-Status`` and the JSON body in ``X-Keygate-Error``; the shipped nginx config
 copies both and answers the client with that status and body. And nginx forwards the
 path keygate authorized only if it is told it: the nginx form's 200 carries the
-normalised path in ``X-Keygate-Path`` (prefix ``identity_header_prefix``), which the
-shipped config forwards (``proxy_pass http://backend$keygate_path$is_args$args``).
+normalised path in ``X-Keygate-Path`` (prefix ``identity_header_prefix``), and in
+``X-Keygate-Upstream-Path`` the path keygate's proxy port would send upstream for it
+(without the route's prefix where it has ``strip_prefix``, after its upstream URL's own
+path), which the shipped config forwards
+(``proxy_pass http://backend$keygate_upstream_path$is_args$args``).
 
 **Traefik and Envoy forward the path themselves**, after their own normalisation
 (Traefik's path sanitising, Envoy's ``normalize_path``/``merge_slashes``), which is not
@@ -83,6 +87,7 @@ from multidict import MultiMapping, istr
 from .context import Gateway
 from .errors import BadRequest, ConfigError, Forbidden, GatewayError, NotFound
 from .forwarded import TrustedProxies, parse_address
+from .http_head import METHODS
 from .pipeline import Decision, RequestFacts
 from .pipeline.authenticators import without_session_cookie
 from .pipeline.identity import carrier_of
@@ -117,8 +122,9 @@ CONTENT_TYPE = "Content-Type"
 JSON = "application/json"
 # RFC 9110 §5.6.2 token; methods longer than this are nobody's
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}")
-# tokens all: what the front proxies send nearly always, known without the pattern
-_COMMON_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+# the methods the proxy port serves, as it reads them (gateway.http_head: upper case,
+# CONNECT left out)
+_SERVED_METHODS = frozenset(method.decode("ascii") for method in METHODS)
 
 NGINX, TRAEFIK, ENVOY = "nginx", "traefik", "envoy"
 
@@ -139,6 +145,18 @@ class UnknownEndpoint(NotFound):
 
 class MissingOriginal(BadRequest):
     code = "missing_original_request"
+
+
+class UnservedMethod(GatewayError):
+    """A method the proxy port refuses (its ``not_implemented``), refused alike."""
+
+    status = 501
+    code = "not_implemented"
+    message = "keygate does not implement this method"
+
+    def __init__(self, method: str):
+        super().__init__()
+        self.method = method
 
 
 class DecisionAnswer:
@@ -211,6 +229,7 @@ class DecisionPort:
         self.uri_header = istr(settings.decision_original_uri_header)
         prefix = settings.identity_header_prefix
         self.path_header = istr(prefix + "Path")
+        self.upstream_path_header = istr(prefix + "Upstream-Path")
         self.status_header = istr(prefix + "Status")
         self.authorization_header = istr(prefix + "Authorization")
         self.cookie_header = istr(prefix + "Cookie")
@@ -288,6 +307,18 @@ class DecisionPort:
             "ext_authz)"
         )
 
+    @staticmethod
+    def form_of_refused(start: bytes) -> str | None:
+        """The nginx form, if a head refused as it was read (too large, a byte no
+        header may hold) called ``/nginx``: nginx passes on every header its client
+        sent, and a refusal not in the nginx form is, to ``auth_request``, a broken
+        decider (the client's 431 would reach it as a 503). ``start`` is the head's
+        first bytes; None for every other form, whose proxies pass a status on."""
+        parts = start.split(b"\r\n", 1)[0].split(b" ")
+        if len(parts) > 2 and parts[1].partition(b"?")[0] == NGINX_PATH.encode():
+            return NGINX
+        return None
+
     def facts(self, form: str, method: str, target: str, host: str, headers: Headers,
               peer: str, request_id: str, answer: DecisionAnswer) -> RequestFacts:
         """The original request's facts as the front proxy reports them."""
@@ -301,9 +332,8 @@ class DecisionPort:
                 method = headers.get(FORWARDED_METHOD) or self.missing(FORWARDED_METHOD)
                 original = headers.get(FORWARDED_URI) or self.missing(FORWARDED_URI)
                 host = headers.get(FORWARDED_HOST) or self.missing(FORWARDED_HOST)
-            if method not in _COMMON_METHODS and _METHOD.fullmatch(method) is None:
-                raise BadRequest("the original request's method is not an HTTP method",
-                                 code="bad_method")
+            if method not in _SERVED_METHODS:
+                self.refuse_method(method)
         if not original.startswith("/"):
             raise BadRequest("the original request's path must start with '/'",
                              code="bad_path")
@@ -311,6 +341,19 @@ class DecisionPort:
         answer.client = client = self.client(peer, headers)
         answer.original = (method, raw_path)
         return RequestFacts(method, host, raw_path, query, headers, client, request_id)
+
+    @staticmethod
+    def refuse_method(method: str) -> NoReturn:
+        """A method the proxy port would not serve: not a token (400 ``bad_method``),
+        or one it does not implement, in any other case than upper case included (501,
+        as the proxy port). Routes, their ``actions`` and the policies know methods in
+        upper case: ``delete`` would be authorized as a plain write where ``DELETE`` is
+        an admin action, and the upstreams that upper-case the method (Django, Flask)
+        would then delete."""
+        if _METHOD.fullmatch(method) is None:
+            raise BadRequest("the original request's method is not an HTTP method",
+                             code="bad_method")
+        raise UnservedMethod(method)
 
     @staticmethod
     def missing(name: istr) -> NoReturn:
@@ -359,7 +402,10 @@ class DecisionPort:
         headers = decision.headers
         if form == NGINX:
             assert decision.routed is not None
-            headers = [*headers, (self.path_header, decision.routed.forward_path)]
+            routed = decision.routed
+            headers = [*headers, (self.path_header, routed.forward_path),
+                       (self.upstream_path_header,
+                        routed.route.upstream_target(routed.forward_path, ""))]
         assert decision.identity is not None
         carrier = carrier_of(decision.identity)
         if carrier or AUTHORIZATION in sent or COOKIE in sent:

@@ -13,7 +13,8 @@ object, a response object and their machinery. So this port is served by an
   (:class:`gateway.framing.RequestReader`) with :func:`gateway.http_head.read_request`,
   which gives :func:`~gateway.http_head.read_head`'s verdict (so the same malformed
   heads are refused the same way as on every other port, in the one error shape, with
-  ``Connection: close``) and, in the same pass, the request line and the fields,
+  ``Connection: close``; a head that called ``/nginx`` in the nginx form, as
+  ``auth_request`` can pass it on) and, in the same pass, the request line and the fields,
   decoded as aiohttp decodes them (UTF-8, undecodable bytes kept as surrogates); once
   a connection's heads keep one shape, in one match (``gateway.decision_heads``).
 * **Bodies are never read**: the decision is answered from the head, and whatever body
@@ -386,14 +387,17 @@ class DecisionConnection(GuardedProtocol):
         return True
 
     def answer_refusal(self, refusal: Refusal) -> None:
-        """A refused head's turn: its refusal, then the connection closes (nothing the
-        client sent after it was read)."""
+        """A refused head's turn: its refusal (in the nginx form if it called
+        ``/nginx``), then the connection closes (nothing the client sent after it was
+        read)."""
         transport = self.transport
         assert transport is not None
         started = perf_counter()
         request_id = new_request_id()
         answer = DecisionAnswer()
-        self.server.port.refuse(answer, None, refusal, request_id)
+        port = self.server.port
+        port.refuse(answer, port.form_of_refused(self.reader.refused_start), refusal,
+                    request_id)
         data = self.encode(answer, request_id, "HTTP/1.1", True, False)
         transport.write(data)
         self.pending -= 1

@@ -16,7 +16,11 @@ with it, add it to a key, grant it to an external key) when no deny line of C ma
   the roles R inherits) that applies in A, C's roles allow its resource and action,
   and no deny line of C touches them. The second condition matters with wildcards: a
   caller holding ``*, *`` with a deny on ``orders`` is allowed ``(*, *)`` by Casbin,
-  yet handing out ``owner`` would give a key the orders access its giver lacks.
+  yet handing out ``owner`` would give a key the orders access its giver lacks. And C
+  may assign every role R hands out in turn (R's assign lines, or a catch-all that
+  allows ``role:X, assign``): a key holding R would hand them out in its next request,
+  so an ``owner`` suspended from orders may not make a ``user-admin-restricted`` key
+  that makes an ``orders-writer`` key.
 
 A role's deny lines are not permissions: anyone who may assign roles at all may assign
 a role that only takes access away (e.g. ``suspended-partner``).
@@ -26,11 +30,16 @@ undo a renewal of a key (or change or remove a grant) only if it may assign ever
 that key holds there: otherwise a user administrator could switch off the owner's key,
 or renew its token and receive the new one — and so become the owner. A generated key
 may also hold roles that other accounts granted it (an external key there); whoever
-holds its token holds those too, so the caller must also be one whose roles could
-assign each of them in the account that granted it. Else a user administrator of
-account A could renew the token of A's key that account B made owner of B, and so
-become B's owner. (The key's owner account keeps its say over its keys: an owner whose
-roles could assign B's roles in B may renew them, as B accepted when it granted them.)
+receives its token holds those too, so to renew it the caller must also be one whose
+roles could assign each of them in the account that granted it. Else a user
+administrator of account A could renew the token of A's key that account B made owner
+of B, and so become B's owner. (The key's owner account keeps its say over its keys: an
+owner whose roles could assign B's roles in B may renew them, as B accepted when it
+granted them.) Those grants count for nothing else: changing, deactivating or deleting
+the key, or finishing or undoing its renewal, hands no token to anyone, and as key
+names are public, any account could otherwise put a key out of reach of its own
+account's administrators — a stolen key made owner of the thief's account would then
+be revocable by its owners alone.
 
 **Self.** A key may act on itself (renew its own token, relabel, deactivate or delete
 itself, drop roles): it gains nothing it does not hold. It never raises its own roles:
@@ -52,10 +61,21 @@ from .cache import LRU
 from .errors import Forbidden
 from .pipeline import Identity
 from .pipeline.authorizer import Authorizer
-from .policy.delegation import ASSIGN, ROLE_RESOURCE_PREFIX, judge_assign, role_resource
+from .policy.delegation import (
+    ASSIGN,
+    ROLE_RESOURCE_PREFIX,
+    AssignVerdict,
+    judge_assign,
+    role_resource,
+)
 from .policy.files import patterns_overlap
 
 __all__ = ["ASSIGN", "ROLE_RESOURCE_PREFIX", "Delegation", "EscalationRefused", "role_resource"]
+
+
+# caller role sets whose solved verdicts are kept (each holds at most one verdict per
+# role the policies define)
+SOLVED_KEPT = 256
 
 
 class EscalationRefused(Forbidden):
@@ -68,6 +88,10 @@ class Delegation:
     def __init__(self, authorizer: Authorizer, cache_size: int = 10_000):
         self.authorizer = authorizer
         self._verdicts: LRU[tuple[str, str, tuple[str, ...], str, str], str] = LRU(cache_size)
+        # per caller roles and account, the assign verdicts the rule reached on the way
+        # (a role judged with the roles it hands out): asked once for all questions
+        self._solved: LRU[tuple[str, tuple[str, ...], str], dict[str, AssignVerdict]] = LRU(
+            SOLVED_KEPT)
 
     def why_not(self, caller_roles: Sequence[str], account: str, role: str) -> str | None:
         """None when ``caller_roles`` may assign ``role`` in ``account``, else the reason
@@ -96,9 +120,15 @@ class Delegation:
     ) -> str | None:
         """The rule itself is pure (gateway.policy.delegation), so that the policy tools
         judge assignments as this does; here it asks the cached decisions."""
+        policy = self.authorizer.policy
+        key = (policy.version, tuple(sorted(caller_roles)), account)
+        solved = self._solved.get(key)
+        if solved is None:
+            solved = {}
+            self._solved.put(key, solved)
         return judge_assign(
-            self.authorizer.policy, caller_roles, account, role,
-            by_assign_line=by_assign_line, decide=self.authorizer.decide,
+            policy, caller_roles, account, role,
+            by_assign_line=by_assign_line, decide=self.authorizer.decide, solved=solved,
         ).reason
 
     def assignable(self, caller_roles: Sequence[str], account: str) -> list[str]:
@@ -127,7 +157,8 @@ class Delegation:
     ) -> None:
         """Refuse unless the caller may assign every role the target key holds (here,
         and, for ``elsewhere``, the roles other accounts granted it, each judged in its
-        account), or is that key (acting with its own power gains nothing)."""
+        account: given when the action hands the caller the key's token), or is that key
+        (acting with its own power gains nothing)."""
         if app_key == caller.principal.app_key:
             return
         for role in held:
@@ -158,12 +189,19 @@ class Delegation:
         """A change of a key or grant: the caller may act on it as it is (``elsewhere``:
         as :meth:`check_act_on`), may assign the roles it would gain, and adds no role to
         its own key nor escapes a deny line of its own. (Roles it keeps were checked as
-        held; a key may drop its own roles that deny nothing.)"""
+        held; a key may drop its own roles that deny nothing.)
+
+        A change of the caller's own key or grant is judged with ``held``, the roles the
+        change finds (the store refuses it if they differ when it is made), not with
+        the roles the request was authenticated with: an owner may have taken a role
+        from the key in between, and putting it back is raising its roles, not keeping
+        them."""
         self.check_act_on(caller, app_key, held, elsewhere)
         if new_roles is None:
             return
         added = [r for r in new_roles if r not in held]
         if app_key == caller.principal.app_key:
+            caller = caller._replace(roles=tuple(held))
             self._check_keeps_its_denies(caller, held, new_roles)
             for role in added:
                 reason = self.why_not_hold(caller.roles, caller.account, role)

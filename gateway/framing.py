@@ -52,6 +52,10 @@ SYNTHETIC_REQUEST = (
     + b": 1\r\n\r\n"
 )
 
+# How much of a refused head's start the reader keeps (``refused_start``): enough for a
+# request line such as ``GET /nginx HTTP/1.1``
+REFUSED_START = 64
+
 # Reader states
 HEAD, BODY, CHUNK_SIZE_LINE, CHUNK_DATA, CHUNK_DATA_END, TRAILERS, STOPPED = range(7)
 
@@ -64,7 +68,8 @@ class RequestReader:
     size line or trailer line) are held back until it is. Afterwards the attributes say
     where the stream is: ``heads`` (heads passed on so far), ``in_body``,
     ``head_started`` (bytes of a next head are held), ``refusal`` (a head was refused
-    and :data:`SYNTHETIC_REQUEST` passed on in its place), ``broken`` (a body broke its
+    and :data:`SYNTHETIC_REQUEST` passed on in its place; ``refused_start``: its first
+    :data:`REFUSED_START` bytes), ``broken`` (a body broke its
     framing: abort the connection) and ``stopped`` (nothing more will be passed on:
     after a refusal, a broken body, or a request after which the connection closes,
     since llhttp refuses any byte after such a request).
@@ -78,8 +83,8 @@ class RequestReader:
     """
 
     __slots__ = (
-        "state", "heads", "refusal", "broken", "read", "on_head", "_held", "_checked",
-        "_lead", "_remaining", "_closes", "_trailers", "_trailer_bytes",
+        "state", "heads", "refusal", "refused_start", "broken", "read", "on_head", "_held",
+        "_checked", "_lead", "_remaining", "_closes", "_trailers", "_trailer_bytes",
     )
 
     def __init__(
@@ -92,6 +97,7 @@ class RequestReader:
         self.state = HEAD
         self.heads = 0
         self.refusal: Refusal | None = None
+        self.refused_start = b""
         self.broken: Refusal | None = None
         self._held = bytearray()  # bytes held back: a head, chunk size or trailer line
         self._checked = 0  # how far the held head's lines are known to be acceptable
@@ -237,6 +243,7 @@ class RequestReader:
             start = max(self._checked, lead)
             refusal, self._checked = check_lines(held, start, start == lead, new)
         if refusal is not None:
+            self.refused_start = bytes(held[lead:lead + REFUSED_START])
             del held[:]
             self.refusal = refusal
             self._refuse(forward)
@@ -246,6 +253,7 @@ class RequestReader:
         framing = HEAD_TOO_LARGE if len(head) > MAX_HEAD else self.read(head)
         if isinstance(framing, Refusal):
             self.refusal = framing
+            self.refused_start = head[:REFUSED_START]
             return False
         length = framing[0]
         self._closes = framing[1]

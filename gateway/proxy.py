@@ -50,7 +50,7 @@ from .errors import BadGateway, BadRequest, GatewayError, GatewayTimeout
 from .forwarded import Forwarding
 from .middleware import REQUEST_ID, REQUEST_ID_HEADER, error_response, errors_as_json
 from .pipeline import RequestFacts
-from .pipeline.authenticators import without_session_cookie
+from .pipeline.authenticators import sets_session_cookie, without_session_cookie
 from .pipeline.identity import carrier_of
 from .routes import Route
 from .series import ALLOWED, INTERNAL_ERROR, NO_ROUTE
@@ -239,9 +239,9 @@ class Forwarder:
         replace (or plant) the admin page's session in the browser."""
         kept = self._from_upstream.keep(upstream.headers)
         if self.session_cookie and hdrs.SET_COOKIE in upstream.headers:
-            planted = self.session_cookie + "="
             kept = [(name, value) for name, value in kept
-                    if _canonical(name) != "set-cookie" or not value.lstrip().startswith(planted)]
+                    if _canonical(name) != "set-cookie"
+                    or not sets_session_cookie(value, self.session_cookie)]
         return kept
 
     async def forward(

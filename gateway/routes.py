@@ -180,6 +180,9 @@ class Route:
     case_insensitive: bool = False
     # send the upstream a signed identity token (identity_token_header), not only headers
     identity_token: bool = False
+    # its aud claim on this route (None: identity_token_audience), so that one upstream
+    # cannot replay a token it received to another that checks its own audience
+    identity_token_audience: str | None = None
 
     def matches(self, method: str, host: str, path: str) -> bool:
         if self.methods is not None and method not in self.methods:
@@ -389,10 +392,13 @@ def _case_conflict(route: Route, other: Route | None) -> BadRequest:
     )
 
 
+MAX_AUDIENCE = 256
+
 _ROUTE_FIELDS = {
     "name", "upstream", "path_prefix", "host", "methods", "account", "account_from",
     "account_segment", "resource", "action", "actions", "strip_prefix",
     "allow_matrix_params", "allow_trailing_dots", "case_insensitive", "identity_token",
+    "identity_token_audience",
 }
 _ROUTE_FLAGS = ("strip_prefix", "allow_matrix_params", "allow_trailing_dots", "case_insensitive",
                 "identity_token")
@@ -485,6 +491,15 @@ def parse_routes(raw_routes: list[dict[str, Any]]) -> RouteTable:
                     "lower-cased, which would change the parameters' values (session ids)",
                 )
             prefix = lower_path(prefix)  # requests are matched lower-cased
+        audience = raw.get("identity_token_audience")
+        if audience is not None:
+            if not flags["identity_token"]:
+                raise bad("identity_token_audience",
+                          "is the audience of the identity token: set identity_token = true")
+            if not (isinstance(audience, str) and 0 < len(audience) <= MAX_AUDIENCE
+                    and audience.isascii() and audience.isprintable()):
+                raise bad("identity_token_audience",
+                          f"must be 1 to {MAX_AUDIENCE} printable ASCII characters")
         routes.append(
             Route(
                 name=name,
@@ -498,6 +513,7 @@ def parse_routes(raw_routes: list[dict[str, Any]]) -> RouteTable:
                 resource=resource,
                 action=action,
                 actions={k.upper(): v for k, v in actions.items()},
+                identity_token_audience=audience,
                 **flags,
             )
         )

@@ -1,10 +1,12 @@
 """Interleavings on demand: run another change at one exact point of a store call.
 
-``Before`` wraps one of the store's registered Lua scripts (``store.scripts.<name>``)
-so that a step — another change, made through keygate's own API, as another instance
-would make it — runs once just before (or after) its nth call; every call still runs
-the real script. Nothing of keygate's is replaced: only the timing is chosen, so a race
-that would take luck to meet happens every time.
+``Before`` wraps one of the store's registered Lua scripts (``store.scripts.<name>``),
+``BeforeRead`` one of the store's own methods (``store.<name>``, e.g. a read a handler
+makes after the request was authenticated), so that a step — another change, made
+through keygate's own API, as another instance would make it — runs once just before
+(or after) its nth call; every call still runs the real script or method. Nothing of
+keygate's is replaced: only the timing is chosen, so a race that would take luck to meet
+happens every time.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ class Before:
 
     def __init__(self, store: Any, name: str, step: Any, nth: int = 1, after: bool = False):
         self.store, self.name, self.step, self.nth, self.after = store, name, step, nth, after
-        self.real = getattr(store.scripts, name)
+        self.real = getattr(self._holder(), name)
         self.calls = 0
         self.fired = False
-        setattr(store.scripts, name, self)
+        setattr(self._holder(), name, self)
+
+    def _holder(self) -> Any:
+        return self.store.scripts
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
@@ -36,4 +41,16 @@ class Before:
         return result
 
     def restore(self) -> None:
-        setattr(self.store.scripts, self.name, self.real)
+        setattr(self._holder(), self.name, self.real)
+
+
+class BeforeRead(Before):
+    """:class:`Before` for a method of the store itself (``store.<name>``): the real
+    method still answers every call."""
+
+    def _holder(self) -> Any:
+        return self.store
+
+    def restore(self) -> None:
+        # the method was shadowed by an instance attribute: drop it, the class's returns
+        del self.store.__dict__[self.name]

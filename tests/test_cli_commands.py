@@ -13,6 +13,7 @@ import asyncio
 import importlib.metadata
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from gateway.errors import ConfigError, Forbidden, Unauthorized
 from gateway.sessions.service import SigningKeysUnavailable
 from gateway.settings import load_settings
 from gateway.store import CLI_ACTOR
+from gateway.views import iso
 
 
 @pytest.fixture(autouse=True)
@@ -312,14 +314,22 @@ async def test_jwt_rotate_adds_a_key_that_a_running_instance_signs_with(cli, loc
     assert ran.code == 0, ran.err
     rotated = ran.json()
     assert rotated["previous"] == first and rotated["kid"] != first
-    assert rotated["keys"] == [rotated["kid"], first]
+    assert rotated["keys"] == [first, rotated["kid"]]  # published, not signing yet
+    assert rotated["signsFrom"] > iso(int(time.time() + 300) * 1000)
     for _ in range(200):  # heard on the invalidation channel
-        if local.sessions.ring.current.kid == rotated["kid"]:
+        if rotated["kid"] in local.sessions.ring.keys:
             break
         await asyncio.sleep(0.01)
-    assert local.sessions.ring.current.kid == rotated["kid"]
-    text = await in_thread(cli, "jwt", "rotate")
-    assert text.code == 0 and text.out.startswith("new signing key ")
+    assert local.sessions.ring.current.kid == first
+    assert [k["kid"] for k in local.sessions.jwks()["keys"]] == [first, rotated["kid"]]
+    text = await in_thread(cli, "jwt", "rotate", "--now")
+    assert text.code == 0 and text.out.startswith("new signing key "), text.err
+    urgent = text.out.split()[3]
+    for _ in range(200):
+        if local.sessions.ring.current.kid == urgent:
+            break
+        await asyncio.sleep(0.01)
+    assert local.sessions.ring.current.kid == urgent
 
 
 async def test_a_new_server_secret_alone_is_refused_at_start_until_jwt_rotate(cli, local, env,

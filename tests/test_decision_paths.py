@@ -30,6 +30,10 @@ PATHS = [
     "/orders/..;/x", "/orders/%2e%2e;/x", "/orders/42.", "/..", "/orders/../../x",
     "/%2e%2e/orders/1", "/orders/%00", "/orders/%zz", "/orders/%", "/orders//", "/./orders/1",
     "/orders/%7e", "/orders/~", "/orders/%41", "/ORDERS/1",
+    "/orders/%252e%252e/admin", "/orders/%u002e%u002e/x", "/orders/1/.%2e/.%2E/beta/orders/1",
+    "/orders/;/../../beta/orders/1", "/orders/%3B/../../beta/orders/1", "/orders/.%2e",
+    "/orders/1%23/../../beta/orders/1", "/orders/1?/../../beta/orders/1",
+    "/orders/%5c..%5cbeta", "/orders/%E2%80%AE", "/orders/1/%20", "/orders/%3b",
 ]
 
 

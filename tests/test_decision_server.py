@@ -63,6 +63,16 @@ def envoy_asks(key: Key, method: str = "GET", path: str = "/orders/1", *extra: s
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+def assert_nginx_shape(answer: Answer, status: int, code: str) -> None:
+    """A refusal of a head that called ``/nginx``: as ``auth_request`` can pass it on
+    (403, the real status in ``X-Keygate-Status``), in the one shape."""
+    assert answer.status == 403, answer.raw
+    assert answer.headers["X-Keygate-Status"] == str(status)
+    error = answer.error()
+    assert (error["status"], error["code"]) == (status, code)
+    assert error["requestId"] == answer.headers["X-Request-Id"]
+
+
 async def answers_of(reader: asyncio.StreamReader, count: int) -> list[Answer]:
     answers = []
     async with asyncio.timeout(10):
@@ -190,8 +200,8 @@ async def test_a_refusal_behind_good_requests_comes_in_its_turn(address, make_ke
     key = await make_key("acme", ["orders-reader"])
     bad = b"GET /nginx HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n"
     answers, _ = await exchange(address, nginx_asks(key) * 2 + bad + nginx_asks(key))
-    assert [a.status for a in answers] == [200, 200, 400]
-    assert_one_shape(answers[2], 400, "malformed_request")
+    assert [a.status for a in answers] == [200, 200, 403]
+    assert_nginx_shape(answers[2], 400, "malformed_request")
 
 
 async def test_too_many_fields_and_a_head_too_large_are_refused_as_they_arrive(address):
@@ -209,7 +219,7 @@ async def test_too_many_fields_and_a_head_too_large_are_refused_as_they_arrive(a
             (answer,) = await answers_of(reader, 1)
         finally:
             writer.close()
-        assert_one_shape(answer, 431, "request_header_fields_too_large")
+        assert_nginx_shape(answer, 431, "request_header_fields_too_large")
         assert answer.headers["Connection"] == "close"
 
 
@@ -357,7 +367,8 @@ async def test_a_client_that_shuts_its_side_still_gets_its_answers(address, make
         assert await asyncio.wait_for(reader.read(), 5) == b""
     finally:
         writer.close()
-    assert [a.status for a in answers] == [200, 200, 200, 400]
+    assert [a.status for a in answers] == [200, 200, 200, 403]
+    assert_nginx_shape(answers[3], 400, "malformed_request")
 
 
 async def test_a_head_request_gets_no_body(address):

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import Key
-from interleave import Before
+from interleave import Before, BeforeRead
 
 from gateway.app import build_gateway
 from gateway.escalation import Delegation
@@ -144,6 +144,38 @@ async def test_a_suspended_key_cannot_lift_its_own_suspension(management, proxy,
     assert (await proxy.delete("/orders/1", headers=suspended.headers)).status == 200
 
 
+async def test_a_suspended_key_cannot_escape_through_a_key_that_hands_out_roles(
+    management, proxy, make_key, gateway
+):
+    """An owner key suspended from orders may not make an unsuspended owner or
+    orders-writer key (above). user-admin-restricted grants no orders permission, but it
+    may hand out orders-writer (an assign line): a suspended owner that could make a
+    user admin key, or add user-admin-restricted to itself, would make an orders-writer
+    key through it in the next request. Assigning a role that hands out roles needs
+    the power to assign those roles."""
+    await make_key("acme", ["owner"], label="the real owner")
+    suspended = await make_key("acme", ["owner", "suspended-partner"], label="suspended")
+    made = await management.post(KEYS, json={"label": "helper",
+                                             "roles": ["user-admin-restricted"]},
+                                 headers=suspended.headers)
+    if made.status == 201:
+        helper = Key((await made.json())["appKey"], (await made.json())["appToken"])
+        minted = await management.post(KEYS, json={"label": "x", "roles": ["orders-writer"]},
+                                       headers=helper.headers)
+        assert minted.status == 201
+        fresh = await minted.json()
+        assert not await works(proxy, Key(fresh["appKey"], fresh["appToken"])), (
+            "a key suspended from orders made a key that reads orders")
+    await refused(made, "user-admin-restricted")
+    path = f"{KEYS}/{suspended.app_key}"
+    raised = await management.patch(
+        path, json={"roles": ["owner", "suspended-partner", "user-admin-restricted"]},
+        headers=suspended.headers)
+    await refused(raised, "user-admin-restricted")
+    record = await gateway.store.get_key("acme", suspended.app_key)
+    assert record is not None and record.roles == ("owner", "suspended-partner")
+
+
 async def test_an_external_key_cannot_lift_its_own_suspension_in_the_granting_account(
     management, proxy, owner, make_key
 ):
@@ -179,12 +211,11 @@ async def test_a_key_may_drop_its_own_role_whose_denies_reach_nothing_it_keeps(
                                          headers=restricted.headers))
 
 
-async def test_a_user_admin_cannot_act_on_a_key_that_another_account_made_owner(
+async def test_a_user_admin_cannot_renew_a_key_that_another_account_made_owner(
     management, proxy, admin, owner, make_key
 ):
     """Key T holds only orders-reader in acme, but account beta granted it owner. Whoever
-    holds T's token is beta's owner: acme's user admin may not renew it (and receive
-    the token), finish or undo its renewal, change, deactivate or delete it; nor read it
+    receives T's token is beta's owner: acme's user admin may not renew it, nor read it
     as one that renews. acme's owner, whose roles could assign owner in beta, may."""
     integration = await make_key("acme", ["orders-reader"], label="beta integration")
     beta_owner = await make_key("beta", ["owner"], label="beta owner")
@@ -195,22 +226,44 @@ async def test_a_user_admin_cannot_act_on_a_key_that_another_account_made_owner(
     assert (await management.get("/api/v1/accounts/beta/keys",
                                  headers=admin.headers)).status == 403
     path = f"{KEYS}/{integration.app_key}"
-    for method, url, body in [
-        ("POST", path + "/token/renew", {"deleteOld": "now"}),
-        ("POST", path + "/token/finish-renewal", None),
-        ("POST", path + "/token/undo-renewal", None),
-        ("PATCH", path, {"status": "inactive"}),
-        ("PATCH", path, {"label": "mine now"}),
-        ("DELETE", path, None),
-    ]:
-        error = await refused(await management.request(method, url, json=body,
-                                                       headers=admin.headers))
+    for body in ({"deleteOld": "now"}, {"deleteOld": "later"}, {"delivery": "link"}):
+        error = await refused(await management.post(path + "/token/renew", json=body,
+                                                    headers=admin.headers))
         assert "'beta'" in error["message"]
         assert "owner" not in error["message"]  # beta's grant is beta's business
     assert await works(proxy, integration)
     renewed = await management.post(path + "/token/renew", json={"deleteOld": "now"},
                                     headers=owner.headers)
     assert renewed.status == 200, await renewed.text()
+
+
+async def test_another_accounts_grant_does_not_put_a_key_out_of_its_own_accounts_reach(
+    management, proxy, admin, owner, make_key
+):
+    """Key names are public, so any account may grant any key a role there. A stolen acme
+    key that the thief makes owner of the thief's account beta must stay revocable by
+    acme's user admin, whose roles could not assign owner in beta: changing, switching
+    off or deleting a key, or ending a renewal an owner began, hands no token over."""
+    stolen = await make_key("acme", ["orders-reader"], label="stolen")
+    thief = await make_key("beta", ["owner"], label="thief's own")
+    granted = await management.post(
+        "/api/v1/accounts/beta/external-keys",
+        json={"appKey": stolen.app_key, "roles": ["owner"]}, headers=thief.headers)
+    assert granted.status == 201, await granted.text()
+    path = f"{KEYS}/{stolen.app_key}"
+    relabelled = await management.patch(path, json={"label": "revoked: leaked"},
+                                        headers=admin.headers)
+    assert relabelled.status == 200, await relabelled.text()
+    started = await management.post(path + "/token/renew", json={"deleteOld": "later"},
+                                    headers=owner.headers)
+    assert started.status == 200, await started.text()
+    undone = await management.post(path + "/token/undo-renewal", headers=admin.headers)
+    assert undone.status == 200, await undone.text()
+    off = await management.patch(path, json={"status": "inactive"}, headers=admin.headers)
+    assert off.status == 200, await off.text()
+    assert not await works(proxy, stolen)
+    deleted = await management.delete(path, headers=admin.headers)
+    assert deleted.status == 204, await deleted.text()
 
 
 async def test_a_user_admin_may_act_on_a_key_granted_roles_it_could_assign(
@@ -422,6 +475,49 @@ async def test_user_admin_racing_a_promotion_cannot_deactivate_the_new_owner(
         assert attack.status in (200, 403, 409)
 
 
+@pytest.mark.parametrize("kind", ["generated", "external"])
+async def test_a_key_cannot_take_back_a_role_an_owner_took_from_it_meanwhile(
+    management, proxy, owner, make_key, gateway, kind
+):
+    """The key holds user-admin-restricted and orders-writer, and keeps sending "my
+    roles are these" about itself. The owner takes orders-writer away after one such
+    request was authenticated (with both roles) but before its handler read the key:
+    judged with the roles it was authenticated with, the key "holds" orders-writer
+    still and puts it back, a state neither order of the two requests leads to (had
+    the key's request come first, it changed nothing; after, it raises its roles).
+    Judged with the roles the change finds (and the store re-checks), it is refused."""
+    roles = ["user-admin-restricted", "orders-writer"]
+    if kind == "generated":
+        key = await make_key("acme", roles, label="sub-admin")
+        path, read = f"{KEYS}/{key.app_key}", "get_key"
+    else:
+        key = await make_key("beta", ["orders-reader"], label="partner")
+        added = await management.post(EXTERNAL, json={"appKey": key.app_key, "roles": roles},
+                                      headers=owner.headers)
+        assert added.status == 201, await added.text()
+        path, read = f"{EXTERNAL}/{key.app_key}", "get_grant"
+    assert (await proxy.post("/orders", json={}, headers=key.headers)).status == 200
+
+    async def owner_takes_orders_writer() -> None:
+        taken = await management.patch(path, json={"roles": ["user-admin-restricted"]},
+                                       headers=owner.headers)
+        assert taken.status == 200, await taken.text()
+
+    hook = BeforeRead(gateway.store, read, owner_takes_orders_writer)
+    try:
+        again = await management.patch(path, json={"roles": roles}, headers=key.headers)
+    finally:
+        hook.restore()
+    assert hook.fired
+    await refused(again, "orders-writer")
+    if kind == "generated":
+        record = await gateway.store.get_key("acme", key.app_key)
+    else:
+        record = await gateway.store.get_grant("acme", key.app_key)
+    assert record is not None and record.roles == ("user-admin-restricted",)
+    assert (await proxy.post("/orders", json={}, headers=key.headers)).status == 403
+
+
 # -- policies: wildcards, denies, reloads ---------------------------------------------------
 @pytest.fixture
 def policies_copy(tmp_path: Path) -> Path:
@@ -451,6 +547,42 @@ async def test_wildcard_allow_with_a_deny_does_not_cover_owner(make_settings, cl
         assert delegation.why_not(caller, "acme", "orders-admin") is not None
         assert delegation.why_not(caller, "acme", "orders-reader") is not None
         assert delegation.why_not(["owner"], "acme", "orders-admin") is None
+    finally:
+        await gw.close()
+
+
+async def test_roles_that_hand_out_each_other_are_judged_together(make_settings, clock,
+                                                                  policies_copy):
+    """The caller holds `api-keys` view and may `assign` by a catch-all (not a line
+    made for handing out roles), but reads no orders. relay and hub hand out each
+    other, and hub hands out team-orders too: assigning relay would let its key make a
+    hub key, which makes a team-orders key. Both are refused, whichever is asked
+    first (no role is judged on the assumption that another, still being judged, is
+    fine), and the verdicts kept for the next question stay right."""
+    (policies_copy / "relay.csv").write_text(
+        "p, delegator, *, api-keys, view, allow\n"
+        "p, delegator, *, *, assign, allow\n"
+        "p, relay, *, api-keys, view, allow\n"
+        "p, relay, *, role:hub, assign, allow\n"
+        "p, hub, *, api-keys, view, allow\n"
+        "p, hub, *, role:relay, assign, allow\n"
+        "p, hub, *, role:team-orders, assign, allow\n"
+        "p, team-orders, *, orders, read, allow\n"
+        "p, viewer-relay, *, api-keys, view, allow\n"
+        "p, viewer-relay, *, role:api-keys-viewer, assign, allow\n"
+    )
+    gw = build_gateway(make_settings(policies_dir=str(policies_copy)), clock=clock)
+    try:
+        for first, then in (("hub", "relay"), ("relay", "hub")):
+            delegation = Delegation(gw.pipeline.authorizer)
+            caller = ["delegator"]
+            for role in (first, then, first):
+                reason = delegation.why_not(caller, "acme", role)
+                assert reason is not None and "'team-orders'" in reason, (role, reason)
+            assert delegation.why_not(caller, "acme", "team-orders") is not None
+            # a role handing out only what the caller may assign is no escalation
+            assert delegation.why_not(caller, "acme", "viewer-relay") is None
+        assert Delegation(gw.pipeline.authorizer).why_not(["owner"], "acme", "relay") is None
     finally:
         await gw.close()
 

@@ -442,6 +442,9 @@ async def test_a_session_authenticates_and_never_reaches_the_upstream(
     cases = [
         ([("Authorization", f"Bearer {session}")], None, None),
         ([("Cookie", f"theme=dark; keygate_session={session}")], None, "theme=dark"),
+        # the name login gives it over TLS, beside a cookie another host planted
+        ([("Cookie", f"keygate_session=planted; __Host-keygate_session={session}; a=b")],
+         None, "a=b"),
         ([*key.headers.items(), ("Authorization", "Bearer upstream-own")],
          "Bearer upstream-own", None),
         # the pair authenticates; the cookie a signed-in browser adds still stays out

@@ -126,6 +126,60 @@ def test_unknown_kid_is_invalid_when_it_claims_to_be_a_session_and_not_mine_othe
         assert verify(ring, garbage) is None
 
 
+@pytest.mark.parametrize("carried", ["jwk", "jku", "x5u", "x5c"])
+def test_a_key_the_token_carries_or_points_to_is_never_used(ring, carried):
+    """A token may name its own verification key (``jwk``), or where to fetch one
+    (``jku``, ``x5u``, ``x5c``): keygate uses only the keys of its ring, found by kid,
+    under our kid or the forger's own."""
+    stranger = keys.generate(ring.current.algorithm, NOW)
+    _, body, _ = parts(session(ring))
+    pointers = {"jwk": stranger.jwk(), "jku": "https://evil.example/jwks.json",
+                "x5u": "https://evil.example/cert.pem", "x5c": ["MIIB"]}
+    for kid in (ring.current.kid, stranger.kid):
+        forged = jwt.encode(body, stranger.private_key, algorithm=stranger.algorithm,
+                            headers={"kid": kid, "typ": tokens.SESSION_TYP,
+                                     carried: pointers[carried]})
+        with pytest.raises(tokens.InvalidSession):
+            verify(ring, forged)
+
+
+@pytest.mark.parametrize("kid", ["../../../etc/passwd", "k" * 3000, "", None, 7, ["a"],
+                                 {"kid": "x"}, "' OR 1=1 --", "\u0000"])
+def test_any_kid_is_only_looked_up(ring, kid):
+    """The kid is a name in the ring and nothing else: a path, a very long one, or one
+    of another type is refused as a session or is not keygate's token at all, never
+    an error of another kind."""
+    _, body, _ = parts(session(ring))
+    for typ in ({"typ": tokens.SESSION_TYP}, {}):
+        header = {"alg": ring.current.algorithm, "kid": kid, **typ}
+        forged = f"{b64(header)}.{b64(body)}.{b64(b'x' * 64)}"
+        try:
+            assert verify(ring, forged) is None
+        except tokens.InvalidSession:
+            assert typ, "only a token claiming to be a session is refused as one"
+
+
+def test_a_new_key_is_published_before_it_signs_and_the_previous_signs_until_then():
+    """A rotation's key is in the JWKS from the start but signs only from its
+    ``signs_from``: a verifier whose cached JWKS predates the rotation never meets a
+    token signed with a key it has not seen. The previous key signs until that moment,
+    is retired then, and verifies for the lifetime of its last tokens."""
+    old = keys.generate(keys.ES256, NOW - 20)
+    new = keys.generate(keys.ES256, NOW, signs_from=NOW + 300)
+    ring = ring_of(old.retire(NOW + 300), new, lifetime=3600, now=NOW)
+    assert ring.current.kid == old.kid and ring.changes_at == NOW + 300
+    assert [k["kid"] for k in ring.jwks()["keys"]] == [old.kid, new.kid]
+    last_old = session(ring, ttl=3600)
+    assert ring.at(NOW + 299) is ring
+    switched = ring.at(NOW + 300)
+    assert switched.current.kid == new.kid and switched.changes_at is None
+    assert [k["kid"] for k in switched.jwks()["keys"]] == [new.kid, old.kid]
+    assert verify(switched, last_old) is not None
+    # sealed and opened again, a key keeps when it signs
+    secret = b"s" * 40
+    assert keys.unseal(keys.seal(new, secret), [secret]).signs_from == NOW + 300
+
+
 def test_an_identity_token_is_never_a_session(ring):
     """An upstream that received (or leaked) an identity token cannot sign in with it."""
     identity = tokens.issue_identity(

@@ -424,6 +424,16 @@ UP = "http://127.0.0.1:9000"
          "path_prefix"),
         ({"upstream": UP, "account": "acme", "resource": "o", "strip_prefix": "yes"},
          "strip_prefix"),
+        ({"upstream": UP, "account": "acme", "resource": "o",
+          "identity_token_audience": "billing"}, "identity_token_audience"),
+        ({"upstream": UP, "account": "acme", "resource": "o", "identity_token": True,
+          "identity_token_audience": ""}, "identity_token_audience"),
+        ({"upstream": UP, "account": "acme", "resource": "o", "identity_token": True,
+          "identity_token_audience": "a\nb"}, "identity_token_audience"),
+        ({"upstream": UP, "account": "acme", "resource": "o", "identity_token": True,
+          "identity_token_audience": "x" * 257}, "identity_token_audience"),
+        ({"upstream": UP, "account": "acme", "resource": "o", "identity_token": True,
+          "identity_token_audience": ["billing"]}, "identity_token_audience"),
     ],
 )
 def test_route_errors_name_the_field(route, field):

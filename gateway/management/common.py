@@ -39,8 +39,10 @@ EDIT = Permission(RESOURCE, ("edit",))
 RENEW_TOKEN = Permission(RESOURCE, ("renew-token",))
 EDIT_SETTINGS = Permission(RESOURCE, ("edit-settings",))
 # "Renew API token" lets its holder view and renew generated keys' tokens (as in the
-# system keygate reproduces): a key with renew-token but not view sees the keys it may
-# renew, i.e. act on (gateway.escalation), and no others.
+# system keygate reproduces): a key with renew-token but not view sees the keys whose
+# roles here it may assign (gateway.escalation), and its own. The list does not judge
+# the roles other accounts granted a key: such a key may be listed, yet reading or
+# renewing it is refused (escalation_refused).
 VIEW_OR_RENEW = Permission(RESOURCE, ("view", "renew-token"))
 # The policy is the deployment's, not an account's: asked in the caller's own account.
 RELOAD_POLICY = Permission(POLICY_RESOURCE, ("reload",), own_account=True)

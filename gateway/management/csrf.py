@@ -19,7 +19,8 @@ from aiohttp import web
 from multidict import CIMultiDictProxy, istr
 
 from ..context import GATEWAY
-from ..pipeline.csrf import UNSAFE_METHODS, CsrfRefused, forged, origin_of
+from ..pipeline.authenticators import carries_session_cookie
+from ..pipeline.csrf import SAFE_METHODS, CsrfRefused, forged, origin_of
 
 # canonical route paths whose handlers never take the session cookie as credentials
 COOKIE_FREE_ROUTES = frozenset({
@@ -28,7 +29,6 @@ COOKIE_FREE_ROUTES = frozenset({
     "/api/v1/token-links/{secret}",
 })
 _AUTHORIZATION = istr("Authorization")
-_COOKIE = istr("Cookie")
 
 
 def _bearer(headers: CIMultiDictProxy[str]) -> bool:
@@ -39,16 +39,6 @@ def _bearer(headers: CIMultiDictProxy[str]) -> bool:
     return scheme.lower() == "bearer" and bool(token.strip())
 
 
-def carries_cookie(headers: CIMultiDictProxy[str], cookie: str) -> bool:
-    """The session cookie is present, read as the session authenticator reads it."""
-    for header in headers.getall(_COOKIE, ()):
-        for pair in header.split(";"):
-            name, _, value = pair.strip().partition("=")
-            if name == cookie and value:
-                return True
-    return False
-
-
 def cookie_is_the_credential(request: web.Request) -> bool:
     settings = request.app[GATEWAY].settings
     cookie = settings.session_cookie
@@ -57,7 +47,7 @@ def cookie_is_the_credential(request: web.Request) -> bool:
     headers = request.headers
     if settings.key_header in headers or settings.token_header in headers or _bearer(headers):
         return False
-    return carries_cookie(headers, cookie)
+    return carries_session_cookie(headers, cookie)
 
 
 def own_origins(request: web.Request) -> set[str]:
@@ -88,7 +78,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def csrf_protection(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Placed after the error middleware, so that a refusal is the one error shape."""
-    if request.method in UNSAFE_METHODS and cookie_is_the_credential(request):
+    if request.method not in SAFE_METHODS and cookie_is_the_credential(request):
         route = request.match_info.route.resource
         if route is None or route.canonical not in COOKIE_FREE_ROUTES:
             refused = refusal(request)

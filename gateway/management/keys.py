@@ -93,15 +93,18 @@ def _missing(app_key: str, account: str) -> NotFound:
     return NotFound(f"no API key {app_key!r} in account {account!r}", code="key_not_found")
 
 
-async def _target(request: web.Request, identity: Identity, app_key: str) -> KeyRecord:
-    """The key a change is about, once the caller has been found allowed to act on it
-    (it may assign every role the key holds, here and where other accounts granted it
-    roles: see gateway.escalation)."""
+async def _target(request: web.Request, identity: Identity, app_key: str, *,
+                  reveals_token: bool = False) -> KeyRecord:
+    """The key a change is about, once the caller has been found allowed to act on it:
+    it may assign every role the key holds here and, when the change hands the caller
+    a token (``reveals_token``), every role other accounts granted the key there too
+    (see gateway.escalation)."""
     gateway = request.app[GATEWAY]
     record = await gateway.store.get_key(identity.account, app_key)
     if record is None:
         raise _missing(app_key, identity.account)
-    gateway.delegation.check_act_on(identity, app_key, record.roles, record.roles_elsewhere)
+    gateway.delegation.check_act_on(identity, app_key, record.roles,
+                                    record.roles_elsewhere if reveals_token else ())
     return record
 
 
@@ -140,8 +143,10 @@ async def create_key(request: web.Request, identity: Identity, path: AccountPath
                 params=AccountPath, query=KeyListQuery, responses={200: KeyPage})
 async def list_keys(request: web.Request, identity: Identity, path: AccountPath,
                     query: KeyListQuery) -> web.Response:
-    """Filtered, sorted and paged. A caller with `renew-token` but not `view` sees the
-    keys it may renew, and only those."""
+    """Filtered, sorted and paged. A caller with `renew-token` but not `view` sees its
+    own key and the keys whose roles here it may assign, and no others (a key to which
+    another account granted roles it could not assign there is listed, but reading or
+    renewing it is refused)."""
     gateway = request.app[GATEWAY]
     period, now = await renewal_period(request, identity.account), gateway.now_ms()
     wanted = key_query(query, period, now)
@@ -190,13 +195,13 @@ async def update_key(request: web.Request, identity: Identity, path: KeyPath,
     current = await gateway.store.get_key(identity.account, app_key)
     if current is None:
         raise _missing(app_key, identity.account)
-    gateway.delegation.check_change(identity, app_key, current.roles, changes.get("roles"),
-                                    current.roles_elsewhere)
+    # no token changes hands: the roles other accounts granted the key are theirs to
+    # take back, and do not stop its own account from changing or switching it off
+    gateway.delegation.check_change(identity, app_key, current.roles, changes.get("roles"))
     with bad_input(), store_refusals(app_key, identity.account):
         record = await gateway.lifecycle.update(
             identity.account, app_key, actor=actor(request, identity), policy=gateway.policy,
-            expect_roles=current.roles, expect_elsewhere=current.roles_elsewhere,
-            keep_an_owner=True, **changes,
+            expect_roles=current.roles, keep_an_owner=True, **changes,
         )
     if record is None:
         raise _missing(app_key, identity.account)
@@ -213,7 +218,7 @@ async def delete_key(request: web.Request, identity: Identity, path: KeyPath) ->
     with store_refusals(app_key, identity.account):
         deleted = await request.app[GATEWAY].lifecycle.delete(
             identity.account, app_key, actor=actor(request, identity),
-            expect_roles=record.roles, expect_elsewhere=record.roles_elsewhere, keep_an_owner=True,
+            expect_roles=record.roles, keep_an_owner=True,
         )
     if not deleted:
         raise _missing(app_key, identity.account)
@@ -233,7 +238,7 @@ async def renew_token(request: web.Request, identity: Identity, path: KeyPath,
     """With `deleteOld: later` (the default) both tokens work until finish-renewal or
     undo-renewal; with `now` the old one stops at once. 409 while a renewal, or an
     unopened one-time link, is pending."""
-    record = await _target(request, identity, path.app_key)
+    record = await _target(request, identity, path.app_key, reveals_token=True)
     app_key = record.app_key
     gateway = request.app[GATEWAY]
     try:
@@ -271,7 +276,7 @@ async def _end_renewal(request: web.Request, identity: Identity, app_key: str,
         with store_refusals(app_key, identity.account):
             result = await gateway.lifecycle.end_renewal(
                 identity.account, app_key, finish=finish, actor=actor(request, identity),
-                expect_roles=record.roles, expect_elsewhere=record.roles_elsewhere,
+                expect_roles=record.roles,
             )
     except NoRenewalPending:
         raise NotFound(

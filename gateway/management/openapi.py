@@ -220,7 +220,7 @@ def security_schemes(settings: Settings) -> dict[str, Any]:
         schemes["sessionCookie"] = {
             "type": "apiKey", "in": "cookie", "name": cookie,
             "description": "The session token, in a cookie instead of the Authorization "
-                           "header."}
+                           f"header (named `__Host-{cookie}` when login came over TLS)."}
     return schemes
 
 

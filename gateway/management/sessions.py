@@ -17,17 +17,21 @@ from aiohttp import web
 
 from ..accesslog import APP_KEY
 from ..context import GATEWAY
-from ..errors import BadRequest
-from ..pipeline.authenticators import invalid_credentials, session_token
-from ..sessions.tokens import InvalidSession
+from ..errors import BadRequest, TooManyRequests
+from ..pipeline.authenticators import (
+    HOST_PREFIX,
+    invalid_credentials,
+    session_cookie_names,
+    session_tokens,
+)
+from ..sessions.keys import JWKS_MAX_AGE
+from ..sessions.tokens import ExpiredSession, InvalidSession
 from ..views import iso
 from .common import client_address, json_response
 from .operations import Operations
 from .schema import Jwks, Login, Session
 
 operations = Operations("sessions")
-
-JWKS_MAX_AGE = 300  # seconds a verifier may cache the key set; rotations keep old keys longer
 
 
 def _credential(value: str, name: str, limit: int) -> str:
@@ -72,48 +76,71 @@ async def login(request: web.Request, body: Login) -> web.Response:
     if digest is None:  # the token was replaced between the two reads: as if wrong
         raise invalid_credentials()
     session, expires = await gateway.sessions.issue(principal.app_key, principal.owner,
-                                                    digest)
+                                                    digest, found.ended_sessions.until)
     response = json_response({"token": session, "expires": iso(expires * 1000),
                               "appKey": principal.app_key, "account": principal.owner})
     if cookie:
         if not settings.session_cookie:
             raise BadRequest("session cookies are off (setting session_cookie is empty)",
                              code="cookies_off")
+        # over TLS the cookie is __Host-: no other host of the site can replace or
+        # shadow it (see session_cookie_names)
+        secure = _secure(request)
         response.set_cookie(
-            settings.session_cookie, session, max_age=settings.session_ttl, path="/",
-            httponly=True, samesite="Strict", secure=_secure(request),
+            (HOST_PREFIX if secure else "") + settings.session_cookie, session,
+            max_age=settings.session_ttl, path="/", httponly=True, samesite="Strict",
+            secure=secure,
         )
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
 @operations.post("/api/v1/auth/logout", summary="End the session and clear its cookie",
-                 responses={204: None}, errors={503: ("store_unavailable",)})
+                 responses={204: None},
+                 errors={429: ("too_many_failures",), 503: ("store_unavailable",)})
 async def logout(request: web.Request) -> web.Response:
-    """Ends the session the request carries (the Bearer token, else the session cookie):
-    every instance refuses it from its next request, on every port, while the key's
-    other sessions go on. A key keeps the last 64 sessions it ended by name; one more
-    ends every session issued until then. Then clears the session cookie: 204 whether or
-    not a valid session came with the request, or 503 with the cookie kept when the store
-    could not record the end (the session lives on: sign out again). Deactivate the key,
-    or renew its token, to end every session made from it at once."""
+    """Ends the session the request carries (the Bearer token, else the session cookie,
+    each one the browser sent): every instance refuses it from its next request, on
+    every port, while the key's other sessions go on. A key keeps the last 64 sessions
+    it ended by name; one more ends every session issued until then. Then clears the
+    session cookie (both its names): 204 whether or not a valid session came with the
+    request, or 503 with the cookie kept when the store could not record the end (the
+    session lives on: sign out again). Renew the key's token (`deleteOld: now`) to end
+    every session made from it for good; deactivating the key stops them only while it
+    stays inactive (activated again, they work).
+
+    A session that does not verify costs a signature check, as on every port, so it
+    counts against the client's failure budget as there: a client that spent it gets
+    429 (the cookie kept) before any check, and cannot make keygate check signatures
+    without end here either."""
     gateway = request.app[GATEWAY]
     name = gateway.settings.session_cookie
-    found = session_token(request.headers, name)
-    if found is not None:
+    presented = session_tokens(request.headers, name)
+    limiter, client = gateway.pipeline.limiter, client_address(request)
+    if presented and limiter is not None:
+        wait = limiter.address_blocked(client)
+        if wait is not None:
+            raise TooManyRequests(wait)
+    forged = False
+    for token, _ in presented:
         try:
-            claims = await gateway.sessions.verify(found[0])
+            claims = await gateway.sessions.verify(token)
+        except ExpiredSession:
+            claims = None  # nothing to end
         except InvalidSession:
-            claims = None  # expired, forged or not keygate's: nothing to end
+            claims, forged = None, True  # forged, or signed by a key long retired
         if claims is not None:
             request[APP_KEY] = claims.app_key
             # named until no instance accepts it: its expiry and the leeway after it
             accepted = claims.expires + math.ceil(gateway.sessions.leeway)
             await gateway.store.end_session(claims.app_key, claims.jti, claims.issued,
                                             accepted, int(gateway.sessions.clock()))
+    if forged and limiter is not None:  # counted; what was ended stays ended, cookie cleared
+        await limiter.failed(client, None)
     response = web.Response(status=204)
-    if name:
-        response.del_cookie(name, path="/", secure=_secure(request), httponly=True,
+    for cookie in session_cookie_names(name):
+        secure = cookie.startswith(HOST_PREFIX) or _secure(request)
+        response.del_cookie(cookie, path="/", secure=secure, httponly=True,
                             samesite="Strict")
     return response
 

@@ -182,10 +182,6 @@ class BearerAuthenticator:
         self.sessions = sessions
         self.cookie = cookie
 
-    def token_of(self, headers: Mapping[str, str]) -> tuple[str, str] | None:
-        """The session token and where it came from (``bearer`` or ``cookie``)."""
-        return session_token(headers, self.cookie)
-
     def keygate_bearer(self, headers: Mapping[str, str]) -> bool:
         """Whether an Authorization header holds a keygate session (or a token claiming
         to be keygate's). Beside the key/token pair, which then authenticates, it is
@@ -198,11 +194,29 @@ class BearerAuthenticator:
         return False
 
     async def authenticate(self, headers: Mapping[str, str], account: str) -> Authenticated | None:
-        found_token = self.token_of(headers)
-        if found_token is None:
-            return None
+        """The first session presented that authenticates. A browser sends every cookie
+        of the name that applies to the request, and another host of the site can plant
+        one (``Domain=`` the parent, a longer ``Path`` to come first): taking the first
+        alone let that cookie lock the administrator out. Each is tried (at most
+        MAX_SESSION_COOKIES, so a request costs a few signature checks at most); when
+        none authenticates, the first refusal is the answer."""
+        refused: Unauthorized | None = None
+        for token, carrier in session_tokens(headers, self.cookie):
+            try:
+                found = await self._authenticate(token, carrier, account)
+            except Unauthorized as exc:
+                refused = refused or exc
+                continue
+            if found is not None:
+                return found
+        if refused is not None:
+            raise refused
+        return None
+
+    async def _authenticate(self, token: str, carrier: str,
+                            account: str) -> Authenticated | None:
         try:
-            claims = await self.sessions.verify(found_token[0])
+            claims = await self.sessions.verify(token)
         except ExpiredSession:
             raise ExpiredSessionToken() from None
         except InvalidSession:
@@ -224,24 +238,55 @@ class BearerAuthenticator:
                 code="key_inactive",
             )
         return Authenticated(Principal(claims.app_key, found.owner), account, found.grant,
-                             found_token[1])
+                             carrier)
 
 
-def session_token(headers: Mapping[str, str], cookie: str) -> tuple[str, str] | None:
-    """The session token a request carries and where (``bearer``: the Authorization
-    header, first; ``cookie``: the cookie named ``cookie``, '' for none), or None."""
+HOST_PREFIX = "__Host-"
+MAX_SESSION_COOKIES = 4  # session cookies tried per request (each may cost a signature check)
+
+
+def session_cookie_names(name: str) -> tuple[str, ...]:
+    """The names the session cookie ``name`` goes by ('' for none): login sets
+    ``__Host-{name}`` when the client reached keygate over TLS, ``name`` otherwise.
+    Browsers accept a ``__Host-`` cookie only from a secure origin, with ``Secure``,
+    ``Path=/`` and no ``Domain``: no other host of the site, nor plain HTTP, can set,
+    replace or shadow it."""
+    return (HOST_PREFIX + name, name) if name else ()
+
+
+def session_tokens(headers: Mapping[str, str], cookie: str) -> list[tuple[str, str]]:
+    """The session tokens a request carries and where (``bearer``: the Authorization
+    header, alone when it holds one; ``cookie``: every value of the session cookie, the
+    ``__Host-`` name first, at most MAX_SESSION_COOKIES), in the order to try them."""
     value = headers.get(AUTHORIZATION)
     if value is not None:
         scheme, _, token = value.strip().partition(" ")
         if scheme.lower() == "bearer" and token.strip():
-            return token.strip(), "bearer"
-    if cookie:
-        for header in _all(headers, COOKIE):
-            for pair in header.split(";"):
-                name, _, token = pair.strip().partition("=")
-                if name == cookie and token:
-                    return token, "cookie"
-    return None
+            return [(token.strip(), "bearer")]
+    found: list[tuple[str, str]] = []
+    for name in session_cookie_names(cookie):
+        for token in _cookie_values(headers, name):
+            if (token, "cookie") not in found:
+                found.append((token, "cookie"))
+                if len(found) == MAX_SESSION_COOKIES:
+                    return found
+    return found
+
+
+def _cookie_values(headers: Mapping[str, str], name: str) -> list[str]:
+    values = []
+    for header in _all(headers, COOKIE):
+        for pair in header.split(";"):
+            found, _, token = pair.strip().partition("=")
+            if found == name and token:
+                values.append(token)
+    return values
+
+
+def carries_session_cookie(headers: Mapping[str, str], cookie: str) -> bool:
+    """Whether a session cookie is present, under either of its names, read as the
+    session authenticator reads it."""
+    return any(_cookie_values(headers, name) for name in session_cookie_names(cookie))
 
 
 def _all(headers: Mapping[str, str], name: str) -> list[str]:
@@ -253,8 +298,16 @@ def _all(headers: Mapping[str, str], name: str) -> list[str]:
 
 
 def without_session_cookie(cookie_header: str, name: str) -> str:
-    """A ``Cookie`` header without the session cookie ``name`` (the others pass to the
-    upstream as they were); empty when nothing is left."""
+    """A ``Cookie`` header without the session cookie ``name``, under either of its
+    names (the others pass to the upstream as they were); empty when nothing is left."""
+    names = session_cookie_names(name)
     others = [pair for pair in cookie_header.split(";")
-              if pair.strip().partition("=")[0] != name]
+              if pair.strip().partition("=")[0] not in names]
     return ";".join(others).strip()
+
+
+def sets_session_cookie(set_cookie: str, name: str) -> bool:
+    """Whether a ``Set-Cookie`` value sets the session cookie ``name`` (either of its
+    names), read as browsers read it: the name is what comes before the first ``=``,
+    with the whitespace around it dropped."""
+    return set_cookie.partition("=")[0].strip() in session_cookie_names(name)

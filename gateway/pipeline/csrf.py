@@ -6,9 +6,12 @@ page, or a ``fetch`` from another origin. ``SameSite=Strict`` stops that only ac
 *sites*; another port or another subdomain of the same site (``127.0.0.1:9000``,
 ``other.example.com``) is the same site, its forms still carry the cookie, and the
 cookie (host-only, ``Path=/``) reaches every port of the host: the management port, the
-proxy port and, through the front proxy, the decision API. So an unsafe request (POST,
-PUT, PATCH, DELETE) that the session cookie authenticated is refused with
-``403 csrf_refused`` unless
+proxy port and, through the front proxy, the decision API. So an unsafe request (any
+method but GET, HEAD and OPTIONS, which routes read as ``read``: POST, PUT, PATCH,
+DELETE, and every other method a route may pass on, such as ``PURGE`` or WebDAV's,
+which a page of another origin may send once a preflight is granted, and front proxies
+often answer preflights by themselves) that the session cookie authenticated is refused
+with ``403 csrf_refused`` unless
 
 * it carries ``X-Keygate-CSRF: 1``: a form cannot send a header, and a script of
   another origin cannot either without a CORS preflight;
@@ -26,10 +29,12 @@ from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 from ..errors import Forbidden
+from ..routes import READ_METHODS
 
 CSRF_HEADER = "X-Keygate-CSRF"
 CSRF_VALUE = "1"
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# the methods that need no proof: those routes read as "read"
+SAFE_METHODS = READ_METHODS
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 
 
@@ -74,7 +79,7 @@ def forged_request(method: str, headers: Mapping[str, str], host: str) -> CsrfRe
     """:func:`forged` for a request to a proxied route (the proxy port, or the decision
     API for a front proxy), whose own origin is the host it was sent to: the scheme is
     the front's business, so the origin's host and port are what is compared."""
-    if method not in UNSAFE_METHODS:
+    if method in SAFE_METHODS:
         return None
     host = host.lower()
 

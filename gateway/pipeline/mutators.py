@@ -26,7 +26,7 @@ class Mutator(Protocol):
 
 class IdentitySigner(Protocol):
     def identity_token(self, app_key: str, owner: str, account: str, roles: Sequence[str],
-                       resource: str, action: str) -> str: ...
+                       resource: str, action: str, audience: str | None = None) -> str: ...
 
 
 class IdentityHeaders:
@@ -61,8 +61,10 @@ class IdentityToken:
     owner account, the target account, the roles, the resource and the action. An
     upstream verifies it against ``/.well-known/jwks.json`` and so need not trust the
     network between keygate and itself, as it must for the plain identity headers.
-    Its audience is ``identity_token_audience``, never the sessions' one, so an upstream
-    cannot replay it to keygate as a session."""
+    Its audience is the route's ``identity_token_audience``, else the setting of that
+    name, never the sessions' one, so an upstream cannot replay it to keygate as a
+    session; a route's own audience also keeps one upstream from replaying it to
+    another."""
 
     def __init__(self, header: str, signer: IdentitySigner):
         self.header = istr(header)
@@ -74,5 +76,5 @@ class IdentityToken:
         principal = identity.principal
         token = self.signer.identity_token(
             principal.app_key, principal.owner, identity.account, identity.roles,
-            identity.resource, identity.action)
+            identity.resource, identity.action, route.identity_token_audience)
         return [(self.header, token)]

@@ -13,7 +13,9 @@ role R in account A when no deny line of C matches ``(role:R, assign)`` in A, an
 * C already holds every permission R grants in A: for each allow line of R (and of the
   roles R inherits) that applies in A, C's roles allow its resource and action, and no
   deny line of C touches them (with wildcards, Casbin may allow ``(*, *)`` to a caller
-  denied ``orders``, yet handing out ``owner`` would give the orders access it lacks).
+  denied ``orders``, yet handing out ``owner`` would give the orders access it lacks),
+  and C may assign every role that R hands out in turn (a key holding R would hand
+  them out next; roles handing out each other are judged together).
 
 A role's deny lines are not permissions: a role that only takes access away may be
 assigned by anyone who may assign at all.
@@ -37,7 +39,7 @@ from .explain import (
     matching_lines,
     parents_of,
 )
-from .files import Policy, pattern_matches, patterns_overlap
+from .files import Policy, PolicyLine, pattern_matches, patterns_overlap
 
 ASSIGN = "assign"
 ROLE_RESOURCE_PREFIX = "role:"
@@ -98,16 +100,55 @@ def judge_assign(
     *,
     by_assign_line: bool = True,
     decide: Decide | None = None,
+    solved: dict[str, AssignVerdict] | None = None,
 ) -> AssignVerdict:
     """The escalation rule (the module's text). ``by_assign_line=False`` is the stricter
     question of adding a role to one's own key: only held permissions count.
     ``decide`` is the decision to ask (a cached one in the gateway; the policy's own by
-    default): the rule's answer does not depend on which."""
+    default): the rule's answer does not depend on which.
+
+    A role the caller may assign through the permissions it holds may itself hand out
+    roles (``user-admin-restricted`` grants no orders permission, yet hands out
+    ``orders-writer``): a key holding it would hand them out in its next request, so
+    the caller must be able to assign each of them too, and theirs in turn.
+    ``solved``: the verdicts already reached for these caller roles in this account
+    under this policy (assign questions only), kept by a caller that asks many."""
     decide = policy.decide if decide is None else decide
+    solved = {} if solved is None else solved
+    if by_assign_line and role in solved:
+        return solved[role]
     parents = parents_of(policy)
+    caller_denies = policy.lines_of(caller_roles, account, "deny")
+
+    def base(name: str, by_line: bool) -> AssignVerdict:
+        return _base_verdict(policy, caller_roles, account, name, by_line, decide, parents,
+                             caller_denies)
+
+    verdict = base(role, by_assign_line)
+    if verdict.allowed and verdict.how == "holds-permissions":
+        handed = _handed_out(policy, role, account)
+        _solve(handed, solved, lambda name: base(name, True),
+               lambda name: _handed_out(policy, name, account))
+        for other in handed:
+            if not solved[other].allowed:
+                verdict = _hands_out_refused(other, solved[other])
+                break
+    if by_assign_line:
+        solved[role] = verdict
+    return verdict
+
+
+def _base_verdict(
+    policy: Policy, caller_roles: Sequence[str], account: str, role: str,
+    by_assign_line: bool, decide: Decide, parents: dict[str, tuple[str, ...]],
+    caller_denies: Sequence[PolicyLine],
+) -> AssignVerdict:
+    """The rule on ``role`` alone: a deny line, an assign line, or the permissions it
+    grants (not yet the roles it hands out)."""
     resource = role_resource(role)
-    _, denied = policy.decide_ex(caller_roles, account, resource, ASSIGN)
-    if denied:
+    # the model's deny (any deny line of the caller's roles matching), on lines read once
+    if any(pattern_matches(resource, deny.values[2]) and pattern_matches(ASSIGN, deny.values[3])
+           for deny in caller_denies):
         deny_lines = tuple(
             m for m in matching_lines(policy, caller_roles, account, resource, ASSIGN, parents)
             if m.effect == "deny"
@@ -117,7 +158,6 @@ def judge_assign(
         line = _assign_line(policy, caller_roles, account, resource, parents)
         if line is not None:
             return AssignVerdict(True, "assign-line", None, (line,))
-    caller_denies = policy.lines_of(caller_roles, account, "deny")
     role_paths = inheritance_paths(parents, [role])
     granted_lines = []
     for line in policy.lines_of([role], account, "allow"):
@@ -140,6 +180,98 @@ def judge_assign(
     return AssignVerdict(True, "holds-permissions", None, tuple(granted_lines))
 
 
+def _handed_out(policy: Policy, role: str, account: str) -> list[str]:
+    """The roles a key holding ``role`` alone may hand out in ``account`` by its lines
+    (an assign line, or a catch-all that allows ``(role:X, assign)``, and no deny line
+    of its own on it): the model's decision, on the role's lines read once."""
+
+    def assigning(effect: str) -> list[str]:
+        return [line.values[2] for line in policy.lines_of([role], account, effect)
+                if patterns_overlap(line.values[2], ROLE_RESOURCE_PREFIX + "*")
+                and pattern_matches(ASSIGN, line.values[3])]
+
+    allowed = assigning("allow")
+    if not allowed:  # most roles hand out nothing
+        return []
+    denied = assigning("deny")
+    return sorted(
+        other for other in policy.roles
+        if other != role
+        and any(pattern_matches(role_resource(other), p) for p in allowed)
+        and not any(pattern_matches(role_resource(other), p) for p in denied)
+    )
+
+
+def _solve(
+    start: Sequence[str],
+    solved: dict[str, AssignVerdict],
+    base: Callable[[str], AssignVerdict],
+    handed_out: Callable[[str], list[str]],
+) -> None:
+    """Put in ``solved`` the verdict on every role reachable from ``start`` through the
+    roles each hands out: the largest set of roles whose own rule allows them and whose
+    every handed-out role is in the set (roles handing out each other, ``owner`` and
+    ``user-admin-restricted`` say, are judged together, never one on the assumption of
+    the other). Each role's own rule is asked once."""
+    nodes: list[str] = []
+    bases: dict[str, AssignVerdict] = {}
+    edges: dict[str, list[str]] = {}
+    todo = [name for name in dict.fromkeys(start) if name not in solved]
+    seen = set(todo)
+    while todo:
+        name = todo.pop()
+        nodes.append(name)
+        bases[name] = verdict = base(name)
+        edges[name] = (handed_out(name)
+                       if verdict.allowed and verdict.how == "holds-permissions" else [])
+        for other in edges[name]:
+            if other not in solved and other not in seen:
+                seen.add(other)
+                todo.append(other)
+    fine = {name for name in nodes if bases[name].allowed}
+    culprit: dict[str, str] = {}
+
+    def allowed(name: str) -> bool:
+        return solved[name].allowed if name in solved else name in fine
+
+    changed = True
+    while changed:
+        changed = False
+        for name in nodes:
+            if name in fine:
+                bad = next((other for other in edges[name] if not allowed(other)), None)
+                if bad is not None:
+                    fine.discard(name)
+                    culprit[name] = bad
+                    changed = True
+    # a role refused for one it hands out is refused with that one's reason; each
+    # culprit was refused before the role naming it, so the chain ends
+    for name in nodes:
+        if name not in culprit:
+            solved[name] = bases[name]
+    pending = [name for name in nodes if name in culprit]
+    while pending:
+        rest = []
+        for name in pending:
+            other = culprit[name]
+            if other in solved:
+                solved[name] = _hands_out_refused(other, solved[other])
+            else:
+                rest.append(name)
+        if len(rest) == len(pending):  # cannot happen: culprits were refused earlier
+            raise AssertionError("escalation rule: unresolved roles " + ", ".join(rest))
+        pending = rest
+
+
+def _hands_out_refused(other: str, refused: AssignVerdict) -> AssignVerdict:
+    return AssignVerdict(
+        False, "lacks-permission",
+        f"a key holding it may assign role {other!r}, which this key may not assign "
+        f"({refused.reason})",
+        refused.lines,
+    )
+
+
 def _assign_line(
     policy: Policy, caller_roles: Sequence[str], account: str, resource: str,
     parents: dict[str, tuple[str, ...]],
@@ -159,11 +291,13 @@ def _assign_line(
 
 
 def may_assign(
-    policy: Policy, caller_roles: Sequence[str], account: str, role: str
+    policy: Policy, caller_roles: Sequence[str], account: str, role: str,
+    solved: dict[str, AssignVerdict] | None = None,
 ) -> AssignVerdict:
     """What the management API answers a key holding ``caller_roles`` that gives
     ``role`` to another key in ``account``: ``edit`` on ``api-keys`` first (else the
-    request is refused before any role is looked at), then :func:`judge_assign`."""
+    request is refused before any role is looked at), then :func:`judge_assign`
+    (``solved``: as there, for a caller asking many questions of the same roles)."""
     edit = explain(policy, caller_roles, account, MANAGEMENT_RESOURCE, GIVING_ROLES_NEEDS)
     if not edit.allowed:
         return AssignVerdict(
@@ -172,7 +306,7 @@ def may_assign(
             f"these roles do not have it ({edit.reason})",
             edit.decided_by,
         )
-    return judge_assign(policy, caller_roles, account, role)
+    return judge_assign(policy, caller_roles, account, role, solved=solved)
 
 
 def assignment(

@@ -52,6 +52,7 @@ from .delegation import (
     ASSIGN,
     GIVING_ROLES_NEEDS,
     MANAGEMENT_RESOURCE,
+    AssignVerdict,
     assigned_role,
     judge_assign,
     role_resource,
@@ -121,6 +122,8 @@ class _Side:
         self.lines_of_role: dict[str, set[tuple[str, ...]]] = {}
         for line in policy.p_lines:
             self.lines_of_role.setdefault(line.values[0], set()).add(line.values)
+        # per role and account, the assign verdicts reached so far (delegation.judge_assign)
+        self._solved: dict[tuple[str, str], dict[str, AssignVerdict]] = {}
 
     def gives_roles(self, role: str, account: str) -> bool:
         """``edit`` on ``api-keys``: what :func:`may_assign` asks first, remembered."""
@@ -140,10 +143,12 @@ class _Side:
     def allowed(self, role: str, account: str, resource: str, action: str) -> bool:
         assigned = assigned_role(resource, action)
         if assigned is not None:
-            # may_assign, with its first question remembered
+            # may_assign, with its first question and the verdicts reached remembered
+            solved = self._solved.setdefault((role, account), {})
             return (assigned in self.policy.roles
                     and self.gives_roles(role, account)
-                    and judge_assign(self.policy, [role], account, assigned).allowed)
+                    and judge_assign(self.policy, [role], account, assigned,
+                                     solved=solved).allowed)
         return self.policy.decide([role], account, resource, action)
 
     def named_accounts(self, roles: Iterable[str]) -> set[str]:

@@ -124,6 +124,8 @@ class Runner:
         self.resources = sorted({r for r, _ in names})
         self.actions = sorted({a for _, a in names})
         self._decisions: dict[tuple[tuple[str, ...], str, str, str, str], Outcome] = {}
+        # per roles and account, the assign verdicts reached so far (judge_assign)
+        self._solved: dict[tuple[tuple[str, ...], str], dict[str, AssignVerdict]] = {}
 
     def decide(
         self, roles: tuple[str, ...], account: str, resource: str, action: str,
@@ -137,7 +139,8 @@ class Runner:
         if found is None:
             role = assigned_role(resource, action)
             if role is not None:
-                verdict: AssignVerdict = may_assign(self.policy, roles, account, role)
+                solved = self._solved.setdefault((tuple(sorted(roles)), account), {})
+                verdict: AssignVerdict = may_assign(self.policy, roles, account, role, solved)
                 found = Outcome(roles, shown, resource, action, verdict.allowed,
                                 verdict.summary, verdict.lines)
             else:

@@ -14,9 +14,13 @@ No I/O besides reading a PEM file it is given. Security reasoning:
   (rotation, as ``TokenHasher``): unsealing tries each.
 * **kid** is the RFC 7638 thumbprint of the public key: it names the key and nothing
   else, and a key cannot be swapped under a kid without changing it.
-* **Rotation**: :class:`KeyRing` signs with the newest key and verifies with every key
-  not yet retired for longer than the longest token lifetime, so a rotation logs
-  nobody out.
+* **Rotation**: :class:`KeyRing` verifies with every key not yet retired for longer
+  than the longest token lifetime, so a rotation logs nobody out. A new key is
+  published first and signs only from ``signs_from``: upstreams may cache the JWKS for
+  ``JWKS_MAX_AGE`` seconds, and one that has not refetched it since the rotation would
+  refuse a token signed with a key it has never seen. The previous key signs until
+  then and is retired at that moment. (A key believed leaked is replaced at once:
+  ``keygate jwt rotate --now``.)
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ from ..errors import ConfigError
 
 ES256, EDDSA = "ES256", "EdDSA"
 ALGORITHMS = (ES256, EDDSA)
+
+# seconds a verifier may cache /.well-known/jwks.json: a new key is published this long
+# before it signs
+JWKS_MAX_AGE = 300
 
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
@@ -66,14 +74,24 @@ def thumbprint(public_key: PublicKey) -> str:
 
 @dataclass(frozen=True)
 class SigningKey:
-    """A private key with its algorithm and ``kid``; ``created`` and ``retired`` are
-    epoch seconds (``retired`` 0 while it is current or never superseded)."""
+    """A private key with its algorithm and ``kid``; ``created``, ``retired`` and
+    ``signs_from`` are epoch seconds: ``retired`` is when it stops signing (0 while no
+    later key has been made; it may lie ahead, until the next key signs), ``signs_from``
+    when it starts (0: from ``created``)."""
 
     kid: str
     algorithm: str
     private_key: PrivateKey
     created: int
     retired: int = 0
+    signs_from: int = 0
+
+    @property
+    def starts(self) -> int:
+        return self.signs_from or self.created
+
+    def signs_at(self, now: int) -> bool:
+        return self.starts <= now and (not self.retired or self.retired > now)
 
     @property
     def public_key(self) -> PublicKey:
@@ -83,11 +101,12 @@ class SigningKey:
         return {**public_jwk(self.public_key), "kid": self.kid, "alg": self.algorithm,
                 "use": "sig"}
 
-    def retire(self, now: int) -> SigningKey:
-        return SigningKey(self.kid, self.algorithm, self.private_key, self.created, now)
+    def retire(self, at: int) -> SigningKey:
+        return SigningKey(self.kid, self.algorithm, self.private_key, self.created, at,
+                          self.signs_from)
 
 
-def generate(algorithm: str, now: int) -> SigningKey:
+def generate(algorithm: str, now: int, signs_from: int = 0) -> SigningKey:
     if algorithm == ES256:
         private: PrivateKey = ec.generate_private_key(ec.SECP256R1())
     elif algorithm == EDDSA:
@@ -95,7 +114,8 @@ def generate(algorithm: str, now: int) -> SigningKey:
     else:
         raise ConfigError(f"setting jwt_algorithm: {algorithm!r} is not one of "
                           f"{', '.join(ALGORITHMS)}")
-    return SigningKey(thumbprint(private.public_key()), algorithm, private, now)
+    return SigningKey(thumbprint(private.public_key()), algorithm, private, now,
+                      signs_from=signs_from)
 
 
 def algorithm_of(private_key: Any) -> str:
@@ -135,7 +155,8 @@ def seal(key: SigningKey, server_secret: bytes) -> str:
     nonce = secrets.token_bytes(12)
     sealed = AESGCM(_sealing_key(server_secret)).encrypt(nonce, der, key.kid.encode())
     return json.dumps({"kid": key.kid, "alg": key.algorithm, "created": key.created,
-                       "retired": key.retired, "sealed": _b64(nonce + sealed)})
+                       "retired": key.retired, "from": key.signs_from,
+                       "sealed": _b64(nonce + sealed)})
 
 
 class UnsealError(Exception):
@@ -149,6 +170,7 @@ def unseal(record: str, server_secrets: list[bytes] | tuple[bytes, ...]) -> Sign
         kid, algorithm = str(data["kid"]), str(data["alg"])
         raw = base64.urlsafe_b64decode(data["sealed"] + "=" * (-len(data["sealed"]) % 4))
         created, retired = int(data["created"]), int(data.get("retired", 0))
+        signs_from = int(data.get("from", 0))
     except (ValueError, KeyError, TypeError) as exc:
         raise UnsealError(f"not a sealed signing key ({exc.__class__.__name__})") from None
     for server_secret in server_secrets:
@@ -159,23 +181,38 @@ def unseal(record: str, server_secrets: list[bytes] | tuple[bytes, ...]) -> Sign
         private = serialization.load_der_private_key(der, password=None)
         if algorithm_of(private) != algorithm or thumbprint(private.public_key()) != kid:
             raise UnsealError(f"signing key {kid}: its record does not match its key")
-        return SigningKey(kid, algorithm, private, created, retired)
+        return SigningKey(kid, algorithm, private, created, retired, signs_from)
     raise UnsealError(f"signing key {kid}: no server secret opens it (was the secret "
                       "changed without keeping the old one as a later line of secret_file?)")
 
 
 # -- the ring -------------------------------------------------------------------------------
 class KeyRing:
-    """Signs with ``current``; verifies with it and with the retired keys whose tokens
-    may still be alive (retired less than ``max_lifetime`` seconds ago)."""
+    """The keys as they stand at ``now``: signs with ``current``; verifies with every
+    key that signs, will sign, or was retired less than ``max_lifetime`` seconds ago
+    (its tokens may still be alive); publishes them all. ``changes_at`` is when another
+    key starts to sign (a published key's ``signs_from``), or None: the ring must then
+    be built again (:meth:`at`)."""
 
     def __init__(self, keys: list[SigningKey], max_lifetime: int, now: int):
+        self.max_lifetime = max_lifetime
         live = [k for k in keys if not k.retired or k.retired + max_lifetime > now]
-        current = [k for k in live if not k.retired]
-        if not current:
+        if not any(not k.retired or k.retired > now for k in live):
             raise ValueError("a key ring needs a current (unretired) key")
-        self.current = max(current, key=lambda k: k.created)
+        signing = [k for k in live if k.signs_at(now)]
+        # none signs yet only if instances' clocks disagree over a rotation: the newest
+        # key that will, rather than none
+        self.current = max(signing or [k for k in live if not k.retired or k.retired > now],
+                           key=lambda k: (k.starts, k.created))
+        ahead = [k.starts for k in live if k.starts > now]
+        self.changes_at: int | None = min(ahead) if ahead else None
         self.keys: dict[str, SigningKey] = {k.kid: k for k in live}
+
+    def at(self, now: int) -> KeyRing:
+        """This ring, or the same keys as they stand at ``now`` once another signs."""
+        if self.changes_at is None or now < self.changes_at:
+            return self
+        return KeyRing(list(self.keys.values()), self.max_lifetime, now)
 
     def verifying(self, kid: str) -> SigningKey | None:
         return self.keys.get(kid)

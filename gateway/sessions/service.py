@@ -9,15 +9,21 @@ instance reloads the ring when told of a rotation (the store's invalidation chan
 and, as a safety net, when a token names a kid it does not know (at most once per
 ``RELOAD_AT_MOST`` seconds, so unknown kids cannot make it hammer the store).
 
-Verification is cached per token string: a session is verified once per process (ES256
-costs ~150 µs), then every request with it costs a dictionary lookup and an expiry
-check, and the key's state is still read on every request by the authenticator.
+Verification is cached per token: a session is verified once per process (ES256 costs
+~150 µs), then every request with it costs a SHA-256 of the token, a dictionary lookup
+and an expiry check, and the key's state is still read on every request by the
+authenticator. Only sessions that verified enter the cache, but one key may sign in as
+often as it likes, so the cache is bounded in bytes as well as entries: it is keyed by the
+token's SHA-256 (32 bytes, not the ~600 characters of the token) and holds at most
+``VERIFIED_SESSIONS`` entries, about 7 MB per process whoever signs in how often. A
+session pushed out is verified again on its next request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +39,8 @@ from .keys import KeyRing, SigningKey
 log = logging.getLogger("keygate.sessions")
 
 RELOAD_AT_MOST = 5.0  # seconds between reloads for an unknown kid
+# sessions whose verification a process remembers (~650 bytes each, see the module notes)
+VERIFIED_SESSIONS = 10_000
 
 
 class SigningKeysUnavailable(StoreUnavailable):
@@ -72,7 +80,7 @@ class Sessions:
         identity_audience: str,
         identity_ttl: int,
         key_files: Sequence[Path] = (),
-        cache_size: int = 100_000,
+        cache_size: int = VERIFIED_SESSIONS,
         clock: Callable[[], float] = time.time,
     ):
         if algorithm not in keys.ALGORITHMS:
@@ -92,7 +100,7 @@ class Sessions:
             loaded = [keys.load_pem(Path(path), created=now - i)
                       for i, path in enumerate(key_files)]
             self.ring = KeyRing(loaded, self.max_lifetime, now)
-        self._verified: LRU[str, tokens.SessionClaims] = LRU(cache_size)
+        self._verified: LRU[bytes, tokens.SessionClaims] = LRU(cache_size)
         self._last_reload = 0.0
         self._loading = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -131,25 +139,35 @@ class Sessions:
                 "the server secret: secret, secret_file); run `keygate jwt rotate`"
             ) from None
 
-    async def rotate(self) -> SigningKey:
-        """A new current key; the previous ones stay for verification while their tokens
-        may live. Refused when the keys come from files."""
+    def publish_ahead(self) -> int:
+        """Seconds a new key is published before it signs: verifiers' JWKS caches, and
+        the leeway by which instances' clocks may disagree."""
+        return keys.JWKS_MAX_AGE + int(self.leeway)
+
+    async def rotate(self, at_once: bool = False) -> SigningKey:
+        """A new key, published at once and signing from ``publish_ahead()`` seconds on
+        (``at_once``: now, for a key believed leaked), when the previous ones stop
+        signing; they stay for verification while their tokens may live. Refused when
+        the keys come from files."""
         if self.from_files:
             raise ConfigError("the JWT signing keys come from jwt_private_key_files: rotate "
                               "by changing that list")
         now = int(self.clock())
         records = await self.store.signing_keys()
-        retired, expired = [], []
+        opened: list[SigningKey] = []
         for record in records:
-            try:
-                key = keys.unseal(record, self.server_secrets)
-            except keys.UnsealError:
-                continue
-            if not key.retired:
-                retired.append(keys.seal(key.retire(now), self.server_secrets[0]))
+            with contextlib.suppress(keys.UnsealError):
+                opened.append(keys.unseal(record, self.server_secrets))
+        # with no key that signs now or later there is nothing to publish ahead of
+        signing = any(not k.retired or k.retired > now for k in opened)
+        starts = now + self.publish_ahead() if signing and not at_once else now
+        retired, expired = [], []
+        for key in opened:
+            if not key.retired or key.retired > starts:
+                retired.append(keys.seal(key.retire(starts), self.server_secrets[0]))
             elif key.retired + self.max_lifetime <= now:
                 expired.append(key.kid)  # every token it signed has expired
-        new = keys.generate(self.algorithm, now)
+        new = keys.generate(self.algorithm, now, signs_from=starts)
         self.ring = self._ring_of(await self.store.add_signing_key(
             keys.seal(new, self.server_secrets[0]), retired, expired))
         self._last_reload = self.clock()
@@ -208,14 +226,29 @@ class Sessions:
     def _ring(self) -> KeyRing:
         if self.ring is None:
             raise SigningKeysUnavailable()
-        return self.ring
+        return self._as_now(self.ring)
+
+    def _as_now(self, ring: KeyRing) -> KeyRing:
+        """The ring with the key that signs now current (a published key's time come)."""
+        updated = ring.at(int(self.clock()))
+        if updated is not ring:
+            self.ring = updated
+        return updated
 
     # -- tokens ------------------------------------------------------------------------------
-    async def issue(self, app_key: str, owner: str, token_digest: str) -> tuple[str, int]:
+    async def issue(self, app_key: str, owner: str, token_digest: str,
+                    ended_until: int = 0) -> tuple[str, int]:
+        """A session for the key; ``ended_until``: the key's sessions issued at or
+        before that second are ended (a sign-out of every session, in whole seconds).
+        One signed in that same second, or after a sign-out through an instance whose
+        clock runs a little ahead, would be born ended: it is stamped the second after,
+        as far as the leeway lets every instance accept a time ahead of its own."""
+        now = int(self.clock())
+        if ended_until >= now:
+            now = min(ended_until + 1, now + max(int(self.leeway) - 1, 0))
         return tokens.issue_session(
             await self.ready(), issuer=self.issuer, audience=self.audience, app_key=app_key,
-            owner=owner, token_digest=token_digest, ttl=self.session_ttl,
-            now=int(self.clock()))
+            owner=owner, token_digest=token_digest, ttl=self.session_ttl, now=now)
 
     async def check_at_start(self) -> None:
         """Refuse to start (ConfigError, saying to run ``keygate jwt rotate``) when the
@@ -238,12 +271,16 @@ class Sessions:
                 if self.ring is None:
                     await self.load()
         assert self.ring is not None
-        return self.ring
+        return self._as_now(self.ring)
 
     async def verify(self, token: str) -> tokens.SessionClaims | None:
         """The claims of a valid session token, None when the token is not keygate's,
         :class:`~gateway.sessions.tokens.InvalidSession` when it is and fails."""
-        claims = self._verified.get(token)
+        if len(token) > tokens.MAX_TOKEN_LENGTH:
+            return None  # not a token of keygate's, and not worth hashing
+        # surrogatepass: a header's non-UTF-8 bytes arrive as surrogates (not ours either)
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        claims = self._verified.get(digest)
         if claims is not None:
             if self.clock() < claims.expires + self.leeway:
                 return claims
@@ -260,20 +297,27 @@ class Sessions:
             # taken before the read: tokens arriving while it runs must not each start
             # one of their own (a burst of forged kids would read the store as often)
             self._last_reload = self.clock()
-            await self.changed()
+            try:
+                await self.changed()
+            except ConfigError as exc:
+                # the store holds no key this process can use (lost with the store's
+                # data, or sealed under another secret): the ring in force stays, and
+                # the kid is unknown to it (a 401, never a 500 anyone can cause)
+                log.warning("could not reload the JWT signing keys: %s", exc)
+                raise tokens.UnknownKid("unknown kid") from None
             claims = tokens.verify_session(self._ring(), token, issuer=self.issuer,
                                            audience=self.audience, leeway=self.leeway)
         if claims is not None:
-            self._verified.put(token, claims)
+            self._verified.put(digest, claims)
         return claims
 
     def is_keygates(self, token: str) -> bool:
         return tokens.is_keygates(self.ring, token)
 
     def identity_token(self, app_key: str, owner: str, account: str, roles: Sequence[str],
-                       resource: str, action: str) -> str:
+                       resource: str, action: str, audience: str | None = None) -> str:
         return tokens.issue_identity(
-            self._ring(), issuer=self.issuer, audience=self.identity_audience,
+            self._ring(), issuer=self.issuer, audience=audience or self.identity_audience,
             app_key=app_key, owner=owner, account=account, roles=roles,
             resource=resource, action=action, ttl=self.identity_ttl, now=int(self.clock()))
 
