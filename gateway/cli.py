@@ -258,8 +258,11 @@ def _add_external_key_commands(sub: Any, command: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors: argparse exits with 2
     configure_logging(args.verbose)  # until the settings say which log_format
+    code: int | None = None
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader gone away is found here, not as the process exits
+        return code
     except UsageError as exc:
         print(f"keygate: {exc}", file=sys.stderr)
         return BAD_USAGE
@@ -274,6 +277,13 @@ def main(argv: list[str] | None = None) -> int:
         return REFUSED
     except KeyboardInterrupt:
         return INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (`keygate policy diff … | head`): what it read is all it
+        # wanted, not an error to show with a traceback. stdout goes to /dev/null so that
+        # the interpreter's last flush does not fail on the closed pipe again. The status
+        # is the command's when it had one, else 1: a check cut short passed nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1 if code is None else code
 
 
 if __name__ == "__main__":  # pragma: no cover

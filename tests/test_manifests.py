@@ -28,6 +28,7 @@ from ports import free_port
 from served import clean_environ, request, wait_for
 
 from gateway.cli import build_parser
+from gateway.process import CUT_GRACE, runner_shutdown_timeout
 from gateway.settings import MIN_SECRET_LENGTH, SETTINGS, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,6 +224,16 @@ def test_compose_echo_upstream_is_the_demo_echo_of_the_same_image(compose):
         wait_for(f"http://127.0.0.1:{port}/orders/1", alive=alive)
         assert orjson.loads(request(f"http://127.0.0.1:{port}/x").body)["upstream"] \
             == "keygate demo echo"
+        # its own health check (not the image's, which asks keygate's management port)
+        # passes against it, and keygate waits for it
+        kind, *check = echo["healthcheck"]["test"]
+        assert kind == "CMD" and check[:2] == ["python", "-c"]
+        checked = subprocess.run(
+            [sys.executable, "-c", check[2].replace(":9000/", f":{port}/")],
+            env=clean_environ(), capture_output=True, text=True, timeout=30, check=False)
+        assert checked.returncode == 0, checked.stderr
+        assert compose["services"]["keygate"]["depends_on"]["echo"]["condition"] \
+            == "service_healthy"
     finally:
         proc.kill()
         proc.communicate()
@@ -305,7 +316,13 @@ async def test_kubernetes_deployment_matches_settings_cli_and_endpoints(
     assert security["runAsNonRoot"] is True and security["runAsUser"] == image.uid
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert "emptyDir" in volume_at("/tmp")[1]  # what keygate writes, with a read-only root
-    assert pod["terminationGracePeriodSeconds"] > DEFAULTS["shutdown_timeout"]
+    # SIGTERM comes after the preStop wait, so that the endpoints a terminating pod leaves
+    # stop sending new connections before keygate refuses them; the grace period holds
+    # the wait, the drain, the cut and the final writes
+    program, *wait = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert program == "sleep" and 0 < int(wait[0]) <= 10
+    assert pod["terminationGracePeriodSeconds"] >= (
+        int(wait[0]) + runner_shutdown_timeout(DEFAULTS["shutdown_timeout"]) + CUT_GRACE + 5)
 
 
 def test_kubernetes_services_budget_and_autoscaler_point_at_the_deployment(k8s):
@@ -415,3 +432,18 @@ def test_readme_deploying_section_names_existing_files():
     for path in named:
         assert (ROOT / path).exists(), path
 
+
+
+def test_readme_docker_run_hands_the_secret_over_as_a_file():
+    """``docker inspect`` shows a container's environment to whoever may inspect it."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Deploying")
+    section = readme[start:readme.find("\n## ", start + 1)].replace("\\\n", " ")
+    runs = [line for line in section.splitlines() if line.startswith("docker run ")]
+    assert runs
+    for run in runs:
+        argv = shlex.split(run)
+        env = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "-e"]
+        assert not [e for e in env if e.split("=")[0] == "KEYGATE_SECRET"], run
+        if "KEYGATE_SECRET_FILE=/run/secrets/keygate" in env:
+            assert any(a.endswith(":/run/secrets/keygate:ro") for a in argv), run

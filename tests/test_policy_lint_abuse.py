@@ -25,8 +25,9 @@ from gateway.cli import main
 from gateway.errors import ConfigError
 from gateway.management.common import MANAGEMENT_PERMISSIONS
 from gateway.policy import Policy
-from gateway.policy.files import parse_policy_files
+from gateway.policy.files import MAX_FILE_BYTES, parse_policy_files
 from gateway.policy.lint import RouteUse, lint_policy
+from gateway.policy.sync import files_fingerprint
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODEL = PROJECT_ROOT / "model.conf"
@@ -238,4 +239,60 @@ def test_a_policy_or_table_file_linked_to_a_device_is_refused_unread(tmp_path, w
     ran = _keygate_limited(*command)
     assert "Traceback" not in ran.stderr and "MemoryError" not in ran.stderr, ran.stderr[-600:]
     assert ran.returncode in (1, 2), ran.stderr
-    assert "not a regular file" in ran.stdout + ran.stderr, ran.stdout + ran.stderr
+    said = ran.stdout + ran.stderr
+    assert "not a regular file" in said or "outside the policy directory" in said, said
+
+
+# -- a policy pull request links a file out of the directory ---------------------------
+SECRET = "kgsecret-0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _linked_out(tmp_path: Path) -> Path:
+    """The shipped policies plus ``zz-leak.csv``, a link to a secret outside them."""
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET + "\n")
+    policies = tmp_path / "policies"
+    shutil.copytree(PROJECT_ROOT / "policies", policies)
+    (policies / "zz-leak.csv").symlink_to(secret)
+    return policies
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_a_policy_file_linked_out_of_the_directory_is_refused_unread(cli, tmp_path, output):
+    """Its first line would be quoted by the syntax error that names it: the server
+    secret, a private key, in CI's log or a refused reload's answer."""
+    policies = _linked_out(tmp_path)
+    ran = cli("policy", "check", "--format", output, str(policies))
+    assert ran.code == 1
+    assert SECRET[:12] not in ran.out + ran.err
+    assert "zz-leak.csv" in ran.out and "outside the policy directory" in ran.out
+    with pytest.raises(ConfigError) as info:
+        Policy.load(MODEL, policies)
+    assert "outside the policy directory" in str(info.value)
+    assert SECRET[:12] not in str(info.value)
+
+
+def test_links_within_the_directory_load_as_a_configmap_volume_mounts_them(tmp_path):
+    """Kubernetes mounts a ConfigMap as ``name -> ..data/name``, ``..data`` a link to
+    a hidden directory of the same volume: those links stay inside and are read."""
+    policies = tmp_path / "policies"
+    hidden = policies / "..2026_12_03_12_00_00.123456789"
+    shutil.copytree(PROJECT_ROOT / "policies", hidden, ignore=shutil.ignore_patterns("tests"))
+    (policies / "..data").symlink_to(hidden.name)
+    for path in sorted(hidden.glob("*.csv")):
+        (policies / path.name).symlink_to(Path("..data") / path.name)
+    assert Policy.load(MODEL, policies).version == \
+        Policy.load(MODEL, PROJECT_ROOT / "policies").version
+
+
+def test_the_file_watch_reads_the_files_as_the_loader_does(tmp_path):
+    """The watch's fingerprint neither reads a file linked out of the directory nor
+    one too large for the loader (a sparse 17 MiB file here; /dev/zero would never
+    end): it is unreadable (None), as the reload it would trigger says."""
+    policies = _linked_out(tmp_path)
+    assert files_fingerprint(MODEL, policies) is None
+    (policies / "zz-leak.csv").unlink()
+    assert files_fingerprint(MODEL, policies) is not None
+    with (policies / "zz-large.csv").open("wb") as large:
+        large.truncate(MAX_FILE_BYTES + 1)
+    assert files_fingerprint(MODEL, policies) is None

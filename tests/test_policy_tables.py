@@ -323,7 +323,7 @@ BAD_TABLES = {
     "unknown top level": ("[[cases]]\nroles = [\"owner\"]\n", "unknown entry 'cases'"),
     "case as a table": ("[case]\nroles = [\"owner\"]\n", "must be rows written [[case]]"),
     "no rows": ("# nothing yet\n", "no [[case]] or [[never]] rows"),
-    "nested too deeply": ("x = " + "[" * 50_000 + "]" * 50_000 + "\n", "nested too deeply"),
+    "nested too deeply": ("x = " + "[\n" * 50_000 + "]\n" * 50_000, "nested too deeply"),
     "control characters": (case(["owner"], "acme", "orders", "read", "allow",
                                 name="a\\u001b[2Jb"), "not printable"),
 }
@@ -338,6 +338,35 @@ def test_a_bad_table_stops_the_command_naming_the_file(policies, capsys, kind):
     assert err.startswith("keygate: decision table tests/bad.toml"), err
     assert message in err, err
     assert len(err.splitlines()) == 1 and out == ""
+
+
+HUGE = "z" * 5_000  # long, on a line a table may hold
+
+
+@pytest.mark.parametrize("text", [
+    f"{HUGE} = 1\n",
+    f"[[case]]\n{HUGE} = 1\n",
+    case(["owner"], "acme", "orders", "read", "allow").replace('"allow"', f'"{HUGE}"'),
+], ids=["entry", "field", "expect"])
+def test_a_bad_tables_message_does_not_grow_with_the_file(text):
+    """A name or value the table got wrong is quoted cut short, not 16 MiB of it."""
+    with pytest.raises(TableError) as info:
+        parse_table(text, "t.toml")
+    assert "zzzz" in str(info.value) and len(str(info.value)) < 400
+
+
+def test_a_table_that_would_take_tomllib_hours_is_refused_unparsed():
+    """tomllib's time grows with the square of a dotted key's parts: 50,000 parts took
+    45 s, the 800,000 a 16 MiB table holds would take hours. No row needs such a line."""
+    with pytest.raises(TableError, match=r"line 2 is \d+ characters long; a table line"):
+        parse_table("[[case]]\nx" + ".a" * 50_000 + " = 1\n", "t.toml")
+
+
+@pytest.mark.parametrize("value", ['["allow"]', "{ a = 1 }", "1", "true"])
+def test_an_expect_that_is_not_a_string_is_a_table_error(value):
+    text = case(["owner"], "acme", "orders", "read", "allow").replace('"allow"', value)
+    with pytest.raises(TableError, match="expect must be"):
+        parse_table(text, "t.toml")
 
 
 def test_a_bad_row_is_named_with_its_line(policies):
@@ -408,6 +437,26 @@ def test_a_never_row_over_many_accounts_and_names_stays_fast(policies):
     assert {v.account for v in report.results[2].violations} == {"acct-7"}
     assert report.results[2].violation_count >= 300
     assert elapsed < 20, elapsed
+
+
+def test_a_never_row_too_broad_to_check_fails_unasked_saying_so(policies, capsys):
+    """Fifty lines, each naming its own account, resource and action, and a catch-all
+    allow: a never row over "*"/"*" would be 140,000 decisions over every line
+    (minutes; hours with a few more lines). It fails at once, as not proven, and says
+    how to narrow it; a narrower row over the same lines still runs."""
+    lines = [f"p, grid, acct-{n}, res-{n}, act-{n}, allow" for n in range(50)]
+    lines.append("p, grid, *, *, *, allow")
+    (policies / "grid.csv").write_text("\n".join(lines) + "\n")
+    (policies / "tests" / "grid.toml").write_text(
+        never(["grid"], "*", "*", "grid does nothing") + never(["grid"], "res-1", "act-2"))
+    code, out, _ = keygate(capsys, "policy", "test", "--policies", str(policies),
+                           str(policies / "tests" / "grid.toml"))
+    assert code == 1
+    broad, narrow = run_text(policies, never(["grid"], "*", "*")
+                             + never(["grid"], "res-1", "act-2")).results
+    assert not broad.passed and broad.checked == 0 and "narrow" in (broad.problem or "")
+    assert "narrow its resource or action" in out
+    assert not narrow.passed and narrow.violation_count == len(lines)  # every account
 
 
 # -- key rows: the key's roles from the store -------------------------------------------

@@ -127,13 +127,32 @@ def read_bounded(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
     return data
 
 
+def policy_file_paths(policies_dir: Path) -> list[Path]:
+    """The policy files of a directory: its ``*.csv``, sorted by name."""
+    return sorted(Path(policies_dir).glob("*.csv"))
+
+
+def read_policy_file(path: Path, policies_dir: Path) -> bytes:
+    """The bytes of one policy file of ``policies_dir`` (:func:`read_bounded`), which
+    must be in that directory once symbolic links are followed. A link may point within
+    it (a Kubernetes ConfigMap volume links each file to a hidden subdirectory), never
+    out of it: the files come from pull requests, and ``policies/x.csv`` linked to the
+    server secret or a private key would otherwise be read, and its first line quoted
+    in the error that names the line (``policy check`` in CI, a refused reload's
+    answer). Such a file is an OSError, refused unread."""
+    target = path.resolve()
+    if not target.is_relative_to(Path(policies_dir).resolve()):
+        raise OSError(f"{path.name} links to a file outside the policy directory")
+    return read_bounded(target)
+
+
 def read_policy_files(policies_dir: Path) -> PolicyFiles:
     """Every ``*.csv`` of the directory (sorted by name), each line checked by the same
     rules as the loader's, every problem kept. A directory that is missing or holds no
     policy file is a ConfigError: there is nothing to read."""
     if not policies_dir.is_dir():
         raise ConfigError(f"setting policies_dir: {policies_dir} is not a directory")
-    paths = sorted(policies_dir.glob("*.csv"))
+    paths = policy_file_paths(policies_dir)
     if not paths:
         raise ConfigError(f"setting policies_dir: no *.csv policy files in {policies_dir}")
     p_lines: list[PolicyLine] = []
@@ -142,7 +161,7 @@ def read_policy_files(policies_dir: Path) -> PolicyFiles:
     for path in paths:
         name = path.name
         try:
-            text = read_bounded(path).decode("utf-8")
+            text = read_policy_file(path, policies_dir).decode("utf-8")
         except OSError as exc:
             problems.append(LineProblem(name, None, UNREADABLE, f"cannot read it ({exc})"))
             continue

@@ -63,7 +63,7 @@ from typing import Any, Protocol, TypeVar
 from ..background import stop_task
 from ..errors import ConfigError, StoreUnavailable
 from ..store import PolicyAnnouncement
-from .files import Policy
+from .files import Policy, policy_file_paths, read_bounded, read_policy_file
 
 log = logging.getLogger("keygate.policy")
 
@@ -177,13 +177,15 @@ def files_fingerprint(model_path: Path, policies_dir: Path) -> str | None:
     """A hash of the files a reload reads (the model and ``*.csv`` of the directory, by
     name and content), or None when they cannot be read. Content, not modification
     times: an edit within the same second and of the same size must count, and the files
-    are small enough to read every poll."""
+    are small enough to read every poll, and read as the loader reads them (bounded,
+    never out of the directory): a file linked to ``/dev/zero`` or a FIFO would
+    otherwise fill the memory, or hang the poll and with it the shutdown."""
     digest = hashlib.sha256()
     try:
-        digest.update(Path(model_path).read_bytes())
-        for path in sorted(Path(policies_dir).glob("*.csv")):
+        digest.update(read_bounded(Path(model_path)))
+        for path in policy_file_paths(policies_dir):
             digest.update(b"\x00" + path.name.encode() + b"\x00")
-            digest.update(path.read_bytes())
+            digest.update(read_policy_file(path, policies_dir))
     except OSError:
         return None
     return digest.hexdigest()

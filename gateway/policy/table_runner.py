@@ -21,6 +21,26 @@ from .names import ANY, fresh_account, is_pattern, named_accounts, stand_in
 from .tables import Row, Table
 
 MAX_VIOLATIONS_SHOWN = 10
+# A never row over patterns asks every account x resource x action its roles' allow
+# lines could match, and each question is a decision over every policy line: sixty
+# lines naming sixty accounts, resources and actions under a "*, *, *" allow made a
+# quarter of a million questions, hours of work. Past this many question-lines (about a
+# minute) the row fails unasked, asking to be narrowed: a property too broad to check
+# is not proven.
+MAX_NEVER_WORK = 5_000_000
+
+
+class TooManyQuestions(Exception):
+    """A never row whose questions would cost more than :data:`MAX_NEVER_WORK`."""
+
+    def __init__(self, questions: int, lines: int):
+        super().__init__(questions, lines)
+        self.questions, self.lines = questions, lines
+
+    def __str__(self) -> str:
+        return (f"this row would ask {self.questions} questions of {self.lines} policy "
+                f"lines, more than keygate checks in one row ({MAX_NEVER_WORK} "
+                "question-lines): narrow its resource or action, or split it into rows")
 
 
 @dataclass(frozen=True)
@@ -162,7 +182,10 @@ class Runner:
         problem = self.undefined(roles, row.resource, row.action)
         if problem is not None:
             return RowResult(row, False, roles, problem=problem)
-        questions, covered = self.questions(roles, row.resource, row.action)
+        try:
+            questions, covered = self.questions(roles, row.resource, row.action)
+        except TooManyQuestions as exc:
+            return RowResult(row, False, roles, problem=str(exc))
         violations = []
         count = 0
         for account, resource, action in questions:
@@ -202,7 +225,8 @@ class Runner:
         Assignments are asked for every role named by the pattern (the escalation rule
         may allow one with no line about it: a role whose permissions are all held).
         Other questions only where some allow line of the roles could match them: with
-        none, the policy denies, so asking would change nothing."""
+        none, the policy denies, so asking would change nothing. Counted before any is
+        made: :class:`TooManyQuestions` past :data:`MAX_NEVER_WORK`."""
         resources = self.names_matching(resource, self.resources)
         actions = self.names_matching(action, self.actions)
         triples: set[tuple[str, str, str]] = set()
@@ -218,6 +242,7 @@ class Runner:
                     covered += len(accounts)
                     triples.update((account, r, a) for account in accounts)
         held = self.policy.inherited(roles)
+        matched = []
         for line in self.policy.p_lines:
             role, line_account, line_resource, line_action, effect = line.values
             if effect != "allow" or role not in held:
@@ -225,6 +250,12 @@ class Runner:
             accounts = everywhere if line_account == ANY else [line_account]
             rs = [r for r in resources if pattern_matches(r, line_resource)]
             acts = [a for a in actions if pattern_matches(a, line_action)]
+            matched.append((accounts, rs, acts))
+        lines = max(self.policy.lines, 1)
+        most = len(triples) + sum(len(a) * len(r) * len(x) for a, r, x in matched)
+        if most * lines > MAX_NEVER_WORK:
+            raise TooManyQuestions(most, lines)
+        for accounts, rs, acts in matched:
             triples.update(
                 (account, r, a) for account in accounts for r in rs for a in acts
                 if assigned_role(r, a) is None
