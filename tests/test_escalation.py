@@ -57,6 +57,16 @@ async def works(proxy: Any, key: Key, path: str = "/orders/1") -> bool:
     return (await proxy.get(path, headers=key.headers)).status == 200
 
 
+async def beta_grants(management: Any, beta_owner: Key, app_key: str,
+                      roles: list[str]) -> None:
+    """Account beta, through its owner key, grants ``app_key`` ``roles`` there (any
+    account may: key names are public)."""
+    granted = await management.post(
+        "/api/v1/accounts/beta/external-keys", json={"appKey": app_key, "roles": roles},
+        headers=beta_owner.headers)
+    assert granted.status == 201, await granted.text()
+
+
 # -- assign --------------------------------------------------------------------------
 @pytest.mark.parametrize("role", ["owner", "user-admin-restricted"])
 async def test_user_admin_cannot_create_a_key_with_a_role_above_it(
@@ -219,10 +229,7 @@ async def test_a_user_admin_cannot_renew_a_key_that_another_account_made_owner(
     as one that renews. acme's owner, whose roles could assign owner in beta, may."""
     integration = await make_key("acme", ["orders-reader"], label="beta integration")
     beta_owner = await make_key("beta", ["owner"], label="beta owner")
-    granted = await management.post(
-        "/api/v1/accounts/beta/external-keys",
-        json={"appKey": integration.app_key, "roles": ["owner"]}, headers=beta_owner.headers)
-    assert granted.status == 201, await granted.text()
+    await beta_grants(management, beta_owner, integration.app_key, ["owner"])
     assert (await management.get("/api/v1/accounts/beta/keys",
                                  headers=admin.headers)).status == 403
     path = f"{KEYS}/{integration.app_key}"
@@ -246,10 +253,7 @@ async def test_another_accounts_grant_does_not_put_a_key_out_of_its_own_accounts
     off or deleting a key, or ending a renewal an owner began, hands no token over."""
     stolen = await make_key("acme", ["orders-reader"], label="stolen")
     thief = await make_key("beta", ["owner"], label="thief's own")
-    granted = await management.post(
-        "/api/v1/accounts/beta/external-keys",
-        json={"appKey": stolen.app_key, "roles": ["owner"]}, headers=thief.headers)
-    assert granted.status == 201, await granted.text()
+    await beta_grants(management, thief, stolen.app_key, ["owner"])
     path = f"{KEYS}/{stolen.app_key}"
     relabelled = await management.patch(path, json={"label": "revoked: leaked"},
                                         headers=admin.headers)
@@ -273,11 +277,7 @@ async def test_a_user_admin_may_act_on_a_key_granted_roles_it_could_assign(
     a role acme's user admin could assign there too, does not stop it."""
     integration = await make_key("acme", ["orders-reader"], label="beta integration")
     beta_owner = await make_key("beta", ["owner"], label="beta owner")
-    granted = await management.post(
-        "/api/v1/accounts/beta/external-keys",
-        json={"appKey": integration.app_key, "roles": ["orders-writer"]},
-        headers=beta_owner.headers)
-    assert granted.status == 201, await granted.text()
+    await beta_grants(management, beta_owner, integration.app_key, ["orders-writer"])
     renewed = await management.post(f"{KEYS}/{integration.app_key}/token/renew",
                                     json={"deleteOld": "now"}, headers=admin.headers)
     assert renewed.status == 200, await renewed.text()
@@ -725,18 +725,14 @@ async def test_renew_racing_a_grant_elsewhere_hands_a_user_admin_another_account
     account beta makes that key owner of beta. The script re-checks only the key's roles
     in acme (expect_roles), so the renewal goes through and the user admin receives a
     token that is beta's owner: the escalation the act-on rule exists to stop
-    (test_a_user_admin_cannot_act_on_a_key_that_another_account_made_owner, serialised).
+    (test_a_user_admin_cannot_renew_a_key_that_another_account_made_owner, serialised).
     Expected: refused (409 key_changed, or 403 escalation_refused)."""
     admin = await make_key("acme", ["user-admin-restricted"], label="user admin")
     integration = await make_key("acme", ["orders-reader"], label="beta integration")
     beta_owner = await make_key("beta", ["owner"], label="beta owner")
 
     async def beta_grants_owner() -> None:
-        granted = await management.post(
-            "/api/v1/accounts/beta/external-keys",
-            json={"appKey": integration.app_key, "roles": ["owner"]},
-            headers=beta_owner.headers)
-        assert granted.status == 201, await granted.text()
+        await beta_grants(management, beta_owner, integration.app_key, ["owner"])
 
     hook = Before(gateway.store, "renew_token", beta_grants_owner)
     try:

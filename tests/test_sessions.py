@@ -12,13 +12,10 @@ from typing import Any
 import jwt
 import pytest
 from aiohttp import web
-from conftest import TEST_SECRET, Key, ProxyTestServer, default_routes
+from conftest import Key, ProxyTestServer, default_routes
 
 from gateway.app import build_gateway
 from gateway.management import build_management_app
-from gateway.sessions import keys, tokens
-from gateway.sessions.service import RELOAD_AT_MOST, Sessions
-from gateway.sessions.tokens import InvalidSession
 from gateway.store import CLI_ACTOR
 from gateway.store.lookup import ENDED_SESSIONS_KEPT
 
@@ -395,47 +392,6 @@ async def test_forged_sessions_are_refused(gateway, management, proxy, make_key,
     answer = await proxy.get("/orders/1", headers=bearer(forged))
     assert answer.status == 401
     assert (await answer.json())["error"]["code"] in ("invalid_session", "missing_credentials")
-
-
-class CountedReads:
-    """The store's signing keys, with the reads of them counted."""
-
-    def __init__(self, store: Any):
-        self.store = store
-        self.reads = 0
-
-    async def signing_keys(self) -> list[str]:
-        self.reads += 1
-        return await self.store.signing_keys()
-
-    async def first_signing_key(self, sealed: str) -> list[str]:
-        return await self.store.first_signing_key(sealed)
-
-
-async def test_a_burst_of_sessions_naming_an_unknown_kid_reloads_the_keys_once(gateway):
-    """A session naming a signing key this process has not heard of makes it reload the
-    keys from the store, at most once per RELOAD_AT_MOST seconds. The time was taken
-    only once the reload ended, so forged tokens arriving meanwhile (anyone can make
-    one: any kid, typ session) each read the store again."""
-    now = 1000.0
-    store = CountedReads(gateway.store)
-    sessions = Sessions(store=store, server_secrets=[TEST_SECRET.encode()],
-                        algorithm=keys.ES256, issuer="keygate", audience="keygate",
-                        session_ttl=3600, leeway=10, identity_audience="keygate-upstream",
-                        identity_ttl=60, clock=lambda: now)
-    await sessions.ready()
-    stranger = keys.KeyRing([keys.generate(keys.ES256, int(time.time()))], 3600,
-                            int(time.time()))
-    forged, _ = tokens.issue_session(stranger, issuer="keygate", audience="keygate",
-                                     app_key="kgk-acme-7QX2M4PZ9B", owner="acme",
-                                     token_digest="ab" * 32, ttl=600, now=int(time.time()))
-    now += RELOAD_AT_MOST + 1
-    loaded = store.reads
-    answers = await asyncio.gather(*(sessions.verify(forged) for _ in range(100)),
-                                   return_exceptions=True)
-    assert all(isinstance(answer, InvalidSession) for answer in answers)
-    assert store.reads - loaded == 1
-    await sessions.close()
 
 
 async def test_rotation_reaches_every_instance_and_keeps_old_sessions(

@@ -90,8 +90,12 @@ class SigningKey:
     def starts(self) -> int:
         return self.signs_from or self.created
 
+    def retired_by(self, when: int) -> bool:
+        """Whether it has stopped signing by ``when`` (a retirement may lie ahead)."""
+        return bool(self.retired) and self.retired <= when
+
     def signs_at(self, now: int) -> bool:
-        return self.starts <= now and (not self.retired or self.retired > now)
+        return self.starts <= now and not self.retired_by(now)
 
     @property
     def public_key(self) -> PublicKey:
@@ -197,12 +201,12 @@ class KeyRing:
     def __init__(self, keys: list[SigningKey], max_lifetime: int, now: int):
         self.max_lifetime = max_lifetime
         live = [k for k in keys if not k.retired or k.retired + max_lifetime > now]
-        if not any(not k.retired or k.retired > now for k in live):
+        in_service = [k for k in live if not k.retired_by(now)]
+        if not in_service:
             raise ValueError("a key ring needs a current (unretired) key")
-        signing = [k for k in live if k.signs_at(now)]
         # none signs yet only if instances' clocks disagree over a rotation: the newest
         # key that will, rather than none
-        self.current = max(signing or [k for k in live if not k.retired or k.retired > now],
+        self.current = max([k for k in in_service if k.signs_at(now)] or in_service,
                            key=lambda k: (k.starts, k.created))
         ahead = [k.starts for k in live if k.starts > now]
         self.changes_at: int | None = min(ahead) if ahead else None

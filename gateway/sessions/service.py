@@ -102,6 +102,8 @@ class Sessions:
             self.ring = KeyRing(loaded, self.max_lifetime, now)
         self._verified: LRU[bytes, tokens.SessionClaims] = LRU(cache_size)
         self._last_reload = 0.0
+        # every read of the stored keys, with the ring it gives, one at a time: a read
+        # made before a rotation must not replace, once it ends, the ring made after it
         self._loading = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -152,6 +154,10 @@ class Sessions:
         if self.from_files:
             raise ConfigError("the JWT signing keys come from jwt_private_key_files: rotate "
                               "by changing that list")
+        async with self._loading:
+            return await self._rotate(at_once)
+
+    async def _rotate(self, at_once: bool) -> SigningKey:
         now = int(self.clock())
         records = await self.store.signing_keys()
         opened: list[SigningKey] = []
@@ -159,11 +165,11 @@ class Sessions:
             with contextlib.suppress(keys.UnsealError):
                 opened.append(keys.unseal(record, self.server_secrets))
         # with no key that signs now or later there is nothing to publish ahead of
-        signing = any(not k.retired or k.retired > now for k in opened)
+        signing = any(not k.retired_by(now) for k in opened)
         starts = now + self.publish_ahead() if signing and not at_once else now
         retired, expired = [], []
         for key in opened:
-            if not key.retired or key.retired > starts:
+            if not key.retired_by(starts):
                 retired.append(keys.seal(key.retire(starts), self.server_secrets[0]))
             elif key.retired + self.max_lifetime <= now:
                 expired.append(key.kid)  # every token it signed has expired
@@ -176,8 +182,9 @@ class Sessions:
     async def changed(self) -> None:
         """Told that the stored keys changed (a rotation elsewhere)."""
         if not self.from_files:
-            self.ring = self._ring_of(await self.store.signing_keys())
-            self._last_reload = self.clock()
+            async with self._loading:
+                self.ring = self._ring_of(await self.store.signing_keys())
+                self._last_reload = self.clock()
 
     def heard(self) -> None:
         """The store's listener says the stored keys changed (or a message may have been
