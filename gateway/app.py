@@ -79,6 +79,7 @@ def build_gateway(
             ),
             settings.store_max_connections,
             settings.audit_max_access_events,
+            settings.search_index_max_keys,
         )
     decision.check_settings(settings)
     fmt = settings.credential_format

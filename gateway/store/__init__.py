@@ -165,6 +165,7 @@ from .refusals import (
     StoreRefusal,
     TokenLinkPending,
 )
+from .search import SEARCH_INDEX_MAX_KEYS
 from .signing_keys import SigningKeys
 
 
@@ -189,10 +190,11 @@ class Store(AuthReads, KeyChanges, KeyListing, GrantChanges, Links, AccountSetti
         cache: CacheSettings = CacheSettings(),  # noqa: B008 - frozen, shared safely
         max_connections: int = 100,
         audit_max_access_events: int = 10_000,
+        search_index_max_keys: int = SEARCH_INDEX_MAX_KEYS,
     ) -> Store:
         client = client_from_url(url, max_connections)
         return cls(client, prefix, clock, audit_max_events, cache, audit_max_access_events,
-                   max_connections)
+                   max_connections, search_index_max_keys)
 
     async def close(self) -> None:
         await self.stop_invalidation()

@@ -28,6 +28,7 @@ from .lua import Scripts
 from .names import Keyspace
 from .records import Actor, event_header
 from .refusals import refusal
+from .search import SEARCH_INDEX_MAX_KEYS, LabelSearch
 
 log = logging.getLogger("keygate.store")
 
@@ -172,6 +173,7 @@ class StoreCore:
         cache: CacheSettings = CacheSettings(),  # noqa: B008 - frozen, shared safely
         audit_max_access_events: int = 10_000,
         max_connections: int = 100,
+        search_index_max_keys: int = SEARCH_INDEX_MAX_KEYS,
     ):
         self.redis = client
         self.prefix = prefix
@@ -190,6 +192,8 @@ class StoreCore:
         self.scripts = Scripts(client)
         self.credential_cache = CredentialCache(cache)
         self.invalidation = InvalidationListener(client, self.names, self.credential_cache)
+        # q's matches in large accounts, from copies of their label indexes (search.py)
+        self.label_search = LabelSearch(client, self.names, max_keys=search_index_max_keys)
         self._observer: Observer | None = None
 
     # ``observer`` (None: nobody) hears of cache hits, misses, evictions, invalidations,

@@ -11,9 +11,11 @@ inactive, each part in key order, which also gives the key order), and a set per
 script (scripts/list_keys.lua) picks the page: no temporary key, one round trip, then
 the page's keys read whole.
 
-``q`` keeps its meaning — a case-folded substring of the label or of the key — and is
-matched by that script over the label index (one pass over the account's keys inside
-Redis, unless a status, role or renewal filter gives a smaller set to check). An index
+``q`` keeps its meaning — a case-folded substring of the label or of the key. In an
+account with many keys this process finds its matches in its own copy of the label
+index (search.py) and hands them to the script; in a smaller one the script matches it
+over the label index (one pass over the account's keys inside Redis, unless a status,
+role or renewal filter gives a smaller set to check). An index
 that answered substrings in sublinear time (trigrams) would cost some forty set entries
 per key (a 20-character label and a 20-character key), several kilobytes: far past the
 memory a key may cost (see the README's Performance section).
@@ -126,6 +128,15 @@ class KeyListing(StoreCore):
             _bound(dates[0]), _bound(dates[1]), query.q.casefold(), names.keys_of(account),
             allowed, query.own_key, "1" if query.role else "0",
         ]
+        if query.q:
+            found = await self.label_search.matches(account, query.q.casefold())
+            if found is not None and not found:
+                return [], 0
+            if found is not None and len(found) <= self.label_search.max_passed:
+                args += ["given", *found]
+            elif found is not None and not (query.status or query.role
+                                            or query.token_created or query.may_act_on):
+                args.append(f"total:{len(found)}")
         result = await self.scripts.list_keys(keys=keys, args=args)
         if result == ["unindexed"]:
             await self.index_listing(account)

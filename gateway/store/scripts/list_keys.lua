@@ -6,7 +6,10 @@
 --       '1' descending, offset, count, status filter ('' | '0' active | '1' inactive),
 --       token dates from, until ([from, until) in ms, '' for no bound), q folded ('' for
 --       none), key name prefix, the roles the caller may act on (JSON list, '' for any),
---       the caller's own key (listed whatever its roles), '1' when KEYS[7] is given
+--       the caller's own key (listed whatever its roles), '1' when KEYS[7] is given,
+--       then, optionally, q's matches as the caller found them (search.py): 'given'
+--       followed by the keys, or 'total:N' (their number alone, when q is the only
+--       filter; each key is then matched here as it is walked)
 -- Not yet in KEYS: the key hashes (ARGV[9] .. appKey) read for q's label match outside
 -- the label index, and the sets of the keys holding a role the caller may not act on
 -- (KEYS[6] .. ':' .. role).
@@ -42,6 +45,16 @@ local role_set = ARGV[12] == '1' and KEYS[7] or nil
 local sort_index = ({creationDate = KEYS[1], creationDateToken = KEYS[2], lastUsed = KEYS[3],
                      label = KEYS[4], status = KEYS[5], appKey = KEYS[5]})[sort]
 local CHUNK = 1000
+
+-- q's matches as the caller found them, if it did
+local q_given, q_count, q_total = nil, 0, nil
+if ARGV[13] == 'given' then
+  q_given = {}
+  for i = 14, #ARGV do q_given[ARGV[i]] = true end
+  q_count = #ARGV - 13
+elseif ARGV[13] and string.sub(ARGV[13], 1, 6) == 'total:' then
+  q_total = tonumber(string.sub(ARGV[13], 7))
+end
 
 -- sets of the keys holding a role in use that the caller may not act on
 local excluded = {}
@@ -82,6 +95,7 @@ local function passes(k, skip, folded)
     end
   end
   if needle ~= '' and skip ~= 'q' then
+    if q_given then return q_given[k] ~= nil end
     folded = folded or folded_label(k)
     return string.find(folded, needle, 1, true) ~= nil
            or string.find(string.lower(k), needle, 1, true) ~= nil
@@ -224,6 +238,15 @@ if has_dates then
     order = sort == 'creationDateToken' and 'tok' or nil,
     members = function() return redis.call('ZRANGE', tok_i, low, high, 'BYSCORE') end}
 end
+if q_given then
+  sources[#sources + 1] = {name = 'q', size = q_count, members = function()
+    local out = {}
+    for i = 14, #ARGV do out[#out + 1] = ARGV[i] end
+    return out
+  end}
+elseif q_total then
+  sources[#sources + 1] = {name = 'q', size = q_total}  -- its members: the pass below
+end
 local source = {name = 'all', size = n}
 for _, s in ipairs(sources) do
   if s.size < source.size or source.name == 'all' then source = s end
@@ -251,7 +274,8 @@ local total, matched = source.size, nil
 local function read_matches()
   matched = {}
   local list = {}
-  if source.name == 'all' then  -- only q and role exclusions: the label index holds q's half
+  if source.name == 'all' or not source.members then
+    -- only q and role exclusions: the label index holds q's half
     local start = 0
     while true do
       local batch = redis.call('ZRANGE', label_i, start, start + CHUNK - 1)

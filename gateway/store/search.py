@@ -1,0 +1,242 @@
+"""q's matches in an account with many keys, from a copy of its label index kept in this
+process.
+
+``q`` is a case-folded substring of a key's label or of its name. Inside Redis it is
+answered by one pass over the account's label index (listing.py): at 1,000,000 keys the
+pass costs about 0.6 s of Redis time, during which Redis serves nobody else, and no Redis
+structure answers a substring faster for what a key may cost in memory (handing even a
+contiguous copy of the labels to a script costs ~60 ms at that size; a trigram index,
+several kilobytes per key). So, for an account with at least ``min_keys`` generated keys,
+each process keeps the label index's members ('folded label NUL key') in two byte
+strings, as they are and lowered as Lua's ``string.lower`` lowers them (ASCII only, as
+the pass in Redis does: the match means the same), and finds q with ``bytes.find``:
+tens of milliseconds at 1,000,000 keys, on the process's CPU instead of Redis's.
+
+Coherence comes from the account's audit stream, the log of every change: each script
+that creates, changes or deletes a key appends its event in the same step. The copy
+remembers the last event it took in; before each search it reads the events after it
+(one round trip) and reads again the label of every key a ``key.*`` event names (a
+second one, only when there are such events), so a search sees every change committed
+before it began, on whichever instance. A key read again is searched from its fresh
+member, and its member in the strings is ignored. The copy is made again when the
+events it needs are gone (the stream trimmed past its last event, or deleted) and when
+more keys were read again than a tenth of its size. Only a complete label index is
+copied (an account whose indexes are being built for an older keygate's data is
+searched in Redis until they are); members written with no event otherwise come only
+from ``keygate store copy``, which is made with keygate stopped.
+
+Memory: about 70 bytes per key (both strings) and the keys read again, per process; at
+most ``max_keys`` keys in all accounts' copies together (the least recently searched
+account's copy is dropped first; an account larger than that is searched in Redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import orjson
+import redis.asyncio as aioredis
+
+from .names import Keyspace
+
+# an account with fewer keys is searched in Redis: the pass there costs ~12 ms at 20,000
+SEARCH_INDEX_FROM = 20_000
+# keys in all accounts' copies together, per process (~140 MB at most)
+SEARCH_INDEX_MAX_KEYS = 2_000_000
+READ_CHUNK = 10_000
+# matches handed to the listing script, at most; past it the script is told only their
+# number (q the only filter) or matches q itself (with other filters)
+MATCHES_PASSED = 50_000
+# events read per round trip while taking in changes
+EVENTS_CHUNK = 1_000
+# the actions that can change an account's label index
+KEY_ACTIONS = ("key.create", "key.update", "key.delete")
+
+
+def member_of(app_key: str, label: str | None, folded: str | None) -> str | None:
+    """A key's member of the label index, as scripts/key_rules.lua's label_member makes
+    it: the fold ('lf') when the label is not ASCII, else the label lowered; None when
+    the key is not listed (no label: deleted; not ASCII and no fold: not indexed yet)."""
+    if label is None:
+        return None
+    if folded:
+        return f"{folded}\0{app_key}"
+    if not label.isascii():
+        return None
+    return f"{label.lower()}\0{app_key}"
+
+
+@dataclass
+class AccountCopy:
+    """One account's label index as of the event ``last_event``, and the keys read
+    again since (key → its member now, None for none)."""
+
+    members: bytes
+    lowered: bytes
+    count: int
+    last_event: str
+    fresh: dict[str, str | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, members: list[str], last_event: str) -> AccountCopy:
+        joined = ("\n" + "\n".join(members) + "\n").encode()
+        return cls(joined, joined.lower(), len(members), last_event)
+
+    def matches(self, needle: bytes) -> list[str]:
+        """The keys whose member holds ``needle`` (lowered, with no NUL or newline)."""
+        found: list[str] = []
+        lowered, members, fresh = self.lowered, self.members, self.fresh
+        at = lowered.find(needle)
+        while at != -1:
+            start = lowered.rfind(b"\n", 0, at) + 1
+            end = lowered.find(b"\n", at)
+            app_key = members[start:end].partition(b"\0")[2].decode()
+            if app_key not in fresh:
+                found.append(app_key)
+            at = lowered.find(needle, end)
+        for app_key, member in fresh.items():
+            if member is not None and needle in member.encode().lower():
+                found.append(app_key)
+        return found
+
+
+class LabelSearch:
+    """The copies of this process (see the module notes)."""
+
+    def __init__(self, client: aioredis.Redis, names: Keyspace, *,
+                 max_keys: int = SEARCH_INDEX_MAX_KEYS, min_keys: int = SEARCH_INDEX_FROM):
+        self.redis = client
+        self.names = names
+        self.max_keys = max_keys
+        self.min_keys = min_keys
+        self.max_passed = MATCHES_PASSED
+        self.copies: OrderedDict[str, AccountCopy] = OrderedDict()
+        self.builds = 0  # copies made, for tests and metrics
+        self._lock = asyncio.Lock()
+
+    @property
+    def kept_keys(self) -> int:
+        return sum(c.count + len(c.fresh) for c in self.copies.values())
+
+    async def matches(self, account: str, q: str) -> list[str] | None:
+        """The keys of ``account`` whose label or name holds ``q`` (case-folded, not
+        empty), or None when the account is searched in Redis: fewer keys than
+        ``min_keys`` or more than ``max_keys``, or its indexes not complete yet."""
+        if not self.max_keys:
+            return None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.names.account(account, "label"))
+            pipe.sismember(self.names.account(account, "roles"), "")
+            listed, complete = await pipe.execute()
+        if not complete or listed < self.min_keys or listed > self.max_keys:
+            self.copies.pop(account, None)
+            return None
+        if "\n" in q or "\0" in q:
+            return []  # no member holds either (labels hold no control character)
+        try:
+            needle = q.encode().lower()
+        except UnicodeEncodeError:  # a lone surrogate: no label holds one
+            return []
+        async with self._lock:
+            copy = await self._current(account)
+        if copy is None:
+            return None
+        self.copies.move_to_end(account)
+        return copy.matches(needle)
+
+    async def _current(self, account: str) -> AccountCopy | None:
+        copy = self.copies.get(account)
+        if copy is not None and await self._take_in(account, copy):
+            return copy
+        self.copies.pop(account, None)
+        copy = await self._build(account)
+        if copy is None:
+            return None
+        self.copies[account] = copy
+        while self.kept_keys > self.max_keys and len(self.copies) > 1:
+            self.copies.popitem(last=False)
+        return copy
+
+    async def _build(self, account: str) -> AccountCopy | None:
+        label = self.names.account(account, "label")
+        audit = self.names.account(account, "audit")
+        # the last event before the read: every change after it is taken in after
+        newest = await self.redis.xrevrange(audit, count=1)
+        last_event = newest[0][0] if newest else "0-0"
+        members: list[str] = []
+        start = "-"
+        while True:
+            # by value from the last one read, not by rank: a member added or removed
+            # meanwhile shifts no other (its event is taken in afterwards)
+            chunk = await self.redis.zrange(label, start, "+", bylex=True, offset=0,
+                                            num=READ_CHUNK)
+            members += chunk
+            if len(chunk) < READ_CHUNK:
+                break
+            start = "(" + chunk[-1]
+            if len(members) > self.max_keys:
+                return None
+        self.builds += 1
+        copy = AccountCopy.of(members, last_event)
+        if not await self._take_in(account, copy):
+            return None  # changing faster than it can be read: searched in Redis
+        return copy
+
+    async def _take_in(self, account: str, copy: AccountCopy) -> bool:
+        """Read the events after the copy's last and the labels of the keys they name;
+        False when the copy must be made again."""
+        audit = self.names.account(account, "audit")
+        changed: set[str] = set()
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xrange(audit, min="-", max="+", count=1)
+                pipe.xrange(audit, min="(" + copy.last_event, max="+", count=EVENTS_CHUNK)
+                first, events = await pipe.execute()
+            if copy.last_event != "0-0" and (not first or _after(first[0][0],
+                                                                 copy.last_event)):
+                return False  # the events since the copy's last are not all there
+            changed.update(_keys_named(events, account))
+            if events:
+                copy.last_event = events[-1][0]
+            if len(changed) + len(copy.fresh) > max(1_000, copy.count // 10):
+                return False
+            if len(events) < EVENTS_CHUNK:
+                break
+        if changed:
+            await self._read_again(account, copy, changed)
+        return True
+
+    async def _read_again(self, account: str, copy: AccountCopy, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for app_key in keys:
+                pipe.hmget(self.names.key(app_key), "acct", "label", "lf")
+            found = await pipe.execute()
+        for app_key, (owner, label, folded) in zip(keys, found, strict=True):
+            copy.fresh[app_key] = (member_of(app_key, label, folded)
+                                   if owner == account else None)
+
+
+def _after(event: str, other: str) -> bool:
+    """Whether stream id ``event`` comes after ``other``."""
+    def parts(value: str) -> tuple[int, int]:
+        ms, _, seq = value.partition("-")
+        return int(ms), int(seq or 0)
+    return parts(event) > parts(other)
+
+
+def _keys_named(events: list[tuple[str, dict[str, str]]], account: str) -> set[str]:
+    """The keys of ``account`` that its ``key.*`` events name."""
+    named = set()
+    for _, fields in events:
+        try:
+            event = orjson.loads(fields.get("event", ""))
+        except orjson.JSONDecodeError:
+            continue
+        if (isinstance(event, dict) and event.get("action") in KEY_ACTIONS
+                and event.get("account") == account and isinstance(event.get("target"), str)):
+            named.add(event["target"])
+    return named

@@ -1,0 +1,161 @@
+"""q answered from a process's copy of an account's label index (gateway/store/search.py):
+the same answers as brute force for every query; changes made by another instance seen
+by the very next search; the copy made again when the audit events it follows are gone;
+memory bounded however many accounts are searched; needles that can match nothing.
+Real Redis (one server and a Cluster); the copy is used from the first key here
+(``min_keys = 0``) instead of from 20,000.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+from conftest import on_one_server_and_a_cluster
+from test_listing_index import ACCOUNT, Keys, assert_same, brute, indexed, queries, spread
+
+from gateway.context import Gateway
+from gateway.store import CLI_ACTOR as CLI
+from gateway.store import KeyQuery, Store
+
+redis_url = on_one_server_and_a_cluster()
+
+
+@pytest.fixture
+def searched(gateway: Gateway) -> Gateway:
+    """The gateway's store answering q from its copy from the first key."""
+    gateway.store.label_search.min_keys = 0
+    return gateway
+
+
+@pytest.fixture
+async def other(gateway: Gateway) -> AsyncIterator[Store]:
+    """Another instance's store on the same Redis."""
+    store = Store.from_url(gateway.settings.store_url, gateway.settings.store_prefix,
+                           gateway.store.clock)
+    yield store
+    await store.close()
+
+
+def stream_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq)
+
+
+def used_copy(store: Store, builds: int) -> None:
+    search = store.label_search
+    assert ACCOUNT in search.copies and search.builds == builds, (search.builds,
+                                                                  list(search.copies))
+
+
+async def test_q_from_the_copy_answers_as_brute_force(searched, clock):
+    keys = Keys(searched.store, 11)
+    await spread(searched, keys, clock, 240)
+    rng = random.Random(12)
+    asked = [q for q in queries(rng, int(clock() * 1000), 400) if q.q]
+    asked += [KeyQuery(q=needle, sort=sort, descending=desc, per_page=per_page, page=page)
+              for needle in ("a", "kgk", "-", "ss", "ß", "日本", "zzz-none", "KGK-ACME-")
+              for sort in ("creationDate", "label", "appKey")
+              for desc in (True, False) for per_page, page in ((5, 1), (5, 4), (1000, 1))]
+    assert len(asked) > 100
+    for query in asked:
+        await assert_same(searched.store, query)
+    used_copy(searched.store, builds=1)
+
+
+async def test_more_matches_than_the_script_is_handed_answer_as_brute_force(searched, clock):
+    """Past max_passed matches the script is told only their number (q alone), or
+    matches q itself (with other filters): the same answers either way."""
+    searched.store.label_search.max_passed = 3
+    keys = Keys(searched.store, 13)
+    await spread(searched, keys, clock, 120)
+    rng = random.Random(14)
+    asked = [q for q in queries(rng, int(clock() * 1000), 150) if q.q]
+    for query in asked:
+        await assert_same(searched.store, query)
+    used_copy(searched.store, builds=1)
+
+
+async def test_another_instances_changes_are_seen_by_the_next_search(searched, other, clock):
+    store = searched.store
+    keys = Keys(store, 21)
+    for label in ("zebra 1", "zebra 2", "horse", "ZÈBRE", "donkey"):
+        await keys.create(label)
+    for needle in ("zebra", "zèbre", "e"):
+        await assert_same(store, KeyQuery(q=needle, per_page=100))
+    used_copy(store, builds=1)
+    made = Keys(other, 22)
+    await made.create("Zebra crossing")  # created
+    await other.update_key(ACCOUNT, keys.made[2], label="zebra now")  # relabelled in
+    await other.update_key(ACCOUNT, keys.made[1], label="no longer")  # relabelled out
+    await other.delete_key(ACCOUNT, keys.made[0], actor=CLI)  # deleted
+    await other.update_key(ACCOUNT, keys.made[3], label="ZÉBRÉ")  # not ASCII either way
+    await other.update_key(ACCOUNT, keys.made[4], status="inactive")  # not its label
+    for needle in ("zebra", "zèbre", "zébré", "no longer", "e", "donkey"):
+        await assert_same(store, KeyQuery(q=needle, per_page=100))
+        await assert_same(store, KeyQuery(q=needle, status="active", per_page=100))
+    page, total = await indexed(store, KeyQuery(q="zebra", per_page=100))
+    assert total == 2 and set(page) == {made.made[0], keys.made[2]}
+    used_copy(store, builds=1)  # taken in from the events, not copied again
+
+
+async def test_the_copy_is_made_again_when_the_events_it_follows_are_gone(gateway, clock):
+    """Another instance trims the audit stream past the copy's last event (a cap of 5
+    events), then the store is emptied and written again: each time the next search
+    copies the label index again and answers right."""
+    gateway.store.label_search.min_keys = 0
+    store = gateway.store
+    keys = Keys(store, 31)
+    for i in range(20):
+        await keys.create(f"first {i}")
+    await assert_same(store, KeyQuery(q="first 1", per_page=100))
+    used_copy(store, builds=1)
+    trimming = Store.from_url(gateway.settings.store_url, gateway.settings.store_prefix,
+                              clock, audit_max_events=5)
+    try:
+        for i in range(300):  # MAXLEN ~ trims whole nodes of the stream (100 events)
+            await trimming.update_key(ACCOUNT, keys.made[i % 20], label=f"second {i}")
+        last = store.label_search.copies[ACCOUNT].last_event
+        first = await store.redis.xrange(store.names.account(ACCOUNT, "audit"), count=1)
+        assert stream_id(first[0][0]) > stream_id(last)  # the copy's events are gone
+        for needle in ("first", "second 29", "second"):
+            await assert_same(store, KeyQuery(q=needle, per_page=100))
+        used_copy(store, builds=2)
+        await store.redis.flushdb()
+        fresh = Keys(trimming, 32)
+        for i in range(5):
+            await fresh.create(f"third {i}")
+        for needle in ("first", "second", "third"):
+            await assert_same(store, KeyQuery(q=needle, per_page=100))
+        used_copy(store, builds=3)
+    finally:
+        await trimming.close()
+
+
+async def test_copies_stay_within_their_key_budget_whatever_is_searched(gateway, clock):
+    """At most max_keys keys in all copies: searching another account drops the least
+    recently searched copy; an account larger than the budget is searched in Redis."""
+    search = gateway.store.label_search
+    search.min_keys, search.max_keys = 0, 50
+    store = gateway.store
+    for account, count in (("acme", 30), ("beta", 30), ("huge", 60)):
+        for i in range(count):
+            await store.create_key(f"kgk-{account}-{i:010X}", account, f"label {i}", [],
+                                   "d" * 64)
+    for account in ("acme", "beta", "huge", "acme"):
+        page, total = await store.list_keys(account, KeyQuery(q="label 1", per_page=100))
+        expected = {f"kgk-{account}-{i:010X}" for i in range(30 if account != "huge" else 60)
+                    if "label 1" in f"label {i}"}
+        assert (set(r.app_key for r in page), total) == (expected, len(expected))
+        assert search.kept_keys <= 50
+    assert list(search.copies) == ["acme"]  # beta's dropped for acme's; huge never copied
+
+
+async def test_needles_that_no_label_holds_match_nothing(searched, clock):
+    keys = Keys(searched.store, 41)
+    for label in ("plain", "two words", "日本"):
+        await keys.create(label)
+    for needle in ("\n", "plain\ntwo", "\ud800", "two\0words", "x" * 200):
+        assert await indexed(searched.store, KeyQuery(q=needle)) == ([], 0), repr(needle)
+    assert await brute(searched.store, KeyQuery(q="\n")) == ([], 0)
