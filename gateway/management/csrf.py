@@ -5,9 +5,10 @@ that keygate's own page sent it.
 The port's own origin is the one the client reached it at (through trusted proxies:
 their ``X-Forwarded-Proto``/``-Host``) and ``management_public_url``'s. Routes that
 never read the cookie as a credential are left alone: login (the key and token are in
-the body, which must be JSON, something a form cannot send either), logout (it only
-clears the cookie), and the one-time token links (the link is the credential; its page
-posts a plain form).
+the body, which must be JSON, something a form cannot send either) and the one-time
+token links (the link is the credential; its page posts a plain form). Logout is not
+among them: it ends the session the cookie carries, and without the proof another
+origin of the site could sign the administrator out.
 
 The cookie is looked for as the credentials are read (``credential_headers``): over
 TLS its ``__Host-`` name alone.
@@ -29,7 +30,6 @@ from .common import credential_headers
 # canonical route paths whose handlers never take the session cookie as credentials
 COOKIE_FREE_ROUTES = frozenset({
     "/api/v1/auth/login",
-    "/api/v1/auth/logout",
     "/api/v1/token-links/{secret}",
 })
 _AUTHORIZATION = istr("Authorization")

@@ -97,7 +97,8 @@ async def login(request: web.Request, body: Login) -> web.Response:
 
 @operations.post("/api/v1/auth/logout", summary="End the session and clear its cookie",
                  responses={204: None},
-                 errors={429: ("too_many_failures",), 503: ("store_unavailable",)})
+                 errors={403: ("csrf_refused",), 429: ("too_many_failures",),
+                         503: ("store_unavailable",)})
 async def logout(request: web.Request) -> web.Response:
     """Ends the session the request carries (the Bearer token, else the session cookie,
     each one the browser sent): every instance refuses it from its next request, on
@@ -109,7 +110,11 @@ async def logout(request: web.Request) -> web.Response:
     every session made from it for good; deactivating the key stops them only while it
     stays inactive (activated again, they work).
 
-    Over TLS only the cookie's `__Host-` name is read.
+    A sign-out that only the session cookie carries is a write like any other: without
+    the CSRF proof (`X-Keygate-CSRF: 1`, from the port's own origin) it is refused
+    with 403 `csrf_refused` and the session goes on, so another origin of the site
+    cannot sign the administrator out. A Bearer sign-out needs no proof. Over TLS only
+    the cookie's `__Host-` name is read.
 
     A session that does not verify costs a signature check, as on every port, so it
     counts against the client's failure budget as there: a client that spent it gets
