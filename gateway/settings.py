@@ -387,8 +387,9 @@ SETTINGS: tuple[Setting, ...] = (
             "lives (6 hours by default).", _positive(int)),
     Setting("session_cookie", "keygate_session",
             "Cookie that may carry a session token instead of Authorization: Bearer; "
-            "login over TLS names it __Host-<name> (empty: sessions only in the "
-            "Authorization header).", _cookie_name),
+            "login over TLS names it __Host-<name>, and the management port then reads "
+            "that name alone (empty: sessions only in the Authorization header).",
+            _cookie_name),
     Setting("identity_token_header", "X-Keygate-Identity",
             "Header carrying the signed identity token to the upstream, on routes with "
             "identity_token = true (client-sent values are always removed).", _header),

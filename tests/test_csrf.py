@@ -23,6 +23,7 @@ from gateway.store import CLI_ACTOR
 
 CSRF = {"X-Keygate-CSRF": "1"}
 KEYS = "/api/v1/accounts/acme/keys"
+LOGOUT = "/api/v1/auth/logout"
 RELOAD = "/api/v1/policy/reload"
 
 
@@ -156,7 +157,40 @@ async def test_a_forged_write_is_refused_before_authentication(management, gatew
     assert_refused(answer.status, await answer.json(), "garbage")
 
 
-async def test_login_logout_and_token_links_stay_usable_with_a_cookie(
+async def test_signing_out_with_the_cookie_needs_the_proof(management, proxy, make_key):
+    """Sign-out was left out of the check: a form or a fetch of another origin of the
+    site (another port, another subdomain) signed the administrator out. Without the
+    proof it is refused like any other cookie-authenticated write, and the session goes
+    on; with it, or with the session as a Bearer token, it ends as before."""
+    owner = await make_key("acme", ["owner"])
+    cookie = await session_cookie(management, owner)
+    session = cookie["Cookie"].split("=", 1)[1]
+    for extra in ({}, {"X-Keygate-CSRF": "0"},
+                  {"X-Keygate-CSRF": "1", "Origin": "http://127.0.0.1:1"},
+                  {"X-Keygate-CSRF": "1", "Sec-Fetch-Site": "same-site"}):
+        answer = await management.post(LOGOUT, headers={**cookie, **extra})
+        assert answer.status == 403, (extra, answer.status)
+        assert_refused(answer.status, await answer.json(), session)
+        assert "Set-Cookie" not in answer.headers
+        # the session goes on, on every port
+        assert (await management.get(KEYS, headers=cookie)).status == 200, extra
+        assert (await proxy.get("/orders/1", headers=cookie)).status == 200, extra
+    # no cookie at all: nothing to prove, the cookie is cleared as before
+    assert (await management.post(LOGOUT)).status == 204
+    signed_out = await management.post(LOGOUT, headers={
+        **cookie, **CSRF, "Origin": own_origin(management), "Sec-Fetch-Site": "same-origin"})
+    assert signed_out.status == 204
+    ended = await management.get(KEYS, headers=cookie)
+    assert ended.status == 401 and (await ended.json())["error"]["code"] == "session_ended"
+    # a Bearer session signs out without the proof (a browser never adds the header)
+    other = (await session_cookie(management, owner))["Cookie"].split("=", 1)[1]
+    bearer = {"Authorization": f"Bearer {other}"}
+    assert (await management.post(LOGOUT, headers={**bearer, **cookie})).status == 204
+    ended = await management.get(KEYS, headers=bearer)
+    assert ended.status == 401 and (await ended.json())["error"]["code"] == "session_ended"
+
+
+async def test_login_and_token_links_stay_usable_with_a_cookie(
     management, gateway, make_key
 ):
     owner = await make_key("acme", ["owner"])
@@ -165,8 +199,6 @@ async def test_login_logout_and_token_links_stay_usable_with_a_cookie(
                                   json={"appKey": owner.app_key, "appToken": owner.token,
                                         "cookie": True})
     assert login.status == 200, await login.text()
-    logout = await management.post("/api/v1/auth/logout", headers=stale)
-    assert logout.status == 204
     # a one-time link's page posts a plain form (no header can be added): the link is
     # its credential, and an administrator signed in to the page in the same browser
     # must still be able to open it
@@ -205,11 +237,19 @@ async def test_origins_behind_a_trusted_proxy_and_the_public_url(
         {"Origin": "https://keys.example.com", "X-Forwarded-Proto": "https",
          "X-Forwarded-Host": "evil.test"},
     ]
+
+    def sent(headers: dict[str, str]) -> dict[str, str]:
+        # over TLS (the trusted proxy says https) the cookie is read by its __Host- name
+        # alone, the name login sets there
+        over_tls = headers.get("X-Forwarded-Proto") == "https"
+        jar = {"Cookie": "__Host-" + cookie["Cookie"]} if over_tls else cookie
+        return {**jar, **CSRF, **headers}
+
     for headers in accepted:
-        answer = await management.post(KEYS, json=body, headers={**cookie, **CSRF, **headers})
+        answer = await management.post(KEYS, json=body, headers=sent(headers))
         assert answer.status == 201, (headers, await answer.text())
     for headers in refused:
-        answer = await management.post(KEYS, json=body, headers={**cookie, **CSRF, **headers})
+        answer = await management.post(KEYS, json=body, headers=sent(headers))
         assert_refused(answer.status, await answer.json())
     await behind.close()
 
@@ -278,7 +318,7 @@ async def test_a_login_from_another_origin_cannot_plant_a_session_cookie(managem
 
 
 async def test_the_routes_left_alone_exist(gateway):
-    """A renamed login, logout or link route must not silently fall under the check
+    """A renamed login or link route must not silently fall under the check
     (or out of it): each one named is routed, for POST."""
     app = build_management_app(gateway)
     routed = {(r.method, r.resource.canonical) for r in app.router.routes()

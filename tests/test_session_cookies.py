@@ -20,6 +20,7 @@ LOGIN = "/api/v1/auth/login"
 LOGOUT = "/api/v1/auth/logout"
 KEYS = "/api/v1/accounts/acme/keys"
 OVER_TLS = {"X-Forwarded-Proto": "https"}  # what a trusted TLS front says
+PROOF = {"X-Keygate-CSRF": "1"}  # what the admin page sends with every write
 
 
 async def session_of(management: Any, key: Key, **headers: str) -> str:
@@ -109,17 +110,72 @@ async def test_over_tls_the_cookie_is_host_prefixed_and_wins_over_a_planted_one(
     both = {"Cookie": f"keygate_session={planted}; __Host-keygate_session={own}"}
     listed = await management.get(KEYS, headers={**both, **OVER_TLS})
     assert listed.status == 200, await listed.text()  # as the victim, not the planter
-    # signing out ends every session the browser sent and clears both names
-    out = await management.post(LOGOUT, headers={**both, **OVER_TLS})
+    # signing out ends the session of the __Host- cookie and clears both names; the
+    # plain-named one is not read over TLS, so the planter's session is not touched
+    out = await management.post(LOGOUT, headers={**both, **OVER_TLS, **PROOF})
     assert out.status == 204
     cleared = out.headers.getall("Set-Cookie")
     assert {c.partition("=")[0] for c in cleared} == {"__Host-keygate_session",
                                                       "keygate_session"}
     assert all("Secure" in c for c in cleared if c.startswith("__Host-"))
-    for token in (own, planted):
-        again = await management.get(KEYS, headers={"Authorization": f"Bearer {token}"})
-        assert again.status == 401
-        assert (await again.json())["error"]["code"] == "session_ended"
+    again = await management.get(KEYS, headers={"Authorization": f"Bearer {own}"})
+    assert again.status == 401
+    assert (await again.json())["error"]["code"] == "session_ended"
+    still = await management.get("/api/v1/accounts/evil/keys",
+                                 headers={"Authorization": f"Bearer {planted}"})
+    assert still.status == 200
+
+
+async def test_over_tls_a_planted_plain_cookie_signs_nobody_in(behind_tls, make_key):
+    """Over TLS the plain name was still read beside the ``__Host-`` one: another host
+    of the site (or a plain-HTTP answer) could plant the planter's own valid session
+    under it, and a browser holding no ``__Host-`` cookie yet was signed in as the
+    planter (login fixation). Over TLS only the ``__Host-`` name is read now; without
+    TLS the plain name is the cookie, as before."""
+    management = behind_tls
+    victim = await make_key("acme", ["owner"])
+    planter = await make_key("evil", ["owner"])
+    planted = await session_of(management, planter)
+    only_planted = {"Cookie": f"theme=dark; keygate_session={planted}"}
+    for path in ("/api/v1/accounts/evil/me", "/api/v1/accounts/evil/keys"):
+        answer = await management.get(path, headers={**only_planted, **OVER_TLS})
+        assert answer.status == 401, (path, await answer.text())
+        assert (await answer.json())["error"]["code"] == "missing_credentials"
+    # a write the page would send (with the proof) is not the planter's either
+    write = await management.post("/api/v1/accounts/evil/keys", headers={
+        **only_planted, **OVER_TLS, **PROOF}, json={"label": "x", "roles": []})
+    assert write.status == 401, await write.text()
+    listed = await management.get("/api/v1/accounts/evil/keys", headers=planter.headers)
+    assert (await listed.json())["total"] == 1  # nothing was created
+    # the __Host- cookie still signs in, and beside it the planted one changes nothing
+    own = await session_of(management, victim)
+    for cookie in (f"__Host-keygate_session={own}",
+                   f"keygate_session={planted}; __Host-keygate_session={own}"):
+        me = await management.get("/api/v1/accounts/acme/me",
+                                  headers={"Cookie": cookie, **OVER_TLS})
+        assert me.status == 200, await me.text()
+        assert (await me.json())["appKey"] == victim.app_key
+    # plain HTTP (no trusted proxy saying https): the plain name is the cookie
+    plain = await management.get("/api/v1/accounts/evil/me", headers=only_planted)
+    assert plain.status == 200, await plain.text()
+    assert (await plain.json())["appKey"] == planter.app_key
+
+
+async def test_without_tls_the_plain_cookie_is_the_session(management, make_key):
+    """A deployment without TLS keeps the plain name: login sets it and it signs in; an
+    ``X-Forwarded-Proto: https`` from a peer that is not a trusted proxy changes
+    nothing."""
+    key = await make_key("acme", ["owner"])
+    answer = await management.post(LOGIN, json={"appKey": key.app_key,
+                                                "appToken": key.token, "cookie": True})
+    assert answer.headers["Set-Cookie"].startswith("keygate_session="), answer.headers
+    session = (await answer.json())["token"]
+    management.session.cookie_jar.clear()
+    for headers in ({}, OVER_TLS):
+        me = await management.get("/api/v1/accounts/acme/me", headers={
+            "Cookie": f"keygate_session={session}", **headers})
+        assert me.status == 200, await me.text()
+        assert (await me.json())["appKey"] == key.app_key
 
 
 async def test_a_write_that_only_the_host_cookie_authenticates_needs_the_csrf_proof(
@@ -175,9 +231,9 @@ async def test_signing_out_with_forged_sessions_spends_the_failure_budget(
     for _ in range(5):  # valid sessions, and none at all, cost nothing
         session = await session_of(management, key)
         assert (await management.post(LOGOUT, headers={
-            "Cookie": f"keygate_session={session}"})).status == 204
+            "Cookie": f"keygate_session={session}", **PROOF})).status == 204
         assert (await management.post(LOGOUT)).status == 204
-    forged = {"Cookie": f"keygate_session={tampered(session)}"}
+    forged = {"Cookie": f"keygate_session={tampered(session)}", **PROOF}
     statuses = [(await management.post(LOGOUT, headers=forged)).status for _ in range(5)]
     assert statuses[:3] == [204, 204, 204] and statuses[-1] == 429, statuses
     answer = await management.post(LOGOUT, headers=forged)

@@ -205,7 +205,8 @@ async def test_the_session_cookie_authenticates_and_never_reaches_the_upstream(
     forwarded = upstream.last["headers"]
     assert token not in str(forwarded)
     assert forwarded["Cookie"].replace(" ", "") == "theme=dark;lang=en"
-    logout = await management.post("/api/v1/auth/logout")
+    # the client's jar holds the cookie: a sign-out it carries needs the CSRF proof
+    logout = await management.post("/api/v1/auth/logout", headers={"X-Keygate-CSRF": "1"})
     assert logout.status == 204 and "keygate_session=" in logout.headers["Set-Cookie"]
 
 
@@ -237,7 +238,8 @@ async def test_a_cookie_session_signed_out_is_refused_though_the_cookie_is_repla
     management.session.cookie_jar.clear()
     replayed = {"Cookie": f"keygate_session={token}"}
     assert (await proxy.get("/orders/1", headers=replayed)).status == 200
-    out = await management.post("/api/v1/auth/logout", headers=replayed)
+    out = await management.post("/api/v1/auth/logout",
+                                headers={**replayed, "X-Keygate-CSRF": "1"})
     assert out.status == 204 and "keygate_session=" in out.headers["Set-Cookie"]
     assert (await proxy.get("/orders/1", headers=replayed)).status == 401
 

@@ -155,6 +155,12 @@ def test_sign_in_keeps_the_token_out_of_the_page_and_sign_out_ends_it(open_page,
     page.get_by_role("button", name="Sign out").click()
     expect(page.locator("#sign-in-notice")).to_have_text("You are signed out.")
     assert not [c for c in browsing.context.cookies() if c["name"] == "keygate_session"]
+    # ended on the server, not only forgotten by the browser: the page's sign-out
+    # carries the CSRF proof that a cookie-authenticated sign-out needs
+    status, body = served.request(served.management, "GET", f"/api/v1/accounts/{account}/me",
+                                  {"Cookie": f"keygate_session={cookie['value']}"})
+    assert status == 401 and body is not None
+    assert body["error"]["code"] == "session_ended", body
     assert page.locator("#panel-generated tbody").count() == 0  # nothing left behind
 
     # signed out in another tab: the cookie is gone for this one too, and it says so

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..accesslog import APP_KEY, CLIENT
 from ..context import GATEWAY
@@ -17,6 +18,7 @@ from ..errors import BadRequest, Conflict, Forbidden
 from ..lifecycle import Issued
 from ..middleware import request_id_of
 from ..pipeline import Identity
+from ..pipeline.authenticators import without_plain_session_cookie
 from ..renewal import DEFAULT_RENEWAL_PERIOD
 from ..store import Actor, KeyChanged, LastOwnerKey
 from ..views import iso
@@ -64,6 +66,40 @@ def client_address(request: web.Request) -> str:
     return client
 
 
+def reached_over_tls(request: web.Request) -> bool:
+    """Whether the client reached keygate over TLS (directly, or through a trusted proxy
+    that says so): login then names the session cookie ``__Host-`` and marks it Secure,
+    and only that name is read."""
+    if request.secure:
+        return True
+    gateway = request.app[GATEWAY]
+    if gateway.trusted_proxies is None:
+        return False
+    forwarding = gateway.trusted_proxies.forwarding(
+        request.remote or "", request.headers, request.scheme, request.host)
+    return forwarding.proto == "https"
+
+
+def credential_headers(request: web.Request) -> CIMultiDictProxy[str]:
+    """The request's headers as its credentials are read from them. Over TLS the session
+    cookie's plain name is left out: any other host of the site (``Domain=`` the parent)
+    or a plain-HTTP answer can set it, so a session planted under it, the planter's
+    own, would sign in as the planter a browser that holds no ``__Host-`` cookie yet
+    (login fixation). Without TLS the plain name is the only one."""
+    headers = request.headers
+    name = request.app[GATEWAY].settings.session_cookie
+    if not name or hdrs.COOKIE not in headers or not reached_over_tls(request):
+        return headers
+    kept: CIMultiDict[str] = CIMultiDict()
+    for header, value in headers.items():
+        if header.lower() == "cookie":
+            value = without_plain_session_cookie(value, name)
+            if not value:
+                continue
+        kept.add(header, value)
+    return CIMultiDictProxy(kept)
+
+
 async def authorize(
     request: web.Request, permission: Permission, account: str | None
 ) -> Identity:
@@ -78,7 +114,7 @@ async def authorize(
             # no key header: a session (Bearer or cookie) names its key's owner once it
             # is proven, so prove it first (the same checks and failure budgets)
             authenticated = await gateway.pipeline.authenticate(
-                request.headers, NO_ACCOUNT, client_address(request))
+                credential_headers(request), NO_ACCOUNT, client_address(request))
             account = authenticated.principal.owner
     elif account is None or not is_valid_account(account):
         # the path model's pattern says the same; Python's "$" also matches before a
@@ -87,7 +123,7 @@ async def authorize(
                          "'-', at most 63 characters)", code="bad_account")
     actions = permission.actions[0] if len(permission.actions) == 1 else permission.actions
     identity = await gateway.pipeline.check(
-        request.headers, account, permission.resource, actions, request_id_of(request),
+        credential_headers(request), account, permission.resource, actions, request_id_of(request),
         client_address(request),
     )
     request[APP_KEY] = identity.principal.app_key

@@ -5,9 +5,13 @@ that keygate's own page sent it.
 The port's own origin is the one the client reached it at (through trusted proxies:
 their ``X-Forwarded-Proto``/``-Host``) and ``management_public_url``'s. Routes that
 never read the cookie as a credential are left alone: login (the key and token are in
-the body, which must be JSON, something a form cannot send either), logout (it only
-clears the cookie), and the one-time token links (the link is the credential; its page
-posts a plain form).
+the body, which must be JSON, something a form cannot send either) and the one-time
+token links (the link is the credential; its page posts a plain form). Logout is not
+among them: it ends the session the cookie carries, and without the proof another
+origin of the site could sign the administrator out.
+
+The cookie is looked for as the credentials are read (``credential_headers``): over
+TLS its ``__Host-`` name alone.
 """
 
 from __future__ import annotations
@@ -21,11 +25,11 @@ from multidict import CIMultiDictProxy, istr
 from ..context import GATEWAY
 from ..pipeline.authenticators import carries_session_cookie
 from ..pipeline.csrf import SAFE_METHODS, CsrfRefused, forged, origin_of
+from .common import credential_headers
 
 # canonical route paths whose handlers never take the session cookie as credentials
 COOKIE_FREE_ROUTES = frozenset({
     "/api/v1/auth/login",
-    "/api/v1/auth/logout",
     "/api/v1/token-links/{secret}",
 })
 _AUTHORIZATION = istr("Authorization")
@@ -44,7 +48,7 @@ def cookie_is_the_credential(request: web.Request) -> bool:
     cookie = settings.session_cookie
     if not cookie:
         return False
-    headers = request.headers
+    headers = credential_headers(request)
     if settings.key_header in headers or settings.token_header in headers or _bearer(headers):
         return False
     return carries_session_cookie(headers, cookie)

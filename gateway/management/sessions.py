@@ -27,7 +27,7 @@ from ..pipeline.authenticators import (
 from ..sessions.keys import JWKS_MAX_AGE
 from ..sessions.tokens import ExpiredSession, InvalidSession
 from ..views import iso
-from .common import client_address, json_response
+from .common import client_address, credential_headers, json_response, reached_over_tls
 from .operations import Operations
 from .schema import Jwks, Login, Session
 
@@ -84,8 +84,8 @@ async def login(request: web.Request, body: Login) -> web.Response:
             raise BadRequest("session cookies are off (setting session_cookie is empty)",
                              code="cookies_off")
         # over TLS the cookie is __Host-: no other host of the site can replace or
-        # shadow it (see session_cookie_names)
-        secure = _secure(request)
+        # shadow it (see session_cookie_names), and only that name is read
+        secure = reached_over_tls(request)
         response.set_cookie(
             (HOST_PREFIX if secure else "") + settings.session_cookie, session,
             max_age=settings.session_ttl, path="/", httponly=True, samesite="Strict",
@@ -97,7 +97,8 @@ async def login(request: web.Request, body: Login) -> web.Response:
 
 @operations.post("/api/v1/auth/logout", summary="End the session and clear its cookie",
                  responses={204: None},
-                 errors={429: ("too_many_failures",), 503: ("store_unavailable",)})
+                 errors={403: ("csrf_refused",), 429: ("too_many_failures",),
+                         503: ("store_unavailable",)})
 async def logout(request: web.Request) -> web.Response:
     """Ends the session the request carries (the Bearer token, else the session cookie,
     each one the browser sent): every instance refuses it from its next request, on
@@ -109,13 +110,19 @@ async def logout(request: web.Request) -> web.Response:
     every session made from it for good; deactivating the key stops them only while it
     stays inactive (activated again, they work).
 
+    A sign-out that only the session cookie carries is a write like any other: without
+    the CSRF proof (`X-Keygate-CSRF: 1`, from the port's own origin) it is refused
+    with 403 `csrf_refused` and the session goes on, so another origin of the site
+    cannot sign the administrator out. A Bearer sign-out needs no proof. Over TLS only
+    the cookie's `__Host-` name is read.
+
     A session that does not verify costs a signature check, as on every port, so it
     counts against the client's failure budget as there: a client that spent it gets
     429 (the cookie kept) before any check, and cannot make keygate check signatures
     without end here either."""
     gateway = request.app[GATEWAY]
     name = gateway.settings.session_cookie
-    presented = session_tokens(request.headers, name)
+    presented = session_tokens(credential_headers(request), name)
     limiter, client = gateway.pipeline.limiter, client_address(request)
     if presented and limiter is not None:
         wait = limiter.address_blocked(client)
@@ -139,7 +146,7 @@ async def logout(request: web.Request) -> web.Response:
         await limiter.failed(client, None)
     response = web.Response(status=204)
     for cookie in session_cookie_names(name):
-        secure = cookie.startswith(HOST_PREFIX) or _secure(request)
+        secure = cookie.startswith(HOST_PREFIX) or reached_over_tls(request)
         response.del_cookie(cookie, path="/", secure=secure, httponly=True,
                             samesite="Strict")
     return response
@@ -163,15 +170,3 @@ def _jwks(operation_id: str, path: str) -> None:
 _jwks("jwks", "/.well-known/jwks.json")
 _jwks("jwksV1", "/api/v1/.well-known/jwks.json")
 
-
-def _secure(request: web.Request) -> bool:
-    """Mark the cookie Secure when the client reached keygate over TLS (directly, or
-    through a trusted proxy that says so)."""
-    if request.secure:
-        return True
-    gateway = request.app[GATEWAY]
-    if gateway.trusted_proxies is None:
-        return False
-    forwarding = gateway.trusted_proxies.forwarding(
-        request.remote or "", request.headers, request.scheme, request.host)
-    return forwarding.proto == "https"

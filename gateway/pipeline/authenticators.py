@@ -250,7 +250,10 @@ def session_cookie_names(name: str) -> tuple[str, ...]:
     ``__Host-{name}`` when the client reached keygate over TLS, ``name`` otherwise.
     Browsers accept a ``__Host-`` cookie only from a secure origin, with ``Secure``,
     ``Path=/`` and no ``Domain``: no other host of the site, nor plain HTTP, can set,
-    replace or shadow it."""
+    replace or shadow it. So over TLS the management port reads the ``__Host-`` name
+    alone (``gateway.management.common.credential_headers``): a plain-named cookie
+    another host planted, holding the planter's own session, would sign its victim in
+    as the planter."""
     return (HOST_PREFIX + name, name) if name else ()
 
 
@@ -304,6 +307,16 @@ def without_session_cookie(cookie_header: str, name: str) -> str:
     others = [pair for pair in cookie_header.split(";")
               if pair.strip().partition("=")[0] not in names]
     return ";".join(others).strip()
+
+
+def without_plain_session_cookie(cookie_header: str, name: str) -> str:
+    """A ``Cookie`` header without the session cookie's plain name ``name`` (its
+    ``__Host-`` name and every other cookie stay), read as :func:`session_tokens` reads
+    names; empty when nothing is left. Over TLS the plain name is not keygate's: any
+    host of the site, or a plain-HTTP answer, can set it (see session_cookie_names)."""
+    kept = [pair for pair in cookie_header.split(";")
+            if pair.strip().partition("=")[0] != name]
+    return ";".join(kept).strip()
 
 
 def sets_session_cookie(set_cookie: str, name: str) -> bool:
