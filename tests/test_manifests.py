@@ -20,6 +20,7 @@ import sys
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -65,9 +66,12 @@ def effective(env: dict[str, str], config_text: str | None, tmp_path: Path) -> S
 
 
 def listen_ports(settings: Settings) -> dict[str, int]:
+    """Every port keygate serves on with these settings, by the name deploy/ gives it."""
     ports = {"proxy": settings.proxy_listen[1], "management": settings.management_listen[1]}
     if settings.metrics_listen is not None:
         ports["metrics"] = settings.metrics_listen[1]
+    if settings.decision_listen is not None:
+        ports["decision"] = settings.decision_listen[1]
     return ports
 
 
@@ -257,7 +261,7 @@ def k8s() -> dict[tuple[str, str], dict[str, Any]]:
 def test_kubernetes_has_every_object_and_the_kustomization_applies_them(k8s):
     kinds = {kind for kind, _ in k8s}
     assert {"Deployment", "Service", "ConfigMap", "Secret", "PodDisruptionBudget",
-            "HorizontalPodAutoscaler"} <= kinds
+            "HorizontalPodAutoscaler", "NetworkPolicy"} <= kinds
     kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
     files = {p.name for p in KUBERNETES.glob("*.yaml")} - {"kustomization.yaml"}
     # everything but the Secret's example, which must never overwrite the real secret
@@ -270,11 +274,29 @@ def container_and_pod(k8s: dict[tuple[str, str], dict[str, Any]]) -> tuple[dict,
     return container, pod
 
 
+def deployment_environment(k8s: dict[tuple[str, str], dict[str, Any]],
+                           image: Image) -> dict[str, str]:
+    container, _ = container_and_pod(k8s)
+    return {**image.env, **{e["name"]: e["value"] for e in container["env"]}}
+
+
+def deployment_settings(k8s: dict[tuple[str, str], dict[str, Any]], image: Image,
+                        tmp_path: Path) -> Settings:
+    """What the Deployment's keygate runs with: the image's and the pod's environment and
+    the ConfigMap mounted where KEYGATE_CONFIG points."""
+    container, pod = container_and_pod(k8s)
+    env = deployment_environment(k8s, image)
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == env["KEYGATE_CONFIG"]]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    configmap = k8s[("ConfigMap", volume["configMap"]["name"])]
+    return effective(env, configmap["data"][mount["subPath"]], tmp_path)
+
+
 async def test_kubernetes_deployment_matches_settings_cli_and_endpoints(
     k8s, image, tmp_path, management
 ):
     container, pod = container_and_pod(k8s)
-    env = {**image.env, **{e["name"]: e["value"] for e in container["env"]}}
+    env = deployment_environment(k8s, image)
     assert_known_environment(env, "deployment.yaml")
     assert "command" not in container  # the image's entrypoint: keygate
     assert_command(container["args"], "deployment.yaml")
@@ -287,9 +309,6 @@ async def test_kubernetes_deployment_matches_settings_cli_and_endpoints(
         mount = mounts[path]
         return mount, volumes[mount["name"]]
 
-    mount, volume = volume_at(env["KEYGATE_CONFIG"])
-    configmap = k8s[("ConfigMap", volume["configMap"]["name"])]
-    config_text = configmap["data"][mount["subPath"]]
     _, volume = volume_at(env["KEYGATE_POLICIES_DIR"])
     policies = volume["configMap"]["name"]  # made from policies/ by the documented command
     assert f"kubectl create configmap {policies} --from-file=policies/" in \
@@ -301,7 +320,7 @@ async def test_kubernetes_deployment_matches_settings_cli_and_endpoints(
     assert len(placeholder) < MIN_SECRET_LENGTH  # keygate refuses it: cannot go live
     assert volume["secret"]["defaultMode"] & 0o040  # the fsGroup may read it
 
-    settings = effective(env, config_text, tmp_path)
+    settings = deployment_settings(k8s, image, tmp_path)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == listen_ports(settings)
 
@@ -346,6 +365,87 @@ def test_kubernetes_services_budget_and_autoscaler_point_at_the_deployment(k8s):
     assert (target["kind"], target["name"]) == ("Deployment", "keygate")
     assert hpa["spec"]["minReplicas"] >= 2  # the budget can always keep one
     assert "replicas" not in deployment["spec"]  # the autoscaler owns it
+
+
+DNS_PORTS = {(53, "UDP"), (53, "TCP")}
+
+
+def policy_ports(rule: dict[str, Any], named: dict[str, int]) -> set[tuple[int, str]]:
+    """(number, protocol) a NetworkPolicy rule admits; a name is a container port's."""
+    admitted = set()
+    for port in rule["ports"]:
+        number = port["port"]
+        if isinstance(number, str):
+            assert number in named, f"NetworkPolicy: {number!r} names no container port"
+            number = named[number]
+        admitted.add((number, port.get("protocol", "TCP")))
+    return admitted
+
+
+def assert_narrow_peers(peers: list[dict[str, Any]], where: str) -> None:
+    """No peer is everyone: an empty selector matches every pod or namespace."""
+    assert peers, f"{where}: a rule without peers admits everyone"
+    for peer in peers:
+        assert peer, where
+        for kind in ("podSelector", "namespaceSelector"):
+            if kind in peer:
+                assert peer[kind].get("matchLabels") or peer[kind].get("matchExpressions"), \
+                    f"{where}: an empty {kind} matches everything"
+
+
+def test_kubernetes_network_policy_admits_keygates_ports_and_reaches_store_upstreams_dns(
+    k8s, image, tmp_path
+):
+    container, _ = container_and_pod(k8s)
+    deployment = k8s[("Deployment", "keygate")]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    (policy,) = [obj for (kind, _), obj in k8s.items() if kind == "NetworkPolicy"]
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"].items() <= labels.items()
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}  # all else refused both ways
+    settings = deployment_settings(k8s, image, tmp_path)
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+
+    # ingress: exactly the ports keygate serves on (the settings table, the container
+    # ports), each from chosen peers only
+    admitted = set()
+    for rule in spec["ingress"]:
+        assert_narrow_peers(rule.get("from", []), "ingress")
+        assert rule.get("ports"), "an ingress rule without ports admits every port"
+        admitted |= policy_ports(rule, named)
+    assert {number for number, _ in admitted} == set(listen_ports(settings).values()) \
+        == set(named.values())
+    assert {protocol for _, protocol in admitted} == {"TCP"}
+    for (kind, _), service in k8s.items():
+        if kind == "Service":
+            for port in service["spec"]["ports"]:
+                assert (named[port["targetPort"]], "TCP") in admitted, port
+
+    # egress: the store and the upstreams the config names, and DNS; nothing else
+    store = urlsplit(settings.store_url)
+    assert store.scheme in ("redis", "rediss")
+    needed = {(store.hostname, store.port or 6379)}
+    for route in settings.routes:
+        upstream = urlsplit(route["upstream"])
+        needed.add((upstream.hostname,
+                    upstream.port or {"http": 80, "https": 443}[upstream.scheme]))
+    reached, dns = set(), set()
+    for rule in spec["egress"]:
+        assert_narrow_peers(rule.get("to", []), "egress")
+        assert rule.get("ports"), "an egress rule without ports lets out every port"
+        ports = policy_ports(rule, {})
+        if ports <= DNS_PORTS:
+            assert {"kube-dns"} == {peer.get("podSelector", {}).get("matchLabels", {})
+                                    .get("k8s-app") for peer in rule["to"]}
+            dns |= ports
+            continue
+        assert {protocol for _, protocol in ports} == {"TCP"}, rule
+        # the pods behind the Service the config names (the shipped example's convention)
+        names = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+                 for peer in rule["to"]}
+        reached |= {(name, number) for name in names for number, _ in ports}
+    assert dns == DNS_PORTS
+    assert reached == needed
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
@@ -428,7 +528,7 @@ def test_readme_deploying_section_names_existing_files():
     section = readme[start:readme.find("\n## ", start + 1)]
     named = set(re.findall(r"\bdeploy/[\w./-]*\w", section))
     assert {"deploy/Dockerfile", "deploy/compose.yaml", "deploy/kubernetes",
-            "deploy/systemd/keygate.service"} <= named
+            "deploy/systemd/keygate.service", "deploy/kubernetes/networkpolicy.yaml"} <= named
     for path in named:
         assert (ROOT / path).exists(), path
 

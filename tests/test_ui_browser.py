@@ -828,6 +828,83 @@ def test_screenshots_of_each_tab_at_both_sizes_and_nothing_overflows(open_page, 
             assert (ARTIFACTS / f"ui-{name}-{width}x{height}.png").stat().st_size > 1000
 
 
+NARROW = (390, 844)
+# where a tab is drawn, how its focus ring is drawn, and the part of the tab list in view
+TAB_GEOMETRY = """tab => {
+    const list = tab.closest('[role="tablist"]').getBoundingClientRect();
+    const box = tab.getBoundingClientRect();
+    const style = getComputedStyle(tab);
+    const listStyle = getComputedStyle(tab.parentElement);
+    return {top: box.top, left: box.left, right: box.right,
+            listLeft: list.left, listRight: list.right,
+            outline: style.outlineStyle, outlineWidth: parseFloat(style.outlineWidth),
+            outlineOffset: parseFloat(style.outlineOffset),
+            clips: listStyle.overflowX !== 'visible'};
+}"""
+
+
+def test_at_390_px_the_tabs_keep_one_row_and_nothing_widens_the_page(open_page, served):
+    """A phone's width: the four tabs on one row inside the viewport, each reached by the
+    keyboard with its focus ring in view; no tab, table or dialog scrolls the page."""
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    served.make_key(account, ["orders-reader"],
+                    label="orders_integration_partner_acme_production_eu_west_1")
+    partner = served.make_key(fresh_account(), ["orders-reader"])
+    served.call(lambda gateway: gateway.store.add_grant(account, partner.app_key, "partner",
+                                                        ["orders-reader"], CLI_ACTOR))
+    width, height = NARROW
+    page = open_page(viewport={"width": width, "height": height}).page
+    sign_in(page, served, owner)
+    tabs = page.get_by_role("tab")
+    expect(tabs).to_have_count(len(TABS))
+
+    def tabs_by_keyboard(width: int) -> None:
+        tabs.last.focus()
+        for name in [*TABS, TABS[0]]:  # from the last around to the first, and around again
+            page.keyboard.press("ArrowRight")
+            tab = page.get_by_role("tab", name=name)
+            expect(tab).to_be_focused()
+            expect(page.locator(f"#{tab.get_attribute('aria-controls')}")).to_be_visible()
+            rows = {round(t.evaluate(TAB_GEOMETRY)["top"]) for t in tabs.all()}
+            assert len(rows) == 1, (width, name, rows)  # one row, whichever is selected
+            shape = tab.evaluate(TAB_GEOMETRY)
+            assert shape["listLeft"] >= 0 and shape["listRight"] <= width, shape
+            # the focused tab is in view, its ring too (inside the tab where the list
+            # clips), to the pixel (scroll offsets are whole pixels, layout is not)
+            assert shape["listLeft"] - 1 <= shape["left"] <= shape["right"] \
+                <= shape["listRight"] + 1, (width, name, shape)
+            assert shape["outline"] != "none" and shape["outlineWidth"] >= 2, shape
+            if shape["clips"]:
+                assert shape["outlineOffset"] + shape["outlineWidth"] <= 0, shape
+            assert page.evaluate("document.documentElement.scrollWidth") <= width, name
+
+    tabs_by_keyboard(width)
+    # all four in view at once at 390 px, with no scrolling of the row
+    first, last = tabs.first.evaluate(TAB_GEOMETRY), tabs.last.evaluate(TAB_GEOMETRY)
+    assert first["listLeft"] <= first["left"] and last["right"] <= last["listRight"], last
+    # narrower still (320 px): the row scrolls inside itself, and each tab is reached
+    page.set_viewport_size({"width": 320, "height": height})
+    tabs_by_keyboard(320)
+    page.set_viewport_size({"width": width, "height": height})
+
+    for name in TABS:  # each tab's content, loaded, is no wider than the viewport
+        page.get_by_role("tab", name=name).click()
+        panel = page.locator('[role="tabpanel"]:not([hidden])')
+        if name != "Settings":
+            expect(panel.locator("tbody tr").first).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= width, name
+
+    page.get_by_role("tab", name="Generated keys").click()
+    page.get_by_role("button", name="Generate key").click()
+    box = dialog(page).bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= width, box
+    assert box["y"] >= 0 and box["y"] + box["height"] <= height, box
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    page.keyboard.press("Escape")
+    expect(page.locator("dialog")).to_have_count(0)
+
+
 def test_keyboard_only(open_page, served):
     account = fresh_account()
     owner = served.make_key(account, ["owner"], label="owner")

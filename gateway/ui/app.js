@@ -94,10 +94,23 @@ function select(tab, focus) {
     button.tabIndex = chosen ? 0 : -1;
     $(`panel-${name}`).hidden = !chosen;
   }
+  revealTab($(`tab-${tab}`));
   if (focus) $(`tab-${tab}`).focus();
   const wanted = `#/${encodeURIComponent(ctx.account)}/${tab}`;
   if (window.location.hash !== wanted) window.history.replaceState(null, "", wanted);
   ctx.views[tab].refresh();
+}
+
+// Where the tab row scrolls sideways (a narrow screen), bring the chosen tab fully into
+// it: focus alone does not always, and scrollIntoView would scroll the page as well.
+function revealTab(button) {
+  const list = button.parentElement.getBoundingClientRect();
+  const box = button.getBoundingClientRect();
+  // whole pixels, rounded away from the edge: scroll offsets snap to them
+  if (box.left < list.left) button.parentElement.scrollLeft -= Math.ceil(list.left - box.left);
+  else if (box.right > list.right) {
+    button.parentElement.scrollLeft += Math.ceil(box.right - list.right);
+  }
 }
 
 // Tabs as the ARIA pattern has them: arrows move between tabs, Home/End to the ends.
