@@ -129,14 +129,17 @@ class KeyListing(StoreCore):
             allowed, query.own_key, "1" if query.role else "0",
         ]
         if query.q:
-            found = await self.label_search.matches(account, query.q.casefold())
-            if found is not None and not found:
+            # q alone: its count is the total; with other filters, too many matches to
+            # hand over are left to the script, which matches q in the smallest set
+            q_alone = not (query.status or query.role or query.token_created
+                           or query.may_act_on)
+            found = await self.label_search.matches(account, query.q.casefold(), q_alone)
+            if found is not None and found.count == 0:
                 return [], 0
-            if found is not None and len(found) <= self.label_search.max_passed:
-                args += ["given", *found]
-            elif found is not None and not (query.status or query.role
-                                            or query.token_created or query.may_act_on):
-                args.append(f"total:{len(found)}")
+            if found is not None and found.keys is not None:
+                args += ["given", *found.keys]
+            elif found is not None:
+                args.append(f"total:{found.count}")
         result = await self.scripts.list_keys(keys=keys, args=args)
         if result == ["unindexed"]:
             await self.index_listing(account)

@@ -85,10 +85,19 @@ class AccountCopy:
         joined = ("\n" + "\n".join(members) + "\n").encode()
         return cls(joined, joined.lower(), len(members), last_event)
 
-    def matches(self, needle: bytes) -> list[str]:
-        """The keys whose member holds ``needle`` (lowered, with no NUL or newline)."""
-        found: list[str] = []
+    def matches(self, needle: bytes, keep: int, count_all: bool) -> Matches | None:
+        """The keys whose member holds ``needle`` (lowered, with no NUL or newline), and
+        how many: their names only up to ``keep`` of them (past it, None), and None
+        altogether when more may match and ``count_all`` is false."""
         lowered, members, fresh = self.lowered, self.members, self.fresh
+        fresh_found = [k for k, member in fresh.items()
+                       if member is not None and needle in member.encode().lower()]
+        # each member that holds the needle holds it at least once: a bound, in C
+        if lowered.count(needle) + len(fresh_found) > keep:
+            if not count_all:
+                return None
+            return Matches(None, self._count(needle) + len(fresh_found))
+        found: list[str] = []
         at = lowered.find(needle)
         while at != -1:
             start = lowered.rfind(b"\n", 0, at) + 1
@@ -97,10 +106,33 @@ class AccountCopy:
             if app_key not in fresh:
                 found.append(app_key)
             at = lowered.find(needle, end)
-        for app_key, member in fresh.items():
-            if member is not None and needle in member.encode().lower():
-                found.append(app_key)
-        return found
+        found += fresh_found
+        return Matches(found if len(found) <= keep else None, len(found))
+
+    def _count(self, needle: bytes) -> int:
+        """How many members of the strings (not read again since) hold ``needle``."""
+        lowered, members, fresh = self.lowered, self.members, self.fresh
+        count = 0
+        at = lowered.find(needle)
+        while at != -1:
+            end = lowered.find(b"\n", at)
+            if fresh:
+                start = lowered.rfind(b"\n", 0, at) + 1
+                if members[start:end].partition(b"\0")[2].decode() in fresh:
+                    at = lowered.find(needle, end)
+                    continue
+            count += 1
+            at = lowered.find(needle, end)
+        return count
+
+
+@dataclass(frozen=True)
+class Matches:
+    """q's matches in an account: their keys (None: more than were asked for) and how
+    many there are."""
+
+    keys: list[str] | None
+    count: int
 
 
 class LabelSearch:
@@ -121,10 +153,12 @@ class LabelSearch:
     def kept_keys(self) -> int:
         return sum(c.count + len(c.fresh) for c in self.copies.values())
 
-    async def matches(self, account: str, q: str) -> list[str] | None:
+    async def matches(self, account: str, q: str, count_all: bool) -> Matches | None:
         """The keys of ``account`` whose label or name holds ``q`` (case-folded, not
-        empty), or None when the account is searched in Redis: fewer keys than
-        ``min_keys`` or more than ``max_keys``, or its indexes not complete yet."""
+        empty) and how many, their names only up to ``max_passed`` (see
+        AccountCopy.matches); None when the account is searched in Redis (fewer keys
+        than ``min_keys`` or more than ``max_keys``, or its indexes not complete yet) or
+        more match than ``max_passed`` and ``count_all`` is false."""
         if not self.max_keys:
             return None
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -135,17 +169,17 @@ class LabelSearch:
             self.copies.pop(account, None)
             return None
         if "\n" in q or "\0" in q:
-            return []  # no member holds either (labels hold no control character)
+            return Matches([], 0)  # no member holds either (labels hold no control character)
         try:
             needle = q.encode().lower()
         except UnicodeEncodeError:  # a lone surrogate: no label holds one
-            return []
+            return Matches([], 0)
         async with self._lock:
             copy = await self._current(account)
         if copy is None:
             return None
         self.copies.move_to_end(account)
-        return copy.matches(needle)
+        return copy.matches(needle, self.max_passed, count_all)
 
     async def _current(self, account: str) -> AccountCopy | None:
         copy = self.copies.get(account)
