@@ -118,6 +118,14 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     from .policy.delegation import assignment
     from .policy.explain import explain, question_problem, render_text
 
+    # an empty value is a mistake (an unset shell variable), never "not given": with
+    # --key "" the answer would otherwise be about no key at all
+    for option, value in (("--account", args.account), ("--resource", args.resource),
+                          ("--action", args.action), ("--key", args.key)):
+        if value == "":
+            raise UsageError(f"{option} is empty")
+    if args.roles is not None and "" in args.roles:
+        raise UsageError("--role is empty")
     if not is_valid_account(args.account):
         raise UsageError(f"--account: {shown(args.account)} is not an account name "
                          "(lowercase letters, digits and '-')")

@@ -211,6 +211,35 @@ async def test_bad_queries_are_400s_in_the_one_error_shape(api, query, code):
     assert len(error["message"]) < 400  # a huge parameter is not echoed back
 
 
+EMPTY_PARAMETERS = [
+    ([("resource", "orders"), ("action", "read"), ("role", "orders-reader"), ("key", "")],
+     "key"),
+    ([("resource", "orders"), ("action", "read"), ("key", "")], "key"),
+    ([("resource", "orders"), ("action", "read"), ("role", ""), ("role", "orders-reader")],
+     "role"),
+    ([("resource", "orders"), ("action", "read"), ("role", "")], "role"),
+    ([("resource", ""), ("action", "read"), ("role", "orders-reader")], "resource"),
+    ([("resource", "orders"), ("action", ""), ("role", "orders-reader")], "action"),
+]
+
+
+@pytest.mark.parametrize("query, name", EMPTY_PARAMETERS)
+async def test_an_empty_parameter_is_refused_not_taken_as_absent(api, query, name):
+    # ?key=&role=R would otherwise explain R's decision as if it were the key's
+    viewer = await api.key("acme", ["api-keys-viewer"])
+    error = await error_of(await api.get("acme", viewer, query), 400, "bad_query")
+    assert error["message"] == f"parameter {name!r} is empty"
+
+
+async def test_an_empty_account_is_not_an_explanation(api):
+    viewer = await api.key("acme", ["api-keys-viewer"])
+    response = await api.client.get("/api/v1/accounts//explain", headers=viewer.headers,
+                                    params={"resource": "orders", "action": "read",
+                                            "role": "orders-reader"})
+    assert response.status in (400, 404)
+    await error_of(response, response.status)
+
+
 async def test_unknown_roles_are_reported_not_refused(api):
     viewer = await api.key("acme", ["api-keys-viewer"])
     body = await (await api.get("acme", viewer, [("resource", "orders"), ("action", "read"),
