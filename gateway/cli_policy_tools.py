@@ -90,9 +90,13 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     policies_dir = policies_dir_of(args, settings)
     policy = Policy.load(settings.model_path, policies_dir)
+    # tables named on the command line are the user's choice; those found in the
+    # policy directory come with its files (a pull request) and must stay inside it
+    found_in = None
     if args.files:
         paths = [Path(f) for f in args.files]
     else:
+        found_in = policies_dir
         paths = sorted((policies_dir / TABLES_DIR).glob("*.toml"))
         if not paths:
             raise UsageError(
@@ -100,7 +104,8 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
                 "*.toml files (write tables there, or name them: keygate policy test FILE…)"
             )
     try:
-        tables = [load_table(path, shown_path(path, policies_dir)) for path in paths]
+        tables = [load_table(path, f"{TABLES_DIR}/{path.name}" if found_in else
+                             shown_path(path, policies_dir), found_in) for path in paths]
     except TableError as exc:
         raise UsageError(str(exc)) from None
     needed = keys_needed(tables)

@@ -140,10 +140,17 @@ def read_policy_file(path: Path, policies_dir: Path) -> bytes:
     server secret or a private key would otherwise be read, and its first line quoted
     in the error that names the line (``policy check`` in CI, a refused reload's
     answer). Such a file is an OSError, refused unread."""
+    return read_bounded(inside_directory(path, policies_dir))
+
+
+def inside_directory(path: Path, policies_dir: Path) -> Path:
+    """``path`` with its symbolic links followed, when that is inside ``policies_dir``
+    (links within it are fine); an OSError when it leads out of it (through the file
+    itself or a directory on the way, ``tests`` linked elsewhere)."""
     target = path.resolve()
     if not target.is_relative_to(Path(policies_dir).resolve()):
         raise OSError(f"{path.name} links to a file outside the policy directory")
-    return read_bounded(target)
+    return target
 
 
 def read_policy_files(policies_dir: Path) -> PolicyFiles:
