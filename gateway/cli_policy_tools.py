@@ -6,7 +6,8 @@ prints).
 Exit statuses (``gateway.cli_policy``): ``test`` 0 when every row passes, 1 when one
 fails, 2 when it cannot run (a table that is not one, no tables, a policy that does not
 load); ``explain`` 0 whatever the decision, 1 for a key that holds no roles in the
-account; ``diff`` 0 whatever changed, 2 when a side does not load.
+account, 2 for a bad argument or an explanation past its work limit; ``diff`` 0
+whatever changed, 2 when a side does not load.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from .policy import Policy
 from .settings import Settings
 
 TABLES_DIR = "tests"
+# steps 'policy explain' may take (the endpoint's limit is 1,000,000: it shares an
+# event loop); a few seconds here, so that no question hangs a terminal or a CI job
+MAX_CLI_EXPLAIN_WORK = 20_000_000
 
 
 # -- what the policies are asked about besides their own names -------------------------
@@ -122,6 +126,7 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
 def cmd_policy_explain(args: argparse.Namespace) -> int:
     from .policy.delegation import assignment
     from .policy.explain import explain, question_problem, render_text
+    from .policy.reading import TooMuchWork, WorkMeter
 
     # an empty value is a mistake (an unset shell variable), never "not given": with
     # --key "" the answer would otherwise be about no key at all
@@ -153,8 +158,14 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         roles: Iterable[str] = key.roles
     else:
         roles = args.roles
-    explanation = explain(policy, tuple(roles), args.account, args.resource, args.action)
-    verdict = assignment(policy, explanation.roles, args.account, args.resource, args.action)
+    meter = WorkMeter(MAX_CLI_EXPLAIN_WORK)
+    try:
+        explanation = explain(policy, tuple(roles), args.account, args.resource,
+                              args.action, meter)
+        verdict = assignment(policy, explanation.roles, args.account, args.resource,
+                             args.action, meter)
+    except TooMuchWork as exc:
+        raise UsageError(str(exc)) from None
     if wants_json(args):
         data = {**explanation.as_json(), "policy": {"version": policy.version}}
         if key is not None:

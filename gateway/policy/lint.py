@@ -82,16 +82,11 @@ from .files import (
     read_model,
     read_policy_files,
 )
+from .reading import DENY_OVERRIDES, MATCHER, POLICY_TOKENS, REQUEST_TOKENS
 
 ERROR, WARNING = "error", "warning"
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 
-# keygate's model (model.conf): what it asks, and how lines decide
-REQUEST_TOKENS = ("r_sub", "r_dom", "r_obj", "r_act")
-POLICY_TOKENS = ("p_sub", "p_dom", "p_obj", "p_act", "p_eft")
-DENY_OVERRIDES = "some(where (p_eft == allow)) && !some(where (p_eft == deny))"
-MATCHER = ('hasRole(r_sub, p_sub) && (p_dom == "*" || p_dom == r_dom) && '
-           "keyMatch(r_obj, p_obj) && keyMatch(r_act, p_act)")
 
 
 @dataclass(frozen=True)
