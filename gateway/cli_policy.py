@@ -115,7 +115,10 @@ def _check_text(report: Any) -> list[str]:
     """One line per finding (``file:line: severity: code: message``), what was
     checked, and a summary line."""
     lines = [f"{f.location}: {f.severity}: {f.code}: {f.message}" for f in report.findings]
-    if report.version is not None:
+    if report.version is not None and report.errors:  # it loads, yet an error stands
+        lines.append(f"policy loads (see the errors above): {report.lines} lines, "
+                     f"version {report.version}")
+    elif report.version is not None:
         lines.append(f"policy OK: {report.lines} lines, version {report.version}")
     else:
         lines.append("policy: keygate would refuse these files (see the errors above)")

@@ -6,7 +6,8 @@ prints).
 Exit statuses (``gateway.cli_policy``): ``test`` 0 when every row passes, 1 when one
 fails, 2 when it cannot run (a table that is not one, no tables, a policy that does not
 load); ``explain`` 0 whatever the decision, 1 for a key that holds no roles in the
-account; ``diff`` 0 whatever changed, 2 when a side does not load.
+account, 2 for a bad argument or an explanation past its work limit; ``diff`` 0
+whatever changed, 2 when a side does not load.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from .policy import Policy
 from .settings import Settings
 
 TABLES_DIR = "tests"
+# steps 'policy explain' may take (the endpoint's limit is 1,000,000: it shares an
+# event loop); a few seconds here, so that no question hangs a terminal or a CI job
+MAX_CLI_EXPLAIN_WORK = 20_000_000
 
 
 # -- what the policies are asked about besides their own names -------------------------
@@ -90,9 +94,13 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     policies_dir = policies_dir_of(args, settings)
     policy = Policy.load(settings.model_path, policies_dir)
+    # tables named on the command line are the user's choice; those found in the
+    # policy directory come with its files (a pull request) and must stay inside it
+    found_in = None
     if args.files:
         paths = [Path(f) for f in args.files]
     else:
+        found_in = policies_dir
         paths = sorted((policies_dir / TABLES_DIR).glob("*.toml"))
         if not paths:
             raise UsageError(
@@ -100,7 +108,8 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
                 "*.toml files (write tables there, or name them: keygate policy test FILE…)"
             )
     try:
-        tables = [load_table(path, shown_path(path, policies_dir)) for path in paths]
+        tables = [load_table(path, f"{TABLES_DIR}/{path.name}" if found_in else
+                             shown_path(path, policies_dir), found_in) for path in paths]
     except TableError as exc:
         raise UsageError(str(exc)) from None
     needed = keys_needed(tables)
@@ -117,7 +126,16 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
 def cmd_policy_explain(args: argparse.Namespace) -> int:
     from .policy.delegation import assignment
     from .policy.explain import explain, question_problem, render_text
+    from .policy.reading import TooMuchWork, WorkMeter
 
+    # an empty value is a mistake (an unset shell variable), never "not given": with
+    # --key "" the answer would otherwise be about no key at all
+    for option, value in (("--account", args.account), ("--resource", args.resource),
+                          ("--action", args.action), ("--key", args.key)):
+        if value == "":
+            raise UsageError(f"{option} is empty")
+    if args.roles is not None and "" in args.roles:
+        raise UsageError("--role is empty")
     if not is_valid_account(args.account):
         raise UsageError(f"--account: {shown(args.account)} is not an account name "
                          "(lowercase letters, digits and '-')")
@@ -140,8 +158,14 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         roles: Iterable[str] = key.roles
     else:
         roles = args.roles
-    explanation = explain(policy, tuple(roles), args.account, args.resource, args.action)
-    verdict = assignment(policy, explanation.roles, args.account, args.resource, args.action)
+    meter = WorkMeter(MAX_CLI_EXPLAIN_WORK)
+    try:
+        explanation = explain(policy, tuple(roles), args.account, args.resource,
+                              args.action, meter)
+        verdict = assignment(policy, explanation.roles, args.account, args.resource,
+                             args.action, meter)
+    except TooMuchWork as exc:
+        raise UsageError(str(exc)) from None
     if wants_json(args):
         data = {**explanation.as_json(), "policy": {"version": policy.version}}
         if key is not None:

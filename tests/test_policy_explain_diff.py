@@ -222,6 +222,26 @@ def test_cli_explain_refuses_bad_arguments(capsys, argv, message):
     assert code == 2 and out == "" and message in err
 
 
+QUESTION = {"--account": "acme", "--resource": "orders", "--action": "read"}
+
+
+@pytest.mark.parametrize("option, who", [
+    ("--key", ["--key", ""]),
+    ("--role", ["--role", ""]),
+    ("--role", ["--role", "orders-reader", "--role", ""]),
+    ("--account", ["--role", "orders-reader"]),
+    ("--resource", ["--role", "orders-reader"]),
+    ("--action", ["--role", "orders-reader"]),
+])
+def test_cli_explain_refuses_an_empty_value(capsys, option, who):
+    # an unset shell variable (--key "$KEY") is a mistake, not a question without a key
+    question = {**QUESTION, **({option: ""} if option in QUESTION else {})}
+    argv = [a for pair in question.items() for a in pair]
+    code, out, err = keygate(capsys, "policy", "explain", *argv, *who)
+    assert code == 2 and out == ""
+    assert f"{option} is empty" in err
+
+
 def test_cli_explain_needs_roles_or_a_key(capsys):
     with pytest.raises(SystemExit) as exited:
         main(["policy", "explain", "--account", "acme", "--resource", "orders",

@@ -432,6 +432,49 @@ def test_check_json_is_one_document_for_ci(cli, tmp_path):
     assert json.loads(cli("policy", "check", "--json", str(POLICIES)).out)["errors"] == 0
 
 
+def test_a_directory_of_empty_files_is_an_error_not_a_deny_all_policy(cli, tmp_path):
+    # a truncated checkout or an empty volume: keygate would load it and refuse every
+    # request and management call, the owner's included
+    directory = policy_dir(tmp_path, ("builtin.csv", ""), ("examples.csv", "# soon\n\n"))
+    ran = cli("policy", "check", str(directory))
+    assert ran.code == 1, ran.out
+    lines = ran.out.splitlines()
+    assert lines[:3] == [
+        "builtin.csv: warning: empty-file: the file holds no rule (it is empty, or holds "
+        "only comments and blank lines)",
+        "examples.csv: warning: empty-file: the file holds no rule (it is empty, or holds "
+        "only comments and blank lines)",
+        "(policy): error: no-rules: the policy files hold no p line: keygate would refuse "
+        "every request and every management call, the owner's included (to lock "
+        "everything down on purpose, write a deny line such as 'p, owner, *, *, *, "
+        "deny')",
+    ]
+    assert lines[3].startswith("policy loads (see the errors above): 0 lines, version ")
+    assert lines[-1] == "1 error, 2 warnings"
+    report = json.loads(cli("policy", "check", "--json", str(directory)).out)
+    assert [(f["file"], f["code"], f["severity"]) for f in report["findings"]] == [
+        ("builtin.csv", "empty-file", "warning"), ("examples.csv", "empty-file", "warning"),
+        (None, "no-rules", "error"),
+    ]
+    # g lines alone grant nothing either
+    (directory / "builtin.csv").write_text("g, a, b\n")
+    assert found(lint_policy(MODEL, directory)) == [
+        ("builtin.csv:1", "role-never-granted"), ("builtin.csv:1", "role-without-permissions"),
+        ("examples.csv", "empty-file"), ("(policy)", "no-rules"),
+    ]
+
+
+def test_one_empty_file_beside_rules_is_a_warning(tmp_path):
+    directory = policy_dir(tmp_path, ("a.csv", "p, r, *, orders, read, allow\n"),
+                           ("b.csv", ""))
+    report = lint_policy(MODEL, directory)
+    assert found(report) == [("b.csv", "empty-file")]
+    assert report.errors == 0 and report.version is not None
+    # a file whose every line is refused is not "empty": its errors say why
+    (directory / "b.csv").write_text("p, r, *, orders\n")
+    assert found(lint_policy(MODEL, directory)) == [("b.csv:1", "syntax")]
+
+
 def test_check_cannot_run_exits_2(cli, tmp_path):
     ran = cli("policy", "check", str(tmp_path / "missing"))
     assert (ran.code, ran.out) == (2, "") and "is not a directory" in ran.err

@@ -296,3 +296,30 @@ def test_the_file_watch_reads_the_files_as_the_loader_does(tmp_path):
     with (policies / "zz-large.csv").open("wb") as large:
         large.truncate(MAX_FILE_BYTES + 1)
     assert files_fingerprint(MODEL, policies) is None
+
+
+@pytest.mark.parametrize("linked", ["table", "directory"])
+def test_a_default_table_linked_out_of_the_directory_is_refused_unread(cli, tmp_path, linked):
+    """``policy test`` without FILE reads DIR/tests/*.toml, which come with the policy
+    files (a pull request): one linked out of the directory, or a ``tests`` directory
+    linked elsewhere, would have its values printed (a row's name is, in every FAIL
+    line). Refused unread, as a policy file linked out is."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "leak.toml").write_text(
+        f'[[case]]\nname = "{SECRET}"\nroles = ["owner"]\naccount = "acme"\n'
+        'resource = "orders"\naction = "read"\nexpect = "deny"\n')
+    policies = tmp_path / "policies"
+    shutil.copytree(PROJECT_ROOT / "policies", policies)
+    if linked == "table":
+        (policies / "tests" / "leak.toml").symlink_to(outside / "leak.toml")
+    else:
+        shutil.rmtree(policies / "tests")
+        (policies / "tests").symlink_to(outside)
+    ran = cli("policy", "test", "--policies", str(policies))
+    assert ran.code == 2, ran.out + ran.err
+    assert SECRET[:12] not in ran.out + ran.err
+    assert "tests/leak.toml" in ran.err and "outside the policy directory" in ran.err
+    # named on the command line, the same table is the user's choice and is read
+    ran = cli("policy", "test", "--policies", str(policies), str(outside / "leak.toml"))
+    assert ran.code == 1 and SECRET in ran.out

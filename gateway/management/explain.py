@@ -12,9 +12,16 @@ in the account, like reading its keys. What it may reveal, and why that is safe:
 * nothing secret: no token, no digest; for an external key only the grant's status,
   which the account's external-key list shows already.
 
-Bad input is a 400 in the one error shape before anything is looked up: unknown or
-repeated parameters, more roles than a key could sensibly hold, names the policy files
-could not contain.
+Bad input is a 400 in the one error shape before anything is looked up: unknown,
+repeated or empty parameters, more roles than a key could sensibly hold, names the
+policy files could not contain.
+
+The work is bounded: an explanation runs on the event loop (a fraction of a second at
+most), counted in steps (:class:`~gateway.policy.reading.WorkMeter`), and one that would
+take more than :data:`MAX_EXPLAIN_WORK` is refused with 400 ``explanation_too_large``
+rather than computed. (Judging ``role:R``/``assign`` once put every line of R to
+Casbin, which scans every line of the policy: with R of a thousand lines, seconds for
+any key holding ``view``.)
 """
 
 from __future__ import annotations
@@ -28,11 +35,15 @@ from ..key_roles import key_roles
 from ..pipeline import Identity
 from ..policy.delegation import assignment
 from ..policy.explain import explain, question_problem
+from ..policy.reading import TooMuchWork, WorkMeter
 from .common import VIEW, json_response
 from .operations import Operations
 from .schema import AccountPath, ExplainQuery, Explanation
 
 operations = Operations("policy")
+# steps one explanation may take (each well under a microsecond here): about a quarter
+# of a second at most; a 10,000-line policy's questions take a fifth of it
+MAX_EXPLAIN_WORK = 1_000_000
 
 
 def _bad(message: str) -> BadRequest:
@@ -42,7 +53,8 @@ def _bad(message: str) -> BadRequest:
 @operations.get("/api/v1/accounts/{account}/explain",
                 summary="Explain a decision: the policy lines behind it", permission=VIEW,
                 params=AccountPath, query=ExplainQuery, responses={200: Explanation},
-                errors={400: ("bad_app_key",), 404: ("key_not_found",)})
+                errors={400: ("bad_app_key", "explanation_too_large"),
+                        404: ("key_not_found",)})
 async def explain_decision(request: web.Request, identity: Identity, path: AccountPath,
                            query: ExplainQuery) -> web.Response:
     """For `role` (repeat it for several) or a `key`'s roles in this account: the
@@ -67,11 +79,16 @@ async def explain_decision(request: web.Request, identity: Identity, path: Accou
                            code="key_not_found")
         roles = list(held.roles)
     policy = gateway.policy  # one policy for the whole answer, even during a reload
-    explanation = explain(policy, roles, account, query.resource, query.action)
+    meter = WorkMeter(MAX_EXPLAIN_WORK)
+    try:
+        explanation = explain(policy, roles, account, query.resource, query.action, meter)
+        verdict = assignment(policy, explanation.roles, account, query.resource,
+                             query.action, meter)
+    except TooMuchWork as exc:
+        raise BadRequest(str(exc), code="explanation_too_large") from None
     body = {**explanation.as_json(), "policyVersion": policy.version}
     if held is not None:
         body["key"] = held.as_json()
-    verdict = assignment(policy, explanation.roles, account, query.resource, query.action)
     if verdict is not None:
         body["assignment"] = verdict.as_json()
     return json_response(body)

@@ -208,6 +208,7 @@ class FieldSpec:
     is_list: bool = False
     is_bool: bool = False
     constrained: bool = True  # False: any string will do (no refusal to document)
+    empty_refused: bool = False  # a query parameter given empty is refused, not dropped
 
 
 def _core(info: Any, extra: dict[str, Any]) -> Any:
@@ -248,6 +249,7 @@ def field_specs(model: type) -> tuple[FieldSpec, ...]:
             is_list=isinstance(core, mi.ListType),
             is_bool=isinstance(core, mi.BoolType),
             constrained=core != mi.StrType(),
+            empty_refused=bool(extra.get("empty_refused")),
         ))
     return tuple(specs)
 
@@ -310,8 +312,11 @@ def decode_path(match_info: Mapping[str, str], model: type) -> Any:
 # -- query -----------------------------------------------------------------------------
 def decode_query(query: Any, model: type) -> Any:
     """A query string (a multidict) into ``model``. A parameter given empty is one not
-    given; a parameter that is not a list may be given once; whole numbers are ASCII
-    digits (no sign, no exponent, no other script's digits) of bounded length."""
+    given (a list's filters, sent by forms that leave a field blank), unless its field
+    says ``empty_refused``: a question's parts (``key=``, ``role=``), where answering
+    as if it were absent would answer another question; a parameter that is not a list
+    may be given once; whole numbers are ASCII digits (no sign, no exponent, no other
+    script's digits) of bounded length."""
     specs = field_specs(model)
     if _forbids_unknown(model):
         known = {spec.wire for spec in specs}
@@ -322,7 +327,10 @@ def decode_query(query: Any, model: type) -> Any:
     values = {}
     for spec in specs:
         code = spec.code or "bad_query"  # a field's own code is about its value
-        given = [v for v in query.getall(spec.wire, ()) if v != ""]
+        given = query.getall(spec.wire, ())
+        if spec.empty_refused and "" in given:
+            raise BadRequest(f"parameter {spec.wire!r} is empty", code="bad_query")
+        given = [v for v in given if v != ""]
         if not given:
             if spec.required:
                 raise BadRequest(f"missing parameter {spec.wire!r}", code="bad_query")

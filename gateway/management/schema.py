@@ -70,6 +70,8 @@ RenewalPeriod = Annotated[Literal[RENEWAL_PERIODS], Meta(
     description="Months after which a token's renewal reminder turns orange.",
     extra={"code": "bad_renewal_period"},
 )]
+# a query parameter that may not be given empty (gateway.management.operations)
+REFUSE_EMPTY = {"empty_refused": True}
 PolicyName = Annotated[str, Meta(
     pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$",
     description="A resource or action as the policy files write it, without `*`.",
@@ -284,12 +286,15 @@ class AuditPage(Model):
 
 # -- explain ---------------------------------------------------------------------------
 class ExplainQuery(Model):
-    """A decision to explain: `role` (repeat it) or `key`, one of them."""
+    """A decision to explain: `role` (repeat it) or `key`, one of them. None may be
+    given empty: `key=` is not "no key" (the answer would be about other roles)."""
 
-    resource: PolicyName
-    action: PolicyName
-    role: Annotated[list[RoleName], Meta(max_length=MAX_QUESTION_ROLES)] = []
-    key: Annotated[AppKey, Meta(extra={"code": "bad_app_key"})] | UnsetType = UNSET
+    resource: Annotated[PolicyName, Meta(extra=REFUSE_EMPTY)]
+    action: Annotated[PolicyName, Meta(extra=REFUSE_EMPTY)]
+    role: Annotated[list[RoleName], Meta(max_length=MAX_QUESTION_ROLES,
+                                         extra=REFUSE_EMPTY)] = []
+    key: Annotated[AppKey, Meta(extra={"code": "bad_app_key", **REFUSE_EMPTY})] | UnsetType \
+        = UNSET
 
 
 class MatchedLine(Model):

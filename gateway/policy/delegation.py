@@ -39,14 +39,13 @@ from .explain import (
     matching_lines,
     parents_of,
 )
-from .files import Policy, PolicyLine, pattern_matches, patterns_overlap
+from .files import Policy, pattern_matches, patterns_overlap
+from .reading import CallerReading, Decide, WorkMeter, decider, unmetered
 
 ASSIGN = "assign"
 ROLE_RESOURCE_PREFIX = "role:"
 # what every role-giving endpoint of the management API needs first
 MANAGEMENT_RESOURCE, GIVING_ROLES_NEEDS = "api-keys", "edit"
-
-Decide = Callable[[Sequence[str], str, str, str], bool]
 
 
 def role_resource(role: str) -> str:
@@ -101,11 +100,13 @@ def judge_assign(
     by_assign_line: bool = True,
     decide: Decide | None = None,
     solved: dict[str, AssignVerdict] | None = None,
+    meter: WorkMeter | None = None,
 ) -> AssignVerdict:
     """The escalation rule (the module's text). ``by_assign_line=False`` is the stricter
     question of adding a role to one's own key: only held permissions count.
-    ``decide`` is the decision to ask (a cached one in the gateway; the policy's own by
-    default): the rule's answer does not depend on which.
+    ``decide`` is the decision to ask (a cached one in the gateway; by default the
+    caller's lines read once, :mod:`.reading`): the rule's answer does not depend on
+    which. ``meter`` counts the work and stops it past its limit (:class:`TooMuchWork`).
 
     A role the caller may assign through the permissions it holds may itself hand out
     roles (``user-admin-restricted`` grants no orders permission, yet hands out
@@ -113,22 +114,14 @@ def judge_assign(
     the caller must be able to assign each of them too, and theirs in turn.
     ``solved``: the verdicts already reached for these caller roles in this account
     under this policy (assign questions only), kept by a caller that asks many."""
-    decide = policy.decide if decide is None else decide
     solved = {} if solved is None else solved
     if by_assign_line and role in solved:
         return solved[role]
-    parents = parents_of(policy)
-    caller_denies = policy.lines_of(caller_roles, account, "deny")
-
-    def base(name: str, by_line: bool) -> AssignVerdict:
-        return _base_verdict(policy, caller_roles, account, name, by_line, decide, parents,
-                             caller_denies)
-
-    verdict = base(role, by_assign_line)
+    judge = _Judge(policy, caller_roles, account, decide, unmetered() if meter is None else meter)
+    verdict = judge.base(role, by_assign_line)
     if verdict.allowed and verdict.how == "holds-permissions":
-        handed = _handed_out(policy, role, account)
-        _solve(handed, solved, lambda name: base(name, True),
-               lambda name: _handed_out(policy, name, account))
+        handed = judge.handed_out(role)
+        _solve(handed, solved, lambda name: judge.base(name, True), judge.handed_out)
         for other in handed:
             if not solved[other].allowed:
                 verdict = _hands_out_refused(other, solved[other])
@@ -138,68 +131,104 @@ def judge_assign(
     return verdict
 
 
-def _base_verdict(
-    policy: Policy, caller_roles: Sequence[str], account: str, role: str,
-    by_assign_line: bool, decide: Decide, parents: dict[str, tuple[str, ...]],
-    caller_denies: Sequence[PolicyLine],
-) -> AssignVerdict:
-    """The rule on ``role`` alone: a deny line, an assign line, or the permissions it
-    grants (not yet the roles it hands out)."""
-    resource = role_resource(role)
-    # the model's deny (any deny line of the caller's roles matching), on lines read once
-    if any(pattern_matches(resource, deny.values[2]) and pattern_matches(ASSIGN, deny.values[3])
-           for deny in caller_denies):
-        deny_lines = tuple(
-            m for m in matching_lines(policy, caller_roles, account, resource, ASSIGN, parents)
-            if m.effect == "deny"
-        )
-        return AssignVerdict(False, "denied", "a policy line denies it", deny_lines)
-    if by_assign_line:
-        line = _assign_line(policy, caller_roles, account, resource, parents)
-        if line is not None:
-            return AssignVerdict(True, "assign-line", None, (line,))
-    role_paths = inheritance_paths(parents, [role])
-    granted_lines = []
-    for line in policy.lines_of([role], account, "allow"):
-        _, _, granted, action, _ = line.values
-        touched = any(
-            patterns_overlap(granted, deny.values[2])
-            and patterns_overlap(action, deny.values[3])
-            for deny in caller_denies
-        )
-        matched = MatchedLine(line, role_paths.get(line.values[0], (line.values[0],)))
-        if touched or not decide(caller_roles, account, granted, action):
-            return AssignVerdict(
-                False, "lacks-permission",
-                f"it grants {action!r} on {granted!r}, which this key does not hold "
-                f"(policy {line.file}, line {line.line}), and no policy line lets it "
-                f"{ASSIGN!r} {resource!r}",
-                (matched,),
+class _Judge:
+    """The rule for one caller in one account: the caller's lines read once
+    (:class:`CallerReading`), every step counted on ``meter``."""
+
+    def __init__(self, policy: Policy, caller_roles: Sequence[str], account: str,
+                 decide: Decide | None, meter: WorkMeter):
+        self.policy, self.caller_roles, self.account, self.meter = (
+            policy, caller_roles, account, meter)
+        meter.spend(len(policy.g_lines))
+        self.parents = parents_of(policy)
+        self.caller = CallerReading(policy, caller_roles, account, meter)
+        self.decide = decider(policy, self.caller) if decide is None else decide
+        # the caller's lines made for handing out roles (``role:…``, assign)
+        self.assign_lines = [
+            line for line in self.caller.allows
+            if line.values[2].startswith(ROLE_RESOURCE_PREFIX)
+            and pattern_matches(ASSIGN, line.values[3])
+        ]
+
+    def base(self, role: str, by_assign_line: bool) -> AssignVerdict:
+        """The rule on ``role`` alone: a deny line, an assign line, or the permissions
+        it grants (not yet the roles it hands out)."""
+        policy, caller_roles, account, meter = (
+            self.policy, self.caller_roles, self.account, self.meter)
+        resource = role_resource(role)
+        # the model's deny (a deny line of the caller's roles matching), from the index
+        if self.caller.denied(resource, ASSIGN):
+            meter.spend(len(policy.p_lines))
+            deny_lines = tuple(
+                m for m in matching_lines(policy, caller_roles, account, resource, ASSIGN,
+                                          self.parents)
+                if m.effect == "deny"
             )
-        granted_lines.append(matched)
-    return AssignVerdict(True, "holds-permissions", None, tuple(granted_lines))
+            return AssignVerdict(False, "denied", "a policy line denies it", deny_lines)
+        if by_assign_line:
+            line = self.assign_line(resource)
+            if line is not None:
+                return AssignVerdict(True, "assign-line", None, (line,))
+        role_paths = inheritance_paths(self.parents, [role])
+        granted_lines = policy.lines_of([role], account, "allow")
+        meter.spend(len(role_paths) + len(granted_lines))
+        held = []
+        for line in granted_lines:
+            _, _, granted, action, _ = line.values
+            meter.spend(len(self.caller.denies))
+            touched = any(
+                patterns_overlap(granted, deny.values[2])
+                and patterns_overlap(action, deny.values[3])
+                for deny in self.caller.denies
+            )
+            matched = MatchedLine(line, role_paths.get(line.values[0], (line.values[0],)))
+            if touched or not self.decide(caller_roles, account, granted, action):
+                return AssignVerdict(
+                    False, "lacks-permission",
+                    f"it grants {action!r} on {granted!r}, which this key does not hold "
+                    f"(policy {line.file}, line {line.line}), and no policy line lets it "
+                    f"{ASSIGN!r} {resource!r}",
+                    (matched,),
+                )
+            held.append(matched)
+        return AssignVerdict(True, "holds-permissions", None, tuple(held))
 
+    def assign_line(self, resource: str) -> MatchedLine | None:
+        """The first allow line of the caller's roles made for handing out roles: its
+        resource names roles (``role:…``). A catch-all line (``*, *``) is not one: it
+        says what a role may do, not which roles it may give away."""
+        self.meter.spend(len(self.assign_lines))
+        for line in self.assign_lines:
+            if pattern_matches(resource, line.values[2]):
+                paths = inheritance_paths(self.parents, self.caller_roles)
+                return MatchedLine(line, paths[line.values[0]])
+        return None
 
-def _handed_out(policy: Policy, role: str, account: str) -> list[str]:
-    """The roles a key holding ``role`` alone may hand out in ``account`` by its lines
-    (an assign line, or a catch-all that allows ``(role:X, assign)``, and no deny line
-    of its own on it): the model's decision, on the role's lines read once."""
+    def handed_out(self, role: str) -> list[str]:
+        """The roles a key holding ``role`` alone may hand out in the account by its
+        lines (an assign line, or a catch-all that allows ``(role:X, assign)``, and no
+        deny line of its own on it): the model's decision, on the role's lines read
+        once."""
+        policy, meter = self.policy, self.meter
 
-    def assigning(effect: str) -> list[str]:
-        return [line.values[2] for line in policy.lines_of([role], account, effect)
-                if patterns_overlap(line.values[2], ROLE_RESOURCE_PREFIX + "*")
-                and pattern_matches(ASSIGN, line.values[3])]
+        def assigning(effect: str) -> list[str]:
+            lines = policy.lines_of([role], self.account, effect)
+            meter.spend(len(lines))
+            return [line.values[2] for line in lines
+                    if patterns_overlap(line.values[2], ROLE_RESOURCE_PREFIX + "*")
+                    and pattern_matches(ASSIGN, line.values[3])]
 
-    allowed = assigning("allow")
-    if not allowed:  # most roles hand out nothing
-        return []
-    denied = assigning("deny")
-    return sorted(
-        other for other in policy.roles
-        if other != role
-        and any(pattern_matches(role_resource(other), p) for p in allowed)
-        and not any(pattern_matches(role_resource(other), p) for p in denied)
-    )
+        allowed = assigning("allow")
+        if not allowed:  # most roles hand out nothing
+            return []
+        denied = assigning("deny")
+        meter.spend(len(policy.roles) * (len(allowed) + len(denied)))
+        return sorted(
+            other for other in policy.roles
+            if other != role
+            and any(pattern_matches(role_resource(other), p) for p in allowed)
+            and not any(pattern_matches(role_resource(other), p) for p in denied)
+        )
 
 
 def _solve(
@@ -272,33 +301,17 @@ def _hands_out_refused(other: str, refused: AssignVerdict) -> AssignVerdict:
     )
 
 
-def _assign_line(
-    policy: Policy, caller_roles: Sequence[str], account: str, resource: str,
-    parents: dict[str, tuple[str, ...]],
-) -> MatchedLine | None:
-    """The first allow line of the caller's roles made for handing out roles: its
-    resource names roles (``role:…``). A catch-all line (``*, *``) is not one: it says
-    what a role may do, not which roles it may give away."""
-    paths = inheritance_paths(parents, caller_roles)
-    for line in policy.lines_of(caller_roles, account, "allow"):
-        if (
-            line.values[2].startswith(ROLE_RESOURCE_PREFIX)
-            and pattern_matches(resource, line.values[2])
-            and pattern_matches(ASSIGN, line.values[3])
-        ):
-            return MatchedLine(line, paths[line.values[0]])
-    return None
-
-
 def may_assign(
     policy: Policy, caller_roles: Sequence[str], account: str, role: str,
-    solved: dict[str, AssignVerdict] | None = None,
+    solved: dict[str, AssignVerdict] | None = None, meter: WorkMeter | None = None,
 ) -> AssignVerdict:
     """What the management API answers a key holding ``caller_roles`` that gives
     ``role`` to another key in ``account``: ``edit`` on ``api-keys`` first (else the
     request is refused before any role is looked at), then :func:`judge_assign`
-    (``solved``: as there, for a caller asking many questions of the same roles)."""
-    edit = explain(policy, caller_roles, account, MANAGEMENT_RESOURCE, GIVING_ROLES_NEEDS)
+    (``solved``: as there, for a caller asking many questions of the same roles;
+    ``meter``: as there)."""
+    edit = explain(policy, caller_roles, account, MANAGEMENT_RESOURCE, GIVING_ROLES_NEEDS,
+                   meter)
     if not edit.allowed:
         return AssignVerdict(
             False, "no-edit",
@@ -306,11 +319,12 @@ def may_assign(
             f"these roles do not have it ({edit.reason})",
             edit.decided_by,
         )
-    return judge_assign(policy, caller_roles, account, role, solved=solved)
+    return judge_assign(policy, caller_roles, account, role, solved=solved, meter=meter)
 
 
 def assignment(
-    policy: Policy, caller_roles: Sequence[str], account: str, resource: str, action: str
+    policy: Policy, caller_roles: Sequence[str], account: str, resource: str, action: str,
+    meter: WorkMeter | None = None,
 ) -> AssignVerdict | None:
     """For ``(role:R, assign)`` with R defined in the policies: :func:`may_assign`, the
     answer the management API gives (which may differ from the bare Casbin decision:
@@ -319,4 +333,4 @@ def assignment(
     role = assigned_role(resource, action)
     if role is None or role not in policy.roles:
         return None
-    return may_assign(policy, caller_roles, account, role)
+    return may_assign(policy, caller_roles, account, role, meter=meter)

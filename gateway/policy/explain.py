@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .files import NAME_RE, ROLE_RE, Policy, PolicyLine, pattern_matches
+from .reading import CASBIN_STEPS_PER_LINE, WorkMeter
 
 MAX_QUESTION_ROLES = 32  # a key holds a handful; this bounds what one question costs
 DENIED_NO_ROLES = "denied: no roles (a key that holds no roles in the account is refused)"
@@ -185,9 +186,14 @@ def matching_lines(
 
 
 def explain(
-    policy: Policy, roles: Sequence[str], account: str, resource: str, action: str
+    policy: Policy, roles: Sequence[str], account: str, resource: str, action: str,
+    meter: WorkMeter | None = None,
 ) -> Explanation:
-    """The decision (``Policy.decide``) with the lines behind it: see the module's text."""
+    """The decision (``Policy.decide``) with the lines behind it: see the module's text.
+    ``meter``: counts the work (Casbin's scan and the reading of every line) and stops
+    it past its limit (:class:`~.reading.TooMuchWork`)."""
+    if meter is not None:
+        meter.spend((CASBIN_STEPS_PER_LINE + 1) * max(len(policy.p_lines), 1))
     held = tuple(dict.fromkeys(roles))
     allowed = policy.decide(held, account, resource, action)
     matched = tuple(matching_lines(policy, held, account, resource, action)) if held else ()

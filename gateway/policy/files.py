@@ -140,10 +140,17 @@ def read_policy_file(path: Path, policies_dir: Path) -> bytes:
     server secret or a private key would otherwise be read, and its first line quoted
     in the error that names the line (``policy check`` in CI, a refused reload's
     answer). Such a file is an OSError, refused unread."""
+    return read_bounded(inside_directory(path, policies_dir))
+
+
+def inside_directory(path: Path, policies_dir: Path) -> Path:
+    """``path`` with its symbolic links followed, when that is inside ``policies_dir``
+    (links within it are fine); an OSError when it leads out of it (through the file
+    itself or a directory on the way, ``tests`` linked elsewhere)."""
     target = path.resolve()
     if not target.is_relative_to(Path(policies_dir).resolve()):
         raise OSError(f"{path.name} links to a file outside the policy directory")
-    return read_bounded(target)
+    return target
 
 
 def read_policy_files(policies_dir: Path) -> PolicyFiles:
@@ -315,15 +322,18 @@ def read_model(model_path: Path) -> ModelDefinition:
     """The model as Casbin loads it; a ConfigError when Casbin cannot (its own errors
     are bare TypeErrors and KeyErrors from its parser: the message says which)."""
     try:
-        model = casbin.Enforcer(str(model_path)).get_model()
-        return ModelDefinition(
-            tuple(model["r"]["r"].tokens), tuple(model["p"]["p"].tokens),
-            model["e"]["e"].value, model["m"]["m"].value,
-        )
+        return _definition(casbin.Enforcer(str(model_path)).get_model())
     except Exception as exc:  # casbin raises whatever its parser hits
         raise ConfigError(
             f"Casbin cannot load it ({type(exc).__name__}: {excerpt(str(exc))})"
         ) from None
+
+
+def _definition(model: Any) -> ModelDefinition:
+    return ModelDefinition(
+        tuple(model["r"]["r"].tokens), tuple(model["p"]["p"].tokens),
+        model["e"]["e"].value, model["m"]["m"].value,
+    )
 
 
 class _RulesAdapter(casbin.persist.Adapter):
@@ -364,7 +374,13 @@ class Policy:
 
         enforcer.add_function("hasRole", has_role)
         self._enforcer = enforcer
+        self.model = _definition(enforcer.get_model())
         self.p_lines: tuple[PolicyLine, ...] = tuple(p_lines)
+        # each role's own p lines with their place in file order: lines_of() reads the
+        # lines of the roles asked about, not every line of the policy
+        self._own_lines: dict[str, list[tuple[int, PolicyLine]]] = {}
+        for place, line in enumerate(self.p_lines):
+            self._own_lines.setdefault(line.values[0], []).append((place, line))
         self.g_lines: tuple[PolicyLine, ...] = tuple(g_lines)
         self._parents: dict[str, set[str]] = {}
         for rule in g_rules:
@@ -415,14 +431,16 @@ class Policy:
         self, roles: Iterable[str], account: str, effect: str
     ) -> list[PolicyLine]:
         """The ``p`` lines with ``effect`` that apply to ``roles`` (inheritance included)
-        in ``account``: lines for every account (``*``) and lines for this one."""
-        held = self.inherited(roles)
-        return [
-            line for line in self.p_lines
-            if line.values[0] in held
-            and line.values[1] in ("*", account)
-            and line.values[4] == effect
+        in ``account``: lines for every account (``*``) and lines for this one, in file
+        order. It reads only those roles' lines."""
+        found = [
+            (place, line)
+            for role in self.inherited(roles)
+            for place, line in self._own_lines.get(role, ())
+            if line.values[1] in ("*", account) and line.values[4] == effect
         ]
+        found.sort(key=lambda item: item[0])
+        return [line for _, line in found]
 
     def decide_ex(
         self, roles: Sequence[str], account: str, resource: str, action: str

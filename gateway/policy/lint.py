@@ -6,7 +6,8 @@ effect. The linter reports what the lines do together that no single line shows.
 Each finding has a severity, a stable code (CI filters on it) and a message that quotes
 at most a bounded excerpt of any value (a hostile file cannot flood a report).
 
-Errors — keygate would refuse the files, or the deployment is already inconsistent:
+Errors — keygate would refuse the files, the deployment is already inconsistent, or
+the files cannot be what was meant:
 
 ``unreadable``         a file that cannot be read as UTF-8 text (at the line of the first
                        bad byte)
@@ -16,12 +17,21 @@ Errors — keygate would refuse the files, or the deployment is already inconsis
                        the line that closes it, with its chain
 ``model``              a model.conf Casbin cannot load, or whose request or policy
                        definition is not the one keygate puts questions to
+``no-rules``           no file holds a ``p`` line: keygate would load the policy and
+                       refuse every request and every management call, the owner's
+                       included (even ``POST /policy/reload`` needs a permission the
+                       policies define). That is a truncated checkout, an empty volume
+                       or a failed template, never a policy anyone meant to serve; a
+                       deliberate lock-down is a deny line (``p, owner, *, *, *, deny``)
 ``undefined-role-held`` (with a store) keys or grants of an account hold a role the
                        files do not define: their holders lose what the role gave, and a
                        reload that removed it should not have happened unnoticed
 
 Warnings — the files load, but something in them does nothing, or not what it seems:
 
+``empty-file``         a policy file that holds no rule (empty, or only comments and
+                       blank lines): a file emptied by mistake loads silently, its rules
+                       simply gone
 ``duplicate-line``     a line that repeats an earlier one (at the later, naming the first)
 ``shadowed-allow``     an allow that a deny always defeats (see :mod:`.analysis`)
 ``redundant-allow``    an allow that another allow of the role, or of a role it
@@ -64,6 +74,7 @@ from ..errors import ConfigError
 from .analysis import LOOKUP_BUDGET, RoleGraph, covered_allows, meaning
 from .delegation import ASSIGN, ROLE_RESOURCE_PREFIX
 from .files import (
+    PolicyFiles,
     PolicyLine,
     excerpt,
     inheritance_cycles,
@@ -71,16 +82,11 @@ from .files import (
     read_model,
     read_policy_files,
 )
+from .reading import DENY_OVERRIDES, MATCHER, POLICY_TOKENS, REQUEST_TOKENS
 
 ERROR, WARNING = "error", "warning"
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 
-# keygate's model (model.conf): what it asks, and how lines decide
-REQUEST_TOKENS = ("r_sub", "r_dom", "r_obj", "r_act")
-POLICY_TOKENS = ("p_sub", "p_dom", "p_obj", "p_act", "p_eft")
-DENY_OVERRIDES = "some(where (p_eft == allow)) && !some(where (p_eft == deny))"
-MATCHER = ('hasRole(r_sub, p_sub) && (p_dom == "*" || p_dom == r_dom) && '
-           "keyMatch(r_obj, p_obj) && keyMatch(r_act, p_act)")
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,7 @@ def lint_policy(
     findings = [Finding(ERROR, p.code, p.reason, _name(p.file), p.line) for p in read.problems]
     model_findings = check_model(Path(model_path))
     findings += model_findings
+    findings += _empty(read)
 
     p_lines, dup_p = _distinct(read.p_lines)
     g_lines, dup_g = _distinct(read.g_lines)
@@ -242,6 +249,26 @@ def check_model(model_path: Path) -> list[Finding]:
         found.append(Finding(WARNING, "model-differs",
                              "the matcher is not keygate's (hasRole, '*' or the account, "
                              "keyMatch): the line checks assume it", name))
+    return found
+
+
+def _empty(read: PolicyFiles) -> list[Finding]:
+    """Files without a rule, and a policy without any ``p`` line (see the codes)."""
+    with_rules = {line.file for line in (*read.p_lines, *read.g_lines)}
+    with_rules.update(problem.file for problem in read.problems)
+    found = [
+        Finding(WARNING, "empty-file",
+                "the file holds no rule (it is empty, or holds only comments and blank "
+                "lines)", _name(name))
+        for name in read.files if name not in with_rules
+    ]
+    if not read.p_lines and not read.problems:
+        found.append(Finding(
+            ERROR, "no-rules",
+            "the policy files hold no p line: keygate would refuse every request and "
+            "every management call, the owner's included (to lock everything down on "
+            "purpose, write a deny line such as 'p, owner, *, *, *, deny')",
+        ))
     return found
 
 

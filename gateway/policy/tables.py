@@ -60,7 +60,7 @@ from typing import Any
 
 from ..credentials import is_valid_account
 from ..errors import ConfigError
-from .files import NAME_RE, excerpt, read_bounded
+from .files import NAME_RE, excerpt, inside_directory, read_bounded
 from .names import is_pattern
 
 KINDS = ("case", "never")
@@ -114,9 +114,15 @@ class Table:
 
 
 # -- reading tables --------------------------------------------------------------------
-def load_table(path: Path, shown_as: str) -> Table:
-    """Read and check one table file; ``shown_as`` is the name errors and rows print."""
+def load_table(path: Path, shown_as: str, policies_dir: Path | None = None) -> Table:
+    """Read and check one table file; ``shown_as`` is the name errors and rows print.
+    ``policies_dir``: the table was found there, not named by the user, and is read
+    only if it is inside it once links are followed, as a policy file is
+    (:func:`~.files.read_policy_file`): a pull request's ``tests/x.toml`` linked to a
+    secret would otherwise have its values printed as rows' names or refusals."""
     try:
+        if policies_dir is not None:
+            path = inside_directory(path, policies_dir)
         text = read_bounded(path, MAX_TABLE_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise TableError(f"decision table {shown_as}: no such file") from None

@@ -1,0 +1,172 @@
+"""The work an explanation takes is bounded: judging ``(role:R, assign)`` reads each line
+a bounded number of times (it once put every line of R to Casbin, which scans every
+line of the policy: quadratic, seconds on the event loop for a role of a thousand
+lines), what is still costly in the worst case is refused past a fixed limit, and the
+judgement from the indexed lines is the one Casbin's decisions give.
+
+Work is counted in steps (``WorkMeter.spent``), never timed. Real Casbin with the real
+model.conf; policy directories in tmp_path. (The endpoint's answers:
+test_policy_explain_api.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.cli import main
+from gateway.policy import Policy
+from gateway.policy.delegation import assignment, judge_assign
+from gateway.policy.explain import explain
+from gateway.policy.reading import CallerReading, TooMuchWork, WorkMeter
+from gateway.settings import PROJECT_ROOT
+
+MODEL = PROJECT_ROOT / "model.conf"
+POLICIES = PROJECT_ROOT / "policies"
+# what a linear judgement may spend per line of the policy (a Casbin scan costs 11 per
+# line, and an explanation of an assignment makes two; each line of R a few look-ups)
+STEPS_PER_LINE = 40
+
+
+@pytest.fixture(autouse=True)
+def no_keygate_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("KEYGATE_")]:
+        monkeypatch.delenv(name)
+
+
+def large_policy(directory: Path, lines: int, deny_lines: int = 0) -> Path:
+    """The shipped policies plus role ``big`` granting ``lines`` distinct permissions,
+    and role ``denier`` with ``deny_lines`` deny lines on other resources."""
+    shutil.copytree(POLICIES, directory)
+    text = [f"p, big, *, res{n}, act{n % 7}, allow\n" for n in range(lines)]
+    text += [f"p, denier, *, other{n}, act{n % 7}, deny\n" for n in range(deny_lines)]
+    (directory / "large.csv").write_text("".join(text))
+    return directory
+
+
+def explained(policy: Policy, roles: list[str], resource: str, action: str,
+              meter: WorkMeter) -> tuple[object, object]:
+    e = explain(policy, roles, "acme", resource, action, meter)
+    return e, assignment(policy, e.roles, "acme", resource, action, meter)
+
+
+def test_judging_a_large_role_takes_work_linear_in_the_policy(tmp_path):
+    spent = {}
+    for lines in (750, 1500):
+        policy = Policy.load(MODEL, large_policy(tmp_path / str(lines), lines))
+        meter = WorkMeter()
+        _, verdict = explained(policy, ["owner"], "role:big", "assign", meter)
+        assert verdict.allowed and verdict.how == "holds-permissions"
+        assert len(verdict.lines) == lines  # every line of big, each held
+        assert meter.spent <= STEPS_PER_LINE * len(policy.p_lines), meter.spent
+        spent[lines] = meter.spent
+    # twice the lines, about twice the work (quadratic work would be four times)
+    assert spent[1500] < 2.5 * spent[750], spent
+
+
+def test_a_key_holding_the_large_role_itself_is_judged_in_linear_work(tmp_path):
+    # the caller's own lines are as many as the role's: each question is a look-up in
+    # their index, not a scan of them
+    policy = Policy.load(MODEL, large_policy(tmp_path / "p", 1500))
+    meter = WorkMeter()
+    _, verdict = explained(policy, ["big", "user-admin-restricted"], "role:big", "assign",
+                           meter)
+    assert verdict.allowed and verdict.how == "holds-permissions"
+    assert meter.spent <= STEPS_PER_LINE * len(policy.p_lines), meter.spent
+
+
+def test_work_past_the_limit_is_refused_not_computed(tmp_path):
+    # each line of big against each deny line of the caller: quadratic, so refused
+    policy = Policy.load(MODEL, large_policy(tmp_path / "p", 1500, deny_lines=1500))
+    meter = WorkMeter(1_000_000)
+    with pytest.raises(TooMuchWork) as refused:
+        explained(policy, ["owner", "denier"], "role:big", "assign", meter)
+    assert "more than 1000000 steps" in str(refused.value)
+    # it stopped at the limit, give or take one step's batch, rather than going on
+    assert meter.spent <= 1_000_000 + 2 * len(policy.p_lines)
+    # the same question without the deny lines is cheap and answered
+    meter = WorkMeter(1_000_000)
+    assert explained(policy, ["owner"], "role:big", "assign", meter)[1].allowed
+
+
+def test_cli_explain_refuses_work_past_its_limit(tmp_path, capsys, monkeypatch):
+    import gateway.cli_policy_tools as tools
+
+    directory = large_policy(tmp_path / "p", 1500, deny_lines=1500)
+    question = ["policy", "explain", "--account", "acme", "--resource", "role:big",
+                "--action", "assign", "--policies", str(directory)]
+    assert main([*question, "--role", "owner", "--json"]) == 0
+    assert '"how":"holds-permissions"' in capsys.readouterr().out.replace(" ", "")
+    monkeypatch.setattr(tools, "MAX_CLI_EXPLAIN_WORK", 1_000_000)
+    assert main([*question, "--role", "owner", "--role", "denier"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "more than 1000000 steps" in err and "Traceback" not in err
+
+
+# -- the judgement from indexed lines is Casbin's --------------------------------------
+RICH = """\
+p, base, *, orders, read, allow
+p, base, acme, orders/*, write, allow
+p, mid, *, catalog*, read, allow
+p, mid, beta, *, delete, deny
+g, top, mid
+g, mid, base
+p, top, acme, orders, *, deny
+p, blocker, *, *, write, deny
+p, admin, *, *, *, allow
+p, admin, beta, orders, read, deny
+g, admin2, admin
+g, top, admin2
+p, helper, acme, role:base, assign, allow
+p, helper, *, api-keys, edit, allow
+p, helper, *, orders/*, write, allow
+p, partial, *, orders*, *, allow
+p, partial, *, ord*, re*, deny
+"""
+ROLES = ["base", "mid", "top", "blocker", "admin", "admin2", "helper", "partial", "owner",
+         "orders-writer", "orders-reader", "suspended-partner", "user-admin-restricted",
+         "catalog-reader", "api-keys-viewer", "ghost"]
+
+
+@pytest.fixture(scope="module")
+def rich_policy(tmp_path_factory: pytest.TempPathFactory) -> Policy:
+    directory = tmp_path_factory.mktemp("rich") / "p"
+    shutil.copytree(POLICIES, directory)
+    (directory / "rich.csv").write_text(RICH)
+    return Policy.load(MODEL, directory)
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(caller=st.lists(st.sampled_from(ROLES), min_size=1, max_size=3, unique=True),
+       account=st.sampled_from(["acme", "beta", "gamma"]),
+       role=st.sampled_from(sorted(set(ROLES) - {"ghost"})),
+       by_assign_line=st.booleans())
+def test_the_judgement_from_indexed_lines_is_the_one_casbin_gives(
+    rich_policy, caller, account, role, by_assign_line
+):
+    indexed = judge_assign(rich_policy, caller, account, role, by_assign_line=by_assign_line)
+    asked = judge_assign(rich_policy, caller, account, role, by_assign_line=by_assign_line,
+                         decide=rich_policy.decide)
+    assert indexed == asked
+
+
+NAME = st.from_regex(r"[a-z][a-z/:*-]{0,10}", fullmatch=True)
+
+
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(caller=st.lists(st.sampled_from(ROLES), min_size=1, max_size=3, unique=True),
+       account=st.sampled_from(["acme", "beta", "gamma"]),
+       resource=st.one_of(st.sampled_from(["orders", "orders/1", "ord", "catalog", "*",
+                                           "orders/*", "role:base"]), NAME),
+       action=st.one_of(st.sampled_from(["read", "write", "re", "*", "delete"]), NAME))
+def test_a_reading_decides_as_casbin(rich_policy, caller, account, resource, action):
+    reading = CallerReading(rich_policy, caller, account, WorkMeter())
+    assert reading.decide(caller, account, resource, action) == \
+        rich_policy.decide(caller, account, resource, action)
