@@ -5,36 +5,53 @@ attempts costs is work (an HMAC and, for a key not in the cache, a store round t
 and, for whoever watches, noise that hides real attacks. So keygate counts failures and,
 past a budget per window, answers 429 with ``Retry-After``:
 
-* **per client address** (``auth_failure_limit``): a blocked address gets 429 for every
-  request that would be authenticated, before any lookup, until its window ends. IPv6
-  clients are counted per /64, the block one customer usually gets. The address is the
-  one keygate trusts (``trusted_proxies``): behind a load balancer that is not
-  configured as trusted, every client shares the balancer's address and budget.
+* **per client address** (``auth_failure_limit``): no more credential checks from one
+  address fail in a window than its budget, however many it sends at once; once they
+  have, the address gets 429 for every request that would be authenticated, before any
+  lookup, until its window ends. IPv6 clients are counted per /64, the block one
+  customer usually gets. The address is the one keygate trusts (``trusted_proxies``):
+  behind a load balancer that is not configured as trusted, every client shares the
+  balancer's address and budget.
 * **per key, for wrong tokens** (``auth_failure_key_limit``): once a key's budget is
   spent, a wrong token for it gets 429 instead of 401 — but the right token still
   works. Key names are public identifiers: blocking the key itself would let anyone who
-  knows a key's name lock its owner out.
+  knows a key's name lock its owner out. (So this budget changes answers but cannot
+  stop checks; the address budget does.)
 
 Where the counters live: in the store (``INCR`` on a key per subject and window, which
 expires with the window), so failures through every worker of every instance draw on
-one budget. Only a failure costs a round trip; successful requests cost none. Each
-process also remembers, in a bounded map, the subjects it has seen over budget until
-their window ends, so a blocked client costs no round trip either. A process learns of a
-block from its own next failed attempt: across N processes, at most N - 1 attempts beyond
-the budget are answered 401 before every process answers 429.
+one budget. Each process also remembers, in a bounded map, the subjects it has seen
+spend their budget until their window ends, so a blocked client costs no round trip.
+
+Why concurrent guesses cannot overrun the address budget (an :class:`Attempt` is one
+authentication, ``async with`` around the credential check): a failed check is counted
+in the store before it is answered, and only one check of an address runs at a time in
+a process (its *turn*; the others wait for it to end, then look again whether the
+address is blocked). So the count a check's failure returns includes every failure
+before it, and the address is blocked as soon as the count reaches the budget: in one
+process no more checks fail than the budget allows. The success path costs nothing:
+no round trip, and no wait in practice for a request whose credentials are in the local
+cache, since it is checked without waiting for anything and its turn has ended before
+another request starts. What waits is a request that arrives while another from its
+address waits for the store (a key not in the cache, a failure being counted). A
+process learns that others spent the budget from its own next failure: across N
+processes, at most N - 1 checks beyond the budget fail (answered 429) before every
+process answers 429 without checking.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import ipaddress
 import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from .cache import LRU
-from .errors import StoreUnavailable
+from .errors import StoreUnavailable, TooManyRequests
 
 log = logging.getLogger("keygate.ratelimit")
 
@@ -48,6 +65,7 @@ class FailureCounter(Protocol):
         ...
 
 
+@functools.lru_cache(maxsize=4096)  # asked on every authenticated request
 def address_subject(address: str) -> str:
     """What an address is counted as: itself (IPv4), or its /64 (IPv6)."""
     try:
@@ -59,6 +77,67 @@ def address_subject(address: str) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
+
+
+class Turn:
+    """An address's one check under way, and the attempts waiting for it to end."""
+
+    __slots__ = ("waiting",)
+
+    def __init__(self) -> None:
+        self.waiting: list[asyncio.Future[None]] = []
+
+    async def over(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiting.append(waiter)
+        await waiter
+
+    def end(self) -> None:
+        for waiter in self.waiting:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class Attempt:
+    """One authentication under the budgets, ``async with`` around the credential check.
+
+    Entering takes the address's turn, once the turn before it has ended (429 if the
+    address is blocked by then); :meth:`failed` counts a failed check before it is
+    answered; leaving ends the turn. Without a limiter or a client address it does
+    nothing, and :meth:`failed` counts the key's budget only."""
+
+    __slots__ = ("limiter", "subject", "turn")
+
+    def __init__(self, limiter: AuthFailureLimiter | None, subject: str | None):
+        self.limiter = limiter
+        self.subject = subject  # None: no address budget applies
+        self.turn: Turn | None = None
+
+    async def __aenter__(self) -> Attempt:
+        if self.limiter is not None and self.subject is not None:
+            self.turn = await self.limiter.take_turn(self.subject)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        if self.limiter is not None and self.subject is not None and self.turn is not None:
+            self.limiter.end_turn(self.subject, self.turn)
+            self.turn = None
+
+    async def failed(self, wrong_token_for: str | None = None) -> float | None:
+        """Count this attempt's failed check (and, for a wrong token, one of that key's).
+        Seconds until the client may try again when a budget is spent past this check,
+        else None (the failure stands: 401)."""
+        if self.limiter is None:
+            return None
+        return await self.limiter.failed(self.subject, wrong_token_for)
+
+
+def attempt(limiter: AuthFailureLimiter | None, address: str) -> Attempt:
+    """An :class:`Attempt` from ``address`` (empty: none known), 429 at once when this
+    process knows the address is blocked (no I/O)."""
+    if limiter is None:
+        return Attempt(None, None)
+    return limiter.attempt(address)
 
 
 class AuthFailureLimiter:
@@ -77,8 +156,11 @@ class AuthFailureLimiter:
         self.window = window
         self.clock = clock
         # subject -> end of the window it is blocked in (bounded: a flood of addresses
-        # that each fail once never enters it; only subjects over budget do)
+        # that each fail once never enters it; only subjects that spent a budget do)
         self._blocked: LRU[tuple[str, str], float] = LRU(tracked)
+        # address -> its turn, only while taken: as many as checks under way (a check
+        # answered from memory alone ends its turn before anyone could see it)
+        self._turns: dict[str, Turn] = {}
 
     def _retry_after(self, kind: str, subject: str) -> float | None:
         until = self._blocked.get((kind, subject))
@@ -90,24 +172,48 @@ class AuthFailureLimiter:
             return None
         return left
 
-    def address_blocked(self, address: str) -> float | None:
-        """Seconds until ``address`` may try again, or None: no I/O (the request path)."""
-        if not address or not len(self._blocked):
-            return None
-        return self._retry_after(ADDRESS, address_subject(address))
+    def attempt(self, address: str) -> Attempt:
+        """See :func:`attempt`."""
+        if not address:
+            return Attempt(self, None)
+        subject = address_subject(address)
+        if len(self._blocked):
+            wait = self._retry_after(ADDRESS, subject)
+            if wait is not None:
+                raise TooManyRequests(wait)
+        return Attempt(self, subject)
 
-    async def failed(self, address: str, wrong_token_for: str | None) -> float | None:
-        """Count one failed authentication from ``address`` (and, for a wrong token, of
-        that key). Seconds until it may try again when a budget is now spent, else None.
-        Without a store the failure is not counted (the 401 stands): an outage must not
-        turn every mistyped token into a 503."""
+    async def take_turn(self, subject: str) -> Turn:
+        """The address's turn to check, once no other check of it is under way; 429 when
+        the address is blocked by then."""
+        while True:
+            turn = self._turns.get(subject)
+            if turn is None:
+                break
+            await turn.over()  # its failure, if it failed, has been counted
+            wait = self._retry_after(ADDRESS, subject)
+            if wait is not None:
+                raise TooManyRequests(wait)
+        turn = self._turns[subject] = Turn()
+        return turn
+
+    def end_turn(self, subject: str, turn: Turn) -> None:
+        if self._turns.get(subject) is turn:
+            del self._turns[subject]
+        turn.end()
+
+    async def failed(self, subject: str | None, wrong_token_for: str | None) -> float | None:
+        """Count one failed check from the address counted as ``subject`` (None: no
+        address known), and for a wrong token one of that key's. Without a store the
+        failure is not counted (the 401 stands): an outage must not turn every mistyped
+        token into a 503."""
         try:
-            return await self._count(address, wrong_token_for)
+            return await self._count(subject, wrong_token_for)
         except StoreUnavailable:
             log.warning("failed authentication not counted: the store is unavailable")
             return None
 
-    async def _count(self, address: str, wrong_token_for: str | None) -> float | None:
+    async def _count(self, address: str | None, wrong_token_for: str | None) -> float | None:
         now = self.clock()
         number = math.floor(now / self.window)
         ends = (number + 1) * self.window
@@ -122,10 +228,12 @@ class AuthFailureLimiter:
                     wait = ends - now
             if wait is not None:
                 waits.append(wait)
-        if address:
-            subject = address_subject(address)
-            total = await self.counter.count_auth_failure(ADDRESS, subject, number, ttl)
+        if address is not None:
+            total = await self.counter.count_auth_failure(ADDRESS, address, number, ttl)
+            # blocked once the budget is spent, so that no later check can fail past it
+            # (a process that sees it spent only now, by others, answers this one 429)
+            if total >= self.address_limit:
+                self._blocked.put((ADDRESS, address), ends)
             if total > self.address_limit:
-                self._blocked.put((ADDRESS, subject), ends)
                 waits.append(ends - now)
         return max(waits) if waits else None

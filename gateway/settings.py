@@ -349,7 +349,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auth_failure_limit", 30,
             "Failed authentications (unknown key, wrong token) allowed per client address "
             "per auth_failure_window, counted in the store across workers and instances; "
-            "past it, 429 with Retry-After.", _positive(int)),
+            "once they are spent, 429 with Retry-After until the window ends.",
+            _positive(int)),
     Setting("auth_failure_key_limit", 30,
             "Wrong tokens allowed per API key per auth_failure_window; past it, wrong tokens "
             "for that key get 429 (the right token still works).", _positive(int)),

@@ -137,7 +137,8 @@ async def test_without_a_store_a_failure_is_not_counted_and_not_an_error(
     gw = build_gateway(make_settings(store_url=f"redis://127.0.0.1:{closed_port}/0"),
                        clock=clock)
     try:
-        assert await gw.pipeline.limiter.failed("192.0.2.10", "kgk-acme-0000000000") is None
+        async with gw.pipeline.limiter.attempt("192.0.2.10") as attempt:
+            assert await attempt.failed("kgk-acme-0000000000") is None
     finally:
         await gw.close()
 
@@ -154,11 +155,12 @@ async def test_the_blocked_map_is_bounded(limited):
     gw, _ = limited
     small = type(gw.pipeline.limiter)(gw.store, 0, 0, 60, gw.clock, tracked=50)
     for i in range(500):
-        assert await small.failed(f"198.51.{i // 250}.{i % 250}", None) is not None
+        async with small.attempt(f"198.51.{i // 250}.{i % 250}") as attempt:
+            assert await attempt.failed() is not None
     assert len(small._blocked) == 50
 
 
-async def test_many_concurrent_failures_from_one_address_are_all_counted(limited):
+async def test_many_concurrent_failures_from_one_address_get_the_budgets_worth_of_401s(limited):
     gw, _ = limited
 
     async def attempt() -> int:

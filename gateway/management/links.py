@@ -9,8 +9,9 @@ every later open, and any open after expiry, gets 410.
 A link is a credential, so a link that is not (any more) there is a failed
 authentication: it draws on the client address's failure budget
 (``auth_failure_limit``), and past it the answer is 429 before the store is asked, as
-for a wrong key or token. (Guessing a link is as hopeless as guessing a token; what the
-budget bounds is the store reads a flood of made-up links costs.)
+for a wrong key or token, however many are opened at once. (Guessing a link is as
+hopeless as guessing a token; what the budget bounds is the store reads a flood of
+made-up links costs.)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..context import GATEWAY
 from ..credentials import is_link_secret, link_id
 from ..errors import Gone, TooManyRequests
 from ..middleware import request_id_of
+from ..ratelimit import Attempt, attempt
 from .common import client_address, json_response
 from .operations import Operations
 from .schema import LinkPath, LinkStatus, OpenedLink
@@ -44,21 +46,15 @@ def gone() -> Gone:
     )
 
 
-def _within_budget(request: web.Request) -> str:
-    """The client's address, once its failure budget is known not to be spent (429
-    otherwise, before the store is asked)."""
-    client = client_address(request)
-    limiter = request.app[GATEWAY].pipeline.limiter
-    wait = limiter.address_blocked(client) if limiter is not None else None
-    if wait is not None:
-        raise TooManyRequests(wait)
-    return client
+def _budgeted(request: web.Request) -> Attempt:
+    """Opening a link as an attempt of the client's address under its failure budget
+    (429 once it is spent, before the store is asked)."""
+    return attempt(request.app[GATEWAY].pipeline.limiter, client_address(request))
 
 
-async def _failed(request: web.Request, client: str) -> Gone | TooManyRequests:
-    """A link that is not there: counted as a failed authentication of ``client``."""
-    limiter = request.app[GATEWAY].pipeline.limiter
-    wait = await limiter.failed(client, None) if limiter is not None else None
+async def _failed(budgeted: Attempt) -> Gone | TooManyRequests:
+    """A link that is not there: counted as a failed authentication of the client."""
+    wait = await budgeted.failed()
     return TooManyRequests(wait) if wait is not None else gone()
 
 
@@ -93,11 +89,11 @@ async def show_link(request: web.Request, path: LinkPath) -> web.Response:
     client asks for `text/html` and not JSON; never consumes the link, so that chat and
     mail clients fetching previews cannot burn it."""
     secret = path.secret
-    client = _within_budget(request)
-    if not is_link_secret(secret) or not await request.app[GATEWAY].store.link_valid(
-        link_id(secret)
-    ):
-        raise await _failed(request, client)
+    async with _budgeted(request) as budgeted:
+        if not is_link_secret(secret) or not await request.app[GATEWAY].store.link_valid(
+            link_id(secret)
+        ):
+            raise await _failed(budgeted)
     if not _wants_html(request):
         return json_response(
             {"status": "unopened", "message": "POST to this URL to reveal the token, once"},
@@ -117,12 +113,12 @@ async def show_link(request: web.Request, path: LinkPath) -> web.Response:
 async def open_link(request: web.Request, path: LinkPath) -> web.Response:
     """Reveals the key and its token and consumes the link atomically; every later open,
     and any open after expiry, is 410. HTML for a browser's form post."""
-    client = _within_budget(request)
-    opened = await request.app[GATEWAY].lifecycle.open_link(
-        path.secret, request_id_of(request)
-    )
-    if opened is None:
-        raise await _failed(request, client)
+    async with _budgeted(request) as budgeted:
+        opened = await request.app[GATEWAY].lifecycle.open_link(
+            path.secret, request_id_of(request)
+        )
+        if opened is None:
+            raise await _failed(budgeted)
     if _wants_html(request) or request.content_type == "application/x-www-form-urlencoded":
         body = (
             f"<p>API key <code>{html.escape(opened.app_key)}</code></p>"

@@ -17,13 +17,14 @@ from aiohttp import web
 
 from ..accesslog import APP_KEY
 from ..context import GATEWAY
-from ..errors import BadRequest, TooManyRequests
+from ..errors import BadRequest
 from ..pipeline.authenticators import (
     HOST_PREFIX,
     invalid_credentials,
     session_cookie_names,
     session_tokens,
 )
+from ..ratelimit import attempt
 from ..sessions.keys import JWKS_MAX_AGE
 from ..sessions.tokens import ExpiredSession, InvalidSession
 from ..views import iso
@@ -123,27 +124,25 @@ async def logout(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     name = gateway.settings.session_cookie
     presented = session_tokens(credential_headers(request), name)
-    limiter, client = gateway.pipeline.limiter, client_address(request)
-    if presented and limiter is not None:
-        wait = limiter.address_blocked(client)
-        if wait is not None:
-            raise TooManyRequests(wait)
-    forged = False
-    for token, _ in presented:
-        try:
-            claims = await gateway.sessions.verify(token)
-        except ExpiredSession:
-            claims = None  # nothing to end
-        except InvalidSession:
-            claims, forged = None, True  # forged, or signed by a key long retired
-        if claims is not None:
-            request[APP_KEY] = claims.app_key
-            # named until no instance accepts it: its expiry and the leeway after it
-            accepted = claims.expires + math.ceil(gateway.sessions.leeway)
-            await gateway.store.end_session(claims.app_key, claims.jti, claims.issued,
-                                            accepted, int(gateway.sessions.clock()))
-    if forged and limiter is not None:  # counted; what was ended stays ended, cookie cleared
-        await limiter.failed(client, None)
+    # only a request that presents a session is checked under the address's budget
+    client = client_address(request) if presented else ""
+    async with attempt(gateway.pipeline.limiter, client) as budgeted:
+        forged = False
+        for token, _ in presented:
+            try:
+                claims = await gateway.sessions.verify(token)
+            except ExpiredSession:
+                claims = None  # nothing to end
+            except InvalidSession:
+                claims, forged = None, True  # forged, or signed by a key long retired
+            if claims is not None:
+                request[APP_KEY] = claims.app_key
+                # named until no instance accepts it: its expiry and the leeway after it
+                accepted = claims.expires + math.ceil(gateway.sessions.leeway)
+                await gateway.store.end_session(claims.app_key, claims.jti, claims.issued,
+                                                accepted, int(gateway.sessions.clock()))
+        if forged:  # counted; what was ended stays ended, cookie cleared
+            await budgeted.failed()
     response = web.Response(status=204)
     for cookie in session_cookie_names(name):
         secure = cookie.startswith(HOST_PREFIX) or reached_over_tls(request)

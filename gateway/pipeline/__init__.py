@@ -35,7 +35,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from ..errors import Forbidden, GatewayError, TooManyRequests
-from ..ratelimit import AuthFailureLimiter
+from ..ratelimit import AuthFailureLimiter, attempt
 from ..routes import Routed, RouteTable
 from .authenticators import AUTHORIZATION, Authenticator, InvalidCredentials, NoCredentials
 from .authorizer import Authorizer
@@ -171,30 +171,27 @@ class Pipeline:
         return await self._authenticated(facts, account)
 
     async def _authenticated(self, facts: RequestFacts, account: str) -> Authenticated:
-        limiter = self.limiter
-        client = facts.client
-        if limiter is not None:
-            wait = limiter.address_blocked(client)
-            if wait is not None:
-                raise TooManyRequests(wait)
-        metrics = self.metrics
-        started = perf_counter() if metrics is not None else 0.0
-        authenticated = None
-        try:
+        # the failure budgets bound what fails inside (ratelimit.py explains how, and
+        # why a request whose credentials are in the local cache pays no round trip)
+        async with attempt(self.limiter, facts.client) as budgeted:
+            metrics = self.metrics
+            started = perf_counter() if metrics is not None else 0.0
+            authenticated = None
             try:
-                for authenticator in self.authenticators:
-                    authenticated = await authenticator.authenticate(facts.headers, account)
-                    if authenticated is not None:
-                        break
-            finally:  # failures too: a slow store shows here first
-                if metrics is not None:
-                    metrics.authentication.observe(perf_counter() - started)
-        except InvalidCredentials as failure:
-            if limiter is not None:
-                wait = await limiter.failed(client, failure.wrong_token_for)
+                try:
+                    for authenticator in self.authenticators:
+                        authenticated = await authenticator.authenticate(facts.headers,
+                                                                         account)
+                        if authenticated is not None:
+                            break
+                finally:  # failures too: a slow store shows here first
+                    if metrics is not None:
+                        metrics.authentication.observe(perf_counter() - started)
+            except InvalidCredentials as failure:
+                wait = await budgeted.failed(failure.wrong_token_for)
                 if wait is not None:
                     raise TooManyRequests(wait) from None
-            raise
+                raise
         if authenticated is None:
             raise NoCredentials()
         if authenticated.carrier == "bearer" or AUTHORIZATION in facts.headers and any(
