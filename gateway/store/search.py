@@ -88,42 +88,32 @@ class AccountCopy:
     def matches(self, needle: bytes, keep: int, count_all: bool) -> Matches | None:
         """The keys whose member holds ``needle`` (lowered, with no NUL or newline), and
         how many: their names only up to ``keep`` of them (past it, None), and None
-        altogether when more may match and ``count_all`` is false."""
+        altogether when more match and ``count_all`` is false."""
         lowered, members, fresh = self.lowered, self.members, self.fresh
         fresh_found = [k for k, member in fresh.items()
                        if member is not None and needle in member.encode().lower()]
-        # each member that holds the needle holds it at least once: a bound, in C
-        if lowered.count(needle) + len(fresh_found) > keep:
-            if not count_all:
-                return None
-            return Matches(None, self._count(needle) + len(fresh_found))
+        # not counted: a count of the needle's occurrences (in C, a bound on the members
+        # holding it, one pass) spares naming up to ``keep`` keys only to drop them
+        if not count_all and lowered.count(needle) + len(fresh_found) > keep:
+            return None
         found: list[str] = []
-        at = lowered.find(needle)
-        while at != -1:
-            start = lowered.rfind(b"\n", 0, at) + 1
-            end = lowered.find(b"\n", at)
-            app_key = members[start:end].partition(b"\0")[2].decode()
-            if app_key not in fresh:
-                found.append(app_key)
-            at = lowered.find(needle, end)
-        found += fresh_found
-        return Matches(found if len(found) <= keep else None, len(found))
-
-    def _count(self, needle: bytes) -> int:
-        """How many members of the strings (not read again since) hold ``needle``."""
-        lowered, members, fresh = self.lowered, self.members, self.fresh
-        count = 0
+        count = len(fresh_found)
         at = lowered.find(needle)
         while at != -1:
             end = lowered.find(b"\n", at)
-            if fresh:
+            if count < keep or fresh:
                 start = lowered.rfind(b"\n", 0, at) + 1
-                if members[start:end].partition(b"\0")[2].decode() in fresh:
-                    at = lowered.find(needle, end)
-                    continue
-            count += 1
+                app_key = members[start:end].partition(b"\0")[2].decode()
+                if app_key not in fresh:
+                    count += 1
+                    if len(found) < keep:
+                        found.append(app_key)
+            else:  # past ``keep``: only counted
+                count += 1
             at = lowered.find(needle, end)
-        return count
+        if count > keep:
+            return Matches(None, count) if count_all else None
+        return Matches(found + fresh_found, count)
 
 
 @dataclass(frozen=True)
