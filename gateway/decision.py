@@ -27,7 +27,11 @@ path called       original method, path, host     sent by
 
 Anything else is 404 ``unknown_decision_endpoint``; a form without its original-request
 headers is 400 ``missing_original_request``. The credentials and everything else are
-read from the request's headers, as the front proxy passed on the client's.
+read from the request's headers, as the front proxy passed on the client's. When its
+``X-Forwarded-Proto`` says ``https`` (Traefik writes it; the shipped nginx config sends
+``$scheme``, the shipped Envoy config passes on the one Envoy writes), the session
+cookie is read by its ``__Host-`` name alone, as on keygate's own ports over TLS; a
+front proxy that does not say the scheme leaves both names read, as before.
 
 **Who may ask.** Those headers say what a client sent, and only a front proxy may say
 it: the peer must be in ``trusted_proxies`` or, when that is empty, on loopback.
@@ -86,10 +90,10 @@ from multidict import MultiMapping, istr
 
 from .context import Gateway
 from .errors import BadRequest, ConfigError, Forbidden, GatewayError, NotFound
-from .forwarded import TrustedProxies, parse_address
+from .forwarded import TrustedProxies, forwarded_proto, parse_address
 from .http_head import METHODS
 from .pipeline import Decision, RequestFacts
-from .pipeline.authenticators import without_session_cookie
+from .pipeline.authenticators import credentials_over_tls, without_session_cookie
 from .pipeline.identity import carrier_of
 from .routes import normalise_path
 from .series import ALLOWED, INTERNAL_ERROR, NO_ROUTE
@@ -340,6 +344,11 @@ class DecisionPort:
         raw_path, _, query = original.partition("?")
         answer.client = client = self.client(peer, headers)
         answer.original = (method, raw_path)
+        if self.session_cookie and COOKIE in headers and forwarded_proto(headers) == "https":
+            # the client reached the front proxy over TLS: the session cookie is its
+            # __Host- name alone, as on keygate's own ports (a plain-named one may be
+            # planted). A scheme the front proxy does not say leaves both names read.
+            headers = credentials_over_tls(headers, self.session_cookie)
         return RequestFacts(method, host, raw_path, query, headers, client, request_id)
 
     @staticmethod

@@ -146,14 +146,22 @@ class TrustedProxies:
         if peer_hop is None or not peer_hop[1]:
             return Forwarding(peer, peer, scheme, host)
         client, forwarded_for = self._walk(peer_hop[0], headers.getall("X-Forwarded-For", ()))
-        proto = _rightmost(headers.getall("X-Forwarded-Proto", ())).lower()
+        proto = forwarded_proto(headers)
         forwarded_host = _rightmost(headers.getall("X-Forwarded-Host", ()))
         return Forwarding(
             client,
             forwarded_for,
-            proto if proto in _PROTOS else scheme,
+            proto or scheme,
             forwarded_host if _is_host(forwarded_host) else host,
         )
+
+
+def forwarded_proto(headers: MultiMapping[str]) -> str:
+    """The scheme the nearest proxy says the client used (the rightmost
+    ``X-Forwarded-Proto``, lower case): ``http``, ``https``, or '' when it says nothing
+    well-formed. Only what a trusted proxy sends is to be believed."""
+    proto = _rightmost(headers.getall("X-Forwarded-Proto", ())).lower()
+    return proto if proto in _PROTOS else ""
 
 
 def _rightmost(values: Sequence[str]) -> str:

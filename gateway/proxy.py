@@ -50,7 +50,11 @@ from .errors import BadGateway, BadRequest, GatewayError, GatewayTimeout
 from .forwarded import Forwarding
 from .middleware import REQUEST_ID, REQUEST_ID_HEADER, error_response, errors_as_json
 from .pipeline import RequestFacts
-from .pipeline.authenticators import sets_session_cookie, without_session_cookie
+from .pipeline.authenticators import (
+    credentials_over_tls,
+    sets_session_cookie,
+    without_session_cookie,
+)
 from .pipeline.identity import carrier_of
 from .routes import Route
 from .series import ALLOWED, INTERNAL_ERROR, NO_ROUTE
@@ -364,6 +368,7 @@ class ProxyPort:
         self.pipeline = gateway.pipeline
         self.forwarder = forwarder
         self.trusted_proxies = gateway.trusted_proxies
+        self.session_cookie = gateway.settings.session_cookie
         # None when metrics are off: then handle() neither times nor counts anything
         self.metrics = gateway.telemetry.requests
         if self.metrics is not None:
@@ -393,9 +398,14 @@ class ProxyPort:
                     client, request.headers, request.scheme, request.host
                 )
                 client = request[CLIENT] = forwarding.client
+            headers = request.headers
+            if self.session_cookie and hdrs.COOKIE in headers and (
+                    request.secure or forwarding is not None and forwarding.proto == "https"):
+                # over TLS the session cookie is its __Host- name alone, as on the
+                # management port (a plain-named one may be planted)
+                headers = credentials_over_tls(headers, self.session_cookie)
             decision = await self.pipeline.decide(RequestFacts(
-                request.method, request.host, raw_path, query, request.headers, client,
-                request_id,
+                request.method, request.host, raw_path, query, headers, client, request_id,
             ))
             routed = decision.routed
             if routed is not None:

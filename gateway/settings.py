@@ -388,7 +388,7 @@ SETTINGS: tuple[Setting, ...] = (
             "lives (6 hours by default).", _positive(int)),
     Setting("session_cookie", "keygate_session",
             "Cookie that may carry a session token instead of Authorization: Bearer; "
-            "login over TLS names it __Host-<name>, and the management port then reads "
+            "login over TLS names it __Host-<name>, and every port then reads "
             "that name alone (empty: sessions only in the Authorization header).",
             _cookie_name),
     Setting("identity_token_header", "X-Keygate-Identity",

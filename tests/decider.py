@@ -121,18 +121,19 @@ class Decider:
 
     def request_form(
         self, form: str, method: str, target: str, headers: Headers = (),
-        host: str = HOST, client: str | None = None,
+        host: str = HOST, client: str | None = None, scheme: str | None = None,
     ) -> tuple[str, str, list[tuple[str, str]]]:
         """(method, path, headers) of the decision request ``form`` sends for a
         client's ``method target`` with ``headers``, from address ``client`` (None:
-        the front proxy says nothing of it)."""
+        the front proxy says nothing of it), over ``scheme`` (``X-Forwarded-Proto``;
+        None: Traefik says http, the others nothing)."""
         settings = self.settings
         if form == "nginx":
             said = [("Host", host), (settings.decision_original_method_header, method),
                     (settings.decision_original_uri_header, target)]
             called_method, path = "GET", "/nginx"
         elif form == "traefik":
-            said = [("X-Forwarded-Method", method), ("X-Forwarded-Proto", "http"),
+            said = [("X-Forwarded-Method", method), ("X-Forwarded-Proto", scheme or "http"),
                     ("X-Forwarded-Host", host), ("X-Forwarded-Uri", target)]
             called_method, path = "GET", "/traefik"
         else:
@@ -140,16 +141,18 @@ class Decider:
             called_method, path = method, settings.decision_envoy_prefix + target
         if client is not None:
             said.append(("X-Forwarded-For", client))
+        if scheme is not None and form != "traefik":
+            said.append(("X-Forwarded-Proto", scheme))
         replaced = {name.lower() for name, _ in said}
         sent = [(n, v) for n, v in pairs(headers) if n.lower() not in replaced]
         return called_method, path, sent + said
 
     async def ask(
         self, form: str, method: str, target: str, headers: Headers = (),
-        host: str = HOST, client: str | None = None,
+        host: str = HOST, client: str | None = None, scheme: str | None = None,
     ) -> Reply:
         called_method, path, sent = self.request_form(form, method, target, headers, host,
-                                                      client)
+                                                      client, scheme)
         return await self.call(called_method, path, sent)
 
     async def call(self, method: str, path: str, headers: Headers = ()) -> Reply:

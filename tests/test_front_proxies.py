@@ -233,6 +233,9 @@ def test_envoys_config_names_keygates_settings_and_headers():
         decision_envoy_prefix=envoy.service["path_prefix"])) == envoy.service["path_prefix"]
     allowed = exact_names(ext_authz["allowed_headers"])
     assert {h.lower() for h in CREDENTIALS} | {"x-forwarded-for"} <= allowed
+    # the client's scheme (Envoy writes it at the edge): over https keygate reads the
+    # session cookie by its __Host- name alone
+    assert "x-forwarded-proto" in allowed
     response = envoy.service["authorization_response"]
     assert exact_names(response["allowed_upstream_headers"]) == {
         h.lower() for h in [*IDENTITY, *SESSION_CARRIERS]}

@@ -630,6 +630,10 @@ def test_the_shipped_config_names_keygates_settings_and_headers(make_settings: C
     assert (f"proxy_set_header {settings.decision_original_method_header} $request_method;"
             in text)
     assert "proxy_pass http://keygate_decision/nginx;" in text
+    # the client's scheme, replacing any it sent: over https keygate reads the session
+    # cookie by its __Host- name alone
+    decision = text.split("location = /_keygate {", 1)[1].split("}", 1)[0]
+    assert "proxy_set_header X-Forwarded-Proto $scheme;" in decision
     for name in ("Key", "Owner-Account", "Account", "Roles"):
         variable = "$keygate_" + name.lower().replace("-", "_")
         header = (prefix + name).lower().replace("-", "_")

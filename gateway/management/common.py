@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 from aiohttp import hdrs, web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import MultiMapping
 
 from ..accesslog import APP_KEY, CLIENT
 from ..context import GATEWAY
@@ -18,7 +18,7 @@ from ..errors import BadRequest, Conflict, Forbidden
 from ..lifecycle import Issued
 from ..middleware import request_id_of
 from ..pipeline import Identity
-from ..pipeline.authenticators import without_plain_session_cookie
+from ..pipeline.authenticators import credentials_over_tls
 from ..renewal import DEFAULT_RENEWAL_PERIOD
 from ..store import Actor, KeyChanged, LastOwnerKey
 from ..views import iso
@@ -80,24 +80,16 @@ def reached_over_tls(request: web.Request) -> bool:
     return forwarding.proto == "https"
 
 
-def credential_headers(request: web.Request) -> CIMultiDictProxy[str]:
-    """The request's headers as its credentials are read from them. Over TLS the session
-    cookie's plain name is left out: any other host of the site (``Domain=`` the parent)
-    or a plain-HTTP answer can set it, so a session planted under it, the planter's
-    own, would sign in as the planter a browser that holds no ``__Host-`` cookie yet
-    (login fixation). Without TLS the plain name is the only one."""
+def credential_headers(request: web.Request) -> MultiMapping[str]:
+    """The request's headers as its credentials are read from them: over TLS without
+    the session cookie's plain name, as on every port
+    (:func:`~gateway.pipeline.authenticators.credentials_over_tls`); without TLS the
+    plain name is the only one."""
     headers = request.headers
     name = request.app[GATEWAY].settings.session_cookie
     if not name or hdrs.COOKIE not in headers or not reached_over_tls(request):
         return headers
-    kept: CIMultiDict[str] = CIMultiDict()
-    for header, value in headers.items():
-        if header.lower() == "cookie":
-            value = without_plain_session_cookie(value, name)
-            if not value:
-                continue
-        kept.add(header, value)
-    return CIMultiDictProxy(kept)
+    return credentials_over_tls(headers, name)
 
 
 async def authorize(

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from multidict import istr
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping, istr
 
 from ..credentials import CredentialFormat, TokenHasher
 from ..errors import BadRequest, Unauthorized
@@ -250,10 +250,9 @@ def session_cookie_names(name: str) -> tuple[str, ...]:
     ``__Host-{name}`` when the client reached keygate over TLS, ``name`` otherwise.
     Browsers accept a ``__Host-`` cookie only from a secure origin, with ``Secure``,
     ``Path=/`` and no ``Domain``: no other host of the site, nor plain HTTP, can set,
-    replace or shadow it. So over TLS the management port reads the ``__Host-`` name
-    alone (``gateway.management.common.credential_headers``): a plain-named cookie
-    another host planted, holding the planter's own session, would sign its victim in
-    as the planter."""
+    replace or shadow it. So over TLS every port reads the ``__Host-`` name alone
+    (:func:`credentials_over_tls`): a plain-named cookie another host planted, holding the
+    planter's own session, would sign its victim in as the planter."""
     return (HOST_PREFIX + name, name) if name else ()
 
 
@@ -307,6 +306,33 @@ def without_session_cookie(cookie_header: str, name: str) -> str:
     others = [pair for pair in cookie_header.split(";")
               if pair.strip().partition("=")[0] not in names]
     return ";".join(others).strip()
+
+
+def credentials_over_tls(headers: MultiMapping[str], name: str) -> MultiMapping[str]:
+    """``headers`` as a request's credentials are read from them when the client reached
+    keygate over TLS, on every port: without the session cookie's plain name ``name``.
+    Any other host of the site (``Domain=`` the parent) or a plain-HTTP answer can set
+    that name, so a session planted under it, the planter's own, would make a browser
+    that holds no ``__Host-`` cookie yet act as the planter (login fixation). The
+    headers themselves, unless a ``Cookie`` header holds the plain name: the common
+    request (key/token headers, no cookie) is not copied."""
+    if not name or COOKIE not in headers:
+        return headers
+    cookies = headers.getall(COOKIE)
+    if not any(name in value and _holds(value, name) for value in cookies):
+        return headers
+    kept: CIMultiDict[str] = CIMultiDict()
+    for header, value in headers.items():
+        if header.lower() == "cookie":
+            value = without_plain_session_cookie(value, name)
+            if not value:
+                continue
+        kept.add(header, value)
+    return CIMultiDictProxy(kept)
+
+
+def _holds(cookie_header: str, name: str) -> bool:
+    return any(pair.strip().partition("=")[0] == name for pair in cookie_header.split(";"))
 
 
 def without_plain_session_cookie(cookie_header: str, name: str) -> str:
