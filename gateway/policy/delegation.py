@@ -104,9 +104,10 @@ def judge_assign(
 ) -> AssignVerdict:
     """The escalation rule (the module's text). ``by_assign_line=False`` is the stricter
     question of adding a role to one's own key: only held permissions count.
-    ``decide`` is the decision to ask (a cached one in the gateway; by default the
-    caller's lines read once, :mod:`.reading`): the rule's answer does not depend on
-    which. ``meter`` counts the work and stops it past its limit (:class:`TooMuchWork`).
+    ``decide`` is the decision to ask (by default, as the management API, the policy
+    tools and explain ask it, the caller's lines read once, :mod:`.reading`; Casbin's
+    own decision gives the same answer, a scan of the policy per question). ``meter``
+    counts the work and stops it past its limit (:class:`TooMuchWork`).
 
     A role the caller may assign through the permissions it holds may itself hand out
     roles (``user-admin-restricted`` grants no orders permission, yet hands out
