@@ -68,6 +68,7 @@ from .policy.delegation import (
     ASSIGN,
     ROLE_RESOURCE_PREFIX,
     AssignVerdict,
+    CallerJudge,
     judge_assign,
     role_resource,
 )
@@ -80,6 +81,9 @@ __all__ = ["ASSIGN", "ROLE_RESOURCE_PREFIX", "Delegation", "EscalationRefused", 
 # caller role sets whose solved verdicts are kept (each holds at most one verdict per
 # role the policies define)
 SOLVED_KEPT = 256
+# caller role sets whose lines are kept read (each as large as the lines it holds): the
+# roles of the few keys asking at a time
+READINGS_KEPT = 16
 
 
 class EscalationRefused(Forbidden):
@@ -91,14 +95,22 @@ class Delegation:
 
     def __init__(self, authorizer: Authorizer, cache_size: int = 10_000):
         self.authorizer = authorizer
-        # steps the judgements have taken (WorkMeter), public so that the work an
-        # assignment costs can be read
-        self.steps_spent = 0
+        # counts the steps every judgement takes (no limit: a verdict is never refused
+        # for its work, so that the API answers as the policy tools do)
+        self.meter = WorkMeter()
         self._verdicts: LRU[tuple[str, str, tuple[str, ...], str, str], str] = LRU(cache_size)
         # per caller roles and account, the assign verdicts the rule reached on the way
         # (a role judged with the roles it hands out): asked once for all questions
         self._solved: LRU[tuple[str, tuple[str, ...], str], dict[str, AssignVerdict]] = LRU(
             SOLVED_KEPT)
+        # per caller roles and account, their lines read once for all the roles asked
+        # about (each role the policies define, for assignable())
+        self._judges: LRU[tuple[str, tuple[str, ...], str], CallerJudge] = LRU(READINGS_KEPT)
+
+    @property
+    def steps_spent(self) -> int:
+        """The steps every judgement so far has taken: the work assignments cost."""
+        return self.meter.spent
 
     def why_not(self, caller_roles: Sequence[str], account: str, role: str) -> str | None:
         """None when ``caller_roles`` may assign ``role`` in ``account``, else the reason
@@ -135,14 +147,14 @@ class Delegation:
         if solved is None:
             solved = {}
             self._solved.put(key, solved)
-        meter = WorkMeter()
-        try:
-            return judge_assign(
-                policy, caller_roles, account, role,
-                by_assign_line=by_assign_line, solved=solved, meter=meter,
-            ).reason
-        finally:
-            self.steps_spent += meter.spent
+        judge = self._judges.get(key)
+        if judge is None:
+            judge = CallerJudge(policy, caller_roles, account, None, self.meter)
+            self._judges.put(key, judge)
+        return judge_assign(
+            policy, caller_roles, account, role,
+            by_assign_line=by_assign_line, solved=solved, judge=judge,
+        ).reason
 
     def assignable(self, caller_roles: Sequence[str], account: str) -> list[str]:
         """Every role defined in the policies that ``caller_roles`` may assign here."""

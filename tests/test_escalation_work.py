@@ -36,11 +36,13 @@ WORK_PER_LINE = 60
 
 def large_policy_text(lines: int) -> str:
     """Role big grants ``lines`` permissions; big-secret inherits them and adds one
-    (vault, read, its last line); wide holds every res* permission and manages keys,
-    but not the vault."""
+    (vault, read, its line ``lines + 2``); wide holds every res* permission and manages
+    keys, but not the vault; roles small0… grant one of big's permissions each."""
     text = [f"p, big, *, res{n}, act{n % 7}, allow\n" for n in range(lines)]
     text += ["g, big-secret, big\n", "p, big-secret, *, vault, read, allow\n",
              "p, wide, *, res*, *, allow\n", "p, wide, *, api-keys, *, allow\n"]
+    # many small roles: the roles a key may assign are judged one by one
+    text += [f"p, small{n}, *, res{n}, act{n % 7}, allow\n" for n in range(lines // 4)]
     return "".join(text)
 
 
@@ -122,6 +124,22 @@ async def test_a_refusal_after_every_line_of_a_large_role_takes_linear_work(api)
     # big itself it may assign, in linear work too
     response, work = await api.counted("POST", KEYS, {"label": "b", "roles": ["big"]}, wide)
     assert response.status == 201, await response.text()
+    assert work <= api.bound(), (work, api.bound())
+
+
+async def test_the_roles_a_large_key_may_assign_take_linear_work(api):
+    # /me judges every role the policies define for the caller: its lines, as many as
+    # big's, are read once for all of them, not once per role
+    holder = await api.key(["big", "user-admin-restricted"])
+    steps, questions = api.gateway.delegation.steps_spent, api.gateway.policy.casbin_questions
+    response = await api.client.get("/api/v1/accounts/acme/me", headers=holder.headers)
+    assert response.status == 200, await response.text()
+    assignable = (await response.json())["assignableRoles"]
+    assert {"big", "small0", f"small{LINES // 4 - 1}", "orders-writer"} <= set(assignable)
+    assert not {"big-secret", "owner", "wide"} & set(assignable)
+    work = (api.gateway.delegation.steps_spent - steps
+            + (api.gateway.policy.casbin_questions - questions)
+            * CASBIN_STEPS_PER_LINE * len(api.gateway.policy.p_lines))
     assert work <= api.bound(), (work, api.bound())
 
 

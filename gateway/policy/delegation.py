@@ -101,6 +101,7 @@ def judge_assign(
     decide: Decide | None = None,
     solved: dict[str, AssignVerdict] | None = None,
     meter: WorkMeter | None = None,
+    judge: CallerJudge | None = None,
 ) -> AssignVerdict:
     """The escalation rule (the module's text). ``by_assign_line=False`` is the stricter
     question of adding a role to one's own key: only held permissions count.
@@ -114,11 +115,16 @@ def judge_assign(
     ``orders-writer``): a key holding it would hand them out in its next request, so
     the caller must be able to assign each of them too, and theirs in turn.
     ``solved``: the verdicts already reached for these caller roles in this account
-    under this policy (assign questions only), kept by a caller that asks many."""
+    under this policy (assign questions only), kept by a caller that asks many.
+    ``judge``: the caller's lines already read (:class:`CallerJudge`, for these roles in
+    this account under this policy, with its own ``decide`` and ``meter``), kept by a
+    caller that asks about many roles."""
     solved = {} if solved is None else solved
     if by_assign_line and role in solved:
         return solved[role]
-    judge = _Judge(policy, caller_roles, account, decide, unmetered() if meter is None else meter)
+    if judge is None:
+        judge = CallerJudge(policy, caller_roles, account, decide,
+                            unmetered() if meter is None else meter)
     verdict = judge.base(role, by_assign_line)
     if verdict.allowed and verdict.how == "holds-permissions":
         handed = judge.handed_out(role)
@@ -132,9 +138,11 @@ def judge_assign(
     return verdict
 
 
-class _Judge:
+class CallerJudge:
     """The rule for one caller in one account: the caller's lines read once
-    (:class:`CallerReading`), every step counted on ``meter``."""
+    (:class:`CallerReading`), every step counted on ``meter``. Reading them costs as
+    much as the lines they hold; a caller asking about many roles (every role the
+    policies define, for the roles a key may assign) keeps one."""
 
     def __init__(self, policy: Policy, caller_roles: Sequence[str], account: str,
                  decide: Decide | None, meter: WorkMeter):
