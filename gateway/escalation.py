@@ -48,9 +48,12 @@ it may add to itself only a role whose every permission it already holds, even i
 lines it would escape (a key given ``suspended-partner`` would otherwise take it off
 itself and have back what the deny took away). Another key that may act on it may.
 
-Decisions come from the same cached Casbin decisions as every request
-(:meth:`gateway.pipeline.authorizer.CasbinAuthorizer.decide`), so they follow a reloaded
-policy at once.
+Verdicts are judged as ``policy explain``, ``policy test`` and ``policy diff`` judge them
+(:func:`gateway.policy.delegation.judge_assign`): the caller's lines read once and
+indexed, so that judging a role of thousands of lines takes work linear in the policy
+(it once put every line of the role to Casbin, each question a scan of the whole
+policy: seconds on the event loop for any key holding ``edit``). They are cached under
+the policy version, so they follow a reloaded policy at once.
 """
 
 from __future__ import annotations
@@ -65,10 +68,12 @@ from .policy.delegation import (
     ASSIGN,
     ROLE_RESOURCE_PREFIX,
     AssignVerdict,
+    CallerJudge,
     judge_assign,
     role_resource,
 )
-from .policy.files import patterns_overlap
+from .policy.files import Policy, patterns_overlap
+from .policy.reading import WorkMeter
 
 __all__ = ["ASSIGN", "ROLE_RESOURCE_PREFIX", "Delegation", "EscalationRefused", "role_resource"]
 
@@ -76,6 +81,9 @@ __all__ = ["ASSIGN", "ROLE_RESOURCE_PREFIX", "Delegation", "EscalationRefused", 
 # caller role sets whose solved verdicts are kept (each holds at most one verdict per
 # role the policies define)
 SOLVED_KEPT = 256
+# caller role sets whose lines are kept read (each as large as the lines it holds): the
+# roles of the few keys asking at a time
+READINGS_KEPT = 16
 
 
 class EscalationRefused(Forbidden):
@@ -87,11 +95,22 @@ class Delegation:
 
     def __init__(self, authorizer: Authorizer, cache_size: int = 10_000):
         self.authorizer = authorizer
+        # counts the steps every judgement takes (no limit: a verdict is never refused
+        # for its work, so that the API answers as the policy tools do)
+        self.meter = WorkMeter()
         self._verdicts: LRU[tuple[str, str, tuple[str, ...], str, str], str] = LRU(cache_size)
         # per caller roles and account, the assign verdicts the rule reached on the way
         # (a role judged with the roles it hands out): asked once for all questions
         self._solved: LRU[tuple[str, tuple[str, ...], str], dict[str, AssignVerdict]] = LRU(
             SOLVED_KEPT)
+        # per caller roles and account, their lines read once for all the roles asked
+        # about (each role the policies define, for assignable())
+        self._judges: LRU[tuple[str, tuple[str, ...], str], CallerJudge] = LRU(READINGS_KEPT)
+
+    @property
+    def steps_spent(self) -> int:
+        """The steps every judgement so far has taken: the work assignments cost."""
+        return self.meter.spent
 
     def why_not(self, caller_roles: Sequence[str], account: str, role: str) -> str | None:
         """None when ``caller_roles`` may assign ``role`` in ``account``, else the reason
@@ -111,24 +130,30 @@ class Delegation:
         key = (policy.version, kind, tuple(sorted(caller_roles)), account, role)
         verdict = self._verdicts.get(key)
         if verdict is None:
-            verdict = self._judge(caller_roles, account, role, kind == "assign") or ""
+            verdict = self._judge(policy, caller_roles, account, role, kind == "assign") or ""
             self._verdicts.put(key, verdict)
         return verdict or None
 
     def _judge(
-        self, caller_roles: Sequence[str], account: str, role: str, by_assign_line: bool
+        self, policy: Policy, caller_roles: Sequence[str], account: str, role: str,
+        by_assign_line: bool,
     ) -> str | None:
         """The rule itself is pure (gateway.policy.delegation), so that the policy tools
-        judge assignments as this does; here it asks the cached decisions."""
-        policy = self.authorizer.policy
+        judge assignments as this does, and from the same reading of the caller's lines
+        (not the request path's decisions: put to Casbin, each line of the role would be
+        a scan of every line of the policy)."""
         key = (policy.version, tuple(sorted(caller_roles)), account)
         solved = self._solved.get(key)
         if solved is None:
             solved = {}
             self._solved.put(key, solved)
+        judge = self._judges.get(key)
+        if judge is None:
+            judge = CallerJudge(policy, caller_roles, account, None, self.meter)
+            self._judges.put(key, judge)
         return judge_assign(
             policy, caller_roles, account, role,
-            by_assign_line=by_assign_line, decide=self.authorizer.decide, solved=solved,
+            by_assign_line=by_assign_line, solved=solved, judge=judge,
         ).reason
 
     def assignable(self, caller_roles: Sequence[str], account: str) -> list[str]:

@@ -101,23 +101,30 @@ def judge_assign(
     decide: Decide | None = None,
     solved: dict[str, AssignVerdict] | None = None,
     meter: WorkMeter | None = None,
+    judge: CallerJudge | None = None,
 ) -> AssignVerdict:
     """The escalation rule (the module's text). ``by_assign_line=False`` is the stricter
     question of adding a role to one's own key: only held permissions count.
-    ``decide`` is the decision to ask (a cached one in the gateway; by default the
-    caller's lines read once, :mod:`.reading`): the rule's answer does not depend on
-    which. ``meter`` counts the work and stops it past its limit (:class:`TooMuchWork`).
+    ``decide`` is the decision to ask (by default, as the management API, the policy
+    tools and explain ask it, the caller's lines read once, :mod:`.reading`; Casbin's
+    own decision gives the same answer, a scan of the policy per question). ``meter``
+    counts the work and stops it past its limit (:class:`TooMuchWork`).
 
     A role the caller may assign through the permissions it holds may itself hand out
     roles (``user-admin-restricted`` grants no orders permission, yet hands out
     ``orders-writer``): a key holding it would hand them out in its next request, so
     the caller must be able to assign each of them too, and theirs in turn.
     ``solved``: the verdicts already reached for these caller roles in this account
-    under this policy (assign questions only), kept by a caller that asks many."""
+    under this policy (assign questions only), kept by a caller that asks many.
+    ``judge``: the caller's lines already read (:class:`CallerJudge`, for these roles in
+    this account under this policy, with its own ``decide`` and ``meter``), kept by a
+    caller that asks about many roles."""
     solved = {} if solved is None else solved
     if by_assign_line and role in solved:
         return solved[role]
-    judge = _Judge(policy, caller_roles, account, decide, unmetered() if meter is None else meter)
+    if judge is None:
+        judge = CallerJudge(policy, caller_roles, account, decide,
+                            unmetered() if meter is None else meter)
     verdict = judge.base(role, by_assign_line)
     if verdict.allowed and verdict.how == "holds-permissions":
         handed = judge.handed_out(role)
@@ -131,9 +138,11 @@ def judge_assign(
     return verdict
 
 
-class _Judge:
+class CallerJudge:
     """The rule for one caller in one account: the caller's lines read once
-    (:class:`CallerReading`), every step counted on ``meter``."""
+    (:class:`CallerReading`), every step counted on ``meter``. Reading them costs as
+    much as the lines they hold; a caller asking about many roles (every role the
+    policies define, for the roles a key may assign) keeps one."""
 
     def __init__(self, policy: Policy, caller_roles: Sequence[str], account: str,
                  decide: Decide | None, meter: WorkMeter):

@@ -374,6 +374,9 @@ class Policy:
 
         enforcer.add_function("hasRole", has_role)
         self._enforcer = enforcer
+        # questions put to Casbin (each evaluates the matcher on every line): public, so
+        # that the work a caller makes the policy do can be counted
+        self.casbin_questions = 0
         self.model = _definition(enforcer.get_model())
         self.p_lines: tuple[PolicyLine, ...] = tuple(p_lines)
         # each role's own p lines with their place in file order: lines_of() reads the
@@ -402,12 +405,14 @@ class Policy:
         """Allowed when some role allows and no role denies (resource, action) in account."""
         if not roles:
             return False
+        self.casbin_questions += 1
         return bool(self._enforcer.enforce(tuple(roles), account, resource, action))
 
     def explain(
         self, roles: Sequence[str], account: str, resource: str, action: str
     ) -> tuple[bool, list[list[str]]]:
         """The decision and the policy line that decided it, for operators debugging."""
+        self.casbin_questions += 1
         allowed, rule = self._enforcer.enforce_ex(tuple(roles), account, resource, action)
         # pycasbin explains with the one rule that decided, or nothing
         return bool(allowed and roles), [list(rule)] if rule else []
@@ -449,6 +454,7 @@ class Policy:
         matches, whatever allows."""
         if not roles:
             return False, False
+        self.casbin_questions += 1
         allowed, rule = self._enforcer.enforce_ex(tuple(roles), account, resource, action)
         denied = not allowed and bool(rule) and rule[-1] == "deny"
         return bool(allowed), denied
