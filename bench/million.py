@@ -32,6 +32,18 @@ YEAR_S = 365 * 86_400
 ROLES = ("orders-reader", "orders-writer")
 
 
+CROCKFORD32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def key_name(i: int) -> str:
+    """The ``i``-th key's name, random-looking as keygate's own are (10 characters of
+    Crockford base32 from a bijection of ``i``): keys share only ``kgk-million-``, as
+    an account's keys do, which q's copy of the label index keeps once."""
+    value = (i * 0x9E3779B97F4A7C15 + 0x1234567) % 32**10
+    return f"kgk-{ACCOUNT}-" + "".join(
+        CROCKFORD32[(value >> (5 * (9 - d))) & 31] for d in range(10))
+
+
 class MovingClock:
     def __init__(self, start: float):
         self.now = start
@@ -47,15 +59,15 @@ async def load(store: Store, clock: MovingClock, count: int, batch: int = 2000) 
         made = []
         for i in range(first, min(count, first + batch)):
             roles = ["owner"] if i % 100 == 0 else [ROLES[i % 2]]
-            made.append(store.create_key(f"kgk-{ACCOUNT}-{i:010X}", ACCOUNT, f"key {i}",
+            made.append(store.create_key(key_name(i), ACCOUNT, f"key {i}",
                                          roles, "d" * 64))
         await asyncio.gather(*made)
         await asyncio.gather(*(
-            store.update_key(ACCOUNT, f"kgk-{ACCOUNT}-{i:010X}", status="inactive")
+            store.update_key(ACCOUNT, key_name(i), status="inactive")
             for i in range(first, min(count, first + batch), 10)
         ))
         await store.record_last_used({
-            f"kgk-{ACCOUNT}-{i:010X}": int(clock.now * 1000) - i % 1000
+            key_name(i): int(clock.now * 1000) - i % 1000
             for i in range(first, min(count, first + batch), 3)
         })
 
@@ -128,7 +140,7 @@ async def million(
     for role in ("owner", *ROLES):
         parts[f"roles:{role}"] = await client.memory_usage(
             names.role_holders(ACCOUNT, role), samples=0) or 0
-    sample = [f"kgk-{ACCOUNT}-{i:010X}" for i in range(0, count, max(1, count // 1000))]
+    sample = [key_name(i) for i in range(0, count, max(1, count // 1000))]
     hashes = [await client.memory_usage(names.key(k), samples=0) or 0 for k in sample]
     clock.now = time.time()
     now_ms = int(clock.now * 1000)

@@ -55,7 +55,8 @@ async def test_q_from_the_copy_answers_as_brute_force(searched, clock):
     rng = random.Random(12)
     asked = [q for q in queries(rng, int(clock() * 1000), 400) if q.q]
     asked += [KeyQuery(q=needle, sort=sort, descending=desc, per_page=per_page, page=page)
-              for needle in ("a", "kgk", "-", "ss", "ß", "日本", "zzz-none", "KGK-ACME-")
+              for needle in ("a", "kgk", "-", "ss", "ß", "日本", "zzz-none", "KGK-ACME-",
+                             "-a", "e-1", "kgk-acme-f", "acme-", "Me-")
               for sort in ("creationDate", "label", "appKey")
               for desc in (True, False) for per_page, page in ((5, 1), (5, 4), (1000, 1))]
     assert len(asked) > 100
@@ -162,3 +163,37 @@ async def test_needles_that_no_label_holds_match_nothing(searched, clock):
     for needle in ("\n", "plain\ntwo", "\ud800", "two\0words", "x" * 200):
         assert await indexed(searched.store, KeyQuery(q=needle)) == ([], 0), repr(needle)
     assert await brute(searched.store, KeyQuery(q="\n")) == ([], 0)
+
+
+def test_a_needle_across_the_keys_shared_prefix_is_found_as_in_the_members():
+    """The copy keeps the members without the prefix every key shares; a needle is found
+    in the members as kept, across the prefix's end, and in the prefix itself (every
+    key), exactly as in the whole members, keys read again since included."""
+    from gateway.store.search import AccountCopy
+
+    labels = ["alpha", "kgk-acme-7q in a label", "beta 7q", "-", "me-7"]
+    keys = [f"kgk-acme-7Q{i:04X}" for i in range(40)]
+    members = {k: f"{labels[i % len(labels)]}\0{k}" for i, k in enumerate(keys)}
+    copy = AccountCopy.of(sorted(members.values()), "0-0")
+    assert copy.prefix == b"kgk-acme-7Q00"  # the longest every key starts with
+    # read again since: one relabelled, one deleted, one new that shares less
+    copy.fresh = {keys[3]: f"now 7q\0{keys[3]}", keys[4]: None,
+                  "kgk-acme-8Z0001": "other\0kgk-acme-8Z0001"}
+    members[keys[3]] = copy.fresh[keys[3]]
+    del members[keys[4]]
+    members["kgk-acme-8Z0001"] = "other\0kgk-acme-8Z0001"
+    needles = ["a", "7q", "-7q", "acme-7q0", "kgk-acme-7q00", "kgk-acme-7q001", "q001",
+               "e-7", "me-7", "0001", "kgk", "kgk-acme-8", "7q in", "label", "zz",
+               "q00", "other", "now 7q", "001", "-"]
+    for needle in needles:
+        expected = sorted(k for k, m in members.items() if needle in m.lower())
+        for keep, count_all in ((1000, True), (1000, False), (2, True), (2, False)):
+            found = copy.matches(needle.encode(), keep, count_all)
+            if len(expected) > keep and not count_all:
+                assert found is None, needle
+                continue
+            assert found is not None and found.count == len(expected), (needle, found)
+            if len(expected) <= keep:
+                assert sorted(found.keys or []) == expected, needle
+            else:
+                assert found.keys is None, needle
