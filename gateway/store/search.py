@@ -25,9 +25,10 @@ copied (an account whose indexes are being built for an older keygate's data is
 searched in Redis until they are); members written with no event otherwise come only
 from ``keygate store copy``, which is made with keygate stopped.
 
-Memory: about 70 bytes per key (both strings) and the keys read again, per process; at
-most ``max_keys`` keys in all accounts' copies together (the least recently searched
-account's copy is dropped first; an account larger than that is searched in Redis).
+Memory: about 45 bytes per key (both strings, the keys' shared prefix kept once) and
+the keys read again, per process; at most ``max_keys`` keys in all accounts' copies
+together (the least recently searched account's copy is dropped first; an account
+larger than that is searched in Redis).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from .names import Keyspace
 
 # an account with fewer keys is searched in Redis: the pass there costs ~12 ms at 20,000
 SEARCH_INDEX_FROM = 20_000
-# keys in all accounts' copies together, per process (~140 MB at most)
+# keys in all accounts' copies together, per process (~90 MB at most)
 SEARCH_INDEX_MAX_KEYS = 2_000_000
 READ_CHUNK = 10_000
 # matches handed to the listing script, at most; past it the script is told only their
