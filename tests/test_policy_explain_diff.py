@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from gateway.cli import main
 from gateway.management.common import MANAGEMENT_PERMISSIONS
 from gateway.policy import Policy
+from gateway.policy.delegation import may_assign
 from gateway.policy.diff import diff_policies
 from gateway.policy.explain import explain, parents_of
 from gateway.policy.lint import lint_policy
@@ -575,6 +576,20 @@ def test_a_diff_over_many_roles_asks_only_about_the_roles_it_touches(tmp_path):
             if permission.action != "assign":
                 assert new.decide([change.role], account, resource, action)
                 assert not old.decide([change.role], account, resource, action)
+
+
+def test_a_role_that_hands_out_a_changed_role_is_asked_about_though_untouched(tmp_path):
+    """boss may assign x only while it may assign every role x hands out (y): y's line
+    changing changes boss's verdict on x, though neither boss's lines nor x's changed.
+    The diff answers as asking boss every question on both sides does."""
+    head = ["p, boss, *, *, *, allow", "p, boss, *, orders, write, deny",
+            "p, x, *, role:y, assign, allow"]
+    old = _policy(tmp_path, "old", "\n".join([*head, "p, y, *, orders, read, allow"]))
+    new = _policy(tmp_path, "new", "\n".join([*head, "p, y, *, orders, write, allow"]))
+    lost = changes(diff_policies(old, new, MANAGEMENT_PERMISSIONS))["boss"][1]
+    assert may_assign(old, ["boss"], "acme", "x").allowed
+    assert not may_assign(new, ["boss"], "acme", "x").allowed
+    assert ("*", "role:x", "assign") in lost and ("*", "role:y", "assign") in lost
 
 
 def test_cli_diff_into_a_pipe_its_reader_closed_ends_quietly(tmp_path):

@@ -35,8 +35,9 @@ touches, exactly:
   those it inherits, as Casbin's matcher reads them): a role whose set of held roles
   and their lines are the same on both sides, defined on both or on neither, is
   *untouched*, and every question about it alone is answered alike. An untouched role
-  is asked nothing but the assignment of touched roles; two untouched roles are never
-  put to each other.
+  is asked nothing but the assignment of touched roles, and of roles that may hand out
+  roles (whether a role may assign those depends on the roles they hand out, touched or
+  not); two untouched roles are otherwise never put to each other.
 * Whether a role may give roles at all (``edit`` on ``api-keys``, asked before the
   escalation rule) is asked once per role, account and side, not once per role
   assigned.
@@ -52,12 +53,13 @@ from .delegation import (
     ASSIGN,
     GIVING_ROLES_NEEDS,
     MANAGEMENT_RESOURCE,
+    ROLE_RESOURCE_PREFIX,
     AssignVerdict,
     assigned_role,
     judge_assign,
     role_resource,
 )
-from .files import Policy, pattern_matches
+from .files import Policy, pattern_matches, patterns_overlap
 from .names import ANY, fresh_account, named_accounts, stand_in
 
 
@@ -140,6 +142,17 @@ class _Side:
             self._gives_roles[role, account] = known
         return known
 
+    def hands_out_roles(self, role: str) -> bool:
+        """Whether an allow line of ``role`` (inheritance included) may let it hand out
+        roles: then whether another role may assign it depends on those roles too
+        (delegation.judge_assign), whoever's lines changed."""
+        return any(
+            effect == "allow" and patterns_overlap(resource, ROLE_RESOURCE_PREFIX + "*")
+            and pattern_matches(ASSIGN, action)
+            for held in self.policy.inherited([role])
+            for _, _, resource, action, effect in self.lines_of_role.get(held, ())
+        )
+
     def allowed(self, role: str, account: str, resource: str, action: str) -> bool:
         assigned = assigned_role(resource, action)
         if assigned is not None:
@@ -214,13 +227,14 @@ def diff_policies(
         return [*sorted(named), fresh]
 
     untouched = untouched_roles(sides[0], sides[1], roles)
+    hands_out = {role for role in untouched if any(side.hands_out_roles(role) for side in sides)}
     changes = []
     unchanged = []
     for role in roles:
         questions = set()
         for resource, action in assign_points:
             assigned = assigned_role(resource, action) or ""
-            if role in untouched and assigned in untouched:
+            if role in untouched and assigned in untouched and assigned not in hands_out:
                 continue
             questions.update((account, resource, action)
                              for account in accounts_for(role, assigned))
