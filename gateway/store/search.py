@@ -130,13 +130,16 @@ class AccountCopy:
     def _holding(self, patterns: list[bytes]) -> Iterator[tuple[int, int]]:
         """Where each member that holds one of ``patterns`` starts and ends, once."""
         lowered = self.lowered
-        seen: set[int] = set()
+        # a member found by one pattern may be found by another: remembered only then
+        seen: set[int] | None = set() if len(patterns) > 1 else None
         for pattern in patterns:
             at = lowered.find(pattern)
             while at != -1:
                 start = lowered.rfind(b"\n", 0, at) + 1
                 end = lowered.find(b"\n", at)
-                if len(patterns) == 1 or start not in seen:
+                if seen is None:
+                    yield start, end
+                elif start not in seen:
                     seen.add(start)
                     yield start, end
                 at = lowered.find(pattern, end)
