@@ -47,6 +47,7 @@ import ipaddress
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -80,22 +81,15 @@ def address_subject(address: str) -> str:
 
 
 class Turn:
-    """An address's one check under way, and the attempts waiting for it to end."""
+    """An address's one check under way, and the attempts waiting for it in the order
+    they came: when it ends it is handed to the first of them still waiting (one
+    wake-up per check, where waking them all to race for the next turn cost n² wake-ups
+    for n attempts at once)."""
 
     __slots__ = ("waiting",)
 
     def __init__(self) -> None:
-        self.waiting: list[asyncio.Future[None]] = []
-
-    async def over(self) -> None:
-        waiter = asyncio.get_running_loop().create_future()
-        self.waiting.append(waiter)
-        await waiter
-
-    def end(self) -> None:
-        for waiter in self.waiting:
-            if not waiter.done():
-                waiter.set_result(None)
+        self.waiting: deque[asyncio.Future[None]] = deque()
 
 
 class Attempt:
@@ -184,23 +178,35 @@ class AuthFailureLimiter:
         return Attempt(self, subject)
 
     async def take_turn(self, subject: str) -> Turn:
-        """The address's turn to check, once no other check of it is under way; 429 when
-        the address is blocked by then."""
-        while True:
-            turn = self._turns.get(subject)
-            if turn is None:
-                break
-            await turn.over()  # its failure, if it failed, has been counted
-            wait = self._retry_after(ADDRESS, subject)
-            if wait is not None:
-                raise TooManyRequests(wait)
-        turn = self._turns[subject] = Turn()
+        """The address's turn to check, once the checks of it before this one ended;
+        429 when the address is blocked by then."""
+        turn = self._turns.get(subject)
+        if turn is None:
+            turn = self._turns[subject] = Turn()
+            return turn
+        waiter = asyncio.get_running_loop().create_future()
+        turn.waiting.append(waiter)
+        try:
+            await waiter  # handed over: the failure before it, if any, has been counted
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.end_turn(subject, turn)  # handed over as this attempt was cancelled
+            raise
+        wait = self._retry_after(ADDRESS, subject)
+        if wait is not None:
+            self.end_turn(subject, turn)
+            raise TooManyRequests(wait)
         return turn
 
     def end_turn(self, subject: str, turn: Turn) -> None:
+        """Hand the turn to the first attempt still waiting for it, else let it go."""
+        while turn.waiting:
+            waiter = turn.waiting.popleft()
+            if not waiter.done():  # not cancelled meanwhile
+                waiter.set_result(None)
+                return
         if self._turns.get(subject) is turn:
             del self._turns[subject]
-        turn.end()
 
     async def failed(self, subject: str | None, wrong_token_for: str | None) -> float | None:
         """Count one failed check from the address counted as ``subject`` (None: no

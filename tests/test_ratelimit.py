@@ -189,3 +189,62 @@ async def test_proxy_port_passes_the_client_address(limited, aiohttp_client):
         assert (await proxy.get("/orders/1", headers=made_up())).status == 401
     await too_many(await proxy.get("/orders/1", headers=made_up()))
 
+
+
+async def test_one_addresss_checks_take_turns_in_order_and_a_cancelled_one_passes_its_on(
+    limited,
+):
+    """Checks of one address run one at a time, in the order they came; one cancelled
+    while waiting is skipped, and one cancelled just as the turn was handed to it hands
+    it on (else every later check of the address would wait for ever); none is left
+    behind."""
+    limiter = limited[0].pipeline.limiter
+    address = "192.0.2.77"
+    inside: list[int] = []
+    order: list[int] = []
+    release = asyncio.Event()
+
+    async def check(i: int) -> None:
+        async with limiter.attempt(address):
+            inside.append(i)
+            assert len(inside) == 1
+            order.append(i)
+            if i == 0:
+                await release.wait()
+            await asyncio.sleep(0)
+            inside.remove(i)
+
+    tasks = [asyncio.create_task(check(i)) for i in range(50)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert order == [0]
+    tasks[3].cancel()  # while it waits
+    await asyncio.sleep(0)
+    release.set()  # 0 ends its turn, handing it to 1 ...
+    await asyncio.sleep(0)
+    while order[-1] == 0:
+        await asyncio.sleep(0)
+    assert order == [0, 1]
+    await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+    assert order == [i for i in range(50) if i != 3]
+    assert limiter._turns == {}
+
+    # handed over and cancelled before it could run: the turn goes on to the next
+    holder = asyncio.Event()
+
+    async def holding() -> None:
+        async with limiter.attempt(address):
+            await holder.wait()
+
+    first = asyncio.create_task(holding())
+    await asyncio.sleep(0)
+    handed = asyncio.create_task(check(100))
+    after = asyncio.create_task(check(101))
+    await asyncio.sleep(0)
+    holder.set()
+    while not first.done():
+        await asyncio.sleep(0)
+    handed.cancel()  # its turn was set when first ended; it has not run since
+    await asyncio.wait_for(asyncio.gather(handed, after, return_exceptions=True), 10)
+    assert order[-1] == 101 and 100 not in order
+    assert limiter._turns == {}
