@@ -66,18 +66,26 @@ def client_address(request: web.Request) -> str:
     return client
 
 
+# what reached_over_tls and credential_headers found, once per request (the CSRF check,
+# authorization and sign-out each ask)
+_OVER_TLS = web.RequestKey("over_tls", bool)
+_CREDENTIAL_HEADERS = web.RequestKey("credential_headers", object)
+
+
 def reached_over_tls(request: web.Request) -> bool:
     """Whether the client reached keygate over TLS (directly, or through a trusted proxy
     that says so): login then names the session cookie ``__Host-`` and marks it Secure,
     and only that name is read."""
-    if request.secure:
-        return True
-    gateway = request.app[GATEWAY]
-    if gateway.trusted_proxies is None:
-        return False
-    forwarding = gateway.trusted_proxies.forwarding(
-        request.remote or "", request.headers, request.scheme, request.host)
-    return forwarding.proto == "https"
+    known = request.get(_OVER_TLS)
+    if known is None:
+        known = request.secure
+        proxies = request.app[GATEWAY].trusted_proxies
+        if not known and proxies is not None:
+            forwarding = proxies.forwarding(
+                request.remote or "", request.headers, request.scheme, request.host)
+            known = forwarding.proto == "https"
+        request[_OVER_TLS] = known
+    return known
 
 
 def credential_headers(request: web.Request) -> MultiMapping[str]:
@@ -85,11 +93,15 @@ def credential_headers(request: web.Request) -> MultiMapping[str]:
     the session cookie's plain name, as on every port
     (:func:`~gateway.pipeline.authenticators.credentials_over_tls`); without TLS the
     plain name is the only one."""
-    headers = request.headers
+    known = request.get(_CREDENTIAL_HEADERS)
+    if known is not None:
+        return known  # type: ignore[return-value]
+    headers: MultiMapping[str] = request.headers
     name = request.app[GATEWAY].settings.session_cookie
-    if not name or hdrs.COOKIE not in headers or not reached_over_tls(request):
-        return headers
-    return credentials_over_tls(headers, name)
+    if name and hdrs.COOKIE in headers and reached_over_tls(request):
+        headers = credentials_over_tls(headers, name)
+    request[_CREDENTIAL_HEADERS] = headers
+    return headers
 
 
 async def authorize(

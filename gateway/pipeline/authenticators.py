@@ -275,14 +275,26 @@ def session_tokens(headers: Mapping[str, str], cookie: str) -> list[tuple[str, s
     return found
 
 
+def _cookie_pairs(cookie_header: str) -> list[tuple[str, str, str]]:
+    """A ``Cookie`` header's pairs: each as sent, its name and its value, read as
+    browsers write them (the name is what comes before the first ``=``)."""
+    pairs = []
+    for pair in cookie_header.split(";"):
+        name, _, value = pair.strip().partition("=")
+        pairs.append((pair, name, value))
+    return pairs
+
+
+def _without_cookies(cookie_header: str, names: tuple[str, ...]) -> str:
+    """A ``Cookie`` header without the cookies of ``names``; empty when nothing is
+    left."""
+    return ";".join(pair for pair, name, _ in _cookie_pairs(cookie_header)
+                    if name not in names).strip()
+
+
 def _cookie_values(headers: Mapping[str, str], name: str) -> list[str]:
-    values = []
-    for header in _all(headers, COOKIE):
-        for pair in header.split(";"):
-            found, _, token = pair.strip().partition("=")
-            if found == name and token:
-                values.append(token)
-    return values
+    return [value for header in _all(headers, COOKIE)
+            for _, found, value in _cookie_pairs(header) if found == name and value]
 
 
 def carries_session_cookie(headers: Mapping[str, str], cookie: str) -> bool:
@@ -302,10 +314,7 @@ def _all(headers: Mapping[str, str], name: str) -> list[str]:
 def without_session_cookie(cookie_header: str, name: str) -> str:
     """A ``Cookie`` header without the session cookie ``name``, under either of its
     names (the others pass to the upstream as they were); empty when nothing is left."""
-    names = session_cookie_names(name)
-    others = [pair for pair in cookie_header.split(";")
-              if pair.strip().partition("=")[0] not in names]
-    return ";".join(others).strip()
+    return _without_cookies(cookie_header, session_cookie_names(name))
 
 
 def credentials_over_tls(headers: MultiMapping[str], name: str) -> MultiMapping[str]:
@@ -319,30 +328,18 @@ def credentials_over_tls(headers: MultiMapping[str], name: str) -> MultiMapping[
     if not name or COOKIE not in headers:
         return headers
     cookies = headers.getall(COOKIE)
-    if not any(name in value and _holds(value, name) for value in cookies):
+    if not any(name in value and any(found == name for _, found, _ in _cookie_pairs(value))
+               for value in cookies):
         return headers
     kept: CIMultiDict[str] = CIMultiDict()
     for header, value in headers.items():
         if header.lower() == "cookie":
-            value = without_plain_session_cookie(value, name)
+            # its __Host- name and every other cookie stay
+            value = _without_cookies(value, (name,))
             if not value:
                 continue
         kept.add(header, value)
     return CIMultiDictProxy(kept)
-
-
-def _holds(cookie_header: str, name: str) -> bool:
-    return any(pair.strip().partition("=")[0] == name for pair in cookie_header.split(";"))
-
-
-def without_plain_session_cookie(cookie_header: str, name: str) -> str:
-    """A ``Cookie`` header without the session cookie's plain name ``name`` (its
-    ``__Host-`` name and every other cookie stay), read as :func:`session_tokens` reads
-    names; empty when nothing is left. Over TLS the plain name is not keygate's: any
-    host of the site, or a plain-HTTP answer, can set it (see session_cookie_names)."""
-    kept = [pair for pair in cookie_header.split(";")
-            if pair.strip().partition("=")[0] != name]
-    return ";".join(kept).strip()
 
 
 def sets_session_cookie(set_cookie: str, name: str) -> bool:
