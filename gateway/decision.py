@@ -90,7 +90,7 @@ from multidict import MultiMapping, istr
 
 from .context import Gateway
 from .errors import BadRequest, ConfigError, Forbidden, GatewayError, NotFound
-from .forwarded import TrustedProxies, forwarded_proto, parse_address
+from .forwarded import TrustedProxies, client_over_tls, parse_address
 from .http_head import METHODS
 from .pipeline import Decision, RequestFacts
 from .pipeline.authenticators import credentials_over_tls, without_session_cookie
@@ -245,8 +245,7 @@ class DecisionPort:
 
     def trusts(self, peer: str) -> bool:
         """Whether ``peer`` may ask: a trusted proxy (loopback when none is listed)."""
-        hop = self.trusted.hop(peer)
-        return hop is not None and hop[1]
+        return self.trusted.trusts(peer)
 
     async def answer(self, method: str, target: str, host: str, headers: Headers,
                      peer: str, trusted: bool, request_id: str) -> DecisionAnswer:
@@ -344,10 +343,14 @@ class DecisionPort:
         raw_path, _, query = original.partition("?")
         answer.client = client = self.client(peer, headers)
         answer.original = (method, raw_path)
-        if self.session_cookie and COOKIE in headers and forwarded_proto(headers) == "https":
-            # the client reached the front proxy over TLS: the session cookie is its
-            # __Host- name alone, as on keygate's own ports (a plain-named one may be
-            # planted). A scheme the front proxy does not say leaves both names read.
+        # over TLS the session cookie is its __Host- name alone, as on keygate's own
+        # ports (a plain-named one may be planted). The TLS that counts is the
+        # client's to the front proxy, which only the front proxy's word tells: the
+        # peer is trusted (answer() refused it otherwise), and this connection, the
+        # front proxy's own, says nothing of the client's. A scheme the front proxy
+        # does not say leaves both names read.
+        if self.session_cookie and COOKIE in headers and client_over_tls(
+                headers, secure=False, trusted_peer=True):
             headers = credentials_over_tls(headers, self.session_cookie)
         return RequestFacts(method, host, raw_path, query, headers, client, request_id)
 

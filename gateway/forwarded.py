@@ -24,6 +24,16 @@ terminated TLS and saw the client's ``Host``), the rightmost value, which the ne
 proxy wrote, if it is well-formed; otherwise, and from anyone else, keygate sends its
 own. Routing never looks at them: it uses the ``Host`` keygate received.
 
+Whether the client came over TLS, which decides the session cookie's name on every
+port, is :func:`client_over_tls`: its own connection to keygate is TLS, or the peer is a
+trusted proxy whose ``X-Forwarded-Proto`` says ``https``. The RFC 7239 ``Forwarded``
+header is not read for it (nor for anything else): the proxies keygate is deployed
+behind write ``X-Forwarded-*`` and pass a client's ``Forwarded`` on untouched (Traefik's
+ForwardAuth sends every header the client sent), so from a trusted peer it would still be
+the client's word. A proxy vouches for the headers it writes, not for every header it
+forwards; aiohttp-remotes likewise reads one family per deployment (``ForwardedStrict``
+or ``XForwardedStrict``), never both.
+
 Nothing here does I/O; verdicts per address string are memoised (bounded, since
 clients choose the strings).
 """
@@ -95,6 +105,11 @@ class TrustedProxies:
     def __bool__(self) -> bool:
         return bool(self.networks)
 
+    def trusts(self, peer: str) -> bool:
+        """Whether ``peer`` (a connection's remote address) is a trusted proxy."""
+        hop = self.hop(peer)
+        return hop is not None and hop[1]
+
     def hop(self, entry: str) -> tuple[str, bool] | None:
         """``entry`` as (plain address, whether it is a trusted proxy), or None if it is
         not an address. Memoised per string; entries are short (longer is garbage)."""
@@ -162,6 +177,18 @@ def forwarded_proto(headers: MultiMapping[str]) -> str:
     well-formed. Only what a trusted proxy sends is to be believed."""
     proto = _rightmost(headers.getall("X-Forwarded-Proto", ())).lower()
     return proto if proto in _PROTOS else ""
+
+
+def client_over_tls(headers: MultiMapping[str], *, secure: bool, trusted_peer: bool) -> bool:
+    """Whether the client reached keygate, or the trusted proxy in front of it, over
+    TLS: ``secure``, its own connection to keygate is TLS; or ``trusted_peer``, the
+    connection comes from a trusted proxy, and that proxy's ``X-Forwarded-Proto``
+    (:func:`forwarded_proto`) says ``https``. From any other peer the header is the
+    client's word and counts for nothing. Every port asks this one question (the proxy
+    and management ports with their connection's TLS and ``trusted_proxies``; the
+    decision API with the front proxy's word alone, its own connection being the front
+    proxy's): over TLS the session cookie is read by its ``__Host-`` name alone."""
+    return secure or (trusted_peer and forwarded_proto(headers) == "https")
 
 
 def _rightmost(values: Sequence[str]) -> str:

@@ -47,7 +47,7 @@ from multidict import CIMultiDictProxy, istr
 from .accesslog import ACCOUNT, APP_KEY, CLIENT, ROUTE
 from .context import Gateway
 from .errors import BadGateway, BadRequest, GatewayError, GatewayTimeout
-from .forwarded import Forwarding
+from .forwarded import Forwarding, client_over_tls
 from .middleware import REQUEST_ID, REQUEST_ID_HEADER, error_response, errors_as_json
 from .pipeline import RequestFacts
 from .pipeline.authenticators import (
@@ -391,16 +391,18 @@ class ProxyPort:
         try:
             send_continue = expect is not None and _expects_continue(request, expect)
             raw_path, _, query = request.raw_path.partition("?")
-            client = request.remote or ""
+            client = peer = request.remote or ""
             forwarding = None
-            if self.trusted_proxies is not None:  # else the peer is the client
-                forwarding = self.trusted_proxies.forwarding(
-                    client, request.headers, request.scheme, request.host
+            trusted = self.trusted_proxies
+            if trusted is not None:  # else the peer is the client
+                forwarding = trusted.forwarding(
+                    peer, request.headers, request.scheme, request.host
                 )
                 client = request[CLIENT] = forwarding.client
             headers = request.headers
-            if self.session_cookie and hdrs.COOKIE in headers and (
-                    request.secure or forwarding is not None and forwarding.proto == "https"):
+            if self.session_cookie and hdrs.COOKIE in headers and client_over_tls(
+                    headers, secure=request.secure,
+                    trusted_peer=trusted is not None and trusted.trusts(peer)):
                 # over TLS the session cookie is its __Host- name alone, as on the
                 # management port (a plain-named one may be planted)
                 headers = credentials_over_tls(headers, self.session_cookie)

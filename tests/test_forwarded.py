@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.forwarded import MAX_HOPS, TrustedProxies, parse_address
+from gateway.forwarded import MAX_HOPS, TrustedProxies, client_over_tls, parse_address
 
 LB = "10.0.0.5"  # the load balancer keygate trusts
 TRUSTED = TrustedProxies(
@@ -149,6 +149,46 @@ def test_forwarded_proto_and_host_are_the_nearest_proxys_and_well_formed(proto, 
                    *[("X-Forwarded-Host", v) for v in host])
     forwarding = TRUSTED.forwarding(LB, sent, "http", "keygate.internal")
     assert (forwarding.proto, forwarding.host) == expected
+
+
+def test_trusts_is_whether_the_peer_is_a_trusted_proxy():
+    assert TRUSTED.trusts(LB) and TRUSTED.trusts("[fd00::5]:443")
+    for peer in ("203.0.113.7", "", "unknown", "10.0.0.5, 10.0.0.6", "fe80::1%eth0"):
+        assert not TRUSTED.trusts(peer), peer
+    assert not TrustedProxies(()).trusts(LB)
+
+
+@pytest.mark.parametrize(
+    ("secure", "trusted", "sent", "expected"),
+    [
+        # the connection itself is TLS: whatever a proxy says
+        (True, False, [], True),
+        (True, True, [("X-Forwarded-Proto", "http")], True),
+        # a trusted proxy's X-Forwarded-Proto: the rightmost, which it wrote
+        (False, True, [("X-Forwarded-Proto", "https")], True),
+        (False, True, [("X-Forwarded-Proto", "HTTPS")], True),
+        (False, True, [("X-Forwarded-Proto", "http, https")], True),
+        (False, True, [("X-Forwarded-Proto", "https, http")], False),
+        (False, True, [("X-Forwarded-Proto", "https"), ("X-Forwarded-Proto", "http")], False),
+        (False, True, [("X-Forwarded-Proto", "http")], False),
+        (False, True, [("X-Forwarded-Proto", "https\x00")], False),
+        (False, True, [("X-Forwarded-Proto", "wss")], False),
+        (False, True, [], False),
+        # from a peer that is not a trusted proxy it is the client's word: nothing
+        (False, False, [("X-Forwarded-Proto", "https")], False),
+        # RFC 7239 Forwarded is not read, from anyone, well-formed or not
+        (False, True, [("Forwarded", "proto=https")], False),
+        (False, True, [("Forwarded", "for=192.0.2.60;proto=https;by=203.0.113.43")], False),
+        (False, True, [("Forwarded", 'proto="https'), ("Forwarded", ";;=,")], False),
+        (False, True, [("Forwarded", "proto=https"), ("X-Forwarded-Proto", "http")], False),
+        (False, True, [("Forwarded", "proto=http"), ("X-Forwarded-Proto", "https")], True),
+    ],
+)
+def test_over_tls_is_the_connection_or_a_trusted_proxys_x_forwarded_proto(
+    secure, trusted, sent, expected
+):
+    """The one rule every port applies (gateway.forwarded.client_over_tls)."""
+    assert client_over_tls(headers(*sent), secure=secure, trusted_peer=trusted) is expected
 
 
 entries = st.one_of(

@@ -15,6 +15,7 @@ from ..accesslog import APP_KEY, CLIENT
 from ..context import GATEWAY
 from ..credentials import is_valid_account
 from ..errors import BadRequest, Conflict, Forbidden
+from ..forwarded import client_over_tls
 from ..lifecycle import Issued
 from ..middleware import request_id_of
 from ..pipeline import Identity
@@ -74,17 +75,14 @@ _CREDENTIAL_HEADERS = web.RequestKey("credential_headers", object)
 
 def reached_over_tls(request: web.Request) -> bool:
     """Whether the client reached keygate over TLS (directly, or through a trusted proxy
-    that says so): login then names the session cookie ``__Host-`` and marks it Secure,
-    and only that name is read."""
+    that says so: :func:`gateway.forwarded.client_over_tls`): login then names the
+    session cookie ``__Host-`` and marks it Secure, and only that name is read."""
     known = request.get(_OVER_TLS)
     if known is None:
-        known = request.secure
         proxies = request.app[GATEWAY].trusted_proxies
-        if not known and proxies is not None:
-            forwarding = proxies.forwarding(
-                request.remote or "", request.headers, request.scheme, request.host)
-            known = forwarding.proto == "https"
-        request[_OVER_TLS] = known
+        known = request[_OVER_TLS] = client_over_tls(
+            request.headers, secure=request.secure,
+            trusted_peer=proxies is not None and proxies.trusts(request.remote or ""))
     return known
 
 
