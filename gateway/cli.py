@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from . import cli_store as store_commands
+from .cli_arguments import account_name, config_file, path, port_number, positive_count
 from .cli_policy import add_policy_commands
 from .cli_store import Refused, UsageError, settings_of
 from .cli_store_copy import COPY_TARGET_ENV, store_copy, target_url
@@ -36,29 +37,6 @@ exit status:
      already pending, …); also when the store failed while the command ran
   2  bad configuration or usage (a setting, a policy or route, an argument)
 """
-
-
-# -- argument types: a bad value is a usage error (2) before anything runs -------------
-def account_name(value: str) -> str:
-    from .credentials import is_valid_account
-
-    if not is_valid_account(value):
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not an account name (lowercase letters, digits and '-', at most 63)"
-        )
-    return value
-
-
-def port_number(value: str) -> int:
-    if not (value.isascii() and value.isdigit()) or not 0 <= int(value) <= 65535:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (0 to 65535)")
-    return int(value)
-
-
-def positive_count(value: str) -> int:
-    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 100_000:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number from 1 to 100000")
-    return int(value)
 
 
 # -- commands that run a server or read files ------------------------------------------
@@ -104,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--config", default=os.environ.get("KEYGATE_CONFIG"),
+        "--config", type=config_file, default=os.environ.get("KEYGATE_CONFIG"),
         help="TOML config file (default: $KEYGATE_CONFIG; settings also come from KEYGATE_*)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -179,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("xlsx", "csv"), default="xlsx")
     export.add_argument("--sheet", choices=("generated", "external"), default="generated",
                         help="CSV only: which sheet (XLSX holds both)")
-    export.add_argument("-o", "--output", required=True, help="file to write")
+    export.add_argument("-o", "--output", required=True, type=path, help="file to write")
 
     store = sub.add_parser("store", help="the store's layout")
     store_sub = store.add_subparsers(dest="store_command", required=True, metavar="ACTION")

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .cli_arguments import path
 from .cli_store import UsageError, print_json, settings_of, shared_store_settings, shown
 from .errors import ConfigError
 from .process import run_event_loop
@@ -37,7 +38,7 @@ def add_policy_commands(sub: Any, command: Any) -> None:
     check = command(policy_sub, "check", cmd_policy_check,
                     "lint model.conf, the policy files and the config's routes")
     add_format_option(check)
-    check.add_argument("directory", nargs="?", metavar="DIR",
+    check.add_argument("directory", nargs="?", metavar="DIR", type=path,
                        help="policy directory (default: the policies_dir setting)")
     check.add_argument("--store", action="store_true",
                        help="also report roles held by keys or grants in the configured "
@@ -46,9 +47,9 @@ def add_policy_commands(sub: Any, command: Any) -> None:
     test = command(policy_sub, "test", run_tool("cmd_policy_test"),
                    "run decision tables (TOML) against the policy files")
     add_format_option(test)
-    test.add_argument("files", nargs="*", metavar="FILE",
+    test.add_argument("files", nargs="*", metavar="FILE", type=path,
                       help="decision tables (default: DIR/tests/*.toml of policies_dir)")
-    test.add_argument("--policies", metavar="DIR",
+    test.add_argument("--policies", metavar="DIR", type=path,
                       help="policy directory (default: the policies_dir setting)")
 
     explain = command(policy_sub, "explain", run_tool("cmd_policy_explain"),
@@ -62,14 +63,16 @@ def add_policy_commands(sub: Any, command: Any) -> None:
                      help="a role the caller holds (repeat for several)")
     who.add_argument("--key", metavar="APPKEY",
                      help="a key: its roles in --account, read from the configured store")
-    explain.add_argument("--policies", metavar="DIR",
+    explain.add_argument("--policies", metavar="DIR", type=path,
                          help="policy directory (default: the policies_dir setting)")
 
     diff = command(policy_sub, "diff", run_tool("cmd_policy_diff"),
                    "what changes for every role between two policy directories")
     add_format_option(diff)
-    diff.add_argument("old", metavar="OLD", help="policy directory before the change")
-    diff.add_argument("new", metavar="NEW", help="policy directory after the change")
+    diff.add_argument("old", metavar="OLD", type=path,
+                      help="policy directory before the change")
+    diff.add_argument("new", metavar="NEW", type=path,
+                      help="policy directory after the change")
 
 
 def run_tool(name: str) -> Any:

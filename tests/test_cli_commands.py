@@ -90,6 +90,62 @@ def test_serve_with_no_workers_is_a_usage_error(cli, env):
     assert (ran.code, ran.err) == (2, "keygate: --workers: give 1 or more worker processes\n")
 
 
+EXPLAIN = ("policy", "explain", "--account", "acme", "--resource", "orders", "--action",
+           "read", "--role", "orders-reader")
+
+
+@pytest.mark.parametrize(("argv", "argument"), [
+    (("--config", "", "policy", "check"), "--config"),
+    (("--config=", "demo"), "--config"),
+    (("policy", "check", ""), "DIR"),
+    (("policy", "test", "--policies", ""), "--policies"),
+    (("policy", "test", "--policies="), "--policies"),
+    (("policy", "test", ""), "FILE"),
+    ((*EXPLAIN, "--policies", ""), "--policies"),
+    (("policy", "diff", "", "policies"), "OLD"),
+    (("policy", "diff", "policies", ""), "NEW"),
+    (("export", "--account", "acme", "-o", ""), "-o/--output"),
+])
+def test_an_empty_path_is_a_usage_error_naming_the_argument(cli, monkeypatch, argv, argument):
+    """``Path("")`` is the current directory: ``--policies ""`` and ``policy check ""``
+    fell back to the policies_dir setting and checked it (exit 0), ``policy diff ""``
+    read the directory the command ran in, and an empty ``--config`` was a "config
+    file ." error. Each is argparse's usage error now, before anything runs."""
+    monkeypatch.delenv("KEYGATE_CONFIG", raising=False)
+    ran = cli(*argv)
+    assert ran.code == 2, (ran.out, ran.err)
+    assert ran.out == ""
+    usage, error = ran.err.rstrip("\n").rsplit("\n", 1)
+    assert usage.startswith("usage: keygate"), ran.err
+    expected = "the TOML config file's path" if argument == "--config" else (
+        "a path (for the current directory, write '.')")
+    assert f"error: argument {argument}: empty; give {expected}" in error, ran.err
+
+
+def test_an_empty_keygate_config_is_the_same_usage_error(cli, monkeypatch, tmp_path):
+    """``--config`` defaults to ``$KEYGATE_CONFIG``: an empty one is an empty path,
+    unless ``--config`` names a file."""
+    monkeypatch.setenv("KEYGATE_CONFIG", "")
+    ran = cli("policy", "check")
+    assert ran.code == 2 and ran.out == "", ran.err
+    assert "error: argument --config: empty; give the TOML config file's path" in ran.err
+    assert "KEYGATE_CONFIG" in ran.err
+    config = tmp_path / "keygate.toml"
+    config.write_text("routes = []\n")
+    ran = cli("--config", str(config), "policy", "check")
+    assert ran.code == 0, ran.err
+    assert "0 errors" in ran.out
+
+
+def test_a_path_argument_that_is_not_empty_still_counts(cli, monkeypatch, tmp_path):
+    """The check is for emptiness only: '.' is the current directory, as written."""
+    monkeypatch.delenv("KEYGATE_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    ran = cli("policy", "check", ".")
+    assert ran.code == 2, ran.err  # no policy files here: the command itself says so
+    assert "argument" not in ran.err and "usage:" not in ran.err, ran.err
+
+
 # -- keys that are not there -----------------------------------------------------------
 CHANGES = [("activate",), ("deactivate",), ("delete",), ("renew",), ("renew", "--now"),
            ("finish-renewal",), ("undo-renewal",)]
