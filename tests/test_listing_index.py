@@ -9,6 +9,7 @@ queries cost bounded work and leave nothing behind.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 import json
 import logging
@@ -30,7 +31,8 @@ from gateway.renewal import ALERTS, alert_range, renewal_alert
 from gateway.settings import load_settings
 from gateway.store import CLI_ACTOR as CLI
 from gateway.store import SORT_FIELDS, KeyQuery, Store
-from gateway.store.names import glob_escape
+from gateway.store.lua import constant
+from gateway.store.names import LISTED, glob_escape
 
 # the store, cache and revocation behaviour on one server and on a Redis Cluster
 redis_url = on_one_server_and_a_cluster()
@@ -153,6 +155,8 @@ async def test_pages_past_the_middle_walked_from_the_end_answer_as_brute_force(g
         {"token_created": (now_ms - 400 * DAY_MS, now_ms - 60 * DAY_MS)},
         {"token_created": alert_range("red", 3, now_ms)},  # the oldest: from the oldest end
         {"status": "active", "q": "a"},
+        # the role's holders in token date order, both statuses merged, counted per run
+        {"role": "orders-reader", "token_created": (None, now_ms - 20 * DAY_MS)},
     ]
     for extra, sort, descending in itertools.product(filters, SORT_FIELDS, (True, False)):
         _, total = await indexed(gateway.store, KeyQuery(**extra))
@@ -224,8 +228,8 @@ async def snapshot(gateway: Gateway) -> dict[str, Any]:
         out[name] = await redis.zrange(name, 0, -1, withscores=True)
     holders = names.role_holders(ACCOUNT, "")
     async for name in redis.scan_iter(match=glob_escape(holders) + "*"):
-        if members := await redis.smembers(name):
-            out[name] = sorted(members)
+        if members := await redis.zrange(name, 0, -1, withscores=True):
+            out[name] = members
     return out
 
 
@@ -285,7 +289,7 @@ async def test_indexes_stay_right_after_any_sequence_of_changes(gateway, clock, 
     assert await snapshot(gateway) == kept
     in_use = await gateway.store.redis.smembers(gateway.store.names.account(ACCOUNT, "roles"))
     held = {r for r in await gateway.store.all_keys(ACCOUNT) for r in r.roles}
-    assert held | {""} <= in_use
+    assert held | {LISTED} <= in_use and "" not in in_use
 
 
 # -- data written before the indexes --------------------------------------------------------
@@ -308,6 +312,49 @@ async def wipe_indexes(gateway: Gateway) -> None:
     await redis.delete(*doomed)
     for app_key in await redis.zrange(names.account(ACCOUNT, "keys"), 0, -1):
         await redis.hdel(names.key(app_key), "lf")
+
+
+async def previous_layout(gateway: Gateway) -> None:
+    """The account as the previous layout kept it: the keys holding a role in a plain set
+    (``roles:{role}``), token dates without their status, marked complete with ''."""
+    redis, names = gateway.store.redis, gateway.store.names
+    holders = names.role_holders(ACCOUNT, "")
+    await redis.delete(*[n async for n in redis.scan_iter(match=glob_escape(holders) + "*")])
+    roles = names.account(ACCOUNT, "roles")
+    await redis.srem(roles, LISTED)
+    await redis.sadd(roles, "")
+    for record in await gateway.store.all_keys(ACCOUNT):
+        await redis.zadd(names.account(ACCOUNT, "tok"), {record.app_key: record.token_created})
+        for role in record.roles:
+            await redis.sadd(names.older_role_set(ACCOUNT, role), record.app_key)
+
+
+async def test_the_previous_layout_is_rebuilt_and_its_role_sets_removed(gateway, clock):
+    """An account indexed by the previous keygate (role sets without token dates, token
+    dates without their status) answers as brute force once its first listing has
+    built the indexes again, and nothing of the old layout is left; changes made before
+    that listing are kept."""
+    keys = Keys(gateway.store, 23)
+    await spread(gateway, keys, clock, 70)
+    await previous_layout(gateway)
+    redis, names = gateway.store.redis, gateway.store.names
+    older = [names.older_role_set(ACCOUNT, role) for role in ROLES]
+    assert await redis.exists(*older)
+    assert not await gateway.store.listing_indexed(ACCOUNT)
+    # a policy reload reads the keys themselves meanwhile, and counts right
+    holding = Counter(role for r in await gateway.store.all_keys(ACCOUNT) for role in r.roles)
+    assert (await gateway.store.role_holders()).get(ACCOUNT, {}) == dict(holding)
+    await gateway.store.update_key(ACCOUNT, keys.made[0], status="inactive",
+                                   roles=["rare"])
+    await assert_same(gateway.store, KeyQuery(role="rare", status="inactive", per_page=1000))
+    assert await gateway.store.listing_indexed(ACCOUNT)
+    assert not await redis.exists(*older)
+    in_use = await redis.smembers(names.account(ACCOUNT, "roles"))
+    assert LISTED in in_use and "" not in in_use
+    after = await snapshot(gateway)
+    await wipe_indexes(gateway)
+    await gateway.store.index_listing(ACCOUNT)
+    assert await snapshot(gateway) == after
 
 
 async def test_older_data_is_indexed_on_its_first_listing(gateway, clock):
@@ -389,6 +436,97 @@ async def test_a_creation_index_not_run_by_status_is_rebuilt(local, cli, clock):
     code, out = await asyncio.to_thread(cli, "store", "migrate", "--json")
     assert code == 0 and json.loads(out) == {"indexed": {ACCOUNT: 60}}
     assert await snapshot(local) == kept
+
+
+# -- zones of the label index -------------------------------------------------------------
+PERIOD = constant("status_runs", "ZONE_PERIOD")
+INACTIVE_AT = constant("status_runs", "INACTIVE_AT")
+
+
+async def assert_zones_hold_their_keys(gateway: Gateway) -> int:
+    """Every label member's zone record (status_runs.lua) holds its key's status and
+    token date: the least and greatest date of that status, and its period (or '~').
+    Answers how many zones there are."""
+    redis, names = gateway.store.redis, gateway.store.names
+    label = names.account(ACCOUNT, "label")
+    fences = await redis.zrange(f"{label}:zones", 0, -1)
+    records = await redis.hgetall(f"{label}:zone-dates")
+    scores = dict(await redis.zrange(names.account(ACCOUNT, "tok"), 0, -1, withscores=True))
+    for member in await redis.zrange(label, 0, -1):
+        fence = fences[bisect.bisect_right(fences, member) - 1]
+        record = records[fence]
+        if record == "*":
+            continue
+        least0, most0, least1, most1, *marks = record.split()
+        score = int(scores[member.partition("\0")[2]])
+        status = 1 if score >= INACTIVE_AT else 0
+        date = score - status * INACTIVE_AT
+        least, most = ((least0, most0), (least1, most1))[status]
+        assert int(least) <= date <= int(most), (member, record)
+        assert marks == ["~"] or f"{status}.{date // PERIOD}" in marks, (member, record)
+    return len(fences)
+
+
+async def test_label_zones_skip_no_key_that_matches(gateway, clock):
+    """Past ZONE_SPLIT keys the label index is cut into zones as keys come; labels in
+    creation order ("key 1", "key 2", ...) put a token date range in a few zones, and a
+    walk in label order with a status or token date filter skips the others. Every such
+    page answers as brute force after splits, renewals, status changes, relabels and
+    deletes (which widen records or leave them wider), with the zones of an index kept
+    before zones (unknown: walked) and once index_zones has cut it again."""
+    store, rng = gateway.store, random.Random(61)
+    # one key first: on a cluster, many first runs of a script at once (each loading
+    # it after NOSCRIPT) can break the client's connections
+    made = [await Keys(store, 62).create()]
+    for first in range(0, 2600, 200):
+        clock.advance(4 * DAY_MS / 1000)
+        batch = [(i, f"kgk-{ACCOUNT}-{uuid.uuid4().hex[:10].upper()}")
+                 for i in range(first, first + 200)]
+        for at in range(0, len(batch), 20):
+            await asyncio.gather(*(store.create_key(k, ACCOUNT, f"key {i}", ["orders-reader"],
+                                                    "d" * 64) for i, k in batch[at:at + 20]))
+        made += [k for _, k in batch]
+    for app_key in rng.sample(made, 300):
+        await store.update_key(ACCOUNT, app_key, status="inactive")
+    for app_key in rng.sample(made, 60):
+        await store.renew_token(ACCOUNT, app_key, "e" * 64, keep_old=False, actor=CLI)
+    for app_key in rng.sample(made, 20):
+        await store.update_key(ACCOUNT, app_key, label=f"key {rng.randrange(10**6)}")
+    for app_key in rng.sample(made, 20):
+        await store.delete_key(ACCOUNT, app_key)
+    assert await assert_zones_hold_their_keys(gateway) > 3
+    now = int(clock() * 1000)
+    windows = [alert_range(level, 3, now) for level in ALERTS] + [
+        (now - 30 * DAY_MS, now - 20 * DAY_MS), (None, now - 40 * DAY_MS)]
+    # a millisecond's window: only the keys of one date, within one period of a zone
+    records = await store.all_keys(ACCOUNT)
+    windows += [(r.token_created, r.token_created + 1) for r in rng.sample(records, 3)]
+
+    async def every_filter() -> None:
+        records = await store.all_keys(ACCOUNT)  # brute force over one read of the keys
+        for window, status, descending in itertools.product(
+                [None, *windows], [None, "active", "inactive"], (True, False)):
+            if window is None and status is None:
+                continue
+            for page in (1, 2, 9):
+                query = KeyQuery(sort="label", descending=descending, token_created=window,
+                                 status=status, page=page, per_page=40)
+                matching = sorted((r for r in records if query.accepts(r)),
+                                  key=SORT_FIELDS["label"], reverse=descending)
+                expected = [r.app_key for r in matching[(page - 1) * 40:page * 40]]
+                assert await indexed(store, query) == (expected, len(matching)), query
+
+    await every_filter()
+    # an index kept before zones: its first zone is unknown, then cut again
+    label = store.names.account(ACCOUNT, "label")
+    await store.redis.delete(f"{label}:zones", f"{label}:zone-dates")
+    await store.update_key(ACCOUNT, made[-1], label="key 0")
+    assert await store.redis.hgetall(f"{label}:zone-dates") == {"": "*"}
+    await every_filter()
+    await store.index_zones(ACCOUNT)
+    assert await assert_zones_hold_their_keys(gateway) > 3
+    assert "*" not in (await store.redis.hgetall(f"{label}:zone-dates")).values()
+    await every_filter()
 
 
 # -- the renewal gauge's counts --------------------------------------------------------------

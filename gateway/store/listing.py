@@ -36,6 +36,7 @@ import orjson
 
 from .core import StoreCore, unavailable, unavailable_iter
 from .lua import constant
+from .names import LISTED
 from .records import ACTIVE, INACTIVE, KeyRecord, label_fold
 
 
@@ -94,7 +95,9 @@ SORT_FIELDS: dict[str, Callable[[KeyRecord], Any]] = {
 _STATUS_SCORE = {ACTIVE: "0", INACTIVE: "1"}
 
 # an inactive key's score in the creation index is its creation date plus this
-INACTIVE_AT = constant("creation_index", "INACTIVE_AT")
+INACTIVE_AT = constant("status_runs", "INACTIVE_AT")
+# the members of a zone of the label index as index_zones makes them
+ZONE = constant("status_runs", "ZONE_SPLIT") // 2
 
 
 def _bound(value: int | None) -> str:
@@ -118,7 +121,8 @@ class KeyListing(StoreCore):
             # a role that comes into use after this read is not in the list: the keys
             # holding it are left out, never shown unjudged
             in_use = await self.redis.smembers(names.account(account, "roles"))
-            allowed = orjson.dumps(sorted(r for r in in_use if r and query.may_act_on(r)))
+            allowed = orjson.dumps(sorted(r for r in in_use
+                                          if r and r != LISTED and query.may_act_on(r)))
         dates = query.token_created or (None, None)
         args = [
             query.sort, "1" if query.descending else "0", (query.page - 1) * query.per_page,
@@ -166,13 +170,32 @@ class KeyListing(StoreCore):
             for name, label in zip(names, labels, strict=True):
                 args += [name, label or "", label_fold(label or "")]
             listed += await self.scripts.index_listing(keys=[*listing, *hashes], args=args)
-        await self.redis.sadd(self.names.account(account, "roles"), "")
+        await self.index_zones(account)
+        roles = self.names.account(account, "roles")
+        in_use = await self.redis.smembers(roles)
+        await self.redis.sadd(roles, LISTED)
+        # an older keygate's marks and sets of role holders (it kept no token dates in
+        # them): the scripts no longer keep them, and nothing reads them now
+        older = [self.names.older_role_set(account, r) for r in in_use if r and r != LISTED]
+        await self.redis.srem(roles, "")
+        if older:
+            await self.redis.delete(*older)
         return listed
+
+    @unavailable
+    async def index_zones(self, account: str) -> None:
+        """Cut the account's label index into zones of ZONE_SPLIT / 2 members, with their
+        keys' token dates (scripts/index_zones.lua): from the last rank down, one script
+        per zone, while keygate serves."""
+        listing = self.names.listing(account)
+        size = await self.redis.zcard(self.names.account(account, "label"))
+        for rank in range((max(size - 1, 0) // ZONE) * ZONE, -1, -ZONE):
+            await self.scripts.index_zones(keys=listing, args=[rank])
 
     @unavailable
     async def listing_indexed(self, account: str) -> bool:
         """Whether the account's listing indexes hold all its keys."""
-        return bool(await self.redis.sismember(self.names.account(account, "roles"), ""))
+        return bool(await self.redis.sismember(self.names.account(account, "roles"), LISTED))
 
     @unavailable
     async def listing_current(self, account: str) -> bool:
@@ -188,16 +211,21 @@ class KeyListing(StoreCore):
         self, account: str, ranges: Sequence[tuple[int | None, int | None]], chunk: int = 500
     ) -> list[int]:
         """How many of the account's keys have their token issued in each [start, end)
-        range (ms, None: no bound): one ZCOUNT each, whatever the number of keys (the
-        indexes built first, ``chunk`` keys at a time, for an account older than them)."""
+        range (ms, None: no bound): one ZCOUNT per status run each, whatever the number
+        of keys (the indexes built first, ``chunk`` keys at a time, for an account older
+        than them)."""
         if not await self.listing_indexed(account):
             await self.index_listing(account, chunk)
         tok = self.names.account(account, "tok")
         async with self.redis.pipeline(transaction=False) as pipe:
             for start, end in ranges:
-                pipe.zcount(tok, "-inf" if start is None else start,
-                            "+inf" if end is None else f"({end}")
-            return [int(n) for n in await pipe.execute()]
+                low, high = max(start or 0, 0), min(INACTIVE_AT if end is None else end,
+                                                    INACTIVE_AT)
+                for base in (0, INACTIVE_AT):
+                    pipe.zcount(tok, base + low, f"({base + high}")
+            counts = [int(n) for n in await pipe.execute()]
+        return [active + inactive for active, inactive in zip(counts[::2], counts[1::2],
+                                                             strict=True)]
 
     @unavailable
     async def migrate(self) -> dict[str, int]:

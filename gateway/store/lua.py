@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 _CHANGE = ("prelude",)
-_KEY = ("prelude", "creation_index", "key_rules")
+_KEY = ("prelude", "status_runs", "key_rules")
 _GRANT = ("prelude", "grant_snapshot")
 
 # every script, and the fragments put before it
@@ -26,8 +26,9 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "delete_key": _KEY,
     "index_owners": _KEY,
     "index_listing": _KEY,
-    "list_keys": ("creation_index", "byte_order"),
-    "keys_at_date": ("creation_index", "byte_order"),
+    "index_zones": _KEY,
+    "list_keys": ("status_runs", "byte_order"),
+    "keys_at_date": ("status_runs", "byte_order"),
     "renew_token": _KEY,
     "end_renewal": _KEY,
     "add_grant": _GRANT,
@@ -59,6 +60,14 @@ def constant(fragment: str, name: str) -> int:
     return int(found[1])
 
 
+def text_constant(fragment: str, name: str) -> str:
+    """A string a script fragment defines (``local NAME = 'text'``), as :func:`constant`."""
+    found = re.search(rf"^local {name} = '([^'\\]*)'$", _read(fragment), re.MULTILINE)
+    if found is None:
+        raise LookupError(f"{fragment}.lua defines no {name}")
+    return found[1]
+
+
 def source(name: str) -> str:
     """The full text of script ``name``, its fragments first."""
     return "\n".join([*(_read(f) for f in SCRIPTS[name]), _read(name)])
@@ -76,6 +85,7 @@ class Scripts:
         self.delete_key = register("delete_key")
         self.index_owners = register("index_owners")
         self.index_listing = register("index_listing")
+        self.index_zones = register("index_zones")
         self.list_keys = register("list_keys")
         self.keys_at_date = register("keys_at_date")
         self.renew_token = register("renew_token")

@@ -17,8 +17,13 @@ given), so the two layouts differ in this one class:
 
 from __future__ import annotations
 
+from .lua import text_constant
+
 # an account's listing indexes (see listing.py for what each holds)
 LISTING = ("keys", "tok", "used", "label", "status", "roles")
+# the member of the role names set (``roles``) once the listing indexes hold every key
+# of the account in this keygate's layout (scripts/status_runs.lua)
+LISTED = text_constant("status_runs", "LISTED")
 
 
 def owner_of(app_key: str) -> str:
@@ -85,12 +90,19 @@ class Keyspace:
     def listing(self, account: str) -> list[str]:
         """The account's listing indexes, in the order the key scripts take them in
         ``KEYS`` (scripts/key_rules.lua): creation date, token date, last use, label,
-        status, role names. The keys holding a role are ``{roles}:{role}``
-        (:meth:`role_holders`), named by the scripts from the role names set."""
+        status, role names. The keys holding a role are ``holders:{role}``
+        (:meth:`role_holders`), named by the scripts from the role names set's name
+        (``roles`` replaced by ``holders:``)."""
         return [self.account(account, what) for what in LISTING]
 
     def role_holders(self, account: str, role: str) -> str:
-        """The set of the account's generated keys that hold ``role``."""
+        """The sorted set of the account's generated keys that hold ``role``, scored as
+        the token date index (scripts/status_runs.lua)."""
+        return self.account(account, f"holders:{role}")
+
+    def older_role_set(self, account: str, role: str) -> str:
+        """The set of the keys holding ``role`` as an older keygate kept it (without
+        their token dates), removed once the account is indexed again."""
         return f"{self.account(account, 'roles')}:{role}"
 
     def link(self, link_id: str) -> str:

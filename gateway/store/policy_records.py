@@ -5,6 +5,7 @@ role (a reload refuses to drop a role still held)."""
 from __future__ import annotations
 
 from .core import StoreCore, unavailable
+from .names import LISTED
 from .records import Grant, PolicyAnnouncement
 
 
@@ -15,8 +16,8 @@ class PolicyRecords(StoreCore):
         count): generated keys in their own account, external keys in the accounts that
         granted them roles, active or not (an inactive key can be activated again).
 
-        Generated keys are counted from the listing's role sets, one SCARD per role in
-        use, whatever the number of keys (an account whose listing indexes are not
+        Generated keys are counted from the listing's role holders, one ZCARD per role
+        in use, whatever the number of keys (an account whose listing indexes are not
         complete yet is read a chunk of keys at a time, as external keys always are:
         only their grant fields). For checks a person starts (a policy reload,
         ``keygate policy check``), never for requests. Memory grows with accounts and
@@ -36,17 +37,17 @@ class PolicyRecords(StoreCore):
         return held
 
     async def _generated_roles(self, account: str, chunk: int) -> dict[str, int]:
-        """The account's generated keys per role: the sizes of the listing's role sets
-        once its indexes are complete (the roles-in-use set holds '' then; the change
+        """The account's generated keys per role: the sizes of the listing's role holders
+        once its indexes are complete (the roles-in-use set holds LISTED then; the change
         scripts keep the sets, tests/test_listing_index.py checks them against the
         keys), else read from the keys."""
         in_use = await self.redis.smembers(self.names.account(account, "roles"))
-        if "" not in in_use:
+        if LISTED not in in_use:
             return await self._read_roles(account, "keys", chunk)
-        roles = sorted(role for role in in_use if role)
+        roles = sorted(role for role in in_use if role and role != LISTED)
         async with self.redis.pipeline(transaction=False) as pipe:
             for role in roles:
-                pipe.scard(self.names.role_holders(account, role))
+                pipe.zcard(self.names.role_holders(account, role))
             sizes = await pipe.execute()
         return {role: int(n) for role, n in zip(roles, sizes, strict=True) if n}
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import orjson
 import redis.asyncio as aioredis
 
-from .names import Keyspace
+from .names import LISTED, Keyspace
 
 # an account with fewer keys is searched in Redis: the pass there costs ~12 ms at 20,000
 SEARCH_INDEX_FROM = 20_000
@@ -225,7 +225,7 @@ class LabelSearch:
             return None
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zcard(self.names.account(account, "label"))
-            pipe.sismember(self.names.account(account, "roles"), "")
+            pipe.sismember(self.names.account(account, "roles"), LISTED)
             listed, complete = await pipe.execute()
         if not complete or listed < self.min_keys or listed > self.max_keys:
             self.copies.pop(account, None)

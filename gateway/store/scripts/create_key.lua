@@ -10,7 +10,7 @@ local idx = listing_at(4)
 if redis.call('ZCARD', idx.keys) == 0 then
   -- a new account: its owners set and listing indexes are complete from the start
   redis.call('SADD', KEYS[3], '')
-  redis.call('SADD', idx.roles, '')
+  redis.call('SADD', idx.roles, LISTED)
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 11))
 list(idx, KEYS[1], ARGV[8], ARGV[1])

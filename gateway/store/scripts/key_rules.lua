@@ -39,14 +39,104 @@ end
 
 -- The listing indexes of the key's account (listing.py, names.py LISTING), which every
 -- script that changes a generated key keeps up to date. Each script takes their six
--- names in KEYS from position i: creation date (creation_index.lua: by status, then by
--- date), token date, last use (sorted sets of keys by those times, 0 for never), label (members 'folded label NUL key', score 0),
--- status (0 active, 1 inactive) and the role names in use (a set; the set of the keys
--- holding a role is its name .. ':' .. role; the member '' once the indexes are
--- complete: a new account's are, an older one's are built by index_listing.lua).
+-- names in KEYS from position i: creation date and token date (status runs:
+-- status_runs.lua), last use (a sorted set of keys by that time, 0 for never), label
+-- (members 'folded label NUL key', score 0), status (0 active, 1 inactive) and the role
+-- names in use (a set, which holds LISTED once the indexes are complete: a new
+-- account's are, an older one's are built by index_listing.lua). The keys holding a
+-- role are the sorted set named ``holders`` .. role, scored as the token date index.
 local function listing_at(i)
-  return {keys = KEYS[i], tok = KEYS[i + 1], used = KEYS[i + 2], label = KEYS[i + 3],
-          status = KEYS[i + 4], roles = KEYS[i + 5]}
+  local roles, label = KEYS[i + 5], KEYS[i + 3]
+  return {keys = KEYS[i], tok = KEYS[i + 1], used = KEYS[i + 2], label = label,
+          status = KEYS[i + 4], roles = roles,
+          holders = string.sub(roles, 1, -6) .. 'holders:',
+          zones = label .. ':zones', zone_dates = label .. ':zone-dates'}
+end
+
+-- Zones of the label index (status_runs.lua): a record's marks and dates widened to
+-- hold a key at ``score`` (a status run's score); ``marks`` as zone_parse gives them.
+local function zone_widen(z, marks, score)
+  local st = score >= INACTIVE_AT and 1 or 0
+  local date = run_date(score)
+  if date < z[st * 2 + 1] then z[st * 2 + 1] = date end
+  if date > z[st * 2 + 2] then z[st * 2 + 2] = date end
+  if marks == '~' then return marks end
+  local mark = st .. '.' .. math.floor(date / ZONE_PERIOD) .. ' '
+  if string.find(' ' .. marks, ' ' .. mark, 1, true) then return marks end
+  -- past ZONE_MARKS periods (keys made over years, whatever their label), the least
+  -- and greatest dates alone
+  if select(2, string.gsub(marks, ' ', ' ')) >= ZONE_MARKS then return '~' end
+  return marks .. mark
+end
+
+local function zone_put(idx, fence, z, marks)
+  redis.call('HSET', idx.zone_dates, fence,
+             string.format(' %d %d %d %d ', z[1], z[2], z[3], z[4]) .. marks)
+end
+
+-- The exact record of the zone from ``fence`` to the next, recorded (fence added);
+-- ``members``: the zone's members, read by the caller (``complete``: all of them, else
+-- its record is '*').
+local function zone_record(idx, fence, members, complete)
+  redis.call('ZADD', idx.zones, 0, fence)
+  if not complete then
+    redis.call('HSET', idx.zone_dates, fence, '*')
+    return
+  end
+  local z, marks = zone_parse(nil)
+  for _, m in ipairs(members) do
+    local app_key = string.sub(m, string.find(m, '\0', 1, true) + 1)
+    local score = redis.call('ZSCORE', idx.tok, app_key)
+    if score then marks = zone_widen(z, marks, tonumber(score)) end
+  end
+  zone_put(idx, fence, z, marks)
+end
+
+-- the members of the zone from ``fence`` to the next one, up to ``most``
+local function zone_members(idx, fence, most)
+  local next_fence = redis.call('ZRANGE', idx.zones, '(' .. fence, '+', 'BYLEX',
+                                'LIMIT', 0, 1)[1]
+  local upto = next_fence and ('(' .. next_fence) or '+'
+  return redis.call('ZRANGE', idx.label, '[' .. fence, upto, 'BYLEX', 'LIMIT', 0, most)
+end
+
+-- Widen the record of the zone the key's label member is in with its token score. A member new to the index may leave its zone holding more than ZONE_SPLIT
+-- members; it is then cut in two at its middle member, each half's record read exactly
+-- (so a record, which only gains marks as keys change, is made exact again as its zone
+-- grows).
+local function zone_keep(idx, member, token_score, added)
+  local fence = redis.call('ZRANGE', idx.zones, '[' .. member, '-', 'BYLEX', 'REV',
+                           'LIMIT', 0, 1)[1]
+  local z, marks
+  if not fence then
+    -- the first zone; of an index listed before zones were kept, its keys are unknown
+    -- until index_zones.lua has read them
+    fence = ''
+    redis.call('ZADD', idx.zones, 0, fence)
+    if redis.call('ZCARD', idx.label) > 1 then
+      redis.call('HSET', idx.zone_dates, fence, '*')
+    else
+      z, marks = zone_parse(nil)
+    end
+  else
+    z, marks = zone_parse(redis.call('HGET', idx.zone_dates, fence) or '*')
+  end
+  if z then zone_put(idx, fence, z, zone_widen(z, marks, token_score)) end
+  if not added then return end
+  local next_fence = redis.call('ZRANGE', idx.zones, '(' .. fence, '+', 'BYLEX',
+                                'LIMIT', 0, 1)[1]
+  local upto = next_fence and ('(' .. next_fence) or '+'
+  local size = redis.call('ZLEXCOUNT', idx.label, '[' .. fence, upto)
+  -- a zone far larger (made by an older keygate's listing) is cut by index_zones.lua
+  if size <= ZONE_SPLIT or size > 2 * ZONE_SPLIT then return end
+  local members = redis.call('ZRANGE', idx.label, '[' .. fence, upto, 'BYLEX')
+  local half = math.floor(#members / 2) + 1
+  local low, high = {}, {}
+  for i, m in ipairs(members) do
+    if i < half then low[#low + 1] = m else high[#high + 1] = m end
+  end
+  zone_record(idx, fence, low, true)
+  zone_record(idx, members[half], high, true)
 end
 
 -- A key's member of the label index. The label is folded by keygate (str.casefold); the
@@ -65,7 +155,7 @@ local function unlist(idx, key, app_key, acct, all)
   local member = v[1] and label_member(v[1], v[2], app_key)
   if member then redis.call('ZREM', idx.label, member) end
   for _, role in ipairs(roles_of(key, acct)) do
-    redis.call('SREM', idx.roles .. ':' .. role, app_key)
+    redis.call('ZREM', idx.holders .. role, app_key)
   end
   if all then
     for _, name in ipairs({idx.keys, idx.tok, idx.used, idx.status}) do
@@ -79,14 +169,18 @@ local function list(idx, key, app_key, acct)
   if redis.call('HGET', key, 'lf') == '' then redis.call('HDEL', key, 'lf') end
   local v = redis.call('HMGET', key, 'created', 'tokCreated', 'lastUsed', 'label', 'lf',
                        'status')
-  redis.call('ZADD', idx.keys, creation_score(v[1], v[6]), app_key)
-  redis.call('ZADD', idx.tok, v[2] or 0, app_key)
+  redis.call('ZADD', idx.keys, run_score(v[1], v[6]), app_key)
+  local token_score = run_score(v[2], v[6])
+  redis.call('ZADD', idx.tok, token_score, app_key)
   redis.call('ZADD', idx.used, v[3] or 0, app_key)
   local member = label_member(v[4], v[5], app_key)
-  if member then redis.call('ZADD', idx.label, 0, member) end
+  if member then
+    local added = redis.call('ZADD', idx.label, 0, member) == 1
+    zone_keep(idx, member, token_score, added)
+  end
   redis.call('ZADD', idx.status, v[6] == 'active' and 0 or 1, app_key)
   for _, role in ipairs(roles_of(key, acct)) do
-    redis.call('SADD', idx.roles .. ':' .. role, app_key)
+    redis.call('ZADD', idx.holders .. role, token_score, app_key)
     redis.call('SADD', idx.roles, role)
   end
 end

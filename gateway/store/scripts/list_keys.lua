@@ -1,7 +1,7 @@
 -- One page of an account's generated keys, filtered and sorted, from its listing
 -- indexes (key_rules.lua); read-only, and it makes no temporary key.
 -- KEYS: the six listing indexes (creation date, token date, last use, label, status,
---       role names), [the set of the keys holding the role filtered on]
+--       role names), [the holders of the role filtered on]
 -- ARGV: sort (creationDate | creationDateToken | lastUsed | label | status | appKey),
 --       '1' descending, offset, count, status filter ('' | '0' active | '1' inactive),
 --       token dates from, until ([from, until) in ms, '' for no bound), q folded ('' for
@@ -11,23 +11,26 @@
 --       followed by the keys, or 'total:N' (their number alone, when q is the only
 --       filter; each key is then matched here as it is walked)
 -- Not yet in KEYS: the key hashes (ARGV[9] .. appKey) read for q's label match outside
--- the label index, and the sets of the keys holding a role the caller may not act on
--- (KEYS[6] .. ':' .. role).
+-- the label index, and the holders of the roles the caller may not act on (named from
+-- KEYS[6] as key_rules.lua's listing_at names them).
 -- Answers {'unindexed'} when the account has keys but its indexes are not complete yet
--- (index_listing.lua) or its creation index is an older keygate's (every key at its
--- creation date, whatever its status: creation_index.lua), else {total, appKey, ...}.
+-- in this layout (index_listing.lua) or its creation index is an older keygate's (every
+-- key at its creation date, whatever its status), else {total, appKey, ...}.
 --
--- How: the smallest candidate set (a status, a role, a token date range, else every
--- key) is read once and checked against the other filters, which gives the total; a
--- single filter's total is its set's size, without reading it. The page comes either
--- from walking the sort's index from the nearer end, checking each key (cheap when
--- matches are dense: about (offset + count) * keys / total steps from the start, or
--- (total - offset) * keys / total from the end), or from sorting the matches (cheap when
--- they are few). With no filter, or a filter whose set is in the sort's
--- order, the page is a range of ranks. A status filter in creation or key order walks
--- only the run of its status (the creation and status indexes hold each status as a run
--- of ranks in that order).
-if redis.call('SISMEMBER', KEYS[6], '') == 0 then
+-- How. The status, role and token date filters are one index's status runs
+-- (status_runs.lua): the role's holders, else the token date index, each scored by
+-- status and token date. Their matches are one range of scores per status: their
+-- total is a ZCOUNT per run, whatever the number of keys, and in token date order they
+-- are the merge of those ranges. Only q and the roles the caller may not act on are
+-- checked key by key: the smaller of their candidate sets (q's matches, the ranges
+-- above, else every key) is read once and checked against the rest, which gives the
+-- total. The page comes either from walking the sort's index from the nearer end,
+-- checking each key (cheap when matches are dense: about (offset + count) * keys /
+-- total steps from the start, or (total - offset) * keys / total from the end), or from
+-- sorting the matches (cheap when they are few). A status filter in creation or key
+-- order walks only the run of its status (the creation and status indexes hold each
+-- status as a run of ranks in that order).
+if redis.call('SISMEMBER', KEYS[6], LISTED) == 0 then
   if redis.call('ZCARD', KEYS[1]) == 0 then return {0} end
   return {'unindexed'}
 end
@@ -35,6 +38,7 @@ if redis.call('ZCOUNT', KEYS[1], INACTIVE_AT, '+inf') ~= redis.call('ZCOUNT', KE
   return {'unindexed'}
 end
 local keys_i, tok_i, label_i, status_i, roles_i = KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6]
+local holders = string.sub(roles_i, 1, -6) .. 'holders:'
 local sort, desc = ARGV[1], ARGV[2] == '1'
 local offset, count = tonumber(ARGV[3]), tonumber(ARGV[4])
 local status = ARGV[5] ~= '' and tonumber(ARGV[5]) or nil
@@ -46,6 +50,8 @@ local sort_index = ({creationDate = KEYS[1], creationDateToken = KEYS[2], lastUs
                      label = KEYS[4], status = KEYS[5], appKey = KEYS[5]})[sort]
 local CHUNK = 1000
 
+local function num(x) return string.format('%d', x) end
+
 -- q's matches as the caller found them, if it did
 local q_given, q_count, q_total = nil, 0, nil
 if ARGV[13] == 'given' then
@@ -56,14 +62,40 @@ elseif ARGV[13] and string.sub(ARGV[13], 1, 6) == 'total:' then
   q_total = tonumber(string.sub(ARGV[13], 7))
 end
 
--- sets of the keys holding a role in use that the caller may not act on
+-- the holders of each role in use that the caller may not act on
 local excluded = {}
 if ARGV[10] ~= '' then
   local may = {}
   for _, role in ipairs(cjson.decode(ARGV[10])) do may[role] = true end
   for _, role in ipairs(redis.call('SMEMBERS', roles_i)) do
-    if role ~= '' and not may[role] then excluded[#excluded + 1] = roles_i .. ':' .. role end
+    if role ~= '' and role ~= LISTED and not may[role] then
+      excluded[#excluded + 1] = holders .. role
+    end
   end
+end
+
+local n = redis.call('ZCARD', keys_i)
+local active = redis.call('ZCOUNT', status_i, 0, 0)
+local sizes = {[keys_i] = n, [status_i] = n}
+local function index_size(index)
+  if not sizes[index] then sizes[index] = redis.call('ZCARD', index) end
+  return sizes[index]
+end
+
+-- The status, role and token date filters: the status runs of one index (``dated``)
+-- restricted to the token dates asked, each {first rank, size, score range}.
+local dated_filter = status ~= nil or role_set ~= nil or has_dates
+local dated = role_set or tok_i
+local low_date = math.max(from or 0, 0)
+local high_date = math.min(after or INACTIVE_AT, INACTIVE_AT)
+local dated_runs, dated_total = {}, 0
+for _, st in ipairs(status and {status} or {0, 1}) do
+  local base = st * INACTIVE_AT
+  local lo, hi = num(base + low_date), '(' .. num(base + math.max(high_date, low_date))
+  local size = redis.call('ZCOUNT', dated, lo, hi)
+  dated_runs[#dated_runs + 1] = {first = redis.call('ZCOUNT', dated, '-inf', '(' .. lo),
+                                 size = size, lo = lo, hi = hi}
+  dated_total = dated_total + size
 end
 
 -- a member of the label index: the key and the folded label (a label is printable: its
@@ -78,20 +110,23 @@ local function folded_label(k)
   return v[2] or string.lower(v[1] or '')
 end
 
+-- Whether key k is in the dated runs: one score read gives its role (it is in the
+-- role's holders), its status and its token date.
+local function in_dated(k)
+  local score = tonumber(redis.call('ZSCORE', dated, k))
+  if not score then return false end
+  local st = score >= INACTIVE_AT and 1 or 0
+  if status and st ~= status then return false end
+  local date = score - st * INACTIVE_AT
+  return date >= low_date and date < high_date
+end
+
 -- Whether key k passes every filter but ``skip`` (the one its candidate set ensures).
 local function passes(k, skip, folded)
-  if status and skip ~= 'status'
-     and tonumber(redis.call('ZSCORE', status_i, k)) ~= status then return false end
-  if role_set and skip ~= 'role' and redis.call('SISMEMBER', role_set, k) == 0 then
-    return false
-  end
-  if has_dates and skip ~= 'dates' then
-    local t = tonumber(redis.call('ZSCORE', tok_i, k))
-    if not t or (from and t < from) or (after and t >= after) then return false end
-  end
+  if dated_filter and skip ~= 'dated' and not in_dated(k) then return false end
   if #excluded > 0 and k ~= own then
     for _, set in ipairs(excluded) do
-      if redis.call('SISMEMBER', set, k) == 1 then return false end
+      if redis.call('ZSCORE', set, k) then return false end
     end
   end
   if needle ~= '' and skip ~= 'q' then
@@ -109,48 +144,40 @@ local function ranks(index, first, last, reverse)
   return redis.call('ZRANGE', index, first, last)
 end
 
-local n = redis.call('ZCARD', keys_i)
-local active = redis.call('ZCOUNT', status_i, 0, 0)
-
--- Both orders that span the two statuses are merges of two runs of ranks of one index:
--- key order of the status index's runs (the active keys, then the inactive ones, each in
--- key order), creation order of the creation index's. Entries are {key, score}.
-local function by_key(x, y) return before(x[1], y[1]) end
-local function by_creation(x, y)
-  local cx, cy = creation_date(x[2]), creation_date(y[2])
-  if cx ~= cy then return cx < cy end
-  return before(x[1], y[1])
-end
-
 local function entries(flat)
   local out = {}
   for i = 1, #flat, 2 do out[#out + 1] = {flat[i], tonumber(flat[i + 1])} end
   return out
 end
 
--- ranks [first, last] of an index with their scores, in the listing's direction
-local function scored(index, first, last, reverse)
-  if last < first then return {} end
-  if reverse then return entries(redis.call('ZRANGE', index, first, last, 'REV', 'WITHSCORES')) end
-  return entries(redis.call('ZRANGE', index, first, last, 'WITHSCORES'))
+-- the i-th to (i + count - 1)-th entries {key, score} of a run {first, size} of an
+-- index, in the listing's direction (within the run)
+local function run_entries(index, run, i, count)
+  local last = math.min(i + count, run.size) - 1
+  if last < i then return {} end
+  if desc then
+    local top = index_size(index) - run.first - run.size
+    return entries(redis.call('ZRANGE', index, top + i, top + last, 'REV', 'WITHSCORES'))
+  end
+  return entries(redis.call('ZRANGE', index, run.first + i, run.first + last, 'WITHSCORES'))
 end
 
--- Visit the merge of ranks [0, active) and [active, n) of ``index`` in the listing's
--- order from its ``start``-th entry, until visit answers false. ``start`` entries are
--- skipped by bisection (the classic k-th of two sorted lists), so a deep page costs no
--- walk.
-local function walk_merged(index, less, start, visit)
-  local na, nb = active, n - active
-  -- the i-th entry of the active run and the j-th of the inactive one, in the listing's
-  -- direction, then ``count`` from there
-  local function a_from(i, count)
-    if desc then return scored(index, nb + i, math.min(nb + i + count, n) - 1, true) end
-    return scored(index, i, math.min(i + count, na) - 1, false)
-  end
-  local function b_from(j, count)
-    if desc then return scored(index, j, math.min(j + count, nb) - 1, true) end
-    return scored(index, na + j, math.min(na + j + count, n) - 1, false)
-  end
+-- Both orders that span the two statuses are merges of two runs of one index: key order
+-- of the status index's runs, date order of a dated index's. Entries are {key, score}.
+local function by_key(x, y) return before(x[1], y[1]) end
+local function by_date(x, y)
+  local dx, dy = run_date(x[2]), run_date(y[2])
+  if dx ~= dy then return dx < dy end
+  return before(x[1], y[1])
+end
+
+-- Visit the merge of two runs of ``index`` in the listing's order from its ``start``-th
+-- entry, until visit answers false. ``start`` entries are skipped by bisection (the
+-- classic k-th of two sorted lists), so a deep page costs no walk.
+local function walk_merged(index, a_run, b_run, less, start, visit)
+  local na, nb = a_run.size, b_run.size
+  local function a_from(i, count) return run_entries(index, a_run, i, count) end
+  local function b_from(j, count) return run_entries(index, b_run, j, count) end
   local function first(a, b) if desc then return less(b, a) end return less(a, b) end
   local lo, hi = math.max(0, start - nb), math.min(start, na)
   while lo < hi do
@@ -171,34 +198,115 @@ local function walk_merged(index, less, start, visit)
   end
 end
 
--- A status filter in creation or key order: the run of that status in the index of
--- that order, which holds exactly its keys in the listing's order (nil for any other).
-local run = nil
-if status and (sort == 'creationDate' or sort == 'appKey' or sort == 'status') then
-  run = {index = sort == 'creationDate' and keys_i or status_i,
-         base = status == 1 and active or 0, size = status == 1 and n - active or active}
-end
-
--- Visit the keys in the listing's order from rank ``start`` until visit answers false.
-local function walk(start, visit)
-  local index, first, last = sort_index, 0, n
-  if run then
-    index, first, last = run.index, run.base, run.base + run.size
-    if desc then first, last = n - last, n - first end
-  elseif sort == 'appKey' then return walk_merged(status_i, by_key, start, visit)
-  elseif sort == 'creationDate' then return walk_merged(keys_i, by_creation, start, visit)
-  end
-  start = first + start
-  while start < last do
-    local batch = ranks(index, start, math.min(start + CHUNK, last) - 1, desc)
+-- Visit one run of ``index`` in the listing's order from its ``start``-th entry.
+local function walk_run(index, run, start, visit)
+  local top = desc and index_size(index) - run.first - run.size or run.first
+  while start < run.size do
+    local last = math.min(start + CHUNK, run.size) - 1
+    local batch = ranks(index, top + start, top + last, desc)
     if #batch == 0 then return end
     for _, member in ipairs(batch) do
       local k, folded = member, nil
-      if sort == 'label' then k, folded = split(member) end
+      if index == label_i then k, folded = split(member) end
       if not visit(k, folded) then return end
     end
     start = start + CHUNK
   end
+end
+
+-- Visit the label index's zones in the listing's order, skipping each whose token
+-- dates cannot match the dated runs (status_runs.lua), from its first member.
+local function walk_zones(visit)
+  local zones, zone_dates = label_i .. ':zones', label_i .. ':zone-dates'
+  local fences = redis.call('ZRANGE', zones, 0, -1)
+  -- records read as the walk reaches them, 64 at a time (a zone of keys made over
+  -- years has a long one)
+  local records = {}
+  local function record_of(i)
+    if records[i] == nil then
+      local batch = {}
+      local from, to = i, math.min(i + 63, #fences)
+      if desc then from, to = math.max(i - 63, 1), i end
+      for j = from, to do batch[#batch + 1] = fences[j] end
+      local got = redis.call('HMGET', zone_dates, unpack(batch))
+      for j = from, to do records[j] = got[j - from + 1] or false end
+    end
+    return records[i]
+  end
+  local function may_match(i)
+    local z, marks = zone_parse(record_of(i) or '*')
+    if not z then return true end  -- unknown: walked
+    for _, st in ipairs(status and {status} or {0, 1}) do
+      if z[st * 2 + 2] >= low_date and z[st * 2 + 1] < high_date then
+        if marks == '~' then return true end
+        for period in string.gmatch(marks, st .. '%.(%d+)') do
+          local begins = tonumber(period) * ZONE_PERIOD
+          if begins + ZONE_PERIOD > low_date and begins < high_date then return true end
+        end
+      end
+    end
+    return false
+  end
+  -- a zone's ranks: from its fence's to the next one's (ZLEXCOUNT, not an offset walk)
+  local function rank_of(fence)
+    if not fence then return index_size(label_i) end
+    return redis.call('ZLEXCOUNT', label_i, '-', '(' .. fence)
+  end
+  local first, last, step = 1, #fences, 1
+  if desc then first, last, step = #fences, 1, -1 end
+  for i = first, last, step do
+    if may_match(i) then
+      local low, high = rank_of(fences[i]), rank_of(fences[i + 1])
+      local run = {first = low, size = high - low}
+      local stop = false
+      walk_run(label_i, run, 0, function(k, folded)
+        if visit(k, folded) then return true end
+        stop = true
+        return false
+      end)
+      if stop then return end
+    end
+  end
+end
+
+-- What the sort's order walks: runs of one index (two are merged) and the filter a walk
+-- ensures ('dated' when it walks exactly the dated runs).
+local status_runs = {}
+if status ~= 1 then status_runs[#status_runs + 1] = {first = 0, size = active, base = 0} end
+if status ~= 0 then
+  status_runs[#status_runs + 1] = {first = active, size = n - active, base = INACTIVE_AT}
+end
+local only_status = not role_set and not has_dates
+local walked_index, walked_runs, walked_less, ensures = sort_index, nil, nil, nil
+if sort == 'creationDateToken' then
+  walked_index, walked_runs, walked_less, ensures = dated, dated_runs, by_date, 'dated'
+elseif sort == 'creationDate' or sort == 'appKey' then
+  walked_runs, walked_less = status_runs, sort == 'appKey' and by_key or by_date
+  if only_status then ensures = 'dated' end
+elseif sort == 'status' then
+  -- the status index in order is its runs one after the other
+  local first = status == 1 and active or 0
+  walked_runs = {{first = first, size = status == nil and n or status_runs[1].size}}
+  if only_status then ensures = 'dated' end
+else
+  walked_runs = {{first = 0, size = index_size(sort_index)}}
+end
+local walked_over = 0
+for _, run in ipairs(walked_runs) do walked_over = walked_over + run.size end
+
+-- the label order of a status or token date filter: by zones (none is made before the
+-- account's first key)
+local by_zones = sort == 'label' and (status ~= nil or has_dates)
+                 and redis.call('EXISTS', label_i .. ':zones') == 1
+
+-- Visit the keys in the listing's order from rank ``start`` until visit answers false.
+local function walk(start, visit)
+  if by_zones and start == 0 then return walk_zones(visit) end
+  if #walked_runs == 2 then
+    return walk_merged(walked_index, walked_runs[1], walked_runs[2], walked_less, start,
+                       visit)
+  end
+  return walk_run(walked_index, walked_runs[1], start, visit)
 end
 
 local function page_from(start)
@@ -215,28 +323,28 @@ local function answer(total, page)
   return result
 end
 
--- No filter: a range of ranks.
-local filters = (status and 1 or 0) + (role_set and 1 or 0) + (has_dates and 1 or 0)
-                + (needle ~= '' and 1 or 0) + (#excluded > 0 and 1 or 0)
-if filters == 0 then return answer(n, page_from(offset)) end
+-- Only the status, role and token date filters, or none: the total is counted, and
+-- when the sort's walk visits exactly their matches the page is a range of that walk.
+local checked = (needle ~= '' and 1 or 0) + (#excluded > 0 and 1 or 0)
+if checked == 0 and (not dated_filter or ensures == 'dated') then
+  local total = dated_filter and dated_total or n
+  if offset >= total then return answer(total, {}) end
+  return answer(total, page_from(offset))
+end
 
--- The candidate sets, each with its size and its members (in its own order).
-local low = from and tostring(from) or '-inf'
-local high = after and ('(' .. tostring(after)) or '+inf'
+-- The candidate sets of the key-by-key checks, each with its size and its members (in
+-- no particular order).
 local sources = {}
-if status then
-  sources[#sources + 1] = {name = 'status', size = status == 0 and active or n - active,
-    order = run and 'run' or nil,
-    members = function() return redis.call('ZRANGE', status_i, status, status, 'BYSCORE') end}
-end
-if role_set then
-  sources[#sources + 1] = {name = 'role', size = redis.call('SCARD', role_set),
-    members = function() return redis.call('SMEMBERS', role_set) end}
-end
-if has_dates then
-  sources[#sources + 1] = {name = 'dates', size = redis.call('ZCOUNT', tok_i, low, high),
-    order = sort == 'creationDateToken' and 'tok' or nil,
-    members = function() return redis.call('ZRANGE', tok_i, low, high, 'BYSCORE') end}
+if dated_filter then
+  sources[#sources + 1] = {name = 'dated', size = dated_total, members = function()
+    local out = {}
+    for _, run in ipairs(dated_runs) do
+      for _, k in ipairs(redis.call('ZRANGE', dated, run.lo, run.hi, 'BYSCORE')) do
+        out[#out + 1] = k
+      end
+    end
+    return out
+  end}
 end
 if q_given then
   sources[#sources + 1] = {name = 'q', size = q_count, members = function()
@@ -252,24 +360,8 @@ for _, s in ipairs(sources) do
   if s.size < source.size or source.name == 'all' then source = s end
 end
 
--- One filter with a set in the sort's order: a range of ranks within that set.
-if filters == 1 and source.order then
-  local base = 0
-  if source.name == 'status' then
-    base = run.base
-  else
-    base = from and redis.call('ZCOUNT', tok_i, '-inf', '(' .. low) or 0
-  end
-  if desc then base = n - (base + source.size) end
-  local page = {}
-  if offset < source.size and count > 0 then
-    local last = base + math.min(offset + count, source.size) - 1
-    page = ranks(source.name == 'status' and run.index or tok_i, base + offset, last, desc)
-  end
-  return answer(source.size, page)
-end
-
--- The matches: known by size alone when one filter is all there is, else read.
+-- The matches: known by size alone when the dated runs (counted) or q's matches (counted
+-- by the caller) are all there is, else read.
 local total, matched = source.size, nil
 local function read_matches()
   matched = {}
@@ -286,7 +378,7 @@ local function read_matches()
         -- the label or in the key, as two searches would, at a third of the cost
         if needle == '' or string.find(string.lower(member), needle, 1, true) then
           local k, folded = split(member)
-          if #excluded == 0 or passes(k, 'q', nil) then
+          if passes(k, 'q', nil) then
             matched[k] = folded
             list[#list + 1] = k
           end
@@ -303,7 +395,9 @@ local function read_matches()
   return list
 end
 local list
-if filters > 1 or source.name == 'all' then list = read_matches() end
+local counted = checked == 0
+                or (checked == 1 and needle ~= '' and not dated_filter and source.name == 'q')
+if not counted then list = read_matches() end
 if total == 0 or offset >= total or count == 0 then return answer(total, {}) end
 
 -- A token is issued when its key is made or later, never before (but for the clocks of
@@ -312,17 +406,14 @@ if total == 0 or offset >= total or count == 0 then return answer(total, {}) end
 -- starts after them. (The renewal alert's red keys are the oldest: without this, their
 -- first page walked past every key that is not red.)
 local function cannot_match(newest_first)
-  if sort == 'creationDate' and newest_first and after then
-    local made_after = after + 86400000
-    local active_after = redis.call('ZCOUNT', keys_i, '(' .. tostring(made_after),
-                                    '(' .. tostring(INACTIVE_AT))
-    if run and status == 0 then return active_after end
-    local inactive_after = redis.call('ZCOUNT', keys_i,
-                                      '(' .. tostring(made_after + INACTIVE_AT), '+inf')
-    if run then return inactive_after end
-    return active_after + inactive_after
+  if sort ~= 'creationDate' or not newest_first or not after then return 0 end
+  local made_after = after + 86400000
+  local found = 0
+  for _, run in ipairs(walked_runs) do  -- the status runs of the creation index
+    found = found + redis.call('ZCOUNT', keys_i, '(' .. num(run.base + made_after),
+                               '(' .. num(run.base + INACTIVE_AT))
   end
-  return 0
+  return found
 end
 
 -- The matches at ranks [first, last] (0-based, in the listing's order) by a walk of the
@@ -337,7 +428,7 @@ local function walked(first, last, from_end)
   local out, seen = {}, 0
   walk(cannot_match(desc), function(k, folded)
     local ok
-    if matched then ok = matched[k] ~= nil else ok = passes(k, run and 'status', folded) end
+    if matched then ok = matched[k] ~= nil else ok = passes(k, ensures, folded) end
     if ok then
       if seen >= first then out[#out + 1] = k end
       seen = seen + 1
@@ -352,12 +443,14 @@ local function walked(first, last, from_end)
 end
 
 -- The page: walk the sort's index from whichever end is nearer, or sort the matches,
--- whichever costs less (a walk steps over about n / total keys per match).
+-- whichever costs less. A walk steps over about walked / total keys per match, each
+-- step a score read; a sort reads each match's sort key, then compares (keys and labels
+-- byte by byte in Lua, dearer than numbers).
 local want = math.min(offset + count, total)
-local walked_over = run and run.size or n
 local walk_cost = want * (walked_over - cannot_match(desc)) / total
 local back_cost = (total - offset) * (walked_over - cannot_match(not desc)) / total
-local sort_cost = total * (math.log(total + 1) / math.log(2) + 2) * 4
+local compare = (sort == 'label' or sort == 'appKey') and 1 or 0.25
+local sort_cost = total * (2 + compare * math.log(total + 1) / math.log(2))
 if math.min(walk_cost, back_cost) <= sort_cost then
   return answer(total, walked(offset, want - 1, back_cost < walk_cost))
 end
@@ -369,8 +462,8 @@ for i, k in ipairs(list) do
     local folded = matched[k]
     if folded == true then folded = folded_label(k) end
     key = folded .. '\0' .. k
-  elseif sort == 'creationDate' then
-    key = creation_date(tonumber(redis.call('ZSCORE', sort_index, k)))
+  elseif sort == 'creationDate' or sort == 'creationDateToken' then
+    key = run_date(tonumber(redis.call('ZSCORE', sort_index, k)))
   elseif sort ~= 'appKey' then
     key = tonumber(redis.call('ZSCORE', sort_index, k))
   end
