@@ -109,6 +109,74 @@ def test_cli_explain_refuses_work_past_its_limit(tmp_path, capsys, monkeypatch):
     assert out == "" and "more than 1000000 steps" in err and "Traceback" not in err
 
 
+# -- loops the meter once missed -------------------------------------------------------
+def handing_out_chain(directory: Path, roles: int = 150, others: int = 1500) -> Path:
+    """Roles r0000… each hand out the next and every one of ``others`` cheap roles g…;
+    the last grants what the caller ``boss`` is denied. Judging ``role:r0000`` settles
+    which roles may be handed out together: one pass over them all per role of the
+    chain (150 x 150 x 1,500 edges looked at), while what the rule asks of each role
+    is cheap."""
+    shutil.copytree(POLICIES, directory)
+    text = ["p, boss, *, *, *, allow\n", "p, boss, *, vault, read, deny\n"]
+    for n in range(roles):
+        text.append(f"p, r{n:04d}, *, role:g*, assign, allow\n")
+        text.append(f"p, r{n:04d}, *, role:r{n + 1:04d}, assign, allow\n" if n < roles - 1
+                    else f"p, r{n:04d}, *, vault, read, allow\n")
+    text += [f"p, g{n:05d}, *, thing, read, allow\n" for n in range(others)]
+    (directory / "chain.csv").write_text("".join(text))
+    return directory
+
+
+def deep_assigner(directory: Path, depth: int = 2000, others: int = 100) -> Path:
+    """``boss`` inherits a chain of ``depth`` roles and may assign every role g…;
+    ``handout`` hands out the ``others`` roles g…. Judging ``role:handout`` asks about
+    each g role, each allowed by boss's assign line, whose inheritance chain (through
+    the 2,000 roles) was walked again for each."""
+    shutil.copytree(POLICIES, directory)
+    text = ["p, boss, *, *, *, allow\n", "p, boss, *, role:g*, assign, allow\n",
+            "p, handout, *, role:g*, assign, allow\n", "g, boss, c00000\n"]
+    text += [f"g, c{n:05d}, c{n + 1:05d}\n" for n in range(depth)]
+    text.append(f"p, c{depth:05d}, *, other, read, allow\n")
+    text += [f"p, g{n:05d}, *, thing, read, allow\n" for n in range(others)]
+    (directory / "deep.csv").write_text("".join(text))
+    return directory
+
+
+@pytest.mark.parametrize("shape, role", [(handing_out_chain, "r0000"),
+                                         (deep_assigner, "handout")])
+def test_crafted_roles_are_refused_past_the_limit_not_judged_at_length(tmp_path, shape,
+                                                                        role):
+    policy = Policy.load(MODEL, shape(tmp_path / "p"))
+    meter = WorkMeter(1_000_000)
+    with pytest.raises(TooMuchWork):
+        explained(policy, ["boss"], f"role:{role}", "assign", meter)
+    assert meter.spent <= 1_000_000 + 4 * len(policy.p_lines) + 2 * len(policy.g_lines)
+
+
+def test_cli_explain_refuses_crafted_roles(tmp_path, capsys, monkeypatch):
+    import gateway.cli_policy_tools as tools
+
+    monkeypatch.setattr(tools, "MAX_CLI_EXPLAIN_WORK", 1_000_000)
+    for shape, role in ((handing_out_chain, "r0000"), (deep_assigner, "handout")):
+        directory = shape(tmp_path / role)
+        assert main(["policy", "explain", "--account", "acme", "--resource",
+                     f"role:{role}", "--action", "assign", "--policies", str(directory),
+                     "--role", "boss"]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and "more than 1000000 steps" in err and "Traceback" not in err
+
+
+def test_a_deep_caller_is_walked_once_for_every_role_it_may_assign(tmp_path):
+    # the walk through its 2,000 roles (2,000,000 steps) is made by the explanation,
+    # by the question of edit on api-keys and once by the judgement, not once more
+    # for each of the 100 roles boss's assign line allows
+    policy = Policy.load(MODEL, deep_assigner(tmp_path / "p"))
+    meter = WorkMeter(20_000_000)
+    _, verdict = explained(policy, ["boss"], "role:handout", "assign", meter)
+    assert verdict.allowed and verdict.how == "holds-permissions"
+    assert meter.spent < 10_000_000, meter.spent
+
+
 # -- the judgement from indexed lines is Casbin's --------------------------------------
 # the explain tests' rich lines, and patterns that overlap a deny partly
 RICH = EXPLAIN_RICH + """\
