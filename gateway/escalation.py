@@ -69,10 +69,11 @@ from .policy.delegation import (
     ROLE_RESOURCE_PREFIX,
     AssignVerdict,
     CallerJudge,
+    escaped_denies,
     judge_assign,
     role_resource,
 )
-from .policy.files import Policy, patterns_overlap
+from .policy.files import Policy
 from .policy.reading import WorkMeter
 
 __all__ = ["ASSIGN", "ROLE_RESOURCE_PREFIX", "Delegation", "EscalationRefused", "role_resource"]
@@ -251,17 +252,8 @@ class Delegation:
         only where a deny line it escapes overlaps an allow line it keeps. (Dropping a
         role whose denies only narrow its own allows, or whatever the key keeps does not
         reach, gains nothing and stays allowed.)"""
-        policy = self.authorizer.policy
-        kept_denies = set(policy.lines_of(new_roles, caller.account, "deny"))
-        allows = policy.lines_of(new_roles, caller.account, "allow")
-        escaped = [
-            deny for deny in policy.lines_of(held, caller.account, "deny")
-            if deny not in kept_denies and any(
-                patterns_overlap(allow.values[2], deny.values[2])
-                and patterns_overlap(allow.values[3], deny.values[3])
-                for allow in allows
-            )
-        ]
+        escaped = escaped_denies(self.authorizer.policy, held, new_roles, caller.account,
+                                 self.meter)
         if escaped:
             where = ", ".join(f"{line.file}:{line.line}" for line in escaped[:3])
             raise EscalationRefused(

@@ -39,8 +39,15 @@ from .explain import (
     matching_lines,
     parents_of,
 )
-from .files import Policy, pattern_matches, patterns_overlap
-from .reading import CallerReading, Decide, WorkMeter, decider, unmetered
+from .files import Policy, PolicyLine, pattern_matches, patterns_overlap
+from .reading import (
+    CallerReading,
+    Decide,
+    LineOverlaps,
+    WorkMeter,
+    decider,
+    unmetered,
+)
 
 ASSIGN = "assign"
 ROLE_RESOURCE_PREFIX = "role:"
@@ -195,12 +202,9 @@ class CallerJudge:
         held = []
         for line in granted_lines:
             _, _, granted, action, _ = line.values
-            meter.spend(len(self.caller.denies))
-            touched = any(
-                patterns_overlap(granted, deny.values[2])
-                and patterns_overlap(action, deny.values[3])
-                for deny in self.caller.denies
-            )
+            # a deny line of the caller overlapping it (the caller's deny lines indexed
+            # by their patterns: a look-up, not a pass over them all for each line)
+            touched = self.caller.denies_touch(granted, action)
             matched = MatchedLine(line, role_paths.get(line.values[0], (line.values[0],)))
             if touched or not self.decide(caller_roles, account, granted, action):
                 return AssignVerdict(
@@ -248,6 +252,29 @@ class CallerJudge:
             and any(pattern_matches(role_resource(other), p) for p in allowed)
             and not any(pattern_matches(role_resource(other), p) for p in denied)
         )
+
+
+def escaped_denies(
+    policy: Policy, held: Sequence[str], new_roles: Sequence[str], account: str,
+    meter: WorkMeter | None = None,
+) -> list[PolicyLine]:
+    """The deny lines of ``held`` in ``account`` that a key changing its roles to
+    ``new_roles`` would escape over something those roles allow: each deny line the
+    new roles do not keep whose patterns overlap an allow line of theirs (in file
+    order). A key's permissions are its allow lines less its deny lines, so it gains
+    only there. The allow lines are indexed by their patterns: each deny line is a
+    look-up, not a pass over them all."""
+    meter = unmetered() if meter is None else meter
+    kept_denies = set(policy.lines_of(new_roles, account, "deny"))
+    allows = policy.lines_of(new_roles, account, "allow")
+    denies = policy.lines_of(held, account, "deny")
+    meter.spend(len(kept_denies) + len(allows) + len(denies))
+    overlaps = LineOverlaps(allows)
+    return [
+        deny for deny in denies
+        if deny not in kept_denies
+        and overlaps.touching(deny.values[2], deny.values[3], meter) is not None
+    ]
 
 
 def _solve(
