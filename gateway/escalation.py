@@ -101,7 +101,10 @@ class Delegation:
         self.meter = WorkMeter()
         self._verdicts: LRU[tuple[str, str, tuple[str, ...], str, str], str] = LRU(cache_size)
         # per caller roles and account, the assign verdicts the rule reached on the way
-        # (a role judged with the roles it hands out): asked once for all questions
+        # (a role judged with the roles it hands out): asked once for all questions.
+        # Kept apart from the readings below, under the same key, because they are
+        # kept for more callers: a reading is as large as the caller's lines (1.3 MB
+        # for 2,000), so few are kept, while a verdict kept answers without one
         self._solved: LRU[tuple[str, tuple[str, ...], str], dict[str, AssignVerdict]] = LRU(
             SOLVED_KEPT)
         # per caller roles and account, their lines read once for all the roles asked
@@ -148,6 +151,10 @@ class Delegation:
         if solved is None:
             solved = {}
             self._solved.put(key, solved)
+        if by_assign_line and role in solved:
+            # reached before (asked, or handed out by a role asked about): no need of
+            # the caller's lines, which may have left their smaller cache since
+            return solved[role].reason
         judge = self._judges.get(key)
         if judge is None:
             judge = CallerJudge(policy, caller_roles, account, None, self.meter)

@@ -172,6 +172,22 @@ async def test_a_key_dropping_its_many_deny_lines_is_checked_in_linear_work(api)
     assert work <= api.bound(), (work, api.bound())
 
 
+async def test_a_verdict_reached_before_needs_no_reading_of_the_callers_lines(api):
+    # owner and big (2,001 lines) asked about user-admin-restricted: the roles it hands
+    # out (orders-reader, orders-writer, catalog-reader) are judged on the way and
+    # kept; after the lines of 16 other callers have been read, as many readings as are
+    # kept, asking about orders-writer is answered from what was kept, without reading
+    # owner's and big's lines again
+    delegation = api.gateway.delegation
+    caller = ["big", "owner"]
+    assert delegation.why_not(caller, "acme", "user-admin-restricted") is None
+    for n in range(16):
+        assert delegation.why_not([f"small{n}"], "acme", "big") is not None
+    steps = delegation.steps_spent
+    assert delegation.why_not(caller, "acme", "orders-writer") is None
+    assert delegation.steps_spent == steps
+
+
 @pytest.mark.parametrize("caller, role, status", [
     (["owner"], "big", 201), (["owner"], "big-secret", 201), (["wide"], "big", 201),
     (["wide"], "big-secret", 403), (["user-admin-restricted"], "big", 403),
