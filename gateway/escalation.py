@@ -69,10 +69,11 @@ from .policy.delegation import (
     ROLE_RESOURCE_PREFIX,
     AssignVerdict,
     CallerJudge,
+    escaped_denies,
     judge_assign,
     role_resource,
 )
-from .policy.files import Policy, patterns_overlap
+from .policy.files import Policy
 from .policy.reading import WorkMeter
 
 __all__ = ["ASSIGN", "ROLE_RESOURCE_PREFIX", "Delegation", "EscalationRefused", "role_resource"]
@@ -100,7 +101,10 @@ class Delegation:
         self.meter = WorkMeter()
         self._verdicts: LRU[tuple[str, str, tuple[str, ...], str, str], str] = LRU(cache_size)
         # per caller roles and account, the assign verdicts the rule reached on the way
-        # (a role judged with the roles it hands out): asked once for all questions
+        # (a role judged with the roles it hands out): asked once for all questions.
+        # Kept apart from the readings below, under the same key, because they are
+        # kept for more callers: a reading is as large as the caller's lines (1.3 MB
+        # for 2,000), so few are kept, while a verdict kept answers without one
         self._solved: LRU[tuple[str, tuple[str, ...], str], dict[str, AssignVerdict]] = LRU(
             SOLVED_KEPT)
         # per caller roles and account, their lines read once for all the roles asked
@@ -147,6 +151,10 @@ class Delegation:
         if solved is None:
             solved = {}
             self._solved.put(key, solved)
+        if by_assign_line and role in solved:
+            # reached before (asked, or handed out by a role asked about): no need of
+            # the caller's lines, which may have left their smaller cache since
+            return solved[role].reason
         judge = self._judges.get(key)
         if judge is None:
             judge = CallerJudge(policy, caller_roles, account, None, self.meter)
@@ -251,17 +259,8 @@ class Delegation:
         only where a deny line it escapes overlaps an allow line it keeps. (Dropping a
         role whose denies only narrow its own allows, or whatever the key keeps does not
         reach, gains nothing and stays allowed.)"""
-        policy = self.authorizer.policy
-        kept_denies = set(policy.lines_of(new_roles, caller.account, "deny"))
-        allows = policy.lines_of(new_roles, caller.account, "allow")
-        escaped = [
-            deny for deny in policy.lines_of(held, caller.account, "deny")
-            if deny not in kept_denies and any(
-                patterns_overlap(allow.values[2], deny.values[2])
-                and patterns_overlap(allow.values[3], deny.values[3])
-                for allow in allows
-            )
-        ]
+        escaped = escaped_denies(self.authorizer.policy, held, new_roles, caller.account,
+                                 self.meter)
         if escaped:
             where = ", ".join(f"{line.file}:{line.line}" for line in escaped[:3])
             raise EscalationRefused(

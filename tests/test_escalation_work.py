@@ -37,12 +37,15 @@ WORK_PER_LINE = 60
 def large_policy_text(lines: int) -> str:
     """Role big grants ``lines`` permissions; big-secret inherits them and adds one
     (vault, read, its line ``lines + 2``); wide holds every res* permission and manages
-    keys, but not the vault; roles small0… grant one of big's permissions each."""
+    keys, but not the vault; roles small0… grant one of big's permissions each; denier
+    denies ``lines`` permissions no other role grants."""
     text = [f"p, big, *, res{n}, act{n % 7}, allow\n" for n in range(lines)]
     text += ["g, big-secret, big\n", "p, big-secret, *, vault, read, allow\n",
              "p, wide, *, res*, *, allow\n", "p, wide, *, api-keys, *, allow\n"]
     # many small roles: the roles a key may assign are judged one by one
     text += [f"p, small{n}, *, res{n}, act{n % 7}, allow\n" for n in range(lines // 4)]
+    # denier takes away as many permissions big does not grant
+    text += [f"p, denier, *, other{n}, act{n % 7}, deny\n" for n in range(lines)]
     return "".join(text)
 
 
@@ -152,6 +155,37 @@ async def test_changing_a_keys_roles_to_a_large_role_takes_linear_work(api):
     assert work <= api.bound(), (work, api.bound())
     record = await api.gateway.store.get_key("acme", target.app_key)
     assert record is not None and record.roles == ("orders-reader", "big")
+
+
+async def test_a_key_dropping_its_many_deny_lines_is_checked_in_linear_work(api):
+    # a key may drop its own role whose deny lines reach nothing the roles it keeps
+    # allow: each of denier's 2,000 deny lines was compared with each of big's 2,000
+    # allow lines (4,000,000 comparisons, and uncounted); each is now a look-up in an
+    # index of the allow lines, counted with the rest of the judgement
+    key = await api.key(["big", "user-admin-restricted", "denier"])
+    steps = api.gateway.delegation.steps_spent
+    response, work = await api.counted("PATCH", f"{KEYS}/{key.app_key}",
+                                       {"roles": ["big", "user-admin-restricted"]}, key)
+    assert response.status == 200, await response.text()
+    # the lines the check reads are counted, and the whole request is linear
+    assert api.gateway.delegation.steps_spent - steps >= 2 * LINES
+    assert work <= api.bound(), (work, api.bound())
+
+
+async def test_a_verdict_reached_before_needs_no_reading_of_the_callers_lines(api):
+    # owner and big (2,001 lines) asked about user-admin-restricted: the roles it hands
+    # out (orders-reader, orders-writer, catalog-reader) are judged on the way and
+    # kept; after the lines of 16 other callers have been read, as many readings as are
+    # kept, asking about orders-writer is answered from what was kept, without reading
+    # owner's and big's lines again
+    delegation = api.gateway.delegation
+    caller = ["big", "owner"]
+    assert delegation.why_not(caller, "acme", "user-admin-restricted") is None
+    for n in range(16):
+        assert delegation.why_not([f"small{n}"], "acme", "big") is not None
+    steps = delegation.steps_spent
+    assert delegation.why_not(caller, "acme", "orders-writer") is None
+    assert delegation.steps_spent == steps
 
 
 @pytest.mark.parametrize("caller, role, status", [

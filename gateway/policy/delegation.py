@@ -39,8 +39,15 @@ from .explain import (
     matching_lines,
     parents_of,
 )
-from .files import Policy, pattern_matches, patterns_overlap
-from .reading import CallerReading, Decide, WorkMeter, decider, unmetered
+from .files import Policy, PolicyLine, pattern_matches, patterns_overlap
+from .reading import (
+    CallerReading,
+    Decide,
+    LineOverlaps,
+    WorkMeter,
+    decider,
+    unmetered,
+)
 
 ASSIGN = "assign"
 ROLE_RESOURCE_PREFIX = "role:"
@@ -128,7 +135,8 @@ def judge_assign(
     verdict = judge.base(role, by_assign_line)
     if verdict.allowed and verdict.how == "holds-permissions":
         handed = judge.handed_out(role)
-        _solve(handed, solved, lambda name: judge.base(name, True), judge.handed_out)
+        _solve(handed, solved, lambda name: judge.base(name, True), judge.handed_out,
+               judge.meter)
         for other in handed:
             if not solved[other].allowed:
                 verdict = _hands_out_refused(other, solved[other])
@@ -158,6 +166,16 @@ class CallerJudge:
             if line.values[2].startswith(ROLE_RESOURCE_PREFIX)
             and pattern_matches(ASSIGN, line.values[3])
         ]
+        # how the caller's roles reach each role they inherit: walked once, when first
+        # needed (an assign line's chain), not once per role judged
+        self._caller_paths: dict[str, tuple[str, ...]] | None = None
+
+    def caller_paths(self) -> dict[str, tuple[str, ...]]:
+        """Every role the caller's roles reach, with the chain to it (counted)."""
+        if self._caller_paths is None:
+            self._caller_paths = inheritance_paths(self.parents, self.caller_roles,
+                                                   self.meter)
+        return self._caller_paths
 
     def base(self, role: str, by_assign_line: bool) -> AssignVerdict:
         """The rule on ``role`` alone: a deny line, an assign line, or the permissions
@@ -170,7 +188,7 @@ class CallerJudge:
             meter.spend(len(policy.p_lines))
             deny_lines = tuple(
                 m for m in matching_lines(policy, caller_roles, account, resource, ASSIGN,
-                                          self.parents)
+                                          self.parents, meter)
                 if m.effect == "deny"
             )
             return AssignVerdict(False, "denied", "a policy line denies it", deny_lines)
@@ -178,18 +196,15 @@ class CallerJudge:
             line = self.assign_line(resource)
             if line is not None:
                 return AssignVerdict(True, "assign-line", None, (line,))
-        role_paths = inheritance_paths(self.parents, [role])
+        role_paths = inheritance_paths(self.parents, [role], meter)
         granted_lines = policy.lines_of([role], account, "allow")
-        meter.spend(len(role_paths) + len(granted_lines))
+        meter.spend(len(granted_lines))
         held = []
         for line in granted_lines:
             _, _, granted, action, _ = line.values
-            meter.spend(len(self.caller.denies))
-            touched = any(
-                patterns_overlap(granted, deny.values[2])
-                and patterns_overlap(action, deny.values[3])
-                for deny in self.caller.denies
-            )
+            # a deny line of the caller overlapping it (the caller's deny lines indexed
+            # by their patterns: a look-up, not a pass over them all for each line)
+            touched = self.caller.denies_touch(granted, action)
             matched = MatchedLine(line, role_paths.get(line.values[0], (line.values[0],)))
             if touched or not self.decide(caller_roles, account, granted, action):
                 return AssignVerdict(
@@ -209,8 +224,7 @@ class CallerJudge:
         self.meter.spend(len(self.assign_lines))
         for line in self.assign_lines:
             if pattern_matches(resource, line.values[2]):
-                paths = inheritance_paths(self.parents, self.caller_roles)
-                return MatchedLine(line, paths[line.values[0]])
+                return MatchedLine(line, self.caller_paths()[line.values[0]])
         return None
 
     def handed_out(self, role: str) -> list[str]:
@@ -240,17 +254,43 @@ class CallerJudge:
         )
 
 
+def escaped_denies(
+    policy: Policy, held: Sequence[str], new_roles: Sequence[str], account: str,
+    meter: WorkMeter | None = None,
+) -> list[PolicyLine]:
+    """The deny lines of ``held`` in ``account`` that a key changing its roles to
+    ``new_roles`` would escape over something those roles allow: each deny line the
+    new roles do not keep whose patterns overlap an allow line of theirs (in file
+    order). A key's permissions are its allow lines less its deny lines, so it gains
+    only there. The allow lines are indexed by their patterns: each deny line is a
+    look-up, not a pass over them all."""
+    meter = unmetered() if meter is None else meter
+    kept_denies = set(policy.lines_of(new_roles, account, "deny"))
+    allows = policy.lines_of(new_roles, account, "allow")
+    denies = policy.lines_of(held, account, "deny")
+    meter.spend(len(kept_denies) + len(allows) + len(denies))
+    overlaps = LineOverlaps(allows)
+    return [
+        deny for deny in denies
+        if deny not in kept_denies
+        and overlaps.touching(deny.values[2], deny.values[3], meter) is not None
+    ]
+
+
 def _solve(
     start: Sequence[str],
     solved: dict[str, AssignVerdict],
     base: Callable[[str], AssignVerdict],
     handed_out: Callable[[str], list[str]],
+    meter: WorkMeter,
 ) -> None:
     """Put in ``solved`` the verdict on every role reachable from ``start`` through the
     roles each hands out: the largest set of roles whose own rule allows them and whose
     every handed-out role is in the set (roles handing out each other, ``owner`` and
     ``user-admin-restricted`` say, are judged together, never one on the assumption of
-    the other). Each role's own rule is asked once."""
+    the other). Each role's own rule is asked once. ``meter`` counts the passes over
+    the roles until none changes (a chain of roles each handing out the next, the last
+    refused, takes a pass per role: quadratic) and the chain of refusals after them."""
     nodes: list[str] = []
     bases: dict[str, AssignVerdict] = {}
     edges: dict[str, list[str]] = {}
@@ -275,8 +315,10 @@ def _solve(
     changed = True
     while changed:
         changed = False
+        meter.spend(len(nodes))
         for name in nodes:
             if name in fine:
+                meter.spend(len(edges[name]))
                 bad = next((other for other in edges[name] if not allowed(other)), None)
                 if bad is not None:
                     fine.discard(name)
@@ -289,6 +331,7 @@ def _solve(
             solved[name] = bases[name]
     pending = [name for name in nodes if name in culprit]
     while pending:
+        meter.spend(len(pending))
         rest = []
         for name in pending:
             other = culprit[name]

@@ -136,21 +136,28 @@ def parents_of(policy: Policy) -> dict[str, tuple[str, ...]]:
 
 
 def inheritance_paths(
-    parents: Mapping[str, Sequence[str]], held: Iterable[str]
+    parents: Mapping[str, Sequence[str]], held: Iterable[str], meter: WorkMeter | None = None
 ) -> dict[str, tuple[str, ...]]:
     """Every role the held roles reach, with the shortest chain from a held role to it.
 
     Breadth-first from all held roles at once, so a role reached directly is never
     reported through a longer chain; the policy loader refuses cycles, and the ``seen``
-    set would stop one anyway."""
+    set would stop one anyway. ``meter`` counts the work: each role reached and each of
+    its parents looked at, and each chain by its length (a chain of a thousand roles,
+    each inheriting the next, makes chains of half a million names in all)."""
     paths: dict[str, tuple[str, ...]] = {}
     frontier = [(role, (role,)) for role in sorted(set(held))]
+    if meter is not None:
+        meter.spend(len(frontier))
     for role, path in frontier:
         paths.setdefault(role, path)
     while frontier:
         following = []
         for role, path in frontier:
-            for parent in parents.get(role, ()):
+            found = parents.get(role, ())
+            if meter is not None:
+                meter.spend(1 + len(found) * (len(path) + 1))
+            for parent in found:
                 if parent not in paths:
                     paths[parent] = (*path, parent)
                     following.append((parent, paths[parent]))
@@ -175,9 +182,15 @@ def matching_lines(
     resource: str,
     action: str,
     parents: Mapping[str, Sequence[str]] | None = None,
+    meter: WorkMeter | None = None,
 ) -> list[MatchedLine]:
-    """Every ``p`` line the roles reach that matches the question, in file order."""
-    paths = inheritance_paths(parents_of(policy) if parents is None else parents, roles)
+    """Every ``p`` line the roles reach that matches the question, in file order
+    (``meter``: counts the walk up the roles' inheritance, :func:`inheritance_paths`)."""
+    if parents is None:
+        if meter is not None:
+            meter.spend(len(policy.g_lines))
+        parents = parents_of(policy)
+    paths = inheritance_paths(parents, roles, meter)
     return [
         MatchedLine(line, paths[line.values[0]])
         for line in policy.p_lines
@@ -196,7 +209,8 @@ def explain(
         meter.spend((CASBIN_STEPS_PER_LINE + 1) * max(len(policy.p_lines), 1))
     held = tuple(dict.fromkeys(roles))
     allowed = policy.decide(held, account, resource, action)
-    matched = tuple(matching_lines(policy, held, account, resource, action)) if held else ()
+    matched = (tuple(matching_lines(policy, held, account, resource, action, meter=meter))
+               if held else ())
     denies = tuple(m for m in matched if m.effect == "deny")
     allows = tuple(m for m in matched if m.effect == "allow")
     read_allowed = bool(held) and bool(allows) and not denies

@@ -13,13 +13,17 @@ with another model, :func:`decider` asks Casbin and counts each question as a sc
 
 :class:`WorkMeter` counts the steps (lines read, look-ups, pattern comparisons) that an
 explanation takes, and stops it with :class:`TooMuchWork` past its limit: what remains
-quadratic in the worst case (a caller's deny lines against the lines of the role it
-assigns, roles that inherit the same long role) is refused, not computed.
+quadratic in the worst case (roles handing out each other in a long chain, long chains
+of inheritance, a role's lines against many deny lines of the caller that overlap them
+in resource but not in action) is refused, not computed. A caller's deny lines are
+indexed by their patterns too (:class:`LineOverlaps`), so that asking whether any of
+them touches a line of the role being assigned looks up the few that overlap it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .files import ModelDefinition, Policy, PolicyLine
 
@@ -62,8 +66,9 @@ class WorkMeter:
         if self.limit is not None and self.spent > self.limit:
             raise TooMuchWork(
                 f"explaining this would take more than {self.limit} steps over this "
-                "policy (the role's lines times the caller's deny lines, or many roles "
-                "inheriting the same long role); ask about fewer roles, or split the role"
+                "policy (roles handing out each other in a long chain, long chains of "
+                "inheritance, or a role's lines against many overlapping deny lines); "
+                "ask about fewer roles, or split the role"
             )
 
 
@@ -107,6 +112,83 @@ class PatternIndex:
         return found
 
 
+class OverlapIndex:
+    """Casbin ``keyMatch`` patterns, each with values: which patterns *overlap* a given
+    one (some name matches both, :func:`~.files.patterns_overlap`).
+
+    A literal overlaps itself and the prefixes it starts with (a look-up per distinct
+    prefix length, as :class:`PatternIndex`); a prefix overlaps the shorter prefixes it
+    starts with (the same look-ups), and every literal and prefix starting with it: a
+    range of the sorted texts, found by bisection. Each value found costs a step."""
+
+    def __init__(self) -> None:
+        self.literal: dict[str, list[object]] = {}
+        self.prefixed: dict[str, list[object]] = {}
+        self.lengths: list[int] = []
+        self._texts: list[str] | None = None  # literal and prefix texts, sorted
+
+    def add(self, pattern: str, value: object) -> None:
+        star = pattern.find("*")
+        if star < 0:
+            self.literal.setdefault(pattern, []).append(value)
+        else:
+            self.prefixed.setdefault(pattern[:star], []).append(value)
+        self._texts = None
+
+    def overlapping(self, pattern: str, meter: WorkMeter) -> Iterator[object]:
+        if self._texts is None:
+            self._texts = sorted(self.literal.keys() | self.prefixed.keys())
+            self.lengths = sorted({len(text) for text in self.prefixed})
+            meter.spend(len(self._texts))
+        star = pattern.find("*")
+        text = pattern if star < 0 else pattern[:star]
+        meter.spend(1 + len(self.lengths))
+        if star < 0:
+            yield from self.literal.get(text, ())
+        for length in self.lengths:
+            if length > len(text) or (star >= 0 and length == len(text)):
+                break
+            yield from self.prefixed.get(text[:length], ())
+        if star < 0:
+            return
+        texts = self._texts
+        at = bisect_left(texts, text)
+        while at < len(texts) and texts[at].startswith(text):
+            meter.spend(1)
+            yield from self.literal.get(texts[at], ())
+            yield from self.prefixed.get(texts[at], ())
+            at += 1
+
+
+class LineOverlaps:
+    """Lines by their resource, then action patterns: whether some line's patterns
+    overlap both of a pair (:meth:`touch`), in steps near the lines that overlap in
+    resource, not all the lines."""
+
+    def __init__(self, lines: Iterable[PolicyLine]):
+        self.outer = OverlapIndex()
+        by_resource: dict[str, OverlapIndex] = {}
+        for line in lines:
+            resource, action = line.values[2], line.values[3]
+            star = resource.find("*")
+            meaning = resource if star < 0 else resource[:star + 1]  # what follows "*"
+            inner = by_resource.get(meaning)                          # is ignored
+            if inner is None:
+                inner = by_resource[meaning] = OverlapIndex()
+                self.outer.add(meaning, inner)
+            inner.add(action, line)
+
+    def touching(self, resource: str, action: str, meter: WorkMeter) -> PolicyLine | None:
+        """A line whose resource and action patterns overlap ``resource`` and
+        ``action``, or None."""
+        for inner in self.outer.overlapping(resource, meter):
+            assert isinstance(inner, OverlapIndex)
+            for line in inner.overlapping(action, meter):
+                assert isinstance(line, PolicyLine)
+                return line
+        return None
+
+
 def _indexed(lines: Iterable[PolicyLine]) -> PatternIndex:
     """Resource pattern → (action pattern → lines)."""
     by_resource: dict[str, PatternIndex] = {}
@@ -133,6 +215,7 @@ class CallerReading:
         meter.spend(len(self.allows) + len(self.denies))
         self._allow_index = _indexed(self.allows)
         self._deny_index = _indexed(self.denies)
+        self._deny_overlaps: LineOverlaps | None = None
 
     def _matched(self, index: PatternIndex, resource: str, action: str) -> bool:
         for inner in index.matching(resource, self.meter):
@@ -143,6 +226,15 @@ class CallerReading:
     def denied(self, resource: str, action: str) -> bool:
         """Whether a deny line of these roles matches (whatever allows)."""
         return self._matched(self._deny_index, resource, action)
+
+    def denies_touch(self, resource: str, action: str) -> bool:
+        """Whether a deny line of these roles overlaps the patterns ``resource`` and
+        ``action`` (some name matches both of each: it takes away part of what a line
+        with those patterns grants). Indexed, read when first asked."""
+        if self._deny_overlaps is None:
+            self.meter.spend(len(self.denies))
+            self._deny_overlaps = LineOverlaps(self.denies)
+        return self._deny_overlaps.touching(resource, action, self.meter) is not None
 
     def decide(self, roles: Sequence[str], account: str, resource: str, action: str) -> bool:
         """The model's decision for these roles (those the reading was made for)."""
