@@ -136,9 +136,10 @@ async def million(
     after = (await client.info("memory"))["used_memory"]
     names = store.names
     parts = {what: await client.memory_usage(names.account(ACCOUNT, what), samples=0) or 0
-             for what in ("keys", "tok", "used", "label", "status", "audit")}
+             for what in ("keys", "tok", "used", "label", "status", "audit",
+                          "label:zones", "label:zone-dates")}
     for role in ("owner", *ROLES):
-        parts[f"roles:{role}"] = await client.memory_usage(
+        parts[f"holders:{role}"] = await client.memory_usage(
             names.role_holders(ACCOUNT, role), samples=0) or 0
     sample = [key_name(i) for i in range(0, count, max(1, count // 1000))]
     hashes = [await client.memory_usage(names.key(k), samples=0) or 0 for k in sample]

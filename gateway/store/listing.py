@@ -2,14 +2,24 @@
 the accounts keygate knows.
 
 A page is served from the account's listing indexes, which the scripts that change a
-key keep up to date in the same step (scripts/key_rules.lua): sorted sets of the keys by
-status then creation date (``keys``: scripts/creation_index.lua), token date (``tok``),
-last use (``used``), folded label then
-key (``label``, all at score 0, so in byte order) and status (``status``: 0 active, 1
-inactive, each part in key order, which also gives the key order), and a set per role
-(``roles:{role}``) beside the set of the role names in use (``roles``). One read-only
-script (scripts/list_keys.lua) picks the page: no temporary key, one round trip, then
-the page's keys read whole.
+key keep up to date in the same step (scripts/key_rules.lua):
+
+* ``keys`` (creation date) and ``tok`` (token date): sorted sets in status runs
+  (scripts/status_runs.lua: an inactive key at its date plus INACTIVE_AT), so a status
+  filter is a range of ranks and either order is the merge of two runs;
+* ``holders:{role}``: the keys holding each role, scored as ``tok``, beside the set of
+  the role names in use (``roles``), so that a count by any status, role and token date
+  range is one ZCOUNT per run, whatever the number of keys;
+* ``used`` (last use), ``label`` (folded label then key, all at score 0, so in byte
+  order) and ``status`` (0 active, 1 inactive, each part in key order, which also gives
+  the key order);
+* ``label:zones`` and ``label:zone-dates``: the label index cut into zones of 512 to
+  1,024 members, each with its keys' token dates (least, greatest, and the periods of
+  about 19 hours they fall in, per status), so that a walk in label order with a status
+  or renewal filter skips the zones that cannot match.
+
+One read-only script (scripts/list_keys.lua) picks the page: no temporary key, one round
+trip, then the page's keys read whole.
 
 ``q`` keeps its meaning — a case-folded substring of the label or of the key. In an
 account with many keys this process finds its matches in its own copy of the label
@@ -20,10 +30,10 @@ that answered substrings in sublinear time (trigrams) would cost some forty set 
 per key (a 20-character label and a 20-character key), several kilobytes: far past the
 memory a key may cost (see the README's Performance section).
 
-An account whose keys were written before the indexes existed, or whose creation index
-is an older keygate's (every key at its creation date, whatever its status), is indexed
-on its first listing (:meth:`KeyListing.index_listing`, or ``keygate store migrate`` for
-all).
+An account whose keys were written before the indexes existed, or in an older keygate's
+layout (its creation index not in status runs; role sets without token dates, marked
+complete with ''), is indexed on its first listing (:meth:`KeyListing.index_listing`,
+or ``keygate store migrate`` for all).
 """
 
 from __future__ import annotations
