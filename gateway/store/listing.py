@@ -151,7 +151,7 @@ class KeyListing(StoreCore):
             if found is not None and found.count == 0:
                 return [], 0
             if found is not None and found.keys is not None:
-                args += ["given", *found.keys]
+                args += ["given", "\n".join(found.keys)]  # a key holds no newline
             elif found is not None:
                 args.append(f"total:{found.count}")
         result = await self.scripts.list_keys(keys=keys, args=args)

@@ -8,8 +8,10 @@
 --       none), key name prefix, the roles the caller may act on (JSON list, '' for any),
 --       the caller's own key (listed whatever its roles), '1' when KEYS[7] is given,
 --       then, optionally, q's matches as the caller found them (search.py): 'given'
---       followed by the keys, or 'total:N' (their number alone, when q is the only
---       filter; each key is then matched here as it is walked)
+--       and the keys joined by newlines (one argument: thousands of arguments cost the
+--       client more to send than the script to split), or 'total:N' (their number
+--       alone, when q is the only filter; each key is then matched here as it is
+--       walked)
 -- Not yet in KEYS: the key hashes (ARGV[9] .. appKey) read for q's label match outside
 -- the label index, and the holders of the roles the caller may not act on (named from
 -- KEYS[6] as key_rules.lua's listing_at names them).
@@ -53,11 +55,14 @@ local CHUNK = 1000
 local function num(x) return string.format('%d', x) end
 
 -- q's matches as the caller found them, if it did
-local q_given, q_count, q_total = nil, 0, nil
+local q_given, q_count, q_total, q_keys = nil, 0, nil, {}
 if ARGV[13] == 'given' then
   q_given = {}
-  for i = 14, #ARGV do q_given[ARGV[i]] = true end
-  q_count = #ARGV - 13
+  for k in string.gmatch(ARGV[14] or '', '[^\n]+') do
+    q_given[k] = true
+    q_keys[#q_keys + 1] = k
+  end
+  q_count = #q_keys
 elseif ARGV[13] and string.sub(ARGV[13], 1, 6) == 'total:' then
   q_total = tonumber(string.sub(ARGV[13], 7))
 end
@@ -348,9 +353,7 @@ if dated_filter then
 end
 if q_given then
   sources[#sources + 1] = {name = 'q', size = q_count, members = function()
-    local out = {}
-    for i = 14, #ARGV do out[#out + 1] = ARGV[i] end
-    return out
+    return q_keys
   end}
 elseif q_total then
   sources[#sources + 1] = {name = 'q', size = q_total}  -- its members: the pass below
