@@ -92,12 +92,17 @@ local function zone_record(idx, fence, members, complete)
   zone_put(idx, fence, z, marks)
 end
 
--- the members of the zone from ``fence`` to the next one, up to ``most``
-local function zone_members(idx, fence, most)
+-- where the zone from ``fence`` ends: the next fence, excluded ('+' for the last zone)
+local function zone_end(idx, fence)
   local next_fence = redis.call('ZRANGE', idx.zones, '(' .. fence, '+', 'BYLEX',
                                 'LIMIT', 0, 1)[1]
-  local upto = next_fence and ('(' .. next_fence) or '+'
-  return redis.call('ZRANGE', idx.label, '[' .. fence, upto, 'BYLEX', 'LIMIT', 0, most)
+  return next_fence and ('(' .. next_fence) or '+'
+end
+
+-- the members of the zone from ``fence`` to the next one, up to ``most``
+local function zone_members(idx, fence, most)
+  return redis.call('ZRANGE', idx.label, '[' .. fence, zone_end(idx, fence), 'BYLEX',
+                    'LIMIT', 0, most)
 end
 
 -- Widen the record of the zone the key's label member is in with its token score. A member new to the index may leave its zone holding more than ZONE_SPLIT
@@ -123,9 +128,7 @@ local function zone_keep(idx, member, token_score, added)
   end
   if z then zone_put(idx, fence, z, zone_widen(z, marks, token_score)) end
   if not added then return end
-  local next_fence = redis.call('ZRANGE', idx.zones, '(' .. fence, '+', 'BYLEX',
-                                'LIMIT', 0, 1)[1]
-  local upto = next_fence and ('(' .. next_fence) or '+'
+  local upto = zone_end(idx, fence)
   local size = redis.call('ZLEXCOUNT', idx.label, '[' .. fence, upto)
   -- a zone far larger (made by an older keygate's listing) is cut by index_zones.lua
   if size <= ZONE_SPLIT or size > 2 * ZONE_SPLIT then return end
