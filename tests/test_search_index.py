@@ -165,10 +165,11 @@ async def test_needles_that_no_label_holds_match_nothing(searched, clock):
     assert await brute(searched.store, KeyQuery(q="\n")) == ([], 0)
 
 
-def test_a_needle_across_the_keys_shared_prefix_is_found_as_in_the_members():
+async def test_a_needle_across_the_keys_shared_prefix_is_found_as_in_the_members():
     """The copy keeps the members without the prefix every key shares; a needle is found
     in the members as kept, across the prefix's end, and in the prefix itself (every
-    key), exactly as in the whole members, keys read again since included."""
+    key), exactly as in the whole members, keys read again since included, whether all
+    the copy's keys are searched or only some given keys (``among``)."""
     from gateway.store.search import AccountCopy
 
     labels = ["alpha", "kgk-acme-7q in a label", "beta 7q", "-", "me-7"]
@@ -197,3 +198,63 @@ def test_a_needle_across_the_keys_shared_prefix_is_found_as_in_the_members():
                 assert sorted(found.keys or []) == expected, needle
             else:
                 assert found.keys is None, needle
+        some = [k for i, k in enumerate(members) if i % 3]
+        among = await copy.among(needle.encode(), some)
+        assert among is not None and among.keys == [k for k in some if k in expected], needle
+        assert among.count == len(among.keys)
+    # a key the copy has not seen (made after it, its event not taken in): not judged
+    assert await copy.among(b"a", [keys[0], "kgk-acme-7Q9999"]) is None
+    assert await copy.among(b"a", [keys[0], "kgk-other-1"]) is None
+
+
+def test_the_index_by_key_finds_every_key_when_hashes_meet():
+    """300,000 keys: some of their 32-bit hashes meet (about ten pairs), and each is
+    still found at its own member, and a key not in the copy at none."""
+    from gateway.store.search import AccountCopy, _line_of, key_index
+
+    rng = random.Random(51)
+    rests = sorted({f"{rng.getrandbits(50):013X}" for _ in range(300_000)})
+    copy = AccountCopy.of([f"label {i}\0kgk-acme-{r}" for i, r in enumerate(rests)], "0-0")
+    index = key_index(copy.members)
+    hashes = [entry >> 32 for entry in index]
+    assert len(set(hashes)) < len(hashes)  # the case under test happens
+    for i, rest in enumerate(rests):
+        line = _line_of(index, copy.members, rest.encode())
+        assert line is not None and copy.members[line[0]:line[1]] == (
+            f"label {i}\0{rest}".encode()), rest
+    assert _line_of(index, copy.members, b"NOT-A-KEY") is None
+    assert key_index(AccountCopy.of([], "0-0").members) == key_index(b"\n\n")
+    assert len(key_index(b"\n\n")) == 0
+
+
+async def test_q_with_a_role_held_by_fewer_keys_is_checked_on_its_holders(searched, other,
+                                                                          clock):
+    """q matching more keys than the script is handed, with a role held by fewer: q is
+    checked on the role's holders in the copy (through its index by key), and the pages
+    and totals are brute force's, keys changed by another instance since the copy
+    included; a role held by more than that is left to the script."""
+    store = searched.store
+    store.label_search.max_passed = 12
+    keys = Keys(store, 61)
+    await spread(searched, keys, clock, 200)  # 'rare' held by 3 keys, the others by ~50
+    asked = [KeyQuery(q=needle, role=role, status=status, sort=sort, page=page, per_page=5)
+             for needle in ("a", "e", "kgk-acme-", "-", "9")
+             for role in ("rare", "owner", "ghost")
+             for status in (None, "inactive")
+             for sort in ("creationDate", "label") for page in (1, 2)]
+    for query in asked:
+        await assert_same(store, query)
+    copy = store.label_search.copies[ACCOUNT]
+    assert copy.by_key is not None  # the holders were checked in the copy
+    holders = [k for k in keys.made if "rare" in (await store.get_key(ACCOUNT, k)).roles]
+    assert len(holders) == 3
+    await other.update_key(ACCOUNT, holders[0], label="one, relabelled")
+    await other.update_key(ACCOUNT, holders[1], label="one too", roles=["orders-reader"])
+    made = Keys(other, 63)
+    await made.create("a new one", roles=("rare",))
+    for query in [*asked, KeyQuery(q="one", role="rare"), KeyQuery(q="ONE", role="rare")]:
+        if query.role == "rare":
+            await assert_same(store, query)
+    page, total = await indexed(store, KeyQuery(q="one", role="rare", per_page=10))
+    assert sorted(page) == sorted([holders[0], made.made[0]]) and total == 2
+    used_copy(store, builds=1)

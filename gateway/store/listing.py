@@ -147,7 +147,17 @@ class KeyListing(StoreCore):
             # hand over are left to the script, which matches q in the smallest set
             q_alone = not (query.status or query.role or query.token_created
                            or query.may_act_on)
-            found = await self.label_search.matches(account, query.q.casefold(), q_alone)
+            among = None
+            if query.role:
+                # the role's holders, when fewer than q's matches can be: q checked on
+                # them in this process's copy, not on each holder's hash by the script
+                holders, most = keys[-1], self.label_search.max_passed
+
+                async def among() -> list[str] | None:
+                    found = await self.redis.zrange(holders, 0, most)
+                    return None if len(found) > most else found
+            found = await self.label_search.matches(account, query.q.casefold(), q_alone,
+                                                    among)
             if found is not None and found.count == 0:
                 return [], 0
             if found is not None and found.keys is not None:
