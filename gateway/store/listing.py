@@ -48,6 +48,7 @@ from .core import StoreCore, unavailable, unavailable_iter
 from .lua import constant
 from .names import LISTED
 from .records import ACTIVE, INACTIVE, KeyRecord, label_fold
+from .search import Candidates
 
 
 @dataclass(frozen=True)
@@ -149,13 +150,13 @@ class KeyListing(StoreCore):
                            or query.may_act_on)
             among = None
             if query.role:
-                # the role's holders, when fewer than q's matches can be: q checked on
-                # them in this process's copy, not on each holder's hash by the script
-                holders, most = keys[-1], self.label_search.max_passed
+                # the role's holders: q may be checked on them in this process's copy
+                holders = keys[-1]
 
-                async def among() -> list[str] | None:
+                async def read(most: int) -> list[str] | None:
                     found = await self.redis.zrange(holders, 0, most)
                     return None if len(found) > most else found
+                among = Candidates(await self.redis.zcard(holders), read)
             found = await self.label_search.matches(account, query.q.casefold(), q_alone,
                                                     among)
             if found is not None and found.count == 0:
