@@ -262,3 +262,23 @@ async def test_q_with_a_role_held_by_fewer_keys_is_checked_on_its_holders(search
     page, total = await indexed(store, KeyQuery(q="one", role="rare", per_page=10))
     assert sorted(page) == sorted([holders[0], made.made[0]]) and total == 2
     used_copy(store, builds=1)
+
+
+async def test_a_label_changed_since_the_copy_read_it_is_sorted_by_its_label_now(searched):
+    """The matches handed to the listing script carry the folded label the copy knows;
+    one that is no longer the key's (changed after the copy took in its events) is read
+    again from the key, so a page in label order is brute force's."""
+    store = searched.store
+    keys = Keys(store, 71)
+    for i in range(1, 7):
+        await keys.create(f"alpha {i}")
+    for i in range(100):  # few matches among many keys: sorted, not walked in label order
+        await keys.create(f"beta {i}")
+    await assert_same(store, KeyQuery(q="alpha", sort="label", per_page=10))
+    copy = store.label_search.copies[ACCOUNT]
+    # what a copy holds for a key relabelled between its last events and the script
+    copy.fresh[keys.made[2]] = f"alpha 9 was\0{keys.made[2]}"
+    copy.fresh[keys.made[4]] = f"alpha 0 was\0{keys.made[4]}"
+    for desc in (False, True):
+        await assert_same(store, KeyQuery(q="alpha", sort="label", descending=desc,
+                                          per_page=10))

@@ -161,8 +161,10 @@ class KeyListing(StoreCore):
                                                     among)
             if found is not None and found.count == 0:
                 return [], 0
-            if found is not None and found.keys is not None:
-                args += ["given", "\n".join(found.keys)]  # a key holds no newline
+            if found is not None and found.members is not None:
+                # their members, the folded label known with each key (no label or key
+                # holds a newline)
+                args += ["given", "\n".join(found.members)]
             elif found is not None:
                 args.append(f"total:{found.count}")
         result = await self.scripts.list_keys(keys=keys, args=args)

@@ -66,6 +66,8 @@ MATCHES_PASSED = 50_000
 # a filter's keys are checked before q's matches are counted when they are fewer than
 # one in this many of the copy's keys (what each costs: see the module notes)
 HOLDERS_BEFORE_COUNT = 100
+# q's matches are first counted in this part of the copy (one in this many bytes)
+SAMPLED_PART = 8
 # events read per round trip while taking in changes
 EVENTS_CHUNK = 1_000
 # the actions that can change an account's label index
@@ -115,10 +117,10 @@ class AccountCopy:
 
     def matches(self, needle: bytes, keep: int, count_all: bool) -> Matches | None:
         """The keys whose member holds ``needle`` (lowered, with no NUL or newline), and
-        how many: their names only up to ``keep`` of them (past it, None), and None
+        how many: their members only up to ``keep`` of them (past it, None), and None
         altogether when more match and ``count_all`` is false."""
         fresh = self.fresh
-        fresh_found = [k for k, member in fresh.items()
+        fresh_found = [member for member in fresh.values()
                        if member is not None and needle in member.encode().lower()]
         lowered_prefix = self.prefix.lower()
         if needle in lowered_prefix:
@@ -126,28 +128,50 @@ class AccountCopy:
         patterns = [needle] + [b"\0" + needle[i:] for i in range(1, len(needle))
                                if lowered_prefix.endswith(needle[:i])]
         # not counted: a count of the patterns' occurrences (in C, a bound on the members
-        # holding them) spares naming up to ``keep`` keys only to drop them
-        if not count_all and sum(map(self.lowered.count, patterns)) + len(fresh_found) > keep:
-            return None
-        found: list[str] = []
+        # holding them) spares naming up to ``keep`` keys only to drop them; counted first
+        # in the copy's first part (a whole count costs as much as the search itself,
+        # ~15 ms at 1,000,000 keys), and in all of it only when that part says too many
+        if not count_all:
+            lowered, part = self.lowered, len(self.lowered) // SAMPLED_PART
+            sampled = sum(lowered.count(pattern, 0, part) for pattern in patterns)
+            if sampled * SAMPLED_PART > keep and (
+                    sum(map(lowered.count, patterns)) + len(fresh_found) > keep):
+                return None
+        found: list[bytes] = []  # lines as kept, made members together at the end
         count = len(fresh_found)
+        members, stale = self.members, self._fresh_rests()
         for start, end in self._holding(patterns):
-            if count < keep or fresh:
-                app_key = self._key(start, end)
-                if app_key not in fresh:
+            if count < keep or stale:
+                line = members[start:end]
+                if not stale or line.partition(b"\0")[2] not in stale:
                     count += 1
                     if len(found) < keep:
-                        found.append(app_key)
+                        found.append(line)
+            elif not count_all:  # more than ``keep``, which the first part did not show
+                return None
             else:  # past ``keep``: only counted
                 count += 1
         if count > keep:
             return Matches(None, count) if count_all else None
-        return Matches(found + fresh_found, count)
+        return Matches(self._members_of(found) + fresh_found, count)
+
+    def _fresh_rests(self) -> set[bytes]:
+        """The keys read again since, as their lines hold them (without the prefix)."""
+        prefix = self.prefix.decode()
+        return {k[len(prefix):].encode() for k in self.fresh if k.startswith(prefix)}
+
+    def _members_of(self, lines: list[bytes]) -> list[str]:
+        """Lines as kept, as members: the prefix put back, each decoded (in C, for all
+        at once: a step per line in Python costs as much as finding it)."""
+        if not lines:
+            return []
+        return (b"\n".join(lines).replace(b"\0", b"\0" + self.prefix)
+                .decode().split("\n"))
 
     async def among(self, needle: bytes, keys: Iterable[str]) -> Matches | None:
-        """Which of ``keys`` hold ``needle`` (as :meth:`matches`), in the order given;
-        None when one of them is not in the copy (made after it and not read again since:
-        the caller then leaves q to the script)."""
+        """Which of ``keys`` hold ``needle`` (as :meth:`matches`, their members), in the
+        order given; None when one of them is not in the copy (made after it and not
+        read again since: the caller then leaves q to the script)."""
         if self.by_key is None:  # one index per copy, however many searches wait for it
             self.by_key = asyncio.ensure_future(asyncio.to_thread(KeyIndex.of, self.members))
         by_key = await asyncio.shield(self.by_key)
@@ -164,7 +188,7 @@ class AccountCopy:
             if app_key in fresh:
                 member = fresh[app_key]
                 if member is not None and needle in member.encode().lower():
-                    found.append(app_key)
+                    found.append(member)
                 continue
             if not app_key.startswith(prefix):
                 return None
@@ -186,7 +210,8 @@ class AccountCopy:
                 crossing and needle in lowered[start:nul + 1] + lowered_prefix
                 + lowered[nul + 1:end])
             if held:
-                found.append(app_key)
+                found.append((members[start:nul + 1] + self.prefix
+                              + members[nul + 1:end]).decode())
         return Matches(found, len(found))
 
     def _holding(self, patterns: list[bytes]) -> Iterator[tuple[int, int]]:
@@ -206,9 +231,6 @@ class AccountCopy:
                     yield start, end
                 at = lowered.find(pattern, end)
 
-    def _key(self, start: int, end: int) -> str:
-        return (self.prefix + self.members[start:end].partition(b"\0")[2]).decode()
-
     def _all_match(self, keep: int, count_all: bool, fresh_found: list[str]) -> Matches | None:
         """Every key of the copy holds the needle (in the prefix): those not read again
         since, and the keys read again that hold it."""
@@ -216,13 +238,13 @@ class AccountCopy:
             count = self.count
             if count > keep:
                 return Matches(None, count) if count_all else None
-        members = self.members
-        keys = [k for k in (self._key(s, e) for s, e in _lines(members))
-                if k not in self.fresh]
-        count = len(keys) + len(fresh_found)
+        members, stale = self.members, self._fresh_rests()
+        found = [line for line in (members[s:e] for s, e in _lines(members))
+                 if line.partition(b"\0")[2] not in stale]
+        count = len(found) + len(fresh_found)
         if count > keep:
             return Matches(None, count) if count_all else None
-        return Matches(keys + fresh_found, count)
+        return Matches(self._members_of(found) + fresh_found, count)
 
 
 @dataclass(frozen=True)
@@ -298,11 +320,17 @@ class Candidates:
 
 @dataclass(frozen=True)
 class Matches:
-    """q's matches in an account: their keys (None: more than were asked for) and how
-    many there are."""
+    """q's matches in an account: their members of the label index ('folded label NUL
+    key'; None: more than were asked for) and how many there are."""
 
-    keys: list[str] | None
+    members: list[str] | None
     count: int
+
+    @property
+    def keys(self) -> list[str] | None:
+        if self.members is None:
+            return None
+        return [member.partition("\0")[2] for member in self.members]
 
 
 class LabelSearch:
@@ -358,7 +386,7 @@ class LabelSearch:
         few = among is not None and among.count <= min(self.max_passed,
                                                        copy.count // self.holders_before_count)
         found = None if few else copy.matches(needle, self.max_passed, count_all)
-        if among is None or (found is not None and found.keys is not None):
+        if among is None or (found is not None and found.members is not None):
             return found
         if among.count > self.max_passed:
             return None

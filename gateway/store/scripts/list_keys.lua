@@ -8,7 +8,8 @@
 --       none), key name prefix, the roles the caller may act on (JSON list, '' for any),
 --       the caller's own key (listed whatever its roles), '1' when KEYS[7] is given,
 --       then, optionally, q's matches as the caller found them (search.py): 'given'
---       and the keys joined by newlines (one argument: thousands of arguments cost the
+--       and their members of the label index ('folded label NUL key', or the key
+--       alone) joined by newlines (one argument: thousands of arguments cost the
 --       client more to send than the script to split), or 'total:N' (their number
 --       alone, when q is the only filter; each key is then matched here as it is
 --       walked)
@@ -58,8 +59,10 @@ local function num(x) return string.format('%d', x) end
 local q_given, q_count, q_total, q_keys = nil, 0, nil, {}
 if ARGV[13] == 'given' then
   q_given = {}
-  for k in string.gmatch(ARGV[14] or '', '[^\n]+') do
-    q_given[k] = true
+  for line in string.gmatch(ARGV[14] or '', '[^\n]+') do
+    local at = string.find(line, '\0', 1, true)
+    local k = at and string.sub(line, at + 1) or line
+    q_given[k] = at and string.sub(line, 1, at - 1) or true
     q_keys[#q_keys + 1] = k
   end
   q_count = #q_keys
@@ -391,7 +394,9 @@ local function read_matches()
     end
   else
     for _, k in ipairs(source.members()) do
-      if passes(k, source.name, nil) then matched[k] = true; list[#list + 1] = k end
+      -- q's matches as given carry their folded label, when the caller knew it
+      if passes(k, source.name, nil) then matched[k] = q_given and q_given[k] or true
+        list[#list + 1] = k end
     end
   end
   total = #list
@@ -445,40 +450,114 @@ local function walked(first, last, from_end)
   return page
 end
 
+-- Sorting the matches: by numbers that Redis reads in C (their scores in the sort's
+-- index, or their ranks in the label index, which Redis keeps in byte order), sorted
+-- by Lua's own comparison of numbers; only keys with equal numbers are ordered by key,
+-- first by a number made of their first bytes past the prefix they all share, then, if
+-- those are equal too, byte by byte. (A Lua comparison function on every pair, and
+-- byte-by-byte comparison of strings that share a long prefix, cost ~100 times more.)
+local function order_by(items, tie, reverse, want)
+  local groups, numbers = {}, {}
+  for _, item in ipairs(items) do
+    local group = groups[item[1]]
+    if group then group[#group + 1] = item[2]
+    else groups[item[1]] = {item[2]}; numbers[#numbers + 1] = item[1] end
+  end
+  table.sort(numbers)
+  local out = {}
+  local first, last, step = 1, #numbers, 1
+  if reverse then first, last, step = #numbers, 1, -1 end
+  for i = first, last, step do
+    local group = groups[numbers[i]]
+    if #group > 1 then group = tie(group) end
+    local from, to, by = 1, #group, 1
+    if reverse then from, to, by = #group, 1, -1 end
+    for j = from, to, by do out[#out + 1] = group[j] end
+    if #out >= want then break end
+  end
+  return out
+end
+
+local shared = nil  -- how many first bytes every match's key shares
+local function by_bytes(keys)
+  if not shared then
+    local first = list[1]
+    shared = #first
+    for _, k in ipairs(list) do
+      while shared > 0 and string.sub(k, 1, shared) ~= string.sub(first, 1, shared) do
+        shared = shared - 1
+      end
+    end
+  end
+  local items = {}
+  for i, k in ipairs(keys) do
+    -- six bytes, 48 bits: exact in a double; a key that ends sooner has zeros (no key
+    -- holds a NUL), as byte order puts it first
+    local a, b, c, d, e, f = string.byte(k, shared + 1, shared + 6)
+    items[i] = {((((((a or 0) * 256 + (b or 0)) * 256 + (c or 0)) * 256 + (d or 0)) * 256
+                 + (e or 0)) * 256 + (f or 0)), k}
+  end
+  return order_by(items, function(group) table.sort(group, before); return group end,
+                  false, #keys)
+end
+
+-- a number per match for the sort, read in chunks (ZMSCORE: one call per thousand)
+local function scores(index, keys)
+  local out = {}
+  for i = 1, #keys, CHUNK do
+    local chunk = {unpack(keys, i, math.min(i + CHUNK - 1, #keys))}
+    local got = redis.call('ZMSCORE', index, unpack(chunk))
+    for j = 1, #chunk do out[i + j - 1] = tonumber(got[j]) end
+  end
+  return out
+end
+
+local function sorted_page(keys, want)
+  if sort == 'appKey' then
+    local all = by_bytes(keys)
+    if desc then
+      local out = {}
+      for i = #all, math.max(#all - want + 1, 1), -1 do out[#out + 1] = all[i] end
+      return out
+    end
+    return all
+  end
+  local items = {}
+  if sort == 'label' then
+    -- a match whose folded label is not known, or not in the label index as known (a
+    -- label changed since the caller read it), is read from its hash
+    for i, k in ipairs(keys) do
+      local folded = matched[k]
+      local rank = type(folded) == 'string'
+                   and redis.call('ZRANK', label_i, folded .. '\0' .. k) or false
+      if not rank then rank = redis.call('ZRANK', label_i, folded_label(k) .. '\0' .. k) end
+      -- not in the label index at all (no key of an indexed account): after the rest
+      items[i] = {rank or math.huge, k}
+    end
+  else
+    local got = scores(sort_index, keys)
+    local by_run = sort == 'creationDate' or sort == 'creationDateToken'
+    for i, k in ipairs(keys) do
+      local score = got[i] or 0
+      items[i] = {by_run and run_date(score) or score, k}
+    end
+  end
+  return order_by(items, by_bytes, desc, want)
+end
+
 -- The page: walk the sort's index from whichever end is nearer, or sort the matches,
 -- whichever costs less. A walk steps over about walked / total keys per match, each
--- step a score read; a sort reads each match's sort key, then compares (keys and labels
--- byte by byte in Lua, dearer than numbers).
+-- step a score read; a sort reads each match's sort number (a label it does not know
+-- from its hash, dearer), then sorts numbers in C.
 local want = math.min(offset + count, total)
 local walk_cost = want * (walked_over - cannot_match(desc)) / total
 local back_cost = (total - offset) * (walked_over - cannot_match(not desc)) / total
-local compare = (sort == 'label' or sort == 'appKey') and 1 or 0.25
-local sort_cost = total * (2 + compare * math.log(total + 1) / math.log(2))
+local sort_cost = total * ((sort == 'label' and source.name == 'dated') and 6 or 2)
 if math.min(walk_cost, back_cost) <= sort_cost then
   return answer(total, walked(offset, want - 1, back_cost < walk_cost))
 end
 list = list or read_matches()
-local keyed = {}
-for i, k in ipairs(list) do
-  local key
-  if sort == 'label' then
-    local folded = matched[k]
-    if folded == true then folded = folded_label(k) end
-    key = folded .. '\0' .. k
-  elseif sort == 'creationDate' or sort == 'creationDateToken' then
-    key = run_date(tonumber(redis.call('ZSCORE', sort_index, k)))
-  elseif sort ~= 'appKey' then
-    key = tonumber(redis.call('ZSCORE', sort_index, k))
-  end
-  keyed[i] = {key, k}
-end
-local function less(x, y)
-  if type(x[1]) == 'number' and x[1] ~= y[1] then return x[1] < y[1] end
-  if type(x[1]) == 'string' then return before(x[1], y[1]) end
-  return before(x[2], y[2])
-end
-if desc then table.sort(keyed, function(x, y) return less(y, x) end)
-else table.sort(keyed, less) end
+local ordered = sorted_page(list, want)
 local out = {}
-for i = offset + 1, want do out[#out + 1] = keyed[i][2] end
+for i = offset + 1, want do out[#out + 1] = ordered[i] end
 return answer(total, out)
