@@ -117,6 +117,13 @@ def page_types(now_ms: int, count: int) -> list[tuple[str, KeyQuery]]:
         ("q 'key 99' (substring)", KeyQuery(q="key 99", per_page=50)),
         ("q 'key 12345' (few)", KeyQuery(q="key 12345", per_page=50)),
         ("q + role owner", KeyQuery(q="key 9", role="owner", per_page=50)),
+        # q matching more keys than the process hands to the script (MATCHES_PASSED)
+        ("q 'key 9' (111,111 matches)", KeyQuery(q="key 9", per_page=50)),
+        ("q 'key 9' + status inactive", KeyQuery(q="key 9", status="inactive", per_page=50)),
+        # a deep page of q's matches: sorted, not walked
+        ("q 'key 99', page 100", KeyQuery(q="key 99", per_page=50, page=100)),
+        ("q 'key 99', page 100 in label order",
+         KeyQuery(q="key 99", sort="label", per_page=50, page=100)),
     ]
     return pages
 

@@ -451,11 +451,13 @@ local function walked(first, last, from_end)
 end
 
 -- Sorting the matches: by numbers that Redis reads in C (their scores in the sort's
--- index, or their ranks in the label index, which Redis keeps in byte order), sorted
--- by Lua's own comparison of numbers; only keys with equal numbers are ordered by key,
--- first by a number made of their first bytes past the prefix they all share, then, if
--- those are equal too, byte by byte. (A Lua comparison function on every pair, and
--- byte-by-byte comparison of strings that share a long prefix, cost ~100 times more.)
+-- index), sorted by Lua's own comparison of numbers; strings (keys, and members of the
+-- label index for the label order) by numbers made of their bytes (in_byte_order), so
+-- that no Lua function runs per pair compared: a comparison function, and byte-by-byte
+-- comparison of strings that share a long prefix ('kgk-acme-'), cost ~100 times more.
+
+-- ``items`` {number, value} in order of number (``reverse``: the other way), the values
+-- of equal numbers ordered by ``tie``; the first ``want`` of them.
 local function order_by(items, tie, reverse, want)
   local groups, numbers = {}, {}
   for _, item in ipairs(items) do
@@ -478,71 +480,75 @@ local function order_by(items, tie, reverse, want)
   return out
 end
 
-local shared = nil  -- how many first bytes every match's key shares
-local function by_bytes(keys)
-  if not shared then
-    local first = list[1]
-    shared = #first
-    for _, k in ipairs(list) do
-      while shared > 0 and string.sub(k, 1, shared) ~= string.sub(first, 1, shared) do
-        shared = shared - 1
-      end
+-- Distinct strings in byte order (as Redis orders members; Lua's '<' on strings follows
+-- the server's collation locale): by the number that the six bytes after the prefix
+-- they all share make (base 257, a byte past a string's end counted as -1, as byte
+-- order puts a string before any longer one it begins: exact in a double), each group
+-- of equal numbers likewise past those six bytes.
+local function in_byte_order(strings, reverse, want)
+  local first, longest = strings[1], 0
+  local shared = #first
+  local head = first  -- first's first ``shared`` bytes
+  for _, text in ipairs(strings) do
+    if #text > longest then longest = #text end
+    while shared > 0 and string.sub(text, 1, shared) ~= head do
+      shared = shared - 1
+      head = string.sub(first, 1, shared)
     end
   end
+  if shared >= longest then return strings end  -- one string (they are distinct)
   local items = {}
-  for i, k in ipairs(keys) do
-    -- six bytes, 48 bits: exact in a double; a key that ends sooner has zeros (no key
-    -- holds a NUL), as byte order puts it first
-    local a, b, c, d, e, f = string.byte(k, shared + 1, shared + 6)
-    items[i] = {((((((a or 0) * 256 + (b or 0)) * 256 + (c or 0)) * 256 + (d or 0)) * 256
-                 + (e or 0)) * 256 + (f or 0)), k}
+  for i, text in ipairs(strings) do
+    local a, b, c, d, e, f = string.byte(text, shared + 1, shared + 6)
+    items[i] = {((((((a or -1) * 257 + (b or -1)) * 257 + (c or -1)) * 257 + (d or -1))
+                  * 257 + (e or -1)) * 257 + (f or -1)), text}
   end
-  return order_by(items, function(group) table.sort(group, before); return group end,
-                  false, #keys)
+  return order_by(items, function(group) return in_byte_order(group, false, #group) end,
+                  reverse, want)
 end
 
 -- a number per match for the sort, read in chunks (ZMSCORE: one call per thousand)
 local function scores(index, keys)
   local out = {}
   for i = 1, #keys, CHUNK do
-    local chunk = {unpack(keys, i, math.min(i + CHUNK - 1, #keys))}
-    local got = redis.call('ZMSCORE', index, unpack(chunk))
-    for j = 1, #chunk do out[i + j - 1] = tonumber(got[j]) end
+    local last = math.min(i + CHUNK - 1, #keys)
+    local got = redis.call('ZMSCORE', index, unpack(keys, i, last))
+    for j = i, last do out[j] = tonumber(got[j - i + 1]) end
   end
   return out
 end
 
+local function by_key_order(group) return in_byte_order(group, false, #group) end
+
 local function sorted_page(keys, want)
-  if sort == 'appKey' then
-    local all = by_bytes(keys)
-    if desc then
-      local out = {}
-      for i = #all, math.max(#all - want + 1, 1), -1 do out[#out + 1] = all[i] end
-      return out
-    end
-    return all
-  end
-  local items = {}
+  if sort == 'appKey' then return in_byte_order(keys, desc, want) end
   if sort == 'label' then
-    -- a match whose folded label is not known, or not in the label index as known (a
-    -- label changed since the caller read it), is read from its hash
+    -- the members of the label index, in its order; a match whose folded label is not
+    -- known, or not in the label index as known (a label changed since the caller read
+    -- it), is read from its hash
+    local members = {}
     for i, k in ipairs(keys) do
       local folded = matched[k]
-      local rank = type(folded) == 'string'
-                   and redis.call('ZRANK', label_i, folded .. '\0' .. k) or false
-      if not rank then rank = redis.call('ZRANK', label_i, folded_label(k) .. '\0' .. k) end
-      -- not in the label index at all (no key of an indexed account): after the rest
-      items[i] = {rank or math.huge, k}
+      members[i] = (type(folded) == 'string' and folded or '') .. '\0' .. k
     end
-  else
-    local got = scores(sort_index, keys)
-    local by_run = sort == 'creationDate' or sort == 'creationDateToken'
+    local listed = scores(label_i, members)
     for i, k in ipairs(keys) do
-      local score = got[i] or 0
-      items[i] = {by_run and run_date(score) or score, k}
+      if not listed[i] then members[i] = folded_label(k) .. '\0' .. k end
     end
+    local out = {}
+    for i, member in ipairs(in_byte_order(members, desc, want)) do
+      out[i] = string.sub(member, string.find(member, '\0', 1, true) + 1)
+    end
+    return out
   end
-  return order_by(items, by_bytes, desc, want)
+  local items = {}
+  local got = scores(sort_index, keys)
+  local by_run = sort == 'creationDate' or sort == 'creationDateToken'
+  for i, k in ipairs(keys) do
+    local score = got[i] or 0
+    items[i] = {by_run and run_date(score) or score, k}
+  end
+  return order_by(items, by_key_order, desc, want)
 end
 
 -- The page: walk the sort's index from whichever end is nearer, or sort the matches,
