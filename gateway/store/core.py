@@ -18,13 +18,12 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
-from redis.commands.core import AsyncScript
 
 from ..errors import StoreUnavailable
 from .connection import CLIENT_FAILURES, is_cluster_client, lost_store
 from .credential_cache import CacheSettings, CredentialCache
 from .invalidation import InvalidationListener
-from .lua import Scripts
+from .lua import Script, Scripts
 from .names import Keyspace
 from .records import Actor, event_header
 from .refusals import refusal
@@ -222,7 +221,7 @@ class StoreCore:
 
     async def change(
         self,
-        script: AsyncScript,
+        script: Script,
         account: str,
         app_key: str,
         action: str,
