@@ -211,8 +211,8 @@ async def running(gateway: Gateway, reuse_port: bool = False) -> AsyncIterator[L
     undo). On the way out, the graceful shutdown of ``gateway.process`` (bounded by
     ``shutdown_timeout``), then batched writes, and the store last."""
     settings = gateway.settings
-    # The store's Lua scripts on every node before a port listens (and a cluster
-    # client's discovery done): a burst of first requests no longer each loads them.
+    # The store's Lua scripts on every node before a port listens: a burst of first
+    # requests meets no NOSCRIPT (each would wait for their load).
     if not await gateway.store.load_scripts():
         log.warning("the store's Lua scripts are not loaded on every master yet; a "
                     "master that lacks them gets them on the first call that needs them")

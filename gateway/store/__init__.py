@@ -212,10 +212,7 @@ class Store(AuthReads, KeyChanges, KeyListing, GrantChanges, Links, AccountSetti
         """Load every Lua script on every node of the store (every master and replica of
         a cluster) before keygate serves; whether every master has them now. A node
         that does not answer is skipped: the first call that meets NOSCRIPT there
-        (or a node restarted, flushed or promoted later) loads them again (``lua.py``).
-        Loading also makes a cluster client discover the cluster now, where a burst of
-        first requests would have each started it (and broken connections under
-        others: 503s)."""
+        (or a node restarted, flushed or promoted later) loads them again (``lua.py``)."""
         return await self.scripts.load()
 
     # -- the invalidation listener -------------------------------------------------------

@@ -7,7 +7,7 @@ runs by its digest (EVALSHA). Every script is loaded (SCRIPT LOAD) on every node
 client knows before keygate serves (``Scripts.load``, from ``gateway.app.running``),
 again when the nodes a cluster client knows change, and again when a node answers
 NOSCRIPT (restarted, SCRIPT FLUSHed, a replica promoted by a failover that never had
-them): one load of every node however many calls met NOSCRIPT at once.
+them): one load on each node however many calls met NOSCRIPT at once.
 """
 
 from __future__ import annotations
