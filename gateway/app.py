@@ -206,11 +206,16 @@ class Listening(NamedTuple):
 @contextlib.asynccontextmanager
 async def running(gateway: Gateway, reuse_port: bool = False) -> AsyncIterator[Listening]:
     """The ports listening behind the process's connection guard; yields their base
-    URLs. Background work starts once every port is bound (a busy port is a
-    configuration error with nothing to undo). On the way out, the graceful shutdown of
-    ``gateway.process`` (bounded by ``shutdown_timeout``), then batched writes, and the
-    store last."""
+    URLs. The store's Lua scripts are loaded on its nodes first. Background work starts
+    once every port is bound (a busy port is a configuration error with nothing to
+    undo). On the way out, the graceful shutdown of ``gateway.process`` (bounded by
+    ``shutdown_timeout``), then batched writes, and the store last."""
     settings = gateway.settings
+    # The store's Lua scripts on every node before a port listens: a burst of first
+    # requests meets no NOSCRIPT (each would wait for their load).
+    if not await gateway.store.load_scripts():
+        log.warning("the store's Lua scripts are not loaded on every master yet; a "
+                    "master that lacks them gets them on the first call that needs them")
     shutdown_timeout = runner_shutdown_timeout(settings.shutdown_timeout)
     server_options: dict[str, Any] = {
         "access_log": None,

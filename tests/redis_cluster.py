@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 from ports import free_port
+from redis.crc import key_slot
 
 MASTERS = 3
 
@@ -62,6 +63,70 @@ def master_of(url: str, slot: int) -> int:
     raise LookupError(f"no master serves slot {slot}")
 
 
+def _node(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    node_dir = workdir / str(port)
+    node_dir.mkdir(parents=True)
+    return subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+         "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+         "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no",
+         "--dir", str(node_dir), "--protected-mode", "yes"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def add_replica(workdir: Path, url: str, master: int) -> tuple[int, subprocess.Popen[bytes]]:
+    """Start one more node and make it a replica of the cluster's ``master`` (an index in
+    the URL's order); its port and process, once it has copied the master's data. The
+    caller stops the process."""
+    ports = [int(node.rsplit(":", 1)[1])
+             for node in url.removeprefix("redis+cluster://").split(",")]
+    port = free_port(with_bus=True)
+    process = _node(workdir, port)
+    deadline = time.monotonic() + 10
+    while not _answers(port, b"PING\r\n", b"+PONG"):
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError("the replica did not start")
+        time.sleep(0.05)
+    with redis.Redis(port=ports[master], decode_responses=True) as admin:
+        master_id = admin.execute_command("CLUSTER", "MYID")
+    subprocess.run(
+        ["redis-cli", "--cluster", "add-node", f"127.0.0.1:{port}", f"127.0.0.1:{ports[0]}",
+         "--cluster-slave", "--cluster-master-id", master_id],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30,
+    )
+    # CLUSTER SLOTS (what clients discover the nodes by) lists a replica once it has
+    # replicated something: a write in the master's slots
+    with redis.Redis(port=ports[master], socket_timeout=2) as admin:
+        slots = [(start, end) for start, end, node, *_ in
+                 admin.execute_command("CLUSTER", "SLOTS") if int(node[1]) == ports[master]]
+        name = next(f"replica-probe-{i}" for i in range(100_000)
+                    if any(a <= key_slot(f"replica-probe-{i}".encode()) <= b for a, b in slots))
+        deadline = time.monotonic() + 20
+        while not any(int(node[1]) == port for row in admin.execute_command("CLUSTER", "SLOTS")
+                      for node in row[2:]):
+            admin.set(name, "x")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not reach its master")
+            time.sleep(0.05)
+    return port, process
+
+
+def fail_over(url: str, replica_port: int) -> None:
+    """Promote the replica (CLUSTER FAILOVER, as an operator would); return once the
+    URL's first node sees it serve its slots."""
+    with redis.Redis(port=replica_port) as replica:
+        replica.execute_command("CLUSTER", "FAILOVER")
+    first = int(url.removeprefix("redis+cluster://").split(",")[0].rsplit(":", 1)[1])
+    deadline = time.monotonic() + 20
+    with redis.Redis(port=first, socket_timeout=2) as client:
+        while not any(int(master[1]) == replica_port
+                      for _, _, master, *_ in client.execute_command("CLUSTER", "SLOTS")):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica was not promoted")
+            time.sleep(0.05)
+
+
 @contextmanager
 def redis_cluster(workdir: Path, keep_processes: bool = False) -> Iterator[Any]:
     """Start the cluster; yield its ``redis+cluster://`` URL (every master listed), or
@@ -70,15 +135,7 @@ def redis_cluster(workdir: Path, keep_processes: bool = False) -> Iterator[Any]:
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for port in ports:
-            node_dir = workdir / str(port)
-            node_dir.mkdir(parents=True)
-            processes.append(subprocess.Popen(
-                ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                 "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no",
-                 "--dir", str(node_dir), "--protected-mode", "yes"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))
+            processes.append(_node(workdir, port))
         deadline = time.monotonic() + 10
         while not all(_answers(p, b"PING\r\n", b"+PONG") for p in ports):
             if time.monotonic() > deadline or any(p.poll() is not None for p in processes):

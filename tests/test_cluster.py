@@ -10,10 +10,11 @@ machine's ``redis-server``), since it kills one of them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,12 @@ import redis_cluster
 from conftest import ProxyTestServer
 from redis.crc import key_slot
 
-from gateway.app import build_gateway
+from gateway.app import build_gateway, running
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.settings import load_settings
-from gateway.store import CLI_ACTOR
+from gateway.store import CLI_ACTOR, KeyQuery
 from gateway.store.connection import parse_cluster_url
+from gateway.store.lua import SCRIPTS, source
 from gateway.store.names import Keyspace, owner_of
 
 
@@ -219,3 +221,156 @@ def test_the_cli_on_an_unreachable_cluster_says_so_in_one_line(cli, env, monkeyp
     ran = cli("keys", "list", "--account", "acme")
     assert ran.code == 2 and "does not answer" in ran.err, ran.err
     assert "hunter2" not in ran.err
+
+
+# -- scripts missing on the nodes ------------------------------------------------------------
+LISTEN = {"proxy_listen": "127.0.0.1:0", "management_listen": "127.0.0.1:0"}
+DIGESTS = [hashlib.sha1(source(name).encode(), usedforsecurity=False).hexdigest()
+           for name in SCRIPTS]
+
+
+async def _script_burst(gateway: Any, calls: int = 300) -> Counter[str]:
+    """``calls`` changes and listings at once, in accounts on every master; how each
+    ended."""
+    outcomes: Counter[str] = Counter()
+
+    async def one(n: int) -> None:
+        account = f"acct{n % 12}"  # slots on every master
+        try:
+            if n % 3:
+                await gateway.lifecycle.create(account, f"k{n}", ["orders-reader"],
+                                               CLI_ACTOR)
+            else:
+                await gateway.store.list_keys(account, KeyQuery())
+            outcomes["ok"] += 1
+        except Exception as exc:  # noqa: BLE001 - what the test looks for
+            outcomes[f"{type(exc).__name__}: {exc}"] += 1
+
+    await asyncio.gather(*(one(n) for n in range(calls)))
+    return outcomes
+
+
+async def _script_loads(admin: aioredis.Redis) -> int:
+    stats = await admin.info("commandstats")
+    return int(stats.get("cmdstat_script|load", {}).get("calls", 0))
+
+
+@pytest.fixture
+async def node_admins(request: pytest.FixtureRequest, where: str) -> AsyncIterator[Any]:
+    """The store URL (one server, or the session's cluster) and a client of each of its
+    nodes."""
+    store_url = request.getfixturevalue("cluster_url" if where == "cluster" else "redis_url")
+    if store_url.startswith("memory://"):
+        pytest.skip("flushes the scripts of a real redis-server")
+    admins = [aioredis.from_url(url, decode_responses=True)
+              for url in redis_cluster.node_urls(store_url)]
+    yield store_url, admins
+    for admin in admins:
+        await admin.aclose()
+
+
+@pytest.mark.parametrize("where", ["one-server", "cluster"])
+async def test_every_node_has_the_scripts_before_keygate_serves(
+    where: str, node_admins: Any, make_settings: Callable[..., Any]
+) -> None:
+    """Nodes without keygate's scripts (here flushed) when keygate starts: it loads
+    them on each before it listens, so a burst of first calls meets no NOSCRIPT. (When
+    each call loaded the script it missed, the first burst on a cluster was a burst of
+    loads on a cluster client still setting up its connections: some answered 503.)"""
+    store_url, admins = node_admins
+    for admin in admins:
+        assert await admin.script_flush()
+    gateway = build_gateway(make_settings(store_url=store_url, **LISTEN))
+    try:
+        async with running(gateway):
+            loaded = [all(await admin.script_exists(*DIGESTS)) for admin in admins]
+            assert all(loaded), loaded
+            outcomes = await _script_burst(gateway)
+    finally:
+        await gateway.close()
+    assert set(outcomes) == {"ok"}, outcomes
+
+
+async def test_a_burst_of_first_calls_waits_for_the_cluster_discovery(
+    cluster_url: str, make_settings: Callable[..., Any]
+) -> None:
+    """The first calls of a store just made, all at once, whatever path made it (the
+    CLI, a test, a process whose start did not reach the store): none is sent before
+    the cluster client knows which master serves which slot. Sent before, it went to
+    any master and met MOVED, and every few MOVED the client closed every connection
+    to discover the cluster again, under the calls still using them: 503s."""
+    admins = [aioredis.from_url(url, decode_responses=True)
+              for url in redis_cluster.node_urls(cluster_url)]
+    gateway = build_gateway(make_settings(store_url=cluster_url))
+    try:
+        before = [await _moved(admin) for admin in admins]
+        outcomes = await _script_burst(gateway)
+        moved = [await _moved(admin) - was for admin, was in zip(admins, before, strict=True)]
+    finally:
+        await gateway.close()
+        for admin in admins:
+            await admin.aclose()
+    assert set(outcomes) == {"ok"}, outcomes
+    assert moved == [0] * len(admins), moved
+
+
+async def _moved(admin: aioredis.Redis) -> int:
+    return int((await admin.info("errorstats")).get("errorstat_MOVED", {}).get("count", 0))
+
+
+@pytest.mark.parametrize("where", ["one-server", "cluster"])
+async def test_scripts_flushed_while_serving_are_loaded_once_per_node(
+    where: str, node_admins: Any, make_settings: Callable[..., Any]
+) -> None:
+    """Every node loses the scripts while keygate serves (a restart, SCRIPT FLUSH, a
+    replica promoted that never had them), then a burst of calls that run them: every
+    call succeeds, and the calls that met NOSCRIPT together caused one load of each
+    node, not one per call (on a cluster, each was a load on every master)."""
+    store_url, admins = node_admins
+    gateway = build_gateway(make_settings(store_url=store_url))
+    try:
+        assert await gateway.store.ping()  # the client set up, as `keygate serve` does
+        for admin in admins:
+            assert await admin.script_flush()
+        before = [await _script_loads(admin) for admin in admins]
+        outcomes = await _script_burst(gateway)
+        loads = [await _script_loads(admin) - was for admin, was in zip(admins, before,
+                                                                         strict=True)]
+        loaded = [all(await admin.script_exists(*DIGESTS)) for admin in admins]
+    finally:
+        await gateway.close()
+    assert set(outcomes) == {"ok"}, outcomes
+    assert loads == [len(SCRIPTS)] * len(admins), loads  # every script, once per node
+    assert all(loaded), loaded
+
+
+async def test_a_replica_has_the_scripts_before_a_failover_promotes_it(
+    own_cluster: Any, tmp_path: Path, make_settings: Callable[..., Any]
+) -> None:
+    """A replica keygate knows when it starts gets the scripts too (Redis does not
+    replicate them): promoted by a failover, it runs the scripts of the slots it takes
+    over without a single NOSCRIPT."""
+    url, _ = own_cluster
+    port, replica_process = redis_cluster.add_replica(tmp_path, url, master=0)
+    replica = aioredis.Redis(port=port, decode_responses=True)
+    gateway = build_gateway(make_settings(store_url=url, **LISTEN))
+    try:
+        async with running(gateway):
+            assert all(await replica.script_exists(*DIGESTS))
+            redis_cluster.fail_over(url, port)
+            # one call at a time first: the client follows the slots that moved (a burst
+            # meeting MOVED at once makes redis-py's client rediscover the cluster, closing
+            # connections under the others: 503s of the failover, not of the scripts)
+            for n in range(12):
+                await gateway.store.list_keys(f"acct{n}", KeyQuery())
+            outcomes = await _script_burst(gateway)
+            stats = await replica.info("commandstats")
+            errors = await replica.info("errorstats")
+    finally:
+        await gateway.close()
+        await replica.aclose()
+        replica_process.terminate()
+        replica_process.wait(timeout=10)
+    assert set(outcomes) == {"ok"}, outcomes
+    assert stats["cmdstat_evalsha"]["calls"] > 0, stats  # the burst reached it
+    assert "errorstat_NOSCRIPT" not in errors, errors

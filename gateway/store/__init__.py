@@ -208,6 +208,13 @@ class Store(AuthReads, KeyChanges, KeyListing, GrantChanges, Links, AccountSetti
                 return False
             raise
 
+    async def load_scripts(self) -> bool:
+        """Load every Lua script on every node of the store (every master and replica of
+        a cluster) before keygate serves; whether every master has them now. A node
+        that does not answer is skipped: the first call that meets NOSCRIPT there
+        (or a node restarted, flushed or promoted later) loads them again (``lua.py``)."""
+        return await self.scripts.load()
+
     # -- the invalidation listener -------------------------------------------------------
     def start_invalidation(self) -> None:
         """Subscribe to the invalidation channel; until then the cache is bypassed."""

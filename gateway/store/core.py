@@ -18,13 +18,12 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
-from redis.commands.core import AsyncScript
 
 from ..errors import StoreUnavailable
 from .connection import CLIENT_FAILURES, is_cluster_client, lost_store
 from .credential_cache import CacheSettings, CredentialCache
 from .invalidation import InvalidationListener
-from .lua import Scripts
+from .lua import Script, Scripts
 from .names import Keyspace
 from .records import Actor, event_header
 from .refusals import refusal
@@ -89,11 +88,18 @@ def store_unavailable(exc: BaseException) -> bool:
 _IN_STORE_CALL: ContextVar[bool] = ContextVar("keygate_in_store_call", default=False)
 
 
-async def _gated(gate: asyncio.Semaphore, call: Awaitable[T]) -> T:
+async def _gated(gate: asyncio.Semaphore, client: Any, call: Callable[[], Awaitable[T]]) -> T:
     async with gate:
         token = _IN_STORE_CALL.set(True)
         try:
-            return await call
+            # A cluster client sends a command made before it has discovered the cluster
+            # (which master serves which slot) to any master: the first calls of a store,
+            # all at once, met MOVED after MOVED, and every few MOVED the client closed
+            # all its connections to discover again, under the calls still using them
+            # (503s). Every call waits for the discovery first: once done, initialize()
+            # returns at once (and again after a failover, where the client asks for it).
+            await client.initialize()
+            return await call()
         finally:
             _IN_STORE_CALL.reset(token)
 
@@ -113,7 +119,8 @@ def unavailable(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         try:
             if gate is None or _IN_STORE_CALL.get():
                 return await func(*args, **kwargs)
-            return await _gated(gate, func(*args, **kwargs))
+            return await _gated(gate, store.redis,  # type: ignore[attr-defined]
+                                functools.partial(func, *args, **kwargs))
         except CLIENT_FAILURES as exc:
             if not store_unavailable(exc):
                 raise
@@ -222,7 +229,7 @@ class StoreCore:
 
     async def change(
         self,
-        script: AsyncScript,
+        script: Script,
         account: str,
         app_key: str,
         action: str,
