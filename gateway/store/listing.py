@@ -157,8 +157,9 @@ class KeyListing(StoreCore):
                     found = await self.redis.zrange(holders, 0, most)
                     return None if len(found) > most else found
                 among = Candidates(await self.redis.zcard(holders), read)
-            found = await self.label_search.matches(account, query.q.casefold(), q_alone,
-                                                    among)
+            found = await self.label_search.matches(
+                account, query.q.casefold(), q_alone, among,
+                ((query.page - 1) * query.per_page, query.per_page))
             if found is not None and found.count == 0:
                 return [], 0
             if found is not None and found.members is not None:

@@ -18,7 +18,10 @@ remembers the last event it took in; before each search it reads the events afte
 (one round trip) and reads again the label of every key a ``key.*`` event names (a
 second one, only when there are such events), so a search sees every change committed
 before it began, on whichever instance. A key read again is searched from its fresh
-member, and its member in the strings is ignored. The copy is made again when the
+member, and its line in the strings is blanked (found through the copy's index by key,
+:class:`KeyIndex`), so that counts and searches stay single passes in C (a count of the
+lines holding q is one regular expression over the copy: ~18 ms for 111,111 matches at
+1,000,000 keys, where counting them one by one took ~60). The copy is made again when the
 events it needs are gone (the stream trimmed past its last event, or deleted) and when
 more keys were read again than a tenth of its size. Only a complete label index is
 copied (an account whose indexes are being built for an older keygate's data is
@@ -26,23 +29,24 @@ searched in Redis until they are); members written with no event otherwise come 
 from ``keygate store copy``, which is made with keygate stopped.
 
 With a role filter, q may be checked on the role's holders instead
-(:meth:`AccountCopy.among`): their members are found through an index of the copy by
-key, made on the first such search (:class:`KeyIndex`, ~0.7 s at 1,000,000 keys, in a
-thread). Checking a holder costs about 1.5 µs, where counting q's matches over the
+(:meth:`AccountCopy.among`): their members are found through the copy's index by key
+(made with the copy, in a thread: ~0.7 s of the ~1.4 s a copy of 1,000,000 keys takes).
+Checking a holder costs about 1.5 µs, where counting q's matches over the
 whole copy costs about 16 ns per key, and the script's own check reads each holder's
 label from its hash (~4.5 µs, on Redis's CPU). So the holders are checked first when
 they are few beside the copy (under one in ``HOLDERS_BEFORE_COUNT``), and otherwise
 when q matches too many keys to hand over.
 
-Memory: about 45 bytes per key (both strings, the keys' shared prefix kept once), 8
-more (and 256 KB) once the index by key is made, and the keys read again, per process; at most
-``max_keys`` keys in all accounts' copies together (the least recently searched
-account's copy is dropped first; an account larger than that is searched in Redis).
+Memory: about 53 bytes per key (both strings, the keys' shared prefix kept once, and 8
+for the index by key), and the keys read again, per process; at most ``max_keys`` keys
+in all accounts' copies together (the least recently searched account's copy is dropped
+first; an account larger than that is searched in Redis).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from array import array
 from bisect import bisect_left
 from collections import OrderedDict
@@ -63,13 +67,17 @@ READ_CHUNK = 10_000
 # matches handed to the listing script, at most; past it the script is told only their
 # number (q the only filter) or matches q itself (with other filters)
 MATCHES_PASSED = 50_000
-# ... with other filters: the script then checks each of the smallest filter's keys for
-# q by reading its label (~4.5 µs), where a match handed over costs ~1.5 µs in all (made
-# here, sent, split and checked): so more are handed over (at most ~8 MB per search)
+# ... with other filters, or for a page deep in q's matches: the script then checks each
+# key it walks for q by reading its label (~4.5 µs), where a match handed over costs
+# ~1.5 µs in all (made here, sent, split and checked): so more are handed over (at most
+# ~8 MB per search)
 MATCHES_PASSED_FILTERED = 250_000
+WALK_STEP_COST, HANDED_OVER_COST = 4.5, 1.5
 # a filter's keys are checked before q's matches are counted when they are fewer than
 # one in this many of the copy's keys (what each costs: see the module notes)
 HOLDERS_BEFORE_COUNT = 100
+# what a line read again is overwritten with: no label or key holds it
+BLANK = b"\x01"
 # q's matches are first counted in this part of the copy (one in this many bytes)
 SAMPLED_PART = 8
 # events read per round trip while taking in changes
@@ -100,16 +108,21 @@ class AccountCopy:
     (``kgk-acme-`` for the names keygate gives): a third of the bytes a search scans. A
     needle is then found in three places: in a member as kept; across the prefix's
     end, as a head the prefix ends with and a tail the rest of the key starts with; and
-    in the prefix itself, where every key of the copy holds it."""
+    in the prefix itself, where every key of the copy holds it.
 
-    members: bytes  # '\n' + 'folded label NUL key without the prefix' + '\n', ...
-    lowered: bytes
+    A key read again is searched from its member now, and its line in the copy is
+    blanked (overwritten with BLANK, which no needle holds, its length and so every
+    other line's place kept): searches and counts then run in C over the copy as it is,
+    with no key to leave out one by one."""
+
+    members: bytearray  # '\n' + 'folded label NUL key without the prefix' + '\n', ...
+    lowered: bytearray
     prefix: bytes
-    count: int
+    count: int  # lines, blanked ones included
     last_event: str
+    index: KeyIndex
     fresh: dict[str, str | None] = field(default_factory=dict)
-    # the index by key, made by the first search that needs it
-    by_key: asyncio.Future[KeyIndex] | None = None
+    blanked: int = 0
 
     @classmethod
     def of(cls, members: list[str], last_event: str) -> AccountCopy:
@@ -117,54 +130,75 @@ class AccountCopy:
         prefix = _shared_prefix(joined, len(members))
         if prefix:  # each member holds one NUL, before its key
             joined = joined.replace(b"\0" + prefix, b"\0")
-        return cls(joined, joined.lower(), prefix, len(members), last_event)
+        return cls(bytearray(joined), bytearray(joined.lower()), prefix, len(members),
+                   last_event, KeyIndex.of(joined))
+
+    def read_again(self, app_key: str, member: str | None) -> None:
+        """``app_key``'s member is now ``member`` (None: it has none, deleted or not in
+        the account): searched from it, its line in the copy blanked."""
+        self.fresh[app_key] = member
+        prefix = self.prefix.decode()
+        line = (self._line_of(app_key[len(prefix):].encode())
+                if app_key.startswith(prefix) else None)
+        if line is not None:
+            start, end, _ = line
+            self.members[start:end] = self.lowered[start:end] = BLANK * (end - start)
+            self.blanked += 1
+
+    def _line_of(self, rest: bytes) -> tuple[int, int, int] | None:
+        """Where the line of the key whose name past the shared prefix is ``rest``
+        starts, ends, and holds its NUL; None when the copy holds none (a key made
+        since, or read again)."""
+        index, buckets, members = self.index.entries, self.index.buckets, self.members
+        hashed = hash(rest) & 0xFFFFFFFF
+        top = hashed >> 16
+        end_of_bucket = buckets[top + 1]
+        at = bisect_left(index, hashed << 32, buckets[top], end_of_bucket)
+        while at < end_of_bucket and index[at] >> 32 == hashed:
+            start = index[at] & 0xFFFFFFFF
+            end = members.index(b"\n", start)
+            nul = members.find(b"\0", start, end)  # none in a blanked line
+            if nul != -1 and members[nul + 1:end] == rest:
+                return start, end, nul
+            at += 1
+        return None
 
     def matches(self, needle: bytes, keep: int, count_all: bool) -> Matches | None:
-        """The keys whose member holds ``needle`` (lowered, with no NUL or newline), and
-        how many: their members only up to ``keep`` of them (past it, None), and None
-        altogether when more match and ``count_all`` is false."""
-        fresh = self.fresh
-        fresh_found = [member for member in fresh.values()
+        """The keys whose member holds ``needle`` (lowered, with no control character),
+        and how many: their members only up to ``keep`` of them (past it, None), and
+        None altogether when more match and ``count_all`` is false."""
+        fresh_found = [member for member in self.fresh.values()
                        if member is not None and needle in member.encode().lower()]
         lowered_prefix = self.prefix.lower()
         if needle in lowered_prefix:
             return self._all_match(keep, count_all, fresh_found)
         patterns = [needle] + [b"\0" + needle[i:] for i in range(1, len(needle))
                                if lowered_prefix.endswith(needle[:i])]
-        # not counted: a count of the patterns' occurrences (in C, a bound on the members
-        # holding them) spares naming up to ``keep`` keys only to drop them; counted first
-        # in the copy's first part (a whole count costs as much as the search itself,
-        # ~15 ms at 1,000,000 keys), and in all of it only when that part says too many
-        if not count_all:
-            lowered, part = self.lowered, len(self.lowered) // SAMPLED_PART
+        lowered = self.lowered
+        if count_all:
+            count = _lines_holding(lowered, patterns) + len(fresh_found)
+            if count > keep:
+                return Matches(None, count)
+        else:
+            # not counted: a count of the patterns' occurrences (in C, a bound on the
+            # members holding them) spares naming up to ``keep`` keys only to drop them;
+            # counted first in the copy's first part (a whole count costs as much as the
+            # search itself, ~15 ms at 1,000,000 keys), in all of it only when that part
+            # says too many
+            part = len(lowered) // SAMPLED_PART
             sampled = sum(lowered.count(pattern, 0, part) for pattern in patterns)
             if sampled * SAMPLED_PART > keep and (
                     sum(map(lowered.count, patterns)) + len(fresh_found) > keep):
                 return None
-        found: list[bytes] = []  # lines as kept, made members together at the end
-        count = len(fresh_found)
-        members, stale = self.members, self._fresh_rests()
+        found: list[bytearray] = []  # lines as kept, made members together at the end
+        members, room = self.members, keep - len(fresh_found)
         for start, end in self._holding(patterns):
-            if count < keep or stale:
-                line = members[start:end]
-                if not stale or line.partition(b"\0")[2] not in stale:
-                    count += 1
-                    if len(found) < keep:
-                        found.append(line)
-            elif not count_all:  # more than ``keep``, which the first part did not show
+            if len(found) == room:  # more than ``keep``, which the first part did not show
                 return None
-            else:  # past ``keep``: only counted
-                count += 1
-        if count > keep:
-            return Matches(None, count) if count_all else None
-        return Matches(self._members_of(found) + fresh_found, count)
+            found.append(members[start:end])
+        return Matches(self._members_of(found) + fresh_found, len(found) + len(fresh_found))
 
-    def _fresh_rests(self) -> set[bytes]:
-        """The keys read again since, as their lines hold them (without the prefix)."""
-        prefix = self.prefix.decode()
-        return {k[len(prefix):].encode() for k in self.fresh if k.startswith(prefix)}
-
-    def _members_of(self, lines: list[bytes]) -> list[str]:
+    def _members_of(self, lines: list[bytearray]) -> list[str]:
         """Lines as kept, as members: the prefix put back, each decoded (in C, for all
         at once: a step per line in Python costs as much as finding it)."""
         if not lines:
@@ -176,10 +210,6 @@ class AccountCopy:
         """Which of ``keys`` hold ``needle`` (as :meth:`matches`, their members), in the
         order given; None when one of them is not in the copy (made after it and not
         read again since: the caller then leaves q to the script)."""
-        if self.by_key is None:  # one index per copy, however many searches wait for it
-            self.by_key = asyncio.ensure_future(asyncio.to_thread(KeyIndex.of, self.members))
-        by_key = await asyncio.shield(self.by_key)
-        index, buckets = by_key.entries, by_key.buckets
         members, lowered, fresh = self.members, self.lowered, self.fresh
         prefix, lowered_prefix = self.prefix.decode(), self.prefix.lower()
         every = needle in lowered_prefix
@@ -188,28 +218,16 @@ class AccountCopy:
                                      for i in range(1, len(needle)))
         found: list[str] = []
         cut = len(prefix)
-        for app_key in keys:  # the lookup inlined: ~1.5 µs a key, a third less
+        for app_key in keys:
             if app_key in fresh:
                 member = fresh[app_key]
                 if member is not None and needle in member.encode().lower():
                     found.append(member)
                 continue
-            if not app_key.startswith(prefix):
+            line = self._line_of(app_key[cut:].encode()) if app_key.startswith(prefix) else None
+            if line is None:
                 return None
-            rest = app_key[cut:].encode()
-            hashed = hash(rest) & 0xFFFFFFFF
-            top = hashed >> 16
-            at, bucket_end = buckets[top], buckets[top + 1]
-            at = bisect_left(index, hashed << 32, at, bucket_end)
-            while True:
-                if at == bucket_end or index[at] >> 32 != hashed:
-                    return None
-                start = index[at] & 0xFFFFFFFF
-                end = members.index(b"\n", start)
-                nul = members.index(b"\0", start, end)
-                if members[nul + 1:end] == rest:
-                    break
-                at += 1
+            start, end, nul = line
             held = every or needle in lowered[start:end] or (
                 crossing and needle in lowered[start:nul + 1] + lowered_prefix
                 + lowered[nul + 1:end])
@@ -236,19 +254,23 @@ class AccountCopy:
                 at = lowered.find(pattern, end)
 
     def _all_match(self, keep: int, count_all: bool, fresh_found: list[str]) -> Matches | None:
-        """Every key of the copy holds the needle (in the prefix): those not read again
-        since, and the keys read again that hold it."""
-        if not self.fresh:
-            count = self.count
-            if count > keep:
-                return Matches(None, count) if count_all else None
-        members, stale = self.members, self._fresh_rests()
-        found = [line for line in (members[s:e] for s, e in _lines(members))
-                 if line.partition(b"\0")[2] not in stale]
-        count = len(found) + len(fresh_found)
+        """Every key of the copy holds the needle (in the prefix): those whose lines are
+        not blanked, and the keys read again that hold it."""
+        count = self.count - self.blanked + len(fresh_found)
         if count > keep:
             return Matches(None, count) if count_all else None
+        members = self.members
+        found = [line for line in (members[s:e] for s, e in _lines(members))
+                 if not line.startswith(BLANK)]
         return Matches(self._members_of(found) + fresh_found, count)
+
+
+def _lines_holding(lowered: bytearray, patterns: list[bytes]) -> int:
+    """How many lines hold one of ``patterns``, counted in C: a match of one of them
+    takes in the rest of its line, so no line is counted twice (the empty group makes
+    each match found an empty string, which Python does not allocate)."""
+    either = b"|".join(re.escape(pattern) for pattern in patterns)
+    return len(re.findall(b"(?:" + either + rb")[^\n]*()", lowered))
 
 
 @dataclass(frozen=True)
@@ -351,6 +373,7 @@ class LabelSearch:
         self.holders_before_count = HOLDERS_BEFORE_COUNT
         self.copies: OrderedDict[str, AccountCopy] = OrderedDict()
         self.builds = 0  # copies made, for tests and metrics
+        self.among_searches = 0  # searches answered among another filter's keys, likewise
         self._lock = asyncio.Lock()
 
     @property
@@ -358,7 +381,8 @@ class LabelSearch:
         return sum(c.count + len(c.fresh) for c in self.copies.values())
 
     async def matches(self, account: str, q: str, count_all: bool,
-                      among: Candidates | None = None) -> Matches | None:
+                      among: Candidates | None = None,
+                      page: tuple[int, int] = (0, 0)) -> Matches | None:
         """The keys of ``account`` whose label or name holds ``q`` (case-folded, not
         empty) and how many, their members only up to ``max_passed`` (see
         AccountCopy.matches); None when the account is searched in Redis (fewer keys
@@ -368,7 +392,13 @@ class LabelSearch:
 
         ``among``, the keys another filter leaves: when they are few (see the module
         notes) or q matches too many, and they are at most ``max_passed``, the matches
-        among them."""
+        among them.
+
+        ``page`` (offset, count): with q alone, where its matches are too many for
+        ``max_passed``, the script walks the sort's index from the page's nearer end
+        checking each key's label (~4.5 µs a key, about one match in every listed /
+        matches keys), unless the matches are handed over (~1.5 µs each, up to
+        ``max_passed_filtered``): they are when the walk would cost more."""
         if not self.max_keys:
             return None
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -378,8 +408,10 @@ class LabelSearch:
         if not complete or listed < self.min_keys or listed > self.max_keys:
             self.copies.pop(account, None)
             return None
-        if "\n" in q or "\0" in q:
-            return Matches([], 0)  # no member holds either (labels hold no control character)
+        if any(c < " " for c in q):
+            # no label or key holds a control character (and the copy's own separators
+            # and blanked lines are made of them)
+            return Matches([], 0)
         try:
             needle = q.encode().lower()
         except UnicodeEncodeError:  # a lone surrogate: no label holds one
@@ -393,12 +425,21 @@ class LabelSearch:
                                                        copy.count // self.holders_before_count)
         found = None if few else copy.matches(
             needle, self.max_passed if count_all else self.max_passed_filtered, count_all)
+        if (count_all and found is not None and found.members is None
+                and found.count <= self.max_passed_filtered):
+            offset, size = page
+            walked = min(offset + size, found.count - offset) * copy.count / found.count
+            if walked * WALK_STEP_COST > found.count * HANDED_OVER_COST:
+                found = copy.matches(needle, self.max_passed_filtered, True)
         if among is None or (found is not None and found.members is not None):
             return found
         if among.count > self.max_passed:
             return None
         keys = await among.read(self.max_passed)
-        return None if keys is None else await copy.among(needle, keys)
+        if keys is None:
+            return None
+        self.among_searches += 1
+        return await copy.among(needle, keys)
 
     async def _current(self, account: str) -> AccountCopy | None:
         copy = self.copies.get(account)
@@ -471,8 +512,8 @@ class LabelSearch:
                 pipe.hmget(self.names.key(app_key), "acct", "label", "lf")
             found = await pipe.execute()
         for app_key, (owner, label, folded) in zip(keys, found, strict=True):
-            copy.fresh[app_key] = (member_of(app_key, label, folded)
-                                   if owner == account else None)
+            copy.read_again(app_key, member_of(app_key, label, folded)
+                            if owner == account else None)
 
 
 def _after(event: str, other: str) -> bool:
