@@ -78,8 +78,9 @@ WALK_STEP_COST, HANDED_OVER_COST = 4.5, 1.5
 HOLDERS_BEFORE_COUNT = 100
 # what a line read again is overwritten with: no label or key holds it
 BLANK = b"\x01"
-# q's matches are first counted in this part of the copy (one in this many bytes)
-SAMPLED_PART = 8
+# q's matches are first estimated from this part of the copy (one byte in this many),
+# in this many slices spread over it
+SAMPLED_PART, SAMPLE_SLICES = 8, 64
 # events read per round trip while taking in changes
 EVENTS_CHUNK = 1_000
 # the actions that can change an account's label index
@@ -175,28 +176,31 @@ class AccountCopy:
         patterns = [needle] + [b"\0" + needle[i:] for i in range(1, len(needle))
                                if lowered_prefix.endswith(needle[:i])]
         lowered = self.lowered
-        if count_all:
-            count = _lines_holding(lowered, patterns) + len(fresh_found)
-            if count > keep:
-                return Matches(None, count)
-        else:
+        # Estimated first from a sample of the copy: a whole count costs as much as the
+        # search itself (~15 ms at 1,000,000 keys), so it is made only when the sample
+        # says there are more than ``keep`` (or the search finds more).
+        if _estimate(lowered, patterns) > keep:
+            if count_all:  # the lines holding q, counted in C: none named
+                count = _lines_holding(lowered, patterns) + len(fresh_found)
+                if count > keep:
+                    return Matches(None, count)
             # not counted: a count of the patterns' occurrences (in C, a bound on the
-            # members holding them) spares naming up to ``keep`` keys only to drop them;
-            # counted first in the copy's first part (a whole count costs as much as the
-            # search itself, ~15 ms at 1,000,000 keys), in all of it only when that part
-            # says too many
-            part = len(lowered) // SAMPLED_PART
-            sampled = sum(lowered.count(pattern, 0, part) for pattern in patterns)
-            if sampled * SAMPLED_PART > keep and (
-                    sum(map(lowered.count, patterns)) + len(fresh_found) > keep):
+            # members holding them) spares naming up to ``keep`` keys only to drop them
+            elif sum(map(lowered.count, patterns)) + len(fresh_found) > keep:
                 return None
         found: list[bytearray] = []  # lines as kept, made members together at the end
         members, room = self.members, keep - len(fresh_found)
         for start, end in self._holding(patterns):
-            if len(found) == room:  # more than ``keep``, which the first part did not show
-                return None
+            if len(found) >= room:  # more than ``keep``, which the first part did not show
+                break
             found.append(members[start:end])
-        return Matches(self._members_of(found) + fresh_found, len(found) + len(fresh_found))
+        else:
+            if room >= 0:
+                return Matches(self._members_of(found) + fresh_found,
+                               len(found) + len(fresh_found))
+        if not count_all:
+            return None
+        return Matches(None, _lines_holding(lowered, patterns) + len(fresh_found))
 
     def _members_of(self, lines: list[bytearray]) -> list[str]:
         """Lines as kept, as members: the prefix put back, each decoded (in C, for all
@@ -263,6 +267,19 @@ class AccountCopy:
         found = [line for line in (members[s:e] for s, e in _lines(members))
                  if not line.startswith(BLANK)]
         return Matches(self._members_of(found) + fresh_found, count)
+
+
+def _estimate(lowered: bytearray, patterns: list[bytes]) -> int:
+    """About how many times ``patterns`` occur in ``lowered``: counted in slices spread
+    over it, one byte in SAMPLED_PART in all (the copy is in label order, where labels
+    that share a beginning sit together: a single slice would miss them)."""
+    step = len(lowered) // SAMPLE_SLICES
+    width = step // SAMPLED_PART
+    if not width:  # a copy too small to sample: counted whole
+        return sum(map(lowered.count, patterns))
+    found = sum(lowered.count(pattern, at, at + width)
+                for at in range(0, step * SAMPLE_SLICES, step) for pattern in patterns)
+    return found * SAMPLED_PART
 
 
 def _lines_holding(lowered: bytearray, patterns: list[bytes]) -> int:
