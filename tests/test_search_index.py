@@ -66,13 +66,21 @@ async def test_q_from_the_copy_answers_as_brute_force(searched, clock):
 
 
 async def test_more_matches_than_the_script_is_handed_answer_as_brute_force(searched, clock):
-    """Past max_passed matches the script is told only their number (q alone), or
-    matches q itself (with other filters): the same answers either way."""
+    """Past max_passed matches the script is told only their number (q alone, or q
+    within a status), or matches q itself (with other filters): the same answers
+    either way."""
     searched.store.label_search.max_passed = 3
+    searched.store.label_search.max_passed_filtered = 3
     keys = Keys(searched.store, 13)
     await spread(searched, keys, clock, 120)
     rng = random.Random(14)
     asked = [q for q in queries(rng, int(clock() * 1000), 150) if q.q]
+    # q within a status: counted in the copy's lines of that status
+    asked += [KeyQuery(q=needle, status=status, sort=sort, descending=desc, page=page,
+                       per_page=5)
+              for needle in ("a", "e", "-", "kgk") for status in ("active", "inactive")
+              for sort in ("creationDate", "label", "lastUsed") for desc in (True, False)
+              for page in (1, 3)]
     for query in asked:
         await assert_same(searched.store, query)
     used_copy(searched.store, builds=1)
@@ -169,21 +177,28 @@ async def test_a_needle_across_the_keys_shared_prefix_is_found_as_in_the_members
     """The copy keeps the members without the prefix every key shares; a needle is found
     in the members as kept, across the prefix's end, and in the prefix itself (every
     key), exactly as in the whole members, keys read again since included, whether all
-    the copy's keys are searched or only some given keys (``among``)."""
+    the copy's keys are searched, those of one status, or only some given keys
+    (``among``)."""
     from gateway.store.search import AccountCopy
 
     labels = ["alpha", "kgk-acme-7q in a label", "beta 7q", "-", "me-7", "zoo zoo"]
     keys = [f"kgk-acme-7Q{i:04X}" for i in range(40)]
     members = {k: f"{labels[i % len(labels)]}\0{k}" for i, k in enumerate(keys)}
-    copy = AccountCopy.of(sorted(members.values()), "0-0")
+    inactive = set(keys[::4]) | set(keys[5:9])
+    copy = AccountCopy.of(sorted(members.values()), "0-0", inactive)
     assert copy.prefix == b"kgk-acme-7Q00"  # the longest every key starts with
-    # read again since: one relabelled, one deleted, one new that shares less
+    # read again since: one relabelled, one deleted, one new that shares less, one
+    # deactivated, one activated
     copy.read_again(keys[3], f"now 7q\0{keys[3]}")
     copy.read_again(keys[4], None)
-    copy.read_again("kgk-acme-8Z0001", "other\0kgk-acme-8Z0001")
+    copy.read_again("kgk-acme-8Z0001", "other\0kgk-acme-8Z0001", inactive=True)
+    copy.read_again(keys[10], members[keys[10]], inactive=True)
+    copy.read_again(keys[5], members[keys[5]])
     members[keys[3]] = f"now 7q\0{keys[3]}"
     del members[keys[4]]
     members["kgk-acme-8Z0001"] = "other\0kgk-acme-8Z0001"
+    inactive |= {"kgk-acme-8Z0001", keys[10]}
+    inactive -= {keys[5]}
     needles = ["a", "7q", "-7q", "acme-7q0", "kgk-acme-7q00", "kgk-acme-7q001", "q001",
                "e-7", "me-7", "0001", "kgk", "kgk-acme-8", "7q in", "label", "zz",
                "q00", "other", "now 7q", "001", "-", "zoo", "o"]  # twice in a label
@@ -199,6 +214,13 @@ async def test_a_needle_across_the_keys_shared_prefix_is_found_as_in_the_members
                 assert sorted(found.keys or []) == expected, needle
             else:
                 assert found.keys is None, needle
+        for status in ("active", "inactive"):
+            of_status = sorted(k for k in expected if (k in inactive) == (status == "inactive"))
+            for keep in (1000, 2):
+                found = copy.matches(needle.encode(), keep, True, status)
+                assert found is not None and found.count == len(of_status), (needle, status)
+                assert found.keys is None if len(of_status) > keep else (
+                    sorted(found.keys or []) == of_status), (needle, status)
         some = [k for i, k in enumerate(members) if i % 3]
         among = await copy.among(needle.encode(), some)
         assert among is not None and among.keys == [k for k in some if k in expected], needle

@@ -144,10 +144,12 @@ class KeyListing(StoreCore):
             allowed, query.own_key, "1" if query.role else "0",
         ]
         if query.q:
-            # q alone: its count is the total; with other filters, too many matches to
-            # hand over are left to the script, which matches q in the smallest set
-            q_alone = not (query.status or query.role or query.token_created
-                           or query.may_act_on)
+            # q alone, or q and a status filter (the copy keeps each status apart): its
+            # count is the total; with other filters, too many matches to hand over are
+            # left to the script, which matches q in the cheapest candidate set
+            with_status = query.status in (ACTIVE, INACTIVE)
+            counted = not (query.role or query.token_created or query.may_act_on) and (
+                with_status or not query.status)
             among = None
             if query.role:
                 # the role's holders: q may be checked on them in this process's copy
@@ -158,8 +160,9 @@ class KeyListing(StoreCore):
                     return None if len(found) > most else found
                 among = Candidates(await self.redis.zcard(holders), read)
             found = await self.label_search.matches(
-                account, query.q.casefold(), q_alone, among,
-                ((query.page - 1) * query.per_page, query.per_page))
+                account, query.q.casefold(), counted, among,
+                ((query.page - 1) * query.per_page, query.per_page),
+                query.status if counted and with_status else None)
             if found is not None and found.count == 0:
                 return [], 0
             if found is not None and found.members is not None:

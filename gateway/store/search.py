@@ -50,7 +50,7 @@ import re
 from array import array
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate
 
@@ -58,6 +58,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from .names import LISTED, Keyspace
+from .records import ACTIVE, INACTIVE
 
 # an account with fewer keys is searched in Redis: the pass there costs ~12 ms at 20,000
 SEARCH_INDEX_FROM = 20_000
@@ -119,32 +120,64 @@ class AccountCopy:
     members: bytearray  # '\n' + 'folded label NUL key without the prefix' + '\n', ...
     lowered: bytearray
     prefix: bytes
-    count: int  # lines, blanked ones included
+    # where the inactive keys' lines begin (the active keys' come first), and how many
+    # lines of each status there are (blanked ones included) and are blanked
+    inactive_from: int
+    lines: dict[str, int]
     last_event: str
     index: KeyIndex
+    blanked: dict[str, int] = field(default_factory=lambda: {ACTIVE: 0, INACTIVE: 0})
+    # the keys read again: their members now (None: none) and which are inactive
     fresh: dict[str, str | None] = field(default_factory=dict)
-    blanked: int = 0
+    fresh_inactive: set[str] = field(default_factory=set)
 
     @classmethod
-    def of(cls, members: list[str], last_event: str) -> AccountCopy:
-        joined = ("\n" + "\n".join(members) + "\n").encode()
-        prefix = _shared_prefix(joined, len(members))
-        if prefix:  # each member holds one NUL, before its key
-            joined = joined.replace(b"\0" + prefix, b"\0")
-        return cls(bytearray(joined), bytearray(joined.lower()), prefix, len(members),
-                   last_event, KeyIndex.of(joined))
+    def of(cls, members: list[str], last_event: str,
+           inactive: Container[str] = ()) -> AccountCopy:
+        """The copy of ``members``, those of the ``inactive`` keys after the others."""
+        active_part = [m for m in members if m.partition("\0")[2] not in inactive]
+        inactive_part = [m for m in members if m.partition("\0")[2] in inactive]
+        prefix = _shared_prefix(("\n" + "\n".join(members) + "\n").encode(), len(members))
 
-    def read_again(self, app_key: str, member: str | None) -> None:
+        def lines_of(part: list[str]) -> bytes:
+            joined = "".join(m + "\n" for m in part).encode()
+            # each member holds one NUL, before its key
+            return joined.replace(b"\0" + prefix, b"\0") if prefix else joined
+
+        first, second = lines_of(active_part), lines_of(inactive_part)
+        joined = b"\n" + first + second
+        return cls(bytearray(joined), bytearray(joined.lower()), prefix, 1 + len(first),
+                   {ACTIVE: len(active_part), INACTIVE: len(inactive_part)}, last_event,
+                   KeyIndex.of(joined))
+
+    @property
+    def count(self) -> int:
+        return self.lines[ACTIVE] + self.lines[INACTIVE]
+
+    def read_again(self, app_key: str, member: str | None, inactive: bool = False) -> None:
         """``app_key``'s member is now ``member`` (None: it has none, deleted or not in
-        the account): searched from it, its line in the copy blanked."""
+        the account), its status inactive or not: searched from it, its line in the copy
+        blanked."""
         self.fresh[app_key] = member
+        if inactive:
+            self.fresh_inactive.add(app_key)
+        else:
+            self.fresh_inactive.discard(app_key)
         prefix = self.prefix.decode()
         line = (self._line_of(app_key[len(prefix):].encode())
                 if app_key.startswith(prefix) else None)
         if line is not None:
             start, end, _ = line
             self.members[start:end] = self.lowered[start:end] = BLANK * (end - start)
-            self.blanked += 1
+            self.blanked[INACTIVE if start >= self.inactive_from else ACTIVE] += 1
+
+    def _span(self, status: str | None) -> tuple[int, int]:
+        """Where the lines of keys of ``status`` (None: any) are."""
+        if status == ACTIVE:
+            return 0, self.inactive_from
+        if status == INACTIVE:
+            return self.inactive_from, len(self.members)
+        return 0, len(self.members)
 
     def _line_of(self, rest: bytes) -> tuple[int, int, int] | None:
         """Where the line of the key whose name past the shared prefix is ``rest``
@@ -164,33 +197,38 @@ class AccountCopy:
             at += 1
         return None
 
-    def matches(self, needle: bytes, keep: int, count_all: bool) -> Matches | None:
-        """The keys whose member holds ``needle`` (lowered, with no control character),
-        and how many: their members only up to ``keep`` of them (past it, None), and
-        None altogether when more match and ``count_all`` is false."""
-        fresh_found = [member for member in self.fresh.values()
-                       if member is not None and needle in member.encode().lower()]
+    def matches(self, needle: bytes, keep: int, count_all: bool,
+                status: str | None = None) -> Matches | None:
+        """The keys (of ``status``, None: any) whose member holds ``needle`` (lowered,
+        with no control character), and how many: their members only up to ``keep`` of
+        them (past it, None), and None altogether when more match and ``count_all`` is
+        false."""
+        fresh_found = [member for key, member in self.fresh.items()
+                       if member is not None and needle in member.encode().lower()
+                       and (status is None
+                            or (key in self.fresh_inactive) == (status == INACTIVE))]
         lowered_prefix = self.prefix.lower()
         if needle in lowered_prefix:
-            return self._all_match(keep, count_all, fresh_found)
+            return self._all_match(keep, count_all, fresh_found, status)
         patterns = [needle] + [b"\0" + needle[i:] for i in range(1, len(needle))
                                if lowered_prefix.endswith(needle[:i])]
-        lowered = self.lowered
+        lowered, (low, high) = self.lowered, self._span(status)
         # Estimated first from a sample of the copy: a whole count costs as much as the
         # search itself (~15 ms at 1,000,000 keys), so it is made only when the sample
         # says there are more than ``keep`` (or the search finds more).
-        if _estimate(lowered, patterns) > keep:
+        if _estimate(lowered, patterns, low, high) > keep:
             if count_all:  # the lines holding q, counted in C: none named
-                count = _lines_holding(lowered, patterns) + len(fresh_found)
+                count = _lines_holding(lowered, patterns, low, high) + len(fresh_found)
                 if count > keep:
                     return Matches(None, count)
             # not counted: a count of the patterns' occurrences (in C, a bound on the
             # members holding them) spares naming up to ``keep`` keys only to drop them
-            elif sum(map(lowered.count, patterns)) + len(fresh_found) > keep:
+            elif sum(lowered.count(pattern, low, high)
+                     for pattern in patterns) + len(fresh_found) > keep:
                 return None
         found: list[bytearray] = []  # lines as kept, made members together at the end
         members, room = self.members, keep - len(fresh_found)
-        for start, end in self._holding(patterns):
+        for start, end in self._holding(patterns, low, high):
             if len(found) >= room:  # more than ``keep``, which the first part did not show
                 break
             found.append(members[start:end])
@@ -200,7 +238,7 @@ class AccountCopy:
                                len(found) + len(fresh_found))
         if not count_all:
             return None
-        return Matches(None, _lines_holding(lowered, patterns) + len(fresh_found))
+        return Matches(None, _lines_holding(lowered, patterns, low, high) + len(fresh_found))
 
     def _members_of(self, lines: list[bytearray]) -> list[str]:
         """Lines as kept, as members: the prefix put back, each decoded (in C, for all
@@ -240,13 +278,15 @@ class AccountCopy:
                               + members[nul + 1:end]).decode())
         return Matches(found, len(found))
 
-    def _holding(self, patterns: list[bytes]) -> Iterator[tuple[int, int]]:
-        """Where each member that holds one of ``patterns`` starts and ends, once."""
+    def _holding(self, patterns: list[bytes], low: int,
+                 high: int) -> Iterator[tuple[int, int]]:
+        """Where each member between ``low`` and ``high`` that holds one of
+        ``patterns`` starts and ends, once."""
         lowered = self.lowered
         # a member found by one pattern may be found by another: remembered only then
         seen: set[int] | None = set() if len(patterns) > 1 else None
         for pattern in patterns:
-            at = lowered.find(pattern)
+            at = lowered.find(pattern, low, high)
             while at != -1:
                 start = lowered.rfind(b"\n", 0, at) + 1
                 end = lowered.find(b"\n", at)
@@ -255,39 +295,42 @@ class AccountCopy:
                 elif start not in seen:
                     seen.add(start)
                     yield start, end
-                at = lowered.find(pattern, end)
+                at = lowered.find(pattern, end, high)
 
-    def _all_match(self, keep: int, count_all: bool, fresh_found: list[str]) -> Matches | None:
-        """Every key of the copy holds the needle (in the prefix): those whose lines are
-        not blanked, and the keys read again that hold it."""
-        count = self.count - self.blanked + len(fresh_found)
+    def _all_match(self, keep: int, count_all: bool, fresh_found: list[str],
+                   status: str | None) -> Matches | None:
+        """Every key of the copy holds the needle (in the prefix): those of ``status``
+        whose lines are not blanked, and the keys read again that hold it."""
+        statuses = (ACTIVE, INACTIVE) if status is None else (status,)
+        count = sum(self.lines[s] - self.blanked[s] for s in statuses) + len(fresh_found)
         if count > keep:
             return Matches(None, count) if count_all else None
         members = self.members
-        found = [line for line in (members[s:e] for s, e in _lines(members))
+        found = [line for line in (members[s:e] for s, e in _lines(members, *self._span(status)))
                  if not line.startswith(BLANK)]
         return Matches(self._members_of(found) + fresh_found, count)
 
 
-def _estimate(lowered: bytearray, patterns: list[bytes]) -> int:
-    """About how many times ``patterns`` occur in ``lowered``: counted in slices spread
-    over it, one byte in SAMPLED_PART in all (the copy is in label order, where labels
-    that share a beginning sit together: a single slice would miss them)."""
-    step = len(lowered) // SAMPLE_SLICES
+def _estimate(lowered: bytearray, patterns: list[bytes], low: int, high: int) -> int:
+    """About how many times ``patterns`` occur in ``lowered`` between ``low`` and
+    ``high``: counted in slices spread over it, one byte in SAMPLED_PART in all (the copy
+    is in label order, where labels that share a beginning sit together: a single slice
+    would miss them)."""
+    step = (high - low) // SAMPLE_SLICES
     width = step // SAMPLED_PART
-    if not width:  # a copy too small to sample: counted whole
-        return sum(map(lowered.count, patterns))
+    if not width:  # too little to sample: counted whole
+        return sum(lowered.count(pattern, low, high) for pattern in patterns)
     found = sum(lowered.count(pattern, at, at + width)
-                for at in range(0, step * SAMPLE_SLICES, step) for pattern in patterns)
+                for at in range(low, low + step * SAMPLE_SLICES, step) for pattern in patterns)
     return found * SAMPLED_PART
 
 
-def _lines_holding(lowered: bytearray, patterns: list[bytes]) -> int:
+def _lines_holding(lowered: bytearray, patterns: list[bytes], low: int, high: int) -> int:
     """How many lines hold one of ``patterns``, counted in C: a match of one of them
     takes in the rest of its line, so no line is counted twice (the empty group makes
     each match found an empty string, which Python does not allocate)."""
     either = b"|".join(re.escape(pattern) for pattern in patterns)
-    return len(re.findall(b"(?:" + either + rb")[^\n]*()", lowered))
+    return len(re.compile(b"(?:" + either + rb")[^\n]*()").findall(lowered, low, high))
 
 
 @dataclass(frozen=True)
@@ -308,7 +351,7 @@ class KeyIndex:
         """The index of a copy's ``members``: made in a thread, and in steps short
         enough (no sort of the whole array) that the event loop runs between them."""
         groups: list[list[int]] = [[] for _ in range(1 << 16)]
-        if members != b"\n\n":  # a copy with no member has only its two newlines
+        if len(members) > 2:  # a copy with no member is its newline(s) alone
             lines = members[1:-1].split(b"\n")
             # one start more than lines: where a member after the last would start
             starts = accumulate((len(line) + 1 for line in lines), initial=1)
@@ -327,9 +370,12 @@ class KeyIndex:
         return len(self.entries)
 
 
-def _lines(members: bytes) -> Iterator[tuple[int, int]]:
-    start = 1
-    while start < len(members):
+def _lines(members: bytes | bytearray, low: int = 0,
+           high: int | None = None) -> Iterator[tuple[int, int]]:
+    """Where each line between ``low`` and ``high`` starts and ends."""
+    start = max(low, 1)
+    high = len(members) if high is None else high
+    while start < high:
         end = members.find(b"\n", start)
         yield start, end
         start = end + 1
@@ -399,7 +445,8 @@ class LabelSearch:
 
     async def matches(self, account: str, q: str, count_all: bool,
                       among: Candidates | None = None,
-                      page: tuple[int, int] = (0, 0)) -> Matches | None:
+                      page: tuple[int, int] = (0, 0),
+                      status: str | None = None) -> Matches | None:
         """The keys of ``account`` whose label or name holds ``q`` (case-folded, not
         empty) and how many, their members only up to ``max_passed`` (see
         AccountCopy.matches); None when the account is searched in Redis (fewer keys
@@ -415,7 +462,10 @@ class LabelSearch:
         ``max_passed``, the script walks the sort's index from the page's nearer end
         checking each key's label (~4.5 µs a key, about one match in every listed /
         matches keys), unless the matches are handed over (~1.5 µs each, up to
-        ``max_passed_filtered``): they are when the walk would cost more."""
+        ``max_passed_filtered``): they are when the walk would cost more.
+
+        ``status``: only the keys of that status (the copy keeps each status's lines
+        apart), so that q and a status filter are counted together in C."""
         if not self.max_keys:
             return None
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -441,13 +491,14 @@ class LabelSearch:
         few = among is not None and among.count <= min(self.max_passed,
                                                        copy.count // self.holders_before_count)
         found = None if few else copy.matches(
-            needle, self.max_passed if count_all else self.max_passed_filtered, count_all)
+            needle, self.max_passed if count_all else self.max_passed_filtered, count_all,
+            status)
         if (count_all and found is not None and found.members is None
                 and found.count <= self.max_passed_filtered):
             offset, size = page
             walked = min(offset + size, found.count - offset) * copy.count / found.count
             if walked * WALK_STEP_COST > found.count * HANDED_OVER_COST:
-                found = copy.matches(needle, self.max_passed_filtered, True)
+                found = copy.matches(needle, self.max_passed_filtered, True, status)
         if among is None or (found is not None and found.members is not None):
             return found
         if among.count > self.max_passed:
@@ -490,13 +541,28 @@ class LabelSearch:
             start = "(" + chunk[-1]
             if len(members) > self.max_keys:
                 return None
+        inactive = await self._inactive_keys(account)
         self.builds += 1
-        # ~0.3 s of joining and lowering at 1,000,000 keys: in a thread, so that the
-        # event loop serves this process's other requests between its steps
-        copy = await asyncio.to_thread(AccountCopy.of, members, last_event)
+        # ~1 s of joining, lowering and indexing at 1,000,000 keys: in a thread, so that
+        # the event loop serves this process's other requests between its steps
+        copy = await asyncio.to_thread(AccountCopy.of, members, last_event, inactive)
         if not await self._take_in(account, copy):
             return None  # changing faster than it can be read: searched in Redis
         return copy
+
+    async def _inactive_keys(self, account: str) -> set[str]:
+        """The account's inactive keys, from its status index (a key whose status
+        changes meanwhile is read again from its event)."""
+        status = self.names.account(account, "status")
+        inactive: set[str] = set()
+        read = 0
+        while True:
+            chunk = await self.redis.zrange(status, 1, 1, byscore=True, offset=read,
+                                            num=READ_CHUNK)
+            inactive.update(chunk)
+            read += len(chunk)
+            if len(chunk) < READ_CHUNK:
+                return inactive
 
     async def _take_in(self, account: str, copy: AccountCopy) -> bool:
         """Read the events after the copy's last and the labels of the keys they name;
@@ -526,11 +592,11 @@ class LabelSearch:
         keys = list(keys)
         async with self.redis.pipeline(transaction=False) as pipe:
             for app_key in keys:
-                pipe.hmget(self.names.key(app_key), "acct", "label", "lf")
+                pipe.hmget(self.names.key(app_key), "acct", "label", "lf", "status")
             found = await pipe.execute()
-        for app_key, (owner, label, folded) in zip(keys, found, strict=True):
+        for app_key, (owner, label, folded, status) in zip(keys, found, strict=True):
             copy.read_again(app_key, member_of(app_key, label, folded)
-                            if owner == account else None)
+                            if owner == account else None, status == INACTIVE)
 
 
 def _after(event: str, other: str) -> bool:

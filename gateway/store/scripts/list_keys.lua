@@ -10,9 +10,9 @@
 --       then, optionally, q's matches as the caller found them (search.py): 'given'
 --       and their members of the label index ('folded label NUL key') joined by
 --       newlines (one argument: thousands of arguments cost the client more to send
---       than the script to split), or 'total:N' (their number
---       alone, when q is the only filter; each key is then matched here as it is
---       walked)
+--       than the script to split), or 'total:N' (their number alone, when q is the
+--       only filter or q and a status filter are, counted within that status; each
+--       key is then matched here as it is walked)
 -- Not yet in KEYS: the key hashes (ARGV[9] .. appKey) read for q's label match outside
 -- the label index, and the holders of the roles the caller may not act on (named from
 -- KEYS[6] as key_rules.lua's listing_at names them).
@@ -366,9 +366,14 @@ local function cost(s)
   if s.name == 'q' and dated_filter then return 3 * s.size end
   return s.size
 end
+-- q's number counts every filter there is (q alone, or q within a status)
+local q_covers = not dated_filter or (q_total ~= nil and only_status)
 local source = {name = 'all', size = n}
 for _, s in ipairs(sources) do
-  if cost(s) < cost(source) or source.name == 'all' then source = s end
+  if cost(s) < cost(source) or source.name == 'all'
+     or (s.name == 'q' and q_total and q_covers) then
+    source = s
+  end
 end
 
 -- The matches: known by size alone when the dated runs (counted) or q's matches (counted
@@ -409,7 +414,7 @@ local function read_matches()
 end
 local list
 local counted = checked == 0
-                or (checked == 1 and needle ~= '' and not dated_filter and source.name == 'q')
+                or (checked == 1 and needle ~= '' and q_covers and source.name == 'q')
 if not counted then list = read_matches() end
 if total == 0 or offset >= total or count == 0 then return answer(total, {}) end
 
@@ -564,6 +569,9 @@ local want = math.min(offset + count, total)
 local walk_cost = want * (walked_over - cannot_match(desc)) / total
 local back_cost = (total - offset) * (walked_over - cannot_match(not desc)) / total
 local sort_cost = total * ((sort == 'label' and source.name == 'dated') and 6 or 2)
+if not list and not source.members then
+  sort_cost = sort_cost + n  -- the matches not known yet: a pass over the label index
+end
 if math.min(walk_cost, back_cost) <= sort_cost then
   return answer(total, walked(offset, want - 1, back_cost < walk_cost))
 end
