@@ -120,6 +120,10 @@ def page_types(now_ms: int, count: int) -> list[tuple[str, KeyQuery]]:
         # q matching more keys than the process hands to the script (MATCHES_PASSED)
         ("q 'key 9' (111,111 matches)", KeyQuery(q="key 9", per_page=50)),
         ("q 'key 9' + status inactive", KeyQuery(q="key 9", status="inactive", per_page=50)),
+        ("q 'key 9' + role orders-reader (50 %)",
+         KeyQuery(q="key 9", role="orders-reader", per_page=50)),
+        ("q 'key 9' + renewal orange", KeyQuery(
+            q="key 9", token_created=alert_range("orange", 3, now_ms), per_page=50)),
         # a deep page of q's matches: sorted, not walked
         ("q 'key 99', page 100", KeyQuery(q="key 99", per_page=50, page=100)),
         ("q 'key 99', page 100 in label order",

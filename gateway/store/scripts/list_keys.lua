@@ -402,9 +402,13 @@ local function read_matches()
       end
       start = start + CHUNK
     end
+  elseif source.name == 'q' and q_given and not dated_filter and #excluded == 0 then
+    -- q's matches as given are all there is to check: each passes, and carries its
+    -- folded label
+    matched, list = q_given, q_keys
   else
     for _, k in ipairs(source.members()) do
-      -- q's matches as given carry their folded label, when the caller knew it
+      -- q's matches as given carry their folded label
       if passes(k, source.name, nil) then matched[k] = q_given and q_given[k] or true
         list[#list + 1] = k end
     end
