@@ -96,20 +96,28 @@ def add_replica(workdir: Path, url: str, master: int) -> tuple[int, subprocess.P
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30,
     )
     # CLUSTER SLOTS (what clients discover the nodes by) lists a replica once it has
-    # replicated something: a write in the master's slots
+    # replicated something: a write in the master's slots; and every node must list it
+    # (the gossip reaches them one after the other), whichever a client asks
     with redis.Redis(port=ports[master], socket_timeout=2) as admin:
         slots = [(start, end) for start, end, node, *_ in
                  admin.execute_command("CLUSTER", "SLOTS") if int(node[1]) == ports[master]]
         name = next(f"replica-probe-{i}" for i in range(100_000)
                     if any(a <= key_slot(f"replica-probe-{i}".encode()) <= b for a, b in slots))
         deadline = time.monotonic() + 20
-        while not any(int(node[1]) == port for row in admin.execute_command("CLUSTER", "SLOTS")
-                      for node in row[2:]):
+        while not all(_lists(node_port, port) for node_port in ports):
             admin.set(name, "x")
             if time.monotonic() > deadline:
                 raise RuntimeError("the replica did not reach its master")
             time.sleep(0.05)
     return port, process
+
+
+def _lists(node_port: int, replica_port: int) -> bool:
+    """Whether the node on ``node_port`` lists the node on ``replica_port`` in CLUSTER
+    SLOTS."""
+    with redis.Redis(port=node_port, socket_timeout=2) as node:
+        return any(int(entry[1]) == replica_port
+                   for row in node.execute_command("CLUSTER", "SLOTS") for entry in row[2:])
 
 
 def fail_over(url: str, replica_port: int) -> None:
