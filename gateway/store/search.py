@@ -62,7 +62,7 @@ from .records import ACTIVE, INACTIVE
 
 # an account with fewer keys is searched in Redis: the pass there costs ~12 ms at 20,000
 SEARCH_INDEX_FROM = 20_000
-# keys in all accounts' copies together, per process (~90 MB at most)
+# keys in all accounts' copies together, per process (~105 MB at most)
 SEARCH_INDEX_MAX_KEYS = 2_000_000
 READ_CHUNK = 10_000
 # matches handed to the listing script, at most; past it the script is told only their
