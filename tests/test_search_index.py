@@ -18,6 +18,7 @@ from test_listing_index import ACCOUNT, Keys, assert_same, brute, indexed, queri
 from gateway.context import Gateway
 from gateway.store import CLI_ACTOR as CLI
 from gateway.store import KeyQuery, Store
+from gateway.store.label_copy import AccountCopy
 
 redis_url = on_one_server_and_a_cluster()
 
@@ -179,7 +180,6 @@ async def test_a_needle_across_the_keys_shared_prefix_is_found_as_in_the_members
     key), exactly as in the whole members, keys read again since included, whether all
     the copy's keys are searched, those of one status, or only some given keys
     (``among``)."""
-    from gateway.store.search import AccountCopy
 
     labels = ["alpha", "kgk-acme-7q in a label", "beta 7q", "-", "me-7", "zoo zoo"]
     keys = [f"kgk-acme-7Q{i:04X}" for i in range(40)]
@@ -233,7 +233,6 @@ async def test_a_needle_across_the_keys_shared_prefix_is_found_as_in_the_members
 async def test_the_index_by_key_finds_every_key_when_hashes_meet():
     """300,000 keys: some of their 32-bit hashes meet (about ten pairs); each key of a
     pair is still judged by its own label, not its partner's."""
-    from gateway.store.search import AccountCopy
 
     rng = random.Random(51)
     rests = sorted({f"{rng.getrandbits(50):013X}" for _ in range(300_000)})

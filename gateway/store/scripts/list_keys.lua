@@ -499,7 +499,11 @@ end
 -- they all share make (base 257, a byte past a string's end counted as -1, as byte
 -- order puts a string before any longer one it begins: exact in a double), each group
 -- of equal numbers likewise past those six bytes.
-local function in_byte_order(strings, reverse, want)
+local in_byte_order
+-- keys with equal numbers: in byte order among themselves
+local function by_key_order(group) return in_byte_order(group, false, #group) end
+
+in_byte_order = function(strings, reverse, want)
   local first, longest = strings[1], 0
   local shared = #first
   local head = first  -- first's first ``shared`` bytes
@@ -517,8 +521,7 @@ local function in_byte_order(strings, reverse, want)
     items[i] = {((((((a or -1) * 257 + (b or -1)) * 257 + (c or -1)) * 257 + (d or -1))
                   * 257 + (e or -1)) * 257 + (f or -1)), text}
   end
-  return order_by(items, function(group) return in_byte_order(group, false, #group) end,
-                  reverse, want)
+  return order_by(items, by_key_order, reverse, want)
 end
 
 -- a number per match for the sort, read in chunks (ZMSCORE: one call per thousand)
@@ -531,8 +534,6 @@ local function scores(index, keys)
   end
   return out
 end
-
-local function by_key_order(group) return in_byte_order(group, false, #group) end
 
 local function sorted_page(keys, want)
   if sort == 'appKey' then return in_byte_order(keys, desc, want) end
