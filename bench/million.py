@@ -161,10 +161,8 @@ async def million(
     await store.list_keys(ACCOUNT, KeyQuery(q="no label holds this", per_page=50))
     copied_in = time.perf_counter() - started
     copy = store.label_search.copies.get(ACCOUNT)
-    copy_bytes = 0
-    if copy is not None:  # both strings, and the index by key
-        copy_bytes = len(copy.members) + len(copy.lowered) + sum(
-            len(part) * part.itemsize for part in (copy.index.entries, copy.index.buckets))
+    # both strings, the token scores, the index by key
+    copy_bytes = copy.nbytes if copy is not None else 0
     pages = {}
     for name, query in page_types(now_ms, count):
         pages[name] = await timed(store, query)

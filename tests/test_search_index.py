@@ -13,12 +13,23 @@ from collections.abc import AsyncIterator
 
 import pytest
 from conftest import on_one_server_and_a_cluster
-from test_listing_index import ACCOUNT, Keys, assert_same, brute, indexed, queries, spread
+from interleave import Before
+from test_listing_index import (
+    ACCOUNT,
+    DAY_MS,
+    Keys,
+    assert_same,
+    brute,
+    indexed,
+    queries,
+    spread,
+)
 
 from gateway.context import Gateway
+from gateway.renewal import ALERTS, alert_range
 from gateway.store import CLI_ACTOR as CLI
 from gateway.store import KeyQuery, Store
-from gateway.store.label_copy import AccountCopy
+from gateway.store.label_copy import INACTIVE_AT, AccountCopy, Filters
 
 redis_url = on_one_server_and_a_cluster()
 
@@ -185,14 +196,16 @@ async def test_a_needle_across_the_keys_shared_prefix_is_found_as_in_the_members
     keys = [f"kgk-acme-7Q{i:04X}" for i in range(40)]
     members = {k: f"{labels[i % len(labels)]}\0{k}" for i, k in enumerate(keys)}
     inactive = set(keys[::4]) | set(keys[5:9])
-    copy = AccountCopy.of(sorted(members.values()), "0-0", inactive)
+    listed = sorted(members.values())
+    copy = AccountCopy.of(listed, "0-0", [INACTIVE_AT if m.partition("\0")[2] in inactive
+                                          else 0 for m in listed])
     assert copy.prefix == b"kgk-acme-7Q00"  # the longest every key starts with
     # read again since: one relabelled, one deleted, one new that shares less, one
     # deactivated, one activated
     copy.read_again(keys[3], f"now 7q\0{keys[3]}")
     copy.read_again(keys[4], None)
-    copy.read_again("kgk-acme-8Z0001", "other\0kgk-acme-8Z0001", inactive=True)
-    copy.read_again(keys[10], members[keys[10]], inactive=True)
+    copy.read_again("kgk-acme-8Z0001", "other\0kgk-acme-8Z0001", INACTIVE_AT)
+    copy.read_again(keys[10], members[keys[10]], INACTIVE_AT)
     copy.read_again(keys[5], members[keys[5]])
     members[keys[3]] = f"now 7q\0{keys[3]}"
     del members[keys[4]]
@@ -217,7 +230,7 @@ async def test_a_needle_across_the_keys_shared_prefix_is_found_as_in_the_members
         for status in ("active", "inactive"):
             of_status = sorted(k for k in expected if (k in inactive) == (status == "inactive"))
             for keep in (1000, 2):
-                found = copy.matches(needle.encode(), keep, True, status)
+                found = copy.matches(needle.encode(), keep, True, Filters(status))
                 assert found is not None and found.count == len(of_status), (needle, status)
                 assert found.keys is None if len(of_status) > keep else (
                     sorted(found.keys or []) == of_status), (needle, status)
@@ -253,12 +266,14 @@ async def test_the_index_by_key_finds_every_key_when_hashes_meet():
 
 async def test_q_with_a_role_held_by_fewer_keys_is_checked_on_its_holders(searched, other,
                                                                           clock):
-    """q matching more keys than the script is handed, with a role held by fewer: q is
-    checked on the role's holders in the copy (through its index by key), and the pages
-    and totals are brute force's, keys changed by another instance since the copy
-    included; a role held by more than that is left to the script."""
+    """q matching more keys than the script is handed, with a role held by fewer that
+    the copy does not tag (only the largest role is tagged here): q is checked on the
+    role's holders in the copy (through its index by key), and the pages and totals are
+    brute force's, keys changed by another instance since the copy included; a role held
+    by more than that is left to the script."""
     store = searched.store
     store.label_search.max_passed = 12
+    store.label_search.tagged_roles = 1
     keys = Keys(store, 61)
     await spread(searched, keys, clock, 200)  # 'rare' held by 3 keys, the others by ~50
     asked = [KeyQuery(q=needle, role=role, status=status, sort=sort, page=page, per_page=5)
@@ -303,3 +318,148 @@ async def test_a_label_changed_since_the_copy_read_it_is_sorted_by_its_label_now
     for desc in (False, True):
         await assert_same(store, KeyQuery(q="alpha", sort="label", descending=desc,
                                           per_page=10))
+
+
+async def test_q_within_roles_statuses_and_token_dates_is_counted_as_in_the_members():
+    """The copy keeps its lines in token score order, tagged with the roles it tags (here
+    nine: three tag bytes); q within any status, token date range and tagged role is
+    counted and named exactly as in the members, keys read again since included (a role
+    gained and lost, a renewal, a deactivation, a delete, a new key holding a role)."""
+    rng = random.Random(81)
+    roles = [f"role-{i}" for i in range(9)]
+    words = ["alpha", "beta", "gamma 7", "Delta", "kgk-acme-q", "zz"]
+    model: dict[str, tuple[str, int, frozenset[str]]] = {}  # key -> member, score, roles
+    for i in range(600):
+        key = f"kgk-acme-{rng.getrandbits(40):010X}"
+        date = rng.randrange(0, 400) * DAY_MS
+        score = date + (INACTIVE_AT if rng.random() < 0.3 else 0)
+        held = frozenset(r for r in roles if rng.random() < 0.25)
+        model[key] = (f"{rng.choice(words).lower()} {i}\0{key}", score, held)
+    listed = sorted(model.values())
+    copy = AccountCopy.of([m for m, _, _ in listed], "0-0", [score for _, score, _ in listed],
+                          [sum(1 << roles.index(r) for r in held) for _, _, held in listed],
+                          roles)
+    assert copy.tag_width == 3 and all(copy.tags(r) for r in roles)
+    assert list(copy.scores) == sorted(copy.scores)
+    some = rng.sample(sorted(model), 40)
+    for i, key in enumerate(some):  # read again: changed in every way a key can change
+        member, score, held = model[key]
+        if i % 5 == 0:
+            model.pop(key)
+            copy.read_again(key, None)
+            continue
+        if i % 5 == 1:
+            held = held | {roles[i % 9]}
+        elif i % 5 == 2:
+            held = frozenset()
+        elif i % 5 == 3:
+            score = (score + 30 * DAY_MS) % INACTIVE_AT
+        else:
+            score = score % INACTIVE_AT + INACTIVE_AT
+        model[key] = (member, score, held)
+        copy.read_again(key, member, score, held)
+    new = "kgk-acme-NEW0000001"
+    model[new] = (f"gamma new\0{new}", 5 * DAY_MS, frozenset({roles[0]}))
+    copy.read_again(new, *model[new])
+    ranges = [(None, None), (None, 100 * DAY_MS), (50 * DAY_MS, 200 * DAY_MS),
+              (399 * DAY_MS, None), (10, 5)]
+    for needle in ("a", "gamma", "7", "1", "q0", "kgk-acme-", "e-", "zz 5", "none"):
+        for role in (None, *roles[:4], roles[8]):
+            for status in (None, "active", "inactive"):
+                for dates in ranges:
+                    filters = Filters(status, dates, role)
+                    expected = sorted(k for k, (m, score, held) in model.items()
+                                      if needle in m.lower() and filters.allow(score, held))
+                    for keep in (1000, 3):
+                        found = copy.matches(needle.encode(), keep, True, filters)
+                        assert found is not None and found.count == len(expected), (
+                            needle, filters, found)
+                        if len(expected) <= keep:
+                            assert sorted(found.keys or []) == expected, (needle, filters)
+                        else:
+                            assert found.keys is None
+                    not_counted = copy.matches(needle.encode(), 3, False, filters)
+                    assert (not_counted is None) if len(expected) > 3 else (
+                        not_counted is not None and not_counted.count == len(expected))
+    # past TAGGED_ROLES roles, the rest are not tagged (their holders checked one by one)
+    many = [f"r{i}" for i in range(20)]
+    assert [copy.tags(r) for r in many] == [False] * 20
+    assert AccountCopy.of([], "0-0", [], [], many).tag_width == 4
+
+
+async def test_q_with_every_filter_is_counted_in_the_copy_as_brute_force(searched, other,
+                                                                          clock):
+    """q with a status, a role and a renewal alert level (token dates), more matches
+    than are handed over: the copy counts them (the total the script is given) and every
+    page is brute force's; another instance's renewals, role changes and deactivations
+    are seen by the next search with no new copy."""
+    store = searched.store
+    store.label_search.max_passed = 2
+    keys = Keys(store, 83)
+    await spread(searched, keys, clock, 180)
+    now_ms = int(clock() * 1000)
+    ranges = [None, *(alert_range(level, 3, now_ms) for level in ALERTS)]
+    asked = [KeyQuery(q=needle, role=role, status=status, token_created=dates, sort=sort,
+                      descending=desc, page=page, per_page=4)
+             for needle in ("a", "e", "kgk", "9")
+             for role in (None, "owner", "orders-reader")
+             for status in (None, "active", "inactive")
+             for dates in ranges
+             for sort, desc in (("creationDate", True), ("creationDateToken", False),
+                                ("label", False))
+             for page in (1, 3)]
+
+    async def check(queries: list[KeyQuery]) -> None:
+        for query in queries:
+            await assert_same(store, query)
+            found = await store.label_search.matches(
+                ACCOUNT, query.q.casefold(), True, None, (0, 4),
+                Filters(query.status, query.token_created or (None, None), query.role))
+            _, total = await brute(store, query)
+            assert found is not None and found.count == total, query
+            assert found.members is None or len(found.members) == total
+
+    await check(asked)
+    used_copy(store, builds=1)
+    # another instance renews tokens (now, later then finish), changes roles and status
+    renewed = keys.made[:12]
+    for i, app_key in enumerate(renewed):
+        clock.advance(DAY_MS / 1000)
+        if i % 3 == 0:
+            await other.renew_token(ACCOUNT, app_key, "f" * 64, keep_old=False, actor=CLI)
+        elif i % 3 == 1:
+            await other.renew_token(ACCOUNT, app_key, "f" * 64, keep_old=True, actor=CLI)
+            await other.end_renewal(ACCOUNT, app_key, finish=True, actor=CLI)
+        else:
+            await other.update_key(ACCOUNT, app_key, roles=["orders-reader"],
+                                   status="inactive" if i % 2 else "active")
+    await check([q for q in asked if q.page == 1])
+    used_copy(store, builds=1)
+
+
+async def test_keys_shifted_while_the_copy_is_read_are_placed_as_they_are(searched, other,
+                                                                         clock):
+    """The token date index is read by ranks, a chunk at a time: another instance
+    deletes the first keys in its order between two chunks, which shifts keys that did
+    not change past the next chunk's start. They are found missing and read again, so
+    every count and page is still brute force's, from one copy."""
+    store = searched.store
+    store.label_search.read_chunk = 7
+    store.label_search.max_passed = 2
+    keys = Keys(store, 91)
+    await spread(searched, keys, clock, 60)
+    tok_order = await store.redis.zrange(store.names.account(ACCOUNT, "tok"), 0, -1)
+
+    async def shift() -> None:
+        for app_key in tok_order[:4]:
+            await other.delete_key(ACCOUNT, app_key, actor=CLI)
+
+    shifted = Before(store, "scored_ranks", shift, nth=2)
+    now_ms = int(clock() * 1000)
+    for needle in ("a", "e", "kgk"):
+        for role in (None, "orders-reader"):
+            for dates in (None, alert_range("none", 3, now_ms)):
+                await assert_same(store, KeyQuery(q=needle, role=role, token_created=dates,
+                                                  per_page=5))
+    assert shifted.fired
+    used_copy(store, builds=1)

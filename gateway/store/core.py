@@ -200,7 +200,8 @@ class StoreCore:
         self.credential_cache = CredentialCache(cache)
         self.invalidation = InvalidationListener(client, self.names, self.credential_cache)
         # q's matches in large accounts, from copies of their label indexes (search.py)
-        self.label_search = LabelSearch(client, self.names, max_keys=search_index_max_keys)
+        self.label_search = LabelSearch(client, self.names, self.scripts,
+                                        max_keys=search_index_max_keys)
         self._observer: Observer | None = None
 
     # ``observer`` (None: nobody) hears of cache hits, misses, evictions, invalidations,

@@ -4,14 +4,18 @@ Redis, and says why a process keeps one).
 
 The copy is the label index's members ('folded label NUL key') as lines of two byte
 strings, as they are and lowered as Lua's ``string.lower`` lowers them (ASCII only, as
-the script's pass in Redis does: a match means the same), the active keys' lines first,
-then the inactive keys'. A key read again since the copy was made is searched from its
-member now, kept aside, and its line is blanked in place (its length, and so every other
-line's place, kept), so that searching and counting stay single passes in C over each
-status's lines: ``bytes.find`` and ``bytes.count``, and for the number of lines holding
-q a regular expression that takes in the rest of each matching line. The copy's index
-by key (:class:`KeyIndex`) finds a key's line, for blanking it and for checking q on a
-given set of keys (a role's holders).
+the script's pass in Redis does: a match means the same), in the order of the keys'
+token scores (scripts/status_runs.lua: the active keys' by token date, then the inactive
+keys'), so that a status filter and a token date range (a renewal alert level) are one
+span of lines per status, found by bisecting the scores. Each line ends with its key's
+roles as tag bytes (one bit per role the copy tags: the account's largest roles), so that
+a role filter is part of the same regular expression. A key read again since the copy
+was made is searched from what it is now, kept aside, and its line is blanked in place
+(its length, and so every other line's place, kept), so that searching and counting stay
+single passes in C over each span: ``bytes.find`` and ``bytes.count``, and for the number
+of lines holding q (and a role) a regular expression that takes in the rest of each
+matching line. The copy's index by key (:class:`KeyIndex`) finds a key's line, for
+blanking it and for checking q on a given set of keys (a role's holders).
 """
 
 from __future__ import annotations
@@ -19,17 +23,73 @@ from __future__ import annotations
 import re
 from array import array
 from bisect import bisect_left
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, compress, repeat
 
+from .lua import constant
 from .records import ACTIVE, INACTIVE
 
 # what a line read again is overwritten with: no label or key holds it
 BLANK = b"\x01"
+# where a line's tag bytes begin (after the member), and what each is: four roles' bits
+# over TAG_BASE (control characters that no label or key holds)
+TAG_MARK, TAG_BASE, ROLES_PER_TAG = b"\x02", 0x10, 4
+# the roles a copy tags, at most (the account's largest: a smaller one's holders are few
+# enough to check one by one, AccountCopy.among)
+TAGGED_ROLES = 16
+# an inactive key's token score is its token date plus this (scripts/status_runs.lua)
+INACTIVE_AT = constant("status_runs", "INACTIVE_AT")
+# a line's start is kept for one line in this many (the others found from it in C)
+LINES_PER_START = 64
 # q's matches are first estimated from this part of the copy (one byte in this many),
 # in this many slices spread over it
 SAMPLED_PART, SAMPLE_SLICES = 8, 64
+
+
+def token_score(date: int | None, active: bool) -> int:
+    """A key's score in the token date index, as scripts/status_runs.lua's run_score."""
+    at = min(max(date or 0, 0), INACTIVE_AT - 1)
+    return at if active else at + INACTIVE_AT
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The filters a search is counted within: a status (None: any), a token date range
+    [start, end) in ms (None: no bound), a role (None: any)."""
+
+    status: str | None = None
+    dates: tuple[int | None, int | None] = (None, None)
+    role: str | None = None
+
+    def score_ranges(self) -> list[tuple[int, int]]:
+        """The token scores they allow: [low, high) per status."""
+        start, end = self.dates
+        low = max(start or 0, 0)
+        high = min(INACTIVE_AT if end is None else end, INACTIVE_AT)
+        if high <= low:
+            return []
+        bases = {ACTIVE: (0,), INACTIVE: (INACTIVE_AT,)}.get(self.status or "",
+                                                             (0, INACTIVE_AT))
+        return [(base + low, base + high) for base in bases]
+
+    def allow(self, score: int, roles: Iterable[str]) -> bool:
+        return (any(low <= score < high for low, high in self.score_ranges())
+                and (self.role is None or self.role in roles))
+
+
+# no filter: every key
+ANY_KEY = Filters()
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """A key read again since the copy was made: its member now (None: none, deleted or
+    not in the account), token score and roles."""
+
+    member: str | None
+    score: int = 0
+    roles: frozenset[str] = frozenset()
 
 
 def member_of(app_key: str, label: str | None, folded: str | None) -> str | None:
@@ -46,9 +106,38 @@ def member_of(app_key: str, label: str | None, folded: str | None) -> str | None
 
 
 @dataclass
+class TokenOrder:
+    """An account's label index members in token score order (:func:`in_token_order`),
+    and the keys whose token score was not read."""
+
+    members: list[str]
+    scores: list[int]
+    role_bits: list[int]
+    unplaced: list[str]
+
+
+def in_token_order(members: Sequence[str], keys: Sequence[str], scores: Sequence[int],
+                   role_bits: Mapping[str, int]) -> TokenOrder:
+    """``members`` (of the label index) in the order of ``keys`` (of the token date
+    index, with their ``scores``), each with its key's bits in ``role_bits`` (0 when
+    none). A key of ``keys`` with no member (a label not indexed, or read twice) is left
+    out; a member whose key is not in ``keys`` is named in ``unplaced``. Every step in
+    C: no Python line runs per key."""
+    member_of_key = dict(zip(re.findall("\0([^\n]*)", "\n".join(members)), members,
+                             strict=True))
+    found = list(map(member_of_key.pop, keys, repeat(None)))
+    placed = [m is not None for m in found]
+    ordered = list(compress(found, placed))
+    return TokenOrder(
+        ordered, list(compress(scores, placed)),
+        list(map(role_bits.get, compress(keys, placed), repeat(0))),
+        list(member_of_key))
+
+
+@dataclass
 class AccountCopy:
-    """One account's label index as of the event ``last_event``, and the keys read
-    again since (key → its member now, None for none).
+    """One account's label index as of the event ``last_event``, in token score order,
+    and the keys read again since.
 
     The members are kept without the prefix that every key of the copy shares
     (``kgk-acme-`` for the names keygate gives): a third of the bytes a search scans. A
@@ -56,85 +145,133 @@ class AccountCopy:
     end, as a head the prefix ends with and a tail the rest of the key starts with; and
     in the prefix itself, where every key of the copy holds it.
 
-    A key read again is searched from its member now, and its line in the copy is
+    A key read again is searched from what it is now, and its line in the copy is
     blanked (overwritten with BLANK, which no needle holds, its length and so every
     other line's place kept): searches and counts then run in C over the copy as it is,
     with no key to leave out one by one."""
 
-    members: bytearray  # '\n' + 'folded label NUL key without the prefix' + '\n', ...
+    # '\n' + 'folded label NUL key without the prefix' + TAG_MARK + tag bytes + '\n', ...
+    members: bytearray
     lowered: bytearray
     prefix: bytes
-    # where the inactive keys' lines begin (the active keys' come first), and how many
-    # lines of each status there are (blanked ones included) and are blanked
-    inactive_from: int
-    lines: dict[str, int]
+    scores: array  # each line's token score, ascending
+    starts: array  # where every LINES_PER_START-th line starts
+    roles: tuple[str, ...]  # the tagged roles: role i is bit i of a line's tag bytes
     last_event: str
     index: KeyIndex
-    blanked: dict[str, int] = field(default_factory=lambda: {ACTIVE: 0, INACTIVE: 0})
-    # the keys read again: their members now (None: none) and which are inactive
-    fresh: dict[str, str | None] = field(default_factory=dict)
-    fresh_inactive: set[str] = field(default_factory=set)
+    fresh: dict[str, Fresh] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, members: list[str], last_event: str,
-           inactive: Container[str] = ()) -> AccountCopy:
-        """The copy of ``members``, those of the ``inactive`` keys after the others."""
-        active_part = [m for m in members if m.partition("\0")[2] not in inactive]
-        inactive_part = [m for m in members if m.partition("\0")[2] in inactive]
-        prefix = _shared_prefix(("\n" + "\n".join(members) + "\n").encode(), len(members))
-
-        def lines_of(part: list[str]) -> bytes:
-            joined = "".join(m + "\n" for m in part).encode()
-            # each member holds one NUL, before its key
-            return joined.replace(b"\0" + prefix, b"\0") if prefix else joined
-
-        first, second = lines_of(active_part), lines_of(inactive_part)
-        joined = b"\n" + first + second
-        return cls(bytearray(joined), bytearray(joined.lower()), prefix, 1 + len(first),
-                   {ACTIVE: len(active_part), INACTIVE: len(inactive_part)}, last_event,
-                   KeyIndex.of(joined))
+    def of(cls, members: Sequence[str], last_event: str,
+           scores: Sequence[int] | None = None, role_bits: Sequence[int] | None = None,
+           roles: Sequence[str] = ()) -> AccountCopy:
+        """The copy of ``members``, in the order of their keys' token ``scores`` (each
+        member's; none given: all 0, active), each tagged with the bits of the ``roles``
+        it holds (``role_bits``: bit i is ``roles[i]``; none given: none)."""
+        roles = tuple(roles[:TAGGED_ROLES])
+        width = _tag_width(len(roles))
+        count = len(members)
+        scores = scores if scores is not None else [0] * count
+        role_bits = role_bits if role_bits is not None else [0] * count
+        order = sorted(range(count), key=scores.__getitem__)
+        mark = TAG_MARK.decode()
+        tags = {bits: mark + "".join(chr(TAG_BASE | (bits >> (ROLES_PER_TAG * j)) & 0xF)
+                                     for j in range(width))
+                for bits in set(role_bits)}
+        prefix = _shared_prefix(("\n" + "\n".join(members) + "\n").encode(), count)
+        lines = map(str.__add__, map(members.__getitem__, order),
+                    map(tags.__getitem__, map(role_bits.__getitem__, order)))
+        joined = ("\n" + "\n".join(lines) + "\n" if count else "\n").encode()
+        if prefix:  # each member holds one NUL, before its key
+            joined = joined.replace(b"\0" + prefix, b"\0")
+        index, starts = KeyIndex.of(joined)
+        return cls(bytearray(joined), bytearray(joined.lower()), prefix,
+                   array("q", map(scores.__getitem__, order)), starts, roles, last_event,
+                   index)
 
     @property
     def count(self) -> int:
-        return self.lines[ACTIVE] + self.lines[INACTIVE]
+        return len(self.scores)
 
-    def read_again(self, app_key: str, member: str | None, inactive: bool = False) -> None:
-        """``app_key``'s member is now ``member`` (None: it has none, deleted or not in
-        the account), its status inactive or not: searched from it, its line in the copy
-        blanked."""
-        self.fresh[app_key] = member
-        if inactive:
-            self.fresh_inactive.add(app_key)
-        else:
-            self.fresh_inactive.discard(app_key)
+    @property
+    def nbytes(self) -> int:
+        """The memory the copy's strings and arrays hold (not the keys read again)."""
+        arrays = (self.scores, self.starts, self.index.entries, self.index.buckets)
+        return len(self.members) + len(self.lowered) + sum(
+            len(part) * part.itemsize for part in arrays)
+
+    @property
+    def tag_width(self) -> int:
+        return _tag_width(len(self.roles))
+
+    def tags(self, role: str) -> bool:
+        """Whether the copy's lines say which keys hold ``role``."""
+        return role in self.roles
+
+    def read_again(self, app_key: str, member: str | None, token_score: int = 0,
+                   roles: Iterable[str] = ()) -> None:
+        """``app_key`` is now ``member`` (None: it has none, deleted or not in the
+        account), with that token score and roles: searched from them, its line in the
+        copy blanked."""
+        self.fresh[app_key] = Fresh(member, token_score, frozenset(roles))
         prefix = self.prefix.decode()
         line = (self._line_of(app_key[len(prefix):].encode())
                 if app_key.startswith(prefix) else None)
         if line is not None:
-            start, end, _ = line
+            start, member_end, _ = line
+            end = member_end + 1 + self.tag_width  # its tag bytes too
             self.members[start:end] = self.lowered[start:end] = BLANK * (end - start)
-            self.blanked[INACTIVE if start >= self.inactive_from else ACTIVE] += 1
 
-    def _span(self, status: str | None) -> tuple[int, int]:
-        """Where the lines of keys of ``status`` (None: any) are."""
-        if status == ACTIVE:
-            return 0, self.inactive_from
-        if status == INACTIVE:
-            return self.inactive_from, len(self.members)
-        return 0, len(self.members)
+    def _start(self, line: int) -> int:
+        """Where line ``line`` (0-based, in score order) starts; the copy's end past the
+        last."""
+        if line >= len(self.scores):
+            return len(self.members)
+        at, members = self.starts[line // LINES_PER_START], self.members
+        for _ in range(line % LINES_PER_START):
+            at = members.index(b"\n", at) + 1
+        return at
+
+    def _spans(self, filters: Filters) -> list[tuple[int, int]]:
+        """Where the lines of the keys whose token scores ``filters`` allow are: one span
+        per status."""
+        spans = []
+        for low, high in filters.score_ranges():
+            first, last = bisect_left(self.scores, low), bisect_left(self.scores, high)
+            if first < last:
+                spans.append((self._start(first), self._start(last)))
+        return spans
+
+    def _tag_pattern(self, role: str | None) -> bytes:
+        """A regular expression for the tag bytes of a line whose key holds ``role``
+        (one of the tagged roles; None: any key)."""
+        if role is None:
+            return re.escape(TAG_MARK)
+        byte, bit = divmod(self.roles.index(role), ROLES_PER_TAG)
+        holding = bytes(v for v in range(TAG_BASE, TAG_BASE + 16) if v & (1 << bit))
+        return (re.escape(TAG_MARK) + b"[\x10-\x1f]{%d}" % byte + b"[" + holding + b"]")
+
+    def _holds(self, member_end: int, role: str | None) -> bool:
+        """Whether the key of the line whose member ends at ``member_end`` holds
+        ``role`` (None: any key)."""
+        if role is None:
+            return True
+        byte, bit = divmod(self.roles.index(role), ROLES_PER_TAG)
+        return bool(self.lowered[member_end + 1 + byte] & (1 << bit))
 
     def _line_of(self, rest: bytes) -> tuple[int, int, int] | None:
         """Where the line of the key whose name past the shared prefix is ``rest``
-        starts, ends, and holds its NUL; None when the copy holds none (a key made
-        since, or read again)."""
+        starts, ends (its member's end: its tag bytes follow), and holds its NUL; None
+        when the copy holds none (a key made since, or read again)."""
         index, buckets, members = self.index.entries, self.index.buckets, self.members
         hashed = hash(rest) & 0xFFFFFFFF
         top = hashed >> 16
         end_of_bucket = buckets[top + 1]
         at = bisect_left(index, hashed << 32, buckets[top], end_of_bucket)
+        width = self.tag_width
         while at < end_of_bucket and index[at] >> 32 == hashed:
             start = index[at] & 0xFFFFFFFF
-            end = members.index(b"\n", start)
+            end = members.index(b"\n", start) - width - 1
             nul = members.find(b"\0", start, end)  # none in a blanked line
             if nul != -1 and members[nul + 1:end] == rest:
                 return start, end, nul
@@ -142,37 +279,44 @@ class AccountCopy:
         return None
 
     def matches(self, needle: bytes, keep: int, count_all: bool,
-                status: str | None = None) -> Matches | None:
-        """The keys (of ``status``, None: any) whose member holds ``needle`` (lowered,
-        with no control character), and how many: their members only up to ``keep`` of
-        them (past it, None), and None altogether when more match and ``count_all`` is
-        false."""
-        fresh_found = [member for key, member in self.fresh.items()
-                       if member is not None and needle in member.encode().lower()
-                       and (status is None
-                            or (key in self.fresh_inactive) == (status == INACTIVE))]
+                filters: Filters = ANY_KEY) -> Matches | None:
+        """The keys that ``filters`` allow (a tagged role only) whose member holds
+        ``needle`` (lowered, with no control character), and how many: their members
+        only up to ``keep`` of them (past it, None), and None altogether when more match
+        and ``count_all`` is false."""
+        fresh_found = [f.member for f in self.fresh.values()
+                       if f.member is not None and needle in f.member.encode().lower()
+                       and filters.allow(f.score, f.roles)]
+        spans, role = self._spans(filters), filters.role
+        tag = self._tag_pattern(role) if role is not None else b""
         lowered_prefix = self.prefix.lower()
         if needle in lowered_prefix:
-            return self._all_match(keep, count_all, fresh_found, status)
+            return self._all_match(keep, count_all, fresh_found, spans, role)
         patterns = [needle] + [b"\0" + needle[i:] for i in range(1, len(needle))
                                if lowered_prefix.endswith(needle[:i])]
-        lowered, (low, high) = self.lowered, self._span(status)
+        lowered = self.lowered
+
+        def counted() -> int:  # the lines holding q (and the role), counted in C
+            return sum(_lines_holding(lowered, patterns, low, high, tag)
+                       for low, high in spans) + len(fresh_found)
+
         # Estimated first from a sample of the copy: a whole count costs as much as the
         # search itself (~15 ms at 1,000,000 keys), so it is made only when the sample
         # says there are more than ``keep`` (or the search finds more).
-        if _estimate(lowered, patterns, low, high) > keep:
-            if count_all:  # the lines holding q, counted in C: none named
-                count = _lines_holding(lowered, patterns, low, high) + len(fresh_found)
+        if sum(_estimate(lowered, patterns, low, high) for low, high in spans) > keep:
+            if count_all:
+                count = counted()
                 if count > keep:
                     return Matches(None, count)
             # not counted: a count of the patterns' occurrences (in C, a bound on the
             # members holding them) spares naming up to ``keep`` keys only to drop them
-            elif sum(lowered.count(pattern, low, high)
-                     for pattern in patterns) + len(fresh_found) > keep:
+            elif role is None and sum(lowered.count(pattern, low, high)
+                                      for pattern in patterns
+                                      for low, high in spans) + len(fresh_found) > keep:
                 return None
         found: list[bytearray] = []  # lines as kept, made members together at the end
         members, room = self.members, keep - len(fresh_found)
-        for start, end in self._holding(patterns, low, high):
+        for start, end in self._holding(patterns, spans, role):
             if len(found) >= room:  # more than ``keep``, which the first part did not show
                 break
             found.append(members[start:end])
@@ -182,11 +326,12 @@ class AccountCopy:
                                len(found) + len(fresh_found))
         if not count_all:
             return None
-        return Matches(None, _lines_holding(lowered, patterns, low, high) + len(fresh_found))
+        return Matches(None, counted())
 
     def _members_of(self, lines: list[bytearray]) -> list[str]:
-        """Lines as kept, as members: the prefix put back, each decoded (in C, for all
-        at once: a step per line in Python costs as much as finding it)."""
+        """Lines as kept (their members alone), as members: the prefix put back, each
+        decoded (in C, for all at once: a step per line in Python costs as much as
+        finding it)."""
         if not lines:
             return []
         return (b"\n".join(lines).replace(b"\0", b"\0" + self.prefix)
@@ -206,7 +351,7 @@ class AccountCopy:
         cut = len(prefix)
         for app_key in keys:
             if app_key in fresh:
-                member = fresh[app_key]
+                member = fresh[app_key].member
                 if member is not None and needle in member.encode().lower():
                     found.append(member)
                 continue
@@ -222,37 +367,41 @@ class AccountCopy:
                               + members[nul + 1:end]).decode())
         return Matches(found, len(found))
 
-    def _holding(self, patterns: list[bytes], low: int,
-                 high: int) -> Iterator[tuple[int, int]]:
-        """Where each member between ``low`` and ``high`` that holds one of
-        ``patterns`` starts and ends, once."""
+    def _holding(self, patterns: list[bytes], spans: list[tuple[int, int]],
+                 role: str | None) -> Iterator[tuple[int, int]]:
+        """Where the member of each line in ``spans`` that holds one of ``patterns``
+        (and whose key holds ``role``) starts and ends, once: found in C (the regular
+        expression of :func:`_lines_holding`, which matches a line at most once), so
+        that a line holding q but not the role costs no step in Python."""
         lowered = self.lowered
-        # a member found by one pattern may be found by another: remembered only then
-        seen: set[int] | None = set() if len(patterns) > 1 else None
-        for pattern in patterns:
-            at = lowered.find(pattern, low, high)
-            while at != -1:
-                start = lowered.rfind(b"\n", 0, at) + 1
-                end = lowered.find(b"\n", at)
-                if seen is None:
-                    yield start, end
-                elif start not in seen:
-                    seen.add(start)
-                    yield start, end
-                at = lowered.find(pattern, end, high)
+        tag = self._tag_pattern(role) if role is not None else b""
+        line = _line_pattern(patterns, tag)
+        for low, high in spans:
+            for found in line.finditer(lowered, low, high):
+                at = found.start()
+                yield lowered.rfind(b"\n", 0, at) + 1, lowered.index(TAG_MARK, at)
 
     def _all_match(self, keep: int, count_all: bool, fresh_found: list[str],
-                   status: str | None) -> Matches | None:
-        """Every key of the copy holds the needle (in the prefix): those of ``status``
-        whose lines are not blanked, and the keys read again that hold it."""
-        statuses = (ACTIVE, INACTIVE) if status is None else (status,)
-        count = sum(self.lines[s] - self.blanked[s] for s in statuses) + len(fresh_found)
+                   spans: list[tuple[int, int]], role: str | None) -> Matches | None:
+        """Every key of the copy holds the needle (in the prefix): those in ``spans``
+        (holding ``role``) whose lines are not blanked, and the keys read again that hold
+        it."""
+        # a blanked line has no tag mark left
+        tagged = re.compile(self._tag_pattern(role))
+        count = sum(len(tagged.findall(self.lowered, low, high))
+                    for low, high in spans) + len(fresh_found)
         if count > keep:
             return Matches(None, count) if count_all else None
-        members = self.members
-        found = [line for line in (members[s:e] for s, e in _lines(members, *self._span(status)))
-                 if not line.startswith(BLANK)]
+        members, width = self.members, self.tag_width
+        found = [members[s:e - width - 1] for low, high in spans
+                 for s, e in _lines(members, low, high)
+                 if not members.startswith(BLANK, s) and self._holds(e - width - 1, role)]
         return Matches(self._members_of(found) + fresh_found, count)
+
+
+def _tag_width(roles: int) -> int:
+    """How many tag bytes a line has for that many tagged roles."""
+    return -(-roles // ROLES_PER_TAG)
 
 
 def _estimate(lowered: bytearray, patterns: list[bytes], low: int, high: int) -> int:
@@ -269,12 +418,21 @@ def _estimate(lowered: bytearray, patterns: list[bytes], low: int, high: int) ->
     return found * SAMPLED_PART
 
 
-def _lines_holding(lowered: bytearray, patterns: list[bytes], low: int, high: int) -> int:
-    """How many lines hold one of ``patterns``, counted in C: a match of one of them
-    takes in the rest of its line, so no line is counted twice (the empty group makes
-    each match found an empty string, which Python does not allocate)."""
+def _line_pattern(patterns: list[bytes], tag: bytes = b"") -> re.Pattern[bytes]:
+    """A line holding one of ``patterns`` (and ending with tag bytes that ``tag``
+    matches, when given): each match takes in the rest of its line, up to its tag, so no
+    line is matched twice (the empty group makes each match that findall finds an empty
+    string, which Python does not allocate)."""
     either = b"|".join(re.escape(pattern) for pattern in patterns)
-    return len(re.compile(b"(?:" + either + rb")[^\n]*()").findall(lowered, low, high))
+    rest = rb"[^\n\x02]*" + tag if tag else rb"[^\n]*"
+    return re.compile(b"(?:" + either + b")" + rest + b"()")
+
+
+def _lines_holding(lowered: bytearray, patterns: list[bytes], low: int, high: int,
+                   tag: bytes = b"") -> int:
+    """How many lines between ``low`` and ``high`` :func:`_line_pattern` matches,
+    counted in C."""
+    return len(_line_pattern(patterns, tag).findall(lowered, low, high))
 
 
 @dataclass(frozen=True)
@@ -291,16 +449,22 @@ class KeyIndex:
     buckets: array
 
     @classmethod
-    def of(cls, members: bytes) -> KeyIndex:
-        """The index of a copy's ``members``: made in a thread, and in steps short
-        enough (no sort of the whole array) that the event loop runs between them."""
+    def of(cls, members: bytes) -> tuple[KeyIndex, array]:
+        """The index of a copy's ``members`` (each line's key between its NUL and its
+        tag mark), and where every LINES_PER_START-th line starts: made in a thread, and
+        in steps short enough (no sort of the whole array) that the event loop runs
+        between them."""
         groups: list[list[int]] = [[] for _ in range(1 << 16)]
+        starts = array("Q")
         if len(members) > 2:  # a copy with no member is its newline(s) alone
-            lines = members[1:-1].split(b"\n")
-            # one start more than lines: where a member after the last would start
-            starts = accumulate((len(line) + 1 for line in lines), initial=1)
-            for line, start in zip(lines, starts, strict=False):
-                hashed = hash(line.partition(b"\0")[2]) & 0xFFFFFFFF
+            # each line's start (one more: where a line after the last would start) and
+            # key, found in C
+            line_starts = list(accumulate(
+                map((1).__add__, map(len, members[1:-1].split(b"\n"))), initial=1))
+            starts.extend(line_starts[:-1:LINES_PER_START])
+            keys = re.findall(rb"\0([^\n\x02]*)", members)
+            for hashed, start in zip(map(hash, keys), line_starts, strict=False):
+                hashed &= 0xFFFFFFFF
                 groups[hashed >> 16].append(hashed << 32 | start)
         entries, buckets = array("Q"), array("I")
         for group in groups:
@@ -308,7 +472,7 @@ class KeyIndex:
             group.sort()
             entries.extend(group)
         buckets.append(len(entries))
-        return cls(entries, buckets)
+        return cls(entries, buckets), starts
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -45,6 +45,7 @@ from typing import Any
 import orjson
 
 from .core import StoreCore, unavailable, unavailable_iter
+from .label_copy import Filters
 from .lua import constant
 from .names import LISTED
 from .records import ACTIVE, INACTIVE, KeyRecord, label_fold
@@ -144,12 +145,13 @@ class KeyListing(StoreCore):
             allowed, query.own_key, "1" if query.role else "0",
         ]
         if query.q:
-            # q alone, or q and a status filter (the copy keeps each status apart): its
-            # count is the total; with other filters, too many matches to hand over are
-            # left to the script, which matches q in the cheapest candidate set
+            # q's matches are counted within the status, token date and role filters
+            # (the copy keeps its lines in token score order, tagged with the largest
+            # roles): that count is the total; with the caller's role exclusions, too
+            # many matches to hand over are left to the script, which matches q in the
+            # cheapest candidate set
             with_status = query.status in (ACTIVE, INACTIVE)
-            counted = not (query.role or query.token_created or query.may_act_on) and (
-                with_status or not query.status)
+            counted = not query.may_act_on and (with_status or not query.status)
             among = None
             if query.role:
                 # the role's holders: q may be checked on them in this process's copy
@@ -162,7 +164,7 @@ class KeyListing(StoreCore):
             found = await self.label_search.matches(
                 account, query.q.casefold(), counted, among,
                 ((query.page - 1) * query.per_page, query.per_page),
-                query.status if counted and with_status else None)
+                Filters(query.status if with_status else None, dates, query.role or None))
             if found is not None and found.count == 0:
                 return [], 0
             if found is not None and found.members is not None:

@@ -42,6 +42,7 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "index_listing": _KEY,
     "index_zones": _KEY,
     "list_keys": ("status_runs", "byte_order"),
+    "scored_ranks": (),
     "keys_at_date": ("status_runs", "byte_order"),
     "renew_token": _KEY,
     "end_renewal": _KEY,
@@ -140,6 +141,7 @@ class Scripts:
         self.index_listing = register("index_listing")
         self.index_zones = register("index_zones")
         self.list_keys = register("list_keys")
+        self.scored_ranks = register("scored_ranks")
         self.keys_at_date = register("keys_at_date")
         self.renew_token = register("renew_token")
         self.end_renewal = register("end_renewal")

@@ -10,33 +10,45 @@ several kilobytes per key). So, for an account with at least ``min_keys`` genera
 each process keeps a copy of the label index (label_copy.py) and finds q there in C:
 tens of milliseconds at 1,000,000 keys, on the process's CPU instead of Redis's.
 
+The copy is in token score order (each status's keys by token date) and each line is
+tagged with the roles it holds of the account's largest, so q within a status, a token
+date range (a renewal alert level) and such a role is counted in C too: the count is
+the page's total, and the script walks the sort's index for the page checking each key
+(or takes the matches handed over, when they are few). It is read in chunks: the label
+index by value, then the token date index by ranks with its scores (a key that a change
+meanwhile shifts past a chunk's end is found missing and read again), then each tagged
+role's holders by ranks while no event is appended (so none shifted). At 1,000,000 keys
+the first search makes it in ~6 s (~3.5 s to read, the rest joined and indexed in a
+thread).
+
 Coherence comes from the account's audit stream, the log of every change: each script
-that creates, changes or deletes a key appends its event in the same step. The copy
-remembers the last event it took in; before each search it reads the events after it
-(one round trip) and reads again the label and status of every key a ``key.*`` event
-names (a second one, only when there are such events), so a search sees every change
-committed before it began, on whichever instance (the copy then blanks the key's line:
-counting the lines holding q stays one pass in C, ~18 ms for 111,111 matches at
-1,000,000 keys, where counting them one by one took ~60). The copy is made again when the
-events it needs are gone (the stream trimmed past its last event, or deleted) and when
-more keys were read again than a tenth of its size. Only a complete label index is
-copied (an account whose indexes are being built for an older keygate's data is
-searched in Redis until they are); members written with no event otherwise come only
-from ``keygate store copy``, which is made with keygate stopped.
+that creates, changes or deletes a key, or renews its token, appends its event in the
+same step. The copy remembers the last event it took in; before each search it reads
+the events after it (one round trip) and reads again the label, status, token date and
+roles of every key such an event names (a second one, only when there are such
+events), so a search sees every change committed before it began, on whichever instance
+(the copy then blanks the key's line: counting the lines holding q stays one pass in C,
+~18 ms for 111,111 matches at 1,000,000 keys, where counting them one by one took ~60).
+The copy is made again when the events it needs are gone (the stream trimmed past its
+last event, or deleted) and when more keys were read again than a tenth of its size.
+Only a complete label index is copied (an account whose indexes are being built for an
+older keygate's data is searched in Redis until they are); members written with no
+event otherwise come only from ``keygate store copy``, which is made with keygate
+stopped.
 
-With a role filter, q may be checked on the role's holders instead
-(:meth:`AccountCopy.among`): their members are found through the copy's index by key
-(made with the copy, in a thread: ~0.7 s of the ~1.4 s a copy of 1,000,000 keys takes).
-Checking a holder costs about 1.5 µs, where counting q's matches over the
-whole copy costs about 16 ns per key, and the script's own check reads each holder's
-label from its hash (~4.5 µs, on Redis's CPU). So the holders are checked first when
-they are few beside the copy (under one in ``HOLDERS_BEFORE_COUNT``), and otherwise
-when q matches too many keys to hand over.
+With a role the copy does not tag (held by one key in ``HOLDERS_BEFORE_COUNT`` or
+fewer, or past ``TAGGED_ROLES``), q may be checked on the role's holders instead
+(:meth:`AccountCopy.among`): their members are found through the copy's index by key.
+Checking a holder costs about 1.5 µs, where counting q's matches over the whole copy
+costs about 16 ns per key, and the script's own check reads each holder's label from
+its hash (~4.5 µs, on Redis's CPU). So the holders are checked first when they are few
+beside the copy, and otherwise when q matches too many keys to hand over.
 
-Memory: about 53 bytes per key (both strings, the keys' shared prefix kept once, and 8
-for the index by key), and the keys read again, per process; at most ``max_keys`` keys
-in all accounts' copies together (the least recently searched account's copy is dropped
-first; an account larger than that is searched in Redis).
+Memory: about 64 bytes per key (both strings, the keys' shared prefix kept once, a
+tag mark and a byte per four tagged roles; 8 for the token score, 8 for the index by
+key), and the keys read again, per process; at most ``max_keys`` keys in all accounts'
+copies together (the least recently searched account's copy is dropped first; an
+account larger than that is searched in Redis).
 """
 
 from __future__ import annotations
@@ -49,13 +61,23 @@ from dataclasses import dataclass
 import orjson
 import redis.asyncio as aioredis
 
-from .label_copy import AccountCopy, Matches, member_of
+from .label_copy import (
+    ANY_KEY,
+    TAGGED_ROLES,
+    AccountCopy,
+    Filters,
+    Matches,
+    in_token_order,
+    member_of,
+    token_score,
+)
+from .lua import Scripts
 from .names import LISTED, Keyspace
-from .records import INACTIVE
+from .records import ACTIVE
 
 # an account with fewer keys is searched in Redis: the pass there costs ~12 ms at 20,000
 SEARCH_INDEX_FROM = 20_000
-# keys in all accounts' copies together, per process (~105 MB at most)
+# keys in all accounts' copies together, per process (~130 MB at most)
 SEARCH_INDEX_MAX_KEYS = 2_000_000
 READ_CHUNK = 10_000
 # matches handed to the listing script, at most; past it the script is told only their
@@ -72,8 +94,10 @@ WALK_STEP_COST, HANDED_OVER_COST = 4.5, 1.5
 HOLDERS_BEFORE_COUNT = 100
 # events read per round trip while taking in changes
 EVENTS_CHUNK = 1_000
-# the actions that can change an account's label index
-KEY_ACTIONS = ("key.create", "key.update", "key.delete")
+# the actions that can change a key's line in the copy: its label, status, roles or
+# token date
+KEY_ACTIONS = ("key.create", "key.update", "key.delete", "token.renew", "token.renew-now",
+               "token.finish-renewal", "token.undo-renewal")
 
 
 @dataclass(frozen=True)
@@ -88,15 +112,18 @@ class Candidates:
 class LabelSearch:
     """The copies of this process (see the module notes)."""
 
-    def __init__(self, client: aioredis.Redis, names: Keyspace, *,
+    def __init__(self, client: aioredis.Redis, names: Keyspace, scripts: Scripts, *,
                  max_keys: int = SEARCH_INDEX_MAX_KEYS, min_keys: int = SEARCH_INDEX_FROM):
         self.redis = client
         self.names = names
+        self.scripts = scripts
         self.max_keys = max_keys
         self.min_keys = min_keys
         self.max_passed = MATCHES_PASSED
         self.max_passed_filtered = MATCHES_PASSED_FILTERED
         self.holders_before_count = HOLDERS_BEFORE_COUNT
+        self.tagged_roles = TAGGED_ROLES
+        self.read_chunk = READ_CHUNK
         self.copies: OrderedDict[str, AccountCopy] = OrderedDict()
         self.builds = 0  # copies made, for tests and metrics
         self.among_searches = 0  # searches answered among another filter's keys, likewise
@@ -109,7 +136,7 @@ class LabelSearch:
     async def matches(self, account: str, q: str, count_all: bool,
                       among: Candidates | None = None,
                       page: tuple[int, int] = (0, 0),
-                      status: str | None = None) -> Matches | None:
+                      filters: Filters = ANY_KEY) -> Matches | None:
         """The keys of ``account`` whose label or name holds ``q`` (case-folded, not
         empty) and how many, their members only up to ``max_passed`` (see
         AccountCopy.matches); None when the account is searched in Redis (fewer keys
@@ -127,8 +154,11 @@ class LabelSearch:
         matches keys), unless the matches are handed over (~1.5 µs each, up to
         ``max_passed_filtered``): they are when the walk would cost more.
 
-        ``status``: only the keys of that status (the copy keeps each status's lines
-        apart), so that q and a status filter are counted together in C."""
+        ``filters``: only the keys of that status, token date range and role (the copy
+        keeps its lines in token score order, each tagged with the account's largest
+        roles), so that q and these filters are counted together in C. A role the copy
+        does not tag is left to ``among`` and the script: q's matches are then not
+        counted (``count_all`` taken as false)."""
         if not self.max_keys:
             return None
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -151,17 +181,22 @@ class LabelSearch:
         if copy is None:
             return None
         self.copies.move_to_end(account)
+        if filters.role is not None and copy.tags(filters.role):
+            among = None  # the copy's lines say which keys hold it
+        elif filters.role is not None:
+            filters = Filters(filters.status, filters.dates)
+            count_all = False
         few = among is not None and among.count <= min(self.max_passed,
                                                        copy.count // self.holders_before_count)
         found = None if few else copy.matches(
             needle, self.max_passed if count_all else self.max_passed_filtered, count_all,
-            status)
+            filters)
         if (count_all and found is not None and found.members is None
                 and found.count <= self.max_passed_filtered):
             offset, size = page
             walked = min(offset + size, found.count - offset) * copy.count / found.count
             if walked * WALK_STEP_COST > found.count * HANDED_OVER_COST:
-                found = copy.matches(needle, self.max_passed_filtered, True, status)
+                found = copy.matches(needle, self.max_passed_filtered, True, filters)
         if among is None or (found is not None and found.members is not None):
             return found
         if among.count > self.max_passed:
@@ -189,43 +224,106 @@ class LabelSearch:
         label = self.names.account(account, "label")
         audit = self.names.account(account, "audit")
         # the last event before the read: every change after it is taken in after
-        newest = await self.redis.xrevrange(audit, count=1)
-        last_event = newest[0][0] if newest else "0-0"
+        last_event = await self._newest_event(audit)
         members: list[str] = []
         start = "-"
         while True:
             # by value from the last one read, not by rank: a member added or removed
             # meanwhile shifts no other (its event is taken in afterwards)
             chunk = await self.redis.zrange(label, start, "+", bylex=True, offset=0,
-                                            num=READ_CHUNK)
+                                            num=self.read_chunk)
             members += chunk
-            if len(chunk) < READ_CHUNK:
+            if len(chunk) < self.read_chunk:
                 break
             start = "(" + chunk[-1]
             if len(members) > self.max_keys:
                 return None
-        inactive = await self._inactive_keys(account)
+        keys, scores = await self._token_order(account)
+        roles, role_bits = await self._holders(account, len(keys), audit)
         self.builds += 1
-        # ~1 s of joining, lowering and indexing at 1,000,000 keys: in a thread, so that
-        # the event loop serves this process's other requests between its steps
-        copy = await asyncio.to_thread(AccountCopy.of, members, last_event, inactive)
+        # ~1.5 s of joining, lowering and indexing at 1,000,000 keys: in a thread, so
+        # that the event loop serves this process's other requests between its steps
+        ordered = await asyncio.to_thread(in_token_order, members, keys, scores, role_bits)
+        del members, keys, scores, role_bits
+        copy = await asyncio.to_thread(AccountCopy.of, ordered.members, last_event,
+                                       ordered.scores, ordered.role_bits, roles)
         if not await self._take_in(account, copy):
             return None  # changing faster than it can be read: searched in Redis
+        if ordered.unplaced:
+            # keys whose token score the read by ranks missed (shifted by a change
+            # meanwhile): read as they are now
+            await self._read_again(account, copy, ordered.unplaced)
         return copy
 
-    async def _inactive_keys(self, account: str) -> set[str]:
-        """The account's inactive keys, from its status index (a key whose status
-        changes meanwhile is read again from its event)."""
-        status = self.names.account(account, "status")
-        inactive: set[str] = set()
-        read = 0
+    async def _newest_event(self, audit: str) -> str:
+        newest = await self.redis.xrevrange(audit, count=1)
+        return newest[0][0] if newest else "0-0"
+
+    async def _token_order(self, account: str) -> tuple[list[str], list[int]]:
+        """The account's keys in token score order, and their scores. Read by ranks: a
+        key that a change meanwhile shifts past a chunk's end is missed or read twice;
+        the key changed is read again from its event, a key missed is found missing
+        (in_token_order) and read again."""
+        tok = self.names.account(account, "tok")
+        keys: list[str] = []
+        scores: list[int] = []
         while True:
-            chunk = await self.redis.zrange(status, 1, 1, byscore=True, offset=read,
-                                            num=READ_CHUNK)
-            inactive.update(chunk)
-            read += len(chunk)
-            if len(chunk) < READ_CHUNK:
-                return inactive
+            flat = await self.scripts.scored_ranks(
+                keys=[tok], args=[len(keys), len(keys) + self.read_chunk - 1])
+            keys += flat[0::2]
+            try:  # a whole number's score is written as one (up to 17 digits)
+                read = list(map(int, flat[1::2]))
+            except ValueError:
+                read = list(map(int, map(float, flat[1::2])))
+            scores += read
+            if len(flat) < 2 * self.read_chunk or len(keys) > self.max_keys:
+                return keys, scores
+
+    async def _holders(self, account: str, count: int,
+                       audit: str) -> tuple[list[str], dict[str, int]]:
+        """The roles the copy tags (the account's largest, held by more than one key in
+        ``holders_before_count``, up to ``tagged_roles``: a smaller one's holders are
+        checked one by one) and the bits of those each holder holds (bit i: role i).
+
+        Read by ranks, each role's holders while no event is appended to the account's
+        audit stream (every change of a key appends one in the same step, so none
+        shifted a holder past a chunk's end); a role whose holders change throughout
+        three reads is not tagged."""
+        in_use = [r for r in await self.redis.smembers(self.names.account(account, "roles"))
+                  if r and r != LISTED]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for role in in_use:
+                pipe.zcard(self.names.role_holders(account, role))
+            sizes = await pipe.execute()
+        ranked = sorted(zip(sizes, in_use, strict=True), key=lambda s: (-s[0], s[1]))
+        roles: list[str] = []
+        bits: dict[str, int] = {}
+        for size, role in ranked[:self.tagged_roles]:
+            if size <= count // self.holders_before_count:
+                break
+            holders = await self._read_unchanged(self.names.role_holders(account, role),
+                                                 audit)
+            if holders is None:
+                continue
+            bit = 1 << len(roles)
+            roles.append(role)
+            for key in holders:
+                bits[key] = bits.get(key, 0) | bit
+        return roles, bits
+
+    async def _read_unchanged(self, index: str, audit: str) -> list[str] | None:
+        for _ in range(3):
+            before = await self._newest_event(audit)
+            members: list[str] = []
+            while True:
+                chunk = await self.redis.zrange(index, len(members),
+                                                len(members) + self.read_chunk - 1)
+                members += chunk
+                if len(chunk) < self.read_chunk or len(members) > self.max_keys:
+                    break
+            if await self._newest_event(audit) == before:
+                return members
+        return None
 
     async def _take_in(self, account: str, copy: AccountCopy) -> bool:
         """Read the events after the copy's last and the labels of the keys they name;
@@ -255,11 +353,33 @@ class LabelSearch:
         keys = list(keys)
         async with self.redis.pipeline(transaction=False) as pipe:
             for app_key in keys:
-                pipe.hmget(self.names.key(app_key), "acct", "label", "lf", "status")
+                pipe.hmget(self.names.key(app_key), "acct", "label", "lf", "status",
+                           "tokCreated", f"g:{account}")
             found = await pipe.execute()
-        for app_key, (owner, label, folded, status) in zip(keys, found, strict=True):
-            copy.read_again(app_key, member_of(app_key, label, folded)
-                            if owner == account else None, status == INACTIVE)
+        for app_key, (owner, label, folded, status, created, grant) in zip(
+                keys, found, strict=True):
+            if owner != account:
+                copy.read_again(app_key, None)
+                continue
+            copy.read_again(app_key, member_of(app_key, label, folded),
+                            token_score(_number(created), status == ACTIVE),
+                            _roles(grant))
+
+
+def _number(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _roles(grant: str | None) -> list[str]:
+    """The roles a key's grant in its own account holds ('g:' field: JSON)."""
+    try:
+        roles = orjson.loads(grant).get("roles") if grant else None
+    except (orjson.JSONDecodeError, AttributeError):
+        return []
+    return [r for r in roles if isinstance(r, str)] if isinstance(roles, list) else []
 
 
 def _after(event: str, other: str) -> bool:

@@ -10,9 +10,9 @@
 --       then, optionally, q's matches as the caller found them (search.py): 'given'
 --       and their members of the label index ('folded label NUL key') joined by
 --       newlines (one argument: thousands of arguments cost the client more to send
---       than the script to split), or 'total:N' (their number alone, when q is the
---       only filter or q and a status filter are, counted within that status; each
---       key is then matched here as it is walked)
+--       than the script to split), or 'total:N' (their number alone, counted within
+--       the status, role and token date filters, when the caller may act on every
+--       role; each key is then matched here as it is walked)
 -- Not yet in KEYS: the key hashes (ARGV[9] .. appKey) read for q's label match outside
 -- the label index, and the holders of the roles the caller may not act on (named from
 -- KEYS[6] as key_rules.lua's listing_at names them).
@@ -366,8 +366,9 @@ local function cost(s)
   if s.name == 'q' and dated_filter then return 3 * s.size end
   return s.size
 end
--- q's number counts every filter there is (q alone, or q within a status)
-local q_covers = not dated_filter or (q_total ~= nil and only_status)
+-- q's number counts every filter there is (the caller's role exclusions aside, with
+-- which it is never given)
+local q_covers = not dated_filter or q_total ~= nil
 local source = {name = 'all', size = n}
 for _, s in ipairs(sources) do
   if cost(s) < cost(source) or source.name == 'all'
