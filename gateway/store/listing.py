@@ -164,7 +164,8 @@ class KeyListing(StoreCore):
             found = await self.label_search.matches(
                 account, query.q.casefold(), counted, among,
                 ((query.page - 1) * query.per_page, query.per_page),
-                Filters(query.status if with_status else None, dates, query.role or None))
+                Filters(query.status if with_status else None, dates, query.role or None),
+                query.sort)
             if found is not None and found.count == 0:
                 return [], 0
             if found is not None and found.members is not None:
