@@ -305,6 +305,9 @@ async def test_a_label_changed_since_the_copy_read_it_is_sorted_by_its_label_now
     one that is no longer the key's (changed after the copy took in its events) is read
     again from the key, so a page in label order is brute force's."""
     store = searched.store
+    # more matches than max_passed: handed to the script (up to max_passed_filtered), not
+    # put in order in this process, where the page is that of the copy's last events
+    store.label_search.max_passed = 5
     keys = Keys(store, 71)
     for i in range(1, 7):
         await keys.create(f"alpha {i}")

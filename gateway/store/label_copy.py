@@ -30,6 +30,9 @@ from itertools import accumulate, compress, repeat
 from .lua import constant
 from .records import ACTIVE, INACTIVE
 
+# the listing's orders that the copy puts q's matches in itself: those of what each
+# line holds (the others need a number per match, which the listing script reads)
+ORDERS = ("label", "appKey")
 # what a line read again is overwritten with: no label or key holds it
 BLANK = b"\x01"
 # where a line's tag bytes begin (after the member), and what each is: four roles' bits
@@ -127,9 +130,8 @@ def in_token_order(members: Sequence[str], keys: Sequence[str], scores: Sequence
                              strict=True))
     found = list(map(member_of_key.pop, keys, repeat(None)))
     placed = [m is not None for m in found]
-    ordered = list(compress(found, placed))
     return TokenOrder(
-        ordered, list(compress(scores, placed)),
+        list(compress(found, placed)), list(compress(scores, placed)),
         list(map(role_bits.get, compress(keys, placed), repeat(0))),
         list(member_of_key))
 
@@ -334,6 +336,18 @@ class AccountCopy:
             return None
         return Matches(None, counted())
 
+    def ordered(self, found: Matches, sort: str, descending: bool) -> Matches | None:
+        """``found`` in the listing's order ``sort`` (one of ORDERS), as
+        scripts/list_keys.lua orders them (code point order is UTF-8's byte order,
+        Redis's); None when they cannot be (not named, or another order)."""
+        if found.members is None or sort not in ORDERS:
+            return None
+        if sort == "label":  # the label index's order: its members'
+            ordered = sorted(found.members, reverse=descending)
+        else:
+            ordered = sorted(found.members, key=_key_of, reverse=descending)
+        return Matches(ordered, found.count, ordered=True)
+
     def _members_of(self, lines: list[bytearray]) -> list[str]:
         """Lines as kept (their members alone), as members: the prefix put back, each
         decoded (in C, for all at once: a step per line in Python costs as much as
@@ -420,6 +434,10 @@ class AccountCopy:
                  for s, e in _lines(members, low, high)
                  if not members.startswith(BLANK, s) and self._holds(e - width - 1, role)]
         return Matches(self._members_of(found) + fresh_found, count)
+
+
+def _key_of(member: str) -> str:
+    return member[member.index("\0") + 1:]
 
 
 def _tag_width(roles: int) -> int:
@@ -536,6 +554,9 @@ class Matches:
 
     members: list[str] | None
     count: int
+    # the members are in the listing's order asked for (AccountCopy.ordered), else in
+    # none
+    ordered: bool = False
 
     @property
     def keys(self) -> list[str] | None:

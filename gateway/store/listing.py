@@ -165,9 +165,15 @@ class KeyListing(StoreCore):
                 account, query.q.casefold(), counted, among,
                 ((query.page - 1) * query.per_page, query.per_page),
                 Filters(query.status if with_status else None, dates, query.role or None),
-                query.sort)
+                query.sort, query.descending)
             if found is not None and found.count == 0:
                 return [], 0
+            if found is not None and found.members is not None and found.ordered:
+                # every match, counted and in the listing's order: the page is a slice
+                start = (query.page - 1) * query.per_page
+                page = [m.partition("\0")[2]
+                        for m in found.members[start:start + query.per_page]]
+                return [r for r in await self._load(page) if r is not None], found.count
             if found is not None and found.members is not None:
                 # their members, the folded label known with each key (no label or key
                 # holds a newline)

@@ -137,7 +137,7 @@ class LabelSearch:
                       among: Candidates | None = None,
                       page: tuple[int, int] = (0, 0),
                       filters: Filters = ANY_KEY,
-                      sort: str = "creationDate") -> Matches | None:
+                      sort: str = "creationDate", descending: bool = True) -> Matches | None:
         """The keys of ``account`` whose label or name holds ``q`` (case-folded, not
         empty) and how many, their members only up to ``max_passed`` (see
         AccountCopy.matches); None when the account is searched in Redis (fewer keys
@@ -205,7 +205,11 @@ class LabelSearch:
                 found = copy.matches(needle, self.max_passed_filtered, True, filters)
             elif found.members is not None and walk < hand_over:
                 found = Matches(None, found.count)  # their number alone: walked
-        if sort == "label" and found is not None and found.members:
+            elif found.members is not None and len(found.members) <= self.max_passed:
+                # every match, in the listing's order: the page is a slice of them (a
+                # sort here costs less than the script's, which reads a number for each)
+                found = copy.ordered(found, sort, descending) or found
+        if sort == "label" and found is not None and found.members and not found.ordered:
             # in the label index's order (code point order is UTF-8's byte order): the
             # script's sort of them then takes half the time
             found.members.sort()
@@ -250,11 +254,11 @@ class LabelSearch:
             start = "(" + chunk[-1]
             if len(members) > self.max_keys:
                 return None
-        keys, scores = await self._token_order(account)
+        keys, scores = await self._by_ranks(self.names.account(account, "tok"))
         roles, role_bits = await self._holders(account, len(keys), audit)
         self.builds += 1
-        # ~1.5 s of joining, lowering and indexing at 1,000,000 keys: in a thread, so
-        # that the event loop serves this process's other requests between its steps
+        # ~2 s of joining, lowering and indexing at 1,000,000 keys: in a thread, so that
+        # the event loop serves this process's other requests between its steps
         ordered = await asyncio.to_thread(in_token_order, members, keys, scores, role_bits)
         del members, keys, scores, role_bits
         copy = await asyncio.to_thread(AccountCopy.of, ordered.members, last_event,
@@ -271,17 +275,16 @@ class LabelSearch:
         newest = await self.redis.xrevrange(audit, count=1)
         return newest[0][0] if newest else "0-0"
 
-    async def _token_order(self, account: str) -> tuple[list[str], list[int]]:
-        """The account's keys in token score order, and their scores. Read by ranks: a
-        key that a change meanwhile shifts past a chunk's end is missed or read twice;
-        the key changed is read again from its event, a key missed is found missing
-        (in_token_order) and read again."""
-        tok = self.names.account(account, "tok")
+    async def _by_ranks(self, index: str) -> tuple[list[str], list[int]]:
+        """The members of the account's token date index in order, and their scores.
+        Read by ranks: a key that a change meanwhile shifts past a chunk's end is missed
+        or read twice; the key changed is read again from its event, a key missed is
+        found missing (in_token_order) and read again."""
         keys: list[str] = []
         scores: list[int] = []
         while True:
             flat = await self.scripts.scored_ranks(
-                keys=[tok], args=[len(keys), len(keys) + self.read_chunk - 1])
+                keys=[index], args=[len(keys), len(keys) + self.read_chunk - 1])
             keys += flat[0::2]
             try:  # a whole number's score is written as one (up to 17 digits)
                 read = list(map(int, flat[1::2]))
@@ -368,13 +371,13 @@ class LabelSearch:
                 pipe.hmget(self.names.key(app_key), "acct", "label", "lf", "status",
                            "tokCreated", f"g:{account}")
             found = await pipe.execute()
-        for app_key, (owner, label, folded, status, created, grant) in zip(
+        for app_key, (owner, label, folded, status, token_date, grant) in zip(
                 keys, found, strict=True):
             if owner != account:
                 copy.read_again(app_key, None)
                 continue
             copy.read_again(app_key, member_of(app_key, label, folded),
-                            token_score(_number(created), status == ACTIVE),
+                            token_score(_number(token_date), status == ACTIVE),
                             _roles(grant))
 
 
