@@ -18,7 +18,7 @@ the page's total, and the script walks the sort's index for the page checking ea
 index by value, then the token date index by ranks with its scores (a key that a change
 meanwhile shifts past a chunk's end is found missing and read again), then each tagged
 role's holders by ranks while no event is appended (so none shifted). At 1,000,000 keys
-the first search makes it in 6–10 s (about half reading, the rest joining and indexing
+the first search makes it in 6–9 s (about half reading, the rest joining and indexing
 in a thread), with some 400 MB of the process's memory for the while.
 
 Coherence comes from the account's audit stream, the log of every change: each script
