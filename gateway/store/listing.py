@@ -45,7 +45,7 @@ from typing import Any
 import orjson
 
 from .core import StoreCore, unavailable, unavailable_iter
-from .label_copy import Filters
+from .label_copy import INACTIVE_AT, Filters
 from .lua import constant
 from .names import LISTED
 from .records import ACTIVE, INACTIVE, KeyRecord, label_fold
@@ -106,8 +106,6 @@ SORT_FIELDS: dict[str, Callable[[KeyRecord], Any]] = {
 
 _STATUS_SCORE = {ACTIVE: "0", INACTIVE: "1"}
 
-# an inactive key's score in the creation index is its creation date plus this
-INACTIVE_AT = constant("status_runs", "INACTIVE_AT")
 # the members of a zone of the label index as index_zones makes them
 ZONE = constant("status_runs", "ZONE_SPLIT") // 2
 
@@ -160,7 +158,10 @@ class KeyListing(StoreCore):
                 async def read(most: int) -> list[str] | None:
                     found = await self.redis.zrange(holders, 0, most)
                     return None if len(found) > most else found
-                among = Candidates(await self.redis.zcard(holders), read)
+
+                async def size() -> int:
+                    return await self.redis.zcard(holders)
+                among = Candidates(size, read)
             found = await self.label_search.matches(
                 account, query.q.casefold(), counted, among,
                 ((query.page - 1) * query.per_page, query.per_page),
@@ -253,15 +254,12 @@ class KeyListing(StoreCore):
         if not await self.listing_indexed(account):
             await self.index_listing(account, chunk)
         tok = self.names.account(account, "tok")
+        runs = [Filters(dates=dates).score_ranges for dates in ranges]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for start, end in ranges:
-                low, high = max(start or 0, 0), min(INACTIVE_AT if end is None else end,
-                                                    INACTIVE_AT)
-                for base in (0, INACTIVE_AT):
-                    pipe.zcount(tok, base + low, f"({base + high}")
-            counts = [int(n) for n in await pipe.execute()]
-        return [active + inactive for active, inactive in zip(counts[::2], counts[1::2],
-                                                             strict=True)]
+            for low, high in (run for score_ranges in runs for run in score_ranges):
+                pipe.zcount(tok, low, f"({high}")
+            counts = iter(await pipe.execute())
+        return [sum(int(next(counts)) for _ in score_ranges) for score_ranges in runs]
 
     @unavailable
     async def migrate(self) -> dict[str, int]:

@@ -102,10 +102,11 @@ KEY_ACTIONS = ("key.create", "key.update", "key.delete", "token.renew", "token.r
 
 @dataclass(frozen=True)
 class Candidates:
-    """The keys another filter of a search leaves: how many there were when asked, and
-    how to read them (at most the number given; None when there are more by then)."""
+    """The keys another filter of a search leaves: how to ask how many there are (only
+    when the search needs them), and how to read them (at most the number given; None
+    when there are more by then)."""
 
-    count: int
+    size: Callable[[], Awaitable[int]]
     read: Callable[[int], Awaitable[list[str] | None]]
 
 
@@ -188,7 +189,8 @@ class LabelSearch:
         elif filters.role is not None:
             filters = Filters(filters.status, filters.dates)
             count_all = False
-        few = among is not None and among.count <= min(self.max_passed,
+        among_count = await among.size() if among is not None else 0
+        few = among is not None and among_count <= min(self.max_passed,
                                                        copy.count // self.holders_before_count)
         found = None if few else copy.matches(
             needle, self.max_passed if count_all else self.max_passed_filtered, count_all,
@@ -215,7 +217,7 @@ class LabelSearch:
             found.members.sort()
         if among is None or (found is not None and found.members is not None):
             return found
-        if among.count > self.max_passed:
+        if among_count > self.max_passed:
             return None
         keys = await among.read(self.max_passed)
         if keys is None:
