@@ -124,6 +124,44 @@ async def test_another_instances_changes_are_seen_by_the_next_search(searched, o
     used_copy(store, builds=1)  # taken in from the events, not copied again
 
 
+async def test_creation_order_is_the_copys_own_for_keys_copied_and_read_again(searched,
+                                                                             other, clock):
+    """The copy keeps each key's creation date, so q's matches in creation order are
+    sorted in this process (no script): for keys copied and for keys another instance
+    made, relabelled, deactivated or renewed since, whose dates were read again. A date
+    wrong by a day moves a key."""
+    store = searched.store
+    keys = Keys(store, 31)
+    for i in range(30):
+        clock.advance(DAY_MS / 1000)
+        await keys.create(f"zebra {i}" if i % 2 else f"horse {i}")
+    await assert_same(store, KeyQuery(q="zebra", per_page=100))
+    used_copy(store, builds=1)
+    made = Keys(other, 32)
+    for i in range(4):
+        clock.advance(DAY_MS / 1000)
+        await made.create(f"zebra new {i}")
+    await other.update_key(ACCOUNT, keys.made[0], label="zebra relabelled")  # the oldest
+    await other.update_key(ACCOUNT, keys.made[3], status="inactive")
+    await other.renew_token(ACCOUNT, keys.made[5], "f" * 64, keep_old=False, actor=CLI)
+    await other.delete_key(ACCOUNT, keys.made[7], actor=CLI)
+    for status in (None, "active", "inactive"):
+        for desc in (True, False):
+            query = KeyQuery(q="zebra", status=status, sort="creationDate",
+                             descending=desc, per_page=100)
+            found = await store.label_search.matches(
+                ACCOUNT, "zebra", True, None, (0, 100), Filters(status), "creationDate",
+                desc)
+            expected, total = await brute(store, query)
+            assert found is not None and found.count == total, query
+            if status != "inactive":  # one match there: walked by the script instead
+                assert found.ordered and found.keys == expected, query
+            await assert_same(store, query)
+            await assert_same(store, KeyQuery(q="zebra", status=status, sort="creationDate",
+                                              descending=desc, per_page=3, page=2))
+    used_copy(store, builds=1)
+
+
 async def test_the_copy_is_made_again_when_the_events_it_follows_are_gone(gateway, clock):
     """Another instance trims the audit stream past the copy's last event (a cap of 5
     events), then the store is emptied and written again: each time the next search
@@ -440,29 +478,39 @@ async def test_q_with_every_filter_is_counted_in_the_copy_as_brute_force(searche
     used_copy(store, builds=1)
 
 
+@pytest.mark.parametrize("index", ["tok", "keys"])
 async def test_keys_shifted_while_the_copy_is_read_are_placed_as_they_are(searched, other,
-                                                                         clock):
-    """The token date index is read by ranks, a chunk at a time: another instance
-    deletes the first keys in its order between two chunks, which shifts keys that did
-    not change past the next chunk's start. They are found missing and read again, so
-    every count and page is still brute force's, from one copy."""
+                                                                         clock, index):
+    """The token date index, then the creation date index, is read by ranks, a chunk at
+    a time: another instance deletes the first keys in its order between two chunks,
+    which shifts keys that did not change past the next chunk's start. They are found
+    missing and read again, so every count and page is still brute force's, from one
+    copy."""
     store = searched.store
     store.label_search.read_chunk = 7
     store.label_search.max_passed = 2
     keys = Keys(store, 91)
     await spread(searched, keys, clock, 60)
-    tok_order = await store.redis.zrange(store.names.account(ACCOUNT, "tok"), 0, -1)
+    in_order = await store.redis.zrange(store.names.account(ACCOUNT, index), 0, -1)
 
     async def shift() -> None:
-        for app_key in tok_order[:4]:
+        for app_key in in_order[:4]:
             await other.delete_key(ACCOUNT, app_key, actor=CLI)
 
-    shifted = Before(store, "scored_ranks", shift, nth=2)
+    # the second chunk of the index: the token date index is read first, in this many
+    tok_reads = len(in_order) // 7 + 1
+    shifted = Before(store, "scored_ranks", shift, nth=2 if index == "tok" else tok_reads + 2)
     now_ms = int(clock() * 1000)
     for needle in ("a", "e", "kgk"):
         for role in (None, "orders-reader"):
             for dates in (None, alert_range("none", 3, now_ms)):
+                store.label_search.max_passed = 2
                 await assert_same(store, KeyQuery(q=needle, role=role, token_created=dates,
                                                   per_page=5))
+                # every match handed over, in creation order from the copy's dates
+                store.label_search.max_passed = 1000
+                await assert_same(store, KeyQuery(q=needle, role=role, token_created=dates,
+                                                  sort="creationDate", descending=False,
+                                                  per_page=50))
     assert shifted.fired
     used_copy(store, builds=1)

@@ -9,7 +9,8 @@ token scores (scripts/status_runs.lua: the active keys' by token date, then the 
 keys'), so that a status filter and a token date range (a renewal alert level) are one
 span of lines per status, found by bisecting the scores. Each line ends with its key's
 roles as tag bytes (one bit per role the copy tags: the account's largest roles), so that
-a role filter is part of the same regular expression. A key read again since the copy
+a role filter is part of the same regular expression. Each line's creation date is kept
+beside it, so q's matches are put in creation order here too. A key read again since the copy
 was made is searched from what it is now, kept aside, and its line is blanked in place
 (its length, and so every other line's place, kept), so that searching and counting stay
 single passes in C over each span: ``bytes.find`` and ``bytes.count``, and for the number
@@ -21,20 +22,22 @@ blanking it and for checking q on a given set of keys (a role's holders).
 from __future__ import annotations
 
 import re
+import sys
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import accumulate, compress, repeat
-from operator import is_not
+from operator import add, ge, is_, is_not, itemgetter, mul, sub
 
 from .lua import constant
 from .records import ACTIVE, INACTIVE
 
 # the listing's orders that the copy puts q's matches in itself: those of what each
-# line holds (the others need a number per match, which the listing script reads)
-ORDERS = ("label", "appKey")
+# line holds, and creation order (a creation date never changes: the copy keeps each
+# line's); the others need a number per match, which the listing script reads
+ORDERS = ("label", "appKey", "creationDate")
 # what a line read again is overwritten with: no label or key holds it
 BLANK = b"\x01"
 # where a line's tag bytes begin (after the member), and what each is: four roles' bits
@@ -46,7 +49,7 @@ TAGGED_ROLES = 16
 # an inactive key's token score is its token date plus this (scripts/status_runs.lua)
 INACTIVE_AT = constant("status_runs", "INACTIVE_AT")
 # a line's start is kept for one line in this many (the others found from it in C)
-LINES_PER_START = 64
+LINES_PER_START = 16
 # q's matches are first estimated from this part of the copy (one byte in this many),
 # in this many slices spread over it
 SAMPLED_PART, SAMPLE_SLICES = 8, 64
@@ -92,11 +95,12 @@ ANY_KEY = Filters()
 @dataclass(frozen=True)
 class Fresh:
     """A key read again since the copy was made: its member now (None: none, deleted or
-    not in the account), token score and roles."""
+    not in the account), token score, roles and creation date."""
 
     member: str | None
     score: int = 0
     roles: frozenset[str] = frozenset()
+    created: int = 0
 
 
 def member_of(app_key: str, label: str | None, folded: str | None) -> str | None:
@@ -115,29 +119,46 @@ def member_of(app_key: str, label: str | None, folded: str | None) -> str | None
 @dataclass
 class TokenOrder:
     """An account's label index members in token score order (:func:`in_token_order`),
-    and the keys whose token score was not read."""
+    each key's creation date, and the keys to read again: those whose token score or
+    creation date was not read."""
 
     members: list[str]
     scores: list[int]
     role_bits: list[int]
+    created: list[int]
     unplaced: list[str]
 
 
+def creation_dates(keys: Sequence[str], scores: Sequence[int]) -> dict[str, int]:
+    """Each key's creation date, from the creation date index read with its scores
+    (status runs, as the token date index's: the status taken off), in C."""
+    inactive = map(mul, map(ge, scores, repeat(INACTIVE_AT)), repeat(INACTIVE_AT))
+    return dict(zip(keys, map(sub, scores, inactive), strict=True))
+
+
 def in_token_order(members: Sequence[str], keys: Sequence[str], scores: Sequence[int],
-                   role_bits: Mapping[str, int]) -> TokenOrder:
+                   role_bits: Mapping[str, int],
+                   created_of: Mapping[str, int] | None = None) -> TokenOrder:
     """``members`` (of the label index) in the order of ``keys`` (of the token date
     index, with their ``scores``), each with its key's bits in ``role_bits`` (0 when
-    none). A key of ``keys`` with no member (a label not indexed, or read twice) is left
-    out; a member whose key is not in ``keys`` is named in ``unplaced``. Every step in
-    C: no Python line runs per key."""
+    none) and creation date in ``created_of`` (none given: all 0). A key of ``keys``
+    with no member (a label not indexed, or read twice) is left out; a member whose key
+    is not in ``keys``, or a key not in ``created_of``, is named in ``unplaced``. Every
+    step in C: no Python line runs per key."""
     member_of_key = dict(zip(re.findall("\0([^\n]*)", "\n".join(members)), members,
                              strict=True))
     found = list(map(member_of_key.pop, keys, repeat(None)))
     placed = list(map(is_not, found, repeat(None)))
+    placed_keys = list(compress(keys, placed))
+    dates = list(map((created_of or {}).get, placed_keys))
+    undated = list(compress(placed_keys, map(is_, dates, repeat(None))))
+    if created_of is None:
+        undated = []
+    created = [date or 0 for date in dates] if undated or created_of is None else dates
     return TokenOrder(
         list(compress(found, placed)), list(compress(scores, placed)),
-        list(map(role_bits.get, compress(keys, placed), repeat(0))),
-        list(member_of_key))
+        list(map(role_bits.get, placed_keys, repeat(0))), created,
+        list(member_of_key) + undated)
 
 
 @dataclass
@@ -161,7 +182,10 @@ class AccountCopy:
     lowered: bytearray
     prefix: bytes
     scores: array  # each line's token score, ascending
-    starts: array  # where every LINES_PER_START-th line starts
+    created: array  # each line's creation date
+    # where every LINES_PER_START-th line starts: a list, which bisect reads twice as
+    # fast as an array (no number made per look)
+    starts: list[int]
     roles: tuple[str, ...]  # the tagged roles: role i is bit i of a line's tag bytes
     last_event: str
     index: KeyIndex
@@ -170,15 +194,17 @@ class AccountCopy:
     @classmethod
     def of(cls, members: Sequence[str], last_event: str,
            scores: Sequence[int] | None = None, role_bits: Sequence[int] | None = None,
-           roles: Sequence[str] = ()) -> AccountCopy:
+           roles: Sequence[str] = (), created: Sequence[int] | None = None) -> AccountCopy:
         """The copy of ``members``, in the order of their keys' token ``scores`` (each
         member's; none given: all 0, active), each tagged with the bits of the ``roles``
-        it holds (``role_bits``: bit i is ``roles[i]``; none given: none)."""
+        it holds (``role_bits``: bit i is ``roles[i]``; none given: none), with its
+        key's creation date (``created``; none given: all 0)."""
         roles = tuple(roles[:TAGGED_ROLES])
         width = _tag_width(len(roles))
         count = len(members)
         scores = scores if scores is not None else [0] * count
         role_bits = role_bits if role_bits is not None else [0] * count
+        created = created if created is not None else [0] * count
         order = sorted(range(count), key=scores.__getitem__)
         mark = TAG_MARK.decode()
         tags = {bits: mark + "".join(chr(TAG_BASE | (bits >> (ROLES_PER_TAG * j)) & 0xF)
@@ -192,7 +218,8 @@ class AccountCopy:
             joined = joined.replace(b"\0" + prefix, b"\0")
         index, starts = KeyIndex.of(joined)
         return cls(bytearray(joined), bytearray(joined.lower()), prefix,
-                   array("q", map(scores.__getitem__, order)), starts, roles, last_event,
+                   array("q", map(scores.__getitem__, order)),
+                   array("q", map(created.__getitem__, order)), starts, roles, last_event,
                    index)
 
     @property
@@ -202,9 +229,10 @@ class AccountCopy:
     @property
     def nbytes(self) -> int:
         """The memory the copy's strings and arrays hold (not the keys read again)."""
-        arrays = (self.scores, self.starts, self.index.entries, self.index.buckets)
+        arrays = (self.scores, self.created, self.index.entries, self.index.buckets)
         return len(self.members) + len(self.lowered) + sum(
-            len(part) * part.itemsize for part in arrays)
+            len(part) * part.itemsize for part in arrays) + sys.getsizeof(self.starts) + sum(
+            map(sys.getsizeof, self.starts))
 
     @property
     def tag_width(self) -> int:
@@ -215,11 +243,11 @@ class AccountCopy:
         return role in self.roles
 
     def read_again(self, app_key: str, member: str | None, token_score: int = 0,
-                   roles: Iterable[str] = ()) -> None:
+                   roles: Iterable[str] = (), created: int = 0) -> None:
         """``app_key`` is now ``member`` (None: it has none, deleted or not in the
-        account), with that token score and roles: searched from them, its line in the
-        copy blanked."""
-        self.fresh[app_key] = Fresh(member, token_score, frozenset(roles))
+        account), with that token score, roles and creation date: searched from them,
+        its line in the copy blanked."""
+        self.fresh[app_key] = Fresh(member, token_score, frozenset(roles), created)
         prefix = self.prefix.decode()
         line = (self._line_of(app_key[len(prefix):].encode())
                 if app_key.startswith(prefix) else None)
@@ -291,19 +319,20 @@ class AccountCopy:
         return None
 
     def matches(self, needle: bytes, keep: int, count_all: bool,
-                filters: Filters = ANY_KEY) -> Matches | None:
+                filters: Filters = ANY_KEY, dated: bool = False) -> Matches | None:
         """The keys that ``filters`` allow (a tagged role only) whose member holds
         ``needle`` (lowered, with no control character), and how many: their members
         only up to ``keep`` of them (past it, None), and None altogether when more match
-        and ``count_all`` is false."""
-        fresh_found = [f.member for f in self.fresh.values()
-                       if f.member is not None and needle in f.member.encode().lower()
-                       and filters.allow(f.score, f.roles)]
+        and ``count_all`` is false; with their creation dates when ``dated``."""
+        fresh = [f for f in self.fresh.values()
+                 if f.member is not None and needle in f.member.encode().lower()
+                 and filters.allow(f.score, f.roles)]
+        fresh_found = [f.member for f in fresh]
         spans, role = self._spans(filters), filters.role
         tag = self._tag_pattern(role) if role is not None else b""
         lowered_prefix = self.prefix.lower()
         if needle in lowered_prefix:
-            return self._all_match(keep, count_all, fresh_found, spans, role)
+            return self._all_match(keep, count_all, fresh, spans, role, dated)
         patterns = [needle] + [b"\0" + needle[i:] for i in range(1, len(needle))
                                if lowered_prefix.endswith(needle[:i])]
         lowered = self.lowered
@@ -314,8 +343,10 @@ class AccountCopy:
 
         # Estimated first from a sample of the copy: a whole count costs as much as the
         # search itself (~15 ms at 1,000,000 keys), so it is made only when the sample
-        # says there are more than ``keep`` (or the search finds more).
-        if sum(_estimate(lowered, patterns, low, high) for low, high in spans) > keep:
+        # says there are more than ``keep`` (or the search finds more). With a role, the
+        # sample's lines that hold q and the role (q alone may match ten times more).
+        line = _line_pattern(patterns, tag) if role is not None else None
+        if sum(_estimate(lowered, patterns, low, high, line) for low, high in spans) > keep:
             if count_all:
                 count = counted()
                 if count > keep:
@@ -327,15 +358,19 @@ class AccountCopy:
                                       for low, high in spans) + len(fresh_found) > keep:
                 return None
         found: list[bytearray] = []  # lines as kept, made members together at the end
+        found_at: list[int] = []  # where they start
         members, room = self.members, keep - len(fresh_found)
         for start, end in self._holding(patterns, spans, role):
             if len(found) >= room:  # more than ``keep``, which the first part did not show
                 break
             found.append(members[start:end])
+            found_at.append(start)
         else:
             if room >= 0:
+                created = (self._created_at(found_at) + [f.created for f in fresh]
+                           if dated else None)
                 return Matches(self._members_of(found) + fresh_found,
-                               len(found) + len(fresh_found))
+                               len(found) + len(fresh_found), created=created)
         if not count_all:
             return None
         return Matches(None, counted())
@@ -348,9 +383,26 @@ class AccountCopy:
             return None
         if sort == "label":  # the label index's order: its members'
             ordered = sorted(found.members, reverse=descending)
-        else:
+        elif sort == "appKey":
             ordered = sorted(found.members, key=_key_of, reverse=descending)
+        elif found.created is None:
+            return None
+        else:  # by creation date, then key (the script's order_by), in C
+            keys = map(itemgetter(2), map(str.partition, found.members, repeat("\0")))
+            ordered = list(map(itemgetter(2), sorted(
+                zip(found.created, keys, found.members, strict=True), reverse=descending)))
         return Matches(ordered, found.count, ordered=True)
+
+    def _created_at(self, line_starts: list[int]) -> list[int]:
+        """The creation dates of the lines that start at ``line_starts``: each line's
+        number found in C (the nearest kept start before it, then the newlines between),
+        no Python line run per line."""
+        kept = self.starts
+        blocks = list(map(sub, map(bisect_right, repeat(kept), line_starts), repeat(1)))
+        between = map(self.members.count, repeat(b"\n"), map(kept.__getitem__, blocks),
+                      line_starts)
+        lines = map(add, map(mul, blocks, repeat(LINES_PER_START)), between)
+        return list(map(self.created.__getitem__, lines))
 
     def _members_of(self, lines: list[bytearray]) -> list[str]:
         """Lines as kept (their members alone), as members: the prefix put back, each
@@ -423,22 +475,26 @@ class AccountCopy:
                         yield start, end
                     at = lowered.find(pattern, end, high)
 
-    def _all_match(self, keep: int, count_all: bool, fresh_found: list[str],
-                   spans: list[tuple[int, int]], role: str | None) -> Matches | None:
+    def _all_match(self, keep: int, count_all: bool, fresh: list[Fresh],
+                   spans: list[tuple[int, int]], role: str | None,
+                   dated: bool) -> Matches | None:
         """Every key of the copy holds the needle (in the prefix): those in ``spans``
         (holding ``role``) whose lines are not blanked, and the keys read again that hold
-        it."""
+        it (``fresh``)."""
         # a blanked line has no tag mark left
         tagged = re.compile(self._tag_pattern(role))
         count = sum(len(tagged.findall(self.lowered, low, high))
-                    for low, high in spans) + len(fresh_found)
+                    for low, high in spans) + len(fresh)
         if count > keep:
             return Matches(None, count) if count_all else None
         members, width = self.members, self.tag_width
-        found = [members[s:e - width - 1] for low, high in spans
-                 for s, e in _lines(members, low, high)
+        lines = [(s, e) for low, high in spans for s, e in _lines(members, low, high)
                  if not members.startswith(BLANK, s) and self._holds(e - width - 1, role)]
-        return Matches(self._members_of(found) + fresh_found, count)
+        found = [members[s:e - width - 1] for s, e in lines]
+        fresh_found = [f.member for f in fresh if f.member is not None]
+        created = (self._created_at([s for s, _ in lines]) + [f.created for f in fresh]
+                   if dated else None)
+        return Matches(self._members_of(found) + fresh_found, count, created=created)
 
 
 def _key_of(member: str) -> str:
@@ -450,18 +506,23 @@ def _tag_width(roles: int) -> int:
     return -(-roles // ROLES_PER_TAG)
 
 
-def _estimate(lowered: bytearray, patterns: list[bytes], low: int, high: int) -> int:
+def _estimate(lowered: bytearray, patterns: list[bytes], low: int, high: int,
+              line: re.Pattern[bytes] | None = None) -> int:
     """About how many times ``patterns`` occur in ``lowered`` between ``low`` and
-    ``high``: counted in slices spread over it, one byte in SAMPLED_PART in all (the copy
-    is in label order, where labels that share a beginning sit together: a single slice
-    would miss them)."""
+    ``high`` (with ``line``: how many lines it matches): counted in slices spread over
+    it, one byte in SAMPLED_PART in all (labels that share a beginning may sit together:
+    a single slice would miss them)."""
+    def count(start: int, end: int) -> int:
+        if line is not None:
+            return len(line.findall(lowered, start, end))
+        return sum(lowered.count(pattern, start, end) for pattern in patterns)
+
     step = (high - low) // SAMPLE_SLICES
     width = step // SAMPLED_PART
     if not width:  # too little to sample: counted whole
-        return sum(lowered.count(pattern, low, high) for pattern in patterns)
-    found = sum(lowered.count(pattern, at, at + width)
-                for at in range(low, low + step * SAMPLE_SLICES, step) for pattern in patterns)
-    return found * SAMPLED_PART
+        return count(low, high)
+    return sum(count(at, at + width)
+               for at in range(low, low + step * SAMPLE_SLICES, step)) * SAMPLED_PART
 
 
 def _line_pattern(patterns: list[bytes], tag: bytes = b"") -> re.Pattern[bytes]:
@@ -495,19 +556,19 @@ class KeyIndex:
     buckets: array
 
     @classmethod
-    def of(cls, members: bytes) -> tuple[KeyIndex, array]:
+    def of(cls, members: bytes) -> tuple[KeyIndex, list[int]]:
         """The index of a copy's ``members`` (each line's key between its NUL and its
         tag mark), and where every LINES_PER_START-th line starts: made in a thread, and
         in steps short enough (no sort of the whole array) that the event loop runs
         between them."""
         groups: list[list[int]] = [[] for _ in range(1 << 16)]
-        starts = array("Q")
+        starts: list[int] = []
         if len(members) > 2:  # a copy with no member is its newline(s) alone
             # each line's start (one more: where a line after the last would start) and
             # key, found in C
             line_starts = list(accumulate(
                 map((1).__add__, map(len, members[1:-1].split(b"\n"))), initial=1))
-            starts.extend(line_starts[:-1:LINES_PER_START])
+            starts = line_starts[:-1:LINES_PER_START]
             keys = re.findall(rb"\0([^\n\x02]*)", members)
             for hashed, start in zip(map(hash, keys), line_starts, strict=False):
                 hashed &= 0xFFFFFFFF
@@ -562,6 +623,8 @@ class Matches:
     # the members are in the listing's order asked for (AccountCopy.ordered), else in
     # none
     ordered: bool = False
+    # each member's key's creation date, when the copy knows them
+    created: list[int] | None = None
 
     @property
     def keys(self) -> list[str] | None:

@@ -14,12 +14,16 @@ The copy is in token score order (each status's keys by token date) and each lin
 tagged with the roles it holds of the account's largest, so q within a status, a token
 date range (a renewal alert level) and such a role is counted in C too: the count is
 the page's total, and the script walks the sort's index for the page checking each key
-(or takes the matches handed over, when they are few). It is read in chunks: the label
-index by value, then the token date index by ranks with its scores (a key that a change
-meanwhile shifts past a chunk's end is found missing and read again), then each tagged
-role's holders by ranks while no event is appended (so none shifted). At 1,000,000 keys
-the first search makes it in 6–9 s (about half reading, the rest joining and indexing
-in a thread), with some 400 MB of the process's memory for the while.
+(or takes the matches handed over, when they are few). Each line's creation date is kept
+too (it never changes), so q's matches in creation order, the listing's default, are
+sorted here like those in label or key order: the page is a slice of them, where the
+script read a date for each match (~20 ms for 11,111 at 1,000,000 keys). It is read in
+chunks: the label index by value, then the token and creation date indexes by ranks
+with their scores (a key that a change meanwhile shifts past a chunk's end is found
+missing and read again), then each tagged role's holders by ranks while no event is
+appended (so none shifted). At 1,000,000 keys the first search makes it in 7–12 s
+(about half reading, the rest joining and indexing in a thread), with some 500 MB of the
+process's memory for the while.
 
 Coherence comes from the account's audit stream, the log of every change: each script
 that creates, changes or deletes a key, or renews its token, appends its event in the
@@ -44,9 +48,10 @@ costs about 16 ns per key, and the script's own check reads each holder's label 
 its hash (~4.5 µs, on Redis's CPU). So the holders are checked first when they are few
 beside the copy, and otherwise when q matches too many keys to hand over.
 
-Memory: about 64 bytes per key (both strings, the keys' shared prefix kept once, a
-tag mark and a byte per four tagged roles; 8 for the token score, 8 for the index by
-key), and the keys read again, per process; at most ``max_keys`` keys in all accounts'
+Memory: about 74 bytes per key (both strings, the keys' shared prefix kept once, a
+tag mark and a byte per four tagged roles; 8 each for the token score, the creation
+date and the index by key; 2 for every 16th line's start), and the keys read again, per
+process; at most ``max_keys`` keys in all accounts'
 copies together (the least recently searched account's copy is dropped first; an
 account larger than that is searched in Redis).
 """
@@ -67,6 +72,7 @@ from .label_copy import (
     AccountCopy,
     Filters,
     Matches,
+    creation_dates,
     in_token_order,
     member_of,
     token_score,
@@ -192,9 +198,12 @@ class LabelSearch:
         among_count = await among.size() if among is not None else 0
         few = among is not None and among_count <= min(self.max_passed,
                                                        copy.count // self.holders_before_count)
+        # creation order, the one order of the copy's that needs dates: only for matches
+        # the copy may order (counted, at most ``max_passed``)
+        dated = sort == "creationDate" and count_all
         found = None if few else copy.matches(
             needle, self.max_passed if count_all else self.max_passed_filtered, count_all,
-            filters)
+            filters, dated)
         if count_all and found is not None and found.count:
             # the script's walk for the page: about one match in every over / count keys
             # of the index it walks
@@ -204,6 +213,7 @@ class LabelSearch:
             walk, hand_over = walked * WALK_STEP_COST, found.count * HANDED_OVER_COST
             if (found.members is None and found.count <= self.max_passed_filtered
                     and walk > hand_over):
+                # (more than ``max_passed``: handed over unordered, no dates needed)
                 found = copy.matches(needle, self.max_passed_filtered, True, filters)
             elif found.members is not None and walk < hand_over:
                 found = Matches(None, found.count)  # their number alone: walked
@@ -257,19 +267,24 @@ class LabelSearch:
             if len(members) > self.max_keys:
                 return None
         keys, scores = await self._by_ranks(self.names.account(account, "tok"))
+        made, made_scores = await self._by_ranks(self.names.account(account, "keys"))
         roles, role_bits = await self._holders(account, len(keys), audit)
         self.builds += 1
-        # ~2 s of joining, lowering and indexing at 1,000,000 keys: in a thread, so that
+        # ~3 s of joining, lowering and indexing at 1,000,000 keys: in a thread, so that
         # the event loop serves this process's other requests between its steps
-        ordered = await asyncio.to_thread(in_token_order, members, keys, scores, role_bits)
-        del members, keys, scores, role_bits
+        created_of = await asyncio.to_thread(creation_dates, made, made_scores)
+        del made, made_scores
+        ordered = await asyncio.to_thread(in_token_order, members, keys, scores, role_bits,
+                                          created_of)
+        del members, keys, scores, role_bits, created_of
         copy = await asyncio.to_thread(AccountCopy.of, ordered.members, last_event,
-                                       ordered.scores, ordered.role_bits, roles)
+                                       ordered.scores, ordered.role_bits, roles,
+                                       ordered.created)
         if not await self._take_in(account, copy):
             return None  # changing faster than it can be read: searched in Redis
         if ordered.unplaced:
-            # keys whose token score the read by ranks missed (shifted by a change
-            # meanwhile): read as they are now
+            # keys whose token score or creation date the reads by ranks missed (shifted
+            # by a change meanwhile): read as they are now
             await self._read_again(account, copy, ordered.unplaced)
         return copy
 
@@ -278,10 +293,10 @@ class LabelSearch:
         return newest[0][0] if newest else "0-0"
 
     async def _by_ranks(self, index: str) -> tuple[list[str], list[int]]:
-        """The members of the account's token date index in order, and their scores.
-        Read by ranks: a key that a change meanwhile shifts past a chunk's end is missed
-        or read twice; the key changed is read again from its event, a key missed is
-        found missing (in_token_order) and read again."""
+        """The members of one of the account's dated indexes (token or creation date)
+        in order, and their scores. Read by ranks: a key that a change meanwhile shifts
+        past a chunk's end is missed or read twice; the key changed is read again from
+        its event, a key missed is found missing (in_token_order) and read again."""
         keys: list[str] = []
         scores: list[int] = []
         while True:
@@ -371,16 +386,17 @@ class LabelSearch:
         async with self.redis.pipeline(transaction=False) as pipe:
             for app_key in keys:
                 pipe.hmget(self.names.key(app_key), "acct", "label", "lf", "status",
-                           "tokCreated", f"g:{account}")
+                           "tokCreated", f"g:{account}", "created")
             found = await pipe.execute()
-        for app_key, (owner, label, folded, status, token_date, grant) in zip(
+        for app_key, (owner, label, folded, status, token_date, grant, created) in zip(
                 keys, found, strict=True):
             if owner != account:
                 copy.read_again(app_key, None)
                 continue
+            # the creation date as the creation date index's status runs hold it
             copy.read_again(app_key, member_of(app_key, label, folded),
                             token_score(_number(token_date), status == ACTIVE),
-                            _roles(grant))
+                            _roles(grant), token_score(_number(created), True))
 
 
 def _number(value: str | None) -> int | None:
