@@ -4,14 +4,17 @@ access events are kept and capped apart, and listed together, newest first."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 from conftest import on_one_server_and_a_cluster
 
 from gateway.app import build_gateway
 from gateway.management import build_management_app
 from gateway.store import ACCESS_ID_PREFIX, CLI_ACTOR, Actor
+from gateway.store.records import AUDIT_FIELDS
 
 # the store, audit and export behaviour on one server and on a Redis Cluster
 redis_url = on_one_server_and_a_cluster()
@@ -127,3 +130,52 @@ async def test_the_largest_stream_id_is_a_valid_cursor(small_caps):
     for cursor in (top, ACCESS_ID_PREFIX + top):
         page = await listing(client, headers, f"cursor={cursor}")
         assert page["items"]  # everything is older than the largest id
+
+
+async def test_events_are_stored_field_by_field_and_an_older_layout_still_reads(small_caps):
+    """Every entry holds the same fields in the same order (so Redis keeps their names
+    once per stream node: no account, which the stream's name says, and no JSON wrapper
+    in each event), and an event an older keygate wrote (one JSON field, ``event``) is
+    listed exactly as before, beside the new ones."""
+    gw, client, headers = small_caps
+    made = await gw.lifecycle.create("acme", "new one", ["orders-reader"],
+                                     Actor("cli", "req-new"))
+    stream = gw.store.names.account("acme", "audit")
+    (_, fields), = await gw.store.redis.xrevrange(stream, count=1)
+    assert tuple(fields) == AUDIT_FIELDS
+    assert fields["action"] == "key.create" and fields["target"] == made.record.app_key
+    assert fields["requestId"] == "req-new" and "acme" not in fields.values()
+    old = {"time": 1700000000123, "account": "acme", "actor": "cli", "action": "key.update",
+           "target": made.record.app_key, "requestId": "req-old"}
+    await gw.store.redis.xadd(stream, {"event": orjson.dumps(old).decode(),
+                                       "before": '{"label":"a"}', "after": '{"label":"b"}'})
+    # newest first: the older layout's entry was appended last
+    older, newer = (await listing(client, headers, "limit=2"))["items"]
+    same = ("account", "actor", "action", "target", "requestId")
+    assert {k: older[k] for k in same} == {k: old[k] for k in same}
+    assert older["time"] == "2023-11-14T22:13:20.123Z"
+    assert (older["before"], older["after"]) == ({"label": "a"}, {"label": "b"})
+    assert {k: newer[k] for k in same} == {
+        "account": "acme", "actor": "cli", "action": "key.create",
+        "target": made.record.app_key, "requestId": "req-new"}
+    assert newer["time"] == datetime.fromtimestamp(
+        int(fields["time"]) / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def test_a_follow_up_written_before_the_upgrade_is_audited_as_written(small_caps):
+    """A grant's follow-up that an older keygate left pending (a crash between its two
+    steps) carries the older layout's event header: applied, it is audited in that layout,
+    and listed."""
+    gw, client, headers = small_caps
+    made = await gw.lifecycle.create("acme", "granted", ["orders-reader"], CLI_ACTOR)
+    old = {"time": 1700000000456, "account": "acme", "actor": "cli",
+           "action": "external-key.add", "target": made.record.app_key, "requestId": ""}
+    followup = orjson.dumps({"id": "f-1", "index": "none", "score": 0,
+                             "event": orjson.dumps(old).decode(), "before": {},
+                             "after": {"roles": ["orders-reader"]}}).decode()
+    assert await gw.store.apply_followup(made.record.app_key, "acme", followup) == 1
+    (item,) = (await listing(client, headers, "action=external-key.add"))["items"]
+    same = ("account", "actor", "action", "target", "requestId")
+    assert {k: item[k] for k in same} == {k: old[k] for k in same}
+    assert item["time"] == "2023-11-14T22:13:20.456Z"
+    assert item["after"] == {"roles": ["orders-reader"]}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 from conftest import on_one_server_and_a_cluster
 from interleave import Before
@@ -159,6 +160,28 @@ async def test_creation_order_is_the_copys_own_for_keys_copied_and_read_again(se
             await assert_same(store, query)
             await assert_same(store, KeyQuery(q="zebra", status=status, sort="creationDate",
                                               descending=desc, per_page=3, page=2))
+    used_copy(store, builds=1)
+
+
+async def test_an_older_keygates_events_keep_the_copy_current(searched, other, clock):
+    """During an upgrade an older keygate writes its events in one JSON field: a change
+    it records that way is taken in by the next search as any other."""
+    store = searched.store
+    keys = Keys(store, 41)
+    for label in ("zebra 1", "horse", "donkey"):
+        await keys.create(label)
+    await assert_same(store, KeyQuery(q="zebra", per_page=100))
+    used_copy(store, builds=1)
+    await other.update_key(ACCOUNT, keys.made[1], label="zebra now")
+    audit = store.names.account(ACCOUNT, "audit")
+    (event_id, fields), = await store.redis.xrevrange(audit, count=1)
+    await store.redis.xdel(audit, event_id)
+    older = {"time": int(fields["time"]), "account": ACCOUNT, "actor": fields["actor"],
+             "action": fields["action"], "target": fields["target"], "requestId": ""}
+    await store.redis.xadd(audit, {"event": orjson.dumps(older).decode(),
+                                   "before": fields["before"], "after": fields["after"]})
+    page, total = await indexed(store, KeyQuery(q="zebra", per_page=100))
+    assert total == 2 and set(page) == {keys.made[0], keys.made[1]}
     used_copy(store, builds=1)
 
 

@@ -47,7 +47,8 @@ An account's records (``{p}acct:{{account}}:…`` on a Redis Cluster):
 ``{p}acct:{account}:roles``    the member '' once the indexes are complete, and per role
 ``{p}acct:{account}:roles:{role}`` the set of the keys holding it
 ``{p}acct:{account}:settings`` hash of the account's settings
-``{p}acct:{account}:audit``    stream of change events, capped (``MAXLEN ~``)
+``{p}acct:{account}:audit``    stream of change events, capped (``MAXLEN ~``); the fields of
+                               each entry: records.AUDIT_FIELDS
 ``{p}acct:{account}:access``   stream of access events (sampled denials), capped apart
 ``{p}acct:{account}:done:{id}`` a grant follow-up applied, until it is cleared (grants.py)
 ``{p}link:{sha256(link secret)}`` an unopened one-time link: the token, encrypted under a

@@ -19,7 +19,7 @@ class AccountSettings(StoreCore):
             keys=[self.names.account(account, "settings"), self.names.account(account, "audit")],
             args=[
                 self.audit_max_events,
-                self.event(account, actor, "settings.update", account),
+                self.event(actor, "settings.update", account),
                 name,
                 value,
             ],

@@ -12,10 +12,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-import orjson
-
 from .core import StoreCore, unavailable
-from .records import ACCESS_ID_PREFIX, Actor, AuditEvent
+from .records import ACCESS_ID_PREFIX, Actor, AuditEvent, audit_entry
 
 
 def _id_order(event_id: str) -> tuple[int, int]:
@@ -31,11 +29,7 @@ class AuditLog(StoreCore):
         """An access event (e.g. a sampled denial), in the account's access stream."""
         await self.redis.xadd(
             self.names.account(account, "access"),
-            {
-                "event": self.event(account, actor, action, target),
-                "before": "{}",
-                "after": orjson.dumps(after).decode(),
-            },
+            audit_entry(self.event(actor, action, target), {}, after),
             maxlen=self.audit_max_access_events,
             approximate=True,
         )
@@ -48,17 +42,13 @@ class AuditLog(StoreCore):
         account of the key that asked (the policy is every account's, the key is one's)."""
         await self.redis.xadd(
             self.names.account(account, "audit"),
-            {
-                "event": self.event(account, actor, "policy.reload", "policy"),
-                "before": orjson.dumps(dict(before)).decode(),
-                "after": orjson.dumps(dict(after)).decode(),
-            },
+            audit_entry(self.event(actor, "policy.reload", "policy"), before, after),
             maxlen=self.audit_max_events,
             approximate=True,
         )
 
     async def _stream_newest_first(
-        self, stream: str, max_id: str, prefix: str
+        self, account: str, stream: str, max_id: str, prefix: str
     ) -> AsyncIterator[AuditEvent]:
         end = max_id
         if end.startswith("(") and not any(int(part) for part in end[1:].split("-")):
@@ -68,7 +58,7 @@ class AuditLog(StoreCore):
             if not batch:
                 return
             for event_id, fields in batch:
-                yield AuditEvent.from_stream(prefix + event_id, fields)
+                yield AuditEvent.from_stream(prefix + event_id, fields, account)
             end = f"({batch[-1][0]}"
 
     @unavailable
@@ -96,10 +86,10 @@ class AuditLog(StoreCore):
         else:
             change_max, access_max = f"({before_id}", before_id
         streams = [
-            self._stream_newest_first(self.names.account(account, "audit"), change_max, ""),
-            self._stream_newest_first(
-                self.names.account(account, "access"), access_max, ACCESS_ID_PREFIX
-            ),
+            self._stream_newest_first(account, self.names.account(account, "audit"),
+                                      change_max, ""),
+            self._stream_newest_first(account, self.names.account(account, "access"),
+                                      access_max, ACCESS_ID_PREFIX),
         ]
         heads: list[AuditEvent | None] = [await anext(it, None) for it in streams]
         found: list[AuditEvent] = []

@@ -224,9 +224,9 @@ class StoreCore:
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def event(self, account: str, actor: Actor, action: str, target: str) -> str:
-        """An audit event's header, stamped now."""
-        return event_header(self.now_ms(), account, actor, action, target)
+    def event(self, actor: Actor, action: str, target: str) -> str:
+        """An audit event's header, stamped now (records.event_header)."""
+        return event_header(self.now_ms(), actor, action, target)
 
     async def change(
         self,
@@ -265,7 +265,7 @@ class StoreCore:
             header = [
                 account,
                 self.audit_max_events,
-                self.event(account, actor, action, app_key),
+                self.event(actor, action, app_key),
                 self.channel,
                 expected,
                 "1" if keep_an_owner else "0",

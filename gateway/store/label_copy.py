@@ -10,8 +10,8 @@ keys'), so that a status filter and a token date range (a renewal alert level) a
 span of lines per status, found by bisecting the scores. Each line ends with its key's
 roles as tag bytes (one bit per role the copy tags: the account's largest roles), so that
 a role filter is part of the same regular expression. Each line's creation date is kept
-beside it, so q's matches are put in creation order here too. A key read again since the copy
-was made is searched from what it is now, kept aside, and its line is blanked in place
+beside it, so q's matches are put in creation order here too. A key read again since the
+copy was made is searched from what it is now, kept aside, and its line is blanked in place
 (its length, and so every other line's place, kept), so that searching and counting stay
 single passes in C over each span: ``bytes.find`` and ``bytes.count``, and for the number
 of lines holding q (and a role) a regular expression that takes in the rest of each
@@ -150,11 +150,13 @@ def in_token_order(members: Sequence[str], keys: Sequence[str], scores: Sequence
     found = list(map(member_of_key.pop, keys, repeat(None)))
     placed = list(map(is_not, found, repeat(None)))
     placed_keys = list(compress(keys, placed))
-    dates = list(map((created_of or {}).get, placed_keys))
-    undated = list(compress(placed_keys, map(is_, dates, repeat(None))))
     if created_of is None:
-        undated = []
-    created = [date or 0 for date in dates] if undated or created_of is None else dates
+        created, undated = [0] * len(placed_keys), []
+    else:
+        dates = list(map(created_of.get, placed_keys))
+        # keys that a change meanwhile shifted past a chunk of the creation date index
+        undated = list(compress(placed_keys, map(is_, dates, repeat(None))))
+        created = [date or 0 for date in dates] if undated else dates
     return TokenOrder(
         list(compress(found, placed)), list(compress(scores, placed)),
         list(map(role_bits.get, placed_keys, repeat(0))), created,

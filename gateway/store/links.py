@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from .core import StoreCore, unavailable
+from .records import Actor
 
 
 class Links(StoreCore):
@@ -26,10 +27,7 @@ class Links(StoreCore):
         if int(value["expires"]) <= self.now_ms():
             return None
         account, app_key = str(value["account"]), str(value["appKey"])
-        event = orjson.dumps({
-            "time": self.now_ms(), "account": account, "actor": "token-link",
-            "action": "token.link-opened", "target": app_key, "requestId": request_id,
-        }).decode()
+        event = self.event(Actor("token-link", request_id), "token.link-opened", app_key)
         await self.scripts.open_link(
             keys=[self.names.key(app_key), self.names.account(account, "audit")],
             args=[name, self.audit_max_events, event],

@@ -436,14 +436,19 @@ def _after(event: str, other: str) -> bool:
 
 
 def _keys_named(events: list[tuple[str, dict[str, str]]], account: str) -> set[str]:
-    """The keys of ``account`` that its ``key.*`` events name."""
+    """The keys of ``account`` that the key events of its stream name (records.py
+    AUDIT_FIELDS; an older keygate's, in one JSON field)."""
     named = set()
     for _, fields in events:
-        try:
-            event = orjson.loads(fields.get("event", ""))
-        except orjson.JSONDecodeError:
-            continue
-        if (isinstance(event, dict) and event.get("action") in KEY_ACTIONS
-                and event.get("account") == account and isinstance(event.get("target"), str)):
+        if "event" in fields:
+            try:
+                event = orjson.loads(fields["event"])
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(event, dict) or event.get("account") != account:
+                continue
+        else:
+            event = fields
+        if event.get("action") in KEY_ACTIONS and isinstance(event.get("target"), str):
             named.add(event["target"])
     return named

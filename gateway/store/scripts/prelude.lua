@@ -4,7 +4,8 @@
 -- A change script gets the same first six ARGV (gateway/store/core.py, StoreCore.change):
 --   ARGV[1]  the account the change is made in
 --   ARGV[2]  the audit cap: MAXLEN ~ of the account's audit stream
---   ARGV[3]  the audit event (JSON: time, account, actor, action, target, requestId)
+--   ARGV[3]  the audit event's header (JSON, an array of strings: time, actor, action,
+--            target, requestId; records.py event_header)
 --   ARGV[4]  the invalidation channel
 --   ARGV[5]  what the caller checked (JSON): the key's roles in ARGV[1] (a list), or
 --            {"roles": [...], "elsewhere": {account: [roles], ...}} with the roles
@@ -13,10 +14,19 @@
 -- and its own arguments from ARGV[7] on. unchanged() and committed() read that header.
 
 -- An audit event, written by the script that makes the change: the change and its
--- record happen together or not at all.
+-- record happen together or not at all. Its fields are the same, in the same order, in
+-- every entry (records.py AUDIT_FIELDS), so Redis keeps their names once per node of
+-- the stream. A header in an older keygate's layout (one JSON object, in a grant's
+-- follow-up written before an upgrade) is written as it was, in one field.
 local function audit(stream, maxlen, event, before, after)
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', event,
-             'before', cjson.encode(before), 'after', cjson.encode(after))
+  local h = cjson.decode(event)
+  local fields = {'time', h[1], 'actor', h[2], 'action', h[3], 'target', h[4],
+                  'requestId', h[5]}
+  if h[1] == nil then fields = {'event', event} end
+  for _, v in ipairs({'before', cjson.encode(before), 'after', cjson.encode(after)}) do
+    fields[#fields + 1] = v
+  end
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(fields))
 end
 
 -- The end of every change of a key hash: its audit event, then the hash's name on the
