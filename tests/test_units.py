@@ -9,6 +9,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+import redis.exceptions
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -31,6 +32,7 @@ from gateway.settings import (
     load_settings,
     url_without_passwords,
 )
+from gateway.store.core import store_unavailable
 
 FMT = CredentialFormat()
 SECRET = b"s" * 40
@@ -650,3 +652,21 @@ def test_policies_from_several_files_are_merged(tmp_path):
 def test_what_an_error_shows_of_a_store_url_holds_no_password(url):
     shown = url_without_passwords(url)
     assert "hunter2" not in shown and "***" in shown, shown
+
+
+@pytest.mark.parametrize("reply, unavailable", [
+    ("NOREPLICAS Not enough good replicas to write.", True),
+    # inside a transaction, as redis-py up to 8.1 words it, then from 8.2
+    ("Command # 1 (INCRBY kg:rl:a:1:127.0.0.1 1) of pipeline caused error: "
+     "('NOREPLICAS Not enough good replicas to write.',)", True),
+    ("Command # 1 (INCRBY kg:rl:a:1:127.0.0.1 1) of pipeline caused error: "
+     "NOREPLICAS Not enough good replicas to write.", True),
+    ("Command # 1 (INCRBY kg:x 1) of pipeline caused error: "
+     "WRONGTYPE Operation against a key holding the wrong kind of value", False),
+    ("ERR value is not an integer or out of range", False),
+])
+def test_a_store_that_refuses_writes_is_unavailable_however_the_client_words_it(
+        reply, unavailable):
+    """A NOREPLICAS reply is a 503 (the store cannot serve now), in a transaction too,
+    whatever the client library's wording; any other refusal is a bug, not a 503."""
+    assert store_unavailable(redis.exceptions.ResponseError(reply)) is unavailable

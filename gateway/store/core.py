@@ -65,8 +65,8 @@ _UNAVAILABLE_ERRORS = (
 # Replies redis-py maps to no class of their own (in a script too).
 _UNAVAILABLE_REPLIES = ("NOREPLICAS ",)
 # How redis-py words an error inside a pipeline: the reply follows, as the repr of the
-# original arguments.
-_IN_PIPELINE = " of pipeline caused error: ("
+# original arguments (up to 8.1) or as it is (from 8.2).
+_IN_PIPELINE = " of pipeline caused error: "
 
 
 def store_unavailable(exc: BaseException) -> bool:
@@ -80,7 +80,7 @@ def store_unavailable(exc: BaseException) -> bool:
         return False
     reply = str(exc)
     if _IN_PIPELINE in reply:
-        reply = reply.rpartition(_IN_PIPELINE)[2].lstrip("'\"")
+        reply = reply.rpartition(_IN_PIPELINE)[2].lstrip("('\"")
     return reply.startswith(_UNAVAILABLE_REPLIES)
 
 
