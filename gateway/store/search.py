@@ -198,12 +198,9 @@ class LabelSearch:
         among_count = await among.size() if among is not None else 0
         few = among is not None and among_count <= min(self.max_passed,
                                                        copy.count // self.holders_before_count)
-        # creation order, the one order of the copy's that needs dates: only for matches
-        # the copy may order (counted, at most ``max_passed``)
-        dated = sort == "creationDate" and count_all
         found = None if few else copy.matches(
             needle, self.max_passed if count_all else self.max_passed_filtered, count_all,
-            filters, dated)
+            filters)
         if count_all and found is not None and found.count:
             # the script's walk for the page: about one match in every over / count keys
             # of the index it walks
