@@ -86,6 +86,10 @@ The package, by responsibility:
     keys.py              generated keys and token renewal
     listing.py           keys in bulk: pages from the listing indexes, chunks, the
                          accounts; building the indexes for older data (migrate)
+    search.py            q in a large account: each process's copy of its label index,
+                         read from Redis and kept current from the audit stream
+    label_copy.py        that copy and q's matches in it (pure); copy_reads.py joins
+                         the reads it is made from, key_index.py finds a key's line
     grants.py            external keys (grants in other accounts)
     links.py             one-time token links
     account_settings.py  account settings

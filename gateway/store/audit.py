@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from .core import StoreCore, unavailable
-from .records import ACCESS_ID_PREFIX, Actor, AuditEvent, audit_entry
+from .records import ACCESS_ID_PREFIX, Actor, AuditEvent, audit_entry, event_fields
 
 
 def _id_order(event_id: str) -> tuple[int, int]:
@@ -29,7 +29,7 @@ class AuditLog(StoreCore):
         """An access event (e.g. a sampled denial), in the account's access stream."""
         await self.redis.xadd(
             self.names.account(account, "access"),
-            audit_entry(self.event(actor, action, target), {}, after),
+            audit_entry(event_fields(self.now_ms(), actor, action, target), {}, after),
             maxlen=self.audit_max_access_events,
             approximate=True,
         )
@@ -42,7 +42,8 @@ class AuditLog(StoreCore):
         account of the key that asked (the policy is every account's, the key is one's)."""
         await self.redis.xadd(
             self.names.account(account, "audit"),
-            audit_entry(self.event(actor, "policy.reload", "policy"), before, after),
+            audit_entry(event_fields(self.now_ms(), actor, "policy.reload", "policy"),
+                        before, after),
             maxlen=self.audit_max_events,
             approximate=True,
         )

@@ -15,7 +15,7 @@ copy was made is searched from what it is now, kept aside, and its line is blank
 (its length, and so every other line's place, kept), so that searching and counting stay
 single passes in C over each span: ``bytes.find`` and ``bytes.count``, and for the number
 of lines holding q (and a role) a regular expression that takes in the rest of each
-matching line. The copy's index by key (:class:`KeyIndex`) finds a key's line, for
+matching line. The copy's index by key (key_index.py) finds a key's line, for
 blanking it and for checking q on a given set of keys (a role's holders).
 """
 
@@ -25,12 +25,13 @@ import re
 import sys
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import accumulate, compress, repeat
-from operator import add, ge, is_, is_not, itemgetter, mul, sub
+from itertools import repeat
+from operator import add, itemgetter, mul, sub
 
+from .key_index import LINES_PER_START, KeyIndex
 from .lua import constant
 from .records import ACTIVE, INACTIVE
 
@@ -48,8 +49,6 @@ TAG_MARK, TAG_BASE, ROLES_PER_TAG = b"\x02", 0x10, 4
 TAGGED_ROLES = 16
 # an inactive key's token score is its token date plus this (scripts/status_runs.lua)
 INACTIVE_AT = constant("status_runs", "INACTIVE_AT")
-# a line's start is kept for one line in this many (the others found from it in C)
-LINES_PER_START = 16
 # q's matches are first estimated from this part of the copy (one byte in this many),
 # in this many slices spread over it
 SAMPLED_PART, SAMPLE_SLICES = 8, 64
@@ -101,66 +100,6 @@ class Fresh:
     score: int = 0
     roles: frozenset[str] = frozenset()
     created: int = 0
-
-
-def member_of(app_key: str, label: str | None, folded: str | None) -> str | None:
-    """A key's member of the label index, as scripts/key_rules.lua's label_member makes
-    it: the fold ('lf') when the label is not ASCII, else the label lowered; None when
-    the key is not listed (no label: deleted; not ASCII and no fold: not indexed yet)."""
-    if label is None:
-        return None
-    if folded:
-        return f"{folded}\0{app_key}"
-    if not label.isascii():
-        return None
-    return f"{label.lower()}\0{app_key}"
-
-
-@dataclass
-class TokenOrder:
-    """An account's label index members in token score order (:func:`in_token_order`),
-    each key's creation date, and the keys to read again: those whose token score or
-    creation date was not read."""
-
-    members: list[str]
-    scores: list[int]
-    role_bits: list[int]
-    created: list[int]
-    unplaced: list[str]
-
-
-def creation_dates(keys: Sequence[str], scores: Sequence[int]) -> dict[str, int]:
-    """Each key's creation date, from the creation date index read with its scores
-    (status runs, as the token date index's: the status taken off), in C."""
-    inactive = map(mul, map(ge, scores, repeat(INACTIVE_AT)), repeat(INACTIVE_AT))
-    return dict(zip(keys, map(sub, scores, inactive), strict=True))
-
-
-def in_token_order(members: Sequence[str], keys: Sequence[str], scores: Sequence[int],
-                   role_bits: Mapping[str, int],
-                   created_of: Mapping[str, int] | None = None) -> TokenOrder:
-    """``members`` (of the label index) in the order of ``keys`` (of the token date
-    index, with their ``scores``), each with its key's bits in ``role_bits`` (0 when
-    none) and creation date in ``created_of`` (none given: all 0). A key of ``keys``
-    with no member (a label not indexed, or read twice) is left out; a member whose key
-    is not in ``keys``, or a key not in ``created_of``, is named in ``unplaced``. Every
-    step in C: no Python line runs per key."""
-    member_of_key = dict(zip(re.findall("\0([^\n]*)", "\n".join(members)), members,
-                             strict=True))
-    found = list(map(member_of_key.pop, keys, repeat(None)))
-    placed = list(map(is_not, found, repeat(None)))
-    placed_keys = list(compress(keys, placed))
-    if created_of is None:
-        created, undated = [0] * len(placed_keys), []
-    else:
-        dates = list(map(created_of.get, placed_keys))
-        # keys that a change meanwhile shifted past a chunk of the creation date index
-        undated = list(compress(placed_keys, map(is_, dates, repeat(None))))
-        created = [date or 0 for date in dates] if undated else dates
-    return TokenOrder(
-        list(compress(found, placed)), list(compress(scores, placed)),
-        list(map(role_bits.get, placed_keys, repeat(0))), created,
-        list(member_of_key) + undated)
 
 
 @dataclass
@@ -218,7 +157,7 @@ class AccountCopy:
         joined = ("\n" + "\n".join(lines) + "\n" if count else "\n").encode()
         if prefix:  # each member holds one NUL, before its key
             joined = joined.replace(b"\0" + prefix, b"\0")
-        index, starts = KeyIndex.of(joined)
+        index, starts = KeyIndex.of(joined, TAG_MARK)
         return cls(bytearray(joined), bytearray(joined.lower()), prefix,
                    array("q", map(scores.__getitem__, order)),
                    array("q", map(created.__getitem__, order)), starts, roles, last_event,
@@ -541,49 +480,6 @@ def _lines_holding(lowered: bytearray, patterns: list[bytes], low: int, high: in
     """How many lines between ``low`` and ``high`` :func:`_line_pattern` matches,
     counted in C."""
     return len(_line_pattern(patterns, tag).findall(lowered, low, high))
-
-
-@dataclass(frozen=True)
-class KeyIndex:
-    """The copy's members by key: for each, its key's (without the shared prefix) 32-bit
-    hash shifted up and its line's start in ``members`` below, sorted (``entries``), and
-    where the entries of each value of the hash's top 16 bits begin (``buckets``), so
-    that a key's line is found by bisecting some 15 entries at 1,000,000 keys, not the
-    whole array. Python's hash of bytes is salted per process, which is what an index
-    kept in this process needs; two keys whose hashes meet are told apart by reading
-    their lines."""
-
-    entries: array
-    buckets: array
-
-    @classmethod
-    def of(cls, members: bytes) -> tuple[KeyIndex, list[int]]:
-        """The index of a copy's ``members`` (each line's key between its NUL and its
-        tag mark), and where every LINES_PER_START-th line starts: made in a thread, and
-        in steps short enough (no sort of the whole array) that the event loop runs
-        between them."""
-        groups: list[list[int]] = [[] for _ in range(1 << 16)]
-        starts: list[int] = []
-        if len(members) > 2:  # a copy with no member is its newline(s) alone
-            # each line's start (one more: where a line after the last would start) and
-            # key, found in C
-            line_starts = list(accumulate(
-                map((1).__add__, map(len, members[1:-1].split(b"\n"))), initial=1))
-            starts = line_starts[:-1:LINES_PER_START]
-            keys = re.findall(rb"\0([^\n\x02]*)", members)
-            for hashed, start in zip(map(hash, keys), line_starts, strict=False):
-                hashed &= 0xFFFFFFFF
-                groups[hashed >> 16].append(hashed << 32 | start)
-        entries, buckets = array("Q"), array("I")
-        for group in groups:
-            buckets.append(len(entries))
-            group.sort()
-            entries.extend(group)
-        buckets.append(len(entries))
-        return cls(entries, buckets), starts
-
-    def __len__(self) -> int:
-        return len(self.entries)
 
 
 def _lines(members: bytes | bytearray, low: int = 0,

@@ -244,17 +244,22 @@ class AuditEvent:
 AUDIT_FIELDS = ("time", "actor", "action", "target", "requestId", "before", "after")
 
 
+def event_fields(time_ms: int, actor: Actor, action: str, target: str) -> list[str]:
+    """An audit event's first five fields (AUDIT_FIELDS): who, what and when."""
+    return [str(time_ms), actor.app_key, action, target, actor.request_id]
+
+
 def event_header(time_ms: int, actor: Actor, action: str, target: str) -> str:
-    """An audit event's first five fields (AUDIT_FIELDS), as the change scripts take
-    them (scripts/prelude.lua: a JSON array of strings)."""
-    return orjson.dumps([str(time_ms), actor.app_key, action, target,
-                         actor.request_id]).decode()
+    """Those fields as the change scripts take them (scripts/prelude.lua: a JSON array
+    of strings)."""
+    return orjson.dumps(event_fields(time_ms, actor, action, target)).decode()
 
 
-def audit_entry(header: str, before: Mapping[str, Any],
+def audit_entry(fields: Sequence[str], before: Mapping[str, Any],
                 after: Mapping[str, Any]) -> dict[str, str]:
-    """A stream entry's fields, as the scripts' ``audit`` writes them."""
-    return dict(zip(AUDIT_FIELDS, [*orjson.loads(header), orjson.dumps(dict(before)).decode(),
+    """A stream entry, as the scripts' ``audit`` writes it: ``fields`` (event_fields),
+    then before and after in JSON."""
+    return dict(zip(AUDIT_FIELDS, [*fields, orjson.dumps(dict(before)).decode(),
                                    orjson.dumps(dict(after)).decode()], strict=True))
 
 

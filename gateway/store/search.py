@@ -66,15 +66,13 @@ from dataclasses import dataclass
 import orjson
 import redis.asyncio as aioredis
 
+from .copy_reads import creation_dates, in_token_order, member_of
 from .label_copy import (
     ANY_KEY,
     TAGGED_ROLES,
     AccountCopy,
     Filters,
     Matches,
-    creation_dates,
-    in_token_order,
-    member_of,
     token_score,
 )
 from .lua import Scripts

@@ -1,0 +1,74 @@
+"""The reads of an account's indexes that q's copy (label_copy.py) is made from, joined
+in C: the label index's members put in token score order, each with its key's roles and
+creation date, and the keys to read again because a change shifted them while the
+indexes were read by ranks (search.py reads them; this module does no I/O)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import ge, is_, is_not, mul, sub
+
+from .label_copy import INACTIVE_AT
+
+
+def member_of(app_key: str, label: str | None, folded: str | None) -> str | None:
+    """A key's member of the label index, as scripts/key_rules.lua's label_member makes
+    it: the fold ('lf') when the label is not ASCII, else the label lowered; None when
+    the key is not listed (no label: deleted; not ASCII and no fold: not indexed yet)."""
+    if label is None:
+        return None
+    if folded:
+        return f"{folded}\0{app_key}"
+    if not label.isascii():
+        return None
+    return f"{label.lower()}\0{app_key}"
+
+
+@dataclass
+class TokenOrder:
+    """An account's label index members in token score order (:func:`in_token_order`),
+    each key's creation date, and the keys to read again: those whose token score or
+    creation date was not read."""
+
+    members: list[str]
+    scores: list[int]
+    role_bits: list[int]
+    created: list[int]
+    unplaced: list[str]
+
+
+def creation_dates(keys: Sequence[str], scores: Sequence[int]) -> dict[str, int]:
+    """Each key's creation date, from the creation date index read with its scores
+    (status runs, as the token date index's: the status taken off), in C."""
+    inactive = map(mul, map(ge, scores, repeat(INACTIVE_AT)), repeat(INACTIVE_AT))
+    return dict(zip(keys, map(sub, scores, inactive), strict=True))
+
+
+def in_token_order(members: Sequence[str], keys: Sequence[str], scores: Sequence[int],
+                   role_bits: Mapping[str, int],
+                   created_of: Mapping[str, int] | None = None) -> TokenOrder:
+    """``members`` (of the label index) in the order of ``keys`` (of the token date
+    index, with their ``scores``), each with its key's bits in ``role_bits`` (0 when
+    none) and creation date in ``created_of`` (none given: all 0). A key of ``keys``
+    with no member (a label not indexed, or read twice) is left out; a member whose key
+    is not in ``keys``, or a key not in ``created_of``, is named in ``unplaced``. Every
+    step in C: no Python line runs per key."""
+    member_of_key = dict(zip(re.findall("\0([^\n]*)", "\n".join(members)), members,
+                             strict=True))
+    found = list(map(member_of_key.pop, keys, repeat(None)))
+    placed = list(map(is_not, found, repeat(None)))
+    placed_keys = list(compress(keys, placed))
+    if created_of is None:
+        created, undated = [0] * len(placed_keys), []
+    else:
+        dates = list(map(created_of.get, placed_keys))
+        # keys that a change meanwhile shifted past a chunk of the creation date index
+        undated = list(compress(placed_keys, map(is_, dates, repeat(None))))
+        created = [date or 0 for date in dates] if undated else dates
+    return TokenOrder(
+        list(compress(found, placed)), list(compress(scores, placed)),
+        list(map(role_bits.get, placed_keys, repeat(0))), created,
+        list(member_of_key) + undated)
