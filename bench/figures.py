@@ -101,13 +101,22 @@ async def memory_and_listing(redis_url: str, tmp: Path, count: int):
     audit = await client.memory_usage(f"{prefix}acct:bulk:audit") or 0
     gateway = build_gateway(settings)
     timings = {}
-    for name, query in (
-        ("page (creation order)", KeyQuery(page=10, per_page=50)),
-        ("page filtered by q", KeyQuery(q="key 99", per_page=50)),
-    ):
+    search = gateway.store.label_search
+
+    async def timed(name: str, query: KeyQuery) -> None:
         start = time.perf_counter()
         await gateway.store.list_keys("bulk", query)
         timings[name] = (time.perf_counter() - start) * 1000
+
+    # the first listing starts making q's copy (gateway/store/search.py); a search that
+    # comes before it is made is answered in Redis
+    await timed("page (creation order)", KeyQuery(page=10, per_page=50))
+    start = time.perf_counter()
+    await timed("page filtered by q while its copy is made", KeyQuery(q="key 99", per_page=50))
+    if "bulk" in search.warming:
+        await search.warming["bulk"]
+    timings["q's copy made ahead by the first listing"] = (time.perf_counter() - start) * 1000
+    await timed("page filtered by q", KeyQuery(q="key 99", per_page=50))
     await gateway.store.close()
     await client.aclose()
     env = {**os.environ, "KEYGATE_STORE_URL": redis_url, "KEYGATE_STORE_PREFIX": prefix,

@@ -156,8 +156,11 @@ async def million(
     hashes = [await client.memory_usage(names.key(k), samples=0) or 0 for k in sample]
     clock.now = time.time()
     now_ms = int(clock.now * 1000)
-    # the first q of a process copies the account's label index (gateway/store/search.py)
+    # the first listing of a process starts copying the account's label index in the
+    # background (gateway/store/search.py); a search meanwhile waits for it
     started = time.perf_counter()
+    await store.list_keys(ACCOUNT, KeyQuery(per_page=50))
+    listed_in = time.perf_counter() - started
     await store.list_keys(ACCOUNT, KeyQuery(q="no label holds this", per_page=50))
     copied_in = time.perf_counter() - started
     copy = store.label_search.copies.get(ACCOUNT)
@@ -172,7 +175,7 @@ async def million(
         "count": count, "loaded_in": loaded_in, "per_key": (after - before) / count,
         "parts": {k: v / count for k, v in parts.items()},
         "hash": statistics.mean(hashes), "pages": pages,
-        "copied_in": copied_in, "copy_bytes": copy_bytes,
+        "copied_in": copied_in, "listed_in": listed_in, "copy_bytes": copy_bytes,
     }
 
 
@@ -191,7 +194,8 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
                    for name, (ms, total) in result["pages"].items())),
         (f"{n:,} keys: slowest page", f"{worst[0]}: {worst[1][0]:.1f} ms"),
         (f"{n:,} keys: q's copy of the label index, per process",
-         f"made by the first q in {result['copied_in']:.2f} s; "
+         f"made ahead by the first listing (answered in {result['listed_in'] * 1000:.1f} ms) "
+         f"in {result['copied_in']:.2f} s, a search meanwhile waiting for it; "
          f"{result['copy_bytes'] / n:.0f} B per key of process memory, none in Redis"),
     ]
 

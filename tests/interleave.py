@@ -18,8 +18,12 @@ class Before:
     """Wrap a store script so that ``step`` runs once, just before its ``nth`` call (or
     just after, with ``after=True``); every call still runs the real script."""
 
-    def __init__(self, store: Any, name: str, step: Any, nth: int = 1, after: bool = False):
+    def __init__(self, store: Any, name: str, step: Any, nth: int = 1, after: bool = False,
+                 counted: Any = None):
+        """``counted(*args, **kwargs)``: which calls count towards ``nth`` (all: None),
+        e.g. only those on one Redis name when several reads run at once."""
         self.store, self.name, self.step, self.nth, self.after = store, name, step, nth, after
+        self.counted = counted
         self.real = getattr(self._holder(), name)
         self.calls = 0
         self.fired = False
@@ -29,6 +33,8 @@ class Before:
         return self.store.scripts
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.counted is not None and not self.counted(*args, **kwargs):
+            return await self.real(*args, **kwargs)
         self.calls += 1
         due = self.calls == self.nth and not self.fired
         if due and not self.after:

@@ -8,6 +8,7 @@ Real Redis (one server and a Cluster); the copy is used from the first key here
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator
 
@@ -504,9 +505,9 @@ async def test_q_with_every_filter_is_counted_in_the_copy_as_brute_force(searche
 @pytest.mark.parametrize("index", ["tok", "keys"])
 async def test_keys_shifted_while_the_copy_is_read_are_placed_as_they_are(searched, other,
                                                                          clock, index):
-    """The token date index, then the creation date index, is read by ranks, a chunk at
-    a time: another instance deletes the first keys in its order between two chunks,
-    which shifts keys that did not change past the next chunk's start. They are found
+    """The token date index and the creation date index are read by ranks (at once), a
+    chunk at a time: another instance deletes the first keys in one's order between two
+    of its chunks, which shifts keys that did not change past the next chunk's start. They are found
     missing and read again, so every count and page is still brute force's, from one
     copy."""
     store = searched.store
@@ -520,9 +521,10 @@ async def test_keys_shifted_while_the_copy_is_read_are_placed_as_they_are(search
         for app_key in in_order[:4]:
             await other.delete_key(ACCOUNT, app_key, actor=CLI)
 
-    # the second chunk of the index: the token date index is read first, in this many
-    tok_reads = len(in_order) // 7 + 1
-    shifted = Before(store, "scored_ranks", shift, nth=2 if index == "tok" else tok_reads + 2)
+    # before the index's second chunk
+    name = store.names.account(ACCOUNT, index)
+    shifted = Before(store, "scored_ranks", shift, nth=2,
+                     counted=lambda keys, args: keys == [name])
     now_ms = int(clock() * 1000)
     for needle in ("a", "e", "kgk"):
         for role in (None, "orders-reader"):
@@ -537,3 +539,97 @@ async def test_keys_shifted_while_the_copy_is_read_are_placed_as_they_are(search
                                                   per_page=50))
     assert shifted.fired
     used_copy(store, builds=1)
+
+
+class HeldBuild:
+    """Holds a copy being made at its first read by ranks until released."""
+
+    def __init__(self, store: Store):
+        self.reached = asyncio.Event()
+        self.released = asyncio.Event()
+        self.before = Before(store, "scored_ranks", self.hold)
+
+    async def hold(self) -> None:
+        self.reached.set()
+        await self.released.wait()
+
+
+async def test_a_listing_makes_the_copy_ahead_of_the_search(gateway, clock):
+    """A listing that shows the account holds at least min_keys keys starts making its
+    copy in the background, without waiting for it; however many listings ask, one copy
+    is made; the search that follows finds it made."""
+    store = gateway.store
+    search = store.label_search
+    search.min_keys = 6
+    keys = Keys(store, 101)
+    for i in range(5):
+        await keys.create(f"early {i}")
+    await indexed(store, KeyQuery(per_page=10))
+    assert not search.warming and not search.copies  # 5 keys: searched in Redis
+    for i in range(5):
+        await keys.create(f"later {i}")
+    held = HeldBuild(store)
+    listed = await asyncio.wait_for(asyncio.gather(*(
+        indexed(store, KeyQuery(per_page=3)) for _ in range(20))), 10)
+    # every listing answered while the copy is still being made
+    assert {total for _, total in listed} == {10}
+    await asyncio.wait_for(held.reached.wait(), 10)
+    assert list(search.warming) == [ACCOUNT] and search.builds == 0
+    # one task for twenty listings (a flood of listings holds no more)
+    assert [t.get_coro().__name__ for t in asyncio.all_tasks()].count("_warm") == 1
+    # a filtered listing of fewer keys than min_keys asks for nothing more either
+    await asyncio.wait_for(indexed(store, KeyQuery(q="early", per_page=3)), 10)
+    held.released.set()
+    await asyncio.wait_for(search.warming[ACCOUNT], 10)
+    used_copy(store, builds=1)
+    for needle in ("later", "early", "e", "zzz"):
+        await assert_same(store, KeyQuery(q=needle, per_page=100))
+    used_copy(store, builds=1)
+    await indexed(store, KeyQuery(per_page=3))
+    assert not search.warming  # kept: not made again
+
+
+async def test_a_search_while_the_copy_is_made_is_answered_in_redis_or_waits(gateway, clock):
+    """While the account's copy is being made, a search in a small account is answered
+    by the script's pass (without waiting); in a larger one it waits for the copy; in
+    either, its answer is brute force's."""
+    store = gateway.store
+    search = store.label_search
+    search.min_keys = 6
+    keys = Keys(store, 103)
+    for i in range(12):
+        await keys.create(f"key {i}")
+    held = HeldBuild(store)
+    await indexed(store, KeyQuery(per_page=3))
+    # at once, before the copy being made has its lock: answered in Redis, not held
+    await asyncio.wait_for(assert_same(store, KeyQuery(q="key 1", per_page=100)), 10)
+    await asyncio.wait_for(held.reached.wait(), 10)
+    await asyncio.wait_for(assert_same(store, KeyQuery(q="key 2", per_page=100)), 10)
+    assert search.builds == 0 and ACCOUNT in search.warming
+    search.in_redis_while_made = 11  # the account now counts as large: the search waits
+    waiting = asyncio.ensure_future(indexed(store, KeyQuery(q="key 1", per_page=100)))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    held.released.set()
+    assert await asyncio.wait_for(waiting, 10) == await brute(store, KeyQuery(q="key 1",
+                                                                              per_page=100))
+    used_copy(store, builds=1)
+
+
+async def test_a_store_closed_while_a_copy_is_made_ahead_stops_it(gateway, clock, caplog):
+    """Closing the store cancels the copy being made ahead, quietly: no error logged, no
+    task left running."""
+    store = Store.from_url(gateway.settings.store_url, gateway.settings.store_prefix,
+                           gateway.store.clock)
+    store.label_search.min_keys = 2
+    keys = Keys(store, 105)
+    for i in range(3):
+        await keys.create(f"key {i}")
+    held = HeldBuild(store)
+    await indexed(store, KeyQuery(per_page=3))
+    await asyncio.wait_for(held.reached.wait(), 10)
+    task = store.label_search.warming[ACCOUNT]
+    await asyncio.wait_for(store.close(), 10)
+    assert task.cancelled() and not store.label_search.warming
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]

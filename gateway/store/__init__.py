@@ -203,6 +203,7 @@ class Store(AuthReads, KeyChanges, KeyListing, GrantChanges, Links, AccountSetti
 
     async def close(self) -> None:
         await self.stop_invalidation()
+        await self.label_search.close()
         await self.redis.aclose()
 
     async def ping(self) -> bool:

@@ -186,7 +186,11 @@ class KeyListing(StoreCore):
             await self.index_listing(account)
             result = await self.scripts.list_keys(keys=keys, args=args)
         total, page = int(result[0]), result[1:]
-        return [r for r in await self._load(page) if r is not None], total
+        records = [r for r in await self._load(page) if r is not None]
+        if total >= self.label_search.min_keys:
+            # an account searched in a copy: made now, before the search that follows
+            self.label_search.warm(account)
+        return records, total
 
     @unavailable
     async def index_listing(self, account: str, chunk: int = 500) -> int:
