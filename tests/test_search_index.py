@@ -633,3 +633,33 @@ async def test_a_store_closed_while_a_copy_is_made_ahead_stops_it(gateway, clock
     await asyncio.wait_for(store.close(), 10)
     assert task.cancelled() and not store.label_search.warming
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
+
+
+async def test_a_listing_never_drops_another_accounts_copy(gateway, clock):
+    """A copy is made ahead only where it fits beside those kept: listings that alternate
+    between accounts too large to be kept together make no copy again and again (each is
+    ~8 s of CPU at 1,000,000 keys); a search still makes its own account's copy, dropping
+    the least recently searched one."""
+    store = gateway.store
+    search = store.label_search
+    search.min_keys, search.max_keys = 5, 15
+    for account in ("acme", "beta"):
+        for i in range(10):
+            await store.create_key(f"kgk-{account}-{i:010X}", account, f"label {i}", [],
+                                   "d" * 64)
+
+    async def listed(account: str) -> None:
+        assert (await store.list_keys(account, KeyQuery(per_page=3)))[1] == 10
+        if account in search.warming:
+            await asyncio.wait_for(search.warming[account], 10)
+
+    await listed("acme")
+    assert list(search.copies) == ["acme"] and search.builds == 1
+    for account in ("beta", "acme", "beta", "acme"):
+        await listed(account)
+    assert list(search.copies) == ["acme"] and search.builds == 1
+    page, total = await store.list_keys("beta", KeyQuery(q="label 3", per_page=10))
+    assert ([r.app_key for r in page], total) == (["kgk-beta-0000000003"], 1)
+    assert list(search.copies) == ["beta"] and search.builds == 2
+    await listed("acme")
+    assert list(search.copies) == ["beta"] and search.builds == 2

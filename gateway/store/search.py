@@ -28,10 +28,12 @@ in 7–12 s (about half reading, the rest joining and indexing in a thread), wit
 So it is made ahead: a listing that shows the account holds at least ``min_keys`` keys
 starts making it in the background (:meth:`LabelSearch.warm`), since a search usually
 follows (an administrator opens the list, then types). One build per account at a time,
-however many listings ask. A search that arrives while it is being made waits for it,
-unless the account is small enough for the script's own pass to cost less (at most
-``SEARCH_IN_REDIS_WHILE_MADE`` keys, about 60 ms); a search of another account never
-waits for it.
+however many listings ask, and only where the copy fits beside the copies kept: a
+listing never drops another account's copy (a search does), so listing accounts that do
+not fit together in ``max_keys`` does not make their copies over and over. A search that
+arrives while it is being made waits for it, unless the account is small enough for the
+script's own pass to cost less (at most ``SEARCH_IN_REDIS_WHILE_MADE`` keys, about 60
+ms); a search of another account never waits for it.
 
 Coherence comes from the account's audit stream, the log of every change: each script
 that creates, changes or deletes a key, or renews its token, appends its event in the
@@ -256,7 +258,9 @@ class LabelSearch:
         ``min_keys`` keys, so that the search that usually follows it (an administrator
         who opens the list, then types) finds the copy made, where it would otherwise wait
         for it (some 0.7 s at 100,000 keys, 7–12 s at 1,000,000). One build per account
-        at a time, however many listings ask; a search meanwhile waits for that one."""
+        at a time, however many listings ask; a search meanwhile waits for that one.
+        Only where the copy fits beside those kept (``max_keys``): a listing never drops
+        another account's copy."""
         if not self.max_keys or account in self.copies or account in self.warming:
             return
         task = asyncio.get_running_loop().create_task(self._warm(account))
@@ -265,7 +269,12 @@ class LabelSearch:
 
     async def _warm(self, account: str) -> None:
         try:
-            if not await self._searchable(account):
+            listed = await self._searchable(account)
+            if not listed or self.kept_keys + listed > self.max_keys:
+                # made ahead only where it fits beside the copies kept: dropping one
+                # for it is left to a search, so that listings of accounts that do not
+                # fit together never make their copies again and again (~8 s of this
+                # process's CPU each at 1,000,000 keys)
                 return
             async with self._lock_of(account):
                 if account not in self.copies:
