@@ -544,10 +544,12 @@ async def test_keys_shifted_while_the_copy_is_read_are_placed_as_they_are(search
 class HeldBuild:
     """Holds a copy being made at its first read by ranks until released."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, account: str | None = None):
+        """``account``: held at the first read of that account's copy only."""
         self.reached = asyncio.Event()
         self.released = asyncio.Event()
-        self.before = Before(store, "scored_ranks", self.hold)
+        self.before = Before(store, "scored_ranks", self.hold, counted=None if account is None
+                             else lambda keys, args: account in keys[0])
 
     async def hold(self) -> None:
         self.reached.set()
@@ -663,3 +665,59 @@ async def test_a_listing_never_drops_another_accounts_copy(gateway, clock):
     assert list(search.copies) == ["beta"] and search.builds == 2
     await listed("acme")
     assert list(search.copies) == ["beta"] and search.builds == 2
+
+
+async def test_one_copy_is_made_at_a_time(gateway, clock):
+    """Making a copy holds several times its size for the while, so a process makes one
+    at a time: a search whose account's copy must be made too is answered in Redis in a
+    small account, else waits; either way, its copy's reads start only once the other
+    copy is made."""
+    store = gateway.store
+    search = store.label_search
+    search.min_keys, search.max_keys = 5, 100
+    for account in ("acme", "beta"):
+        for i in range(10):
+            await store.create_key(f"kgk-{account}-{i:010X}", account, f"label {i}", [],
+                                   "d" * 64)
+    beta = {"kgk-beta-0000000001"}
+    held = HeldBuild(store, "acme")
+    beta_reads = Before(store, "scored_ranks", asyncio.sleep, nth=0,
+                        counted=lambda keys, args: "beta" in keys[0])
+    await store.list_keys("acme", KeyQuery(per_page=3))
+    await asyncio.wait_for(held.reached.wait(), 10)
+    page, total = await asyncio.wait_for(
+        store.list_keys("beta", KeyQuery(q="label 1", per_page=10)), 10)
+    assert ({r.app_key for r in page}, total) == (beta, 1)  # in Redis: not held
+    search.in_redis_while_made = 5  # beta now counts as large: its search waits
+    waiting = asyncio.ensure_future(store.list_keys("beta", KeyQuery(q="label 1",
+                                                                     per_page=10)))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not waiting.done() and beta_reads.calls == 0 and search.builds == 0
+    held.released.set()
+    page, total = await asyncio.wait_for(waiting, 10)
+    assert ({r.app_key for r in page}, total) == (beta, 1)
+    await asyncio.wait_for(search.warming.get("acme") or asyncio.sleep(0), 10)
+    assert beta_reads.calls > 0 and search.builds == 2 and set(search.copies) == {"acme",
+                                                                                  "beta"}
+
+
+async def test_a_copy_waiting_to_be_made_ahead_is_not_made_where_it_no_longer_fits(gateway,
+                                                                                   clock):
+    """Two accounts listed at once, whose copies do not fit together: the second copy,
+    which waited for the first to be made, is not made ahead beside it (nor drops it)."""
+    store = gateway.store
+    search = store.label_search
+    search.min_keys, search.max_keys = 5, 15
+    for account in ("acme", "beta"):
+        for i in range(10):
+            await store.create_key(f"kgk-{account}-{i:010X}", account, f"label {i}", [],
+                                   "d" * 64)
+    held = HeldBuild(store, "acme")
+    await store.list_keys("acme", KeyQuery(per_page=3))
+    await asyncio.wait_for(held.reached.wait(), 10)
+    await store.list_keys("beta", KeyQuery(per_page=3))
+    assert set(search.warming) == {"acme", "beta"}
+    held.released.set()
+    await asyncio.wait_for(asyncio.gather(*search.warming.values()), 10)
+    assert list(search.copies) == ["acme"] and search.builds == 1

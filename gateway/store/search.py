@@ -22,18 +22,23 @@ chunks: the label index by value, then the token and creation date indexes by ra
 with their scores (a key that a change meanwhile shifts past a chunk's end is found
 missing and read again), then each tagged role's holders by ranks while no event is
 appended (so none shifted); the four reads run at once. At 1,000,000 keys it is made
-in 7–12 s (about half reading, the rest joining and indexing in a thread), with some
-500 MB of the process's memory for the while; at 100,000, in about 0.6 s.
+in 7–12 s (about half reading, the rest joining and indexing in a thread), holding
+about 600 bytes per key of the process's memory for the while (peak RSS 664 MB from
+69 MB at 1,000,000 keys; the allocator keeps part of it: 338 MB after); at 100,000, in
+about 0.9 s (peak 133 MB).
 
 So it is made ahead: a listing that shows the account holds at least ``min_keys`` keys
 starts making it in the background (:meth:`LabelSearch.warm`), since a search usually
 follows (an administrator opens the list, then types). One build per account at a time,
 however many listings ask, and only where the copy fits beside the copies kept: a
 listing never drops another account's copy (a search does), so listing accounts that do
-not fit together in ``max_keys`` does not make their copies over and over. A search that
-arrives while it is being made waits for it, unless the account is small enough for the
-script's own pass to cost less (at most ``SEARCH_IN_REDIS_WHILE_MADE`` keys, about 60
-ms); a search of another account never waits for it.
+not fit together in ``max_keys`` does not make their copies over and over. A process
+makes one copy at a time, whatever the account: making one holds several times the
+copy's size while it lasts, so at most one account's worth. A search that arrives while
+its account's copy is being made, or while another's is (which it would wait for), is
+answered by the script's own pass when the account is small enough for that pass to cost
+less (at most ``SEARCH_IN_REDIS_WHILE_MADE`` keys, about 60 ms), and otherwise waits for
+it.
 
 Coherence comes from the account's audit stream, the log of every change: each script
 that creates, changes or deletes a key, or renews its token, appends its event in the
@@ -151,10 +156,14 @@ class LabelSearch:
         self.builds = 0  # copies made, for tests and metrics
         self.among_searches = 0  # searches answered among another filter's keys, likewise
         # one lock per account searched (an account of at least ``min_keys`` keys): a
-        # search waits for its own account's copy only, never for another's being made
+        # search waits for its own account's copy (and ``_making``), never for another
+        # account's search
         self._locks: dict[str, asyncio.Lock] = {}
         # copies being made ahead of a search (warm), by account
         self.warming: dict[str, asyncio.Task[None]] = {}
+        # one copy made at a time in this process: making one holds several times its
+        # size for the while (see the module notes), so at most one account's worth
+        self._making = asyncio.Lock()
 
     @property
     def kept_keys(self) -> int:
@@ -193,9 +202,11 @@ class LabelSearch:
             return None
         lock = self._lock_of(account)
         being_made = lock.locked() or account in self.warming
-        if being_made and account not in self.copies and listed <= self.in_redis_while_made:
-            # its copy is being made (ahead, or by another search): the script's pass
-            # costs less than waiting for it in an account this small
+        if ((being_made or self._making.locked()) and account not in self.copies
+                and listed <= self.in_redis_while_made):
+            # its copy is being made (ahead, or by another search), or another account's
+            # is, which it would wait for: the script's pass costs less than waiting in
+            # an account this small
             return None
         if any(c < " " for c in q):
             # no label or key holds a control character (and the copy's own separators
@@ -270,15 +281,11 @@ class LabelSearch:
     async def _warm(self, account: str) -> None:
         try:
             listed = await self._searchable(account)
-            if not listed or self.kept_keys + listed > self.max_keys:
-                # made ahead only where it fits beside the copies kept: dropping one
-                # for it is left to a search, so that listings of accounts that do not
-                # fit together never make their copies again and again (~8 s of this
-                # process's CPU each at 1,000,000 keys)
+            if not listed or not self._fits(listed):
                 return
             async with self._lock_of(account):
                 if account not in self.copies:
-                    await self._current(account)
+                    await self._current(account, ahead=True)
         except CLIENT_FAILURES as exc:  # the search that follows makes it, or says why
             log.warning("copy of account %s's label index not made ahead: %s", account, exc)
         except Exception:
@@ -310,12 +317,24 @@ class LabelSearch:
         # kept for every account searched here: each holds min_keys keys, so they are few
         return self._locks.setdefault(account, asyncio.Lock())
 
-    async def _current(self, account: str) -> AccountCopy | None:
+    def _fits(self, listed: int) -> bool:
+        """Whether a copy of ``listed`` keys is made ahead: only where it fits beside
+        the copies kept. Dropping one for it is left to a search, so that listings of
+        accounts that do not fit together never make their copies again and again
+        (~8 s of this process's CPU each at 1,000,000 keys)."""
+        return self.kept_keys + listed <= self.max_keys
+
+    async def _current(self, account: str, ahead: bool = False) -> AccountCopy | None:
         copy = self.copies.get(account)
         if copy is not None and await self._take_in(account, copy):
             return copy
         self.copies.pop(account, None)
-        copy = await self._build(account)
+        async with self._making:
+            if ahead:  # asked again: the copy made while this one waited may be kept now
+                listed = await self._searchable(account)
+                if not listed or not self._fits(listed):
+                    return None
+            copy = await self._build(account)
         if copy is None:
             return None
         self.copies[account] = copy
