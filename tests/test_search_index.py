@@ -57,6 +57,14 @@ def stream_id(value: str) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
+async def labelled_keys(store: Store, **counts: int) -> None:
+    """``counts[account]`` keys in each account, labelled ``label 0``, ``label 1``, …"""
+    for account, count in counts.items():
+        for i in range(count):
+            await store.create_key(f"kgk-{account}-{i:010X}", account, f"label {i}", [],
+                                   "d" * 64)
+
+
 def used_copy(store: Store, builds: int) -> None:
     search = store.label_search
     assert ACCOUNT in search.copies and search.builds == builds, (search.builds,
@@ -225,10 +233,7 @@ async def test_copies_stay_within_their_key_budget_whatever_is_searched(gateway,
     search = gateway.store.label_search
     search.min_keys, search.max_keys = 0, 50
     store = gateway.store
-    for account, count in (("acme", 30), ("beta", 30), ("huge", 60)):
-        for i in range(count):
-            await store.create_key(f"kgk-{account}-{i:010X}", account, f"label {i}", [],
-                                   "d" * 64)
+    await labelled_keys(store, acme=30, beta=30, huge=60)
     for account in ("acme", "beta", "huge", "acme"):
         page, total = await store.list_keys(account, KeyQuery(q="label 1", per_page=100))
         expected = {f"kgk-{account}-{i:010X}" for i in range(30 if account != "huge" else 60)
@@ -645,10 +650,7 @@ async def test_a_listing_never_drops_another_accounts_copy(gateway, clock):
     store = gateway.store
     search = store.label_search
     search.min_keys, search.max_keys = 5, 15
-    for account in ("acme", "beta"):
-        for i in range(10):
-            await store.create_key(f"kgk-{account}-{i:010X}", account, f"label {i}", [],
-                                   "d" * 64)
+    await labelled_keys(store, acme=10, beta=10)
 
     async def listed(account: str) -> None:
         assert (await store.list_keys(account, KeyQuery(per_page=3)))[1] == 10
@@ -675,10 +677,7 @@ async def test_one_copy_is_made_at_a_time(gateway, clock):
     store = gateway.store
     search = store.label_search
     search.min_keys, search.max_keys = 5, 100
-    for account in ("acme", "beta"):
-        for i in range(10):
-            await store.create_key(f"kgk-{account}-{i:010X}", account, f"label {i}", [],
-                                   "d" * 64)
+    await labelled_keys(store, acme=10, beta=10)
     beta = {"kgk-beta-0000000001"}
     held = HeldBuild(store, "acme")
     beta_reads = Before(store, "scored_ranks", asyncio.sleep, nth=0,
@@ -709,10 +708,7 @@ async def test_a_copy_waiting_to_be_made_ahead_is_not_made_where_it_no_longer_fi
     store = gateway.store
     search = store.label_search
     search.min_keys, search.max_keys = 5, 15
-    for account in ("acme", "beta"):
-        for i in range(10):
-            await store.create_key(f"kgk-{account}-{i:010X}", account, f"label {i}", [],
-                                   "d" * 64)
+    await labelled_keys(store, acme=10, beta=10)
     held = HeldBuild(store, "acme")
     await store.list_keys("acme", KeyQuery(per_page=3))
     await asyncio.wait_for(held.reached.wait(), 10)
