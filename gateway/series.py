@@ -187,15 +187,18 @@ class StoreMetrics:
     """What :class:`gateway.store.Store` reports (its ``Observer`` protocol)."""
 
     __slots__ = ("cache_hit", "cache_miss", "cache_evicted", "invalidated", "resynced",
-                 "_durations", "_errors", "_timings", "_failures", "_operations")
+                 "search_copy_made", "_durations", "_errors", "_timings", "_failures",
+                 "_operations")
 
     def __init__(self, hits: Family, misses: Family, evictions: Family,
-                 invalidations: Family, resyncs: Family, durations: Family, errors: Family):
+                 invalidations: Family, resyncs: Family, durations: Family, errors: Family,
+                 copies: Family):
         self.cache_hit = hits.child("credential").inc
         self.cache_miss = misses.child("credential").inc
         self.cache_evicted = evictions.child("credential").inc
         self.invalidated = invalidations.child().inc
         self.resynced = resyncs.child().inc
+        self.search_copy_made = copies.child().observe
         self._durations = durations
         self._errors = errors
         self._timings: dict[str, Timing] = {}

@@ -148,6 +148,13 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         "histogram", ("operation",),
         "Seconds per store call, by operation (auth_lookup is the request path's)",
     ),
+    "keygate_search_copy_duration_seconds": (
+        "histogram", (),
+        "Seconds to make a process's copy of an account's label index, which answers q "
+        "in accounts of at least 20,000 keys (made ahead by a listing or by a search; "
+        "each holds about 600 bytes per key of its account while it is made); the count "
+        "is the copies made",
+    ),
     "keygate_store_errors": (
         "counter", ("operation",),
         "Store calls that failed because Redis was unreachable or timed out (the caller "
@@ -284,18 +291,19 @@ class HotFamilies:
             _family("keygate_cache_invalidations"), _family("keygate_cache_resyncs"),
             _family("keygate_store_duration_seconds", STORE_BUCKETS),
             _family("keygate_store_errors"),
+            _family("keygate_search_copy_duration_seconds", STAGE_BUCKETS),
         ]
-        requests, _, forward_errors, _, _, _, _, invalidations, resyncs, store, errors = (
-            self.families)
+        (requests, _, forward_errors, _, _, _, _, invalidations, resyncs, store, errors,
+         copies) = self.families
         for stage in STAGES:
             self.durations.child(stage)
-        invalidations.child(), resyncs.child()
+        invalidations.child(), resyncs.child(), copies.child()
         self.requests = RequestMetrics(requests, self.durations, forward_errors)
         self.forward_errors = forward_errors
         self.pipeline = PipelineMetrics(self.durations, self.hits, self.misses,
                                         self.evictions)
         self.store = StoreMetrics(self.hits, self.misses, self.evictions, invalidations,
-                                  resyncs, store, errors)
+                                  resyncs, store, errors, copies)
         self._gauges: dict[str, Gauge] = {}
 
     # -- one process: rendered as they are -------------------------------------------

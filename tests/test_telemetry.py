@@ -36,7 +36,7 @@ from gateway.app import build_gateway, reload_policy, running
 from gateway.context import Gateway
 from gateway.management.metrics import build_metrics_app
 from gateway.settings import PROJECT_ROOT
-from gateway.store import CLI_ACTOR
+from gateway.store import CLI_ACTOR, KeyQuery
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUESTS = "keygate_requests_total"
@@ -222,6 +222,23 @@ async def test_invalidations_heard_and_resyncs_are_counted(gateway, make_key):
         return (value(text, "keygate_cache_invalidations_total") or 0) >= 2
 
     await _until(heard)  # the create and the update, each published by its script
+
+
+async def test_copies_made_for_q_are_counted_with_their_time(gateway, make_key):
+    """Each copy of a label index that q's search makes (gateway/store/search.py) is
+    observed once, with the seconds it took; a search that uses the copy kept is not."""
+    copies = "keygate_search_copy_duration_seconds"
+    gateway.store.label_search.min_keys = 0  # a copy from the first key (else 20,000)
+    text = gateway.telemetry.exposition().decode()
+    assert value(text, copies + "_count") == 0
+    for _ in range(3):
+        await make_key("acme", ["orders-reader"])
+    for _ in range(2):
+        _, total = await gateway.store.list_keys("acme", KeyQuery(q="k", per_page=10))
+        assert total >= 3
+    text = gateway.telemetry.exposition().decode()
+    assert gateway.store.label_search.builds == 1
+    assert value(text, copies + "_count") == 1 and value(text, copies + "_sum") > 0
 
 
 async def test_store_latency_and_errors_while_redis_is_gone(

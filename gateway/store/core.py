@@ -47,6 +47,7 @@ class Observer(Protocol):
     def resynced(self) -> None: ...
     def store_call(self, operation: str, seconds: float) -> None: ...
     def store_failed(self, operation: str) -> None: ...
+    def search_copy_made(self, seconds: float) -> None: ...
 
 
 # The answers of a store that is down, failing over, or (``min-replicas-to-write``)
@@ -205,8 +206,9 @@ class StoreCore:
         self._observer: Observer | None = None
 
     # ``observer`` (None: nobody) hears of cache hits, misses, evictions, invalidations,
-    # resyncs, and of every store call's duration and failure; set after construction
-    # (gateway.app), it reaches the cache and the listener too.
+    # resyncs, of every store call's duration and failure, and of the copies q's search
+    # makes; set after construction (gateway.app), it reaches the cache, the listener
+    # and the search too.
     @property
     def observer(self) -> Observer | None:
         return self._observer
@@ -216,6 +218,7 @@ class StoreCore:
         self._observer = observer
         self.credential_cache.observer = observer
         self.invalidation.observer = observer
+        self.label_search.observer = observer
 
     def forget(self, app_key: str) -> None:
         """Drop the key from this process's credential cache (others hear the notice)."""

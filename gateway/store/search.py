@@ -75,9 +75,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 import redis.asyncio as aioredis
@@ -95,6 +97,9 @@ from .label_copy import (
 from .lua import Scripts
 from .names import LISTED, Keyspace
 from .records import ACTIVE
+
+if TYPE_CHECKING:
+    from .core import Observer
 
 log = logging.getLogger("keygate.store")
 
@@ -153,7 +158,8 @@ class LabelSearch:
         self.tagged_roles = TAGGED_ROLES
         self.read_chunk = READ_CHUNK
         self.copies: OrderedDict[str, AccountCopy] = OrderedDict()
-        self.builds = 0  # copies made, for tests and metrics
+        self.builds = 0  # copies made, for tests
+        self.observer: Observer | None = None  # told how long each copy took to make
         self.among_searches = 0  # searches answered among another filter's keys, likewise
         # one lock per account searched (an account of at least ``min_keys`` keys): a
         # search waits for its own account's copy (and ``_making``), never for another
@@ -334,7 +340,10 @@ class LabelSearch:
                 listed = await self._searchable(account)
                 if not listed or not self._fits(listed):
                     return None
+            started = time.perf_counter()
             copy = await self._build(account)
+            if copy is not None and self.observer is not None:
+                self.observer.search_copy_made(time.perf_counter() - started)
         if copy is None:
             return None
         self.copies[account] = copy
