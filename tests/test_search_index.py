@@ -38,8 +38,10 @@ redis_url = on_one_server_and_a_cluster()
 
 @pytest.fixture
 def searched(gateway: Gateway) -> Gateway:
-    """The gateway's store answering q from its copy from the first key."""
-    gateway.store.label_search.min_keys = 0
+    """The gateway's store answering q from its copy from the first key, made by the
+    search that needs it (not in the background while Redis answers)."""
+    search = gateway.store.label_search
+    search.min_keys, search.in_redis_while_made = 0, 0
     return gateway
 
 
@@ -199,6 +201,7 @@ async def test_the_copy_is_made_again_when_the_events_it_follows_are_gone(gatewa
     events), then the store is emptied and written again: each time the next search
     copies the label index again and answers right."""
     gateway.store.label_search.min_keys = 0
+    gateway.store.label_search.in_redis_while_made = 0
     store = gateway.store
     keys = Keys(store, 31)
     for i in range(20):
@@ -231,7 +234,7 @@ async def test_copies_stay_within_their_key_budget_whatever_is_searched(gateway,
     """At most max_keys keys in all copies: searching another account drops the least
     recently searched copy; an account larger than the budget is searched in Redis."""
     search = gateway.store.label_search
-    search.min_keys, search.max_keys = 0, 50
+    search.min_keys, search.max_keys, search.in_redis_while_made = 0, 50, 0
     store = gateway.store
     await labelled_keys(store, acme=30, beta=30, huge=60)
     for account in ("acme", "beta", "huge", "acme"):
@@ -662,8 +665,10 @@ async def test_a_listing_never_drops_another_accounts_copy(gateway, clock):
     for account in ("beta", "acme", "beta", "acme"):
         await listed(account)
     assert list(search.copies) == ["acme"] and search.builds == 1
+    # a search makes room for its account's copy (in the background: answered in Redis)
     page, total = await store.list_keys("beta", KeyQuery(q="label 3", per_page=10))
     assert ([r.app_key for r in page], total) == (["kgk-beta-0000000003"], 1)
+    await asyncio.wait_for(search.warming["beta"], 10)
     assert list(search.copies) == ["beta"] and search.builds == 2
     await listed("acme")
     assert list(search.copies) == ["beta"] and search.builds == 2
@@ -717,3 +722,25 @@ async def test_a_copy_waiting_to_be_made_ahead_is_not_made_where_it_no_longer_fi
     held.released.set()
     await asyncio.wait_for(asyncio.gather(*search.warming.values()), 10)
     assert list(search.copies) == ["acme"] and search.builds == 1
+
+
+async def test_a_first_search_is_answered_in_redis_while_its_copy_is_made(gateway, clock):
+    """A search that finds no copy (no listing came first: an API client), in an account
+    small enough for the script's pass, is answered by that pass at once, and the copy is
+    made in the background for the searches after it."""
+    store = gateway.store
+    search = store.label_search
+    search.min_keys = 6
+    keys = Keys(store, 107)
+    for i in range(12):
+        await keys.create(f"key {i}")
+    held = HeldBuild(store)
+    await asyncio.wait_for(assert_same(store, KeyQuery(q="key 1", per_page=100)), 10)
+    await asyncio.wait_for(held.reached.wait(), 10)
+    assert list(search.warming) == [ACCOUNT] and search.builds == 0
+    await asyncio.wait_for(assert_same(store, KeyQuery(q="key 2", per_page=100)), 10)
+    held.released.set()
+    await asyncio.wait_for(search.warming[ACCOUNT], 10)
+    used_copy(store, builds=1)
+    await assert_same(store, KeyQuery(q="key 1", per_page=100))
+    used_copy(store, builds=1)

@@ -34,11 +34,12 @@ however many listings ask, and only where the copy fits beside the copies kept: 
 listing never drops another account's copy (a search does), so listing accounts that do
 not fit together in ``max_keys`` does not make their copies over and over. A process
 makes one copy at a time, whatever the account: making one holds several times the
-copy's size while it lasts, so at most one account's worth. A search that arrives while
-its account's copy is being made, or while another's is (which it would wait for), is
-answered by the script's own pass when the account is small enough for that pass to cost
-less (at most ``SEARCH_IN_REDIS_WHILE_MADE`` keys, about 60 ms), and otherwise waits for
-it.
+copy's size while it lasts, so at most one account's worth. A search that finds no copy
+of its account (made ahead or not, being made or not) is answered by the script's own
+pass when the account is small enough for that pass to cost less than waiting (at most
+``SEARCH_IN_REDIS_WHILE_MADE`` keys, about 60 ms), and the copy is made in the
+background for the searches after it (an API client that searches without listing
+first); in a larger account the search waits for the copy.
 
 Coherence comes from the account's audit stream, the log of every change: each script
 that creates, changes or deletes a key, or renews its token, appends its event in the
@@ -206,14 +207,13 @@ class LabelSearch:
         listed = await self._searchable(account)
         if not listed:
             return None
-        lock = self._lock_of(account)
-        being_made = lock.locked() or account in self.warming
-        if ((being_made or self._making.locked()) and account not in self.copies
-                and listed <= self.in_redis_while_made):
-            # its copy is being made (ahead, or by another search), or another account's
-            # is, which it would wait for: the script's pass costs less than waiting in
-            # an account this small
+        if account not in self.copies and listed <= self.in_redis_while_made:
+            # no copy yet, in an account this small: the script's pass (about 60 ms at
+            # most) answers while the copy is made in the background, where waiting for
+            # it would take up to ~0.9 s (made ahead by a listing, or from here)
+            self.warm(account, make_room=True)
             return None
+        lock = self._lock_of(account)
         if any(c < " " for c in q):
             # no label or key holds a control character (and the copy's own separators
             # and blanked lines are made of them)
@@ -269,29 +269,29 @@ class LabelSearch:
         self.among_searches += 1
         return await copy.among(needle, keys)
 
-    def warm(self, account: str) -> None:
+    def warm(self, account: str, make_room: bool = False) -> None:
         """Start making the account's copy in the background, unless it is kept or being
         made already: called when a listing shows that the account holds at least
         ``min_keys`` keys, so that the search that usually follows it (an administrator
         who opens the list, then types) finds the copy made, where it would otherwise wait
         for it (some 0.7 s at 100,000 keys, 7–12 s at 1,000,000). One build per account
         at a time, however many listings ask; a search meanwhile waits for that one.
-        Only where the copy fits beside those kept (``max_keys``): a listing never drops
-        another account's copy."""
+        Only where the copy fits beside those kept (``max_keys``), unless ``make_room``
+        (a search asks): a listing never drops another account's copy."""
         if not self.max_keys or account in self.copies or account in self.warming:
             return
-        task = asyncio.get_running_loop().create_task(self._warm(account))
+        task = asyncio.get_running_loop().create_task(self._warm(account, make_room))
         self.warming[account] = task
         task.add_done_callback(lambda _: self.warming.pop(account, None))
 
-    async def _warm(self, account: str) -> None:
+    async def _warm(self, account: str, make_room: bool) -> None:
         try:
             listed = await self._searchable(account)
-            if not listed or not self._fits(listed):
+            if not listed or not (make_room or self._fits(listed)):
                 return
             async with self._lock_of(account):
                 if account not in self.copies:
-                    await self._current(account, ahead=True)
+                    await self._current(account, ahead=not make_room)
         except CLIENT_FAILURES as exc:  # the search that follows makes it, or says why
             log.warning("copy of account %s's label index not made ahead: %s", account, exc)
         except Exception:
