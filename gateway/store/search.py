@@ -275,9 +275,10 @@ class LabelSearch:
         ``min_keys`` keys, so that the search that usually follows it (an administrator
         who opens the list, then types) finds the copy made, where it would otherwise wait
         for it (some 0.7 s at 100,000 keys, 7–12 s at 1,000,000). One build per account
-        at a time, however many listings ask; a search meanwhile waits for that one.
-        Only where the copy fits beside those kept (``max_keys``), unless ``make_room``
-        (a search asks): a listing never drops another account's copy."""
+        at a time, however many listings ask; a search meanwhile is answered in Redis
+        or waits for that one (see the module notes). Only where the copy fits beside
+        those kept (``max_keys``), unless ``make_room`` (a search asks): a listing never
+        drops another account's copy."""
         if not self.max_keys or account in self.copies or account in self.warming:
             return
         task = asyncio.get_running_loop().create_task(self._warm(account, make_room))
