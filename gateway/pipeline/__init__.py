@@ -173,7 +173,10 @@ class Pipeline:
     async def _authenticated(self, facts: RequestFacts, account: str) -> Authenticated:
         # the failure budgets bound what fails inside (ratelimit.py explains how, and
         # why a request whose credentials are in the local cache pays no round trip)
-        async with attempt(self.limiter, facts.client) as budgeted:
+        budgeted = attempt(self.limiter, facts.client)
+        if not budgeted.take_turn_now():  # (no coroutine when no other check is under way)
+            await budgeted.wait_turn()
+        try:
             metrics = self.metrics
             started = perf_counter() if metrics is not None else 0.0
             authenticated = None
@@ -192,6 +195,8 @@ class Pipeline:
                 if wait is not None:
                     raise TooManyRequests(wait) from None
                 raise
+        finally:
+            budgeted.end_turn()
         if authenticated is None:
             raise NoCredentials()
         if authenticated.carrier == "bearer" or AUTHORIZATION in facts.headers and any(
