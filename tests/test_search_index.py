@@ -32,6 +32,7 @@ from gateway.renewal import ALERTS, alert_range
 from gateway.store import CLI_ACTOR as CLI
 from gateway.store import KeyQuery, Store
 from gateway.store.label_copy import INACTIVE_AT, AccountCopy, Filters
+from gateway.store.search import LabelSearch
 
 redis_url = on_one_server_and_a_cluster()
 
@@ -549,6 +550,17 @@ async def test_keys_shifted_while_the_copy_is_read_are_placed_as_they_are(search
     used_copy(store, builds=1)
 
 
+async def twelve_keys_searched_from_six(gateway: Gateway, seed: int) -> tuple[Store, LabelSearch]:
+    """Twelve keys labelled ``key 0`` … ``key 11`` in an account searched in a copy from
+    six keys; the store and its search."""
+    store = gateway.store
+    store.label_search.min_keys = 6
+    keys = Keys(store, seed)
+    for i in range(12):
+        await keys.create(f"key {i}")
+    return store, store.label_search
+
+
 class HeldBuild:
     """Holds a copy being made at its first read by ranks until released."""
 
@@ -603,12 +615,7 @@ async def test_a_search_while_the_copy_is_made_is_answered_in_redis_or_waits(gat
     """While the account's copy is being made, a search in a small account is answered
     by the script's pass (without waiting); in a larger one it waits for the copy; in
     either, its answer is brute force's."""
-    store = gateway.store
-    search = store.label_search
-    search.min_keys = 6
-    keys = Keys(store, 103)
-    for i in range(12):
-        await keys.create(f"key {i}")
+    store, search = await twelve_keys_searched_from_six(gateway, 103)
     held = HeldBuild(store)
     await indexed(store, KeyQuery(per_page=3))
     # at once, before the copy being made has its lock: answered in Redis, not held
@@ -728,12 +735,7 @@ async def test_a_first_search_is_answered_in_redis_while_its_copy_is_made(gatewa
     """A search that finds no copy (no listing came first: an API client), in an account
     small enough for the script's pass, is answered by that pass at once, and the copy is
     made in the background for the searches after it."""
-    store = gateway.store
-    search = store.label_search
-    search.min_keys = 6
-    keys = Keys(store, 107)
-    for i in range(12):
-        await keys.create(f"key {i}")
+    store, search = await twelve_keys_searched_from_six(gateway, 107)
     held = HeldBuild(store)
     await asyncio.wait_for(assert_same(store, KeyQuery(q="key 1", per_page=100)), 10)
     await asyncio.wait_for(held.reached.wait(), 10)
