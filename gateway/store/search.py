@@ -106,8 +106,9 @@ log = logging.getLogger("keygate.store")
 
 # an account with fewer keys is searched in Redis: the pass there costs ~12 ms at 20,000
 SEARCH_INDEX_FROM = 20_000
-# while an account's copy is being made, a search in it is answered in Redis when it has
-# at most this many keys (a pass of ~60 ms), and otherwise waits for the copy
+# a search that finds no copy of its account is answered in Redis while the copy is made
+# when the account has at most this many keys (a pass of ~60 ms), and otherwise waits
+# for the copy
 SEARCH_IN_REDIS_WHILE_MADE = 100_000
 # keys in all accounts' copies together, per process (~130 MB at most)
 SEARCH_INDEX_MAX_KEYS = 2_000_000
@@ -207,13 +208,6 @@ class LabelSearch:
         listed = await self._searchable(account)
         if not listed:
             return None
-        if account not in self.copies and listed <= self.in_redis_while_made:
-            # no copy yet, in an account this small: the script's pass (about 60 ms at
-            # most) answers while the copy is made in the background, where waiting for
-            # it would take up to ~0.9 s (made ahead by a listing, or from here)
-            self.warm(account, make_room=True)
-            return None
-        lock = self._lock_of(account)
         if any(c < " " for c in q):
             # no label or key holds a control character (and the copy's own separators
             # and blanked lines are made of them)
@@ -222,7 +216,13 @@ class LabelSearch:
             needle = q.encode().lower()
         except UnicodeEncodeError:  # a lone surrogate: no label holds one
             return Matches([], 0)
-        async with lock:
+        if account not in self.copies and listed <= self.in_redis_while_made:
+            # no copy yet, in an account this small: the script's pass (about 60 ms at
+            # most) answers while the copy is made in the background, where waiting for
+            # it would take up to ~0.9 s (made ahead by a listing, or from here)
+            self.warm(account, make_room=True)
+            return None
+        async with self._lock_of(account):
             copy = await self._current(account)
         if copy is None:
             return None
