@@ -2,12 +2,13 @@
 50 keys and at 1,000,000.
 
 An alert level is a range of token dates (gateway.renewal.alert_range), so an account's
-count per level is one ZCOUNT each on its token-date index (gateway.store.listing): no
-key is read. Counting at scrape time once read every key (2.5 s at 50,000 keys, and
-five scrapers cut the proxy from 18,000 to 611 requests/s); here one background task
-counts every ``renewal_gauge_interval`` seconds, yielding to the event loop after each
-account, and a scrape renders the last finished count: no store access, whoever scrapes
-and however often.
+count per level is one ZCOUNT each on its token-date index (gateway.store.listing), and
+the accounts come from the set the store keeps of them (gateway.store.accounts): no key
+is read and nothing is scanned. Counting at scrape time once read every key (2.5 s at
+50,000 keys, and five scrapers cut the proxy from 18,000 to 611 requests/s); here one
+background task counts every ``renewal_gauge_interval`` seconds, yielding to the event
+loop after each account, and a scrape renders the last finished count: no store access,
+whoever scrapes and however often.
 
 At most one count runs at a time, and the next starts ``interval`` seconds after the
 previous one ended, so a slow store or a huge account stretches the schedule instead of

@@ -61,6 +61,10 @@ An account's records (``{p}acct:{{account}}:…`` on a Redis Cluster):
 ``{p}jwt:keys``                hash: kid → a JWT signing key sealed under the server secret
                                (gateway.sessions.keys); its name is published on the
                                invalidation channel when it changes (a rotation)
+``{p}accounts``                set of the accounts that own or owned generated keys or
+                               granted external keys, each named before the change that
+                               made it known, and the member '' once complete
+                               (``accounts.py``)
 ``{p}invalidate``              the invalidation channel (pub/sub)
 
 Because a key's grants live in its own hash, authenticating a key for a target account
@@ -84,8 +88,9 @@ The package, by responsibility:
     credential_cache.py  the credential cache and the rules that keep it coherent
     invalidation.py      the pub/sub listener that applies those rules
     keys.py              generated keys and token renewal
-    listing.py           keys in bulk: pages from the listing indexes, chunks, the
-                         accounts; building the indexes for older data (migrate)
+    listing.py           keys in bulk: pages from the listing indexes, chunks;
+                         building the indexes for older data (migrate)
+    accounts.py          the accounts keygate knows (one set, not a scan)
     search.py            q in a large account: each process's copy of its label index,
                          read from Redis and kept current from the audit stream
     label_copy.py        that copy and q's matches in it (pure); copy_reads.py joins
@@ -115,7 +120,10 @@ key is still one HMGET. What spans slots, and how it stays whole:
   ``links.py``); a deleted key leaves the other accounts' external-key indexes after its
   delete (an entry left behind is never listed);
 * last-used times: one script per account per batch;
-* ``accounts()`` and ``role_holders()`` SCAN every master (never on a request path);
+* the accounts keygate knows: a set in a slot of its own, in which a change names its
+  account before it runs (an account named whose change never ran is skipped by the
+  readers); a store written before the set was kept is scanned once, over every master,
+  and ``migrate`` scans again (``accounts.py``); ``role_holders()`` reads it too;
 * ``list_keys.lua`` reads the role sets and key hashes of its one account by name (too
   many for ``KEYS``): they are in the slot of the names it is given;
 * invalidation stays classic pub/sub, which a cluster broadcasts to every node.

@@ -21,11 +21,12 @@ from typing import Any
 
 import orjson
 
-from .core import StoreCore, status_of, unavailable, unavailable_iter
+from .accounts import AccountRecords
+from .core import status_of, unavailable, unavailable_iter
 from .records import ACTIVE, Actor, ExternalKey
 
 
-class GrantChanges(StoreCore):
+class GrantChanges(AccountRecords):
     @unavailable
     async def add_grant(
         self, account: str, app_key: str, label: str, roles: Sequence[str], actor: Actor
@@ -39,6 +40,7 @@ class GrantChanges(StoreCore):
         grant = orjson.dumps(
             {"roles": list(roles), "status": ACTIVE, "label": label, "added": now}
         ).decode()
+        await self._name_account(account)  # before the change (accounts.py)
         _, owner, added = await self._grant_change(
             self.scripts.add_grant, account, app_key, "external-key.add", actor,
             args=[grant, now],

@@ -17,7 +17,8 @@ from typing import Any
 import orjson
 import redis.exceptions
 
-from .core import StoreCore, unavailable
+from .accounts import AccountRecords
+from .core import unavailable
 from .records import (
     ACTIVE,
     SYSTEM_ACTOR,
@@ -31,7 +32,7 @@ from .records import (
 from .refusals import StoreRefusal, TokenLinkPending
 
 
-class KeyChanges(StoreCore):
+class KeyChanges(AccountRecords):
     @unavailable
     async def create_key(
         self,
@@ -62,6 +63,7 @@ class KeyChanges(StoreCore):
             names.key(app_key), names.account(account, "audit"), names.account(account, "owners"),
             *names.listing(account),
         ]
+        await self._name_account(account)  # before the change (accounts.py)
         args: list[Any] = [now, app_key, *await self._write_link(link, now)]
         for name, value in fields.items():
             args += [name, value]

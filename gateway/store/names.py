@@ -44,6 +44,8 @@ class Keyspace:
         self.account_prefix = f"{prefix}acct:"
         self.policy_record = f"{prefix}policy:version"
         self.signing_keys_record = f"{prefix}jwt:keys"
+        # the accounts keygate knows (accounts.py): a slot of its own on a cluster
+        self.accounts_record = f"{prefix}accounts"
 
     def key(self, app_key: str) -> str:
         """The hash of one key: its owner, token digests and every grant it holds."""

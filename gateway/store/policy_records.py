@@ -4,12 +4,13 @@ role (a reload refuses to drop a role still held)."""
 
 from __future__ import annotations
 
-from .core import StoreCore, unavailable
+from .accounts import AccountRecords
+from .core import unavailable
 from .names import LISTED
 from .records import Grant, PolicyAnnouncement
 
 
-class PolicyRecords(StoreCore):
+class PolicyRecords(AccountRecords):
     @unavailable
     async def role_holders(self, chunk: int = 500) -> dict[str, dict[str, int]]:
         """How many keys hold each role, per account they hold it in (account → role →
@@ -22,13 +23,9 @@ class PolicyRecords(StoreCore):
         only their grant fields). For checks a person starts (a policy reload,
         ``keygate policy check``), never for requests. Memory grows with accounts and
         roles, not keys."""
-        accounts: set[str] = set()
-        async for name in self.redis.scan_iter(match=self.names.accounts_pattern(), count=1000):
-            record = self.names.account_record(name)
-            if record is not None and record[1] in ("keys", "ext"):
-                accounts.add(record[0])
         held: dict[str, dict[str, int]] = {}
-        for account in sorted(accounts):
+        # the accounts keygate knows (accounts.py); one with neither kind of key counts none
+        for account in await self._known_accounts():
             counts = await self._generated_roles(account, chunk)
             for role, n in (await self._read_roles(account, "ext", chunk)).items():
                 counts[role] = counts.get(role, 0) + n
