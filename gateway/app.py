@@ -43,7 +43,7 @@ from .renewal_gauge import RenewalGauge
 from .routes import parse_routes
 from .sessions.service import Sessions
 from .settings import Settings, load_secrets, url_without_passwords
-from .store import CacheSettings, Store
+from .store import CacheSettings, NewerLayout, Store
 from .telemetry import Telemetry, multiprocess_dir, worker_exited, workers_share_metrics
 from .upstream import UpstreamPool
 from .usage import Denials, LastUsed, UsageObserver
@@ -203,6 +203,25 @@ class Listening(NamedTuple):
     decision: str | None = None
 
 
+async def check_store_layout(store: Store) -> None:
+    """Refuse to serve a store that a later keygate migrated (this one would write its
+    records in the older way); say so when ``keygate store migrate`` has work to do. A
+    store that does not answer yet is not checked here: readiness checks it on every
+    probe."""
+    try:
+        layout = await store.layout_at_start()
+    except StoreUnavailable:
+        return
+    if layout.newer:
+        assert layout.store is not None
+        raise ConfigError(f"store_url: {NewerLayout(layout.store)}")
+    if not layout.migrated:
+        log.warning("the key store's layout is %s, this keygate's is %d: each account's "
+                    "indexes are built on its first listing; once every instance runs this "
+                    "keygate, run `keygate store migrate` to build them all now",
+                    "not recorded" if layout.store is None else layout.store, layout.keygate)
+
+
 @contextlib.asynccontextmanager
 async def running(gateway: Gateway, reuse_port: bool = False) -> AsyncIterator[Listening]:
     """The ports listening behind the process's connection guard; yields their base
@@ -306,8 +325,10 @@ async def serve(
     if not await gateway.store.ping():
         log.warning("the store at %s does not answer yet; requests get 503 until it does",
                     url_without_passwords(settings.store_url))
-    try:  # no stored JWT signing key opens with the server secret: say so, do not start
+    try:  # no stored JWT signing key opens with the server secret, or the store's layout
+        # is a later keygate's: say so, do not start
         await gateway.sessions.check_at_start()
+        await check_store_layout(gateway.store)
     except ConfigError:
         await gateway.close()
         raise

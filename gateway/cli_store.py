@@ -518,15 +518,21 @@ def jwt_rotate(args: argparse.Namespace) -> int:
 
 
 def store_migrate(args: argparse.Namespace) -> int:
+    from .store import LAYOUT, NewerLayout
+
     async def work(gateway: Any) -> dict[str, int]:
         return await gateway.store.migrate()
 
-    listed = on_store(args, work)
+    try:
+        listed = on_store(args, work)
+    except NewerLayout as exc:
+        raise Refused(f"{exc}; nothing was written") from None
     if args.json:
-        print_json({"indexed": listed})
+        print_json({"indexed": listed, "layout": LAYOUT})
         return 0
     if not listed:
         print("every account's indexes are complete")
     for account, count in sorted(listed.items()):
         print(f"account {account}: {count} keys indexed")
+    print(f"the store's layout is {LAYOUT}, this keygate's")
     return 0

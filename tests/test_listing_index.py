@@ -30,7 +30,7 @@ from gateway.context import Gateway
 from gateway.renewal import ALERTS, alert_range, renewal_alert
 from gateway.settings import load_settings
 from gateway.store import CLI_ACTOR as CLI
-from gateway.store import SORT_FIELDS, KeyQuery, Store
+from gateway.store import LAYOUT, SORT_FIELDS, KeyQuery, Store
 from gateway.store.lua import constant
 from gateway.store.names import LISTED, glob_escape
 
@@ -414,10 +414,11 @@ async def test_store_migrate_builds_what_is_missing_and_only_once(local, cli, cl
     kept = await snapshot(local)
     await wipe_indexes(local)
     code, out = await asyncio.to_thread(cli, "store", "migrate", "--json")
-    assert code == 0 and json.loads(out) == {"indexed": {ACCOUNT: 50}}
+    assert code == 0 and json.loads(out) == {"indexed": {ACCOUNT: 50}, "layout": LAYOUT}
     assert await snapshot(local) == kept
     code, out = await asyncio.to_thread(cli, "store", "migrate")
-    assert code == 0 and out.strip() == "every account's indexes are complete"
+    assert code == 0 and out.splitlines() == [
+        "every account's indexes are complete", f"the store's layout is {LAYOUT}, this keygate's"]
 
 
 async def test_a_creation_index_not_run_by_status_is_rebuilt(local, cli, clock):
@@ -434,7 +435,7 @@ async def test_a_creation_index_not_run_by_status_is_rebuilt(local, cli, clock):
     assert await snapshot(local) == kept
     await older_creation_index(local)
     code, out = await asyncio.to_thread(cli, "store", "migrate", "--json")
-    assert code == 0 and json.loads(out) == {"indexed": {ACCOUNT: 60}}
+    assert code == 0 and json.loads(out) == {"indexed": {ACCOUNT: 60}, "layout": LAYOUT}
     assert await snapshot(local) == kept
 
 

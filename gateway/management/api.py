@@ -10,6 +10,7 @@ from aiohttp import web
 from ..context import GATEWAY, Gateway
 from ..errors import StoreUnavailable
 from ..middleware import request_id_and_errors, server_header
+from ..store import NewerLayout
 from ..views import iso
 from . import (
     account_settings,
@@ -31,7 +32,7 @@ from .operations import Operation, Operations, register
 from .schema import Health, Readiness
 
 health = Operations("health")
-NOT_READY = {503: ("store_unavailable",)}
+NOT_READY = {503: ("store_unavailable", "store_layout_newer")}
 
 
 def _healthz(operation_id: str, path: str) -> None:
@@ -45,12 +46,19 @@ def _readyz(operation_id: str, path: str) -> None:
     @health.get(path, summary="Ready", operation_id=operation_id, responses={200: Readiness},
                 errors=NOT_READY)
     async def readyz(request: web.Request) -> web.Response:
-        """The store answers, so requests can be authenticated. `policy` says which
+        """The store answers, so requests can be authenticated, and its layout is not
+        newer than this keygate's (`store_layout_newer`: a later keygate migrated it,
+        and this one would write its records in the older way). `policy` says which
         version serves and whether it is the one the deployment announced (an instance
         out of sync is still ready: it serves the policy its files hold)."""
-        if not await request.app[GATEWAY].store.ping():
-            raise StoreUnavailable("not ready: keygate cannot reach its key store")
         gateway = request.app[GATEWAY]
+        if not await gateway.store.ping():
+            raise StoreUnavailable("not ready: keygate cannot reach its key store")
+        layout = await gateway.store.layout()
+        if layout.newer:
+            assert layout.store is not None
+            raise StoreUnavailable(f"not ready: {NewerLayout(layout.store)}",
+                                   code="store_layout_newer")
         policy = gateway.policy_sync.status()
         return json_response(
             {
@@ -65,6 +73,8 @@ def _readyz(operation_id: str, path: str) -> None:
                 # "bypassed" until the invalidation channel is subscribed: every request
                 # then reads the store, which is correct, only slower
                 "credentialCache": "trusted" if gateway.store.cache_trusted else "bypassed",
+                "storeLayout": {"store": layout.store, "keygate": layout.keygate,
+                                "migrated": layout.migrated},
             }
         )
 

@@ -378,11 +378,22 @@ class PolicyStatus(Model):
     loaded_at: Timestamp | None
 
 
+class StoreLayoutStatus(Model):
+    """The store's layout version (null: none recorded, a store from before versions)
+    and this keygate's; `migrated`: the store's is this keygate's (else `keygate store
+    migrate` has work to do)."""
+
+    store: int | None
+    keygate: int
+    migrated: bool
+
+
 class Readiness(Model):
     status: Literal["ready"]
     policy_version: str
     policy: PolicyStatus
     credential_cache: Literal["trusted", "bypassed"]
+    store_layout: StoreLayoutStatus
 
 
 # -- sessions --------------------------------------------------------------------------

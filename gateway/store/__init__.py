@@ -65,6 +65,8 @@ An account's records (``{p}acct:{{account}}:…`` on a Redis Cluster):
                                granted external keys, each named before the change that
                                made it known, and the member '' once complete
                                (``accounts.py``)
+``{p}store:layout``            the store's layout version, written by ``migrate`` once every
+                               account is in this keygate's (``layout.py``)
 ``{p}invalidate``              the invalidation channel (pub/sub)
 
 Because a key's grants live in its own hash, authenticating a key for a target account
@@ -91,6 +93,7 @@ The package, by responsibility:
     listing.py           keys in bulk: pages from the listing indexes, chunks;
                          building the indexes for older data (migrate)
     accounts.py          the accounts keygate knows (one set, not a scan)
+    layout.py            the store's layout version
     search.py            q in a large account: each process's copy of its label index,
                          read from Redis and kept current from the audit stream
     label_copy.py        that copy and q's matches in it (pure); copy_reads.py joins
@@ -145,6 +148,7 @@ from .credential_cache import LIVENESS, MAX_ACCOUNTS_PER_KEY, CacheSettings, Cre
 from .grants import GrantChanges
 from .invalidation import PING_INTERVAL
 from .keys import KeyChanges
+from .layout import LAYOUT, LayoutStatus, NewerLayout
 from .links import Links
 from .listing import SORT_FIELDS, KeyListing, KeyQuery
 from .lookup import AuthReads
@@ -263,7 +267,8 @@ __all__ = [
     "ACCESS_ID_PREFIX", "ACTIVE", "CLI_ACTOR", "INACTIVE", "LIVENESS", "MAX_ACCOUNTS_PER_KEY",
     "PING_INTERVAL", "SORT_FIELDS", "STATUSES", "SYSTEM_ACTOR", "Actor", "AuditEvent",
     "AuthLookup", "CacheSettings", "CredentialCache", "ExternalKey", "Grant", "GrantExists",
-    "KeyChanged", "KeyNameTaken", "KeyNotFound", "KeyQuery", "KeyRecord", "LastOwnerKey",
-    "NoRenewalPending", "Observer", "OwnKey", "PolicyAnnouncement", "RenewalPending",
-    "RenewalRefused", "Store", "StoreCore", "StoreRefusal", "TokenLink", "TokenLinkPending",
+    "KeyChanged", "KeyNameTaken", "KeyNotFound", "KeyQuery", "KeyRecord", "LAYOUT",
+    "LastOwnerKey", "LayoutStatus", "NewerLayout", "NoRenewalPending", "Observer", "OwnKey",
+    "PolicyAnnouncement", "RenewalPending", "RenewalRefused", "Store", "StoreCore",
+    "StoreRefusal", "TokenLink", "TokenLinkPending",
 ]

@@ -43,9 +43,9 @@ from typing import Any
 
 import orjson
 
-from .accounts import AccountRecords
 from .core import unavailable, unavailable_iter
 from .label_copy import INACTIVE_AT, Filters
+from .layout import StoreLayout
 from .lua import constant
 from .names import LISTED
 from .records import ACTIVE, INACTIVE, KeyRecord, label_fold
@@ -114,7 +114,7 @@ def _bound(value: int | None) -> str:
     return "" if value is None else str(value)
 
 
-class KeyListing(AccountRecords):
+class KeyListing(StoreLayout):
     @unavailable
     async def list_keys(self, account: str, query: KeyQuery) -> tuple[list[KeyRecord], int]:
         """One page of the account's generated keys and the total that match."""
@@ -269,8 +269,10 @@ class KeyListing(AccountRecords):
     async def migrate(self) -> dict[str, int]:
         """Build the indexes missing from accounts written by an older keygate, or in its
         layout (the listing indexes, the owners set), account by account while keygate
-        serves;
-        idempotent. Answers how many keys were listed per account that needed it."""
+        serves, then record this keygate's layout (layout.py); idempotent. Answers how
+        many keys were listed per account that needed it. :class:`NewerLayout`, with
+        nothing written, when a later keygate migrated the store."""
+        await self._check_layout()
         listed = {}
         # scanned as well: an account an older keygate made during the upgrade is in no
         # set (accounts.py)
@@ -280,6 +282,7 @@ class KeyListing(AccountRecords):
             if not await self.listing_current(account):
                 listed[account] = await self.index_listing(account)
             await self._finish_account_followups(account)
+        await self._record_layout()
         return listed
 
     async def _finish_account_followups(self, account: str, chunk: int = 500) -> None:

@@ -46,6 +46,8 @@ class Keyspace:
         self.signing_keys_record = f"{prefix}jwt:keys"
         # the accounts keygate knows (accounts.py): a slot of its own on a cluster
         self.accounts_record = f"{prefix}accounts"
+        # the store's layout version (layout.py)
+        self.layout_record = f"{prefix}store:layout"
 
     def key(self, app_key: str) -> str:
         """The hash of one key: its owner, token digests and every grant it holds."""
