@@ -97,7 +97,8 @@ The package, by responsibility:
     search.py            q in a large account: each process's copy of its label index,
                          read from Redis and kept current from the audit stream
     label_copy.py        that copy and q's matches in it (pure); copy_reads.py joins
-                         the reads it is made from, key_index.py finds a key's line
+                         the reads it is made from, key_index.py finds a key's line,
+                         label_newest.py reads the newest matches from its end
     grants.py            external keys (grants in other accounts)
     links.py             one-time token links
     account_settings.py  account settings

@@ -518,7 +518,8 @@ class Matches:
     members: list[str] | None
     count: int
     # the members are in the listing's order asked for (AccountCopy.ordered), else in
-    # none
+    # none; ordered, they may be the first of the matches only, as many as the pages up
+    # to the one asked for hold (label_newest.py)
     ordered: bool = False
     # each member's key's creation date, worked out when asked for (~0.7 µs a match:
     # only creation order needs them), when the copy knows them

@@ -95,6 +95,7 @@ from .label_copy import (
     Matches,
     token_score,
 )
+from .label_newest import newest
 from .lua import Scripts
 from .names import LISTED, Keyspace
 from .records import ACTIVE
@@ -125,6 +126,9 @@ WALK_STEP_COST, HANDED_OVER_COST = 4.5, 1.5
 # a filter's keys are checked before q's matches are counted when they are fewer than
 # one in this many of the copy's keys (what each costs: see the module notes)
 HOLDERS_BEFORE_COUNT = 100
+# the newest matches of q read from a copy's end for a page of the default listing, at
+# most (page 500 of 50): each costs a line's decoding and a place in a heap (~2 µs)
+NEWEST_READ_BACK = 25_000
 # events read per round trip while taking in changes
 EVENTS_CHUNK = 1_000
 # the actions that can change a key's line in the copy: its label, status, roles or
@@ -163,6 +167,7 @@ class LabelSearch:
         self.builds = 0  # copies made, for tests
         self.observer: Observer | None = None  # told how long each copy took to make
         self.among_searches = 0  # searches answered among another filter's keys, likewise
+        self.read_back_searches = 0  # ... by reading a copy from its end (label_newest.py)
         # one lock per account searched (an account of at least ``min_keys`` keys): a
         # search waits for its own account's copy (and ``_making``), never for another
         # account's search
@@ -193,10 +198,13 @@ class LabelSearch:
         notes) or q matches too many, and they are at most ``max_passed``, the matches
         among them.
 
-        ``page`` (offset, count) and ``sort``: where the matches are counted, the
-        script is given their number alone and walks the sort's index from the page's
-        nearer end checking each key's label (~4.5 µs a key, about one match in every
-        walked / matches keys), unless the matches are handed over (~1.5 µs each, up to
+        ``page`` (offset, count) and ``sort``: newest first (by creation or token date),
+        the pages up to ``NEWEST_READ_BACK`` matches are read from the copy's end
+        (label_newest.py), whatever the order the matches were made in. Otherwise,
+        where the matches are counted, the script is given their number alone and
+        walks the sort's index from the page's nearer end checking each key's label
+        (~4.5 µs a key, about one match in every walked / matches keys, when they are
+        spread evenly), unless the matches are handed over (~1.5 µs each, up to
         ``max_passed_filtered``): they are when they are fewer than ``max_passed`` or
         the walk would cost more, and not when it would cost less.
 
@@ -235,13 +243,23 @@ class LabelSearch:
         among_count = await among.size() if among is not None else 0
         few = among is not None and among_count <= min(self.max_passed,
                                                        copy.count // self.holders_before_count)
+        offset, size = page
+        if (not few and count_all and among is None and descending
+                and sort in ("creationDate", "creationDateToken")
+                and 0 < offset + size <= NEWEST_READ_BACK):
+            # the first pages newest first (the default listing's): the copy read from
+            # its end (label_newest.py), whatever the order q's matches were made in
+            found = newest(copy, needle, offset + size, filters,
+                           by_token=sort == "creationDateToken")
+            if found is not None:
+                self.read_back_searches += 1
+                return found
         found = None if few else copy.matches(
             needle, self.max_passed if count_all else self.max_passed_filtered, count_all,
             filters)
         if count_all and found is not None and found.count:
             # the script's walk for the page: about one match in every over / count keys
             # of the index it walks
-            offset, size = page
             over = _walked_over(copy, sort, filters)
             walked = max(min(offset + size, found.count - offset), 0) * over / found.count
             walk, hand_over = walked * WALK_STEP_COST, found.count * HANDED_OVER_COST

@@ -1,0 +1,119 @@
+"""The newest keys holding q, found in a copy of the label index (label_copy.py) by
+reading it backwards: the first pages of the default listing (creation date, newest
+first) whatever the order q's matches were made in. No I/O.
+
+The listing script finds such a page by walking the creation index from its newest key,
+checking each key's label (~4.5 µs a key), and is handed only the number of q's matches
+when they are too many to hand over. That walk is short when the matches are spread over
+the account's history, and long when they were made together long ago: labels made in
+sequence (``ci-2023-…``, ``key 1…``) are. At 300,000 keys, ``q='key 1'`` (111,111 keys
+made in the account's first third) walked 200,000 keys: 680 ms, where ``q='key 2'`` took
+21 ms.
+
+Here the copy is read from its end: its lines are in token score order (each status's
+keys by token date), and a token is issued when its key is made or later, never before
+(but for instances' clocks disagreeing: CLOCK_MARGIN_MS, as in scripts/list_keys.lua),
+so a line's token date bounds the creation date of every line before it. Reading a
+status's span backwards, a match at a time (``bytes.rfind``, in C, past every line that
+does not hold q), stops once the ``want`` newest matches found are all newer than that
+bound. The lines read are the matches themselves and the keys renewed since the page's
+keys were made.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_right
+
+from .key_index import LINES_PER_START
+from .label_copy import INACTIVE_AT, TAG_MARK, AccountCopy, Filters, Matches, _line_pattern
+
+# the clocks of keygate's instances may disagree by this much (scripts/list_keys.lua's
+# cannot_match): a key may be made up to a day after its token was issued, by the clocks
+CLOCK_MARGIN_MS = 86_400_000
+
+
+def newest(copy: AccountCopy, needle: bytes, want: int, filters: Filters,
+           by_token: bool = False) -> Matches | None:
+    """The ``want`` keys that ``filters`` allow (a tagged role only) whose member holds
+    ``needle`` (lowered, with no control character), newest first as the listing orders
+    them (creation date, then key, both descending; ``by_token``: token date, then key),
+    and how many hold it in all: their members, ordered. None when every key holds it
+    (in the shared prefix: the copy's other searches answer that)."""
+    lowered_prefix = copy.prefix.lower()
+    if needle in lowered_prefix:
+        return None
+    patterns = [needle] + [b"\0" + needle[i:] for i in range(1, len(needle))
+                           if lowered_prefix.endswith(needle[:i])]
+    role = filters.role
+    tag = copy._tag_pattern(role) if role is not None else b""
+    line = _line_pattern(patterns, tag)
+    spans = copy._spans(filters)
+    fresh = [f for f in copy.fresh.values()
+             if f.member is not None and needle in f.member.encode().lower()
+             and filters.allow(f.score, f.roles)]
+    count = sum(len(line.findall(copy.lowered, low, high)) for low, high in spans)
+    count += len(fresh)
+    if not count:
+        return Matches([], 0, ordered=True)
+    # the best ``want`` so far, the least first: (date, key as UTF-8, where its member
+    # is: a line's start and end, or the member itself), so that only the page's
+    # members are decoded (UTF-8's byte order is the key order)
+    best: list[Entry] = []
+    for f in fresh:
+        assert f.member is not None
+        date = _date(f.score) if by_token else f.created
+        _keep(best, want, (date, f.member.partition("\0")[2].encode(), f.member))
+    for low, high in spans:
+        _read_back(copy, patterns, low, high, role, want, best, by_token)
+    members, prefix = copy.members, copy.prefix
+    return Matches([where if isinstance(where, str)
+                    else members[where[0]:where[1]].replace(b"\0", b"\0" + prefix, 1).decode()
+                    for _, _, where in sorted(best, reverse=True)], count, ordered=True)
+
+
+Entry = tuple[int, bytes, "tuple[int, int] | str"]
+
+
+def _keep(best: list[Entry], want: int, entry: Entry) -> None:
+    if len(best) < want:
+        heapq.heappush(best, entry)
+    elif entry > best[0]:
+        heapq.heapreplace(best, entry)
+
+
+def _date(score: int) -> int:
+    """The token date of a token score (an inactive key's is offset: status_runs.lua)."""
+    return score - INACTIVE_AT if score >= INACTIVE_AT else score
+
+
+def _read_back(copy: AccountCopy, patterns: list[bytes], low: int, high: int,
+               role: str | None, want: int, best: list[Entry], by_token: bool) -> None:
+    """Read one span's lines holding a pattern from its end into ``best``, until no line
+    before the one read can be newer than the ``want``-th best (in token order, the
+    lines' own order, none can once one is older)."""
+    lowered, members, prefix = copy.lowered, copy.members, copy.prefix
+    starts, scores = copy.starts, copy.scores
+    dates = None if by_token else copy.created
+    margin = 0 if by_token else CLOCK_MARGIN_MS
+    # where each pattern occurs last before ``end`` (-1: nowhere)
+    end = high
+    last = [lowered.rfind(p, low, end) for p in patterns]
+    while True:
+        at = max(last)
+        if at == -1:
+            return
+        start = lowered.rfind(b"\n", 0, at) + 1
+        member_end = lowered.index(TAG_MARK, at)
+        block = bisect_right(starts, start) - 1
+        number = block * LINES_PER_START + members.count(b"\n", starts[block], start)
+        token_date = _date(scores[number])
+        if len(best) == want and best[0][0] > token_date + margin:
+            return  # this line and every one before it come after the want-th best
+        if copy._holds(member_end, role):
+            date = token_date if dates is None else dates[number]
+            key = prefix + members[members.index(b"\0", start, member_end) + 1:member_end]
+            _keep(best, want, (date, key, (start, member_end)))
+        end = start
+        last = [lowered.rfind(p, low, end) if found >= end else found
+                for p, found in zip(patterns, last, strict=True)]
