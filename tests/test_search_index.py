@@ -30,7 +30,7 @@ from test_listing_index import (
 from gateway.context import Gateway
 from gateway.renewal import ALERTS, alert_range
 from gateway.store import CLI_ACTOR as CLI
-from gateway.store import KeyQuery, Store
+from gateway.store import KeyQuery, Store, label_newest
 from gateway.store.label_copy import INACTIVE_AT, AccountCopy, Filters
 from gateway.store.search import LabelSearch
 
@@ -217,6 +217,44 @@ async def test_the_newest_matches_are_read_from_the_copys_end_however_they_were_
     for query in asked:
         await assert_same(store, query)
     assert store.label_search.read_back_searches - before == len(asked)
+    used_copy(store, builds=1)
+
+
+async def test_tokens_renewed_in_another_order_than_their_keys_were_made(
+    searched, clock, monkeypatch
+):
+    """Every token renewed lately, the oldest keys' last: the copy's end holds the oldest
+    keys, so reading back stops only past them, within its budget of lines; past that
+    budget the page is found the other ways. Brute force's answers either way."""
+    store = searched.store
+    keys = Keys(store, 63)
+    for i in range(60):
+        clock.advance(DAY_MS / 1000)
+        await keys.create(f"renewed {i}", ("orders-reader",))
+    for app_key in reversed(keys.made):
+        clock.advance(60)
+        await store.renew_token(ACCOUNT, app_key, "e" * 64, keep_old=False, actor=CLI)
+    asked = [KeyQuery(q=needle, sort=sort, per_page=per_page, page=page)
+             for needle in ("renewed", "ed 1", "d 5")
+             for sort in ("creationDate", "creationDateToken")
+             for per_page, page in ((5, 1), (5, 4), (100, 1))]
+    search = store.label_search
+    before = search.read_back_searches
+    for query in asked:
+        await assert_same(store, query)
+    assert search.read_back_searches - before == len(asked)
+    # no line read beyond the pages asked for: in token order (the lines' own) reading
+    # back still stops in time, in creation order only where every match is asked for
+    monkeypatch.setattr(label_newest, "READ_BACK_BUDGET", 0)
+    expected = 0
+    for query in asked:
+        before = search.read_back_searches
+        await assert_same(store, query)
+        _, total = await brute(store, query)
+        read_back = query.sort == "creationDateToken" or total <= query.page * query.per_page
+        assert search.read_back_searches - before == read_back, query
+        expected += read_back
+    assert 0 < expected < len(asked)
     used_copy(store, builds=1)
 
 

@@ -1,6 +1,6 @@
 """The newest keys holding q, found in a copy of the label index (label_copy.py) by
 reading it backwards: the first pages of the default listing (creation date, newest
-first) whatever the order q's matches were made in. No I/O.
+first) and of the token date order, whatever the order q's matches were made in. No I/O.
 
 The listing script finds such a page by walking the creation index from its newest key,
 checking each key's label (~4.5 µs a key), and is handed only the number of q's matches
@@ -16,8 +16,9 @@ keys by token date), and a token is issued when its key is made or later, never 
 so a line's token date bounds the creation date of every line before it. Reading a
 status's span backwards, a match at a time (``bytes.rfind``, in C, past every line that
 does not hold q), stops once the ``want`` newest matches found are all newer than that
-bound. The lines read are the matches themselves and the keys renewed since the page's
-keys were made.
+bound. The lines read are the page's matches and those renewed since the page's keys
+were made, up to READ_BACK_BUDGET more: past it (an account whose tokens were all
+renewed lately, in an order unlike their keys') the page is found as before.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from bisect import bisect_right
 from .key_index import LINES_PER_START
 from .label_copy import INACTIVE_AT, TAG_MARK, AccountCopy, Filters, Matches, _line_pattern
 
+# lines holding q read back beyond the ``want`` asked for, at most (~4 µs each): past
+# them the page is left to the other ways (tokens renewed en masse, in an order unlike
+# the keys' creation, leave the creation dates unbounded by the token dates)
+READ_BACK_BUDGET = 20_000
 # the clocks of keygate's instances may disagree by this much (scripts/list_keys.lua's
 # cannot_match): a key may be made up to a day after its token was issued, by the clocks
 CLOCK_MARGIN_MS = 86_400_000
@@ -64,8 +69,10 @@ def newest(copy: AccountCopy, needle: bytes, want: int, filters: Filters,
         assert f.member is not None
         date = _date(f.score) if by_token else f.created
         _keep(best, want, (date, f.member.partition("\0")[2].encode(), f.member))
+    budget = [READ_BACK_BUDGET + want]
     for low, high in spans:
-        _read_back(copy, patterns, low, high, role, want, best, by_token)
+        if not _read_back(copy, patterns, low, high, role, want, best, by_token, budget):
+            return None
     members, prefix = copy.members, copy.prefix
     return Matches([where if isinstance(where, str)
                     else members[where[0]:where[1]].replace(b"\0", b"\0" + prefix, 1).decode()
@@ -88,10 +95,12 @@ def _date(score: int) -> int:
 
 
 def _read_back(copy: AccountCopy, patterns: list[bytes], low: int, high: int,
-               role: str | None, want: int, best: list[Entry], by_token: bool) -> None:
+               role: str | None, want: int, best: list[Entry], by_token: bool,
+               budget: list[int]) -> bool:
     """Read one span's lines holding a pattern from its end into ``best``, until no line
     before the one read can be newer than the ``want``-th best (in token order, the
-    lines' own order, none can once one is older)."""
+    lines' own order, none can once one is older); False when ``budget`` (lines to read,
+    shared by the spans) ran out first."""
     lowered, members, prefix = copy.lowered, copy.members, copy.prefix
     starts, scores = copy.starts, copy.scores
     dates = None if by_token else copy.created
@@ -102,14 +111,17 @@ def _read_back(copy: AccountCopy, patterns: list[bytes], low: int, high: int,
     while True:
         at = max(last)
         if at == -1:
-            return
+            return True
         start = lowered.rfind(b"\n", 0, at) + 1
         member_end = lowered.index(TAG_MARK, at)
         block = bisect_right(starts, start) - 1
         number = block * LINES_PER_START + members.count(b"\n", starts[block], start)
         token_date = _date(scores[number])
         if len(best) == want and best[0][0] > token_date + margin:
-            return  # this line and every one before it come after the want-th best
+            return True  # this line and every one before it come after the want-th best
+        budget[0] -= 1
+        if budget[0] < 0:
+            return False
         if copy._holds(member_end, role):
             date = token_date if dates is None else dates[number]
             key = prefix + members[members.index(b"\0", start, member_end) + 1:member_end]
