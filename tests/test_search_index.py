@@ -31,6 +31,7 @@ from gateway.context import Gateway
 from gateway.renewal import ALERTS, alert_range
 from gateway.store import CLI_ACTOR as CLI
 from gateway.store import KeyQuery, Store, label_newest
+from gateway.store import search as search_module
 from gateway.store.label_copy import INACTIVE_AT, AccountCopy, Filters
 from gateway.store.search import LabelSearch
 
@@ -176,7 +177,7 @@ async def test_creation_order_is_the_copys_own_for_keys_copied_and_read_again(se
 
 
 async def test_the_newest_matches_are_read_from_the_copys_end_however_they_were_made(
-    searched, other, clock
+    searched, other, clock, monkeypatch
 ):
     """Newest first, q's matches are read from the copy's end (label_newest.py), so a
     page costs the same whether they were made last or long ago. Labels made in
@@ -217,6 +218,20 @@ async def test_the_newest_matches_are_read_from_the_copys_end_however_they_were_
     for query in asked:
         await assert_same(store, query)
     assert store.label_search.read_back_searches - before == len(asked)
+    # past the first pages, in creation order, the matches are found and ordered here
+    # while they are few enough, and read back when more
+    monkeypatch.setattr(search_module, "NEWEST_FIRST", 4)
+    store.label_search.max_passed = 8
+    expected = 0
+    for query in asked:
+        before = store.label_search.read_back_searches
+        await assert_same(store, query)
+        _, total = await brute(store, query)
+        read_back = (query.sort == "creationDateToken" or query.page * query.per_page <= 4
+                     or total > 8)
+        assert store.label_search.read_back_searches - before == read_back, query
+        expected += read_back
+    assert 0 < expected < len(asked)
     used_copy(store, builds=1)
 
 

@@ -39,12 +39,13 @@ CLOCK_MARGIN_MS = 86_400_000
 
 
 def newest(copy: AccountCopy, needle: bytes, want: int, filters: Filters,
-           by_token: bool = False) -> Matches | None:
+           by_token: bool = False, count: int | None = None) -> Matches | None:
     """The ``want`` keys that ``filters`` allow (a tagged role only) whose member holds
     ``needle`` (lowered, with no control character), newest first as the listing orders
     them (creation date, then key, both descending; ``by_token``: token date, then key),
-    and how many hold it in all: their members, ordered. None when every key holds it
-    (in the shared prefix: the copy's other searches answer that)."""
+    and how many hold it in all (``count``, when the caller counted them already): their
+    members, ordered. None when every key holds it (in the shared prefix: the copy's
+    other searches answer that), or when the lines read back would exceed their budget."""
     lowered_prefix = copy.prefix.lower()
     if needle in lowered_prefix:
         return None
@@ -57,8 +58,9 @@ def newest(copy: AccountCopy, needle: bytes, want: int, filters: Filters,
     fresh = [f for f in copy.fresh.values()
              if f.member is not None and needle in f.member.encode().lower()
              and filters.allow(f.score, f.roles)]
-    count = sum(len(line.findall(copy.lowered, low, high)) for low, high in spans)
-    count += len(fresh)
+    if count is None:
+        count = sum(len(line.findall(copy.lowered, low, high)) for low, high in spans)
+        count += len(fresh)
     if not count:
         return Matches([], 0, ordered=True)
     # the best ``want`` so far, the least first: (date, key as UTF-8, where its member

@@ -129,6 +129,9 @@ HOLDERS_BEFORE_COUNT = 100
 # the newest matches of q read from a copy's end for a page of the default listing, at
 # most (page 500 of 50): each costs a line's decoding and a place in a heap (~2 µs)
 NEWEST_READ_BACK = 25_000
+# ... at once up to this many (page 20 of 50); a deeper page's matches, when no more
+# than ``MATCHES_PASSED``, are all found and put in order here (cheaper by then)
+NEWEST_FIRST = 1_000
 # events read per round trip while taking in changes
 EVENTS_CHUNK = 1_000
 # the actions that can change a key's line in the copy: its label, status, roles or
@@ -244,11 +247,15 @@ class LabelSearch:
         few = among is not None and among_count <= min(self.max_passed,
                                                        copy.count // self.holders_before_count)
         offset, size = page
-        if (not few and count_all and among is None and descending
-                and sort in ("creationDate", "creationDateToken")
-                and 0 < offset + size <= NEWEST_READ_BACK):
-            # the first pages newest first (the default listing's): the copy read from
-            # its end (label_newest.py), whatever the order q's matches were made in
+        # newest first (the default listing's order), the copy read from its end
+        # (label_newest.py), whatever the order q's matches were made in: at once for the
+        # first pages and in token date order (the lines' own), and for a deeper page in
+        # creation order when the matches are too many to order here
+        read_back = (not few and count_all and among is None and descending
+                     and sort in ("creationDate", "creationDateToken")
+                     and 0 < offset + size <= NEWEST_READ_BACK)
+        if read_back and (offset + size <= NEWEST_FIRST or sort == "creationDateToken"):
+            read_back = False
             found = newest(copy, needle, offset + size, filters,
                            by_token=sort == "creationDateToken")
             if found is not None:
@@ -257,6 +264,11 @@ class LabelSearch:
         found = None if few else copy.matches(
             needle, self.max_passed if count_all else self.max_passed_filtered, count_all,
             filters)
+        if read_back and found is not None and found.members is None and found.count:
+            newer = newest(copy, needle, offset + size, filters, count=found.count)
+            if newer is not None:
+                self.read_back_searches += 1
+                return newer
         if count_all and found is not None and found.count:
             # the script's walk for the page: about one match in every over / count keys
             # of the index it walks
