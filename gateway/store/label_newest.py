@@ -52,17 +52,10 @@ def newest(copy: AccountCopy, needle: bytes, want: int, filters: Filters,
     patterns = [needle] + [b"\0" + needle[i:] for i in range(1, len(needle))
                            if lowered_prefix.endswith(needle[:i])]
     role = filters.role
-    tag = copy._tag_pattern(role) if role is not None else b""
-    line = _line_pattern(patterns, tag)
     spans = copy._spans(filters)
     fresh = [f for f in copy.fresh.values()
              if f.member is not None and needle in f.member.encode().lower()
              and filters.allow(f.score, f.roles)]
-    if count is None:
-        count = sum(len(line.findall(copy.lowered, low, high)) for low, high in spans)
-        count += len(fresh)
-    if not count:
-        return Matches([], 0, ordered=True)
     # the best ``want`` so far, the least first: (date, key as UTF-8, where its member
     # is: a line's start and end, or the member itself), so that only the page's
     # members are decoded (UTF-8's byte order is the key order)
@@ -71,10 +64,20 @@ def newest(copy: AccountCopy, needle: bytes, want: int, filters: Filters,
         assert f.member is not None
         date = _date(f.score) if by_token else f.created
         _keep(best, want, (date, f.member.partition("\0")[2].encode(), f.member))
-    budget = [READ_BACK_BUDGET + want]
+    budget, held, every_line_read = [READ_BACK_BUDGET + want], 0, True
     for low, high in spans:
-        if not _read_back(copy, patterns, low, high, role, want, best, by_token, budget):
+        read = _read_back(copy, patterns, low, high, role, want, best, by_token, budget)
+        if read is None:
             return None
+        held += max(read, 0)
+        every_line_read = every_line_read and read >= 0
+    if count is None and every_line_read:  # (few matches) every one read: counted
+        count = held + len(fresh)
+    elif count is None:  # counted in C: the lines holding q (and the role)
+        tag = copy._tag_pattern(role) if role is not None else b""
+        line = _line_pattern(patterns, tag)
+        count = sum(len(line.findall(copy.lowered, low, high))
+                    for low, high in spans) + len(fresh)
     members, prefix = copy.members, copy.prefix
     return Matches([where if isinstance(where, str)
                     else members[where[0]:where[1]].replace(b"\0", b"\0" + prefix, 1).decode()
@@ -98,11 +101,12 @@ def _date(score: int) -> int:
 
 def _read_back(copy: AccountCopy, patterns: list[bytes], low: int, high: int,
                role: str | None, want: int, best: list[Entry], by_token: bool,
-               budget: list[int]) -> bool:
+               budget: list[int]) -> int | None:
     """Read one span's lines holding a pattern from its end into ``best``, until no line
     before the one read can be newer than the ``want``-th best (in token order, the
-    lines' own order, none can once one is older); False when ``budget`` (lines to read,
-    shared by the spans) ran out first."""
+    lines' own order, none can once one is older). How many of its lines hold q (and
+    the role) when every one was read, -1 when the reading stopped before; None when
+    ``budget`` (lines to read, shared by the spans) ran out first."""
     lowered, members, prefix = copy.lowered, copy.members, copy.prefix
     starts, scores = copy.starts, copy.scores
     dates = None if by_token else copy.created
@@ -110,21 +114,23 @@ def _read_back(copy: AccountCopy, patterns: list[bytes], low: int, high: int,
     # where each pattern occurs last before ``end`` (-1: nowhere)
     end = high
     last = [lowered.rfind(p, low, end) for p in patterns]
+    held = 0
     while True:
         at = max(last)
         if at == -1:
-            return True
+            return held
         start = lowered.rfind(b"\n", 0, at) + 1
         member_end = lowered.index(TAG_MARK, at)
         block = bisect_right(starts, start) - 1
         number = block * LINES_PER_START + members.count(b"\n", starts[block], start)
         token_date = _date(scores[number])
         if len(best) == want and best[0][0] > token_date + margin:
-            return True  # this line and every one before it come after the want-th best
+            return -1  # this line and every one before it come after the want-th best
         budget[0] -= 1
         if budget[0] < 0:
-            return False
+            return None
         if copy._holds(member_end, role):
+            held += 1
             date = token_date if dates is None else dates[number]
             key = prefix + members[members.index(b"\0", start, member_end) + 1:member_end]
             _keep(best, want, (date, key, (start, member_end)))
