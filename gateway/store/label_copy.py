@@ -207,7 +207,7 @@ class AccountCopy:
             at = members.index(b"\n", at) + 1
         return at
 
-    def _spans(self, filters: Filters) -> list[tuple[int, int]]:
+    def spans_of(self, filters: Filters) -> list[tuple[int, int]]:
         """Where the lines of the keys whose token scores ``filters`` allow are: one span
         per status."""
         spans = []
@@ -223,7 +223,7 @@ class AccountCopy:
         return sum(bisect_left(self.scores, high) - bisect_left(self.scores, low)
                    for low, high in filters.score_ranges)
 
-    def _tag_pattern(self, role: str | None) -> bytes:
+    def tag_pattern(self, role: str | None) -> bytes:
         """A regular expression for the tag bytes of a line whose key holds ``role``
         (one of the tagged roles; None: any key)."""
         if role is None:
@@ -232,7 +232,7 @@ class AccountCopy:
         holding = bytes(v for v in range(TAG_BASE, TAG_BASE + 16) if v & (1 << bit))
         return (re.escape(TAG_MARK) + b"[\x10-\x1f]{%d}" % byte + b"[" + holding + b"]")
 
-    def _holds(self, member_end: int, role: str | None) -> bool:
+    def holds(self, member_end: int, role: str | None) -> bool:
         """Whether the key of the line whose member ends at ``member_end`` holds
         ``role`` (None: any key)."""
         if role is None:
@@ -269,8 +269,8 @@ class AccountCopy:
                  if f.member is not None and needle in f.member.encode().lower()
                  and filters.allow(f.score, f.roles)]
         fresh_found = [f.member for f in fresh]
-        spans, role = self._spans(filters), filters.role
-        tag = self._tag_pattern(role) if role is not None else b""
+        spans, role = self.spans_of(filters), filters.role
+        tag = self.tag_pattern(role) if role is not None else b""
         lowered_prefix = self.prefix.lower()
         if needle in lowered_prefix:
             return self._all_match(keep, count_all, fresh, spans, role)
@@ -286,7 +286,7 @@ class AccountCopy:
         # search itself (~15 ms at 1,000,000 keys), so it is made only when the sample
         # says there are more than ``keep`` (or the search finds more). With a role, the
         # sample's lines that hold q and the role (q alone may match ten times more).
-        line = _line_pattern(patterns, tag) if role is not None else None
+        line = line_pattern(patterns, tag) if role is not None else None
         if sum(_estimate(lowered, patterns, low, high, line) for low, high in spans) > keep:
             if count_all:
                 count = counted()
@@ -393,7 +393,7 @@ class AccountCopy:
             # found in C by the regular expression of :func:`_lines_holding` (a line
             # matched at most once), so that a line holding q whose key does not hold
             # the role costs no step in Python
-            line = _line_pattern(patterns, self._tag_pattern(role))
+            line = line_pattern(patterns, self.tag_pattern(role))
             for low, high in spans:
                 for found in line.finditer(lowered, low, high):
                     at = found.start()
@@ -422,14 +422,14 @@ class AccountCopy:
         (holding ``role``) whose lines are not blanked, and the keys read again that hold
         it (``fresh``)."""
         # a blanked line has no tag mark left
-        tagged = re.compile(self._tag_pattern(role))
+        tagged = re.compile(self.tag_pattern(role))
         count = sum(len(tagged.findall(self.lowered, low, high))
                     for low, high in spans) + len(fresh)
         if count > keep:
             return Matches(None, count) if count_all else None
         members, width = self.members, self.tag_width
         lines = [(s, e) for low, high in spans for s, e in _lines(members, low, high)
-                 if not members.startswith(BLANK, s) and self._holds(e - width - 1, role)]
+                 if not members.startswith(BLANK, s) and self.holds(e - width - 1, role)]
         found = [members[s:e - width - 1] for s, e in lines]
         fresh_found = [f.member for f in fresh if f.member is not None]
         return Matches(self._members_of(found) + fresh_found, count,
@@ -465,7 +465,7 @@ def _estimate(lowered: bytearray, patterns: list[bytes], low: int, high: int,
                for at in range(low, low + step * SAMPLE_SLICES, step)) * SAMPLED_PART
 
 
-def _line_pattern(patterns: list[bytes], tag: bytes = b"") -> re.Pattern[bytes]:
+def line_pattern(patterns: list[bytes], tag: bytes = b"") -> re.Pattern[bytes]:
     """A line holding one of ``patterns`` (and ending with tag bytes that ``tag``
     matches, when given): each match takes in the rest of its line, up to its tag, so no
     line is matched twice (the empty group makes each match that findall finds an empty
@@ -477,9 +477,9 @@ def _line_pattern(patterns: list[bytes], tag: bytes = b"") -> re.Pattern[bytes]:
 
 def _lines_holding(lowered: bytearray, patterns: list[bytes], low: int, high: int,
                    tag: bytes = b"") -> int:
-    """How many lines between ``low`` and ``high`` :func:`_line_pattern` matches,
+    """How many lines between ``low`` and ``high`` :func:`line_pattern` matches,
     counted in C."""
-    return len(_line_pattern(patterns, tag).findall(lowered, low, high))
+    return len(line_pattern(patterns, tag).findall(lowered, low, high))
 
 
 def _lines(members: bytes | bytearray, low: int = 0,

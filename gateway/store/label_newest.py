@@ -27,7 +27,7 @@ import heapq
 from bisect import bisect_right
 
 from .key_index import LINES_PER_START
-from .label_copy import INACTIVE_AT, TAG_MARK, AccountCopy, Filters, Matches, _line_pattern
+from .label_copy import INACTIVE_AT, TAG_MARK, AccountCopy, Filters, Matches, line_pattern
 
 # lines holding q read back beyond the ``want`` asked for, at most (~4 µs each): past
 # them the page is left to the other ways (tokens renewed en masse, in an order unlike
@@ -52,7 +52,7 @@ def newest(copy: AccountCopy, needle: bytes, want: int, filters: Filters,
     patterns = [needle] + [b"\0" + needle[i:] for i in range(1, len(needle))
                            if lowered_prefix.endswith(needle[:i])]
     role = filters.role
-    spans = copy._spans(filters)
+    spans = copy.spans_of(filters)
     fresh = [f for f in copy.fresh.values()
              if f.member is not None and needle in f.member.encode().lower()
              and filters.allow(f.score, f.roles)]
@@ -74,8 +74,8 @@ def newest(copy: AccountCopy, needle: bytes, want: int, filters: Filters,
     if count is None and every_line_read:  # (few matches) every one read: counted
         count = held + len(fresh)
     elif count is None:  # counted in C: the lines holding q (and the role)
-        tag = copy._tag_pattern(role) if role is not None else b""
-        line = _line_pattern(patterns, tag)
+        tag = copy.tag_pattern(role) if role is not None else b""
+        line = line_pattern(patterns, tag)
         count = sum(len(line.findall(copy.lowered, low, high))
                     for low, high in spans) + len(fresh)
     members, prefix = copy.members, copy.prefix
@@ -129,7 +129,7 @@ def _read_back(copy: AccountCopy, patterns: list[bytes], low: int, high: int,
         budget[0] -= 1
         if budget[0] < 0:
             return None
-        if copy._holds(member_end, role):
+        if copy.holds(member_end, role):
             held += 1
             date = token_date if dates is None else dates[number]
             key = prefix + members[members.index(b"\0", start, member_end) + 1:member_end]
