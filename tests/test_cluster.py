@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 import redis_cluster
 from conftest import ProxyTestServer
 from redis.crc import key_slot
@@ -29,6 +30,7 @@ from gateway.errors import ConfigError, StoreUnavailable
 from gateway.settings import load_settings
 from gateway.store import CLI_ACTOR, KeyQuery
 from gateway.store.connection import parse_cluster_url
+from gateway.store.core import store_unavailable
 from gateway.store.lua import SCRIPTS, source
 from gateway.store.names import Keyspace, owner_of
 
@@ -134,6 +136,16 @@ async def test_a_lost_master_answers_503_never_500(
         assert status == 503 and body["error"]["code"] == "store_unavailable", answers
     finally:
         await gateway.close()
+
+
+def test_a_cluster_that_no_node_of_answers_is_the_stores_503() -> None:
+    """redis-py 8.2's error for a topology refresh that reached no node (its connections
+    cut at once, under load) means the store cannot serve now, as a lost connection does:
+    it once reached the caller as an error of its own (a 500)."""
+    unreachable = getattr(redis.exceptions, "RedisClusterUnreachableError", None)
+    if unreachable is None:
+        pytest.skip("this redis-py has no RedisClusterUnreachableError")
+    assert store_unavailable(unreachable("Redis Cluster cannot be connected."))
 
 
 # -- connections cut under load ------------------------------------------------------------

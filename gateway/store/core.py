@@ -62,6 +62,10 @@ _UNAVAILABLE_ERRORS = (
     redis.exceptions.ClusterError,  # CLUSTERDOWN: a slot nobody serves now
     redis.exceptions.SlotNotCoveredError,
     redis.exceptions.TryAgainError,  # a slot moving between nodes
+    # (redis-py 8.2 on) a cluster topology refresh that reached no node: every
+    # connection it tried was cut at once
+    *((redis.exceptions.RedisClusterUnreachableError,)
+      if hasattr(redis.exceptions, "RedisClusterUnreachableError") else ()),
 )
 # Replies redis-py maps to no class of their own (in a script too).
 _UNAVAILABLE_REPLIES = ("NOREPLICAS ",)
