@@ -273,6 +273,56 @@ async def test_tokens_renewed_in_another_order_than_their_keys_were_made(
     used_copy(store, builds=1)
 
 
+async def test_q_in_label_order_is_read_from_the_copys_label_order(
+    searched, other, clock, monkeypatch
+):
+    """In label order, q's page is read from the copy's label-ordered lines
+    (label_order.py) up to the page, wherever q's matches sit in that order: labels made
+    in sequence, names in upper and lower case, labels that are not ASCII, and changes
+    another instance made after the copy (a key made, relabelled into and out of q's
+    matches, deleted, deactivated). Every page as brute force, each read that way; past
+    LABEL_READ_LIMIT the page is found the other ways, the same."""
+    store = searched.store
+    keys = Keys(store, 64)
+    for i in range(40):
+        label = f"build-old {i}" if i < 25 else f"other {i}" if i < 35 else None
+        await keys.create(label, ("orders-reader",))
+    await assert_same(store, KeyQuery(q="build", sort="label", per_page=5))
+    used_copy(store, builds=1)
+    made = Keys(other, 65)
+    await made.create("build-old new", ("orders-reader",))
+    await made.create("Straße build", ("orders-reader",))
+    await other.update_key(ACCOUNT, keys.made[30], label="build-old relabelled")
+    await other.update_key(ACCOUNT, keys.made[2], label="no longer")
+    await other.delete_key(ACCOUNT, keys.made[6], actor=CLI)
+    await other.update_key(ACCOUNT, keys.made[14], status="inactive")
+    asked = [KeyQuery(q=needle, sort="label", descending=descending, per_page=per_page,
+                      page=page)
+             for needle in ("build-old", "old 1", "build", "me-", "e-a", "STRASSE", "zzz")
+             for descending in (True, False)
+             for per_page, page in ((5, 1), (5, 3), (4, 9), (100, 1))]
+    search = store.label_search
+    before = search.label_order_searches
+    for query in asked:
+        await assert_same(store, query)
+    # "me-" is in every key's name (the shared prefix): that page is walked at once
+    assert search.label_order_searches - before == len(asked) - 8
+    # another sort, or another filter: found the other ways
+    for query in (KeyQuery(q="build", sort="appKey", per_page=5),
+                  KeyQuery(q="build", sort="label", status="active", per_page=5),
+                  KeyQuery(q="build", sort="label", role="orders-reader", per_page=5)):
+        before = search.label_order_searches
+        await assert_same(store, query)
+        assert search.label_order_searches == before, query
+    monkeypatch.setattr(search_module, "LABEL_READ_LIMIT", 10)
+    for query in asked:
+        before = search.label_order_searches
+        await assert_same(store, query)
+        read = query.page * query.per_page <= 10 and query.q != "me-"
+        assert search.label_order_searches - before == read, query
+    used_copy(store, builds=1)
+
+
 async def test_an_older_keygates_events_keep_the_copy_current(searched, other, clock):
     """During an upgrade an older keygate writes its events in one JSON field: a change
     it records that way is taken in by the next search as any other."""
@@ -469,14 +519,18 @@ async def test_q_with_a_role_held_by_fewer_keys_is_checked_on_its_holders(search
     used_copy(store, builds=1)
 
 
-async def test_a_label_changed_since_the_copy_read_it_is_sorted_by_its_label_now(searched):
+async def test_a_label_changed_since_the_copy_read_it_is_sorted_by_its_label_now(
+    searched, monkeypatch
+):
     """The matches handed to the listing script carry the folded label the copy knows;
     one that is no longer the key's (changed after the copy took in its events) is read
     again from the key, so a page in label order is brute force's."""
     store = searched.store
     # more matches than max_passed: handed to the script (up to max_passed_filtered), not
-    # put in order in this process, where the page is that of the copy's last events
+    # put in order in this process (nor read from its label order), where the page is
+    # that of the copy's last events
     store.label_search.max_passed = 5
+    monkeypatch.setattr(search_module, "LABEL_READ_LIMIT", 0)
     keys = Keys(store, 71)
     for i in range(1, 7):
         await keys.create(f"alpha {i}")

@@ -30,10 +30,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import repeat
 from operator import add, itemgetter, mul, sub
+from typing import TYPE_CHECKING
 
 from .key_index import LINES_PER_START, KeyIndex
 from .lua import constant
 from .records import ACTIVE, INACTIVE
+
+if TYPE_CHECKING:
+    from .label_order import LabelOrder
 
 # the listing's orders that the copy puts q's matches in itself: those of what each
 # line holds, and creation order (a creation date never changes: the copy keeps each
@@ -131,6 +135,8 @@ class AccountCopy:
     last_event: str
     index: KeyIndex
     fresh: dict[str, Fresh] = field(default_factory=dict)
+    # the members again in the label index's order (label_order.py), once made
+    label_order: LabelOrder | None = None
 
     @classmethod
     def of(cls, members: Sequence[str], last_event: str,
@@ -173,7 +179,8 @@ class AccountCopy:
         arrays = (self.scores, self.created, self.index.entries, self.index.buckets)
         return len(self.members) + len(self.lowered) + sum(
             len(part) * part.itemsize for part in arrays) + sys.getsizeof(self.starts) + sum(
-            map(sys.getsizeof, self.starts))
+            map(sys.getsizeof, self.starts)) + (
+            self.label_order.nbytes if self.label_order is not None else 0)
 
     @property
     def tag_width(self) -> int:

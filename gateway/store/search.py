@@ -64,10 +64,16 @@ costs about 16 ns per key, and the script's own check reads each holder's label 
 its hash (~4.5 µs, on Redis's CPU). So the holders are checked first when they are few
 beside the copy, and otherwise when q matches too many keys to hand over.
 
+In label order (q the only filter) the page is read instead from the copy's second,
+label-ordered lines (label_order.py), from the order's first key up to the page's last
+match: the script's walk checks every key between q's matches, which is long when they
+sit together far from where it starts (labels made in sequence: ``key 1…``).
+
 Memory: about 74 bytes per key (both strings, the keys' shared prefix kept once, a
 tag mark and a byte per four tagged roles; 8 each for the token score, the creation
-date and the index by key; 2 for every 16th line's start), and the keys read again, per
-process; at most ``max_keys`` keys in all accounts'
+date and the index by key; 2 for every 16th line's start), about 30 more for the
+label-ordered lines, and the keys read again, per process; at most ``max_keys`` keys
+in all accounts'
 copies together (the least recently searched account's copy is dropped first; an
 account larger than that is searched in Redis).
 """
@@ -96,6 +102,7 @@ from .label_copy import (
     token_score,
 )
 from .label_newest import newest
+from .label_order import LABEL_READ_LIMIT, LabelOrder, in_label_order
 from .lua import Scripts
 from .names import LISTED, Keyspace
 from .records import ACTIVE
@@ -171,6 +178,7 @@ class LabelSearch:
         self.observer: Observer | None = None  # told how long each copy took to make
         self.among_searches = 0  # searches answered among another filter's keys, likewise
         self.read_back_searches = 0  # ... by reading a copy from its end (label_newest.py)
+        self.label_order_searches = 0  # ... from its label order (label_order.py)
         # one lock per account searched (an account of at least ``min_keys`` keys): a
         # search waits for its own account's copy (and ``_making``), never for another
         # account's search
@@ -260,6 +268,14 @@ class LabelSearch:
                            by_token=sort == "creationDateToken")
             if found is not None:
                 self.read_back_searches += 1
+                return found
+        if (sort == "label" and count_all and among is None and filters == ANY_KEY
+                and 0 < offset + size <= LABEL_READ_LIMIT):
+            # in label order, read from the label-ordered copy (label_order.py) up to the
+            # page, wherever in that order q's matches sit
+            found = in_label_order(copy, needle, offset + size, descending)
+            if found is not None:
+                self.label_order_searches += 1
                 return found
         found = None if few else copy.matches(
             needle, self.max_passed if count_all else self.max_passed_filtered, count_all,
@@ -403,10 +419,12 @@ class LabelSearch:
         del made, made_scores
         ordered = await asyncio.to_thread(in_token_order, members, keys, scores, role_bits,
                                           created_of)
-        del members, keys, scores, role_bits, created_of
+        del keys, scores, role_bits, created_of
         copy = await asyncio.to_thread(AccountCopy.of, ordered.members, last_event,
                                        ordered.scores, ordered.role_bits, roles,
                                        ordered.created)
+        copy.label_order = await asyncio.to_thread(LabelOrder.of, members, copy.prefix)
+        del members
         if not await self._take_in(account, copy):
             return None  # changing faster than it can be read: searched in Redis
         if ordered.unplaced:
