@@ -30,7 +30,7 @@ from test_listing_index import (
 from gateway.context import Gateway
 from gateway.renewal import ALERTS, alert_range
 from gateway.store import CLI_ACTOR as CLI
-from gateway.store import KeyQuery, Store, label_newest
+from gateway.store import KeyQuery, Store, label_newest, label_order
 from gateway.store import search as search_module
 from gateway.store.label_copy import INACTIVE_AT, AccountCopy, Filters
 from gateway.store.search import LabelSearch
@@ -183,7 +183,9 @@ async def test_the_newest_matches_are_read_from_the_copys_end_however_they_were_
     page costs the same whether they were made last or long ago. Labels made in
     sequence (``build-old``, then ``other``), tokens renewed since (a renewed key's line
     sits at the copy's end, its creation far back), keys deactivated, and changes another
-    instance made after the copy: every page as brute force, each read from the end."""
+    instance made after the copy: every page as brute force, each read from the end.
+    Chunks of 16 lines, so that the reading starts past chunks that hold no match."""
+    monkeypatch.setattr(label_newest, "CHUNK_LINES", 16)
     store = searched.store
     keys = Keys(store, 61)
     for i in range(90):
@@ -281,7 +283,9 @@ async def test_q_in_label_order_is_read_from_the_copys_label_order(
     in sequence, names in upper and lower case, labels that are not ASCII, and changes
     another instance made after the copy (a key made, relabelled into and out of q's
     matches, deleted, deactivated). Every page as brute force, each read that way; past
-    LABEL_READ_LIMIT the page is found the other ways, the same."""
+    LABEL_READ_LIMIT the page is found the other ways, the same. Chunks of a few lines,
+    so that the page is read past chunks that hold no match."""
+    monkeypatch.setattr(label_order, "CHUNK_BYTES", 64)
     store = searched.store
     keys = Keys(store, 64)
     for i in range(40):
@@ -289,6 +293,7 @@ async def test_q_in_label_order_is_read_from_the_copys_label_order(
         await keys.create(label, ("orders-reader",))
     await assert_same(store, KeyQuery(q="build", sort="label", per_page=5))
     used_copy(store, builds=1)
+    assert len(store.label_search.copies[ACCOUNT].label_order.bounds) > 10
     made = Keys(other, 65)
     await made.create("build-old new", ("orders-reader",))
     await made.create("Straße build", ("orders-reader",))
@@ -321,6 +326,23 @@ async def test_q_in_label_order_is_read_from_the_copys_label_order(
         read = query.page * query.per_page <= 10 and query.q != "me-"
         assert search.label_order_searches - before == read, query
     used_copy(store, builds=1)
+
+
+def test_the_label_order_names_members_as_they_are():
+    """A label-ordered line names its member as the label index holds it: a key's name
+    in upper, lower or mixed case, and a folded label in capitals (keygate writes none,
+    an older store might), each found by q in either case and named unchanged."""
+    members = sorted(["alpha 1\0kgk-acme-ABC", "alpha 2\0kgk-acme-abc", "Alpha 3\0kgk-acme-aBc",
+                      "beta\0kgk-acme-XYZ", "ALPHA 4\0kgk-acme-QQQ"])
+    copy = AccountCopy.of(members, "0-0")
+    copy.label_order = label_order.LabelOrder.of(members, copy.prefix)
+    for descending in (False, True):
+        found = label_order.in_label_order(copy, b"alpha", 10, descending)
+        assert found.members == sorted((m for m in members if "alpha" in m.lower()),
+                                       reverse=descending)
+        assert found.count == 4
+        assert label_order.in_label_order(copy, b"e-ab", 10, descending).members == sorted(
+            (m for m in members if "e-ab" in m.lower()), reverse=descending)
 
 
 async def test_an_older_keygates_events_keep_the_copy_current(searched, other, clock):

@@ -104,6 +104,9 @@ class Fresh:
     score: int = 0
     roles: frozenset[str] = frozenset()
     created: int = 0
+    # the line the copy held for it, lowered and past the shared prefix (None: none),
+    # blanked since: what the label-ordered lines still hold (label_order.py)
+    was: bytes | None = None
 
 
 @dataclass
@@ -195,10 +198,13 @@ class AccountCopy:
         """``app_key`` is now ``member`` (None: it has none, deleted or not in the
         account), with that token score, roles and creation date: searched from them,
         its line in the copy blanked."""
-        self.fresh[app_key] = Fresh(member, token_score, frozenset(roles), created)
         prefix = self.prefix.decode()
         line = (self._line_of(app_key[len(prefix):].encode())
                 if app_key.startswith(prefix) else None)
+        earlier = self.fresh.get(app_key)
+        was = (earlier.was if earlier is not None
+               else bytes(self.lowered[line[0]:line[1]]) if line is not None else None)
+        self.fresh[app_key] = Fresh(member, token_score, frozenset(roles), created, was)
         if line is not None:
             start, member_end, _ = line
             end = member_end + 1 + self.tag_width  # its tag bytes too
@@ -266,6 +272,28 @@ class AccountCopy:
             at += 1
         return None
 
+    def patterns_of(self, needle: bytes) -> list[bytes] | None:
+        """What a line holding ``needle`` (lowered) holds as kept, the shared prefix cut
+        off: the needle, or its tail after the NUL when its head ends the prefix; None
+        when the prefix holds it (every key does)."""
+        lowered_prefix = self.prefix.lower()
+        if needle in lowered_prefix:
+            return None
+        return [needle] + [b"\0" + needle[i:] for i in range(1, len(needle))
+                           if lowered_prefix.endswith(needle[:i])]
+
+    def estimate(self, needle: bytes, filters: Filters = ANY_KEY) -> int:
+        """About how many keys ``filters`` allow (a tagged role only) hold ``needle``,
+        from a sample of one byte in SAMPLED_PART (all of them when the prefix holds
+        it)."""
+        patterns = self.patterns_of(needle)
+        if patterns is None:
+            return self.within(filters)
+        line = (line_pattern(patterns, self.tag_pattern(filters.role))
+                if filters.role is not None else None)
+        return sum(_estimate(self.lowered, patterns, low, high, line)
+                   for low, high in self.spans_of(filters))
+
     def matches(self, needle: bytes, keep: int, count_all: bool,
                 filters: Filters = ANY_KEY) -> Matches | None:
         """The keys that ``filters`` allow (a tagged role only) whose member holds
@@ -278,11 +306,9 @@ class AccountCopy:
         fresh_found = [f.member for f in fresh]
         spans, role = self.spans_of(filters), filters.role
         tag = self.tag_pattern(role) if role is not None else b""
-        lowered_prefix = self.prefix.lower()
-        if needle in lowered_prefix:
+        patterns = self.patterns_of(needle)
+        if patterns is None:
             return self._all_match(keep, count_all, fresh, spans, role)
-        patterns = [needle] + [b"\0" + needle[i:] for i in range(1, len(needle))
-                               if lowered_prefix.endswith(needle[:i])]
         lowered = self.lowered
 
         def counted() -> int:  # the lines holding q (and the role), counted in C

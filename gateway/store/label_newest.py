@@ -24,7 +24,8 @@ renewed lately, in an order unlike their keys') the page is found as before.
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
+from itertools import pairwise
 
 from .key_index import LINES_PER_START
 from .label_copy import INACTIVE_AT, TAG_MARK, AccountCopy, Filters, Matches, line_pattern
@@ -36,21 +37,22 @@ READ_BACK_BUDGET = 20_000
 # the clocks of keygate's instances may disagree by this much (scripts/list_keys.lua's
 # cannot_match): a key may be made up to a day after its token was issued, by the clocks
 CLOCK_MARGIN_MS = 86_400_000
+# q's matches are counted in chunks of this many lines (~120 at 1,000,000 keys): the
+# reading back starts at the last chunk holding one
+CHUNK_LINES = 8_192
 
 
 def newest(copy: AccountCopy, needle: bytes, want: int, filters: Filters,
-           by_token: bool = False, count: int | None = None) -> Matches | None:
+           by_token: bool = False) -> Matches | None:
     """The ``want`` keys that ``filters`` allow (a tagged role only) whose member holds
     ``needle`` (lowered, with no control character), newest first as the listing orders
     them (creation date, then key, both descending; ``by_token``: token date, then key),
-    and how many hold it in all (``count``, when the caller counted them already): their
-    members, ordered. None when every key holds it (in the shared prefix: the copy's
-    other searches answer that), or when the lines read back would exceed their budget."""
-    lowered_prefix = copy.prefix.lower()
-    if needle in lowered_prefix:
+    and how many hold it in all: their members, ordered. None when every key holds it
+    (in the shared prefix: the copy's other searches answer that), or when the lines
+    read back would exceed their budget."""
+    patterns = copy.patterns_of(needle)
+    if patterns is None:
         return None
-    patterns = [needle] + [b"\0" + needle[i:] for i in range(1, len(needle))
-                           if lowered_prefix.endswith(needle[:i])]
     role = filters.role
     spans = copy.spans_of(filters)
     fresh = [f for f in copy.fresh.values()
@@ -64,20 +66,25 @@ def newest(copy: AccountCopy, needle: bytes, want: int, filters: Filters,
         assert f.member is not None
         date = _date(f.score) if by_token else f.created
         _keep(best, want, (date, f.member.partition("\0")[2].encode(), f.member))
-    budget, held, every_line_read = [READ_BACK_BUDGET + want], 0, True
-    for low, high in spans:
-        read = _read_back(copy, patterns, low, high, role, want, best, by_token, budget)
-        if read is None:
-            return None
-        held += max(read, 0)
-        every_line_read = every_line_read and read >= 0
-    if count is None and every_line_read:  # (few matches) every one read: counted
-        count = held + len(fresh)
-    elif count is None:  # counted in C: the lines holding q (and the role)
-        tag = copy.tag_pattern(role) if role is not None else b""
-        line = line_pattern(patterns, tag)
-        count = sum(len(line.findall(copy.lowered, low, high))
-                    for low, high in spans) + len(fresh)
+    # q's matches (with the role) counted in each chunk of each span, in C: one pass,
+    # the count the listing needs anyway, and the reading below then starts at the last
+    # chunk holding one, however far from the span's end it is
+    tag = copy.tag_pattern(role) if role is not None else b""
+    line = line_pattern(patterns, tag)
+    counted = [[(low, high, len(line.findall(copy.lowered, low, high)))
+                for low, high in _chunks(copy, span_low, span_high)]
+               for span_low, span_high in spans]
+    budget = [READ_BACK_BUDGET + want]
+    for chunks in counted:
+        for low, high, held in reversed(chunks):
+            if not held:
+                continue
+            read = _read_back(copy, patterns, low, high, role, want, best, by_token, budget)
+            if read is None:
+                return None
+            if read < 0:
+                break  # no earlier line of the span can be newer
+    count = sum(held for chunks in counted for _, _, held in chunks) + len(fresh)
     members, prefix = copy.members, copy.prefix
     return Matches([where if isinstance(where, str)
                     else members[where[0]:where[1]].replace(b"\0", b"\0" + prefix, 1).decode()
@@ -85,6 +92,15 @@ def newest(copy: AccountCopy, needle: bytes, want: int, filters: Filters,
 
 
 Entry = tuple[int, bytes, "tuple[int, int] | str"]
+
+
+def _chunks(copy: AccountCopy, low: int, high: int) -> list[tuple[int, int]]:
+    """The span [low, high) of the copy's lines cut at every CHUNK_LINES-th line."""
+    starts = copy.starts
+    inner = starts[bisect_right(starts, low):bisect_left(starts, high)]
+    cuts = inner[CHUNK_LINES // LINES_PER_START - 1::CHUNK_LINES // LINES_PER_START]
+    bounds = [low, *cuts, high]
+    return list(pairwise(bounds))
 
 
 def _keep(best: list[Entry], want: int, entry: Entry) -> None:

@@ -262,7 +262,8 @@ class LabelSearch:
         read_back = (not few and count_all and among is None and descending
                      and sort in ("creationDate", "creationDateToken")
                      and 0 < offset + size <= NEWEST_READ_BACK)
-        if read_back and (offset + size <= NEWEST_FIRST or sort == "creationDateToken"):
+        if read_back and (offset + size <= NEWEST_FIRST or sort == "creationDateToken"
+                          or copy.estimate(needle, filters) > self.max_passed):
             read_back = False
             found = newest(copy, needle, offset + size, filters,
                            by_token=sort == "creationDateToken")
@@ -281,7 +282,8 @@ class LabelSearch:
             needle, self.max_passed if count_all else self.max_passed_filtered, count_all,
             filters)
         if read_back and found is not None and found.members is None and found.count:
-            newer = newest(copy, needle, offset + size, filters, count=found.count)
+            # more than the estimate said
+            newer = newest(copy, needle, offset + size, filters)
             if newer is not None:
                 self.read_back_searches += 1
                 return newer
@@ -423,7 +425,8 @@ class LabelSearch:
         copy = await asyncio.to_thread(AccountCopy.of, ordered.members, last_event,
                                        ordered.scores, ordered.role_bits, roles,
                                        ordered.created)
-        copy.label_order = await asyncio.to_thread(LabelOrder.of, members, copy.prefix)
+        copy.label_order = await asyncio.to_thread(LabelOrder.of, members, copy.prefix,
+                                                   ordered.members)
         del members
         if not await self._take_in(account, copy):
             return None  # changing faster than it can be read: searched in Redis
