@@ -245,13 +245,19 @@ class AccountCopy:
         holding = bytes(v for v in range(TAG_BASE, TAG_BASE + 16) if v & (1 << bit))
         return (re.escape(TAG_MARK) + b"[\x10-\x1f]{%d}" % byte + b"[" + holding + b"]")
 
+    def tag_bit(self, role: str) -> tuple[int, int]:
+        """Which of a line's tag bytes says whether its key holds ``role`` (a tagged
+        role), and the bit in it."""
+        byte, bit = divmod(self.roles.index(role), ROLES_PER_TAG)
+        return byte, 1 << bit
+
     def holds(self, member_end: int, role: str | None) -> bool:
         """Whether the key of the line whose member ends at ``member_end`` holds
         ``role`` (None: any key)."""
         if role is None:
             return True
-        byte, bit = divmod(self.roles.index(role), ROLES_PER_TAG)
-        return bool(self.lowered[member_end + 1 + byte] & (1 << bit))
+        byte, bit = self.tag_bit(role)
+        return bool(self.lowered[member_end + 1 + byte] & bit)
 
     def _line_of(self, rest: bytes) -> tuple[int, int, int] | None:
         """Where the line of the key whose name past the shared prefix is ``rest``
