@@ -279,13 +279,14 @@ async def test_q_in_label_order_is_read_from_the_copys_label_order(
     searched, other, clock, monkeypatch
 ):
     """In label order, q's page is read from the copy's label-ordered lines
-    (label_order.py) up to the page, wherever q's matches sit in that order: labels made
+    (label_order.py), wherever q's matches sit in that order: labels made
     in sequence, names in upper and lower case, labels that are not ASCII, and changes
     another instance made after the copy (a key made, relabelled into and out of q's
-    matches, deleted, deactivated). Every page as brute force, each read that way; past
-    LABEL_READ_LIMIT the page is found the other ways, the same. Chunks of a few lines,
-    so that the page is read past chunks that hold no match."""
+    matches, deleted, deactivated). Every page as brute force, each read that way.
+    Chunks of a few lines, so that a page is found past chunks that hold no match, and
+    past those before it."""
     monkeypatch.setattr(label_order, "CHUNK_BYTES", 64)
+    monkeypatch.setattr(label_order, "MADE_AT_ONCE", 7)
     store = searched.store
     keys = Keys(store, 64)
     for i in range(40):
@@ -319,12 +320,15 @@ async def test_q_in_label_order_is_read_from_the_copys_label_order(
         before = search.label_order_searches
         await assert_same(store, query)
         assert search.label_order_searches == before, query
-    monkeypatch.setattr(search_module, "LABEL_READ_LIMIT", 10)
-    for query in asked:
-        before = search.label_order_searches
-        await assert_same(store, query)
-        read = query.page * query.per_page <= 10 and query.q != "me-"
-        assert search.label_order_searches - before == read, query
+    # every page, each found past the chunks before it
+    for needle in ("build", "old 1", "e-a"):
+        for descending in (True, False):
+            for page in range(1, 14):
+                query = KeyQuery(q=needle, sort="label", descending=descending, per_page=3,
+                                 page=page)
+                before = search.label_order_searches
+                await assert_same(store, query)
+                assert search.label_order_searches == before + 1, query
     used_copy(store, builds=1)
 
 
@@ -337,11 +341,11 @@ def test_the_label_order_names_members_as_they_are():
     copy = AccountCopy.of(members, "0-0")
     copy.label_order = label_order.LabelOrder.of(members, copy.prefix)
     for descending in (False, True):
-        found = label_order.in_label_order(copy, b"alpha", 10, descending)
+        found = label_order.in_label_order(copy, b"alpha", 0, 10, descending)
         assert found.members == sorted((m for m in members if "alpha" in m.lower()),
                                        reverse=descending)
         assert found.count == 4
-        assert label_order.in_label_order(copy, b"e-ab", 10, descending).members == sorted(
+        assert label_order.in_label_order(copy, b"e-ab", 0, 10, descending).members == sorted(
             (m for m in members if "e-ab" in m.lower()), reverse=descending)
 
 
@@ -552,7 +556,7 @@ async def test_a_label_changed_since_the_copy_read_it_is_sorted_by_its_label_now
     # put in order in this process (nor read from its label order), where the page is
     # that of the copy's last events
     store.label_search.max_passed = 5
-    monkeypatch.setattr(search_module, "LABEL_READ_LIMIT", 0)
+    monkeypatch.setattr(search_module, "in_label_order", lambda *_: None)
     keys = Keys(store, 71)
     for i in range(1, 7):
         await keys.create(f"alpha {i}")

@@ -104,8 +104,8 @@ class Fresh:
     score: int = 0
     roles: frozenset[str] = frozenset()
     created: int = 0
-    # the line the copy held for it, lowered and past the shared prefix (None: none),
-    # blanked since: what the label-ordered lines still hold (label_order.py)
+    # the member the copy held for it, the shared prefix cut off (None: none), blanked
+    # since: what the label-ordered lines still hold (label_order.py)
     was: bytes | None = None
 
 
@@ -203,7 +203,7 @@ class AccountCopy:
                 if app_key.startswith(prefix) else None)
         earlier = self.fresh.get(app_key)
         was = (earlier.was if earlier is not None
-               else bytes(self.lowered[line[0]:line[1]]) if line is not None else None)
+               else bytes(self.members[line[0]:line[1]]) if line is not None else None)
         self.fresh[app_key] = Fresh(member, token_score, frozenset(roles), created, was)
         if line is not None:
             start, member_end, _ = line
@@ -558,8 +558,10 @@ class Matches:
     count: int
     # the members are in the listing's order asked for (AccountCopy.ordered), else in
     # none; ordered, they may be the first of the matches only, as many as the pages up
-    # to the one asked for hold (label_newest.py)
+    # to the one asked for hold (label_newest.py), or those from ``first`` on
+    # (label_order.py)
     ordered: bool = False
+    first: int = 0
     # each member's key's creation date, worked out when asked for (~0.7 µs a match:
     # only creation order needs them), when the copy knows them
     dates: Callable[[], list[int]] | None = None

@@ -11,9 +11,10 @@ walked some 890,000 keys, 1.8 s. Handing all 111,111 matches over instead costs 
 
 Here the lines are cut into chunks of about CHUNK_BYTES, and q's matches are counted in
 each (in C, the count the listing needs anyway: one pass, as in the token-ordered copy);
-the page is then read from the first chunks in the order asked that hold matches, a
-match at a time (``bytes.find``/``bytes.rfind``), stopping at the page's last one: a
-search costs that pass and the matches up to the page, never the keys between them.
+the chunks before the page's are then skipped by their counts, and the page read from
+the chunk it starts in, a match at a time (``bytes.find``/``bytes.rfind``): a search
+costs that pass and at most a chunk's matches, whatever the page's depth and wherever
+q's matches sit (20–31 ms at 1,000,000 keys, page 2,000 included).
 
 A line is the member lowered as the token-ordered copy lowers its lines (ASCII only,
 the prefix every key shares cut off after the NUL), and, when the key's name is not in
@@ -22,23 +23,24 @@ named. The lines are those of the token-ordered copy, in the other order. A key 
 again since the copy was made (changed, made or deleted: ``AccountCopy.fresh``) is not
 blanked here (there is no index by key to find its line): its line is skipped while
 reading, its count taken off by what the token-ordered copy held for it (``Fresh.was``),
-and the key is searched from what it is now, merged in order. About 30 bytes per key.
+and the key is searched from what it is now, merged in order. About 33 bytes per key
+(1,000,000 keys of the benchmark: 33 MB; making them adds ~55 MB to the copy's peak).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import accumulate, pairwise
+from itertools import pairwise
 
 from .label_copy import TAG_MARK, AccountCopy, Fresh, Matches, line_pattern
 
-# matches read for a page, at most (~1 µs each): page 500 of 50; a deeper page is left
-# to the other ways
-LABEL_READ_LIMIT = 25_000
-# the lines are counted in chunks of about this many bytes (~130 at 1,000,000 keys): the
-# page is read from the first that hold q's matches, past those that hold none
-CHUNK_BYTES = 1 << 18
+# the lines are counted in chunks of about this many bytes (~500 at 1,000,000 keys): a
+# page is read from the one it starts in, past those before it
+CHUNK_BYTES = 1 << 16
+# members made into lines at once (their strings held meanwhile, ~6 MB)
+MADE_AT_ONCE = 50_000
 # what a line whose member lowering changed before its key holds after the lowered
 # member: the member as it is (no label or key holds a control character)
 WHOLE_MARK = b"\x03"
@@ -63,18 +65,21 @@ class LabelOrder:
             kept = set(placed)
             members = [m for m in members if m in kept]
         if not members:
-            return cls(b"\n", [1, 1])
-        joined = "\n".join(members).encode()
-        if prefix:  # each member holds one NUL, before its key
-            joined = joined.replace(b"\0" + prefix, b"\0")
-        lines = list(map(_line, joined.lower().split(b"\n"), joined.split(b"\n")))
-        body = b"\n" + b"\n".join(lines) + b"\n"
-        # each chunk's start: the first line starting at or past each CHUNK_BYTES
-        starts = list(accumulate(map((1).__add__, map(len, lines)), initial=1))
-        bounds, step = [1], CHUNK_BYTES
-        for at in starts[1:-1]:
-            if at >= bounds[-1] + step:
-                bounds.append(at)
+            return cls(b"\n", [1])
+        parts = []
+        for first in range(0, len(members), MADE_AT_ONCE):
+            joined = "\n".join(members[first:first + MADE_AT_ONCE]).encode()
+            if prefix:  # each member holds one NUL, before its key
+                joined = joined.replace(b"\0" + prefix, b"\0")
+            parts.append(b"\n".join(map(_line, joined.lower().split(b"\n"),
+                                        joined.split(b"\n"))))
+        body = b"\n" + b"\n".join(parts) + b"\n"
+        del parts
+        # each chunk's start: the first line starting at or past CHUNK_BYTES after the
+        # previous chunk's
+        bounds = [1]
+        while (cut := body.find(b"\n", bounds[-1] + CHUNK_BYTES - 1) + 1) and cut < len(body):
+            bounds.append(cut)
         bounds.append(len(body))
         return cls(body, bounds)
 
@@ -94,34 +99,59 @@ def _line(lowered: bytes, member: bytes) -> bytes:
     return lowered + WHOLE_MARK + member
 
 
-def in_label_order(copy: AccountCopy, needle: bytes, want: int,
+def in_label_order(copy: AccountCopy, needle: bytes, offset: int, size: int,
                    descending: bool) -> Matches | None:
-    """The first ``want`` keys of the listing in label order (``descending``: from the
-    last) whose member holds ``needle`` (lowered, with no control character), and how
-    many hold it in all: their members, ordered. None when the copy keeps no label order,
-    or every key holds the needle (in the shared prefix: a walk finds the page at once)."""
+    """The keys of the listing in label order (``descending``: from the last) whose
+    member holds ``needle`` (lowered, with no control character), from the ``offset``-th
+    on, ``size`` of them, and how many hold it in all: their members, ordered (from
+    ``first``, the offset). None when the copy keeps no label order, or every key holds
+    the needle (in the shared prefix: a walk finds the page at once)."""
     order, patterns = copy.label_order, copy.patterns_of(needle)
     if order is None or patterns is None:
         return None
-    lines, line = order.lines, line_pattern(patterns)
+    lines, line, prefix, fresh = order.lines, line_pattern(patterns), copy.prefix, copy.fresh
     chunks = list(pairwise(order.bounds))
-    counts = [len(line.findall(lines, low, high)) for low, high in chunks]
-    fresh = copy.fresh
-    # lines held for keys read again since, which hold q: counted above, no longer theirs
-    stale = sum(1 for f in fresh.values()
-                if f.was is not None and any(p in f.was for p in patterns))
-    now = sorted((f.member for f in fresh.values()
-                  if f.member is not None and needle in f.member.encode().lower()),
-                 reverse=descending)
+    held = [len(line.findall(lines, low, high)) for low, high in chunks]
+    # each chunk's first member, in order: where a key read again had its line
+    firsts = [_member_at(lines, low, prefix)[0] for low, _ in chunks]
+    for f in fresh.values():
+        if f.was is not None and any(p in f.was.lower() for p in patterns):
+            # its line, counted above, is no longer the key's
+            was = f.was.replace(b"\0", b"\0" + prefix, 1).decode()
+            held[bisect_right(firsts, was) - 1] -= 1
+    # the keys read again that hold q now, in ascending order
+    now = sorted(f.member for f in fresh.values()
+                 if f.member is not None and needle in f.member.encode().lower())
+    # the chunks before the page's are skipped, with the keys read again that come
+    # before each chunk's end in this order (``taken`` of them)
+    before = taken = 0
+    walked = range(len(chunks) - 1, -1, -1) if descending else range(len(chunks))
+    for at in walked:
+        left = len(now) - taken
+        if descending:  # those from the chunk's first member on
+            also = left - bisect_left(now, firsts[at], 0, left)
+        elif at + 1 < len(chunks):  # those before the next chunk's first member
+            also = bisect_left(now, firsts[at + 1], taken) - taken
+        else:
+            also = left
+        if before + held[at] + also > offset:
+            break
+        before, taken = before + held[at] + also, taken + also
+    else:
+        at = -1  # the page is past every match
     found: list[str] = []
-    counted = list(zip(chunks, counts, strict=True))
-    for (low, high), held in reversed(counted) if descending else counted:
-        if held:
-            _read(lines, patterns, low, high, want, copy.prefix, fresh, descending, found)
-            if len(found) == want:
+    need = offset - before + size
+    for chunk in (walked[walked.index(at):] if at != -1 else ()):
+        if held[chunk]:
+            low, high = chunks[chunk]
+            _read(lines, patterns, low, high, need, prefix, fresh, descending, found)
+            if len(found) == need:
                 break
-    members = sorted(found + now[:want], reverse=descending)[:want]
-    return Matches(members, sum(counts) - stale + len(now), ordered=True)
+    rest = (now[max(len(now) - taken - need, 0):len(now) - taken] if descending
+            else now[taken:taken + need])
+    merged = sorted(found + rest, reverse=descending)
+    return Matches(merged[offset - before:need], sum(held) + len(now), ordered=True,
+                   first=offset)
 
 
 def _read(lines: bytes, patterns: list[bytes], low: int, high: int, want: int,
@@ -149,10 +179,9 @@ def _read(lines: bytes, patterns: list[bytes], low: int, high: int, want: int,
                    for p, was in zip(patterns, next_at, strict=True)]
 
 
-def _take(lines: bytes, start: int, prefix: bytes, fresh: dict[str, Fresh],
-          found: list[str]) -> int:
-    """Add the member of the line starting at ``start`` to ``found`` unless its key was
-    read again; where the line ends."""
+def _member_at(lines: bytes, start: int, prefix: bytes) -> tuple[str, int]:
+    """The member of the line starting at ``start`` (the shared prefix put back), and
+    where the line ends."""
     end = lines.index(b"\n", start)
     whole = lines.find(WHOLE_MARK, start, end)
     if whole != -1:
@@ -161,7 +190,14 @@ def _take(lines: bytes, start: int, prefix: bytes, fresh: dict[str, Fresh],
         nul = lines.index(b"\0", start, end)
         mark = lines.find(TAG_MARK, nul, end)
         label, rest = lines[start:nul], lines[nul + 1:end] if mark == -1 else lines[mark + 1:end]
-    key = (prefix + rest).decode()
-    if key not in fresh:
-        found.append(label.decode() + "\0" + key)
+    return (label + b"\0" + prefix + rest).decode(), end
+
+
+def _take(lines: bytes, start: int, prefix: bytes, fresh: dict[str, Fresh],
+          found: list[str]) -> int:
+    """Add the member of the line starting at ``start`` to ``found`` unless its key was
+    read again; where the line ends."""
+    member, end = _member_at(lines, start, prefix)
+    if member.partition("\0")[2] not in fresh:
+        found.append(member)
     return end

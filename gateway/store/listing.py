@@ -171,7 +171,7 @@ class KeyListing(StoreLayout):
                 return [], 0
             if found is not None and found.members is not None and found.ordered:
                 # every match, counted and in the listing's order: the page is a slice
-                start = (query.page - 1) * query.per_page
+                start = (query.page - 1) * query.per_page - found.first
                 page = [m.partition("\0")[2]
                         for m in found.members[start:start + query.per_page]]
                 return [r for r in await self._load(page) if r is not None], found.count

@@ -102,7 +102,7 @@ from .label_copy import (
     token_score,
 )
 from .label_newest import newest
-from .label_order import LABEL_READ_LIMIT, LabelOrder, in_label_order
+from .label_order import LabelOrder, in_label_order
 from .lua import Scripts
 from .names import LISTED, Keyspace
 from .records import ACTIVE
@@ -270,11 +270,10 @@ class LabelSearch:
             if found is not None:
                 self.read_back_searches += 1
                 return found
-        if (sort == "label" and count_all and among is None and filters == ANY_KEY
-                and 0 < offset + size <= LABEL_READ_LIMIT):
-            # in label order, read from the label-ordered copy (label_order.py) up to the
-            # page, wherever in that order q's matches sit
-            found = in_label_order(copy, needle, offset + size, descending)
+        if sort == "label" and count_all and among is None and filters == ANY_KEY and size:
+            # in label order, read from the label-ordered copy (label_order.py): its
+            # chunks before the page's skipped, wherever in that order q's matches sit
+            found = in_label_order(copy, needle, offset, size, descending)
             if found is not None:
                 self.label_order_searches += 1
                 return found
