@@ -126,9 +126,9 @@ def page_types(now_ms: int, count: int) -> list[tuple[str, KeyQuery]]:
          KeyQuery(q="key 9", role="orders-reader", per_page=50)),
         ("q 'key 9' + renewal orange", KeyQuery(
             q="key 9", token_created=alert_range("orange", 3, now_ms), per_page=50)),
-        # q's matches made together long ago (keys 100,000 to 199,999, and 1, 10-19, …):
-        # newest first they are read from the copy's end; in label order the script
-        # walks the index past the labels after them
+        # q's matches made together long ago (keys 100,000 to 199,999, and 1, 10-19, …),
+        # and far from either end of the label order: newest first they are read from
+        # the copy's end, in label order from its label-ordered lines
         ("q 'key 1' (made long ago)", KeyQuery(q="key 1", per_page=50)),
         ("q 'key 1' by token date", KeyQuery(q="key 1", sort="creationDateToken",
                                              per_page=50)),
@@ -136,6 +136,8 @@ def page_types(now_ms: int, count: int) -> list[tuple[str, KeyQuery]]:
                                                     per_page=50)),
         ("q 'key 1', page 100", KeyQuery(q="key 1", per_page=50, page=100)),
         ("q 'key 1' in label order", KeyQuery(q="key 1", sort="label", per_page=50)),
+        ("q 'key 1' in label order, page 2,000",
+         KeyQuery(q="key 1", sort="label", per_page=50, page=2000)),
         # a deep page of q's matches: sorted, not walked
         ("q 'key 99', page 100", KeyQuery(q="key 99", per_page=50, page=100)),
         ("q 'key 99', page 100 in label order",

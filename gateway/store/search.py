@@ -22,10 +22,10 @@ chunks: the label index by value, then the token and creation date indexes by ra
 with their scores (a key that a change meanwhile shifts past a chunk's end is found
 missing and read again), then each tagged role's holders by ranks while no event is
 appended (so none shifted); the four reads run at once. At 1,000,000 keys it is made
-in 7–12 s (about half reading, the rest joining and indexing in a thread), holding
-about 600 bytes per key of the process's memory for the while (peak RSS 664 MB from
-69 MB at 1,000,000 keys; the allocator keeps part of it: 338 MB after); at 100,000, in
-about 0.9 s (peak 133 MB).
+in 9–12 s (about half reading, the rest joining and indexing in a thread), holding
+about 700 bytes per key of the process's memory for the while (peak RSS 754 MB from
+69 MB at 1,000,000 keys; the allocator keeps part of it: 364 MB after, the copy 107 MB
+of it); at 100,000, in about 0.9 s (peak 133 MB).
 
 So it is made ahead: a listing that shows the account holds at least ``min_keys`` keys
 starts making it in the background (:meth:`LabelSearch.warm`), since a search usually
@@ -64,17 +64,16 @@ costs about 16 ns per key, and the script's own check reads each holder's label 
 its hash (~4.5 µs, on Redis's CPU). So the holders are checked first when they are few
 beside the copy, and otherwise when q matches too many keys to hand over.
 
-In label order (q the only filter) the page is read instead from the copy's second,
-label-ordered lines (label_order.py), from the order's first key up to the page's last
-match: the script's walk checks every key between q's matches, which is long when they
-sit together far from where it starts (labels made in sequence: ``key 1…``).
+In label order (q the only filter) the page is found instead in the copy's second,
+label-ordered lines (label_order.py), counted in chunks and read from the chunk the
+page starts in: the script's walk checks every key between q's matches, which is long
+when they sit together far from where it starts (labels made in sequence: ``key 1…``).
 
 Memory: about 74 bytes per key (both strings, the keys' shared prefix kept once, a
 tag mark and a byte per four tagged roles; 8 each for the token score, the creation
-date and the index by key; 2 for every 16th line's start), about 30 more for the
-label-ordered lines, and the keys read again, per process; at most ``max_keys`` keys
-in all accounts'
-copies together (the least recently searched account's copy is dropped first; an
+date and the index by key; 2 for every 16th line's start), about 33 more for the
+label-ordered lines (107 MB at 1,000,000 keys in all), and the keys read again, per
+process; at most ``max_keys`` keys in all accounts' copies together (the least recently searched account's copy is dropped first; an
 account larger than that is searched in Redis).
 """
 
