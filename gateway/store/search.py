@@ -73,8 +73,9 @@ Memory: about 74 bytes per key (both strings, the keys' shared prefix kept once,
 tag mark and a byte per four tagged roles; 8 each for the token score, the creation
 date and the index by key; 2 for every 16th line's start), about 33 more for the
 label-ordered lines (107 MB at 1,000,000 keys in all), and the keys read again, per
-process; at most ``max_keys`` keys in all accounts' copies together (the least recently searched account's copy is dropped first; an
-account larger than that is searched in Redis).
+process; at most ``max_keys`` keys in all accounts' copies together (the least
+recently searched account's copy is dropped first; an account larger than that is
+searched in Redis).
 """
 
 from __future__ import annotations
