@@ -300,15 +300,20 @@ class AccountCopy:
         return sum(_estimate(self.lowered, patterns, low, high, line)
                    for low, high in self.spans_of(filters))
 
+    def fresh_holding(self, needle: bytes, filters: Filters = ANY_KEY) -> list[Fresh]:
+        """The keys read again since the copy was made whose member now holds ``needle``
+        (lowered) and whose token score and roles ``filters`` allow."""
+        return [f for f in self.fresh.values()
+                if f.member is not None and needle in f.member.encode().lower()
+                and filters.allow(f.score, f.roles)]
+
     def matches(self, needle: bytes, keep: int, count_all: bool,
                 filters: Filters = ANY_KEY) -> Matches | None:
         """The keys that ``filters`` allow (a tagged role only) whose member holds
         ``needle`` (lowered, with no control character), and how many: their members
         only up to ``keep`` of them (past it, None), and None altogether when more match
         and ``count_all`` is false; their creation dates worked out when asked for."""
-        fresh = [f for f in self.fresh.values()
-                 if f.member is not None and needle in f.member.encode().lower()
-                 and filters.allow(f.score, f.roles)]
+        fresh = self.fresh_holding(needle, filters)
         fresh_found = [f.member for f in fresh]
         spans, role = self.spans_of(filters), filters.role
         tag = self.tag_pattern(role) if role is not None else b""

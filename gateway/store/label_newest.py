@@ -55,9 +55,7 @@ def newest(copy: AccountCopy, needle: bytes, want: int, filters: Filters,
         return None
     role = filters.role
     spans = copy.spans_of(filters)
-    fresh = [f for f in copy.fresh.values()
-             if f.member is not None and needle in f.member.encode().lower()
-             and filters.allow(f.score, f.roles)]
+    fresh = copy.fresh_holding(needle, filters)
     # the best ``want`` so far, the least first: (date, key as UTF-8, where its member
     # is: a line's start and end, or the member itself), so that only the page's
     # members are decoded (UTF-8's byte order is the key order)

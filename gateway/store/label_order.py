@@ -54,6 +54,9 @@ class LabelOrder:
 
     lines: bytes  # '\n' + 'lowered member' [+ TAG_MARK + 'key past the prefix'] + '\n', ...
     bounds: list[int]
+    # each chunk's first member (the prefix put back), in order: where a key read again
+    # had its line
+    firsts: list[str]
 
     @classmethod
     def of(cls, members: Sequence[str], prefix: bytes,
@@ -65,7 +68,7 @@ class LabelOrder:
             kept = set(placed)
             members = [m for m in members if m in kept]
         if not members:
-            return cls(b"\n", [1])
+            return cls(b"\n", [1], [])
         parts = []
         for first in range(0, len(members), MADE_AT_ONCE):
             joined = "\n".join(members[first:first + MADE_AT_ONCE]).encode()
@@ -80,8 +83,9 @@ class LabelOrder:
         bounds = [1]
         while (cut := body.find(b"\n", bounds[-1] + CHUNK_BYTES - 1) + 1) and cut < len(body):
             bounds.append(cut)
+        firsts = [_member_at(body, at, prefix)[0] for at in bounds]
         bounds.append(len(body))
-        return cls(body, bounds)
+        return cls(body, bounds, firsts)
 
     @property
     def nbytes(self) -> int:
@@ -112,16 +116,14 @@ def in_label_order(copy: AccountCopy, needle: bytes, offset: int, size: int,
     lines, line, prefix, fresh = order.lines, line_pattern(patterns), copy.prefix, copy.fresh
     chunks = list(pairwise(order.bounds))
     held = [len(line.findall(lines, low, high)) for low, high in chunks]
-    # each chunk's first member, in order: where a key read again had its line
-    firsts = [_member_at(lines, low, prefix)[0] for low, _ in chunks]
+    firsts = order.firsts
     for f in fresh.values():
         if f.was is not None and any(p in f.was.lower() for p in patterns):
             # its line, counted above, is no longer the key's
             was = f.was.replace(b"\0", b"\0" + prefix, 1).decode()
             held[bisect_right(firsts, was) - 1] -= 1
     # the keys read again that hold q now, in ascending order
-    now = sorted(f.member for f in fresh.values()
-                 if f.member is not None and needle in f.member.encode().lower())
+    now = sorted(f.member for f in copy.fresh_holding(needle) if f.member is not None)
     # the chunks before the page's are skipped, with the keys read again that come
     # before each chunk's end in this order (``taken`` of them)
     before = taken = 0

@@ -1,0 +1,261 @@
+"""Making an account's copy of its label index from Redis, and keeping it current from
+the account's audit stream: the reads that search.py's module notes describe (search.py
+keeps the copies and decides when each is made; label_copy.py and label_order.py are
+the copy itself, copy_reads.py joins the reads in C)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Protocol
+
+import orjson
+import redis.asyncio as aioredis
+
+from .copy_reads import creation_dates, in_token_order, member_of
+from .label_copy import AccountCopy, token_score
+from .label_order import LabelOrder
+from .lua import Scripts
+from .names import LISTED, Keyspace
+from .records import ACTIVE
+
+# members read per round trip while a copy is made
+READ_CHUNK = 10_000
+# events read per round trip while taking in changes
+EVENTS_CHUNK = 1_000
+# the actions that can change a key's line in the copy: its label, status, roles or
+# token date
+KEY_ACTIONS = ("key.create", "key.update", "key.delete", "token.renew", "token.renew-now",
+               "token.finish-renewal", "token.undo-renewal")
+
+
+class ReadLimits(Protocol):
+    """What a copy is read within (LabelSearch's, which tests change): members per round
+    trip, the most a copy holds, and which roles it tags (the largest, up to
+    ``tagged_roles``, each held by more than one key in ``holders_before_count``)."""
+
+    read_chunk: int
+    max_keys: int
+    tagged_roles: int
+    holders_before_count: int
+
+
+class CopySync:
+    """Reads an account's copy from Redis (:meth:`build`) and the changes since
+    (:meth:`take_in`)."""
+
+    def __init__(self, client: aioredis.Redis, names: Keyspace, scripts: Scripts,
+                 limits: ReadLimits):
+        self.redis = client
+        self.names = names
+        self.scripts = scripts
+        self.limits = limits
+        self.builds = 0  # copies read, for tests
+
+    async def build(self, account: str) -> AccountCopy | None:
+        """The account's copy, made from its indexes and current as of its last event;
+        None when the label index holds more than ``max_keys`` or changes faster than
+        it can be read."""
+        label = self.names.account(account, "label")
+        audit = self.names.account(account, "audit")
+        # the last event before the reads: every change after it is taken in after
+        last_event = await self._newest_event(audit)
+        size = await self.redis.zcard(label)
+        # the four reads at once: Redis answers one while this process parses another's
+        # answer (a third less time at 100,000 keys than one after the other)
+        members, (keys, scores), (made, made_scores), (roles, role_bits) = await asyncio.gather(
+            self._by_value(label), self._by_ranks(self.names.account(account, "tok")),
+            self._by_ranks(self.names.account(account, "keys")),
+            self._holders(account, size, audit))
+        if members is None:
+            return None
+        self.builds += 1
+        # ~3 s of joining, lowering and indexing at 1,000,000 keys: in a thread, so that
+        # the event loop serves this process's other requests between its steps
+        created_of = await asyncio.to_thread(creation_dates, made, made_scores)
+        del made, made_scores
+        ordered = await asyncio.to_thread(in_token_order, members, keys, scores, role_bits,
+                                          created_of)
+        del keys, scores, role_bits, created_of
+        copy = await asyncio.to_thread(AccountCopy.of, ordered.members, last_event,
+                                       ordered.scores, ordered.role_bits, roles,
+                                       ordered.created)
+        copy.label_order = await asyncio.to_thread(LabelOrder.of, members, copy.prefix,
+                                                   ordered.members)
+        del members
+        if not await self.take_in(account, copy):
+            return None  # changing faster than it can be read: searched in Redis
+        if ordered.unplaced:
+            # keys whose token score or creation date the reads by ranks missed (shifted
+            # by a change meanwhile): read as they are now
+            await self.read_again(account, copy, ordered.unplaced)
+        return copy
+
+    async def _by_value(self, label: str) -> list[str] | None:
+        """The label index's members in order; None past ``max_keys``. Read by value
+        from the last one read, not by rank: a member added or removed meanwhile shifts
+        no other (its event is taken in afterwards)."""
+        members: list[str] = []
+        start = "-"
+        while True:
+            chunk = await self.redis.zrange(label, start, "+", bylex=True, offset=0,
+                                            num=self.limits.read_chunk)
+            members += chunk
+            if len(members) > self.limits.max_keys:
+                return None
+            if len(chunk) < self.limits.read_chunk:
+                return members
+            start = "(" + chunk[-1]
+
+    async def _newest_event(self, audit: str) -> str:
+        newest = await self.redis.xrevrange(audit, count=1)
+        return newest[0][0] if newest else "0-0"
+
+    async def _by_ranks(self, index: str) -> tuple[list[str], list[int]]:
+        """The members of one of the account's dated indexes (token or creation date)
+        in order, and their scores. Read by ranks: a key that a change meanwhile shifts
+        past a chunk's end is missed or read twice; the key changed is read again from
+        its event, a key missed is found missing (in_token_order) and read again."""
+        keys: list[str] = []
+        scores: list[int] = []
+        while True:
+            flat = await self.scripts.scored_ranks(
+                keys=[index], args=[len(keys), len(keys) + self.limits.read_chunk - 1])
+            keys += flat[0::2]
+            try:  # a whole number's score is written as one (up to 17 digits)
+                read = list(map(int, flat[1::2]))
+            except ValueError:
+                read = list(map(int, map(float, flat[1::2])))
+            scores += read
+            if len(flat) < 2 * self.limits.read_chunk or len(keys) > self.limits.max_keys:
+                return keys, scores
+
+    async def _holders(self, account: str, count: int,
+                       audit: str) -> tuple[list[str], dict[str, int]]:
+        """The roles the copy tags (the account's largest, held by more than one key in
+        ``holders_before_count``, up to ``tagged_roles``: a smaller one's holders are
+        checked one by one) and the bits of those each holder holds (bit i: role i).
+
+        Read by ranks, each role's holders while no event is appended to the account's
+        audit stream (every change of a key appends one in the same step, so none
+        shifted a holder past a chunk's end); a role whose holders change throughout
+        three reads is not tagged."""
+        in_use = [r for r in await self.redis.smembers(self.names.account(account, "roles"))
+                  if r and r != LISTED]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for role in in_use:
+                pipe.zcard(self.names.role_holders(account, role))
+            sizes = await pipe.execute()
+        ranked = sorted(zip(sizes, in_use, strict=True), key=lambda s: (-s[0], s[1]))
+        roles: list[str] = []
+        bits: dict[str, int] = {}
+        for size, role in ranked[:self.limits.tagged_roles]:
+            if size <= count // self.limits.holders_before_count:
+                break
+            holders = await self._read_unchanged(self.names.role_holders(account, role),
+                                                 audit)
+            if holders is None:
+                continue
+            bit = 1 << len(roles)
+            roles.append(role)
+            for key in holders:
+                bits[key] = bits.get(key, 0) | bit
+        return roles, bits
+
+    async def _read_unchanged(self, index: str, audit: str) -> list[str] | None:
+        for _ in range(3):
+            before = await self._newest_event(audit)
+            members: list[str] = []
+            while True:
+                chunk = await self.redis.zrange(index, len(members),
+                                                len(members) + self.limits.read_chunk - 1)
+                members += chunk
+                if len(chunk) < self.limits.read_chunk or len(members) > self.limits.max_keys:
+                    break
+            if await self._newest_event(audit) == before:
+                return members
+        return None
+
+    async def take_in(self, account: str, copy: AccountCopy) -> bool:
+        """Read the events after the copy's last and the labels of the keys they name;
+        False when the copy must be made again."""
+        audit = self.names.account(account, "audit")
+        changed: set[str] = set()
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xrange(audit, min="-", max="+", count=1)
+                pipe.xrange(audit, min="(" + copy.last_event, max="+", count=EVENTS_CHUNK)
+                first, events = await pipe.execute()
+            if copy.last_event != "0-0" and (not first or _after(first[0][0],
+                                                                 copy.last_event)):
+                return False  # the events since the copy's last are not all there
+            changed.update(_keys_named(events, account))
+            if events:
+                copy.last_event = events[-1][0]
+            if len(changed) + len(copy.fresh) > max(1_000, copy.count // 10):
+                return False
+            if len(events) < EVENTS_CHUNK:
+                break
+        if changed:
+            await self.read_again(account, copy, changed)
+        return True
+
+    async def read_again(self, account: str, copy: AccountCopy, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for app_key in keys:
+                pipe.hmget(self.names.key(app_key), "acct", "label", "lf", "status",
+                           "tokCreated", f"g:{account}", "created")
+            found = await pipe.execute()
+        for app_key, (owner, label, folded, status, token_date, grant, created) in zip(
+                keys, found, strict=True):
+            if owner != account:
+                copy.read_again(app_key, None)
+                continue
+            # the creation date as the creation date index's status runs hold it
+            copy.read_again(app_key, member_of(app_key, label, folded),
+                            token_score(_number(token_date), status == ACTIVE),
+                            _roles(grant), token_score(_number(created), True))
+
+
+def _number(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _roles(grant: str | None) -> list[str]:
+    """The roles a key's grant in its own account holds ('g:' field: JSON)."""
+    try:
+        roles = orjson.loads(grant).get("roles") if grant else None
+    except (orjson.JSONDecodeError, AttributeError):
+        return []
+    return [r for r in roles if isinstance(r, str)] if isinstance(roles, list) else []
+
+
+def _after(event: str, other: str) -> bool:
+    """Whether stream id ``event`` comes after ``other``."""
+    def parts(value: str) -> tuple[int, int]:
+        ms, _, seq = value.partition("-")
+        return int(ms), int(seq or 0)
+    return parts(event) > parts(other)
+
+
+def _keys_named(events: list[tuple[str, dict[str, str]]], account: str) -> set[str]:
+    """The keys of ``account`` that the key events of its stream name (records.py
+    AUDIT_FIELDS; an older keygate's, in one JSON field)."""
+    named = set()
+    for _, fields in events:
+        if "event" in fields:
+            try:
+                event = orjson.loads(fields["event"])
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(event, dict) or event.get("account") != account:
+                continue
+        else:
+            event = fields
+        if event.get("action") in KEY_ACTIONS and isinstance(event.get("target"), str):
+            named.add(event["target"])
+    return named
