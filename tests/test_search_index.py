@@ -30,7 +30,7 @@ from test_listing_index import (
 from gateway.context import Gateway
 from gateway.renewal import ALERTS, alert_range
 from gateway.store import CLI_ACTOR as CLI
-from gateway.store import KeyQuery, Store, label_newest, label_order
+from gateway.store import KeyQuery, Store, label_newest, ordered_lines
 from gateway.store import search as search_module
 from gateway.store.label_copy import INACTIVE_AT, AccountCopy, Filters
 from gateway.store.search import LabelSearch
@@ -220,20 +220,27 @@ async def test_the_newest_matches_are_read_from_the_copys_end_however_they_were_
     for query in asked:
         await assert_same(store, query)
     assert store.label_search.read_back_searches - before == len(asked)
-    # past the first pages, in creation order, the matches are found and ordered here
-    # while they are few enough, and read back when more
+    # past the first pages, the matches are read from the copy's lines in the sort's
+    # order (ordered_lines.py); with a renewal filter (which those lines do not hold),
+    # read back in token date order, and in creation order when too many to order here
     monkeypatch.setattr(search_module, "NEWEST_FIRST", 4)
+    monkeypatch.setattr(search_module, "ORDERED_HERE", -1)
     store.label_search.max_passed = 8
-    expected = 0
+    expected = in_lines = 0
     for query in asked:
         before = store.label_search.read_back_searches
+        before_in_order = store.label_search.in_order_searches
         await assert_same(store, query)
         _, total = await brute(store, query)
-        read_back = (query.sort == "creationDateToken" or query.page * query.per_page <= 4
-                     or total > 8)
+        first = query.page * query.per_page <= 4
+        ordered = not first and query.token_created is None
+        read_back = first or (not ordered and (query.sort == "creationDateToken"
+                                               or total > 8))
         assert store.label_search.read_back_searches - before == read_back, query
+        assert store.label_search.in_order_searches - before_in_order == ordered, query
         expected += read_back
-    assert 0 < expected < len(asked)
+        in_lines += ordered
+    assert 0 < expected < len(asked) and 0 < in_lines < len(asked)
     used_copy(store, builds=1)
 
 
@@ -275,78 +282,112 @@ async def test_tokens_renewed_in_another_order_than_their_keys_were_made(
     used_copy(store, builds=1)
 
 
-async def test_q_in_label_order_is_read_from_the_copys_label_order(
-    searched, other, clock, monkeypatch
+@pytest.mark.parametrize("sort", ["label", "creationDate", "creationDateToken", "appKey",
+                                  "status"])
+async def test_q_in_every_order_but_last_use_is_read_from_the_copys_ordered_lines(
+    searched, other, clock, monkeypatch, sort
 ):
-    """In label order, q's page is read from the copy's label-ordered lines
-    (label_order.py), wherever q's matches sit in that order: labels made
-    in sequence, names in upper and lower case, labels that are not ASCII, and changes
+    """In label, creation, token date, key and status order, q's page is read from the
+    copy's lines in that order (ordered_lines.py; status order from the key-ordered
+    lines, a status after the other), wherever q's matches sit, however deep the page,
+    and within a
+    status and a tagged role too: labels made in sequence, keys made in the same
+    millisecond, names in upper and lower case, labels that are not ASCII, and changes
     another instance made after the copy (a key made, relabelled into and out of q's
-    matches, deleted, deactivated). Every page as brute force, each read that way.
-    Chunks of a few lines, so that a page is found past chunks that hold no match, and
-    past those before it."""
-    monkeypatch.setattr(label_order, "CHUNK_BYTES", 64)
-    monkeypatch.setattr(label_order, "MADE_AT_ONCE", 7)
+    matches, deleted, deactivated, renewed, a role given and taken). Every page as brute
+    force,
+    each read that way. Chunks of a few lines, so that a page is found past chunks that
+    hold no match, and past those before it."""
+    monkeypatch.setattr(ordered_lines, "CHUNK_BYTES", 64)
+    monkeypatch.setattr(ordered_lines, "MADE_AT_ONCE", 7)
+    # every page read from the ordered lines, however few match (newest first too)
+    monkeypatch.setattr(search_module, "ORDERED_HERE", -1)
+    monkeypatch.setattr(search_module, "NEWEST_FIRST", 0)
     store = searched.store
     keys = Keys(store, 64)
     for i in range(40):
+        if i % 3 == 0:  # three keys in each millisecond: ordered by key there
+            clock.advance(0.001)
         label = f"build-old {i}" if i < 25 else f"other {i}" if i < 35 else None
-        await keys.create(label, ("orders-reader",))
-    await assert_same(store, KeyQuery(q="build", sort="label", per_page=5))
+        await keys.create(label, ("orders-reader",) if i % 2 else ("orders-writer",))
+    for i in (3, 8, 21, 30):
+        await store.update_key(ACCOUNT, keys.made[i], status="inactive")
+    await assert_same(store, KeyQuery(q="build", sort=sort, per_page=5))
     used_copy(store, builds=1)
-    assert len(store.label_search.copies[ACCOUNT].label_order.bounds) > 10
+    kept = store.label_search.copies[ACCOUNT].orders
+    assert len(kept["appKey" if sort == "status" else sort].bounds) > 10
     made = Keys(other, 65)
+    clock.advance(0.001)
     await made.create("build-old new", ("orders-reader",))
     await made.create("Straße build", ("orders-reader",))
     await other.update_key(ACCOUNT, keys.made[30], label="build-old relabelled")
     await other.update_key(ACCOUNT, keys.made[2], label="no longer")
     await other.delete_key(ACCOUNT, keys.made[6], actor=CLI)
     await other.update_key(ACCOUNT, keys.made[14], status="inactive")
-    asked = [KeyQuery(q=needle, sort="label", descending=descending, per_page=per_page,
-                      page=page)
+    await other.update_key(ACCOUNT, keys.made[8], status="active")
+    await other.update_key(ACCOUNT, keys.made[9], roles=["orders-writer"])
+    await other.update_key(ACCOUNT, keys.made[10], roles=["orders-reader"])
+    clock.advance(0.001)
+    await other.renew_token(ACCOUNT, keys.made[12], "f" * 64, keep_old=False, actor=CLI)
+    await other.renew_token(ACCOUNT, keys.made[13], "f" * 64, keep_old=False, actor=CLI)
+    asked = [KeyQuery(q=needle, sort=sort, descending=descending, status=status, role=role,
+                      per_page=per_page, page=page)
              for needle in ("build-old", "old 1", "build", "me-", "e-a", "STRASSE", "zzz")
              for descending in (True, False)
+             for status in (None, "active", "inactive")
+             for role in (None, "orders-reader")
              for per_page, page in ((5, 1), (5, 3), (4, 9), (100, 1))]
     search = store.label_search
-    before = search.label_order_searches
+    before = search.in_order_searches
     for query in asked:
         await assert_same(store, query)
-    # "me-" is in every key's name (the shared prefix): that page is walked at once
-    assert search.label_order_searches - before == len(asked) - 8
-    # another sort, or another filter: found the other ways
-    for query in (KeyQuery(q="build", sort="appKey", per_page=5),
-                  KeyQuery(q="build", sort="label", status="active", per_page=5),
-                  KeyQuery(q="build", sort="label", role="orders-reader", per_page=5)):
-        before = search.label_order_searches
+    assert search.in_order_searches - before == len(asked)
+    # a renewal filter, or another sort: found the other ways
+    now_ms = int(clock() * 1000)
+    for query in (KeyQuery(q="build", sort="lastUsed", per_page=5),
+                  KeyQuery(q="build", sort=sort, token_created=(now_ms - DAY_MS, None),
+                           per_page=5)):
+        before = search.in_order_searches
         await assert_same(store, query)
-        assert search.label_order_searches == before, query
+        assert search.in_order_searches == before, query
     # every page, each found past the chunks before it
-    for needle in ("build", "old 1", "e-a"):
+    for needle in ("build", "old 1", "e-a", "me-"):
         for descending in (True, False):
-            for page in range(1, 14):
-                query = KeyQuery(q=needle, sort="label", descending=descending, per_page=3,
+            for page in range(1, 15):
+                query = KeyQuery(q=needle, sort=sort, descending=descending, per_page=3,
                                  page=page)
-                before = search.label_order_searches
+                before = search.in_order_searches
                 await assert_same(store, query)
-                assert search.label_order_searches == before + 1, query
+                assert search.in_order_searches == before + 1, query
     used_copy(store, builds=1)
 
 
-def test_the_label_order_names_members_as_they_are():
-    """A label-ordered line names its member as the label index holds it: a key's name
-    in upper, lower or mixed case, and a folded label in capitals (keygate writes none,
-    an older store might), each found by q in either case and named unchanged."""
+def test_the_ordered_lines_name_members_as_they_are():
+    """A line in any of the orders kept names its member as the label index holds it: a
+    key's name in upper, lower or mixed case, and a folded label in capitals (keygate
+    writes none, an older store might), each found by q in either case and named
+    unchanged."""
     members = sorted(["alpha 1\0kgk-acme-ABC", "alpha 2\0kgk-acme-abc", "Alpha 3\0kgk-acme-aBc",
                       "beta\0kgk-acme-XYZ", "ALPHA 4\0kgk-acme-QQQ"])
-    copy = AccountCopy.of(members, "0-0")
-    copy.label_order = label_order.LabelOrder.of(members, copy.prefix)
-    for descending in (False, True):
-        found = label_order.in_label_order(copy, b"alpha", 0, 10, descending)
-        assert found.members == sorted((m for m in members if "alpha" in m.lower()),
-                                       reverse=descending)
-        assert found.count == 4
-        assert label_order.in_label_order(copy, b"e-ab", 0, 10, descending).members == sorted(
-            (m for m in members if "e-ab" in m.lower()), reverse=descending)
+    copy = AccountCopy.of(members, "0-0", created=[5, 1, 4, 2, 3])
+    for sort in ordered_lines.ORDERS_KEPT:
+        copy.orders[sort] = ordered_lines.OrderedLines.of(copy, sort)
+    by_date = dict(zip(members, [5, 1, 4, 2, 3], strict=True))
+
+    def key(member: str) -> str:
+        return member.partition("\0")[2]
+
+    for sort, place in (("label", None), ("creationDate", by_date.__getitem__),
+                        ("creationDateToken", key),  # every token score 0: by key
+                        ("appKey", key), ("status", key)):
+        for descending in (False, True):
+            for needle in (b"alpha", b"e-ab", b"kgk"):
+                found = ordered_lines.in_order(copy, sort, needle, 0, 10, descending,
+                                               Filters())
+                assert found.members == sorted(
+                    (m for m in members if needle.decode() in m.lower()), key=place,
+                    reverse=descending), (sort, needle)
+                assert found.count == len(found.members)
 
 
 async def test_an_older_keygates_events_keep_the_copy_current(searched, other, clock):
@@ -556,7 +597,7 @@ async def test_a_label_changed_since_the_copy_read_it_is_sorted_by_its_label_now
     # put in order in this process (nor read from its label order), where the page is
     # that of the copy's last events
     store.label_search.max_passed = 5
-    monkeypatch.setattr(search_module, "in_label_order", lambda *_: None)
+    monkeypatch.setattr(search_module, "in_order", lambda *_: None)
     keys = Keys(store, 71)
     for i in range(1, 7):
         await keys.create(f"alpha {i}")

@@ -1,6 +1,6 @@
 """Making an account's copy of its label index from Redis, and keeping it current from
 the account's audit stream: the reads that search.py's module notes describe (search.py
-keeps the copies and decides when each is made; label_copy.py and label_order.py are
+keeps the copies and decides when each is made; label_copy.py and ordered_lines.py are
 the copy itself, copy_reads.py joins the reads in C)."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import redis.asyncio as aioredis
 
 from .copy_reads import creation_dates, in_token_order, member_of
 from .label_copy import AccountCopy, token_score
-from .label_order import LabelOrder
 from .lua import Scripts
 from .names import LISTED, Keyspace
+from .ordered_lines import ORDERS_KEPT, OrderedLines
 from .records import ACTIVE
 
 # members read per round trip while a copy is made
@@ -76,13 +76,13 @@ class CopySync:
         del made, made_scores
         ordered = await asyncio.to_thread(in_token_order, members, keys, scores, role_bits,
                                           created_of)
-        del keys, scores, role_bits, created_of
+        del members, keys, scores, role_bits, created_of
         copy = await asyncio.to_thread(AccountCopy.of, ordered.members, last_event,
                                        ordered.scores, ordered.role_bits, roles,
                                        ordered.created)
-        copy.label_order = await asyncio.to_thread(LabelOrder.of, members, copy.prefix,
-                                                   ordered.members)
-        del members
+        ordered.members = []  # held no longer than needed: ~100 MB at 1,000,000 keys
+        for sort in ORDERS_KEPT:
+            copy.orders[sort] = await asyncio.to_thread(OrderedLines.of, copy, sort)
         if not await self.take_in(account, copy):
             return None  # changing faster than it can be read: searched in Redis
         if ordered.unplaced:

@@ -37,7 +37,7 @@ from .lua import constant
 from .records import ACTIVE, INACTIVE
 
 if TYPE_CHECKING:
-    from .label_order import LabelOrder
+    from .ordered_lines import OrderedLines
 
 # the listing's orders that the copy puts q's matches in itself: those of what each
 # line holds, and creation order (a creation date never changes: the copy keeps each
@@ -62,6 +62,11 @@ def token_score(date: int | None, active: bool) -> int:
     """A key's score in the token date index, as scripts/status_runs.lua's run_score."""
     at = min(max(date or 0, 0), INACTIVE_AT - 1)
     return at if active else at + INACTIVE_AT
+
+
+def token_date(score: int) -> int:
+    """The token date of a token score (an inactive key's is offset: status_runs.lua)."""
+    return score - INACTIVE_AT if score >= INACTIVE_AT else score
 
 
 @dataclass(frozen=True)
@@ -104,9 +109,6 @@ class Fresh:
     score: int = 0
     roles: frozenset[str] = frozenset()
     created: int = 0
-    # the member the copy held for it, the shared prefix cut off (None: none), blanked
-    # since: what the label-ordered lines still hold (label_order.py)
-    was: bytes | None = None
 
 
 @dataclass
@@ -138,8 +140,9 @@ class AccountCopy:
     last_event: str
     index: KeyIndex
     fresh: dict[str, Fresh] = field(default_factory=dict)
-    # the members again in the label index's order (label_order.py), once made
-    label_order: LabelOrder | None = None
+    # the lines again in the listing's label and creation orders (ordered_lines.py), by
+    # the sort's name, once made
+    orders: dict[str, OrderedLines] = field(default_factory=dict)
 
     @classmethod
     def of(cls, members: Sequence[str], last_event: str,
@@ -182,8 +185,7 @@ class AccountCopy:
         arrays = (self.scores, self.created, self.index.entries, self.index.buckets)
         return len(self.members) + len(self.lowered) + sum(
             len(part) * part.itemsize for part in arrays) + sys.getsizeof(self.starts) + sum(
-            map(sys.getsizeof, self.starts)) + (
-            self.label_order.nbytes if self.label_order is not None else 0)
+            map(sys.getsizeof, self.starts)) + sum(o.nbytes for o in self.orders.values())
 
     @property
     def tag_width(self) -> int:
@@ -201,14 +203,27 @@ class AccountCopy:
         prefix = self.prefix.decode()
         line = (self._line_of(app_key[len(prefix):].encode())
                 if app_key.startswith(prefix) else None)
-        earlier = self.fresh.get(app_key)
-        was = (earlier.was if earlier is not None
-               else bytes(self.members[line[0]:line[1]]) if line is not None else None)
-        self.fresh[app_key] = Fresh(member, token_score, frozenset(roles), created, was)
+        self.fresh[app_key] = Fresh(member, token_score, frozenset(roles), created)
         if line is not None:
             start, member_end, _ = line
             end = member_end + 1 + self.tag_width  # its tag bytes too
+            number = self._number_of(start)
+            for order in self.orders.values():
+                order.blank(number)
             self.members[start:end] = self.lowered[start:end] = BLANK * (end - start)
+
+    def line_number(self, app_key: str) -> int:
+        """The number of the line of a key the copy holds a line for (not read again)."""
+        prefix = self.prefix.decode()
+        line = self._line_of(app_key[len(prefix):].encode())
+        if line is None or not app_key.startswith(prefix):
+            raise KeyError(app_key)
+        return self._number_of(line[0])
+
+    def _number_of(self, start: int) -> int:
+        """The number (0-based, in score order) of the line starting at ``start``."""
+        block = bisect_right(self.starts, start) - 1
+        return block * LINES_PER_START + self.members.count(b"\n", self.starts[block], start)
 
     def _start(self, line: int) -> int:
         """Where line ``line`` (0-based, in score order) starts; the copy's end past the
@@ -564,7 +579,7 @@ class Matches:
     # the members are in the listing's order asked for (AccountCopy.ordered), else in
     # none; ordered, they may be the first of the matches only, as many as the pages up
     # to the one asked for hold (label_newest.py), or those from ``first`` on
-    # (label_order.py)
+    # (ordered_lines.py)
     ordered: bool = False
     first: int = 0
     # each member's key's creation date, worked out when asked for (~0.7 µs a match:

@@ -28,7 +28,15 @@ from bisect import bisect_left, bisect_right
 from itertools import pairwise
 
 from .key_index import LINES_PER_START
-from .label_copy import INACTIVE_AT, TAG_MARK, AccountCopy, Filters, Matches, line_pattern
+from .label_copy import (
+    INACTIVE_AT,
+    TAG_MARK,
+    AccountCopy,
+    Filters,
+    Matches,
+    line_pattern,
+    token_date,
+)
 
 # lines holding q read back beyond the ``want`` asked for, at most (~4 µs each): past
 # them the page is left to the other ways (tokens renewed en masse, in an order unlike
@@ -62,7 +70,7 @@ def newest(copy: AccountCopy, needle: bytes, want: int, filters: Filters,
     best: list[Entry] = []
     for f in fresh:
         assert f.member is not None
-        date = _date(f.score) if by_token else f.created
+        date = token_date(f.score) if by_token else f.created
         _keep(best, want, (date, f.member.partition("\0")[2].encode(), f.member))
     # q's matches (with the role) counted in each chunk of each span, in C: one pass,
     # the count the listing needs anyway, and the reading below then starts at the last
@@ -106,11 +114,6 @@ def _keep(best: list[Entry], want: int, entry: Entry) -> None:
         heapq.heappush(best, entry)
     elif entry > best[0]:
         heapq.heapreplace(best, entry)
-
-
-def _date(score: int) -> int:
-    """The token date of a token score (an inactive key's is offset: status_runs.lua)."""
-    return score - INACTIVE_AT if score >= INACTIVE_AT else score
 
 
 def _read_back(copy: AccountCopy, patterns: list[bytes], low: int, high: int,

@@ -100,9 +100,9 @@ from .label_copy import (
     Matches,
 )
 from .label_newest import newest
-from .label_order import in_label_order
 from .lua import Scripts
 from .names import LISTED, Keyspace
+from .ordered_lines import in_order, keeps
 
 if TYPE_CHECKING:
     from .core import Observer
@@ -135,6 +135,10 @@ NEWEST_READ_BACK = 25_000
 # ... at once up to this many (page 20 of 50); a deeper page's matches, when no more
 # than ``MATCHES_PASSED``, are all found and put in order here (cheaper by then)
 NEWEST_FIRST = 1_000
+# in creation order, q's matches are found in the copy's creation-ordered lines
+# (ordered_lines.py: one count over them all, ~25 ms at 1,000,000 keys) when about this many or
+# more match; fewer are found and put in order here (AccountCopy.ordered, ~2 µs each)
+ORDERED_HERE = 5_000
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,7 @@ class LabelSearch:
         self.observer: Observer | None = None  # told how long each copy took to make
         self.among_searches = 0  # searches answered among another filter's keys, likewise
         self.read_back_searches = 0  # ... by reading a copy from its end (label_newest.py)
-        self.label_order_searches = 0  # ... from its label order (label_order.py)
+        self.in_order_searches = 0  # ... from its lines in label or creation order
         # one lock per account searched (an account of at least ``min_keys`` keys): a
         # search waits for its own account's copy (and ``_making``), never for another
         # account's search
@@ -250,34 +254,42 @@ class LabelSearch:
         few = among is not None and among_count <= min(self.max_passed,
                                                        copy.count // self.holders_before_count)
         offset, size = page
+        # in label, creation, token date, key or status order, the copy's lines in that
+        # order answer (below: ordered_lines.py), but for the first pages newest first
+        in_lines = (count_all and among is None and size > 0 and keeps(copy, sort)
+                    and filters.dates == (None, None))
         # newest first (the default listing's order), the copy read from its end
         # (label_newest.py), whatever the order q's matches were made in: at once for the
-        # first pages and in token date order (the lines' own), and for a deeper page in
-        # creation order when the matches are too many to order here
+        # first pages, and for a deeper page in token date order (the lines' own), or in
+        # creation order when the matches are too many to order here, where the copy
+        # keeps no lines in that order
         read_back = (not few and count_all and among is None and descending
                      and sort in ("creationDate", "creationDateToken")
                      and 0 < offset + size <= NEWEST_READ_BACK)
-        if read_back and (offset + size <= NEWEST_FIRST or sort == "creationDateToken"
-                          or copy.estimate(needle, filters) > self.max_passed):
+        if read_back and (offset + size <= NEWEST_FIRST or (not in_lines and (
+                sort == "creationDateToken"
+                or copy.estimate(needle, filters) > self.max_passed))):
             read_back = False
             found = newest(copy, needle, offset + size, filters,
                            by_token=sort == "creationDateToken")
             if found is not None:
                 self.read_back_searches += 1
                 return found
-        if sort == "label" and count_all and among is None and filters == ANY_KEY and size:
-            # in label order, read from the label-ordered copy (label_order.py): its
+        if in_lines and (sort == "label" or copy.estimate(needle, filters) > ORDERED_HERE):
+            # read from the copy's lines in the sort's order (ordered_lines.py): its
             # chunks before the page's skipped, wherever in that order q's matches sit
-            found = in_label_order(copy, needle, offset, size, descending)
+            # and however deep the page
+            found = in_order(copy, sort, needle, offset, size, descending, filters)
             if found is not None:
-                self.label_order_searches += 1
+                self.in_order_searches += 1
                 return found
         found = None if few else copy.matches(
             needle, self.max_passed if count_all else self.max_passed_filtered, count_all,
             filters)
         if read_back and found is not None and found.members is None and found.count:
             # more than the estimate said
-            newer = newest(copy, needle, offset + size, filters)
+            newer = newest(copy, needle, offset + size, filters,
+                           by_token=sort == "creationDateToken")
             if newer is not None:
                 self.read_back_searches += 1
                 return newer

@@ -1,0 +1,326 @@
+"""q's matches in label or creation order, read from the copy's lines again in that
+order, kept beside the copy's own (label_copy.py keeps those in token score order).
+No I/O.
+
+The listing script finds a page in such an order by walking the order's index from its
+first key, checking each key's label for q (~2–4.5 µs a key), when it is given only the
+number of q's matches; otherwise it is handed them all and sorts them. The walk is short
+when the matches are spread over the order, and long when they sit together far from
+where it starts, or when the page is deep: labels made in sequence sit together in both
+orders (``key 1…`` is the span ``key 1``–``key 199999`` of the label index, and the
+account's first tenth in creation order). At 1,000,000 keys ``q='key 1'`` walked some
+890,000 keys in label order (1.8 s), and its page 600 newest first took 0.43 s; with
+a role in label order, 2.1 s.
+
+Here each order's lines are cut into chunks of about CHUNK_BYTES, and q's matches are
+counted in each (in C, the count the listing needs anyway: one pass, as in the
+token-ordered copy); the chunks before the page's are then skipped by their counts, and
+the page read from the chunk it starts in: a search costs that pass and at most a
+chunk's matches, whatever the page's depth and wherever q's matches sit.
+
+A line is the copy's line lowered (the member as the copy lowers it, the prefix every key
+shares cut off, then TAG_MARK and its role tag bytes), with its key's status byte after
+the tags, so that a status and a tagged role are part of the same regular expression.
+When lowering changed the key's name, CASE_MARK and the name as it is (past the prefix)
+come before TAG_MARK, from which the member is named; when it changed a folded label
+(which keygate never writes), WHOLE_MARK and the member as it is. The creation order
+is the listing's: creation date, then key. A key read again since the copy was made
+(``AccountCopy.fresh``) has its line here blanked as in the token-ordered copy (``at``
+says where each of its lines is here), and is searched from what it is now, merged in
+order. About 37 bytes per key and order (1,000,000 keys of the benchmark: 37 MB each).
+"""
+
+from __future__ import annotations
+
+import re
+from array import array
+from bisect import bisect_left
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+from .label_copy import (
+    BLANK,
+    INACTIVE_AT,
+    TAG_BASE,
+    TAG_MARK,
+    AccountCopy,
+    Filters,
+    Fresh,
+    Matches,
+    token_date,
+)
+from .records import ACTIVE, INACTIVE
+
+# the orders kept: the listing's sort names
+ORDERS_KEPT = ("label", "creationDate", "creationDateToken", "appKey")
+# status order is read from the key-ordered lines, one status after the other
+STATUS_ORDER_OF = {"status": "appKey"}
+# the lines are counted in chunks of about this many bytes (~570 at 1,000,000 keys): a
+# page is read from the one it starts in, past those before it
+CHUNK_BYTES = 1 << 16
+# lines made at once (their strings held meanwhile, ~6 MB)
+MADE_AT_ONCE = 50_000
+# what a line holds after the lowered member when lowering changed it: the key's name as
+# it is, or (a folded label with capitals) the member as it is
+CASE_MARK, WHOLE_MARK = b"\x04", b"\x03"
+# the status byte, after the role tag bytes
+STATUS_BYTE = {ACTIVE: bytes([TAG_BASE]), INACTIVE: bytes([TAG_BASE | 1])}
+
+
+@dataclass
+class OrderedLines:
+    """An account's copy's lines in one of ORDERS_KEPT (see the module notes), where the chunks
+    they are counted in start (each at a line's start; the last entry the end), each
+    chunk's first line's place in the order, and where the line of each of the copy's
+    lines is here (``at``, by the copy's line number)."""
+
+    lines: bytearray
+    bounds: list[int]
+    firsts: list[Any]
+    at: array
+
+    @classmethod
+    def of(cls, copy: AccountCopy, sort: str) -> OrderedLines:
+        """The lines of ``copy`` (none read again yet) in the order ``sort``."""
+        count = copy.count
+        if not count:
+            return cls(bytearray(b"\n"), [1, 1], [], array("I"))
+        # each line's start in the copy (one more: where a line after the last would)
+        starts = array("q", [m.start() + 1 for m in re.finditer(b"\n", copy.members)])
+        members, lowered, prefix = bytes(copy.members), bytes(copy.lowered), copy.prefix
+
+        def member(line: int) -> bytes:
+            return members[starts[line]:members.index(TAG_MARK, starts[line])]
+
+        def key(line: int) -> bytes:
+            return member(line).partition(b"\0")[2]
+
+        if sort == "label":
+            order = sorted(range(count), key=member)
+        elif sort == "appKey":
+            order = sorted(range(count), key=key)
+        else:  # creation or token date, then key: two stable sorts
+            order = sorted(range(count), key=key)
+            order.sort(key=(copy.created if sort == "creationDate"
+                            else list(map(token_date, copy.scores))).__getitem__)
+        scores = copy.scores
+        parts: list[bytes] = []
+        for first in range(0, count, MADE_AT_ONCE):
+            parts.append(b"\n".join([
+                _line(lowered[starts[i]:starts[i + 1] - 1], members[starts[i]:starts[i + 1] - 1],
+                      STATUS_BYTE[INACTIVE if scores[i] >= INACTIVE_AT else ACTIVE])
+                for i in order[first:first + MADE_AT_ONCE]]))
+        body = bytearray(b"\n" + b"\n".join(parts) + b"\n")
+        del parts
+        # where each line starts here, in order; then by the copy's line number
+        places = [m.start() + 1 for m in re.finditer(b"\n", body)][:-1]
+        at = array("I", bytes(4 * count))
+        for place, line in zip(places, order, strict=True):
+            at[line] = place
+        # each chunk's start: the first line starting at or past CHUNK_BYTES after the
+        # previous chunk's
+        bounds = [1]
+        while (cut := body.find(b"\n", bounds[-1] + CHUNK_BYTES - 1) + 1) and cut < len(body):
+            bounds.append(cut)
+        firsts = []
+        for bound in bounds:
+            line = order[bisect_left(places, bound)]
+            firsts.append(_place(sort, _member(member(line), prefix), copy.created[line],
+                                 copy.scores[line]))
+        bounds.append(len(body))
+        return cls(body, bounds, firsts, at)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.lines) + len(self.at) * self.at.itemsize
+
+    def blank(self, line: int) -> None:
+        """Blank the line of the copy's line ``line`` (its key read again)."""
+        start = self.at[line]
+        end = self.lines.index(b"\n", start)
+        self.lines[start:end] = BLANK * (end - start)
+
+
+def _line(lowered: bytes, line: bytes, status: bytes) -> bytes:
+    """A copy's line here: lowered, what lowering changed, its tags, its status byte."""
+    if lowered == line:
+        return lowered + status
+    cut = lowered.index(TAG_MARK)
+    low, tags, member = lowered[:cut], lowered[cut:], line[:cut]
+    label, _, rest = member.partition(b"\0")
+    if low.startswith(label + b"\0"):
+        return low + CASE_MARK + rest + tags + status
+    return low + WHOLE_MARK + member + tags + status
+
+
+def _member(kept: bytes, prefix: bytes) -> str:
+    """A member as the copy keeps it (the prefix cut off), as the label index holds it."""
+    return kept.replace(b"\0", b"\0" + prefix, 1).decode()
+
+
+def role_pattern(copy: AccountCopy, role: str | None) -> bytes:
+    """A regular expression for the tag bytes of a line whose key holds ``role`` (a
+    tagged role; None: any key), up to its status byte."""
+    width = copy.tag_width
+    if role is None:
+        return copy.tag_pattern(None) + b"[\x10-\x1f]{%d}" % width
+    byte, _ = copy.tag_bit(role)
+    return copy.tag_pattern(role) + b"[\x10-\x1f]{%d}" % (width - byte - 1)
+
+
+def keeps(copy: AccountCopy, sort: str) -> bool:
+    """Whether the copy keeps lines in the listing's order ``sort``."""
+    return STATUS_ORDER_OF.get(sort, sort) in copy.orders
+
+
+def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int,
+             descending: bool, filters: Filters) -> Matches | None:
+    """The keys of the listing in the order ``sort`` (``descending``: from the last)
+    that ``filters`` allow (a status, a tagged role) whose member holds ``needle``
+    (lowered, with no control character), from the ``offset``-th on, ``size`` of them,
+    and how many hold it in all: their members, ordered (from ``first``, the offset).
+    None when the copy keeps no such order or ``filters`` hold token dates.
+
+    In status order (each status's keys in key order, ``active`` first ascending) the
+    key-ordered lines are read once per status, counted in the same pass."""
+    order = copy.orders.get(STATUS_ORDER_OF.get(sort, sort))
+    if order is None or filters.dates != (None, None):
+        return None
+    patterns = copy.patterns_of(needle)
+    either = (b"(?<=\n)" if patterns is None  # every key holds it, in the prefix
+              else b"(?:" + b"|".join(re.escape(p) for p in patterns) + b")")
+
+    tags = role_pattern(copy, filters.role)
+
+    def line_of(status: str | None, caught: bool = False) -> re.Pattern[bytes]:
+        """Lines holding q, the role and ``status`` (None: either; ``caught``: found
+        with their status byte, else with nothing)."""
+        byte = re.escape(STATUS_BYTE[status]) if status else b"[\x10\x11]"
+        return re.compile(either + rb"[^\n\x02]*" + tags
+                          + (b"(" + byte + b")" if caught else byte + b"()"))
+
+    chunks = list(pairwise(order.bounds))
+    parts = ([filters.status] if sort != "status" or filters.status
+             else [INACTIVE, ACTIVE] if descending else [ACTIVE, INACTIVE])
+    if len(parts) == 1:
+        held = {parts[0]: [len(line_of(parts[0]).findall(order.lines, low, high))
+                           for low, high in chunks]}
+    else:  # each line's status byte caught: both statuses counted in one pass
+        held = {ACTIVE: [], INACTIVE: []}
+        line = line_of(None, caught=True)
+        for low, high in chunks:
+            statuses = line.findall(order.lines, low, high)
+            active = statuses.count(STATUS_BYTE[ACTIVE])
+            held[ACTIVE].append(active)
+            held[INACTIVE].append(len(statuses) - active)
+    members: list[str] = []
+    total = 0
+    for status in parts:
+        part = Part(copy, order, sort, line_of(status), held[status],
+                    copy.fresh_holding(needle, Filters(status, role=filters.role)), descending)
+        if offset - total < part.count and len(members) < size:
+            members += part.page(max(offset - total, 0), size - len(members))
+        total += part.count
+    return Matches(members, total, ordered=True, first=offset)
+
+
+@dataclass
+class Part:
+    """The lines of one status (or of all) in an order, that ``line`` matches, counted
+    in each chunk (``held``), and the keys read again that hold q there (``fresh``)."""
+
+    copy: AccountCopy
+    order: OrderedLines
+    sort: str
+    line: re.Pattern[bytes]
+    held: list[int]
+    fresh: list[Fresh]
+    descending: bool
+
+    def __post_init__(self) -> None:
+        # the keys read again that hold q now, in ascending order
+        self.now = sorted((_place(self.sort, f.member, f.created, f.score), f.member)
+                          for f in self.fresh if f.member is not None)
+
+    @property
+    def count(self) -> int:
+        return sum(self.held) + len(self.now)
+
+    def page(self, offset: int, size: int) -> list[str]:
+        """The members from the ``offset``-th on, ``size`` of them at most."""
+        order, now, held, descending = self.order, self.now, self.held, self.descending
+        values = [v for v, _ in now]
+        firsts, chunks = order.firsts, list(pairwise(order.bounds))
+        # the chunks before the page's are skipped, with the keys read again that come
+        # before each chunk's end in this order (``taken`` of them)
+        before = taken = 0
+        walked = range(len(chunks) - 1, -1, -1) if descending else range(len(chunks))
+        for at in walked:
+            left = len(now) - taken
+            if descending:  # those from the chunk's first line on
+                also = left - bisect_left(values, firsts[at], 0, left)
+            elif at + 1 < len(chunks):  # those before the next chunk's first line
+                also = bisect_left(values, firsts[at + 1], taken) - taken
+            else:
+                also = left
+            if before + held[at] + also > offset:
+                break
+            before, taken = before + held[at] + also, taken + also
+        else:
+            at = -1  # the page is past every match
+        found: list[tuple[Any, str]] = []
+        need = offset - before + size
+        lines, prefix = order.lines, self.copy.prefix
+        for chunk in (walked[walked.index(at):] if at != -1 else ()):
+            if held[chunk]:
+                low, high = chunks[chunk]
+                starts = [lines.rfind(b"\n", 0, m.start()) + 1
+                          for m in self.line.finditer(lines, low, high)]
+                if descending:
+                    starts.reverse()
+                found += [(None, _member_at(lines, start, prefix))
+                          for start in starts[:need - len(found)]]
+                if len(found) >= need:
+                    break
+        rest = (now[max(len(now) - taken - need, 0):len(now) - taken] if descending
+                else now[taken:taken + need])
+        if rest:  # merged in order: the lines read need their places too
+            found = [(_place_read(self.copy, self.sort, member), member)
+                     for _, member in found]
+            found = sorted(found + rest, reverse=descending)
+        return [m for _, m in found[offset - before:need]]
+
+
+def _member_at(lines: bytearray, start: int, prefix: bytes) -> str:
+    """The member of the line starting at ``start`` (the shared prefix put back)."""
+    tags = lines.index(TAG_MARK, start)
+    whole = lines.find(WHOLE_MARK, start, tags)
+    if whole != -1:
+        return _member(bytes(lines[whole + 1:tags]), prefix)
+    case = lines.find(CASE_MARK, start, tags)
+    if case == -1:
+        return _member(bytes(lines[start:tags]), prefix)
+    label = lines[start:lines.index(b"\0", start, case)]
+    return (label + b"\0" + prefix + lines[case + 1:tags]).decode()
+
+
+def _place(sort: str, member: str, created: int, score: int) -> Any:
+    """A key's place in ``sort``, from its member, creation date and token score."""
+    if sort == "label":
+        return member
+    if sort in ("appKey", "status"):
+        return _key(member)
+    return created if sort == "creationDate" else token_date(score), _key(member)
+
+
+def _place_read(copy: AccountCopy, sort: str, member: str) -> Any:
+    """The place in ``sort`` of a member read from the lines (its key not read again)."""
+    if sort in ("creationDate", "creationDateToken"):
+        line = copy.line_number(_key(member))
+        return _place(sort, member, copy.created[line], copy.scores[line])
+    return _place(sort, member, 0, 0)
+
+
+def _key(member: str) -> str:
+    return member.partition("\0")[2]
