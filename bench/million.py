@@ -138,6 +138,19 @@ def page_types(now_ms: int, count: int) -> list[tuple[str, KeyQuery]]:
         ("q 'key 1' in label order", KeyQuery(q="key 1", sort="label", per_page=50)),
         ("q 'key 1' in label order, page 2,000",
          KeyQuery(q="key 1", sort="label", per_page=50, page=2000)),
+        # deep pages of those matches in every order the copy keeps lines in
+        # (ordered_lines.py), and within a role
+        ("q 'key 1', page 1,100", KeyQuery(q="key 1", per_page=50, page=1100)),
+        ("q 'key 1' oldest first, page 1,000",
+         KeyQuery(q="key 1", descending=False, per_page=50, page=1000)),
+        ("q 'key 1' by token date, page 1,100",
+         KeyQuery(q="key 1", sort="creationDateToken", per_page=50, page=1100)),
+        ("q 'key 1' in key order, page 1,000",
+         KeyQuery(q="key 1", sort="appKey", per_page=50, page=1000)),
+        ("q 'key 1' in status order, page 1,000",
+         KeyQuery(q="key 1", sort="status", per_page=50, page=1000)),
+        ("q 'key 1' + role orders-reader in label order",
+         KeyQuery(q="key 1", role="orders-reader", sort="label", per_page=50)),
         # a deep page of q's matches: sorted, not walked
         ("q 'key 99', page 100", KeyQuery(q="key 99", per_page=50, page=100)),
         ("q 'key 99', page 100 in label order",

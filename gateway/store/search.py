@@ -22,10 +22,9 @@ script read a date for each match (~20 ms for 11,111 at 1,000,000 keys). It is r
 indexes by ranks with their scores (a key that a change meanwhile shifts past a chunk's end is found
 missing and read again), then each tagged role's holders by ranks while no event is
 appended (so none shifted); the four reads run at once. At 1,000,000 keys it is made
-in 9–12 s (about half reading, the rest joining and indexing in a thread), holding
-about 700 bytes per key of the process's memory for the while (peak RSS 754 MB from
-69 MB at 1,000,000 keys; the allocator keeps part of it: 364 MB after, the copy 107 MB
-of it); at 100,000, in about 0.9 s (peak 133 MB).
+in about 17 s (about a third reading, the rest joining, ordering and indexing in a
+thread), holding about 850 bytes per key of the process's memory for the while (peak RSS
+849 MB from 69 MB at 1,000,000 keys; the allocator keeps part of it, the copy 234 MB).
 
 So it is made ahead: a listing that shows the account holds at least ``min_keys`` keys
 starts making it in the background (:meth:`LabelSearch.warm`), since a search usually
@@ -64,17 +63,21 @@ costs about 16 ns per key, and the script's own check reads each holder's label 
 its hash (~4.5 µs, on Redis's CPU). So the holders are checked first when they are few
 beside the copy, and otherwise when q matches too many keys to hand over.
 
-In label order (q the only filter) the page is found instead in the copy's second,
-label-ordered lines (label_order.py), counted in chunks and read from the chunk the
-page starts in: the script's walk checks every key between q's matches, which is long
-when they sit together far from where it starts (labels made in sequence: ``key 1…``).
+Past the first pages newest first, and in label, creation, token date, key and status
+order, the page is found instead in the copy's lines kept again in that order
+(ordered_lines.py), counted in chunks and read from the chunk the page starts in: the
+script's walk checks every key between q's matches, which is long when they sit
+together far from where it starts (labels made in sequence: ``key 1…``) or when the
+page is deep. A renewal filter (a token date range) is left to the other ways there, and
+so is last-use order (last use is not in the copy: it changes with every request and
+appends no event).
 
 Memory: about 74 bytes per key (both strings, the keys' shared prefix kept once, a
 tag mark and a byte per four tagged roles; 8 each for the token score, the creation
-date and the index by key; 2 for every 16th line's start), about 33 more for the
-label-ordered lines (107 MB at 1,000,000 keys in all), and the keys read again, per
-process; at most ``max_keys`` keys in all accounts' copies together (the least
-recently searched account's copy is dropped first; an account larger than that is
+date and the index by key; 2 for every 16th line's start), about 40 more per order for
+the ordered lines (four orders: 234 MB at 1,000,000 keys in all), and the keys read
+again, per process; at most ``max_keys`` keys in all accounts' copies together (the
+least recently searched account's copy is dropped first; an account larger than that is
 searched in Redis).
 """
 
@@ -328,7 +331,7 @@ class LabelSearch:
         made already: called when a listing shows that the account holds at least
         ``min_keys`` keys, so that the search that usually follows it (an administrator
         who opens the list, then types) finds the copy made, where it would otherwise wait
-        for it (some 0.7 s at 100,000 keys, 7–12 s at 1,000,000). One build per account
+        for it (about 17 s at 1,000,000 keys). One build per account
         at a time, however many listings ask; a search meanwhile is answered in Redis
         or waits for that one (see the module notes). Only where the copy fits beside
         those kept (``max_keys``), unless ``make_room`` (a search asks): a listing never
