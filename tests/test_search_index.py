@@ -362,6 +362,59 @@ async def test_q_in_every_order_but_last_use_is_read_from_the_copys_ordered_line
     used_copy(store, builds=1)
 
 
+async def test_pages_with_no_q_are_read_from_a_copy_kept_as_brute_force(
+    searched, other, clock, monkeypatch
+):
+    """A status, renewal or role filter with no q, in every order but last use and at
+    any depth, is read from the account's copy when one is kept (search.py filtered:
+    counted from each chunk's sorted token scores by tail, the page read from its
+    chunk); changes another instance made since are seen.
+    Every page as brute force; last-use order, a caller's role limits, a role the copy
+    does not tag and an account with no copy kept are left to the script."""
+    monkeypatch.setattr(ordered_lines, "CHUNK_BYTES", 64)
+    store = searched.store
+    keys = Keys(store, 67)
+    for i in range(45):
+        clock.advance(DAY_MS / 1000 * (1 + i % 4))
+        await keys.create(f"key {i}", ("orders-reader",) if i % 3 else ("owner",))
+    for i in range(0, 45, 5):
+        await store.update_key(ACCOUNT, keys.made[i], status="inactive")
+    search = store.label_search
+    # no copy kept yet: the script answers (the listing then makes one ahead, as for q)
+    await assert_same(store, KeyQuery(status="inactive", per_page=5))
+    assert search.filtered_searches == 0
+    await assert_same(store, KeyQuery(q="key", per_page=5))
+    used_copy(store, builds=1)
+    clock.advance(DAY_MS / 1000)
+    await Keys(other, 68).create("key new", ("owner",))
+    await other.update_key(ACCOUNT, keys.made[7], status="inactive")
+    await other.update_key(ACCOUNT, keys.made[10], status="active")
+    await other.update_key(ACCOUNT, keys.made[11], roles=["owner"])
+    await other.delete_key(ACCOUNT, keys.made[12], actor=CLI)
+    await other.renew_token(ACCOUNT, keys.made[2], "f" * 64, keep_old=False, actor=CLI)
+    now_ms = int(clock() * 1000)
+    asked = [KeyQuery(sort=sort, descending=descending, status=status, role=role,
+                      token_created=dates, per_page=per_page, page=page)
+             for sort in ("creationDate", "creationDateToken", "label", "appKey", "status")
+             for descending in (True, False)
+             for status in (None, "active", "inactive")
+             for role in (None, "owner")
+             for dates in (None, (now_ms - 30 * DAY_MS, None), (None, now_ms - 60 * DAY_MS))
+             for per_page, page in ((5, 1), (4, 3), (100, 1))
+             if status or role or dates]
+    before = search.filtered_searches
+    for query in asked:
+        await assert_same(store, query)
+    assert search.filtered_searches - before == len(asked)
+    for query in (KeyQuery(status="inactive", sort="lastUsed", per_page=5),
+                  KeyQuery(status="inactive", may_act_on=lambda r: r != "owner", per_page=5),
+                  KeyQuery(role="ghost", per_page=5), KeyQuery(status="bogus", per_page=5)):
+        before = search.filtered_searches
+        await assert_same(store, query)
+        assert search.filtered_searches == before, query
+    used_copy(store, builds=1)
+
+
 def test_the_ordered_lines_name_members_as_they_are():
     """A line in any of the orders kept names its member as the label index holds it: a
     key's name in upper, lower or mixed case, and a folded label in capitals (keygate

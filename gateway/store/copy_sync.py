@@ -32,12 +32,11 @@ KEY_ACTIONS = ("key.create", "key.update", "key.delete", "token.renew", "token.r
 class ReadLimits(Protocol):
     """What a copy is read within (LabelSearch's, which tests change): members per round
     trip, the most a copy holds, and which roles it tags (the largest, up to
-    ``tagged_roles``, each held by more than one key in ``holders_before_count``)."""
+    ``tagged_roles``)."""
 
     read_chunk: int
     max_keys: int
     tagged_roles: int
-    holders_before_count: int
 
 
 class CopySync:
@@ -60,13 +59,12 @@ class CopySync:
         audit = self.names.account(account, "audit")
         # the last event before the reads: every change after it is taken in after
         last_event = await self._newest_event(audit)
-        size = await self.redis.zcard(label)
         # the four reads at once: Redis answers one while this process parses another's
         # answer (a third less time at 100,000 keys than one after the other)
         members, (keys, scores), (made, made_scores), (roles, role_bits) = await asyncio.gather(
             self._by_value(label), self._by_ranks(self.names.account(account, "tok")),
             self._by_ranks(self.names.account(account, "keys")),
-            self._holders(account, size, audit))
+            self._holders(account, audit))
         if members is None:
             return None
         self.builds += 1
@@ -130,11 +128,11 @@ class CopySync:
             if len(flat) < 2 * self.limits.read_chunk or len(keys) > self.limits.max_keys:
                 return keys, scores
 
-    async def _holders(self, account: str, count: int,
-                       audit: str) -> tuple[list[str], dict[str, int]]:
-        """The roles the copy tags (the account's largest, held by more than one key in
-        ``holders_before_count``, up to ``tagged_roles``: a smaller one's holders are
-        checked one by one) and the bits of those each holder holds (bit i: role i).
+    async def _holders(self, account: str, audit: str) -> tuple[list[str], dict[str, int]]:
+        """The roles the copy tags (the account's largest, up to ``tagged_roles``: a
+        role past them is checked on its holders one by one, as a tagged role held by
+        fewer keys than one in ``holders_before_count`` is with q) and the bits of those
+        each holder holds (bit i: role i).
 
         Read by ranks, each role's holders while no event is appended to the account's
         audit stream (every change of a key appends one in the same step, so none
@@ -150,7 +148,7 @@ class CopySync:
         roles: list[str] = []
         bits: dict[str, int] = {}
         for size, role in ranked[:self.limits.tagged_roles]:
-            if size <= count // self.limits.holders_before_count:
+            if not size:
                 break
             holders = await self._read_unchanged(self.names.role_holders(account, role),
                                                  audit)

@@ -209,7 +209,7 @@ class AccountCopy:
             end = member_end + 1 + self.tag_width  # its tag bytes too
             number = self._number_of(start)
             for order in self.orders.values():
-                order.blank(number)
+                order.blank(number, self.scores[number])
             self.members[start:end] = self.lowered[start:end] = BLANK * (end - start)
 
     def line_number(self, app_key: str) -> int:

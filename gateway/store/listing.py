@@ -181,6 +181,20 @@ class KeyListing(StoreLayout):
                 args += ["given", "\n".join(found.members)]
             elif found is not None:
                 args.append(f"total:{found.count}")
+        elif ((query.status in (ACTIVE, INACTIVE) or query.role or query.token_created)
+              and query.status in (ACTIVE, INACTIVE, None, "") and not query.may_act_on):
+            # a status, renewal or role filter with no q: from this process's copy of the
+            # account when one is kept (search.py filtered), at any depth in every order
+            # but last use
+            found = await self.label_search.filtered(
+                account, Filters(query.status or None, dates, query.role or None),
+                query.sort, query.descending,
+                ((query.page - 1) * query.per_page, query.per_page))
+            if found is not None and found.members is not None:
+                start = (query.page - 1) * query.per_page - found.first
+                page = [m.partition("\0")[2]
+                        for m in found.members[start:start + query.per_page]]
+                return [r for r in await self._load(page) if r is not None], found.count
         result = await self.scripts.list_keys(keys=keys, args=args)
         if result == ["unindexed"]:
             await self.index_listing(account)

@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import re
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
-from itertools import pairwise
+from itertools import compress, pairwise
 from typing import Any
 
 from .label_copy import (
@@ -54,6 +54,8 @@ from .records import ACTIVE, INACTIVE
 
 # the orders kept: the listing's sort names
 ORDERS_KEPT = ("label", "creationDate", "creationDateToken", "appKey")
+# a line's tail: its tag bytes and status byte
+TAIL = re.compile(b"\x02([^\n]*)")
 # status order is read from the key-ordered lines, one status after the other
 STATUS_ORDER_OF = {"status": "appKey"}
 # the lines are counted in chunks of about this many bytes (~570 at 1,000,000 keys): a
@@ -79,13 +81,17 @@ class OrderedLines:
     bounds: list[int]
     firsts: list[Any]
     at: array
+    # the token scores of each chunk's lines, sorted, by their tail (tag bytes and
+    # status byte): a page with no q is counted from them, with no pass over the lines,
+    # within a token date range too (a renewal alert level)
+    tails: list[dict[bytes, array]]
 
     @classmethod
     def of(cls, copy: AccountCopy, sort: str) -> OrderedLines:
         """The lines of ``copy`` (none read again yet) in the order ``sort``."""
         count = copy.count
         if not count:
-            return cls(bytearray(b"\n"), [1, 1], [], array("I"))
+            return cls(bytearray(b"\n"), [1, 1], [], array("I"), [{}])
         # each line's start in the copy (one more: where a line after the last would)
         starts = array("q", [m.start() + 1 for m in re.finditer(b"\n", copy.members)])
         members, lowered, prefix = bytes(copy.members), bytes(copy.lowered), copy.prefix
@@ -129,17 +135,41 @@ class OrderedLines:
             firsts.append(_place(sort, _member(member(line), prefix), copy.created[line],
                                  copy.scores[line]))
         bounds.append(len(body))
-        return cls(body, bounds, firsts, at)
+        tails = []
+        for low, high in pairwise(bounds):
+            # each distinct tail's scores picked out in C (a chunk holds a few tails)
+            ended = TAIL.findall(body, low, high)
+            first = bisect_left(places, low)
+            scored = list(map(scores.__getitem__, order[first:first + len(ended)]))
+            tails.append({tail: array("q", sorted(compress(scored, map(tail.__eq__, ended))))
+                          for tail in set(ended)})
+        return cls(body, bounds, firsts, at, tails)
 
     @property
     def nbytes(self) -> int:
-        return len(self.lines) + len(self.at) * self.at.itemsize
+        return len(self.lines) + len(self.at) * self.at.itemsize + sum(
+            len(scores) * scores.itemsize for scored in self.tails for scores in scored.values())
 
-    def blank(self, line: int) -> None:
-        """Blank the line of the copy's line ``line`` (its key read again)."""
+    def blank(self, line: int, score: int) -> None:
+        """Blank the line of the copy's line ``line`` (its key read again; its token
+        score as the copy holds it)."""
         start = self.at[line]
         end = self.lines.index(b"\n", start)
+        tail = bytes(self.lines[self.lines.index(TAG_MARK, start) + 1:end])
+        scored = self.tails[bisect_right(self.bounds, start) - 1][tail]
+        del scored[bisect_left(scored, score)]
         self.lines[start:end] = BLANK * (end - start)
+
+    def held(self, tail: re.Pattern[bytes], ranges: list[tuple[int, int]] | None) -> list[int]:
+        """How many lines of each chunk end with a tail that ``tail`` matches (and hold
+        a token score in one of ``ranges``; None: any)."""
+        matching = {t for scored in self.tails for t in scored if tail.fullmatch(t)}
+        if ranges is None:
+            return [sum(len(s) for t, s in scored.items() if t in matching)
+                    for scored in self.tails]
+        return [sum(bisect_left(s, high) - bisect_left(s, low)
+                    for t, s in scored.items() if t in matching for low, high in ranges)
+                for scored in self.tails]
 
 
 def _line(lowered: bytes, line: bytes, status: bytes) -> bytes:
@@ -178,14 +208,18 @@ def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int
              descending: bool, filters: Filters) -> Matches | None:
     """The keys of the listing in the order ``sort`` (``descending``: from the last)
     that ``filters`` allow (a status, a tagged role) whose member holds ``needle``
-    (lowered, with no control character), from the ``offset``-th on, ``size`` of them,
+    (lowered, with no control character; empty: every key, counted from each chunk's
+    tails instead of a pass over the lines), from the ``offset``-th on, ``size`` of them,
     and how many hold it in all: their members, ordered (from ``first``, the offset).
-    None when the copy keeps no such order or ``filters`` hold token dates.
+    None when the copy keeps no such order, or ``filters`` hold token dates with a q
+    (without one, a chunk's lines are counted within them from its sorted token scores,
+    and a line read is checked against them through the copy's index by key).
 
     In status order (each status's keys in key order, ``active`` first ascending) the
     key-ordered lines are read once per status, counted in the same pass."""
     order = copy.orders.get(STATUS_ORDER_OF.get(sort, sort))
-    if order is None or filters.dates != (None, None):
+    dated = filters.dates != (None, None)
+    if order is None or (dated and needle):
         return None
     patterns = copy.patterns_of(needle)
     either = (b"(?<=\n)" if patterns is None  # every key holds it, in the prefix
@@ -203,7 +237,13 @@ def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int
     chunks = list(pairwise(order.bounds))
     parts = ([filters.status] if sort != "status" or filters.status
              else [INACTIVE, ACTIVE] if descending else [ACTIVE, INACTIVE])
-    if len(parts) == 1:
+    if not needle:  # no q: counted from each chunk's tails
+        held = {status: order.held(re.compile(
+                    tags[len(re.escape(TAG_MARK)):]
+                    + (re.escape(STATUS_BYTE[status]) if status else b"[\x10\x11]")),
+                    Filters(status, filters.dates).score_ranges if dated else None)
+                for status in parts}
+    elif len(parts) == 1:
         held = {parts[0]: [len(line_of(parts[0]).findall(order.lines, low, high))
                            for low, high in chunks]}
     else:  # each line's status byte caught: both statuses counted in one pass
@@ -218,7 +258,8 @@ def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int
     total = 0
     for status in parts:
         part = Part(copy, order, sort, line_of(status), held[status],
-                    copy.fresh_holding(needle, Filters(status, role=filters.role)), descending)
+                    copy.fresh_holding(needle, Filters(status, filters.dates, filters.role)),
+                    descending, Filters(status, filters.dates).score_ranges if dated else None)
         if offset - total < part.count and len(members) < size:
             members += part.page(max(offset - total, 0), size - len(members))
         total += part.count
@@ -237,6 +278,8 @@ class Part:
     held: list[int]
     fresh: list[Fresh]
     descending: bool
+    # the token scores the lines must hold (None: any)
+    ranges: list[tuple[int, int]] | None = None
 
     def __post_init__(self) -> None:
         # the keys read again that hold q now, in ascending order
@@ -279,8 +322,17 @@ class Part:
                           for m in self.line.finditer(lines, low, high)]
                 if descending:
                     starts.reverse()
-                found += [(None, _member_at(lines, start, prefix))
-                          for start in starts[:need - len(found)]]
+                if self.ranges is None:
+                    found += [(None, _member_at(lines, start, prefix))
+                              for start in starts[:need - len(found)]]
+                else:
+                    for start in starts:
+                        if len(found) >= need:
+                            break
+                        member = _member_at(lines, start, prefix)
+                        score = self.copy.scores[self.copy.line_number(_key(member))]
+                        if any(low <= score < high for low, high in self.ranges):
+                            found.append((None, member))
                 if len(found) >= need:
                     break
         rest = (now[max(len(now) - taken - need, 0):len(now) - taken] if descending
