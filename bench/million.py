@@ -151,6 +151,24 @@ def page_types(now_ms: int, count: int) -> list[tuple[str, KeyQuery]]:
          KeyQuery(q="key 1", sort="status", per_page=50, page=1000)),
         ("q 'key 1' + role orders-reader in label order",
          KeyQuery(q="key 1", role="orders-reader", sort="label", per_page=50)),
+        # a filter not in the sort's order, deep: from the copy's ordered lines once the
+        # account's copy is kept (the rows above made it)
+        ("role orders-reader, page 2,000", KeyQuery(role="orders-reader", per_page=50,
+                                                    page=2000)),
+        ("renewal orange oldest first", KeyQuery(
+            token_created=alert_range("orange", 3, now_ms), descending=False, per_page=50)),
+        ("renewal orange in key order, page 2,000", KeyQuery(
+            token_created=alert_range("orange", 3, now_ms), sort="appKey", per_page=50,
+            page=2000)),
+        ("renewal red in label order, page 2,000", KeyQuery(
+            token_created=alert_range("red", 3, now_ms), sort="label", per_page=50,
+            page=2000)),
+        ("role owner in status order", KeyQuery(role="owner", sort="status",
+                                                descending=False, per_page=50)),
+        # last use is not in the copy: walked by the script
+        ("renewal orange by last use, page 2,000", KeyQuery(
+            token_created=alert_range("orange", 3, now_ms), sort="lastUsed", per_page=50,
+            page=2000)),
         # a deep page of q's matches: sorted, not walked
         ("q 'key 99', page 100", KeyQuery(q="key 99", per_page=50, page=100)),
         ("q 'key 99', page 100 in label order",

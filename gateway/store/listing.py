@@ -18,7 +18,10 @@ key keep up to date in the same step (scripts/key_rules.lua):
   or renewal filter skips the zones that cannot match.
 
 One read-only script (scripts/list_keys.lua) picks the page: no temporary key, one round
-trip, then the page's keys read whole.
+trip, then the page's keys read whole. In an account whose copy this process keeps for q
+(search.py), a status, renewal or role filter with no q is read from the copy instead, in
+every order but last use (ordered_lines.py): the script walks the sort's index for a
+filter not in its order, which costs seconds for a deep page at 1,000,000 keys.
 
 ``q`` keeps its meaning — a case-folded substring of the label or of the key. In an
 account with many keys this process finds its matches in its own copy of the label

@@ -1,6 +1,6 @@
-"""q's matches in label or creation order, read from the copy's lines again in that
-order, kept beside the copy's own (label_copy.py keeps those in token score order).
-No I/O.
+"""q's matches, and pages with a status, renewal or role filter, in label, creation,
+token date, key and status order, read from the copy's lines again in that order, kept
+beside the copy's own (label_copy.py keeps those in token score order). No I/O.
 
 The listing script finds a page in such an order by walking the order's index from its
 first key, checking each key's label for q (~2–4.5 µs a key), when it is given only the
@@ -27,7 +27,15 @@ come before TAG_MARK, from which the member is named; when it changed a folded l
 is the listing's: creation date, then key. A key read again since the copy was made
 (``AccountCopy.fresh``) has its line here blanked as in the token-ordered copy (``at``
 says where each of its lines is here), and is searched from what it is now, merged in
-order. About 37 bytes per key and order (1,000,000 keys of the benchmark: 37 MB each).
+order.
+
+With no q, a status, a token date range (a renewal alert level) and a tagged role are
+counted from each chunk's ``tails``: its lines' token scores, sorted, by their tag bytes
+and status byte (two bisections per chunk for a token date range), so a filtered page at
+any depth is found with no pass over the lines; a line read from the page's chunk is
+checked against the date range through the copy's index by key. About 48 bytes per key
+and order: 40 for the lines and their places, 8 for the token scores (1,000,000 keys of
+the benchmark: 48 MB each).
 """
 
 from __future__ import annotations

@@ -22,9 +22,9 @@ script read a date for each match (~20 ms for 11,111 at 1,000,000 keys). It is r
 indexes by ranks with their scores (a key that a change meanwhile shifts past a chunk's end is found
 missing and read again), then each tagged role's holders by ranks while no event is
 appended (so none shifted); the four reads run at once. At 1,000,000 keys it is made
-in about 17 s (about a third reading, the rest joining, ordering and indexing in a
-thread), holding about 850 bytes per key of the process's memory for the while (peak RSS
-849 MB from 69 MB at 1,000,000 keys; the allocator keeps part of it, the copy 234 MB).
+in about 18 s (about a third reading, the rest joining, ordering and indexing in a
+thread), holding about 900 bytes per key of the process's memory for the while (peak RSS
+869–884 MB from 69 MB at 1,000,000 keys; the allocator keeps part of it, the copy 266 MB).
 
 So it is made ahead: a listing that shows the account holds at least ``min_keys`` keys
 starts making it in the background (:meth:`LabelSearch.warm`), since a search usually
@@ -72,10 +72,17 @@ page is deep. A renewal filter (a token date range) is left to the other ways th
 so is last-use order (last use is not in the copy: it changes with every request and
 appends no event).
 
+A kept copy also answers a page with a status, renewal or role filter and no q
+(:meth:`LabelSearch.filtered`), in the same orders and at any depth, where the listing
+script walks the sort's index checking each key for a filter not in its order (seconds
+for a deep page at 1,000,000 keys): each chunk of the ordered lines keeps its lines'
+token scores by tags and status, so the page is found by counts alone.
+
 Memory: about 74 bytes per key (both strings, the keys' shared prefix kept once, a
 tag mark and a byte per four tagged roles; 8 each for the token score, the creation
 date and the index by key; 2 for every 16th line's start), about 40 more per order for
-the ordered lines (four orders: 234 MB at 1,000,000 keys in all), and the keys read
+the ordered lines and 8 per order for their chunks' token scores (four orders: 266 MB
+at 1,000,000 keys in all), and the keys read
 again, per process; at most ``max_keys`` keys in all accounts' copies together (the
 least recently searched account's copy is dropped first; an account larger than that is
 searched in Redis).
@@ -359,7 +366,7 @@ class LabelSearch:
         made already: called when a listing shows that the account holds at least
         ``min_keys`` keys, so that the search that usually follows it (an administrator
         who opens the list, then types) finds the copy made, where it would otherwise wait
-        for it (about 17 s at 1,000,000 keys). One build per account
+        for it (about 18 s at 1,000,000 keys). One build per account
         at a time, however many listings ask; a search meanwhile is answered in Redis
         or waits for that one (see the module notes). Only where the copy fits beside
         those kept (``max_keys``), unless ``make_room`` (a search asks): a listing never
