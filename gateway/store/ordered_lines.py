@@ -197,14 +197,20 @@ def _member(kept: bytes, prefix: bytes) -> str:
     return kept.replace(b"\0", b"\0" + prefix, 1).decode()
 
 
-def role_pattern(copy: AccountCopy, role: str | None) -> bytes:
-    """A regular expression for the tag bytes of a line whose key holds ``role`` (a
-    tagged role; None: any key), up to its status byte."""
+def tags_pattern(copy: AccountCopy, role: str | None) -> bytes:
+    """A regular expression for a line's tag bytes (after TAG_MARK) when its key holds
+    ``role`` (a tagged role; None: any key)."""
     width = copy.tag_width
     if role is None:
-        return copy.tag_pattern(None) + b"[\x10-\x1f]{%d}" % width
-    byte, _ = copy.tag_bit(role)
-    return copy.tag_pattern(role) + b"[\x10-\x1f]{%d}" % (width - byte - 1)
+        return b"[\x10-\x1f]{%d}" % width
+    byte, bit = copy.tag_bit(role)
+    holding = bytes(v for v in range(TAG_BASE, TAG_BASE + 16) if v & bit)
+    return b"[\x10-\x1f]{%d}[%s][\x10-\x1f]{%d}" % (byte, holding, width - byte - 1)
+
+
+def status_pattern(status: str | None) -> bytes:
+    """A regular expression for a line's status byte (``status``; None: either)."""
+    return re.escape(STATUS_BYTE[status]) if status else b"[\x10\x11]"
 
 
 def keeps(copy: AccountCopy, sort: str) -> bool:
@@ -233,7 +239,11 @@ def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int
     either = (b"(?<=\n)" if patterns is None  # every key holds it, in the prefix
               else b"(?:" + b"|".join(re.escape(p) for p in patterns) + b")")
 
-    tags = role_pattern(copy, filters.role)
+    tags = tags_pattern(copy, filters.role)
+
+    def ranges_of(status: str | None) -> list[tuple[int, int]] | None:
+        """The token scores a line of ``status`` must hold (None: any)."""
+        return Filters(status, filters.dates).score_ranges if dated else None
 
     def line_of(status: str | None, caught: bool = False) -> re.Pattern[bytes]:
         """Lines holding q, the role and ``status`` (None: either; ``caught``: found
@@ -242,18 +252,16 @@ def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int
             # a line holding the needle is not blanked, so it ends with tags and a status
             # byte: the rest of it is taken in whole, a third faster than matching them
             return re.compile(either + rb"[^\n]*()")
-        byte = re.escape(STATUS_BYTE[status]) if status else b"[\x10\x11]"
-        return re.compile(either + rb"[^\n\x02]*+" + tags
+        byte = status_pattern(status)
+        return re.compile(either + rb"[^\n\x02]*+" + re.escape(TAG_MARK) + tags
                           + (b"(" + byte + b")" if caught else byte + b"()"))
 
     chunks = list(pairwise(order.bounds))
     parts = ([filters.status] if sort != "status" or filters.status
              else [INACTIVE, ACTIVE] if descending else [ACTIVE, INACTIVE])
     if not needle:  # no q: counted from each chunk's tails
-        held = {status: order.held(re.compile(
-                    tags[len(re.escape(TAG_MARK)):]
-                    + (re.escape(STATUS_BYTE[status]) if status else b"[\x10\x11]")),
-                    Filters(status, filters.dates).score_ranges if dated else None)
+        held = {status: order.held(re.compile(tags + status_pattern(status)),
+                                   ranges_of(status))
                 for status in parts}
     elif len(parts) == 1:
         held = {parts[0]: [len(line_of(parts[0]).findall(order.lines, low, high))
@@ -271,7 +279,7 @@ def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int
     for status in parts:
         part = Part(copy, order, sort, line_of(status), held[status],
                     copy.fresh_holding(needle, Filters(status, filters.dates, filters.role)),
-                    descending, Filters(status, filters.dates).score_ranges if dated else None)
+                    descending, ranges_of(status))
         if offset - total < part.count and len(members) < size:
             members += part.page(max(offset - total, 0), size - len(members))
         total += part.count
