@@ -151,6 +151,17 @@ def page_types(now_ms: int, count: int) -> list[tuple[str, KeyQuery]]:
          KeyQuery(q="key 1", sort="status", per_page=50, page=1000)),
         ("q 'key 1' + role orders-reader in label order",
          KeyQuery(q="key 1", role="orders-reader", sort="label", per_page=50)),
+        # q within a renewal level in an order the level is not a run of, deep: the
+        # level's whole date buckets counted in the same pass (ordered_lines.py)
+        ("q 'key 1' + renewal red in label order, page 100", KeyQuery(
+            q="key 1", token_created=alert_range("red", 3, now_ms), sort="label",
+            per_page=50, page=100)),
+        ("q 'key 5' + renewal orange oldest first, page 100", KeyQuery(
+            q="key 5", token_created=alert_range("orange", 3, now_ms), descending=False,
+            per_page=50, page=100)),
+        ("q 'key 1' + renewal red in key order, page 2,000", KeyQuery(
+            q="key 1", token_created=alert_range("red", 3, now_ms), sort="appKey",
+            per_page=50, page=2000)),
         # a filter not in the sort's order, deep: from the copy's ordered lines once the
         # account's copy is kept (the rows above made it)
         ("role orders-reader, page 2,000", KeyQuery(role="orders-reader", per_page=50,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import AsyncIterator
 
 import orjson
@@ -221,9 +222,8 @@ async def test_the_newest_matches_are_read_from_the_copys_end_however_they_were_
         await assert_same(store, query)
     assert store.label_search.read_back_searches - before == len(asked)
     # past the first pages, the matches are read from the copy's lines in the sort's
-    # order (ordered_lines.py); with a renewal filter (which those lines do not hold),
-    # read back in token date order, and in creation order when too many to order here
-    monkeypatch.setattr(search_module, "NEWEST_FIRST", 4)
+    # order (ordered_lines.py), with a renewal filter too
+    monkeypatch.setattr(search_module, "NEWEST_FIRST", 5)
     monkeypatch.setattr(search_module, "ORDERED_HERE", -1)
     store.label_search.max_passed = 8
     expected = in_lines = 0
@@ -231,11 +231,8 @@ async def test_the_newest_matches_are_read_from_the_copys_end_however_they_were_
         before = store.label_search.read_back_searches
         before_in_order = store.label_search.in_order_searches
         await assert_same(store, query)
-        _, total = await brute(store, query)
-        first = query.page * query.per_page <= 4
-        ordered = not first and query.token_created is None
-        read_back = first or (not ordered and (query.sort == "creationDateToken"
-                                               or total > 8))
+        read_back = query.page * query.per_page <= 5
+        ordered = not read_back
         assert store.label_search.read_back_searches - before == read_back, query
         assert store.label_search.in_order_searches - before_in_order == ordered, query
         expected += read_back
@@ -290,8 +287,9 @@ async def test_q_in_every_order_but_last_use_is_read_from_the_copys_ordered_line
     """In label, creation, token date, key and status order, q's page is read from the
     copy's lines in that order (ordered_lines.py; status order from the key-ordered
     lines, a status after the other), wherever q's matches sit, however deep the page,
-    and within a
-    status and a tagged role too: labels made in sequence, keys made in the same
+    and within a status, a token date range (a renewal alert level: date buckets of ten
+    lines, so that ranges cut some and fill others) and a tagged role too: labels made
+    in sequence, keys made in the same
     millisecond, names in upper and lower case, labels that are not ASCII, and changes
     another instance made after the copy (a key made, relabelled into and out of q's
     matches, deleted, deactivated, renewed, a role given and taken). Every page as brute
@@ -300,6 +298,7 @@ async def test_q_in_every_order_but_last_use_is_read_from_the_copys_ordered_line
     hold no match, and past those before it."""
     monkeypatch.setattr(ordered_lines, "CHUNK_BYTES", 64)
     monkeypatch.setattr(ordered_lines, "MADE_AT_ONCE", 7)
+    monkeypatch.setattr(ordered_lines, "DATE_BUCKETS", 4)
     # every page read from the ordered lines, however few match (newest first too)
     monkeypatch.setattr(search_module, "ORDERED_HERE", -1)
     monkeypatch.setattr(search_module, "NEWEST_FIRST", 0)
@@ -310,6 +309,8 @@ async def test_q_in_every_order_but_last_use_is_read_from_the_copys_ordered_line
             clock.advance(0.001)
         label = f"build-old {i}" if i < 25 else f"other {i}" if i < 35 else None
         await keys.create(label, ("orders-reader",) if i % 2 else ("orders-writer",))
+        if i == 16:
+            middle_ms = int(clock() * 1000)
     for i in (3, 8, 21, 30):
         await store.update_key(ACCOUNT, keys.made[i], status="inactive")
     await assert_same(store, KeyQuery(q="build", sort=sort, per_page=5))
@@ -342,14 +343,25 @@ async def test_q_in_every_order_but_last_use_is_read_from_the_copys_ordered_line
     for query in asked:
         await assert_same(store, query)
     assert search.in_order_searches - before == len(asked)
-    # a renewal filter, or another sort: found the other ways
-    now_ms = int(clock() * 1000)
-    for query in (KeyQuery(q="build", sort="lastUsed", per_page=5),
-                  KeyQuery(q="build", sort=sort, token_created=(now_ms - DAY_MS, None),
-                           per_page=5)):
-        before = search.in_order_searches
+    # within token dates: the lines of the date buckets that a range fills counted in
+    # one pass, those of the buckets it cuts one by one
+    dated = [KeyQuery(q=needle, sort=sort, descending=descending, status=status, role=role,
+                      token_created=dates, per_page=per_page, page=page)
+             for needle in ("build", "old 1", "me-")
+             for descending in (True, False)
+             for status in (None, "inactive")
+             for role in (None, "orders-reader")
+             for dates in ((middle_ms, None), (None, middle_ms),
+                           (middle_ms - 3, middle_ms + 2), (middle_ms, middle_ms))
+             for per_page, page in ((5, 1), (4, 3))]
+    before = search.in_order_searches
+    for query in dated:
         await assert_same(store, query)
-        assert search.in_order_searches == before, query
+    assert search.in_order_searches - before == len(dated)
+    # last-use order: found the other ways
+    before = search.in_order_searches
+    await assert_same(store, KeyQuery(q="build", sort="lastUsed", per_page=5))
+    assert search.in_order_searches == before
     # every page, each found past the chunks before it
     for needle in ("build", "old 1", "e-a", "me-"):
         for descending in (True, False):
@@ -413,6 +425,19 @@ async def test_pages_with_no_q_are_read_from_a_copy_kept_as_brute_force(
         await assert_same(store, query)
         assert search.filtered_searches == before, query
     used_copy(store, builds=1)
+
+
+def test_a_date_bucket_range_is_matched_by_its_byte_class_alone():
+    """The byte class of a run of date buckets (ordered_lines.py) matches the date bytes
+    of every bucket in it and of none outside it, across the first byte's changes."""
+    every = range(0, 1 << 14, 37)
+    for first, end in [(0, 1), (0, 128), (5, 6), (127, 129), (100, 300), (0, 1 << 14),
+                       (128, 256), (129, 16383), (255, 257), (16000, 1 << 14)]:
+        whole = re.compile(ordered_lines.buckets_class(first, end))
+        for bucket in [*every, first, end - 1, end, first - 1, (1 << 14) - 1]:
+            if 0 <= bucket < 1 << 14:
+                held = whole.fullmatch(ordered_lines.date_bytes(bucket)) is not None
+                assert held == (first <= bucket < end), (first, end, bucket)
 
 
 def test_the_ordered_lines_name_members_as_they_are():

@@ -20,7 +20,12 @@ chunk's matches, whatever the page's depth and wherever q's matches sit.
 
 A line is the copy's line lowered (the member as the copy lowers it, the prefix every key
 shares cut off, then TAG_MARK and its role tag bytes), with its key's status byte after
-the tags, so that a status and a tagged role are part of the same regular expression.
+the tags, so that a status and a tagged role are part of the same regular expression,
+then two date bytes: which of DATE_BUCKETS runs of the copy's lines in token score order
+it is in. A token date range (a renewal alert level) holds some runs whole and cuts at
+most two per status: q's lines in the runs it holds are counted in the same pass (their
+date bytes a byte class), and those of the runs it cuts (~62 lines each at 1,000,000
+keys) are checked one by one; so q within a renewal level costs what q alone does.
 When lowering changed the key's name, CASE_MARK and the name as it is (past the prefix)
 come before TAG_MARK, from which the member is named; when it changed a folded label
 (which keygate never writes), WHOLE_MARK and the member as it is. The creation order
@@ -33,9 +38,9 @@ With no q, a status, a token date range (a renewal alert level) and a tagged rol
 counted from each chunk's ``tails``: its lines' token scores, sorted, by their tag bytes
 and status byte (two bisections per chunk for a token date range), so a filtered page at
 any depth is found with no pass over the lines; a line read from the page's chunk is
-checked against the date range through the copy's index by key. About 48 bytes per key
-and order: 40 for the lines and their places, 8 for the token scores (1,000,000 keys of
-the benchmark: 48 MB each).
+checked against the date range through the copy's index by key. About 50 bytes per key
+and order: 42 for the lines and their places, 8 for the token scores (1,000,000 keys of
+the benchmark: 50 MB each).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from __future__ import annotations
 import re
 from array import array
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import compress, pairwise
 from typing import Any
@@ -62,8 +68,8 @@ from .records import ACTIVE, INACTIVE
 
 # the orders kept: the listing's sort names
 ORDERS_KEPT = ("label", "creationDate", "creationDateToken", "appKey")
-# a line's tail: its tag bytes and status byte
-TAIL = re.compile(b"\x02([^\n]*)")
+# a line's tail: its tag bytes and status byte (the date bytes after them left out)
+TAIL = re.compile(b"\x02([\x10-\x1f]*)")
 # status order is read from the key-ordered lines, one status after the other
 STATUS_ORDER_OF = {"status": "appKey"}
 # the lines are counted in chunks of about this many bytes (~570 at 1,000,000 keys): a
@@ -76,6 +82,12 @@ MADE_AT_ONCE = 50_000
 CASE_MARK, WHOLE_MARK = b"\x04", b"\x03"
 # the status byte, after the role tag bytes
 STATUS_BYTE = {ACTIVE: bytes([TAG_BASE]), INACTIVE: bytes([TAG_BASE | 1])}
+# after the status byte, two date bytes: the line's place among DATE_BUCKETS runs of the
+# copy's lines in token score order (7 bits of it in each byte, over 0x80), so that q
+# within a token date range is counted in the same pass: the runs the range holds whole
+# are a byte class, and the lines of the two runs it cuts are checked one by one
+# (~62 a run at 1,000,000 keys)
+DATE_BUCKETS, DATE_WIDTH = 1 << 14, 2
 
 
 @dataclass
@@ -118,12 +130,13 @@ class OrderedLines:
             order = sorted(range(count), key=key)
             order.sort(key=(copy.created if sort == "creationDate"
                             else list(map(token_date, copy.scores))).__getitem__)
-        scores = copy.scores
+        scores, per = copy.scores, _per_bucket(count)
         parts: list[bytes] = []
         for first in range(0, count, MADE_AT_ONCE):
             parts.append(b"\n".join([
                 _line(lowered[starts[i]:starts[i + 1] - 1], members[starts[i]:starts[i + 1] - 1],
-                      STATUS_BYTE[INACTIVE if scores[i] >= INACTIVE_AT else ACTIVE])
+                      STATUS_BYTE[INACTIVE if scores[i] >= INACTIVE_AT else ACTIVE]
+                      + date_bytes(i // per))
                 for i in order[first:first + MADE_AT_ONCE]]))
         body = bytearray(b"\n" + b"\n".join(parts) + b"\n")
         del parts
@@ -163,7 +176,7 @@ class OrderedLines:
         score as the copy holds it)."""
         start = self.at[line]
         end = self.lines.index(b"\n", start)
-        tail = bytes(self.lines[self.lines.index(TAG_MARK, start) + 1:end])
+        tail = bytes(self.lines[self.lines.index(TAG_MARK, start) + 1:end - DATE_WIDTH])
         scored = self.tails[bisect_right(self.bounds, start) - 1][tail]
         del scored[bisect_left(scored, score)]
         self.lines[start:end] = BLANK * (end - start)
@@ -181,7 +194,8 @@ class OrderedLines:
 
 
 def _line(lowered: bytes, line: bytes, status: bytes) -> bytes:
-    """A copy's line here: lowered, what lowering changed, its tags, its status byte."""
+    """A copy's line here: lowered, what lowering changed, its tags, its status byte
+    and date bytes (``status``)."""
     if lowered == line:
         return lowered + status
     cut = lowered.index(TAG_MARK)
@@ -190,6 +204,40 @@ def _line(lowered: bytes, line: bytes, status: bytes) -> bytes:
     if low.startswith(label + b"\0"):
         return low + CASE_MARK + rest + tags + status
     return low + WHOLE_MARK + member + tags + status
+
+
+def _per_bucket(count: int) -> int:
+    """How many of a copy's ``count`` lines (in token score order) each date bucket
+    holds."""
+    return max(1, -(-count // DATE_BUCKETS))
+
+
+def date_bytes(bucket: int) -> bytes:
+    return bytes((0x80 | bucket >> 7, 0x80 | bucket & 0x7F))
+
+
+def buckets_class(first: int, end: int) -> bytes:
+    """A regular expression for the date bytes of the buckets ``first`` to ``end``
+    (excluded; at least one)."""
+    (high, low), (last_high, last_low) = date_bytes(first), date_bytes(end - 1)
+    if high == last_high:
+        return b"%c[%c-%c]" % (high, low, last_low)
+    between = (b"|[%c-%c][\x80-\xff]" % (high + 1, last_high - 1)
+               if high + 1 < last_high else b"")
+    return b"(?:%c[%c-\xff]%s|%c[\x80-%c])" % (high, low, between, last_high, last_low)
+
+
+def dated_runs(copy: AccountCopy, low: int, high: int) -> tuple[bytes | None, list[int]]:
+    """The lines whose token scores are in [``low``, ``high``): a regular expression for
+    the date bytes of the buckets they fill whole (None: none), and the copy's numbers of
+    the others (in the two buckets the range cuts)."""
+    count, per = copy.count, _per_bucket(copy.count)
+    first, end = bisect_left(copy.scores, low), bisect_left(copy.scores, high)
+    whole_from, whole_to = -(-first // per), (end // per if end < count else -(-count // per))
+    if whole_from >= whole_to:
+        return None, list(range(first, end))
+    return (buckets_class(whole_from, whole_to),
+            [*range(first, whole_from * per), *range(min(whole_to * per, end), end)])
 
 
 def _member(kept: bytes, prefix: bytes) -> str:
@@ -221,19 +269,19 @@ def keeps(copy: AccountCopy, sort: str) -> bool:
 def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int,
              descending: bool, filters: Filters) -> Matches | None:
     """The keys of the listing in the order ``sort`` (``descending``: from the last)
-    that ``filters`` allow (a status, a tagged role) whose member holds ``needle``
-    (lowered, with no control character; empty: every key, counted from each chunk's
-    tails instead of a pass over the lines), from the ``offset``-th on, ``size`` of them,
-    and how many hold it in all: their members, ordered (from ``first``, the offset).
-    None when the copy keeps no such order, or ``filters`` hold token dates with a q
-    (without one, a chunk's lines are counted within them from its sorted token scores,
-    and a line read is checked against them through the copy's index by key).
+    that ``filters`` allow (a status, a token date range, a tagged role) whose member
+    holds ``needle`` (lowered, with no control character; empty: every key, counted from
+    each chunk's tails instead of a pass over the lines), from the ``offset``-th on,
+    ``size`` of them, and how many hold it in all: their members, ordered (from
+    ``first``, the offset). None when the copy keeps no such order. Within token dates,
+    q's lines are counted by their date bytes (:func:`_dated_held`), and a line read is
+    checked against them through the copy's index by key.
 
     In status order (each status's keys in key order, ``active`` first ascending) the
     key-ordered lines are read once per status, counted in the same pass."""
     order = copy.orders.get(STATUS_ORDER_OF.get(sort, sort))
     dated = filters.dates != (None, None)
-    if order is None or (dated and needle):
+    if order is None:
         return None
     patterns = copy.patterns_of(needle)
     either = (b"(?<=\n)" if patterns is None  # every key holds it, in the prefix
@@ -263,6 +311,8 @@ def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int
         held = {status: order.held(re.compile(tags + status_pattern(status)),
                                    ranges_of(status))
                 for status in parts}
+    elif dated:
+        held = _dated_held(copy, order, line_of, parts, ranges_of)
     elif len(parts) == 1:
         held = {parts[0]: [len(line_of(parts[0]).findall(order.lines, low, high))
                            for low, high in chunks]}
@@ -284,6 +334,43 @@ def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int
             members += part.page(max(offset - total, 0), size - len(members))
         total += part.count
     return Matches(members, total, ordered=True, first=offset)
+
+
+def _dated_held(copy: AccountCopy, order: OrderedLines,
+                line_of: Callable[..., re.Pattern[bytes]], parts: list[str | None],
+                ranges_of: Callable[[str | None], list[tuple[int, int]] | None],
+                ) -> dict[str | None, list[int]]:
+    """How many lines of each chunk hold q (``line_of``, by status) and a token score in
+    the ranges of each of ``parts`` (statuses): one pass for the lines in the date
+    buckets the ranges fill whole, their statuses caught; the lines of the buckets they
+    cut checked one by one (:func:`dated_runs`)."""
+    classes: list[bytes] = []
+    cut: dict[str | None, list[int]] = {}
+    for status in parts:
+        cut[status] = []
+        for low, high in ranges_of(status) or ():
+            whole, lines = dated_runs(copy, low, high)
+            classes += [whole] if whole else []
+            cut[status] += lines
+    chunks = list(pairwise(order.bounds))
+    held = {status: [0] * len(chunks) for status in parts}
+    if classes:
+        line = re.compile(line_of(parts[0] if len(parts) == 1 else None, caught=True).pattern
+                          + b"(?:" + b"|".join(classes) + b")")
+        for at, (low, high) in enumerate(chunks):
+            statuses = line.findall(order.lines, low, high)
+            if len(parts) == 1:
+                held[parts[0]][at] = len(statuses)
+            else:
+                active = statuses.count(STATUS_BYTE[ACTIVE])
+                held[ACTIVE][at], held[INACTIVE][at] = active, len(statuses) - active
+    for status, numbers in cut.items():
+        line = line_of(status)
+        for number in numbers:
+            start = order.at[number]
+            if line.search(order.lines, start, order.lines.index(b"\n", start)):
+                held[status][bisect_right(order.bounds, start) - 1] += 1
+    return held
 
 
 @dataclass

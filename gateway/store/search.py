@@ -68,9 +68,10 @@ order, the page is found instead in the copy's lines kept again in that order
 (ordered_lines.py), counted in chunks and read from the chunk the page starts in: the
 script's walk checks every key between q's matches, which is long when they sit
 together far from where it starts (labels made in sequence: ``key 1…``) or when the
-page is deep. A renewal filter (a token date range) is left to the other ways there, and
-so is last-use order (last use is not in the copy: it changes with every request and
-appends no event).
+page is deep; within a renewal filter (a token date range) too, where more than
+``ORDERED_HERE`` match in the range's lines (fewer are put in order here or handed
+over). Last-use order is left to the other ways (last use is not in the copy: it
+changes with every request and appends no event).
 
 A kept copy also answers a page with a status, renewal or role filter and no q
 (:meth:`LabelSearch.filtered`), in the same orders and at any depth, where the listing
@@ -80,9 +81,9 @@ token scores by tags and status, so the page is found by counts alone.
 
 Memory: about 74 bytes per key (both strings, the keys' shared prefix kept once, a
 tag mark and a byte per four tagged roles; 8 each for the token score, the creation
-date and the index by key; 2 for every 16th line's start), about 40 more per order for
-the ordered lines and 8 per order for their chunks' token scores (four orders: 266 MB
-at 1,000,000 keys in all), and the keys read
+date and the index by key; 2 for every 16th line's start), about 42 more per order for
+the ordered lines and 8 per order for their chunks' token scores (four orders: about
+274 MB at 1,000,000 keys in all), and the keys read
 again, per process; at most ``max_keys`` keys in all accounts' copies together (the
 least recently searched account's copy is dropped first; an account larger than that is
 searched in Redis).
@@ -269,8 +270,7 @@ class LabelSearch:
         offset, size = page
         # in label, creation, token date, key or status order, the copy's lines in that
         # order answer (below: ordered_lines.py), but for the first pages newest first
-        in_lines = (count_all and among is None and size > 0 and keeps(copy, sort)
-                    and filters.dates == (None, None))
+        in_lines = count_all and among is None and size > 0 and keeps(copy, sort)
         # newest first (the default listing's order), the copy read from its end
         # (label_newest.py), whatever the order q's matches were made in: at once for the
         # first pages, and for a deeper page in token date order (the lines' own), or in
@@ -288,10 +288,13 @@ class LabelSearch:
             if found is not None:
                 self.read_back_searches += 1
                 return found
-        if in_lines and (sort == "label" or copy.estimate(needle, filters) > ORDERED_HERE):
+        if in_lines and ((sort == "label" and filters.dates == (None, None))
+                         or copy.estimate(needle, filters) > ORDERED_HERE):
             # read from the copy's lines in the sort's order (ordered_lines.py): its
             # chunks before the page's skipped, wherever in that order q's matches sit
-            # and however deep the page
+            # and however deep the page (within token dates, where few match, the
+            # other ways cost less than the pass over every line: the estimate counts
+            # only the lines of the dates' spans)
             found = in_order(copy, sort, needle, offset, size, descending, filters)
             if found is not None:
                 self.in_order_searches += 1
