@@ -358,6 +358,14 @@ async def test_q_in_every_order_but_last_use_is_read_from_the_copys_ordered_line
     for query in dated:
         await assert_same(store, query)
     assert search.in_order_searches - before == len(dated)
+    # where few of the range's keys hold q, the other ways (cheaper than a pass over
+    # every line), in label order too
+    monkeypatch.setattr(search_module, "ORDERED_HERE", 1_000)
+    before = search.in_order_searches
+    for query in dated[::5]:
+        await assert_same(store, query)
+    assert search.in_order_searches == before
+    monkeypatch.setattr(search_module, "ORDERED_HERE", -1)
     # last-use order: found the other ways
     before = search.in_order_searches
     await assert_same(store, KeyQuery(q="build", sort="lastUsed", per_page=5))
