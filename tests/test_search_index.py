@@ -437,15 +437,37 @@ async def test_pages_with_no_q_are_read_from_a_copy_kept_as_brute_force(
 
 def test_a_date_bucket_range_is_matched_by_its_byte_class_alone():
     """The byte class of a run of date buckets (ordered_lines.py) matches the date bytes
-    of every bucket in it and of none outside it, across the first byte's changes."""
-    every = range(0, 1 << 14, 37)
-    for first, end in [(0, 1), (0, 128), (5, 6), (127, 129), (100, 300), (0, 1 << 14),
-                       (128, 256), (129, 16383), (255, 257), (16000, 1 << 14)]:
+    of every bucket in it and of none outside it, across the first byte's changes; and
+    no bucket's date bytes start a UTF-8 character, so that no needle is found in them."""
+    buckets = ordered_lines.DATE_BUCKETS
+    for bucket in range(buckets):
+        with pytest.raises(UnicodeDecodeError):
+            ordered_lines.date_bytes(bucket).decode()
+    every = range(0, buckets, 37)
+    for first, end in [(0, 1), (0, 64), (5, 6), (63, 65), (100, 300), (0, buckets),
+                       (64, 128), (65, buckets - 1), (127, 129), (4000, buckets)]:
         whole = re.compile(ordered_lines.buckets_class(first, end))
-        for bucket in [*every, first, end - 1, end, first - 1, (1 << 14) - 1]:
-            if 0 <= bucket < 1 << 14:
+        for bucket in [*every, first, end - 1, end, first - 1, buckets - 1]:
+            if 0 <= bucket < buckets:
                 held = whole.fullmatch(ordered_lines.date_bytes(bucket)) is not None
                 assert held == (first <= bucket < end), (first, end, bucket)
+
+
+def test_a_needle_of_one_character_is_not_found_in_the_date_bytes():
+    """A needle that is one character of two UTF-8 bytes ('é', 'ß') is found only in
+    the labels that hold it, in a copy with a date bucket for each line and as many
+    lines as the date bytes have values (every pair of them made)."""
+    count = ordered_lines.DATE_BUCKETS
+    members = sorted([f"label {i}\0kgk-acme-K{i:05d}" for i in range(count - 2)]
+                     + ["café\0kgk-acme-CAFE", "straße\0kgk-acme-STRASSE"])
+    copy = AccountCopy.of(members, "0-0", scores=list(range(count)))
+    for sort in ordered_lines.ORDERS_KEPT:
+        copy.orders[sort] = ordered_lines.OrderedLines.of(copy, sort)
+        for needle, held in (("é", "café"), ("ß", "straße")):
+            found = ordered_lines.in_order(copy, sort, needle.encode(), 0, 10, False,
+                                           Filters())
+            assert [m.partition("\0")[0] for m in found.members] == [held], (sort, needle)
+            assert found.count == 1
 
 
 def test_the_ordered_lines_name_members_as_they_are():

@@ -24,8 +24,9 @@ the tags, so that a status and a tagged role are part of the same regular expres
 then two date bytes: which of DATE_BUCKETS runs of the copy's lines in token score order
 it is in. A token date range (a renewal alert level) holds some runs whole and cuts at
 most two per status: q's lines in the runs it holds are counted in the same pass (their
-date bytes a byte class), and those of the runs it cuts (~62 lines each at 1,000,000
-keys) are checked one by one; so q within a renewal level costs what q alone does.
+date bytes a byte class), and those of the runs it cuts (~245 lines each at 1,000,000
+keys) are checked one by one; so q within a renewal level costs what q alone does. The
+date bytes are UTF-8 continuation bytes, so no needle is found in them.
 When lowering changed the key's name, CASE_MARK and the name as it is (past the prefix)
 come before TAG_MARK, from which the member is named; when it changed a folded label
 (which keygate never writes), WHOLE_MARK and the member as it is. The creation order
@@ -83,11 +84,12 @@ CASE_MARK, WHOLE_MARK = b"\x04", b"\x03"
 # the status byte, after the role tag bytes
 STATUS_BYTE = {ACTIVE: bytes([TAG_BASE]), INACTIVE: bytes([TAG_BASE | 1])}
 # after the status byte, two date bytes: the line's place among DATE_BUCKETS runs of the
-# copy's lines in token score order (7 bits of it in each byte, over 0x80), so that q
-# within a token date range is counted in the same pass: the runs the range holds whole
-# are a byte class, and the lines of the two runs it cuts are checked one by one
-# (~62 a run at 1,000,000 keys)
-DATE_BUCKETS, DATE_WIDTH = 1 << 14, 2
+# copy's lines in token score order, so that q within a token date range is counted in
+# the same pass: the runs the range holds whole are a byte class, and the lines of the
+# two runs it cuts are checked one by one (~245 a run at 1,000,000 keys). Six bits of it
+# in each byte, over 0x80: UTF-8 continuation bytes, which no needle (UTF-8, with no
+# control character) starts with, so that no needle is found in them
+DATE_BUCKETS, DATE_WIDTH = 1 << 12, 2
 
 
 @dataclass
@@ -213,7 +215,7 @@ def _per_bucket(count: int) -> int:
 
 
 def date_bytes(bucket: int) -> bytes:
-    return bytes((0x80 | bucket >> 7, 0x80 | bucket & 0x7F))
+    return bytes((0x80 | bucket >> 6, 0x80 | bucket & 0x3F))
 
 
 def buckets_class(first: int, end: int) -> bytes:
@@ -222,9 +224,9 @@ def buckets_class(first: int, end: int) -> bytes:
     (high, low), (last_high, last_low) = date_bytes(first), date_bytes(end - 1)
     if high == last_high:
         return b"%c[%c-%c]" % (high, low, last_low)
-    between = (b"|[%c-%c][\x80-\xff]" % (high + 1, last_high - 1)
+    between = (b"|[%c-%c][\x80-\xbf]" % (high + 1, last_high - 1)
                if high + 1 < last_high else b"")
-    return b"(?:%c[%c-\xff]%s|%c[\x80-%c])" % (high, low, between, last_high, last_low)
+    return b"(?:%c[%c-\xbf]%s|%c[\x80-%c])" % (high, low, between, last_high, last_low)
 
 
 def dated_runs(copy: AccountCopy, low: int, high: int) -> tuple[bytes | None, list[int]]:
@@ -270,8 +272,9 @@ def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int
              descending: bool, filters: Filters) -> Matches | None:
     """The keys of the listing in the order ``sort`` (``descending``: from the last)
     that ``filters`` allow (a status, a token date range, a tagged role) whose member
-    holds ``needle`` (lowered, with no control character; empty: every key, counted from
-    each chunk's tails instead of a pass over the lines), from the ``offset``-th on,
+    holds ``needle`` (lowered, with no control character; empty, or in the prefix every
+    key shares: every key, counted from each chunk's tails instead of a pass over the
+    lines), from the ``offset``-th on,
     ``size`` of them, and how many hold it in all: their members, ordered (from
     ``first``, the offset). None when the copy keeps no such order. Within token dates,
     q's lines are counted by their date bytes (:func:`_dated_held`), and a line read is
@@ -307,7 +310,7 @@ def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int
     chunks = list(pairwise(order.bounds))
     parts = ([filters.status] if sort != "status" or filters.status
              else [INACTIVE, ACTIVE] if descending else [ACTIVE, INACTIVE])
-    if not needle:  # no q: counted from each chunk's tails
+    if patterns is None:  # no q, or one every key holds: counted from each chunk's tails
         held = {status: order.held(re.compile(tags + status_pattern(status)),
                                    ranges_of(status))
                 for status in parts}
