@@ -90,6 +90,7 @@ STATUS_BYTE = {ACTIVE: bytes([TAG_BASE]), INACTIVE: bytes([TAG_BASE | 1])}
 # in each byte, over 0x80: UTF-8 continuation bytes, which no needle (UTF-8, with no
 # control character) starts with, so that no needle is found in them
 DATE_BUCKETS, DATE_WIDTH = 1 << 12, 2
+DATE_BYTES = b"[\x80-\xbf]{2}"
 
 
 @dataclass
@@ -296,16 +297,24 @@ def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int
         """The token scores a line of ``status`` must hold (None: any)."""
         return Filters(status, filters.dates).score_ranges if dated else None
 
-    def line_of(status: str | None, caught: bool = False) -> re.Pattern[bytes]:
+    def line_of(status: str | None, caught: bool = False,
+                dates: bytes = b"") -> re.Pattern[bytes]:
         """Lines holding q, the role and ``status`` (None: either; ``caught``: found
-        with their status byte, else with nothing)."""
-        if status is None and filters.role is None and not caught and patterns is not None:
-            # a line holding the needle is not blanked, so it ends with tags and a status
-            # byte: the rest of it is taken in whole, a third faster than matching them
-            return re.compile(either + rb"[^\n]*()")
-        byte = status_pattern(status)
-        return re.compile(either + rb"[^\n\x02]*+" + re.escape(TAG_MARK) + tags
-                          + (b"(" + byte + b")" if caught else byte + b"()"))
+        with their status byte, else with nothing) whose date bytes ``dates`` matches
+        (empty: any)."""
+        found = b"(" + status_pattern(status) + b")" if caught else status_pattern(status)
+        if filters.role is None and not dates and patterns is not None:
+            if status is None and not caught:
+                # a line holding the needle is not blanked, so it ends with tags, a
+                # status byte and date bytes: the rest of it is taken in whole, a third
+                # faster than matching them
+                return re.compile(either + rb"[^\n]*()")
+            # its status byte found back from its end, before the date bytes: a third
+            # faster than passing over the tags
+            return re.compile(either + rb"[^\n]*" + found + DATE_BYTES
+                              + (b"" if caught else b"()"))
+        return re.compile(either + rb"[^\n\x02]*+" + re.escape(TAG_MARK) + tags + found
+                          + dates + (b"" if caught else b"()"))
 
     chunks = list(pairwise(order.bounds))
     parts = ([filters.status] if sort != "status" or filters.status
@@ -358,8 +367,8 @@ def _dated_held(copy: AccountCopy, order: OrderedLines,
     chunks = list(pairwise(order.bounds))
     held = {status: [0] * len(chunks) for status in parts}
     if classes:
-        line = re.compile(line_of(parts[0] if len(parts) == 1 else None, caught=True).pattern
-                          + b"(?:" + b"|".join(classes) + b")")
+        line = line_of(parts[0] if len(parts) == 1 else None, caught=True,
+                       dates=b"(?:" + b"|".join(classes) + b")")
         for at, (low, high) in enumerate(chunks):
             statuses = line.findall(order.lines, low, high)
             if len(parts) == 1:
