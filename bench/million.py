@@ -180,6 +180,14 @@ def page_types(now_ms: int, count: int) -> list[tuple[str, KeyQuery]]:
         ("renewal orange by last use, page 2,000", KeyQuery(
             token_created=alert_range("orange", 3, now_ms), sort="lastUsed", per_page=50,
             page=2000)),
+        # q held by every key: in the prefix every key shares (counted from the ordered
+        # lines' chunk tails), and in every label (a count of every line)
+        ("q 'kgk' (every key's prefix), page 10,000", KeyQuery(q="kgk", per_page=50,
+                                                               page=10_000)),
+        ("q 'key' (every label), page 10,000", KeyQuery(q="key", per_page=50,
+                                                        page=10_000)),
+        ("q 'key' (every label) in status order, page 10,000",
+         KeyQuery(q="key", sort="status", per_page=50, page=10_000)),
         # a deep page of q's matches: sorted, not walked
         ("q 'key 99', page 100", KeyQuery(q="key 99", per_page=50, page=100)),
         ("q 'key 99', page 100 in label order",
