@@ -22,7 +22,7 @@ from gateway.app import build_gateway
 from gateway.management import build_management_app
 from gateway.management.metrics import build_metrics_app
 from gateway.renewal import add_months, renewal_alert
-from gateway.store import CLI_ACTOR, Store
+from gateway.store import CLI_ACTOR, KeyQuery, Store
 
 # the store, audit and export behaviour on one server and on a Redis Cluster
 redis_url = on_one_server_and_a_cluster()
@@ -791,3 +791,27 @@ async def test_last_used_does_not_resurrect_a_deleted_key(admin, proxy, make_key
     expect_error(await admin("GET", f"{KEYS}/{key.app_key}"), 404, "key_not_found")
     raw = await gateway.store.redis.hgetall(gateway.store.names.key(key.app_key))
     assert set(raw) == {"deleted"}
+
+
+async def test_a_late_batch_does_not_turn_last_use_back(gateway, make_key):
+    """Instances write their last-use batches on their own schedules: one holding an
+    older use that writes after one holding a newer leaves the newer, in the key and in
+    the last-use order alike; a newer use still moves it forward."""
+    store = gateway.store
+    first = await make_key("acme", ["orders-reader"])
+    second = await make_key("acme", ["orders-reader"])
+    await store.record_last_used({first.app_key: 2_000, second.app_key: 1_500})
+    await store.record_last_used({first.app_key: 1_000})  # a slower instance's batch
+
+    async def last_use_order() -> list[str]:
+        keys, _ = await store.list_keys("acme", KeyQuery(sort="lastUsed", per_page=10))
+        return [k.app_key for k in keys if k.app_key in (first.app_key, second.app_key)]
+
+    record = await store.get_key("acme", first.app_key)
+    assert record is not None and record.last_used == 2_000
+    assert await last_use_order() == [first.app_key, second.app_key]
+    await store.record_last_used({second.app_key: 2_500, first.app_key: 1_999})
+    record = await store.get_key("acme", second.app_key)
+    assert record is not None and record.last_used == 2_500
+    assert (await store.get_key("acme", first.app_key)).last_used == 2_000
+    assert await last_use_order() == [second.app_key, first.app_key]
