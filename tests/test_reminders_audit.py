@@ -815,3 +815,14 @@ async def test_a_late_batch_does_not_turn_last_use_back(gateway, make_key):
     assert record is not None and record.last_used == 2_500
     assert (await store.get_key("acme", first.app_key)).last_used == 2_000
     assert await last_use_order() == [second.app_key, first.app_key]
+
+
+async def test_a_last_use_that_is_not_a_number_is_replaced_not_compared(gateway, make_key):
+    """A key whose lastUsed was written by hand as something else is written over by the
+    next batch, which neither fails nor stalls the batch's other keys."""
+    store = gateway.store
+    odd, other = await make_key("acme", ["orders-reader"]), await make_key("acme", ["owner"])
+    await store.redis.hset(store.names.key(odd.app_key), "lastUsed", "yesterday")
+    await store.record_last_used({odd.app_key: 3_000, other.app_key: 3_100})
+    assert (await store.get_key("acme", odd.app_key)).last_used == 3_000
+    assert (await store.get_key("acme", other.app_key)).last_used == 3_100

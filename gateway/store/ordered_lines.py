@@ -275,11 +275,11 @@ def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int
     that ``filters`` allow (a status, a token date range, a tagged role) whose member
     holds ``needle`` (lowered, with no control character; empty, or in the prefix every
     key shares: every key, counted from each chunk's tails instead of a pass over the
-    lines), from the ``offset``-th on,
-    ``size`` of them, and how many hold it in all: their members, ordered (from
-    ``first``, the offset). None when the copy keeps no such order. Within token dates,
-    q's lines are counted by their date bytes (:func:`_dated_held`), and a line read is
-    checked against them through the copy's index by key.
+    lines), from the ``offset``-th on, ``size`` of them, and how many hold it in all:
+    their members, ordered (from ``first``, the offset). None when the copy keeps no
+    such order. Within token dates, q's lines are counted by their date bytes
+    (:func:`_dated_held`), and a line read is checked against them through the copy's
+    index by key.
 
     In status order (each status's keys in key order, ``active`` first ascending) the
     key-ordered lines are read once per status, counted in the same pass."""
@@ -316,7 +316,6 @@ def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int
         return re.compile(either + rb"[^\n\x02]*+" + re.escape(TAG_MARK) + tags + found
                           + dates + (b"" if caught else b"()"))
 
-    chunks = list(pairwise(order.bounds))
     parts = ([filters.status] if sort != "status" or filters.status
              else [INACTIVE, ACTIVE] if descending else [ACTIVE, INACTIVE])
     if patterns is None:  # no q, or one every key holds: counted from each chunk's tails
@@ -325,17 +324,8 @@ def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int
                 for status in parts}
     elif dated:
         held = _dated_held(copy, order, line_of, parts, ranges_of)
-    elif len(parts) == 1:
-        held = {parts[0]: [len(line_of(parts[0]).findall(order.lines, low, high))
-                           for low, high in chunks]}
-    else:  # each line's status byte caught: both statuses counted in one pass
-        held = {ACTIVE: [], INACTIVE: []}
-        line = line_of(None, caught=True)
-        for low, high in chunks:
-            statuses = line.findall(order.lines, low, high)
-            active = statuses.count(STATUS_BYTE[ACTIVE])
-            held[ACTIVE].append(active)
-            held[INACTIVE].append(len(statuses) - active)
+    else:
+        held = _counted(order, line_of, parts)
     members: list[str] = []
     total = 0
     for status in parts:
@@ -348,14 +338,33 @@ def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int
     return Matches(members, total, ordered=True, first=offset)
 
 
+def _counted(order: OrderedLines, line_of: Callable[..., re.Pattern[bytes]],
+             parts: list[str | None], dates: bytes = b"") -> dict[str | None, list[int]]:
+    """How many lines of each chunk ``line_of`` matches (with date bytes that ``dates``
+    matches; empty: any), by status of ``parts``: one pass, both statuses' lines told
+    apart by their status byte, caught."""
+    chunks = pairwise(order.bounds)
+    if len(parts) == 1:
+        line = line_of(parts[0], dates=dates)
+        return {parts[0]: [len(line.findall(order.lines, low, high)) for low, high in chunks]}
+    held: dict[str | None, list[int]] = {ACTIVE: [], INACTIVE: []}
+    line = line_of(None, caught=True, dates=dates)
+    for low, high in chunks:
+        statuses = line.findall(order.lines, low, high)
+        active = statuses.count(STATUS_BYTE[ACTIVE])
+        held[ACTIVE].append(active)
+        held[INACTIVE].append(len(statuses) - active)
+    return held
+
+
 def _dated_held(copy: AccountCopy, order: OrderedLines,
                 line_of: Callable[..., re.Pattern[bytes]], parts: list[str | None],
                 ranges_of: Callable[[str | None], list[tuple[int, int]] | None],
                 ) -> dict[str | None, list[int]]:
     """How many lines of each chunk hold q (``line_of``, by status) and a token score in
     the ranges of each of ``parts`` (statuses): one pass for the lines in the date
-    buckets the ranges fill whole, their statuses caught; the lines of the buckets they
-    cut checked one by one (:func:`dated_runs`)."""
+    buckets the ranges fill whole (:func:`_counted`); the lines of the buckets they cut
+    checked one by one (:func:`dated_runs`)."""
     classes: list[bytes] = []
     cut: dict[str | None, list[int]] = {}
     for status in parts:
@@ -364,18 +373,8 @@ def _dated_held(copy: AccountCopy, order: OrderedLines,
             whole, lines = dated_runs(copy, low, high)
             classes += [whole] if whole else []
             cut[status] += lines
-    chunks = list(pairwise(order.bounds))
-    held = {status: [0] * len(chunks) for status in parts}
-    if classes:
-        line = line_of(parts[0] if len(parts) == 1 else None, caught=True,
-                       dates=b"(?:" + b"|".join(classes) + b")")
-        for at, (low, high) in enumerate(chunks):
-            statuses = line.findall(order.lines, low, high)
-            if len(parts) == 1:
-                held[parts[0]][at] = len(statuses)
-            else:
-                active = statuses.count(STATUS_BYTE[ACTIVE])
-                held[ACTIVE][at], held[INACTIVE][at] = active, len(statuses) - active
+    held = (_counted(order, line_of, parts, b"(?:" + b"|".join(classes) + b")") if classes
+            else {status: [0] * (len(order.bounds) - 1) for status in parts})
     for status, numbers in cut.items():
         line = line_of(status)
         for number in numbers:

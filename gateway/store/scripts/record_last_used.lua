@@ -7,8 +7,9 @@
 local n = #KEYS - 1
 for i = 1, n do
   local held = redis.call('HMGET', KEYS[i + 1], 'acct', 'lastUsed')
-  local at = tonumber(ARGV[n + i])
-  if held[1] and (not held[2] or at > tonumber(held[2])) then
+  -- a time that is not a number (written by hand) is replaced, never compared
+  local at, was = tonumber(ARGV[n + i]), tonumber(held[2])
+  if held[1] and (not was or at > was) then
     redis.call('HSET', KEYS[i + 1], 'lastUsed', ARGV[n + i])
     redis.call('ZADD', KEYS[1], ARGV[n + i], ARGV[i])
   end
