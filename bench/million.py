@@ -176,10 +176,19 @@ def page_types(now_ms: int, count: int) -> list[tuple[str, KeyQuery]]:
             page=2000)),
         ("role owner in status order", KeyQuery(role="owner", sort="status",
                                                 descending=False, per_page=50)),
-        # last use is not in the copy: walked by the script
+        # from the copy's lines in last-use order (used_order.py)
         ("renewal orange by last use, page 2,000", KeyQuery(
             token_created=alert_range("orange", 3, now_ms), sort="lastUsed", per_page=50,
             page=2000)),
+        ("status inactive by last use, oldest first, page 1,000", KeyQuery(
+            status="inactive", sort="lastUsed", descending=False, per_page=50, page=1000)),
+        ("role orders-reader by last use, page 2,000", KeyQuery(
+            role="orders-reader", sort="lastUsed", per_page=50, page=2000)),
+        ("q 'key 1' by last use, page 1,000", KeyQuery(
+            q="key 1", sort="lastUsed", per_page=50, page=1000)),
+        ("q 'key 5' + renewal orange by last use, page 100", KeyQuery(
+            q="key 5", token_created=alert_range("orange", 3, now_ms), sort="lastUsed",
+            per_page=50, page=100)),
         # q held by every key: in the prefix every key shares (counted from the ordered
         # lines' chunk tails), and in every label (a count of every line)
         ("q 'kgk' (every key's prefix), page 10,000", KeyQuery(q="kgk", per_page=50,
@@ -241,6 +250,24 @@ async def million(
     copy = store.label_search.copies.get(ACCOUNT)
     # both strings, the token scores, the index by key
     copy_bytes = copy.nbytes if copy is not None else 0
+    # the first page asked in last-use order puts the copy's lines in that order, in the
+    # background (gateway/store/used_order.py); the script answers that page
+    started = time.perf_counter()
+    await store.list_keys(ACCOUNT, KeyQuery(status="inactive", sort="lastUsed", per_page=50))
+    first_by_use = time.perf_counter() - started
+    making = store.label_search.ordering_by_use.get(ACCOUNT)
+    if making is not None:
+        await making
+    used_order_in = time.perf_counter() - started
+    used_bytes = copy.nbytes - copy_bytes if copy is not None else 0
+    # then 10,000 keys used (spread over the account): followed from the moves stream
+    # by the next page (its time beside the median, which is past it)
+    moved = count // 10_000 or 1
+    await store.record_last_used({key_name(i): now_ms - i % 5000
+                                  for i in range(0, count, moved)})
+    started = time.perf_counter()
+    await store.list_keys(ACCOUNT, KeyQuery(status="inactive", sort="lastUsed", per_page=50))
+    after_moves = time.perf_counter() - started
     pages = {}
     for name, query in page_types(now_ms, count):
         pages[name] = await timed(store, query)
@@ -251,6 +278,8 @@ async def million(
         "parts": {k: v / count for k, v in parts.items()},
         "hash": statistics.mean(hashes), "pages": pages,
         "copied_in": copied_in, "listed_in": listed_in, "copy_bytes": copy_bytes,
+        "first_by_use": first_by_use, "used_order_in": used_order_in,
+        "used_bytes": used_bytes, "after_moves": after_moves, "moved": len(range(0, count, moved)),
         "gauge": statistics.median(gauge_times), "scanned_in": scanned_in,
         "names": await client.dbsize(),
     }
@@ -274,6 +303,12 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
          f"made ahead by the first listing (answered in {result['listed_in'] * 1000:.1f} ms) "
          f"in {result['copied_in']:.2f} s, a search meanwhile waiting for it; "
          f"{result['copy_bytes'] / n:.0f} B per key of process memory, none in Redis"),
+        (f"{n:,} keys: the copy's lines in last-use order",
+         f"made for the first page asked in that order (answered by the script meanwhile, "
+         f"in {result['first_by_use'] * 1000:.0f} ms) in {result['used_order_in']:.2f} s; "
+         f"{result['used_bytes'] / n:.0f} B per key more; the next page after "
+         f"{result['moved']:,} keys were used took {result['after_moves'] * 1000:.1f} ms "
+         f"(those uses taken in from the moves stream)"),
         (f"{n:,} keys: the renewal gauge's count (median of 5)",
          f"{result['gauge'] * 1000:.1f} ms: the accounts read from their set, two ZCOUNTs "
          f"per level; a scan of the store's {result['names']:,} names for the accounts "

@@ -31,10 +31,12 @@ from test_listing_index import (
 from gateway.context import Gateway
 from gateway.renewal import ALERTS, alert_range
 from gateway.store import CLI_ACTOR as CLI
-from gateway.store import KeyQuery, Store, label_newest, ordered_lines
+from gateway.store import KeyQuery, Store, copy_sync, label_newest, ordered_lines
 from gateway.store import search as search_module
 from gateway.store.label_copy import INACTIVE_AT, AccountCopy, Filters
+from gateway.store.lua import constant
 from gateway.store.search import LabelSearch
+from gateway.store.used_order import MOVES_KEPT
 
 redis_url = on_one_server_and_a_cluster()
 
@@ -281,7 +283,7 @@ async def test_tokens_renewed_in_another_order_than_their_keys_were_made(
 
 @pytest.mark.parametrize("sort", ["label", "creationDate", "creationDateToken", "appKey",
                                   "status"])
-async def test_q_in_every_order_but_last_use_is_read_from_the_copys_ordered_lines(
+async def test_q_in_the_orders_made_with_the_copy_is_read_from_its_ordered_lines(
     searched, other, clock, monkeypatch, sort
 ):
     """In label, creation, token date, key and status order, q's page is read from the
@@ -366,7 +368,8 @@ async def test_q_in_every_order_but_last_use_is_read_from_the_copys_ordered_line
         await assert_same(store, query)
     assert search.in_order_searches == before
     monkeypatch.setattr(search_module, "ORDERED_HERE", -1)
-    # last-use order: found the other ways
+    # last-use order: the first page asked in it found the other ways while the copy's
+    # lines are put in that order (in the background)
     before = search.in_order_searches
     await assert_same(store, KeyQuery(q="build", sort="lastUsed", per_page=5))
     assert search.in_order_searches == before
@@ -385,12 +388,13 @@ async def test_q_in_every_order_but_last_use_is_read_from_the_copys_ordered_line
 async def test_pages_with_no_q_are_read_from_a_copy_kept_as_brute_force(
     searched, other, clock, monkeypatch
 ):
-    """A status, renewal or role filter with no q, in every order but last use and at
-    any depth, is read from the account's copy when one is kept (search.py filtered:
-    counted from each chunk's sorted token scores by tail, the page read from its
-    chunk); changes another instance made since are seen.
-    Every page as brute force; last-use order, a caller's role limits, a role the copy
-    does not tag and an account with no copy kept are left to the script."""
+    """A status, renewal or role filter with no q, in every order and at any depth, is
+    read from the account's copy when one is kept (search.py filtered: counted from
+    each chunk's sorted token scores by tail, the page read from its chunk); changes
+    another instance made since are seen. Every page as brute force; the first page in
+    last-use order (while the copy is put in that order), a caller's role limits, a
+    role the copy does not tag and an account with no copy kept are left to the
+    script."""
     monkeypatch.setattr(ordered_lines, "CHUNK_BYTES", 64)
     store = searched.store
     keys = Keys(store, 67)
@@ -433,6 +437,128 @@ async def test_pages_with_no_q_are_read_from_a_copy_kept_as_brute_force(
         await assert_same(store, query)
         assert search.filtered_searches == before, query
     used_copy(store, builds=1)
+
+
+async def test_pages_in_last_use_order_are_read_from_the_copys_lines_as_brute_force(
+    searched, other, clock, monkeypatch
+):
+    """In last-use order, q's pages and those with a status, renewal or role filter are
+    read from the copy's lines kept in that order (used_order.py), made when a page in
+    that order is first asked for, at any depth: keys used in the same millisecond
+    (ordered by key), never used, used again by another instance after the order was
+    made (later, and a late batch holding an older use: a key's last use only moves
+    forward), keys made, changed and deleted since, and a key made since and then used.
+    Every page as brute force. When the uses it follows are gone (the moves stream cut
+    or deleted) or too many keys moved, the order is dropped and made again."""
+    monkeypatch.setattr(ordered_lines, "CHUNK_BYTES", 64)
+    monkeypatch.setattr(ordered_lines, "MADE_AT_ONCE", 7)
+    monkeypatch.setattr(ordered_lines, "DATE_BUCKETS", 4)
+    monkeypatch.setattr(search_module, "ORDERED_HERE", -1)
+    store = searched.store
+    search = store.label_search
+    search.use_order_waits = True
+    moves = store.names.account(ACCOUNT, "moves")
+    keys = Keys(store, 71)
+    for i in range(40):
+        clock.advance(DAY_MS / 1000 * (i % 3))
+        await keys.create(f"build {i}" if i < 30 else f"other {i}",
+                          ("orders-reader",) if i % 2 else ("orders-writer",))
+    for i in (3, 8, 21, 30):
+        await store.update_key(ACCOUNT, keys.made[i], status="inactive")
+    now_ms = int(clock() * 1000)
+    # three keys in each millisecond, a fifth never used
+    await store.record_last_used({k: now_ms - 1000 + i // 3 for i, k in enumerate(keys.made)
+                                  if i % 5})
+    # a key made by another instance, read again by this one's copy, then used, all
+    # before the copy is kept in last-use order: the stream did not exist to say so
+    await assert_same(store, KeyQuery(q="build", per_page=5))
+    early = await Keys(other, 74).create("build early", ("orders-reader",))
+    await assert_same(store, KeyQuery(q="build", per_page=5))
+    assert early in search.copies[ACCOUNT].fresh
+    await other.record_last_used({early: now_ms + 100})
+    # no stream until a page is asked for in last-use order
+    assert not await store.redis.exists(moves)
+    await assert_same(store, KeyQuery(q="build", sort="lastUsed", per_page=5))
+    copy = search.copies[ACCOUNT]
+    assert copy.used is not None and await store.redis.exists(moves)
+    first_order = copy.orders["lastUsed"]
+    assert len(first_order.bounds) > 10
+    clock.advance(1)
+    made = Keys(other, 72)
+    fresh_key = await made.create("build new", ("orders-reader",))
+    await made.create("other new", ("orders-writer",))
+    await other.update_key(ACCOUNT, keys.made[31], label="build relabelled")
+    await other.update_key(ACCOUNT, keys.made[2], label="no longer")
+    await other.delete_key(ACCOUNT, keys.made[6], actor=CLI)
+    await other.update_key(ACCOUNT, keys.made[14], status="inactive")
+    await other.update_key(ACCOUNT, keys.made[9], roles=["orders-writer"])
+    later = int(clock() * 1000)
+    await other.record_last_used({keys.made[1]: later, keys.made[7]: later,
+                                  keys.made[13]: later + 1, fresh_key: later + 2})
+    # a late batch: older uses, of which only those later than the key's own move it
+    await other.record_last_used({keys.made[0]: now_ms - 5000, keys.made[10]: now_ms - 999,
+                                  keys.made[1]: now_ms - 2000, keys.made[11]: now_ms + 500})
+    asked = [KeyQuery(q=needle, sort="lastUsed", descending=descending, status=status,
+                      role=role, token_created=dates, per_page=per_page, page=page)
+             for needle in ("build", "d 1", "")
+             for descending in (True, False)
+             for status in (None, "active", "inactive")
+             for role in (None, "orders-reader")
+             for dates in (None, (now_ms - 20 * DAY_MS, None))
+             for per_page, page in ((5, 1), (4, 3), (100, 1))
+             if needle or status or role or dates]
+    before = search.in_order_searches + search.filtered_searches
+    for query in asked:
+        await assert_same(store, query)
+    assert search.in_order_searches + search.filtered_searches - before == len(asked)
+    assert copy.orders["lastUsed"] is first_order  # followed, not made again
+    for descending in (True, False):
+        for page in range(1, 12):
+            await assert_same(store, KeyQuery(q="build", sort="lastUsed", per_page=3,
+                                              page=page, descending=descending))
+    # the stream cut past the last entry taken in: made again from the index
+    await other.record_last_used({keys.made[4]: later + 10})
+    await store.redis.xtrim(moves, maxlen=0)
+    await other.record_last_used({keys.made[5]: later + 11})
+    await assert_same(store, KeyQuery(q="build", sort="lastUsed", per_page=50))
+    assert copy.orders["lastUsed"] is not first_order
+    second_order = copy.orders["lastUsed"]
+    # deleted: likewise
+    await store.redis.delete(moves)
+    await other.record_last_used({keys.made[12]: later + 12})
+    await assert_same(store, KeyQuery(status="active", sort="lastUsed", per_page=50))
+    assert copy.orders["lastUsed"] is not second_order
+    # more keys moved than the copy follows one by one: made again
+    monkeypatch.setattr(copy_sync, "MOVED_AT_MOST", 3)
+    third_order = copy.orders["lastUsed"]
+    await other.record_last_used({k: later + 20 for k in keys.made[15:20]})
+    await assert_same(store, KeyQuery(q="build", sort="lastUsed", per_page=50))
+    assert copy.orders["lastUsed"] is not third_order
+    used_copy(store, builds=1)
+
+
+async def test_the_moves_stream_stays_bounded_whatever_the_uses(searched, clock):
+    """However many uses are written, the account's moves stream holds its last
+    MOVES_KEPT entries of at most MOVES_PER_ENTRY keys each; a batch of more keys is
+    cut into entries, and every key moved is in them."""
+    store = searched.store
+    moves = store.names.account(ACCOUNT, "moves")
+    keys = Keys(store, 73)
+    made = [await keys.create(f"key {i}") for i in range(5)]
+    await store.redis.xadd(moves, {"k": "", "t": ""})
+    start = int(clock() * 1000)
+    for i in range(MOVES_KEPT + 20):
+        await store.record_last_used({made[i % 5]: start + i})
+    assert await store.redis.xlen(moves) == MOVES_KEPT
+    per_entry = constant("record_last_used", "MOVES_PER_ENTRY")
+    many = {f"kgk-{ACCOUNT}-{i:010X}": start for i in range(per_entry + 5)}
+    for app_key in many:
+        await store.create_key(app_key, ACCOUNT, "many", [], "d" * 64)
+    await store.record_last_used({k: start + 1000 for k in many})
+    entries = await store.redis.xrevrange(moves, count=2)
+    sizes = [len(fields["k"].split("\n")) for _, fields in entries]
+    assert sorted(sizes) == [5, per_entry]
+    assert {k for _, f in entries for k in f["k"].split("\n")} == set(many)
 
 
 def test_a_date_bucket_range_is_matched_by_its_byte_class_alone():

@@ -50,6 +50,9 @@ An account's records (``{p}acct:{{account}}:…`` on a Redis Cluster):
 ``{p}acct:{account}:audit``    stream of change events, capped (``MAXLEN ~``); the fields of
                                each entry: records.AUDIT_FIELDS
 ``{p}acct:{account}:access``   stream of access events (sampled denials), capped apart
+``{p}acct:{account}:moves``    stream of the keys whose last use moved, with their times,
+                               written only once a process keeps the account's copy in
+                               last-use order (used_order.py), its last entries alone
 ``{p}acct:{account}:done:{id}`` a grant follow-up applied, until it is cleared (grants.py)
 ``{p}link:{sha256(link secret)}`` an unopened one-time link: the token, encrypted under a
                                key derived from the link secret, which is not stored

@@ -6,6 +6,7 @@ the copy itself, copy_reads.py joins the reads in C)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -16,13 +17,19 @@ from .copy_reads import creation_dates, in_token_order, member_of
 from .label_copy import AccountCopy, token_score
 from .lua import Scripts
 from .names import LISTED, Keyspace
-from .ordered_lines import ORDERS_KEPT, OrderedLines
+from .ordered_lines import LAST_USED, ORDERS_KEPT, OrderedLines
 from .records import ACTIVE
+from .used_order import MOVES_KEPT, UsedOrder, drop_use_order, last_use_by_line, with_uses
 
 # members read per round trip while a copy is made
 READ_CHUNK = 10_000
 # events read per round trip while taking in changes
 EVENTS_CHUNK = 1_000
+# moves stream entries read per round trip
+MOVES_READ = 16
+# keys moved in last-use order followed one by one, at most (or a tenth of the copy):
+# past them the order is made again (each is searched like a key read again)
+MOVED_AT_MOST = 1_000
 # the actions that can change a key's line in the copy: its label, status, roles or
 # token date
 KEY_ACTIONS = ("key.create", "key.update", "key.delete", "token.renew", "token.renew-now",
@@ -196,24 +203,93 @@ class CopySync:
                 break
         if changed:
             await self.read_again(account, copy, changed)
+        if copy.used is not None:
+            await self._take_in_moves(account, copy)
         return True
+
+    async def order_by_use(self, account: str, copy: AccountCopy) -> None:
+        """Keep ``copy``'s lines in last-use order too (used_order.py): the account's
+        moves stream made (or an entry appended: where this read starts from), then its
+        last-use index read by ranks, a key that a use meanwhile shifted past a chunk's
+        end read by key (a key used meanwhile is in the stream too)."""
+        moves = self.names.account(account, "moves")
+        used_index = self.names.account(account, "used")
+        moves_from = await self.redis.xadd(moves, {"k": "", "t": ""}, maxlen=MOVES_KEPT,
+                                           approximate=False)
+        keys, times = await self._by_ranks(used_index)
+        # the lines as they are now: those blanked from here on are blanked in the
+        # order once it is made (AccountCopy.blanked)
+        frozen = dataclasses.replace(copy, members=bytearray(copy.members),
+                                     lowered=bytearray(copy.lowered), orders={})
+        last_used, unread = await asyncio.to_thread(last_use_by_line, frozen, keys, times)
+        del keys, times
+        for app_key, at in (await self._uses_of(used_index, unread)).items():
+            last_used[frozen.line_number(app_key)] = at
+        # the keys read again before the stream's entry were read with the uses then
+        uses = await self._uses_of(used_index, [k for k, f in copy.fresh.items()
+                                                if f.member is not None])
+        order = await asyncio.to_thread(OrderedLines.of, frozen, LAST_USED, last_used)
+        del frozen
+        copy.orders[LAST_USED] = order
+        for number in copy.blanked:
+            order.blank(number, copy.scores[number])
+        with_uses(copy, uses)
+        copy.used = UsedOrder(last_used, moves_from)
+
+    async def _uses_of(self, used_index: str, keys: list[str]) -> dict[str, int]:
+        """The last use of each of ``keys`` in the last-use index (0: never)."""
+        uses: dict[str, int] = {}
+        for first in range(0, len(keys), self.limits.read_chunk):
+            chunk = keys[first:first + self.limits.read_chunk]
+            for app_key, at in zip(chunk, await self.redis.zmscore(used_index, chunk),
+                                   strict=True):
+                uses[app_key] = int(at or 0)
+        return uses
+
+    async def _take_in_moves(self, account: str, copy: AccountCopy) -> None:
+        """Take in the uses appended to the account's moves stream since the last taken
+        in; drop the copy's last-use order when those are gone, or when more keys moved
+        than a tenth of the copy (made again when next asked for)."""
+        used = copy.used
+        assert used is not None
+        moves = self.names.account(account, "moves")
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xrange(moves, min="-", max="+", count=1)
+                pipe.xrange(moves, min="(" + used.moves_from, max="+", count=MOVES_READ)
+                first, entries = await pipe.execute()
+            if not first or _after(first[0][0], used.moves_from):
+                drop_use_order(copy)  # the uses since the last taken in are not all there
+                return
+            for entry, fields in entries:
+                keys, times = fields.get("k", ""), fields.get("t", "")
+                for app_key, at in zip(keys.split("\n") if keys else (),
+                                       times.split("\n") if times else (), strict=False):
+                    used.move(copy, app_key, _number(at) or 0)
+                used.moves_from = entry
+            if len(used.moved) > max(MOVED_AT_MOST, copy.count // 10):
+                drop_use_order(copy)
+                return
+            if len(entries) < MOVES_READ:
+                return
 
     async def read_again(self, account: str, copy: AccountCopy, keys: Iterable[str]) -> None:
         keys = list(keys)
         async with self.redis.pipeline(transaction=False) as pipe:
             for app_key in keys:
                 pipe.hmget(self.names.key(app_key), "acct", "label", "lf", "status",
-                           "tokCreated", f"g:{account}", "created")
+                           "tokCreated", f"g:{account}", "created", "lastUsed")
             found = await pipe.execute()
-        for app_key, (owner, label, folded, status, token_date, grant, created) in zip(
-                keys, found, strict=True):
+        for app_key, (owner, label, folded, status, token_date, grant, created,
+                      last_used) in zip(keys, found, strict=True):
             if owner != account:
                 copy.read_again(app_key, None)
                 continue
             # the creation date as the creation date index's status runs hold it
             copy.read_again(app_key, member_of(app_key, label, folded),
                             token_score(_number(token_date), status == ACTIVE),
-                            _roles(grant), token_score(_number(created), True))
+                            _roles(grant), token_score(_number(created), True),
+                            _number(last_used) or 0)
 
 
 def _number(value: str | None) -> int | None:

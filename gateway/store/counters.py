@@ -26,12 +26,14 @@ class Counters(StoreCore):
     async def record_last_used(self, times: Mapping[str, int]) -> None:
         """Write a batch of last-used times: one script per account (its keys and its
         last-use index share a slot), one after the other (a background write: one
-        connection at a time); deleted keys are skipped."""
+        connection at a time); deleted keys are skipped. The keys whose time moved are
+        appended to the account's moves stream where a copy follows it (search.py)."""
         by_account: dict[str, list[str]] = {}
         for app_key in times:
             by_account.setdefault(owner_of(app_key), []).append(app_key)
         for account, app_keys in by_account.items():
             await self.scripts.record_last_used(
                 keys=[self.names.account(account, "used"),
+                      self.names.account(account, "moves"),
                       *(self.names.key(n) for n in app_keys)],
                 args=[*app_keys, *(times[n] for n in app_keys)])

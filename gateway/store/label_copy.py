@@ -38,6 +38,7 @@ from .records import ACTIVE, INACTIVE
 
 if TYPE_CHECKING:
     from .ordered_lines import OrderedLines
+    from .used_order import UsedOrder
 
 # the listing's orders that the copy puts q's matches in itself: those of what each
 # line holds, and creation order (a creation date never changes: the copy keeps each
@@ -103,12 +104,13 @@ ANY_KEY = Filters()
 @dataclass(frozen=True)
 class Fresh:
     """A key read again since the copy was made: its member now (None: none, deleted or
-    not in the account), token score, roles and creation date."""
+    not in the account), token score, roles, creation date and last use (0: never)."""
 
     member: str | None
     score: int = 0
     roles: frozenset[str] = frozenset()
     created: int = 0
+    last_used: int = 0
 
 
 @dataclass
@@ -143,6 +145,11 @@ class AccountCopy:
     # the lines again in the listing's label and creation orders (ordered_lines.py), by
     # the sort's name, once made
     orders: dict[str, OrderedLines] = field(default_factory=dict)
+    # the numbers of the lines blanked, in the order they were
+    blanked: list[int] = field(default_factory=list)
+    # the last use of every line and the keys used since, once the lines are kept in
+    # last-use order too (used_order.py)
+    used: UsedOrder | None = None
 
     @classmethod
     def of(cls, members: Sequence[str], last_event: str,
@@ -185,7 +192,8 @@ class AccountCopy:
         arrays = (self.scores, self.created, self.index.entries, self.index.buckets)
         return len(self.members) + len(self.lowered) + sum(
             len(part) * part.itemsize for part in arrays) + sys.getsizeof(self.starts) + sum(
-            map(sys.getsizeof, self.starts)) + sum(o.nbytes for o in self.orders.values())
+            map(sys.getsizeof, self.starts)) + sum(o.nbytes for o in self.orders.values()) + (
+            len(self.used.last_used) * 8 if self.used is not None else 0)
 
     @property
     def tag_width(self) -> int:
@@ -196,14 +204,17 @@ class AccountCopy:
         return role in self.roles
 
     def read_again(self, app_key: str, member: str | None, token_score: int = 0,
-                   roles: Iterable[str] = (), created: int = 0) -> None:
+                   roles: Iterable[str] = (), created: int = 0, last_used: int = 0) -> None:
         """``app_key`` is now ``member`` (None: it has none, deleted or not in the
-        account), with that token score, roles and creation date: searched from them,
-        its line in the copy blanked."""
+        account), with that token score, roles, creation date and last use: searched
+        from them, its line in the copy blanked."""
         prefix = self.prefix.decode()
         line = (self._line_of(app_key[len(prefix):].encode())
                 if app_key.startswith(prefix) else None)
-        self.fresh[app_key] = Fresh(member, token_score, frozenset(roles), created)
+        if self.used is not None:  # a use taken in since may be newer than the read
+            moved = self.used.moved.pop(app_key, None)
+            last_used = max(last_used, moved.last_used if moved else 0)
+        self.fresh[app_key] = Fresh(member, token_score, frozenset(roles), created, last_used)
         if line is not None:
             start, member_end, _ = line
             end = member_end + 1 + self.tag_width  # its tag bytes too
@@ -211,6 +222,25 @@ class AccountCopy:
             for order in self.orders.values():
                 order.blank(number, self.scores[number])
             self.members[start:end] = self.lowered[start:end] = BLANK * (end - start)
+            self.blanked.append(number)
+
+    def line_read(self, app_key: str) -> tuple[int, Fresh] | None:
+        """The number of the line of ``app_key`` (None: the copy holds none, or it was
+        read again) and what the line says of it, as a key read again would."""
+        prefix = self.prefix
+        rest = app_key.encode()
+        if not rest.startswith(prefix):
+            return None
+        line = self._line_of(rest[len(prefix):])
+        if line is None:
+            return None
+        start, member_end, nul = line
+        members, number = self.members, self._number_of(start)
+        tags = members[member_end + 1:member_end + 1 + self.tag_width]
+        roles = frozenset(role for i, role in enumerate(self.roles)
+                          if tags[i // ROLES_PER_TAG] & (1 << i % ROLES_PER_TAG))
+        member = (members[start:nul + 1] + prefix + members[nul + 1:member_end]).decode()
+        return number, Fresh(member, self.scores[number], roles, self.created[number])
 
     def line_number(self, app_key: str) -> int:
         """The number of the line of a key the copy holds a line for (not read again)."""
@@ -315,10 +345,15 @@ class AccountCopy:
         return sum(_estimate(self.lowered, patterns, low, high, line)
                    for low, high in self.spans_of(filters))
 
-    def fresh_holding(self, needle: bytes, filters: Filters = ANY_KEY) -> list[Fresh]:
+    def fresh_holding(self, needle: bytes, filters: Filters = ANY_KEY,
+                      in_use_order: bool = False) -> list[Fresh]:
         """The keys read again since the copy was made whose member now holds ``needle``
-        (lowered) and whose token score and roles ``filters`` allow."""
-        return [f for f in self.fresh.values()
+        (lowered) and whose token score and roles ``filters`` allow; ``in_use_order``:
+        with the keys used since (their lines blanked in last-use order alone)."""
+        fresh = list(self.fresh.values())
+        if in_use_order and self.used is not None:
+            fresh += [f for k, f in self.used.moved.items() if k not in self.fresh]
+        return [f for f in fresh
                 if f.member is not None and needle in f.member.encode().lower()
                 and filters.allow(f.score, f.roles)]
 

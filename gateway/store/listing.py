@@ -20,8 +20,9 @@ key keep up to date in the same step (scripts/key_rules.lua):
 One read-only script (scripts/list_keys.lua) picks the page: no temporary key, one round
 trip, then the page's keys read whole. In an account whose copy this process keeps for q
 (search.py), a status, renewal or role filter with no q is read from the copy instead, in
-every order but last use (ordered_lines.py): the script walks the sort's index for a
-filter not in its order, which costs seconds for a deep page at 1,000,000 keys.
+every order (ordered_lines.py; last-use order once the copy is kept in it too,
+used_order.py): the script walks the sort's index for a filter not in its order, which
+costs seconds for a deep page at 1,000,000 keys.
 
 ``q`` keeps its meaning — a case-folded substring of the label or of the key. In an
 account with many keys this process finds its matches in its own copy of the label
@@ -188,7 +189,6 @@ class KeyListing(StoreLayout):
               and query.status in (ACTIVE, INACTIVE, None, "") and not query.may_act_on):
             # a status, renewal or role filter with no q: from this process's copy of the
             # account when one is kept (search.py filtered), at any depth in every order
-            # but last use
             found = await self.label_search.filtered(
                 account, Filters(query.status or None, dates, query.role or None),
                 query.sort, query.descending,

@@ -49,7 +49,7 @@ from __future__ import annotations
 import re
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import compress, pairwise
 from typing import Any
@@ -67,8 +67,10 @@ from .label_copy import (
 )
 from .records import ACTIVE, INACTIVE
 
-# the orders kept: the listing's sort names
+# the orders kept: the listing's sort names (last-use order, when asked for:
+# used_order.py)
 ORDERS_KEPT = ("label", "creationDate", "creationDateToken", "appKey")
+LAST_USED = "lastUsed"
 # a line's tail: its tag bytes and status byte (the date bytes after them left out)
 TAIL = re.compile(b"\x02([\x10-\x1f]*)")
 # status order is read from the key-ordered lines, one status after the other
@@ -110,8 +112,11 @@ class OrderedLines:
     tails: list[dict[bytes, array]]
 
     @classmethod
-    def of(cls, copy: AccountCopy, sort: str) -> OrderedLines:
-        """The lines of ``copy`` (none read again yet) in the order ``sort``."""
+    def of(cls, copy: AccountCopy, sort: str, last_used: Sequence[int] | None = None,
+           ) -> OrderedLines:
+        """The lines of ``copy`` in the order ``sort``; in last-use order, by
+        ``last_used`` (each line's, by its number). Blanked lines (keys read again) are
+        left out: their ``at`` is 0."""
         count = copy.count
         if not count:
             return cls(bytearray(b"\n"), [1, 1], [], array("I"), [{}])
@@ -125,17 +130,19 @@ class OrderedLines:
         def key(line: int) -> bytes:
             return member(line).partition(b"\0")[2]
 
+        kept = [i for i in range(count) if members[starts[i]] != BLANK[0]]
         if sort == "label":
-            order = sorted(range(count), key=member)
+            order = sorted(kept, key=member)
         elif sort == "appKey":
-            order = sorted(range(count), key=key)
-        else:  # creation or token date, then key: two stable sorts
-            order = sorted(range(count), key=key)
+            order = sorted(kept, key=key)
+        else:  # a date (creation, token, last use), then key: two stable sorts
+            order = sorted(kept, key=key)
             order.sort(key=(copy.created if sort == "creationDate"
+                            else last_used if sort == LAST_USED and last_used is not None
                             else list(map(token_date, copy.scores))).__getitem__)
         scores, per = copy.scores, _per_bucket(count)
         parts: list[bytes] = []
-        for first in range(0, count, MADE_AT_ONCE):
+        for first in range(0, len(order), MADE_AT_ONCE):
             parts.append(b"\n".join([
                 _line(lowered[starts[i]:starts[i + 1] - 1], members[starts[i]:starts[i + 1] - 1],
                       STATUS_BYTE[INACTIVE if scores[i] >= INACTIVE_AT else ACTIVE]
@@ -148,6 +155,7 @@ class OrderedLines:
         at = array("I", bytes(4 * count))
         for place, line in zip(places, order, strict=True):
             at[line] = place
+        used = last_used if last_used is not None else bytes(count)
         # each chunk's start: the first line starting at or past CHUNK_BYTES after the
         # previous chunk's
         bounds = [1]
@@ -157,7 +165,7 @@ class OrderedLines:
         for bound in bounds:
             line = order[bisect_left(places, bound)]
             firsts.append(_place(sort, _member(member(line), prefix), copy.created[line],
-                                 copy.scores[line]))
+                                 copy.scores[line], used[line]))
         bounds.append(len(body))
         tails = []
         for low, high in pairwise(bounds):
@@ -176,8 +184,10 @@ class OrderedLines:
 
     def blank(self, line: int, score: int) -> None:
         """Blank the line of the copy's line ``line`` (its key read again; its token
-        score as the copy holds it)."""
+        score as the copy holds it), unless it is blank or left out here already."""
         start = self.at[line]
+        if not start or self.lines[start] == BLANK[0]:
+            return
         end = self.lines.index(b"\n", start)
         tail = bytes(self.lines[self.lines.index(TAG_MARK, start) + 1:end - DATE_WIDTH])
         scored = self.tails[bisect_right(self.bounds, start) - 1][tail]
@@ -330,7 +340,8 @@ def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int
     total = 0
     for status in parts:
         part = Part(copy, order, sort, line_of(status), held[status],
-                    copy.fresh_holding(needle, Filters(status, filters.dates, filters.role)),
+                    copy.fresh_holding(needle, Filters(status, filters.dates, filters.role),
+                                       in_use_order=sort == LAST_USED),
                     descending, ranges_of(status))
         if offset - total < part.count and len(members) < size:
             members += part.page(max(offset - total, 0), size - len(members))
@@ -378,8 +389,8 @@ def _dated_held(copy: AccountCopy, order: OrderedLines,
     for status, numbers in cut.items():
         line = line_of(status)
         for number in numbers:
-            start = order.at[number]
-            if line.search(order.lines, start, order.lines.index(b"\n", start)):
+            start = order.at[number]  # 0: a line left out of this order
+            if start and line.search(order.lines, start, order.lines.index(b"\n", start)):
                 held[status][bisect_right(order.bounds, start) - 1] += 1
     return held
 
@@ -401,7 +412,8 @@ class Part:
 
     def __post_init__(self) -> None:
         # the keys read again that hold q now, in ascending order
-        self.now = sorted((_place(self.sort, f.member, f.created, f.score), f.member)
+        self.now = sorted((_place(self.sort, f.member, f.created, f.score, f.last_used),
+                           f.member)
                           for f in self.fresh if f.member is not None)
 
     @property
@@ -475,20 +487,24 @@ def _member_at(lines: bytearray, start: int, prefix: bytes) -> str:
     return (label + b"\0" + prefix + lines[case + 1:tags]).decode()
 
 
-def _place(sort: str, member: str, created: int, score: int) -> Any:
-    """A key's place in ``sort``, from its member, creation date and token score."""
+def _place(sort: str, member: str, created: int, score: int, last_used: int = 0) -> Any:
+    """A key's place in ``sort``, from its member, creation date, token score and last
+    use."""
     if sort == "label":
         return member
     if sort in ("appKey", "status"):
         return _key(member)
+    if sort == LAST_USED:
+        return last_used, _key(member)
     return created if sort == "creationDate" else token_date(score), _key(member)
 
 
 def _place_read(copy: AccountCopy, sort: str, member: str) -> Any:
     """The place in ``sort`` of a member read from the lines (its key not read again)."""
-    if sort in ("creationDate", "creationDateToken"):
+    if sort in ("creationDate", "creationDateToken", LAST_USED):
         line = copy.line_number(_key(member))
-        return _place(sort, member, copy.created[line], copy.scores[line])
+        used = copy.used.last_used[line] if copy.used is not None else 0
+        return _place(sort, member, copy.created[line], copy.scores[line], used)
     return _place(sort, member, 0, 0)
 
 

@@ -70,8 +70,10 @@ script's walk checks every key between q's matches, which is long when they sit
 together far from where it starts (labels made in sequence: ``key 1…``) or when the
 page is deep; within a renewal filter (a token date range) too, where more than
 ``ORDERED_HERE`` match in the range's lines (fewer are put in order here or handed
-over). Last-use order is left to the other ways (last use is not in the copy: it
-changes with every request and appends no event).
+over). So in last-use order, once the lines are kept in it too: made when a page in that
+order is first asked for, in the background (the script answers meanwhile), and kept
+current from the account's moves stream, which the script writing last uses appends
+to (used_order.py: last use changes with requests and appends no audit event).
 
 A kept copy also answers a page with a status, renewal or role filter and no q
 (:meth:`LabelSearch.filtered`), in the same orders and at any depth, where the listing
@@ -113,7 +115,7 @@ from .label_copy import (
 from .label_newest import newest
 from .lua import Scripts
 from .names import LISTED, Keyspace
-from .ordered_lines import in_order, keeps
+from .ordered_lines import LAST_USED, in_order, keeps
 
 if TYPE_CHECKING:
     from .core import Observer
@@ -191,6 +193,10 @@ class LabelSearch:
         self._locks: dict[str, asyncio.Lock] = {}
         # copies being made ahead of a search (warm), by account
         self.warming: dict[str, asyncio.Task[None]] = {}
+        # copies being put in last-use order (used_order.py), by account; or, when
+        # ``use_order_waits`` (tests), by the page that asks for it
+        self.ordering_by_use: dict[str, asyncio.Task[None]] = {}
+        self.use_order_waits = False
         # one copy made at a time in this process: making one holds several times its
         # size for the while (see the module notes), so at most one account's worth
         self._making = asyncio.Lock()
@@ -257,6 +263,8 @@ class LabelSearch:
         if copy is None:
             return None
         self.copies.move_to_end(account)
+        if sort == LAST_USED:
+            await self._in_use_order(account, copy)
         among_count = await among.size() if among is not None else 0
         few = among is not None and among_count <= min(self.max_passed,
                                                        copy.count // self.holders_before_count)
@@ -351,7 +359,8 @@ class LabelSearch:
         copy = self.copies.get(account)
         lock = self._lock_of(account)
         offset, size = page
-        if (copy is None or lock.locked() or size <= 0 or not keeps(copy, sort)
+        if (copy is None or lock.locked() or size <= 0
+                or not (keeps(copy, sort) or sort == LAST_USED)
                 or (filters.role is not None and not copy.tags(filters.role))):
             return None
         async with lock:
@@ -359,10 +368,39 @@ class LabelSearch:
                 self.copies.pop(account, None)  # made again by the next search or listing
                 return None
         self.copies.move_to_end(account)
+        if sort == LAST_USED:
+            await self._in_use_order(account, copy)
         found = in_order(copy, sort, b"", offset, size, descending, filters)
         if found is not None:
             self.filtered_searches += 1
         return found
+
+    async def _in_use_order(self, account: str, copy: AccountCopy) -> None:
+        """Have ``copy`` kept in last-use order too (used_order.py): made in the
+        background, one at a time in this process with the copies (the page asking is
+        answered by the script meanwhile), or here when ``use_order_waits``."""
+        if copy.used is not None:
+            return
+        if self.use_order_waits:
+            async with self._making:
+                if copy.used is None:
+                    await self.sync.order_by_use(account, copy)
+            return
+        if account in self.ordering_by_use:
+            return
+        task = asyncio.get_running_loop().create_task(self._order_by_use(account, copy))
+        self.ordering_by_use[account] = task
+        task.add_done_callback(lambda _: self.ordering_by_use.pop(account, None))
+
+    async def _order_by_use(self, account: str, copy: AccountCopy) -> None:
+        try:
+            async with self._making:
+                if self.copies.get(account) is copy and copy.used is None:
+                    await self.sync.order_by_use(account, copy)
+        except CLIENT_FAILURES as exc:  # the next page asked in that order tries again
+            log.warning("account %s not kept in last-use order: %s", account, exc)
+        except Exception:
+            log.exception("account %s not kept in last-use order", account)
 
     def warm(self, account: str, make_room: bool = False) -> None:
         """Start making the account's copy in the background, unless it is kept or being
@@ -395,7 +433,7 @@ class LabelSearch:
 
     async def close(self) -> None:
         """Stop the copies being made ahead (a store that closes reads nothing more)."""
-        tasks = list(self.warming.values())
+        tasks = [*self.warming.values(), *self.ordering_by_use.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
