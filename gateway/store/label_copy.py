@@ -28,7 +28,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import repeat
+from itertools import chain, repeat
 from operator import add, itemgetter, mul, sub
 from typing import TYPE_CHECKING
 
@@ -350,9 +350,11 @@ class AccountCopy:
         """The keys read again since the copy was made whose member now holds ``needle``
         (lowered) and whose token score and roles ``filters`` allow; ``in_use_order``:
         with the keys used since (their lines blanked in last-use order alone)."""
-        fresh = list(self.fresh.values())
-        if in_use_order and self.used is not None:
-            fresh += [f for k, f in self.used.moved.items() if k not in self.fresh]
+        fresh: Iterable[Fresh] = self.fresh.values()
+        if in_use_order and self.used is not None:  # (a key read again is moved no more)
+            fresh = chain(fresh, self.used.moved.values())
+        if not needle:
+            return [f for f in fresh if f.member is not None and filters.allow(f.score, f.roles)]
         return [f for f in fresh
                 if f.member is not None and needle in f.member.encode().lower()
                 and filters.allow(f.score, f.roles)]

@@ -72,7 +72,7 @@ class UsedOrder:
         if read is None or at <= self.last_used[read[0]]:
             return
         number, line = read
-        self.moved[app_key] = dataclasses.replace(line, last_used=at)
+        self.moved[app_key] = Fresh(line.member, line.score, line.roles, line.created, at)
         copy.orders[LAST_USED].blank(number, copy.scores[number])
 
 
