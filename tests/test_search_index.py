@@ -483,6 +483,15 @@ async def test_pages_in_last_use_order_are_read_from_the_copys_lines_as_brute_fo
     assert copy.used is not None and await store.redis.exists(moves)
     first_order = copy.orders["lastUsed"]
     assert len(first_order.bounds) > 10
+    # followed between pages: a use is taken in with no page asked
+    search.follow_uses_every = 0.02
+    await other.record_last_used({keys.made[3]: now_ms + 200})
+    for _ in range(250):
+        if keys.made[3] in copy.used.moved:
+            break
+        await asyncio.sleep(0.02)
+    assert copy.used.moved[keys.made[3]].last_used == now_ms + 200
+    search.follow_uses_every = 3600
     clock.advance(1)
     made = Keys(other, 72)
     fresh_key = await made.create("build new", ("orders-reader",))

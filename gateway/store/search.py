@@ -148,6 +148,9 @@ NEWEST_READ_BACK = 25_000
 # ... at once up to this many (page 20 of 50); a deeper page's matches, when no more
 # than ``MATCHES_PASSED``, are all found and put in order here (cheaper by then)
 NEWEST_FIRST = 1_000
+# an account kept in last-use order takes in the uses written since, every this many
+# seconds (used_order.py)
+FOLLOW_USES_EVERY = 1.0
 # in creation order, q's matches are found in the copy's creation-ordered lines
 # (ordered_lines.py: one count over them all, ~25 ms at 1,000,000 keys) when about this many or
 # more match; fewer are found and put in order here (AccountCopy.ordered, ~2 µs each)
@@ -197,6 +200,9 @@ class LabelSearch:
         # ``use_order_waits`` (tests), by the page that asks for it
         self.ordering_by_use: dict[str, asyncio.Task[None]] = {}
         self.use_order_waits = False
+        # ... and those followed (their moves stream read every ``follow_uses_every`` s)
+        self.following_uses: dict[str, asyncio.Task[None]] = {}
+        self.follow_uses_every = FOLLOW_USES_EVERY
         # one copy made at a time in this process: making one holds several times its
         # size for the while (see the module notes), so at most one account's worth
         self._making = asyncio.Lock()
@@ -385,6 +391,7 @@ class LabelSearch:
             async with self._making:
                 if copy.used is None:
                     await self.sync.order_by_use(account, copy)
+            self._follow_uses(account, copy)
             return
         if account in self.ordering_by_use:
             return
@@ -399,8 +406,38 @@ class LabelSearch:
                     await self.sync.order_by_use(account, copy)
         except CLIENT_FAILURES as exc:  # the next page asked in that order tries again
             log.warning("account %s not kept in last-use order: %s", account, exc)
+            return
         except Exception:
             log.exception("account %s not kept in last-use order", account)
+            return
+        self._follow_uses(account, copy)
+
+    def _follow_uses(self, account: str, copy: AccountCopy) -> None:
+        """Take in the uses of the account's moves stream every ``follow_uses_every``
+        seconds while ``copy`` is kept in last-use order, so that a page asked in it
+        takes in those of the last interval alone (~10 µs a key moved)."""
+        if account in self.following_uses or copy.used is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._following(account, copy))
+        self.following_uses[account] = task
+        task.add_done_callback(lambda _: self.following_uses.pop(account, None))
+
+    async def _following(self, account: str, copy: AccountCopy) -> None:
+        warned = False
+        while True:
+            await asyncio.sleep(self.follow_uses_every)
+            if self.copies.get(account) is not copy:
+                return  # dropped: a copy made again is followed once kept in that order
+            if copy.used is None:
+                continue  # dropped from last-use order: made again when a page asks
+            try:  # not under the account's lock: a page waits for no follower (taking
+                # in a use twice is the same as once)
+                await self.sync.take_in_moves(account, copy)
+                warned = False
+            except CLIENT_FAILURES as exc:  # tried again at the next interval
+                if not warned:
+                    log.warning("uses of account %s not taken in: %s", account, exc)
+                warned = True
 
     def warm(self, account: str, make_room: bool = False) -> None:
         """Start making the account's copy in the background, unless it is kept or being
@@ -433,7 +470,8 @@ class LabelSearch:
 
     async def close(self) -> None:
         """Stop the copies being made ahead (a store that closes reads nothing more)."""
-        tasks = [*self.warming.values(), *self.ordering_by_use.values()]
+        tasks = [*self.warming.values(), *self.ordering_by_use.values(),
+                 *self.following_uses.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
