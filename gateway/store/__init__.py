@@ -101,7 +101,10 @@ The package, by responsibility:
                          read from Redis and kept current from the audit stream
     label_copy.py        that copy and q's matches in it (pure); copy_reads.py joins
                          the reads it is made from, key_index.py finds a key's line,
-                         label_newest.py reads the newest matches from its end
+                         label_newest.py reads the newest matches from its end,
+                         ordered_lines.py keeps its lines in the listing's orders,
+                         used_order.py in last-use order (followed from the moves
+                         stream); copy_sync.py reads it and its changes from Redis
     grants.py            external keys (grants in other accounts)
     links.py             one-time token links
     account_settings.py  account settings

@@ -111,6 +111,8 @@ class Fresh:
     roles: frozenset[str] = frozenset()
     created: int = 0
     last_used: int = 0
+    # the member encoded and lowered as q is searched in it (b"": none)
+    lowered: bytes = field(default=b"", repr=False)
 
 
 @dataclass
@@ -214,7 +216,8 @@ class AccountCopy:
         if self.used is not None:  # a use taken in since may be newer than the read
             moved = self.used.moved.pop(app_key, None)
             last_used = max(last_used, moved.last_used if moved else 0)
-        self.fresh[app_key] = Fresh(member, token_score, frozenset(roles), created, last_used)
+        self.fresh[app_key] = Fresh(member, token_score, frozenset(roles), created, last_used,
+                                    member.encode().lower() if member is not None else b"")
         if line is not None:
             start, member_end, _ = line
             end = member_end + 1 + self.tag_width  # its tag bytes too
@@ -239,8 +242,9 @@ class AccountCopy:
         tags = members[member_end + 1:member_end + 1 + self.tag_width]
         roles = frozenset(role for i, role in enumerate(self.roles)
                           if tags[i // ROLES_PER_TAG] & (1 << i % ROLES_PER_TAG))
-        member = (members[start:nul + 1] + prefix + members[nul + 1:member_end]).decode()
-        return number, Fresh(member, self.scores[number], roles, self.created[number])
+        member = members[start:nul + 1] + prefix + members[nul + 1:member_end]
+        return number, Fresh(member.decode(), self.scores[number], roles,
+                             self.created[number], lowered=member.lower())
 
     def line_number(self, app_key: str) -> int:
         """The number of the line of a key the copy holds a line for (not read again)."""
@@ -356,8 +360,7 @@ class AccountCopy:
         if not needle:
             return [f for f in fresh if f.member is not None and filters.allow(f.score, f.roles)]
         return [f for f in fresh
-                if f.member is not None and needle in f.member.encode().lower()
-                and filters.allow(f.score, f.roles)]
+                if f.member is not None and needle in f.lowered and filters.allow(f.score, f.roles)]
 
     def matches(self, needle: bytes, keep: int, count_all: bool,
                 filters: Filters = ANY_KEY) -> Matches | None:

@@ -75,7 +75,8 @@ class UsedOrder:
         if read is None or at <= self.last_used[read[0]]:
             return
         number, line = read
-        self.moved[app_key] = Fresh(line.member, line.score, line.roles, line.created, at)
+        self.moved[app_key] = Fresh(line.member, line.score, line.roles, line.created, at,
+                                    line.lowered)
         copy.orders[LAST_USED].blank(number, copy.scores[number])
 
 
