@@ -62,12 +62,15 @@ def test_every_lua_file_is_a_registered_script_or_a_fragment_one_uses():
 
 
 def test_the_audit_step_and_the_notice_of_a_change_are_written_once():
-    """XADD only in the prelude's audit(); a change of a key hash publishes only through
-    the prelude's committed(), which audits first, or (a grant, whose audit stream is in
-    the granting account's slot) through granted(), which records the audit event as
-    the follow-up that apply_followup.lua writes with audit()."""
-    for name in lua_files() - {"prelude"}:
+    """XADD only in the prelude's audit() (and in the last-use script, to the moves
+    stream, which is no audit stream: its second name); a change of a key hash
+    publishes only through the prelude's committed(), which audits first, or (a grant,
+    whose audit stream is in the granting account's slot) through granted(), which
+    records the audit event as the follow-up that apply_followup.lua writes with
+    audit()."""
+    for name in lua_files() - {"prelude", "record_last_used"}:
         assert "XADD" not in lua(name), name
+    assert re.findall(r"XADD', (\w+\[\d\])", lua("record_last_used")) == ["KEYS[2]"]
     for name in CHANGES:
         assert "PUBLISH" not in lua(name), name
     for name in KEY_CHANGES:
