@@ -218,10 +218,11 @@ class CopySync:
         moves_from = await self.redis.xadd(moves, {"k": "", "t": ""}, maxlen=MOVES_KEPT,
                                            approximate=False)
         keys, times = await self._by_ranks(used_index)
-        # the lines as they are now: those blanked from here on are blanked in the
-        # order once it is made (AccountCopy.blanked)
-        frozen = dataclasses.replace(copy, members=bytearray(copy.members),
-                                     lowered=bytearray(copy.lowered), orders={})
+        # the lines as they are now (one copy of each string, which the steps below read
+        # without copying it again): those blanked from here on are blanked in the order
+        # once it is made (AccountCopy.blanked)
+        frozen = dataclasses.replace(copy, members=bytes(copy.members),
+                                     lowered=bytes(copy.lowered), orders={})
         last_used, unread = await asyncio.to_thread(last_use_by_line, frozen, keys, times)
         del keys, times
         for app_key, at in (await self._uses_of(used_index, unread)).items():

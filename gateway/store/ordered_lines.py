@@ -420,6 +420,20 @@ class Part:
     def count(self) -> int:
         return sum(self.held) + len(self.now)
 
+    def _bucket_within(self, bucket: int) -> bool | None:
+        """Whether every line of date bucket ``bucket`` holds a token score in the
+        ranges (True), none does (False), or some may (None: checked one by one)."""
+        scores, per = self.copy.scores, _per_bucket(self.copy.count)
+        first, last = bucket * per, min((bucket + 1) * per, len(scores)) - 1
+        if first > last:
+            return None
+        least, most = scores[first], scores[last]
+        if any(low <= least and most < high for low, high in self.ranges or ()):
+            return True
+        if any(low <= most and least < high for low, high in self.ranges or ()):
+            return None
+        return False
+
     def page(self, offset: int, size: int) -> list[str]:
         """The members from the ``offset``-th on, ``size`` of them at most."""
         order, now, held, descending = self.order, self.now, self.held, self.descending
@@ -460,8 +474,14 @@ class Part:
                         if len(found) >= need:
                             break
                         member = _member_at(lines, start, prefix)
-                        score = self.copy.scores[self.copy.line_number(_key(member))]
-                        if any(low <= score < high for low, high in self.ranges):
+                        # the line's date bucket says, unless the ranges cut it
+                        end = lines.index(b"\n", start)
+                        inside = self._bucket_within((lines[end - 2] & 0x3F) << 6
+                                                     | lines[end - 1] & 0x3F)
+                        if inside is None:
+                            score = self.copy.scores[self.copy.line_number(_key(member))]
+                            inside = any(low <= score < high for low, high in self.ranges)
+                        if inside:
                             found.append((None, member))
                 if len(found) >= need:
                     break

@@ -414,22 +414,24 @@ class LabelSearch:
 
     def _follow_uses(self, account: str, copy: AccountCopy) -> None:
         """Take in the uses of the account's moves stream every ``follow_uses_every``
-        seconds while ``copy`` is kept in last-use order, so that a page asked in it
-        takes in those of the last interval alone (~10 µs a key moved)."""
+        seconds while its copy is kept in last-use order, so that a page asked in it
+        takes in those of the last interval alone (~8 µs a key moved). One follower per
+        account, following whichever copy of it is kept, until none is."""
         if account in self.following_uses or copy.used is None:
             return
-        task = asyncio.get_running_loop().create_task(self._following(account, copy))
+        task = asyncio.get_running_loop().create_task(self._following(account))
         self.following_uses[account] = task
         task.add_done_callback(lambda _: self.following_uses.pop(account, None))
 
-    async def _following(self, account: str, copy: AccountCopy) -> None:
+    async def _following(self, account: str) -> None:
         warned = False
         while True:
             await asyncio.sleep(self.follow_uses_every)
-            if self.copies.get(account) is not copy:
+            copy = self.copies.get(account)
+            if copy is None:
                 return  # dropped: a copy made again is followed once kept in that order
             if copy.used is None:
-                continue  # dropped from last-use order: made again when a page asks
+                continue  # not in last-use order now: made again when a page asks
             try:  # not under the account's lock: a page waits for no follower (taking
                 # in a use twice is the same as once)
                 await self.sync.take_in_moves(account, copy)
@@ -438,6 +440,9 @@ class LabelSearch:
                 if not warned:
                     log.warning("uses of account %s not taken in: %s", account, exc)
                 warned = True
+            except Exception:  # the pages take them in meanwhile
+                log.exception("uses of account %s no longer followed", account)
+                return
 
     def warm(self, account: str, make_room: bool = False) -> None:
         """Start making the account's copy in the background, unless it is kept or being
