@@ -415,7 +415,7 @@ class LabelSearch:
     def _follow_uses(self, account: str, copy: AccountCopy) -> None:
         """Take in the uses of the account's moves stream every ``follow_uses_every``
         seconds while its copy is kept in last-use order, so that a page asked in it
-        takes in those of the last interval alone (~8 µs a key moved). One follower per
+        takes in those of the last interval alone (8–11 µs a key moved). One follower per
         account, following whichever copy of it is kept, until none is."""
         if account in self.following_uses or copy.used is None:
             return

@@ -22,10 +22,10 @@ The stream keeps its last MOVES_KEPT entries of at most MOVES_PER_ENTRY keys (~4
 each): ~2.9 MB at most per account kept in last-use order. A process that finds the
 entries it needs gone (fallen further behind), or more keys moved than one in a hundred
 of the copy's (each page checks each of them, ~1.5 µs a key), drops the order and makes
-it again for the next page asked in it (about 6 s at 1,000,000 keys, the script
+it again for the next page asked in it (5–6 s at 1,000,000 keys, the script
 answering meanwhile); q and the other orders go on. While the order is kept, the process
 takes in the stream's new entries every second (search.py), so that a page takes in
-those of the last second alone (~10 µs a key moved).
+those of the last second alone (8–11 µs a key moved).
 Memory: 8 bytes a key for the last uses and ~50 for the lines and their chunks' token
 scores (58 MB at 1,000,000 keys).
 """
