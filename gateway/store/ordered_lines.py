@@ -328,12 +328,18 @@ def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int
 
     parts = ([filters.status] if sort != "status" or filters.status
              else [INACTIVE, ACTIVE] if descending else [ACTIVE, INACTIVE])
+    held: dict[str | None, Sequence[int]]
+    totals: dict[str | None, int] = {}
     if patterns is None:  # no q, or one every key holds: counted from each chunk's tails
         held = {status: order.held(re.compile(tags + status_pattern(status)),
                                    ranges_of(status))
                 for status in parts}
     elif dated:
+        # counted chunk by chunk as the page is looked for (from the order's nearer end),
+        # the totals from the span of the range in the copy's own lines (token order)
         held = _dated_held(copy, order, line_of, parts, ranges_of)
+        totals = {status: _total(copy, needle, Filters(status, filters.dates, filters.role))
+                  for status in parts}
     else:
         held = _counted(order, line_of, parts)
     members: list[str] = []
@@ -342,7 +348,7 @@ def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int
         part = Part(copy, order, sort, line_of(status), held[status],
                     copy.fresh_holding(needle, Filters(status, filters.dates, filters.role),
                                        in_use_order=sort == LAST_USED),
-                    descending, ranges_of(status))
+                    descending, ranges_of(status), totals.get(status))
         if offset - total < part.count and len(members) < size:
             members += part.page(max(offset - total, 0), size - len(members))
         total += part.count
@@ -350,16 +356,15 @@ def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int
 
 
 def _counted(order: OrderedLines, line_of: Callable[..., re.Pattern[bytes]],
-             parts: list[str | None], dates: bytes = b"") -> dict[str | None, list[int]]:
-    """How many lines of each chunk ``line_of`` matches (with date bytes that ``dates``
-    matches; empty: any), by status of ``parts``: one pass, both statuses' lines told
-    apart by their status byte, caught."""
+             parts: list[str | None]) -> dict[str | None, Sequence[int]]:
+    """How many lines of each chunk ``line_of`` matches, by status of ``parts``: one
+    pass, both statuses' lines told apart by their status byte, caught."""
     chunks = pairwise(order.bounds)
     if len(parts) == 1:
-        line = line_of(parts[0], dates=dates)
+        line = line_of(parts[0])
         return {parts[0]: [len(line.findall(order.lines, low, high)) for low, high in chunks]}
     held: dict[str | None, list[int]] = {ACTIVE: [], INACTIVE: []}
-    line = line_of(None, caught=True, dates=dates)
+    line = line_of(None, caught=True)
     for low, high in chunks:
         statuses = line.findall(order.lines, low, high)
         active = statuses.count(STATUS_BYTE[ACTIVE])
@@ -371,28 +376,64 @@ def _counted(order: OrderedLines, line_of: Callable[..., re.Pattern[bytes]],
 def _dated_held(copy: AccountCopy, order: OrderedLines,
                 line_of: Callable[..., re.Pattern[bytes]], parts: list[str | None],
                 ranges_of: Callable[[str | None], list[tuple[int, int]] | None],
-                ) -> dict[str | None, list[int]]:
+                ) -> dict[str | None, Sequence[int]]:
     """How many lines of each chunk hold q (``line_of``, by status) and a token score in
-    the ranges of each of ``parts`` (statuses): one pass for the lines in the date
-    buckets the ranges fill whole (:func:`_counted`); the lines of the buckets they cut
-    checked one by one (:func:`dated_runs`)."""
-    classes: list[bytes] = []
-    cut: dict[str | None, list[int]] = {}
+    the ranges of each of ``parts`` (statuses), each chunk counted when first asked
+    for: the lines in the date buckets the ranges fill whole in a pass over the chunk
+    (their date bytes a byte class); those of the buckets they cut checked one by one
+    (:func:`dated_runs`), here."""
+    held: dict[str | None, Sequence[int]] = {}
     for status in parts:
-        cut[status] = []
+        classes: list[bytes] = []
+        cut: dict[int, int] = {}
+        line = line_of(status)
         for low, high in ranges_of(status) or ():
             whole, lines = dated_runs(copy, low, high)
             classes += [whole] if whole else []
-            cut[status] += lines
-    held = (_counted(order, line_of, parts, b"(?:" + b"|".join(classes) + b")") if classes
-            else {status: [0] * (len(order.bounds) - 1) for status in parts})
-    for status, numbers in cut.items():
-        line = line_of(status)
-        for number in numbers:
-            start = order.at[number]  # 0: a line left out of this order
-            if start and line.search(order.lines, start, order.lines.index(b"\n", start)):
-                held[status][bisect_right(order.bounds, start) - 1] += 1
+            for number in lines:
+                start = order.at[number]  # 0: a line left out of this order
+                if start and line.search(order.lines, start,
+                                         order.lines.index(b"\n", start)):
+                    chunk = bisect_right(order.bounds, start) - 1
+                    cut[chunk] = cut.get(chunk, 0) + 1
+        whole_lines = (line_of(status, dates=b"(?:" + b"|".join(classes) + b")")
+                       if classes else None)
+        held[status] = ChunkCounts(order, whole_lines, cut)
     return held
+
+
+class ChunkCounts(Sequence[int]):
+    """The lines of each chunk of ``order`` that ``line`` matches (None: none), plus
+    ``also`` (by chunk), each chunk counted once, when first asked for."""
+
+    def __init__(self, order: OrderedLines, line: re.Pattern[bytes] | None,
+                 also: dict[int, int]):
+        self.order, self.line, self.also = order, line, also
+        self.known: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.order.bounds) - 1
+
+    def __getitem__(self, chunk):  # type: ignore[override]
+        if isinstance(chunk, slice):
+            return [self[i] for i in range(*chunk.indices(len(self)))]
+        count = self.known.get(chunk)
+        if count is None:
+            found = (len(self.line.findall(self.order.lines, self.order.bounds[chunk],
+                                           self.order.bounds[chunk + 1]))
+                     if self.line is not None else 0)
+            count = self.known[chunk] = found + self.also.get(chunk, 0)
+        return count
+
+
+def _total(copy: AccountCopy, needle: bytes, filters: Filters) -> int:
+    """How many keys ``filters`` allow (a status, a token date range, a tagged role)
+    hold ``needle``: the copy's lines (those of keys used since too, blanked in last-use
+    order alone) counted over the range's span of its token-ordered lines, and the keys
+    read again."""
+    found = copy.matches(needle, 0, True, filters)
+    assert found is not None  # counted whatever the number (count_all)
+    return found.count
 
 
 @dataclass
@@ -404,11 +445,14 @@ class Part:
     order: OrderedLines
     sort: str
     line: re.Pattern[bytes]
-    held: list[int]
+    held: Sequence[int]
     fresh: list[Fresh]
     descending: bool
     # the token scores the lines must hold (None: any)
     ranges: list[tuple[int, int]] | None = None
+    # how many hold q in all, when ``held`` counts the chunks only as they are asked for
+    # (ChunkCounts): a page is then looked for from the order's nearer end
+    total: int | None = None
 
     def __post_init__(self) -> None:
         # the keys read again that hold q now, in ascending order
@@ -418,7 +462,7 @@ class Part:
 
     @property
     def count(self) -> int:
-        return sum(self.held) + len(self.now)
+        return self.total if self.total is not None else sum(self.held) + len(self.now)
 
     def _bucket_within(self, bucket: int) -> bool | None:
         """Whether every line of date bucket ``bucket`` holds a token score in the
@@ -435,8 +479,18 @@ class Part:
         return False
 
     def page(self, offset: int, size: int) -> list[str]:
-        """The members from the ``offset``-th on, ``size`` of them at most."""
-        order, now, held, descending = self.order, self.now, self.held, self.descending
+        """The members from the ``offset``-th on, ``size`` of them at most; looked for
+        from the other end when that is nearer and the chunks are counted as asked for."""
+        count = self.count
+        if self.total is not None and 2 * offset + size > count:
+            other = count - offset - size
+            found = self._page(max(other, 0), size + min(other, 0), not self.descending)
+            found.reverse()
+            return found
+        return self._page(offset, size, self.descending)
+
+    def _page(self, offset: int, size: int, descending: bool) -> list[str]:
+        order, now, held = self.order, self.now, self.held
         values = [v for v, _ in now]
         firsts, chunks = order.firsts, list(pairwise(order.bounds))
         # the chunks before the page's are skipped, with the keys read again that come
