@@ -23,10 +23,16 @@ shares cut off, then TAG_MARK and its role tag bytes), with its key's status byt
 the tags, so that a status and a tagged role are part of the same regular expression,
 then two date bytes: which of DATE_BUCKETS runs of the copy's lines in token score order
 it is in. A token date range (a renewal alert level) holds some runs whole and cuts at
-most two per status: q's lines in the runs it holds are counted in the same pass (their
-date bytes a byte class), and those of the runs it cuts (~245 lines each at 1,000,000
-keys) are checked one by one; so q within a renewal level costs what q alone does. The
-date bytes are UTF-8 continuation bytes, so no needle is found in them.
+most two per status: q's lines in the runs it holds are counted by one regular
+expression (their date bytes a byte class), and those of the runs it cuts (~245 lines
+each at 1,000,000 keys) are checked one by one. There the chunks are counted only as the
+page is looked for, from the order's nearer end (:class:`ChunkCounts`), and the total
+comes from the range's span of the copy's own lines, which are in token score order (a
+quarter of them for the orange level): a page near either end costs that span's count
+and a few chunks, one in the middle half the chunks, where counting every chunk cost
+up to twice as much as q alone. The date bytes are UTF-8 continuation bytes, so no
+needle is found in them. A line read in the page's chunk is checked against the range
+through the copy's index by key only when the range cuts its date bucket.
 When lowering changed the key's name, CASE_MARK and the name as it is (past the prefix)
 come before TAG_MARK, from which the member is named; when it changed a folded label
 (which keygate never writes), WHOLE_MARK and the member as it is. The creation order
