@@ -33,7 +33,8 @@ from gateway.renewal import ALERTS, alert_range
 from gateway.store import CLI_ACTOR as CLI
 from gateway.store import KeyQuery, Store, copy_sync, label_newest, ordered_lines
 from gateway.store import search as search_module
-from gateway.store.label_copy import INACTIVE_AT, AccountCopy, Filters
+from gateway.store.copy_values import INACTIVE_AT, Filters
+from gateway.store.label_copy import AccountCopy
 from gateway.store.lua import constant
 from gateway.store.search import LabelSearch
 from gateway.store.used_order import MOVES_KEPT

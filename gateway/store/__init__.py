@@ -99,7 +99,8 @@ The package, by responsibility:
     layout.py            the store's layout version
     search.py            q in a large account: each process's copy of its label index,
                          read from Redis and kept current from the audit stream
-    label_copy.py        that copy and q's matches in it (pure); copy_reads.py joins
+    label_copy.py        that copy and q's matches in it (pure; copy_values.py: what a
+                         search of it is asked and answers); copy_reads.py joins
                          the reads it is made from, key_index.py finds a key's line,
                          label_newest.py reads the newest matches from its end,
                          ordered_lines.py keeps its lines in the listing's orders,

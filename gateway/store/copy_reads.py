@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import ge, is_, is_not, mul, sub
 
-from .label_copy import INACTIVE_AT
+from .copy_values import INACTIVE_AT
 
 
 def member_of(app_key: str, label: str | None, folded: str | None) -> str | None:

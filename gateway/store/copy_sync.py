@@ -14,7 +14,8 @@ import orjson
 import redis.asyncio as aioredis
 
 from .copy_reads import creation_dates, in_token_order, member_of
-from .label_copy import AccountCopy, token_score
+from .copy_values import token_score
+from .label_copy import AccountCopy
 from .lua import Scripts
 from .names import LISTED, Keyspace
 from .ordered_lines import LAST_USED, ORDERS_KEPT, OrderedLines

@@ -27,16 +27,9 @@ import heapq
 from bisect import bisect_left, bisect_right
 from itertools import pairwise
 
+from .copy_values import INACTIVE_AT, Filters, Matches, token_date
 from .key_index import LINES_PER_START
-from .label_copy import (
-    INACTIVE_AT,
-    TAG_MARK,
-    AccountCopy,
-    Filters,
-    Matches,
-    line_pattern,
-    token_date,
-)
+from .label_copy import TAG_MARK, AccountCopy, line_pattern
 
 # lines holding q read back beyond the ``want`` asked for, at most (~4 µs each): past
 # them the page is left to the other ways (tokens renewed en masse, in an order unlike

@@ -47,8 +47,8 @@ from typing import Any
 
 import orjson
 
+from .copy_values import INACTIVE_AT, Filters
 from .core import unavailable, unavailable_iter
-from .label_copy import INACTIVE_AT, Filters
 from .layout import StoreLayout
 from .lua import constant
 from .names import LISTED

@@ -60,17 +60,8 @@ from dataclasses import dataclass
 from itertools import compress, pairwise
 from typing import Any
 
-from .label_copy import (
-    BLANK,
-    INACTIVE_AT,
-    TAG_BASE,
-    TAG_MARK,
-    AccountCopy,
-    Filters,
-    Fresh,
-    Matches,
-    token_date,
-)
+from .copy_values import INACTIVE_AT, Filters, Fresh, Matches, token_date
+from .label_copy import BLANK, TAG_BASE, TAG_MARK, AccountCopy
 from .records import ACTIVE, INACTIVE
 
 # the orders kept: the listing's sort names (last-use order, when asked for:

@@ -97,21 +97,16 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
 from .connection import CLIENT_FAILURES
 from .copy_sync import READ_CHUNK, CopySync
-from .label_copy import (
-    ANY_KEY,
-    TAGGED_ROLES,
-    AccountCopy,
-    Filters,
-    Matches,
-)
+from .copy_values import ANY_KEY, Filters, Matches
+from .label_copy import TAGGED_ROLES, AccountCopy
 from .label_newest import newest
 from .lua import Scripts
 from .names import LISTED, Keyspace
@@ -395,9 +390,7 @@ class LabelSearch:
             return
         if account in self.ordering_by_use:
             return
-        task = asyncio.get_running_loop().create_task(self._order_by_use(account, copy))
-        self.ordering_by_use[account] = task
-        task.add_done_callback(lambda _: self.ordering_by_use.pop(account, None))
+        _in_background(self.ordering_by_use, account, self._order_by_use(account, copy))
 
     async def _order_by_use(self, account: str, copy: AccountCopy) -> None:
         try:
@@ -419,9 +412,7 @@ class LabelSearch:
         account, following whichever copy of it is kept, until none is."""
         if account in self.following_uses or copy.used is None:
             return
-        task = asyncio.get_running_loop().create_task(self._following(account))
-        self.following_uses[account] = task
-        task.add_done_callback(lambda _: self.following_uses.pop(account, None))
+        _in_background(self.following_uses, account, self._following(account))
 
     async def _following(self, account: str) -> None:
         warned = False
@@ -456,9 +447,7 @@ class LabelSearch:
         drops another account's copy."""
         if not self.max_keys or account in self.copies or account in self.warming:
             return
-        task = asyncio.get_running_loop().create_task(self._warm(account, make_room))
-        self.warming[account] = task
-        task.add_done_callback(lambda _: self.warming.pop(account, None))
+        _in_background(self.warming, account, self._warm(account, make_room))
 
     async def _warm(self, account: str, make_room: bool) -> None:
         try:
@@ -528,6 +517,14 @@ class LabelSearch:
             self.copies.popitem(last=False)
         return copy
 
+
+
+def _in_background(tasks: dict[str, asyncio.Task[None]], account: str,
+                   work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` as a task, kept in ``tasks`` under ``account`` while it runs."""
+    task = asyncio.get_running_loop().create_task(work)
+    tasks[account] = task
+    task.add_done_callback(lambda _: tasks.pop(account, None))
 
 
 def _walked_over(copy: AccountCopy, sort: str, filters: Filters) -> int:

@@ -37,7 +37,8 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .label_copy import BLANK, TAG_MARK, AccountCopy, Fresh
+from .copy_values import Fresh
+from .label_copy import BLANK, TAG_MARK, AccountCopy
 from .lua import constant
 from .ordered_lines import LAST_USED
 
