@@ -316,9 +316,10 @@ def in_order(copy: AccountCopy, sort: str, needle: bytes, offset: int, size: int
                 # status byte and date bytes: the rest of it is taken in whole, a third
                 # faster than matching them
                 return re.compile(either + rb"[^\n]*()")
-            # its status byte found back from its end, before the date bytes: a third
-            # faster than passing over the tags
-            return re.compile(either + rb"[^\n]*" + found + DATE_BYTES
+            # the rest of it taken in whole, its status byte then checked right before
+            # the date bytes that end it (a look back of fixed width): a fifth faster
+            # than backtracking to them, half as fast again as passing over the tags
+            return re.compile(either + rb"[^\n]*+(?<=" + found + DATE_BYTES + b")"
                               + (b"" if caught else b"()"))
         return re.compile(either + rb"[^\n\x02]*+" + re.escape(TAG_MARK) + tags + found
                           + dates + (b"" if caught else b"()"))
