@@ -300,7 +300,6 @@ async def test_q_in_the_orders_made_with_the_copy_is_read_from_its_ordered_lines
     each read that way. Chunks of a few lines, so that a page is found past chunks that
     hold no match, and past those before it."""
     monkeypatch.setattr(ordered_lines, "CHUNK_BYTES", 64)
-    monkeypatch.setattr(ordered_lines, "MADE_AT_ONCE", 7)
     monkeypatch.setattr(ordered_lines, "DATE_BUCKETS", 4)
     # every page read from the ordered lines, however few match (newest first too)
     monkeypatch.setattr(search_module, "ORDERED_HERE", -1)
@@ -452,7 +451,6 @@ async def test_pages_in_last_use_order_are_read_from_the_copys_lines_as_brute_fo
     Every page as brute force. When the uses it follows are gone (the moves stream cut
     or deleted) or too many keys moved, the order is dropped and made again."""
     monkeypatch.setattr(ordered_lines, "CHUNK_BYTES", 64)
-    monkeypatch.setattr(ordered_lines, "MADE_AT_ONCE", 7)
     monkeypatch.setattr(ordered_lines, "DATE_BUCKETS", 4)
     monkeypatch.setattr(search_module, "ORDERED_HERE", -1)
     store = searched.store
@@ -610,12 +608,15 @@ def test_the_ordered_lines_name_members_as_they_are():
     """A line in any of the orders kept names its member as the label index holds it: a
     key's name in upper, lower or mixed case, and a folded label in capitals (keygate
     writes none, an older store might), each found by q in either case and named
-    unchanged."""
+    unchanged. A name in capitals (as keygate makes them) is not kept twice: its
+    lowered form says it."""
     members = sorted(["alpha 1\0kgk-acme-ABC", "alpha 2\0kgk-acme-abc", "Alpha 3\0kgk-acme-aBc",
                       "beta\0kgk-acme-XYZ", "ALPHA 4\0kgk-acme-QQQ"])
     copy = AccountCopy.of(members, "0-0", created=[5, 1, 4, 2, 3])
     for sort in ordered_lines.ORDERS_KEPT:
         copy.orders[sort] = ordered_lines.OrderedLines.of(copy, sort)
+        lines = copy.orders[sort].lines
+        assert b"ABC" not in lines and b"XYZ" not in lines and b"aBc" in lines
     by_date = dict(zip(members, [5, 1, 4, 2, 3], strict=True))
 
     def key(member: str) -> str:

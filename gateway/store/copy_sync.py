@@ -88,8 +88,7 @@ class CopySync:
                                        ordered.scores, ordered.role_bits, roles,
                                        ordered.created)
         ordered.members = []  # held no longer than needed: ~100 MB at 1,000,000 keys
-        for sort in ORDERS_KEPT:
-            copy.orders[sort] = await asyncio.to_thread(OrderedLines.of, copy, sort)
+        copy.orders.update(await asyncio.to_thread(OrderedLines.all_of, copy, ORDERS_KEPT))
         if not await self.take_in(account, copy):
             return None  # changing faster than it can be read: searched in Redis
         if ordered.unplaced:
