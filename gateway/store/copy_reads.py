@@ -9,9 +9,13 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import compress, repeat
-from operator import ge, is_, is_not, mul, sub
+from operator import is_, is_not
 
 from .copy_values import INACTIVE_AT
+from .steps import keyed, mapped, slices
+
+# a member's key (after its NUL), in members joined by newlines
+KEY_OF_MEMBER = re.compile("\0([^\n]*)")
 
 
 def member_of(app_key: str, label: str | None, folded: str | None) -> str | None:
@@ -42,9 +46,12 @@ class TokenOrder:
 
 def creation_dates(keys: Sequence[str], scores: Sequence[int]) -> dict[str, int]:
     """Each key's creation date, from the creation date index read with its scores
-    (status runs, as the token date index's: the status taken off), in C."""
-    inactive = map(mul, map(ge, scores, repeat(INACTIVE_AT)), repeat(INACTIVE_AT))
-    return dict(zip(keys, map(sub, scores, inactive), strict=True))
+    (status runs, as the token date index's: the status taken off), in steps."""
+    return keyed(keys, mapped(_run_date, scores))
+
+
+def _run_date(score: int) -> int:
+    return score - INACTIVE_AT if score >= INACTIVE_AT else score
 
 
 def in_token_order(members: Sequence[str], keys: Sequence[str], scores: Sequence[int],
@@ -55,20 +62,22 @@ def in_token_order(members: Sequence[str], keys: Sequence[str], scores: Sequence
     none) and creation date in ``created_of`` (none given: all 0). A key of ``keys``
     with no member (a label not indexed, or read twice) is left out; a member whose key
     is not in ``keys``, or a key not in ``created_of``, is named in ``unplaced``. Every
-    step in C: no Python line runs per key."""
-    member_of_key = dict(zip(re.findall("\0([^\n]*)", "\n".join(members)), members,
-                             strict=True))
-    found = list(map(member_of_key.pop, keys, repeat(None)))
-    placed = list(map(is_not, found, repeat(None)))
+    step in C, no Python line run per key, and each over at most a step's keys
+    (steps.py)."""
+    member_of_key = keyed([key for part in slices(len(members))
+                           for key in KEY_OF_MEMBER.findall("\n".join(members[part]))],
+                          members)
+    found = mapped(member_of_key.pop, keys, [None] * len(keys))
+    placed = mapped(is_not, found, [None] * len(found))
     placed_keys = list(compress(keys, placed))
     if created_of is None:
         created, undated = [0] * len(placed_keys), []
     else:
-        dates = list(map(created_of.get, placed_keys))
+        dates = mapped(created_of.get, placed_keys)
         # keys that a change meanwhile shifted past a chunk of the creation date index
         undated = list(compress(placed_keys, map(is_, dates, repeat(None))))
         created = [date or 0 for date in dates] if undated else dates
     return TokenOrder(
         list(compress(found, placed)), list(compress(scores, placed)),
-        list(map(role_bits.get, placed_keys, repeat(0))), created,
+        mapped(role_bits.get, placed_keys, [0] * len(placed_keys)), created,
         list(member_of_key) + undated)

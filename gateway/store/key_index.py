@@ -8,6 +8,8 @@ from array import array
 from dataclasses import dataclass
 from itertools import accumulate
 
+from .steps import found_in_parts, lines_of
+
 # a line's start is kept for one line in this many (the others found from it in C)
 LINES_PER_START = 16
 
@@ -36,10 +38,11 @@ class KeyIndex:
         if len(members) > 2:  # a copy with no member is its newline(s) alone
             # each line's start (one more: where a line after the last would start) and
             # key, found in C
-            line_starts = list(accumulate(
-                map((1).__add__, map(len, members[1:-1].split(b"\n"))), initial=1))
+            line_starts = list(accumulate(map((1).__add__, map(len, lines_of(members))),
+                                          initial=1))
             starts = line_starts[:-1:LINES_PER_START]
-            keys = re.findall(rb"\0([^\n" + re.escape(key_end) + rb"]*)", members)
+            keys = found_in_parts(re.compile(rb"\0([^\n" + re.escape(key_end) + rb"]*)"),
+                                  members)
             for hashed, start in zip(map(hash, keys), line_starts, strict=False):
                 hashed &= 0xFFFFFFFF
                 groups[hashed >> 16].append(hashed << 32 | start)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from .copy_values import ANY_KEY, Filters, Fresh, Matches
 from .key_index import LINES_PER_START, KeyIndex
+from .steps import mapped
 
 if TYPE_CHECKING:
     from .ordered_lines import OrderedLines
@@ -113,9 +114,10 @@ class AccountCopy:
                                      for j in range(width))
                 for bits in set(role_bits)}
         prefix = _shared_prefix(("\n" + "\n".join(members) + "\n").encode(), count)
-        lines = map(str.__add__, map(members.__getitem__, order),
-                    map(tags.__getitem__, map(role_bits.__getitem__, order)))
+        lines = mapped(str.__add__, mapped(members.__getitem__, order),
+                       mapped(tags.__getitem__, mapped(role_bits.__getitem__, order)))
         joined = ("\n" + "\n".join(lines) + "\n" if count else "\n").encode()
+        del lines
         if prefix:  # each member holds one NUL, before its key
             joined = joined.replace(b"\0" + prefix, b"\0")
         index, starts = KeyIndex.of(joined, TAG_MARK)

@@ -67,6 +67,7 @@ from typing import Any
 from .copy_values import INACTIVE_AT, Filters, Fresh, Matches, token_date
 from .label_copy import BLANK, TAG_BASE, TAG_MARK, AccountCopy
 from .records import ACTIVE, INACTIVE
+from .steps import lines_of, mapped, slices
 
 # the orders kept: the listing's sort names (last-use order, when asked for:
 # used_order.py)
@@ -131,19 +132,19 @@ class OrderedLines:
             return {sort: cls(bytearray(b"\n"), [1, 1], [], array("I"), [{}])
                     for sort in sorts}
         # each line of the copy as kept and lowered (the text starts and ends with '\n')
-        as_kept = bytes(copy.members).split(b"\n")[1:-1]
+        as_kept = lines_of(bytes(copy.members))
         per = _per_bucket(count)
         status_of = {False: STATUS_BYTE[ACTIVE], True: STATUS_BYTE[INACTIVE]}
         statuses = map(status_of.__getitem__, map(ge, copy.scores, repeat(INACTIVE_AT)))
         date_of = [date_bytes(bucket) for bucket in range(-(-count // per))]
         dates = map(date_of.__getitem__, map(floordiv, range(count), repeat(per)))
-        made = list(map(_line, bytes(copy.lowered).split(b"\n")[1:-1], as_kept,
+        made = list(map(_line, lines_of(bytes(copy.lowered)), as_kept,
                         map(add, statuses, dates)))
         kept = list(compress(range(count), map(BLANK[0].__ne__, map(itemgetter(0), as_kept))))
         # each line's member (a blanked line's: its blank) and key
-        named = list(map(itemgetter(0), map(bytes.partition, as_kept, repeat(TAG_MARK))))
+        named = mapped(_before_tags, as_kept)
         del as_kept
-        keys = list(map(itemgetter(2), map(bytes.partition, named, repeat(b"\0"))))
+        keys = mapped(_key_part, named)
         by_key = sorted(kept, key=keys.__getitem__) if set(sorts) - {"label"} else []
         del keys
         orders = {}
@@ -166,13 +167,23 @@ class OrderedLines:
         """The ordered lines of ``copy``'s lines ``order`` (each made: ``made``; its
         member: ``named``)."""
         count, scores, prefix = copy.count, copy.scores, copy.prefix
-        in_order = list(map(made.__getitem__, order))
-        body = bytearray(b"\n" + b"\n".join(in_order) + b"\n")
+        # a step at a time (steps.py)
+        in_order = mapped(made.__getitem__, order)
+        steps = list(slices(len(in_order)))
+        body = bytearray(b"\n" + b"\n".join([b"\n".join(in_order[step]) for step in steps])
+                         + b"\n")
         # where each line starts here, in order; then by the copy's line number
-        places = list(accumulate(map(add, map(len, in_order), repeat(1)), initial=1))[:-1]
+        places: list[int] = []
+        start = 1
+        for step in steps:
+            found = list(accumulate(map(add, map(len, in_order[step]), repeat(1)),
+                                    initial=start))
+            start = found.pop()
+            places += found
         del in_order
         at = array("I", bytes(4 * count))
-        deque(map(at.__setitem__, order, places), maxlen=0)
+        for step in steps:
+            deque(map(at.__setitem__, order[step], places[step]), maxlen=0)
         used = last_used if last_used is not None else bytes(count)
         # each chunk's start: the first line starting at or past CHUNK_BYTES after the
         # previous chunk's
@@ -222,6 +233,14 @@ class OrderedLines:
         return [sum(bisect_left(s, high) - bisect_left(s, low)
                     for t, s in scored.items() if t in matching for low, high in ranges)
                 for scored in self.tails]
+
+
+def _before_tags(line: bytes) -> bytes:
+    return line.partition(TAG_MARK)[0]
+
+
+def _key_part(member: bytes) -> bytes:
+    return member.partition(b"\0")[2]
 
 
 def _line(lowered: bytes, line: bytes, status: bytes) -> bytes:
