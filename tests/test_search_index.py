@@ -31,7 +31,7 @@ from test_listing_index import (
 from gateway.context import Gateway
 from gateway.renewal import ALERTS, alert_range
 from gateway.store import CLI_ACTOR as CLI
-from gateway.store import KeyQuery, Store, copy_sync, label_newest, ordered_lines
+from gateway.store import KeyQuery, Store, copy_sync, label_newest, ordered_lines, steps
 from gateway.store import search as search_module
 from gateway.store.copy_values import INACTIVE_AT, Filters
 from gateway.store.label_copy import AccountCopy
@@ -300,6 +300,9 @@ async def test_q_in_the_orders_made_with_the_copy_is_read_from_its_ordered_lines
     each read that way. Chunks of a few lines, so that a page is found past chunks that
     hold no match, and past those before it."""
     monkeypatch.setattr(ordered_lines, "CHUNK_BYTES", 64)
+    # the copy made in steps of a few keys and bytes (steps.py): its sorts by bucket
+    monkeypatch.setattr(steps, "STEP", 4)
+    monkeypatch.setattr(steps, "PART_BYTES", 32)
     monkeypatch.setattr(ordered_lines, "DATE_BUCKETS", 4)
     # every page read from the ordered lines, however few match (newest first too)
     monkeypatch.setattr(search_module, "ORDERED_HERE", -1)
@@ -396,6 +399,9 @@ async def test_pages_with_no_q_are_read_from_a_copy_kept_as_brute_force(
     role the copy does not tag and an account with no copy kept are left to the
     script."""
     monkeypatch.setattr(ordered_lines, "CHUNK_BYTES", 64)
+    # the copy made in steps of a few keys and bytes (steps.py): its sorts by bucket
+    monkeypatch.setattr(steps, "STEP", 4)
+    monkeypatch.setattr(steps, "PART_BYTES", 32)
     store = searched.store
     keys = Keys(store, 67)
     for i in range(45):
@@ -451,6 +457,9 @@ async def test_pages_in_last_use_order_are_read_from_the_copys_lines_as_brute_fo
     Every page as brute force. When the uses it follows are gone (the moves stream cut
     or deleted) or too many keys moved, the order is dropped and made again."""
     monkeypatch.setattr(ordered_lines, "CHUNK_BYTES", 64)
+    # the copy made in steps of a few keys and bytes (steps.py): its sorts by bucket
+    monkeypatch.setattr(steps, "STEP", 4)
+    monkeypatch.setattr(steps, "PART_BYTES", 32)
     monkeypatch.setattr(ordered_lines, "DATE_BUCKETS", 4)
     monkeypatch.setattr(search_module, "ORDERED_HERE", -1)
     store = searched.store

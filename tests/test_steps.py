@@ -40,3 +40,16 @@ def test_lines_and_matches_found_in_parts_are_the_whole_texts(lines):
     covered = list(steps.parts(text))
     assert [low for low, _ in covered[1:]] == [high for _, high in covered[:-1]]
     assert all(text[high - 1:high] == b"\n" for _, high in covered)
+
+
+@given(st.lists(st.integers(min_value=-5, max_value=40), max_size=60),
+       st.sampled_from([abs, lambda v: v % 3, lambda v: 0, lambda v: -v]))
+def test_a_sort_in_steps_is_sorted_stable_at_every_size(values, key):
+    """Bucket by bucket, keys repeated (a bucket of one key), every key equal, in
+    reverse: the order sorted() gives, equal keys in the order given."""
+    items = list(enumerate(values))
+
+    def keyed_value(item):
+        return key(item[1])
+
+    assert steps.sorted_in_steps(items, keyed_value) == sorted(items, key=keyed_value)

@@ -67,7 +67,7 @@ from typing import Any
 from .copy_values import INACTIVE_AT, Filters, Fresh, Matches, token_date
 from .label_copy import BLANK, TAG_BASE, TAG_MARK, AccountCopy
 from .records import ACTIVE, INACTIVE
-from .steps import lines_of, mapped, slices
+from .steps import lines_of, mapped, slices, sorted_in_steps
 
 # the orders kept: the listing's sort names (last-use order, when asked for:
 # used_order.py)
@@ -145,16 +145,16 @@ class OrderedLines:
         named = mapped(_before_tags, as_kept)
         del as_kept
         keys = mapped(_key_part, named)
-        by_key = sorted(kept, key=keys.__getitem__) if set(sorts) - {"label"} else []
+        by_key = sorted_in_steps(kept, keys.__getitem__) if set(sorts) - {"label"} else []
         del keys
         orders = {}
         for sort in sorts:
             if sort == "label":
-                order = sorted(kept, key=named.__getitem__)
+                order = sorted_in_steps(kept, named.__getitem__)
             elif sort == "appKey":
                 order = by_key
             else:  # a date (creation, token, last use), then key: a stable sort
-                order = sorted(by_key, key=(
+                order = sorted_in_steps(by_key, (
                     copy.created if sort == "creationDate"
                     else last_used if sort == LAST_USED and last_used is not None
                     else list(map(token_date, copy.scores))).__getitem__)

@@ -6,19 +6,25 @@ the interpreter's lock, which a call into C (``dict(zip(...))``, ``list(map(...)
 join over every key) keeps until it returns: at 1,000,000 keys such calls took 0.1–0.45 s
 each, during which the event loop, and every request of the process, waited. Here they
 are cut into steps of at most STEP items, between which the lock passes (the interpreter
-lets a waiting thread in at the next Python step). A sort is not cut: merging sorted
-steps took longer in one call than the whole sort (~0.2 s at 1,000,000 keys)."""
+lets a waiting thread in at the next Python step). A sort of a million items (~0.2 s in
+one call) is made as a bucket sort: the items dealt into buckets of about a step each by
+quantiles of a sample of their keys, each bucket sorted apart (merging sorted steps
+took longer in one call than the whole sort)."""
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 # items per step: ~15–30 ms of the calls above
 STEP = 1 << 16
 # bytes of text per step (~60,000 lines of a copy)
 PART_BYTES = 1 << 21
+# the keys sampled per bucket of a sort in steps, for its quantiles
+SAMPLED = 16
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -45,6 +51,30 @@ def keyed(keys: Sequence[K], values: Sequence[V]) -> dict[K, V]:
     found: dict[K, V] = {}
     for part in slices(len(keys)):
         found.update(zip(keys[part], values[part], strict=True))
+    return found
+
+
+def sorted_in_steps(items: Sequence[T], key: Callable[[T], Any]) -> list[T]:
+    """``sorted(items, key=key)``, no call over more than about a step's items: each
+    item dealt into the bucket of its key among quantiles of a sample of the keys (an
+    item at a quantile, and so every item of an equal key, in the same bucket, in the
+    order given), then each bucket sorted apart. The same order: both are stable. A
+    bucket of one key repeated (keys never used, in last-use order) is one sorted run,
+    which the sort takes in one pass."""
+    if len(items) <= STEP:
+        return sorted(items, key=key)
+    keys = mapped(key, items)
+    buckets = -(-len(items) // STEP)
+    sample = sorted(keys[::max(1, len(keys) // (buckets * SAMPLED))])
+    bounds = sample[SAMPLED::SAMPLED]
+    where = mapped(partial(bisect_right, bounds), keys)
+    dealt: list[list[int]] = [[] for _ in range(len(bounds) + 1)]
+    for at, bucket in enumerate(where):
+        dealt[bucket].append(at)
+    del where
+    found: list[T] = []
+    for bucket in dealt:
+        found += map(items.__getitem__, sorted(bucket, key=keys.__getitem__))
     return found
 
 
