@@ -53,3 +53,10 @@ def test_a_sort_in_steps_is_sorted_stable_at_every_size(values, key):
         return key(item[1])
 
     assert steps.sorted_in_steps(items, keyed_value) == sorted(items, key=keyed_value)
+
+
+def test_release_empties_lists_and_dicts_in_place():
+    items, named = list(range(10)), {i: str(i) for i in range(10)}
+    kept = items
+    steps.release(items, named)
+    assert kept == [] and items == [] and named == {}

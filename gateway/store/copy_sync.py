@@ -13,13 +13,14 @@ from typing import Protocol
 import orjson
 import redis.asyncio as aioredis
 
-from .copy_reads import creation_dates, in_token_order, member_of
+from .copy_reads import TokenOrder, creation_dates, in_token_order, member_of
 from .copy_values import token_score
 from .label_copy import AccountCopy
 from .lua import Scripts
 from .names import LISTED, Keyspace
 from .ordered_lines import LAST_USED, ORDERS_KEPT, OrderedLines
 from .records import ACTIVE
+from .steps import release
 from .used_order import MOVES_KEPT, UsedOrder, drop_use_order, last_use_by_line, with_uses
 
 # members read per round trip while a copy is made
@@ -77,18 +78,11 @@ class CopySync:
         if members is None:
             return None
         self.builds += 1
-        # ~3 s of joining, lowering and indexing at 1,000,000 keys: in a thread, so that
-        # the event loop serves this process's other requests between its steps
-        created_of = await asyncio.to_thread(creation_dates, made, made_scores)
-        del made, made_scores
-        ordered = await asyncio.to_thread(in_token_order, members, keys, scores, role_bits,
-                                          created_of)
-        del members, keys, scores, role_bits, created_of
-        copy = await asyncio.to_thread(AccountCopy.of, ordered.members, last_event,
-                                       ordered.scores, ordered.role_bits, roles,
-                                       ordered.created)
-        ordered.members = []  # held no longer than needed: ~100 MB at 1,000,000 keys
-        copy.orders.update(await asyncio.to_thread(OrderedLines.all_of, copy, ORDERS_KEPT))
+        # ~8 s of joining, lowering, indexing and ordering at 1,000,000 keys: in a
+        # thread, in steps (steps.py), so that the event loop serves this process's other
+        # requests meanwhile; the reads are emptied there, a step at a time
+        copy, ordered = await asyncio.to_thread(
+            _copy_of, members, keys, scores, made, made_scores, roles, role_bits, last_event)
         if not await self.take_in(account, copy):
             return None  # changing faster than it can be read: searched in Redis
         if ordered.unplaced:
@@ -343,3 +337,20 @@ def _add_bit(bits: dict[str, int], holders: Iterable[str], bit: int) -> None:
     """Give each of ``holders`` ``bit`` in ``bits``."""
     for key in holders:
         bits[key] = bits.get(key, 0) | bit
+
+
+def _copy_of(members: list[str], keys: list[str], scores: list[int], made: list[str],
+             made_scores: list[int], roles: list[str], role_bits: dict[str, int],
+             last_event: str) -> tuple[AccountCopy, TokenOrder]:
+    """The copy of what :meth:`CopySync.build` read, with its orders (each read emptied
+    once used: ~100 MB each at 1,000,000 keys), and the reads' token order (its keys to
+    read again)."""
+    created_of = creation_dates(made, made_scores)
+    release(made, made_scores)
+    ordered = in_token_order(members, keys, scores, role_bits, created_of)
+    release(members, keys, scores, role_bits, created_of)
+    copy = AccountCopy.of(ordered.members, last_event, ordered.scores, ordered.role_bits,
+                          roles, ordered.created)
+    release(ordered.members, ordered.scores, ordered.role_bits, ordered.created)
+    copy.orders.update(OrderedLines.all_of(copy, ORDERS_KEPT))
+    return copy, ordered

@@ -9,7 +9,8 @@ are cut into steps of at most STEP items, between which the lock passes (the int
 lets a waiting thread in at the next Python step). A sort of a million items (~0.2 s in
 one call) is made as a bucket sort: the items dealt into buckets of about a step each by
 quantiles of a sample of their keys, each bucket sorted apart (merging sorted steps
-took longer in one call than the whole sort)."""
+took longer in one call than the whole sort). Freeing a million items is one call too
+(~50–100 ms): :func:`release` empties a list or dict a step at a time."""
 
 from __future__ import annotations
 
@@ -104,3 +105,16 @@ def found_in_parts(pattern: re.Pattern[bytes], text: bytes) -> list[Any]:
     for low, high in parts(text, 0):
         found += pattern.findall(text, low, high)
     return found
+
+
+def release(*held: list[Any] | dict[Any, Any]) -> None:
+    """Empty each of ``held`` (lists and dicts, which their holder then drops at no
+    cost), a step at a time."""
+    for items in held:
+        if isinstance(items, dict):
+            while items:
+                for _ in range(min(STEP, len(items))):
+                    items.popitem()
+        else:
+            while items:
+                del items[-STEP:]
