@@ -299,8 +299,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Audit events kept per account (older ones are trimmed).", _positive(int)),
     Setting("search_index_max_keys", 2000000,
             "Keys whose labels each process copies to answer q in accounts of at least "
-            "20,000 keys (about 270 bytes per key kept; making an account's copy, one at a "
-            "time, holds about 900 bytes per key of that account for a few seconds; 0 "
+            "20,000 keys (about 240 bytes per key kept; making an account's copy, one at a "
+            "time, holds about 700 bytes per key of that account for a few seconds; 0 "
             "answers q in Redis alone).",
             _non_negative_int),
     Setting("last_used_interval", 60.0,

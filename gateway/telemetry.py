@@ -152,7 +152,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         "histogram", (),
         "Seconds to make a process's copy of an account's label index, which answers q "
         "in accounts of at least 20,000 keys (made ahead by a listing or by a search; "
-        "each holds about 900 bytes per key of its account while it is made); the count "
+        "each holds about 700 bytes per key of its account while it is made); the count "
         "is the copies made",
     ),
     "keygate_store_errors": (

@@ -22,9 +22,10 @@ script read a date for each match (~20 ms for 11,111 at 1,000,000 keys). It is r
 indexes by ranks with their scores (a key that a change meanwhile shifts past a chunk's end is found
 missing and read again), then each tagged role's holders by ranks while no event is
 appended (so none shifted); the four reads run at once. At 1,000,000 keys it is made
-in 13–20 s (about a third reading, the rest joining, ordering and indexing in a
-thread), holding up to about 900 bytes per key of the process's memory for the while
-(peak RSS 826–884 MB at 1,000,000 keys; the allocator keeps part of it, the copy 274 MB).
+in 12–14 s (about a quarter reading, the rest joining, ordering and indexing in a
+thread, in steps that let the event loop run: steps.py), holding up to about 700 bytes
+per key of the process's memory for the while (peak RSS 658 MB at 1,000,000 keys, the
+copy 234 MB).
 
 So it is made ahead: a listing that shows the account holds at least ``min_keys`` keys
 starts making it in the background (:meth:`LabelSearch.warm`), since a search usually
