@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from .copy_values import ANY_KEY, Filters, Fresh, Matches
 from .key_index import LINES_PER_START, KeyIndex
-from .steps import mapped
+from .steps import mapped, release, slices
 
 if TYPE_CHECKING:
     from .ordered_lines import OrderedLines
@@ -113,15 +113,19 @@ class AccountCopy:
         tags = {bits: mark + "".join(chr(TAG_BASE | (bits >> (ROLES_PER_TAG * j)) & 0xF)
                                      for j in range(width))
                 for bits in set(role_bits)}
-        prefix = _shared_prefix(("\n" + "\n".join(members) + "\n").encode(), count)
         lines = mapped(str.__add__, mapped(members.__getitem__, order),
                        mapped(tags.__getitem__, mapped(role_bits.__getitem__, order)))
-        joined = ("\n" + "\n".join(lines) + "\n" if count else "\n").encode()
-        del lines
+        # joined, encoded, cut and lowered a step's lines at a time (steps.py)
+        parts = [("\n".join(lines[step])).encode() for step in slices(count)]
+        release(lines)
+        prefix = _shared_prefix(parts, count)
         if prefix:  # each member holds one NUL, before its key
-            joined = joined.replace(b"\0" + prefix, b"\0")
+            parts = [part.replace(b"\0" + prefix, b"\0") for part in parts]
+        joined = b"\n" + b"\n".join(parts) + b"\n" if count else b"\n"
+        lowered = b"\n" + b"\n".join([part.lower() for part in parts]) + b"\n" if count else b"\n"
+        del parts
         index, starts = KeyIndex.of(joined, TAG_MARK)
-        return cls(bytearray(joined), bytearray(joined.lower()), prefix,
+        return cls(bytearray(joined), bytearray(lowered), prefix,
                    array("q", map(scores.__getitem__, order)),
                    array("q", map(created.__getitem__, order)), starts, roles, last_event,
                    index)
@@ -534,17 +538,18 @@ def _lines(members: bytes | bytearray, low: int = 0,
         start = end + 1
 
 
-def _shared_prefix(joined: bytes, count: int) -> bytes:
-    """The longest prefix of the first member's key that every member's key starts with
-    (each member holds one NUL, right before its key): the longest for which as many
-    members hold NUL and it as there are members."""
+def _shared_prefix(parts: list[bytes], count: int) -> bytes:
+    """The longest prefix of the first member's key that every member's key starts with,
+    in lines joined by parts (each line a member, which holds one NUL, right before its
+    key, then TAG_MARK and tags): the longest for which as many lines hold NUL and it as
+    there are lines."""
     if not count:
         return b""
-    first = joined[1 : joined.index(b"\n", 1)].partition(b"\0")[2]
+    first = parts[0].partition(b"\n")[0].partition(b"\0")[2].partition(TAG_MARK)[0]
     low, high = 0, len(first)
     while low < high:
         mid = (low + high + 1) // 2
-        if joined.count(b"\0" + first[:mid]) == count:
+        if sum(part.count(b"\0" + first[:mid]) for part in parts) == count:
             low = mid
         else:
             high = mid - 1
