@@ -22,7 +22,7 @@ script read a date for each match (~20 ms for 11,111 at 1,000,000 keys). It is r
 indexes by ranks with their scores (a key that a change meanwhile shifts past a chunk's end is found
 missing and read again), then each tagged role's holders by ranks while no event is
 appended (so none shifted); the four reads run at once. At 1,000,000 keys it is made
-in 12–14 s (about a quarter reading, the rest joining, ordering and indexing in a
+in 12–15 s (about a quarter reading, the rest joining, ordering and indexing in a
 thread, in steps that let the event loop run: steps.py), holding up to about 700 bytes
 per key of the process's memory for the while (peak RSS 658 MB at 1,000,000 keys, the
 copy 234 MB).
