@@ -24,7 +24,7 @@ missing and read again), then each tagged role's holders by ranks while no event
 appended (so none shifted); the four reads run at once. At 1,000,000 keys it is made
 in 12–15 s (about a quarter reading, the rest joining, ordering and indexing in a
 thread, in steps that let the event loop run: steps.py), holding up to about 700 bytes
-per key of the process's memory for the while (peak RSS 658 MB at 1,000,000 keys, the
+per key of the process's memory for the while (peak RSS 658–676 MB at 1,000,000 keys, the
 copy 234 MB).
 
 So it is made ahead: a listing that shows the account holds at least ``min_keys`` keys
