@@ -31,7 +31,15 @@ from test_listing_index import (
 from gateway.context import Gateway
 from gateway.renewal import ALERTS, alert_range
 from gateway.store import CLI_ACTOR as CLI
-from gateway.store import KeyQuery, Store, copy_sync, label_newest, ordered_lines, steps
+from gateway.store import (
+    KeyQuery,
+    Store,
+    copy_sync,
+    label_newest,
+    ordered_lines,
+    ordered_pages,
+    steps,
+)
 from gateway.store import search as search_module
 from gateway.store.copy_values import INACTIVE_AT, Filters
 from gateway.store.label_copy import AccountCopy
@@ -607,7 +615,7 @@ def test_a_needle_of_one_character_is_not_found_in_the_date_bytes():
     for sort in ordered_lines.ORDERS_KEPT:
         copy.orders[sort] = ordered_lines.OrderedLines.of(copy, sort)
         for needle, held in (("é", "café"), ("ß", "straße")):
-            found = ordered_lines.in_order(copy, sort, needle.encode(), 0, 10, False,
+            found = ordered_pages.in_order(copy, sort, needle.encode(), 0, 10, False,
                                            Filters())
             assert [m.partition("\0")[0] for m in found.members] == [held], (sort, needle)
             assert found.count == 1
@@ -636,7 +644,7 @@ def test_the_ordered_lines_name_members_as_they_are():
                         ("appKey", key), ("status", key)):
         for descending in (False, True):
             for needle in (b"alpha", b"e-ab", b"kgk"):
-                found = ordered_lines.in_order(copy, sort, needle, 0, 10, descending,
+                found = ordered_pages.in_order(copy, sort, needle, 0, 10, descending,
                                                Filters())
                 assert found.members == sorted(
                     (m for m in members if needle.decode() in m.lower()), key=place,

@@ -104,6 +104,7 @@ The package, by responsibility:
                          the reads it is made from, key_index.py finds a key's line,
                          label_newest.py reads the newest matches from its end,
                          ordered_lines.py keeps its lines in the listing's orders,
+                         ordered_pages.py counts and pages in them,
                          used_order.py in last-use order (followed from the moves
                          stream); copy_sync.py reads it and its changes from Redis
     grants.py            external keys (grants in other accounts)

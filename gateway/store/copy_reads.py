@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import is_, is_not
 
-from .copy_values import INACTIVE_AT
+from .copy_values import token_date
 from .steps import keyed, mapped, slices
 
 # a member's key (after its NUL), in members joined by newlines
@@ -47,11 +47,7 @@ class TokenOrder:
 def creation_dates(keys: Sequence[str], scores: Sequence[int]) -> dict[str, int]:
     """Each key's creation date, from the creation date index read with its scores
     (status runs, as the token date index's: the status taken off), in steps."""
-    return keyed(keys, mapped(_run_date, scores))
-
-
-def _run_date(score: int) -> int:
-    return score - INACTIVE_AT if score >= INACTIVE_AT else score
+    return keyed(keys, mapped(token_date, scores))
 
 
 def in_token_order(members: Sequence[str], keys: Sequence[str], scores: Sequence[int],

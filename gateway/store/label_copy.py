@@ -370,7 +370,7 @@ class AccountCopy:
         if sort == "label":  # the label index's order: its members'
             ordered = sorted(found.members, reverse=descending)
         elif sort == "appKey":
-            ordered = sorted(found.members, key=_key_of, reverse=descending)
+            ordered = sorted(found.members, key=key_of, reverse=descending)
         elif found.dates is None:
             return None
         else:  # by creation date, then key (the script's order_by), in C
@@ -482,7 +482,7 @@ class AccountCopy:
                        + [f.created for f in fresh])
 
 
-def _key_of(member: str) -> str:
+def key_of(member: str) -> str:
     return member[member.index("\0") + 1:]
 
 

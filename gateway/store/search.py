@@ -66,8 +66,8 @@ beside the copy, and otherwise when q matches too many keys to hand over.
 
 Past the first pages newest first, and in label, creation, token date, key and status
 order, the page is found instead in the copy's lines kept again in that order
-(ordered_lines.py), counted in chunks and read from the chunk the page starts in: the
-script's walk checks every key between q's matches, which is long when they sit
+(ordered_lines.py, ordered_pages.py), counted in chunks and read from the chunk the
+page starts in: the script's walk checks every key between q's matches, which is long when they sit
 together far from where it starts (labels made in sequence: ``key 1…``) or when the
 page is deep; within a renewal filter (a token date range) too, where more than
 ``ORDERED_HERE`` match in the range's lines (fewer are put in order here or handed
@@ -111,7 +111,8 @@ from .label_copy import TAGGED_ROLES, AccountCopy
 from .label_newest import newest
 from .lua import Scripts
 from .names import LISTED, Keyspace
-from .ordered_lines import LAST_USED, in_order, keeps
+from .ordered_lines import LAST_USED
+from .ordered_pages import in_order, keeps
 
 if TYPE_CHECKING:
     from .core import Observer
