@@ -28,6 +28,7 @@ from bench.measure import free_port, wait_port
 from gateway.renewal import alert_range
 from gateway.renewal_gauge import RenewalGauge
 from gateway.store import KeyQuery, Store
+from gateway.store.names import glob_escape
 
 ACCOUNT = "million"
 MEASURED_APART = "The 1,000,000-key rows were measured apart:"
@@ -73,6 +74,14 @@ async def load(store: Store, clock: MovingClock, count: int, batch: int = 2000) 
             key_name(i): int(clock.now * 1000) - i % 1000
             for i in range(first, min(count, first + batch), 3)
         })
+
+
+async def tree_memory(client: aioredis.Redis, name: str) -> int:
+    """The memory of a packed set: its root, counts, pages and buckets."""
+    total = await client.memory_usage(name, samples=0) or 0
+    async for each in client.scan_iter(match=glob_escape(name) + ":*", count=1000):
+        total += await client.memory_usage(each, samples=0) or 0
+    return total
 
 
 async def loop_waits(waits: list[float], every: float = 0.001) -> None:
@@ -232,8 +241,10 @@ async def million(
     after = (await client.info("memory"))["used_memory"]
     names = store.names
     parts = {what: await client.memory_usage(names.account(ACCOUNT, what), samples=0) or 0
-             for what in ("keys", "tok", "used", "label", "status", "audit",
+             for what in ("keys", "tok", "label", "status", "audit",
                           "label:zones", "label:zone-dates")}
+    # a packed set (gateway/store/scripts/packed.lua): its root and every name under it
+    parts["uses (packed)"] = await tree_memory(client, names.account(ACCOUNT, "uses"))
     for role in ("owner", *ROLES):
         parts[f"holders:{role}"] = await client.memory_usage(
             names.role_holders(ACCOUNT, role), samples=0) or 0

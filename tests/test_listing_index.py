@@ -33,6 +33,7 @@ from gateway.store import CLI_ACTOR as CLI
 from gateway.store import LAYOUT, SORT_FIELDS, KeyQuery, Store
 from gateway.store.lua import constant
 from gateway.store.names import LISTED, glob_escape
+from gateway.store.packed_index import PackedIndex
 
 # the store, cache and revocation behaviour on one server and on a Redis Cluster
 redis_url = on_one_server_and_a_cluster()
@@ -225,6 +226,11 @@ async def snapshot(gateway: Gateway) -> dict[str, Any]:
     for name in names.listing(ACCOUNT):
         if name.endswith(":roles"):
             continue  # role names in use: only ever grows (checked apart)
+        if name.endswith(":uses"):  # a packed set: its entries, its rules kept
+            index = PackedIndex(gateway.store.scripts, name)
+            assert await index.problems() == []
+            out[name] = await index.range(0, 10**9)
+            continue
         out[name] = await redis.zrange(name, 0, -1, withscores=True)
     holders = names.role_holders(ACCOUNT, "")
     async for name in redis.scan_iter(match=glob_escape(holders) + "*"):
@@ -309,6 +315,8 @@ async def wipe_indexes(gateway: Gateway) -> None:
     doomed = [n for n in names.listing(ACCOUNT) if not n.endswith(":keys")]
     holders = names.role_holders(ACCOUNT, "")
     doomed += [n async for n in redis.scan_iter(match=glob_escape(holders) + "*")]
+    uses = names.account(ACCOUNT, "uses")  # a packed set: its names under it
+    doomed += [n async for n in redis.scan_iter(match=glob_escape(uses) + ":*")]
     await redis.delete(*doomed)
     for app_key in await redis.zrange(names.account(ACCOUNT, "keys"), 0, -1):
         await redis.hdel(names.key(app_key), "lf")
@@ -355,6 +363,45 @@ async def test_the_previous_layout_is_rebuilt_and_its_role_sets_removed(gateway,
     await wipe_indexes(gateway)
     await gateway.store.index_listing(ACCOUNT)
     assert await snapshot(gateway) == after
+
+
+async def layout_one(gateway: Gateway) -> None:
+    """The account as layout 1 kept it: its last-use index one sorted set (``used``), its
+    indexes marked complete with ':status-runs'; no packed set."""
+    redis, names = gateway.store.redis, gateway.store.names
+    uses = names.account(ACCOUNT, "uses")
+    await redis.delete(uses, *[n async for n in redis.scan_iter(match=glob_escape(uses) + ":*")])
+    roles = names.account(ACCOUNT, "roles")
+    await redis.srem(roles, LISTED)
+    await redis.sadd(roles, ":status-runs")
+    await redis.zadd(names.account(ACCOUNT, "used"),
+                     {r.app_key: r.last_used or 0 for r in await gateway.store.all_keys(ACCOUNT)})
+
+
+async def test_layout_one_is_indexed_again_and_its_last_use_set_removed(gateway, clock):
+    """An account of layout 1 is not listed from indexes it lacks: its first listing
+    builds the packed last-use set, then removes the sorted set and the older mark (never
+    taken for a role); uses recorded before that listing are in it."""
+    keys = Keys(gateway.store, 29)
+    await spread(gateway, keys, clock, 60)
+    kept = await snapshot(gateway)
+    await layout_one(gateway)
+    redis, names = gateway.store.redis, gateway.store.names
+    assert not await gateway.store.listing_indexed(ACCOUNT)
+    assert ":status-runs" not in (await gateway.store.role_holders()).get(ACCOUNT, {})
+    used_at = int(clock() * 1000)
+    await gateway.store.record_last_used({keys.made[1]: used_at})
+    await assert_same(gateway.store, KeyQuery(sort="lastUsed", per_page=1000))
+    await assert_same(gateway.store, KeyQuery(sort="lastUsed", descending=False, page=3,
+                                              per_page=9))
+    assert await gateway.store.listing_indexed(ACCOUNT)
+    assert not await redis.exists(names.account(ACCOUNT, "used"))
+    in_use = await redis.smembers(names.account(ACCOUNT, "roles"))
+    assert LISTED in in_use and ":status-runs" not in in_use
+    uses = kept.pop(names.account(ACCOUNT, "uses"))
+    after = await snapshot(gateway)
+    assert (keys.made[1], used_at) in after.pop(names.account(ACCOUNT, "uses"))
+    assert after == kept and len(uses) == 60
 
 
 async def test_older_data_is_indexed_on_its_first_listing(gateway, clock):

@@ -41,11 +41,13 @@ An account's records (``{p}acct:{{account}}:…`` on a Redis Cluster):
 ``{p}acct:{account}:owners``   set of the account's active keys with the role owner, and
                                the member '' once complete (so the last one is kept)
 ``{p}acct:{account}:tok``      the listing indexes (``listing.py``), kept by the scripts that
-``{p}acct:{account}:used``     change keys: sorted sets of the generated keys by token date,
-``{p}acct:{account}:label``    last use (0: never), 'folded label NUL key' (score 0), status
-``{p}acct:{account}:status``   (0 active, 1 inactive); the set of role names in use, with
-``{p}acct:{account}:roles``    the member '' once the indexes are complete, and per role
-``{p}acct:{account}:roles:{role}`` the set of the keys holding it
+``{p}acct:{account}:uses``     change keys: sorted sets of the generated keys by token date,
+``{p}acct:{account}:label``    'folded label NUL key' (score 0), status (0 active, 1
+``{p}acct:{account}:status``   inactive); a packed set (scripts/packed.lua: ``uses`` and
+``{p}acct:{account}:roles``    the names under ``uses:``) of them by last use (0: never); the
+                               set of role names in use, with the mark of the layout
+                               (names.LISTED) once the indexes are complete
+``{p}acct:{account}:holders:{role}`` the keys holding a role, scored as ``tok``
 ``{p}acct:{account}:settings`` hash of the account's settings
 ``{p}acct:{account}:audit``    stream of change events, capped (``MAXLEN ~``); the fields of
                                each entry: records.AUDIT_FIELDS

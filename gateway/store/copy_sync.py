@@ -17,8 +17,9 @@ from .copy_reads import TokenOrder, creation_dates, in_token_order, member_of
 from .copy_values import token_score
 from .label_copy import AccountCopy
 from .lua import Scripts
-from .names import LISTED, Keyspace
+from .names import Keyspace, is_role
 from .ordered_lines import LAST_USED, ORDERS_KEPT, OrderedLines
+from .packed_index import whole_score
 from .records import ACTIVE
 from .steps import release
 from .used_order import MOVES_KEPT, UsedOrder, drop_use_order, last_use_by_line, with_uses
@@ -111,16 +112,21 @@ class CopySync:
         newest = await self.redis.xrevrange(audit, count=1)
         return newest[0][0] if newest else "0-0"
 
-    async def _by_ranks(self, index: str) -> tuple[list[str], list[int]]:
-        """The members of one of the account's dated indexes (token or creation date)
-        in order, and their scores. Read by ranks: a key that a change meanwhile shifts
-        past a chunk's end is missed or read twice; the key changed is read again from
-        its event, a key missed is found missing (in_token_order) and read again."""
+    async def _by_ranks(self, index: str, packed: bool = False) -> tuple[list[str], list[int]]:
+        """The members of one of the account's dated indexes (token or creation date, or
+        the packed set of last uses) in order, and their scores. Read by ranks: a key
+        that a change meanwhile shifts past a chunk's end is missed or read twice; the
+        key changed is read again from its event, a key missed is found missing
+        (in_token_order) and read again."""
         keys: list[str] = []
         scores: list[int] = []
         while True:
-            flat = await self.scripts.scored_ranks(
-                keys=[index], args=[len(keys), len(keys) + self.limits.read_chunk - 1])
+            if packed:
+                flat = await self.scripts.packed_index(
+                    keys=[index], args=["range", len(keys), self.limits.read_chunk, "0"])
+            else:
+                flat = await self.scripts.scored_ranks(
+                    keys=[index], args=[len(keys), len(keys) + self.limits.read_chunk - 1])
             keys += flat[0::2]
             try:  # a whole number's score is written as one (up to 17 digits)
                 read = list(map(int, flat[1::2]))
@@ -141,7 +147,7 @@ class CopySync:
         shifted a holder past a chunk's end); a role whose holders change throughout
         three reads is not tagged."""
         in_use = [r for r in await self.redis.smembers(self.names.account(account, "roles"))
-                  if r and r != LISTED]
+                  if is_role(r)]
         async with self.redis.pipeline(transaction=False) as pipe:
             for role in in_use:
                 pipe.zcard(self.names.role_holders(account, role))
@@ -207,10 +213,10 @@ class CopySync:
         last-use index read by ranks, a key that a use meanwhile shifted past a chunk's
         end read by key (a key used meanwhile is in the stream too)."""
         moves = self.names.account(account, "moves")
-        used_index = self.names.account(account, "used")
+        used_index = self.names.account(account, "uses")
         moves_from = await self.redis.xadd(moves, {"k": "", "t": ""}, maxlen=MOVES_KEPT,
                                            approximate=False)
-        keys, times = await self._by_ranks(used_index)
+        keys, times = await self._by_ranks(used_index, packed=True)
         # the lines as they are now (one copy of each string, which the steps below read
         # without copying it again): those blanked from here on are blanked in the order
         # once it is made (AccountCopy.blanked)
@@ -218,11 +224,10 @@ class CopySync:
                                      lowered=bytes(copy.lowered), orders={})
         last_used, unread = await asyncio.to_thread(last_use_by_line, frozen, keys, times)
         del keys, times
-        for app_key, at in (await self._uses_of(used_index, unread)).items():
+        for app_key, at in (await self._uses_of(unread)).items():
             last_used[frozen.line_number(app_key)] = at
         # the keys read again before the stream's entry were read with the uses then
-        uses = await self._uses_of(used_index, [k for k, f in copy.fresh.items()
-                                                if f.member is not None])
+        uses = await self._uses_of([k for k, f in copy.fresh.items() if f.member is not None])
         order = await asyncio.to_thread(OrderedLines.of, frozen, LAST_USED, last_used)
         del frozen
         copy.orders[LAST_USED] = order
@@ -231,14 +236,18 @@ class CopySync:
         with_uses(copy, uses)
         copy.used = UsedOrder(last_used, moves_from)
 
-    async def _uses_of(self, used_index: str, keys: list[str]) -> dict[str, int]:
-        """The last use of each of ``keys`` in the last-use index (0: never)."""
+    async def _uses_of(self, keys: list[str]) -> dict[str, int]:
+        """The last use of each of ``keys``, from its hash, as the last-use index holds
+        it (0: never, or deleted)."""
         uses: dict[str, int] = {}
         for first in range(0, len(keys), self.limits.read_chunk):
             chunk = keys[first:first + self.limits.read_chunk]
-            for app_key, at in zip(chunk, await self.redis.zmscore(used_index, chunk),
-                                   strict=True):
-                uses[app_key] = int(at or 0)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for app_key in chunk:
+                    pipe.hget(self.names.key(app_key), "lastUsed")
+                read = await pipe.execute()
+            for app_key, at in zip(chunk, read, strict=True):
+                uses[app_key] = whole_score(at)
         return uses
 
     async def take_in_moves(self, account: str, copy: AccountCopy) -> None:

@@ -33,7 +33,7 @@ class Counters(StoreCore):
             by_account.setdefault(owner_of(app_key), []).append(app_key)
         for account, app_keys in by_account.items():
             await self.scripts.record_last_used(
-                keys=[self.names.account(account, "used"),
+                keys=[self.names.account(account, "uses"),
                       self.names.account(account, "moves"),
                       *(self.names.key(n) for n in app_keys)],
                 args=[*app_keys, *(times[n] for n in app_keys)])

@@ -15,6 +15,9 @@ Layouts:
 
 1. the listing indexes in status runs, with label zones and role holders scored by
    token date; the owners sets; the set of known accounts (``accounts.py``).
+2. the last-use index a packed set (``uses``: scripts/packed.lua), a third of the
+   memory of the sorted set it replaces (``used``, removed when the account is indexed
+   again).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from .accounts import AccountRecords
 from .core import unavailable
 
-LAYOUT = 1
+LAYOUT = 2
 
 
 class NewerLayout(Exception):

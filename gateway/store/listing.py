@@ -51,7 +51,7 @@ from .copy_values import INACTIVE_AT, Filters
 from .core import unavailable, unavailable_iter
 from .layout import StoreLayout
 from .lua import constant
-from .names import LISTED
+from .names import LISTED, OLDER_INDEXES, OLDER_MARKS, is_role
 from .records import ACTIVE, INACTIVE, KeyRecord, label_fold
 from .search import Candidates
 
@@ -136,7 +136,7 @@ class KeyListing(StoreLayout):
             # holding it are left out, never shown unjudged
             in_use = await self.redis.smembers(names.account(account, "roles"))
             allowed = orjson.dumps(sorted(r for r in in_use
-                                          if r and r != LISTED and query.may_act_on(r)))
+                                          if is_role(r) and query.may_act_on(r)))
         dates = query.token_created or (None, None)
         args = [
             query.sort, "1" if query.descending else "0", (query.page - 1) * query.per_page,
@@ -234,10 +234,11 @@ class KeyListing(StoreLayout):
         await self.redis.sadd(roles, LISTED)
         # an older keygate's marks and sets of role holders (it kept no token dates in
         # them): the scripts no longer keep them, and nothing reads them now
-        older = [self.names.older_role_set(account, r) for r in in_use if r and r != LISTED]
-        await self.redis.srem(roles, "")
-        if older:
-            await self.redis.delete(*older)
+        older = [self.names.older_role_set(account, r) for r in in_use if is_role(r)]
+        await self.redis.srem(roles, *OLDER_MARKS)
+        # an older layout's indexes (the last-use sorted set) and role sets
+        await self.redis.delete(*(self.names.account(account, what) for what in OLDER_INDEXES),
+                                *older)
         return listed
 
     @unavailable

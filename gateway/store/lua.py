@@ -30,7 +30,7 @@ from .connection import CLIENT_FAILURES, is_cluster_client, lost_store
 log = logging.getLogger("keygate.store")
 
 _CHANGE = ("prelude",)
-_KEY = ("prelude", "status_runs", "key_rules")
+_KEY = ("prelude", "status_runs", "byte_order", "packed", "key_rules")
 _GRANT = ("prelude", "grant_snapshot")
 
 # every script, and the fragments put before it
@@ -41,8 +41,9 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "index_owners": _KEY,
     "index_listing": _KEY,
     "index_zones": _KEY,
-    "list_keys": ("status_runs", "byte_order"),
+    "list_keys": ("status_runs", "byte_order", "packed"),
     "scored_ranks": (),
+    "packed_index": ("byte_order", "packed"),
     "keys_at_date": ("status_runs", "byte_order"),
     "renew_token": _KEY,
     "end_renewal": _KEY,
@@ -54,7 +55,7 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "open_link": _CHANGE,
     "forget_link": (),
     "put_setting": _CHANGE,
-    "record_last_used": (),
+    "record_last_used": ("byte_order", "packed"),
     "end_session": (),
     "announce_policy": (),
     "write_signing_keys": (),
@@ -142,6 +143,7 @@ class Scripts:
         self.index_zones = register("index_zones")
         self.list_keys = register("list_keys")
         self.scored_ranks = register("scored_ranks")
+        self.packed_index = register("packed_index")
         self.keys_at_date = register("keys_at_date")
         self.renew_token = register("renew_token")
         self.end_renewal = register("end_renewal")

@@ -20,10 +20,21 @@ from __future__ import annotations
 from .lua import text_constant
 
 # an account's listing indexes (see listing.py for what each holds)
-LISTING = ("keys", "tok", "used", "label", "status", "roles")
+LISTING = ("keys", "tok", "uses", "label", "status", "roles")
 # the member of the role names set (``roles``) once the listing indexes hold every key
-# of the account in this keygate's layout (scripts/status_runs.lua)
+# of the account in this keygate's layout (scripts/status_runs.lua), and those of older
+# layouts, which indexing the account again removes
 LISTED = text_constant("status_runs", "LISTED")
+OLDER_MARKS = ("", ":status-runs")
+# an older layout's listing index that indexing the account again removes: the last-use
+# index as one sorted set (now a packed set, ``uses``: scripts/packed.lua)
+OLDER_INDEXES = ("used",)
+
+
+def is_role(member: str) -> bool:
+    """Whether a member of an account's role names set is a role (a role's name starts
+    with a letter or a digit; a layout's mark is '' or starts with ':')."""
+    return bool(member) and not member.startswith(":")
 
 
 def owner_of(app_key: str) -> str:

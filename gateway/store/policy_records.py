@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .accounts import AccountRecords
 from .core import unavailable
-from .names import LISTED
+from .names import LISTED, is_role
 from .records import Grant, PolicyAnnouncement
 
 
@@ -41,7 +41,7 @@ class PolicyRecords(AccountRecords):
         in_use = await self.redis.smembers(self.names.account(account, "roles"))
         if LISTED not in in_use:
             return await self._read_roles(account, "keys", chunk)
-        roles = sorted(role for role in in_use if role and role != LISTED)
+        roles = sorted(role for role in in_use if is_role(role))
         async with self.redis.pipeline(transaction=False) as pipe:
             for role in roles:
                 pipe.zcard(self.names.role_holders(account, role))

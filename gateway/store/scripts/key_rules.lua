@@ -40,7 +40,8 @@ end
 -- The listing indexes of the key's account (listing.py, names.py LISTING), which every
 -- script that changes a generated key keeps up to date. Each script takes their six
 -- names in KEYS from position i: creation date and token date (status runs:
--- status_runs.lua), last use (a sorted set of keys by that time, 0 for never), label
+-- status_runs.lua), last use (a packed set of keys by that time, 0 for never:
+-- packed.lua; an entry moved is removed at its old time, read from the hash), label
 -- (members 'folded label NUL key', score 0), status (0 active, 1 inactive) and the role
 -- names in use (a set, which holds LISTED once the indexes are complete: a new
 -- account's are, an older one's are built by index_listing.lua). The keys holding a
@@ -161,9 +162,10 @@ local function unlist(idx, key, app_key, acct, all)
     redis.call('ZREM', idx.holders .. role, app_key)
   end
   if all then
-    for _, name in ipairs({idx.keys, idx.tok, idx.used, idx.status}) do
+    for _, name in ipairs({idx.keys, idx.tok, idx.status}) do
       redis.call('ZREM', name, app_key)
     end
+    pk_remove(idx.used, pk_whole(redis.call('HGET', key, 'lastUsed')), app_key)
   end
 end
 
@@ -175,7 +177,7 @@ local function list(idx, key, app_key, acct)
   redis.call('ZADD', idx.keys, run_score(v[1], v[6]), app_key)
   local token_score = run_score(v[2], v[6])
   redis.call('ZADD', idx.tok, token_score, app_key)
-  redis.call('ZADD', idx.used, v[3] or 0, app_key)
+  pk_add(idx.used, pk_whole(v[3]), app_key)
   local member = label_member(v[4], v[5], app_key)
   if member then
     local added = redis.call('ZADD', idx.label, 0, member) == 1

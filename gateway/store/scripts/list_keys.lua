@@ -52,6 +52,9 @@ local role_set = ARGV[12] == '1' and KEYS[7] or nil
 local sort_index = ({creationDate = KEYS[1], creationDateToken = KEYS[2], lastUsed = KEYS[3],
                      label = KEYS[4], status = KEYS[5], appKey = KEYS[5]})[sort]
 local CHUNK = 1000
+-- the last-use index is a packed set (packed.lua): read by ranks through it, and a key's
+-- last use read from its hash
+local packed = {[KEYS[3]] = true}
 
 local function num(x) return string.format('%d', x) end
 
@@ -75,7 +78,7 @@ if ARGV[10] ~= '' then
   local may = {}
   for _, role in ipairs(cjson.decode(ARGV[10])) do may[role] = true end
   for _, role in ipairs(redis.call('SMEMBERS', roles_i)) do
-    if role ~= '' and role ~= LISTED and not may[role] then
+    if role ~= '' and string.sub(role, 1, 1) ~= ':' and not may[role] then
       excluded[#excluded + 1] = holders .. role
     end
   end
@@ -85,7 +88,9 @@ local n = redis.call('ZCARD', keys_i)
 local active = redis.call('ZCOUNT', status_i, 0, 0)
 local sizes = {[keys_i] = n, [status_i] = n}
 local function index_size(index)
-  if not sizes[index] then sizes[index] = redis.call('ZCARD', index) end
+  if not sizes[index] then
+    sizes[index] = packed[index] and pk_card(index) or redis.call('ZCARD', index)
+  end
   return sizes[index]
 end
 
@@ -147,6 +152,11 @@ end
 
 -- ranks [first, last] of an index, in the listing's direction
 local function ranks(index, first, last, reverse)
+  if packed[index] then
+    local flat, out = pk_range(index, first, last - first + 1, reverse), {}
+    for i = 1, #flat, 2 do out[#out + 1] = flat[i] end
+    return out
+  end
   if reverse then return redis.call('ZRANGE', index, first, last, 'REV') end
   return redis.call('ZRANGE', index, first, last)
 end
@@ -162,6 +172,10 @@ end
 local function run_entries(index, run, i, count)
   local last = math.min(i + count, run.size) - 1
   if last < i then return {} end
+  if packed[index] then
+    local top = desc and index_size(index) - run.first - run.size or run.first
+    return entries(pk_range(index, top + i, last - i + 1, desc))
+  end
   if desc then
     local top = index_size(index) - run.first - run.size
     return entries(redis.call('ZRANGE', index, top + i, top + last, 'REV', 'WITHSCORES'))
@@ -528,6 +542,12 @@ end
 -- a number per match for the sort, read in chunks (ZMSCORE: one call per thousand)
 local function scores(index, keys)
   local out = {}
+  if packed[index] then  -- the last use: from each key's hash
+    for i, k in ipairs(keys) do
+      out[i] = pk_whole(redis.call('HGET', key_prefix .. k, 'lastUsed'))
+    end
+    return out
+  end
   for i = 1, #keys, CHUNK do
     local last = math.min(i + CHUNK - 1, #keys)
     local got = redis.call('ZMSCORE', index, unpack(keys, i, last))

@@ -6,7 +6,8 @@
 -- (a process that keeps the account's keys in last-use order made it, and follows it:
 -- search.py), in entries of at most MOVES_PER_ENTRY keys, the stream cut to its last
 -- MOVES_KEPT entries (a follower that falls further behind makes its order again).
--- KEYS: the account's last-use index, its moves stream, then the key hashes
+-- KEYS: the account's last-use index (a packed set: packed.lua), its moves stream, then
+--       the key hashes
 -- ARGV: the appKeys, then their times, in the order of the hashes
 local MOVES_PER_ENTRY = 1000
 local MOVES_KEPT = 64
@@ -18,7 +19,8 @@ for i = 1, n do
   local at, was = tonumber(ARGV[n + i]), tonumber(held[2])
   if held[1] and (not was or at > was) then
     redis.call('HSET', KEYS[i + 2], 'lastUsed', ARGV[n + i])
-    redis.call('ZADD', KEYS[1], ARGV[n + i], ARGV[i])
+    pk_remove(KEYS[1], pk_whole(held[2]), ARGV[i])
+    pk_add(KEYS[1], pk_whole(ARGV[n + i]), ARGV[i])
     moved[#moved + 1], times[#times + 1] = ARGV[i], ARGV[n + i]
   end
 end

@@ -12,10 +12,12 @@
 local INACTIVE_AT = 8796093022208
 
 -- The member of the role names set (``roles``) that says the listing indexes hold every
--- key of the account in this layout. A role name starts with a letter or a digit; an
--- older keygate marked its own layout (role sets, token dates without their status) with
--- the member '', and its indexes are built again (listing.py, index_listing).
-local LISTED = ':status-runs'
+-- key of the account in this layout (gateway/store/layout.py). A role name starts with
+-- a letter or a digit, a layout's mark with ':'. Older keygates marked their layouts
+-- with '' (role sets, token dates without their status) and ':status-runs' (the last-use
+-- index a sorted set); an account marked so is indexed again (listing.py,
+-- index_listing).
+local LISTED = ':layout-2'
 
 -- The label index is cut into zones, each the members from one fence (a member, or ''
 -- for the first) to the next, with a record of its keys' token dates per status: the

@@ -1,0 +1,26 @@
+-- One packed sorted set (packed.lua), read or written as a whole: to build one from a
+-- sorted set of an older layout, to read one in bulk, and to check it.
+-- KEYS: the packed set's name
+-- ARGV: the operation, then its arguments:
+--   add    score, member, score, member, ...  the entries added (not there already)
+--   remove score, member, ...                 the entries removed
+--   range  start, count, '1' from the last    {member, score, ...} (ZRANGE WITHSCORES)
+--   count  low, high                          how many scores are from low to high
+--   rank   score, member                      how many entries are before that one
+--   card                                      how many entries it holds
+local op, n = ARGV[1], KEYS[1]
+if op == 'add' or op == 'remove' then
+  local done = 0
+  local each = op == 'add' and pk_add or pk_remove
+  for i = 2, #ARGV, 2 do done = done + each(n, ARGV[i], ARGV[i + 1]) end
+  return done
+elseif op == 'range' then
+  return pk_range(n, tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1')
+elseif op == 'count' then
+  return pk_count(n, tonumber(ARGV[2]), tonumber(ARGV[3]))
+elseif op == 'rank' then
+  return pk_rank_of(n, pk_pos(ARGV[2], ARGV[3]))
+elseif op == 'card' then
+  return pk_card(n)
+end
+return redis.error_reply('packed_index: no operation ' .. tostring(op))
