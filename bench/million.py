@@ -241,10 +241,11 @@ async def million(
     after = (await client.info("memory"))["used_memory"]
     names = store.names
     parts = {what: await client.memory_usage(names.account(ACCOUNT, what), samples=0) or 0
-             for what in ("keys", "tok", "label", "status", "audit",
+             for what in ("keys", "tok", "label", "audit",
                           "label:zones", "label:zone-dates")}
     # a packed set (gateway/store/scripts/packed.lua): its root and every name under it
-    parts["uses (packed)"] = await tree_memory(client, names.account(ACCOUNT, "uses"))
+    for what in ("uses", "statuses"):
+        parts[f"{what} (packed)"] = await tree_memory(client, names.account(ACCOUNT, what))
     for role in ("owner", *ROLES):
         parts[f"holders:{role}"] = await client.memory_usage(
             names.role_holders(ACCOUNT, role), samples=0) or 0

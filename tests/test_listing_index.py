@@ -226,7 +226,7 @@ async def snapshot(gateway: Gateway) -> dict[str, Any]:
     for name in names.listing(ACCOUNT):
         if name.endswith(":roles"):
             continue  # role names in use: only ever grows (checked apart)
-        if name.endswith(":uses"):  # a packed set: its entries, its rules kept
+        if name.endswith((":uses", ":statuses")):  # a packed set: its entries, its rules kept
             index = PackedIndex(gateway.store.scripts, name)
             assert await index.problems() == []
             out[name] = await index.range(0, 10**9)
@@ -315,8 +315,9 @@ async def wipe_indexes(gateway: Gateway) -> None:
     doomed = [n for n in names.listing(ACCOUNT) if not n.endswith(":keys")]
     holders = names.role_holders(ACCOUNT, "")
     doomed += [n async for n in redis.scan_iter(match=glob_escape(holders) + "*")]
-    uses = names.account(ACCOUNT, "uses")  # a packed set: its names under it
-    doomed += [n async for n in redis.scan_iter(match=glob_escape(uses) + ":*")]
+    for packed in ("uses", "statuses"):  # packed sets: their names under them
+        root = names.account(ACCOUNT, packed)
+        doomed += [n async for n in redis.scan_iter(match=glob_escape(root) + ":*")]
     await redis.delete(*doomed)
     for app_key in await redis.zrange(names.account(ACCOUNT, "keys"), 0, -1):
         await redis.hdel(names.key(app_key), "lf")
@@ -366,22 +367,27 @@ async def test_the_previous_layout_is_rebuilt_and_its_role_sets_removed(gateway,
 
 
 async def layout_one(gateway: Gateway) -> None:
-    """The account as layout 1 kept it: its last-use index one sorted set (``used``), its
-    indexes marked complete with ':status-runs'; no packed set."""
+    """The account as layout 1 kept it: its last-use and status indexes sorted sets
+    (``used``, ``status``), its indexes marked complete with ':status-runs'; no packed
+    set."""
     redis, names = gateway.store.redis, gateway.store.names
-    uses = names.account(ACCOUNT, "uses")
-    await redis.delete(uses, *[n async for n in redis.scan_iter(match=glob_escape(uses) + ":*")])
+    for packed in ("uses", "statuses"):
+        root = names.account(ACCOUNT, packed)
+        await redis.delete(root, *[n async for n in
+                                   redis.scan_iter(match=glob_escape(root) + ":*")])
     roles = names.account(ACCOUNT, "roles")
     await redis.srem(roles, LISTED)
     await redis.sadd(roles, ":status-runs")
-    await redis.zadd(names.account(ACCOUNT, "used"),
-                     {r.app_key: r.last_used or 0 for r in await gateway.store.all_keys(ACCOUNT)})
+    records = await gateway.store.all_keys(ACCOUNT)
+    await redis.zadd(names.account(ACCOUNT, "used"), {r.app_key: r.last_used or 0 for r in records})
+    await redis.zadd(names.account(ACCOUNT, "status"),
+                     {r.app_key: int(r.status != "active") for r in records})
 
 
 async def test_layout_one_is_indexed_again_and_its_last_use_set_removed(gateway, clock):
     """An account of layout 1 is not listed from indexes it lacks: its first listing
-    builds the packed last-use set, then removes the sorted set and the older mark (never
-    taken for a role); uses recorded before that listing are in it."""
+    builds the packed sets, then removes the sorted sets and the older mark (never taken
+    for a role); uses and changes made before that listing are in them."""
     keys = Keys(gateway.store, 29)
     await spread(gateway, keys, clock, 60)
     kept = await snapshot(gateway)
@@ -391,17 +397,28 @@ async def test_layout_one_is_indexed_again_and_its_last_use_set_removed(gateway,
     assert ":status-runs" not in (await gateway.store.role_holders()).get(ACCOUNT, {})
     used_at = int(clock() * 1000)
     await gateway.store.record_last_used({keys.made[1]: used_at})
+    await gateway.store.update_key(ACCOUNT, keys.made[2], status="inactive")
+    await gateway.store.update_key(ACCOUNT, keys.made[3], status="active")
     await assert_same(gateway.store, KeyQuery(sort="lastUsed", per_page=1000))
+    await assert_same(gateway.store, KeyQuery(sort="status", per_page=1000))
+    await assert_same(gateway.store, KeyQuery(sort="appKey", status="inactive", page=2,
+                                              per_page=5))
     await assert_same(gateway.store, KeyQuery(sort="lastUsed", descending=False, page=3,
                                               per_page=9))
     assert await gateway.store.listing_indexed(ACCOUNT)
-    assert not await redis.exists(names.account(ACCOUNT, "used"))
+    assert not await redis.exists(names.account(ACCOUNT, "used"), names.account(ACCOUNT, "status"))
     in_use = await redis.smembers(names.account(ACCOUNT, "roles"))
     assert LISTED in in_use and ":status-runs" not in in_use
-    uses = kept.pop(names.account(ACCOUNT, "uses"))
     after = await snapshot(gateway)
-    assert (keys.made[1], used_at) in after.pop(names.account(ACCOUNT, "uses"))
-    assert after == kept and len(uses) == 60
+    uses = after[names.account(ACCOUNT, "uses")]
+    assert (keys.made[1], used_at) in uses and len(uses) == 60
+    statuses = dict(kept[names.account(ACCOUNT, "statuses")])
+    statuses.update({keys.made[2]: 1, keys.made[3]: 0})
+    assert dict(after[names.account(ACCOUNT, "statuses")]) == statuses
+    # what the first listing built is what the indexes of this layout hold
+    await wipe_indexes(gateway)
+    await gateway.store.index_listing(ACCOUNT)
+    assert await snapshot(gateway) == after
 
 
 async def test_older_data_is_indexed_on_its_first_listing(gateway, clock):

@@ -41,12 +41,12 @@ An account's records (``{p}acct:{{account}}:…`` on a Redis Cluster):
 ``{p}acct:{account}:owners``   set of the account's active keys with the role owner, and
                                the member '' once complete (so the last one is kept)
 ``{p}acct:{account}:tok``      the listing indexes (``listing.py``), kept by the scripts that
-``{p}acct:{account}:uses``     change keys: sorted sets of the generated keys by token date,
-``{p}acct:{account}:label``    'folded label NUL key' (score 0), status (0 active, 1
-``{p}acct:{account}:status``   inactive); a packed set (scripts/packed.lua: ``uses`` and
-``{p}acct:{account}:roles``    the names under ``uses:``) of them by last use (0: never); the
-                               set of role names in use, with the mark of the layout
-                               (names.LISTED) once the indexes are complete
+``{p}acct:{account}:uses``     change keys: sorted sets of the generated keys by token date
+``{p}acct:{account}:label``    and 'folded label NUL key' (score 0); packed sets
+``{p}acct:{account}:statuses`` (scripts/packed.lua: the name and the names under it) of
+``{p}acct:{account}:roles``    them by last use (0: never) and status (0 active, 1
+                               inactive); the set of role names in use, with the mark of
+                               the layout (names.LISTED) once the indexes are complete
 ``{p}acct:{account}:holders:{role}`` the keys holding a role, scored as ``tok``
 ``{p}acct:{account}:settings`` hash of the account's settings
 ``{p}acct:{account}:audit``    stream of change events, capped (``MAXLEN ~``); the fields of

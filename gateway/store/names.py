@@ -20,15 +20,16 @@ from __future__ import annotations
 from .lua import text_constant
 
 # an account's listing indexes (see listing.py for what each holds)
-LISTING = ("keys", "tok", "uses", "label", "status", "roles")
+LISTING = ("keys", "tok", "uses", "label", "statuses", "roles")
 # the member of the role names set (``roles``) once the listing indexes hold every key
 # of the account in this keygate's layout (scripts/status_runs.lua), and those of older
 # layouts, which indexing the account again removes
 LISTED = text_constant("status_runs", "LISTED")
 OLDER_MARKS = ("", ":status-runs")
-# an older layout's listing index that indexing the account again removes: the last-use
-# index as one sorted set (now a packed set, ``uses``: scripts/packed.lua)
-OLDER_INDEXES = ("used",)
+# an older layout's listing indexes that indexing the account again removes: the last-use
+# and status indexes as sorted sets (now packed sets, ``uses`` and ``statuses``:
+# scripts/packed.lua)
+OLDER_INDEXES = ("used", "status")
 
 
 def is_role(member: str) -> bool:

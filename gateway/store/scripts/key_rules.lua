@@ -42,7 +42,8 @@ end
 -- names in KEYS from position i: creation date and token date (status runs:
 -- status_runs.lua), last use (a packed set of keys by that time, 0 for never:
 -- packed.lua; an entry moved is removed at its old time, read from the hash), label
--- (members 'folded label NUL key', score 0), status (0 active, 1 inactive) and the role
+-- (members 'folded label NUL key', score 0), status (a packed set: 0 active, 1 inactive;
+-- an entry is moved by unlist, then list) and the role
 -- names in use (a set, which holds LISTED once the indexes are complete: a new
 -- account's are, an older one's are built by index_listing.lua). The keys holding a
 -- role are the sorted set named ``holders`` .. role, scored as the token date index.
@@ -152,20 +153,27 @@ local function label_member(label, lf, app_key)
   return (lf or string.lower(label or '')) .. '\0' .. app_key
 end
 
--- Take the key out of the indexes whose member depends on its fields (before a change
--- of its label or roles), or out of all of them (``all``: before its delete).
+-- a key's score in the status index
+local function status_score(status)
+  return status == 'active' and 0 or 1
+end
+
+-- Take the key out of the indexes whose member or packed entry depends on its fields
+-- (before a change of its label, roles or status), or out of all of them (``all``:
+-- before its delete).
 local function unlist(idx, key, app_key, acct, all)
-  local v = redis.call('HMGET', key, 'label', 'lf')
+  local v = redis.call('HMGET', key, 'label', 'lf', 'status', 'lastUsed')
   local member = v[1] and label_member(v[1], v[2], app_key)
   if member then redis.call('ZREM', idx.label, member) end
   for _, role in ipairs(roles_of(key, acct)) do
     redis.call('ZREM', idx.holders .. role, app_key)
   end
+  pk_remove(idx.status, status_score(v[3]), app_key)
   if all then
-    for _, name in ipairs({idx.keys, idx.tok, idx.status}) do
+    for _, name in ipairs({idx.keys, idx.tok}) do
       redis.call('ZREM', name, app_key)
     end
-    pk_remove(idx.used, pk_whole(redis.call('HGET', key, 'lastUsed')), app_key)
+    pk_remove(idx.used, pk_whole(v[4]), app_key)
   end
 end
 
@@ -183,7 +191,7 @@ local function list(idx, key, app_key, acct)
     local added = redis.call('ZADD', idx.label, 0, member) == 1
     zone_keep(idx, member, token_score, added)
   end
-  redis.call('ZADD', idx.status, v[6] == 'active' and 0 or 1, app_key)
+  pk_add(idx.status, status_score(v[6]), app_key)
   for _, role in ipairs(roles_of(key, acct)) do
     redis.call('ZADD', idx.holders .. role, token_score, app_key)
     redis.call('SADD', idx.roles, role)

@@ -37,7 +37,7 @@ if redis.call('SISMEMBER', KEYS[6], LISTED) == 0 then
   if redis.call('ZCARD', KEYS[1]) == 0 then return {0} end
   return {'unindexed'}
 end
-if redis.call('ZCOUNT', KEYS[1], INACTIVE_AT, '+inf') ~= redis.call('ZCOUNT', KEYS[5], 1, 1) then
+if redis.call('ZCOUNT', KEYS[1], INACTIVE_AT, '+inf') ~= pk_count(KEYS[5], 1, 1) then
   return {'unindexed'}
 end
 local keys_i, tok_i, label_i, status_i, roles_i = KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6]
@@ -52,9 +52,14 @@ local role_set = ARGV[12] == '1' and KEYS[7] or nil
 local sort_index = ({creationDate = KEYS[1], creationDateToken = KEYS[2], lastUsed = KEYS[3],
                      label = KEYS[4], status = KEYS[5], appKey = KEYS[5]})[sort]
 local CHUNK = 1000
--- the last-use index is a packed set (packed.lua): read by ranks through it, and a key's
--- last use read from its hash
-local packed = {[KEYS[3]] = true}
+-- the last-use and status indexes are packed sets (packed.lua): read by ranks through
+-- it, and a key's score in them read from its hash
+local packed = {
+  [KEYS[3]] = function(k) return pk_whole(redis.call('HGET', key_prefix .. k, 'lastUsed')) end,
+  [KEYS[5]] = function(k)
+    return redis.call('HGET', key_prefix .. k, 'status') == 'active' and 0 or 1
+  end,
+}
 
 local function num(x) return string.format('%d', x) end
 
@@ -85,7 +90,7 @@ if ARGV[10] ~= '' then
 end
 
 local n = redis.call('ZCARD', keys_i)
-local active = redis.call('ZCOUNT', status_i, 0, 0)
+local active = pk_count(status_i, 0, 0)
 local sizes = {[keys_i] = n, [status_i] = n}
 local function index_size(index)
   if not sizes[index] then
@@ -542,10 +547,8 @@ end
 -- a number per match for the sort, read in chunks (ZMSCORE: one call per thousand)
 local function scores(index, keys)
   local out = {}
-  if packed[index] then  -- the last use: from each key's hash
-    for i, k in ipairs(keys) do
-      out[i] = pk_whole(redis.call('HGET', key_prefix .. k, 'lastUsed'))
-    end
+  if packed[index] then  -- from each key's hash
+    for i, k in ipairs(keys) do out[i] = packed[index](k) end
     return out
   end
   for i = 1, #keys, CHUNK do
