@@ -162,6 +162,29 @@ async def test_events_are_stored_field_by_field_and_an_older_layout_still_reads(
         int(fields["time"]) / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+async def test_a_creation_event_is_stored_without_what_every_new_key_has(small_caps):
+    """A creation event leaves out the status active and a token issued at the event's
+    time (some 50 bytes of each key's memory); the audit log shows them as ever. An
+    event that holds them (written before, or a token issued at another time) is shown
+    as written."""
+    gw, client, headers = small_caps
+    made = await gw.lifecycle.create("acme", "lean", ["orders-reader"], Actor("cli", ""))
+    stream = gw.store.names.account("acme", "audit")
+    (_, fields), = await gw.store.redis.xrevrange(stream, count=1)
+    assert orjson.loads(fields["after"]) == {"label": "lean", "roles": ["orders-reader"]}
+    older = dict(fields, time=str(int(fields["time"]) - 5), after=orjson.dumps(
+        {"label": "old", "roles": [], "status": "inactive",
+         "creationDateToken": int(fields["time"]) - 7}).decode())
+    await gw.store.redis.xadd(stream, older)
+    # newest first: the entry written as an older keygate did was appended last
+    as_written, lean = (await listing(client, headers, "limit=2&action=key.create"))["items"]
+    assert lean["after"] == {"label": "lean", "roles": ["orders-reader"], "status": "active",
+                               "creationDateToken": made.record.token_created}
+    assert made.record.token_created == int(fields["time"])
+    assert as_written["after"] == {"label": "old", "roles": [], "status": "inactive",
+                                "creationDateToken": int(fields["time"]) - 7}
+
+
 async def test_a_follow_up_written_before_the_upgrade_is_audited_as_written(small_caps):
     """A grant's follow-up that an older keygate left pending (a crash between its two
     steps) carries the older layout's event header: applied, it is audited in that layout,

@@ -231,9 +231,9 @@ class StoreCore:
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def event(self, actor: Actor, action: str, target: str) -> str:
-        """An audit event's header, stamped now (records.event_header)."""
-        return event_header(self.now_ms(), actor, action, target)
+    def event(self, actor: Actor, action: str, target: str, now: int | None = None) -> str:
+        """An audit event's header, stamped ``now`` or now (records.event_header)."""
+        return event_header(self.now_ms() if now is None else now, actor, action, target)
 
     async def change(
         self,
@@ -248,6 +248,7 @@ class StoreCore:
         expect_roles: Sequence[str] | None = None,
         expect_elsewhere: Sequence[tuple[str, Sequence[str]]] | None = None,
         keep_an_owner: bool = False,
+        now: int | None = None,
     ) -> Any:
         """Run a script that changes a key hash and answer what it answered, or raise
         the refusal it answered (``gateway.store.refusals``); this process forgets the
@@ -258,7 +259,9 @@ class StoreCore:
         (``expect_roles``: the script refuses with ``changed`` when the key's roles in
         ``account`` differ; with ``expect_elsewhere``, also when the roles other
         accounts granted it differ) and whether the account must keep an active owner
-        key — followed by its own ``args``. A script that finds the account's owners set not
+        key — followed by its own ``args``. The event is stamped ``now`` when given (the
+        time the change writes in the hash: a creation event then omits it,
+        records.AuditEvent). A script that finds the account's owners set not
         complete yet (an account older than the set) is run again once it is.
         """
         expected = "" if expect_roles is None else orjson.dumps(list(expect_roles)).decode()
@@ -272,7 +275,7 @@ class StoreCore:
             header = [
                 account,
                 self.audit_max_events,
-                self.event(actor, action, app_key),
+                self.event(actor, action, app_key, now),
                 self.channel,
                 expected,
                 "1" if keep_an_owner else "0",

@@ -21,6 +21,7 @@ from .accounts import AccountRecords
 from .core import unavailable
 from .records import (
     ACTIVE,
+    CREATED,
     SYSTEM_ACTOR,
     Actor,
     Grant,
@@ -69,8 +70,8 @@ class KeyChanges(AccountRecords):
             args += [name, value]
         try:
             await self.change(
-                self.scripts.create_key, account, app_key, "key.create", actor,
-                keys=keys, args=args,
+                self.scripts.create_key, account, app_key, CREATED, actor,
+                keys=keys, args=args, now=now,
             )
         except StoreRefusal:  # nothing written; (a lost reply may hide a commit: kept)
             await self._drop_link(link)
