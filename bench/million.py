@@ -241,14 +241,14 @@ async def million(
     after = (await client.info("memory"))["used_memory"]
     names = store.names
     parts = {what: await client.memory_usage(names.account(ACCOUNT, what), samples=0) or 0
-             for what in ("keys", "tok", "label", "audit",
+             for what in ("keys", "label", "audit",
                           "label:zones", "label:zone-dates")}
     # a packed set (gateway/store/scripts/packed.lua): its root and every name under it
-    for what in ("uses", "statuses"):
+    for what in ("tokens", "uses", "statuses"):
         parts[f"{what} (packed)"] = await tree_memory(client, names.account(ACCOUNT, what))
     for role in ("owner", *ROLES):
-        parts[f"holders:{role}"] = await client.memory_usage(
-            names.role_holders(ACCOUNT, role), samples=0) or 0
+        parts[f"holding:{role} (packed)"] = await tree_memory(
+            client, names.role_holders(ACCOUNT, role))
     sample = [key_name(i) for i in range(0, count, max(1, count // 1000))]
     hashes = [await client.memory_usage(names.key(k), samples=0) or 0 for k in sample]
     clock.now = time.time()

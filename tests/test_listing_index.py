@@ -32,7 +32,7 @@ from gateway.settings import load_settings
 from gateway.store import CLI_ACTOR as CLI
 from gateway.store import LAYOUT, SORT_FIELDS, KeyQuery, Store
 from gateway.store.lua import constant
-from gateway.store.names import LISTED, glob_escape
+from gateway.store.names import LISTED, OLDER_INDEXES, glob_escape, is_role
 from gateway.store.packed_index import PackedIndex
 
 # the store, cache and revocation behaviour on one server and on a Redis Cluster
@@ -219,23 +219,37 @@ async def test_old_tokens_newest_first_skip_the_keys_made_after_them(gateway, cl
 
 
 # -- the indexes after any sequence of changes ----------------------------------------------
+PACKED = ("tokens", "uses", "statuses")
+
+
+async def packed_sets(gateway: Gateway) -> list[str]:
+    """The names of the account's packed sets: the token date, last-use and status
+    indexes, and the holders of each role in use."""
+    names = gateway.store.names
+    in_use = await gateway.store.redis.smembers(names.account(ACCOUNT, "roles"))
+    return [*(names.account(ACCOUNT, what) for what in PACKED),
+            *(names.role_holders(ACCOUNT, role) for role in sorted(in_use) if is_role(role))]
+
+
+async def drop_packed_sets(gateway: Gateway) -> None:
+    for name in await packed_sets(gateway):
+        await PackedIndex(gateway.store.scripts, name).drop()
+
+
 async def snapshot(gateway: Gateway) -> dict[str, Any]:
-    """Every listing index of the account, as data (role sets left empty are gone)."""
-    redis, names = gateway.store.redis, gateway.store.names
+    """Every listing index of the account, as data (role holders left empty are gone);
+    each packed set is checked against its rules too."""
+    redis = gateway.store.redis
     out: dict[str, Any] = {}
-    for name in names.listing(ACCOUNT):
-        if name.endswith(":roles"):
-            continue  # role names in use: only ever grows (checked apart)
-        if name.endswith((":uses", ":statuses")):  # a packed set: its entries, its rules kept
-            index = PackedIndex(gateway.store.scripts, name)
-            assert await index.problems() == []
-            out[name] = await index.range(0, 10**9)
-            continue
-        out[name] = await redis.zrange(name, 0, -1, withscores=True)
-    holders = names.role_holders(ACCOUNT, "")
-    async for name in redis.scan_iter(match=glob_escape(holders) + "*"):
-        if members := await redis.zrange(name, 0, -1, withscores=True):
-            out[name] = members
+    for name in gateway.store.names.listing(ACCOUNT):
+        if not name.endswith((":roles", *(f":{what}" for what in PACKED))):
+            # (role names in use: only ever grows, checked apart)
+            out[name] = await redis.zrange(name, 0, -1, withscores=True)
+    for name in await packed_sets(gateway):
+        index = PackedIndex(gateway.store.scripts, name)
+        assert await index.problems() == []
+        if entries := await index.range(0, 10**9):
+            out[name] = entries
     return out
 
 
@@ -312,29 +326,43 @@ async def wipe_indexes(gateway: Gateway) -> None:
     one, which it had), no 'lf' field."""
     await older_creation_index(gateway)
     redis, names = gateway.store.redis, gateway.store.names
-    doomed = [n for n in names.listing(ACCOUNT) if not n.endswith(":keys")]
-    holders = names.role_holders(ACCOUNT, "")
-    doomed += [n async for n in redis.scan_iter(match=glob_escape(holders) + "*")]
-    for packed in ("uses", "statuses"):  # packed sets: their names under them
-        root = names.account(ACCOUNT, packed)
-        doomed += [n async for n in redis.scan_iter(match=glob_escape(root) + ":*")]
-    await redis.delete(*doomed)
+    await drop_packed_sets(gateway)
+    await redis.delete(*(n for n in names.listing(ACCOUNT) if not n.endswith(":keys")))
     for app_key in await redis.zrange(names.account(ACCOUNT, "keys"), 0, -1):
         await redis.hdel(names.key(app_key), "lf")
 
 
-async def previous_layout(gateway: Gateway) -> None:
-    """The account as the previous layout kept it: the keys holding a role in a plain set
-    (``roles:{role}``), token dates without their status, marked complete with ''."""
+async def layout_one(gateway: Gateway) -> None:
+    """The account as layout 1 kept it: its token date, last-use, status and role
+    holders' indexes sorted sets (``tok``, ``used``, ``status``, ``holders:{role}``),
+    its indexes marked complete with ':status-runs'; no packed set."""
     redis, names = gateway.store.redis, gateway.store.names
-    holders = names.role_holders(ACCOUNT, "")
-    await redis.delete(*[n async for n in redis.scan_iter(match=glob_escape(holders) + "*")])
+    await drop_packed_sets(gateway)
     roles = names.account(ACCOUNT, "roles")
     await redis.srem(roles, LISTED)
+    await redis.sadd(roles, ":status-runs")
+    for r in await gateway.store.all_keys(ACCOUNT):
+        token_score = r.token_created + (INACTIVE_AT if r.status != "active" else 0)
+        await redis.zadd(names.account(ACCOUNT, "tok"), {r.app_key: token_score})
+        await redis.zadd(names.account(ACCOUNT, "used"), {r.app_key: r.last_used or 0})
+        await redis.zadd(names.account(ACCOUNT, "status"), {r.app_key: int(r.status != "active")})
+        for role in r.roles:
+            await redis.zadd(names.older_holders(ACCOUNT, role), {r.app_key: token_score})
+
+
+async def previous_layout(gateway: Gateway) -> None:
+    """The account as the layout before kept it: as layout 1, but the keys holding a
+    role in a plain set (``roles:{role}``), token dates without their status, marked
+    complete with ''."""
+    await layout_one(gateway)
+    redis, names = gateway.store.redis, gateway.store.names
+    roles = names.account(ACCOUNT, "roles")
+    await redis.srem(roles, ":status-runs")
     await redis.sadd(roles, "")
     for record in await gateway.store.all_keys(ACCOUNT):
         await redis.zadd(names.account(ACCOUNT, "tok"), {record.app_key: record.token_created})
         for role in record.roles:
+            await redis.zrem(names.older_holders(ACCOUNT, role), record.app_key)
             await redis.sadd(names.older_role_set(ACCOUNT, role), record.app_key)
 
 
@@ -366,24 +394,6 @@ async def test_the_previous_layout_is_rebuilt_and_its_role_sets_removed(gateway,
     assert await snapshot(gateway) == after
 
 
-async def layout_one(gateway: Gateway) -> None:
-    """The account as layout 1 kept it: its last-use and status indexes sorted sets
-    (``used``, ``status``), its indexes marked complete with ':status-runs'; no packed
-    set."""
-    redis, names = gateway.store.redis, gateway.store.names
-    for packed in ("uses", "statuses"):
-        root = names.account(ACCOUNT, packed)
-        await redis.delete(root, *[n async for n in
-                                   redis.scan_iter(match=glob_escape(root) + ":*")])
-    roles = names.account(ACCOUNT, "roles")
-    await redis.srem(roles, LISTED)
-    await redis.sadd(roles, ":status-runs")
-    records = await gateway.store.all_keys(ACCOUNT)
-    await redis.zadd(names.account(ACCOUNT, "used"), {r.app_key: r.last_used or 0 for r in records})
-    await redis.zadd(names.account(ACCOUNT, "status"),
-                     {r.app_key: int(r.status != "active") for r in records})
-
-
 async def test_layout_one_is_indexed_again_and_its_last_use_set_removed(gateway, clock):
     """An account of layout 1 is not listed from indexes it lacks: its first listing
     builds the packed sets, then removes the sorted sets and the older mark (never taken
@@ -406,7 +416,8 @@ async def test_layout_one_is_indexed_again_and_its_last_use_set_removed(gateway,
     await assert_same(gateway.store, KeyQuery(sort="lastUsed", descending=False, page=3,
                                               per_page=9))
     assert await gateway.store.listing_indexed(ACCOUNT)
-    assert not await redis.exists(names.account(ACCOUNT, "used"), names.account(ACCOUNT, "status"))
+    assert not await redis.exists(*(names.account(ACCOUNT, what) for what in OLDER_INDEXES),
+                                  *(names.older_holders(ACCOUNT, role) for role in ROLES))
     in_use = await redis.smembers(names.account(ACCOUNT, "roles"))
     assert LISTED in in_use and ":status-runs" not in in_use
     after = await snapshot(gateway)
@@ -516,7 +527,8 @@ async def assert_zones_hold_their_keys(gateway: Gateway) -> int:
     label = names.account(ACCOUNT, "label")
     fences = await redis.zrange(f"{label}:zones", 0, -1)
     records = await redis.hgetall(f"{label}:zone-dates")
-    scores = dict(await redis.zrange(names.account(ACCOUNT, "tok"), 0, -1, withscores=True))
+    scores = dict(await PackedIndex(gateway.store.scripts,
+                                    names.account(ACCOUNT, "tokens")).range(0, 10**9))
     for member in await redis.zrange(label, 0, -1):
         fence = fences[bisect.bisect_right(fences, member) - 1]
         record = records[fence]
@@ -760,9 +772,10 @@ async def test_index_listing_while_a_key_is_deleted_skips_a_live_key(gateway):
                                     ["orders-reader"], "d" * 64)).app_key
             for n in range(6)]
     # the account as an older keygate left it: only the creation-date index
-    doomed = [n for n in names.listing("acme") if not n.endswith(":keys")]
-    doomed += [names.role_holders("acme", "orders-reader")]
-    await store.redis.delete(*doomed)
+    for packed in ("tokens", "uses", "statuses"):
+        await PackedIndex(store.scripts, names.account("acme", packed)).drop()
+    await PackedIndex(store.scripts, names.role_holders("acme", "orders-reader")).drop()
+    await store.redis.delete(*(n for n in names.listing("acme") if not n.endswith(":keys")))
     assert not await store.listing_indexed("acme")
     order = await store.redis.zrange(names.account("acme", "keys"), 0, -1)
     assert sorted(order) == sorted(made)

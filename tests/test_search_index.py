@@ -44,6 +44,7 @@ from gateway.store import search as search_module
 from gateway.store.copy_values import INACTIVE_AT, Filters
 from gateway.store.label_copy import AccountCopy
 from gateway.store.lua import constant
+from gateway.store.packed_index import PackedIndex
 from gateway.store.search import LabelSearch
 from gateway.store.used_order import MOVES_KEPT
 
@@ -994,7 +995,7 @@ async def test_q_with_every_filter_is_counted_in_the_copy_as_brute_force(searche
     used_copy(store, builds=1)
 
 
-@pytest.mark.parametrize("index", ["tok", "keys"])
+@pytest.mark.parametrize("index", ["tokens", "keys"])
 async def test_keys_shifted_while_the_copy_is_read_are_placed_as_they_are(searched, other,
                                                                          clock, index):
     """The token date index and the creation date index are read by ranks (at once), a
@@ -1007,15 +1008,17 @@ async def test_keys_shifted_while_the_copy_is_read_are_placed_as_they_are(search
     store.label_search.max_passed = 2
     keys = Keys(store, 91)
     await spread(searched, keys, clock, 60)
-    in_order = await store.redis.zrange(store.names.account(ACCOUNT, index), 0, -1)
+    name = store.names.account(ACCOUNT, index)
+    in_order = ([k for k, _ in await PackedIndex(store.scripts, name).range(0, 10**9)]
+                if index == "tokens" else await store.redis.zrange(name, 0, -1))
 
     async def shift() -> None:
         for app_key in in_order[:4]:
             await other.delete_key(ACCOUNT, app_key, actor=CLI)
 
-    # before the index's second chunk
-    name = store.names.account(ACCOUNT, index)
-    shifted = Before(store, "scored_ranks", shift, nth=2,
+    # before the index's second chunk (the token date index a packed set)
+    shifted = Before(store, "packed_index" if index == "tokens" else "scored_ranks", shift,
+                     nth=2,
                      counted=lambda keys, args: keys == [name])
     now_ms = int(clock() * 1000)
     for needle in ("a", "e", "kgk"):

@@ -36,7 +36,10 @@ async def as_an_older_keygate_left_it(gateway: Gateway) -> None:
         pattern = glob_escape(names.account(account, "")) + "*"
         doomed += [n async for n in redis.scan_iter(match=pattern)
                    if n.startswith((names.role_holders(account, ""),
-                                    names.account(account, "label:")))]
+                                    names.account(account, "label:"),
+                                    # the packed sets' pages, buckets and counts
+                                    *(names.account(account, what) + ":"
+                                      for what in ("tokens", "uses", "statuses"))))]
     await redis.delete(*doomed)
     assert not await store.listing_current(ACCOUNTS[0])
 

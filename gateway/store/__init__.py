@@ -40,14 +40,15 @@ An account's records (``{p}acct:{{account}}:…`` on a Redis Cluster):
                                by the time the grant was added
 ``{p}acct:{account}:owners``   set of the account's active keys with the role owner, and
                                the member '' once complete (so the last one is kept)
-``{p}acct:{account}:tok``      the listing indexes (``listing.py``), kept by the scripts that
-``{p}acct:{account}:uses``     change keys: sorted sets of the generated keys by token date
-``{p}acct:{account}:label``    and 'folded label NUL key' (score 0); packed sets
-``{p}acct:{account}:statuses`` (scripts/packed.lua: the name and the names under it) of
-``{p}acct:{account}:roles``    them by last use (0: never) and status (0 active, 1
+``{p}acct:{account}:tokens``   the listing indexes (``listing.py``), kept by the scripts that
+``{p}acct:{account}:uses``     change keys: a sorted set of the generated keys by 'folded
+``{p}acct:{account}:label``    label NUL key' (score 0); packed sets (scripts/packed.lua:
+``{p}acct:{account}:statuses`` the name and the names under it) of them by token date (in
+``{p}acct:{account}:roles``    status runs), last use (0: never) and status (0 active, 1
                                inactive); the set of role names in use, with the mark of
                                the layout (names.LISTED) once the indexes are complete
-``{p}acct:{account}:holders:{role}`` the keys holding a role, scored as ``tok``
+``{p}acct:{account}:holding:{role}`` the keys holding a role: a packed set, scored as
+                               ``tokens``
 ``{p}acct:{account}:settings`` hash of the account's settings
 ``{p}acct:{account}:audit``    stream of change events, capped (``MAXLEN ~``); the fields of
                                each entry: records.AUDIT_FIELDS

@@ -19,7 +19,7 @@ from .label_copy import AccountCopy
 from .lua import Scripts
 from .names import Keyspace, is_role
 from .ordered_lines import LAST_USED, ORDERS_KEPT, OrderedLines
-from .packed_index import whole_score
+from .packed_index import PackedIndex, counts_of, whole_score
 from .records import ACTIVE
 from .steps import release
 from .used_order import MOVES_KEPT, UsedOrder, drop_use_order, last_use_by_line, with_uses
@@ -73,7 +73,8 @@ class CopySync:
         # the four reads at once: Redis answers one while this process parses another's
         # answer (a third less time at 100,000 keys than one after the other)
         members, (keys, scores), (made, made_scores), (roles, role_bits) = await asyncio.gather(
-            self._by_value(label), self._by_ranks(self.names.account(account, "tok")),
+            self._by_value(label),
+            self._by_ranks(self.names.account(account, "tokens"), packed=True),
             self._by_ranks(self.names.account(account, "keys")),
             self._holders(account, audit))
         if members is None:
@@ -150,8 +151,8 @@ class CopySync:
                   if is_role(r)]
         async with self.redis.pipeline(transaction=False) as pipe:
             for role in in_use:
-                pipe.zcard(self.names.role_holders(account, role))
-            sizes = await pipe.execute()
+                pipe.hget(*counts_of(self.names.role_holders(account, role)))
+            sizes = [int(n or 0) for n in await pipe.execute()]
         ranked = sorted(zip(sizes, in_use, strict=True), key=lambda s: (-s[0], s[1]))
         roles: list[str] = []
         bits: dict[str, int] = {}
@@ -172,8 +173,8 @@ class CopySync:
             before = await self._newest_event(audit)
             members: list[str] = []
             while True:
-                chunk = await self.redis.zrange(index, len(members),
-                                                len(members) + self.limits.read_chunk - 1)
+                chunk = [k for k, _ in await PackedIndex(self.scripts, index).range(
+                    len(members), self.limits.read_chunk)]
                 members += chunk
                 if len(chunk) < self.limits.read_chunk or len(members) > self.limits.max_keys:
                     break

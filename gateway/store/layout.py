@@ -15,9 +15,10 @@ Layouts:
 
 1. the listing indexes in status runs, with label zones and role holders scored by
    token date; the owners sets; the set of known accounts (``accounts.py``).
-2. the last-use and status indexes packed sets (``uses``, ``statuses``:
-   scripts/packed.lua), a third of the memory of the sorted sets they replace (``used``,
-   ``status``, removed when the account is indexed again).
+2. the token date, last-use, status and role holders' indexes packed sets (``tokens``,
+   ``uses``, ``statuses``, ``holding:{role}``: scripts/packed.lua), a third of the memory
+   of the sorted sets they replace (``tok``, ``used``, ``status``, ``holders:{role}``,
+   removed when the account is indexed again).
 """
 
 from __future__ import annotations

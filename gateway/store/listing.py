@@ -3,15 +3,21 @@
 A page is served from the account's listing indexes, which the scripts that change a
 key keep up to date in the same step (scripts/key_rules.lua):
 
-* ``keys`` (creation date) and ``tok`` (token date): sorted sets in status runs
-  (scripts/status_runs.lua: an inactive key at its date plus INACTIVE_AT), so a status
-  filter is a range of ranks and either order is the merge of two runs;
-* ``holders:{role}``: the keys holding each role, scored as ``tok``, beside the set of
-  the role names in use (``roles``), so that a count by any status, role and token date
-  range is one ZCOUNT per run, whatever the number of keys;
-* ``used`` (last use), ``label`` (folded label then key, all at score 0, so in byte
-  order) and ``status`` (0 active, 1 inactive, each part in key order, which also gives
-  the key order);
+* ``keys`` (creation date, a sorted set) and ``tokens`` (token date, a packed set:
+  scripts/packed.lua) in status runs (scripts/status_runs.lua: an inactive key at its
+  date plus INACTIVE_AT), so a status filter is a range of ranks and either order is the
+  merge of two runs;
+* ``holding:{role}``: the keys holding each role, a packed set scored as ``tokens``,
+  beside the set of the role names in use (``roles``), so that a count by any status,
+  role and token date range is a count of ranks per run (three small sets read, whatever
+  the number of keys);
+* ``uses`` (last use, a packed set), ``label`` (folded label then key, all at score 0,
+  so in byte order) and ``statuses`` (a packed set: 0 active, 1 inactive, each part in
+  key order, which also gives the key order);
+
+A packed set keeps a sorted set's order in small sorted sets that Redis encodes
+compactly (some 35 bytes an entry instead of 120); an entry is found by its score, so a
+key's scores are read from its hash where a sorted set's would be read by member.
 * ``label:zones`` and ``label:zone-dates``: the label index cut into zones of 512 to
   1,024 members, each with its keys' token dates (least, greatest, and the periods of
   about 19 hours they fall in, per status), so that a walk in label order with a status
@@ -52,6 +58,7 @@ from .core import unavailable, unavailable_iter
 from .layout import StoreLayout
 from .lua import constant
 from .names import LISTED, OLDER_INDEXES, OLDER_MARKS, is_role
+from .packed_index import PackedIndex, counts_of
 from .records import ACTIVE, INACTIVE, KeyRecord, label_fold
 from .search import Candidates
 
@@ -160,11 +167,11 @@ class KeyListing(StoreLayout):
                 holders = keys[-1]
 
                 async def read(most: int) -> list[str] | None:
-                    found = await self.redis.zrange(holders, 0, most)
-                    return None if len(found) > most else found
+                    found = await PackedIndex(self.scripts, holders).range(0, most + 1)
+                    return None if len(found) > most else [k for k, _ in found]
 
                 async def size() -> int:
-                    return await self.redis.zcard(holders)
+                    return int(await self.redis.hget(*counts_of(holders)) or 0)
                 among = Candidates(size, read)
             found = await self.label_search.matches(
                 account, query.q.casefold(), counted, among,
@@ -234,9 +241,11 @@ class KeyListing(StoreLayout):
         await self.redis.sadd(roles, LISTED)
         # an older keygate's marks and sets of role holders (it kept no token dates in
         # them): the scripts no longer keep them, and nothing reads them now
-        older = [self.names.older_role_set(account, r) for r in in_use if is_role(r)]
+        older = [name for r in in_use if is_role(r)
+                 for name in (self.names.older_role_set(account, r),
+                              self.names.older_holders(account, r))]
         await self.redis.srem(roles, *OLDER_MARKS)
-        # an older layout's indexes (the last-use sorted set) and role sets
+        # an older layout's indexes (sorted sets where packed sets are now) and role sets
         await self.redis.delete(*(self.names.account(account, what) for what in OLDER_INDEXES),
                                 *older)
         return listed
@@ -249,7 +258,8 @@ class KeyListing(StoreLayout):
         listing = self.names.listing(account)
         size = await self.redis.zcard(self.names.account(account, "label"))
         for rank in range((max(size - 1, 0) // ZONE) * ZONE, -1, -ZONE):
-            await self.scripts.index_zones(keys=listing, args=[rank])
+            await self.scripts.index_zones(keys=listing,
+                                           args=[rank, self.names.keys_of(account)])
 
     @unavailable
     async def listing_indexed(self, account: str) -> bool:
@@ -275,13 +285,10 @@ class KeyListing(StoreLayout):
         than them)."""
         if not await self.listing_indexed(account):
             await self.index_listing(account, chunk)
-        tok = self.names.account(account, "tok")
+        tokens = PackedIndex(self.scripts, self.names.account(account, "tokens"))
         runs = [Filters(dates=dates).score_ranges for dates in ranges]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for low, high in (run for score_ranges in runs for run in score_ranges):
-                pipe.zcount(tok, low, f"({high}")
-            counts = iter(await pipe.execute())
-        return [sum(int(next(counts)) for _ in score_ranges) for score_ranges in runs]
+        return [sum([await tokens.count(low, high - 1) for low, high in score_ranges])
+                for score_ranges in runs]
 
     @unavailable
     async def migrate(self) -> dict[str, int]:

@@ -20,16 +20,16 @@ from __future__ import annotations
 from .lua import text_constant
 
 # an account's listing indexes (see listing.py for what each holds)
-LISTING = ("keys", "tok", "uses", "label", "statuses", "roles")
+LISTING = ("keys", "tokens", "uses", "label", "statuses", "roles")
 # the member of the role names set (``roles``) once the listing indexes hold every key
 # of the account in this keygate's layout (scripts/status_runs.lua), and those of older
 # layouts, which indexing the account again removes
 LISTED = text_constant("status_runs", "LISTED")
 OLDER_MARKS = ("", ":status-runs")
-# an older layout's listing indexes that indexing the account again removes: the last-use
-# and status indexes as sorted sets (now packed sets, ``uses`` and ``statuses``:
-# scripts/packed.lua)
-OLDER_INDEXES = ("used", "status")
+# an older layout's listing indexes that indexing the account again removes: the token
+# date, last-use and status indexes as sorted sets (now packed sets, ``tokens``, ``uses``
+# and ``statuses``: scripts/packed.lua), and the role holders' (``older_holders``)
+OLDER_INDEXES = ("tok", "used", "status")
 
 
 def is_role(member: str) -> bool:
@@ -106,14 +106,19 @@ class Keyspace:
     def listing(self, account: str) -> list[str]:
         """The account's listing indexes, in the order the key scripts take them in
         ``KEYS`` (scripts/key_rules.lua): creation date, token date, last use, label,
-        status, role names. The keys holding a role are ``holders:{role}``
+        status, role names. The keys holding a role are ``holding:{role}``
         (:meth:`role_holders`), named by the scripts from the role names set's name
-        (``roles`` replaced by ``holders:``)."""
+        (``roles`` replaced by ``holding:``)."""
         return [self.account(account, what) for what in LISTING]
 
     def role_holders(self, account: str, role: str) -> str:
-        """The sorted set of the account's generated keys that hold ``role``, scored as
-        the token date index (scripts/status_runs.lua)."""
+        """The packed set (scripts/packed.lua) of the account's generated keys that
+        hold ``role``, scored as the token date index (scripts/status_runs.lua)."""
+        return self.account(account, f"holding:{role}")
+
+    def older_holders(self, account: str, role: str) -> str:
+        """The sorted set of the keys holding ``role`` as layout 1 kept it, removed once
+        the account is indexed again."""
         return self.account(account, f"holders:{role}")
 
     def older_role_set(self, account: str, role: str) -> str:

@@ -17,6 +17,12 @@ from .lua import Scripts, constant
 MAX_SCORE = 2**52 - 1
 
 
+def counts_of(name: str) -> tuple[str, str]:
+    """The hash and field holding how many entries the packed set ``name`` holds: its
+    size is one HGET (pipelined beside other reads)."""
+    return f"{name}:n", "t"
+
+
 def whole_score(value: str | None) -> int:
     """A hash's value as the scripts index it (packed.lua pk_whole): a whole number from
     0, and 0 for none or for what is not a number."""
@@ -67,6 +73,10 @@ class PackedIndex:
 
     async def card(self) -> int:
         return int(await self._call("card"))  # type: ignore[arg-type]
+
+    async def drop(self) -> None:
+        """Remove the whole set (its root, counts, pages and buckets)."""
+        await self._call("drop")
 
     async def problems(self, caps: tuple[int, int] | None = None) -> list[str]:
         """What breaks the packed set's rules (scripts/packed.lua), read name by name: a

@@ -7,6 +7,7 @@ from __future__ import annotations
 from .accounts import AccountRecords
 from .core import unavailable
 from .names import LISTED, is_role
+from .packed_index import counts_of
 from .records import Grant, PolicyAnnouncement
 
 
@@ -44,8 +45,8 @@ class PolicyRecords(AccountRecords):
         roles = sorted(role for role in in_use if is_role(role))
         async with self.redis.pipeline(transaction=False) as pipe:
             for role in roles:
-                pipe.zcard(self.names.role_holders(account, role))
-            sizes = await pipe.execute()
+                pipe.hget(*counts_of(self.names.role_holders(account, role)))
+            sizes = [int(n or 0) for n in await pipe.execute()]
         return {role: int(n) for role, n in zip(roles, sizes, strict=True) if n}
 
     async def _read_roles(self, account: str, what: str, chunk: int) -> dict[str, int]:

@@ -8,6 +8,8 @@ if not unchanged(KEYS[1], ARGV[1]) then return {'changed'} end
 local new = redis.call('HMGET', KEYS[1], 'newTok', 'newTokCreated')
 if not new[1] then return {'none'} end
 local before = snap(KEYS[1], ARGV[1])
+local idx = listing_at(3)
+unlist(idx, KEYS[1], ARGV[8], ARGV[1])
 local dropped_link = ''
 if ARGV[7] == 'finish' then
   redis.call('HSET', KEYS[1], 'tok', new[1], 'tokCreated', new[2])
@@ -17,6 +19,6 @@ else
   redis.call('HDEL', KEYS[1], 'link', 'linkExp')
 end
 redis.call('HDEL', KEYS[1], 'newTok', 'newTokCreated')
-list(listing_at(3), KEYS[1], ARGV[8], ARGV[1])
+list(idx, KEYS[1], ARGV[8], ARGV[1])
 committed(KEYS[1], KEYS[2], before, snap(KEYS[1], ARGV[1]))
 return {'ok', redis.call('HGETALL', KEYS[1]), dropped_link}

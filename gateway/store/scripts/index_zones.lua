@@ -6,9 +6,9 @@
 -- every member up to the next fence, and the zone before it keeps a record that held
 -- more.
 -- KEYS: the six listing indexes
--- ARGV: the rank
+-- ARGV: the rank, what the hash names of the account's keys start with
 -- Answers 1 if it made a fence, 0 past the end of the index.
-local idx = listing_at(1)
+local idx = listing_at(1, ARGV[2])
 local rank = tonumber(ARGV[1])
 local fence = ''
 if rank > 0 then

@@ -39,20 +39,30 @@ end
 
 -- The listing indexes of the key's account (listing.py, names.py LISTING), which every
 -- script that changes a generated key keeps up to date. Each script takes their six
--- names in KEYS from position i: creation date and token date (status runs:
--- status_runs.lua), last use (a packed set of keys by that time, 0 for never:
--- packed.lua; an entry moved is removed at its old time, read from the hash), label
--- (members 'folded label NUL key', score 0), status (a packed set: 0 active, 1 inactive;
--- an entry is moved by unlist, then list) and the role
--- names in use (a set, which holds LISTED once the indexes are complete: a new
--- account's are, an older one's are built by index_listing.lua). The keys holding a
--- role are the sorted set named ``holders`` .. role, scored as the token date index.
-local function listing_at(i)
+-- names in KEYS from position i: creation date (a sorted set) and token date (a packed
+-- set: packed.lua), both in status runs (status_runs.lua), last use (a packed set of
+-- keys by that time, 0 for never), label (members 'folded label NUL key', score 0),
+-- status (a packed set: 0 active, 1 inactive) and the role names in use (a set, which
+-- holds LISTED once the indexes are complete: a new account's are, an older one's are
+-- built by index_listing.lua). The keys holding a role are the packed set named
+-- ``holding:`` .. role, scored as the token date index. A key's packed entries are
+-- taken out at their scores by unlist, read from its hash before a change, and put
+-- back by list after it. ``key_prefix``: what the hash names of the account's keys
+-- start with (given by the caller, or set by list).
+local function listing_at(i, key_prefix)
   local roles, label = KEYS[i + 5], KEYS[i + 3]
   return {keys = KEYS[i], tok = KEYS[i + 1], used = KEYS[i + 2], label = label,
           status = KEYS[i + 4], roles = roles,
-          holders = string.sub(roles, 1, -6) .. 'holders:',
-          zones = label .. ':zones', zone_dates = label .. ':zone-dates'}
+          holders = string.sub(roles, 1, -6) .. 'holding:',
+          zones = label .. ':zones', zone_dates = label .. ':zone-dates',
+          key_prefix = key_prefix}
+end
+
+-- a key's score in the token date index, from its hash (nil: no such key)
+local function token_score_of(idx, app_key)
+  local v = redis.call('HMGET', idx.key_prefix .. app_key, 'tokCreated', 'status', 'acct')
+  if not v[3] then return nil end
+  return run_score(v[1], v[2])
 end
 
 -- Zones of the label index (status_runs.lua): a record's marks and dates widened to
@@ -87,9 +97,8 @@ local function zone_record(idx, fence, members, complete)
   end
   local z, marks = zone_parse(nil)
   for _, m in ipairs(members) do
-    local app_key = string.sub(m, string.find(m, '\0', 1, true) + 1)
-    local score = redis.call('ZSCORE', idx.tok, app_key)
-    if score then marks = zone_widen(z, marks, tonumber(score)) end
+    local score = token_score_of(idx, string.sub(m, string.find(m, '\0', 1, true) + 1))
+    if score then marks = zone_widen(z, marks, score) end
   end
   zone_put(idx, fence, z, marks)
 end
@@ -159,32 +168,33 @@ local function status_score(status)
 end
 
 -- Take the key out of the indexes whose member or packed entry depends on its fields
--- (before a change of its label, roles or status), or out of all of them (``all``:
--- before its delete).
+-- (before a change of its label, roles, status or token), or out of all of them
+-- (``all``: before its delete).
 local function unlist(idx, key, app_key, acct, all)
-  local v = redis.call('HMGET', key, 'label', 'lf', 'status', 'lastUsed')
+  local v = redis.call('HMGET', key, 'label', 'lf', 'status', 'lastUsed', 'tokCreated')
   local member = v[1] and label_member(v[1], v[2], app_key)
   if member then redis.call('ZREM', idx.label, member) end
+  local token_score = run_score(v[5], v[3])
   for _, role in ipairs(roles_of(key, acct)) do
-    redis.call('ZREM', idx.holders .. role, app_key)
+    pk_remove(idx.holders .. role, token_score, app_key)
   end
+  pk_remove(idx.tok, token_score, app_key)
   pk_remove(idx.status, status_score(v[3]), app_key)
   if all then
-    for _, name in ipairs({idx.keys, idx.tok}) do
-      redis.call('ZREM', name, app_key)
-    end
+    redis.call('ZREM', idx.keys, app_key)
     pk_remove(idx.used, pk_whole(v[4]), app_key)
   end
 end
 
 -- Put the key in every index as its hash now is (after a change).
 local function list(idx, key, app_key, acct)
+  idx.key_prefix = string.sub(key, 1, #key - #app_key)
   if redis.call('HGET', key, 'lf') == '' then redis.call('HDEL', key, 'lf') end
   local v = redis.call('HMGET', key, 'created', 'tokCreated', 'lastUsed', 'label', 'lf',
                        'status')
   redis.call('ZADD', idx.keys, run_score(v[1], v[6]), app_key)
   local token_score = run_score(v[2], v[6])
-  redis.call('ZADD', idx.tok, token_score, app_key)
+  pk_add(idx.tok, token_score, app_key)
   pk_add(idx.used, pk_whole(v[3]), app_key)
   local member = label_member(v[4], v[5], app_key)
   if member then
@@ -193,7 +203,7 @@ local function list(idx, key, app_key, acct)
   end
   pk_add(idx.status, status_score(v[6]), app_key)
   for _, role in ipairs(roles_of(key, acct)) do
-    redis.call('ZADD', idx.holders .. role, token_score, app_key)
+    pk_add(idx.holders .. role, token_score, app_key)
     redis.call('SADD', idx.roles, role)
   end
 end

@@ -41,7 +41,7 @@ if redis.call('ZCOUNT', KEYS[1], INACTIVE_AT, '+inf') ~= pk_count(KEYS[5], 1, 1)
   return {'unindexed'}
 end
 local keys_i, tok_i, label_i, status_i, roles_i = KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6]
-local holders = string.sub(roles_i, 1, -6) .. 'holders:'
+local holders = string.sub(roles_i, 1, -6) .. 'holding:'
 local sort, desc = ARGV[1], ARGV[2] == '1'
 local offset, count = tonumber(ARGV[3]), tonumber(ARGV[4])
 local status = ARGV[5] ~= '' and tonumber(ARGV[5]) or nil
@@ -52,14 +52,40 @@ local role_set = ARGV[12] == '1' and KEYS[7] or nil
 local sort_index = ({creationDate = KEYS[1], creationDateToken = KEYS[2], lastUsed = KEYS[3],
                      label = KEYS[4], status = KEYS[5], appKey = KEYS[5]})[sort]
 local CHUNK = 1000
--- the last-use and status indexes are packed sets (packed.lua): read by ranks through
--- it, and a key's score in them read from its hash
+-- the roles key k holds in its own account (nil: no such key)
+local function own_roles(k)
+  local acct = redis.call('HGET', key_prefix .. k, 'acct')
+  if not acct then return nil end
+  local grant = redis.call('HGET', key_prefix .. k, 'g:' .. acct)
+  return grant and cjson.decode(grant)['roles'] or {}
+end
+
+-- key k's score in the token date index (nil: no such key)
+local function token_score(k)
+  local v = redis.call('HMGET', key_prefix .. k, 'tokCreated', 'status', 'acct')
+  if not v[3] then return nil end
+  return run_score(v[1], v[2])
+end
+
+-- The token date, last-use, status and role holders' indexes are packed sets
+-- (packed.lua): read by ranks through it, and a key's score in them read from its hash.
 local packed = {
+  [KEYS[2]] = token_score,
   [KEYS[3]] = function(k) return pk_whole(redis.call('HGET', key_prefix .. k, 'lastUsed')) end,
   [KEYS[5]] = function(k)
     return redis.call('HGET', key_prefix .. k, 'status') == 'active' and 0 or 1
   end,
 }
+if role_set then
+  -- the role's holders: scored as the token date index, the keys holding the role
+  local role = string.sub(role_set, #string.sub(roles_i, 1, -6) + #'holding:' + 1)
+  packed[role_set] = function(k)
+    for _, held in ipairs(own_roles(k) or {}) do
+      if held == role then return token_score(k) end
+    end
+    return nil
+  end
+end
 
 local function num(x) return string.format('%d', x) end
 
@@ -77,14 +103,14 @@ elseif ARGV[13] and string.sub(ARGV[13], 1, 6) == 'total:' then
   q_total = tonumber(string.sub(ARGV[13], 7))
 end
 
--- the holders of each role in use that the caller may not act on
+-- each role in use that the caller may not act on
 local excluded = {}
 if ARGV[10] ~= '' then
   local may = {}
   for _, role in ipairs(cjson.decode(ARGV[10])) do may[role] = true end
   for _, role in ipairs(redis.call('SMEMBERS', roles_i)) do
     if role ~= '' and string.sub(role, 1, 1) ~= ':' and not may[role] then
-      excluded[#excluded + 1] = holders .. role
+      excluded[#excluded + 1] = role
     end
   end
 end
@@ -100,7 +126,7 @@ local function index_size(index)
 end
 
 -- The status, role and token date filters: the status runs of one index (``dated``)
--- restricted to the token dates asked, each {first rank, size, score range}.
+-- restricted to the token dates asked, each {first rank, size}.
 local dated_filter = status ~= nil or role_set ~= nil or has_dates
 local dated = role_set or tok_i
 local low_date = math.max(from or 0, 0)
@@ -108,10 +134,9 @@ local high_date = math.min(after or INACTIVE_AT, INACTIVE_AT)
 local dated_runs, dated_total = {}, 0
 for _, st in ipairs(status and {status} or {0, 1}) do
   local base = st * INACTIVE_AT
-  local lo, hi = num(base + low_date), '(' .. num(base + math.max(high_date, low_date))
-  local size = redis.call('ZCOUNT', dated, lo, hi)
-  dated_runs[#dated_runs + 1] = {first = redis.call('ZCOUNT', dated, '-inf', '(' .. lo),
-                                 size = size, lo = lo, hi = hi}
+  local lo, hi = base + low_date, base + math.max(high_date, low_date) - 1
+  local size = pk_count(dated, lo, hi)
+  dated_runs[#dated_runs + 1] = {first = pk_count(dated, 0, lo - 1), size = size}
   dated_total = dated_total + size
 end
 
@@ -127,10 +152,10 @@ local function folded_label(k)
   return v[2] or string.lower(v[1] or '')
 end
 
--- Whether key k is in the dated runs: one score read gives its role (it is in the
--- role's holders), its status and its token date.
+-- Whether key k is in the dated runs: its score there (from its hash) gives its role
+-- (it is in the role's holders), its status and its token date.
 local function in_dated(k)
-  local score = tonumber(redis.call('ZSCORE', dated, k))
+  local score = packed[dated](k)
   if not score then return false end
   local st = score >= INACTIVE_AT and 1 or 0
   if status and st ~= status then return false end
@@ -142,8 +167,10 @@ end
 local function passes(k, skip, folded)
   if dated_filter and skip ~= 'dated' and not in_dated(k) then return false end
   if #excluded > 0 and k ~= own then
-    for _, set in ipairs(excluded) do
-      if redis.call('ZSCORE', set, k) then return false end
+    local roles = {}
+    for _, role in ipairs(own_roles(k) or {}) do roles[role] = true end
+    for _, role in ipairs(excluded) do
+      if roles[role] then return false end
     end
   end
   if needle ~= '' and skip ~= 'q' then
@@ -365,9 +392,8 @@ if dated_filter then
   sources[#sources + 1] = {name = 'dated', size = dated_total, members = function()
     local out = {}
     for _, run in ipairs(dated_runs) do
-      for _, k in ipairs(redis.call('ZRANGE', dated, run.lo, run.hi, 'BYSCORE')) do
-        out[#out + 1] = k
-      end
+      local flat = pk_range(dated, run.first, run.size, false)
+      for i = 1, #flat, 2 do out[#out + 1] = flat[i] end
     end
     return out
   end}

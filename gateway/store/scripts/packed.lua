@@ -149,6 +149,12 @@ local function pk_drop_page(n, page)
   redis.call('HDEL', n .. ':n', 'p' .. page)
 end
 
+-- Remove the whole set: its pages and buckets read from the root (no SCAN).
+local function pk_drop(n)
+  for _, page in ipairs(redis.call('ZRANGE', n, 0, -1)) do pk_drop_page(n, page) end
+  redis.call('DEL', n, n .. ':n')
+end
+
 -- a bucket left under a quarter full, merged into the one before it in its page
 local function pk_merge(n, page, fence, left)
   local pname = n .. ':p:' .. page
@@ -181,8 +187,7 @@ local function pk_remove(n, score, member)
   redis.call('ZREM', name, member)
   if redis.call('HINCRBY', n .. ':n', 't', -1) == 0 then
     -- the set is empty: nothing of it is kept
-    for _, each in ipairs(redis.call('ZRANGE', n, 0, -1)) do pk_drop_page(n, each) end
-    redis.call('DEL', n, n .. ':n')
+    pk_drop(n)
     return 1
   end
   local in_page = redis.call('HINCRBY', n .. ':n', 'p' .. page, -1)

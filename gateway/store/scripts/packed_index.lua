@@ -8,6 +8,7 @@
 --   count  low, high                          how many scores are from low to high
 --   rank   score, member                      how many entries are before that one
 --   card                                      how many entries it holds
+--   drop                                      the whole set removed
 local op, n = ARGV[1], KEYS[1]
 if op == 'add' or op == 'remove' then
   local done = 0
@@ -22,5 +23,8 @@ elseif op == 'rank' then
   return pk_rank_of(n, pk_pos(ARGV[2], ARGV[3]))
 elseif op == 'card' then
   return pk_card(n)
+elseif op == 'drop' then
+  pk_drop(n)
+  return 1
 end
 return redis.error_reply('packed_index: no operation ' .. tostring(op))

@@ -13,6 +13,8 @@ if redis.call('HEXISTS', KEYS[1], 'newTok') == 1 then return {'pending'} end
 local link_exp = redis.call('HGET', KEYS[1], 'linkExp')
 if link_exp and tonumber(link_exp) > tonumber(ARGV[7]) then return {'link'} end
 local before = snap(KEYS[1], ARGV[1])
+local idx = listing_at(3)
+unlist(idx, KEYS[1], ARGV[12], ARGV[1])
 if ARGV[8] == 'later' then
   redis.call('HSET', KEYS[1], 'newTok', ARGV[9], 'newTokCreated', ARGV[7])
 else
@@ -23,6 +25,6 @@ redis.call('HDEL', KEYS[1], 'link', 'linkExp')
 if ARGV[10] ~= '' then
   redis.call('HSET', KEYS[1], 'link', ARGV[10], 'linkExp', ARGV[11])
 end
-list(listing_at(3), KEYS[1], ARGV[12], ARGV[1])
+list(idx, KEYS[1], ARGV[12], ARGV[1])
 committed(KEYS[1], KEYS[2], before, snap(KEYS[1], ARGV[1]))
 return {'ok', redis.call('HGETALL', KEYS[1]), old_link}

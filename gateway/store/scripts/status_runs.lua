@@ -3,7 +3,7 @@
 -- active run comes first, each run in date order:
 --   * the creation index (``keys``), at the key's creation date;
 --   * the token date index (``tok``) and the set of the keys holding each role
---     (``holders:{role}``), at the date of the key's token.
+--     (``holding:{role}``), at the date of the key's token.
 -- A status filter's page in creation or token order is then a range of ranks; a count
 -- of keys by any status, role and token date range is one ZCOUNT per run; and the order
 -- of every key is the merge of the two runs (list_keys.lua). 2^43 ms is the year 2248: a
