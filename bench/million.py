@@ -253,7 +253,7 @@ async def million(
     hashes = [await client.memory_usage(names.key(k), samples=0) or 0 for k in sample]
     clock.now = time.time()
     now_ms = int(clock.now * 1000)
-    # the renewal gauge's count: the accounts from their set, two ZCOUNTs per level;
+    # the renewal gauge's count: the accounts from their set, two counts per level;
     # beside it the scan of every name that reading the accounts once was (migrate's)
     gauge = RenewalGauge(store, 300.0, clock, CollectorRegistry())
     started = time.perf_counter()
@@ -351,7 +351,7 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
          f"(by each process every second, off the pages; the pages above were measured "
          f"with those keys checked one by one)"),
         (f"{n:,} keys: the renewal gauge's count (median of 5)",
-         f"{result['gauge'] * 1000:.1f} ms: the accounts read from their set, two ZCOUNTs "
+         f"{result['gauge'] * 1000:.1f} ms: the accounts read from their set, two counts of ranks "
          f"per level; a scan of the store's {result['names']:,} names for the accounts "
          f"(`keygate store migrate`'s read) took {result['scanned_in'] * 1000:.0f} ms"),
     ]
