@@ -174,6 +174,28 @@ async def test_any_sequence_of_adds_and_removes(store, steps):
     await run_steps(store, steps)
 
 
+async def test_members_are_stored_without_the_text_they_share_in_the_same_order(store):
+    """The first member gives the cut ('kgk-acme-'): members starting with it are stored
+    without it, members that do not (before or after it in byte order, a prefix of it,
+    empty) keep their place; at one score and at many, ranks and ranges are a sorted
+    set's."""
+    index, plain = packed(store)
+    assert await index.add([(5, "kgk-acme-7QX2M4PZ9B")]) == 1
+    others = ["kgk-acme-", "kgk-acme", "kgk-acmd-zz", "kgk-acmf", "", "zzz", "\x01",
+              "kgk-acme-\x00", "kgk-acme-A", "Kgk-acme-A", "kgk-acme--", "é-acme-x"]
+    entries = [(5, m) for m in others] + [(n % 3, f"{m}{n}") for n, m in enumerate(others)]
+    assert await index.add(entries) == len(entries)
+    await store.redis.zadd(plain, {"kgk-acme-7QX2M4PZ9B": 5, **{m: s for s, m in entries}})
+    await same(store, index, plain)
+    for score, member in entries:
+        assert await index.rank(score, member) == await store.redis.zrank(plain, member)
+    stored = await store.redis.zrange(f"{index.name}:b:", 0, -1)
+    assert "\x017QX2M4PZ9B" in stored and "kgk-acme-7QX2M4PZ9B" not in stored
+    assert await index.remove(entries[::2]) == len(entries[::2])
+    await store.redis.zrem(plain, *[m for _, m in entries[::2]])
+    await same(store, index, plain)
+
+
 async def test_refuses_a_score_it_cannot_order(store):
     index, _ = packed(store)
     for score in (-1, 2**52, 1.5):

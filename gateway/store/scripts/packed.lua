@@ -27,6 +27,12 @@
 -- An entry is added and removed with its score: the caller knows it (a key's scores are
 -- read from its hash), and an entry moved to another score is removed at the old one,
 -- then added at the new.
+--
+-- Members are kept without the text they share: an account's keys all start with
+-- 'prefix-account-'. The set's first member gives that cut (up to its last '-'), kept
+-- as 'c' in ``N:n``; a member starting with it is stored as \1 then the rest, and the
+-- rare other member as \0 or \2 then itself, whether it comes before or after the cut
+-- in byte order: the stored members keep the members' order, some 12 bytes shorter.
 local PACK_CAP = 120
 local PAGE_CAP = 120
 local PACK_DIGITS = 13
@@ -51,6 +57,34 @@ local function pk_pos(score, member)
           tostring(score))
   end
   return string.format('%0' .. PACK_DIGITS .. 'x', s) .. member
+end
+
+-- the cut of each set, read once per script run (pk_cut)
+local pk_cuts = {}
+
+local function pk_cut(n)
+  local cut = pk_cuts[n]
+  if cut == nil then
+    cut = redis.call('HGET', n .. ':n', 'c') or ''
+    pk_cuts[n] = cut
+  end
+  return cut
+end
+
+-- a member as the set stores it, and back
+local function pk_enc(n, member)
+  local cut = pk_cut(n)
+  if cut == '' then return member end
+  if string.sub(member, 1, #cut) == cut then return '\1' .. string.sub(member, #cut + 1) end
+  if before(member, cut) then return '\0' .. member end
+  return '\2' .. member
+end
+
+local function pk_dec(n, stored)
+  local cut = pk_cut(n)
+  if cut == '' then return stored end
+  if string.byte(stored, 1) == 1 then return cut .. string.sub(stored, 2) end
+  return string.sub(stored, 2)
 end
 
 -- the last member of the lexically ordered set ``name`` not after ``pos``
@@ -122,18 +156,23 @@ end
 
 -- Add an entry (its member not in the set); 1 when added, 0 when it was there already.
 local function pk_add(n, score, member)
-  local pos = pk_pos(score, member)
-  local page, fence = pk_locate(n, pos)
+  local stored = pk_enc(n, member)
+  local page, fence = pk_locate(n, pk_pos(score, stored))
   if not page then
+    -- a new set: its cut from this member
+    local cut = string.match(member, '^(.*%-).+$') or ''
+    if cut ~= '' then redis.call('HSET', n .. ':n', 'c', cut) end
+    pk_cuts[n] = cut
+    stored = pk_enc(n, member)
     page, fence = '', ''
     redis.call('ZADD', n, 0, '')
     redis.call('ZADD', n .. ':p:', 0, '')
   end
-  if redis.call('ZADD', n .. ':b:' .. fence, 'NX', score, member) == 0 then return 0 end
+  if redis.call('ZADD', n .. ':b:' .. fence, 'NX', score, stored) == 0 then return 0 end
   redis.call('HINCRBY', n .. ':n', 't', 1)
   redis.call('HINCRBY', n .. ':n', 'p' .. page, 1)
   if redis.call('HINCRBY', n .. ':n', 'b' .. fence, 1) > PACK_CAP then
-    pk_split(n, page, fence, member)
+    pk_split(n, page, fence, stored)
   end
   return 1
 end
@@ -153,6 +192,7 @@ end
 local function pk_drop(n)
   for _, page in ipairs(redis.call('ZRANGE', n, 0, -1)) do pk_drop_page(n, page) end
   redis.call('DEL', n, n .. ':n')
+  pk_cuts[n] = nil
 end
 
 -- a bucket left under a quarter full, merged into the one before it in its page
@@ -179,12 +219,13 @@ end
 
 -- Remove an entry at its score; 1 when removed, 0 when it was not there.
 local function pk_remove(n, score, member)
-  local page, fence = pk_locate(n, pk_pos(score, member))
+  local stored = pk_enc(n, member)
+  local page, fence = pk_locate(n, pk_pos(score, stored))
   if not page then return 0 end
   local name = n .. ':b:' .. fence
-  local held = redis.call('ZSCORE', name, member)
+  local held = redis.call('ZSCORE', name, stored)
   if not held or tonumber(held) ~= tonumber(score) then return 0 end
-  redis.call('ZREM', name, member)
+  redis.call('ZREM', name, stored)
   if redis.call('HINCRBY', n .. ':n', 't', -1) == 0 then
     -- the set is empty: nothing of it is kept
     pk_drop(n)
@@ -204,8 +245,8 @@ local function pk_card(n)
   return tonumber(redis.call('HGET', n .. ':n', 't')) or 0
 end
 
--- How many entries are before ``pos`` (a position: pk_pos, or a score's digits alone
--- for the first position at that score).
+-- How many entries are before ``pos`` (a position: pk_pos of a stored member, or a
+-- score's digits alone for the first position at that score).
 local function pk_rank_of(n, pos)
   local pages = redis.call('ZRANGE', n, '-', '[' .. pos, 'BYLEX')
   if #pages == 0 then return 0 end
@@ -268,7 +309,10 @@ local function pk_range(n, start, count, rev)
             got = redis.call('ZRANGE', n .. ':b:' .. fence, start, start + want - 1,
                              'WITHSCORES')
           end
-          for _, v in ipairs(got) do found[#found + 1] = v end
+          for k = 1, #got, 2 do
+            found[#found + 1] = pk_dec(n, got[k])
+            found[#found + 1] = got[k + 1]
+          end
           start = 0
           if #found / 2 >= count then return found end
         end

@@ -20,7 +20,7 @@ elseif op == 'range' then
 elseif op == 'count' then
   return pk_count(n, tonumber(ARGV[2]), tonumber(ARGV[3]))
 elseif op == 'rank' then
-  return pk_rank_of(n, pk_pos(ARGV[2], ARGV[3]))
+  return pk_rank_of(n, pk_pos(ARGV[2], pk_enc(n, ARGV[3])))
 elseif op == 'card' then
   return pk_card(n)
 elseif op == 'drop' then
