@@ -52,11 +52,13 @@ local role_set = ARGV[12] == '1' and KEYS[7] or nil
 local sort_index = ({creationDate = KEYS[1], creationDateToken = KEYS[2], lastUsed = KEYS[3],
                      label = KEYS[4], status = KEYS[5], appKey = KEYS[5]})[sort]
 local CHUNK = 1000
--- the roles key k holds in its own account (nil: no such key)
+-- the account listed: the last part of its role names set's name (an account holds no
+-- ':', '{' or '}': names.py)
+local own_grant = 'g:' .. string.match(KEYS[6], '([^:{}]+)}?:roles$')
+
+-- the roles key k holds in the account (none for a key deleted)
 local function own_roles(k)
-  local acct = redis.call('HGET', key_prefix .. k, 'acct')
-  if not acct then return nil end
-  local grant = redis.call('HGET', key_prefix .. k, 'g:' .. acct)
+  local grant = redis.call('HGET', key_prefix .. k, own_grant)
   return grant and cjson.decode(grant)['roles'] or {}
 end
 
@@ -80,7 +82,7 @@ if role_set then
   -- the role's holders: scored as the token date index, the keys holding the role
   local role = string.sub(role_set, #string.sub(roles_i, 1, -6) + #'holding:' + 1)
   packed[role_set] = function(k)
-    for _, held in ipairs(own_roles(k) or {}) do
+    for _, held in ipairs(own_roles(k)) do
       if held == role then return token_score(k) end
     end
     return nil
@@ -168,7 +170,7 @@ local function passes(k, skip, folded)
   if dated_filter and skip ~= 'dated' and not in_dated(k) then return false end
   if #excluded > 0 and k ~= own then
     local roles = {}
-    for _, role in ipairs(own_roles(k) or {}) do roles[role] = true end
+    for _, role in ipairs(own_roles(k)) do roles[role] = true end
     for _, role in ipairs(excluded) do
       if roles[role] then return false end
     end
