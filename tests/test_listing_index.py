@@ -34,6 +34,7 @@ from gateway.store import LAYOUT, SORT_FIELDS, KeyQuery, Store
 from gateway.store.lua import constant
 from gateway.store.names import LISTED, OLDER_INDEXES, glob_escape, is_role
 from gateway.store.packed_index import PackedIndex
+from gateway.store.records import label_fold
 
 # the store, cache and revocation behaviour on one server and on a Redis Cluster
 redis_url = on_one_server_and_a_cluster()
@@ -219,7 +220,7 @@ async def test_old_tokens_newest_first_skip_the_keys_made_after_them(gateway, cl
 
 
 # -- the indexes after any sequence of changes ----------------------------------------------
-PACKED = ("tokens", "uses", "statuses")
+PACKED = ("tokens", "uses", "labels", "statuses")
 
 
 async def packed_sets(gateway: Gateway) -> list[str]:
@@ -333,11 +334,14 @@ async def wipe_indexes(gateway: Gateway) -> None:
 
 
 async def layout_one(gateway: Gateway) -> None:
-    """The account as layout 1 kept it: its token date, last-use, status and role
-    holders' indexes sorted sets (``tok``, ``used``, ``status``, ``holders:{role}``),
-    its indexes marked complete with ':status-runs'; no packed set."""
+    """The account as layout 1 kept it: its token date, last-use, label, status and role
+    holders' indexes sorted sets (``tok``, ``used``, ``label``, ``status``,
+    ``holders:{role}``), its indexes marked complete with ':status-runs'; no packed
+    set."""
     redis, names = gateway.store.redis, gateway.store.names
     await drop_packed_sets(gateway)
+    labels = names.account(ACCOUNT, "labels")
+    await redis.delete(f"{labels}:zones", f"{labels}:zone-dates")
     roles = names.account(ACCOUNT, "roles")
     await redis.srem(roles, LISTED)
     await redis.sadd(roles, ":status-runs")
@@ -346,6 +350,8 @@ async def layout_one(gateway: Gateway) -> None:
         await redis.zadd(names.account(ACCOUNT, "tok"), {r.app_key: token_score})
         await redis.zadd(names.account(ACCOUNT, "used"), {r.app_key: r.last_used or 0})
         await redis.zadd(names.account(ACCOUNT, "status"), {r.app_key: int(r.status != "active")})
+        await redis.zadd(names.account(ACCOUNT, "label"),
+                         {f"{label_fold(r.label)}\0{r.app_key}": 0})
         for role in r.roles:
             await redis.zadd(names.older_holders(ACCOUNT, role), {r.app_key: token_score})
 
@@ -524,12 +530,12 @@ async def assert_zones_hold_their_keys(gateway: Gateway) -> int:
     token date: the least and greatest date of that status, and its period (or '~').
     Answers how many zones there are."""
     redis, names = gateway.store.redis, gateway.store.names
-    label = names.account(ACCOUNT, "label")
+    label = names.account(ACCOUNT, "labels")
     fences = await redis.zrange(f"{label}:zones", 0, -1)
     records = await redis.hgetall(f"{label}:zone-dates")
     scores = dict(await PackedIndex(gateway.store.scripts,
                                     names.account(ACCOUNT, "tokens")).range(0, 10**9))
-    for member in await redis.zrange(label, 0, -1):
+    for member, _ in await PackedIndex(gateway.store.scripts, label).range(0, 10**9):
         fence = fences[bisect.bisect_right(fences, member) - 1]
         record = records[fence]
         if record == "*":
@@ -593,7 +599,7 @@ async def test_label_zones_skip_no_key_that_matches(gateway, clock):
 
     await every_filter()
     # an index kept before zones: its first zone is unknown, then cut again
-    label = store.names.account(ACCOUNT, "label")
+    label = store.names.account(ACCOUNT, "labels")
     await store.redis.delete(f"{label}:zones", f"{label}:zone-dates")
     await store.update_key(ACCOUNT, made[-1], label="key 0")
     assert await store.redis.hgetall(f"{label}:zone-dates") == {"": "*"}

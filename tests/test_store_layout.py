@@ -36,10 +36,11 @@ async def as_an_older_keygate_left_it(gateway: Gateway) -> None:
         pattern = glob_escape(names.account(account, "")) + "*"
         doomed += [n async for n in redis.scan_iter(match=pattern)
                    if n.startswith((names.role_holders(account, ""),
-                                    names.account(account, "label:"),
-                                    # the packed sets' pages, buckets and counts
+                                    # the packed sets' pages, buckets and counts, the
+                                    # label index's zones
                                     *(names.account(account, what) + ":"
-                                      for what in ("tokens", "uses", "statuses"))))]
+                                      for what in ("tokens", "uses", "labels",
+                                                   "statuses"))))]
     await redis.delete(*doomed)
     assert not await store.listing_current(ACCOUNTS[0])
 

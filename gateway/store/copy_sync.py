@@ -66,7 +66,7 @@ class CopySync:
         """The account's copy, made from its indexes and current as of its last event;
         None when the label index holds more than ``max_keys`` or changes faster than
         it can be read."""
-        label = self.names.account(account, "label")
+        label = self.names.account(account, "labels")
         audit = self.names.account(account, "audit")
         # the last event before the reads: every change after it is taken in after
         last_event = await self._newest_event(audit)
@@ -98,16 +98,17 @@ class CopySync:
         from the last one read, not by rank: a member added or removed meanwhile shifts
         no other (its event is taken in afterwards)."""
         members: list[str] = []
-        start = "-"
+        after: list[object] = ["", ""]  # from the first
         while True:
-            chunk = await self.redis.zrange(label, start, "+", bylex=True, offset=0,
-                                            num=self.limits.read_chunk)
+            flat = await self.scripts.packed_index(
+                keys=[label], args=["after", *after, self.limits.read_chunk])
+            chunk = flat[0::2]
             members += chunk
             if len(members) > self.limits.max_keys:
                 return None
             if len(chunk) < self.limits.read_chunk:
                 return members
-            start = "(" + chunk[-1]
+            after = [0, chunk[-1]]
 
     async def _newest_event(self, audit: str) -> str:
         newest = await self.redis.xrevrange(audit, count=1)

@@ -11,14 +11,14 @@ key keep up to date in the same step (scripts/key_rules.lua):
   beside the set of the role names in use (``roles``), so that a count by any status,
   role and token date range is a count of ranks per run (three small sets read, whatever
   the number of keys);
-* ``uses`` (last use, a packed set), ``label`` (folded label then key, all at score 0,
-  so in byte order) and ``statuses`` (a packed set: 0 active, 1 inactive, each part in
-  key order, which also gives the key order);
+* ``uses`` (last use, a packed set), ``labels`` (a packed set of the folded label then
+  the key, all at score 0, so in byte order) and ``statuses`` (a packed set: 0 active,
+  1 inactive, each part in key order, which also gives the key order);
 
 A packed set keeps a sorted set's order in small sorted sets that Redis encodes
 compactly (some 35 bytes an entry instead of 120); an entry is found by its score, so a
 key's scores are read from its hash where a sorted set's would be read by member.
-* ``label:zones`` and ``label:zone-dates``: the label index cut into zones of 512 to
+* ``labels:zones`` and ``labels:zone-dates``: the label index cut into zones of 512 to
   1,024 members, each with its keys' token dates (least, greatest, and the periods of
   about 19 hours they fall in, per status), so that a walk in label order with a status
   or renewal filter skips the zones that cannot match.
@@ -256,7 +256,8 @@ class KeyListing(StoreLayout):
         keys' token dates (scripts/index_zones.lua): from the last rank down, one script
         per zone, while keygate serves."""
         listing = self.names.listing(account)
-        size = await self.redis.zcard(self.names.account(account, "label"))
+        size = int(await self.redis.hget(*counts_of(self.names.account(account, "labels")))
+                   or 0)
         for rank in range((max(size - 1, 0) // ZONE) * ZONE, -1, -ZONE):
             await self.scripts.index_zones(keys=listing,
                                            args=[rank, self.names.keys_of(account)])

@@ -20,16 +20,17 @@ from __future__ import annotations
 from .lua import text_constant
 
 # an account's listing indexes (see listing.py for what each holds)
-LISTING = ("keys", "tokens", "uses", "label", "statuses", "roles")
+LISTING = ("keys", "tokens", "uses", "labels", "statuses", "roles")
 # the member of the role names set (``roles``) once the listing indexes hold every key
 # of the account in this keygate's layout (scripts/status_runs.lua), and those of older
 # layouts, which indexing the account again removes
 LISTED = text_constant("status_runs", "LISTED")
 OLDER_MARKS = ("", ":status-runs")
 # an older layout's listing indexes that indexing the account again removes: the token
-# date, last-use and status indexes as sorted sets (now packed sets, ``tokens``, ``uses``
-# and ``statuses``: scripts/packed.lua), and the role holders' (``older_holders``)
-OLDER_INDEXES = ("tok", "used", "status")
+# date, last-use, label and status indexes as sorted sets (now packed sets, ``tokens``,
+# ``uses``, ``labels`` and ``statuses``: scripts/packed.lua) with the label index's
+# zones, and the role holders' (``older_holders``)
+OLDER_INDEXES = ("tok", "used", "label", "label:zones", "label:zone-dates", "status")
 
 
 def is_role(member: str) -> bool:

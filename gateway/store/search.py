@@ -113,6 +113,7 @@ from .lua import Scripts
 from .names import LISTED, Keyspace
 from .ordered_lines import LAST_USED
 from .ordered_pages import in_order, keeps
+from .packed_index import counts_of
 
 if TYPE_CHECKING:
     from .core import Observer
@@ -479,9 +480,10 @@ class LabelSearch:
         if not self.max_keys:
             return 0
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(self.names.account(account, "label"))
+            pipe.hget(*counts_of(self.names.account(account, "labels")))
             pipe.sismember(self.names.account(account, "roles"), LISTED)
             listed, complete = await pipe.execute()
+        listed = int(listed or 0)
         if not complete or listed < self.min_keys or listed > self.max_keys:
             self.copies.pop(account, None)
             return 0

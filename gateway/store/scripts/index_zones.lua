@@ -12,7 +12,7 @@ local idx = listing_at(1, ARGV[2])
 local rank = tonumber(ARGV[1])
 local fence = ''
 if rank > 0 then
-  fence = redis.call('ZRANGE', idx.label, rank, rank)[1]
+  fence = pk_range(idx.label, rank, 1, false)[1]
   if not fence then return 0 end
 end
 local most = 2 * ZONE_SPLIT

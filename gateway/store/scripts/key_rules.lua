@@ -41,8 +41,8 @@ end
 -- script that changes a generated key keeps up to date. Each script takes their six
 -- names in KEYS from position i: creation date (a sorted set) and token date (a packed
 -- set: packed.lua), both in status runs (status_runs.lua), last use (a packed set of
--- keys by that time, 0 for never), label (members 'folded label NUL key', score 0),
--- status (a packed set: 0 active, 1 inactive) and the role names in use (a set, which
+-- keys by that time, 0 for never), label (a packed set of members 'folded label NUL
+-- key', score 0, so in byte order), status (a packed set: 0 active, 1 inactive) and the role names in use (a set, which
 -- holds LISTED once the indexes are complete: a new account's are, an older one's are
 -- built by index_listing.lua). The keys holding a role are the packed set named
 -- ``holding:`` .. role, scored as the token date index. A key's packed entries are
@@ -103,17 +103,26 @@ local function zone_record(idx, fence, members, complete)
   zone_put(idx, fence, z, marks)
 end
 
--- where the zone from ``fence`` ends: the next fence, excluded ('+' for the last zone)
-local function zone_end(idx, fence)
+-- The ranks of the zone from ``fence`` in the label index: its first, and the first of
+-- the next zone (the index's size for the last zone).
+local function zone_ranks(idx, fence)
   local next_fence = redis.call('ZRANGE', idx.zones, '(' .. fence, '+', 'BYLEX',
                                 'LIMIT', 0, 1)[1]
-  return next_fence and ('(' .. next_fence) or '+'
+  local upto = next_fence and pk_rank_before(idx.label, 0, next_fence) or pk_card(idx.label)
+  return pk_rank_before(idx.label, 0, fence), upto
+end
+
+-- the members of the label index from rank ``first``, ``count`` of them
+local function label_members(idx, first, count)
+  local flat, members = pk_range(idx.label, first, count, false), {}
+  for i = 1, #flat, 2 do members[#members + 1] = flat[i] end
+  return members
 end
 
 -- the members of the zone from ``fence`` to the next one, up to ``most``
 local function zone_members(idx, fence, most)
-  return redis.call('ZRANGE', idx.label, '[' .. fence, zone_end(idx, fence), 'BYLEX',
-                    'LIMIT', 0, most)
+  local first, upto = zone_ranks(idx, fence)
+  return label_members(idx, first, math.min(most, upto - first))
 end
 
 -- Widen the record of the zone the key's label member is in with its token score. A member new to the index may leave its zone holding more than ZONE_SPLIT
@@ -129,7 +138,7 @@ local function zone_keep(idx, member, token_score, added)
     -- until index_zones.lua has read them
     fence = ''
     redis.call('ZADD', idx.zones, 0, fence)
-    if redis.call('ZCARD', idx.label) > 1 then
+    if pk_card(idx.label) > 1 then
       redis.call('HSET', idx.zone_dates, fence, '*')
     else
       z, marks = zone_parse(nil)
@@ -139,11 +148,11 @@ local function zone_keep(idx, member, token_score, added)
   end
   if z then zone_put(idx, fence, z, zone_widen(z, marks, token_score)) end
   if not added then return end
-  local upto = zone_end(idx, fence)
-  local size = redis.call('ZLEXCOUNT', idx.label, '[' .. fence, upto)
+  local first, upto = zone_ranks(idx, fence)
+  local size = upto - first
   -- a zone far larger (made by an older keygate's listing) is cut by index_zones.lua
   if size <= ZONE_SPLIT or size > 2 * ZONE_SPLIT then return end
-  local members = redis.call('ZRANGE', idx.label, '[' .. fence, upto, 'BYLEX')
+  local members = label_members(idx, first, size)
   local half = math.floor(#members / 2) + 1
   local low, high = {}, {}
   for i, m in ipairs(members) do
@@ -173,7 +182,7 @@ end
 local function unlist(idx, key, app_key, acct, all)
   local v = redis.call('HMGET', key, 'label', 'lf', 'status', 'lastUsed', 'tokCreated')
   local member = v[1] and label_member(v[1], v[2], app_key)
-  if member then redis.call('ZREM', idx.label, member) end
+  if member then pk_remove(idx.label, 0, member) end
   local token_score = run_score(v[5], v[3])
   for _, role in ipairs(roles_of(key, acct)) do
     pk_remove(idx.holders .. role, token_score, app_key)
@@ -198,7 +207,7 @@ local function list(idx, key, app_key, acct)
   pk_add(idx.used, pk_whole(v[3]), app_key)
   local member = label_member(v[4], v[5], app_key)
   if member then
-    local added = redis.call('ZADD', idx.label, 0, member) == 1
+    local added = pk_add(idx.label, 0, member) == 1
     zone_keep(idx, member, token_score, added)
   end
   pk_add(idx.status, status_score(v[6]), app_key)

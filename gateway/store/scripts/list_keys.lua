@@ -69,10 +69,13 @@ local function token_score(k)
   return run_score(v[1], v[2])
 end
 
--- The token date, last-use, status and role holders' indexes are packed sets
--- (packed.lua): read by ranks through it, and a key's score in them read from its hash.
+-- The token date, last-use, label, status and role holders' indexes are packed sets
+-- (packed.lua): read by ranks through it, and a key's score in them read from its hash
+-- (a member of the label index looked up in it).
 local packed = {
   [KEYS[2]] = token_score,
+  -- the label index: its members are what it holds (a score when listed)
+  [KEYS[4]] = function(member) return pk_has(KEYS[4], 0, member) and 0 or nil end,
   [KEYS[3]] = function(k) return pk_whole(redis.call('HGET', key_prefix .. k, 'lastUsed')) end,
   [KEYS[5]] = function(k)
     return redis.call('HGET', key_prefix .. k, 'status') == 'active' and 0 or 1
@@ -302,10 +305,10 @@ local function walk_zones(visit)
     end
     return false
   end
-  -- a zone's ranks: from its fence's to the next one's (ZLEXCOUNT, not an offset walk)
+  -- a zone's ranks: from its fence's to the next one's (counted, not an offset walk)
   local function rank_of(fence)
     if not fence then return index_size(label_i) end
-    return redis.call('ZLEXCOUNT', label_i, '-', '(' .. fence)
+    return pk_rank_before(label_i, 0, fence)
   end
   local first, last, step = 1, #fences, 1
   if desc then first, last, step = #fences, 1, -1 end
@@ -434,7 +437,7 @@ local function read_matches()
     -- only q and role exclusions: the label index holds q's half
     local start = 0
     while true do
-      local batch = redis.call('ZRANGE', label_i, start, start + CHUNK - 1)
+      local batch = ranks(label_i, start, start + CHUNK - 1, false)
       if #batch == 0 then break end
       for _, member in ipairs(batch) do
         -- one search of the member lowered: the folded label is its own lower case (in

@@ -159,8 +159,10 @@ local function pk_add(n, score, member)
   local stored = pk_enc(n, member)
   local page, fence = pk_locate(n, pk_pos(score, stored))
   if not page then
-    -- a new set: its cut from this member
-    local cut = string.match(member, '^(.*%-).+$') or ''
+    -- a new set: its cut from this member (none for a member holding a NUL: the label
+    -- index's 'folded label NUL key' share no text)
+    local cut = not string.find(member, '\0', 1, true) and string.match(member, '^(.*%-).+$')
+                or ''
     if cut ~= '' then redis.call('HSET', n .. ':n', 'c', cut) end
     pk_cuts[n] = cut
     stored = pk_enc(n, member)
@@ -245,6 +247,15 @@ local function pk_card(n)
   return tonumber(redis.call('HGET', n .. ':n', 't')) or 0
 end
 
+-- whether the set holds ``member`` at ``score``
+local function pk_has(n, score, member)
+  local stored = pk_enc(n, member)
+  local page, fence = pk_locate(n, pk_pos(score, stored))
+  if not page then return false end
+  local held = redis.call('ZSCORE', n .. ':b:' .. fence, stored)
+  return held ~= false and held ~= nil and tonumber(held) == tonumber(score)
+end
+
 -- How many entries are before ``pos`` (a position: pk_pos of a stored member, or a
 -- score's digits alone for the first position at that score).
 local function pk_rank_of(n, pos)
@@ -268,6 +279,11 @@ local function pk_rank_of(n, pos)
     end
   end
   return rank
+end
+
+-- How many entries come before ``member`` at ``score`` (held or not).
+local function pk_rank_before(n, score, member)
+  return pk_rank_of(n, pk_pos(score, pk_enc(n, member)))
 end
 
 -- How many entries have a score from ``low`` to ``high`` (whole numbers, both in).

@@ -7,6 +7,8 @@
 --   range  start, count, '1' from the last    {member, score, ...} (ZRANGE WITHSCORES)
 --   count  low, high                          how many scores are from low to high
 --   rank   score, member                      how many entries are before that one
+--   after  score, member, count               ``count`` entries after that one ('' for the
+--                                             score: from the first)
 --   card                                      how many entries it holds
 --   drop                                      the whole set removed
 local op, n = ARGV[1], KEYS[1]
@@ -20,7 +22,16 @@ elseif op == 'range' then
 elseif op == 'count' then
   return pk_count(n, tonumber(ARGV[2]), tonumber(ARGV[3]))
 elseif op == 'rank' then
-  return pk_rank_of(n, pk_pos(ARGV[2], pk_enc(n, ARGV[3])))
+  return pk_rank_before(n, ARGV[2], ARGV[3])
+elseif op == 'after' then
+  -- the entries after an entry (held or not; none given: from the first), read by
+  -- value: entries added or removed meanwhile shift no other
+  local start = 0
+  if ARGV[2] ~= '' then
+    start = pk_rank_before(n, ARGV[2], ARGV[3])
+    if pk_has(n, ARGV[2], ARGV[3]) then start = start + 1 end
+  end
+  return pk_range(n, start, tonumber(ARGV[4]), false)
 elseif op == 'card' then
   return pk_card(n)
 elseif op == 'drop' then
