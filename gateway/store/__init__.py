@@ -41,10 +41,10 @@ An account's records (``{p}acct:{{account}}:…`` on a Redis Cluster):
 ``{p}acct:{account}:owners``   set of the account's active keys with the role owner, and
                                the member '' once complete (so the last one is kept)
 ``{p}acct:{account}:tokens``   the listing indexes (``listing.py``), kept by the scripts that
-``{p}acct:{account}:uses``     change keys: a sorted set of the generated keys by 'folded
-``{p}acct:{account}:label``    label NUL key' (score 0); packed sets (scripts/packed.lua:
-``{p}acct:{account}:statuses`` the name and the names under it) of them by token date (in
-``{p}acct:{account}:roles``    status runs), last use (0: never) and status (0 active, 1
+``{p}acct:{account}:uses``     change keys: packed sets (scripts/packed.lua: the name and
+``{p}acct:{account}:labels``   the names under it) of the generated keys by token date (in
+``{p}acct:{account}:statuses`` status runs), last use (0: never), 'folded label NUL key'
+``{p}acct:{account}:roles``    (score 0; its zones beside it) and status (0 active, 1
                                inactive); the set of role names in use, with the mark of
                                the layout (names.LISTED) once the indexes are complete
 ``{p}acct:{account}:holding:{role}`` the keys holding a role: a packed set, scored as

@@ -85,8 +85,10 @@ if role_set then
   -- the role's holders: scored as the token date index, the keys holding the role
   local role = string.sub(role_set, #string.sub(roles_i, 1, -6) + #'holding:' + 1)
   packed[role_set] = function(k)
-    for _, held in ipairs(own_roles(k)) do
-      if held == role then return token_score(k) end
+    local v = redis.call('HMGET', key_prefix .. k, 'tokCreated', 'status', own_grant)
+    if not v[3] then return nil end
+    for _, held in ipairs(cjson.decode(v[3])['roles'] or {}) do
+      if held == role then return run_score(v[1], v[2]) end
     end
     return nil
   end
