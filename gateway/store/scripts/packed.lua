@@ -296,35 +296,33 @@ local function pk_count(n, low, high)
   return upto - pk_rank_of(n, at(low))
 end
 
+-- the fences of a root or page, from the last when ``rev``
+local function pk_fences(name, rev)
+  if rev then return redis.call('ZRANGE', name, '+', '-', 'BYLEX', 'REV') end
+  return redis.call('ZRANGE', name, '-', '+', 'BYLEX')
+end
+
 -- The entries of ranks ``start`` (from 0) to ``start + count - 1``, from the last when
 -- ``rev``: {member, score, member, score, ...}, as ZRANGE ... WITHSCORES answers.
 local function pk_range(n, start, count, rev)
   local found = {}
   if count <= 0 then return found end
-  local pages = rev and redis.call('ZRANGE', n, '+', '-', 'BYLEX', 'REV')
-                or redis.call('ZRANGE', n, '-', '+', 'BYLEX')
+  local pages = pk_fences(n, rev)
   local page_counts = pk_counts(n, 'p', pages)
   for i, page in ipairs(pages) do
     if start >= page_counts[i] then
       start = start - page_counts[i]
     else
-      local name = n .. ':p:' .. page
-      local fences = rev and redis.call('ZRANGE', name, '+', '-', 'BYLEX', 'REV')
-                     or redis.call('ZRANGE', name, '-', '+', 'BYLEX')
+      local fences = pk_fences(n .. ':p:' .. page, rev)
       local counts = pk_counts(n, 'b', fences)
       for j, fence in ipairs(fences) do
         if start >= counts[j] then
           start = start - counts[j]
         else
-          local want = count - #found / 2
-          local got
-          if rev then
-            got = redis.call('ZRANGE', n .. ':b:' .. fence, start, start + want - 1, 'REV',
-                             'WITHSCORES')
-          else
-            got = redis.call('ZRANGE', n .. ':b:' .. fence, start, start + want - 1,
-                             'WITHSCORES')
-          end
+          local last = start + count - #found / 2 - 1
+          local got = rev and redis.call('ZRANGE', n .. ':b:' .. fence, start, last, 'REV',
+                                         'WITHSCORES')
+                      or redis.call('ZRANGE', n .. ':b:' .. fence, start, last, 'WITHSCORES')
           for k = 1, #got, 2 do
             found[#found + 1] = pk_dec(n, got[k])
             found[#found + 1] = got[k + 1]
