@@ -14,14 +14,14 @@ key keep up to date in the same step (scripts/key_rules.lua):
 * ``uses`` (last use, a packed set), ``labels`` (a packed set of the folded label then
   the key, all at score 0, so in byte order) and ``statuses`` (a packed set: 0 active,
   1 inactive, each part in key order, which also gives the key order);
-
-A packed set keeps a sorted set's order in small sorted sets that Redis encodes
-compactly (some 35 bytes an entry instead of 120); an entry is found by its score, so a
-key's scores are read from its hash where a sorted set's would be read by member.
 * ``labels:zones`` and ``labels:zone-dates``: the label index cut into zones of 512 to
   1,024 members, each with its keys' token dates (least, greatest, and the periods of
   about 19 hours they fall in, per status), so that a walk in label order with a status
   or renewal filter skips the zones that cannot match.
+
+A packed set keeps a sorted set's order in small sorted sets that Redis encodes
+compactly (some 35 bytes an entry instead of 120); an entry is found by its score, so a
+key's scores are read from its hash where a sorted set's would be read by member.
 
 One read-only script (scripts/list_keys.lua) picks the page: no temporary key, one round
 trip, then the page's keys read whole. In an account whose copy this process keeps for q

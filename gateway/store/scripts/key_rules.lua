@@ -60,9 +60,7 @@ end
 
 -- a key's score in the token date index, from its hash (nil: no such key)
 local function token_score_of(idx, app_key)
-  local v = redis.call('HMGET', idx.key_prefix .. app_key, 'tokCreated', 'status', 'acct')
-  if not v[3] then return nil end
-  return run_score(v[1], v[2])
+  return token_score_at(idx.key_prefix .. app_key)
 end
 
 -- Zones of the label index (status_runs.lua): a record's marks and dates widened to

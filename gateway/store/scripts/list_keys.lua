@@ -64,9 +64,7 @@ end
 
 -- key k's score in the token date index (nil: no such key)
 local function token_score(k)
-  local v = redis.call('HMGET', key_prefix .. k, 'tokCreated', 'status', 'acct')
-  if not v[3] then return nil end
-  return run_score(v[1], v[2])
+  return token_score_at(key_prefix .. k)
 end
 
 -- The token date, last-use, label, status and role holders' indexes are packed sets
@@ -83,7 +81,7 @@ local packed = {
 }
 if role_set then
   -- the role's holders: scored as the token date index, the keys holding the role
-  local role = string.sub(role_set, #string.sub(roles_i, 1, -6) + #'holding:' + 1)
+  local role = string.sub(role_set, #holders + 1)
   packed[role_set] = function(k)
     local v = redis.call('HMGET', key_prefix .. k, 'tokCreated', 'status', own_grant)
     if not v[3] then return nil end

@@ -37,6 +37,13 @@ local function run_score(date, status)
   return at + INACTIVE_AT
 end
 
+-- a key's score in the token date index, read from its hash (nil: no such key)
+local function token_score_at(hash)
+  local v = redis.call('HMGET', hash, 'tokCreated', 'status', 'acct')
+  if not v[3] then return nil end
+  return run_score(v[1], v[2])
+end
+
 -- the date of a score in a status run
 local function run_date(score)
   if score >= INACTIVE_AT then return score - INACTIVE_AT end
