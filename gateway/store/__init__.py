@@ -9,8 +9,11 @@ them are made in ``names.py``):
     acct           owner account
     label          the owner's label
     status         active | inactive
-    created        creation time, ms since the epoch
-    tok            HMAC-SHA256 digest of the current token (hex); never the token
+    created        creation time, ms since the epoch, once it differs from tokCreated
+                   (written by the first renewal; until then the key was made with its
+                   token: scripts/key_hash.lua)
+    tok            HMAC-SHA256 digest of the current token (base64url; an older keygate
+                   wrote hex: records.py token_digest reads both); never the token
     tokCreated     when the current token was issued, ms
     newTok         digest of the new token while a renewal is pending (both work)
     newTokCreated  when it was issued
@@ -25,8 +28,9 @@ them are made in ``names.py``):
                    order and q's match; Lua folds ASCII itself)
     fu:{account}   a grant change's follow-up not yet applied in that account (grants.py)
     g:{account}    the key's grant in that account, JSON {"roles": [...], ...}; the owner's
-                   own grant is ``g:{acct}``; a grant in another account (an external key
-                   there) also holds that account's label, status and the date it was added
+                   own grant is ``g:{acct}``, only its roles' array while active; a grant
+                   in another account (an external key there) also holds that account's
+                   label, status and the date it was added
 
     After a delete the hash is replaced by a tombstone ``{deleted: ms}`` so that a key
     name is never issued twice.

@@ -20,7 +20,7 @@ from .lua import Scripts
 from .names import Keyspace, is_role
 from .ordered_lines import LAST_USED, ORDERS_KEPT, OrderedLines
 from .packed_index import PackedIndex, counts_of, whole_score
-from .records import ACTIVE
+from .records import ACTIVE, grant_fields
 from .steps import release
 from .used_order import MOVES_KEPT, UsedOrder, drop_use_order, last_use_by_line, with_uses
 
@@ -297,7 +297,8 @@ class CopySync:
             # the creation date as the creation date index's status runs hold it
             copy.read_again(app_key, member_of(app_key, label, folded),
                             token_score(_number(token_date), status == ACTIVE),
-                            _roles(grant), token_score(_number(created), True),
+                            _roles(grant),
+                            token_score(_number(created or token_date), True),
                             _number(last_used) or 0)
 
 
@@ -311,7 +312,7 @@ def _number(value: str | None) -> int | None:
 def _roles(grant: str | None) -> list[str]:
     """The roles a key's grant in its own account holds ('g:' field: JSON)."""
     try:
-        roles = orjson.loads(grant).get("roles") if grant else None
+        roles = grant_fields(grant).get("roles") if grant else None
     except (orjson.JSONDecodeError, AttributeError):
         return []
     return [r for r in roles if isinstance(r, str)] if isinstance(roles, list) else []

@@ -29,6 +29,7 @@ from .records import (
     TokenLink,
     label_fold,
     pairs,
+    stored_digest,
 )
 from .refusals import StoreRefusal, TokenLinkPending
 
@@ -52,9 +53,10 @@ class KeyChanges(AccountRecords):
             "acct": account,
             "label": label,
             "status": ACTIVE,
-            "created": now,
+            # no 'created': the token's date is the key's until a renewal writes it
+            # (scripts/key_hash.lua keep_created)
             "tokCreated": now,
-            "tok": token_digest,
+            "tok": stored_digest(token_digest),
             "g:" + account: Grant(tuple(roles)).encode(),
         }
         if folded := label_fold(label):
@@ -203,7 +205,7 @@ class KeyChanges(AccountRecords):
         action = "token.renew" if keep_old else "token.renew-now"
         keys = [self.names.key(app_key), self.names.account(account, "audit"),
                 *self.names.listing(account)]
-        args: list[Any] = [now, "later" if keep_old else "now", digest,
+        args: list[Any] = [now, "later" if keep_old else "now", stored_digest(digest),
                            *await self._write_link(link, now), app_key]
 
         async def renew() -> Any:

@@ -4,7 +4,7 @@ cache, else in one round trip (a key's grants live in its own hash: one HMGET)."
 from __future__ import annotations
 
 from .core import StoreCore, unavailable
-from .records import AuthLookup, EndedSessions, Grant
+from .records import AuthLookup, EndedSessions, Grant, token_digest
 
 # sessions a key keeps ended one by one; signing out of one more ends all it has
 # (end_session.lua), so a key's hash stays small whoever signs in and out
@@ -40,7 +40,7 @@ class AuthReads(StoreCore):
         return AuthLookup(
             owner=owner,
             status=status,
-            token_digests=tuple(d for d in (tok, new_tok) if d),
+            token_digests=tuple(token_digest(d) for d in (tok, new_tok) if d),
             grant=Grant.decode(grant),
             ended_sessions=EndedSessions.decode(ended),
         )

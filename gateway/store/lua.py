@@ -29,9 +29,9 @@ from .connection import CLIENT_FAILURES, is_cluster_client, lost_store
 
 log = logging.getLogger("keygate.store")
 
-_CHANGE = ("prelude",)
-_KEY = ("prelude", "status_runs", "byte_order", "packed", "key_rules")
-_GRANT = ("prelude", "grant_snapshot")
+_CHANGE = ("key_hash", "prelude")
+_KEY = ("key_hash", "prelude", "status_runs", "byte_order", "packed", "key_rules")
+_GRANT = ("key_hash", "prelude", "grant_snapshot")
 
 # every script, and the fragments put before it
 SCRIPTS: dict[str, tuple[str, ...]] = {
@@ -41,7 +41,7 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "index_owners": _KEY,
     "index_listing": _KEY,
     "index_zones": _KEY,
-    "list_keys": ("status_runs", "byte_order", "packed"),
+    "list_keys": ("key_hash", "status_runs", "byte_order", "packed"),
     "scored_ranks": (),
     "packed_index": ("byte_order", "packed"),
     "keys_at_date": ("status_runs", "byte_order"),

@@ -7,6 +7,7 @@ package's docstring is read and written in one place.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,16 @@ STATUSES = (ACTIVE, INACTIVE)
 ACCESS_ID_PREFIX = "a"
 
 
+def grant_fields(raw: str) -> dict[str, Any]:
+    """A ``g:`` field of a key hash as an object. A key's own grant, active, is stored
+    as the bare JSON array of its roles (~30 B less in each key's hash, the one record
+    every key has); a grant in another account, or one an older keygate wrote, is an
+    object with ``roles`` and the rest. The scripts read both alike
+    (scripts/key_hash.lua)."""
+    data = orjson.loads(raw)
+    return {"roles": data} if isinstance(data, list) else data
+
+
 @dataclass(frozen=True)
 class Grant:
     roles: tuple[str, ...]
@@ -33,11 +44,35 @@ class Grant:
     def decode(cls, raw: str | None) -> Grant | None:
         if not raw:
             return None
-        data = orjson.loads(raw)
+        data = grant_fields(raw)
         return cls(tuple(data.get("roles", ())), data.get("status", ACTIVE))
 
     def encode(self) -> str:
+        if self.status == ACTIVE:
+            return orjson.dumps(list(self.roles)).decode()
         return orjson.dumps({"roles": list(self.roles), "status": self.status}).decode()
+
+
+def stored_digest(digest: str) -> str:
+    """How a token's digest is kept in a key hash: a SHA-256 digest in hex (64
+    characters) as unpadded base64url (43), 22 B less per key; anything else as given.
+    :func:`token_digest` reads both, so hashes an older keygate wrote still match."""
+    if len(digest) == 64:
+        try:
+            return base64.urlsafe_b64encode(bytes.fromhex(digest)).rstrip(b"=").decode()
+        except ValueError:
+            pass
+    return digest
+
+
+def token_digest(stored: str) -> str:
+    """The digest (hex) a key hash holds in ``tok``/``newTok`` (:func:`stored_digest`)."""
+    if len(stored) == 43:
+        try:
+            return base64.urlsafe_b64decode(stored + "=").hex()
+        except ValueError:
+            pass
+    return stored
 
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -90,7 +125,7 @@ class KeyRecord:
             return None
         own = Grant.decode(h.get("g:" + h["acct"]))
         elsewhere = sorted(
-            (name[2:], orjson.loads(value)) for name, value in h.items()
+            (name[2:], grant_fields(value)) for name, value in h.items()
             if name.startswith("g:") and name != "g:" + h["acct"]
         )
         granted_in = tuple((account, int(grant.get("added", 0))) for account, grant in elsewhere)
@@ -102,12 +137,13 @@ class KeyRecord:
             account=h["acct"],
             label=h.get("label", ""),
             status=h.get("status", INACTIVE),
-            created=int(h.get("created", 0)),
+            # a key whose token was never renewed keeps one date (scripts/key_hash.lua)
+            created=int(h.get("created") or h.get("tokCreated") or 0),
             token_created=int(h.get("tokCreated", 0)),
             roles=own.roles if own else (),
             new_token_created=_int(h.get("newTokCreated")),
             last_used=_int(h.get("lastUsed")),
-            token_digests=tuple(d for d in (h.get("tok"), h.get("newTok")) if d),
+            token_digests=tuple(token_digest(d) for d in (h.get("tok"), h.get("newTok")) if d),
             granted_in=granted_in,
             roles_elsewhere=roles_elsewhere,
         )
@@ -128,7 +164,7 @@ class ExternalKey:
     def from_grant(cls, app_key: str, owner: str | None, raw: str | None) -> ExternalKey | None:
         if not owner or not raw:
             return None
-        g = orjson.loads(raw)
+        g = grant_fields(raw)
         return cls(
             app_key,
             owner,

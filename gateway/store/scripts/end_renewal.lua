@@ -12,6 +12,7 @@ local idx = listing_at(3)
 unlist(idx, KEYS[1], ARGV[8], ARGV[1])
 local dropped_link = ''
 if ARGV[7] == 'finish' then
+  keep_created(KEYS[1])
   redis.call('HSET', KEYS[1], 'tok', new[1], 'tokCreated', new[2])
 else
   -- the new token is dropped, so is an unopened link that would reveal it

@@ -13,7 +13,7 @@
 local function gsnap(key, acct)
   local raw = redis.call('HGET', key, 'g:' .. acct)
   if not raw then return {} end
-  local g = cjson.decode(raw)
+  local g = grant_decode(raw)
   return {label = g['label'], roles = g['roles'], status = g['status']}
 end
 

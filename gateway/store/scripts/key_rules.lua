@@ -9,7 +9,7 @@ local function snap(key, acct)
   if v[2] then s['status'] = v[2] end
   if v[3] then s['creationDateToken'] = tonumber(v[3]) end
   if v[4] then s['creationDateNewToken'] = tonumber(v[4]) end
-  if v[5] then s['roles'] = cjson.decode(v[5])['roles'] end
+  if v[5] then s['roles'] = grant_roles(v[5]) end
   return s
 end
 
@@ -199,7 +199,7 @@ local function list(idx, key, app_key, acct)
   if redis.call('HGET', key, 'lf') == '' then redis.call('HDEL', key, 'lf') end
   local v = redis.call('HMGET', key, 'created', 'tokCreated', 'lastUsed', 'label', 'lf',
                        'status')
-  redis.call('ZADD', idx.keys, run_score(v[1], v[6]), app_key)
+  redis.call('ZADD', idx.keys, run_score(created_of(v[1], v[2]), v[6]), app_key)
   local token_score = run_score(v[2], v[6])
   pk_add(idx.tok, token_score, app_key)
   pk_add(idx.used, pk_whole(v[3]), app_key)

@@ -59,7 +59,7 @@ local own_grant = 'g:' .. string.match(KEYS[6], '([^:{}]+)}?:roles$')
 -- the roles key k holds in the account (none for a key deleted)
 local function own_roles(k)
   local grant = redis.call('HGET', key_prefix .. k, own_grant)
-  return grant and cjson.decode(grant)['roles'] or {}
+  return grant_roles(grant)
 end
 
 -- key k's score in the token date index (nil: no such key)
@@ -85,7 +85,7 @@ if role_set then
   packed[role_set] = function(k)
     local v = redis.call('HMGET', key_prefix .. k, 'tokCreated', 'status', own_grant)
     if not v[3] then return nil end
-    for _, held in ipairs(cjson.decode(v[3])['roles'] or {}) do
+    for _, held in ipairs(grant_roles(v[3])) do
       if held == role then return run_score(v[1], v[2]) end
     end
     return nil

@@ -39,9 +39,7 @@ end
 
 -- The roles a key holds in an account: its own grant there, or another account's.
 local function roles_of(key, acct)
-  local raw = redis.call('HGET', key, 'g:' .. acct)
-  if not raw then return {} end
-  return cjson.decode(raw)['roles'] or {}
+  return grant_roles(redis.call('HGET', key, 'g:' .. acct))
 end
 
 local function same_roles(have, want)
@@ -69,7 +67,7 @@ local function unchanged(key, acct)
     local name = fields[i]
     if string.sub(name, 1, 2) == 'g:' and name ~= 'g:' .. acct then
       local want_there = elsewhere[string.sub(name, 3)]
-      local have_there = cjson.decode(fields[i + 1])['roles'] or {}
+      local have_there = grant_roles(fields[i + 1])
       if want_there == nil or not same_roles(have_there, want_there) then return false end
       found = found + 1
     end

@@ -18,6 +18,7 @@ unlist(idx, KEYS[1], ARGV[12], ARGV[1])
 if ARGV[8] == 'later' then
   redis.call('HSET', KEYS[1], 'newTok', ARGV[9], 'newTokCreated', ARGV[7])
 else
+  keep_created(KEYS[1])
   redis.call('HSET', KEYS[1], 'tok', ARGV[9], 'tokCreated', ARGV[7])
 end
 local old_link = redis.call('HGET', KEYS[1], 'link') or ''

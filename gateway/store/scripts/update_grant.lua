@@ -7,7 +7,7 @@ if not raw or redis.call('HGET', KEYS[1], 'acct') == ARGV[1] then return {'missi
 if not unchanged(KEYS[1], ARGV[1]) then return {'changed'} end
 if followup_pending(KEYS[1], ARGV[1]) then return {'followup'} end
 local before = gsnap(KEYS[1], ARGV[1])
-local grant = cjson.decode(raw)
+local grant = grant_decode(raw)
 for name, value in pairs(cjson.decode(ARGV[7])) do grant[name] = value end
 redis.call('HSET', KEYS[1], 'g:' .. ARGV[1], cjson.encode(grant))
 granted(KEYS[1], ARGV[1], '', 0, before, gsnap(KEYS[1], ARGV[1]))

@@ -9,7 +9,7 @@ if unindexed(KEYS[3]) then return {'unindexed'} end
 local status, roles = redis.call('HGET', KEYS[1], 'status'), roles_of(KEYS[1], ARGV[1])
 for i = 8, #ARGV, 2 do
   if ARGV[i] == 'status' then status = ARGV[i + 1] end
-  if ARGV[i] == 'g:' .. ARGV[1] then roles = cjson.decode(ARGV[i + 1])['roles'] end
+  if ARGV[i] == 'g:' .. ARGV[1] then roles = grant_roles(ARGV[i + 1]) end
 end
 local owner_after = holds_owner(status, roles)
 if not owner_after and last_owner(KEYS[3], ARGV[7]) then return {'last_owner'} end
