@@ -241,9 +241,9 @@ async def million(
     after = (await client.info("memory"))["used_memory"]
     names = store.names
     parts = {what: await client.memory_usage(names.account(ACCOUNT, what), samples=0) or 0
-             for what in ("keys", "audit")}
+             for what in ("audit",)}
     # a packed set (gateway/store/scripts/packed.lua): its root and every name under it
-    for what in ("tokens", "uses", "labels", "statuses"):
+    for what in ("created", "tokens", "uses", "labels", "statuses"):
         parts[f"{what} (packed)"] = await tree_memory(client, names.account(ACCOUNT, what))
     for role in ("owner", *ROLES):
         parts[f"holding:{role} (packed)"] = await tree_memory(

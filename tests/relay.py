@@ -48,8 +48,14 @@ class Relay:
     def cut_on(self, command: str, key: str, occurrence: int = 1) -> None:
         """Cut when keygate sends ``command`` on ``key`` for the ``occurrence``-th time
         (as redis-py writes it: a RESP array of bulk strings)."""
-        name, target = command.encode(), key.encode()
-        self._pattern = b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(name), name, len(target), target)
+        self.cut_on_parts([command, key], occurrence)
+
+    def cut_on_parts(self, parts: list[str], occurrence: int = 1) -> None:
+        """Cut when keygate sends a command holding ``parts`` one after the other for the
+        ``occurrence``-th time (e.g. a script's number of keys, its one key and its first
+        argument)."""
+        self._pattern = b"".join(b"$%d\r\n%s\r\n" % (len(p.encode()), p.encode())
+                                 for p in parts)
         self._remaining = occurrence
 
     async def close(self) -> None:

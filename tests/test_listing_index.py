@@ -23,6 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 from conftest import on_one_server_and_a_cluster
 from interleave import Before
+from older_layouts import creation_index_as_sorted_set, hashes_written_the_longer_way
 
 from gateway.app import build_gateway
 from gateway.cli import main
@@ -32,7 +33,13 @@ from gateway.settings import load_settings
 from gateway.store import CLI_ACTOR as CLI
 from gateway.store import LAYOUT, SORT_FIELDS, KeyQuery, Store
 from gateway.store.lua import constant
-from gateway.store.names import LISTED, OLDER_INDEXES, glob_escape, is_role
+from gateway.store.names import (
+    LISTED,
+    OLDER_CREATION_INDEX,
+    OLDER_INDEXES,
+    glob_escape,
+    is_role,
+)
 from gateway.store.packed_index import PackedIndex
 from gateway.store.records import label_fold
 
@@ -220,12 +227,12 @@ async def test_old_tokens_newest_first_skip_the_keys_made_after_them(gateway, cl
 
 
 # -- the indexes after any sequence of changes ----------------------------------------------
-PACKED = ("tokens", "uses", "labels", "statuses")
+PACKED = ("created", "tokens", "uses", "labels", "statuses")
 
 
 async def packed_sets(gateway: Gateway) -> list[str]:
-    """The names of the account's packed sets: the token date, last-use and status
-    indexes, and the holders of each role in use."""
+    """The names of the account's packed sets: the creation date, token date, last-use,
+    label and status indexes, and the holders of each role in use."""
     names = gateway.store.names
     in_use = await gateway.store.redis.smembers(names.account(ACCOUNT, "roles"))
     return [*(names.account(ACCOUNT, what) for what in PACKED),
@@ -315,11 +322,17 @@ async def test_indexes_stay_right_after_any_sequence_of_changes(gateway, clock, 
 
 # -- data written before the indexes --------------------------------------------------------
 async def older_creation_index(gateway: Gateway) -> None:
-    """The creation index as keygate wrote it before it held each status as a run: every
-    key at its creation date, whatever its status."""
-    index = gateway.store.names.account(ACCOUNT, "keys")
-    for record in await gateway.store.all_keys(ACCOUNT):
-        await gateway.store.redis.zadd(index, {record.app_key: record.created})
+    """The creation index as keygate wrote it before it held each status as a run: a
+    sorted set (``keys``), every key at its creation date, whatever its status; the
+    account's indexes not marked complete in this layout."""
+    store = gateway.store
+    await creation_index_as_sorted_set(store, ACCOUNT)
+    index = store.names.account(ACCOUNT, OLDER_CREATION_INDEX)
+    for record in await store.all_keys(ACCOUNT):
+        await store.redis.zadd(index, {record.app_key: record.created})
+    roles = store.names.account(ACCOUNT, "roles")
+    if await store.redis.srem(roles, LISTED):
+        await store.redis.sadd(roles, "")
 
 
 async def wipe_indexes(gateway: Gateway) -> None:
@@ -328,17 +341,18 @@ async def wipe_indexes(gateway: Gateway) -> None:
     await older_creation_index(gateway)
     redis, names = gateway.store.redis, gateway.store.names
     await drop_packed_sets(gateway)
-    await redis.delete(*(n for n in names.listing(ACCOUNT) if not n.endswith(":keys")))
-    for app_key in await redis.zrange(names.account(ACCOUNT, "keys"), 0, -1):
+    await redis.delete(*names.listing(ACCOUNT))
+    for app_key in await redis.zrange(names.account(ACCOUNT, OLDER_CREATION_INDEX), 0, -1):
         await redis.hdel(names.key(app_key), "lf")
 
 
 async def layout_one(gateway: Gateway) -> None:
     """The account as layout 1 kept it: its token date, last-use, label, status and role
     holders' indexes sorted sets (``tok``, ``used``, ``label``, ``status``,
-    ``holders:{role}``), its indexes marked complete with ':status-runs'; no packed
-    set."""
+    ``holders:{role}``) as its creation index (``keys``), its indexes marked complete
+    with ':status-runs'; no packed set."""
     redis, names = gateway.store.redis, gateway.store.names
+    await creation_index_as_sorted_set(gateway.store, ACCOUNT)
     await drop_packed_sets(gateway)
     labels = names.account(ACCOUNT, "labels")
     await redis.delete(f"{labels}:zones", f"{labels}:zone-dates")
@@ -354,6 +368,61 @@ async def layout_one(gateway: Gateway) -> None:
                          {f"{label_fold(r.label)}\0{r.app_key}": 0})
         for role in r.roles:
             await redis.zadd(names.older_holders(ACCOUNT, role), {r.app_key: token_score})
+
+
+async def layout_two(gateway: Gateway) -> None:
+    """The account as layout 2 kept it: its creation index the sorted set ``keys`` (in
+    status runs), every other index as now, marked complete with ':layout-2'; its keys'
+    hashes written the longer way (the digests in hex, the own grant an object, the
+    creation date always)."""
+    store = gateway.store
+    await creation_index_as_sorted_set(store, ACCOUNT)
+    await hashes_written_the_longer_way(store, ACCOUNT)
+    roles = store.names.account(ACCOUNT, "roles")
+    await store.redis.srem(roles, LISTED)
+    await store.redis.sadd(roles, ":layout-2")
+
+
+async def test_layout_two_is_indexed_again_and_its_creation_sorted_set_removed(
+    gateway, clock
+):
+    """An account of layout 2 is listed once its first listing has put its keys in the
+    packed creation index, then removed the sorted set and the older mark; keys made,
+    changed and deleted before that listing are in it (or not) as they should be, and
+    every key is read once by a pass meanwhile."""
+    store = gateway.store
+    redis, names = store.redis, store.names
+    keys = Keys(store, 31)
+    await spread(gateway, keys, clock, 50)
+    await layout_two(gateway)
+    older = names.account(ACCOUNT, OLDER_CREATION_INDEX)
+    assert await redis.zcard(older) == 50
+    assert not await store.listing_current(ACCOUNT)
+    clock.advance(60)
+    made = await keys.create("made meanwhile")
+    await store.delete_key(ACCOUNT, keys.made[0], actor=CLI)
+    await store.update_key(ACCOUNT, keys.made[1], status="inactive", roles=["rare"])
+    await store.renew_token(ACCOUNT, keys.made[2], "b" * 64, keep_old=False, actor=CLI)
+    # a pass over the keys meanwhile reads each live key once: the older index's, then
+    # those made since (a key changed since is in both)
+    seen = [name async for chunk in store.key_chunks(ACCOUNT, 7) for name in chunk]
+    assert len(seen) == len(set(seen)) == 50 and made in seen and keys.made[0] not in seen
+    live = {r.app_key for r in await store.all_keys(ACCOUNT)}
+    assert len(live) == 50 and keys.made[0] not in live and made in live
+    holding = Counter(role for r in await store.all_keys(ACCOUNT) for role in r.roles)
+    assert (await store.role_holders()).get(ACCOUNT, {}) == dict(holding)
+    await assert_same(store, KeyQuery(sort="creationDate", per_page=1000))
+    await assert_same(store, KeyQuery(status="inactive", sort="creationDate",
+                                      descending=False, per_page=7, page=2))
+    assert await store.listing_current(ACCOUNT)
+    assert not await redis.exists(older)
+    in_use = await redis.smembers(names.account(ACCOUNT, "roles"))
+    assert LISTED in in_use and ":layout-2" not in in_use
+    after = await snapshot(gateway)
+    assert len(after[names.account(ACCOUNT, "created")]) == 50
+    await wipe_indexes(gateway)
+    await store.index_listing(ACCOUNT)
+    assert await snapshot(gateway) == after
 
 
 async def previous_layout(gateway: Gateway) -> None:
@@ -777,13 +846,14 @@ async def test_index_listing_while_a_key_is_deleted_skips_a_live_key(gateway):
     made = [(await store.create_key(f"kgk-acme-{n:010d}", "acme", f"key {n}",
                                     ["orders-reader"], "d" * 64)).app_key
             for n in range(6)]
-    # the account as an older keygate left it: only the creation-date index
-    for packed in ("tokens", "uses", "statuses"):
+    # the account as an older keygate left it: only the creation-date index, a sorted set
+    await creation_index_as_sorted_set(store, "acme")
+    for packed in ("tokens", "uses", "labels", "statuses"):
         await PackedIndex(store.scripts, names.account("acme", packed)).drop()
     await PackedIndex(store.scripts, names.role_holders("acme", "orders-reader")).drop()
-    await store.redis.delete(*(n for n in names.listing("acme") if not n.endswith(":keys")))
+    await store.redis.delete(*names.listing("acme"))
     assert not await store.listing_indexed("acme")
-    order = await store.redis.zrange(names.account("acme", "keys"), 0, -1)
+    order = await store.redis.zrange(names.account("acme", OLDER_CREATION_INDEX), 0, -1)
     assert sorted(order) == sorted(made)
 
     async def someone_deletes_the_first_key() -> None:

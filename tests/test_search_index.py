@@ -12,6 +12,7 @@ import asyncio
 import random
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import pytest
@@ -995,7 +996,7 @@ async def test_q_with_every_filter_is_counted_in_the_copy_as_brute_force(searche
     used_copy(store, builds=1)
 
 
-@pytest.mark.parametrize("index", ["tokens", "keys"])
+@pytest.mark.parametrize("index", ["tokens", "created"])
 async def test_keys_shifted_while_the_copy_is_read_are_placed_as_they_are(searched, other,
                                                                          clock, index):
     """The token date index and the creation date index are read by ranks (at once), a
@@ -1009,17 +1010,15 @@ async def test_keys_shifted_while_the_copy_is_read_are_placed_as_they_are(search
     keys = Keys(store, 91)
     await spread(searched, keys, clock, 60)
     name = store.names.account(ACCOUNT, index)
-    in_order = ([k for k, _ in await PackedIndex(store.scripts, name).range(0, 10**9)]
-                if index == "tokens" else await store.redis.zrange(name, 0, -1))
+    in_order = [k for k, _ in await PackedIndex(store.scripts, name).range(0, 10**9)]
 
     async def shift() -> None:
         for app_key in in_order[:4]:
             await other.delete_key(ACCOUNT, app_key, actor=CLI)
 
-    # before the index's second chunk (the token date index a packed set)
-    shifted = Before(store, "packed_index" if index == "tokens" else "scored_ranks", shift,
-                     nth=2,
-                     counted=lambda keys, args: keys == [name])
+    # before the index's second chunk
+    shifted = Before(store, "packed_index", shift, nth=2,
+                     counted=lambda keys, args: keys == [name] and args[0] == "range")
     now_ms = int(clock() * 1000)
     for needle in ("a", "e", "kgk"):
         for role in (None, "orders-reader"):
@@ -1047,6 +1046,13 @@ async def twelve_keys_searched_from_six(gateway: Gateway, seed: int) -> tuple[St
     return store, store.label_search
 
 
+def created_range(keys: list[str], args: list[Any], account: str | None) -> bool:
+    """Whether a call of the packed_index script reads the creation index by ranks (of
+    ``account``, or of any), as a copy is made."""
+    return (keys[0].endswith(":created") and args[0] == "range"
+            and (account is None or account in keys[0]))
+
+
 class HeldBuild:
     """Holds a copy being made at its first read by ranks until released."""
 
@@ -1054,8 +1060,8 @@ class HeldBuild:
         """``account``: held at the first read of that account's copy only."""
         self.reached = asyncio.Event()
         self.released = asyncio.Event()
-        self.before = Before(store, "scored_ranks", self.hold, counted=None if account is None
-                             else lambda keys, args: account in keys[0])
+        self.before = Before(store, "packed_index", self.hold,
+                             counted=lambda keys, args: created_range(keys, args, account))
 
     async def hold(self) -> None:
         self.reached.set()
@@ -1178,8 +1184,8 @@ async def test_one_copy_is_made_at_a_time(gateway, clock):
     await labelled_keys(store, acme=10, beta=10)
     beta = {"kgk-beta-0000000001"}
     held = HeldBuild(store, "acme")
-    beta_reads = Before(store, "scored_ranks", asyncio.sleep, nth=0,
-                        counted=lambda keys, args: "beta" in keys[0])
+    beta_reads = Before(store, "packed_index", asyncio.sleep, nth=0,
+                        counted=lambda keys, args: created_range(keys, args, "beta"))
     await store.list_keys("acme", KeyQuery(per_page=3))
     await asyncio.wait_for(held.reached.wait(), 10)
     page, total = await asyncio.wait_for(

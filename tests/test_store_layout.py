@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import Key, ProxyTestServer
+from older_layouts import creation_index_as_sorted_set, hashes_written_the_longer_way
 
 from gateway.app import check_store_layout
 from gateway.context import Gateway
@@ -31,7 +32,9 @@ async def as_an_older_keygate_left_it(gateway: Gateway) -> None:
     redis, names = store.redis, store.names
     doomed = [names.accounts_record, names.layout_record]
     for account in ACCOUNTS:
-        doomed += [names.account(account, what) for what in LISTING if what != "keys"]
+        await creation_index_as_sorted_set(store, account)
+        await hashes_written_the_longer_way(store, account)
+        doomed += [names.account(account, what) for what in LISTING]
         doomed.append(names.account(account, "owners"))
         pattern = glob_escape(names.account(account, "")) + "*"
         doomed += [n async for n in redis.scan_iter(match=pattern)

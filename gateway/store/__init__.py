@@ -37,9 +37,10 @@ them are made in ``names.py``):
 
 An account's records (``{p}acct:{{account}}:…`` on a Redis Cluster):
 
-``{p}acct:{account}:keys``     sorted set of the account's generated keys by status, then
-                               creation time: an inactive key at its creation time plus
-                               2^43 ms (scripts/creation_index.lua)
+``{p}acct:{account}:created``  packed set (scripts/packed.lua) of the account's generated
+                               keys by status, then creation time: an inactive key at its
+                               creation time plus 2^43 ms (scripts/status_runs.lua); an
+                               older layout kept it as the sorted set ``keys``
 ``{p}acct:{account}:ext``      sorted set of the external keys granted roles in the account,
                                by the time the grant was added
 ``{p}acct:{account}:owners``   set of the account's active keys with the role owner, and

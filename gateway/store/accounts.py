@@ -22,6 +22,7 @@ runs this version (the README's upgrade steps).
 from __future__ import annotations
 
 from .core import StoreCore, unavailable
+from .names import OLDER_CREATION_INDEX
 
 # the member that says every account is named (no account is called '')
 COMPLETE = ""
@@ -58,7 +59,7 @@ class AccountRecords(StoreCore):
         async for name in self.redis.scan_iter(match=self.names.accounts_pattern(),
                                                count=1000):
             record = self.names.account_record(name)
-            if record is not None and record[1] in ("keys", "ext"):
+            if record is not None and record[1] in ("created", OLDER_CREATION_INDEX, "ext"):
                 found.add(record[0])
         return found
 
@@ -73,7 +74,8 @@ class AccountRecords(StoreCore):
             chunk = known[start:start + CHUNK]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for account in chunk:
-                    pipe.exists(self.names.account(account, "keys"))
+                    pipe.exists(self.names.account(account, "created"),
+                                self.names.account(account, OLDER_CREATION_INDEX))
                 found = await pipe.execute()
             owning += [account for account, held in zip(chunk, found, strict=True) if held]
         return owning

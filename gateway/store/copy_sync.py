@@ -74,8 +74,8 @@ class CopySync:
         # answer (a third less time at 100,000 keys than one after the other)
         members, (keys, scores), (made, made_scores), (roles, role_bits) = await asyncio.gather(
             self._by_value(label),
-            self._by_ranks(self.names.account(account, "tokens"), packed=True),
-            self._by_ranks(self.names.account(account, "keys")),
+            self._by_ranks(self.names.account(account, "tokens")),
+            self._by_ranks(self.names.account(account, "created")),
             self._holders(account, audit))
         if members is None:
             return None
@@ -114,21 +114,17 @@ class CopySync:
         newest = await self.redis.xrevrange(audit, count=1)
         return newest[0][0] if newest else "0-0"
 
-    async def _by_ranks(self, index: str, packed: bool = False) -> tuple[list[str], list[int]]:
+    async def _by_ranks(self, index: str) -> tuple[list[str], list[int]]:
         """The members of one of the account's dated indexes (token or creation date, or
-        the packed set of last uses) in order, and their scores. Read by ranks: a key
+        last uses: packed sets) in order, and their scores. Read by ranks: a key
         that a change meanwhile shifts past a chunk's end is missed or read twice; the
         key changed is read again from its event, a key missed is found missing
         (in_token_order) and read again."""
         keys: list[str] = []
         scores: list[int] = []
         while True:
-            if packed:
-                flat = await self.scripts.packed_index(
-                    keys=[index], args=["range", len(keys), self.limits.read_chunk, "0"])
-            else:
-                flat = await self.scripts.scored_ranks(
-                    keys=[index], args=[len(keys), len(keys) + self.limits.read_chunk - 1])
+            flat = await self.scripts.packed_index(
+                keys=[index], args=["range", len(keys), self.limits.read_chunk, "0"])
             keys += flat[0::2]
             try:  # a whole number's score is written as one (up to 17 digits)
                 read = list(map(int, flat[1::2]))
@@ -218,7 +214,7 @@ class CopySync:
         used_index = self.names.account(account, "uses")
         moves_from = await self.redis.xadd(moves, {"k": "", "t": ""}, maxlen=MOVES_KEPT,
                                            approximate=False)
-        keys, times = await self._by_ranks(used_index, packed=True)
+        keys, times = await self._by_ranks(used_index)
         # the lines as they are now (one copy of each string, which the steps below read
         # without copying it again): those blanked from here on are blanked in the order
         # once it is made (AccountCopy.blanked)

@@ -24,7 +24,7 @@ from .connection import CLIENT_FAILURES, is_cluster_client, lost_store
 from .credential_cache import CacheSettings, CredentialCache
 from .invalidation import InvalidationListener
 from .lua import Script, Scripts
-from .names import Keyspace
+from .names import OLDER_CREATION_INDEX, Keyspace
 from .records import Actor, event_header
 from .refusals import refusal
 from .search import SEARCH_INDEX_MAX_KEYS, LabelSearch
@@ -309,19 +309,41 @@ class StoreCore:
 
     async def key_chunks(self, account: str, chunk: int) -> AsyncIterator[list[str]]:
         """The names of the account's generated keys, about ``chunk`` at a time, for a
-        pass over them while keygate serves. ZSCAN of the creation index: every key
+        pass over them while keygate serves; a key may be seen twice, so what a pass
+        does must be idempotent.
+
+        First the creation index of an older layout (a sorted set, kept until the
+        account is indexed again: the keys made before the upgrade) by ZSCAN: every key
         present from the pass's start to its end is seen, whatever is deleted or added
-        meanwhile (a walk by rank skips the key after one deleted behind it); a key may
-        be seen twice, so what a pass does must be idempotent."""
+        meanwhile. Then the creation index (a packed set, but for the keys the older
+        one holds) read by value after the last entry read: a key added or removed
+        meanwhile shifts no other, but one whose
+        status changes meanwhile moves between the index's runs and may be missed (the
+        passes that read the packed set — grant follow-ups left by a crash — are done
+        again by the next change of that grant too)."""
         names: list[str] = []
-        async for name, _ in self.redis.zscan_iter(self.names.account(account, "keys"),
-                                                   count=chunk):
+        older = self.names.account(account, OLDER_CREATION_INDEX)
+        async for name, _ in self.redis.zscan_iter(older, count=chunk):
             names.append(name)
             if len(names) >= chunk:
                 yield names
                 names = []
         if names:
             yield names
+        created = self.names.account(account, "created")
+        after: list[object] = ["", ""]  # from the first
+        while True:
+            flat = await self.scripts.packed_index(keys=[created], args=["after", *after, chunk])
+            if flat:
+                # those the older index held were seen in it
+                found = flat[0::2]
+                held = await self.redis.zmscore(older, found)
+                if fresh := [name for name, score in zip(found, held, strict=True)
+                             if score is None]:
+                    yield fresh
+            if len(flat) < 2 * chunk:
+                return
+            after = [flat[-1], flat[-2]]
 
     @unavailable
     async def finish_followups(self, app_key: str, only: str | None = None) -> int:

@@ -19,6 +19,11 @@ Layouts:
    ``uses``, ``statuses``, ``holding:{role}``: scripts/packed.lua), a third of the memory
    of the sorted sets they replace (``tok``, ``used``, ``status``, ``holders:{role}``,
    removed when the account is indexed again).
+3. the creation index a packed set too (``created``, in place of the sorted set
+   ``keys``: an account's list of keys in an older layout, read to index it and then
+   removed), and a key's hash kept short (records.py: its own grant as its roles'
+   array, the token's digest in base64url, ``created`` only once a renewal moves the
+   token's date; a hash written the older way is read alike).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from dataclasses import dataclass
 from .accounts import AccountRecords
 from .core import unavailable
 
-LAYOUT = 2
+LAYOUT = 3
 
 
 class NewerLayout(Exception):

@@ -3,8 +3,8 @@
 A page is served from the account's listing indexes, which the scripts that change a
 key keep up to date in the same step (scripts/key_rules.lua):
 
-* ``keys`` (creation date, a sorted set) and ``tokens`` (token date, a packed set:
-  scripts/packed.lua) in status runs (scripts/status_runs.lua: an inactive key at its
+* ``created`` (creation date) and ``tokens`` (token date), packed sets
+  (scripts/packed.lua) in status runs (scripts/status_runs.lua: an inactive key at its
   date plus INACTIVE_AT), so a status filter is a range of ranks and either order is the
   merge of two runs;
 * ``holding:{role}``: the keys holding each role, a packed set scored as ``tokens``,
@@ -40,9 +40,9 @@ per key (a 20-character label and a 20-character key), several kilobytes: far pa
 memory a key may cost (see the README's Performance section).
 
 An account whose keys were written before the indexes existed, or in an older keygate's
-layout (its creation index not in status runs; role sets without token dates, marked
-complete with ''), is indexed on its first listing (:meth:`KeyListing.index_listing`,
-or ``keygate store migrate`` for all).
+layout (its creation index a sorted set, ``keys``, or not in status runs; role sets
+without token dates, marked complete with ''), is indexed on its first listing or
+export (:meth:`KeyListing.index_listing`, or ``keygate store migrate`` for all).
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ from .copy_values import INACTIVE_AT, Filters
 from .core import unavailable, unavailable_iter
 from .layout import StoreLayout
 from .lua import constant
-from .names import LISTED, OLDER_INDEXES, OLDER_MARKS, is_role
-from .packed_index import PackedIndex, counts_of
+from .names import LISTED, OLDER_CREATION_INDEX, OLDER_INDEXES, OLDER_MARKS, is_role
+from .packed_index import MAX_SCORE, PackedIndex, counts_of
 from .records import ACTIVE, INACTIVE, KeyRecord, label_fold
 from .search import Candidates
 
@@ -330,7 +330,8 @@ class KeyListing(StoreLayout):
         accounts that exist as far as keygate knows (one round trip)."""
         return bool(
             await self.redis.exists(
-                self.names.account(account, "keys"),
+                self.names.account(account, "created"),
+                self.names.account(account, OLDER_CREATION_INDEX),
                 self.names.account(account, "ext"),
                 self.names.account(account, "settings"),
             )
@@ -338,8 +339,14 @@ class KeyListing(StoreLayout):
 
     @unavailable
     async def all_keys(self, account: str) -> list[KeyRecord]:
-        names = await self.redis.zrange(self.names.account(account, "keys"), 0, -1)
-        return [r for r in await self._load(names) if r is not None]
+        """Every generated key of the account in creation order, read from its hashes
+        whatever the layout its indexes are in (``key_chunks``), at once: for small
+        accounts (and the tests' oracle); an export reads them a chunk at a time
+        (:meth:`iter_keys`)."""
+        found: dict[str, KeyRecord] = {}
+        async for names in self.key_chunks(account, 500):
+            found.update((r.app_key, r) for r in await self._load(names) if r is not None)
+        return sorted(found.values(), key=lambda r: (r.created, r.app_key))
 
     async def _load(self, names: Sequence[str], chunk: int = 500) -> list[KeyRecord | None]:
         records: list[KeyRecord | None] = []
@@ -357,29 +364,30 @@ class KeyListing(StoreLayout):
         """All generated keys of an account in creation order, a chunk at a time (bounded
         memory), each listed once though keys change meanwhile.
 
-        The creation index holds each status as a run (scripts/creation_index.lua), and a
+        The creation index holds each status as a run (scripts/status_runs.lua), and a
         key moves between the runs when its status changes, at the same date. Each round
-        reads both runs from the last key listed in one transaction, and lists the keys
+        reads both runs from the last key listed in one script, and lists the keys
         before the first date that a run read to its limit may hold more of: a key is
         listed in the round that reaches its date, from whichever run holds it then, and
         a delete shifts no other key. When more keys share a date than a round reads,
         they are read a chunk at a time by name (scripts/keys_at_date.lua).
         """
-        index = self.names.account(account, "keys")
-        runs = ((0, f"({INACTIVE_AT}"), (INACTIVE_AT, "+inf"))
+        if not await self.listing_current(account):
+            # an account of an older layout: its keys listed in the creation index first
+            await self.index_listing(account)
+        index = self.names.account(account, "created")
+        created = PackedIndex(self.scripts, index)
+        runs = ((0, INACTIVE_AT - 1), (INACTIVE_AT, MAX_SCORE))
         position: tuple[int, str] = (-1, "")  # the last key listed: (creation date, name)
         while True:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for base, high in runs:
-                    pipe.zrange(index, base + max(position[0], 0), high, byscore=True,
-                                offset=0, num=chunk, withscores=True)
-                batches = await pipe.execute()
+            batches = await created.first_in(
+                [(base + max(position[0], 0), high) for base, high in runs], chunk)
             found: list[tuple[int, str]] = []
             limit: int | None = None  # the first date a run may hold unread keys at
             for (base, _), batch in zip(runs, batches, strict=True):
-                found += [(int(score) - base, name) for name, score in batch]
+                found += [(score - base, name) for name, score in batch]
                 if len(batch) == chunk:
-                    last = int(batch[-1][1]) - base
+                    last = batch[-1][1] - base
                     limit = last if limit is None else min(limit, last)
             fresh = sorted(e for e in found
                            if e > position and (limit is None or e[0] < limit))

@@ -42,9 +42,8 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "index_listing": _KEY,
     "index_zones": _KEY,
     "list_keys": ("key_hash", "status_runs", "byte_order", "packed"),
-    "scored_ranks": (),
     "packed_index": ("byte_order", "packed"),
-    "keys_at_date": ("status_runs", "byte_order"),
+    "keys_at_date": ("status_runs", "byte_order", "packed"),
     "renew_token": _KEY,
     "end_renewal": _KEY,
     "add_grant": _GRANT,
@@ -142,7 +141,6 @@ class Scripts:
         self.index_listing = register("index_listing")
         self.index_zones = register("index_zones")
         self.list_keys = register("list_keys")
-        self.scored_ranks = register("scored_ranks")
         self.packed_index = register("packed_index")
         self.keys_at_date = register("keys_at_date")
         self.renew_token = register("renew_token")

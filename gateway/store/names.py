@@ -5,11 +5,11 @@ Python code and scripts get their names from here only (a script receives them i
 given), so the two layouts differ in this one class:
 
 * on one server (or a Sentinel-managed master) names carry no hash tag:
-  ``kg:key:kgk-acme-7QX2M4PZ9B``, ``kg:acct:acme:keys``;
+  ``kg:key:kgk-acme-7QX2M4PZ9B``, ``kg:acct:acme:created``;
 * on a Redis Cluster (``clustered``) every name of an account — its indexes, audit
   streams, settings, and the hashes of the keys it owns — carries the account as its hash
   tag, so they all live in one slot and every change of a key is one script on one node:
-  ``kg:key:{acme}:kgk-acme-7QX2M4PZ9B``, ``kg:acct:{acme}:keys``. A key's owner is written
+  ``kg:key:{acme}:kgk-acme-7QX2M4PZ9B``, ``kg:acct:{acme}:created``. A key's owner is written
   in its name (``prefix-account-RANDOM``), so authentication finds the hash from the key
   alone, still in one round trip. Links, failure counters, the policy record and the
   signing keys have slots of their own: nothing changes them together with a key.
@@ -20,17 +20,21 @@ from __future__ import annotations
 from .lua import text_constant
 
 # an account's listing indexes (see listing.py for what each holds)
-LISTING = ("keys", "tokens", "uses", "labels", "statuses", "roles")
+LISTING = ("created", "tokens", "uses", "labels", "statuses", "roles")
 # the member of the role names set (``roles``) once the listing indexes hold every key
 # of the account in this keygate's layout (scripts/status_runs.lua), and those of older
 # layouts, which indexing the account again removes
 LISTED = text_constant("status_runs", "LISTED")
-OLDER_MARKS = ("", ":status-runs")
+OLDER_MARKS = ("", ":status-runs", ":layout-2")
 # an older layout's listing indexes that indexing the account again removes: the token
 # date, last-use, label and status indexes as sorted sets (now packed sets, ``tokens``,
 # ``uses``, ``labels`` and ``statuses``: scripts/packed.lua) with the label index's
-# zones, and the role holders' (``older_holders``)
-OLDER_INDEXES = ("tok", "used", "label", "label:zones", "label:zone-dates", "status")
+# zones, and the role holders' (``older_holders``); and the creation index as a sorted
+# set (``keys``, now the packed set ``created``), which is also the list of the keys
+# such an account held before it is indexed again (store/core.py key_chunks)
+OLDER_CREATION_INDEX = "keys"
+OLDER_INDEXES = ("tok", "used", "label", "label:zones", "label:zone-dates", "status",
+                 OLDER_CREATION_INDEX)
 
 
 def is_role(member: str) -> bool:
@@ -84,7 +88,7 @@ class Keyspace:
         return rest
 
     def account(self, account: str, what: str) -> str:
-        """One of an account's records: ``keys``, ``ext``, ``owners``, ``settings``,
+        """One of an account's records: ``ext``, ``owners``, ``settings``,
         ``audit``, ``access``, and the listing indexes (``LISTING``)."""
         if self.clustered:
             return f"{self.account_prefix}{{{account}}}:{what}"

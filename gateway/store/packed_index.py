@@ -63,6 +63,16 @@ class PackedIndex:
         return [(member, int(float(score)))
                 for member, score in zip(flat[::2], flat[1::2], strict=True)]  # type: ignore[index]
 
+    async def first_in(self, ranges: Iterable[tuple[int, int]],
+                       count: int) -> list[list[tuple[str, int]]]:
+        """For each ``(low, high)`` range of scores (both in), its first ``count``
+        entries; every range read at once (one script: no change falls between)."""
+        flat = [v for low, high in ranges for v in (low, high)]
+        found = await self._call("from", count, *flat)
+        return [[(member, int(float(score)))
+                 for member, score in zip(run[::2], run[1::2], strict=True)]
+                for run in found]  # type: ignore[union-attr]
+
     async def count(self, low: int, high: int) -> int:
         """How many entries have a score from ``low`` to ``high``, both included."""
         return int(await self._call("count", low, high))  # type: ignore[arg-type]

@@ -4,6 +4,8 @@ role (a reload refuses to drop a role still held)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from .accounts import AccountRecords
 from .core import unavailable
 from .names import LISTED, is_role
@@ -28,7 +30,8 @@ class PolicyRecords(AccountRecords):
         # the accounts keygate knows (accounts.py); one with neither kind of key counts none
         for account in await self._known_accounts():
             counts = await self._generated_roles(account, chunk)
-            for role, n in (await self._read_roles(account, "ext", chunk)).items():
+            external = self._by_ranks(self.names.account(account, "ext"), chunk)
+            for role, n in (await self._count_roles(account, external, False)).items():
                 counts[role] = counts.get(role, 0) + n
             if counts:
                 held[account] = dict(sorted(counts.items()))
@@ -38,10 +41,10 @@ class PolicyRecords(AccountRecords):
         """The account's generated keys per role: the sizes of the listing's role holders
         once its indexes are complete (the roles-in-use set holds LISTED then; the change
         scripts keep the sets, tests/test_listing_index.py checks them against the
-        keys), else read from the keys."""
+        keys), else read from the keys (store/core.py key_chunks)."""
         in_use = await self.redis.smembers(self.names.account(account, "roles"))
         if LISTED not in in_use:
-            return await self._read_roles(account, "keys", chunk)
+            return await self._count_roles(account, self.key_chunks(account, chunk), True)
         roles = sorted(role for role in in_use if is_role(role))
         async with self.redis.pipeline(transaction=False) as pipe:
             for role in roles:
@@ -49,24 +52,29 @@ class PolicyRecords(AccountRecords):
             sizes = [int(n or 0) for n in await pipe.execute()]
         return {role: int(n) for role, n in zip(roles, sizes, strict=True) if n}
 
-    async def _read_roles(self, account: str, what: str, chunk: int) -> dict[str, int]:
-        """Roles counted by reading the grant of every key in the account's ``keys``
-        (generated) or ``ext`` (external) index, a chunk at a time."""
-        counts: dict[str, int] = {}
-        index, start = self.names.account(account, what), 0
+    async def _by_ranks(self, index: str, chunk: int) -> AsyncIterator[list[str]]:
+        start = 0
         while names := await self.redis.zrange(index, start, start + chunk - 1):
+            yield names
+            start += chunk
+
+    async def _count_roles(self, account: str, chunks: AsyncIterator[list[str]],
+                           generated: bool) -> dict[str, int]:
+        """Roles counted by reading the grant in ``account`` of every key named, a chunk
+        at a time: the account's own (``generated``) or external keys."""
+        counts: dict[str, int] = {}
+        async for names in chunks:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in names:
                     pipe.hmget(self.names.key(name), ["acct", "g:" + account])
                 rows = await pipe.execute()
             for owner, raw in rows:
                 # a deleted key keeps no owner; each index counts its own kind
-                if owner is None or (owner == account) != (what == "keys"):
+                if owner is None or (owner == account) != generated:
                     continue
                 grant = Grant.decode(raw)
                 for role in dict.fromkeys(grant.roles if grant else ()):
                     counts[role] = counts.get(role, 0) + 1
-            start += chunk
         return counts
 
     @unavailable

@@ -7,7 +7,7 @@
 -- Answers 'taken' when the name was ever used (a tombstone keeps deleted names), else 'ok'.
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'taken' end
 local idx = listing_at(4)
-if redis.call('ZCARD', idx.keys) == 0 then
+if pk_card(idx.keys) == 0 and redis.call('EXISTS', idx.older_keys) == 0 then
   -- a new account: its owners set and listing indexes are complete from the start
   redis.call('SADD', KEYS[3], '')
   redis.call('SADD', idx.roles, LISTED)

@@ -51,7 +51,7 @@ end
 -- start with (given by the caller, or set by list).
 local function listing_at(i, key_prefix)
   local roles, label = KEYS[i + 5], KEYS[i + 3]
-  return {keys = KEYS[i], tok = KEYS[i + 1], used = KEYS[i + 2], label = label,
+  return {keys = KEYS[i], older_keys = older_creation_index(KEYS[i]), tok = KEYS[i + 1], used = KEYS[i + 2], label = label,
           status = KEYS[i + 4], roles = roles,
           holders = string.sub(roles, 1, -6) .. 'holding:',
           zones = label .. ':zones', zone_dates = label .. ':zone-dates',
@@ -178,7 +178,8 @@ end
 -- (before a change of its label, roles, status or token), or out of all of them
 -- (``all``: before its delete).
 local function unlist(idx, key, app_key, acct, all)
-  local v = redis.call('HMGET', key, 'label', 'lf', 'status', 'lastUsed', 'tokCreated')
+  local v = redis.call('HMGET', key, 'label', 'lf', 'status', 'lastUsed', 'tokCreated',
+                       'created')
   local member = v[1] and label_member(v[1], v[2], app_key)
   if member then pk_remove(idx.label, 0, member) end
   local token_score = run_score(v[5], v[3])
@@ -187,8 +188,10 @@ local function unlist(idx, key, app_key, acct, all)
   end
   pk_remove(idx.tok, token_score, app_key)
   pk_remove(idx.status, status_score(v[3]), app_key)
+  pk_remove(idx.keys, run_score(created_of(v[6], v[5]), v[3]), app_key)
   if all then
-    redis.call('ZREM', idx.keys, app_key)
+    -- a key made before the upgrade, in an account not indexed again yet
+    redis.call('ZREM', idx.older_keys, app_key)
     pk_remove(idx.used, pk_whole(v[4]), app_key)
   end
 end
@@ -199,7 +202,7 @@ local function list(idx, key, app_key, acct)
   if redis.call('HGET', key, 'lf') == '' then redis.call('HDEL', key, 'lf') end
   local v = redis.call('HMGET', key, 'created', 'tokCreated', 'lastUsed', 'label', 'lf',
                        'status')
-  redis.call('ZADD', idx.keys, run_score(created_of(v[1], v[2]), v[6]), app_key)
+  pk_add(idx.keys, run_score(created_of(v[1], v[2]), v[6]), app_key)
   local token_score = run_score(v[2], v[6])
   pk_add(idx.tok, token_score, app_key)
   pk_add(idx.used, pk_whole(v[3]), app_key)

@@ -2,25 +2,24 @@
 -- both statuses merged (export: more keys share a date than a round reads, and a read
 -- by offset would skip a key when one before it goes). Read at once, so a key changing
 -- status meanwhile is in one run or the other, never missed.
--- KEYS: the creation index
+-- KEYS: the creation index (a packed set)
 -- ARGV: the date (ms), the name read last, how many at most
 local date, after, most = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 
 local out = {}
 for _, score in ipairs({date, date + INACTIVE_AT}) do
-  local s = string.format('%d', score)
-  local first = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. s)
-  local lo, hi = 0, redis.call('ZCOUNT', KEYS[1], s, s)
-  while lo < hi do  -- the first at that date named after ``after`` (members sort by byte)
-    local mid = math.floor((lo + hi) / 2)
-    if not before(after, redis.call('ZRANGE', KEYS[1], first + mid, first + mid)[1]) then
-      lo = mid + 1
-    else
-      hi = mid
-    end
+  -- the first entry at that score named after ``after`` (entries at one score are in
+  -- byte order of their names)
+  local start = pk_count(KEYS[1], 0, score - 1)
+  if after ~= '' then
+    start = pk_rank_before(KEYS[1], score, after)
+    if pk_has(KEYS[1], score, after) then start = start + 1 end
   end
-  local run = redis.call('ZRANGE', KEYS[1], s, s, 'BYSCORE', 'LIMIT', lo, most)
-  for _, name in ipairs(run) do out[#out + 1] = name end
+  local flat = pk_range(KEYS[1], start, most, false)
+  for i = 1, #flat, 2 do
+    if tonumber(flat[i + 1]) ~= score then break end
+    out[#out + 1] = flat[i]
+  end
 end
 table.sort(out, before)
 local answer = {}

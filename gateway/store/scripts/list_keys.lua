@@ -17,14 +17,13 @@
 -- the label index, and the holders of the roles the caller may not act on (named from
 -- KEYS[6] as key_rules.lua's listing_at names them).
 -- Answers {'unindexed'} when the account has keys but its indexes are not complete yet
--- in this layout (index_listing.lua) or its creation index is an older keygate's (every
--- key at its creation date, whatever its status), else {total, appKey, ...}.
+-- in this layout (index_listing.lua), else {total, appKey, ...}.
 --
 -- How. The status, role and token date filters are one index's status runs
 -- (status_runs.lua): the role's holders, else the token date index, each scored by
 -- status and token date. Their matches are one range of scores per status: their
--- total is a ZCOUNT per run, whatever the number of keys, and in token date order they
--- are the merge of those ranges. Only q and the roles the caller may not act on are
+-- total is a count of scores per run, whatever the number of keys, and in token date
+-- order they are the merge of those ranges. Only q and the roles the caller may not act on are
 -- checked key by key: the smaller of their candidate sets (q's matches, the ranges
 -- above, else every key) is read once and checked against the rest, which gives the
 -- total. The page comes either from walking the sort's index from the nearer end,
@@ -34,10 +33,9 @@
 -- order walks only the run of its status (the creation and status indexes hold each
 -- status as a run of ranks in that order).
 if redis.call('SISMEMBER', KEYS[6], LISTED) == 0 then
-  if redis.call('ZCARD', KEYS[1]) == 0 then return {0} end
-  return {'unindexed'}
-end
-if redis.call('ZCOUNT', KEYS[1], INACTIVE_AT, '+inf') ~= pk_count(KEYS[5], 1, 1) then
+  if pk_card(KEYS[1]) == 0 and redis.call('EXISTS', older_creation_index(KEYS[1])) == 0 then
+    return {0}
+  end
   return {'unindexed'}
 end
 local keys_i, tok_i, label_i, status_i, roles_i = KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6]
@@ -67,10 +65,14 @@ local function token_score(k)
   return token_score_at(key_prefix .. k)
 end
 
--- The token date, last-use, label, status and role holders' indexes are packed sets
--- (packed.lua): read by ranks through it, and a key's score in them read from its hash
--- (a member of the label index looked up in it).
+-- Every listing index is a packed set (packed.lua): read by ranks through it, and a
+-- key's score in it read from its hash (a member of the label index looked up in it).
 local packed = {
+  [KEYS[1]] = function(k)
+    local v = redis.call('HMGET', key_prefix .. k, 'created', 'tokCreated', 'status')
+    if not v[2] then return nil end
+    return run_score(created_of(v[1], v[2]), v[3])
+  end,
   [KEYS[2]] = token_score,
   -- the label index: its members are what it holds (a score when listed)
   [KEYS[4]] = function(member) return pk_has(KEYS[4], 0, member) and 0 or nil end,
@@ -120,12 +122,12 @@ if ARGV[10] ~= '' then
   end
 end
 
-local n = redis.call('ZCARD', keys_i)
+local n = pk_card(keys_i)
 local active = pk_count(status_i, 0, 0)
 local sizes = {[keys_i] = n, [status_i] = n}
 local function index_size(index)
   if not sizes[index] then
-    sizes[index] = packed[index] and pk_card(index) or redis.call('ZCARD', index)
+    sizes[index] = pk_card(index)
   end
   return sizes[index]
 end
@@ -189,13 +191,9 @@ end
 
 -- ranks [first, last] of an index, in the listing's direction
 local function ranks(index, first, last, reverse)
-  if packed[index] then
-    local flat, out = pk_range(index, first, last - first + 1, reverse), {}
-    for i = 1, #flat, 2 do out[#out + 1] = flat[i] end
-    return out
-  end
-  if reverse then return redis.call('ZRANGE', index, first, last, 'REV') end
-  return redis.call('ZRANGE', index, first, last)
+  local flat, out = pk_range(index, first, last - first + 1, reverse), {}
+  for i = 1, #flat, 2 do out[#out + 1] = flat[i] end
+  return out
 end
 
 local function entries(flat)
@@ -209,15 +207,8 @@ end
 local function run_entries(index, run, i, count)
   local last = math.min(i + count, run.size) - 1
   if last < i then return {} end
-  if packed[index] then
-    local top = desc and index_size(index) - run.first - run.size or run.first
-    return entries(pk_range(index, top + i, last - i + 1, desc))
-  end
-  if desc then
-    local top = index_size(index) - run.first - run.size
-    return entries(redis.call('ZRANGE', index, top + i, top + last, 'REV', 'WITHSCORES'))
-  end
-  return entries(redis.call('ZRANGE', index, run.first + i, run.first + last, 'WITHSCORES'))
+  local top = desc and index_size(index) - run.first - run.size or run.first
+  return entries(pk_range(index, top + i, last - i + 1, desc))
 end
 
 -- Both orders that span the two statuses are merges of two runs of one index: key order
@@ -483,8 +474,8 @@ local function cannot_match(newest_first)
   local made_after = after + 86400000
   local found = 0
   for _, run in ipairs(walked_runs) do  -- the status runs of the creation index
-    found = found + redis.call('ZCOUNT', keys_i, '(' .. num(run.base + made_after),
-                               '(' .. num(run.base + INACTIVE_AT))
+    found = found + pk_count(keys_i, run.base + made_after + 1,
+                             run.base + INACTIVE_AT - 1)
   end
   return found
 end
@@ -575,18 +566,11 @@ in_byte_order = function(strings, reverse, want)
   return order_by(items, by_key_order, reverse, want)
 end
 
--- a number per match for the sort, read in chunks (ZMSCORE: one call per thousand)
+-- a number per match for the sort, read from each key's hash (the label index's: whether
+-- it holds the member)
 local function scores(index, keys)
   local out = {}
-  if packed[index] then  -- from each key's hash
-    for i, k in ipairs(keys) do out[i] = packed[index](k) end
-    return out
-  end
-  for i = 1, #keys, CHUNK do
-    local last = math.min(i + CHUNK - 1, #keys)
-    local got = redis.call('ZMSCORE', index, unpack(keys, i, last))
-    for j = i, last do out[j] = tonumber(got[j - i + 1]) end
-  end
+  for i, k in ipairs(keys) do out[i] = packed[index](k) end
   return out
 end
 

@@ -9,6 +9,9 @@
 --   rank   score, member                      how many entries are before that one
 --   after  score, member, count               ``count`` entries after that one ('' for the
 --                                             score: from the first)
+--   from   count, low, high, low, high, ...   in each range of scores (both ends in), its
+--                                             first ``count`` entries, all read at once:
+--                                             {{member, score, ...}, ...}
 --   card                                      how many entries it holds
 --   drop                                      the whole set removed
 local op, n = ARGV[1], KEYS[1]
@@ -32,6 +35,19 @@ elseif op == 'after' then
     if pk_has(n, ARGV[2], ARGV[3]) then start = start + 1 end
   end
   return pk_range(n, start, tonumber(ARGV[4]), false)
+elseif op == 'from' then
+  local most, out = tonumber(ARGV[2]), {}
+  for i = 3, #ARGV, 2 do
+    local low, high = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+    local flat, kept = pk_range(n, pk_count(n, 0, low - 1), most, false), {}
+    for j = 1, #flat, 2 do
+      if tonumber(flat[j + 1]) > high then break end
+      kept[#kept + 1] = flat[j]
+      kept[#kept + 1] = flat[j + 1]
+    end
+    out[#out + 1] = kept
+  end
+  return out
 elseif op == 'card' then
   return pk_card(n)
 elseif op == 'drop' then

@@ -1,11 +1,12 @@
 -- Status runs: the indexes in date order hold each status as a run of ranks. An active
 -- key is scored at its date (ms), an inactive one at that date plus INACTIVE_AT, so the
 -- active run comes first, each run in date order:
---   * the creation index (``keys``), at the key's creation date;
---   * the token date index (``tok``) and the set of the keys holding each role
+--   * the creation index (``created``), at the key's creation date;
+--   * the token date index (``tokens``) and the set of the keys holding each role
 --     (``holding:{role}``), at the date of the key's token.
--- A status filter's page in creation or token order is then a range of ranks; a count
--- of keys by any status, role and token date range is one ZCOUNT per run; and the order
+-- (Each a packed set: packed.lua.) A status filter's page in creation or token order is
+-- then a range of ranks; a count of keys by any status, role and token date range is
+-- one count of scores per run; and the order
 -- of every key is the merge of the two runs (list_keys.lua). 2^43 ms is the year 2248: a
 -- date past it is clamped (the key keeps its status's run). Scores stay below 10^14,
 -- which Lua prints exactly.
@@ -14,10 +15,17 @@ local INACTIVE_AT = 8796093022208
 -- The member of the role names set (``roles``) that says the listing indexes hold every
 -- key of the account in this layout (gateway/store/layout.py). A role name starts with
 -- a letter or a digit, a layout's mark with ':'. Older keygates marked their layouts
--- with '' (role sets, token dates without their status) and ':status-runs' (the last-use
--- index a sorted set); an account marked so is indexed again (listing.py,
--- index_listing).
-local LISTED = ':layout-2'
+-- with '' (role sets, token dates without their status), ':status-runs' (the last-use
+-- index a sorted set) and ':layout-2' (the creation index a sorted set, ``keys``); an
+-- account marked so is indexed again (listing.py, index_listing).
+local LISTED = ':layout-3'
+
+-- The creation index of an older layout, a sorted set: the name of ``created`` with
+-- ``keys`` in its place. Until the account is indexed again, it lists the keys made
+-- before the upgrade (they are added to ``created`` as they change, or by the pass).
+local function older_creation_index(created)
+  return string.sub(created, 1, -8) .. 'keys'
+end
 
 -- The label index is cut into zones, each the members from one fence (a member, or ''
 -- for the first) to the next, with a record of its keys' token dates per status: the
