@@ -17,14 +17,17 @@
 -- record happen together or not at all. Its fields are the same, in the same order, in
 -- every entry (records.py AUDIT_FIELDS), so Redis keeps their names once per node of
 -- the stream. A header in an older keygate's layout (one JSON object, in a grant's
--- follow-up written before an upgrade) is written as it was, in one field.
+-- follow-up written before an upgrade) is written as it was, in one field. ``before``
+-- and ``after`` are tables, written in JSON, or strings written as they are (a creation
+-- event's: create_key.lua).
 local function audit(stream, maxlen, event, before, after)
   local h = cjson.decode(event)
   local fields = {'time', h[1], 'actor', h[2], 'action', h[3], 'target', h[4],
                   'requestId', h[5]}
   if h[1] == nil then fields = {'event', event} end
-  for _, v in ipairs({'before', cjson.encode(before), 'after', cjson.encode(after)}) do
-    fields[#fields + 1] = v
+  for _, side in ipairs({{'before', before}, {'after', after}}) do
+    fields[#fields + 1] = side[1]
+    fields[#fields + 1] = type(side[2]) == 'string' and side[2] or cjson.encode(side[2])
   end
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(fields))
 end
