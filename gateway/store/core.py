@@ -317,10 +317,10 @@ class StoreCore:
         present from the pass's start to its end is seen, whatever is deleted or added
         meanwhile. Then the creation index (a packed set, but for the keys the older
         one holds) read by value after the last entry read: a key added or removed
-        meanwhile shifts no other, but one whose
-        status changes meanwhile moves between the index's runs and may be missed (the
-        passes that read the packed set — grant follow-ups left by a crash — are done
-        again by the next change of that grant too)."""
+        meanwhile shifts no other, but one whose status changes meanwhile moves between
+        the index's runs and may be missed (the passes that read the packed set — grant
+        follow-ups left by a crash — are done again by the next change of that grant
+        too)."""
         names: list[str] = []
         older = self.names.account(account, OLDER_CREATION_INDEX)
         async for name, _ in self.redis.zscan_iter(older, count=chunk):
