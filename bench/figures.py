@@ -87,6 +87,23 @@ async def revocation_delays(
     return delays
 
 
+def memory_rows(count: int, figures: tuple[float, float, dict[str, float],
+                                          dict[str, tuple[float, float, int]]],
+                ) -> list[tuple[str, str]]:
+    """The report's rows of :func:`memory_and_listing`'s figures."""
+    per_key, per_key_no_audit, listing, exports = figures
+    return [
+        (f"Redis memory per key at {count:,} keys (target ≤ 600 B)",
+         f"{per_key:.0f} B with its audit event, {per_key_no_audit:.0f} B without"),
+        (f"list a page of 50 at {count:,} keys (target ≤ 50 ms)",
+         ", ".join(f"{k}: {v:.1f} ms" for k, v in listing.items())),
+        (f"export to XLSX (`keygate export`), 1,000 vs {count:,} keys",
+         f"peak RSS {exports['small'][0]:.0f} MB vs {exports['bulk'][0]:.0f} MB; "
+         f"{exports['small'][1]:.1f} s vs {exports['bulk'][1]:.1f} s; "
+         f"{exports['small'][2] / 1e6:.2f} MB vs {exports['bulk'][2] / 1e6:.1f} MB file"),
+    ]
+
+
 async def memory_and_listing(redis_url: str, tmp: Path, count: int):
     """Redis bytes per key at ``count`` keys in one account, export RSS, page listing."""
     prefix = "mem:"

@@ -22,6 +22,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from ports import free_port as free_port  # noqa: E402
 
 
+def put_in_place(report: Path, figures: list[tuple[str, str]], apart: str,
+                 command: str) -> None:
+    """Rows measured apart from the run the report's header dates, put in place in its
+    table (a row of the same measure replaced, a new one added at its end), under a line
+    that says when and by which ``command`` (``apart``: how that line starts, one per
+    kind of rows measured apart)."""
+    lines = report.read_text().splitlines() if report.exists() else [
+        "# Benchmarks", "", "| measure | result |", "|---|---|"]
+    note = f"{apart} {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command}`."
+    if noted := [i for i, text in enumerate(lines) if text.startswith(apart)]:
+        del lines[noted[0] : noted[0] + 2]  # the note and the blank line after it
+    table = min(i for i, text in enumerate(lines) if text.startswith("|"))
+    lines[table:table] = [note, ""]
+    for measure, value in figures:
+        line = f"| {measure} | {value} |"
+        at = [i for i, text in enumerate(lines) if text.startswith(f"| {measure} |")]
+        if at:
+            lines[at[0]] = line
+        else:
+            last = max(i for i, text in enumerate(lines) if text.startswith("|"))
+            lines.insert(last + 1, line)
+    report.write_text("\n".join(lines) + "\n")
+    print(f"\nwritten to {report}")
+
+
 def wait_port(port: int, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

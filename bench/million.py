@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from bench.fixtures import start
-from bench.measure import free_port, wait_port
+from bench.measure import free_port, put_in_place, wait_port
 from gateway.renewal import alert_range
 from gateway.renewal_gauge import RenewalGauge
 from gateway.store import KeyQuery, Store
@@ -371,22 +371,4 @@ def million_only(report: Path, count: int = 1_000_000) -> None:
         server.wait()
         shutil.rmtree(workdir, ignore_errors=True)
     print("\n".join(f"{k}  {v}" for k, v in figures))
-    lines = report.read_text().splitlines() if report.exists() else [
-        "# Benchmarks", "", "| measure | result |", "|---|---|"]
-    # say when these rows were measured, apart from the run the header dates
-    note = (f"{MEASURED_APART} {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
-            "`python bench/run.py --million-only`.")
-    if noted := [i for i, text in enumerate(lines) if text.startswith(MEASURED_APART)]:
-        del lines[noted[0] : noted[0] + 2]  # the note and the blank line after it
-    table = min(i for i, text in enumerate(lines) if text.startswith("|"))
-    lines[table:table] = [note, ""]
-    for measure, value in figures:
-        line = f"| {measure} | {value} |"
-        at = [i for i, text in enumerate(lines) if text.startswith(f"| {measure} |")]
-        if at:
-            lines[at[0]] = line
-        else:
-            last = max(i for i, text in enumerate(lines) if text.startswith("|"))
-            lines.insert(last + 1, line)
-    report.write_text("\n".join(lines) + "\n")
-    print(f"\nwritten to {report}")
+    put_in_place(report, figures, MEASURED_APART, "python bench/run.py --million-only")

@@ -35,7 +35,8 @@ the pipeline's stages (``bench/decision_stages.py``), the handler and the metric
 
 ``--million`` adds listing and memory at 1,000,000 keys in one account (bench/million.py:
 every page type, about five minutes to load); ``--million-only`` measures just that and
-puts its rows in place in the existing BENCHMARKS.md.
+puts its rows in place in the existing BENCHMARKS.md, and ``--memory-only`` does the same
+for the rows of Redis memory, listing and export at ``--memory-keys`` keys.
 
 Not part of the test run: numbers on a shared 2-core machine are noisy, so they are
 ratios from one run, never assertions (tests/test_bench.py only checks that it runs).
@@ -63,7 +64,12 @@ sys.path.insert(0, str(ROOT / "tests"))  # the test suite's Redis Cluster launch
 import redis_cluster  # noqa: E402
 
 from bench.decision_stages import stage_instructions  # noqa: E402
-from bench.figures import memory_and_listing, revocation_delays, round_trips  # noqa: E402
+from bench.figures import (  # noqa: E402
+    memory_and_listing,
+    memory_rows,
+    revocation_delays,
+    round_trips,
+)
 from bench.fixtures import (  # noqa: E402
     PY,
     SECRET,
@@ -85,6 +91,7 @@ from bench.measure import (  # noqa: E402
     instructions_per_request,
     load,
     median,
+    put_in_place,
     wait_port,
 )
 from bench.million import million, million_only  # noqa: E402
@@ -179,9 +186,14 @@ def main() -> None:
                              "million.py: about 5 minutes and 2 GB of Redis)")
     parser.add_argument("--million-only", action="store_true",
                         help="only the 1,000,000-key rows, put in the report's table in place")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the rows of Redis memory, listing and export at "
+                             "--memory-keys keys, put in the report's table in place")
     args = parser.parse_args()
     if args.million_only:
         return million_only(Path(args.output))
+    if args.memory_only:
+        return memory_only(Path(args.output), args.memory_keys)
     tmp = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     nginx_dirs: list[Path] = []
@@ -360,9 +372,7 @@ def main() -> None:
         print("decision cost by policy size …", flush=True)
         decisions = decision_cost(tmp)
         print(f"memory: {args.memory_keys} keys, export, listing …", flush=True)
-        per_key, per_key_no_audit, listing, exports = asyncio.run(
-            memory_and_listing(redis_url, tmp, args.memory_keys)
-        )
+        memory = asyncio.run(memory_and_listing(redis_url, tmp, args.memory_keys))
 
         million_rows = []
         if args.million:
@@ -466,14 +476,7 @@ def main() -> None:
              f"{ratio:.3f})"),
             ("Redis commands per request on the Cluster, warm key / cold key (target 1)",
              f"{cluster_warm:.3f} / {cluster_cold:.3f} (summed over the three masters)"),
-            (f"Redis memory per key at {args.memory_keys:,} keys (target ≤ 600 B)",
-             f"{per_key:.0f} B with its audit event, {per_key_no_audit:.0f} B without"),
-            (f"list a page of 50 at {args.memory_keys:,} keys (target ≤ 50 ms)",
-             ", ".join(f"{k}: {v:.1f} ms" for k, v in listing.items())),
-            (f"export to XLSX (`keygate export`), 1,000 vs {args.memory_keys:,} keys",
-             f"peak RSS {exports['small'][0]:.0f} MB vs {exports['bulk'][0]:.0f} MB; "
-             f"{exports['small'][1]:.1f} s vs {exports['bulk'][1]:.1f} s; "
-             f"{exports['small'][2] / 1e6:.2f} MB vs {exports['bulk'][2] / 1e6:.1f} MB file"),
+            *memory_rows(args.memory_keys, memory),
             *million_rows,
         ]
     finally:
@@ -485,6 +488,25 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
 
     write_report(rows, args)
+
+
+def memory_only(report: Path, count: int) -> None:
+    """The rows of Redis memory, listing and export at ``count`` keys alone, on a
+    redis-server of their own, put in place in the report's table."""
+    tmp = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
+    port = free_port()
+    server = start(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+                    "--dir", str(tmp)])
+    try:
+        wait_port(port)
+        figures = memory_rows(count, asyncio.run(
+            memory_and_listing(f"redis://127.0.0.1:{port}/0", tmp, count)))
+    finally:
+        stop(server)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("\n".join(f"{k}  {v}" for k, v in figures))
+    put_in_place(report, figures, f"The {count:,}-key rows were measured apart:",
+                 f"python bench/run.py --memory-only --memory-keys {count}")
 
 
 def write_report(rows: list[tuple[str, str]], args: argparse.Namespace) -> None:
