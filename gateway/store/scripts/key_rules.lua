@@ -51,8 +51,8 @@ end
 -- start with (given by the caller, or set by list).
 local function listing_at(i, key_prefix)
   local roles, label = KEYS[i + 5], KEYS[i + 3]
-  return {keys = KEYS[i], older_keys = older_creation_index(KEYS[i]), tok = KEYS[i + 1], used = KEYS[i + 2], label = label,
-          status = KEYS[i + 4], roles = roles,
+  return {keys = KEYS[i], older_keys = older_creation_index(KEYS[i]), tok = KEYS[i + 1],
+          used = KEYS[i + 2], label = label, status = KEYS[i + 4], roles = roles,
           holders = string.sub(roles, 1, -6) .. 'holding:',
           zones = label .. ':zones', zone_dates = label .. ':zone-dates',
           key_prefix = key_prefix}
