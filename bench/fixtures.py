@@ -8,18 +8,19 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import timeit
 import tomllib
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import aiohttp
 import redis.asyncio as aioredis
 
-from bench.measure import free_port
+from bench.measure import free_port, wait_port
 from gateway.app import build_gateway
 from gateway.pipeline.authorizer import CasbinAuthorizer
 from gateway.policy import Policy
@@ -144,6 +145,23 @@ def renewal_count_done(config: Path, timeout: float = 600) -> Callable[[], None]
 
 def start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[tuple[str, Path]]:
+    """A redis-server of its own on a free loopback port, keeping nothing on disk: its
+    URL and a working directory, both gone afterwards (rows measured apart)."""
+    workdir = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
+    port = free_port()
+    server = start(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+                    "--dir", str(workdir)])
+    try:
+        wait_port(port)
+        yield f"redis://127.0.0.1:{port}/0", workdir
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def wait_trusted(management_port: int) -> None:

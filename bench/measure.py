@@ -28,6 +28,7 @@ def put_in_place(report: Path, figures: list[tuple[str, str]], apart: str,
     table (a row of the same measure replaced, a new one added at its end), under a line
     that says when and by which ``command`` (``apart``: how that line starts, one per
     kind of rows measured apart)."""
+    print("\n".join(f"{k}  {v}" for k, v in figures))
     lines = report.read_text().splitlines() if report.exists() else [
         "# Benchmarks", "", "| measure | result |", "|---|---|"]
     note = f"{apart} {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command}`."

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +21,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from bench.fixtures import start
-from bench.measure import free_port, put_in_place, wait_port
+from bench.fixtures import private_redis
+from bench.measure import put_in_place
 from gateway.renewal import alert_range
 from gateway.renewal_gauge import RenewalGauge
 from gateway.store import KeyQuery, Store
@@ -359,16 +357,6 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
 def million_only(report: Path, count: int = 1_000_000) -> None:
     """These rows alone, on a redis-server of their own, put in place in the report's
     table (``python bench/run.py --million-only``)."""
-    workdir = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
-    port = free_port()
-    server = start(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
-                    "--dir", str(workdir)])
-    try:
-        wait_port(port)
-        figures = rows(asyncio.run(million(f"redis://127.0.0.1:{port}/0", count)))
-    finally:
-        server.terminate()
-        server.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
-    print("\n".join(f"{k}  {v}" for k, v in figures))
+    with private_redis() as (redis_url, _):
+        figures = rows(asyncio.run(million(redis_url, count)))
     put_in_place(report, figures, MEASURED_APART, "python bench/run.py --million-only")

@@ -79,6 +79,7 @@ from bench.fixtures import (  # noqa: E402
     decision_cost,
     decision_headers,
     keygate_headers,
+    private_redis,
     renewal_count_done,
     start,
     wait_trusted,
@@ -493,18 +494,8 @@ def main() -> None:
 def memory_only(report: Path, count: int) -> None:
     """The rows of Redis memory, listing and export at ``count`` keys alone, on a
     redis-server of their own, put in place in the report's table."""
-    tmp = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
-    port = free_port()
-    server = start(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
-                    "--dir", str(tmp)])
-    try:
-        wait_port(port)
-        figures = memory_rows(count, asyncio.run(
-            memory_and_listing(f"redis://127.0.0.1:{port}/0", tmp, count)))
-    finally:
-        stop(server)
-        shutil.rmtree(tmp, ignore_errors=True)
-    print("\n".join(f"{k}  {v}" for k, v in figures))
+    with private_redis() as (redis_url, workdir):
+        figures = memory_rows(count, asyncio.run(memory_and_listing(redis_url, workdir, count)))
     put_in_place(report, figures, f"The {count:,}-key rows were measured apart:",
                  f"python bench/run.py --memory-only --memory-keys {count}")
 

@@ -323,7 +323,9 @@ class StoreCore:
         too)."""
         names: list[str] = []
         older = self.names.account(account, OLDER_CREATION_INDEX)
+        older_held = False  # (an account in this layout has none: nothing to skip)
         async for name, _ in self.redis.zscan_iter(older, count=chunk):
+            older_held = True
             names.append(name)
             if len(names) >= chunk:
                 yield names
@@ -334,13 +336,14 @@ class StoreCore:
         after: list[object] = ["", ""]  # from the first
         while True:
             flat = await self.scripts.packed_index(keys=[created], args=["after", *after, chunk])
-            if flat:
+            found = flat[0::2]
+            if found and older_held:
                 # those the older index held were seen in it
-                found = flat[0::2]
                 held = await self.redis.zmscore(older, found)
-                if fresh := [name for name, score in zip(found, held, strict=True)
-                             if score is None]:
-                    yield fresh
+                found = [name for name, score in zip(found, held, strict=True)
+                         if score is None]
+            if found:
+                yield found
             if len(flat) < 2 * chunk:
                 return
             after = [flat[-1], flat[-2]]

@@ -255,7 +255,7 @@ class AuditEvent:
                                    else fields)
         before = orjson.loads(fields.get("before") or "{}") or {}
         after = orjson.loads(fields.get("after") or "{}") or {}
-        if isinstance(after, list) and after:
+        if meta.get("action") == CREATED and isinstance(after, list) and after:
             # a creation event's label and roles (scripts/create_key.lua)
             after = {"label": after[0], "roles": after[1:]}
         for side in (before, after):

@@ -39,12 +39,12 @@ end
 
 -- The listing indexes of the key's account (listing.py, names.py LISTING), which every
 -- script that changes a generated key keeps up to date. Each script takes their six
--- names in KEYS from position i: creation date (a sorted set) and token date (a packed
--- set: packed.lua), both in status runs (status_runs.lua), last use (a packed set of
--- keys by that time, 0 for never), label (a packed set of members 'folded label NUL
--- key', score 0, so in byte order), status (a packed set: 0 active, 1 inactive) and the role names in use (a set, which
--- holds LISTED once the indexes are complete: a new account's are, an older one's are
--- built by index_listing.lua). The keys holding a role are the packed set named
+-- names in KEYS from position i, all but the last packed sets (packed.lua): creation
+-- date and token date, both in status runs (status_runs.lua), last use (keys by that
+-- time, 0 for never), label (members 'folded label NUL key', score 0, so in byte
+-- order), status (0 active, 1 inactive); and the role names in use (a set, which holds
+-- LISTED once the indexes are complete: a new account's are, an older one's are built
+-- by index_listing.lua). The keys holding a role are the packed set named
 -- ``holding:`` .. role, scored as the token date index. A key's packed entries are
 -- taken out at their scores by unlist, read from its hash before a change, and put
 -- back by list after it. ``key_prefix``: what the hash names of the account's keys

@@ -10,8 +10,10 @@ local out = {}
 for _, score in ipairs({date, date + INACTIVE_AT}) do
   -- the first entry at that score named after ``after`` (entries at one score are in
   -- byte order of their names)
-  local start = pk_count(KEYS[1], 0, score - 1)
-  if after ~= '' then
+  local start
+  if after == '' then
+    start = pk_count(KEYS[1], 0, score - 1)
+  else
     start = pk_rank_before(KEYS[1], score, after)
     if pk_has(KEYS[1], score, after) then start = start + 1 end
   end
