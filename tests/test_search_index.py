@@ -308,7 +308,8 @@ async def test_q_in_the_orders_made_with_the_copy_is_read_from_its_ordered_lines
     matches, deleted, deactivated, renewed, a role given and taken). Every page as brute
     force,
     each read that way. Chunks of a few lines, so that a page is found past chunks that
-    hold no match, and past those before it."""
+    hold no match, and past those before it, some of them counted from their tails
+    because every line in them starts with q."""
     monkeypatch.setattr(ordered_lines, "CHUNK_BYTES", 64)
     # the copy made in steps of a few keys and bytes (steps.py): its sorts by bucket
     monkeypatch.setattr(steps, "STEP", 4)
@@ -331,7 +332,12 @@ async def test_q_in_the_orders_made_with_the_copy_is_read_from_its_ordered_lines
     await assert_same(store, KeyQuery(q="build", sort=sort, per_page=5))
     used_copy(store, builds=1)
     kept = store.label_search.copies[ACCOUNT].orders
-    assert len(kept["appKey" if sort == "status" else sort].bounds) > 10
+    order = kept["appKey" if sort == "status" else sort]
+    assert len(order.bounds) > 10
+    # labels made in sequence: the lines of some chunks all start with "build", and
+    # those chunks are counted from their tails (changes since blank lines in them)
+    holding = [order.all_hold(chunk, [b"build"]) for chunk in range(len(order.tails))]
+    assert any(holding) and not all(holding)
     made = Keys(other, 65)
     clock.advance(0.001)
     await made.create("build-old new", ("orders-reader",))
