@@ -4,6 +4,8 @@ requests/s and latency, callgrind (valgrind) for user-space instructions per req
 from __future__ import annotations
 
 import asyncio
+import os
+import platform
 import re
 import shutil
 import socket
@@ -31,7 +33,8 @@ def put_in_place(report: Path, figures: list[tuple[str, str]], apart: str,
     print("\n".join(f"{k}  {v}" for k, v in figures))
     lines = report.read_text().splitlines() if report.exists() else [
         "# Benchmarks", "", "| measure | result |", "|---|---|"]
-    note = f"{apart} {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command}`."
+    note = (f"{apart} {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command}`,"
+            f" on {os.cpu_count()} cores ({cpu_model()}), where {python_pace()}.")
     if noted := [i for i, text in enumerate(lines) if text.startswith(apart)]:
         del lines[noted[0] : noted[0] + 2]  # the note and the blank line after it
     table = min(i for i, text in enumerate(lines) if text.startswith("|"))
@@ -46,6 +49,32 @@ def put_in_place(report: Path, figures: list[tuple[str, str]], apart: str,
             lines.insert(last + 1, line)
     report.write_text("\n".join(lines) + "\n")
     print(f"\nwritten to {report}")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def python_pace() -> str:
+    """How fast this machine runs Python now (best of three), so that rows measured
+    apart, on other days or machines, can be compared: the same CPU model has differed
+    by twice as much between two machines of one kind."""
+    best = min(_loop_seconds() for _ in range(3))
+    return f"a Python loop of 10,000,000 additions took {best:.2f} s"
+
+
+def _loop_seconds() -> float:
+    started = time.perf_counter()
+    total = 0
+    for number in range(10_000_000):
+        total += number
+    return time.perf_counter() - started
 
 
 def wait_port(port: int, timeout: float = 20) -> None:

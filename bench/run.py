@@ -88,6 +88,7 @@ from bench.fixtures import (  # noqa: E402
 from bench.measure import (  # noqa: E402
     Load,
     all_runs,
+    cpu_model,
     free_port,
     instructions_per_request,
     load,
@@ -505,7 +506,7 @@ def write_report(rows: list[tuple[str, str]], args: argparse.Namespace) -> None:
     table = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
     print("\n" + table)
     machine = (
-        f"{platform.node()}: {os.cpu_count()} cores ({_cpu_model()}), "
+        f"{platform.node()}: {os.cpu_count()} cores ({cpu_model()}), "
         f"Python {platform.python_version()}, {platform.system()} {platform.release()}; "
         f"load by {'wrk' if shutil.which('wrk') else 'the Python load generator'}, "
         f"{args.connections} connections, {args.seconds} s per run, load generator on the "
@@ -529,16 +530,6 @@ def write_report(rows: list[tuple[str, str]], args: argparse.Namespace) -> None:
     ]
     Path(args.output).write_text("\n".join(md))
     print(f"\nwritten to {args.output}")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":
