@@ -183,6 +183,24 @@ async def test_own_key_is_listed_whatever_its_roles(gateway, clock):
     query = KeyQuery(may_act_on=no_owner, own_key=mine, sort="label", descending=False)
     assert await indexed(gateway.store, query) == ([mine, keys.made[2]], 2)
     await assert_same(gateway.store, query)
+    # filtered by a role the caller may not act on: its own key alone, if it holds it
+    # and passes the other filters, and is a key of the account listed
+    elsewhere = "kgk-beta-0000000001"
+    await gateway.store.create_key(elsewhere, "beta", "other", ("owner",), "d" * 64)
+    for own, extra, expected in (
+        (mine, {}, ([mine], 1)),
+        (mine, {"page": 2, "per_page": 1}, ([], 1)),
+        (mine, {"q": "other"}, ([], 0)),
+        (mine, {"status": "inactive"}, ([], 0)),
+        (keys.made[1], {"q": "other"}, ([keys.made[1]], 1)),
+        (keys.made[2], {}, ([], 0)),  # its own key does not hold the role
+        ("", {}, ([], 0)),
+        ("kgk-elsewhere-0000000000", {}, ([], 0)),  # no such key
+        (elsewhere, {"q": "other"}, ([], 0)),  # not of this account
+    ):
+        query = KeyQuery(role="owner", may_act_on=no_owner, own_key=own, **extra)
+        assert await indexed(gateway.store, query) == expected, (own, extra)
+        await assert_same(gateway.store, query)
 
 
 async def test_deep_pages_in_key_order_skip_by_bisection(gateway, clock):

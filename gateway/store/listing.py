@@ -137,6 +137,15 @@ class KeyListing(StoreLayout):
         keys = names.listing(account)
         if query.role:
             keys.append(names.role_holders(account, query.role))
+        if query.role and query.may_act_on is not None and not query.may_act_on(query.role):
+            # every key holding the role holds one the caller may not act on: only the
+            # caller's own key may be listed (answered here, where the script would
+            # read every holder's hash to leave each out)
+            own = await self._load([query.own_key]) if query.own_key else []
+            found = [r for r in own
+                     if r is not None and r.account == account and query.accepts(r)]
+            start = (query.page - 1) * query.per_page
+            return found[start:start + query.per_page], len(found)
         allowed = ""
         if query.may_act_on is not None:
             # a role that comes into use after this read is not in the list: the keys
