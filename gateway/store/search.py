@@ -59,10 +59,15 @@ stopped.
 With a role the copy does not tag (held by one key in ``HOLDERS_BEFORE_COUNT`` or
 fewer, or past ``TAGGED_ROLES``), q may be checked on the role's holders instead
 (:meth:`AccountCopy.among`): their members are found through the copy's index by key.
-Checking a holder costs about 1.5 µs, where counting q's matches over the whole copy
-costs about 16 ns per key, and the script's own check reads each holder's label from
-its hash (~4.5 µs, on Redis's CPU). So the holders are checked first when they are few
-beside the copy, and otherwise when q matches too many keys to hand over.
+Checking a holder costs about 1.5 µs here, where counting q's matches over the whole
+copy costs about 16 ns per key, and the script's own check reads each holder's label
+from its hash (~4.5 µs, on Redis's CPU); but a page found that way costs some 4–8 µs
+per holder in all (its holders read from Redis, checked, their matches handed to the
+script), where a page counted in the copy's lines costs 24–45 ns per key (at 1,000,000
+keys, 10,000 holders of a role with q: 38–78 ms, where q with a role held by half the
+keys took 24–46 ms, as the machine's speed varies). So the holders are checked first
+when they are fewer than one key in HOLDERS_BEFORE_COUNT (200: the two costs' ratio,
+160–175 in those runs), and otherwise when q matches too many keys to hand over.
 
 Past the first pages newest first, and in label, creation, token date, key and status
 order, the page is found instead in the copy's lines kept again in that order
@@ -139,7 +144,7 @@ MATCHES_PASSED_FILTERED = 250_000
 WALK_STEP_COST, HANDED_OVER_COST = 4.5, 1.5
 # a filter's keys are checked before q's matches are counted when they are fewer than
 # one in this many of the copy's keys (what each costs: see the module notes)
-HOLDERS_BEFORE_COUNT = 100
+HOLDERS_BEFORE_COUNT = 200
 # the newest matches of q read from a copy's end for a page of the default listing, at
 # most (page 500 of 50): each costs a line's decoding and a place in a heap (~2 µs)
 NEWEST_READ_BACK = 25_000
