@@ -44,7 +44,7 @@ import re
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, compress, pairwise, repeat
 from operator import add, floordiv, ge, itemgetter
@@ -225,21 +225,12 @@ class OrderedLines:
         """How many lines of each chunk end with a tail that ``tail`` matches (and hold
         a token score in one of ``ranges``; None: any)."""
         matching = {t for scored in self.tails for t in scored if tail.fullmatch(t)}
-        if ranges is None:
-            return [sum(len(s) for t, s in scored.items() if t in matching)
-                    for scored in self.tails]
-        return [sum(bisect_left(s, high) - bisect_left(s, low)
-                    for t, s in scored.items() if t in matching for low, high in ranges)
-                for scored in self.tails]
+        return [_held(scored, matching.__contains__, ranges) for scored in self.tails]
 
     def held_in(self, chunk: int, tail: re.Pattern[bytes],
                 ranges: list[tuple[int, int]] | None) -> int:
         """:meth:`held` for the chunk ``chunk`` alone."""
-        scored = self.tails[chunk]
-        if ranges is None:
-            return sum(len(s) for t, s in scored.items() if tail.fullmatch(t))
-        return sum(bisect_left(s, high) - bisect_left(s, low)
-                   for t, s in scored.items() if tail.fullmatch(t) for low, high in ranges)
+        return _held(self.tails[chunk], tail.fullmatch, ranges)
 
     def all_hold(self, chunk: int, patterns: Sequence[bytes]) -> bool:
         """Whether every line of the chunk ``chunk`` holds one of ``patterns`` before
@@ -247,6 +238,16 @@ class OrderedLines:
         the chunk's tails)."""
         common = self.commons[chunk]
         return any(pattern in common for pattern in patterns)
+
+
+def _held(scored: dict[bytes, array], matches: Callable[[bytes], object],
+          ranges: list[tuple[int, int]] | None) -> int:
+    """How many of a chunk's lines (their token scores ``scored`` by tail) end with a
+    tail that ``matches`` and hold a token score in one of ``ranges`` (None: any)."""
+    if ranges is None:
+        return sum(len(s) for t, s in scored.items() if matches(t))
+    return sum(bisect_left(s, high) - bisect_left(s, low)
+               for t, s in scored.items() if matches(t) for low, high in ranges)
 
 
 def _before_tags(line: bytes) -> bytes:
