@@ -362,6 +362,27 @@ def test_a_model_casbin_cannot_load_or_keygate_cannot_ask(tmp_path):
         lint_policy(tmp_path / "missing.conf", directory)
 
 
+@pytest.mark.parametrize("matcher", [
+    "hasRole(r.sub, p.sub) && (",
+    "hasRole(r.sub, p.sub) && nosuch(r.obj)",
+    "hasRole(r.sub, p.sub) && keyMatch(r.obj, p.obj) && r.foo == 1",
+    "keyMatch(r.obj, p.obj) || undefined_name",
+])
+def test_a_matcher_casbin_cannot_evaluate_is_an_error(tmp_path, matcher):
+    """Casbin loads such a model and fails only when it first decides: every request
+    would be a 500. The check evaluates it, as a request would."""
+    directory = policy_dir(tmp_path, ("team.csv", "p, r, *, orders, read, allow\n"))
+    model = tmp_path / "model.conf"
+    model.write_text("\n".join(f"m = {matcher}" if line.startswith("m = ") else line
+                               for line in MODEL.read_text().splitlines()) + "\n")
+    report = lint_policy(model, directory)
+    assert ("model.conf", "model") in found(report) and report.version is None
+    [error] = [f for f in report.findings if f.code == "model"]
+    assert "cannot evaluate its matcher" in error.message
+    with pytest.raises(ConfigError, match="cannot evaluate its matcher"):
+        Policy.load(model, directory)
+
+
 # -- the command --------------------------------------------------------------------
 @pytest.fixture
 def no_keygate_env(monkeypatch: pytest.MonkeyPatch) -> None:

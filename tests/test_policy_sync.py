@@ -307,6 +307,35 @@ async def test_a_broken_file_is_refused_with_its_line_and_the_old_policy_serves(
     assert (await a.proxy.get("/orders/1", headers=reader.headers)).status == 200
 
 
+@pytest.mark.parametrize("matcher", [
+    "hasRole(r.sub, p.sub) && (",  # does not parse
+    "hasRole(r.sub, p.sub) && nosuch(r.obj)",  # a function the model does not have
+    "hasRole(r.sub, p.sub) && r.foo == p.obj",  # a token the request does not define
+])
+async def test_a_model_whose_matcher_cannot_be_evaluated_is_refused(
+    instances, tmp_path, matcher
+):
+    """Casbin compiles the matcher only when it first decides: such a model used to load,
+    be announced, and then answer every request, the reload endpoint's own included,
+    with a 500. It is refused like a broken policy file; the running policy serves on."""
+    model = tmp_path / "model.conf"
+    shutil.copy(PROJECT_ROOT / "model.conf", model)
+    a = await instances("a", model_path=str(model))
+    admin = await a.key("acme", ["policy-admin", "api-keys-viewer"])
+    reader = await a.key("acme", ["orders-reader"])
+    before = a.gw.policy.version
+    lines = model.read_text().splitlines()
+    model.write_text("\n".join(f"m = {matcher}" if line.startswith("m = ") else line
+                               for line in lines) + "\n")
+    status, body = await a.reload(admin)
+    error = error_shape(body, 400, "policy_invalid")
+    assert "cannot evaluate its matcher" in error["message"]
+    assert a.gw.policy.version == before and a.reloads("failure") == 1
+    assert (await a.proxy.get("/orders/1", headers=reader.headers)).status == 200
+    listed = await a.management.get("/api/v1/accounts/acme/keys", headers=admin.headers)
+    assert listed.status == 200
+
+
 async def test_only_a_key_allowed_policy_reload_in_its_own_account_may_reload(instances):
     a = await instances("a")
     allowed = [await a.key("acme", ["policy-admin"]), await a.key("acme", ["owner"], "owner")]

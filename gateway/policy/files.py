@@ -318,15 +318,49 @@ class ModelDefinition:
     matcher: str
 
 
-def read_model(model_path: Path) -> ModelDefinition:
-    """The model as Casbin loads it; a ConfigError when Casbin cannot (its own errors
-    are bare TypeErrors and KeyErrors from its parser: the message says which)."""
+# the rule a model is tried on when it is read alone: it matches the trial question
+# below, so that the whole matcher, not only its first term, is evaluated
+_TRIAL_RULE = ("keygate-trial-role", "*", "keygate-trial", "keygate-trial", "allow")
+
+
+def read_model(model_path: Path, evaluate: bool = True) -> ModelDefinition:
+    """The model as Casbin loads it and (``evaluate``) evaluates it; a ConfigError when
+    Casbin cannot (its own errors are bare TypeErrors, KeyErrors and SyntaxErrors from
+    its parser and its expression evaluator: the message says which)."""
     try:
-        return _definition(casbin.Enforcer(str(model_path)).get_model())
+        enforcer = casbin.Enforcer(str(model_path), _RulesAdapter([_TRIAL_RULE], []))
+        enforcer.add_function("hasRole", lambda roles, wanted: wanted in roles)
     except Exception as exc:  # casbin raises whatever its parser hits
         raise ConfigError(
             f"Casbin cannot load it ({type(exc).__name__}: {excerpt(str(exc))})"
         ) from None
+    if evaluate:
+        try_model(enforcer, [_TRIAL_RULE])
+    return _definition(enforcer.get_model())
+
+
+def try_model(enforcer: Any, p_rules: Sequence[Sequence[str]]) -> None:
+    """Evaluate the model once, as a request would: Casbin compiles the matcher and the
+    effect only when it first decides, so a matcher that does not parse (an unclosed
+    parenthesis), or that names a function or a token the model does not define, loads
+    without a word and then fails every request. Asked here, with the first rule's own
+    values (so that every term of a conjunction is reached) and with a role no rule
+    names, it becomes a ConfigError at load: ``policy check`` reports it, and a reload
+    is refused while the running policy keeps serving."""
+    questions = [(("keygate-no-such-role",), "keygate-no-such-account", "keygate-no-such-resource",
+                  "keygate-no-such-action")]
+    if p_rules:
+        role, account, resource, action = p_rules[0][:4]
+        questions.append(((role,), "keygate-trial" if account == "*" else account,
+                          resource, action))
+    for question in questions:
+        try:
+            enforcer.enforce(*question)
+        except Exception as exc:  # the expression evaluator raises what it meets
+            raise ConfigError(
+                f"Casbin cannot evaluate its matcher or effect ({type(exc).__name__}: "
+                f"{excerpt(str(exc))})"
+            ) from None
 
 
 def _definition(model: Any) -> ModelDefinition:
@@ -393,6 +427,10 @@ class Policy:
             [v[0] for v in p_rules] + [r for v in g_rules for r in v]
         )
         self.version = policy_version(model_path.read_bytes(), p_rules, g_rules)
+        try:
+            try_model(enforcer, p_rules)
+        except ConfigError as exc:
+            raise ConfigError(f"setting model_path: {model_path}: {exc}") from None
 
     @classmethod
     def load(cls, model_path: Path, policies_dir: Path) -> Policy:

@@ -231,7 +231,7 @@ def check_model(model_path: Path) -> list[Finding]:
     with five values a policy line — and decides as the analyses assume."""
     name = _name(model_path.name)
     try:
-        model = read_model(model_path)
+        model = read_model(model_path, evaluate=False)
     except ConfigError as exc:
         return [Finding(ERROR, "model", str(exc), name)]
     found = []
@@ -241,6 +241,11 @@ def check_model(model_path: Path) -> list[Finding]:
             "keygate asks r = sub, dom, obj, act and reads p = sub, dom, obj, act, eft; "
             "this model defines others", name,
         ))
+    else:  # questions as keygate puts them: the matcher and effect must evaluate
+        try:
+            read_model(model_path)
+        except ConfigError as exc:
+            found.append(Finding(ERROR, "model", str(exc), name))
     if " ".join(model.effect.split()) != DENY_OVERRIDES:
         found.append(Finding(WARNING, "model-differs",
                              "the policy effect is not keygate's (some allow and no deny): "
