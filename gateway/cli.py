@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
         made = parent.add_parser(name, help=help_text, description=help_text,
                                  epilog=EXIT_STATUSES,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        # --config after the command too (keygate policy check --config FILE): not
+        # given there, the one before the command (or $KEYGATE_CONFIG) stands
+        made.add_argument("--config", type=config_file, default=argparse.SUPPRESS,
+                          help="TOML config file (as before the command)")
         if json:
             made.add_argument("--json", action="store_true", help="print JSON")
         made.set_defaults(func=func, **defaults)

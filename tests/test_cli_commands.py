@@ -137,6 +137,31 @@ def test_an_empty_keygate_config_is_the_same_usage_error(cli, monkeypatch, tmp_p
     assert "0 errors" in ran.out
 
 
+def test_config_is_taken_after_the_command_too(cli, monkeypatch, tmp_path):
+    """``keygate policy check --config FILE`` as well as ``keygate --config FILE policy
+    check``: the routes of the file given after the command are checked, and it wins
+    over one given before and over ``$KEYGATE_CONFIG``."""
+    monkeypatch.delenv("KEYGATE_CONFIG", raising=False)
+    with_routes = tmp_path / "routes.toml"
+    with_routes.write_text('[[routes]]\nname = "o"\npath_prefix = "/orders"\n'
+                           'upstream = "http://127.0.0.1:9"\nresource = "orders"\n'
+                           'account = "acme"\n')
+    without = tmp_path / "empty.toml"
+    without.write_text("routes = []\n")
+    for argv in (("policy", "check", "--config", str(with_routes)),
+                 ("--config", str(without), "policy", "check", "--config", str(with_routes))):
+        ran = cli(*argv)
+        assert ran.code == 0, ran.err
+        assert "routes OK: 1 (o)" in ran.out and "resource 'catalog'" in ran.out, ran.out
+    monkeypatch.setenv("KEYGATE_CONFIG", str(without))
+    ran = cli("policy", "check", "--config", str(with_routes))
+    assert "routes OK: 1 (o)" in ran.out, ran.out
+    ran = cli("policy", "check")
+    assert "routes: none configured" in ran.out, ran.out
+    ran = cli("policy", "check", "--config", str(tmp_path / "missing.toml"))
+    assert ran.code == 2 and "missing.toml" in ran.err, ran.err
+
+
 def test_a_path_argument_that_is_not_empty_still_counts(cli, monkeypatch, tmp_path):
     """The check is for emptiness only: '.' is the current directory, as written."""
     monkeypatch.delenv("KEYGATE_CONFIG", raising=False)

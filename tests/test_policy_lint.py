@@ -307,11 +307,26 @@ def test_resources_and_actions_no_route_and_no_management_permission_uses(tmp_pa
                                    if f.line == 9 and f.code == "unused-resource")
 
 
-def test_without_routes_the_usage_check_is_skipped_and_said(tmp_path):
-    report = lint(tmp_path, "p, r, *, ordres, read, allow\n")
-    assert found(report, "unused-resource") == []
+def test_without_routes_only_the_route_side_of_the_usage_check_is_skipped(tmp_path):
+    """A policy repository checked without its deployment's config: a business resource
+    may be a route's, so it is not judged; keygate's own resources still are."""
+    report = lint(tmp_path, (
+        "p, r, *, ordres, read, allow\n"          # may be a route's: not judged
+        "p, r, *, api-keys, delete, allow\n"      # no such management permission
+        "p, r, *, policy, reloadd, allow\n"       # misspelt
+        "p, r, *, role:ghost, assign, allow\n"    # no such role
+        "p, r, *, role:r, asign, allow\n"         # misspelt action
+        "p, r, *, api-keys, view, allow\n"        # fine
+        "p, r, *, role:r, assign, allow\n"        # fine
+        "p, r, *, api-keys, *, allow\n"           # fine: matches the permissions
+    ))
+    assert found(report, "unused-resource") + found(report, "unused-action") == [
+        ("team.csv:4", "unused-resource"),
+        ("team.csv:2", "unused-action"), ("team.csv:3", "unused-action"),
+        ("team.csv:5", "unused-action"),
+    ]
     assert report.as_json()["skipped"] == [
-        "unused-resource", "unused-action", "undefined-role-held",
+        "unused-resource:routes", "unused-action:routes", "undefined-role-held",
     ]
 
 

@@ -54,9 +54,10 @@ Resources and actions count as used by a route (its resource, with every action 
 methods map to), by a management permission (``api-keys`` view, edit, renew-token,
 edit-settings; ``policy`` reload), and by ``role:NAME``/``assign`` for every role the
 files name. A pattern on a line counts as used when it matches a used name. With no
-routes configured at all, the route check is skipped (a policy repository checked
-without its deployment's config would warn on every business resource) and the
-report says so.
+routes configured at all, only the route side is skipped (a policy repository checked
+without its deployment's config would warn on every business resource) and the report
+says so: lines on keygate's own resources (``api-keys``, ``policy``, ``role:NAME``) are
+still checked, so ``api-keys, delete`` or ``role:ghost, assign`` is reported either way.
 
 Everything here is pure: it reads the files it is given, and takes the routes, the
 management permissions and the roles held in the store as arguments.
@@ -146,7 +147,7 @@ class LintReport:
     lines: int  # distinct rules, as the loaded policy counts them
     roles: tuple[str, ...]
     routes: tuple[str, ...]
-    routes_checked: bool  # False: no routes, the unused-resource/-action check skipped
+    routes_checked: bool  # False: no routes, only keygate's own resources checked for use
     store_checked: bool
 
     @property
@@ -158,7 +159,9 @@ class LintReport:
         return sum(1 for f in self.findings if f.severity == WARNING)
 
     def as_json(self) -> dict[str, Any]:
-        skipped = [] if self.routes_checked else ["unused-resource", "unused-action"]
+        # without routes, the use of resources only keygate's own permissions name
+        skipped = [] if self.routes_checked else ["unused-resource:routes",
+                                                  "unused-action:routes"]
         if not self.store_checked:
             skipped.append("undefined-role-held")
         return {
@@ -205,8 +208,7 @@ def lint_policy(
     graph = RoleGraph.build(p_lines, g_lines)
     findings += _covered(p_lines, graph, budget)
     findings += _roles(p_lines, g_lines, graph)
-    if routes:
-        findings += _unused(p_lines, routes, management, graph.roles)
+    findings += _unused(p_lines, routes, management, graph.roles)
     if held is not None:
         findings += _undefined_held(held, set(graph.roles))
 
@@ -365,13 +367,20 @@ def _unused(
     p_lines: Sequence[PolicyLine], routes: Sequence[RouteUse],
     management: Iterable[tuple[str, str]], roles: Iterable[str],
 ) -> list[Finding]:
+    """Lines whose resource or action nothing uses. Without routes, only lines on
+    keygate's own resources (a management permission's, ``role:NAME``) are judged: any
+    other resource may be a route's of a config not given."""
     pairs = [(route.resource, action) for route in routes for action in route.actions]
-    pairs += list(management)
+    management = list(management)
+    own = {resource for resource, _ in management}
+    pairs += management
     pairs += [(ROLE_RESOURCE_PREFIX + role, ASSIGN) for role in roles]
     uses = _Uses(pairs)
     found = []
     for line in p_lines:
         resource, action = line.values[2], line.values[3]
+        if not routes and not (resource in own or resource.startswith(ROLE_RESOURCE_PREFIX)):
+            continue
         if not uses.resource_used(resource):
             if resource.startswith(ROLE_RESOURCE_PREFIX):
                 why = f"resource {excerpt(resource)} names no role the policy files define"
