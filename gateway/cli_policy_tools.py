@@ -23,6 +23,7 @@ from .cli_store import Refused, UsageError, on_store, print_json, settings_of, s
 from .credentials import is_valid_account
 from .errors import ConfigError
 from .policy import Policy
+from .policy.table_runner import HeldRoles
 from .settings import Settings
 
 TABLES_DIR = "tests"
@@ -71,16 +72,17 @@ def shown_path(path: Path, policies_dir: Path) -> str:
 
 def _roles_of_keys(
     args: argparse.Namespace, pairs: Sequence[tuple[str, str]]
-) -> dict[tuple[str, str], tuple[str, ...]]:
-    """Each (key, account)'s roles, read from the configured store in one session."""
+) -> dict[tuple[str, str], HeldRoles]:
+    """Each (key, account)'s roles and state, read from the configured store in one
+    session."""
     from .key_roles import key_roles
 
-    async def work(gateway: Any) -> dict[tuple[str, str], tuple[str, ...]]:
+    async def work(gateway: Any) -> dict[tuple[str, str], HeldRoles]:
         found = {}
         for app_key, account in pairs:
             held = await key_roles(gateway.store, gateway.fmt, app_key, account)
             if held is not None:
-                found[(app_key, account)] = held.roles
+                found[(app_key, account)] = HeldRoles(held.roles, held.refusal)
         return found
 
     return on_store(args, work)
@@ -125,7 +127,7 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
 # -- keygate policy explain ------------------------------------------------------------
 def cmd_policy_explain(args: argparse.Namespace) -> int:
     from .policy.delegation import assignment
-    from .policy.explain import explain, question_problem, render_text
+    from .policy.explain import explain, question_problem, refused_first, render_text
     from .policy.reading import TooMuchWork, WorkMeter
 
     # an empty value is a mistake (an unset shell variable), never "not given": with
@@ -166,6 +168,8 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
                              args.action, meter)
     except TooMuchWork as exc:
         raise UsageError(str(exc)) from None
+    if key is not None and key.refusal is not None:
+        explanation = refused_first(explanation, key.refusal)
     if wants_json(args):
         data = {**explanation.as_json(), "policy": {"version": policy.version}}
         if key is not None:

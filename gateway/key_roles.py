@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .credentials import CredentialFormat
-from .store import Store
+from .store import ACTIVE, Store
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,17 @@ class KeyRoles:
     # account (the key's own status belongs to its owner account)
     status: str
     external: bool
+
+    @property
+    def refusal(self) -> str | None:
+        """Why keygate refuses the key in this account before it asks the policy, as
+        its answer to a request would say, or None."""
+        if self.status == ACTIVE:
+            return None
+        if self.external:
+            return (f"this API key's access to account {self.account!r} is inactive "
+                    "(403 grant_inactive)")
+        return "this API key is inactive (401 key_inactive)"
 
     def as_json(self) -> dict[str, Any]:
         return {"appKey": self.app_key, "status": self.status,

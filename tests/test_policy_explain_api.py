@@ -156,6 +156,27 @@ async def test_a_key_resolves_only_when_it_holds_roles_in_the_account(api):
     assert body["roles"] == ["api-keys-viewer"]
 
 
+async def test_an_inactive_key_or_grant_is_explained_as_denied(api):
+    """keygate refuses them before it asks the policy: the answer is the gateway's, the
+    policy's own kept in the reason."""
+    viewer = await api.key("acme", ["api-keys-viewer"])
+    own = await api.key("acme", ["orders-writer"])
+    partner = await api.key("globex", ["owner"])
+    store = api.gateway.store
+    await store.add_grant("acme", partner.app_key, "partner", ["orders-reader"], CLI_ACTOR)
+    await store.update_key("acme", own.app_key, actor=CLI_ACTOR, status="inactive")
+    await store.update_grant("acme", partner.app_key, {"status": "inactive"}, CLI_ACTOR)
+    body = await (await api.get("acme", viewer, {"resource": "orders", "action": "write",
+                                                 "key": own.app_key})).json()
+    assert body["allowed"] is False and body["key"]["status"] == "inactive"
+    assert "this API key is inactive (401 key_inactive)" in body["reason"]
+    assert "the policy alone would allow it" in body["reason"]
+    assert body["decidedBy"] == [] and body["matched"]
+    body = await (await api.get("acme", viewer, {"resource": "orders", "action": "read",
+                                                 "key": partner.app_key})).json()
+    assert body["allowed"] is False and "grant_inactive" in body["reason"]
+
+
 async def test_an_external_caller_with_view_explains_in_the_granting_account(api):
     partner = await api.key("globex", ["catalog-reader"])
     await api.gateway.store.add_grant("acme", partner.app_key, "p", ["api-keys-viewer"],

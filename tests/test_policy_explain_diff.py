@@ -283,6 +283,17 @@ def test_cli_explain_reads_a_keys_roles_in_the_account(capsys, store_env):
         code, out, err = keygate(capsys, "policy", "explain", *question, "--key", key)
         assert code == 1 and out == ""
         assert "holds roles in account acme" in err
+    # an inactive key is refused before the policy is asked: denied, saying so and what
+    # the policy alone would answer
+    assert keygate(capsys, "keys", "deactivate", own)[0] == 0
+    code, out, _ = keygate(capsys, "policy", "explain", *question, "--key", own)
+    assert code == 0 and out.startswith("DENIED  roles orders-writer"), out
+    assert "this API key is inactive (401 key_inactive)" in out
+    assert "the policy alone would allow it" in out
+    code, out, _ = keygate(capsys, "policy", "explain", *question, "--key", own, "--json")
+    data = orjson.loads(out)
+    assert data["allowed"] is False and data["key"]["status"] == "inactive"
+    assert data["decidedBy"] == [] and data["matched"]
 
 
 def test_cli_explain_with_a_key_needs_a_shared_store(capsys):

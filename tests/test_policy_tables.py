@@ -493,12 +493,41 @@ def test_key_rows_read_the_keys_roles_in_the_account(policies, capsys, store_env
         (writer, "acme"), (partner, "acme"), (partner, "globex")]
     code, out, err = keygate(capsys, "policy", "test", "--policies", str(policies), str(table))
     assert code == 0, out + err
-    # a key of another account that acme never granted: the row fails, naming the key
+    # a key of another account that acme never granted is refused there: a deny, which
+    # a row expecting an allow fails, naming the key
     write_table(policies, "keys.toml", case(None, "acme", "orders", "read", "deny",
+                                            key=stranger))
+    code, out, _ = keygate(capsys, "policy", "test", "--policies", str(policies), str(table))
+    assert code == 0, out
+    write_table(policies, "keys.toml", case(None, "acme", "orders", "read", "allow",
                                             key=stranger))
     code, out, _ = keygate(capsys, "policy", "test", "--policies", str(policies), str(table))
     assert code == 1
     assert f"no API key '{stranger}' holds roles in account 'acme'" in out
+
+
+def test_key_rows_of_an_inactive_key_or_grant_are_denied(policies, capsys, store_env):
+    """keygate refuses an inactive key (401) or an inactive grant (403) before it asks
+    the policy: a row about such a key is a deny, whatever its roles allow."""
+    writer = create_key(capsys, "acme", "orders-writer")
+    partner = create_key(capsys, "globex", "catalog-reader")
+    assert keygate(capsys, "external-keys", "add", "--account", "acme", partner,
+                   "--role", "orders-reader")[0] == 0
+    text = (case(None, "acme", "orders", "write", "allow", key=writer, name="own")
+            + case(None, "acme", "orders", "read", "allow", key=partner, name="grant"))
+    table = write_table(policies, "keys.toml", text)
+    assert keygate(capsys, "policy", "test", "--policies", str(policies), str(table))[0] == 0
+    assert keygate(capsys, "keys", "deactivate", writer)[0] == 0
+    assert keygate(capsys, "external-keys", "update", "--account", "acme", partner,
+                   "--status", "inactive")[0] == 0
+    code, out, _ = keygate(capsys, "policy", "test", "--policies", str(policies), str(table))
+    assert code == 1
+    assert "this API key is inactive (401 key_inactive)" in out
+    assert "access to account 'acme' is inactive (403 grant_inactive)" in out
+    assert "2 failed" in out
+    table = write_table(policies, "keys.toml", text.replace('"allow"', '"deny"'))
+    code, out, _ = keygate(capsys, "policy", "test", "--policies", str(policies), str(table))
+    assert code == 0, out
 
 
 def test_key_rows_need_a_shared_store(policies, capsys):

@@ -34,7 +34,7 @@ from ..errors import BadRequest, NotFound
 from ..key_roles import key_roles
 from ..pipeline import Identity
 from ..policy.delegation import assignment
-from ..policy.explain import explain, question_problem
+from ..policy.explain import explain, question_problem, refused_first
 from ..policy.reading import TooMuchWork, WorkMeter
 from .common import VIEW, json_response
 from .operations import Operations
@@ -86,6 +86,8 @@ async def explain_decision(request: web.Request, identity: Identity, path: Accou
                              query.action, meter)
     except TooMuchWork as exc:
         raise BadRequest(str(exc), code="explanation_too_large") from None
+    if held is not None and held.refusal is not None:
+        explanation = refused_first(explanation, held.refusal)
     body = {**explanation.as_json(), "policyVersion": policy.version}
     if held is not None:
         body["key"] = held.as_json()

@@ -28,6 +28,7 @@ the same question always gets the same answer.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -238,6 +239,19 @@ def explain(
         roles=held, account=account, resource=resource, action=action, allowed=allowed,
         matched=matched, decided_by=decided_by, reason=reason,
         unknown_roles=tuple(policy.unknown_roles(held)), agrees=read_allowed == allowed,
+    )
+
+
+def refused_first(explanation: Explanation, why: str) -> Explanation:
+    """The explanation for a key that keygate refuses before it asks the policy (an
+    inactive key, an inactive grant): denied, with the policy's own answer kept in the
+    reason and the matching lines still listed, so that the operator sees both what
+    refuses the key now and what its roles would do once it is active again."""
+    policy_said = "allow" if explanation.allowed else "deny"
+    return dataclasses.replace(
+        explanation, allowed=False, decided_by=(),
+        reason=f"denied: {why}; keygate refuses it before the policy is asked (the policy "
+               f"alone would {policy_said} it: {explanation.reason})",
     )
 
 

@@ -30,6 +30,16 @@ MAX_VIOLATIONS_SHOWN = 10
 MAX_NEVER_WORK = 5_000_000
 
 
+@dataclass(frozen=True)
+class HeldRoles:
+    """A key's roles in one account, as a ``key`` row is judged with them."""
+
+    roles: tuple[str, ...]
+    # why keygate refuses the key there before it asks the policy (an inactive key or
+    # grant), or None: such a key is denied whatever its roles allow
+    refusal: str | None = None
+
+
 class TooManyQuestions(Exception):
     """A never row whose questions would cost more than :data:`MAX_NEVER_WORK`."""
 
@@ -160,18 +170,26 @@ class Runner:
             return f"role {role!r} ({resource}) is not defined in the policies"
         return None
 
-    def run_case(self, row: Row, key_roles: Mapping[tuple[str, str], Sequence[str]]) -> RowResult:
+    def run_case(self, row: Row, key_roles: Mapping[tuple[str, str], HeldRoles]) -> RowResult:
         assert row.account is not None
         if row.roles is not None:
             roles = row.roles
             problem = self.undefined(roles, row.resource, row.action)
         else:
             held = key_roles.get((row.key or "", row.account))
-            if held is None:
-                return RowResult(row, False, (), problem=(
-                    f"no API key {row.key!r} holds roles in account {row.account!r}"))
-            roles = tuple(held)
+            roles = held.roles if held is not None else ()
             problem = self.undefined((), row.resource, row.action)
+            refusal = None
+            if held is None:
+                refusal = (f"no API key {row.key!r} holds roles in account "
+                           f"{row.account!r}: keygate refuses it there")
+            elif held.refusal is not None:
+                refusal = held.refusal
+            if problem is None and refusal is not None:
+                # denied before any policy line is read, as keygate decides a request
+                outcome = Outcome(roles, row.account, row.resource, row.action, False,
+                                  f"denied: {refusal}", ())
+                return RowResult(row, not row.expect, roles, outcome, checked=1)
         if problem is not None:
             return RowResult(row, False, roles, problem=problem)
         outcome = self.decide(roles, row.account, row.resource, row.action)
@@ -267,11 +285,12 @@ class Runner:
 def run_tables(
     policy: Policy,
     tables: Sequence[Table],
-    key_roles: Mapping[tuple[str, str], Sequence[str]] | None = None,
+    key_roles: Mapping[tuple[str, str], HeldRoles] | None = None,
     known_permissions: Iterable[tuple[str, str]] = (),
 ) -> Report:
     """Run every row. ``key_roles``: the roles of each (key, account) of
-    :func:`keys_needed` that holds roles there (missing: the row fails, naming it).
+    :func:`keys_needed` that holds roles there (missing: the key is refused there, so
+    the row's decision is a deny, saying why).
     ``known_permissions``: (resource, action) pairs the routes and the management API
     use, tried by ``never`` rows beside those the policies name."""
     runner = Runner(policy, known_permissions)
