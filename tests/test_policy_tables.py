@@ -124,6 +124,9 @@ def test_keygate_policy_test_runs_the_shipped_tables_by_default(capsys):
     code, out, _ = keygate(capsys, "policy", "test")
     assert code == 0, out
     assert out.strip().endswith("passed, 0 failed")
+    # the README prints this summary line: it must be the one the shipped tables give
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert f"`{out.strip().splitlines()[-1]}`" in readme
     code, out, _ = keygate(capsys, "policy", "test", "--format", "json")
     report = orjson.loads(out)
     assert code == 0 and report["failed"] == 0 and report["passed"] == report["rows"] >= 50
