@@ -17,6 +17,7 @@ import logging
 import math
 import re
 import unicodedata
+from time import perf_counter
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -28,14 +29,10 @@ from .credentials import (
     TOKEN_RANDOM_CHARS,
     is_valid_account,
 )
-from .middleware import ERROR_CODE, REQUEST_ID
+from .middleware import ACCOUNT, APP_KEY, ERROR_CODE, REQUEST_ID, ROUTE, STARTED
 
-APP_KEY = web.RequestKey("app_key", str)
 # the client's address as keygate trusts it (trusted_proxies), when it differs from the peer
 CLIENT = web.RequestKey("client", str)
-# on the proxy port: the route's name and the account it targets, once they are known
-ROUTE = web.RequestKey("route", str)
-ACCOUNT = web.RequestKey("account", str)
 # on the decision API: the method and path (no query) of the request it decided on, as
 # the front proxy reported them; the line shows them instead of the call to the API
 ORIGINAL_REQUEST = web.RequestKey("original_request", tuple)
@@ -116,7 +113,8 @@ class AccessLogger(AbstractAccessLogger):
         method, path = original if original is not None else (request.method, request.path)
         path = _loggable(path)
         status = response.status
-        ms = round(time_ * 1000, 3)
+        started = request.get(STARTED)
+        ms = round((perf_counter() - started if started is not None else time_) * 1000, 3)
         remote = request.get(CLIENT) or request.remote
         app_key = request.get(APP_KEY)
         error_code = response.get(ERROR_CODE)

@@ -221,8 +221,10 @@ def _add_external_key_commands(sub: Any, command: Any) -> None:
     add.add_argument("--account", required=True, type=account_name,
                      help="the account that grants")
     add.add_argument("app_key", metavar="KEY")
-    add.add_argument("--role", action="append", default=[], help="repeat for several roles")
-    add.add_argument("--label")
+    # the roles are what a grant is (the API's "roles" is required too); the label is not
+    add.add_argument("--role", action="append", required=True,
+                     help="required; repeat for several roles")
+    add.add_argument("--label", help="optional")
     update = command(external_sub, "update", store_commands.external_update,
                      "change an external key's label, roles (--role replaces them all) "
                      "or status")

@@ -82,6 +82,15 @@ async def with_gateway(settings: Settings, work: Callable[[Any], Awaitable[Any]]
                 "setting store_url: the store at "
                 f"{url_without_passwords(settings.store_url)} does not answer"
             )
+        # as keygate serve does: a new store is recorded in this keygate's layout (else
+        # a first `keys create` left a store that serve then calls unrecorded), and one
+        # a later keygate migrated is not written by this one
+        layout = await gateway.store.layout_at_start()
+        if layout.newer:
+            from .store import NewerLayout
+
+            assert layout.store is not None
+            raise Refused(f"{NewerLayout(layout.store)}; nothing was written")
         return await work(gateway)
     finally:
         await gateway.close()
@@ -463,10 +472,13 @@ def export(args: argparse.Namespace) -> int:
     target = Path(args.output)
 
     async def work(gateway: Any) -> None:
-        if args.format == "xlsx":
-            await write_xlsx(gateway.store, args.account, target)
-            return
+        # opened first, whatever the format: a target that cannot be written is said
+        # before the export's work (xlsxwriter would only find out as it closes, with an
+        # exception of its own)
         with target.open("wb") as out:
+            if args.format == "xlsx":
+                await write_xlsx(gateway.store, args.account, out)
+                return
             async for chunk in csv_chunks(gateway.store, args.account, args.sheet):
                 out.write(chunk)
 

@@ -278,6 +278,7 @@ class DecisionPort:
             answer.app_key = decision.identity.principal.app_key
             answer.headers = self.allowed(form, decision, headers)
         except GatewayError as refusal:
+            answer.app_key = refusal.app_key  # proven, then refused: for the access log
             if metrics is not None:
                 metrics.refused(answer.route or NO_ROUTE, refusal, False, started)
             self.refuse(answer, form, refusal, request_id)

@@ -26,6 +26,9 @@ class GatewayError(Exception):
     message = "keygate failed to handle the request; this is a bug in keygate"
     headers: Mapping[str, str] = MappingProxyType({})  # extra response headers
     details: Mapping[str, Any] | None = None  # the error body's "details", when set
+    # the API key that proved its credentials before this refusal (a 403, a CSRF
+    # refusal): the access log names it; never part of the answer
+    app_key: str | None = None
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import xlsxwriter
 
@@ -63,10 +63,12 @@ def filename(account: str, fmt: str, now_ms: int, sheet: str | None = None) -> s
     return f"keygate-{account}-api-keys{part}-{day}.{fmt}"
 
 
-async def write_xlsx(store: Store, account: str, path: Path) -> None:
+async def write_xlsx(store: Store, account: str, path: Path | BinaryIO) -> None:
+    """Both sheets into ``path``, or into a file already open for writing (so that a
+    target that cannot be written fails before the export's work, not after)."""
     workbook = xlsxwriter.Workbook(
-        str(path), {"constant_memory": True, "strings_to_formulas": False,
-                    "strings_to_urls": False}
+        str(path) if isinstance(path, Path) else path,
+        {"constant_memory": True, "strings_to_formulas": False, "strings_to_urls": False},
     )
     bold = workbook.add_format({"bold": True})
     date_format = workbook.add_format({"num_format": "yyyy-mm-dd hh:mm:ss"})

@@ -18,6 +18,14 @@ Why the formatters look the way they do:
   Tokens and digests are never passed to a logger, the access log's path is redacted
   (:func:`gateway.accesslog.loggable_path`) and aiohttp's tracebacks, whose exceptions
   quote requests, are cut (:func:`gateway.connections.server_logger`).
+* **A line written while a request is handled says which.** The request's id, route,
+  account and key (once proven) are bound to the task handling it
+  (:func:`bind_request_fields`: no logger call has to pass them) and added to every
+  record that does not carry them already, so an upstream's failure can be matched to
+  the 502 a client reports by its ``X-Request-Id``. Bound to the task, not to a context
+  variable: a context is copied into every task started under it, and a long-lived
+  background task started during a request would keep that request alive and write
+  its lines in that request's name.
 * **An event name per line.** ``event`` is a short name given by the code that logs
   (``extra={"event": "shutdown.draining"}``), or else the message before its arguments
   are filled in: a constant, so lines of one kind can be counted and alerted on even
@@ -29,6 +37,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import weakref
+from asyncio import Task, current_task
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 import orjson
@@ -52,6 +63,47 @@ _RECORD_ATTRIBUTES = frozenset(
 ) | {"message", "asctime", "taskName"}
 
 
+# the fields of the request each task handles (see the module's text)
+_REQUEST_FIELDS: weakref.WeakKeyDictionary[Task[Any], Callable[[], Mapping[str, Any]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _task() -> Task[Any] | None:
+    try:
+        return current_task()
+    except RuntimeError:  # no event loop runs in this thread
+        return None
+
+
+def bind_request_fields(fields: Callable[[], Mapping[str, Any]]) -> Task[Any] | None:
+    """Every line this task logs until :func:`unbind_request_fields` carries
+    ``fields()`` — called when a line is written, so that what becomes known later in
+    the request (its route, its key) is included. Returns what to unbind."""
+    task = _task()
+    if task is not None:
+        _REQUEST_FIELDS[task] = fields
+    return task
+
+
+def unbind_request_fields(task: Task[Any] | None) -> None:
+    if task is not None:
+        _REQUEST_FIELDS.pop(task, None)
+
+
+class RequestFields(logging.Filter):
+    """Adds the bound request's fields to a record that lacks them (the access log's
+    records carry their own)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        task = _task()
+        fields = _REQUEST_FIELDS.get(task) if task is not None else None
+        if fields is not None:
+            for name, value in fields().items():
+                if value is not None and name not in record.__dict__:
+                    setattr(record, name, value)
+        return True
+
+
 def _printable(text: str) -> str:
     """``text`` with control characters (newlines included) escaped: one log line stays
     one line. Printable text, the usual case, is returned as it is."""
@@ -68,6 +120,10 @@ class TextFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         record.message = _printable(record.message)
+        request_id = record.__dict__.get("requestId")
+        if request_id is not None and record.__dict__.get("event") != "request":
+            # a line about a request (the access line says its id already)
+            record.message += f" (request id {request_id})"
         return super().formatMessage(record)
 
 
@@ -83,6 +139,7 @@ class JsonFormatter(logging.Formatter):
             "time": _iso_utc(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,  # which of --workers' processes (or their parent)
             "event": event if isinstance(event, str) else str(record.msg),
             "message": record.getMessage(),
         }
@@ -135,6 +192,7 @@ def configure_logging(verbose: bool = False, log_format: str = "text") -> None:
             root.removeHandler(handler)
     handler = _StandardError()
     handler.setFormatter(formatter_for(log_format))
+    handler.addFilter(RequestFields())
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # pycasbin logs the whole model at INFO on every load

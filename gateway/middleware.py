@@ -6,6 +6,9 @@ import itertools
 import logging
 import re
 import secrets
+from collections.abc import Callable
+from time import perf_counter
+from typing import Any
 
 from aiohttp import hdrs, web
 from multidict import istr
@@ -19,6 +22,7 @@ from .errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from .logs import bind_request_fields, unbind_request_fields
 
 log = logging.getLogger("keygate")
 
@@ -27,6 +31,14 @@ SERVER = "keygate"  # the Server header of every answer: no versions for scanner
 REQUEST_ID = web.RequestKey("request_id", str) if hasattr(web, "RequestKey") else "request_id"
 # the error body's "code", kept on the response for the access log (no body parsing)
 ERROR_CODE = web.ResponseKey("error_code", str)
+# the API key that proved its credentials (allowed, or refused once proven): access log
+APP_KEY = web.RequestKey("app_key", str)
+# on the proxy port: the route's name and the account it targets, once they are known
+ROUTE = web.RequestKey("route", str)
+ACCOUNT = web.RequestKey("account", str)
+# when keygate began handling the request (perf_counter): the access log's latency, at
+# the clock's resolution (the event loop's clock is milliseconds under uvloop)
+STARTED = web.RequestKey("started", float)
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 
 _FROM_AIOHTTP: dict[int, type[GatewayError]] = {
@@ -107,11 +119,31 @@ async def errors_as_json(request: web.BaseRequest, handler):  # type: ignore[no-
         connection.request_finished()
 
 
+def _fields_of(request: web.BaseRequest) -> Callable[[], dict[str, Any]]:
+    """What a log line written while ``request`` is handled says of it (read when the
+    line is written: the route and the key are known only part of the way through)."""
+    def fields() -> dict[str, Any]:
+        return {"requestId": request.get(REQUEST_ID), "route": request.get(ROUTE),
+                "account": request.get(ACCOUNT), "appKey": request.get(APP_KEY)}
+    return fields
+
+
 async def _answer(request: web.BaseRequest, handler):  # type: ignore[no-untyped-def]
+    request[STARTED] = perf_counter()
     request[REQUEST_ID] = request_id = request_id_for(request.headers.get(REQUEST_ID_HEADER))
+    bound = bind_request_fields(_fields_of(request))
+    try:
+        return await _handled(request, handler, request_id)
+    finally:
+        unbind_request_fields(bound)
+
+
+async def _handled(request: web.BaseRequest, handler, request_id: str):  # type: ignore[no-untyped-def]
     try:
         response = await handler(request)
     except GatewayError as exc:
+        if exc.app_key is not None:  # proven, then refused: for the access log
+            request[APP_KEY] = exc.app_key
         return error_response(exc, request_id)
     except web.HTTPException as exc:
         if exc.status < 400:

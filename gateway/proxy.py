@@ -288,6 +288,7 @@ class Forwarder:
             log.warning(
                 "route %s: upstream %s://%s:%s failed: %r",
                 route.name, origin.scheme, origin.host, origin.port, exc,
+                extra={"event": "upstream.failed"},
             )
             raise _unreachable(route) from None
         finally:
@@ -305,7 +306,8 @@ class Forwarder:
                 except TimeoutError:
                     raise _timeout(route) from None
                 except UpstreamError as exc:
-                    log.warning("route %s: upstream body failed: %r", route.name, exc)
+                    log.warning("route %s: upstream body failed: %r", route.name, exc,
+                                extra={"event": "upstream.body_failed"})
                     raise _unreachable(route) from None
                 return web.Response(
                     status=upstream.status, reason=upstream.reason, headers=headers, body=body
@@ -322,7 +324,8 @@ class Forwarder:
                 # Once headers are out, the only honest signal left is a cut connection;
                 # a clean end would pass a truncated body off as complete.
                 if not isinstance(exc, ConnectionResetError):  # else: the client left
-                    log.warning("route %s: upstream body failed mid-stream: %r", route.name, exc)
+                    log.warning("route %s: upstream body failed mid-stream: %r", route.name,
+                                exc, extra={"event": "upstream.cut_mid_stream"})
                 response.force_close()
                 if request.transport is not None:
                     request.transport.close()
@@ -423,6 +426,8 @@ class ProxyPort:
                 request_id, forwarding, send_continue, carrier_of(decision.identity),
             )
         except GatewayError as refusal:
+            if refusal.app_key is not None:  # proven, then refused: for the access log
+                request[APP_KEY] = refusal.app_key
             if metrics is not None:
                 metrics.refused(route_name, refusal, allowed, started)
             if not expect:

@@ -26,7 +26,7 @@ from gateway.demo import DemoPorts, demo_settings
 from gateway.errors import ConfigError, Forbidden, Unauthorized
 from gateway.sessions.service import SigningKeysUnavailable
 from gateway.settings import load_settings
-from gateway.store import CLI_ACTOR
+from gateway.store import CLI_ACTOR, KeyQuery
 from gateway.views import iso
 
 
@@ -310,6 +310,8 @@ async def test_external_key_refusals(cli, local):
     for missing in ("kgk-beta-0000000000", "not-a-key"):
         ran = await add(missing, "--role", "orders-reader")
         assert (ran.code, ran.err) == (1, f"keygate: no API key {missing}\n")
+    no_roles = await add(key)  # the roles are what a grant is: required
+    assert no_roles.code == 2 and "the following arguments are required: --role" in no_roles.err
     unknown_role = await add(key, "--role", "emperor")
     assert unknown_role.code == 2 and "'emperor' is not a role" in unknown_role.err
     bad_label = await add(key, "--role", "orders-reader", "--label", "evil\x1b[2J")
@@ -321,6 +323,31 @@ async def test_external_key_refusals(cli, local):
     assert (stranger.code, stranger.err) == (
         1, f"keygate: {key} is not an external key of account gamma\n"
     )
+
+
+# -- the store's layout -----------------------------------------------------------------
+async def test_a_first_command_records_a_new_stores_layout_and_a_newer_one_is_left_alone(
+    cli, local
+):
+    """``keys create`` on a new store used to leave it unrecorded, so that ``serve`` then
+    warned that migrate had work to do; and a command of an older keygate wrote into a
+    store a later one had migrated. As ``serve`` does: a new store is recorded in this
+    keygate's layout, a newer one is refused (exit 2) before anything is written."""
+    from gateway.store import LAYOUT
+
+    assert (await local.store.layout()).store is None
+    ran = await in_thread(cli, "keys", "create", "--account", "acme", "--label", "first",
+                          "--role", "owner")
+    assert ran.code == 0, ran.err
+    assert (await local.store.layout()).store == LAYOUT
+    records = local.store.redis
+    await records.set(local.store.names.layout_record, LAYOUT + 1)
+    keys_before = await local.store.list_keys("acme", KeyQuery())
+    ran = await in_thread(cli, "keys", "create", "--account", "acme", "--label", "second",
+                          "--role", "owner")
+    assert ran.code == 1 and f"layout ({LAYOUT + 1}) is newer" in ran.err, ran.err
+    assert "nothing was written" in ran.err
+    assert await local.store.list_keys("acme", KeyQuery()) == keys_before
 
 
 # -- account settings ------------------------------------------------------------------
@@ -381,10 +408,23 @@ def test_demo_ports_and_metrics(tmp_path: Path):
 
 
 # -- export ----------------------------------------------------------------------------
-def test_export_to_a_path_that_cannot_be_written_is_a_usage_error(cli, env, tmp_path):
-    target = tmp_path / "missing-dir" / "keys.csv"
-    ran = cli("export", "--account", "acme", "--format", "csv", "-o", str(target))
+@pytest.mark.parametrize("form", ["csv", "xlsx"])
+def test_export_to_a_path_that_cannot_be_written_is_a_usage_error(cli, env, tmp_path, form):
+    target = tmp_path / "missing-dir" / f"keys.{form}"
+    ran = cli("export", "--account", "acme", "--format", form, "-o", str(target))
     assert ran.code == 2 and "--output" in ran.err and str(target) in ran.err
+    assert "Traceback" not in ran.err and len(ran.err.splitlines()) == 1, ran.err
+
+
+def test_export_to_xlsx_writes_a_workbook_both_sheets(cli, env, tmp_path):
+    import zipfile
+
+    target = tmp_path / "keys.xlsx"
+    ran = cli("export", "--account", "acme", "-o", str(target))
+    assert ran.code == 0, ran.err
+    with zipfile.ZipFile(target) as workbook:
+        assert {"xl/worksheets/sheet1.xml", "xl/worksheets/sheet2.xml"} <= set(
+            workbook.namelist())
 
 
 # -- jwt rotate --------------------------------------------------------------------------

@@ -516,7 +516,8 @@ async def test_the_access_log_shows_the_original_request(decider_with, make_key)
             for r in records if r.name == "keygate.access"]
     assert seen == [
         ("203.0.113.5", "HEAD", "/orders/7", 200, "orders", reader.app_key, None),
-        ("203.0.113.6", "DELETE", "/orders/8", 403, "orders", None, "not_permitted"),
+        ("203.0.113.6", "DELETE", "/orders/8", 403, "orders", reader.app_key,
+         "not_permitted"),
         ("127.0.0.1", "PATCH", "/nowhere", 404, None, None, "no_route"),
     ]
 

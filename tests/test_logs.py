@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -22,7 +23,7 @@ from aiohttp.test_utils import TestServer
 from conftest import ProxyTestServer
 
 from gateway.accesslog import AccessLogger
-from gateway.logs import JsonFormatter, TextFormatter, configure_logging
+from gateway.logs import JsonFormatter, RequestFields, TextFormatter, configure_logging
 from gateway.management import build_management_app
 from gateway.middleware import ERROR_CODE
 
@@ -42,6 +43,7 @@ def test_json_line_has_the_fields_the_event_and_the_extras():
         route="orders", status=403, errorCode="forbidden", ms=1.25,
     )))
     assert line.pop("time").endswith("Z")
+    assert line.pop("pid") == os.getpid()  # which of --workers' processes wrote it
     assert line == {
         "level": "info", "logger": "keygate.test", "event": "access.denied",
         "message": "denied kgk-acme-AAAAAAAAAA on orders", "requestId": "r1",
@@ -191,6 +193,7 @@ async def test_access_lines_say_who_went_where_and_what_came_of_it(
         (proxy, "GET", token_in_path, key.headers, 200),
         (management, "GET", "/api/v1/accounts/acme/keys", admin_key.headers, 200),
         (management, "GET", "/api/v1/accounts/Not_An_Account/keys", admin_key.headers, 400),
+        (management, "GET", "/api/v1/accounts/acme/keys", key.headers, 403),
     ]
     request_ids = []
     for client, method, target, headers, status in exchanges:
@@ -214,11 +217,11 @@ async def test_access_lines_say_who_went_where_and_what_came_of_it(
         return
 
     lines = {line["requestId"]: line for line in map(orjson.loads, collected.lines)}
-    ok, bad_token, denied, no_route, pasted, listed, bad_account = (
+    ok, bad_token, denied, no_route, pasted, listed, bad_account, not_viewer = (
         lines[request_id] for request_id in request_ids
     )
     assert ok | {"time": 0, "ms": 0, "bytes": 0, "message": ""} == {
-        "time": 0, "ms": 0, "bytes": 0, "message": "", "level": "info",
+        "time": 0, "ms": 0, "bytes": 0, "message": "", "level": "info", "pid": os.getpid(),
         "logger": logger.name, "event": "request", "requestId": request_ids[0],
         "appKey": key.app_key, "account": "acme", "route": "orders", "status": 200,
         "errorCode": None, "remote": "127.0.0.1", "method": "GET", "path": "/orders/1",
@@ -231,6 +234,9 @@ async def test_access_lines_say_who_went_where_and_what_came_of_it(
     assert (denied["status"], denied["errorCode"], denied["route"]) == (
         403, "not_permitted", "orders"
     )
+    # proven, then refused: whose key it was is logged (the caller holds it)
+    assert (denied["appKey"], denied["account"]) == (key.app_key, "acme")
+    assert (not_viewer["status"], not_viewer["appKey"]) == (403, key.app_key)
     assert (no_route["status"], no_route["errorCode"], no_route["route"]) == (
         404, "no_route", None
     )
@@ -282,3 +288,39 @@ async def test_a_path_cannot_forge_the_fields_of_a_text_access_log_line(
     # write the status and key that the line's readers take for keygate's
     assert '"GET /orders/1" 200 ' not in line, line
     assert " key=kgk-acme-VICTIM0000 " not in line, line
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+async def test_a_line_logged_while_a_request_is_handled_says_which_request(
+    proxy_with, make_key, closed_port, log_format
+):
+    """An upstream that fails is a 502 for the client, who reports its X-Request-Id; the
+    warning keygate logs then carries that id, the route, the account and the key (the
+    handler's filter adds them from the request the task handles), and an event name.
+    Lines logged outside any request carry none of them."""
+    collected = Collected(JsonFormatter() if log_format == "json" else TextFormatter())
+    collected.addFilter(RequestFields())
+    proxy_log = logging.getLogger("keygate.proxy")
+    proxy_log.addHandler(collected)
+    try:
+        dead = {"name": "dead", "path_prefix": "/dead", "account": "acme",
+                "resource": "orders", "upstream": f"http://127.0.0.1:{closed_port}"}
+        client = await proxy_with(routes=[dead])
+        key = await make_key("acme", ["orders-reader"])
+        response = await client.get("/dead/1", headers=key.headers)
+        assert response.status == 502
+        request_id = response.headers["X-Request-Id"]
+        proxy_log.warning("outside any request")
+    finally:
+        proxy_log.removeHandler(collected)
+    failed, outside = collected.lines
+    if log_format == "text":
+        assert failed.endswith(f"(request id {request_id})") and "upstream" in failed
+        assert "request id" not in outside
+        return
+    line = orjson.loads(failed)
+    assert (line["event"], line["level"]) == ("upstream.failed", "warning")
+    assert (line["requestId"], line["route"], line["account"], line["appKey"]) == (
+        request_id, "dead", "acme", key.app_key)
+    assert key.token not in failed
+    assert not {"requestId", "route", "account", "appKey"} & set(orjson.loads(outside))

@@ -212,6 +212,16 @@ class Pipeline:
         self, facts: RequestFacts, account: str, resource: str, action: str | tuple[str, ...]
     ) -> Identity:
         authenticated = await self._authenticated(facts, account)
+        try:
+            return await self._authorized(facts, authenticated, account, resource, action)
+        except GatewayError as refusal:  # refused once proven: the log says whose key
+            refusal.app_key = authenticated.principal.app_key
+            raise
+
+    async def _authorized(
+        self, facts: RequestFacts, authenticated: Authenticated, account: str, resource: str,
+        action: str | tuple[str, ...],
+    ) -> Identity:
         if authenticated.carrier == "cookie" and facts.method:  # a routed request
             forgery = forged_request(facts.method, facts.headers, facts.host)
             if forgery is not None:
