@@ -8,8 +8,13 @@ sent, the answer is 400, 401 or 429 in the one JSON error shape — never a 5xx,
 allowed request (a real session mutated only in its signature's spare base64 bits would
 be the same signature, and may pass).
 
-``KEYGATE_FUZZ_EXAMPLES`` raises the number of examples per test (default 2,500 in each
-of the four tests, 10,000 in all).
+Every refused value is counted once, by the credential header lines that carried it,
+across the four fuzzing tests; the last test of the module asserts that at least 10,000
+distinct malformed values were sent and refused (examples Hypothesis repeats, requests
+without any credential header, and mutated sessions that may still be valid are not
+counted). The default run is derandomized, so CI sends the same values every time.
+``KEYGATE_FUZZ_EXAMPLES`` raises the number of examples per test above the default
+(3,500) for a longer run, with random examples.
 """
 
 from __future__ import annotations
@@ -34,8 +39,18 @@ from gateway.app import build_gateway, running
 from gateway.settings import load_settings
 from gateway.store import CLI_ACTOR
 
-EXAMPLES = int(os.environ.get("KEYGATE_FUZZ_EXAMPLES", "2500"))
+DEFAULT_EXAMPLES = 3500
+# a floor: the variable also scales tests/test_fuzz_api.py (50 per operation by default),
+# and setting it for a longer run must not shorten this one
+EXAMPLES = max(DEFAULT_EXAMPLES, int(os.environ.get("KEYGATE_FUZZ_EXAMPLES") or 0))
 REFUSALS = {400, 401, 429}
+REQUIRED_DISTINCT = 10_000
+
+# every malformed credential sent and refused, as the header lines that carried it
+# (shared by the fuzzing tests; checked by the last test of the module)
+Sent = tuple[tuple[str, bytes], ...]
+REFUSED: set[Sent] = set()
+FUZZED: set[str] = set()  # the fuzzing tests that ran
 
 # header values a client can send on one line: any byte but CR, LF (and NUL, which the
 # HTTP client refuses to write)
@@ -166,19 +181,34 @@ def refused(status: int, body: bytes) -> None:
     assert error["status"] == status and error["code"] and error["requestId"]
 
 
+def sent_and_refused(client: Client, headers: list[tuple[str, bytes]], *,
+                     counted: bool = True) -> None:
+    """Send ``headers``; the answer must be a refusal, and the value is counted as one
+    malformed credential (unless ``counted`` is false, or no credential header was sent)."""
+    refused(*client.get(headers))
+    if counted and headers:
+        REFUSED.add(tuple(headers))
+
+
+@pytest.fixture
+def fuzzing(request) -> None:
+    FUZZED.add(request.node.name)
+
+
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
+                derandomize=EXAMPLES == DEFAULT_EXAMPLES,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
 @FUZZ
 @given(key=st.one_of(st.none(), TEXTISH), token=st.one_of(st.none(), TEXTISH))
-def test_malformed_key_and_token_headers(client, served, key, token):
+def test_malformed_key_and_token_headers(client, fuzzing, key, token):
     headers = []
     if key is not None:
         headers.append(("X-API-AppKey", key))
     if token is not None:
         headers.append(("X-API-AppToken", token))
-    refused(*client.get(headers))
+    sent_and_refused(client, headers)
 
 
 @FUZZ
@@ -188,8 +218,8 @@ def test_malformed_key_and_token_headers(client, served, key, token):
 # bytes that are not UTF-8 reach the authenticator as surrogates: pyjwt cannot encode them
 @example(scheme=b"Bearer ", value=b"\xb3.a.b")
 @example(scheme=b"Bearer ", value=b"ey\x80.e30.x")
-def test_malformed_bearer_values(client, scheme, value):
-    refused(*client.get([("Authorization", scheme + value)]))
+def test_malformed_bearer_values(client, fuzzing, scheme, value):
+    sent_and_refused(client, [("Authorization", scheme + value)])
 
 
 @FUZZ
@@ -197,8 +227,10 @@ def test_malformed_bearer_values(client, scheme, value):
     [b"keygate_session", b"KEYGATE_SESSION", b"keygate_session ", b"other"]),
        before=st.sampled_from([b"", b"a=b; ", b";;", b"keygate_session=; "]))
 @example(cookie=b"\xb3.a.b", name=b"keygate_session", before=b"")
-def test_malformed_session_cookies(client, cookie, name, before):
-    refused(*client.get([("Cookie", before + name + b"=" + cookie)]))
+def test_malformed_session_cookies(client, fuzzing, cookie, name, before):
+    # a cookie line that holds no keygate_session cookie at all carries no credential
+    sent_and_refused(client, [("Cookie", before + name + b"=" + cookie)],
+                     counted=b"keygate_session" in (before + name).lower())
 
 
 def _decoded(token: str) -> list[bytes | None]:
@@ -213,7 +245,8 @@ def _decoded(token: str) -> list[bytes | None]:
 
 @FUZZ
 @given(data=st.data())
-def test_mutated_real_sessions_are_refused_unless_they_decode_the_same(client, served, data):
+def test_mutated_real_sessions_are_refused_unless_they_decode_the_same(
+        client, served, fuzzing, data):
     token = served.session
     position = data.draw(st.integers(0, len(token) - 1))
     replacement = data.draw(st.sampled_from(
@@ -227,7 +260,8 @@ def test_mutated_real_sessions_are_refused_unless_they_decode_the_same(client, s
         mutated = token[:position] + token[position + 1:]
     else:
         mutated = token[:position]
-    status, body = client.get([("Authorization", b"Bearer " + mutated.encode())])
+    headers = [("Authorization", b"Bearer " + mutated.encode())]
+    status, body = client.get(headers)
     # The signature covers the encoded header and payload, so only a signature whose
     # spare base64 bits changed can still be the same signature; pyjwt refuses such
     # non-canonical encodings too, but accepting them would not be a forgery.
@@ -235,11 +269,14 @@ def test_mutated_real_sessions_are_refused_unless_they_decode_the_same(client, s
     same_signature = (mutated.rpartition(".")[0] == head and mutated.count(".") == 2
                       and _decoded(mutated) == _decoded(token)
                       and all(c.isalnum() or c in "-_." for c in mutated))
+    # surrounding whitespace is not part of an HTTP field value (RFC 9110 §5.5)
+    maybe_valid = same_signature or mutated.strip() == token
     if status == 200:
-        # surrounding whitespace is not part of an HTTP field value (RFC 9110 §5.5)
-        assert same_signature or mutated.strip() == token, (mutated, body[:200])
+        assert maybe_valid, (mutated, body[:200])
     else:
         refused(status, body)
+        if not maybe_valid:  # a refused variant that may be valid is not counted
+            REFUSED.add(tuple(headers))
 
 
 def test_the_real_credentials_are_allowed(client, served):
@@ -248,3 +285,21 @@ def test_the_real_credentials_are_allowed(client, served):
     assert client.get([("X-API-AppKey", app_key.encode()),
                        ("X-API-AppToken", token.encode())])[0] == 200
     assert client.get([("Authorization", f"Bearer {served.session}".encode())])[0] == 200
+
+
+FUZZING_TESTS = {
+    "test_malformed_key_and_token_headers", "test_malformed_bearer_values",
+    "test_malformed_session_cookies",
+    "test_mutated_real_sessions_are_refused_unless_they_decode_the_same",
+}
+
+
+def test_at_least_ten_thousand_distinct_malformed_values_were_refused():
+    """After the fuzzing tests (file order): the values they sent that were refused,
+    each counted once however often it was sent."""
+    assert set(globals()) >= FUZZING_TESTS  # renamed tests are renamed here too
+    missing = FUZZING_TESTS - FUZZED
+    if missing:
+        pytest.skip(f"counts what the whole module sent; did not run: {sorted(missing)}")
+    assert len(REFUSED) >= REQUIRED_DISTINCT, (
+        f"only {len(REFUSED)} distinct malformed credentials were sent and refused")

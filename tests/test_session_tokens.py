@@ -72,6 +72,24 @@ def test_expired_and_not_yet_valid_sessions_are_refused_with_a_small_leeway(ring
         verify(ring, session(ring, ttl=60, now=now + 20))  # nbf and iat in the future
 
 
+def signed(ring: keys.KeyRing, **claims) -> str:
+    """A session as keygate issues one, with some claims replaced."""
+    _, body, _ = parts(session(ring))
+    key = ring.current
+    return jwt.encode({**body, **claims}, key.private_key, algorithm=key.algorithm,
+                      headers={"kid": key.kid, "typ": tokens.SESSION_TYP})
+
+
+def test_nbf_is_checked_on_its_own_with_the_leeway(ring):
+    """``nbf`` ahead of the clock by more than the leeway is refused even when ``iat`` is
+    now (the iat check alone does not catch it); within the leeway it is accepted."""
+    now = int(time.time())
+    with pytest.raises(tokens.InvalidSession) as refused:
+        verify(ring, signed(ring, iat=now, nbf=now + 60, exp=now + 3600))
+    assert refused.value.reason == "ImmatureSignatureError"
+    assert verify(ring, signed(ring, iat=now, nbf=now + 5, exp=now + 3600)) is not None
+
+
 @pytest.mark.parametrize("issuer,audience", [("keygate", "other"), ("other", "keygate")])
 def test_wrong_issuer_or_audience_is_refused(ring, issuer, audience):
     token = session(ring)
@@ -82,8 +100,9 @@ def test_wrong_issuer_or_audience_is_refused(ring, issuer, audience):
 def test_alg_none_is_refused(ring):
     header, body, _ = parts(session(ring))
     forged = f"{b64({**header, 'alg': 'none'})}.{b64(body)}."
-    with pytest.raises(tokens.InvalidSession):
+    with pytest.raises(tokens.InvalidSession) as refused:
         verify(ring, forged)
+    assert refused.value.reason == jwt.InvalidAlgorithmError.__name__
 
 
 def test_hs256_signed_with_the_public_key_is_refused(ring):
@@ -95,8 +114,12 @@ def test_hs256_signed_with_the_public_key_is_refused(ring):
     import hashlib
     import hmac
     signature = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
-    with pytest.raises(tokens.InvalidSession):
+    with pytest.raises(tokens.InvalidSession) as refused:
         verify(ring, f"{signing_input}.{b64(signature)}")
+    # refused because the kid's key pins its algorithm (pyjwt's allow-list, checked
+    # before any key is prepared), not because an EC or Ed25519 key makes a poor HMAC
+    # secret (TypeError) or pyjwt refuses a PEM as one (InvalidKeyError)
+    assert refused.value.reason == jwt.InvalidAlgorithmError.__name__
 
 
 def test_a_tampered_payload_is_refused(ring):

@@ -445,6 +445,29 @@ async def test_a_rotation_at_once_signs_with_the_new_key_from_the_next_token(
     assert {first, waiting.kid} < {k["kid"] for k in jwks["keys"]}  # still verifying
 
 
+async def test_after_a_rotation_at_once_both_live_keys_sessions_work_on_both_ports(
+    gateway, management, proxy, make_key
+):
+    """Two live keys: after `keygate jwt rotate --now` the new key signs, and a session
+    the previous key signed still works, on the proxy port and the management port
+    alike, until its expiry; the JWKS publishes both, the signing key first."""
+    key = await make_key("acme", ["user-admin-restricted", "orders-reader"], label="both")
+    old_session = (await login(management, key))["token"]
+    old_kid = jwt.get_unverified_header(old_session)["kid"]
+    new = await gateway.sessions.rotate(at_once=True)
+    assert new.kid != old_kid
+    new_session = (await login(management, key))["token"]
+    assert jwt.get_unverified_header(new_session)["kid"] == new.kid
+    for token in (old_session, new_session):
+        assert (await proxy.get("/orders/1", headers=bearer(token))).status == 200
+        answer = await management.get("/api/v1/accounts/acme/keys", headers=bearer(token))
+        assert answer.status == 200, await answer.text()
+        refused = await management.get("/api/v1/accounts/beta/keys", headers=bearer(token))
+        assert refused.status == 403  # authorized as the key, not merely let through
+    jwks = await (await management.get("/.well-known/jwks.json")).json()
+    assert [k["kid"] for k in jwks["keys"]] == [new.kid, old_kid]
+
+
 async def test_an_upstream_verifies_the_identity_token_against_the_jwks(
     make_settings, clock, aiohttp_client, aiohttp_server, upstream
 ):
