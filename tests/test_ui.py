@@ -12,6 +12,7 @@ import tomllib
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
 
@@ -103,6 +104,38 @@ async def test_the_page_is_not_writable(management):
     answer = await management.post(PAGE, data=b"x")
     assert answer.status == 405
     assert_error_shape(await answer.json(), 405)
+
+
+async def test_the_one_time_link_page_has_a_strict_policy_and_its_stylesheet(
+    management, admin_key
+):
+    """No inline style or script on the link's page either: its policy has no
+    'unsafe-inline', and its stylesheet is one of the page's files, found from the link."""
+    made = await management.post("/api/v1/accounts/acme/keys", headers=admin_key.headers,
+                                 json={"label": "linked", "roles": ["orders-reader"],
+                                       "delivery": "link"})
+    assert made.status == 201, await made.text()
+    link = (await made.json())["tokenLink"]
+    path = link[link.index("/api/v1/token-links/"):]
+    shown = await management.get(path, headers={"Accept": "text/html"})
+    opened = await management.post(path, data={}, headers={"Accept": "text/html"})
+    for answer in (shown, opened):
+        assert answer.status == 200 and answer.content_type == "text/html"
+        csp = answer.headers["Content-Security-Policy"]
+        directives = {d.split()[0]: d.split()[1:] for d in csp.split("; ")}
+        assert directives["default-src"] == ["'none'"]
+        assert directives["style-src"] == ["'self'"]
+        assert "script-src" not in directives  # default-src 'none': no script at all
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        markup = Markup()
+        markup.feed(await answer.text())
+        assert markup.styles == 0 and not markup.scripts and not markup.inline_attributes
+        sheets = [u for u in markup.urls if u.endswith(".css")]
+        assert sheets == ["../../../admin/link.css"]
+        resolved = urljoin(path, sheets[0])
+        assert resolved == PAGE + "link.css"
+        sheet = await management.get(resolved)
+        assert sheet.status == 200 and sheet.content_type == "text/css"
 
 
 # -- the files -------------------------------------------------------------------------

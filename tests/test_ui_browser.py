@@ -1,5 +1,6 @@
 """The admin page in Debian's Chromium (python playwright, never a downloaded browser),
-on a keygate served in a thread over the private redis-server: every journey of the
+on a keygate served in a thread over the test run's store (the private redis-server, or
+memory://): every journey of the
 API Keys page, as an administrator clicks through it, checked against the store and
 the proxy port.
 
@@ -267,6 +268,32 @@ def test_generate_a_key_and_use_its_token_through_the_proxy(open_page, served):
     assert served.through_proxy(account, opened["appKey"], opened["appToken"]) == (200, "")
 
 
+def test_the_one_time_link_page_is_styled_under_a_strict_policy(open_page, served):
+    """The link's page loads its stylesheet as a file: a policy with no 'unsafe-inline',
+    and no violation of it in the browser (ui_site.Watch)."""
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    status, made = served.request(served.management, "POST", f"/api/v1/accounts/{account}/keys",
+                                  {"X-API-AppKey": owner.app_key, "X-API-AppToken": owner.token},
+                                  {"label": "linked", "roles": ["orders-reader"],
+                                   "delivery": "link"})
+    assert status == 201 and made is not None
+    page = open_page().page
+    styles: list[str] = []
+    page.on("request", lambda r: styles.append(r.url) if r.resource_type == "stylesheet" else None)
+    answer = page.goto(made["tokenLink"])
+    assert answer is not None and answer.status == 200
+    csp = answer.headers["content-security-policy"]
+    assert "unsafe-inline" not in csp and "style-src 'self'" in csp, csp
+    assert styles == [served.management + "/admin/link.css"]
+    # the stylesheet applied: the page's column and the button's colour are its own
+    assert page.evaluate("getComputedStyle(document.body).maxWidth") == "640px"
+    page.get_by_role("button", name="Reveal the token").click()
+    token = page.locator("code").nth(1).inner_text()
+    assert page.evaluate("getComputedStyle(document.body).maxWidth") == "640px"
+    assert served.through_proxy(account, made["appKey"], token)[0] == 200
+
+
 def renew_later(page: Any, app_key: str) -> str:
     generated_row(page, app_key).get_by_role("button", name="Renew token").click()
     renew = dialog(page)
@@ -299,6 +326,43 @@ def test_renew_later_then_delete_the_old_token(open_page, served):
     expect(row).not_to_contain_text("Renewal pending")
     expect(row.get_by_role("button", name="Renew token")).to_be_visible()
     assert served.through_proxy(account, key.app_key, key.token) == (401, "invalid_credentials")
+    assert served.through_proxy(account, key.app_key, new_token)[0] == 200
+
+
+def test_a_pending_renewal_says_what_each_token_does_as_the_key_status_changes(
+        open_page, served):
+    """Both tokens of a pending renewal work while the key is active and are both refused
+    while it is not: the row says so, as the proxy answers."""
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    key = served.make_key(account, ["orders-reader"], label="switched off mid-renewal")
+    page = open_page().page
+    sign_in(page, served, owner)
+    new_token = renew_later(page, key.app_key)
+    row = generated_row(page, key.app_key)
+    pending = row.locator(".pending li")
+    expect(pending).to_have_text([
+        "Old token: still works, until you delete it",
+        re.compile(r"^New token: issued .+, works$"),
+    ])
+
+    row.get_by_role("button", name="Deactivate").click()
+    dialog(page).get_by_role("button", name="Deactivate key").click()
+    expect(row).to_contain_text("Inactive")
+    expect(pending).to_have_text([
+        "Old token: refused while the key is inactive",
+        re.compile(r"^New token: issued .+, refused while the key is inactive$"),
+    ])
+    expect(row).not_to_contain_text("works")
+    assert served.through_proxy(account, key.app_key, key.token) == (401, "key_inactive")
+    assert served.through_proxy(account, key.app_key, new_token) == (401, "key_inactive")
+
+    row.get_by_role("button", name="Activate").click()
+    expect(pending).to_have_text([
+        "Old token: still works, until you delete it",
+        re.compile(r"^New token: issued .+, works$"),
+    ])
+    assert served.through_proxy(account, key.app_key, key.token)[0] == 200
     assert served.through_proxy(account, key.app_key, new_token)[0] == 200
 
 
@@ -453,7 +517,9 @@ def test_search_filters_sorting_paging_and_renewal_markers_are_the_servers(open_
         expected = f"since {since.strftime('%b')} {since.day}, {since.year}"
         title = marker.get_attribute("title")
         assert expected in title, (title, expected)
-        assert marker.get_attribute("aria-label") == title
+        # and in words on the page, not only in the tooltip
+        words = "Renew now" if alert == "red" else "Renew soon"
+        expect(marker.locator(".marker-text")).to_have_text(f"{words} · {expected}")
     panel.get_by_label("Renewal alert").select_option("")
     expect(summary).to_have_text("Page 1 of 3 · 27 keys")
 
@@ -474,6 +540,125 @@ def test_search_filters_sorting_paging_and_renewal_markers_are_the_servers(open_
                       "renewal=red", "sort=label", "order=asc", "order=desc", "page=2",
                       "perPage=10"):
         assert parameter in asked, parameter
+
+
+def since_words(app_key: str, account: str, served: Site, months: int) -> str:
+    """"since Mon D, YYYY": the day a key's renewal alert began, as the page writes it."""
+    record = served.key(account, app_key)
+    since = add_months(datetime.fromtimestamp(record.token_created / 1000, UTC), months)
+    return f"since {since.strftime('%b')} {since.day}, {since.year}"
+
+
+@pytest.mark.parametrize("width,height", SIZES)
+def test_the_renewal_alert_says_since_when_in_words(open_page, served, width, height):
+    """Not only in a tooltip (touch and keyboard users never see one): the date is text
+    in the row, in view at a phone's width too; the tooltip stays for the mouse."""
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    orange = served.make_key(account, ["orders-reader"], label="aging", age_days=100)
+    red = served.make_key(account, ["orders-reader"], label="ancient", age_days=200)
+    page = open_page(viewport={"width": width, "height": height}).page
+    sign_in(page, served, owner)
+    for key, alert, words, months in ((orange, "orange", "Renew soon", 3),
+                                      (red, "red", "Renew now", 6)):
+        marker = generated_row(page, key.app_key).locator(f'[data-alert="{alert}"]')
+        since = since_words(key.app_key, account, served, months)
+        text = marker.locator(".marker-text")
+        expect(text).to_have_text(f"{words} · {since}")
+        expect(text).to_be_visible()
+        marker.scroll_into_view_if_needed()
+        for part in (".alert-level", ".alert-since"):  # each whole, inside the viewport
+            box = marker.locator(part).bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, (
+                part, box)
+        assert since in marker.get_attribute("title")
+        # the API gives the date: the page does not need the settings to say it
+        listed = page.evaluate(f"""async () => (await (await fetch(
+            '/api/v1/accounts/{account}/keys?renewal={alert}')).json()).items[0]""")
+        assert listed["renewalAlertSince"] is not None
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+
+
+def pager(page: Any, panel: str) -> dict[str, Any]:
+    """The pager of a tab: its buttons, the page number and the summary."""
+    nav = page.locator(f"#{panel} nav.pager")
+    return {
+        "nav": nav,
+        "first": nav.get_by_role("button", name="First page"),
+        "previous": nav.get_by_role("button", name="Previous page"),
+        "next": nav.get_by_role("button", name="Next page"),
+        "last": nav.get_by_role("button", name="Last page"),
+        "number": nav.get_by_label("Page", exact=True),
+        "go": nav.get_by_role("button", name="Go", exact=True),
+        "summary": nav.locator(".summary"),
+    }
+
+
+def page_through(page: Any, panel: str, total: str, pages: int, rows_on_last: int) -> None:
+    """First, Last and a page number, by keyboard: "Page [N] of M", the focus kept in the
+    pager, out-of-range numbers refused by the browser before any request."""
+    p = pager(page, panel)
+    rows = page.locator(f"#{panel} tbody tr")
+    expect(p["summary"]).to_have_text(f"Page 1 of {pages} · {total}")
+    expect(p["number"]).to_have_value("1")
+    expect(p["number"]).to_have_accessible_description(f"of {pages}")
+    expect(p["nav"]).to_contain_text(f"of {pages}")
+    expect(p["first"]).to_be_disabled()
+    expect(p["previous"]).to_be_disabled()
+    assert page.evaluate(UNLABELLED) == []
+
+    p["last"].focus()
+    page.keyboard.press("Enter")
+    expect(p["summary"]).to_have_text(f"Page {pages} of {pages} · {total}")
+    expect(p["number"]).to_have_value(str(pages))
+    expect(rows).to_have_count(rows_on_last)
+    expect(p["last"]).to_be_disabled()
+    expect(p["next"]).to_be_disabled()
+    expect(p["previous"]).to_be_focused()  # not lost with the disabled button
+
+    p["first"].focus()
+    page.keyboard.press("Enter")
+    expect(p["summary"]).to_have_text(f"Page 1 of {pages} · {total}")
+    expect(p["next"]).to_be_focused()
+
+    # a page number, typed and sent with Enter; the focus stays in the field
+    p["number"].focus()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("2")
+    page.keyboard.press("Enter")
+    expect(p["summary"]).to_have_text(f"Page 2 of {pages} · {total}")
+    expect(p["number"]).to_be_focused()
+    # past the last page: the browser refuses it, and nothing is asked
+    p["number"].fill(str(pages + 1))
+    p["go"].click()
+    assert p["number"].evaluate("e => e.validity.rangeOverflow")
+    expect(p["summary"]).to_have_text(f"Page 2 of {pages} · {total}")
+    p["number"].fill("1")
+    p["go"].click()
+    expect(p["summary"]).to_have_text(f"Page 1 of {pages} · {total}")
+
+
+def test_first_last_and_a_page_number_on_both_key_tabs(open_page, served):
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    for n in range(24):
+        served.make_key(account, ["orders-reader"], label=f"bulk {n:02d}")
+    for n in range(11):
+        partner = served.make_key(fresh_account(), ["orders-reader"])
+        served.call(lambda gateway, key=partner.app_key, n=n: gateway.store.add_grant(
+            account, key, f"partner {n:02d}", ["orders-reader"], CLI_ACTOR))
+    browsing = open_page()
+    page = browsing.page
+    sign_in(page, served, owner)
+    page.locator("#panel-generated").get_by_label("Per page").select_option("10")
+    page_through(page, "panel-generated", "25 keys", 3, 5)
+    page.get_by_role("tab", name="External keys").click()
+    page.locator("#panel-external").get_by_label("Per page").select_option("10")
+    page_through(page, "panel-external", "11 external keys", 2, 1)
+    # the list API's own page numbers: one request per page, wherever it is
+    asked = " ".join(browsing.api_urls)
+    assert "/keys?" in asked and "page=3" in asked
+    assert "/external-keys?" in asked and "page=2" in asked
 
 
 # -- external keys, settings, export, audit --------------------------------------------
@@ -693,7 +878,9 @@ def test_keys_with_one_api_keys_permission_see_what_they_may_use(browser, redis_
                                          "p, key-editor, *, api-keys, edit, allow\n")
     with site(redis_url, policies_dir=str(tmp_path)) as narrow:
         account = fresh_account()
-        renewer = narrow.make_key(account, ["key-renewer"], label="renewer")
+        # old enough for the account's 6 months (the page cannot read them: it has no
+        # view permission, so the list API says since when)
+        renewer = narrow.make_key(account, ["key-renewer"], label="renewer", age_days=200)
         editor = narrow.make_key(account, ["settings-editor"], label="settings editor")
         key_editor = narrow.make_key(account, ["key-editor"], label="key editor")
         narrow.call(lambda gateway: gateway.store.put_setting(account, "renewalPeriodMonths", 6,
@@ -707,6 +894,9 @@ def test_keys_with_one_api_keys_permission_see_what_they_may_use(browser, redis_
             expect(page.get_by_role("button", name="Generate key")).to_have_count(0)
             expect(generated_row(page, renewer.app_key).get_by_role("button")).to_have_text(
                 ["Renew token"])
+            since = since_words(renewer.app_key, account, narrow, 6)
+            expect(generated_row(page, renewer.app_key).locator(
+                '[data-alert="orange"] .marker-text')).to_have_text(f"Renew soon · {since}")
 
             # edit-settings without view: the period cannot be read, so none is shown as
             # the current one (the account's is 6 months, not the default 3)
@@ -738,8 +928,15 @@ def test_keys_with_one_api_keys_permission_see_what_they_may_use(browser, redis_
             browsing.close()
 
 
+EXPIRED = "Your session has expired. Sign in again to continue."
+
+
 def test_an_expired_session_returns_to_sign_in_with_a_clear_message(browser, redis_url):
-    with site(redis_url, session_ttl=2) as short:
+    """The cookie's Max-Age is the session's lifetime: the browser drops it as the
+    session expires, and the API sees no cookie at all; the page still says the session
+    expired. After a reload too (the fragment names an account: there was a session),
+    with no cookie left or with one the API finds expired."""
+    with site(redis_url, session_ttl=2, jwt_leeway=0) as short:
         account = fresh_account()
         owner = short.make_key(account, ["owner"], label="owner")
         browsing = Browsing(browser, short)
@@ -750,12 +947,51 @@ def test_an_expired_session_returns_to_sign_in_with_a_clear_message(browser, red
             page.wait_for_timeout(2_500)
             dialog(page).get_by_label("Label").fill("too late")
             dialog(page).get_by_role("button", name="Generate").click()
-            expect(page.locator("#sign-in-notice")).to_have_text(
-                "Your session has ended: it expired, or you signed out in another tab. "
-                "Sign in again to continue.")
+            expect(page.locator("#sign-in-notice")).to_have_text(EXPIRED)
             expect(page.locator("dialog")).to_have_count(0)
             expect(page.locator("#workspace")).to_be_hidden()
             sign_in(page, short, owner)  # and back in
+
+            # expired while nobody looked, then a reload: no cookie is left to send
+            page.get_by_role("tab", name="Settings").click()
+            expect(page).to_have_url(re.compile(f"#/{account}/settings$"))
+            page.wait_for_timeout(2_500)
+            assert not [c for c in browsing.context.cookies() if c["name"] == "keygate_session"]
+            page.reload()
+            expect(page.locator("#sign-in-notice")).to_have_text(EXPIRED)
+            expect(page.locator("#workspace")).to_be_hidden()
+            # signing in again goes back where it was: the account and the tab
+            expect(page.get_by_label(re.compile("^Account"))).to_have_value(account)
+            page.get_by_label("API key", exact=True).fill(owner.app_key)
+            page.get_by_label("API token", exact=True).fill(owner.token)
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.get_by_role("tab", name="Settings")).to_have_attribute(
+                "aria-selected", "true")
+            expect(page).to_have_url(re.compile(f"#/{account}/settings$"))
+
+            # a cookie the browser still sends but the API finds expired: session_expired
+            status, login = short.request(short.management, "POST", "/api/v1/auth/login",
+                                          body={"appKey": owner.app_key,
+                                                "appToken": owner.token})
+            assert status == 200 and login is not None
+            browsing.context.clear_cookies()
+            browsing.context.add_cookies([{"name": "keygate_session", "value": login["token"],
+                                           "url": short.management}])  # no Max-Age
+            page.wait_for_timeout(2_500)
+            status, body = short.request(
+                short.management, "GET", f"/api/v1/accounts/{account}/me",
+                {"Cookie": f"keygate_session={login['token']}"})
+            assert status == 401 and body is not None
+            assert body["error"]["code"] == "session_expired", body
+            page.reload()
+            expect(page.locator("#sign-in-notice")).to_have_text(EXPIRED)
+
+            # a page that never had a session shows the sign-in form with no notice
+            fresh = browsing.context.new_page()
+            fresh.goto(short.management + "/admin/")
+            expect(fresh.get_by_label("API key", exact=True)).to_be_focused()
+            expect(fresh.locator("#sign-in-notice")).to_have_text("")
+            fresh.close()
         finally:
             browsing.close()
 

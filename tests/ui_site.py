@@ -1,7 +1,8 @@
 """keygate as the admin page's browser tests need it: served by ``running()`` on free
 loopback ports, in a thread with its own event loop (playwright's sync API runs in the
-test's thread), over the private redis-server, with an upstream behind a route whose
-account is the path's second segment (``/accounts/{account}/orders…``).
+test's thread), over the test run's store (the private redis-server, or memory://),
+with an upstream behind a route whose account is the path's second segment
+(``/accounts/{account}/orders…``).
 
 Also: Chromium (Debian's, never a downloaded one) and what every page must respect —
 no request to another host, no Content-Security-Policy violation, no script error.
@@ -13,12 +14,14 @@ import asyncio
 import contextlib
 import http.client
 import json
+import os
 import shutil
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -175,8 +178,9 @@ class Site:
 
 @contextlib.contextmanager
 def site(redis_url: str, **overrides: Any) -> Iterator[Site]:
-    if redis_url.startswith("memory://"):
-        pytest.skip("keygate runs in a thread of its own here: needs the private redis-server")
+    """keygate served for a test, on the test run's store: the private redis-server, or
+    memory:// (its embedded server is shared by the whole process, and every store call
+    runs on keygate's own loop, in its thread)."""
     served = Site(redis_url, **overrides).start()
     try:
         yield served
@@ -189,7 +193,15 @@ def fresh_account() -> str:
 
 
 # -- the browser -----------------------------------------------------------------------
+DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
+
+
 def chromium_path() -> str:
+    """Debian's Chromium where the package puts it, whatever PATH says; else the one PATH
+    finds. Where there is none the browser tests are skipped, and that is the only reason
+    they ever are."""
+    if DEBIAN_CHROMIUM.is_file() and os.access(DEBIAN_CHROMIUM, os.X_OK):
+        return str(DEBIAN_CHROMIUM)
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
         pytest.skip("no Chromium on this machine: install Debian's chromium package "

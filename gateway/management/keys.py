@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -14,7 +15,7 @@ from ..context import GATEWAY
 from ..errors import BadRequest, Conflict, NotFound
 from ..lifecycle import CHANGEABLE, BadInput, checked_changes, checked_label, checked_roles
 from ..pipeline import Identity
-from ..renewal import alert_range
+from ..renewal import RED_AFTER_MONTHS, add_months, alert_range
 from ..store import KeyQuery, KeyRecord, NoRenewalPending, RenewalRefused
 from ..views import key_json
 from .common import (
@@ -139,11 +140,32 @@ async def create_key(request: web.Request, identity: Identity, path: AccountPath
     )
 
 
+def alert_since(token_created_ms: int, alert: str, period_months: int) -> str | None:
+    """When the renewal alert ``alert`` of a token issued at ``token_created_ms`` began:
+    ``period_months`` calendar months after it for orange, three more for red."""
+    if alert == "none":
+        return None
+    months = period_months + (RED_AFTER_MONTHS if alert == "red" else 0)
+    since = add_months(datetime.fromtimestamp(token_created_ms / 1000, UTC), months)
+    return iso(round(since.timestamp() * 1000))
+
+
+def listed_key(record: KeyRecord, period_months: int, now_ms: int) -> dict[str, Any]:
+    """A key as the list shows it: its view, and since when its renewal alert is on (so
+    that a caller who may not read the account's settings, such as a renew-only key,
+    can still say since when)."""
+    view = key_json(record, period_months, now_ms)
+    view["renewalAlertSince"] = alert_since(record.token_created, view["renewalAlert"],
+                                            period_months)
+    return view
+
+
 @operations.get(KEYS, summary="List generated keys", permission=VIEW_OR_RENEW,
                 params=AccountPath, query=KeyListQuery, responses={200: KeyPage})
 async def list_keys(request: web.Request, identity: Identity, path: AccountPath,
                     query: KeyListQuery) -> web.Response:
-    """Filtered, sorted and paged. A caller with `renew-token` but not `view` sees its
+    """Filtered, sorted and paged; each key with `renewalAlertSince`, the date its
+    renewal alert began. A caller with `renew-token` but not `view` sees its
     own key and the keys whose roles here it may assign, and no others (a key to which
     another account granted roles it could not assign there is listed, but reading or
     renewing it is refused)."""
@@ -155,7 +177,7 @@ async def list_keys(request: web.Request, identity: Identity, path: AccountPath,
     records, total = await gateway.store.list_keys(identity.account, wanted)
     return json_response(
         {
-            "items": [key_json(r, period, now) for r in records],
+            "items": [listed_key(r, period, now) for r in records],
             "total": total,
             "page": wanted.page,
             "perPage": wanted.per_page,

@@ -60,20 +60,25 @@ async def _failed(budgeted: Attempt) -> Gone | TooManyRequests:
 
 # The pages show a token, or the button that reveals it: no cache keeps them, no other
 # site frames them (a framed button is one click away from burning the link unseen).
+# Their policy is strict: no inline script or style; the one stylesheet is a file of the
+# admin page's (gateway/ui/link.css), named relative to the link so that it is found
+# under a management_public_url with a path too.
+LINK_STYLESHEET = "../../../admin/link.css"  # from /api/v1/token-links/{secret}
+CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self'; form-action 'self'; "
+                           "frame-ancestors 'none'; base-uri 'none'")
 _NO_STORE = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
 }
-_PAGE = """<!doctype html>
+_PAGE = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>keygate: API token</title>
 <meta name="robots" content="noindex">
-<style>body{{font:16px system-ui;margin:3em auto;max-width:40em}}
-code{{background:#eee;padding:.3em;word-break:break-all}}</style></head>
-<body><h1>API token</h1>{body}</body></html>"""
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="{LINK_STYLESHEET}"></head>
+<body><h1>API token</h1>{{body}}</body></html>"""
 
 
 def _wants_html(request: web.Request) -> bool:

@@ -202,8 +202,17 @@ class KeyDetail(Key):
     granted_in: list[GrantedIn]
 
 
+class ListedKey(Key):
+    """A generated key as the list shows it: with the date its renewal alert began."""
+
+    renewal_alert_since: Annotated[Timestamp | None, Meta(
+        description="when `renewalAlert` turned what it is now: `creationDateToken` plus "
+                    "`renewalPeriodMonths` calendar months for `orange`, plus three more for "
+                    "`red`; null for `none`")]
+
+
 class KeyPage(Model):
-    items: list[Key]
+    items: list[ListedKey]
     total: int
     page: int
     per_page: int

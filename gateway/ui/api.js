@@ -81,11 +81,22 @@ export const patch = (path, body) => json("PATCH", path, { body });
 export const remove = (path) => json("DELETE", path);
 
 export async function signIn(appKey, appToken) {
-  const answer = await json("POST", "/auth/login",
+  const response = await send("POST", "/auth/login",
     { body: { appKey, appToken, cookie: true }, signIn: true });
+  const answer = await response.json();
   // the answer also holds the session token: it is deliberately dropped here (the
-  // HttpOnly cookie carries it), so no script on the page can read it later
-  return { appKey: answer.appKey, account: answer.account, expires: answer.expires };
+  // HttpOnly cookie carries it), so no script on the page can read it later.
+  // `expiresAt` is when the session ends by this browser's clock: the server's
+  // `expires`, moved by how far this clock is from the server's (its Date header).
+  const serverNow = Date.parse(response.headers.get("Date") || "");
+  const skew = Number.isNaN(serverNow) ? 0 : Date.now() - serverNow;
+  const expires = Date.parse(answer.expires);
+  return {
+    appKey: answer.appKey,
+    account: answer.account,
+    expires: answer.expires,
+    expiresAt: Number.isNaN(expires) ? null : expires + skew,
+  };
 }
 
 export async function signOut() {

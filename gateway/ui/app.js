@@ -34,18 +34,39 @@ function showSignIn(notice) {
   $("sign-in-key").focus();
 }
 
+// Why a session is over, from the API's 401. The session cookie's Max-Age is the
+// session's lifetime, so the browser drops the cookie as the session expires and the API
+// sees no cookie at all (missing_credentials), never session_expired: whether the
+// session's time was up is the page's to tell, from the end the sign-in answer gave.
+const EXPIRED = "Your session has expired. Sign in again to continue.";
+const REASONS = {
+  session_expired: EXPIRED,
+  invalid_session: "Your session is no longer valid: the key's token was renewed or the key was deleted. Sign in again.",
+  session_ended: "This session was signed out. Sign in again to continue.",
+};
+// the Date header counts whole seconds, and the cookie's Max-Age runs from its arrival
+const EXPIRY_SLACK_MS = 2_000;
+let sessionEndsAt = null; // by this browser's clock; unknown after a reload
+
+function endedWhy(failure, reloaded) {
+  if (failure.code in REASONS) return REASONS[failure.code];
+  if (failure.code === "missing_credentials") {
+    // a reload of a page that named an account had a session, and the likeliest reason
+    // its cookie is gone is that its time was up
+    if (reloaded) return EXPIRED;
+    if (sessionEndsAt !== null) {
+      return Date.now() + EXPIRY_SLACK_MS >= sessionEndsAt ? EXPIRED
+        : "Your session has ended: you signed out in another tab, or the browser's cookies were cleared. Sign in again to continue.";
+    }
+    return "Your session has expired, or you signed out in another tab. Sign in again to continue.";
+  }
+  return `You were signed out: ${failure.message}`;
+}
+
 // The session ended while the page was open: back to sign-in, saying why.
 api.whenSignedOut((failure) => {
   if (!ctx) return;
-  const reasons = {
-    session_expired: "Your session has expired. Sign in again to continue.",
-    // no cookie came: the browser drops it when the session's time is up, and signing
-    // out in another tab of this browser clears it
-    missing_credentials: "Your session has ended: it expired, or you signed out in another tab. Sign in again to continue.",
-    invalid_session: "Your session is no longer valid: the key's token was renewed or the key was deleted. Sign in again.",
-    session_ended: "This session was signed out. Sign in again to continue.",
-  };
-  showSignIn(reasons[failure.code] || `You were signed out: ${failure.message}`);
+  showSignIn(endedWhy(failure, false));
 });
 
 function allowedTabs(may) {
@@ -145,9 +166,12 @@ $("sign-in-form").addEventListener("submit", async (event) => {
   try {
     const session = await api.signIn(keyInput.value.trim(), tokenInput.value.trim());
     tokenInput.value = ""; // the token is not kept, not even in the form
+    sessionEndsAt = session.expiresAt;
     const account = accountInput.value.trim() || session.account;
+    // back where the session ended (the fragment still names the account and tab)
+    const was = route();
     try {
-      await enter(account, "generated");
+      await enter(account, was.account === account ? was.tab : "generated");
     } catch (failure) {
       // signed in, but this key may not use this page in that account: say so, and end
       // the session rather than leave a cookie nobody uses
@@ -167,6 +191,7 @@ $("sign-in-form").addEventListener("submit", async (event) => {
 $("sign-out").addEventListener("click", async () => {
   try {
     await api.signOut();
+    sessionEndsAt = null;
     showSignIn("You are signed out.");
     window.history.replaceState(null, "", window.location.pathname);
   } catch (failure) {
@@ -208,7 +233,15 @@ async function start() {
   try {
     await enter(account, tab);
   } catch (failure) {
-    if (!ctx) showSignIn(failure.status === 401 ? "" : failure.message);
+    if (ctx) return;
+    if (failure.status === 401) {
+      // the page named an account, so it had a session: say it is over, and offer to
+      // sign in to the same account again
+      showSignIn(endedWhy(failure, true));
+      $("sign-in-account").value = account;
+    } else {
+      showSignIn(failure.message);
+    }
   }
 }
 

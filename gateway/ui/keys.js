@@ -14,25 +14,42 @@ export function mayActOn(ctx, key) {
   return key.appKey === ctx.me.appKey || key.roles.every((role) => ctx.me.assignableRoles.includes(role));
 }
 
-function marker(ctx, key) {
-  if (key.renewalAlert !== "orange" && key.renewalAlert !== "red") return null;
+// Since when a key's renewal alert is on: the list API says it (renewalAlertSince);
+// an older keygate does not, and then it is counted here from the token's date and the
+// account's period, when the page could read that period.
+function alertSince(ctx, key) {
+  if (key.renewalAlertSince) return key.renewalAlertSince;
+  if (!ctx.periodKnown || !key.creationDateToken) return null;
   const months = ctx.period + (key.renewalAlert === "red" ? RED_AFTER_MONTHS : 0);
-  const since = key.creationDateToken ? addMonths(key.creationDateToken, months) : null;
-  const words = key.renewalAlert === "red" ? "Token renewal overdue" : "Token renewal due";
-  const text = since && ctx.periodKnown ? `${words} since ${formatDate(since.toISOString(), false)}` : words;
-  return h("span", { class: "alert-wrap" },
-    h("span", { class: `marker ${key.renewalAlert}`, title: text, role: "img", "aria-label": text,
-      "data-alert": key.renewalAlert }),
-    h("span", { class: `marker-text ${key.renewalAlert}` },
-      key.renewalAlert === "red" ? "Renew now" : "Renew soon"));
+  return addMonths(key.creationDateToken, months).toISOString();
 }
 
+// The marker says since when in words on the page (a tooltip alone is for mice: touch
+// and keyboard users never see it), and in its title as well.
+function marker(ctx, key) {
+  if (key.renewalAlert !== "orange" && key.renewalAlert !== "red") return null;
+  const since = alertSince(ctx, key);
+  const day = since ? formatDate(since, false) : "";
+  const words = key.renewalAlert === "red" ? "Token renewal overdue" : "Token renewal due";
+  const text = day ? `${words} since ${day}` : words;
+  return h("span", { class: "alert-wrap", title: text, "data-alert": key.renewalAlert },
+    h("span", { class: `marker-text ${key.renewalAlert}` },
+      h("span", { class: "alert-level" },
+        h("span", { class: `marker ${key.renewalAlert}`, "aria-hidden": "true" }),
+        key.renewalAlert === "red" ? "Renew now" : "Renew soon"),
+      day ? [h("span", { class: "alert-sep" }, " · "), h("span", { class: "alert-since" }, `since ${day}`)] : null));
+}
+
+// What each token of a pending renewal does now: both work while the key is active,
+// and the key's status refuses both while it is not (401 key_inactive).
 function pendingNote(key) {
   if (!key.creationDateNewToken) return null;
+  const active = key.status === "active";
+  const refused = "refused while the key is inactive";
   return h("span", { class: "pending" }, "Renewal pending:",
     h("ul", {},
-      h("li", {}, "Old token: still works, until you delete it"),
-      h("li", {}, `New token: issued ${formatDate(key.creationDateNewToken)}, works`)));
+      h("li", {}, `Old token: ${active ? "still works, until you delete it" : refused}`),
+      h("li", {}, `New token: issued ${formatDate(key.creationDateNewToken)}, ${active ? "works" : refused}`)));
 }
 
 function showIssued(control, answer, what) {

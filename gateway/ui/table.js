@@ -2,7 +2,7 @@
 // parameters q, status, role, sort, order, page, perPage), so a page of 20 rows costs the
 // same at 50 keys and at 100,000.
 
-import { clearError, debounce, field, focusLater, h, replaceChildren, select, showError } from "./dom.js";
+import { clearError, debounce, field, focusLater, h, replaceChildren, select, showError, uid } from "./dom.js";
 
 export const PER_PAGE = [["10", "10"], ["20", "20"], ["50", "50"], ["100", "100"]];
 
@@ -53,12 +53,34 @@ export function serverTable({ caption, columns, emptyText, load, query, noun }) 
     h("thead", {}, h("tr", {}, headers)),
     body);
   const wrap = h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": caption }, table);
-  const summary = h("span", { class: "summary", role: "status" });
+  // The pager: first, previous, a page number to go to ("Page [N] of M"), next, last;
+  // the API takes any page number, so page 5,000 of 100,000 keys is one request away.
+  const summary = h("span", { class: "summary visually-hidden", role: "status" });
+  const count = h("span", { class: "count" });
+  const first = h("button", { type: "button" }, "First page");
   const previous = h("button", { type: "button" }, "Previous page");
   const next = h("button", { type: "button" }, "Next page");
-  previous.addEventListener("click", () => { query.page -= 1; refresh(); });
-  next.addEventListener("click", () => { query.page += 1; refresh(); });
-  const pager = h("nav", { class: "pager", "aria-label": `Pages of ${caption.toLowerCase()}` }, previous, summary, next);
+  const last = h("button", { type: "button" }, "Last page");
+  const ofPages = h("span", { class: "of-pages", id: uid("of-pages") });
+  const number = h("input", { type: "number", name: "page", id: uid("page"), min: "1", step: "1",
+    required: true, inputmode: "numeric", autocomplete: "off", class: "page-number",
+    "aria-describedby": ofPages.id });
+  const go = h("button", { type: "submit" }, "Go");
+  const jump = h("form", { class: "page-jump", "aria-label": `Go to a page of ${caption.toLowerCase()}` },
+    h("label", { for: number.id }, "Page"), number, ofPages, go);
+  let pages = 1;
+  const goTo = (wanted) => { query.page = Math.min(Math.max(1, wanted), pages); refresh(); };
+  first.addEventListener("click", () => goTo(1));
+  previous.addEventListener("click", () => goTo(query.page - 1));
+  next.addEventListener("click", () => goTo(query.page + 1));
+  last.addEventListener("click", () => goTo(pages));
+  jump.addEventListener("submit", (event) => {
+    event.preventDefault(); // the browser has checked it: a whole number from 1 to the last
+    goTo(Number(number.value));
+  });
+  const pager = h("nav", { class: "pager", "aria-label": `Pages of ${caption.toLowerCase()}` },
+    h("div", { class: "pager-buttons" }, first, previous), jump,
+    h("div", { class: "pager-buttons" }, next, last), count, summary);
   let generation = 0;
 
   function markSort() {
@@ -85,7 +107,7 @@ export function serverTable({ caption, columns, emptyText, load, query, noun }) 
       return;
     }
     if (mine !== generation) return; // a later request (a faster typist) wins
-    const pages = Math.max(1, Math.ceil(page.total / page.perPage));
+    pages = Math.max(1, Math.ceil(page.total / page.perPage));
     if (page.items.length === 0 && query.page > 1 && page.total > 0) {
       query.page = pages;
       refresh();
@@ -100,15 +122,20 @@ export function serverTable({ caption, columns, emptyText, load, query, noun }) 
         columns.map((column) => h("td", { "data-label": column.title }, h("div", {}, column.cell(item)))))));
     }
     if (focused) focused()?.focus();
-    summary.textContent = `Page ${page.page} of ${pages} · ${page.total} ${page.total === 1 ? noun[0] : noun[1]}`;
+    const total = `${page.total} ${page.total === 1 ? noun[0] : noun[1]}`;
+    summary.textContent = `Page ${page.page} of ${pages} · ${total}`;
+    count.textContent = total;
+    ofPages.textContent = `of ${pages}`;
+    number.max = String(pages);
+    number.value = String(page.page);
     const had = document.activeElement;
-    previous.disabled = page.page <= 1;
-    next.disabled = page.page >= pages;
+    first.disabled = previous.disabled = page.page <= 1;
+    next.disabled = last.disabled = page.page >= pages;
     // the last (or first) page reached: the pressed button is disabled and would drop
-    // the focus out of the page; it goes to the other one
-    if (had.disabled && (had === previous || had === next)) {
-      const other = had === next ? previous : next;
-      (other.disabled ? wrap : other).focus();
+    // the focus out of the page; it goes to the button that leads back
+    if (had.disabled && [first, previous, next, last].includes(had)) {
+      const back = had === next || had === last ? previous : next;
+      (back.disabled ? wrap : back).focus();
     }
   }
 
