@@ -558,11 +558,24 @@ async def test_store_roles_held_that_the_files_no_longer_define(
         ("store", "account 'beta': 1 key or grant holds role 'catalog-reader', which the "
                   "policy files do not define (it grants them nothing)"),
     ]
-    # the shipped files define them all
-    ran = await asyncio.to_thread(cli, "policy", "check", "--store", str(POLICIES))
+    # roles the new files define that nothing holds: owner is held (beta), policy-admin
+    # and the rest are not
+    never = sorted((f["file"], f["message"].split("'")[1]) for f in json.loads(ran.out)[
+        "findings"] if f["code"] == "role-never-held")
+    assert [role for _, role in never] == [
+        "api-keys-viewer", "policy-admin", "user-admin-restricted"]
+    # the shipped files define them all; those held by nothing are only warned of, and
+    # a role held through one that inherits it is held (orders-reader, by orders-writer)
+    ran = await asyncio.to_thread(cli, "policy", "check", "--store", "--json", str(POLICIES))
     assert ran.code == 0, ran.out
+    report = json.loads(ran.out)
+    assert report["errors"] == 0
+    assert sorted(f["message"].split("'")[1] for f in report["findings"]) == [
+        "api-keys-viewer", "policy-admin", "suspended-partner", "user-admin-restricted"]
+    assert {f["code"] for f in report["findings"]} == {"role-never-held"}
+    ran = await asyncio.to_thread(cli, "policy", "check", "--store", str(POLICIES))
     assert ran.out.splitlines()[-2:] == ["store: roles held by keys and grants checked",
-                                         "0 errors, 0 warnings"]
+                                         "0 errors, 4 warnings"]
 
 
 async def test_store_that_does_not_answer_cannot_run(cli, closed_port, monkeypatch):

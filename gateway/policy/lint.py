@@ -45,6 +45,10 @@ Warnings — the files load, but something in them does nothing, or not what it 
                        (typically a misspelt role in a ``g`` line)
 ``role-without-permissions`` a role that inherits roles but neither it nor they have a
                        ``p`` line: holding it allows and denies nothing
+``role-never-held``    (with a store) a role the files define (it has ``p`` lines) that
+                       no key or grant holds in any account, neither itself nor through a
+                       role that inherits it: defined, never granted — a leftover, or a
+                       role whose keys were never made
 ``model-differs``      a model whose effect or matcher is not keygate's: the analyses
                        above assume deny beats allow and keyMatch patterns
 ``analysis-limit``     the shadow/redundancy analysis stopped at its work budget
@@ -211,6 +215,7 @@ def lint_policy(
     findings += _unused(p_lines, routes, management, graph.roles)
     if held is not None:
         findings += _undefined_held(held, set(graph.roles))
+        findings += _never_held(held, p_lines, graph)
 
     loads = not read.problems and not cycles and not any(
         f.severity == ERROR for f in model_findings
@@ -411,6 +416,30 @@ def _undefined_held(held: Mapping[str, Mapping[str, int]], defined: set[str]) ->
                     scope="store",
                 ))
     return found
+
+
+def _never_held(
+    held: Mapping[str, Mapping[str, int]], p_lines: Sequence[PolicyLine], graph: RoleGraph
+) -> list[Finding]:
+    """Roles with ``p`` lines that no key or grant holds, nor inherits through a role
+    held: at the role's first line. A walk up from the roles held: O(roles + lines)."""
+    reached = {role for counts in held.values() for role, count in counts.items() if count}
+    todo = list(reached)
+    while todo:
+        for parent in graph.parents.get(todo.pop(), ()):
+            if parent not in reached:
+                reached.add(parent)
+                todo.append(parent)
+    first: dict[str, PolicyLine] = {}
+    for line in p_lines:
+        first.setdefault(line.values[0], line)
+    return [
+        Finding(WARNING, "role-never-held",
+                f"role {role!r}: no key or grant holds it in any account, nor a role that "
+                f"inherits it (defined, never granted)", _name(line.file), line.line,
+                scope="store")
+        for role, line in first.items() if role not in reached
+    ]
 
 
 def _distinct(
