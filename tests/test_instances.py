@@ -288,7 +288,7 @@ async def test_access_log_is_one_json_line_per_request_without_secrets(
     proxied = [e for e in lines if e.get("requestId") == request_id]
     assert len(proxied) == 1
     assert proxied[0] | {"time": 0, "ms": 0, "bytes": 0, "message": ""} == {
-        "time": 0, "ms": 0, "bytes": 0, "message": "", "level": "info",
+        "time": 0, "ms": 0, "bytes": 0, "message": "", "level": "info", "pid": process.pid,
         "logger": "keygate.access", "event": "request", "remote": "127.0.0.1",
         "method": "GET", "path": "/orders/1", "status": 200, "requestId": request_id,
         "appKey": key["appKey"], "account": "acme", "route": "orders", "errorCode": None,
