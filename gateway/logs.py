@@ -37,7 +37,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-import weakref
 from asyncio import Task, current_task
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
@@ -63,9 +62,11 @@ _RECORD_ATTRIBUTES = frozenset(
 ) | {"message", "asctime", "taskName"}
 
 
-# the fields of the request each task handles (see the module's text)
-_REQUEST_FIELDS: weakref.WeakKeyDictionary[Task[Any], Callable[[], Mapping[str, Any]]] = (
-    weakref.WeakKeyDictionary())
+# the fields of the request each task handles (see the module's text). A plain dict, not
+# a WeakKeyDictionary (which costs a weak reference per request): every binding is
+# removed in the ``finally`` of the handler that made it, which runs even when the task
+# is cancelled or its coroutine closed unfinished.
+_REQUEST_FIELDS: dict[Task[Any], Callable[[], Mapping[str, Any]]] = {}
 
 
 def _task() -> Task[Any] | None:
