@@ -178,6 +178,11 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         "1 when the policy in force is the version the deployment announced last (or "
         "none is known yet), 0 when this instance serves another (its files differ)",
     ),
+    "keygate_policy_refused": (
+        "gauge", (),
+        "1 while this instance's last reload was refused (a broken file, roles still "
+        "held) and it serves the policy it had, 0 once a reload succeeds",
+    ),
     "keygate_policy_announced_info": (
         "gauge", ("version",),
         "The policy version the deployment announced last (the last reload's, on the "
@@ -467,6 +472,8 @@ class PolicyInfo:
         lines.add_metric([], status.lines)
         in_sync = GaugeMetricFamily("keygate_policy_in_sync", _help("keygate_policy_in_sync"))
         in_sync.add_metric([], 1 if status.in_sync else 0)
+        refused = GaugeMetricFamily("keygate_policy_refused", _help("keygate_policy_refused"))
+        refused.add_metric([], 1 if status.refused is not None else 0)
         announced = GaugeMetricFamily(
             "keygate_policy_announced_info", _help("keygate_policy_announced_info"),
             labels=["version"])
@@ -475,6 +482,7 @@ class PolicyInfo:
         yield info
         yield lines
         yield in_sync
+        yield refused
         yield announced
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -148,7 +149,9 @@ async def test_a_reload_on_one_instance_is_followed_by_the_other(instances):
         ready = await instance.readyz()
         assert ready["policyVersion"] == version
         assert ready["policy"] | {"loadedAt": None} == {
-            "version": version, "announced": version, "inSync": True, "loadedAt": None}
+            "version": version, "announced": version, "inSync": True, "loadedAt": None,
+            "lastRefused": None}
+        assert ready["pid"] == os.getpid()
         assert ready["policy"]["loadedAt"].endswith("Z")
         assert instance.metric("keygate_policy_info", version=version) == 1
         assert instance.metric("keygate_policy_in_sync") == 1
@@ -204,7 +207,7 @@ async def test_an_instance_with_other_files_says_so_once_per_change(instances, c
     assert await reload_policy(b.gw)
     assert (await b.readyz())["policy"] == {
         "version": body["version"], "announced": body["version"], "inSync": True,
-        "loadedAt": (await b.readyz())["policy"]["loadedAt"]}
+        "loadedAt": (await b.readyz())["policy"]["loadedAt"], "lastRefused": None}
     assert b.metric("keygate_policy_in_sync") == 1
     assert any(getattr(r, "event", "") == "policy.in_sync" for r in caplog.records)
 
@@ -261,8 +264,14 @@ async def test_removing_a_role_still_held_is_refused_with_counts_unless_forced(
                                 "keys": 4, "truncated": False}
     assert "'catalog-reader'" in error["message"] and "4 key(s) in 3 account(s)" in error["message"]
     assert "acme: catalog-reader ×2" in error["message"]
+    assert '{"force": true}' in error["message"]  # says how to force it
     assert a.gw.policy.version == before and (await a.readyz())["policyVersion"] == before
     assert a.reloads("failure") == 1
+    # its files are not what it serves, and it says so until a reload succeeds
+    refused = (await a.readyz())["policy"]["lastRefused"]
+    assert refused["reason"] == error["message"] and refused["at"].endswith("Z")
+    assert refused["version"] not in (None, before)
+    assert a.metric("keygate_policy_refused") == 1
 
     # a third instance whose files drop the role *and* differ in another line: the force
     # below binds the version it produced, not this one
@@ -273,12 +282,17 @@ async def test_removing_a_role_still_held_is_refused_with_counts_unless_forced(
 
     status, body = await a.reload(admin, {"force": True})
     assert status == 200 and body["forced"] is True and body["previous"] == before
+    assert (await a.readyz())["policy"]["lastRefused"] is None
+    assert a.metric("keygate_policy_refused") == 0
     await until(lambda: b.gw.policy.version == body["version"])  # same files: follows
     assert (await b.readyz())["policy"]["inSync"] is True
     await until(lambda: c.gw.policy_sync.announcement.version == body["version"])
     await asyncio.sleep(0.1)
     assert c.gw.policy.version == before  # refused: it would drop held roles unforced
     assert (await c.readyz())["policy"]["inSync"] is False
+    assert (await c.readyz())["policy"]["lastRefused"]["reason"].startswith(
+        "the new policy no longer defines 'catalog-reader'")
+    assert c.metric("keygate_policy_refused") == 1
     assert any(getattr(r, "event", "") == "policy.forced" for r in caplog.records)
     events, _ = await a.gw.store.audit_events("acme", accept=lambda e: e.action == "policy.reload")
     assert events[0].after == {"version": body["version"], "forced": True}
@@ -299,6 +313,8 @@ async def test_a_broken_file_is_refused_with_its_line_and_the_old_policy_serves(
     assert a.gw.policy.version == before and (await a.readyz())["policyVersion"] == before
     assert (await a.proxy.get("/orders/1", headers=reader.headers)).status == 200
     assert a.reloads("failure") == 1 and a.reloads() == 0
+    refused = (await a.readyz())["policy"]["lastRefused"]
+    assert refused["version"] is None and "effect must be allow or deny" in refused["reason"]
 
     shutil.rmtree(a.policies)  # no directory at all: refused too, without a line
     status, body = await a.reload(admin)

@@ -4,6 +4,7 @@ document (metrics have their own port: see metrics.py)."""
 from __future__ import annotations
 
 import itertools
+import os
 
 from aiohttp import web
 
@@ -60,15 +61,21 @@ def _readyz(operation_id: str, path: str) -> None:
             raise StoreUnavailable(f"not ready: {NewerLayout(layout.store)}",
                                    code="store_layout_newer")
         policy = gateway.policy_sync.status()
+        refused = policy.refused
         return json_response(
             {
                 "status": "ready",
+                "pid": os.getpid(),
                 "policyVersion": policy.version,
                 "policy": {
                     "version": policy.version,
                     "announced": policy.announced,
                     "inSync": policy.in_sync,
                     "loadedAt": iso(policy.loaded_at),
+                    "lastRefused": None if refused is None else {
+                        "reason": refused.reason, "at": iso(refused.at),
+                        "version": refused.version,
+                    },
                 },
                 # "bypassed" until the invalidation channel is subscribed: every request
                 # then reads the store, which is correct, only slower

@@ -380,11 +380,26 @@ class Health(Model):
     status: Literal["ok"]
 
 
+class RefusedReload(Model):
+    """The last reload this instance refused since its policy was loaded: why, when,
+    and the version its files gave (null: they did not load)."""
+
+    reason: str
+    at: Timestamp
+    version: str | None
+
+
 class PolicyStatus(Model):
+    """`version`: the policy in force; `announced`: the deployment's last (null until
+    read); `inSync`: they are the same (or none is known); `lastRefused`: set while
+    this instance's files were refused (a broken file, roles still held) and it serves
+    the policy it had, null once a reload succeeds."""
+
     version: str
     announced: str | None
     in_sync: bool
     loaded_at: Timestamp | None
+    last_refused: RefusedReload | None
 
 
 class StoreLayoutStatus(Model):
@@ -399,6 +414,7 @@ class StoreLayoutStatus(Model):
 
 class Readiness(Model):
     status: Literal["ready"]
+    pid: Annotated[int, Meta(description="the process that answered (one of --workers')")]
     policy_version: str
     policy: PolicyStatus
     credential_cache: Literal["trusted", "bypassed"]

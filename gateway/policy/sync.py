@@ -119,7 +119,8 @@ class RolesStillHeld(Exception):
             f"the new policy no longer defines {', '.join(map(repr, removed))}, still held "
             f"by {self.keys} key(s) in {self.accounts} account(s) ({shown}"
             f"{f'; and {more} more accounts' if more > 0 else ''}); take the roles off "
-            "those keys first, or force the reload"
+            "those keys first, or force the reload (POST /api/v1/policy/reload with "
+            '{"force": true}; a signal or the file watch never forces)'
         )
 
     @property
@@ -151,6 +152,19 @@ class SyncStatus:
     announced: str | None
     in_sync: bool
     loaded_at: int  # ms since the epoch
+    # the last reload refused since the policy in force was loaded: this instance's
+    # files (or the store's role holders) say something else than what it serves
+    refused: RefusedReload | None = None
+
+
+@dataclass(frozen=True)
+class RefusedReload:
+    """Why the last reload was refused, when, and the version the files gave (None
+    when they did not load)."""
+
+    reason: str
+    at: int  # ms since the epoch
+    version: str | None
 
 
 class PolicyHolder(Protocol):
@@ -225,6 +239,7 @@ class PolicySync:
         self._next: dict[Hashable, asyncio.Future[Any]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned: tuple[str, str] | None = None  # (serving, announced) warned about
+        self._last_refused: RefusedReload | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._closed = False
@@ -244,6 +259,7 @@ class PolicySync:
             announced=announced,
             in_sync=announced is None or announced == policy.version,
             loaded_at=self.loaded_at,
+            refused=self._last_refused,
         )
 
     def _now_ms(self) -> int:
@@ -268,12 +284,18 @@ class PolicySync:
             await asyncio.wait(self._tasks, timeout=5.0)
 
     # -- triggers ----------------------------------------------------------------------
-    async def reload(self, *, force: bool = False, by: str = "") -> ReloadResult:
+    async def reload(self, *, force: bool = False, by: str = "",
+                     asked: bool = True) -> ReloadResult:
         """Reload the files, swap the policy in and announce it (see the module's
         docstring). Raises :class:`PolicyInvalid`, :class:`RolesStillHeld`, or
         StoreUnavailable when the store cannot say who holds a role being removed; the
-        old policy keeps serving then. Joins the next reload if one is running."""
-        return await self._join(("reload", force), lambda: self._reload(force, by or self.instance))
+        old policy keeps serving then. Joins the next reload if one is running.
+        ``asked``: someone asked (a signal, the API), so a reload whose files give the
+        policy in force still counts as one; the file watch's (``asked=False``) does
+        not — under ``--workers`` the watch of a worker that already followed another's
+        announcement finds nothing new."""
+        return await self._join(("reload", force, asked),
+                                lambda: self._reload(force, by or self.instance, asked))
 
     def heard(self) -> None:
         """The announcement changed, or may have while the subscription was away: read
@@ -345,8 +367,14 @@ class PolicySync:
         return RolesStillHeld(tuple(r for r in removed if any(r in c for c in held.values())),
                               held)
 
-    def _swap(self, candidate: Policy) -> str:
+    def _swap(self, candidate: Policy, asked: bool = True) -> str:
         previous = self.holder.policy.version
+        self._last_refused = None
+        if candidate.version == previous and not asked:
+            # the watch saw files that give the policy in force (a comment edited, or a
+            # change another worker's announcement brought in first): nothing to swap,
+            # to log as a reload, nor to count
+            return previous
         self.holder.policy = candidate  # one reference: requests see old or new
         self.loaded_at = self._now_ms()
         self._reloaded(True)
@@ -354,12 +382,13 @@ class PolicySync:
                  candidate.lines, extra={"event": "policy.reloaded"})
         return previous
 
-    def _refused(self, reason: object) -> None:
+    def _refused(self, reason: object, version: str | None = None) -> None:
+        self._last_refused = RefusedReload(str(reason), self._now_ms(), version)
         self._reloaded(False)
         log.error("policy reload refused, keeping version %s: %s", self.holder.policy.version,
                   reason, extra={"event": "policy.refused"})
 
-    async def _reload(self, force: bool, by: str) -> ReloadResult:
+    async def _reload(self, force: bool, by: str, asked: bool = True) -> ReloadResult:
         current = self.holder.policy
         try:
             candidate = await self._load()
@@ -370,7 +399,7 @@ class PolicySync:
             held = await self._still_held(current, candidate)
         except StoreUnavailable:
             if not force:
-                self._refused(HOLDERS_UNKNOWN)
+                self._refused(HOLDERS_UNKNOWN, candidate.version)
                 raise
             # forced anyway: a person decided, and an emergency must not wait for Redis
             log.warning("policy reload forced without knowing who holds the roles it "
@@ -378,12 +407,14 @@ class PolicySync:
             forced = True
         else:
             if held is not None and not force:
-                self._refused(held)
+                self._refused(held, candidate.version)
                 raise held
             if held is not None:
                 log.warning("policy reload forced: %s", held, extra={"event": "policy.forced"})
             forced = held is not None
-        previous = self._swap(candidate)
+        previous = self._swap(candidate, asked)
+        if previous == candidate.version and not asked:
+            return ReloadResult(candidate.version, previous, candidate.lines, False, False)
         announcement = PolicyAnnouncement(candidate.version, by, self._now_ms(), forced)
         try:
             announced = await self.store.announce_policy(announcement)
@@ -437,10 +468,10 @@ class PolicySync:
             self._refused(exc)
             return
         except StoreUnavailable:
-            self._refused(HOLDERS_UNKNOWN)
+            self._refused(HOLDERS_UNKNOWN, candidate.version)
             return
         if held is not None:
-            self._refused(held)
+            self._refused(held, candidate.version)
             return
         self._swap(candidate)
 
@@ -480,7 +511,7 @@ class PolicySync:
             if now == seen:
                 continue
             try:
-                await self.reload(by=f"{self.instance} (file watch)")
+                await self.reload(by=f"{self.instance} (file watch)", asked=False)
             except StoreUnavailable:
                 continue  # retried at the next poll
             except (PolicyInvalid, RolesStillHeld):
