@@ -10,7 +10,9 @@ standard error as one ``keygate: …`` line, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -34,8 +36,10 @@ EXIT_STATUSES = """\
 exit status:
   0  done
   1  refused, or what the command names does not exist (no such key, a renewal
-     already pending, …); also when the store failed while the command ran
-  2  bad configuration or usage (a setting, a policy or route, an argument)
+     already pending, …); also when the store failed while the command ran, and
+     for the policy commands, policy files that do not load
+  2  bad configuration or usage (a setting, a store that does not answer at start,
+     a policy or route for serve, an argument)
 """
 
 
@@ -239,6 +243,25 @@ def _add_external_key_commands(sub: Any, command: Any) -> None:
     remove.add_argument("app_key", metavar="KEY")
 
 
+# where a policy file's error points: "policy a.csv, line 2: …" (gateway.policy.files)
+_POLICY_LINE = re.compile(r"\bpolicy (?P<file>[^,\s]+), line (?P<line>\d+): ")
+
+
+def _failed(args: argparse.Namespace, message: str, status: int) -> int:
+    """One ``keygate: …`` line on standard error; and, when the command was asked for
+    JSON, the error as a JSON document on standard output too (a CI step that parses the
+    output gets a document whatever happened), with the policy file and line when the
+    message names them."""
+    print(f"keygate: {message}", file=sys.stderr)
+    if getattr(args, "json", False) or getattr(args, "format", None) == "json":
+        error: dict[str, Any] = {"message": message, "exitStatus": status}
+        located = _POLICY_LINE.search(message)
+        if located is not None:
+            error.update(file=located["file"], line=int(located["line"]))
+        print(json.dumps({"error": error}))
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors: argparse exits with 2
     configure_logging(args.verbose)  # until the settings say which log_format
@@ -248,17 +271,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a reader gone away is found here, not as the process exits
         return code
     except UsageError as exc:
-        print(f"keygate: {exc}", file=sys.stderr)
-        return BAD_USAGE
+        return _failed(args, str(exc), BAD_USAGE)
     except ConfigError as exc:
-        print(f"keygate: configuration error: {exc}", file=sys.stderr)
-        return BAD_USAGE
+        return _failed(args, f"configuration error: {exc}", BAD_USAGE)
     except Refused as exc:
-        print(f"keygate: {exc}", file=sys.stderr)
-        return REFUSED
+        return _failed(args, str(exc), REFUSED)
     except GatewayError as exc:  # the store failed while the command ran
-        print(f"keygate: {exc.message}", file=sys.stderr)
-        return REFUSED
+        return _failed(args, exc.message, REFUSED)
     except KeyboardInterrupt:
         return INTERRUPTED
     except BrokenPipeError:

@@ -4,21 +4,22 @@ decision, and what a change does to every role (the analysis is ``gateway.policy
 prints).
 
 Exit statuses (``gateway.cli_policy``): ``test`` 0 when every row passes, 1 when one
-fails, 2 when it cannot run (a table that is not one, no tables, a policy that does not
-load); ``explain`` 0 whatever the decision, 1 for a key that holds no roles in the
-account, 2 for a bad argument or an explanation past its work limit; ``diff`` 0
-whatever changed, 2 when a side does not load.
+fails or the policy files do not load, 2 when it cannot run (a table that is not one,
+no tables); ``explain`` 0 whatever the decision, 1 for a key that holds no roles in the
+account or policy files that do not load, 2 for a bad argument or an explanation past
+its work limit; ``diff`` 0 whatever changed, 1 when a side does not load. Files that do
+not load are what these commands find, as ``policy check`` does (1), not a wrong
+command (2).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli_policy import BAD_USAGE, DONE, FOUND, wants_json
+from .cli_policy import DONE, FOUND, wants_json
 from .cli_store import Refused, UsageError, on_store, print_json, settings_of, shown
 from .credentials import is_valid_account
 from .errors import ConfigError
@@ -62,6 +63,16 @@ def policies_dir_of(args: argparse.Namespace, settings: Settings) -> Path:
     return directory
 
 
+def load_policy(model_path: Path, policies_dir: Path, side: str = "") -> Policy:
+    """The policy the command is about. Files that do not load are what these commands
+    exist to find, as ``policy check`` finds them: exit 1 (refused), naming the file and
+    line — not 2, which says the command or the deployment's config is wrong."""
+    try:
+        return Policy.load(model_path, policies_dir)
+    except ConfigError as exc:
+        raise Refused(f"{side}the policy does not load: {exc}") from None
+
+
 def shown_path(path: Path, policies_dir: Path) -> str:
     """A table's name as rows print it: relative to the policy directory when inside."""
     try:
@@ -95,7 +106,7 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
 
     settings = settings_of(args)
     policies_dir = policies_dir_of(args, settings)
-    policy = Policy.load(settings.model_path, policies_dir)
+    policy = load_policy(settings.model_path, policies_dir)
     # tables named on the command line are the user's choice; those found in the
     # policy directory come with its files (a pull request) and must stay inside it
     found_in = None
@@ -145,7 +156,7 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     if problem is not None:
         raise UsageError(problem)
     settings = settings_of(args)
-    policy = Policy.load(settings.model_path, policies_dir_of(args, settings))
+    policy = load_policy(settings.model_path, policies_dir_of(args, settings))
     key = None
     if args.key is not None:
         from .key_roles import key_roles
@@ -201,11 +212,9 @@ def cmd_policy_diff(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     sides = []
     for what, directory in (("OLD", args.old), ("NEW", args.new)):
-        try:
-            sides.append(Policy.load(settings.model_path, Path(directory)))
-        except ConfigError as exc:  # it names the file and line; say which side it is
-            print(f"keygate: {what} ({shown(directory)}): {exc}", file=sys.stderr)
-            return BAD_USAGE
+        # the error names the file and line; say which side it is
+        sides.append(load_policy(settings.model_path, Path(directory),
+                                 f"{what} ({shown(directory)}): "))
     diff = diff_policies(sides[0], sides[1], known_permissions(settings))
     if wants_json(args):
         print_json({"old": {"directory": args.old, "version": diff.old_version},

@@ -200,6 +200,17 @@ def keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+async def existing_account(gateway: Any, account: str) -> None:
+    """Refused (exit 1) for an account keygate knows nothing of: a command that sets or
+    exports an account's settings or keys must not bring a misspelt account into being
+    (``keys create`` and ``external-keys add`` do that), nor answer its defaults or an
+    empty workbook as if it were one. (The lists answer an empty list, exit 0: an
+    account whose keys were all deleted is empty, not unknown.)"""
+    if not await gateway.store.account_exists(account):
+        raise Refused(f"no account {shown(account)} (it holds no keys, grants no external "
+                      "keys and has no settings)")
+
+
 def keys_list(args: argparse.Namespace) -> int:
     from .store import KeyQuery
 
@@ -415,6 +426,7 @@ def account_settings_get(args: argparse.Namespace) -> int:
     from .views import account_settings_json
 
     async def work(gateway: Any) -> dict[str, Any]:
+        await existing_account(gateway, args.account)
         return account_settings_json(await gateway.store.get_settings(args.account))
 
     _print_account_settings(args, on_store(args, work))
@@ -426,6 +438,7 @@ def account_settings_set(args: argparse.Namespace) -> int:
     from .views import account_settings_json
 
     async def work(gateway: Any) -> dict[str, Any]:
+        await existing_account(gateway, args.account)
         with arguments_checked():
             await gateway.lifecycle.put_setting(
                 args.account, "renewalPeriodMonths", args.renewal_period_months, CLI_ACTOR
@@ -472,6 +485,7 @@ def export(args: argparse.Namespace) -> int:
     target = Path(args.output)
 
     async def work(gateway: Any) -> None:
+        await existing_account(gateway, args.account)  # before a file is made
         # opened first, whatever the format: a target that cannot be written is said
         # before the export's work (xlsxwriter would only find out as it closes, with an
         # exception of its own)

@@ -351,7 +351,20 @@ async def test_a_first_command_records_a_new_stores_layout_and_a_newer_one_is_le
 
 
 # -- account settings ------------------------------------------------------------------
-async def test_account_settings_get_and_set(cli, local):
+async def test_account_settings_get_and_set(cli, local, tmp_path):
+    # an account keygate knows nothing of is not answered with defaults, nor made by a
+    # setting or an export (a misspelt account): exit 1, nothing written
+    for argv in (("settings", "get", "--account", "acme"),
+                 ("settings", "set", "--account", "acme", "--renewal-period-months", "6"),
+                 ("export", "--account", "acme", "-o", str(tmp_path / "x.xlsx"))):
+        ran = await in_thread(cli, *argv)
+        assert (ran.code, ran.out) == (1, ""), ran.err
+        assert ran.err == ("keygate: no account acme (it holds no keys, grants no external "
+                           "keys and has no settings)\n")
+    assert not (tmp_path / "x.xlsx").exists()
+    assert not await local.store.account_exists("acme")
+    assert (await local.store.audit_events("acme"))[0] == []
+    await local.lifecycle.create("acme", "first", ["owner"], CLI_ACTOR)
     ran = await in_thread(cli, "settings", "get", "--account", "acme", "--json")
     assert ran.json() == {"renewalPeriodMonths": 3}
     ran = await in_thread(cli, "settings", "set", "--account", "acme",
@@ -361,7 +374,7 @@ async def test_account_settings_get_and_set(cli, local):
     assert ran.out == "account acme: renewal reminder after 6 months (renewalPeriodMonths)\n"
     assert await local.store.get_settings("acme") == {"renewalPeriodMonths": "6"}
     events, _ = await local.store.audit_events("acme")
-    assert [(e.action, e.actor) for e in events] == [("settings.update", "cli")]
+    assert [(e.action, e.actor) for e in events][0] == ("settings.update", "cli")
     # without a subcommand, `settings` is still the reference (README, test_docs)
     assert cli("settings").out.startswith("| setting | environment | default | meaning |")
 
@@ -410,6 +423,7 @@ def test_demo_ports_and_metrics(tmp_path: Path):
 # -- export ----------------------------------------------------------------------------
 @pytest.mark.parametrize("form", ["csv", "xlsx"])
 def test_export_to_a_path_that_cannot_be_written_is_a_usage_error(cli, env, tmp_path, form):
+    assert cli("keys", "create", "--account", "acme", "--label", "k", "--role", "owner").code == 0
     target = tmp_path / "missing-dir" / f"keys.{form}"
     ran = cli("export", "--account", "acme", "--format", form, "-o", str(target))
     assert ran.code == 2 and "--output" in ran.err and str(target) in ran.err
@@ -419,6 +433,7 @@ def test_export_to_a_path_that_cannot_be_written_is_a_usage_error(cli, env, tmp_
 def test_export_to_xlsx_writes_a_workbook_both_sheets(cli, env, tmp_path):
     import zipfile
 
+    assert cli("keys", "create", "--account", "acme", "--label", "k", "--role", "owner").code == 0
     target = tmp_path / "keys.xlsx"
     ran = cli("export", "--account", "acme", "-o", str(target))
     assert ran.code == 0, ran.err

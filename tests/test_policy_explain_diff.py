@@ -456,14 +456,27 @@ def test_cli_diff_of_identical_directories(sides, capsys):
     assert code == 0 and out.splitlines()[1] == "no role's permissions change"
 
 
-def test_cli_diff_that_cannot_run_exits_2_naming_the_side(sides, capsys):
+def test_cli_diff_that_cannot_run_exits_2_a_side_that_does_not_load_1(sides, capsys):
+    """A missing directory is a wrong command (2); files that do not load are what a
+    policy command finds, as policy check does (1), naming the side, file and line; in
+    JSON, a document saying so on standard output."""
     old, new = sides
     code, _, err = keygate(capsys, "policy", "diff", str(old), str(new / "nope"))
     assert code == 2 and err.startswith("keygate: NEW:") and "is not a directory" in err
     (new / "broken.csv").write_text("p, owner, *, *, *, maybe\n")
     code, out, err = keygate(capsys, "policy", "diff", str(old), str(new))
-    assert code == 2 and out == ""
+    assert code == 1 and out == ""
     assert err.startswith("keygate: NEW (") and "broken.csv, line 1" in err
+    code, out, err = keygate(capsys, "policy", "diff", str(old), str(new), "--format", "json")
+    error = orjson.loads(out)["error"]
+    assert code == 1 and (error["file"], error["line"], error["exitStatus"]) == (
+        "broken.csv", 1, 1)
+    assert error["message"] == err.removeprefix("keygate: ").rstrip("\n")
+    for command in (["policy", "test", "--policies", str(new)],
+                    ["policy", "explain", "--policies", str(new), "--account", "acme",
+                     "--resource", "orders", "--action", "read", "--role", "owner"]):
+        code, out, err = keygate(capsys, *command, "--format", "json")
+        assert code == 1 and orjson.loads(out)["error"]["file"] == "broken.csv", err
 
 
 # == the tools agree with enforcement ================================================
