@@ -100,20 +100,28 @@ async def run_demo(settings: Settings, ports: DemoPorts = DemoPorts()) -> None:
         if settings.in_memory:
             log.warning(MEMORY_WARNING)
         try:
-            async with running(gateway) as (proxy_url, management_url, *_):
+            async with running(gateway) as (proxy_url, management_url, metrics_url, *_):
                 stop = stop_event(asyncio.get_running_loop())
                 issued = await gateway.lifecycle.create(
                     "acme", "demo key", ["orders-writer", "user-admin-restricted"], CLI_ACTOR
                 )
+                # another account's key, for the External keys tab: acme may grant it
+                partner = await gateway.lifecycle.create(
+                    "globex", "globex partner", ["orders-reader"], CLI_ACTOR
+                )
                 record, token = issued.record, issued.token
                 key_h, token_h = settings.key_header, settings.token_header
                 creds = f"-H '{key_h}: {record.app_key}' -H '{token_h}: {token}'"
+                partner_creds = (f"-H '{key_h}: {partner.record.app_key}' "
+                                 f"-H '{token_h}: {partner.token}'")
+                metrics_line = (f"\n  metrics         {metrics_url}/metrics"
+                                if metrics_url else "")
                 print(
                     f"""
 keygate demo is running (embedded memory:// store: nothing is kept)
   proxy           {proxy_url}   -> echo upstream http://127.0.0.1:{upstream_port}
   management API  {management_url}/api/v1
-  admin page      {management_url}/admin/   (sign in with the key and token below)
+  admin page      {management_url}/admin/   (sign in with the key and token below){metrics_line}
 
 A key in account "acme" with roles orders-writer and user-admin-restricted:
   API key    {record.app_key}
@@ -126,6 +134,13 @@ An authorized request through the proxy (200, the echo shows the identity header
 Without the token (401), and the key list on the management API:
   curl -i {proxy_url}/orders/42 -H '{key_h}: {record.app_key}'
   curl -s {management_url}/api/v1/accounts/acme/keys {creds}
+
+A key of another account, "globex" (orders-reader there), for the External keys tab:
+  API key    {partner.record.app_key}
+  API token  {partner.token}
+acme's orders refuse it (403) until acme grants it a role there (admin page, External
+keys, Add: the key and orders-reader; or POST /api/v1/accounts/acme/external-keys):
+  curl -i {proxy_url}/accounts/acme/orders/1 {partner_creds}
 
 Ctrl-C stops it.""",
                     flush=True,

@@ -328,23 +328,25 @@ resource = "orders"
 
 # -- demo ------------------------------------------------------------------------------
 async def test_demo_prints_a_working_curl_line():
-    proxy_port, management_port, upstream_port = free_port(), free_port(), free_port()
+    proxy_port, management_port, upstream_port, metrics_port = (
+        free_port(), free_port(), free_port(), free_port())
     ports = ("--proxy-port", str(proxy_port), "--management-port", str(management_port),
-             "--upstream-port", str(upstream_port))
+             "--upstream-port", str(upstream_port), "--metrics-port", str(metrics_port))
     async with spawned("demo", *ports, env=clean_environ()) as proc:
         printed: list[str] = []
 
-        async def read_until_curl() -> None:
+        async def read_until(end: str) -> None:
             assert proc.stdout is not None
             while True:
                 line = (await proc.stdout.readline()).decode()
                 assert line, "demo stopped printing before the curl line:\n" + "".join(printed)
                 printed.append(line)
-                if "curl -i" in line:
+                if end in line:
                     return
 
-        await asyncio.wait_for(read_until_curl(), TIMEOUT)
+        await asyncio.wait_for(read_until("curl -i"), TIMEOUT)
         text = "".join(printed)
+        assert f"metrics         http://127.0.0.1:{metrics_port}/metrics" in text
         app_key = re.search(r"API key\s+(\S+)", text).group(1)
         token = re.search(r"API token\s+(\S+)", text).group(1)
         curl = printed[-1]
@@ -363,6 +365,25 @@ async def test_demo_prints_a_working_curl_line():
                 assert "X-API-AppToken" not in echoed["headers"]
             async with session.get(url, headers={"X-API-AppKey": app_key}) as response:
                 assert response.status == 401
+
+            # the second account's key: refused in acme until acme grants it a role
+            await asyncio.wait_for(read_until("Ctrl-C stops it."), TIMEOUT)
+            partner_text = "".join(printed).split('"globex"', 1)[1]
+            partner = re.search(r"API key\s+(kgk-globex-\S+)", partner_text).group(1)
+            partner_curl = next(line for line in printed if partner in line and "curl" in line)
+            partner_url = re.search(r"curl -i (http://\S+)", partner_curl).group(1)
+            partner_headers = dict(re.findall(r"-H '([^:]+): ([^']+)'", partner_curl))
+            async with session.get(partner_url, headers=partner_headers) as response:
+                assert response.status == 403
+            grant = f"http://127.0.0.1:{management_port}/api/v1/accounts/acme/external-keys"
+            async with session.post(grant, headers=header_values,
+                                    json={"appKey": partner, "roles": ["orders-reader"]}) as r:
+                assert r.status == 201
+            async with session.get(partner_url, headers=partner_headers) as response:
+                assert response.status == 200
+            metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+            async with session.get(metrics) as response:
+                assert response.status == 200 and "keygate_requests_total" in await response.text()
 
         proc.send_signal(signal.SIGTERM)  # the graceful stop, as for serve
         assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
