@@ -80,6 +80,17 @@ def _version() -> str:
         return "(not installed)"
 
 
+def command_group(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A command of actions (``keys``, ``policy``, …): its help names the exit statuses,
+    and ``--config`` may come after it too (``keygate keys --config F list``)."""
+    group: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=help_text, epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    group.add_argument("--config", type=config_file, default=argparse.SUPPRESS,
+                       help="TOML config file (as before the command)")
+    return group
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keygate", description="Authorization gateway for API keys.",
@@ -129,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_key_commands(sub, command)
     _add_external_key_commands(sub, command)
 
-    jwt = sub.add_parser("jwt", help="the JWT signing keys of sessions and identity tokens")
+    jwt = command_group(sub, "jwt", "the JWT signing keys of sessions and identity tokens")
     jwt_sub = jwt.add_subparsers(dest="jwt_command", required=True, metavar="ACTION")
     rotate = command(jwt_sub, "rotate", store_commands.jwt_rotate,
                      "add a new signing key, published now and signing once verifiers' "
@@ -139,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sign with the new key at once (the current one is believed "
                              "leaked); upstreams refuse identity tokens until they fetch "
                              "the JWKS again")
+    # as the policy commands' (cli_policy.add_format_option); --json stays
+    rotate.add_argument("--format", choices=("text", "json"), default="text",
+                        help="output: text for people, json for scripts (as --json)")
 
     settings = command(sub, "settings", cmd_settings_reference,
                        "print the settings reference (Markdown), or an account's settings "
@@ -163,11 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "export an account's keys to XLSX or CSV")
     export.add_argument("--account", required=True, type=account_name)
     export.add_argument("--format", choices=("xlsx", "csv"), default="xlsx")
-    export.add_argument("--sheet", choices=("generated", "external"), default="generated",
-                        help="CSV only: which sheet (XLSX holds both)")
+    export.add_argument("--sheet", choices=("generated", "external"),
+                        help="CSV only: which sheet (default generated; XLSX holds both)")
     export.add_argument("-o", "--output", required=True, type=path, help="file to write")
 
-    store = sub.add_parser("store", help="the store's layout")
+    store = command_group(sub, "store", "the store's layout")
     store_sub = store.add_subparsers(dest="store_command", required=True, metavar="ACTION")
     command(store_sub, "migrate", store_commands.store_migrate,
             "build the indexes missing from accounts written by an older keygate "
@@ -186,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_key_commands(sub: Any, command: Any) -> None:
-    keys = sub.add_parser("keys", help="an account's generated keys, in the store directly")
+    keys = command_group(sub, "keys", "an account's generated keys, in the store directly")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     create = command(keys_sub, "create", store_commands.keys_create,
                      "create a key and print its token once")
@@ -212,8 +226,8 @@ def _add_key_commands(sub: Any, command: Any) -> None:
 
 
 def _add_external_key_commands(sub: Any, command: Any) -> None:
-    external = sub.add_parser(
-        "external-keys", help="roles an account grants to other accounts' keys, in the store"
+    external = command_group(
+        sub, "external-keys", "roles an account grants to other accounts' keys, in the store"
     )
     external_sub = external.add_subparsers(dest="external_command", required=True,
                                            metavar="ACTION")

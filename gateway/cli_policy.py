@@ -32,7 +32,9 @@ def wants_json(args: argparse.Namespace) -> bool:
 
 
 def add_policy_commands(sub: Any, command: Any) -> None:
-    policy = sub.add_parser("policy", help="policy files: check, test, explain, diff")
+    from .cli import command_group
+
+    policy = command_group(sub, "policy", "policy files: check, test, explain, diff")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
 
     check = command(policy_sub, "check", cmd_policy_check,

@@ -483,6 +483,9 @@ def export(args: argparse.Namespace) -> int:
     from .export import csv_chunks, write_xlsx
 
     target = Path(args.output)
+    if args.sheet is not None and args.format != "csv":
+        raise UsageError("--sheet: CSV only (the XLSX workbook holds both sheets)")
+    sheet = args.sheet or "generated"
 
     async def work(gateway: Any) -> None:
         await existing_account(gateway, args.account)  # before a file is made
@@ -493,7 +496,7 @@ def export(args: argparse.Namespace) -> int:
             if args.format == "xlsx":
                 await write_xlsx(gateway.store, args.account, out)
                 return
-            async for chunk in csv_chunks(gateway.store, args.account, args.sheet):
+            async for chunk in csv_chunks(gateway.store, args.account, sheet):
                 out.write(chunk)
 
     try:
@@ -511,35 +514,51 @@ def jwt_rotate(args: argparse.Namespace) -> int:
     """A new JWT signing key, announced on the invalidation channel: every instance
     publishes it in the JWKS at once and signs with it from ``signsFrom`` (at once with
     ``--now``, or when no previous key opens), and the previous key signs until then and
-    verifies until every token it signed has expired."""
+    verifies until every token it signed has expired: ``previousVerifiesUntil``, its
+    last signing time plus the longest token lifetime (``session_ttl``,
+    ``identity_token_ttl``) and ``jwt_leeway``, when keygate drops it from the JWKS.
+
+    Keys loaded from ``jwt_private_key_files`` are refused (exit 1: the operator rotates
+    them by changing the list); a file that does not load is a configuration error
+    (exit 2), as for ``serve``."""
 
     from .sessions.service import SigningKeysUnavailable
     from .views import iso
 
     async def work(gateway: Any) -> dict[str, Any]:
+        sessions = gateway.sessions
+        if sessions.from_files:
+            raise Refused("the JWT signing keys come from jwt_private_key_files: rotate "
+                          "by changing that list")
         try:
-            previous = (await gateway.sessions.ready()).current.kid
+            previous = (await sessions.ready()).current.kid
         except SigningKeysUnavailable:  # no stored key opens: the way out is a new one
             previous = None
-        new = await gateway.sessions.rotate(at_once=args.now)
+        new = await sessions.rotate(at_once=args.now)
+        # the previous key as stored after the rotation: it stops signing at its
+        # ``retired`` (the new key's start, or earlier when a rotation was pending)
+        # and its last token is dead max_lifetime after that
+        old = sessions.ring.keys.get(previous) if previous and sessions.ring else None
         return {"kid": new.kid, "algorithm": new.algorithm, "previous": previous,
                 "signsFrom": iso(new.starts * 1000),
-                "keys": [key["kid"] for key in gateway.sessions.jwks()["keys"]]}
+                "previousSignsUntil": iso(old.retired * 1000) if old else None,
+                "previousVerifiesUntil": (iso((old.retired + sessions.max_lifetime) * 1000)
+                                          if old else None),
+                "keys": [key["kid"] for key in sessions.jwks()["keys"]]}
 
-    try:
-        rotated = on_store(args, work)
-    except ConfigError as exc:
-        if "jwt_private_key_files" in str(exc):
-            raise Refused(str(exc)) from None
-        raise
-    if args.json:
+    rotated = on_store(args, work)
+    if args.json or getattr(args, "format", "text") == "json":
         print_json(rotated)
+    elif rotated["previous"]:
+        print(f"new signing key {rotated['kid']} ({rotated['algorithm']}), published now, "
+              f"signs from {rotated['signsFrom']}; {rotated['previous']} signs until "
+              f"{rotated['previousSignsUntil']} and verifies until "
+              f"{rotated['previousVerifiesUntil']} (its last token expired: the longest "
+              "token lifetime and jwt_leeway later); it may be dropped after that")
     else:
         print(f"new signing key {rotated['kid']} ({rotated['algorithm']}), published now, "
-              f"signs from {rotated['signsFrom']}; "
-              + (f"{rotated['previous']} signs until then and verifies until its tokens "
-                 "expire" if rotated["previous"]
-                 else "no previous key opened with the server secret"))
+              f"signs from {rotated['signsFrom']}; no previous key opened with the server "
+              "secret")
     return 0
 
 

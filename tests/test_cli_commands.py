@@ -15,6 +15,7 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -440,6 +441,14 @@ def test_export_to_xlsx_writes_a_workbook_both_sheets(cli, env, tmp_path):
     with zipfile.ZipFile(target) as workbook:
         assert {"xl/worksheets/sheet1.xml", "xl/worksheets/sheet2.xml"} <= set(
             workbook.namelist())
+    # --sheet is the CSV's choice: with the workbook it is a mistake, said before any work
+    ran = cli("export", "--account", "acme", "--sheet", "external", "-o", str(tmp_path / "y"))
+    assert ran.code == 2 and "--sheet: CSV only" in ran.err
+    assert not (tmp_path / "y").exists()
+    ran = cli("export", "--account", "acme", "--format", "csv", "--sheet", "external",
+              "-o", str(tmp_path / "ext.csv"))
+    assert ran.code == 0 and (tmp_path / "ext.csv").read_text().startswith("\ufeff") or \
+        (tmp_path / "ext.csv").stat().st_size > 0
 
 
 # -- jwt rotate --------------------------------------------------------------------------
@@ -508,3 +517,87 @@ async def test_jwt_rotate_is_refused_when_the_keys_come_from_files(cli, env, tmp
     monkeypatch.setenv("KEYGATE_JWT_PRIVATE_KEY_FILES", str(tmp_path / "k.pem"))
     ran = await in_thread(cli, "jwt", "rotate")
     assert ran.code == 1 and "jwt_private_key_files" in ran.err
+
+
+def _pem(private_key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return private_key.private_bytes(serialization.Encoding.PEM,
+                                     serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption())
+
+
+@pytest.mark.parametrize("made", ["p384", "rsa", "missing"])
+async def test_a_signing_key_file_that_does_not_load_is_a_configuration_error(
+        cli, env, tmp_path, monkeypatch, made):
+    """A P-384, an RSA or a missing file in jwt_private_key_files: `jwt rotate` exits 2
+    with serve's `configuration error:` line (it said `keygate: setting …` and exited 1,
+    as if the store had refused), and writes no key."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    named = tmp_path / "k.pem"
+    if made == "p384":
+        named.write_bytes(_pem(ec.generate_private_key(ec.SECP384R1())))
+    elif made == "rsa":
+        named.write_bytes(_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
+    monkeypatch.setenv("KEYGATE_JWT_PRIVATE_KEY_FILES", str(named))
+    monkeypatch.setenv("KEYGATE_PROXY_LISTEN", "127.0.0.1:0")
+    monkeypatch.setenv("KEYGATE_MANAGEMENT_LISTEN", "127.0.0.1:0")
+    served = await in_thread(cli, "serve")
+    assert served.code == 2
+    error = served.err.splitlines()[-1]  # after serve's log lines
+    assert error.startswith("keygate: configuration error: setting jwt_private_key_files: ")
+    for argv in (("jwt", "rotate"), ("jwt", "rotate", "--json"),
+                 ("jwt", "rotate", "--format", "json")):
+        ran = await in_thread(cli, *argv)
+        assert ran.code == 2, (argv, ran.err)
+        assert ran.err.splitlines() == [error], argv
+    gw = build_gateway(load_settings(env=env))  # nothing was stored
+    try:
+        assert await gw.store.signing_keys() == []
+    finally:
+        await gw.close()
+
+
+async def test_jwt_rotate_says_when_the_previous_key_may_be_dropped(cli, local, env,
+                                                                    monkeypatch):
+    """`--format json` as the policy commands take it (and `--json`, as before), with
+    the previous key's last signing time and the time after which no token it signed
+    can still be valid: that plus the longest token lifetime (session_ttl, identity
+    token lifetime) and jwt_leeway, when keygate drops it from the JWKS."""
+    monkeypatch.setenv("KEYGATE_SESSION_TTL", "3600")
+    monkeypatch.setenv("KEYGATE_IDENTITY_TOKEN_TTL", "7200")  # the longest lifetime
+    monkeypatch.setenv("KEYGATE_JWT_LEEWAY", "30")
+    first = (await local.sessions.ready()).current.kid
+    ran = await in_thread(cli, "jwt", "rotate", "--format", "json")
+    assert ran.code == 0, ran.err
+    rotated = ran.json()
+    assert rotated["previous"] == first
+    assert rotated["previousSignsUntil"] == rotated["signsFrom"]
+    signs_from = datetime.fromisoformat(rotated["signsFrom"])
+    until = datetime.fromisoformat(rotated["previousVerifiesUntil"])
+    # 7200 s and the leeway (keygate's own bound: a whole second over it, never under)
+    assert until - signs_from == timedelta(seconds=7200 + 30 + 1)
+    # the previous key stays published exactly until then, and not a second longer
+    checked = build_gateway(load_settings(env={**env, "KEYGATE_SESSION_TTL": "3600",
+                                               "KEYGATE_IDENTITY_TOKEN_TTL": "7200",
+                                               "KEYGATE_JWT_LEEWAY": "30"}))
+    try:
+        ring = await checked.sessions.ready()
+        dropped_at = int(until.timestamp())
+        assert first in ring.at(dropped_at - 1).keys
+        assert first not in ring.at(dropped_at).keys
+    finally:
+        await checked.close()
+
+    # --now: the key that signs now (the first: the new one has not started) stops
+    # signing at once, and is dropped as long after that
+    text = await in_thread(cli, "jwt", "rotate", "--now", "--format", "text")
+    assert text.code == 0, text.err
+    urgent = text.out.split()[3]
+    assert f"; {first} signs until " in text.out and "may be dropped after that" in text.out
+    stopped = datetime.fromisoformat(text.out.split(f"{first} signs until ")[1].split()[0])
+    shown = datetime.fromisoformat(text.out.split(" verifies until ")[1].split()[0])
+    assert stopped < signs_from and shown - stopped == timedelta(seconds=7231)
+    again = await in_thread(cli, "jwt", "rotate", "--json")  # --json prints JSON as before
+    assert again.code == 0 and again.json()["previous"] == urgent
