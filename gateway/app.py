@@ -370,6 +370,9 @@ def run_workers(settings: Settings, workers: int, config_file: str | None) -> in
             "process, so each worker would have its own keys"
         )
     build_gateway(settings)  # fail on a bad config here, once, not in N workers
+    from .logs import configure_logging
+
+    configure_logging(log.isEnabledFor(logging.DEBUG), settings.log_format, with_pid=True)
     if settings.metrics_listen is None:
         return _supervise(workers, config_file, None)
     with workers_share_metrics() as metrics_dir:
@@ -390,6 +393,10 @@ def _supervise(workers: int, config_file: str | None, metrics_dir: str | None) -
 
     def stop(signum: int, _frame: Any) -> None:
         nonlocal stopping
+        if not stopping and _frame is not None:  # a signal, not a worker's death
+            log.info("%s received: passing it to %d workers", signal.Signals(signum).name,
+                     sum(1 for child in children if child.is_alive()),
+                     extra={"event": "workers.stopping"})
         stopping = True
         for child in children:
             if child.is_alive():
@@ -432,7 +439,7 @@ def _supervise(workers: int, config_file: str | None, metrics_dir: str | None) -
     failed = [c for c in children if c.pid is not None and c.exitcode not in stopped]
     for child in failed:
         log.error("%s (pid %s) exited with %s", child.name, child.pid, child.exitcode,
-                  extra={"event": "workers.failed", "pid": child.pid})
+                  extra={"event": "workers.failed", "workerPid": child.pid})
     log.info("workers stopped", extra={"event": "workers.stopped", "pid": os.getpid()})
     if any(c.exitcode == WORKER_CONFIG_ERROR for c in failed):
         return WORKER_CONFIG_ERROR  # a port in use: the CLI's "bad configuration" (2)
@@ -445,7 +452,7 @@ def _worker(config_file: str | None, verbose: bool = False) -> None:
     from .settings import load_settings
 
     settings = load_settings(config_file)
-    configure_logging(verbose, settings.log_format)
+    configure_logging(verbose, settings.log_format, with_pid=True)
     log.info("%s started (pid %d)", multiprocessing.current_process().name, os.getpid(),
              extra={"event": "worker.started", "pid": os.getpid()})
     try:

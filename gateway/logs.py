@@ -44,6 +44,8 @@ from typing import Any, TextIO
 import orjson
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# under --workers the processes share one standard error: each text line says whose
+TEXT_FORMAT_WITH_PID = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 # The structured fields keygate's own lines use (camelCase, as in the API's JSON).
 FIELDS = (
@@ -114,10 +116,11 @@ def _printable(text: str) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """Today's human-readable lines; the message's control characters escaped."""
+    """Today's human-readable lines; the message's control characters escaped.
+    ``with_pid``: the process id after the logger's name (``--workers``)."""
 
-    def __init__(self) -> None:
-        super().__init__(TEXT_FORMAT)
+    def __init__(self, with_pid: bool = False) -> None:
+        super().__init__(TEXT_FORMAT_WITH_PID if with_pid else TEXT_FORMAT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         record.message = _printable(record.message)
@@ -178,12 +181,15 @@ class _StandardError(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def formatter_for(log_format: str) -> logging.Formatter:
-    return JsonFormatter() if log_format == "json" else TextFormatter()
+def formatter_for(log_format: str, with_pid: bool = False) -> logging.Formatter:
+    return JsonFormatter() if log_format == "json" else TextFormatter(with_pid)
 
 
-def configure_logging(verbose: bool = False, log_format: str = "text") -> None:
-    """Send every log line to standard error in ``log_format`` (``text`` or ``json``).
+def configure_logging(verbose: bool = False, log_format: str = "text",
+                      with_pid: bool = False) -> None:
+    """Send every log line to standard error in ``log_format`` (``text`` or ``json``;
+    ``with_pid``: text lines name their process, for ``--workers``, whose processes
+    share standard error — JSON lines always carry ``pid``).
 
     Called again (once the settings are read, or in a ``--workers`` worker) it replaces
     the handler it installed before and leaves other handlers alone."""
@@ -192,7 +198,7 @@ def configure_logging(verbose: bool = False, log_format: str = "text") -> None:
         if isinstance(handler, _StandardError):
             root.removeHandler(handler)
     handler = _StandardError()
-    handler.setFormatter(formatter_for(log_format))
+    handler.setFormatter(formatter_for(log_format, with_pid))
     handler.addFilter(RequestFields())
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -380,6 +380,10 @@ async def test_workers_log_their_pids_and_stop_with_the_parent(served, holding):
     drained = [line for line in lines if line["event"] == "shutdown.drained"]
     assert len(drained) == 2  # each worker stopped gracefully, one had the request
     assert sorted(line["inFlight"] for line in drained) == [0, 1]
+    # whose line each is: the workers' own, and the parent's passing the signal on
+    assert sorted(line["pid"] for line in drained) == sorted(workers)
+    (passing,) = [line for line in lines if line["event"] == "workers.stopping"]
+    assert passing["pid"] == parent.pid and "SIGTERM received" in passing["message"]
     assert any(line["event"] == "workers.stopped" for line in lines)
 
 
