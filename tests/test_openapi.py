@@ -36,7 +36,8 @@ PROJECT = Path(__file__).resolve().parent.parent
 OPERATION_IDS = {
     "addExternalKey", "createKey", "deleteKey", "explainDecision", "export",
     "finishRenewal", "getExternalKey", "getKey", "getSettings", "healthz", "healthzV1",
-    "jwks", "jwksV1", "listAudit", "listExternalKeys", "listKeys", "login", "logout", "me",
+    "jwks", "jwksHead", "jwksV1", "jwksV1Head", "listAudit", "listExternalKeys", "listKeys",
+    "login", "logout", "me",
     "openLink", "openapiDocument", "putSettings", "readyz", "readyzV1", "reloadPolicy",
     "removeExternalKey", "renewToken", "showLink", "undoRenewal", "updateExternalKey",
     "updateKey",
@@ -110,7 +111,8 @@ async def test_every_route_is_documented_and_every_documented_operation_routed(
 
 
 async def test_an_undocumented_route_is_not_served(management, admin_key):
-    """HEAD is not an operation of this API: no route answers it."""
+    """HEAD is not an operation of this API but where the document says so (the JWKS):
+    no route answers it."""
     response = await management.head(KEYS, headers=admin_key.headers)
     assert response.status == 405
 
@@ -136,8 +138,13 @@ async def test_every_operation_documents_its_answers_and_errors_with_the_one_sha
             assert any(status.startswith("2") for status in responses), where
             for status, response in responses.items():
                 assert response["description"], (where, status)
-                if int(status) >= 400:
-                    assert response["content"] == {"application/json": {"schema": error_ref}}
+                if method == "head":  # the GET's statuses and headers, never a body
+                    assert "content" not in response, (where, status)
+                elif int(status) >= 400:
+                    schema = response["content"]["application/json"]["schema"]
+                    # the one shape, or the one shape with typed details
+                    assert schema == error_ref or schema["allOf"][0] == error_ref, where
+                    assert list(response["content"]) == ["application/json"], where
             secured = operation["security"] != []
             assert secured == ("x-keygate-permission" in operation), where
             if secured:
@@ -344,6 +351,12 @@ async def test_real_answers_conform_to_their_schemas(management, make_key, gatew
                          {"appKey": created["appKey"], "appToken": renewed["appToken"]},
                          headers={})
     bearer = {"Authorization": f"Bearer {session['token']}"}
+    # with the cookie the body has no token, and still conforms
+    cookie_session = await call("POST", "/api/v1/auth/login", "/api/v1/auth/login", 200,
+                                {"appKey": created["appKey"], "appToken": renewed["appToken"],
+                                 "cookie": True}, headers={})
+    assert "token" not in cookie_session and cookie_session["appKey"] == created["appKey"]
+    management.session.cookie_jar.clear()
     await call("GET", KEYS, accounts + "/keys", 403, headers=bearer)  # orders-reader
     await call("DELETE", key_path, one, 204)
 
@@ -493,3 +506,161 @@ async def test_validation_comes_after_authentication(management):
         await management.post("/api/v1/policy/reload", json={"force": "yes"}),
     ):
         assert response.status == 401
+
+
+# -- servers, parameter descriptions, error codes, typed details, examples ----------
+async def test_the_document_names_the_server_it_describes(make_settings, aiohttp_client,
+                                                          management):
+    """Relative to where the document was fetched from, or management_public_url."""
+    assert (await fetch_document(management))["servers"][0]["url"] == "/"
+    gateway = build_gateway(make_settings(management_public_url="https://keys.example.com/"))
+    try:
+        client = await aiohttp_client(build_management_app(gateway))
+        document = await fetch_document(client)
+    finally:
+        await gateway.close()
+    assert [server["url"] for server in document["servers"]] == ["https://keys.example.com"]
+    OpenAPIV31SpecValidator(document).validate()
+
+
+def test_every_parameter_is_described(management_document):
+    for path, item in management_document["paths"].items():
+        for method, operation in item.items():
+            for parameter in operation.get("parameters", []):
+                where = f"{method.upper()} {path} {parameter['in']} {parameter['name']}"
+                assert parameter.get("description", "").strip(), where
+    explain = management_document["paths"]["/api/v1/accounts/{account}/explain"]["get"]
+    role = next(p for p in explain["parameters"] if p["name"] == "role")
+    assert "repeat" in role["description"] and "`key`" in role["description"]
+
+
+def _codes(description: str) -> tuple[str, list[str]]:
+    """An error response's description: the meaning, and its one list of codes."""
+    meaning, _, listed = description.partition(" Codes: ")
+    return meaning, [code.strip("`. ") for code in listed.split(", ") if code.strip()]
+
+
+def test_each_error_response_lists_its_codes_once(management_document):
+    """One list of codes per response, and the meaning names none of them (login's 401
+    listed the session codes in its meaning, then `Codes: invalid_credentials,
+    key_inactive`)."""
+    responses = [(f"{method.upper()} {path} {status}", response)
+                 for path, item in management_document["paths"].items()
+                 for method, operation in item.items()
+                 for status, response in operation["responses"].items() if int(status) >= 400]
+    every_code = {code for _, response in responses
+                  for code in _codes(response["description"])[1]}
+    for where, response in responses:
+        assert response["description"].count("Codes:") <= 1, where
+        meaning, codes = _codes(response["description"])
+        assert len(codes) == len(set(codes)), where
+        assert not [code for code in every_code if f"`{code}`" in meaning], where
+    paths = management_document["paths"]
+    login = paths["/api/v1/auth/login"]["post"]["responses"]
+    assert _codes(login["401"]["description"])[1] == ["invalid_credentials", "key_inactive"]
+    listing = paths["/api/v1/accounts/{account}/keys"]["get"]["responses"]
+    assert {"missing_credentials", "invalid_session", "session_expired", "session_ended"} <= set(
+        _codes(listing["401"]["description"])[1])
+    assert "csrf_refused" not in _codes(listing["403"]["description"])[1]  # a read
+    creating = paths["/api/v1/accounts/{account}/keys"]["post"]["responses"]
+    assert {"no_grant", "escalation_refused", "csrf_refused"} <= set(
+        _codes(creating["403"]["description"])[1])
+
+
+def _examples(document: dict[str, Any]) -> list[tuple[str, dict[str, Any], Any]]:
+    """Every example in the document: where, the schema it illustrates, its value."""
+    found = []
+    for item in document["paths"].values():
+        for operation in item.values():
+            media = [("request", operation.get("requestBody", {}).get("content", {}))]
+            media += [(status, response.get("content", {}))
+                      for status, response in operation["responses"].items()]
+            for where, content in media:
+                for media_type, described in content.items():
+                    for name, example in described.get("examples", {}).items():
+                        found.append((f"{operation['operationId']} {where} {media_type} {name}",
+                                      described["schema"], example["value"]))
+    return found
+
+
+def test_the_examples_validate_against_their_schemas(management_document):
+    examples = _examples(management_document)
+    for where, schema, value in examples:
+        checking = Draft202012Validator({**schema,
+                                         "components": management_document["components"]},
+                                        format_checker=FormatChecker())
+        errors = list(checking.iter_errors(value))
+        assert not errors, f"{where}: {errors[0].message}"
+    named = {where.rsplit(" ", 2)[0] for where, _, _ in examples}
+    assert {"login request", "createKey request", "createKey 201",
+            "reloadPolicy request"} <= named
+
+
+async def test_the_key_creation_examples_are_what_keygate_takes_and_answers(
+        management, make_key, management_document):
+    owner = (await make_key("acme", ["owner"], label="owner")).headers
+    content = management_document["paths"]["/api/v1/accounts/{account}/keys"]["post"]
+    sent = content["requestBody"]["content"]["application/json"]["examples"]
+    answered = content["responses"]["201"]["content"]["application/json"]["examples"]
+    assert set(sent) == set(answered) == {"token", "link"}
+    for name in sent:
+        response = await management.post(KEYS, json=sent[name]["value"], headers=owner)
+        assert response.status == 201, await response.text()
+        body = await response.json()
+        assert set(body) == set(answered[name]["value"]), name
+        conforms(management_document, "POST", "/api/v1/accounts/{account}/keys", 201, body)
+
+
+async def test_roles_still_held_is_answered_with_its_documented_details(
+    make_settings, own_policies, aiohttp_client, clock
+):
+    """The 409's `details` are typed (held, roles, accounts, keys, truncated), and the
+    reload examples are requests keygate takes."""
+    gateway = build_gateway(make_settings(policies_dir=str(own_policies)), clock=clock)
+    gateway.start()
+    try:
+        management = await aiohttp_client(build_management_app(gateway))
+        document = await fetch_document(management)
+        issued = await gateway.lifecycle.create("acme", "owner", ["owner"], CLI_ACTOR)
+        owner = {"X-API-AppKey": issued.record.app_key, "X-API-AppToken": issued.token}
+        await gateway.lifecycle.create("acme", "reader", ["catalog-reader"], CLI_ACTOR)
+        examples = own_policies / "examples.csv"
+        examples.write_text("".join(line for line in examples.read_text().splitlines(True)
+                                    if "catalog-reader" not in line))
+        reload = "/api/v1/policy/reload"
+        described = document["paths"][reload]["post"]
+        sent = described["requestBody"]["content"]["application/json"]["examples"]
+        refused = await management.post(reload, json=sent["reload"]["value"], headers=owner)
+        assert refused.status == 409
+        body = await refused.json()
+        conforms(document, "POST", reload, 409, body)
+        details = body["error"]["details"]
+        assert details == {"held": {"acme": {"catalog-reader": 1}}, "roles": ["catalog-reader"],
+                           "accounts": 1, "keys": 1, "truncated": False}
+        schema = response_schema(document, "POST", reload, 409)
+        for broken in ({k: v for k, v in details.items() if k != "truncated"},
+                       {**details, "keys": "1"}, {**details, "extra": 1}, None):
+            error = {**body["error"], "details": broken}
+            if broken is None:
+                del error["details"]
+            assert not schema.is_valid({"error": error}), broken
+        forced = await management.post(reload, json=sent["force"]["value"], headers=owner)
+        assert forced.status == 200, await forced.text()
+        conforms(document, "POST", reload, 200, await forced.json())
+    finally:
+        await gateway.close()
+
+
+async def test_the_jwks_is_documented_as_served_cached_and_with_head(management_document):
+    for path, operation_id in (("/.well-known/jwks.json", "jwks"),
+                               ("/api/v1/.well-known/jwks.json", "jwksV1")):
+        item = management_document["paths"][path]
+        assert set(item) == {"get", "head"}
+        assert item["head"]["operationId"] == operation_id + "Head"
+        for method in ("get", "head"):
+            responses = item[method]["responses"]
+            for status in ("200", "304"):
+                assert {"ETag", "Cache-Control"} <= set(responses[status]["headers"]), method
+        assert "content" in item["get"]["responses"]["200"]
+        assert "content" not in item["head"]["responses"]["200"]
+

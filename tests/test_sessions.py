@@ -56,6 +56,27 @@ async def test_login_gives_a_session_that_works_on_the_proxy_port(
     assert denied.status == 403 and (await denied.json())["error"]["code"] == "not_permitted"
 
 
+async def test_a_cookie_login_keeps_the_session_out_of_the_body(management, make_key):
+    """With ``cookie: true`` the session is in the HttpOnly cookie alone: a script of the
+    page that signed in cannot read it from the answer either. Without it the body is
+    the only place an API client finds it."""
+    key = await make_key("acme", ["api-keys-viewer"])
+    answer = await management.post(LOGIN, json={"appKey": key.app_key,
+                                                "appToken": key.token, "cookie": True})
+    assert answer.status == 200, await answer.text()
+    body = await answer.json()
+    assert set(body) == {"expires", "appKey", "account"}, body
+    assert body["appKey"] == key.app_key and body["account"] == "acme"
+    session = answer.cookies["keygate_session"].value
+    assert session not in await answer.text()
+    management.session.cookie_jar.clear()
+    me = await management.get("/api/v1/accounts/acme/me", headers=bearer(session))
+    assert me.status == 200, await me.text()  # the cookie's value is the session itself
+    assert (await me.json())["appKey"] == key.app_key
+    plain = await login(management, key, cookie=False)
+    assert set(plain) == {"token", "expires", "appKey", "account"}
+
+
 async def test_wrong_credentials_get_the_proxys_401_and_logins_are_budgeted(
     gateway, make_settings, clock, aiohttp_client, make_key
 ):
@@ -192,7 +213,7 @@ async def test_the_session_cookie_authenticates_and_never_reaches_the_upstream(
     cookie = answer.headers["Set-Cookie"]
     assert "keygate_session=" in cookie and "HttpOnly" in cookie
     assert "SameSite=Strict" in cookie and "Path=/" in cookie
-    token = (await answer.json())["token"]
+    token = answer.cookies["keygate_session"].value
     headers = {"Cookie": f"theme=dark; keygate_session={token}; lang=en"}
     assert (await proxy.get("/orders/1", headers=headers)).status == 200
     forwarded = upstream.last["headers"]
@@ -234,7 +255,7 @@ async def test_a_cookie_session_signed_out_is_refused_though_the_cookie_is_repla
     key = await make_key("acme", ["orders-reader"])
     answer = await management.post(LOGIN, json={"appKey": key.app_key,
                                                 "appToken": key.token, "cookie": True})
-    token = (await answer.json())["token"]
+    token = answer.cookies["keygate_session"].value
     management.session.cookie_jar.clear()
     replayed = {"Cookie": f"keygate_session={token}"}
     assert (await proxy.get("/orders/1", headers=replayed)).status == 200

@@ -357,7 +357,9 @@ async def test_me_with_the_session_cookie(management, admin_key):
     login = await management.post("/api/v1/auth/login", json={
         "appKey": admin_key.app_key, "appToken": admin_key.token, "cookie": True})
     assert login.status == 200
-    session = (await login.json())["token"]
+    # the cookie carries the session; the body does not (no script reads it from there)
+    assert "token" not in await login.json()
+    session = login.cookies["keygate_session"].value
     answer = await management.get(me_path(), headers={"Cookie": f"keygate_session={session}"})
     assert answer.status == 200
     me = await answer.json()

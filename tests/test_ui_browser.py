@@ -865,9 +865,13 @@ def test_a_viewer_sees_no_controls_it_may_not_use(open_page, served):
     expect(page.get_by_role("button", name="Add external key")).to_have_count(0)
     page.get_by_role("tab", name="Settings").click()
     panel = page.locator("#panel-settings")
-    expect(panel.get_by_role("radio", name=re.compile("3 months"))).to_be_disabled()
+    # the current period in words, not a disabled radio button that Tab skips
+    expect(panel.locator(".read-only-value")).to_have_text(
+        "Renewal reminder period: 3 months (recommended)")
+    expect(panel.get_by_role("radio")).to_have_count(0)
     expect(panel.get_by_role("button", name="Apply")).to_have_count(0)
     expect(panel).to_contain_text("needs the permission to edit API keys settings")
+    expect(panel).to_contain_text("Tokens never expire because of this setting")
 
 
 def test_keys_with_one_api_keys_permission_see_what_they_may_use(browser, redis_url, tmp_path):
@@ -1220,7 +1224,8 @@ def test_focus_stays_on_the_row_it_acted_on(open_page, served):
     row = generated_row(page, key.app_key)
 
     def press(name: str) -> None:
-        row.get_by_role("button", name=name, exact=True).focus()
+        # each row's button is named with its key: "Edit kgk-…", "Activate kgk-…"
+        row.get_by_role("button", name=f"{name} {key.app_key}", exact=True).focus()
         page.keyboard.press("Enter")
 
     press("Edit")
@@ -1243,3 +1248,263 @@ def test_focus_stays_on_the_row_it_acted_on(open_page, served):
     dialog(page).get_by_role("button", name="Delete key").press("Enter")
     expect(generated_row(page, key.app_key)).to_have_count(0)
     expect(page.get_by_role("region", name="Generated keys")).to_be_focused()
+
+
+# -- editing oneself, refusals that say when, lists that could not be read -------------
+SIGNED_OUT_OF_PAGE = "The key you are signed in with may no longer use this page"
+
+
+def test_editing_your_own_key_asks_before_it_drops_your_roles(open_page, served):
+    """A key may drop its own roles (even one it may not give, and never get back): the
+    page offers them on its own key only, says so, and asks before saving; after the
+    save it reads again what the key may do, and a key left with no part in API keys
+    is back at sign-in, told why, with no table left to click."""
+    account = fresh_account()
+    admin = served.make_key(account, ["user-admin-restricted"], label="user admin")
+    other = served.make_key(account, ["orders-reader"], label="business")
+    page = open_page().page
+    sign_in(page, served, admin)
+
+    # another key: only the roles the caller may assign
+    generated_row(page, other.app_key).get_by_role("button", name="Edit").click()
+    offered = {c.get_attribute("value")
+               for c in dialog(page).locator('input[name="roles"]').all()}
+    assert "owner" not in offered and "user-admin-restricted" not in offered, offered
+    dialog(page).get_by_role("button", name="Cancel").click()
+
+    # its own key: the role it may not give is offered (it may drop it), and said to be
+    row = generated_row(page, admin.app_key)
+    row.get_by_role("button", name="Edit").click()
+    edit = dialog(page)
+    mine = edit.get_by_role("checkbox", name=re.compile("^user-admin-restricted"))
+    expect(mine).to_be_checked()
+    expect(mine).to_be_enabled()
+    expect(mine).to_have_accessible_name(
+        re.compile(r"^user-admin-restricted \(yours: once removed, you may not give it back\)"))
+    mine.uncheck()
+    edit.get_by_role("button", name="Save").click()
+    # asked first: nothing saved yet
+    warning = edit.get_by_role("alert").filter(has_text="key you are signed in with")
+    expect(warning).to_contain_text("removes the role user-admin-restricted")
+    expect(warning).to_contain_text("you lose access to this page")
+    understood = edit.get_by_label("I understand that I may lose access to this page")
+    expect(understood).to_be_focused()
+    assert list(served.key(account, admin.app_key).roles) == ["user-admin-restricted"]
+    # ticked again: saved with no question asked
+    mine.check()
+    edit.get_by_label("Label").fill("user admin, renamed")
+    expect(edit.get_by_role("button", name="Save anyway")).to_be_visible()
+    edit.get_by_role("button", name="Save anyway").click()
+    expect(page.locator("dialog")).to_have_count(0)
+    expect(row).to_contain_text("user admin, renamed")
+    assert list(served.key(account, admin.app_key).roles) == ["user-admin-restricted"]
+
+    # dropped for real: the page reads /me again, and the key may do nothing here now
+    row.get_by_role("button", name="Edit").click()
+    edit = dialog(page)
+    edit.get_by_role("checkbox", name=re.compile("^user-admin-restricted")).uncheck()
+    edit.get_by_role("button", name="Save").click()
+    edit.get_by_label("I understand that I may lose access to this page").check()
+    edit.get_by_role("button", name="Save anyway").click()
+    expect(page.locator("#sign-in-notice")).to_contain_text(SIGNED_OUT_OF_PAGE)
+    expect(page.locator("#sign-in-notice")).to_contain_text(account)
+    expect(page.locator("#workspace")).to_be_hidden()
+    expect(page.locator("#panel-generated tbody")).to_have_count(0)
+    expect(page.get_by_label("API key", exact=True)).to_be_focused()
+    expect(page.get_by_label(re.compile("^Account"))).to_have_value(account)
+    assert list(served.key(account, admin.app_key).roles) == []
+    # and the session it no longer needs is over
+    assert not [c for c in page.context.cookies() if c["name"] == "keygate_session"]
+
+
+def test_a_key_that_keeps_view_after_editing_itself_sees_what_it_may_do_now(
+    open_page, served
+):
+    account = fresh_account()
+    served.make_key(account, ["owner"], label="another owner")  # not the last owner
+    me = served.make_key(account, ["owner", "api-keys-viewer"], label="me")
+    page = open_page().page
+    sign_in(page, served, me)
+    expect(page.get_by_role("button", name="Generate key")).to_be_visible()
+    generated_row(page, me.app_key).get_by_role("button", name="Edit").click()
+    edit = dialog(page)
+    edit.get_by_role("checkbox", name="owner", exact=True).uncheck()
+    edit.get_by_role("button", name="Save").click()
+    expect(edit.get_by_role("alert").filter(has_text="signed in with")).to_contain_text(
+        "removes the role owner")
+    edit.get_by_label("I understand that I may lose access to this page").check()
+    edit.get_by_role("button", name="Save anyway").click()
+    expect(page.locator("dialog")).to_have_count(0)
+    # the page drawn again from the new /me: a viewer's, with no control left to refuse
+    expect(page.get_by_role("button", name="Generate key")).to_have_count(0)
+    expect(generated_row(page, me.app_key)).to_contain_text("api-keys-viewer")
+    expect(page.locator("#panel-generated tbody").get_by_role("button")).to_have_count(0)
+    expect(page.locator("#workspace")).to_be_visible()
+    expect(page.get_by_role("tab", name="Generated keys")).to_be_focused()
+    assert list(served.key(account, me.app_key).roles) == ["api-keys-viewer"]
+
+
+def test_too_many_failed_sign_ins_say_when_to_try_again(browser, redis_url):
+    """Past the failure budget login answers 429 with Retry-After; the sign-in form says
+    in words when to come back."""
+    with site(redis_url, auth_failure_limit=3) as limited:
+        account = fresh_account()
+        owner = limited.make_key(account, ["owner"], label="owner")
+        browsing = Browsing(browser, limited)
+        try:
+            page = browsing.page
+            page.goto(limited.management + "/admin/")
+            wrong = owner.token[:-1] + ("y" if owner.token.endswith("x") else "x")
+            error = page.locator("#sign-in-error")
+            for _ in range(4):
+                page.get_by_label("API key", exact=True).fill(owner.app_key)
+                page.get_by_label("API token", exact=True).fill(wrong)
+                page.get_by_role("button", name="Sign in").click()
+                expect(error).not_to_have_text("")
+                if "Try again" in error.inner_text():
+                    break
+            expect(error).to_contain_text("too many failed authentications")
+            expect(error).to_have_text(re.compile(r"Try again in (\d+ seconds|a second)\."))
+            seconds = re.search(r"Try again in (\d+)", error.inner_text())
+            assert seconds is None or 1 <= int(seconds.group(1)) <= 60
+        finally:
+            browsing.close()
+
+
+def test_a_list_that_cannot_be_read_leaves_no_row_to_act_on(open_page, served):
+    """A refusal that is not keygate's JSON (a front proxy's 503 page) is named by its
+    status, with when to come back; the rows shown before are taken away, not left with
+    buttons acting on what may have changed; Try again reads the list anew."""
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    key = served.make_key(account, ["orders-reader"], label="listed")
+    page = open_page().page
+    sign_in(page, served, owner)
+    row = generated_row(page, key.app_key)
+    expect(row.get_by_role("button", name="Edit")).to_be_visible()
+
+    def busy(route: Any) -> None:
+        route.fulfill(status=503, content_type="text/html", headers={"Retry-After": "30"},
+                      body="<html><body>Service Unavailable</body></html>")
+
+    listing = re.compile(r"/api/v1/accounts/[^/]+/keys\?")
+    page.route(listing, busy)
+    panel = page.locator("#panel-generated")
+    panel.get_by_label("Search label or key").fill("list")
+    alert = panel.locator("p.error[role=alert]")
+    expect(alert).to_have_text(re.compile(
+        r"^the server answered 503( Service Unavailable)?\. Try again in 30 seconds\.$"))
+    assert "keygate" not in alert.inner_text()
+    expect(panel.locator("tbody tr")).to_have_count(1)
+    expect(panel.locator("tbody")).to_contain_text("could not be loaded")
+    expect(panel.locator("tbody").get_by_role("button", name="Edit")).to_have_count(0)
+    for name in ("First page", "Previous page", "Next page", "Last page", "Go"):
+        expect(panel.get_by_role("button", name=name, exact=True)).to_be_disabled()
+
+    page.unroute(listing, busy)
+    again = panel.get_by_role("button", name="Try again")
+    again.focus()
+    page.keyboard.press("Enter")
+    expect(row.get_by_role("button", name="Edit")).to_be_visible()
+    expect(alert).to_have_text("")
+    expect(page.get_by_role("region", name="Generated keys")).to_be_focused()
+
+    # a refusal from keygate (JSON) is its own message, said in the same place
+    def refused(route: Any) -> None:
+        route.fulfill(status=429, content_type="application/json",
+                      headers={"Retry-After": "600"},
+                      body='{"error":{"code":"too_many_failures","message":"slow down",'
+                           '"status":429,"requestId":"r1"}}')
+
+    page.route(listing, refused)
+    panel.get_by_label("Search label or key").fill("listed")
+    expect(alert).to_have_text(re.compile(r"^slow down\. Try again at \d\d:\d\d( [AP]M)?\. "
+                                          r"\(request r1\)$"))
+    expect(panel.locator("tbody").get_by_role("button", name="Edit")).to_have_count(0)
+    page.unroute(listing, refused)
+
+
+TAB_ORDER = """() => { const a = document.activeElement;
+    return a ? (a.getAttribute('aria-label') || a.textContent.trim() || a.name || a.tagName)
+             : null; }"""
+
+
+def test_tab_goes_round_every_dialog(open_page, served):
+    """Tab from a dialog's last control goes to its first, Shift+Tab from the first to
+    the last: the focus never leaves for the page behind or the browser. Escape still
+    closes it and gives the focus back to the button that opened it."""
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    key = served.make_key(account, ["orders-reader"], label="other")
+    page = open_page().page
+    sign_in(page, served, owner)
+
+    def in_dialog() -> bool:
+        return page.evaluate("!!document.activeElement.closest('dialog[open]')")
+
+    def round_trip(first: Any, last: Any) -> None:
+        first.focus()
+        page.keyboard.press("Shift+Tab")
+        expect(last).to_be_focused()
+        page.keyboard.press("Tab")
+        expect(first).to_be_focused()
+        # all the way round by Tab, never leaving the dialog
+        for _ in range(30):
+            page.keyboard.press("Tab")
+            assert in_dialog(), page.evaluate(TAB_ORDER)
+        for _ in range(30):
+            page.keyboard.press("Shift+Tab")
+            assert in_dialog(), page.evaluate(TAB_ORDER)
+
+    opener = page.get_by_role("button", name="Generate key")
+    opener.click()
+    generate = dialog(page)
+    round_trip(generate.get_by_label("Label"), generate.get_by_role("button", name="Generate"))
+    page.keyboard.press("Escape")
+    expect(page.locator("dialog")).to_have_count(0)
+    expect(opener).to_be_focused()
+
+    # the first stop is a radio group's checked button, not its first
+    row = generated_row(page, key.app_key)
+    row.get_by_role("button", name="Renew token").click()
+    renew = dialog(page)
+    renew.get_by_role("radio", name=re.compile("^Now")).check()
+    round_trip(renew.get_by_role("radio", name=re.compile("^Now")),
+               renew.get_by_role("button", name="Renew token"))
+    page.keyboard.press("Escape")
+
+    # the last stop is Cancel while the confirmation's button is disabled
+    row.get_by_role("button", name=f"Delete {key.app_key}", exact=True).click()
+    confirm = dialog(page)
+    round_trip(confirm.get_by_label("I understand that this action cannot be undone"),
+               confirm.get_by_role("button", name="Cancel"))
+    # the focus sent out of the dialog (to the page's body) comes back in with Tab
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("Tab")
+    assert in_dialog()
+    page.keyboard.press("Escape")
+    expect(row.get_by_role("button", name=f"Delete {key.app_key}", exact=True)).to_be_focused()
+
+
+def test_row_buttons_are_named_with_their_key(open_page, served):
+    account = fresh_account()
+    owner = served.make_key(account, ["owner"], label="owner")
+    key = served.make_key(account, ["orders-reader"], label="named")
+    partner = served.make_key(fresh_account(), ["orders-reader"])
+    served.call(lambda gateway: gateway.store.add_grant(account, partner.app_key, "partner",
+                                                        ["orders-reader"], CLI_ACTOR))
+    page = open_page().page
+    sign_in(page, served, owner)
+    row = generated_row(page, key.app_key)
+    for text in ("Edit", "Renew token", "Deactivate", "Delete"):
+        button = row.get_by_role("button", name=f"{text} {key.app_key}", exact=True)
+        expect(button).to_have_text(text)  # the visible text is as it was
+    # no two buttons of the table share a name
+    names = page.evaluate("""() => [...document.querySelectorAll(
+        '#panel-generated tbody button')].map(b => b.getAttribute('aria-label'))""")
+    assert len(names) == len(set(names)) and all(names), names
+    page.get_by_role("tab", name="External keys").click()
+    grant = external_row(page, partner.app_key)
+    for text in ("Edit", "Remove"):
+        expect(grant.get_by_role("button", name=f"{text} {partner.app_key}",
+                                 exact=True)).to_have_text(text)

@@ -4,6 +4,7 @@ of an input that need state (roles the policies define)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,6 +54,23 @@ RELOAD_POLICY = Permission(POLICY_RESOURCE, ("reload",), own_account=True)
 
 def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def strong_etag(body: bytes) -> str:
+    """An ETag for ``body``: its SHA-256, quoted (the same bytes, the same tag)."""
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def cached_response(request: web.Request, body: bytes, etag: str, max_age: int) -> web.Response:
+    """``body`` as JSON, cacheable publicly for ``max_age`` seconds, with its ETag; a
+    304 without it when ``If-None-Match`` names that tag or ``*`` (RFC 9110 13.1.2: the
+    weak comparison, so ``W/"…"`` matches too). HEAD sends the same headers, no body."""
+    headers = {"ETag": etag, "Cache-Control": f"public, max-age={max_age}"}
+    wanted = {tag.strip().removeprefix("W/")
+              for tag in ",".join(request.headers.getall("If-None-Match", ())).split(",")}
+    if "*" in wanted or etag in wanted:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, content_type="application/json", headers=headers)
 
 
 def client_address(request: web.Request) -> str:

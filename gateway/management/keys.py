@@ -31,6 +31,7 @@ from .common import (
 )
 from .operations import Operations
 from .schema import (
+    NEW_KEY_EXAMPLES,
     AccountPath,
     AtLeastOneChange,
     Change,
@@ -117,7 +118,8 @@ GUARDED = {**ACT_ON, 409: ("key_changed", "last_owner_key")}
 
 @operations.post(KEYS, summary="Create a generated key", permission=EDIT, params=AccountPath,
                  body=NewKey, responses={201: KeyIssued},
-                 errors={400: ("unknown_role", "bad_label"), 403: ("escalation_refused",)})
+                 errors={400: ("unknown_role", "bad_label"), 403: ("escalation_refused",)},
+                 examples=NEW_KEY_EXAMPLES)
 async def create_key(request: web.Request, identity: Identity, path: AccountPath,
                      body: NewKey) -> web.Response:
     """The answer is the only one that carries the new token (or, with `delivery: link`,

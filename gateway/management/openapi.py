@@ -10,7 +10,6 @@ a client could not learn by calling the API.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
@@ -20,8 +19,17 @@ import orjson
 from aiohttp import web
 
 from .. import __version__
+from ..pipeline.csrf import SAFE_METHODS  # what the CSRF check leaves alone
 from ..settings import Settings
-from .operations import Operation, Operations, field_specs, model_of, refusal_codes
+from .common import cached_response, strong_etag
+from .operations import (
+    Operation,
+    Operations,
+    field_specs,
+    head_operation_id,
+    model_of,
+    refusal_codes,
+)
 from .schema import Error
 
 operations = Operations("meta")
@@ -30,6 +38,7 @@ OPENAPI_PATH = "/api/v1/openapi.json"
 DOCUMENT = web.AppKey("openapi_document", bytes)
 DOCUMENT_ETAG = web.AppKey("openapi_etag", str)
 COMPONENT = "#/components/schemas/{name}"
+DOCUMENT_MAX_AGE = 300
 SESSION_COOKIE = "keygate_session"
 
 AUTHENTICATED = [{"appKey": [], "appToken": []}, {"bearer": []}, {"sessionCookie": []}]
@@ -38,14 +47,9 @@ AUTHENTICATED = [{"appKey": [], "appToken": []}, {"bearer": []}, {"sessionCookie
 ERROR_MEANINGS = {
     400: "The request is malformed: a parameter or body field does not match the schema "
          "(the message names it), or the credentials are malformed.",
-    401: "Missing or invalid credentials, or an inactive key (`missing_credentials`, "
-         "`incomplete_credentials`, `invalid_credentials`, `key_inactive`, "
-         "`invalid_session`, `session_expired`, `session_ended`). An unknown key and a "
-         "wrong token get the "
-         "same answer.",
-    403: "Authenticated, but not permitted (`no_grant`, `grant_inactive`, `no_roles`, "
-         "`not_permitted`); or a write authenticated by the session cookie alone without "
-         "the `X-Keygate-CSRF: 1` header, or from another origin (`csrf_refused`).",
+    401: "Missing or invalid credentials, or an inactive key. An unknown key and a wrong "
+         "token get the same answer.",
+    403: "Authenticated, but not permitted.",
     404: "Not found.",
     409: "Conflicts with the current state.",
     410: "Gone.",
@@ -56,6 +60,22 @@ ERROR_MEANINGS = {
     429: "Too many failed authentications from this address or for this key; retry after "
          "`Retry-After` seconds.",
     503: "The key store is unreachable; retry later.",
+}
+CSRF_MEANING = ("a write authenticated by the session cookie alone came without the "
+                "`X-Keygate-CSRF: 1` header, or from another origin.")
+
+# the refusals of authentication (any credential: the pair, Bearer, the session cookie)
+# and of authorization, on every operation that asks for a permission
+AUTHENTICATION_CODES = ("missing_credentials", "incomplete_credentials", "invalid_credentials",
+                        "key_inactive", "invalid_session", "session_expired",
+                        "session_ended")
+AUTHORIZATION_CODES = ("no_grant", "grant_inactive", "no_roles", "not_permitted")
+CACHE_HEADERS = {
+    "ETag": {"description": "A hash of the answer's bytes; send it back in "
+                            "`If-None-Match` to revalidate (304 while it is the same).",
+             "required": True, "schema": {"type": "string"}},
+    "Cache-Control": {"description": "`public, max-age=300`.", "required": True,
+                      "schema": {"type": "string"}},
 }
 
 
@@ -78,8 +98,10 @@ def _error_statuses(operation: Operation) -> dict[int, tuple[str, ...]]:
         add(400, *refusal_codes(operation.params, "path"))
     if operation.permission is not None:
         add(400, "malformed_credentials")
-        add(401)
-        add(403)
+        add(401, *AUTHENTICATION_CODES)
+        add(403, *AUTHORIZATION_CODES)
+        if operation.method not in SAFE_METHODS:
+            add(403, "csrf_refused")
         add(429, "too_many_failures")
         add(503, "store_unavailable")
     if operation.query is not None:
@@ -103,6 +125,7 @@ class _Schemas:
             for answer in op.responses.values():
                 media = answer if isinstance(answer, Mapping) else {"application/json": answer}
                 wanted += [t for t in media.values() if t is not None and t is not bytes]
+            wanted += list(op.error_details.values())
         refs, self.components = msgspec.json.schema_components(wanted, ref_template=COMPONENT)
         self.refs = {id(t): ref for t, ref in zip(wanted, refs, strict=True)}
         self.parameter_models = {t.__name__ for op in operations
@@ -133,13 +156,34 @@ class _Schemas:
                 if name not in self.parameter_models}
 
 
-def _content(schemas: _Schemas, answer: Any) -> dict[str, Any]:
+def _examples(named: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {"examples": {name: {"value": value} for name, value in named.items()}} if (
+        named) else {}
+
+
+def _content(schemas: _Schemas, answer: Any,
+             examples: Mapping[str, Any] | None = None) -> dict[str, Any]:
     media = answer if isinstance(answer, Mapping) else {"application/json": answer}
     content = {}
     for media_type, declared in media.items():
         # binary: no schema (OpenAPI 3.1 describes raw bytes by the media type alone)
         content[media_type] = {} if declared is bytes else {"schema": schemas.of(declared)}
+        if media_type == "application/json":
+            content[media_type].update(_examples(examples))
     return content
+
+
+def _error_schema(schemas: _Schemas, details: type | None) -> dict[str, Any]:
+    """The one error shape; with ``details``, the same shape whose ``details`` is that
+    model (every error of the status carries it)."""
+    error = {"$ref": COMPONENT.format(name="Error")}
+    if details is None:
+        return error
+    return {"allOf": [error, {
+        "type": "object",
+        "properties": {"error": {"type": "object", "required": ["details"],
+                                 "properties": {"details": schemas.of(details)}}},
+    }]}
 
 
 def _responses(schemas: _Schemas, operation: Operation) -> dict[str, Any]:
@@ -148,16 +192,24 @@ def _responses(schemas: _Schemas, operation: Operation) -> dict[str, Any]:
     for status, answer in sorted(operation.responses.items()):
         response: dict[str, Any] = {"description": HTTPStatus(status).phrase,
                                     "headers": dict(request_id)}
+        if operation.cached and status in (200, 304):
+            response["headers"].update(CACHE_HEADERS)
         if answer is not None:
-            response["content"] = _content(schemas, answer)
+            response["content"] = _content(schemas, answer, operation.examples.get(status))
         responses[str(status)] = response
     for status, codes in _error_statuses(operation).items():
         listed = f" Codes: {', '.join(f'`{c}`' for c in codes)}." if codes else ""
+        meaning = ERROR_MEANINGS.get(status, HTTPStatus(status).phrase)
+        if "csrf_refused" in codes:
+            meaning = (f"Refused: {CSRF_MEANING}" if set(codes) == {"csrf_refused"}
+                       else f"{meaning} Or {CSRF_MEANING}")
+        details = operation.error_details.get(status)
+        if details is not None:
+            listed += f" `details`: `{details.__name__}`."
         error: dict[str, Any] = {
-            "description": ERROR_MEANINGS.get(status, HTTPStatus(status).phrase) + listed,
+            "description": meaning + listed,
             "headers": dict(request_id),
-            "content": {"application/json": {"schema": {"$ref": COMPONENT.format(
-                name="Error")}}},
+            "content": {"application/json": {"schema": _error_schema(schemas, details)}},
         }
         if status == 429:
             error["headers"]["Retry-After"] = {
@@ -197,12 +249,24 @@ def _operation(schemas: _Schemas, operation: Operation) -> dict[str, Any]:
     if operation.body is not None:
         described["requestBody"] = {
             "required": not operation.body_optional,
-            "content": {"application/json": {"schema": schemas.of(operation.body)}},
+            "content": {"application/json": {"schema": schemas.of(operation.body),
+                                             **_examples(operation.examples.get("body"))}},
         }
         if operation.body_optional:
             described["requestBody"]["description"] = (
                 "Optional: no body at all means every field's default.")
     described["responses"] = _responses(schemas, operation)
+    return described
+
+
+def _head(get: dict[str, Any], operation: Operation) -> dict[str, Any]:
+    """The HEAD beside a GET that answers it: the same headers and statuses, no body."""
+    described = {**get, "operationId": head_operation_id(operation),
+                 "summary": f"{operation.summary} (headers only)",
+                 "responses": {status: {k: v for k, v in response.items() if k != "content"}
+                               for status, response in get["responses"].items()}}
+    described["description"] = ("The GET's answer without its body: the same status and "
+                                "headers.")
     return described
 
 
@@ -229,8 +293,10 @@ def build_document(all_operations: Iterable[Operation], settings: Settings) -> d
     schemas = _Schemas(ordered)
     paths: dict[str, dict[str, Any]] = {}
     for operation in ordered:
-        paths.setdefault(operation.path, {})[operation.method.lower()] = _operation(
-            schemas, operation)
+        described = _operation(schemas, operation)
+        paths.setdefault(operation.path, {})[operation.method.lower()] = described
+        if operation.head:
+            paths[operation.path]["head"] = _head(described, operation)
     schemes = security_schemes(settings)
     for operation in paths.values():
         for described in operation.values():
@@ -250,6 +316,10 @@ def build_document(all_operations: Iterable[Operation], settings: Settings) -> d
                 "refused before any operation: 400 `malformed_request`, 417, 501, 505."),
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
+        # the management port as integrators reach it (management_public_url), else
+        # wherever this document was fetched from
+        "servers": [{"url": settings.management_public_url.rstrip("/") or "/",
+                     "description": "the management port"}],
         "tags": [{"name": name} for name in dict.fromkeys(op.tag for op in ordered)],
         "paths": paths,
         "components": {
@@ -268,18 +338,13 @@ def install(app: web.Application, all_operations: Iterable[Operation],
     """Build the document once, for ``GET /api/v1/openapi.json`` to serve."""
     document = orjson.dumps(build_document(all_operations, settings), option=orjson.OPT_SORT_KEYS)
     app[DOCUMENT] = document
-    app[DOCUMENT_ETAG] = '"' + hashlib.sha256(document).hexdigest()[:32] + '"'
+    app[DOCUMENT_ETAG] = strong_etag(document)
 
 
 @operations.get(OPENAPI_PATH, summary="This API's OpenAPI 3.1 document",
-                responses={200: dict[str, Any], 304: None})
+                responses={200: dict[str, Any], 304: None}, cached=True)
 async def openapi_document(request: web.Request) -> web.Response:
     """No credentials needed. The same bytes until the settings change: cache it, and
     revalidate with `If-None-Match`."""
-    etag = request.app[DOCUMENT_ETAG]
-    headers = {"ETag": etag, "Cache-Control": "public, max-age=300"}
-    wanted = request.headers.get("If-None-Match", "")
-    if wanted.strip() == "*" or etag in wanted:
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=request.app[DOCUMENT], content_type="application/json",
-                        headers=headers)
+    return cached_response(request, request.app[DOCUMENT], request.app[DOCUMENT_ETAG],
+                           DOCUMENT_MAX_AGE)

@@ -24,7 +24,7 @@ import inspect
 import re
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -71,6 +71,12 @@ class Operation:
     body_optional: bool  # no body at all is the model's defaults
     responses: Mapping[int, Any]  # status -> model | None (no body) | {media type: model}
     errors: Mapping[int, tuple[str, ...]]  # status -> the error codes it may carry
+    # status -> the model of ``details`` that every error of that status carries
+    error_details: Mapping[int, type] = field(default_factory=dict)
+    # "body" or a status -> {name: example value}, shown with the body's schema
+    examples: Mapping[str | int, Mapping[str, Any]] = field(default_factory=dict)
+    head: bool = False  # HEAD answers too: the same headers, no body
+    cached: bool = False  # answers with an ETag and Cache-Control, and 304 to If-None-Match
 
 
 class Operations:
@@ -109,6 +115,10 @@ class Operations:
         body: Any = None,
         body_optional: bool = False,
         errors: Mapping[int, Iterable[str]] | None = None,
+        error_details: Mapping[int, type] | None = None,
+        examples: Mapping[str | int, Mapping[str, Any]] | None = None,
+        head: bool = False,
+        cached: bool = False,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             operation = Operation(
@@ -126,12 +136,21 @@ class Operations:
                 body_optional=body_optional,
                 responses=dict(responses),
                 errors={status: tuple(codes) for status, codes in (errors or {}).items()},
+                error_details=dict(error_details or {}),
+                examples=dict(examples or {}),
+                head=head,
+                cached=cached,
             )
             _check(operation)
             self.items.append(operation)
             return handler
 
         return register
+
+
+def head_operation_id(operation: Operation) -> str:
+    """The operationId of the HEAD beside a GET that answers it (``head=True``)."""
+    return operation.operation_id + "Head"
 
 
 def _camel(name: str) -> str:
@@ -161,8 +180,12 @@ def register(app: web.Application, operations: Iterable[Operation],
              authorize: Authorizer) -> None:
     """Route every operation on ``app``; ``authorize`` checks a declared permission."""
     for operation in operations:
-        app.router.add_route(operation.method, operation.path,
-                             _serving(operation, authorize), name=operation.operation_id)
+        serving = _serving(operation, authorize)
+        app.router.add_route(operation.method, operation.path, serving,
+                             name=operation.operation_id)
+        if operation.head:  # aiohttp sends the headers of the GET's answer, no body
+            app.router.add_route("HEAD", operation.path, serving,
+                                 name=head_operation_id(operation))
 
 
 def _serving(operation: Operation, authorize: Authorizer) -> Handler:

@@ -21,7 +21,12 @@ from ..pipeline import Identity
 from ..policy.sync import PolicyInvalid, RolesStillHeld
 from .common import RELOAD_POLICY, actor, json_response
 from .operations import Operations
-from .schema import PolicyReload, PolicyReloaded
+from .schema import (
+    POLICY_RELOAD_EXAMPLES,
+    PolicyReload,
+    PolicyReloaded,
+    RolesStillHeldDetails,
+)
 
 log = logging.getLogger("keygate.policy")
 
@@ -32,7 +37,8 @@ operations = Operations("policy")
                  permission=RELOAD_POLICY, body=PolicyReload, body_optional=True,
                  responses={200: PolicyReloaded},
                  errors={400: ("policy_invalid",), 403: ("not_permitted",),
-                         409: ("roles_still_held",)})
+                         409: ("roles_still_held",)},
+                 error_details={409: RolesStillHeldDetails}, examples=POLICY_RELOAD_EXAMPLES)
 async def reload_policy(request: web.Request, identity: Identity,
                         body: PolicyReload) -> web.Response:
     """Reloads this instance's policy files, validates them, swaps them in and announces

@@ -24,6 +24,7 @@ from msgspec import UNSET, Meta, UnsetType
 from ..export import FORMATS, SHEETS
 from ..lifecycle import DELIVERIES, MAX_LABEL
 from ..policy.explain import MAX_QUESTION_ROLES
+from ..policy.sync import MAX_HELD_ACCOUNTS
 from ..renewal import ALERTS, RENEWAL_PERIODS
 from ..store import SORT_FIELDS, STATUSES
 
@@ -76,7 +77,9 @@ PolicyName = Annotated[str, Meta(
     pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$",
     description="A resource or action as the policy files write it, without `*`.",
 )]
-Order = Literal["asc", "desc"]
+Order = Annotated[Literal["asc", "desc"], Meta(
+    description="`asc` or `desc` (default `desc`: the newest, or the last in the "
+                "alphabet, first)")]
 
 
 PageNumber = Annotated[int, Meta(ge=1, le=1_000_000, description="1-based; default 1")]
@@ -158,10 +161,18 @@ class Renewal(Model):
 
 class KeyListQuery(Model, forbid_unknown_fields=False):
     q: Search = ""
-    status: Status | UnsetType = UNSET
-    role: Filter | UnsetType = UNSET
-    renewal: RenewalAlert | UnsetType = UNSET
-    sort: Literal[tuple(SORT_FIELDS)] = "creationDate"
+    status: Annotated[Status, Meta(
+        description="only the keys with this status (default: both)")] | UnsetType = UNSET
+    role: Annotated[Filter, Meta(
+        description="only the keys that hold this role in the account")] | UnsetType = UNSET
+    renewal: Annotated[RenewalAlert, Meta(
+        description="only the keys whose renewal reminder (`renewalAlert`) is at this level "
+                    "now: `none` before `renewalPeriodMonths` (the account's setting) have "
+                    "passed since `creationDateToken`, `orange` from then on, `red` from "
+                    "three months later")] | UnsetType = UNSET
+    sort: Annotated[Literal[tuple(SORT_FIELDS)], Meta(
+        description="the field to sort by (default `creationDate`), then `appKey`; for "
+                    "`lastUsed` a key never used comes as the oldest")] = "creationDate"
     order: Order = "desc"
     page: PageNumber = 1
     per_page: PerPage = 20
@@ -229,9 +240,14 @@ class NewExternalKey(Model):
 
 class ExternalKeyListQuery(Model, forbid_unknown_fields=False):
     q: Search = ""
-    status: Status | UnsetType = UNSET
-    role: Filter | UnsetType = UNSET
-    sort: Literal["addedDate", "label", "appKey", "account", "status"] = "addedDate"
+    status: Annotated[Status, Meta(
+        description="only the grants with this status here (default: both)")] | UnsetType \
+        = UNSET
+    role: Annotated[Filter, Meta(
+        description="only the grants that include this role")] | UnsetType = UNSET
+    sort: Annotated[Literal["addedDate", "label", "appKey", "account", "status"], Meta(
+        description="the field to sort by (default `addedDate`, when the grant was made), "
+                    "then `appKey`; `account` is the account that owns the key")] = "addedDate"
     order: Order = "desc"
     page: PageNumber = 1
     per_page: PerPage = 20
@@ -257,7 +273,9 @@ class ExternalKeyPage(Model):
 
 # -- export, settings, audit -----------------------------------------------------------
 class ExportQuery(Model, forbid_unknown_fields=False):
-    format: Literal[FORMATS] = "xlsx"
+    format: Annotated[Literal[FORMATS], Meta(
+        description="`xlsx` (default): one workbook with the sheets `generated` and "
+                    "`external`; `csv`: one sheet (`sheet`)")] = "xlsx"
     sheet: Sheet | UnsetType = UNSET
 
 
@@ -300,8 +318,10 @@ class ExplainQuery(Model):
 
     resource: Annotated[PolicyName, Meta(extra=REFUSE_EMPTY)]
     action: Annotated[PolicyName, Meta(extra=REFUSE_EMPTY)]
-    role: Annotated[list[RoleName], Meta(max_length=MAX_QUESTION_ROLES,
-                                         extra=REFUSE_EMPTY)] = []
+    role: Annotated[list[RoleName], Meta(
+        max_length=MAX_QUESTION_ROLES, extra=REFUSE_EMPTY,
+        description="a role the caller would hold in the account; repeat it for several "
+                    f"(at most {MAX_QUESTION_ROLES}). Give `role` or `key`, not both")] = []
     key: Annotated[AppKey, Meta(extra={"code": "bad_app_key", **REFUSE_EMPTY})] | UnsetType \
         = UNSET
 
@@ -362,6 +382,21 @@ class PolicyReloaded(Model):
     lines: int
     announced: bool
     forced: bool
+
+
+class RolesStillHeldDetails(Model):
+    """The `details` of a 409 `roles_still_held`: the roles the new files no longer
+    define, and who still holds them."""
+
+    held: Annotated[dict[str, dict[str, int]], Meta(
+        description="account → removed role → the number of keys that hold it there (at "
+                    f"most {MAX_HELD_ACCOUNTS} accounts: see `truncated`)")]
+    roles: Annotated[list[str], Meta(description="the roles the new files no longer define")]
+    accounts: Annotated[int, Meta(ge=1, description="the accounts where keys hold them, all "
+                                                    "of them")]
+    keys: Annotated[int, Meta(ge=1, description="the keys that hold them, in all those "
+                                                "accounts")]
+    truncated: Annotated[bool, Meta(description="`held` names only some of the accounts")]
 
 
 # -- one-time links --------------------------------------------------------------------
@@ -426,8 +461,8 @@ Credential = Annotated[str, Meta(min_length=1, extra={"code": "bad_credentials_f
 
 
 class Login(Model):
-    """A key and its token, to trade for a session token. `cookie`: also set the
-    session cookie (HttpOnly, SameSite=Strict)."""
+    """A key and its token, to trade for a session token. `cookie`: set the session
+    cookie (HttpOnly, SameSite=Strict) instead of returning the token in the body."""
 
     app_key: Credential
     app_token: Credential
@@ -436,12 +471,13 @@ class Login(Model):
 
 class Session(Model):
     """A session token (a JWT) for `Authorization: Bearer`, good until `expires`, and
-    no longer than the key and the token it came from."""
+    no longer than the key and the token it came from. With `cookie: true` the session
+    is in the HttpOnly cookie alone: the answer has no `token`."""
 
-    token: str
     expires: Timestamp
     app_key: str
     account: str
+    token: str | UnsetType = UNSET  # last: a field with a default follows the others
 
 
 class Jwk(Model):
@@ -460,3 +496,39 @@ class Jwks(Model):
     """The current signing key first, then those still verifying tokens they signed."""
 
     keys: list[Jwk]
+
+
+# -- examples (in the OpenAPI document; tests/test_openapi.py checks them against their
+# schemas and sends the key creation's to a real keygate) ----------------------------
+EXAMPLE_KEY = "kgk-acme-GR45MM281Q"
+EXAMPLE_TOKEN = "kgt_D1D51d3Mtdy0eBZe1rtzEFJcLkX0Yn4eLhzT"  # noqa: S105 (an example)
+EXAMPLE_CREATED = "2026-12-02T14:38:21.878Z"
+
+LOGIN_EXAMPLES: dict[str | int, dict[str, Any]] = {
+    "body": {
+        "bearer": {"appKey": EXAMPLE_KEY, "appToken": EXAMPLE_TOKEN},
+        "cookie": {"appKey": EXAMPLE_KEY, "appToken": EXAMPLE_TOKEN, "cookie": True},
+    },
+}
+
+_NEW_KEY = {"label": "billing service", "roles": ["orders-reader"]}
+_ISSUED = {"appKey": EXAMPLE_KEY, "label": "billing service", "roles": ["orders-reader"],
+           "status": "active", "creationDate": EXAMPLE_CREATED,
+           "creationDateToken": EXAMPLE_CREATED, "creationDateNewToken": None,
+           "renewalAlert": "none", "lastUsed": None}
+NEW_KEY_EXAMPLES: dict[str | int, dict[str, Any]] = {
+    "body": {"token": _NEW_KEY, "link": {**_NEW_KEY, "delivery": "link"}},
+    201: {
+        "token": {**_ISSUED, "appToken": EXAMPLE_TOKEN},
+        "link": {**_ISSUED,
+                 "tokenLink": "https://keys.example.com/api/v1/token-links/"
+                              "Xw3kZq9Lr2Vb7Nc5Tf1Hy8Jm4Pd6Sg0Ua-Ke_Wi3Ro2",
+                 "tokenLinkExpires": "2026-12-03T14:38:21.878Z"},
+    },
+}
+
+POLICY_RELOAD_EXAMPLES: dict[str | int, dict[str, Any]] = {
+    "body": {"reload": {}, "force": {"force": True}},
+    200: {"reloaded": {"version": "5f0c2a9e41d3b7c8", "previous": "9a1e7d44c02b6f35",
+                       "lines": 42, "announced": True, "forced": False}},
+}

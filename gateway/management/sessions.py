@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import orjson
 from aiohttp import web
 
 from ..accesslog import APP_KEY
@@ -28,9 +29,16 @@ from ..ratelimit import attempt
 from ..sessions.keys import JWKS_MAX_AGE
 from ..sessions.tokens import ExpiredSession, InvalidSession
 from ..views import iso
-from .common import client_address, credential_headers, json_response, reached_over_tls
+from .common import (
+    cached_response,
+    client_address,
+    credential_headers,
+    json_response,
+    reached_over_tls,
+    strong_etag,
+)
 from .operations import Operations
-from .schema import Jwks, Login, Session
+from .schema import LOGIN_EXAMPLES, Jwks, Login, Session
 
 operations = Operations("sessions")
 
@@ -48,12 +56,15 @@ def _credential(value: str, name: str, limit: int) -> str:
                  body=Login, responses={200: Session},
                  errors={400: ("malformed_credentials", "cookies_off"),
                          401: ("invalid_credentials", "key_inactive"),
-                         429: ("too_many_failures",), 503: ("store_unavailable",)})
+                         429: ("too_many_failures",), 503: ("store_unavailable",)},
+                 examples=LOGIN_EXAMPLES)
 async def login(request: web.Request, body: Login) -> web.Response:
     """Authenticates exactly as the proxy does (the same 401 for every wrong pair, the
     same failure budgets). The session is as good as the pair until it expires, and no
     better: it stops working when the key is deactivated or deleted, or when the token
-    it came from does."""
+    it came from does. With `cookie: true` the session is set as the HttpOnly cookie
+    and left out of the body (`expires`, `appKey` and `account` stay); without it the
+    body carries it as `token`, for `Authorization: Bearer`."""
     gateway = request.app[GATEWAY]
     settings = gateway.settings
     limit = settings.max_credential_length
@@ -78,8 +89,13 @@ async def login(request: web.Request, body: Login) -> web.Response:
         raise invalid_credentials()
     session, expires = await gateway.sessions.issue(principal.app_key, principal.owner,
                                                     digest, found.ended_sessions.until)
-    response = json_response({"token": session, "expires": iso(expires * 1000),
-                              "appKey": principal.app_key, "account": principal.owner})
+    answer = {"token": session, "expires": iso(expires * 1000),
+              "appKey": principal.app_key, "account": principal.owner}
+    if cookie:
+        # the cookie carries the session, HttpOnly: the body does not, so no script of
+        # the page that asked for the cookie can read it from the answer either
+        del answer["token"]
+    response = json_response(answer)
     if cookie:
         if not settings.session_cookie:
             raise BadRequest("session cookies are off (setting session_cookie is empty)",
@@ -153,16 +169,17 @@ async def logout(request: web.Request) -> web.Response:
 
 def _jwks(operation_id: str, path: str) -> None:
     @operations.get(path, summary="The keys that verify keygate's tokens",
-                    operation_id=operation_id, responses={200: Jwks},
-                    errors={503: ("store_unavailable",)})
+                    operation_id=operation_id, responses={200: Jwks, 304: None},
+                    errors={503: ("store_unavailable",)}, head=True, cached=True)
     async def jwks(request: web.Request) -> web.Response:
         """For upstreams verifying identity tokens, and for anyone verifying a session
         token. Cacheable for a few minutes; a rotated key stays listed while tokens it
-        signed may live."""
+        signed may live. The `ETag` is a hash of the key set: revalidate with
+        `If-None-Match` (304 while the keys are the same). HEAD answers with the
+        headers alone."""
         ring = await request.app[GATEWAY].sessions.ready()
-        response = json_response(ring.jwks())
-        response.headers["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE}"
-        return response
+        body = orjson.dumps(ring.jwks())
+        return cached_response(request, body, strong_etag(body), JWKS_MAX_AGE)
 
 
 # where verifiers look for it by convention, and under /api/v1 with the rest of the API

@@ -2,11 +2,12 @@
 // the credential (HttpOnly: this code never sees it), X-Keygate-CSRF on every write.
 
 export class ApiError extends Error {
-  constructor(status, code, message, requestId) {
+  constructor(status, code, message, requestId, retryAfter = null) {
     super(message);
     this.status = status;
     this.code = code;
     this.requestId = requestId || "";
+    this.retryAfter = retryAfter; // seconds to wait, when the answer said (Retry-After)
   }
 }
 
@@ -30,6 +31,27 @@ function url(path, query) {
     }
   }
   return target.pathname + target.search;
+}
+
+// Retry-After (RFC 9110): a number of seconds, or an HTTP date; null when absent or
+// not understood.
+export function retryAfterSeconds(value, now = Date.now()) {
+  const text = (value || "").trim();
+  if (!text) return null;
+  if (/^\d+$/.test(text)) return Number(text);
+  const when = Date.parse(text);
+  return Number.isNaN(when) ? null : Math.max(0, Math.ceil((when - now) / 1000));
+}
+
+// "Try again in 30 seconds." for a short wait, "Try again at 14:05." for a longer one
+// (by this browser's clock, to the minute).
+export function retryWords(seconds, now = Date.now()) {
+  if (seconds === null || seconds === undefined) return "";
+  if (seconds <= 1) return "Try again in a second.";
+  if (seconds <= 90) return `Try again in ${seconds} seconds.`;
+  const at = new Date(now + seconds * 1000);
+  const clock = at.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+  return `Try again at ${clock}.`;
 }
 
 async function send(method, path, { body, query, signIn = false, accept } = {}) {
@@ -61,9 +83,16 @@ async function send(method, path, { body, query, signIn = false, accept } = {}) 
   } catch {
     error = null;
   }
-  const failure = error
-    ? new ApiError(response.status, error.code, error.message, error.requestId)
-    : new ApiError(response.status, "unexpected", `keygate answered ${response.status} ${response.statusText}`);
+  // a refusal that says when to come back (429 past a failure budget, 503) says it in
+  // words with its message; an answer that is not keygate's JSON (a front proxy's
+  // error page, say) is named by its status alone
+  const wait = retryAfterSeconds(response.headers.get("Retry-After"));
+  const message = error
+    ? error.message
+    : `the server answered ${response.status}${response.statusText ? ` ${response.statusText}` : ""}`;
+  const words = retryWords(wait);
+  const failure = new ApiError(response.status, error ? error.code : "unexpected",
+    words ? `${message.replace(/[.\s]*$/, "")}. ${words}` : message, error ? error.requestId : "", wait);
   if (response.status === 401 && !signIn && onSignedOut) onSignedOut(failure);
   throw failure;
 }
@@ -84,8 +113,8 @@ export async function signIn(appKey, appToken) {
   const response = await send("POST", "/auth/login",
     { body: { appKey, appToken, cookie: true }, signIn: true });
   const answer = await response.json();
-  // the answer also holds the session token: it is deliberately dropped here (the
-  // HttpOnly cookie carries it), so no script on the page can read it later.
+  // with cookie: true the answer holds no session token (the HttpOnly cookie alone
+  // carries it), so no script on the page can read it, now or later.
   // `expiresAt` is when the session ends by this browser's clock: the server's
   // `expires`, moved by how far this clock is from the server's (its Date header).
   const serverNow = Date.parse(response.headers.get("Date") || "");

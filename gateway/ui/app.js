@@ -80,7 +80,7 @@ async function enter(account, tab) {
     // edit alone: every tab needs one more permission (a list, the settings)
     throw new Error(`In account ${account} this key may change API keys but not view them, and this page needs that: ask for a role that may view API keys.`);
   }
-  ctx = { account, me, period: DEFAULT_PERIOD, periodKnown: false, views: {} };
+  ctx = { account, me, period: DEFAULT_PERIOD, periodKnown: false, views: {}, recheck };
   if (me.permissions.view) {
     try {
       ctx.period = (await api.get(api.accountPath(account, "settings"))).renewalPeriodMonths;
@@ -104,6 +104,29 @@ async function enter(account, tab) {
     audit: auditTab(ctx, $("panel-audit")),
   };
   select(allowed.includes(tab) ? tab : allowed[0], false);
+}
+
+// The signed-in key changed itself (its roles, its status): what it may do here is read
+// again and the tabs are drawn anew from it. A key left with nothing this page can show
+// is signed out and told why, rather than left before a table whose buttons the API
+// now refuses.
+async function recheck() {
+  if (!ctx) return;
+  const { account } = ctx;
+  const tab = route().tab;
+  try {
+    await enter(account, tab);
+  } catch (failure) {
+    if (failure.status === 401) return; // the session ended: sign-in says so already
+    await api.signOut().catch(() => {});
+    sessionEndsAt = null;
+    showSignIn(`The key you are signed in with may no longer use this page in account ${account}: `
+      + `${failure.message.replace(/[.\s]*$/, "")}. Sign in with a key that may view API keys.`);
+    $("sign-in-account").value = account;
+    return;
+  }
+  const chosen = document.querySelector('[role="tab"][aria-selected="true"]');
+  if (chosen) chosen.focus();
 }
 
 function select(tab, focus) {

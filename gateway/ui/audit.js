@@ -71,9 +71,9 @@ export function auditTab(ctx, panel) {
     h("caption", { class: "visually-hidden" }, "Audit events"),
     h("thead", {}, h("tr", {}, ["Time", "Action", "Actor", "Target", "Changes"].map((t) => h("th", { scope: "col" }, t)))),
     body);
+  const wrap = h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": "Audit events" }, table);
   replaceChildren(panel, h("h2", {}, "Audit"),
-    toolbar, error,
-    h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": "Audit events" }, table),
+    toolbar, error, wrap,
     h("nav", { class: "pager", "aria-label": "Pages of audit events" }, newer, summary, older));
 
   let generation = 0;
@@ -85,10 +85,11 @@ export function auditTab(ctx, panel) {
     try {
       page = await api.get(api.accountPath(account, "audit"), { ...filters, cursor: cursors[cursors.length - 1] });
     } catch (failure) {
-      if (mine === generation) showError(error, failure);
+      if (mine === generation) outOfDate(failure);
       return;
     }
     if (mine !== generation) return;
+    const retried = body.contains(document.activeElement);
     next = page.next;
     if (!page.items.length) {
       replaceChildren(body, h("tr", {}, h("td", { class: "empty", colspan: 5 }, "No event matches.")));
@@ -107,6 +108,21 @@ export function auditTab(ctx, panel) {
     // the oldest (or newest) page reached: the focus goes to the other button rather
     // than out of the page with the one just disabled
     if (had.disabled && (had === newer || had === older)) (had === older ? newer : older).focus();
+    if (retried) wrap.focus();
+  }
+
+  // the events could not be read: none of the old ones is left to look current
+  function outOfDate(failure) {
+    showError(error, failure);
+    const had = document.activeElement;
+    const lost = body.contains(had) || had === newer || had === older;
+    const again = h("button", { type: "button" }, "Try again");
+    again.addEventListener("click", () => refresh());
+    replaceChildren(body, h("tr", { class: "stale" }, h("td", { class: "empty", colspan: 5 },
+      h("p", {}, "The events could not be loaded, so none is shown."), again)));
+    summary.textContent = "The events could not be loaded.";
+    newer.disabled = older.disabled = true;
+    if (lost) again.focus();
   }
   return { refresh };
 }

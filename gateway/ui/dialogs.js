@@ -1,8 +1,59 @@
-// Modal dialogs on the native <dialog> element: it keeps focus inside, closes on Escape,
-// and the page returns focus to the button that opened it. A closed dialog is removed
-// from the document, and with it any token it showed.
+// Modal dialogs on the native <dialog> element: it makes the page behind inert and
+// closes on Escape, and the page returns focus to the button that opened it. Tab and
+// Shift+Tab go round the dialog's controls (Chromium's <dialog> would let the focus
+// leave for the browser's own controls, then the page's <body>). A closed dialog is
+// removed from the document, and with it any token it showed.
 
 import { clearError, focusLater, h, replaceChildren, showError, uid } from "./dom.js";
+
+// The controls Tab stops at, in order: enabled, shown, not taken out of the order, and
+// of each group of radio buttons only the one Tab reaches (the checked one, else the
+// first).
+export function tabStops(root) {
+  const candidates = root.querySelectorAll(
+    "button, input, select, textarea, a[href], [tabindex]");
+  const stops = [];
+  for (const element of candidates) {
+    if (element.disabled || element.tabIndex < 0 || element.type === "hidden") continue;
+    if (element.closest("[hidden], [inert]") || element.getClientRects().length === 0) continue;
+    if (element.type === "radio" && element.name) {
+      const group = [...root.querySelectorAll("input[type=radio]")].filter(
+        (r) => r.name === element.name && r.form === element.form && !r.disabled);
+      const reached = group.find((r) => r.checked) || group[0];
+      if (reached !== element) continue;
+    }
+    stops.push(element);
+  }
+  return stops;
+}
+
+function trapFocus(dialog, event) {
+  if (event.key !== "Tab" || event.altKey || event.ctrlKey || event.metaKey) return;
+  const stops = tabStops(dialog);
+  if (!stops.length) {
+    event.preventDefault();
+    return;
+  }
+  const first = stops[0];
+  const last = stops[stops.length - 1];
+  const at = document.activeElement;
+  const inside = dialog.contains(at) && at !== dialog;
+  if (event.shiftKey && (at === first || !inside)) {
+    event.preventDefault();
+    last.focus();
+  } else if (!event.shiftKey && (at === last || !inside)) {
+    event.preventDefault();
+    first.focus();
+  }
+}
+
+// the focus outside every dialog while one is open (a click on its padding, or where
+// Chromium let it go): Tab brings it back into the dialog on top
+document.addEventListener("keydown", (event) => {
+  const open = [...document.querySelectorAll("dialog[open]")];
+  const top = open[open.length - 1];
+  if (top && !top.contains(event.target)) trapFocus(top, event);
+});
 
 export function openDialog({ title, body, submitLabel, danger = false, onSubmit, cancelLabel = "Cancel" }) {
   const opener = focusLater(document.activeElement);
@@ -59,6 +110,7 @@ export function openDialog({ title, body, submitLabel, danger = false, onSubmit,
       if (dialog.open && !dialog.contains(document.activeElement)) submit.focus();
     }
   });
+  dialog.addEventListener("keydown", (event) => trapFocus(dialog, event));
   dialog.addEventListener("close", () => {
     dialog.remove();
     const back = opener();

@@ -3,7 +3,7 @@
 import * as api from "./api.js";
 import { confirmDialog, openDialog } from "./dialogs.js";
 import { field, h, replaceChildren, roleChoices, rolesList, select, statusBadge, time } from "./dom.js";
-import { checkedRoles, mayActOn, sameRoles } from "./keys.js";
+import { checkedRoles, mayActOn, ownRoles, sameRoles } from "./keys.js";
 import { serverTable, STATUS_FILTER, tableToolbar } from "./table.js";
 
 export function externalTab(ctx, panel) {
@@ -35,9 +35,10 @@ export function externalTab(ctx, panel) {
     if (!mayActOn(ctx, grant)) {
       return h("span", { class: "hint" }, "None: it holds roles you may not give");
     }
-    const edit = h("button", { type: "button" }, "Edit");
+    // named with the key ("Edit kgk-beta-…"), as the Generated tab's are
+    const edit = h("button", { type: "button", "aria-label": `Edit ${grant.appKey}` }, "Edit");
     edit.addEventListener("click", () => editGrant(grant));
-    const removeButton = h("button", { type: "button" }, "Remove");
+    const removeButton = h("button", { type: "button", "aria-label": `Remove ${grant.appKey}` }, "Remove");
     removeButton.addEventListener("click", () => removeGrant(grant));
     return h("div", { class: "row-actions" }, edit, removeButton);
   }
@@ -68,24 +69,32 @@ export function externalTab(ctx, panel) {
     // a label, once given, can be changed but not taken away (the API needs one)
     const label = h("input", { name: "label", maxlength: "200", value: grant.label, autocomplete: "off",
       required: Boolean(grant.label) });
-    const offered = [...new Set([...me.assignableRoles, ...grant.roles])].sort();
+    // the signed-in key's own grant here: dropping its roles is asked about first
+    const self = ownRoles(ctx, grant, "Roles in this account",
+      "makes the grant of the key you are signed in with inactive, so its requests here are refused");
     openDialog({
       title: `Edit the grant of ${grant.appKey}`,
       submitLabel: "Save",
       body: [
         field("Label", label),
-        roleChoices("Roles in this account", offered, grant.roles),
+        self.choices,
         field("Status", select("status", [["active", "Active"], ["inactive", "Inactive (its requests here are refused)"]], grant.status)),
+        self.confirmation,
       ],
-      async onSubmit(form) {
+      async onSubmit(form, control) {
         const change = {};
         const newLabel = String(form.get("label")).trim();
         const roles = checkedRoles(form);
         if (newLabel !== grant.label) change.label = newLabel;
         if (!sameRoles(roles, grant.roles)) change.roles = roles;
         if (form.get("status") !== grant.status) change.status = String(form.get("status"));
+        if (!self.confirmed(control, roles, change.status)) return true;
         if (Object.keys(change).length) await api.patch(grantPath(grant.appKey), change);
-        table.refresh();
+        if (self.mine && (change.roles || change.status)) {
+          control.dialog.addEventListener("close", () => ctx.recheck());
+        } else {
+          table.refresh();
+        }
       },
     });
   }

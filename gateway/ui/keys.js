@@ -4,7 +4,7 @@ import * as api from "./api.js";
 import { confirmDialog, openDialog, revealSecret } from "./dialogs.js";
 import {
   addMonths, field, formatDate, h, radios, replaceChildren, roleChoices, rolesList,
-  select, statusBadge, time,
+  select, statusBadge, time, uid,
 } from "./dom.js";
 import { serverTable, STATUS_FILTER, tableToolbar } from "./table.js";
 
@@ -71,6 +71,55 @@ function showIssued(control, answer, what) {
   return true; // keep the dialog open on the token
 }
 
+// The role picker of an edit dialog. For another key it offers the roles the caller may
+// assign (a key holding any other has no Edit button). For the signed-in key itself it
+// offers the roles it holds too: the API lets a key drop its own roles, even one it may
+// not give, and never give it back. Dropping one of them, or deactivating itself, is
+// asked about first: the role may be what lets the key use this page at all.
+export function ownRoles(ctx, key, legend, stopping = "deactivates the key you are signed in with, which ends this session") {
+  const { me } = ctx;
+  const mine = key.appKey === me.appKey;
+  const offered = mine ? [...new Set([...me.assignableRoles, ...key.roles])].sort() : me.assignableRoles;
+  const choices = roleChoices(legend, offered, key.roles);
+  if (mine) {
+    for (const input of choices.querySelectorAll('input[name="roles"]')) {
+      if (me.assignableRoles.includes(input.value)) continue;
+      input.nextElementSibling.append( // the role's name: the note reads on with it
+        h("span", { class: "hint" }, " (yours: once removed, you may not give it back)"));
+    }
+  }
+  const confirmation = h("div", { class: "self-warning", hidden: true });
+  let acknowledged = null;
+  function confirmed(control, roles, status) {
+    if (!mine) return true;
+    const dropped = key.roles.filter((role) => !roles.includes(role));
+    const stops = status === "inactive";
+    if (!dropped.length && !stops) {
+      confirmation.hidden = true;
+      acknowledged = null;
+      control.submit.textContent = "Save";
+      return true;
+    }
+    if (acknowledged && acknowledged.checked) return true;
+    const what = [];
+    if (dropped.length) {
+      what.push(`removes ${dropped.length === 1 ? "the role" : "the roles"} ${dropped.join(", ")} from the key you are signed in with`);
+    }
+    if (stops) what.push(stopping);
+    const box = h("input", { type: "checkbox", id: uid("self-ack"), name: "selfAck" });
+    replaceChildren(confirmation,
+      h("p", { class: "warning", role: "alert" }, h("strong", {}, `This ${what.join(" and ")}.`),
+        " If what it loses is what lets it view or edit API keys, you lose access to this page and need another key to sign in."),
+      h("label", { class: "choice", for: box.id }, box, h("span", {}, "I understand that I may lose access to this page")));
+    confirmation.hidden = false;
+    acknowledged = box;
+    control.submit.textContent = "Save anyway";
+    box.focus();
+    return false;
+  }
+  return { choices, confirmation, confirmed, mine };
+}
+
 export function sameRoles(a, b) {
   return a.length === b.length && [...a].sort().join("\n") === [...b].sort().join("\n");
 }
@@ -107,8 +156,10 @@ export function generatedTab(ctx, panel) {
   function actions(key) {
     const buttons = [];
     const canAct = mayActOn(ctx, key);
+    // each named with its key ("Edit kgk-acme-…"): a list of a page's buttons, as a
+    // screen reader offers it, would otherwise be twenty "Edit" alike
     const button = (text, handler, cls) => {
-      const b = h("button", { type: "button", class: cls }, text);
+      const b = h("button", { type: "button", class: cls, "aria-label": `${text} ${key.appKey}` }, text);
       b.addEventListener("click", () => handler(key));
       return b;
     };
@@ -156,24 +207,32 @@ export function generatedTab(ctx, panel) {
 
   function edit(key) {
     const label = h("input", { name: "label", required: true, maxlength: "200", value: key.label, autocomplete: "off" });
-    const offered = [...new Set([...me.assignableRoles, ...key.roles])].sort();
+    const self = ownRoles(ctx, key, "Roles");
     openDialog({
       title: `Edit ${key.appKey}`,
       submitLabel: "Save",
       body: [
         field("Label", label),
-        roleChoices("Roles", offered, key.roles),
+        self.choices,
         field("Status", select("status", [["active", "Active"], ["inactive", "Inactive (integrations stop)"]], key.status)),
+        self.confirmation,
       ],
-      async onSubmit(form) {
+      async onSubmit(form, control) {
         const change = {};
         const newLabel = String(form.get("label"));
         const roles = checkedRoles(form);
         if (newLabel !== key.label) change.label = newLabel;
         if (!sameRoles(roles, key.roles)) change.roles = roles;
         if (form.get("status") !== key.status) change.status = String(form.get("status"));
+        if (!self.confirmed(control, roles, change.status)) return true;
         if (Object.keys(change).length) await api.patch(keyPath(key.appKey), change);
-        table.refresh();
+        if (self.mine && (change.roles || change.status)) {
+          // what the signed-in key may do here has changed: read it again once the
+          // dialog is gone, rather than leave buttons the API will now refuse
+          control.dialog.addEventListener("close", () => ctx.recheck());
+        } else {
+          table.refresh();
+        }
       },
     });
   }

@@ -103,10 +103,11 @@ export function serverTable({ caption, columns, emptyText, load, query, noun }) 
     try {
       page = await load(query);
     } catch (failure) {
-      if (mine === generation) showError(error, failure);
+      if (mine === generation) outOfDate(failure);
       return;
     }
     if (mine !== generation) return; // a later request (a faster typist) wins
+    for (const control of [number, go]) control.disabled = false;
     pages = Math.max(1, Math.ceil(page.total / page.perPage));
     if (page.items.length === 0 && query.page > 1 && page.total > 0) {
       query.page = pages;
@@ -121,7 +122,8 @@ export function serverTable({ caption, columns, emptyText, load, query, noun }) 
       replaceChildren(body, page.items.map((item) => h("tr", { "data-key": item.appKey },
         columns.map((column) => h("td", { "data-label": column.title }, h("div", {}, column.cell(item)))))));
     }
-    if (focused) focused()?.focus();
+    // (the button that read the list again is gone with its row: the table has it)
+    if (focused) (focused() || wrap).focus();
     const total = `${page.total} ${page.total === 1 ? noun[0] : noun[1]}`;
     summary.textContent = `Page ${page.page} of ${pages} · ${total}`;
     count.textContent = total;
@@ -137,6 +139,25 @@ export function serverTable({ caption, columns, emptyText, load, query, noun }) 
       const back = had === next || had === last ? previous : next;
       (back.disabled ? wrap : back).focus();
     }
+  }
+
+  // The list could not be read (any refusal, the network): the rows shown are no longer
+  // known to be right, and their buttons would act on what may have changed or gone.
+  // They are taken away, the API's message shown above, and a row says so, with a way
+  // to read the list again; the pager waits for a list to page through.
+  function outOfDate(failure) {
+    showError(error, failure);
+    const had = document.activeElement;
+    const lost = body.contains(had) || [first, previous, next, last, number, go].includes(had);
+    const again = h("button", { type: "button" }, "Try again");
+    again.addEventListener("click", () => refresh());
+    replaceChildren(body, h("tr", { class: "stale" }, h("td", { class: "empty", colspan: columns.length },
+      h("p", {}, `The ${noun[1]} could not be loaded, so none is shown.`), again)));
+    summary.textContent = `The ${noun[1]} could not be loaded.`;
+    count.textContent = "";
+    ofPages.textContent = "";
+    for (const control of [first, previous, next, last, number, go]) control.disabled = true;
+    if (lost) again.focus();
   }
 
   // an action's refusal outside a dialog (Activate) is shown above the table
