@@ -465,7 +465,10 @@ async def test_the_dashboard_asks_only_for_what_keygate_exports(gateway, proxy, 
     for wanted in ("keygate_requests_total", "keygate_request_duration_seconds_bucket",
                    "keygate_cache_hits_total", "keygate_store_duration_seconds_bucket",
                    "keygate_store_errors_total", "keygate_open_connections",
-                   "keygate_policy_info", "keygate_keys_renewal_alert"):
+                   "keygate_policy_info", "keygate_keys_renewal_alert",
+                   # the decision API's traffic, and the policy across instances
+                   "keygate_decision_requests_total", "keygate_policy_in_sync",
+                   "keygate_policy_refused", "keygate_policy_announced_info"):
         assert wanted in used, wanted
 
 
