@@ -123,6 +123,7 @@ def build_gateway(
         authorizer, store, settings.model_path, settings.policies_dir,
         instance=f"{socket.gethostname()} pid {os.getpid()}", clock=clock,
         watch_interval=settings.policy_watch_interval, reloaded=telemetry.reloaded,
+        refused=telemetry.policy_refused,
     )
     telemetry.watch_policy(policy_sync.status)
     return Gateway(

@@ -16,6 +16,8 @@ from typing import Any
 from .credentials import CredentialFormat
 from .store import ACTIVE, Store
 
+DELETED = "deleted"  # key_status of a grant whose key its owner account deleted
+
 
 @dataclass(frozen=True)
 class KeyRoles:
@@ -23,14 +25,23 @@ class KeyRoles:
     account: str
     roles: tuple[str, ...]
     # the key's status for an own key; for an external key, the grant's status in the
-    # account (the key's own status belongs to its owner account)
+    # account (the key's own status belongs to its owner account: shown apart)
     status: str
     external: bool
+    # an external key's own status in its owner account (None: an own key, whose status
+    # is ``status``; "deleted": the owner account deleted it, the grant outlived it).
+    # Not shown in the answer, only its consequence: the decision is a refusal.
+    key_status: str | None = None
 
     @property
     def refusal(self) -> str | None:
         """Why keygate refuses the key in this account before it asks the policy, as
-        its answer to a request would say, or None."""
+        its answer to a request would say, or None. The key's own state comes first, as
+        authentication checks it before the grant."""
+        if self.key_status == DELETED:
+            return "this API key no longer exists (401 invalid_credentials)"
+        if self.external and self.key_status not in (None, ACTIVE):
+            return "this API key is inactive (401 key_inactive)"
         if self.status == ACTIVE:
             return None
         if self.external:
@@ -62,4 +73,8 @@ async def key_roles(
     grant = await store.get_grant(account, app_key)
     if grant is None:
         return None
-    return KeyRoles(app_key, account, grant.roles, grant.status, external=True)
+    # authentication reads the key in its owner account first: an inactive or deleted
+    # key is refused there, whatever the grant says (a second read, only for a grant)
+    home = await store.get_key(owner, app_key)
+    return KeyRoles(app_key, account, grant.roles, grant.status, external=True,
+                    key_status=home.status if home is not None else DELETED)

@@ -181,7 +181,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "keygate_policy_refused": (
         "gauge", (),
         "1 while this instance's last reload was refused (a broken file, roles still "
-        "held) and it serves the policy it had, 0 once a reload succeeds",
+        "held) and it serves the policy it had, 0 once a reload succeeds; under --workers "
+        "1 when any live worker's was",
     ),
     "keygate_policy_announced_info": (
         "gauge", ("version",),
@@ -472,8 +473,6 @@ class PolicyInfo:
         lines.add_metric([], status.lines)
         in_sync = GaugeMetricFamily("keygate_policy_in_sync", _help("keygate_policy_in_sync"))
         in_sync.add_metric([], 1 if status.in_sync else 0)
-        refused = GaugeMetricFamily("keygate_policy_refused", _help("keygate_policy_refused"))
-        refused.add_metric([], 1 if status.refused is not None else 0)
         announced = GaugeMetricFamily(
             "keygate_policy_announced_info", _help("keygate_policy_announced_info"),
             labels=["version"])
@@ -482,7 +481,6 @@ class PolicyInfo:
         yield info
         yield lines
         yield in_sync
-        yield refused
         yield announced
 
 
@@ -513,6 +511,11 @@ class Telemetry:
         self.reloads = self._counter("keygate_policy_reloads", live)
         for result in RELOAD_RESULTS:
             self.reloads.labels(result)  # both shown from the start, at 0
+        # set by each process: under --workers a POST reload reaches one worker, and the
+        # scrape must say a refusal whichever worker answers it (the largest live value)
+        self.refused = Gauge("keygate_policy_refused", _help("keygate_policy_refused"),
+                             registry=live, multiprocess_mode="livemax")
+        self.refused.set(0)
         self.registry.register(BuildInfo())
         self.hot: HotFamilies | None = None
         self.requests: RequestMetrics | None = None
@@ -556,6 +559,9 @@ class Telemetry:
 
     def reloaded(self, ok: bool) -> None:
         self.reloads.labels(RELOAD_RESULTS[0] if ok else RELOAD_RESULTS[1]).inc()
+
+    def policy_refused(self, refused: bool) -> None:
+        self.refused.set(1 if refused else 0)
 
     async def publishing(self, _app: Any) -> AsyncIterator[None]:
         """For the metrics application's ``cleanup_ctx``: under ``--workers``, copy the

@@ -175,6 +175,18 @@ async def test_an_inactive_key_or_grant_is_explained_as_denied(api):
     body = await (await api.get("acme", viewer, {"resource": "orders", "action": "read",
                                                  "key": partner.app_key})).json()
     assert body["allowed"] is False and "grant_inactive" in body["reason"]
+    # an active grant of a key its owner account deactivated, then deleted: keygate
+    # refuses the key itself first (401), whatever the grant says
+    await store.update_grant("acme", partner.app_key, {"status": "active"}, CLI_ACTOR)
+    query = {"resource": "orders", "action": "read", "key": partner.app_key}
+    assert (await (await api.get("acme", viewer, query)).json())["allowed"] is True
+    await store.update_key("globex", partner.app_key, actor=CLI_ACTOR, status="inactive")
+    body = await (await api.get("acme", viewer, query)).json()
+    assert body["allowed"] is False and body["key"]["status"] == "active"  # the grant's
+    assert "this API key is inactive (401 key_inactive)" in body["reason"]
+    # deleted: its grants go with it, so it holds no roles in acme any more
+    assert await store.delete_key("globex", partner.app_key, actor=CLI_ACTOR)
+    await error_of(await api.get("acme", viewer, query), 404, "key_not_found")
 
 
 async def test_an_external_caller_with_view_explains_in_the_granting_account(api):
@@ -323,3 +335,16 @@ async def test_crafted_roles_get_explanation_too_large_not_a_long_answer(
         assert "more than 1000000 steps" in error["message"]
     finally:
         await gateway.close()
+
+
+def test_a_grant_that_outlived_its_key_is_refused_as_keygate_refuses_it():
+    """A crash between a key's deletion and the removal of its grants can leave a grant
+    behind: authentication finds no key (401), so the explanation is a refusal."""
+    from gateway.key_roles import DELETED, KeyRoles
+
+    left = KeyRoles("kgk-globex-0000000000", "acme", ("orders-reader",), "active",
+                    external=True, key_status=DELETED)
+    assert left.refusal == "this API key no longer exists (401 invalid_credentials)"
+    active = KeyRoles("kgk-globex-0000000000", "acme", ("orders-reader",), "active",
+                      external=True, key_status="active")
+    assert active.refusal is None

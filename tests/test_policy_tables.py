@@ -531,6 +531,15 @@ def test_key_rows_of_an_inactive_key_or_grant_are_denied(policies, capsys, store
     table = write_table(policies, "keys.toml", text.replace('"allow"', '"deny"'))
     code, out, _ = keygate(capsys, "policy", "test", "--policies", str(policies), str(table))
     assert code == 0, out
+    # the grant active again, but the key deactivated by its owner account: refused
+    # (401) before the grant is read, as keygate decides a request
+    assert keygate(capsys, "external-keys", "update", "--account", "acme", partner,
+                   "--status", "active")[0] == 0
+    assert keygate(capsys, "keys", "deactivate", partner)[0] == 0
+    table = write_table(policies, "keys.toml", case(None, "acme", "orders", "read", "allow",
+                                                    key=partner, name="grant"))
+    code, out, _ = keygate(capsys, "policy", "test", "--policies", str(policies), str(table))
+    assert code == 1 and "this API key is inactive (401 key_inactive)" in out
 
 
 def test_key_rows_need_a_shared_store(policies, capsys):

@@ -224,6 +224,7 @@ class PolicySync:
         clock: Callable[[], float] = time.time,
         watch_interval: float = 0.0,
         reloaded: Callable[[bool], None] = lambda ok: None,
+        refused: Callable[[bool], None] = lambda refused: None,
     ):
         self.holder = holder
         self.store = store
@@ -233,6 +234,7 @@ class PolicySync:
         self.clock = clock
         self.watch_interval = watch_interval
         self._reloaded = reloaded
+        self._refused_changed = refused
         self.loaded_at = self._now_ms()
         self.announcement: PolicyAnnouncement | None = None
         self._lock = asyncio.Lock()
@@ -369,7 +371,9 @@ class PolicySync:
 
     def _swap(self, candidate: Policy, asked: bool = True) -> str:
         previous = self.holder.policy.version
-        self._last_refused = None
+        if self._last_refused is not None:
+            self._last_refused = None
+            self._refused_changed(False)
         if candidate.version == previous and not asked:
             # the watch saw files that give the policy in force (a comment edited, or a
             # change another worker's announcement brought in first): nothing to swap,
@@ -384,6 +388,7 @@ class PolicySync:
 
     def _refused(self, reason: object, version: str | None = None) -> None:
         self._last_refused = RefusedReload(str(reason), self._now_ms(), version)
+        self._refused_changed(True)
         self._reloaded(False)
         log.error("policy reload refused, keeping version %s: %s", self.holder.policy.version,
                   reason, extra={"event": "policy.refused"})
