@@ -15,7 +15,7 @@ import os
 import re
 import sys
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, NoReturn
 
 from . import cli_store as store_commands
 from .cli_arguments import account_name, config_file, path, port_number, positive_count
@@ -80,6 +80,23 @@ def _version() -> str:
         return "(not installed)"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser (its subparsers are of the same class), whose usage errors also
+    print the JSON error document when the command line asked for JSON: a CI step that
+    parses the output gets one for a missing option too (exit 2, as argparse's)."""
+
+    argv: list[str] = []  # the command line being parsed (set by main)
+
+    def error(self, message: str) -> NoReturn:
+        argv = Parser.argv
+        wants = "--json" in argv or "--format=json" in argv or any(
+            a == "--format" and b == "json" for a, b in zip(argv, argv[1:], strict=False))
+        if wants:
+            print(json.dumps({"error": {"message": f"{self.prog}: {message}",
+                                        "exitStatus": BAD_USAGE}}))
+        super().error(message)
+
+
 def command_group(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     """A command of actions (``keys``, ``policy``, …): its help names the exit statuses,
     and ``--config`` may come after it too (``keygate keys --config F list``)."""
@@ -92,7 +109,7 @@ def command_group(sub: Any, name: str, help_text: str) -> argparse.ArgumentParse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="keygate", description="Authorization gateway for API keys.",
         epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -277,6 +294,7 @@ def _failed(args: argparse.Namespace, message: str, status: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    Parser.argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)  # usage errors: argparse exits with 2
     configure_logging(args.verbose)  # until the settings say which log_format
     code: int | None = None

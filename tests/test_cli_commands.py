@@ -601,3 +601,26 @@ async def test_jwt_rotate_says_when_the_previous_key_may_be_dropped(cli, local, 
     assert stopped < signs_from and shown - stopped == timedelta(seconds=7231)
     again = await in_thread(cli, "jwt", "rotate", "--json")  # --json prints JSON as before
     assert again.code == 0 and again.json()["previous"] == urgent
+
+
+@pytest.mark.parametrize("argv", [
+    ("keys", "list", "--json"),  # a required option missing
+    ("settings", "set", "--account", "acme", "--renewal-period-months", "4", "--json"),
+    ("keys", "create", "--account", "a b", "--label", "x", "--json"),
+    ("policy", "explain", "--account", "acme", "--resource", "r", "--action", "a",
+     "--format", "json"),  # neither --role nor --key
+    ("policy", "check", "--format=json", "--no-such-option"),
+])
+def test_a_usage_error_of_a_command_asked_for_json_is_a_json_document_too(cli, argv):
+    """argparse's own refusals as well as keygate's: the CI step parsing the output gets
+    a document; the person reading standard error gets argparse's usage."""
+    ran = cli(*argv)
+    assert ran.code == 2
+    error = json.loads(ran.out)["error"]
+    assert error["exitStatus"] == 2 and error["message"]
+    assert "usage: keygate" in ran.err or error["message"] in ran.err
+
+
+def test_a_usage_error_without_json_prints_nothing_on_standard_output(cli):
+    ran = cli("keys", "list")
+    assert (ran.code, ran.out) == (2, "") and "--account" in ran.err

@@ -331,7 +331,9 @@ def render_text(report: Report) -> list[str]:
                 out.append(f"  … and {hidden} more")
     passed = len(report.results) - len(report.failures)
     tables = len(report.files)
-    out.append(f"{len(report.results)} rows in {tables} table{'s' if tables != 1 else ''}: "
+    rows = len(report.results)
+    out.append(f"{rows} row{'s' if rows != 1 else ''} in {tables} "
+               f"table{'s' if tables != 1 else ''}: "
                f"{passed} passed, {len(report.failures)} failed")
     return out
 
