@@ -664,3 +664,43 @@ async def test_the_jwks_is_documented_as_served_cached_and_with_head(management_
         assert "content" in item["get"]["responses"]["200"]
         assert "content" not in item["head"]["responses"]["200"]
 
+
+
+@pytest.mark.parametrize("cookie", ["keygate_session", "kg", ""])
+async def test_login_and_logout_declare_the_session_cookie_they_set(
+    make_settings, aiohttp_client, cookie
+):
+    """login's 200 sets the session cookie (with `cookie: true`) and logout's 204 clears
+    it: both declare Set-Cookie, under the name the session_cookie setting gives, and
+    neither does when cookies are off."""
+    gateway = build_gateway(make_settings(session_cookie=cookie))
+    try:
+        management = await aiohttp_client(build_management_app(gateway))
+        document = await fetch_document(management)
+        issued = await gateway.lifecycle.create("acme", "k", ["orders-reader"], CLI_ACTOR)
+        assert issued.token is not None
+        response = await management.post("/api/v1/auth/login", json={
+            "appKey": issued.record.app_key, "appToken": issued.token, "cookie": True})
+        assert response.status == (200 if cookie else 400)
+        set_cookies = response.headers.getall("Set-Cookie", [])
+        logged_out = await management.post("/api/v1/auth/logout",
+                                           headers={"X-Keygate-CSRF": "1"})
+        cleared = logged_out.headers.getall("Set-Cookie", [])
+    finally:
+        await gateway.close()
+    login = document["paths"]["/api/v1/auth/login"]["post"]["responses"]["200"]["headers"]
+    logout = document["paths"]["/api/v1/auth/logout"]["post"]["responses"]["204"]["headers"]
+    assert "X-Request-Id" in login and "X-Request-Id" in logout
+    if not cookie:
+        assert "Set-Cookie" not in login and "Set-Cookie" not in logout
+        assert set_cookies == [] and cleared == []
+        return
+    assert login["Set-Cookie"]["schema"] == {"type": "string"}
+    assert login["Set-Cookie"]["required"] is False  # without `cookie: true`, none
+    assert f"`{cookie}=" in login["Set-Cookie"]["description"]
+    assert f"`__Host-{cookie}`" in login["Set-Cookie"]["description"]
+    assert logout["Set-Cookie"]["required"] is True
+    assert f"`{cookie}`" in logout["Set-Cookie"]["description"]
+    # what is declared is what keygate sends
+    assert [c.split("=", 1)[0] for c in set_cookies] == [cookie]
+    assert {c.split("=", 1)[0] for c in cleared} == {cookie, f"__Host-{cookie}"}

@@ -186,7 +186,8 @@ def _error_schema(schemas: _Schemas, details: type | None) -> dict[str, Any]:
     }]}
 
 
-def _responses(schemas: _Schemas, operation: Operation) -> dict[str, Any]:
+def _responses(schemas: _Schemas, operation: Operation,
+               settings: Settings) -> dict[str, Any]:
     request_id = {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}}
     responses: dict[str, Any] = {}
     for status, answer in sorted(operation.responses.items()):
@@ -194,6 +195,9 @@ def _responses(schemas: _Schemas, operation: Operation) -> dict[str, Any]:
                                     "headers": dict(request_id)}
         if operation.cached and status in (200, 304):
             response["headers"].update(CACHE_HEADERS)
+        declared = operation.response_headers.get(status)
+        if declared is not None:
+            response["headers"].update(declared(settings))
         if answer is not None:
             response["content"] = _content(schemas, answer, operation.examples.get(status))
         responses[str(status)] = response
@@ -219,7 +223,8 @@ def _responses(schemas: _Schemas, operation: Operation) -> dict[str, Any]:
     return responses
 
 
-def _operation(schemas: _Schemas, operation: Operation) -> dict[str, Any]:
+def _operation(schemas: _Schemas, operation: Operation,
+               settings: Settings) -> dict[str, Any]:
     described: dict[str, Any] = {
         "operationId": operation.operation_id,
         "summary": operation.summary,
@@ -255,7 +260,7 @@ def _operation(schemas: _Schemas, operation: Operation) -> dict[str, Any]:
         if operation.body_optional:
             described["requestBody"]["description"] = (
                 "Optional: no body at all means every field's default.")
-    described["responses"] = _responses(schemas, operation)
+    described["responses"] = _responses(schemas, operation, settings)
     return described
 
 
@@ -293,7 +298,7 @@ def build_document(all_operations: Iterable[Operation], settings: Settings) -> d
     schemas = _Schemas(ordered)
     paths: dict[str, dict[str, Any]] = {}
     for operation in ordered:
-        described = _operation(schemas, operation)
+        described = _operation(schemas, operation, settings)
         paths.setdefault(operation.path, {})[operation.method.lower()] = described
         if operation.head:
             paths[operation.path]["head"] = _head(described, operation)

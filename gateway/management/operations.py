@@ -77,6 +77,10 @@ class Operation:
     examples: Mapping[str | int, Mapping[str, Any]] = field(default_factory=dict)
     head: bool = False  # HEAD answers too: the same headers, no body
     cached: bool = False  # answers with an ETag and Cache-Control, and 304 to If-None-Match
+    # status -> what the answer's own headers are, from the settings (a cookie's name):
+    # settings -> {header name: OpenAPI header object}; an empty mapping declares none
+    response_headers: Mapping[int, Callable[[Any], Mapping[str, Any]]] = field(
+        default_factory=dict)
 
 
 class Operations:
@@ -119,6 +123,7 @@ class Operations:
         examples: Mapping[str | int, Mapping[str, Any]] | None = None,
         head: bool = False,
         cached: bool = False,
+        response_headers: Mapping[int, Callable[[Any], Mapping[str, Any]]] | None = None,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             operation = Operation(
@@ -140,6 +145,7 @@ class Operations:
                 examples=dict(examples or {}),
                 head=head,
                 cached=cached,
+                response_headers=dict(response_headers or {}),
             )
             _check(operation)
             self.items.append(operation)

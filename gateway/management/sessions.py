@@ -12,6 +12,7 @@ authenticator checks the key's state on every request (see
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -43,6 +44,33 @@ from .schema import LOGIN_EXAMPLES, Jwks, Login, Session
 operations = Operations("sessions")
 
 
+def _session_set_cookie(settings: Any) -> dict[str, Any]:
+    """Login's Set-Cookie, under the name the settings give (none when cookies are off:
+    `cookie: true` is then refused)."""
+    name = settings.session_cookie
+    if not name:
+        return {}
+    return {"Set-Cookie": {
+        "description": (
+            f"With `cookie: true`: the session, `{name}=<session JWT>; HttpOnly; "
+            f"Max-Age=<session_ttl>; Path=/; SameSite=Strict` (named `{HOST_PREFIX}{name}`, "
+            "with `Secure`, when login came over TLS). Not sent without `cookie`."),
+        "required": False, "schema": {"type": "string"}}}
+
+
+def _session_clear_cookie(settings: Any) -> dict[str, Any]:
+    """Logout's Set-Cookie: both names of the session cookie, cleared."""
+    name = settings.session_cookie
+    if not name:
+        return {}
+    return {"Set-Cookie": {
+        "description": (
+            f"Clears the session cookie: one header for each of its names, `{HOST_PREFIX}{name}` "
+            f"and `{name}`, empty and expired (`Max-Age=0`, `Path=/`, `HttpOnly`, "
+            "`SameSite=Strict`)."),
+        "required": True, "schema": {"type": "string"}}}
+
+
 def _credential(value: str, name: str, limit: int) -> str:
     # the limit is a setting (max_credential_length), so it is checked here, not in
     # the model
@@ -57,7 +85,7 @@ def _credential(value: str, name: str, limit: int) -> str:
                  errors={400: ("malformed_credentials", "cookies_off"),
                          401: ("invalid_credentials", "key_inactive"),
                          429: ("too_many_failures",), 503: ("store_unavailable",)},
-                 examples=LOGIN_EXAMPLES)
+                 examples=LOGIN_EXAMPLES, response_headers={200: _session_set_cookie})
 async def login(request: web.Request, body: Login) -> web.Response:
     """Authenticates exactly as the proxy does (the same 401 for every wrong pair, the
     same failure budgets). The session is as good as the pair until it expires, and no
@@ -113,7 +141,7 @@ async def login(request: web.Request, body: Login) -> web.Response:
 
 
 @operations.post("/api/v1/auth/logout", summary="End the session and clear its cookie",
-                 responses={204: None},
+                 responses={204: None}, response_headers={204: _session_clear_cookie},
                  errors={403: ("csrf_refused",), 429: ("too_many_failures",),
                          503: ("store_unavailable",)})
 async def logout(request: web.Request) -> web.Response:

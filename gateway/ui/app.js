@@ -43,6 +43,7 @@ const REASONS = {
   session_expired: EXPIRED,
   invalid_session: "Your session is no longer valid: the key's token was renewed or the key was deleted. Sign in again.",
   session_ended: "This session was signed out. Sign in again to continue.",
+  key_inactive: "The key you are signed in with was deactivated: its sessions are refused while it stays inactive. Sign in with another key, or have this one activated again.",
 };
 // the Date header counts whole seconds, and the cookie's Max-Age runs from its arrival
 const EXPIRY_SLACK_MS = 2_000;
@@ -176,8 +177,32 @@ document.querySelector(".skip-link").addEventListener("click", (event) => {
   $("main").focus();
 });
 
+// Past the failure budget sign-in is refused (429 too_many_failures) for a while: said in
+// the page's words, and the button waits as long as the answer said.
+const TOO_MANY = "Too many failed sign-ins from here.";
+let signInWait = null; // the timer that enables Sign in again
+
+function holdSignIn(button, failure) {
+  const error = $("sign-in-error");
+  const seconds = failure.retryAfter;
+  if (seconds === null || seconds === undefined || seconds <= 0) {
+    error.textContent = `${TOO_MANY} Wait a little, then try again.`;
+    return false;
+  }
+  error.textContent = `${TOO_MANY} ${api.retryWords(seconds)}`;
+  button.disabled = true;
+  clearTimeout(signInWait);
+  signInWait = setTimeout(() => {
+    signInWait = null;
+    button.disabled = false;
+    if (error.textContent.startsWith(TOO_MANY)) error.textContent = `${TOO_MANY} You may try again now.`;
+  }, seconds * 1000);
+  return true;
+}
+
 $("sign-in-form").addEventListener("submit", async (event) => {
   event.preventDefault();
+  if (signInWait !== null) return; // still waiting out the failure budget
   const error = $("sign-in-error");
   clearError(error);
   $("sign-in-notice").textContent = "";
@@ -204,10 +229,12 @@ $("sign-in-form").addEventListener("submit", async (event) => {
     }
     $("main").focus();
   } catch (failure) {
-    showError(error, failure);
     tokenInput.value = "";
+    if (failure.code !== "too_many_failures") showError(error, failure);
+    // the button stays disabled a while: the focus stays in the form
+    else if (holdSignIn(button, failure)) tokenInput.focus();
   } finally {
-    enable(button);
+    if (signInWait === null) enable(button);
   }
 });
 

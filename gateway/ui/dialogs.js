@@ -128,18 +128,23 @@ export function closeAllDialogs() {
   }
 }
 
-// A confirmation: what will happen, in words, and a button that says it.
-export function confirmDialog({ title, message, confirmLabel, danger = true, acknowledge, onConfirm }) {
+// A confirmation: what will happen, in words, and a button that says it. `warning`
+// (optional) is said first, as an alert; `acknowledge` is the words of a tick box, or a
+// list of them: the button waits until every box is ticked.
+export function confirmDialog({ title, message, confirmLabel, danger = true, acknowledge, warning, onConfirm }) {
   const body = [h("p", {}, message)];
-  let box = null;
-  if (acknowledge) {
-    box = h("input", { type: "checkbox", id: uid("ack"), name: "acknowledge", required: true });
-    body.push(h("label", { class: "choice", for: box.id }, box, h("span", {}, acknowledge)));
+  if (warning) body.unshift(h("p", { class: "warning", role: "alert" }, warning));
+  const boxes = [];
+  for (const words of [acknowledge || []].flat()) {
+    const box = h("input", { type: "checkbox", id: uid("ack"), name: "acknowledge", required: true });
+    body.push(h("label", { class: "choice", for: box.id }, box, h("span", {}, words)));
+    boxes.push(box);
   }
   const control = openDialog({ title, body, submitLabel: confirmLabel, danger, onSubmit: onConfirm });
-  if (box) {
-    control.submit.disabled = true;
-    box.addEventListener("change", () => { control.submit.disabled = !box.checked; });
+  if (boxes.length) {
+    const ticked = () => { control.submit.disabled = !boxes.every((box) => box.checked); };
+    ticked();
+    for (const box of boxes) box.addEventListener("change", ticked);
   }
   return control;
 }

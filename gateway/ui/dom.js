@@ -96,6 +96,11 @@ export function rolesList(roles) {
   return h("ul", { class: "roles" }, roles.map((role) => h("li", {}, role)));
 }
 
+// A cell's text, or "—" (as a hint) when there is none, as other empty cells show.
+export function orDash(value) {
+  return value === undefined || value === null || value === "" ? h("span", { class: "hint" }, "—") : value;
+}
+
 export function statusBadge(status) {
   return h("span", { class: `badge ${status === "active" ? "active" : "inactive"}` },
     status === "active" ? "Active" : "Inactive");

@@ -2,7 +2,7 @@
 
 import * as api from "./api.js";
 import { confirmDialog, openDialog } from "./dialogs.js";
-import { field, h, replaceChildren, roleChoices, rolesList, select, statusBadge, time } from "./dom.js";
+import { field, h, orDash, replaceChildren, roleChoices, rolesList, select, statusBadge, time } from "./dom.js";
 import { checkedRoles, mayActOn, ownRoles, sameRoles } from "./keys.js";
 import { serverTable, STATUS_FILTER, tableToolbar } from "./table.js";
 
@@ -14,8 +14,8 @@ export function externalTab(ctx, panel) {
 
   const columns = [
     { title: "Key", sort: "appKey", cell: (x) => h("code", { class: "key" }, x.appKey) },
-    { title: "Owner account", sort: "account", cell: (x) => x.account },
-    { title: "Label", sort: "label", cell: (x) => x.label },
+    { title: "Owner account", sort: "account", cell: (x) => orDash(x.account) },
+    { title: "Label", sort: "label", cell: (x) => orDash(x.label) },
     { title: "Roles", cell: (x) => rolesList(x.roles) },
     { title: "Added on", sort: "addedDate", firstOrder: "desc", cell: (x) => time(x.addedDate) },
     { title: "Status", sort: "status", cell: (x) => statusBadge(x.status) },

@@ -3,7 +3,7 @@
 import * as api from "./api.js";
 import { confirmDialog, openDialog, revealSecret } from "./dialogs.js";
 import {
-  addMonths, field, formatDate, h, radios, replaceChildren, roleChoices, rolesList,
+  addMonths, field, formatDate, h, orDash, radios, replaceChildren, roleChoices, rolesList,
   select, statusBadge, time, uid,
 } from "./dom.js";
 import { serverTable, STATUS_FILTER, tableToolbar } from "./table.js";
@@ -76,6 +76,8 @@ function showIssued(control, answer, what) {
 // offers the roles it holds too: the API lets a key drop its own roles, even one it may
 // not give, and never give it back. Dropping one of them, or deactivating itself, is
 // asked about first: the role may be what lets the key use this page at all.
+const UNDERSTOOD = "I understand that I may lose access to this page";
+
 export function ownRoles(ctx, key, legend, stopping = "deactivates the key you are signed in with, which ends this session") {
   const { me } = ctx;
   const mine = key.appKey === me.appKey;
@@ -89,29 +91,60 @@ export function ownRoles(ctx, key, legend, stopping = "deactivates the key you a
     }
   }
   const confirmation = h("div", { class: "self-warning", hidden: true });
+  // what the warning on screen asks about ({dropped, stops}), and its tick box: a tick
+  // approves that change alone, not whatever the form says by the time Save is pressed
+  let shown = null;
   let acknowledged = null;
+  let watching = false;
+  const risk = (roles, status) => ({
+    dropped: key.roles.filter((role) => !roles.includes(role)).sort().join("\n"),
+    stops: status === "inactive",
+  });
+  const same = (a, b) => Boolean(a && b) && a.dropped === b.dropped && a.stops === b.stops;
+  function reset(control) {
+    confirmation.hidden = true;
+    replaceChildren(confirmation);
+    shown = null;
+    acknowledged = null;
+    control.submit.textContent = "Save";
+  }
+  // the form changed after the warning was shown: a warning that no longer says what
+  // Save would do goes, with its tick and "Save anyway"; Save asks again if it must
+  function watch(control) {
+    if (watching) return;
+    watching = true;
+    const changed = (event) => {
+      if (!shown || event.target === acknowledged) return;
+      const form = new FormData(control.form);
+      const status = String(form.get("status"));
+      const now = risk(checkedRoles(form), status !== key.status ? status : undefined);
+      if (!same(now, shown)) reset(control);
+    };
+    control.form.addEventListener("change", changed);
+    control.form.addEventListener("input", changed);
+  }
   function confirmed(control, roles, status) {
     if (!mine) return true;
+    watch(control);
+    const now = risk(roles, status);
     const dropped = key.roles.filter((role) => !roles.includes(role));
-    const stops = status === "inactive";
-    if (!dropped.length && !stops) {
-      confirmation.hidden = true;
-      acknowledged = null;
-      control.submit.textContent = "Save";
+    if (!dropped.length && !now.stops) {
+      reset(control);
       return true;
     }
-    if (acknowledged && acknowledged.checked) return true;
+    if (same(now, shown) && acknowledged && acknowledged.checked) return true;
     const what = [];
     if (dropped.length) {
       what.push(`removes ${dropped.length === 1 ? "the role" : "the roles"} ${dropped.join(", ")} from the key you are signed in with`);
     }
-    if (stops) what.push(stopping);
+    if (now.stops) what.push(stopping);
     const box = h("input", { type: "checkbox", id: uid("self-ack"), name: "selfAck" });
     replaceChildren(confirmation,
       h("p", { class: "warning", role: "alert" }, h("strong", {}, `This ${what.join(" and ")}.`),
         " If what it loses is what lets it view or edit API keys, you lose access to this page and need another key to sign in."),
-      h("label", { class: "choice", for: box.id }, box, h("span", {}, "I understand that I may lose access to this page")));
+      h("label", { class: "choice", for: box.id }, box, h("span", {}, UNDERSTOOD)));
     confirmation.hidden = false;
+    shown = now;
     acknowledged = box;
     control.submit.textContent = "Save anyway";
     box.focus();
@@ -136,7 +169,7 @@ export function generatedTab(ctx, panel) {
 
   const columns = [
     { title: "Key", sort: "appKey", cell: (key) => h("div", {}, marker(ctx, key), h("code", { class: "key" }, key.appKey)) },
-    { title: "Label", sort: "label", cell: (key) => key.label },
+    { title: "Label", sort: "label", cell: (key) => orDash(key.label) },
     { title: "Roles", cell: (key) => rolesList(key.roles) },
     { title: "Created", sort: "creationDate", firstOrder: "desc", cell: (key) => time(key.creationDate) },
     { title: "Token issued", sort: "creationDateToken", firstOrder: "desc", cell: (key) => time(key.creationDateToken) },
@@ -288,14 +321,25 @@ export function generatedTab(ctx, panel) {
     });
   }
 
+  // Deactivating or deleting the signed-in key itself ends this session: said first,
+  // and ticked, as the Edit dialog asks it
+  function ownWarning(key, what) {
+    if (key.appKey !== me.appKey) return null;
+    return [h("strong", {}, `This ${what} the key you are signed in with, which ends this session.`),
+      " You need another key to sign in to this page again."];
+  }
+
   function deactivate(key) {
+    const mine = key.appKey === me.appKey;
     confirmDialog({
       title: `Deactivate ${key.appKey}?`,
       message: "Integrations that use this key will stop working: every request with it is refused until the key is activated again.",
+      warning: ownWarning(key, "deactivates"),
+      acknowledge: mine ? UNDERSTOOD : undefined,
       confirmLabel: "Deactivate key",
       async onConfirm() {
         await api.patch(keyPath(key.appKey), { status: "inactive" });
-        table.refresh();
+        table.refresh(); // for the signed-in key: refused (key_inactive), back to sign-in
       },
     });
   }
@@ -314,7 +358,10 @@ export function generatedTab(ctx, panel) {
       title: `Delete ${key.appKey}?`,
       message: "The key and its tokens are deleted, and integrations that use it stop working. Its name is never issued again.",
       confirmLabel: "Delete key",
-      acknowledge: "I understand that this action cannot be undone",
+      warning: ownWarning(key, "deletes"),
+      acknowledge: key.appKey === me.appKey
+        ? ["I understand that this action cannot be undone", UNDERSTOOD]
+        : "I understand that this action cannot be undone",
       async onConfirm() {
         await api.remove(keyPath(key.appKey));
         table.refresh();
