@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 from . import cli_store as store_commands
 from .cli_arguments import account_name, config_file, path, port_number, positive_count
 from .cli_policy import add_policy_commands
-from .cli_store import Refused, UsageError, settings_of
+from .cli_store import Refused, UsageError, settings_of, wants_json
 from .cli_store_copy import COPY_TARGET_ENV, store_copy, target_url
 from .errors import ConfigError, GatewayError
 from .logs import configure_logging
@@ -98,14 +98,16 @@ class Parser(argparse.ArgumentParser):
 
 
 def command_group(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    """A command of actions (``keys``, ``policy``, …): its help names the exit statuses,
-    and ``--config`` may come after it too (``keygate keys --config F list``)."""
-    group: argparse.ArgumentParser = sub.add_parser(
+    """A command of actions (``keys``, ``policy``, …), or with ``sub`` an action's
+    parent, one command: its help names the exit statuses, and ``--config`` may come
+    after it too (``keygate keys --config F list``, ``keygate policy check --config F``;
+    not given there, the one before the command, or $KEYGATE_CONFIG, stands)."""
+    made: argparse.ArgumentParser = sub.add_parser(
         name, help=help_text, description=help_text, epilog=EXIT_STATUSES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    group.add_argument("--config", type=config_file, default=argparse.SUPPRESS,
-                       help="TOML config file (as before the command)")
-    return group
+    made.add_argument("--config", type=config_file, default=argparse.SUPPRESS,
+                      help="TOML config file (as before the command)")
+    return made
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,13 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(parent: Any, name: str, func: Any, help_text: str, *, json: bool = True,
                 **defaults: Any) -> argparse.ArgumentParser:
-        made = parent.add_parser(name, help=help_text, description=help_text,
-                                 epilog=EXIT_STATUSES,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-        # --config after the command too (keygate policy check --config FILE): not
-        # given there, the one before the command (or $KEYGATE_CONFIG) stands
-        made.add_argument("--config", type=config_file, default=argparse.SUPPRESS,
-                          help="TOML config file (as before the command)")
+        made = command_group(parent, name, help_text)
         if json:
             made.add_argument("--json", action="store_true", help="print JSON")
         made.set_defaults(func=func, **defaults)
@@ -284,7 +280,7 @@ def _failed(args: argparse.Namespace, message: str, status: int) -> int:
     output gets a document whatever happened), with the policy file and line when the
     message names them."""
     print(f"keygate: {message}", file=sys.stderr)
-    if getattr(args, "json", False) or getattr(args, "format", None) == "json":
+    if wants_json(args):
         error: dict[str, Any] = {"message": message, "exitStatus": status}
         located = _POLICY_LINE.search(message)
         if located is not None:

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from .cli_arguments import path
-from .cli_store import UsageError, print_json, settings_of, shared_store_settings, shown
+from .cli_store import (
+    UsageError,
+    print_json,
+    settings_of,
+    shared_store_settings,
+    shown,
+    wants_json,
+)
 from .errors import ConfigError
 from .process import run_event_loop
 
@@ -25,10 +32,6 @@ def add_format_option(parser: argparse.ArgumentParser) -> None:
     """``--format text|json`` (``--json`` is short for ``--format json``)."""
     parser.add_argument("--format", choices=("text", "json"), default="text",
                         help="output: text for people, json for CI annotations")
-
-
-def wants_json(args: argparse.Namespace) -> bool:
-    return args.format == "json" or bool(getattr(args, "json", False))
 
 
 def add_policy_commands(sub: Any, command: Any) -> None:

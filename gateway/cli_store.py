@@ -47,6 +47,11 @@ def shown(value: str) -> str:
     return value if value.isascii() and value.isprintable() and value.strip() else repr(value)
 
 
+def wants_json(args: argparse.Namespace) -> bool:
+    """``--json`` or ``--format json``, whichever the command takes."""
+    return getattr(args, "format", None) == "json" or bool(getattr(args, "json", False))
+
+
 def print_json(data: Any) -> None:
     print(orjson.dumps(data).decode())
 
@@ -547,7 +552,7 @@ def jwt_rotate(args: argparse.Namespace) -> int:
                 "keys": [key["kid"] for key in sessions.jwks()["keys"]]}
 
     rotated = on_store(args, work)
-    if args.json or getattr(args, "format", "text") == "json":
+    if wants_json(args):
         print_json(rotated)
     elif rotated["previous"]:
         print(f"new signing key {rotated['kid']} ({rotated['algorithm']}), published now, "

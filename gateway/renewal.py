@@ -24,14 +24,29 @@ def add_months(moment: datetime, months: int) -> datetime:
     return moment.replace(year=year, month=month, day=day)
 
 
-def renewal_alert(token_created_ms: int, period_months: int, now_ms: int) -> str:
+def alert_starts(token_created_ms: int, period_months: int) -> tuple[datetime, datetime]:
+    """When the alert of a token issued at ``token_created_ms`` turns orange, and red."""
     started = datetime.fromtimestamp(token_created_ms / 1000, UTC)
+    return (add_months(started, period_months),
+            add_months(started, period_months + RED_AFTER_MONTHS))
+
+
+def renewal_alert(token_created_ms: int, period_months: int, now_ms: int) -> str:
+    orange, red = alert_starts(token_created_ms, period_months)
     now = datetime.fromtimestamp(now_ms / 1000, UTC)
-    if now < add_months(started, period_months):
+    if now < orange:
         return "none"
-    if now < add_months(started, period_months + RED_AFTER_MONTHS):
+    if now < red:
         return "orange"
     return "red"
+
+
+def alert_since(token_created_ms: int, alert: str, period_months: int) -> int | None:
+    """Since when (ms) the token's alert is ``alert``; None for ``none``."""
+    if alert == "none":
+        return None
+    orange, red = alert_starts(token_created_ms, period_months)
+    return round((red if alert == "red" else orange).timestamp() * 1000)
 
 
 def _first_at_least(level: str, period_months: int, now_ms: int) -> int:

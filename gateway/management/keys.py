@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -15,7 +14,7 @@ from ..context import GATEWAY
 from ..errors import BadRequest, Conflict, NotFound
 from ..lifecycle import CHANGEABLE, BadInput, checked_changes, checked_label, checked_roles
 from ..pipeline import Identity
-from ..renewal import RED_AFTER_MONTHS, add_months, alert_range
+from ..renewal import alert_range, alert_since
 from ..store import KeyQuery, KeyRecord, NoRenewalPending, RenewalRefused
 from ..views import key_json
 from .common import (
@@ -142,23 +141,13 @@ async def create_key(request: web.Request, identity: Identity, path: AccountPath
     )
 
 
-def alert_since(token_created_ms: int, alert: str, period_months: int) -> str | None:
-    """When the renewal alert ``alert`` of a token issued at ``token_created_ms`` began:
-    ``period_months`` calendar months after it for orange, three more for red."""
-    if alert == "none":
-        return None
-    months = period_months + (RED_AFTER_MONTHS if alert == "red" else 0)
-    since = add_months(datetime.fromtimestamp(token_created_ms / 1000, UTC), months)
-    return iso(round(since.timestamp() * 1000))
-
-
 def listed_key(record: KeyRecord, period_months: int, now_ms: int) -> dict[str, Any]:
     """A key as the list shows it: its view, and since when its renewal alert is on (so
     that a caller who may not read the account's settings, such as a renew-only key,
     can still say since when)."""
     view = key_json(record, period_months, now_ms)
-    view["renewalAlertSince"] = alert_since(record.token_created, view["renewalAlert"],
-                                            period_months)
+    since = alert_since(record.token_created, view["renewalAlert"], period_months)
+    view["renewalAlertSince"] = iso(since) if since is not None else None
     return view
 
 

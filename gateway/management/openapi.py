@@ -74,8 +74,8 @@ CACHE_HEADERS = {
     "ETag": {"description": "A hash of the answer's bytes; send it back in "
                             "`If-None-Match` to revalidate (304 while it is the same).",
              "required": True, "schema": {"type": "string"}},
-    "Cache-Control": {"description": "`public, max-age=300`.", "required": True,
-                      "schema": {"type": "string"}},
+    "Cache-Control": {"description": "`public, max-age=N`: cacheable for N seconds.",
+                      "required": True, "schema": {"type": "string"}},
 }
 
 

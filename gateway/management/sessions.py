@@ -44,31 +44,30 @@ from .schema import LOGIN_EXAMPLES, Jwks, Login, Session
 operations = Operations("sessions")
 
 
-def _session_set_cookie(settings: Any) -> dict[str, Any]:
-    """Login's Set-Cookie, under the name the settings give (none when cookies are off:
-    `cookie: true` is then refused)."""
+def _set_cookie(settings: Any, describe: Any, required: bool) -> dict[str, Any]:
+    """The OpenAPI Set-Cookie header of the session cookie, ``describe(name)`` saying
+    what it holds; none when cookies are off (`cookie: true` is then refused)."""
     name = settings.session_cookie
     if not name:
         return {}
-    return {"Set-Cookie": {
-        "description": (
-            f"With `cookie: true`: the session, `{name}=<session JWT>; HttpOnly; "
-            f"Max-Age=<session_ttl>; Path=/; SameSite=Strict` (named `{HOST_PREFIX}{name}`, "
-            "with `Secure`, when login came over TLS). Not sent without `cookie`."),
-        "required": False, "schema": {"type": "string"}}}
+    return {"Set-Cookie": {"description": describe(name), "required": required,
+                           "schema": {"type": "string"}}}
+
+
+def _session_set_cookie(settings: Any) -> dict[str, Any]:
+    """Login's Set-Cookie, under the name the settings give."""
+    return _set_cookie(settings, lambda name: (
+        f"With `cookie: true`: the session, `{name}=<session JWT>; HttpOnly; "
+        f"Max-Age=<session_ttl>; Path=/; SameSite=Strict` (named `{HOST_PREFIX}{name}`, "
+        "with `Secure`, when login came over TLS). Not sent without `cookie`."), False)
 
 
 def _session_clear_cookie(settings: Any) -> dict[str, Any]:
     """Logout's Set-Cookie: both names of the session cookie, cleared."""
-    name = settings.session_cookie
-    if not name:
-        return {}
-    return {"Set-Cookie": {
-        "description": (
-            f"Clears the session cookie: one header for each of its names, `{HOST_PREFIX}{name}` "
-            f"and `{name}`, empty and expired (`Max-Age=0`, `Path=/`, `HttpOnly`, "
-            "`SameSite=Strict`)."),
-        "required": True, "schema": {"type": "string"}}}
+    return _set_cookie(settings, lambda name: (
+        f"Clears the session cookie: one header for each of its names, `{HOST_PREFIX}{name}` "
+        f"and `{name}`, empty and expired (`Max-Age=0`, `Path=/`, `HttpOnly`, "
+        "`SameSite=Strict`)."), True)
 
 
 def _credential(value: str, name: str, limit: int) -> str:

@@ -99,14 +99,23 @@ class RoleGraph:
         """The roles that hold some ``p`` line, their own or one a role they inherit
         has: the roles whose holding can change a decision. A walk down from the roles
         with lines to every role inheriting them: O(roles + lines), cycles or not."""
-        carries = set(roles_with_lines)
-        todo = list(roles_with_lines)
-        while todo:
-            for child in self.children.get(todo.pop(), ()):
-                if child not in carries:
-                    carries.add(child)
-                    todo.append(child)
-        return carries
+        return _reached(roles_with_lines, self.children)
+
+    def inherited(self, roles: set[str]) -> set[str]:
+        """``roles`` and every role they inherit: a walk up, O(roles + lines)."""
+        return _reached(roles, self.parents)
+
+
+def _reached(start: set[str], edges: dict[str, list[str]]) -> set[str]:
+    """``start`` and every role reached from it along ``edges``, cycles or not."""
+    reached = set(start)
+    todo = list(start)
+    while todo:
+        for role in edges.get(todo.pop(), ()):
+            if role not in reached:
+                reached.add(role)
+                todo.append(role)
+    return reached
 
 
 @dataclass(frozen=True)

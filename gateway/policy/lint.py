@@ -423,13 +423,8 @@ def _never_held(
 ) -> list[Finding]:
     """Roles with ``p`` lines that no key or grant holds, nor inherits through a role
     held: at the role's first line. A walk up from the roles held: O(roles + lines)."""
-    reached = {role for counts in held.values() for role, count in counts.items() if count}
-    todo = list(reached)
-    while todo:
-        for parent in graph.parents.get(todo.pop(), ()):
-            if parent not in reached:
-                reached.add(parent)
-                todo.append(parent)
+    reached = graph.inherited(
+        {role for counts in held.values() for role, count in counts.items() if count})
     first: dict[str, PolicyLine] = {}
     for line in p_lines:
         first.setdefault(line.values[0], line)

@@ -369,16 +369,15 @@ class PolicySync:
         return RolesStillHeld(tuple(r for r in removed if any(r in c for c in held.values())),
                               held)
 
-    def _swap(self, candidate: Policy, asked: bool = True) -> str:
-        previous = self.holder.policy.version
+    def _files_accepted(self) -> None:
+        """The files give a policy this instance serves now: no refusal stands."""
         if self._last_refused is not None:
             self._last_refused = None
             self._refused_changed(False)
-        if candidate.version == previous and not asked:
-            # the watch saw files that give the policy in force (a comment edited, or a
-            # change another worker's announcement brought in first): nothing to swap,
-            # to log as a reload, nor to count
-            return previous
+
+    def _swap(self, candidate: Policy) -> str:
+        previous = self.holder.policy.version
+        self._files_accepted()
         self.holder.policy = candidate  # one reference: requests see old or new
         self.loaded_at = self._now_ms()
         self._reloaded(True)
@@ -400,6 +399,12 @@ class PolicySync:
         except PolicyInvalid as exc:
             self._refused(exc)
             raise
+        if not asked and candidate.version == current.version:
+            # the watch saw files that give the policy in force (a comment edited, or a
+            # change another worker's announcement brought in first): nothing to swap,
+            # to log as a reload, to count, nor to ask the store about
+            self._files_accepted()
+            return ReloadResult(current.version, current.version, current.lines, False, False)
         try:
             held = await self._still_held(current, candidate)
         except StoreUnavailable:
@@ -417,9 +422,7 @@ class PolicySync:
             if held is not None:
                 log.warning("policy reload forced: %s", held, extra={"event": "policy.forced"})
             forced = held is not None
-        previous = self._swap(candidate, asked)
-        if previous == candidate.version and not asked:
-            return ReloadResult(candidate.version, previous, candidate.lines, False, False)
+        previous = self._swap(candidate)
         announcement = PolicyAnnouncement(candidate.version, by, self._now_ms(), forced)
         try:
             announced = await self.store.announce_policy(announcement)
@@ -466,6 +469,7 @@ class PolicySync:
         try:
             candidate = await self._load()
             if candidate.version == current.version:
+                self._files_accepted()
                 return  # our files have not changed: nothing to reload, only to report
             forced = announcement.forced and candidate.version == announcement.version
             held = None if forced else await self._still_held(current, candidate)

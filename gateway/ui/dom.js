@@ -121,17 +121,6 @@ export function time(iso, empty = "never") {
   return h("time", { datetime: iso, title: iso }, formatDate(iso));
 }
 
-// Calendar months in UTC, as the server counts them (31 January + 1 month = 28/29 February).
-export function addMonths(iso, months) {
-  const start = new Date(iso);
-  const index = start.getUTCMonth() + months;
-  const year = start.getUTCFullYear() + Math.floor(index / 12);
-  const month = ((index % 12) + 12) % 12;
-  const lastDay = new Date(Date.UTC(year, month + 1, 0)).getUTCDate();
-  return new Date(Date.UTC(year, month, Math.min(start.getUTCDate(), lastDay),
-    start.getUTCHours(), start.getUTCMinutes(), start.getUTCSeconds(),
-    start.getUTCMilliseconds()));
-}
 
 export function debounce(fn, ms) {
   let timer = null;

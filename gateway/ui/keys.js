@@ -3,32 +3,22 @@
 import * as api from "./api.js";
 import { confirmDialog, openDialog, revealSecret } from "./dialogs.js";
 import {
-  addMonths, field, formatDate, h, orDash, radios, replaceChildren, roleChoices, rolesList,
+  field, formatDate, h, orDash, radios, replaceChildren, roleChoices, rolesList,
   select, statusBadge, time, uid,
 } from "./dom.js";
 import { serverTable, STATUS_FILTER, tableToolbar } from "./table.js";
-
-const RED_AFTER_MONTHS = 3;
 
 export function mayActOn(ctx, key) {
   return key.appKey === ctx.me.appKey || key.roles.every((role) => ctx.me.assignableRoles.includes(role));
 }
 
-// Since when a key's renewal alert is on: the list API says it (renewalAlertSince);
-// an older keygate does not, and then it is counted here from the token's date and the
-// account's period, when the page could read that period.
-function alertSince(ctx, key) {
-  if (key.renewalAlertSince) return key.renewalAlertSince;
-  if (!ctx.periodKnown || !key.creationDateToken) return null;
-  const months = ctx.period + (key.renewalAlert === "red" ? RED_AFTER_MONTHS : 0);
-  return addMonths(key.creationDateToken, months).toISOString();
-}
-
 // The marker says since when in words on the page (a tooltip alone is for mice: touch
 // and keyboard users never see it), and in its title as well.
-function marker(ctx, key) {
+// Since when: the list API says it (renewalAlertSince), from the account's period, which
+// a renew-only caller may not read.
+function marker(key) {
   if (key.renewalAlert !== "orange" && key.renewalAlert !== "red") return null;
-  const since = alertSince(ctx, key);
+  const since = key.renewalAlertSince;
   const day = since ? formatDate(since, false) : "";
   const words = key.renewalAlert === "red" ? "Token renewal overdue" : "Token renewal due";
   const text = day ? `${words} since ${day}` : words;
@@ -168,7 +158,7 @@ export function generatedTab(ctx, panel) {
   const keyPath = (appKey, ...rest) => api.accountPath(account, "keys", appKey, ...rest);
 
   const columns = [
-    { title: "Key", sort: "appKey", cell: (key) => h("div", {}, marker(ctx, key), h("code", { class: "key" }, key.appKey)) },
+    { title: "Key", sort: "appKey", cell: (key) => h("div", {}, marker(key), h("code", { class: "key" }, key.appKey)) },
     { title: "Label", sort: "label", cell: (key) => orDash(key.label) },
     { title: "Roles", cell: (key) => rolesList(key.roles) },
     { title: "Created", sort: "creationDate", firstOrder: "desc", cell: (key) => time(key.creationDate) },
