@@ -269,8 +269,13 @@ async def test_removing_a_role_still_held_is_refused_with_counts_unless_forced(
     assert a.reloads("failure") == 1
     # its files are not what it serves, and it says so until a reload succeeds
     refused = (await a.readyz())["policy"]["lastRefused"]
-    assert refused["reason"] == error["message"] and refused["at"].endswith("Z")
+    assert set(refused) == {"code", "at", "version"} and refused["at"].endswith("Z")
+    assert refused["code"] == "roles_still_held"
     assert refused["version"] not in (None, before)
+    assert a.gw.policy_sync.status().refused.reason == error["message"]  # for the log
+    # /readyz answers anyone: the code, never the accounts and counts of the reason
+    probe = await (await a.management.get("/readyz")).text()
+    assert "acme" not in probe and "catalog-reader" not in probe
     assert a.metric("keygate_policy_refused") == 1
 
     # a third instance whose files drop the role *and* differ in another line: the force
@@ -290,7 +295,8 @@ async def test_removing_a_role_still_held_is_refused_with_counts_unless_forced(
     await asyncio.sleep(0.1)
     assert c.gw.policy.version == before  # refused: it would drop held roles unforced
     assert (await c.readyz())["policy"]["inSync"] is False
-    assert (await c.readyz())["policy"]["lastRefused"]["reason"].startswith(
+    assert (await c.readyz())["policy"]["lastRefused"]["code"] == "roles_still_held"
+    assert c.gw.policy_sync.status().refused.reason.startswith(
         "the new policy no longer defines 'catalog-reader'")
     assert c.metric("keygate_policy_refused") == 1
     assert any(getattr(r, "event", "") == "policy.forced" for r in caplog.records)
@@ -314,7 +320,8 @@ async def test_a_broken_file_is_refused_with_its_line_and_the_old_policy_serves(
     assert (await a.proxy.get("/orders/1", headers=reader.headers)).status == 200
     assert a.reloads("failure") == 1 and a.reloads() == 0
     refused = (await a.readyz())["policy"]["lastRefused"]
-    assert refused["version"] is None and "effect must be allow or deny" in refused["reason"]
+    assert (refused["version"], refused["code"]) == (None, "policy_invalid")
+    assert "effect must be allow or deny" in a.gw.policy_sync.status().refused.reason
 
     shutil.rmtree(a.policies)  # no directory at all: refused too, without a line
     status, body = await a.reload(admin)

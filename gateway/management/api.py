@@ -72,8 +72,10 @@ def _readyz(operation_id: str, path: str) -> None:
                     "announced": policy.announced,
                     "inSync": policy.in_sync,
                     "loadedAt": iso(policy.loaded_at),
+                    # the code only: /readyz answers anyone who reaches the port, and the
+                    # reason names accounts, their role holders and policy lines
                     "lastRefused": None if refused is None else {
-                        "reason": refused.reason, "at": iso(refused.at),
+                        "code": refused.code, "at": iso(refused.at),
                         "version": refused.version,
                     },
                 },

@@ -416,10 +416,11 @@ class Health(Model):
 
 
 class RefusedReload(Model):
-    """The last reload this instance refused since its policy was loaded: why, when,
+    """The last reload this instance refused since its policy was loaded: why (its
+    code; the log, and the answer to a `POST /policy/reload`, say it in full), when,
     and the version its files gave (null: they did not load)."""
 
-    reason: str
+    code: Literal["policy_invalid", "roles_still_held", "store_unavailable"]
     at: Timestamp
     version: str | None
 

@@ -159,9 +159,11 @@ class SyncStatus:
 
 @dataclass(frozen=True)
 class RefusedReload:
-    """Why the last reload was refused, when, and the version the files gave (None
-    when they did not load)."""
+    """Why the last reload was refused (``code``, and the whole ``reason``, which names
+    accounts and files: for the log and the caller who asked, not for an unauthenticated
+    probe), when, and the version the files gave (None when they did not load)."""
 
+    code: str  # policy_invalid, roles_still_held, store_unavailable
     reason: str
     at: int  # ms since the epoch
     version: str | None
@@ -386,7 +388,10 @@ class PolicySync:
         return previous
 
     def _refused(self, reason: object, version: str | None = None) -> None:
-        self._last_refused = RefusedReload(str(reason), self._now_ms(), version)
+        code = ("policy_invalid" if isinstance(reason, PolicyInvalid) else
+                "roles_still_held" if isinstance(reason, RolesStillHeld) else
+                "store_unavailable")
+        self._last_refused = RefusedReload(code, str(reason), self._now_ms(), version)
         self._refused_changed(True)
         self._reloaded(False)
         log.error("policy reload refused, keeping version %s: %s", self.holder.policy.version,
